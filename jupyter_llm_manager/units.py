@@ -1,0 +1,100 @@
+"""Durations (``30m``) and sizes (``14GB``) as users write them, and back.
+
+Parsing raises ``ValueError`` with the accepted forms; callers turn it into a
+:class:`~jupyter_llm_manager.errors.ConfigurationError` that names the place.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+__all__ = ["parse_duration", "parse_size", "format_bytes", "format_duration", "NEVER"]
+
+#: A keep-alive that never expires.
+NEVER = math.inf
+
+_DURATION_UNITS = {"ms": 0.001, "s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "d": 86400}
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|sec|min|s|m|h|d)", re.IGNORECASE)
+_SIZE_UNITS = {
+    "": 1, "b": 1,
+    "k": 1000, "kb": 1000, "m": 1000**2, "mb": 1000**2,
+    "g": 1000**3, "gb": 1000**3, "t": 1000**4, "tb": 1000**4,
+    "kib": 1024, "mib": 1024**2, "gib": 1024**3, "tib": 1024**4,
+}
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*$", re.IGNORECASE)
+
+
+def parse_duration(value: str | float | int | None) -> float | None:
+    """Seconds from ``90``, ``"90s"``, ``"30m"``, ``"1h30m"``, ``"never"``.
+
+    ``None`` stays ``None`` (not set). ``"never"``, ``"forever"`` or a negative
+    number give :data:`NEVER`. ``0`` means "as soon as idle".
+    """
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise ValueError(f"expected a duration such as 30m or 1h, got {value!r}")
+    if isinstance(value, (int, float)):
+        return NEVER if value < 0 else float(value)
+    text = str(value).strip().lower()
+    if text in {"never", "forever", "inf", "infinite", "-1"}:
+        return NEVER
+    try:
+        return parse_duration(float(text))
+    except ValueError:
+        pass
+    position, total = 0, 0.0
+    for match in _DURATION_PART.finditer(text):
+        if text[position:match.start()].strip():
+            break
+        total += float(match.group(1)) * _DURATION_UNITS[match.group(2).lower()]
+        position = match.end()
+    if position == 0 or text[position:].strip():
+        raise ValueError(
+            f"expected a duration such as 90s, 30m, 1h30m or 'never', got {value!r}"
+        )
+    return total
+
+
+def parse_size(value: str | int | float) -> int:
+    """Bytes from ``1024``, ``"14GB"`` (decimal) or ``"16GiB"`` (binary)."""
+    if isinstance(value, bool):
+        raise ValueError(f"expected a size such as 14GB or 512MiB, got {value!r}")
+    if isinstance(value, (int, float)):
+        if value < 0:
+            raise ValueError(f"a size cannot be negative, got {value!r}")
+        return int(value)
+    match = _SIZE.match(str(value))
+    unit = match.group(2).lower() if match else None
+    if not match or unit not in _SIZE_UNITS:
+        raise ValueError(f"expected a size such as 14GB, 512MiB or 1073741824, got {value!r}")
+    return int(float(match.group(1)) * _SIZE_UNITS[unit])
+
+
+def format_bytes(value: int | float | None) -> str:
+    """``13.2 GB``: decimal units, one decimal, as GPU dashboards show them."""
+    if value is None:
+        return "?"
+    size = float(value)
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(size) < 1000:
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    return f"{size:.1f} TB"
+
+
+def format_duration(seconds: float | None) -> str:
+    """``2m 05s`` for countdowns and ages; ``never`` for :data:`NEVER`."""
+    if seconds is None:
+        return ""
+    if math.isinf(seconds):
+        return "never"
+    seconds = max(0.0, seconds)
+    if seconds < 60:
+        return f"{seconds:.0f}s" if seconds >= 10 else f"{seconds:.1f}s"
+    minutes, secs = divmod(int(seconds), 60)
+    if minutes < 60:
+        return f"{minutes}m {secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h {minutes:02d}m"
