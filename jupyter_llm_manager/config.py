@@ -1,0 +1,414 @@
+"""The YAML registry file: where it is, what it says, and saving it safely.
+
+One file, found in this order: an explicit path, ``$JUPYTER_LLM_MANAGER_CONFIG``,
+``~/.jupyter/llm_manager.yaml``. Three layouts are read: ours (see the README)
+and the two that older in-house managers write, so their files work
+unchanged. Saving always writes our layout, atomically (temporary file, then
+rename) under a lock file, merging with what other kernels saved meanwhile.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import os
+import shutil
+import stat
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Literal, Mapping
+
+import yaml
+from filelock import FileLock, Timeout
+
+from .errors import ConfigurationError
+from .spec import ModelSpec, expand_path, looks_like_path
+from .units import parse_duration, parse_size
+
+__all__ = [
+    "ManagerDefaults",
+    "RegistryFile",
+    "find_config_path",
+    "default_config_path",
+    "load_config",
+    "save_registry",
+    "CONFIG_ENV",
+]
+
+log = logging.getLogger(__name__)
+
+CONFIG_ENV = "JUPYTER_LLM_MANAGER_CONFIG"
+Layout = Literal["standard", "legacy-mapping", "legacy-list", "empty"]
+
+_TOP_KEYS = ("defaults", "models", "aliases")
+_LEGACY_MAPPING_KEYS = ("model_name", "type", "device", "config")
+_LEGACY_LIST_KEYS = (
+    "model_id", "source_type", "source_path", "revision", "model_format", "quantization_bits",
+    "device_preference", "required_gpu_memory_mb", "required_ram_mb", "custom_loader_params",
+    "tokenizer_path", "trust_remote_code",
+)
+_LEGACY_TYPES = {
+    "transformers": "transformers", "huggingface": "transformers", "hf": "transformers",
+    "causal_lm": "transformers", "causallm": "transformers", "local": "transformers",
+    "pytorch": "transformers", "openai": "openai", "vllm": "openai", "tgi": "openai", "ollama": "openai",
+}
+_LIFTED_LOADER_KEYS = {"torch_dtype": "dtype", "dtype": "dtype", "trust_remote_code": "trust_remote_code",
+                       "revision": "revision"}
+_MODEL_FORMATS = {None, "safetensors", "pytorch", "bin", "transformers", "huggingface", "hf"}
+_LOCK_TIMEOUT_S = 10.0
+
+
+@dataclass(frozen=True)
+class ManagerDefaults:
+    """Manager-wide settings from the ``defaults:`` block."""
+
+    max_loaded_models: int | None = None
+    memory_fraction: float = 0.9
+    memory_budget: int | dict[str, int] | None = None
+    keep_alive: float | None = None
+    default_model: str | None = None
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any], *, path: str | None = None) -> "ManagerDefaults":
+        values: dict[str, Any] = {}
+        for key, value in data.items():
+            if key not in _DEFAULT_CONVERTERS:
+                raise _unknown_key(key, _DEFAULT_CONVERTERS, path=path, where="defaults")
+            try:
+                values[key] = _DEFAULT_CONVERTERS[key](value)
+            except ValueError as error:
+                raise ConfigurationError(f"defaults.{key}: {error}", path=path, key=key) from None
+        return cls(**values)
+
+
+def check_max_loaded_models(value: Any) -> int | None:
+    """A count cap: ``None`` (no cap) or an integer >= 1."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"max_loaded_models must be an integer >= 1 or null, got {value!r}")
+    return value
+
+
+def check_memory_fraction(value: Any) -> float:
+    """A fraction of each device's total memory, in (0, 1]."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
+        raise ValueError(f"memory_fraction must be a number in (0, 1], got {value!r}")
+    return float(value)
+
+
+def check_memory_budget(value: Any) -> int | dict[str, int] | None:
+    """An absolute budget: one size for every device, or a size per device."""
+    if value is None:
+        return None
+    if isinstance(value, Mapping):
+        return {str(device).lower(): parse_size(size) for device, size in value.items()}
+    return parse_size(value)
+
+
+def _optional_model_id(value: Any) -> str | None:
+    if value is not None and (not isinstance(value, str) or not value):
+        raise ValueError(f"default_model must be a model id, got {value!r}")
+    return value
+
+
+_DEFAULT_CONVERTERS = {
+    "max_loaded_models": check_max_loaded_models,
+    "memory_fraction": check_memory_fraction,
+    "memory_budget": check_memory_budget,
+    "keep_alive": parse_duration,
+    "default_model": _optional_model_id,
+}
+
+
+@dataclass(frozen=True)
+class RegistryFile:
+    """What one configuration file holds, validated."""
+
+    path: Path | None
+    defaults: ManagerDefaults = field(default_factory=ManagerDefaults)
+    defaults_given: frozenset[str] = frozenset()
+    models: dict[str, ModelSpec] = field(default_factory=dict)
+    aliases: dict[str, str] = field(default_factory=dict)
+    layout: Layout = "empty"
+
+
+def default_config_path() -> Path:
+    """``~/.jupyter/llm_manager.yaml`` (or under ``$JUPYTER_CONFIG_DIR``)."""
+    folder = os.environ.get("JUPYTER_CONFIG_DIR") or "~/.jupyter"
+    return Path(os.path.expanduser(folder)) / "llm_manager.yaml"
+
+
+def find_config_path(explicit: str | os.PathLike | None = None) -> Path | None:
+    """The file to read: explicit path, then the environment variable, then the default.
+
+    An explicit or environment path is returned even if missing (loading it
+    then says so); the default path only when it exists.
+    """
+    if explicit is not None:
+        return Path(expand_path(os.fspath(explicit)))
+    if os.environ.get(CONFIG_ENV):
+        return Path(expand_path(os.environ[CONFIG_ENV]))
+    default = default_config_path()
+    return default if default.exists() else None
+
+
+def load_config(path: str | os.PathLike) -> RegistryFile:
+    """Read and validate a configuration file in any of the three layouts."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigurationError(
+            "the configuration file does not exist; create it (an empty file is fine) "
+            f"or unset config_path and ${CONFIG_ENV}", path=str(path))
+    data = _read_yaml(path)
+    return _parse(data, path)
+
+
+def _read_yaml(path: Path) -> Any:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigurationError(f"cannot read the file: {error}", path=str(path)) from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.MarkedYAMLError as error:
+        mark = error.problem_mark or error.context_mark
+        line = mark.line + 1 if mark else None
+        problem = error.problem or error.context or "invalid YAML"
+        raise ConfigurationError(f"invalid YAML: {problem}", path=str(path), line=line) from None
+    except yaml.YAMLError as error:
+        raise ConfigurationError(f"invalid YAML: {error}", path=str(path)) from None
+
+
+def _parse(data: Any, path: Path) -> RegistryFile:
+    where = str(path)
+    if data is None:
+        return RegistryFile(path=path)
+    if not isinstance(data, Mapping):
+        raise ConfigurationError("the file must hold a mapping with defaults, models and aliases",
+                                 path=where)
+    if _is_legacy_mapping(data):
+        models = {model_id: _from_legacy_mapping(model_id, entry, where) for model_id, entry in data.items()}
+        return RegistryFile(path=path, models=models, layout="legacy-mapping")
+    for key in data:
+        if key not in _TOP_KEYS:
+            raise _unknown_key(key, _TOP_KEYS, path=where, where="the top level")
+    raw_defaults = data.get("defaults") or {}
+    if not isinstance(raw_defaults, Mapping):
+        raise ConfigurationError("defaults must be a mapping", path=where, key="defaults")
+    defaults = ManagerDefaults.from_mapping(raw_defaults, path=where)
+    raw_models = data.get("models") or {}
+    if isinstance(raw_models, list):
+        models = _from_legacy_list(raw_models, where)
+        layout: Layout = "legacy-list"
+    elif isinstance(raw_models, Mapping):
+        models = {str(model_id): _spec(str(model_id), entry or {}, where) for model_id, entry in raw_models.items()}
+        layout = "standard"
+    else:
+        raise ConfigurationError("models must be a mapping of id to options", path=where, key="models")
+    aliases = _parse_aliases(data.get("aliases") or {}, models, where)
+    return RegistryFile(path=path, defaults=defaults, defaults_given=frozenset(raw_defaults),
+                        models=models, aliases=aliases, layout=layout)
+
+
+def _spec(model_id: str, entry: Any, where: str) -> ModelSpec:
+    if not isinstance(entry, Mapping):
+        raise ConfigurationError(f"expected a mapping of options, got {entry!r}", path=where, model_id=model_id)
+    spec = ModelSpec.from_mapping(model_id, entry, path=where, check_paths=False)
+    if spec.local_path and not spec.local_path.exists():
+        log.warning("%s: model %r points to %s, which does not exist (yet); loading it will fail "
+                    "until it does", where, model_id, spec.local_path)
+    return spec
+
+
+def _parse_aliases(raw: Any, models: Mapping[str, ModelSpec], where: str) -> dict[str, str]:
+    if not isinstance(raw, Mapping):
+        raise ConfigurationError("aliases must be a mapping of alias to model id", path=where, key="aliases")
+    aliases = {}
+    for name, target in raw.items():
+        if not isinstance(target, str):
+            raise ConfigurationError(f"alias {name!r} must name a model id, got {target!r}", path=where)
+        if name in models:
+            raise ConfigurationError(f"{name!r} is both a model and an alias", path=where, key=str(name))
+        aliases[str(name)] = target
+    return aliases
+
+
+def _unknown_key(key: Any, known: Iterable[str], *, path: str | None, where: str,
+                 model_id: str | None = None) -> ConfigurationError:
+    close = difflib.get_close_matches(str(key), list(known), n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else f"; expected one of {', '.join(known)}"
+    return ConfigurationError(f"unknown key {key!r} in {where}{hint}", path=path, model_id=model_id, key=str(key))
+
+
+# -- the two legacy layouts -------------------------------------------------
+
+def _is_legacy_mapping(data: Mapping[str, Any]) -> bool:
+    if any(key in data for key in _TOP_KEYS) or not data:
+        return False
+    return all(isinstance(entry, Mapping) and "model_name" in entry for entry in data.values())
+
+
+def _lift_loader_params(params: Any, where: str, model_id: str) -> dict[str, Any]:
+    """Split loader keyword arguments into spec fields and ``load_kwargs``."""
+    if params is None:
+        return {}
+    if not isinstance(params, Mapping):
+        raise ConfigurationError(f"expected a mapping of loader options, got {params!r}",
+                                 path=where, model_id=model_id)
+    values: dict[str, Any] = {}
+    rest = {}
+    for key, value in params.items():
+        if key in _LIFTED_LOADER_KEYS:
+            values[_LIFTED_LOADER_KEYS[key]] = value
+        elif key in ("load_in_4bit", "load_in_8bit") and value:
+            values["quantization"] = key[len("load_in_"):]
+        else:
+            rest[key] = value
+    if rest:
+        values["load_kwargs"] = rest
+    return values
+
+
+def _from_legacy_mapping(model_id: str, entry: Mapping[str, Any], where: str) -> ModelSpec:
+    for key in entry:
+        if key not in _LEGACY_MAPPING_KEYS:
+            raise _unknown_key(key, _LEGACY_MAPPING_KEYS, path=where, where=f"model {model_id!r}")
+    values: dict[str, Any] = {"source": entry["model_name"]}
+    kind = str(entry.get("type") or "transformers").lower()
+    values["backend"] = _LEGACY_TYPES.get(kind, kind)
+    if entry.get("device") is not None:
+        values["device"] = entry["device"]
+    values.update(_lift_loader_params(entry.get("config"), where, model_id))
+    return _spec(str(model_id), values, where)
+
+
+def _from_legacy_list(items: list[Any], where: str) -> dict[str, ModelSpec]:
+    models = {}
+    for index, item in enumerate(items):
+        if not isinstance(item, Mapping) or "model_id" not in item:
+            raise ConfigurationError(f"models[{index}] must be a mapping with a model_id", path=where)
+        model_id = str(item["model_id"])
+        for key in item:
+            if key not in _LEGACY_LIST_KEYS:
+                raise _unknown_key(key, _LEGACY_LIST_KEYS, path=where, where=f"model {model_id!r}",
+                                   model_id=model_id)
+        if model_id in models:
+            raise ConfigurationError("this id appears twice in models", path=where, model_id=model_id)
+        models[model_id] = _spec(model_id, _legacy_list_values(model_id, item, where), where)
+    return models
+
+
+def _legacy_list_values(model_id: str, item: Mapping[str, Any], where: str) -> dict[str, Any]:
+    source = str(item.get("source_path") or "")
+    if item.get("source_type", "huggingface") == "local" and not looks_like_path(source):
+        source = "./" + source
+    elif item.get("source_type", "huggingface") not in ("huggingface", "local"):
+        raise ConfigurationError(f"source_type must be huggingface or local, got {item['source_type']!r}",
+                                 path=where, model_id=model_id, key="source_type")
+    values: dict[str, Any] = {"source": source}
+    model_format = item.get("model_format")
+    if model_format not in _MODEL_FORMATS:
+        raise ConfigurationError(f"model_format {model_format!r} is not supported; use safetensors or pytorch",
+                                 path=where, model_id=model_id, key="model_format")
+    values.update(_lift_loader_params(item.get("custom_loader_params"), where, model_id))
+    if model_format in ("safetensors", "pytorch", "bin"):
+        values.setdefault("load_kwargs", {})["use_safetensors"] = model_format == "safetensors"
+    bits = item.get("quantization_bits")
+    if bits in (4, 8):
+        values["quantization"] = f"{bits}bit"
+    elif bits not in (None, 16, 32):
+        raise ConfigurationError(f"quantization_bits must be 4, 8, 16, 32 or null, got {bits!r}",
+                                 path=where, model_id=model_id, key="quantization_bits")
+    device = item.get("device_preference") or "auto"
+    values["device"] = device
+    gpu_mb, ram_mb = item.get("required_gpu_memory_mb"), item.get("required_ram_mb")
+    needed_mb = ram_mb if device == "cpu" or gpu_mb is None else gpu_mb
+    if needed_mb is not None:
+        values["required_memory"] = int(float(needed_mb) * 1024 * 1024)
+    for legacy, ours in (("revision", "revision"), ("tokenizer_path", "tokenizer"),
+                         ("trust_remote_code", "trust_remote_code")):
+        if item.get(legacy) is not None:
+            values[ours] = item[legacy]
+    return values
+
+
+# -- saving -------------------------------------------------------------------
+
+def save_registry(
+    path: str | os.PathLike,
+    models: Mapping[str, ModelSpec],
+    aliases: Mapping[str, str],
+    *,
+    removed: Iterable[str] = (),
+    defaults: Mapping[str, Any] | None = None,
+) -> Path:
+    """Merge ``models`` and ``aliases`` into the file and write it atomically.
+
+    Under the lock, the file is read again so registrations saved by another
+    kernel meanwhile are kept (no lost update). Ids in ``removed`` are dropped.
+    ``defaults`` is written only when the file has none. A legacy file is
+    converted to our layout once, with a ``.bak`` copy of the original.
+    """
+    path = Path(expand_path(os.fspath(path)))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(path) + ".lock", timeout=_LOCK_TIMEOUT_S):
+            document = _merged_document(path, models, aliases, set(removed), defaults)
+            _atomic_write(path, yaml.safe_dump(document, sort_keys=False, default_flow_style=False))
+    except Timeout:
+        raise ConfigurationError(f"another process has held the lock {path}.lock for "
+                                 f"{_LOCK_TIMEOUT_S:.0f} s; try again", path=str(path)) from None
+    except PermissionError as error:
+        raise ConfigurationError(f"cannot write the file ({error.strerror}); choose a writable "
+                                 "config_path", path=str(path)) from None
+    except OSError as error:
+        raise ConfigurationError(f"cannot write the file: {error}", path=str(path)) from None
+    return path
+
+
+def _merged_document(path: Path, models: Mapping[str, ModelSpec], aliases: Mapping[str, str],
+                     removed: set[str], defaults: Mapping[str, Any] | None) -> dict[str, Any]:
+    document: dict[str, Any] = {"defaults": dict(defaults or {}), "models": {}, "aliases": {}}
+    if path.exists():
+        current = _read_yaml(path)
+        registry = _parse(current, path)
+        if registry.layout.startswith("legacy"):
+            backup = path.with_name(path.name + ".bak")
+            if not backup.exists():
+                shutil.copy2(path, backup)
+            log.warning("%s was in a legacy layout; it is now saved in ours, with the original "
+                        "kept as %s", path, backup)
+            document["models"] = {i: s.to_mapping() for i, s in registry.models.items()}
+            document["aliases"] = dict(registry.aliases)
+        elif current:
+            document["models"] = dict(current.get("models") or {})
+            document["aliases"] = dict(current.get("aliases") or {})
+            if current.get("defaults"):
+                document["defaults"] = dict(current["defaults"])
+    for model_id in removed:
+        document["models"].pop(model_id, None)
+        document["aliases"].pop(model_id, None)
+    document["aliases"] = {a: t for a, t in document["aliases"].items() if t not in removed}
+    for model_id, spec in models.items():
+        document["models"][model_id] = spec.to_mapping()
+        document["aliases"].pop(model_id, None)
+    document["aliases"].update(aliases)
+    return {key: value for key, value in document.items() if value}
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    """Write to a temporary file in the same folder, then rename over the target."""
+    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        if path.exists():
+            os.chmod(temporary, stat.S_IMODE(path.stat().st_mode))
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise

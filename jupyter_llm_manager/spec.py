@@ -1,0 +1,357 @@
+"""A validated description of one model: :class:`ModelSpec`, and its secrets.
+
+A spec says what to load and how; it loads nothing. Every value is checked
+and normalized here (``fp16`` → ``float16``, ``"30m"`` → 1800.0), so the
+rest of the package trusts specs. :attr:`ModelSpec.instance_key` is the one
+place that decides whether two ids share one loaded instance.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import hashlib
+import logging
+import os
+import re
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from .errors import ConfigurationError, InvalidGenerationParameters
+from .generation import GenerationParams
+from .units import parse_duration, parse_size
+
+__all__ = ["ModelSpec", "Secret", "check_model_id", "expand_path", "looks_like_path", "DTYPES", "QUANTIZATIONS"]
+
+log = logging.getLogger(__name__)
+
+DTYPES = {
+    "auto": "auto", "float32": "float32", "fp32": "float32", "float": "float32",
+    "float16": "float16", "fp16": "float16", "half": "float16",
+    "bfloat16": "bfloat16", "bf16": "bfloat16",
+}
+QUANTIZATIONS = {
+    "4bit": "4bit", "4": "4bit", "int4": "4bit", "nf4": "4bit", "fp4": "4bit",
+    "8bit": "8bit", "8": "8bit", "int8": "8bit",
+}
+_DEVICE = re.compile(r"^(auto|cpu|mps|balanced|cuda(:\d+)?)$")
+_ENV_REFERENCE = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*)\}$")
+_ENV_IN_TEXT = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_ID = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:@/+-]*$")
+
+
+class Secret:
+    """A token or API key: an ``${ENV}`` reference, or a literal kept out of sight.
+
+    The value is read from the environment only by :meth:`resolve`, when a
+    model loads. ``repr`` and ``str`` never show a literal value, and a literal
+    is never written to a saved file.
+    """
+
+    __slots__ = ("reference", "_literal")
+
+    def __init__(self, text: str) -> None:
+        match = _ENV_REFERENCE.match(text.strip())
+        self.reference: str | None = match.group(1) if match else None
+        self._literal: str | None = None if match else text
+
+    @property
+    def is_literal(self) -> bool:
+        return self.reference is None
+
+    def resolve(self) -> str | None:
+        """The secret's value now: the environment variable, or the literal."""
+        return os.environ.get(self.reference) if self.reference else self._literal
+
+    def saved_form(self) -> str | None:
+        """``${NAME}`` for a reference; ``None`` for a literal (never saved)."""
+        return f"${{{self.reference}}}" if self.reference else None
+
+    def __eq__(self, other: object) -> bool:
+        return (isinstance(other, Secret) and self.reference == other.reference
+                and self._literal == other._literal)
+
+    def __hash__(self) -> int:
+        return hash((self.reference, self._literal))
+
+    def __repr__(self) -> str:
+        return f"Secret({self.saved_form() or '***'!r})"
+
+    __str__ = __repr__
+
+
+def expand_path(text: str) -> str:
+    """Expand ``~`` and ``${ENV}`` in a path, and nothing else (no shell, no globs)."""
+    expanded = _ENV_IN_TEXT.sub(lambda m: os.environ.get(m.group(1), m.group(0)), text)
+    return os.path.expanduser(expanded)
+
+
+def looks_like_path(source: str) -> bool:
+    """Whether a source names a local folder rather than a Hugging Face Hub id."""
+    text = expand_path(source)
+    return (text.startswith(("/", "./", "../", "~", ".\\")) or bool(re.match(r"^[A-Za-z]:[\\/]", text))
+            or text in {".", ".."} or os.path.exists(text))
+
+
+def check_model_id(model_id: object, *, path: str | None = None) -> str:
+    """A model id or alias: letters, digits and ``_ . : @ / + -`` (Hub ids are valid ids)."""
+    if not isinstance(model_id, str) or not _ID.match(model_id):
+        raise ConfigurationError(
+            f"{model_id!r} is not a valid model id: use letters, digits and _ . : @ / + -", path=path)
+    return model_id
+
+
+# -- field converters: each returns the normalized value or raises ValueError --
+
+def _string(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"expected a non-empty string, got {value!r}")
+    return value.strip()
+
+
+def _optional(convert: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    return lambda value: None if value is None else convert(value)
+
+
+def _boolean(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"expected true or false, got {value!r}")
+    return value
+
+
+def _integer(minimum: int) -> Callable[[Any], int]:
+    def convert(value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise ValueError(f"expected an integer >= {minimum}, got {value!r}")
+        return value
+    return convert
+
+
+def _number(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise ValueError(f"expected a number > 0, got {value!r}")
+    return float(value)
+
+
+def _dtype(value: Any) -> str:
+    text = str(value).lower().removeprefix("torch.")
+    if text not in DTYPES:
+        raise ValueError(f"unknown dtype {value!r}; use one of auto, float32, float16, bfloat16")
+    return DTYPES[text]
+
+
+def _quantization(value: Any) -> str | None:
+    if value in (None, False, "none", "null", ""):
+        return None
+    text = str(value).lower()
+    if text not in QUANTIZATIONS:
+        raise ValueError(f"unknown quantization {value!r}; use 4bit, 8bit or null")
+    return QUANTIZATIONS[text]
+
+
+def _device(value: Any) -> str | tuple[str, ...]:
+    if isinstance(value, (list, tuple)):
+        devices = tuple(_device(item) for item in value)
+        if not devices or any(not d.startswith("cuda:") for d in devices):
+            raise ValueError(f"a multi-GPU placement is a list of cuda:N devices, got {list(value)!r}")
+        return devices if len(devices) > 1 else devices[0]
+    text = str(value).strip().lower()
+    if not _DEVICE.match(text):
+        raise ValueError(f"unknown device {value!r}; use auto, cpu, cuda, cuda:N, mps, balanced "
+                         "(every GPU) or a list of cuda:N")
+    return text
+
+
+def _secret(value: Any) -> Secret:
+    if isinstance(value, Secret):
+        return value
+    return Secret(_string(value))
+
+
+def _headers(value: Any) -> dict[str, Secret]:
+    if not isinstance(value, Mapping):
+        raise ValueError(f"expected a mapping of header name to value, got {value!r}")
+    return {str(name): _secret(text) for name, text in value.items()}
+
+
+def _mapping(value: Any) -> dict[str, Any]:
+    if not isinstance(value, Mapping):
+        raise ValueError(f"expected a mapping, got {value!r}")
+    return dict(value)
+
+
+def _generation(value: Any) -> dict[str, Any]:
+    mapping = _mapping(value)
+    try:
+        GenerationParams.build(mapping)
+    except InvalidGenerationParameters as error:
+        raise ValueError(str(error)) from None
+    return mapping
+
+
+def _keep_alive(value: Any) -> float | None:
+    return parse_duration(value)
+
+
+def _size(value: Any) -> int | None:
+    return None if value is None else parse_size(value)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelSpec:
+    """What to load for one model id, and how. Loads nothing.
+
+    Fields not used by a backend are ignored by it: ``source`` and the loading
+    options are for ``transformers``; ``base_url``, ``model``, ``api_key``,
+    ``timeout``, ``max_retries`` and ``headers`` for ``openai``; ``options``
+    carries settings for third-party backends.
+    """
+
+    id: str
+    source: str | None = None
+    backend: str = "transformers"
+    revision: str | None = None
+    device: str | tuple[str, ...] = "auto"
+    dtype: str = "auto"
+    quantization: str | None = None
+    trust_remote_code: bool = False
+    token: Secret | None = None
+    tokenizer: str | None = None
+    max_context: int | None = None
+    required_memory: int | None = None
+    pinned: bool = False
+    priority: int = 0
+    keep_alive: float | None = None
+    preload: bool = False
+    generation: dict[str, Any] = field(default_factory=dict)
+    load_kwargs: dict[str, Any] = field(default_factory=dict)
+    base_url: str | None = None
+    model: str | None = None
+    api_key: Secret | None = None
+    timeout: float | None = None
+    max_retries: int | None = None
+    headers: dict[str, Secret] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)
+    builtin: bool = False
+
+    @classmethod
+    def from_mapping(
+        cls, model_id: str, data: Mapping[str, Any], *, path: str | os.PathLike | None = None,
+        check_paths: bool = True,
+    ) -> "ModelSpec":
+        """Validate a mapping (a YAML entry or ``register`` keywords) into a spec.
+
+        Raises :class:`ConfigurationError` naming the file, the model, the key
+        and, for an unknown key, the closest known one. ``check_paths`` also
+        requires a local source folder to exist now.
+        """
+        where = {"path": str(path) if path else None, "model_id": model_id}
+        check_model_id(model_id, path=where["path"])
+        if not isinstance(data, Mapping):
+            raise ConfigurationError(f"expected a mapping of options, got {data!r}", **where)
+        values: dict[str, Any] = {}
+        for key, value in data.items():
+            if key not in _CONVERTERS:
+                close = difflib.get_close_matches(str(key), list(_CONVERTERS), n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else f"; known keys: {', '.join(_CONVERTERS)}"
+                raise ConfigurationError(f"unknown key {key!r}{hint}", key=str(key), **where)
+            if value is None and key not in _NULLABLE:
+                continue
+            try:
+                values[key] = _CONVERTERS[key](value)
+            except ValueError as error:
+                raise ConfigurationError(f"{key}: {error}", key=key, **where) from None
+        spec = cls(id=model_id, **values)
+        spec._check_backend_fields(where, check_paths)
+        return spec
+
+    def _check_backend_fields(self, where: dict[str, Any], check_paths: bool) -> None:
+        if self.backend == "transformers" and not self.source:
+            raise ConfigurationError("a transformers model needs a source: a Hub id or a local folder",
+                                     key="source", **where)
+        if self.backend == "openai" and not self.base_url:
+            raise ConfigurationError("an openai model needs base_url, e.g. http://host:8000/v1",
+                                     key="base_url", **where)
+        if self.source and self.backend == "transformers" and not looks_like_path(self.source):
+            if not re.match(r"^[\w.-]+(/[\w.-]+)?$", self.source):
+                raise ConfigurationError(
+                    f"source {self.source!r} is neither an existing local folder nor a Hub id "
+                    "like 'org/name'", key="source", **where)
+        if check_paths and self.source and self.backend == "transformers" and looks_like_path(self.source):
+            if not os.path.exists(expand_path(self.source)):
+                raise ConfigurationError(
+                    f"local path {expand_path(self.source)!r} does not exist; check the path "
+                    "(relative paths start from the kernel's working directory)", key="source", **where)
+
+    @functools.cached_property
+    def local_path(self) -> Path | None:
+        """The resolved local folder, when the source is one (resolved once: a later ``cd`` does not move it)."""
+        if self.source and looks_like_path(self.source):
+            return Path(expand_path(self.source)).resolve()
+        return None
+
+    @functools.cached_property
+    def instance_key(self) -> str:
+        """The one key that decides sharing: equal keys load the same weights the same way."""
+        if self.base_url is not None:
+            return f"{self.backend}:{self.base_url.rstrip('/')}#{self.model or self.id}"
+        location = str(self.local_path) if self.local_path else self.source
+        device = ",".join(self.device) if isinstance(self.device, tuple) else self.device
+        key = f"{self.backend}:{location}@{self.revision or 'main'}|{self.dtype}|{self.quantization or 'full'}|{device}"
+        if self.tokenizer or self.trust_remote_code or self.load_kwargs or self.options:
+            details = (self.tokenizer, self.trust_remote_code, sorted(self.load_kwargs.items(), key=str),
+                       sorted(self.options.items(), key=str))
+            key += "|" + hashlib.sha1(repr(details).encode()).hexdigest()[:8]
+        return key
+
+    def with_changes(self, **changes: Any) -> "ModelSpec":
+        """A copy with some fields changed (validated like a new spec)."""
+        return replace(self, **changes)
+
+    def to_mapping(self) -> dict[str, Any]:
+        """The YAML entry for this spec: non-default fields, secrets as ``${ENV}`` only."""
+        entry: dict[str, Any] = {}
+        for spec_field in fields(self):
+            name = spec_field.name
+            if name in ("id", "builtin"):
+                continue
+            value = getattr(self, name)
+            default = spec_field.default_factory() if callable(spec_field.default_factory) else spec_field.default
+            if value == default and name != "backend":
+                continue
+            entry[name] = self._saved_value(name, value)
+        return {k: v for k, v in entry.items() if v is not None or k in _NULLABLE}
+
+    def _saved_value(self, name: str, value: Any) -> Any:
+        if isinstance(value, Secret):
+            if value.is_literal:
+                log.warning("%s of model %r was given in clear and is not saved; "
+                            "write it as ${ENV_VARIABLE} to keep it", name, self.id)
+            return value.saved_form()
+        if name == "headers":
+            return {k: self._saved_value(name, v) for k, v in value.items() if v.saved_form()} or None
+        if name == "keep_alive":
+            return "never" if value == float("inf") else value
+        if isinstance(value, tuple):
+            return list(value)
+        return value
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{k}={v!r}" for k, v in self.to_mapping().items()
+                          if not isinstance(v, dict) or v)
+        return f"ModelSpec(id={self.id!r}, {shown})"
+
+
+_CONVERTERS: dict[str, Callable[[Any], Any]] = {
+    "source": _string, "backend": _string, "revision": _optional(_string),
+    "device": _device, "dtype": _dtype, "quantization": _quantization,
+    "trust_remote_code": _boolean, "token": _optional(_secret), "tokenizer": _optional(_string),
+    "max_context": _optional(_integer(1)), "required_memory": _size, "pinned": _boolean,
+    "priority": _integer(-(10**9)), "keep_alive": _keep_alive, "preload": _boolean,
+    "generation": _generation, "load_kwargs": _mapping,
+    "base_url": _optional(_string), "model": _optional(_string), "api_key": _optional(_secret),
+    "timeout": _optional(_number), "max_retries": _optional(_integer(0)), "headers": _headers,
+    "options": _mapping, "builtin": _boolean,
+}
+_NULLABLE = {"quantization"}
