@@ -1,0 +1,236 @@
+"""Device memory: what devices exist, how much is free, and each one's budget.
+
+GPUs come from NVML (``pynvml``, from nvidia-ml-py) and, where NVML is
+missing, from ``torch.cuda`` if torch is already imported; CPU RAM from
+psutil, bounded by the container's cgroup limit (JupyterHub pods see the
+host's RAM through psutil). Nothing here imports torch by itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Mapping, Sequence
+
+import psutil
+
+from .units import format_bytes
+
+__all__ = [
+    "DeviceMemory",
+    "DeviceReport",
+    "probe_devices",
+    "device_budget",
+    "device_kind",
+    "DeviceProbe",
+]
+
+log = logging.getLogger(__name__)
+
+DeviceProbe = Callable[[], Sequence["DeviceMemory"]]
+
+
+@dataclass(frozen=True)
+class DeviceMemory:
+    """One device's memory at one moment, as the system reports it."""
+
+    device: str  # "cpu", "cuda:0"
+    name: str
+    total_bytes: int
+    free_bytes: int
+    source: str  # "nvml", "torch", "psutil", "cgroup"
+
+
+@dataclass(frozen=True)
+class DeviceReport:
+    """A device as the manager sees it: system figures, budget and what its models hold."""
+
+    device: str
+    name: str
+    total_bytes: int
+    free_bytes: int
+    budget_bytes: int
+    held_bytes: int
+    models: tuple[str, ...]
+    source: str
+
+    @property
+    def used_bytes(self) -> int:
+        return self.total_bytes - self.free_bytes
+
+    @property
+    def total_str(self) -> str:
+        return format_bytes(self.total_bytes)
+
+    @property
+    def free_str(self) -> str:
+        return format_bytes(self.free_bytes)
+
+    @property
+    def budget_str(self) -> str:
+        return format_bytes(self.budget_bytes)
+
+    @property
+    def held_str(self) -> str:
+        return format_bytes(self.held_bytes)
+
+    @property
+    def used_str(self) -> str:
+        return format_bytes(self.used_bytes)
+
+
+def device_kind(device: str) -> str:
+    """``cuda`` for ``cuda:1``, ``cpu`` for ``cpu``."""
+    return device.split(":", 1)[0]
+
+
+def device_budget(
+    memory: DeviceMemory,
+    *,
+    fraction: float,
+    absolute: int | Mapping[str, int] | None,
+    held_bytes: int,
+) -> int:
+    """Bytes this manager may hold on a device.
+
+    The budget is ``fraction`` of the total (or an absolute size, per device
+    or for all), and never more than what the manager already holds plus what
+    is free now, since other processes share the device.
+    """
+    limit: float = fraction * memory.total_bytes
+    if isinstance(absolute, Mapping):
+        chosen = absolute.get(memory.device, absolute.get(device_kind(memory.device)))
+        if chosen is not None:
+            limit = chosen
+    elif absolute is not None:
+        limit = absolute
+    return int(max(0, min(limit, held_bytes + memory.free_bytes)))
+
+
+def probe_devices() -> list[DeviceMemory]:
+    """CPU RAM first, then each visible GPU in CUDA index order."""
+    return [probe_cpu(), *probe_gpus()]
+
+
+def probe_cpu() -> DeviceMemory:
+    """System RAM from psutil, limited by a cgroup memory limit when one applies."""
+    memory = psutil.virtual_memory()
+    total, free, source = memory.total, memory.available, "psutil"
+    limit, usage = _cgroup_limit_and_usage()
+    if limit is not None and limit < total:
+        total, source = limit, "cgroup"
+        free = max(0, min(free, limit - (usage or 0)))
+    return DeviceMemory("cpu", "CPU RAM", int(total), int(free), source)
+
+
+def _cgroup_limit_and_usage() -> tuple[int | None, int | None]:
+    candidates = (
+        ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),  # cgroup v2
+        ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes"),
+    )
+    for limit_file, usage_file in candidates:
+        limit = _read_int(limit_file)
+        if limit is not None and limit < (1 << 60):
+            return limit, _read_int(usage_file)
+    return None, None
+
+
+def _read_int(path: str) -> int | None:
+    try:
+        text = Path(path).read_text().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def probe_gpus() -> list[DeviceMemory]:
+    """Visible GPUs from NVML, else from ``torch.cuda`` when torch is already loaded."""
+    gpus = _nvml_gpus()
+    if gpus is None and "torch" in sys.modules:
+        gpus = _torch_gpus()
+    return gpus or []
+
+
+_nvml_lock = threading.Lock()
+_nvml_state: dict[str, object] = {}
+
+
+def _nvml():
+    """The initialized pynvml module, or ``None`` where there is no NVIDIA driver."""
+    with _nvml_lock:
+        if "module" not in _nvml_state:
+            try:
+                import pynvml
+
+                pynvml.nvmlInit()
+                _nvml_state["module"] = pynvml
+            except Exception as error:  # ImportError, NVMLError_LibraryNotFound, driver errors
+                log.debug("NVML is not available: %s", error)
+                _nvml_state["module"] = None
+                _nvml_state["error"] = str(error)
+        return _nvml_state["module"]
+
+
+def nvml_error() -> str | None:
+    """Why NVML is unavailable, after a probe (for ``doctor``)."""
+    _nvml()
+    return _nvml_state.get("error")  # type: ignore[return-value]
+
+
+def _nvml_gpus() -> list[DeviceMemory] | None:
+    pynvml = _nvml()
+    if pynvml is None:
+        return None
+    try:
+        handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(pynvml.nvmlDeviceGetCount())]
+        uuids = [_text(pynvml.nvmlDeviceGetUUID(h)) for h in handles]
+        gpus = []
+        for cuda_index, nvml_index in enumerate(_visible_nvml_indices(uuids)):
+            handle = handles[nvml_index]
+            info = pynvml.nvmlDeviceGetMemoryInfo(handle)
+            name = _text(pynvml.nvmlDeviceGetName(handle))
+            gpus.append(DeviceMemory(f"cuda:{cuda_index}", name, int(info.total), int(info.free), "nvml"))
+        return gpus
+    except pynvml.NVMLError as error:
+        log.warning("NVML failed to report GPU memory (%s); using torch.cuda figures", error)
+        return None
+
+
+def _text(value: str | bytes) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _visible_nvml_indices(uuids: Sequence[str]) -> list[int]:
+    """NVML indices in CUDA order, honouring ``CUDA_VISIBLE_DEVICES`` (indices or UUIDs)."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is None:
+        return list(range(len(uuids)))
+    indices = []
+    for entry in (part.strip() for part in visible.split(",")):
+        if entry.isdigit() and int(entry) < len(uuids):
+            indices.append(int(entry))
+        elif entry.startswith("GPU-") and any(u.startswith(entry) for u in uuids):
+            indices.append(next(i for i, u in enumerate(uuids) if u.startswith(entry)))
+        else:
+            break  # CUDA ignores everything after the first invalid entry
+    return indices
+
+
+def _torch_gpus() -> list[DeviceMemory] | None:
+    torch = sys.modules["torch"]
+    try:
+        if not torch.cuda.is_available():
+            return None
+        gpus = []
+        for index in range(torch.cuda.device_count()):
+            free, total = torch.cuda.mem_get_info(index)
+            name = torch.cuda.get_device_name(index)
+            gpus.append(DeviceMemory(f"cuda:{index}", name, int(total), int(free), "torch"))
+        return gpus
+    except RuntimeError as error:
+        log.warning("torch.cuda failed to report GPU memory: %s", error)
+        return None
