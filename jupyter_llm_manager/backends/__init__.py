@@ -1,0 +1,62 @@
+"""Backends by name: the built-in ones and those registered by other packages.
+
+``transformers`` runs a model in this kernel; ``openai`` talks to any
+OpenAI-compatible server. Other packages add backends through the entry-point
+group ``jupyter_llm_manager.backends`` (name = ``module:BackendClass``).
+Modules are imported only when their backend is first used.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import threading
+from importlib.metadata import entry_points
+
+from ..errors import ConfigurationError
+from .base import Backend, LoadedModel, Placement, TextGenerator
+
+__all__ = ["Backend", "LoadedModel", "Placement", "TextGenerator", "get_backend", "available_backends",
+           "ENTRY_POINT_GROUP"]
+
+log = logging.getLogger(__name__)
+
+ENTRY_POINT_GROUP = "jupyter_llm_manager.backends"
+_BUILTIN = {
+    "transformers": "jupyter_llm_manager.backends.hf:TransformersBackend",
+    "openai": "jupyter_llm_manager.backends.openai_compat:OpenAIBackend",
+}
+_instances: dict[str, Backend] = {}
+_lock = threading.Lock()
+
+
+def available_backends() -> dict[str, str]:
+    """Backend name → ``module:Class``, built-in first, then entry points."""
+    found = dict(_BUILTIN)
+    for point in entry_points(group=ENTRY_POINT_GROUP):
+        found.setdefault(point.name, point.value)
+    return found
+
+
+def get_backend(name: str) -> Backend:
+    """The shared instance of the backend called ``name``."""
+    with _lock:
+        if name not in _instances:
+            _instances[name] = _create(name)
+        return _instances[name]
+
+
+def _create(name: str) -> Backend:
+    known = available_backends()
+    if name not in known:
+        raise ConfigurationError(f"unknown backend {name!r}; available: {', '.join(sorted(known))}. "
+                                 f"Other packages can add one through the {ENTRY_POINT_GROUP!r} entry points.")
+    module_name, _, class_name = known[name].partition(":")
+    try:
+        backend_class = getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError) as error:
+        raise ConfigurationError(f"backend {name!r} ({known[name]}) cannot be imported: {error}") from error
+    backend = backend_class()
+    if not isinstance(backend, Backend):
+        raise ConfigurationError(f"backend {name!r} ({known[name]}) is not a jupyter_llm_manager Backend")
+    return backend

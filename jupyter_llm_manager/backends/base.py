@@ -1,0 +1,106 @@
+"""The backend protocol: how a kind of model is loaded, run and let go.
+
+A backend is stateless about models: :meth:`Backend.load` returns a
+:class:`LoadedModel` that only the manager keeps, and every other method takes
+it back. Policy (when to load, what to evict) lives in the manager.
+
+A third-party backend subclasses :class:`Backend` and is registered under the
+entry-point group ``jupyter_llm_manager.backends``.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Generator
+
+from ..estimate import MemoryEstimate, remote_estimate
+from ..generation import GenerationParams, GenerationResult, Prompt
+from ..spec import ModelSpec
+
+__all__ = ["Backend", "LoadedModel", "Placement", "TextGenerator"]
+
+#: What :meth:`Backend.stream` returns: yields text pieces, returns the result.
+TextGenerator = Generator[str, None, GenerationResult]
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where the manager decided a model goes.
+
+    ``devices`` are memory pools the manager accounts for (``cpu``,
+    ``cuda:0``); ``max_memory`` is the room per device for a multi-device
+    placement.
+    """
+
+    devices: tuple[str, ...]
+    max_memory: dict[str, int] | None = None
+    target: str | None = None  # device string to load on when it differs from the pool ("mps")
+
+
+@dataclass(eq=False)
+class LoadedModel:
+    """A loaded model as the backend hands it to the manager (the only holder).
+
+    ``footprint`` is the measured bytes per device; ``details`` are facts to
+    show in status (endpoint, latency).
+    """
+
+    model: Any
+    tokenizer: Any = None
+    footprint: dict[str, int] = field(default_factory=dict)
+    context_length: int | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+class Backend:
+    """Base class of backends; subclasses implement load, stream and maybe generate."""
+
+    name: ClassVar[str] = ""
+    #: A remote backend holds no local memory: never evicted for budget, not counted by the cap.
+    remote: ClassVar[bool] = False
+
+    def validate(self, spec: ModelSpec) -> None:
+        """Raise :class:`~jupyter_llm_manager.errors.ConfigurationError` for options this backend rejects."""
+
+    def device_kinds(self) -> set[str]:
+        """Device kinds this backend can place a model on here (``cpu``, ``cuda``, ``mps``)."""
+        return {"cpu"}
+
+    def estimate(self, spec: ModelSpec) -> MemoryEstimate:
+        """Memory the model will need, from metadata only."""
+        return remote_estimate(spec.id)
+
+    def load(self, spec: ModelSpec, placement: Placement) -> LoadedModel:
+        raise NotImplementedError
+
+    def stream(self, loaded: LoadedModel, prompt: Prompt, params: GenerationParams, *,
+               model_id: str, raw: bool, stop: threading.Event) -> TextGenerator:
+        """Yield text pieces as they are made; return the final result.
+
+        Setting ``stop`` ends generation within one token; the result then has
+        ``finish_reason="interrupted"``.
+        """
+        raise NotImplementedError
+
+    def generate(self, loaded: LoadedModel, prompt: Prompt, params: GenerationParams, *,
+                 model_id: str, raw: bool) -> GenerationResult:
+        """The whole answer at once; by default, the stream consumed."""
+        pieces = self.stream(loaded, prompt, params, model_id=model_id, raw=raw, stop=threading.Event())
+        while True:
+            try:
+                next(pieces)
+            except StopIteration as done:
+                return done.value
+
+    def unload(self, loaded: LoadedModel) -> None:
+        """Drop every reference the backend keeps to the model (close clients)."""
+        loaded.model = None
+        loaded.tokenizer = None
+
+    def memory_in_use(self, devices: tuple[str, ...]) -> dict[str, int]:
+        """Bytes allocated now on the devices this backend can measure (for freed-bytes reports)."""
+        return {}
+
+    def release_memory(self, devices: tuple[str, ...]) -> None:
+        """Return cached memory to the device after the model was collected."""
