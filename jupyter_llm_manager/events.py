@@ -1,0 +1,105 @@
+"""Manager events: small frozen records, and the bus that delivers them.
+
+Subscribers get every event synchronously, in the thread that caused it,
+never while the manager's registry lock is held, so a subscriber may call the
+manager. A subscriber that raises is logged and kept. The bus also keeps the
+last events so a dashboard opened later can show history.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Callable, Literal
+
+from .units import format_bytes
+
+__all__ = ["Event", "EventKind", "EvictionReason", "EventBus"]
+
+log = logging.getLogger(__name__)
+
+EventKind = Literal[
+    "registered", "unregistered", "loading", "loaded", "load_failed", "evicted", "unloaded",
+    "generation_started", "generation_finished", "pinned", "unpinned", "settings_changed", "warning",
+]
+EvictionReason = Literal["lru", "budget", "keep_alive", "manual"]
+
+
+@dataclass(frozen=True)
+class Event:
+    """Something that happened to a model (or the manager when ``model_id`` is None)."""
+
+    kind: EventKind
+    model_id: str | None = None
+    reason: EvictionReason | None = None
+    seconds: float | None = None
+    bytes: int | None = None
+    message: str = ""
+    time: float = 0.0
+
+    @property
+    def bytes_str(self) -> str:
+        return format_bytes(self.bytes) if self.bytes is not None else ""
+
+    def __str__(self) -> str:
+        parts = [self.kind, repr(self.model_id) if self.model_id else ""]
+        if self.reason:
+            parts.append(f"({self.reason})")
+        if self.seconds is not None:
+            parts.append(f"{self.seconds:.2f} s")
+        if self.bytes is not None:
+            parts.append(self.bytes_str)
+        if self.message:
+            parts.append(f"— {self.message}")
+        return " ".join(p for p in parts if p)
+
+
+Subscriber = Callable[[Event], object]
+
+
+class EventBus:
+    """Delivers events to subscribers and remembers the recent ones."""
+
+    def __init__(self, history: int = 200, clock: Callable[[], float] = time.time) -> None:
+        self._lock = threading.Lock()
+        self._subscribers: list[Subscriber] = []
+        self._history: deque[Event] = deque(maxlen=history)
+        self._clock = clock
+
+    def subscribe(self, callback: Subscriber) -> Callable[[], None]:
+        """Call ``callback(event)`` for every event; returns a function that stops it."""
+        with self._lock:
+            self._subscribers.append(callback)
+
+        def unsubscribe() -> None:
+            with self._lock:
+                if callback in self._subscribers:
+                    self._subscribers.remove(callback)
+
+        return unsubscribe
+
+    def emit(self, kind: EventKind, model_id: str | None = None, **fields: object) -> Event:
+        event = Event(kind, model_id, time=self._clock(), **fields)  # type: ignore[arg-type]
+        with self._lock:
+            self._history.append(event)
+            subscribers = list(self._subscribers)
+        log.debug("event: %s", event)
+        for callback in subscribers:
+            try:
+                callback(event)
+            except Exception:
+                log.exception("an event subscriber failed on %s", event)
+        return event
+
+    def recent(self, limit: int | None = None) -> list[Event]:
+        with self._lock:
+            events = list(self._history)
+        return events[-limit:] if limit else events
+
+    @property
+    def subscriber_count(self) -> int:
+        with self._lock:
+            return len(self._subscribers)

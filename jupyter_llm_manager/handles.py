@@ -1,0 +1,187 @@
+"""What the manager hands out: handles that never keep a model alive on their own.
+
+- :class:`ModelHandle` (from ``load``) holds an id and a weak reference to the
+  manager; it stays valid across unloads.
+- :class:`Lease` (from ``use``) gives ``.model`` and ``.tokenizer`` inside a
+  ``with`` block; the model is never evicted while a lease is held, and the
+  lease forgets the model when the block ends.
+- :class:`TextStream` (from ``stream``) yields text pieces; ``.result`` holds
+  the final :class:`~jupyter_llm_manager.generation.GenerationResult`, also
+  after an interrupt (``finish_reason="interrupted"``).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import weakref
+from typing import TYPE_CHECKING, Any, Iterator
+
+from .errors import LLMManagerError
+from .generation import GenerationParams, GenerationResult, Prompt
+
+if TYPE_CHECKING:
+    from .backends.base import LoadedModel
+    from .manager import LLMManager, _Instance
+    from .reports import StatusRow, UnloadReport
+    from .spec import ModelSpec
+
+__all__ = ["ModelHandle", "Lease", "TextStream"]
+
+
+class ModelHandle:
+    """A model id bound to its manager; holds no model object."""
+
+    def __init__(self, manager: "LLMManager", model_id: str) -> None:
+        self.id = model_id
+        self._manager = weakref.ref(manager)
+
+    @property
+    def manager(self) -> "LLMManager":
+        manager = self._manager()
+        if manager is None:
+            raise LLMManagerError(f"the manager of {self.id!r} is gone")
+        return manager
+
+    def status(self) -> "StatusRow":
+        return self.manager.row(self.id)
+
+    def use(self) -> "Lease":
+        return self.manager.use(self.id)
+
+    def generate(self, prompt: Prompt, **params: Any) -> GenerationResult:
+        return self.manager.generate(self.id, prompt, **params)
+
+    def unload(self, **options: Any) -> "UnloadReport | None":
+        return self.manager.unload(self.id, **options)
+
+    def __repr__(self) -> str:
+        manager = self._manager()
+        state = manager.row(self.id).state if manager is not None else "manager gone"
+        return f"<ModelHandle {self.id!r}: {state}>"
+
+
+class Lease:
+    """``with manager.use(id) as lm``: the loaded model, protected from eviction."""
+
+    def __init__(self, manager: "LLMManager", model_id: str) -> None:
+        self.id = model_id
+        self._manager = manager
+        self._instance: "_Instance | None" = None
+        self._owner: int | None = None
+
+    def __enter__(self) -> "Lease":
+        if self._instance is not None:
+            raise LLMManagerError("this lease is already held; call use() again for another")
+        self._instance = self._manager._acquire(self.id)[1]
+        self._owner = threading.get_ident()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        instance, self._instance = self._instance, None
+        if instance is not None:
+            self._manager._release_lease(instance, self._owner)
+
+    @property
+    def loaded(self) -> "LoadedModel":
+        if self._instance is None or self._instance.loaded is None:
+            raise LLMManagerError(f"the lease on {self.id!r} is not held: use it inside `with manager.use(...)`")
+        return self._instance.loaded
+
+    @property
+    def model(self) -> Any:
+        return self.loaded.model
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.loaded.tokenizer
+
+    @property
+    def spec(self) -> "ModelSpec":
+        return self._manager.spec(self.id)
+
+    def __repr__(self) -> str:
+        return f"<Lease {self.id!r} {'held' if self._instance is not None else 'released'}>"
+
+
+class TextStream:
+    """Text pieces of one generation, as they are made. Iterate once.
+
+    ``stop()`` ends it from another thread within one token. Closing it early
+    (``close()``, ``break`` then garbage collection, an interrupt) releases the
+    model for other uses at once.
+    """
+
+    def __init__(self, manager: "LLMManager", model_id: str, prompt: Prompt, params: GenerationParams,
+                 raw: bool) -> None:
+        self.model_id = model_id
+        self.result: GenerationResult | None = None
+        self._manager = manager
+        self._prompt = prompt
+        self._params = params
+        self._raw = raw
+        self._stop = threading.Event()
+        self._pieces: list[str] = []
+        self._iterator: Iterator[str] | None = None
+        self._started: float | None = None
+
+    @property
+    def text(self) -> str:
+        """Everything streamed so far."""
+        return "".join(self._pieces)
+
+    def stop(self) -> None:
+        """Ask the generation to end after the current token (thread-safe)."""
+        self._stop.set()
+
+    def close(self) -> None:
+        if self._iterator is not None:
+            self._iterator.close()  # type: ignore[attr-defined]
+
+    def __enter__(self) -> "TextStream":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __iter__(self) -> Iterator[str]:
+        if self._iterator is not None:
+            raise LLMManagerError("a TextStream can be iterated only once; call stream() again")
+        self._iterator = self._run()
+        return self._iterator
+
+    def _run(self) -> Iterator[str]:
+        canonical, instance = self._manager._acquire(self.model_id)
+        owner = threading.get_ident()
+        self._started = time.perf_counter()
+        self._manager._generation_started(canonical)
+        pieces, error = None, None
+        try:
+            pieces = instance.backend.stream(instance.loaded, self._prompt, self._params,
+                                             model_id=self.model_id, raw=self._raw, stop=self._stop)
+            while True:
+                try:
+                    piece = next(pieces)
+                except StopIteration as done:
+                    self.result = done.value
+                    break
+                self._pieces.append(piece)
+                yield piece
+        except BaseException as failure:
+            error = failure
+            raise
+        finally:
+            if pieces is not None:
+                pieces.close()
+            if self.result is None and not isinstance(error, Exception):  # interrupted or closed early
+                self.result = self._interrupted_result()
+            self._manager._release_lease(instance, owner)
+            self._manager._generation_finished(canonical, self.result, error)
+
+    def _interrupted_result(self) -> GenerationResult:
+        seconds = time.perf_counter() - (self._started or time.perf_counter())
+        return GenerationResult(self.model_id, self.text, 0, 0, seconds, "interrupted")
+
+    def __repr__(self) -> str:
+        state = "done" if self.result else ("streaming" if self._iterator else "not started")
+        return f"<TextStream {self.model_id!r} {state}>"

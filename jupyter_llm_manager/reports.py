@@ -1,0 +1,118 @@
+"""Point-in-time reports the manager returns: frozen, raw fields, readable ``*_str``.
+
+They hold ids and numbers, never model objects, so front-ends can keep them.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Literal, Mapping
+
+from .units import format_bytes, format_duration
+
+__all__ = ["StatusRow", "UnloadReport", "GarbageReport", "ModelState"]
+
+ModelState = Literal["registered", "loading", "loaded", "failed"]
+
+
+@dataclass(frozen=True)
+class StatusRow:
+    """One registered model id as the manager sees it now."""
+
+    id: str
+    instance: str
+    aliases: tuple[str, ...]
+    backend: str
+    device: str
+    state: ModelState
+    in_use: int
+    pinned: bool
+    priority: int
+    estimated_bytes: int | None
+    actual_bytes: int | None
+    last_used: float | None
+    expires_at: float | None
+    error: str | None
+    remote: bool = False
+    trust_remote_code: bool = False
+    keep_alive: float | None = None
+    load_seconds: float | None = None
+    details: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def estimated_str(self) -> str:
+        return format_bytes(self.estimated_bytes) if self.estimated_bytes is not None else ""
+
+    @property
+    def actual_str(self) -> str:
+        return format_bytes(self.actual_bytes) if self.actual_bytes is not None else ""
+
+    def last_used_str(self, now: float | None = None) -> str:
+        """``12s ago``; empty when never used."""
+        if self.last_used is None:
+            return ""
+        return f"{format_duration((now or time.time()) - self.last_used)} ago"
+
+    def expires_in_str(self, now: float | None = None) -> str:
+        """Keep-alive left (``4m 10s``), ``never`` or empty when not loaded."""
+        if self.state != "loaded":
+            return ""
+        if self.expires_at is None:
+            return "in use" if self.in_use else ("pinned" if self.pinned else "never")
+        return format_duration(self.expires_at - (now or time.time()))
+
+    @property
+    def state_str(self) -> str:
+        """The state with what matters next to it: ``loaded (in use, pinned)``."""
+        notes = [note for flag, note in ((self.in_use, "in use"), (self.pinned, "pinned")) if flag]
+        return f"{self.state} ({', '.join(notes)})" if notes else self.state
+
+
+@dataclass(frozen=True)
+class UnloadReport:
+    """What one unload or eviction freed, and whether the model object is really gone."""
+
+    model_id: str
+    instance: str
+    reason: str
+    freed_bytes: int
+    seconds: float
+    collected: bool
+    holders: tuple[str, ...] = ()
+
+    @property
+    def freed_str(self) -> str:
+        return format_bytes(self.freed_bytes)
+
+    def __str__(self) -> str:
+        text = f"Unloaded {self.model_id!r} ({self.reason}): freed {self.freed_str} in {self.seconds:.2f} s"
+        if not self.collected:
+            held_by = ", ".join(self.holders) if self.holders else "an unknown reference"
+            text += f"; the model object is still alive, held by {held_by}"
+        return text
+
+
+@dataclass(frozen=True)
+class GarbageReport:
+    """Memory before and after a garbage collection, and models that are still alive."""
+
+    used_before: Mapping[str, int]
+    used_after: Mapping[str, int]
+    lingering: Mapping[str, tuple[str, ...]]  # unloaded model id -> what still holds it
+    seconds: float
+
+    @property
+    def freed_bytes(self) -> dict[str, int]:
+        return {d: max(0, self.used_before[d] - self.used_after.get(d, self.used_before[d]))
+                for d in self.used_before}
+
+    def __str__(self) -> str:
+        lines = [f"{device}: {format_bytes(self.used_before[device])} used before, "
+                 f"{format_bytes(self.used_after.get(device, math.nan))} after"
+                 for device in self.used_before]
+        for model_id, holders in self.lingering.items():
+            lines.append(f"{model_id!r} was unloaded but is still alive, held by "
+                         f"{', '.join(holders) or 'an unknown reference'}")
+        return "\n".join(lines)

@@ -1,0 +1,105 @@
+"""Shared fixtures: an isolated configuration, tiny real models, fake backend and devices."""
+
+from __future__ import annotations
+
+import gc
+import os
+import threading
+from pathlib import Path
+
+import pytest
+
+from fakes import FakeBackend, FakeClock, FakeDevices
+from jupyter_llm_manager import LLMManager
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Skip GPU tests, with the reason, where torch sees no CUDA device."""
+    if not any("gpu" in item.keywords for item in items):
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    reason = ("no CUDA device: torch " + torch.__version__ + (" is a CPU-only build" if torch.version.cuda is None
+                                                             else " sees no GPU"))
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(pytest.mark.skip(reason=reason))
+
+
+@pytest.fixture(autouse=True)
+def isolated_config(tmp_path, monkeypatch):
+    """No test reads or writes the user's ~/.jupyter configuration."""
+    monkeypatch.setenv("JUPYTER_CONFIG_DIR", str(tmp_path / "jupyter-config"))
+    monkeypatch.delenv("JUPYTER_LLM_MANAGER_CONFIG", raising=False)
+    yield
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_threads():
+    """Every manager thread a test starts must be gone when its manager is closed."""
+    before = {t.ident for t in threading.enumerate()}
+    yield
+    leftover = [t for t in threading.enumerate() if t.ident not in before and t.name.startswith("llm-")
+                and t.is_alive()]
+    for thread in leftover:
+        thread.join(5)
+    assert not [t.name for t in leftover if t.is_alive()], "manager threads outlived the test"
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory) -> dict[str, Path]:
+    """Two different tiny Llama-style checkpoints, built once per test session."""
+    from jupyter_llm_manager.tiny import SMALL, TinyModelShape, build_tiny_model
+
+    root = tmp_path_factory.mktemp("models")
+    other = TinyModelShape(hidden_size=96, intermediate_size=192, num_hidden_layers=3, num_attention_heads=4,
+                           num_key_value_heads=4, max_position_embeddings=256, vocab_size=320, seed=7)
+    return {"a": build_tiny_model(root / "tiny-a", SMALL), "b": build_tiny_model(root / "tiny-b", other)}
+
+
+@pytest.fixture
+def real_manager(tiny_models):
+    manager = LLMManager(config_path=False, preload=False)
+    manager.register("a", source=str(tiny_models["a"]))
+    manager.register("b", source=str(tiny_models["b"]))
+    yield manager
+    manager.close()
+    gc.collect()
+
+
+@pytest.fixture
+def devices() -> FakeDevices:
+    return FakeDevices()
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def backend(devices) -> FakeBackend:
+    return FakeBackend(devices)
+
+
+@pytest.fixture
+def make_manager(devices, clock, backend):
+    """A manager over the fake backend and devices; closed after the test."""
+    made = []
+
+    def make(**options) -> LLMManager:
+        options.setdefault("config_path", False)
+        options.setdefault("clock", clock)
+        manager = LLMManager(device_probe=devices, backend_factory=lambda name: backend, **options)
+        made.append(manager)
+        return manager
+
+    yield make
+    for manager in made:
+        manager.close()

@@ -1,0 +1,132 @@
+"""A fake backend, fake devices and a fake clock for fast, deterministic policy tests.
+
+The fake devices report free memory as total minus the bytes of fake models
+still alive, so "memory really comes back" is observable: a fake model that
+someone still references keeps its bytes in use.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from typing import Any
+
+from jupyter_llm_manager.backends import Backend, LoadedModel, Placement
+from jupyter_llm_manager.errors import ModelLoadingError, OutOfMemoryDuringLoad
+from jupyter_llm_manager.estimate import MemoryEstimate
+from jupyter_llm_manager.generation import GenerationParams, GenerationResult
+from jupyter_llm_manager.memory import DeviceMemory
+
+GB = 1000**3
+
+
+class FakeClock:
+    def __init__(self, start: float = 1_000_000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class FakeModel:
+    """Stands for a model: occupies ``size`` bytes on ``device`` while alive."""
+
+    def __init__(self, devices: "FakeDevices", device: str, size: int, name: str) -> None:
+        self.name = name
+        self.device = device
+        self.size = size
+        devices.allocate(device, size)
+        weakref.finalize(self, devices.release, device, size)
+
+
+class FakeDevices:
+    """A device probe with fixed totals; free memory follows the fake models alive."""
+
+    def __init__(self, totals: dict[str, int] | None = None, others: dict[str, int] | None = None) -> None:
+        self.totals = totals or {"cpu": 64 * GB, "cuda:0": 24 * GB}
+        self.used = {device: 0 for device in self.totals}
+        self.others = dict(others or {})  # bytes taken by "other processes"
+        self._lock = threading.Lock()
+
+    def allocate(self, device: str, size: int) -> None:
+        with self._lock:
+            self.used[device] += size
+
+    def release(self, device: str, size: int) -> None:
+        with self._lock:
+            self.used[device] -= size
+
+    def __call__(self) -> list[DeviceMemory]:
+        with self._lock:
+            return [DeviceMemory(d, f"fake {d}", total, total - self.used[d] - self.others.get(d, 0), "fake")
+                    for d, total in self.totals.items()]
+
+
+class FakeBackend(Backend):
+    """Sizes come from ``options.size`` (bytes); ``options.fail`` makes loads fail.
+
+    ``options.fail``: ``"error"`` raises after allocating, ``"oom"`` raises an
+    out-of-memory error, ``"oom_once"`` only on the first try. ``gate`` (an
+    Event) makes loads of ``gated`` sources wait, for concurrency tests.
+    """
+
+    name = "fake"
+
+    def __init__(self, devices: FakeDevices, *, kinds: set[str] | None = None) -> None:
+        self.devices = devices
+        self.kinds = kinds or {"cpu", "cuda"}
+        self.loads: list[str] = []
+        self.attempts: dict[str, int] = {}
+        self.gates: dict[str, threading.Event] = {}
+        self.entered: dict[str, threading.Event] = {}
+        self.lock = threading.Lock()
+
+    def device_kinds(self) -> set[str]:
+        return set(self.kinds)
+
+    def estimate(self, spec: Any) -> MemoryEstimate:
+        size = int(spec.options.get("size", GB))
+        estimated = int(spec.options.get("estimate", size))
+        return MemoryEstimate(spec.id, estimated, 0, 0, estimated, "fake", "fake", "fake")
+
+    def gate(self, model_id: str) -> tuple[threading.Event, threading.Event]:
+        """(entered, release): the load of ``model_id`` signals ``entered`` and waits for ``release``."""
+        self.entered[model_id] = threading.Event()
+        self.gates[model_id] = threading.Event()
+        return self.entered[model_id], self.gates[model_id]
+
+    def load(self, spec: Any, placement: Placement) -> LoadedModel:
+        with self.lock:
+            self.attempts[spec.id] = self.attempts.get(spec.id, 0) + 1
+            attempt = self.attempts[spec.id]
+        if spec.id in self.gates:
+            self.entered[spec.id].set()
+            assert self.gates[spec.id].wait(10), "test gate never opened"
+        size = int(spec.options.get("size", GB))
+        device = placement.devices[0]
+        model = FakeModel(self.devices, device, size, spec.id)
+        fail = spec.options.get("fail")
+        if fail == "error":
+            raise ModelLoadingError(f"fake failure loading {spec.id}", model_id=spec.id)
+        if fail == "oom" or (fail == "oom_once" and attempt == 1):
+            raise OutOfMemoryDuringLoad(f"fake OOM loading {spec.id}", model_id=spec.id, devices=(device,))
+        if fail == "interrupt":
+            raise KeyboardInterrupt
+        with self.lock:
+            self.loads.append(spec.id)
+        return LoadedModel(model=model, tokenizer=None, footprint={device: size})
+
+    def stream(self, loaded: LoadedModel, prompt: Any, params: GenerationParams, *, model_id: str, raw: bool,
+               stop: threading.Event):
+        words = (prompt if isinstance(prompt, str) else prompt[-1]["content"]).split()
+        produced = []
+        for word in words[: params.max_new_tokens]:
+            if stop.is_set():
+                return GenerationResult(model_id, " ".join(produced), len(words), len(produced), 0.01,
+                                        "interrupted")
+            produced.append(word)
+            yield word + " "
+        return GenerationResult(model_id, " ".join(produced) + " ", len(words), len(produced), 0.01)

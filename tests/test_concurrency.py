@@ -1,0 +1,225 @@
+"""Threads: single-flight loads, no waiting behind another model's load, mixed real workloads."""
+
+from __future__ import annotations
+
+import gc
+import random
+import threading
+import time
+import weakref
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from fakes import GB
+from jupyter_llm_manager import ModelInUseError, ModelLoadingError, ResourceNotAvailableError
+
+
+def fake(manager, model_id, size=GB, device="cuda:0", **options):
+    return manager.register(model_id, f"fake/{model_id}", backend="fake", device=device,
+                            options={"size": size, **options})
+
+
+def test_concurrent_requests_load_a_model_once(make_manager, backend):
+    manager = make_manager()
+    fake(manager, "a")
+    entered, release = backend.gate("a")
+    with ThreadPoolExecutor(8) as pool:
+        futures = [pool.submit(manager.generate, "a", "x y") for _ in range(8)]
+        assert entered.wait(10)
+        release.set()
+        assert {f.result().text for f in futures} == {"x y "}
+    assert backend.loads == ["a"] and backend.attempts["a"] == 1
+
+
+def test_a_failed_load_is_reported_to_every_waiter(make_manager, backend):
+    manager = make_manager()
+    fake(manager, "bad", fail="error")
+    entered, release = backend.gate("bad")
+    with ThreadPoolExecutor(4) as pool:
+        futures = [pool.submit(manager.load, "bad") for _ in range(4)]
+        assert entered.wait(10)
+        release.set()
+        errors = [f.exception(10) for f in futures]
+    assert all(isinstance(e, ModelLoadingError) for e in errors)
+    assert backend.attempts["bad"] == 1
+
+
+def test_using_a_loaded_model_never_waits_behind_another_load(make_manager, backend):
+    manager = make_manager()
+    fake(manager, "ready")
+    fake(manager, "slow", device="cuda:0")
+    manager.load("ready")
+    entered, release = backend.gate("slow")
+    loader = threading.Thread(target=manager.load, args=("slow",))
+    loader.start()
+    try:
+        assert entered.wait(10)  # 'slow' is loading onto the same device right now
+        started = time.perf_counter()
+        for _ in range(50):
+            with manager.use("ready") as lease:
+                assert lease.model.name == "ready"
+            manager.generate("ready", "quick")
+            manager.status()
+            manager.devices()
+        assert time.perf_counter() - started < 5  # would hang until the gate opens if it waited
+        assert manager.row("slow").state == "loading"
+    finally:
+        release.set()
+        loader.join(10)
+    assert manager.row("slow").state == "loaded"
+
+
+def test_loads_onto_one_device_are_serialized_and_cannot_overcommit(make_manager, backend, devices):
+    manager = make_manager(memory_budget="5GB")
+    fake(manager, "left", size=3 * GB)
+    fake(manager, "right", size=3 * GB)
+    entered, release = backend.gate("left")
+    outcome = {}
+
+    def load(model_id):
+        try:
+            manager.load(model_id)
+            outcome[model_id] = "loaded"
+        except ResourceNotAvailableError:
+            outcome[model_id] = "refused"
+
+    first = threading.Thread(target=load, args=("left",))
+    first.start()
+    assert entered.wait(10)
+    second = threading.Thread(target=load, args=("right",))
+    second.start()
+    second.join(0.3)
+    assert second.is_alive()  # waits for the device, not racing the first load
+    release.set()
+    first.join(10)
+    second.join(10)
+    assert outcome == {"left": "loaded", "right": "loaded"}
+    assert manager.row("left").state == "registered"  # evicted for 'right': 3 + 3 > 5
+    assert devices.used["cuda:0"] <= 5 * GB
+
+
+def test_loads_onto_different_devices_run_side_by_side(make_manager, backend):
+    manager = make_manager()
+    fake(manager, "gpu", device="cuda:0")
+    fake(manager, "cpu", device="cpu")
+    gpu_entered, gpu_release = backend.gate("gpu")
+    cpu_entered, cpu_release = backend.gate("cpu")
+    threads = [threading.Thread(target=manager.load, args=(m,)) for m in ("gpu", "cpu")]
+    for thread in threads:
+        thread.start()
+    assert gpu_entered.wait(10) and cpu_entered.wait(10)  # both loads are in progress at once
+    gpu_release.set()
+    cpu_release.set()
+    for thread in threads:
+        thread.join(10)
+    assert {r.state for r in manager.status()} == {"loaded"}
+
+
+def test_many_threads_on_the_fake_backend_keep_the_books_straight(make_manager, devices):
+    manager = make_manager(max_loaded_models=2, memory_fraction=0.5)
+    for index in range(5):
+        fake(manager, f"m{index}", size=(index + 2) * GB)
+    expected = (ResourceNotAvailableError, ModelInUseError)
+    stop = time.monotonic() + 3
+
+    def worker(seed):
+        rng = random.Random(seed)
+        while time.monotonic() < stop:
+            model_id = f"m{rng.randrange(5)}"
+            action = rng.choice(["load", "generate", "use", "unload", "status"])
+            try:
+                if action == "load":
+                    manager.load(model_id)
+                elif action == "generate":
+                    manager.generate(model_id, "a b c")
+                elif action == "use":
+                    with manager.use(model_id):
+                        assert manager.row(model_id).state == "loaded"
+                elif action == "unload":
+                    manager.unload(model_id, wait=0.05)
+                else:
+                    manager.status()
+            except expected:
+                pass
+            loaded = [r for r in manager.status() if r.state == "loaded"]
+            assert len(loaded) <= 2
+
+    with ThreadPoolExecutor(6) as pool:
+        for future in [pool.submit(worker, seed) for seed in range(6)]:
+            future.result()
+    manager.unload_all()
+    gc.collect()
+    assert devices.used == {"cpu": 0, "cuda:0": 0}
+    assert all(r.in_use == 0 for r in manager.status())
+
+
+def test_threads_load_generate_and_unload_real_models_at_once(real_manager):
+    references = []
+    lock = threading.Lock()
+    errors = []
+
+    def worker(model_id, seed):
+        rng = random.Random(seed)
+        for _ in range(6):
+            try:
+                if rng.random() < 0.3:
+                    real_manager.unload(model_id, wait=2)
+                with real_manager.use(model_id) as lease:
+                    with lock:
+                        references.append(weakref.ref(lease.model))
+                text = "".join(real_manager.stream(model_id, "Hi", max_new_tokens=4, min_new_tokens=4))
+                assert isinstance(text, str)
+                real_manager.generate(model_id, "Hello", max_new_tokens=3)
+            except ModelInUseError:
+                pass
+            except Exception as error:  # anything else is a bug: collected for the assertion below
+                errors.append(error)
+
+    threads = [threading.Thread(target=worker, args=(m, i)) for i, m in enumerate("abab")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert not errors
+    real_manager.unload_all()
+    gc.collect()
+    assert all(ref() is None for ref in references)
+    assert all(r.in_use == 0 and r.state == "registered" for r in real_manager.status())
+
+
+@pytest.mark.parametrize("kind", ["load", "generate"])
+def test_async_wrappers(real_manager, kind):
+    import asyncio
+
+    async def main():
+        if kind == "load":
+            handle = await real_manager.aload("a")
+            return handle.status().state
+        result = await real_manager.agenerate("a", "Hi", max_new_tokens=3, min_new_tokens=3)
+        pieces = [piece async for piece in real_manager.astream("b", "Hi", max_new_tokens=5, min_new_tokens=5)]
+        return result.completion_tokens, "".join(pieces) != ""
+
+    assert asyncio.run(main()) == ("loaded" if kind == "load" else (3, True))
+
+
+def test_cancelling_an_async_stream_stops_the_generation(real_manager):
+    import asyncio
+
+    async def main():
+        pieces = []
+
+        async def consume():
+            async for piece in real_manager.astream("b", "Hi", max_new_tokens=3000, min_new_tokens=3000):
+                pieces.append(piece)
+
+        task = asyncio.create_task(consume())
+        while len(pieces) < 2:
+            await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return len(pieces)
+
+    assert asyncio.run(main()) < 3000
+    assert real_manager.row("b").in_use == 0
