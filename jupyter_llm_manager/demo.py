@@ -1,0 +1,44 @@
+"""Built-in demo models: tiny real checkpoints in the user's cache, built offline.
+
+``demo-small`` and ``demo-large`` are Llama-style checkpoints with random
+weights and a small trained tokenizer. They load through the normal path, so a
+newcomer can watch loading, aliases, eviction and streaming before
+downloading anything. Their answers are noise.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .tiny import LARGE, SMALL, build_tiny_model
+
+if TYPE_CHECKING:
+    from .manager import LLMManager
+
+__all__ = ["DEMO_MODELS", "cache_folder", "build_demo_models", "register_demo_models", "NOISE_NOTE"]
+
+DEMO_MODELS = {"demo-small": SMALL, "demo-large": LARGE}
+NOISE_NOTE = ("The demo models have random weights: their answers are noise. Register a real model with, "
+              "for example, manager.register('qwen', source='Qwen/Qwen2.5-0.5B-Instruct') "
+              "(needs the Hub or a local copy).")
+
+
+def cache_folder() -> Path:
+    """``~/.cache/jupyter_llm_manager`` (or under ``$XDG_CACHE_HOME``)."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "jupyter_llm_manager"
+
+
+def build_demo_models(folder: Path | None = None) -> dict[str, Path]:
+    """Build (once) and return the demo checkpoints; seconds, no network."""
+    root = folder or cache_folder() / "demo-models"
+    return {model_id: build_tiny_model(root / model_id, shape) for model_id, shape in DEMO_MODELS.items()}
+
+
+def register_demo_models(manager: "LLMManager", folder: Path | None = None) -> list[str]:
+    """Register the demo models (marked built-in: never saved to the configuration file)."""
+    for model_id, path in build_demo_models(folder).items():
+        manager.register(model_id, source=str(path), builtin=True, overwrite=True)
+    return list(DEMO_MODELS)
