@@ -59,7 +59,7 @@ def tiny_models(tmp_path_factory) -> dict[str, Path]:
 
     root = tmp_path_factory.mktemp("models")
     other = TinyModelShape(hidden_size=96, intermediate_size=192, num_hidden_layers=3, num_attention_heads=4,
-                           num_key_value_heads=4, max_position_embeddings=256, vocab_size=320, seed=7)
+                           num_key_value_heads=4, max_position_embeddings=2048, vocab_size=320, seed=7)
     return {"a": build_tiny_model(root / "tiny-a", SMALL), "b": build_tiny_model(root / "tiny-b", other)}
 
 

@@ -128,7 +128,7 @@ def test_an_interrupt_during_generate_leaves_no_lease(real_manager):
     real_manager.load("b")
     timer = _interrupt_main_soon(0.2)
     with pytest.raises(KeyboardInterrupt):
-        real_manager.generate("b", "Go on", **exactly(5000))
+        real_manager.generate("b", "Go on", **exactly(2000))  # seconds of work; interrupted after 0.2
     timer.join()
     assert real_manager.row("b").in_use == 0
     assert real_manager.generate("b", "Again", **exactly(2)).completion_tokens == 2

@@ -281,6 +281,8 @@ class TransformersBackend(Backend):
         if params.repetition_penalty is not None:
             kwargs["repetition_penalty"] = params.repetition_penalty
         kwargs.update(params.extra)
+        if kwargs.get("min_new_tokens", 0) > max_new:  # the context rule lowered the limit
+            kwargs["min_new_tokens"] = max_new
         return kwargs
 
 
