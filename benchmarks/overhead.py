@@ -122,14 +122,14 @@ class LibraryClock:
         import transformers
 
         for name, original in self.originals.items():
-            setattr(getattr(transformers, name), "from_pretrained", self._timed(original))
+            getattr(transformers, name).from_pretrained = self._timed(original)
         return self
 
     def __exit__(self, *exc_info) -> None:
         import transformers
 
         for name, original in self.originals.items():
-            setattr(getattr(transformers, name), "from_pretrained", original)
+            getattr(transformers, name).from_pretrained = original
 
     def _timed(self, original):
         def call(*args, **kwargs):
@@ -210,8 +210,6 @@ def measure_generation(manager: LLMManager, path: Path, device: str,
     finally:
         model_class.generate = original
     extra = [a - b for a, b in zip(outside["ours"], outside["raw"])]
-    del tokenizer, model
-    gc.collect()
     return mine, theirs, extra
 
 

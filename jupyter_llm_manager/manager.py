@@ -36,9 +36,9 @@ from pathlib import Path
 from typing import Any, AsyncIterator, Callable, Iterable, Mapping
 
 from .backends import Backend, LoadedModel, Placement, get_backend
-from .config import (ManagerDefaults, RegistryFile, check_max_loaded_models, check_memory_budget,
+from .config import (RegistryFile, check_max_loaded_models, check_memory_budget,
                      check_memory_fraction, default_config_path, find_config_path, load_config, save_registry)
-from .errors import (ConfigurationError, DeviceShortfall, GenerationError, LLMManagerError, MemoryHolder,
+from .errors import (ConfigurationError, DeviceShortfall, LLMManagerError, MemoryHolder,
                      ModelInUseError, ModelLoadingError, ModelNotFoundError, OutOfMemoryDuringLoad,
                      ResourceNotAvailableError)
 from .estimate import MemoryEstimate

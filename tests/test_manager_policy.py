@@ -291,7 +291,7 @@ def test_a_leased_model_is_not_evicted_another_victim_is_chosen(make_manager, cl
         manager.load("c")
         assert states(manager) == {"a": "loaded", "b": "registered", "c": "loaded"}
     with pytest.raises(Exception, match="not held"):
-        lease.model  # the lease forgets the model when the block ends
+        _ = lease.model  # the lease forgets the model when the block ends
 
 
 def test_unload_of_a_leased_model_waits_or_says_it_is_in_use(make_manager):
@@ -456,3 +456,55 @@ def test_a_subscriber_may_call_the_manager(make_manager):
     manager.subscribe(lambda event: rows.append(len(manager.status())))
     manager.load("a")
     assert rows and all(n == 1 for n in rows)
+
+
+# -- load options, preload, the singleton ------------------------------------------------------
+
+def test_force_reload_loads_a_fresh_instance(make_manager, backend):
+    manager = make_manager()
+    fake(manager, "a")
+    manager.load("a")
+    with manager.use("a") as lease:
+        first = lease.model
+    handle = manager.load("a", force_reload=True)
+    with manager.use("a") as lease:
+        assert lease.model is not first
+    assert backend.loads == ["a", "a"] and handle.status().state == "loaded"
+    assert repr(handle) == "<ModelHandle 'a': loaded>"
+
+
+def test_preload_models_load_in_the_background_at_start(tmp_path, devices, backend):
+    from jupyter_llm_manager import LLMManager
+
+    path = tmp_path / "llm.yaml"
+    path.write_text("models:\n"
+                    "  eager: {source: fake/eager, backend: fake, preload: true}\n"
+                    "  lazy: {source: fake/lazy, backend: fake}\n")
+    loaded = threading.Event()
+    entered, release = backend.gate("eager")  # hold the background load until we listen
+    manager = LLMManager(config_path=path, device_probe=devices, backend_factory=lambda name: backend)
+    try:
+        assert entered.wait(10)
+        manager.subscribe(lambda e: loaded.set() if (e.kind, e.model_id) == ("loaded", "eager") else None)
+        release.set()
+        assert loaded.wait(10)
+        assert states(manager) == {"eager": "loaded", "lazy": "registered"}
+    finally:
+        manager.close()
+
+
+def test_get_manager_is_one_kernel_wide_manager_configured_from_the_file(tmp_path, monkeypatch):
+    from jupyter_llm_manager import get_manager, manager as manager_module
+
+    path = tmp_path / "llm.yaml"
+    path.write_text("defaults: {max_loaded_models: 3, default_model: chat}\n"
+                    "models:\n  a: {source: org/a}\naliases: {chat: a}\n")
+    monkeypatch.setenv("JUPYTER_LLM_MANAGER_CONFIG", str(path))
+    monkeypatch.setattr(manager_module, "_singleton", None)
+    first = get_manager()
+    try:
+        assert get_manager() is first
+        assert first.max_loaded_models == 3 and first.default_model == "chat" and first.resolve("chat") == "a"
+        assert first.config_path == path
+    finally:
+        first.close()
