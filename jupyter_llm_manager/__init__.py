@@ -33,6 +33,21 @@ from .spec import ModelSpec, Secret
 
 __version__ = "0.1.0"
 
+
+def load_ipython_extension(ipython: object) -> None:
+    """``%load_ext jupyter_llm_manager``: the ``%%llm`` and ``%llm`` magics."""
+    from .magics import load_ipython_extension as load
+
+    load(ipython)
+
+
+def unload_ipython_extension(ipython: object) -> None:
+    """``%unload_ext jupyter_llm_manager``: remove the magics; loaded models stay."""
+    from .magics import unload_ipython_extension as unload
+
+    unload(ipython)
+
+
 __all__ = [
     "LLMManager", "ModelSpec", "get_manager",
     "LLMManagerError", "ConfigurationError", "ModelNotFoundError", "ModelLoadingError",

@@ -48,7 +48,7 @@ from .handles import Lease, ModelHandle, TextStream
 from .holders import HOLDER_HINT, describe_holders
 from .memory import DeviceMemory, DeviceProbe, DeviceReport, device_budget, probe_devices
 from .reports import GarbageReport, StatusRow, UnloadReport
-from .spec import ModelSpec, check_model_id
+from .spec import ModelSpec, check_model_id, expand_path
 from .units import NEVER, format_bytes, parse_duration
 
 __all__ = ["LLMManager", "get_manager"]
@@ -236,7 +236,14 @@ class LLMManager:
         """
         data = {"source": source, "backend": backend, **options}
         spec = ModelSpec.from_mapping(model_id, {k: v for k, v in data.items() if v is not None})
+        spec = self._register_spec(spec, overwrite=overwrite)
+        if persist:
+            self._persist({model_id: spec}, {})
+        return spec
+
+    def _register_spec(self, spec: ModelSpec, *, overwrite: bool) -> ModelSpec:
         self._backend(spec.backend).validate(spec)
+        model_id = spec.id
         with self._lock:
             old = self._specs.get(model_id)
             if old == spec and model_id not in self._aliases:
@@ -255,9 +262,27 @@ class LLMManager:
         if stale is not None:
             self._unload_instance(stale, "manual", wait=0.0, quiet=True)
         self._bus.emit("registered", model_id, message=spec.source or spec.base_url or "")
-        if persist:
-            self._persist({model_id: spec}, {})
         return spec
+
+    def read_config(self, path: str | os.PathLike) -> RegistryFile:
+        """Register the models and aliases of a configuration file and apply its defaults.
+
+        Ids already registered are replaced by the file's specs; ``save()``
+        writes to this file from now on.
+        """
+        registry = load_config(Path(expand_path(os.fspath(path))))
+        for spec in registry.models.values():
+            self._register_spec(spec, overwrite=True)
+        for name, target in registry.aliases.items():
+            self.alias(name, target, overwrite=True)
+        for name in registry.defaults_given:
+            if name == "default_model":
+                self.default_model = registry.defaults.default_model
+            else:
+                setattr(self, name, getattr(registry.defaults, name))
+        with self._lock:
+            self._config_path = registry.path
+        return registry
 
     def _put_spec(self, spec: ModelSpec) -> None:
         self._specs[spec.id] = spec

@@ -7,6 +7,7 @@ someone still references keeps its bytes in use.
 
 from __future__ import annotations
 
+import re
 import threading
 import weakref
 from typing import Any
@@ -79,6 +80,7 @@ class FakeBackend(Backend):
         self.devices = devices
         self.kinds = kinds or {"cpu", "cuda"}
         self.loads: list[str] = []
+        self.prompts: list[Any] = []  # every prompt streamed, as the backend received it
         self.attempts: dict[str, int] = {}
         self.gates: dict[str, threading.Event] = {}
         self.entered: dict[str, threading.Event] = {}
@@ -121,12 +123,14 @@ class FakeBackend(Backend):
 
     def stream(self, loaded: LoadedModel, prompt: Any, params: GenerationParams, *, model_id: str, raw: bool,
                stop: threading.Event):
-        words = (prompt if isinstance(prompt, str) else prompt[-1]["content"]).split()
+        self.prompts.append(prompt)
+        text = prompt if isinstance(prompt, str) else prompt[-1]["content"]
+        words = re.findall(r"\s*\S+", text)  # an echo: the answer is the prompt, a word per token
         produced = []
         for word in words[: params.max_new_tokens]:
             if stop.is_set():
-                return GenerationResult(model_id, " ".join(produced), len(words), len(produced), 0.01,
+                return GenerationResult(model_id, "".join(produced), len(words), len(produced), 0.01,
                                         "interrupted")
             produced.append(word)
-            yield word + " "
-        return GenerationResult(model_id, " ".join(produced) + " ", len(words), len(produced), 0.01)
+            yield word
+        return GenerationResult(model_id, "".join(produced), len(words), len(produced), 0.01)

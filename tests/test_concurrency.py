@@ -28,7 +28,7 @@ def test_concurrent_requests_load_a_model_once(make_manager, backend):
         futures = [pool.submit(manager.generate, "a", "x y") for _ in range(8)]
         assert entered.wait(10)
         release.set()
-        assert {f.result().text for f in futures} == {"x y "}
+        assert {f.result().text for f in futures} == {"x y"}
     assert backend.loads == ["a"] and backend.attempts["a"] == 1
 
 

@@ -42,7 +42,7 @@ def test_register_loads_nothing_and_load_is_lazy(make_manager, backend):
     manager = make_manager()
     fake(manager, "a")
     assert states(manager) == {"a": "registered"} and backend.loads == []
-    assert manager.generate("a", "one two three", max_new_tokens=2).text == "one two "
+    assert manager.generate("a", "one two three", max_new_tokens=2).text == "one two"
     assert backend.loads == ["a"] and states(manager) == {"a": "loaded"}
 
 
@@ -378,7 +378,7 @@ def test_a_load_that_fails_halfway_leaves_no_trace(make_manager, devices, backen
     assert devices.used["cuda:0"] == GB  # the half-loaded model's memory came back
     assert manager.row("bad").state == "failed" and manager.row("bad").error
     assert [d.held_bytes for d in manager.devices() if d.device == "cuda:0"] == [GB]
-    assert manager.generate("good", "still answers").text == "still answers "
+    assert manager.generate("good", "still answers").text == "still answers"
     kinds = [e.kind for e in manager.events() if e.model_id == "bad"]
     assert kinds[-2:] == ["loading", "load_failed"]
 
@@ -446,7 +446,7 @@ def test_a_failing_subscriber_does_not_break_the_manager(make_manager):
     manager = make_manager()
     fake(manager, "a")
     manager.subscribe(lambda event: 1 / 0)
-    assert manager.generate("a", "fine").text == "fine "
+    assert manager.generate("a", "fine").text == "fine"
 
 
 def test_a_subscriber_may_call_the_manager(make_manager):

@@ -1,0 +1,48 @@
+"""A table that renders as HTML in a notebook and as aligned text in a terminal.
+
+IPython picks ``_repr_html_`` where HTML is shown and ``__repr__`` elsewhere,
+so the front-ends build one :class:`Table` and display it.
+"""
+
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass, field
+from typing import Sequence
+
+__all__ = ["Table"]
+
+
+@dataclass(frozen=True)
+class Table:
+    """Columns, rows of strings, an optional caption and notes below."""
+
+    columns: Sequence[str]
+    rows: Sequence[Sequence[str]]
+    caption: str = ""
+    notes: Sequence[str] = field(default_factory=tuple)
+
+    def _repr_html_(self) -> str:
+        head = "".join(f"<th style='text-align:left'>{html.escape(c)}</th>" for c in self.columns)
+        body = "".join(
+            "<tr>" + "".join(f"<td style='text-align:left'>{html.escape(str(v))}</td>" for v in row) + "</tr>"
+            for row in self.rows
+        )
+        caption = f"<caption style='text-align:left'><b>{html.escape(self.caption)}</b></caption>" if self.caption else ""
+        notes = "".join(f"<div style='color:var(--jp-ui-font-color2, gray)'>{html.escape(n)}</div>"
+                        for n in self.notes)
+        empty = "" if self.rows else "<div><i>(none)</i></div>"
+        return f"<table class='jupyter-llm-manager'>{caption}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{empty}{notes}"
+
+    def __repr__(self) -> str:
+        cells = [list(self.columns)] + [[str(v) for v in row] for row in self.rows]
+        widths = [max(len(row[i]) for row in cells) for i in range(len(self.columns))]
+        lines = [self.caption] if self.caption else []
+        for index, row in enumerate(cells):
+            lines.append("  ".join(value.ljust(width) for value, width in zip(row, widths)).rstrip())
+            if index == 0:
+                lines.append("  ".join("-" * width for width in widths))
+        if not self.rows:
+            lines.append("(none)")
+        lines.extend(self.notes)
+        return "\n".join(lines)

@@ -1,0 +1,347 @@
+"""The %%llm and %llm magics in a real InteractiveShell, on tiny real models and the fake backend."""
+
+from __future__ import annotations
+
+import _thread
+import io
+import threading
+
+import pytest
+from IPython.core.interactiveshell import InteractiveShell
+from IPython.utils.capture import capture_output
+
+from fakes import FakeBackend, FakeDevices
+from jupyter_llm_manager import LLMManager
+from jupyter_llm_manager.magics import LLMMagics, usage
+from jupyter_llm_manager.rendering import TextAnswerView
+
+
+@pytest.fixture(scope="module")
+def shell():
+    shell = InteractiveShell.instance()
+    shell.run_line_magic("load_ext", "jupyter_llm_manager")
+    yield shell
+    shell.run_line_magic("unload_ext", "jupyter_llm_manager")
+
+
+@pytest.fixture
+def magics(shell) -> LLMMagics:
+    magics = shell.magics_manager.registry["LLMMagics"]
+    magics.stream_interval = 0.0
+    magics.default_model = None
+    yield magics
+    magics.chats.reset()
+
+
+@pytest.fixture
+def real(magics, real_manager):
+    magics.manager = real_manager
+    return real_manager
+
+
+@pytest.fixture
+def echo(magics):
+    """A manager over the fake backend, whose answers repeat the prompt's words."""
+    backend = FakeBackend(FakeDevices())
+    manager = LLMManager(config_path=False, preload=False, device_probe=backend.devices,
+                         backend_factory=lambda name: backend)
+    manager.register("echo", "fake/echo", backend="fake", options={"size": 1})
+    manager.register("echo2", "fake/echo2", backend="fake", options={"size": 1})
+    manager.backend = backend
+    magics.manager = manager
+    yield manager
+    manager.close()
+
+
+def run(shell, cell):
+    with capture_output() as captured:
+        result = shell.run_cell(cell)
+    return result, captured
+
+
+def answer_updates(captured):
+    """The answer display's successive contents (the first display and its updates)."""
+    first_id = captured.outputs and captured._outputs[0]["transient"]["display_id"]
+    return [o["data"] for o in captured._outputs if o.get("transient", {}).get("display_id") == first_id]
+
+
+def status_text(captured):
+    status = [o for o in captured._outputs if "text/html" in o["data"] and "font-size: smaller" in o["data"]["text/html"]]
+    return status[-1]["data"]["text/plain"] if status else ""
+
+
+# -- the cell magic ------------------------------------------------------------------------
+
+def test_streaming_shows_intermediate_updates_and_the_final_text(shell, real):
+    result, captured = run(shell, "%%llm b -n 30 -p min_new_tokens=30 -o answer\nTell me something")
+    assert result.error_in_exec is None
+    updates = answer_updates(captured)
+    final = shell.user_ns["answer"]
+    assert len(updates) > 3  # one display, updated in place many times
+    assert updates[-1]["text/markdown"] == final and len(final) > 0
+    assert any(0 < len(u["text/plain"]) < len(final) for u in updates)  # partial text was shown
+    footer = status_text(captured)
+    assert "b · 30 tokens" in footer and "tok/s" in footer and "loaded b" in footer
+
+
+def test_the_magic_returns_nothing_and_the_output_cache_holds_no_model(shell, real):
+    before = dict(shell.user_ns.get("Out", {}))
+    result, _ = run(shell, "%%llm a -n 3\nHi")
+    assert result.result is None and dict(shell.user_ns.get("Out", {})) == before
+    report = real.unload("a")
+    assert report.collected  # nothing in the notebook kept the model alive
+
+
+def test_a_seed_gives_the_same_text_and_n_bounds_the_length(shell, real):
+    texts = []
+    for _ in range(2):
+        run(shell, "%%llm a -t 1.0 --seed 7 -n 12 -p min_new_tokens=12 -o sampled\nHi")
+        texts.append(shell.user_ns["sampled"])
+    assert texts[0] == texts[1]
+    run(shell, "%%llm a -n 5 -p min_new_tokens=5 -o short\nHi")
+    tokenizer_count = len(real_tokenizer(real, "a")(shell.user_ns["short"], add_special_tokens=False)["input_ids"])
+    assert tokenizer_count <= 6
+
+
+def real_tokenizer(manager, model_id):
+    with manager.use(model_id) as lease:
+        return lease.tokenizer
+
+
+def test_several_models_side_by_side_and_o_gets_a_dict(shell, real):
+    result, captured = run(shell, "%%llm a b -n 4 -p min_new_tokens=4 -o both\nHi")
+    assert result.error_in_exec is None
+    both = shell.user_ns["both"]
+    assert set(both) == {"a", "b"} and all(isinstance(t, str) for t in both.values())
+    final = answer_updates(captured)[-1]
+    assert "── a ──" in final["text/plain"] and "── b ──" in final["text/plain"]
+    assert "display: flex" in final["text/html"]
+
+
+def test_no_stream_shows_the_answer_once(shell, real):
+    result, captured = run(shell, "%%llm a --no-stream -n 4 -p min_new_tokens=4 -o whole\nHi")
+    updates = answer_updates(captured)
+    assert updates[-1]["text/plain"] == shell.user_ns["whole"] and len(updates) <= 3
+
+
+def test_an_interrupt_keeps_the_partial_answer_and_the_model(shell, real):
+    real.load("b")
+    timer = threading.Timer(0.3, _thread.interrupt_main)
+    timer.start()
+    result, captured = run(shell, "%%llm b -n 2000 -p min_new_tokens=2000\nGo on and on")
+    timer.join()
+    assert isinstance(result.error_in_exec, KeyboardInterrupt)
+    assert answer_updates(captured)[-1]["text/plain"] != ""  # the partial answer stays visible
+    assert "interrupted" in status_text(captured)
+    row = real.row("b")
+    assert row.state == "loaded" and row.in_use == 0
+    result, _ = run(shell, "%%llm b -n 2 -p min_new_tokens=2 -o after\nStill there?")
+    assert result.error_in_exec is None and shell.user_ns["after"]
+
+
+def test_interpolation_reaches_the_prompt(shell, echo):
+    shell.user_ns.update(topic="memory", items=["gpu", "cpu"], config={"k": "v"})
+    with capture_output():
+        shell.run_cell("1 + 1", store_history=True)
+    cell = ('%%llm echo -n 100\n'
+            'about {topic} {items[1]} {config[k]} {{topic}} {unknown} {"json": {"a": 1}} {x: 1} {Out[' +
+            str(shell.execution_count - 1) + ']}\n\n')
+    result, _ = run(shell, cell)
+    assert result.error_in_exec is None
+    sent = echo.backend.prompts[-1]
+    assert sent == 'about memory cpu v {topic} {unknown} {"json": {"a": 1}} {x: 1} 2'
+
+
+def test_chat_keeps_a_history_per_name_and_reset_clears_it(shell, echo, magics):
+    run(shell, "%%llm echo --chat trip --system 'You plan trips'\nfirst question")
+    run(shell, "%%llm echo --chat trip\nsecond question")
+    sent = echo.backend.prompts[-1]
+    assert [m["role"] for m in sent] == ["system", "user", "assistant", "user"]
+    assert sent[1]["content"] == "first question" and sent[3]["content"] == "second question"
+    assert sent[2]["content"] == "first question"  # the echo model's answer was kept
+    run(shell, "%%llm echo --chat other\nalone")
+    assert echo.backend.prompts[-1] == [{"role": "user", "content": "alone"}]
+    _, captured = run(shell, "%llm reset trip")
+    assert "Forgot 1" in captured.outputs[0].data["text/plain"] and magics.chats.names() == ["other"]
+
+
+def test_raw_and_system_reach_the_backend(shell, echo):
+    run(shell, "%%llm echo --raw\njust text")
+    assert echo.backend.prompts[-1] == "just text"
+    run(shell, "%%llm echo --system 'Be brief'\nquestion")
+    assert echo.backend.prompts[-1][0] == {"role": "system", "content": "Be brief"}
+
+
+def test_format_code_puts_the_code_in_a_new_cell(shell, echo, monkeypatch):
+    inserted = []
+    monkeypatch.setattr(shell, "set_next_input", lambda text, replace=False: inserted.append((text, replace)))
+    run(shell, "%%llm echo -f code -n 100\nHere it is:\n```python\nx = 1\nprint(x)\n```\nEnjoy.")
+    assert inserted == [("x = 1\nprint(x)", False)]
+
+
+def test_format_json_and_html(shell, echo):
+    _, captured = run(shell, '%%llm echo -f json\n{"a":1}')
+    assert answer_updates(captured)[-1].get("application/json") == {"a": 1}
+    _, captured = run(shell, "%%llm echo -f html\n<b>bold</b>")
+    assert answer_updates(captured)[-1]["text/html"].strip() == "<b>bold</b>"
+
+
+def test_default_model_from_the_magic_the_config_and_config_magic(shell, echo, magics):
+    result, captured = run(shell, "%%llm\nhello")
+    assert "No model named and no default" in captured.stderr
+    echo.default_model = "echo2"  # as the config file's defaults.default_model would set it
+    run(shell, "%%llm -o said\nfrom config")
+    assert echo.backend.loads[-1] == "echo2"
+    shell.run_line_magic("config", "LLMMagics.default_model = 'echo'")
+    assert magics.default_model == "echo"
+    run(shell, "%llm default echo2")
+    assert magics.default_model == "echo2" and echo.default_model == "echo2"
+
+
+@pytest.mark.parametrize("cell, fragment", [
+    ("%%llm nope\nHi", "No model is registered as 'nope'"),
+    ("%%llm echo -n -4\nHi", "max_new_tokens must be a positive integer"),
+    ("%%llm echo --temperature hot\nHi", "invalid float value"),
+    ("%%llm echo -p nonsense\nHi", "-p expects KEY=VALUE"),
+    ("%%llm echo echo2 --chat x\nHi", "--chat continues one conversation"),
+    ("%%llm echo\n   ", "the prompt is empty"),
+    ("%llm load nope", "No model is registered"),
+    ("%llm unload", "needs MODEL or --all"),
+    ("%llm frobnicate", "invalid choice"),
+])
+def test_user_errors_are_one_line(shell, echo, cell, fragment):
+    result, captured = run(shell, cell)
+    assert fragment in captured.stderr
+    assert captured.stderr.strip().count("\n") == 0 and "Traceback" not in captured.stderr + captured.stdout
+
+
+def test_a_model_that_does_not_fit_is_one_line(shell, magics, tmp_path):
+    backend = FakeBackend(FakeDevices())
+    manager = LLMManager(max_loaded_models=1, config_path=False, preload=False, device_probe=backend.devices,
+                         backend_factory=lambda name: backend)
+    manager.register("big", "fake/big", backend="fake", device="cuda:0", options={"size": 30 * 10**9})
+    magics.manager = manager
+    try:
+        _, captured = run(shell, "%%llm big\nHi")
+        assert "UsageError: Cannot load 'big': not enough memory" in captured.stderr
+        assert captured.stderr.strip().count("\n") == 0
+    finally:
+        manager.close()
+
+
+# -- the line magics ------------------------------------------------------------------------
+
+def texts(captured):
+    return "\n".join(o.data.get("text/plain", "") for o in captured.outputs)
+
+
+def test_list_status_and_estimate_render_as_tables(shell, real):
+    real.alias("chat", "a")
+    real.load("a")
+    _, captured = run(shell, "%llm list")
+    assert "<table" in captured.outputs[0].data["text/html"] and "chat" in texts(captured)
+    _, captured = run(shell, "%llm status")
+    status, devices = captured.outputs
+    assert "keep-alive left" in status.data["text/plain"] and "loaded" in status.data["text/plain"]
+    assert "cpu" in devices.data["text/plain"] and "budget" in devices.data["text/plain"]
+    _, captured = run(shell, "%llm estimate b")
+    assert "KV cache" in texts(captured) and "safetensors header" in texts(captured)
+
+
+def test_load_pin_unload_and_gc(shell, real):
+    _, captured = run(shell, "%llm load a --pin")
+    assert "Loaded 'a' on cpu" in texts(captured) and "pinned" in texts(captured)
+    assert real.row("a").pinned and real.row("a").state == "loaded"
+    run(shell, "%llm unpin a")
+    assert not real.row("a").pinned
+    run(shell, "%llm pin a")
+    run(shell, "%llm load b")
+    _, captured = run(shell, "%llm unload --all")
+    assert texts(captured).count("Unloaded") == 2
+    _, captured = run(shell, "%llm gc")
+    assert "used before" in texts(captured) and "No unloaded model is still alive" in texts(captured)
+
+
+def test_gc_names_a_variable_that_keeps_a_model_alive(shell, real):
+    run(shell, "%llm load a")
+    with real.use("a") as lease:
+        shell.user_ns["keeper"] = lease.model
+    try:
+        run(shell, "%llm unload a")
+        _, captured = run(shell, "%llm gc")
+        assert "variable 'keeper'" in texts(captured)
+    finally:
+        del shell.user_ns["keeper"]
+    _, captured = run(shell, "%llm gc")
+    assert "No unloaded model is still alive" in texts(captured)
+
+
+def test_register_alias_default_and_persist(shell, real, tiny_models, tmp_path):
+    path = tmp_path / "llm.yaml"
+    real._config_path = path
+    _, captured = run(shell, f"%llm register tiny {tiny_models['a']} --dtype float16 --persist")
+    assert "Registered 'tiny'" in texts(captured) and "tiny" in path.read_text()
+    assert real.spec("tiny").dtype == "float16"
+    run(shell, "%llm alias fast tiny")
+    assert real.resolve("fast") == "tiny"
+    _, captured = run(shell, "%llm default")
+    run(shell, "%llm default fast")
+    result, _ = run(shell, "%%llm -n 2 -p min_new_tokens=2 -o x\nHi")
+    assert result.error_in_exec is None and real.row("tiny").state == "loaded"
+
+
+def test_config_path_reads_a_file_into_the_manager(shell, real, tmp_path):
+    path = tmp_path / "other.yaml"
+    path.write_text("defaults: {max_loaded_models: 1}\nmodels:\n  remote-ish: {source: org/model}\n"
+                    "aliases: {r: remote-ish}\n")
+    _, captured = run(shell, f"%llm config {path}")
+    assert str(path) in texts(captured)
+    assert real.resolve("r") == "remote-ish" and real.max_loaded_models == 1 and real.config_path == path
+
+
+def test_help_and_question_mark_show_the_full_usage(shell):
+    _, captured = run(shell, "%llm help")
+    text = texts(captured)
+    for fragment in ("%%llm", "--chat NAME", "-p KEY=VALUE", "register", "estimate", "keep-alive"):
+        assert fragment in text
+    assert "--no-stream" in LLMMagics.llm.__doc__ and usage() in LLMMagics.llm.__doc__
+
+
+# -- extension conventions ------------------------------------------------------------------
+
+def test_completion_of_model_ids_and_subcommands(shell, echo):
+    def complete(line):
+        from IPython.core.completer import provisionalcompleter
+
+        with provisionalcompleter():
+            return [c.text for c in shell.Completer.completions(line, len(line))]
+
+    assert set(complete("%%llm ec")) >= {"echo", "echo2"}
+    assert "estimate" in complete("%llm est")
+    assert "echo2" in complete("%llm unload echo")
+
+
+def test_unload_and_reload_ext_keep_the_models(shell, real):
+    real.load("a")
+    shell.run_line_magic("unload_ext", "jupyter_llm_manager")
+    assert "llm" not in shell.magics_manager.magics["cell"]
+    assert not [c for c in shell.configurables if isinstance(c, LLMMagics)]
+    shell.run_line_magic("load_ext", "jupyter_llm_manager")
+    magics = shell.magics_manager.registry["LLMMagics"]
+    magics.manager = real
+    shell.run_line_magic("reload_ext", "jupyter_llm_manager")
+    assert real.row("a").state == "loaded"
+    assert sum(isinstance(c, LLMMagics) for c in shell.configurables) == 1
+
+
+def test_plain_text_view_for_terminals():
+    out = io.StringIO()
+    view = TextAnswerView(["a", "b"], stream=out)
+    view.status("loading a…")
+    for piece in ("Hel", "lo"):
+        view.add("a", piece)
+    view.finish("a", None)
+    view.add("b", "Bye")
+    view.finish("b", None)
+    text = out.getvalue()
+    assert "[loading a…]" in text and "── a ──\nHello" in text and "── b ──\nBye" in text
