@@ -12,6 +12,7 @@ Importing this package imports neither torch nor IPython.
 
 from __future__ import annotations
 
+from . import dashboard  # a callable module: jupyter_llm_manager.dashboard() opens one
 from .errors import (
     ConfigurationError,
     GenerationError,
@@ -53,5 +54,5 @@ __all__ = [
     "LLMManagerError", "ConfigurationError", "ModelNotFoundError", "ModelLoadingError",
     "ResourceNotAvailableError", "GenerationError", "InvalidGenerationParameters", "ModelInUseError",
     "GenerationParams", "GenerationResult", "MemoryEstimate", "StatusRow", "DeviceReport", "UnloadReport",
-    "GarbageReport", "Event", "ModelHandle", "Lease", "TextStream", "Secret",
+    "GarbageReport", "Event", "ModelHandle", "Lease", "TextStream", "Secret", "dashboard",
 ]

@@ -146,6 +146,10 @@ class GenerationResult:
     def __str__(self) -> str:
         return self.text
 
+    def _repr_markdown_(self) -> str:
+        """In a notebook: the answer, and its cost in small print."""
+        return f"{self.text}\n\n<sub>{self.summary_str}</sub>"
+
 
 def normalize_prompt(prompt: Prompt, *, system: str | None = None) -> str | list[dict[str, str]]:
     """Check a prompt and return it as a string or a fresh list of messages.

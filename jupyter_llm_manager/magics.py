@@ -8,6 +8,7 @@ usage generated from the argument parsers below.
 
 from __future__ import annotations
 
+import argparse
 import ast
 import contextlib
 import threading
@@ -37,9 +38,16 @@ _CHATS = ChatSessions()
 _MODEL_COMMANDS = {"load", "unload", "pin", "unpin", "estimate", "default", "alias"}
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """Plain argparse help, 100 columns wide (IPython's formatter adds a Sphinx block and a '%')."""
+
+    def __init__(self, prog: str) -> None:
+        super().__init__(prog, width=100, max_help_position=30)
+
+
 def _cell_parser() -> MagicArgumentParser:
     parser = MagicArgumentParser(
-        prog="%%llm", description="Send the cell to one or more models and stream the answer into the output. "
+        prog="%%llm", formatter_class=_HelpFormatter, description="Send the cell to one or more models and stream the answer into the output. "
         "{name} and {name[index]} are replaced by notebook values; {{text}} is a literal {text}; any other "
         "braces are sent as written.")
     parser.add_argument("model", nargs="*", metavar="MODEL",
@@ -63,11 +71,13 @@ def _cell_parser() -> MagicArgumentParser:
 
 
 def _line_parser() -> MagicArgumentParser:
-    parser = MagicArgumentParser(prog="%llm", description="Manage the models of this kernel.")
+    parser = MagicArgumentParser(prog="%llm", formatter_class=_HelpFormatter,
+                                 description="Manage the models of this kernel.")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     def command(name: str, help_text: str) -> MagicArgumentParser:
-        return commands.add_parser(name, help=help_text, description=help_text)
+        return commands.add_parser(name, help=help_text.replace("%", "%%"), description=help_text,
+                                   formatter_class=_HelpFormatter)
 
     command("list", "registered models and aliases")
     command("status", "state, device, memory estimate and actual, last use and keep-alive left; devices")
@@ -98,6 +108,7 @@ def _line_parser() -> MagicArgumentParser:
     command("gc", "collect garbage and empty the CUDA cache without unloading; report what still holds models")
     reset = command("reset", "forget a --chat conversation (all when no name is given)")
     reset.add_argument("chat", nargs="?", metavar="CHAT")
+    command("dashboard", "open the models dashboard (devices, models, actions, events)")
     command("help", "show this help")
     return parser
 
@@ -110,8 +121,7 @@ def usage() -> str:
     """The full usage of ``%%llm`` and ``%llm``, from the parsers."""
     subcommands = [action for action in _LINE_PARSER._actions if action.dest == "command"][0]
     parts = [_CELL_PARSER.format_help(), _LINE_PARSER.format_help()]
-    parts += [f"\n%llm {name}:\n" + parser.format_help().split("\n", 1)[1]
-              for name, parser in subcommands.choices.items() if parser._actions]
+    parts += [parser.format_help() for parser in subcommands.choices.values() if parser._actions]
     return "\n".join(parts)
 
 
@@ -161,6 +171,7 @@ class LLMMagics(Magics):
         super().__init__(shell=shell, **kwargs)
         self._manager = manager
         self.chats = _CHATS
+        self._dashboards: list[Any] = []
 
     @property
     def manager(self) -> LLMManager:
@@ -407,6 +418,16 @@ class LLMMagics(Magics):
         display(Table(["device", "used before", "used after", "freed"], rows,
                       caption=f"Garbage collected in {report.seconds:.2f} s", notes=notes))
 
+    def _command_dashboard(self, args: Any) -> None:
+        from .dashboard import Dashboard
+
+        for old in [d for d in self._dashboards if d.orphaned or d.closed]:  # their outputs are gone
+            old.close()
+            self._dashboards.remove(old)
+        dashboard = Dashboard(self.manager)
+        self._dashboards.append(dashboard)
+        display(dashboard)
+
     def _command_reset(self, args: Any) -> None:
         forgotten = self.chats.reset(args.chat)
         if args.chat and not forgotten:
@@ -467,6 +488,8 @@ def unload_ipython_extension(shell: Any) -> None:
     magics, matcher = _registered.pop(id(shell), (None, None))
     if magics is None:
         return
+    for dashboard in magics._dashboards:
+        dashboard.close()
     for kind in ("line", "cell"):
         shell.magics_manager.magics[kind].pop("llm", None)
     shell.magics_manager.registry.pop(type(magics).__name__, None)

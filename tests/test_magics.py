@@ -345,3 +345,19 @@ def test_plain_text_view_for_terminals():
     view.finish("b", None)
     text = out.getvalue()
     assert "[loading a…]" in text and "── a ──\nHello" in text and "── b ──\nBye" in text
+
+
+def test_dashboard_magic_shows_a_widget_and_unload_ext_closes_it(shell, echo, magics):
+    _, captured = run(shell, "%llm dashboard")
+    assert "application/vnd.jupyter.widget-view+json" in captured.outputs[0].data
+    (first,) = magics._dashboards
+    first.widget._view_count = 1
+    first.widget._view_count = 0  # its output was cleared: orphaned
+    run(shell, "%llm dashboard")
+    assert first.closed and len(magics._dashboards) == 1
+    (second,) = magics._dashboards
+    shell.run_line_magic("unload_ext", "jupyter_llm_manager")
+    try:
+        assert second.closed and not second._thread.is_alive()
+    finally:
+        shell.run_line_magic("load_ext", "jupyter_llm_manager")

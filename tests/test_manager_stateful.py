@@ -158,5 +158,5 @@ class ManagerMachine(RuleBasedStateMachine):
 
 
 TestManagerMachine = ManagerMachine.TestCase
-TestManagerMachine.settings = settings(max_examples=60, stateful_step_count=40, deadline=None,
+TestManagerMachine.settings = settings(max_examples=40, stateful_step_count=35, deadline=None,
                                        suppress_health_check=[HealthCheck.too_slow])

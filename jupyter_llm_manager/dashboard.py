@@ -1,0 +1,451 @@
+"""The models dashboard: devices, models, actions and events, live, in an ipywidgets panel.
+
+Open it with ``%llm dashboard`` or ``jupyter_llm_manager.dashboard()`` (this
+module is callable). It turns manager snapshots into widget values and clicks
+into manager calls, nothing more:
+
+- one background thread is the only writer of widget state. Manager events
+  wake it at once; device figures are refreshed about every two seconds while
+  a view is shown. Only values that changed are sent, a widget's changes
+  batched with ``hold_sync``, so an idle dashboard sends no message;
+- a click runs its manager call on a short-lived action thread (the kernel
+  may be busy with a cell); the row shows what is pending and the result;
+- it holds model ids, never model objects. ``close()`` stops the thread,
+  unsubscribes and closes every widget.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+import sys
+import threading
+import time
+import types
+from collections import deque
+from typing import TYPE_CHECKING, Any, Callable
+
+from .errors import LLMManagerError
+from .events import Event
+from .reports import StatusRow
+from .units import format_bytes, format_duration
+
+if TYPE_CHECKING:
+    from .manager import LLMManager
+
+__all__ = ["Dashboard", "open_dashboard"]
+
+log = logging.getLogger(__name__)
+
+_COLUMNS = (("model", "15em"), ("state", "10em"), ("device", "6em"), ("estimate / actual", "12em"),
+            ("last use", "6em"), ("keep-alive", "6em"))
+_MUTED = "color: var(--jp-ui-font-color2, #777)"
+_HELD, _OTHERS, _BUDGET = "#3b82f6", "#a3a3a3", "#dc2626"
+_ACTION_JOIN_S = 30.0
+
+
+def _text(value: str) -> str:
+    """Escape for an HTML text node (quotes need no escaping there and stay readable)."""
+    return html.escape(value, quote=False)
+
+
+def _ipywidgets() -> Any:
+    try:
+        import ipywidgets
+    except ImportError as error:  # raised when a dashboard is made, never at import
+        raise ImportError("the dashboard needs ipywidgets: pip install ipywidgets") from error
+    return ipywidgets
+
+
+def _coarse(value: int) -> str:
+    """System-wide used bytes, rounded so that its constant small changes do not re-render the dashboard."""
+    if value >= 10**9:
+        return format_bytes(round(value / 10**8) * 10**8)
+    return format_bytes(round(value / 10**7) * 10**7)
+
+
+def _device_html(device: Any) -> str:
+    total = max(device.total_bytes, 1)
+    held = round(100 * min(device.held_bytes, total) / total)
+    others = round(100 * max(device.used_bytes - device.held_bytes, 0) / total)
+    budget = round(100 * min(device.budget_bytes, total) / total)
+    bar = (
+        f"<div style='position:relative; flex:1; height:14px; background:var(--jp-layout-color3, #eee);"
+        f" border-radius:3px; overflow:hidden; min-width:8em'>"
+        f"<div title='held by this kernel&#39;s models' style='position:absolute; left:0; width:{held}%;"
+        f" height:100%; background:{_HELD}'></div>"
+        f"<div title='used by others' style='position:absolute; left:{held}%; width:{others}%; height:100%;"
+        f" background:{_OTHERS}'></div>"
+        f"<div title='budget' style='position:absolute; left:{budget}%; top:0; bottom:0; width:2px;"
+        f" background:{_BUDGET}'></div></div>")
+    text = (f"{_coarse(device.used_bytes)} of {device.total_str} used · models {device.held_str}"
+            f" · budget {device.budget_str}")
+    return (f"<div style='display:flex; align-items:center; gap:0.6em'>"
+            f"<div style='width:14em'><b>{_text(device.device)}</b> "
+            f"<span style='{_MUTED}'>{_text(device.name)}</span></div>{bar}"
+            f"<div style='width:26em'>{_text(text)}</div></div>")
+
+
+def _no_gpu_note() -> str:
+    from .memory import nvml_error
+
+    reason = nvml_error() or "no NVIDIA GPU reported"
+    torch = sys.modules.get("torch")
+    if torch is not None and not torch.cuda.is_available():
+        reason += f"; torch {torch.__version__} sees no CUDA device"
+    return (f"<div style='{_MUTED}'>No GPU visible to this kernel ({_text(reason)}). Models run on the CPU; "
+            "run <code>jupyter-llm-manager doctor</code> to see why.</div>")
+
+
+def _state_html(row: StatusRow, pending: str | None, loading_since: float | None, now: float) -> str:
+    if pending:
+        return f"<i>{_text(pending)}…</i>"
+    if row.state == "loading":
+        elapsed = f" {format_duration(now - loading_since)}" if loading_since else ""
+        return f"<progress style='width:4em'></progress> loading{elapsed}"
+    if row.state == "failed":
+        return f"<span style='color:{_BUDGET}' title='{html.escape(row.error or '')}'>failed</span>"
+    notes = [n for flag, n in ((row.in_use, f"in use ({row.in_use})"), (row.pinned, "pinned")) if flag]
+    return _text(row.state + (f" · {', '.join(notes)}" if notes else ""))
+
+
+def _name_html(row: StatusRow) -> str:
+    aliases = f" <span style='{_MUTED}'>({_text(', '.join(row.aliases))})</span>" if row.aliases else ""
+    badges = ""
+    if row.trust_remote_code:
+        badges += f" <span title='runs code from its repository' style='color:{_BUDGET}'>⚠ remote code</span>"
+    details = ""
+    if row.remote:
+        facts = [str(row.details.get(k)) for k in ("endpoint", "latency_str", "last_error") if row.details.get(k)]
+        details = f"<div style='{_MUTED}; font-size:smaller'>{_text(' · '.join(facts))}</div>"
+    if row.state == "failed" and row.error:
+        details += f"<div style='color:{_BUDGET}; font-size:smaller'>{_text(row.error[:200])}</div>"
+    return f"<b>{_text(row.id)}</b>{aliases}{badges}{details}"
+
+
+def _event_html(events: list[Event]) -> str:
+    rows = "".join(
+        f"<tr><td>{time.strftime('%H:%M:%S', time.localtime(e.time))}</td><td>{_text(e.model_id or '')}</td>"
+        f"<td>{_text(e.kind + (f' ({e.reason})' if e.reason else ''))}</td>"
+        f"<td>{f'{e.seconds:.2f} s' if e.seconds is not None else ''}</td><td>{_text(e.bytes_str)}</td>"
+        f"<td>{_text(e.message[:300])}</td></tr>" for e in reversed(events))
+    return ("<table style='font-size:smaller'><thead><tr><th>time</th><th>model</th><th>what</th><th>seconds</th>"
+            f"<th>bytes</th><th>message</th></tr></thead><tbody>{rows}</tbody></table>")
+
+
+def _message_html(when: float, failed: bool, text: str) -> str:
+    color = f"color:{_BUDGET}" if failed else _MUTED
+    return (f"<div style='{color}; white-space:pre-wrap'>{time.strftime('%H:%M:%S', time.localtime(when))} "
+            f"{_text(text)}</div>")
+
+
+class _ModelRow:
+    """The widgets of one model id: cells and its Load / Unload / Pin buttons."""
+
+    def __init__(self, widgets: Any, dashboard: "Dashboard", model_id: str) -> None:
+        self.cells = [widgets.HTML(layout=widgets.Layout(width=width)) for _, width in _COLUMNS]
+        self.load = widgets.Button(description="Load", layout=widgets.Layout(width="5.5em"))
+        self.unload = widgets.Button(description="Unload", layout=widgets.Layout(width="5.5em"))
+        self.pin = widgets.Button(description="Pin", layout=widgets.Layout(width="5.5em"))
+        self.load.on_click(lambda _: dashboard.load(model_id))
+        self.unload.on_click(lambda _: dashboard.unload(model_id))
+        self.pin.on_click(lambda _: dashboard.toggle_pin(model_id))
+        self.box = widgets.HBox([*self.cells, self.load, self.unload, self.pin],
+                                layout=widgets.Layout(align_items="center"))
+
+    @property
+    def widgets(self) -> list[Any]:
+        return [*self.cells, self.load, self.unload, self.pin, self.box]
+
+    def values(self, row: StatusRow, pending: str | None, loading_since: float | None,
+               now: float) -> list[tuple[Any, dict[str, Any]]]:
+        memory = " / ".join(part for part in (row.estimated_str or "?", row.actual_str) if part)
+        texts = [_name_html(row), _state_html(row, pending, loading_since, now),
+                 _text(row.device), _text(memory), _text(row.last_used_str(now)),
+                 _text(row.expires_in_str(now))]
+        busy = bool(pending) or row.state == "loading"
+        return [*((cell, {"value": text}) for cell, text in zip(self.cells, texts)),
+                (self.load, {"disabled": busy or row.state == "loaded"}),
+                (self.unload, {"disabled": busy or row.state != "loaded"}),
+                (self.pin, {"description": "Unpin" if row.pinned else "Pin", "disabled": bool(pending)})]
+
+
+class Dashboard:
+    """A live panel of this kernel's devices, models and events (see the module docstring).
+
+    ``background=False`` runs no thread: clicks call the manager at once and
+    :meth:`refresh` renders (for tests and scripted use).
+    """
+
+    def __init__(self, manager: "LLMManager | None" = None, *, refresh_interval: float = 2.0,
+                 event_limit: int = 50, background: bool = True) -> None:
+        widgets = _ipywidgets()
+        if manager is None:
+            from .manager import get_manager
+
+            manager = get_manager()
+        self.manager = manager
+        self.refresh_interval = refresh_interval
+        self.event_limit = event_limit
+        self.background = background
+        self._widgets_module = widgets
+        self._lock = threading.Lock()
+        self._pending: dict[str, str] = {}
+        self._loading_since: dict[str, float] = {}
+        self._messages: deque[tuple[float, bool, str]] = deque(maxlen=5)  # (time, failed, text)
+        self._actions: list[threading.Thread] = []
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._views_reported = False
+        self._rows: dict[str, _ModelRow] = {}
+        self._build(widgets)
+        self._unsubscribe = manager.subscribe(self._on_event)
+        self.refresh()
+        self._thread: threading.Thread | None = None
+        if background:
+            self._thread = threading.Thread(target=self._run, name="llm-dashboard-refresh", daemon=True)
+            self._thread.start()
+
+    # -- building --------------------------------------------------------------------
+
+    def _build(self, widgets: Any) -> None:
+        self._title = widgets.HTML("<b>LLM models in this kernel</b>")
+        self._devices = widgets.HTML()
+        header = widgets.HBox([widgets.HTML(f"<span style='{_MUTED}'>{name}</span>", layout=widgets.Layout(width=w))
+                               for name, w in _COLUMNS])
+        self._model_box = widgets.VBox()
+        self._cap = widgets.IntText(description="Max models", value=self.manager.max_loaded_models or 0,
+                                    layout=widgets.Layout(width="12em"), continuous_update=False,
+                                    tooltip="0 = no cap")
+        self._keep_alive = widgets.Text(description="Keep-alive", value=self._keep_alive_text(),
+                                        layout=widgets.Layout(width="14em"), continuous_update=False,
+                                        placeholder="10m, 1h, never")
+        self._unload_all = widgets.Button(description="Unload all", button_style="warning")
+        self._free = widgets.Button(description="Free memory", tooltip="collect garbage, empty the CUDA cache")
+        self._unload_all.on_click(lambda _: self.unload_all())
+        self._free.on_click(lambda _: self.free_memory())
+        self._cap.observe(self._on_cap, names="value")
+        self._keep_alive.observe(self._on_keep_alive, names="value")
+        actions = widgets.HBox([self._unload_all, self._free, self._cap, self._keep_alive])
+        self._messages_html = widgets.HTML()
+        self._events = widgets.HTML()
+        events = widgets.Accordion([self._events], titles=("Events",))
+        self._header = header
+        self._actions_box = actions
+        self._events_box = events
+        self.widget = widgets.VBox([self._title, self._devices, header, self._model_box, actions,
+                                    self._messages_html, events])
+        self.widget._view_count = 0
+        self.widget.observe(self._on_views, names="_view_count")
+
+    def _all_widgets(self) -> list[Any]:
+        found = [self._title, self._devices, *self._header.children, self._header, self._model_box, self._cap,
+                 self._keep_alive, self._unload_all, self._free, self._actions_box, self._messages_html,
+                 self._events, self._events_box, self.widget]
+        for row in self._rows.values():
+            found.extend(row.widgets)
+        return found
+
+    # -- rendering (only the writer thread, or the constructor, calls these) ----------------
+
+    def refresh(self) -> None:
+        """Render a fresh snapshot; only values that changed are sent to the front-end."""
+        now = time.time()
+        rows = self.manager.status()
+        devices = self.manager.devices()
+        events = self.manager.events(self.event_limit)
+        with self._lock:
+            pending = dict(self._pending)
+            loading = dict(self._loading_since)
+            messages = list(self._messages)
+        self._sync_rows([row.id for row in rows])
+        gpus = [d for d in devices if d.device.startswith("cuda")]
+        devices_html = "".join(_device_html(d) for d in devices) + ("" if gpus else _no_gpu_note())
+        _apply(self._devices, value=devices_html)
+        for row in rows:
+            for widget, values in self._rows[row.id].values(row, pending.get(row.id), loading.get(row.id), now):
+                _apply(widget, **values)
+        _apply(self._events, value=_event_html(events))
+        _apply(self._messages_html, value="".join(_message_html(*m) for m in messages))
+        _apply(self._cap, value=self.manager.max_loaded_models or 0)
+        _apply(self._keep_alive, value=self._keep_alive_text())
+
+    def _sync_rows(self, ids: list[str]) -> None:
+        for model_id in ids:
+            if model_id not in self._rows:
+                self._rows[model_id] = _ModelRow(self._widgets_module, self, model_id)
+        for model_id in [m for m in self._rows if m not in ids]:
+            _close(self._rows.pop(model_id).widgets)
+        boxes = tuple(self._rows[m].box for m in ids)
+        if tuple(self._model_box.children) != boxes:
+            self._model_box.children = boxes
+
+    def _keep_alive_text(self) -> str:
+        seconds = self.manager.keep_alive
+        return "never" if seconds is None else f"{seconds:g}s" if seconds < 60 else format_duration(seconds)
+
+    # -- the writer thread -----------------------------------------------------------------
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(self.refresh_interval)
+            if self._stop.is_set():
+                return
+            self._wake.clear()
+            if not self.visible:
+                continue
+            try:
+                self.refresh()
+            except Exception:
+                log.exception("the dashboard failed to refresh; it keeps running")
+
+    @property
+    def visible(self) -> bool:
+        """Shown in a front-end now (or not known yet: the front-end has not reported views)."""
+        return not self._views_reported or bool(self.widget._view_count)
+
+    @property
+    def orphaned(self) -> bool:
+        """Its views were all removed (output cleared or replaced): safe to close."""
+        return self._views_reported and not self.widget._view_count
+
+    def _on_views(self, change: dict[str, Any]) -> None:
+        self._views_reported = True
+        self._wake.set()
+
+    def _on_event(self, event: Event) -> None:
+        with self._lock:
+            if event.kind == "loading" and event.model_id:
+                self._loading_since[event.model_id] = event.time
+            elif event.kind in ("loaded", "load_failed") and event.model_id:
+                self._loading_since.pop(event.model_id, None)
+        self._wake.set()
+
+    # -- actions ---------------------------------------------------------------------------
+
+    def load(self, model_id: str) -> None:
+        self._submit(model_id, "loading", lambda: self.manager.load(model_id),
+                     lambda _: f"Loaded {model_id!r}.")
+
+    def unload(self, model_id: str) -> None:
+        self._submit(model_id, "unloading", lambda: self.manager.unload(model_id, wait=_ACTION_JOIN_S),
+                     lambda report: str(report) if report else f"{model_id!r} was not loaded.")
+
+    def toggle_pin(self, model_id: str) -> None:
+        pinned = self.manager.row(model_id).pinned
+        action = self.manager.unpin if pinned else self.manager.pin
+        self._submit(model_id, "unpinning" if pinned else "pinning", lambda: action(model_id),
+                     lambda _: f"{'Unpinned' if pinned else 'Pinned'} {model_id!r}.")
+
+    def unload_all(self) -> None:
+        self._submit(None, "unloading all", lambda: self.manager.unload_all(wait=_ACTION_JOIN_S),
+                     lambda reports: f"Unloaded {len(reports)} model(s), freed "
+                                     f"{format_bytes(sum(r.freed_bytes for r in reports))}.")
+
+    def free_memory(self) -> None:
+        self._submit(None, "collecting", self.manager.collect_garbage, str)
+
+    def _on_cap(self, change: dict[str, Any]) -> None:
+        value = change["new"] or None
+        if value != self.manager.max_loaded_models:
+            self._submit(None, "setting the cap", lambda: setattr(self.manager, "max_loaded_models", value),
+                         lambda _: f"max_loaded_models = {value}")
+
+    def _on_keep_alive(self, change: dict[str, Any]) -> None:
+        text = change["new"].strip()
+        if text and text != self._keep_alive_text():
+            self._submit(None, "setting keep-alive", lambda: setattr(self.manager, "keep_alive", text),
+                         lambda _: f"keep_alive = {text}")
+
+    def _submit(self, model_id: str | None, what: str, call: Callable[[], Any],
+                describe: Callable[[Any], str]) -> None:
+        """Run a manager call off the comm thread; show it pending, then its outcome."""
+        key = model_id or ""
+        with self._lock:
+            if key in self._pending:
+                return  # a second click while the first is running
+            self._pending[key] = what
+        self._wake.set()
+
+        def run() -> None:
+            failed = True
+            try:
+                message, failed = describe(call()), False
+            except LLMManagerError as error:
+                message = str(error)
+            except Exception as error:  # a bug, not a user error: logged with its traceback, shown in one line
+                log.exception("dashboard action %r failed", what)
+                message = f"{type(error).__name__}: {error}"
+            with self._lock:
+                self._pending.pop(key, None)
+                self._messages.append((time.time(), failed, message))
+            self._wake.set()
+            if not self.background:
+                self.refresh()
+
+        if not self.background:
+            run()
+            return
+        thread = threading.Thread(target=run, name="llm-dashboard-action", daemon=True)
+        with self._lock:
+            self._actions = [t for t in self._actions if t.is_alive()] + [thread]
+        thread.start()
+
+    # -- lifetime ------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Stop the thread, unsubscribe, and close every widget."""
+        self._stop.set()
+        self._wake.set()
+        self._unsubscribe()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(10)
+        with self._lock:
+            actions = list(self._actions)
+        for thread in actions:
+            thread.join(_ACTION_JOIN_S)
+        _close(self._all_widgets())
+        self._rows.clear()
+
+    @property
+    def closed(self) -> bool:
+        return self._stop.is_set()
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> Any:
+        return self.widget._repr_mimebundle_(**kwargs)
+
+    def __repr__(self) -> str:
+        return f"<Dashboard of {self.manager!r}{' (closed)' if self.closed else ''}>"
+
+
+def _close(widgets: list[Any]) -> None:
+    """Close widgets with their layout and style, which are widgets of their own."""
+    for widget in widgets:
+        for part in (getattr(widget, "layout", None), getattr(widget, "style", None), widget):
+            if part is not None and hasattr(part, "close"):
+                part.close()
+
+
+def _apply(widget: Any, **values: Any) -> None:
+    """Set only the traits whose value changed, in one message per widget."""
+    changed = {name: value for name, value in values.items() if getattr(widget, name) != value}
+    if not changed:
+        return
+    with widget.hold_sync():
+        for name, value in changed.items():
+            setattr(widget, name, value)
+
+
+def open_dashboard(manager: "LLMManager | None" = None, **options: Any) -> Dashboard:
+    """A new dashboard of ``manager`` (the kernel's manager by default)."""
+    return Dashboard(manager, **options)
+
+
+class _CallableModule(types.ModuleType):
+    """Lets ``jupyter_llm_manager.dashboard()`` open a dashboard while this stays a module."""
+
+    def __call__(self, manager: "LLMManager | None" = None, **options: Any) -> Dashboard:
+        return open_dashboard(manager, **options)
+
+
+sys.modules[__name__].__class__ = _CallableModule

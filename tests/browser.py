@@ -1,0 +1,132 @@
+"""Real-browser helpers: JupyterLab on 127.0.0.1 and Debian's headless Chromium through Playwright.
+
+Tests that use them skip, with the reason, where Chromium, Playwright or
+JupyterLab is missing. Screenshots go to ``artifacts/`` (or ``$JLM_ARTIFACTS``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+CHROMIUM = os.environ.get("JLM_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--no-first-run", "--disable-quic"]
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def artifacts() -> Path:
+    folder = Path(os.environ.get("JLM_ARTIFACTS", ROOT / "artifacts"))
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def require_browser() -> None:
+    """Skip the calling test, saying why, where the browser stack is not installed."""
+    if not (os.path.exists(CHROMIUM) or shutil.which("chromium")):
+        pytest.skip(f"Chromium is not installed ({CHROMIUM}); install Debian's chromium package")
+    pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
+    pytest.importorskip("jupyterlab", reason="jupyterlab is not installed")
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@contextlib.contextmanager
+def jupyterlab(root: Path, tmp: Path, timeout: float = 60) -> Iterator[str]:
+    """Run JupyterLab on ``root``; yields the base URL with its token; stops it after."""
+    port, token = _free_port(), secrets.token_hex(16)
+    settings = tmp / "lab-settings" / "@jupyterlab" / "apputils-extension"
+    settings.mkdir(parents=True, exist_ok=True)
+    (settings / "notification.jupyterlab-settings").write_text(json.dumps({"fetchNews": "false",
+                                                                           "checkForUpdates": False}))
+    env = {**os.environ, "JUPYTER_CONFIG_DIR": str(tmp / "jupyter-config"),
+           "JUPYTER_RUNTIME_DIR": str(tmp / "jupyter-runtime"), "JUPYTERLAB_SETTINGS_DIR": str(tmp / "lab-settings"),
+           "JUPYTERLAB_WORKSPACES_DIR": str(tmp / "lab-workspaces"), "HF_HUB_OFFLINE": "1"}
+    command = [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--allow-root", "--ip=127.0.0.1",
+               f"--port={port}", "--ServerApp.port_retries=0", f"--IdentityProvider.token={token}",
+               f"--ServerApp.root_dir={root}", "--LabApp.news_url=None",
+               "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"]
+    log = (tmp / "jupyterlab.log").open("w")
+    server = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=root)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if server.poll() is not None:
+                raise RuntimeError(f"JupyterLab exited: {(tmp / 'jupyterlab.log').read_text()[-2000:]}")
+            try:
+                with urllib.request.urlopen(f"{base}/api/status?token={token}", timeout=2):
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("JupyterLab did not answer in time") from None
+                time.sleep(0.2)
+        yield f"{base}/lab/tree/{{path}}?token={token}"
+    finally:
+        server.terminate()
+        try:
+            server.wait(15)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        log.close()
+
+
+@contextlib.contextmanager
+def chromium_page(width: int = 1400, height: int = 900) -> Iterator[object]:
+    """A Playwright page in Debian's headless Chromium."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM if os.path.exists(CHROMIUM)
+                                             else shutil.which("chromium"), args=CHROMIUM_FLAGS)
+        try:
+            yield browser.new_page(viewport={"width": width, "height": height})
+        finally:
+            browser.close()
+
+
+@contextlib.contextmanager
+def screenshot_on_failure(page: object, name: str) -> Iterator[None]:
+    """Keep what the browser showed when a step fails (``artifacts/NAME-failure.png``)."""
+    try:
+        yield
+    except BaseException:
+        with contextlib.suppress(Exception):
+            page.screenshot(path=str(artifacts() / f"{name}-failure.png"), full_page=True)
+        raise
+
+
+def write_notebook(path: Path, cells: list[str]) -> Path:
+    import nbformat
+
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(source) for source in cells])
+    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(notebook, path)
+    return path
+
+
+def run_all_cells(page: object, count: int) -> None:
+    """Run every cell of the open notebook from the top, as a user does with Shift+Enter."""
+    page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
+    page.wait_for_selector(".jp-StatusBar-Widget >> text=/\\| Idle/", timeout=90_000)  # the kernel is connected
+    page.click(".jp-Notebook .jp-Cell >> nth=0")
+    page.keyboard.press("Escape")
+    for _ in range(count):
+        page.keyboard.press("Shift+Enter")

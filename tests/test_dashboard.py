@@ -1,0 +1,229 @@
+"""The dashboard by its widget state: no browser, a recording comm counts the messages."""
+
+from __future__ import annotations
+
+import gc
+import threading
+
+import comm
+import pytest
+from ipywidgets.widgets import widget as widget_module
+
+import jupyter_llm_manager
+from fakes import GB, FakeBackend, FakeDevices
+from jupyter_llm_manager import LLMManager, ModelLoadingError
+from jupyter_llm_manager.dashboard import Dashboard
+
+
+class RecordingComm(comm.DummyComm):
+    sent: list = []
+
+    def publish_msg(self, msg_type, data=None, metadata=None, buffers=None, **keys):
+        RecordingComm.sent.append((msg_type, data))
+
+
+@pytest.fixture(autouse=True)
+def recording_comm(monkeypatch):
+    RecordingComm.sent = []
+    monkeypatch.setattr(comm, "create_comm", lambda *args, **kwargs: RecordingComm(*args, **kwargs))
+    return RecordingComm
+
+
+@pytest.fixture
+def manager(devices, clock):
+    backend = FakeBackend(devices)
+    manager = LLMManager(max_loaded_models=2, config_path=False, preload=False, device_probe=devices,
+                         backend_factory=lambda name: backend, clock=clock)
+    for model_id in ("a", "b", "c"):
+        manager.register(model_id, f"fake/{model_id}", backend="fake", device="cuda:0", options={"size": GB})
+    manager.alias("chat", "a")
+    manager.backend = backend
+    yield manager
+    manager.close()
+
+
+@pytest.fixture
+def board(manager):
+    dashboard = Dashboard(manager, background=False)
+    yield dashboard
+    dashboard.close()
+
+
+def row_text(dashboard, model_id):
+    return " | ".join(cell.value for cell in dashboard._rows[model_id].cells)
+
+
+def state(dashboard, model_id):
+    return dashboard._rows[model_id].cells[1].value
+
+
+def test_rows_show_every_model_with_aliases_and_devices_show_bars(board):
+    assert list(board._rows) == ["a", "b", "c"]
+    assert "(chat)" in row_text(board, "a") and state(board, "a") == "registered"
+    assert "cuda:0" in board._devices.value and "budget" in board._devices.value
+    assert "No GPU visible" not in board._devices.value
+
+
+def test_buttons_call_the_manager(board, manager):
+    board._rows["a"].load.click()
+    assert manager.row("a").state == "loaded" and state(board, "a").startswith("loaded")
+    assert board._rows["a"].load.disabled and not board._rows["a"].unload.disabled
+    board._rows["a"].pin.click()
+    assert manager.row("a").pinned and board._rows["a"].pin.description == "Unpin"
+    board._rows["a"].pin.click()
+    assert not manager.row("a").pinned
+    board._rows["a"].unload.click()
+    assert manager.row("a").state == "registered" and "Unloaded 'a'" in board._messages_html.value
+    board._rows["b"].load.click()
+    board._unload_all.click()
+    assert all(r.state == "registered" for r in manager.status())
+    board._free.click()
+    assert "used before" in board._messages_html.value
+
+
+def test_settings_are_editable_in_place(board, manager):
+    board._cap.value = 1
+    assert manager.max_loaded_models == 1
+    board._keep_alive.value = "15m"
+    assert manager.keep_alive == 900
+    board._keep_alive.value = "soon"
+    assert "expected a duration" in board._messages_html.value and manager.keep_alive == 900
+    board._cap.value = 0
+    assert manager.max_loaded_models is None
+
+
+def test_rows_follow_loads_evictions_and_failures(board, manager, clock):
+    for model_id in ("a", "b"):
+        manager.load(model_id)
+        clock.advance(1)
+    manager.load("c")  # the cap of 2 evicts 'a'
+    manager.register("broken", "fake/broken", backend="fake", options={"fail": "error"})
+    with pytest.raises(ModelLoadingError):
+        manager.load("broken")
+    board.refresh()
+    assert state(board, "a") == "registered" and state(board, "c").startswith("loaded")
+    assert "failed" in state(board, "broken") and "fake failure" in row_text(board, "broken")
+    events = board._events.value
+    assert "evicted (lru)" in events and "load_failed" in events and "fake failure" in events
+
+
+def test_the_background_thread_follows_events_live(manager):
+    dashboard = Dashboard(manager, refresh_interval=60)  # only events can wake it within the test
+    try:
+        changed = threading.Event()
+        dashboard._rows["b"].cells[1].observe(
+            lambda change: changed.set() if change["new"].startswith("loaded") else None, names="value")
+        manager.load("b")
+        assert changed.wait(10)
+    finally:
+        dashboard.close()
+    assert not dashboard._thread.is_alive()
+
+
+def test_refresh_devices_only_while_a_view_is_shown(manager, devices):
+    dashboard = Dashboard(manager, refresh_interval=0.05)
+    try:
+        dashboard.widget._view_count = 1  # the front-end reports one view
+        assert dashboard.visible
+        dashboard.widget._view_count = 0  # the output was cleared
+        assert not dashboard.visible and dashboard.orphaned
+    finally:
+        dashboard.close()
+
+
+def test_an_idle_refresh_sends_no_message(board, recording_comm, manager):
+    manager.load("a")
+    board.refresh()
+    recording_comm.sent.clear()
+    for _ in range(3):
+        board.refresh()
+    assert recording_comm.sent == []
+    manager.unload("a")
+    board.refresh()
+    assert 0 < len(recording_comm.sent) <= 8  # a change sends a few batched messages, not a flood
+
+
+def test_no_widget_or_thread_leaks_over_twenty_open_close_cycles(manager):
+    gc.collect()
+    widgets_before = len(widget_module._instances)
+    for _ in range(20):
+        dashboard = Dashboard(manager)
+        dashboard._rows["a"].load.click()
+        dashboard.close()
+    manager.unload_all(wait=5)
+    gc.collect()
+    assert len(widget_module._instances) == widgets_before
+    assert not [t for t in threading.enumerate() if t.name.startswith("llm-dashboard") and t.is_alive()]
+
+
+def test_several_dashboards_stay_consistent(manager):
+    first, second = Dashboard(manager, background=False), Dashboard(manager, background=False)
+    try:
+        first._rows["b"].load.click()
+        second.refresh()
+        assert state(second, "b").startswith("loaded")
+        second._rows["b"].unload.click()
+        first.refresh()
+        assert state(first, "b") == "registered" == state(second, "b")
+    finally:
+        first.close()
+        second.close()
+
+
+def test_it_holds_ids_never_models(board, manager):
+    board._rows["a"].load.click()
+    board.refresh()
+    report = manager.unload("a")
+    assert report.collected
+
+
+def test_unload_of_a_model_that_is_generating_waits_for_its_lease(manager):
+    dashboard = Dashboard(manager, refresh_interval=60)
+    holding, release = threading.Event(), threading.Event()
+
+    def generating():
+        with manager.use("a"):
+            holding.set()
+            release.wait(10)
+
+    worker = threading.Thread(target=generating)
+    worker.start()
+    try:
+        assert holding.wait(10)
+        unloaded = threading.Event()
+        manager.subscribe(lambda e: unloaded.set() if (e.kind, e.model_id) == ("unloaded", "a") else None)
+        shown_pending = threading.Event()
+        dashboard._rows["a"].cells[1].observe(
+            lambda change: shown_pending.set() if "unloading" in change["new"] else None, names="value")
+        dashboard._rows["a"].unload.click()
+        assert shown_pending.wait(10)  # the row says it is waiting
+        assert manager.row("a").state == "loaded"
+        release.set()
+        assert unloaded.wait(10)
+    finally:
+        release.set()
+        worker.join()
+        dashboard.close()
+
+
+def test_a_plain_note_when_there_is_no_gpu(clock):
+    devices = FakeDevices({"cpu": 8 * GB})
+    backend = FakeBackend(devices, kinds={"cpu"})
+    manager = LLMManager(config_path=False, preload=False, device_probe=devices,
+                         backend_factory=lambda name: backend, clock=clock)
+    dashboard = Dashboard(manager, background=False)
+    try:
+        assert "No GPU visible to this kernel" in dashboard._devices.value and "cpu" in dashboard._devices.value
+    finally:
+        dashboard.close()
+        manager.close()
+
+
+def test_the_package_is_callable_as_dashboard(manager):
+    dashboard = jupyter_llm_manager.dashboard(manager, background=False)
+    try:
+        assert isinstance(dashboard, Dashboard)
+        bundle = dashboard._repr_mimebundle_()
+        assert "application/vnd.jupyter.widget-view+json" in bundle
+    finally:
+        dashboard.close()
