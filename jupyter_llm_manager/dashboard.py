@@ -159,7 +159,7 @@ class _ModelRow:
 
     def values(self, row: StatusRow, pending: str | None, loading_since: float | None,
                now: float) -> list[tuple[Any, dict[str, Any]]]:
-        memory = " / ".join(part for part in (row.estimated_str or "?", row.actual_str) if part)
+        memory = "remote" if row.remote else " / ".join(p for p in (row.estimated_str or "?", row.actual_str) if p)
         texts = [_name_html(row), _state_html(row, pending, loading_since, now),
                  _text(row.device), _text(memory), _text(row.last_used_str(now)),
                  _text(row.expires_in_str(now))]

@@ -11,9 +11,11 @@ from __future__ import annotations
 import difflib
 import functools
 import hashlib
+import hmac
 import logging
 import os
 import re
+import secrets
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -39,6 +41,7 @@ _DEVICE = re.compile(r"^(auto|cpu|mps|balanced|cuda(:\d+)?)$")
 _ENV_REFERENCE = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*)\}$")
 _ENV_IN_TEXT = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _ID = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:@/+-]*$")
+_FINGERPRINT_SALT = secrets.token_bytes(16)  # per process: fingerprints cannot be matched outside it
 
 
 class Secret:
@@ -63,6 +66,14 @@ class Secret:
     def resolve(self) -> str | None:
         """The secret's value now: the environment variable, or the literal."""
         return os.environ.get(self.reference) if self.reference else self._literal
+
+    @property
+    def fingerprint(self) -> str:
+        """Tells secrets apart without revealing them: ``${NAME}``, or a salted, per-process digest."""
+        if self.reference:
+            return f"${{{self.reference}}}"
+        digest = hmac.new(_FINGERPRINT_SALT, (self._literal or "").encode(), hashlib.sha256).hexdigest()
+        return f"inline-{digest[:8]}"
 
     def saved_form(self) -> str | None:
         """``${NAME}`` for a reference; ``None`` for a literal (never saved)."""
@@ -294,8 +305,11 @@ class ModelSpec:
     @functools.cached_property
     def instance_key(self) -> str:
         """The one key that decides sharing: equal keys load the same weights the same way."""
-        if self.base_url is not None:
-            return f"{self.backend}:{self.base_url.rstrip('/')}#{self.model or self.id}"
+        if self.base_url is not None:  # another key or header is another client: permissions, quota, billing
+            key = f"{self.backend}:{self.base_url.rstrip('/')}#{self.model or self.id}"
+            credentials = [f"key={self.api_key.fingerprint}"] if self.api_key else []
+            credentials += [f"{name}={value.fingerprint}" for name, value in sorted(self.headers.items())]
+            return key + (f"|{','.join(credentials)}" if credentials else "")
         location = str(self.local_path) if self.local_path else self.source
         device = ",".join(self.device) if isinstance(self.device, tuple) else self.device
         key = f"{self.backend}:{location}@{self.revision or 'main'}|{self.dtype}|{self.quantization or 'full'}|{device}"

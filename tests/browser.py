@@ -11,15 +11,14 @@ import json
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 from typing import Iterator
 
 import pytest
+
+from processes import free_port, stop, wait_for_http
 
 CHROMIUM = os.environ.get("JLM_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
@@ -42,16 +41,10 @@ def require_browser() -> None:
     pytest.importorskip("jupyterlab", reason="jupyterlab is not installed")
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @contextlib.contextmanager
 def jupyterlab(root: Path, tmp: Path, timeout: float = 60) -> Iterator[str]:
     """Run JupyterLab on ``root``; yields the base URL with its token; stops it after."""
-    port, token = _free_port(), secrets.token_hex(16)
+    port, token = free_port(), secrets.token_hex(16)
     settings = tmp / "lab-settings" / "@jupyterlab" / "apputils-extension"
     settings.mkdir(parents=True, exist_ok=True)
     (settings / "notification.jupyterlab-settings").write_text(json.dumps({"fetchNews": "false",
@@ -67,24 +60,12 @@ def jupyterlab(root: Path, tmp: Path, timeout: float = 60) -> Iterator[str]:
     server = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=root)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + timeout
-        while True:
-            if server.poll() is not None:
-                raise RuntimeError(f"JupyterLab exited: {(tmp / 'jupyterlab.log').read_text()[-2000:]}")
-            try:
-                with urllib.request.urlopen(f"{base}/api/status?token={token}", timeout=2):
-                    break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError("JupyterLab did not answer in time") from None
-                time.sleep(0.2)
+        failure = wait_for_http(f"{base}/api/status?token={token}", server, timeout)
+        if failure:
+            raise RuntimeError(f"JupyterLab {failure}: {(tmp / 'jupyterlab.log').read_text()[-2000:]}")
         yield f"{base}/lab/tree/{{path}}?token={token}"
     finally:
-        server.terminate()
-        try:
-            server.wait(15)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        stop(server)
         log.close()
 
 
