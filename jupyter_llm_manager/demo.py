@@ -17,12 +17,12 @@ from .tiny import LARGE, SMALL, build_tiny_model
 if TYPE_CHECKING:
     from .manager import LLMManager
 
-__all__ = ["DEMO_MODELS", "cache_folder", "build_demo_models", "register_demo_models", "NOISE_NOTE"]
+__all__ = ["DEMO_MODELS", "cache_folder", "build_demo_models", "register_demo_models", "is_demo", "NOISE_NOTE"]
 
 DEMO_MODELS = {"demo-small": SMALL, "demo-large": LARGE}
-NOISE_NOTE = ("The demo models have random weights: their answers are noise. Register a real model with, "
-              "for example, manager.register('qwen', source='Qwen/Qwen2.5-0.5B-Instruct') "
-              "(needs the Hub or a local copy).")
+NOISE_NOTE = ("The demo models have random weights: their answers are noise. Register a real model with "
+              "%llm register qwen Qwen/Qwen2.5-0.5B-Instruct (or manager.register('qwen', "
+              "source='Qwen/Qwen2.5-0.5B-Instruct')); it needs the Hub or a local copy.")
 
 
 def cache_folder() -> Path:
@@ -35,6 +35,10 @@ def build_demo_models(folder: Path | None = None) -> dict[str, Path]:
     """Build (once) and return the demo checkpoints; seconds, no network."""
     root = folder or cache_folder() / "demo-models"
     return {model_id: build_tiny_model(root / model_id, shape) for model_id, shape in DEMO_MODELS.items()}
+
+
+def is_demo(model_id: str) -> bool:
+    return model_id in DEMO_MODELS
 
 
 def register_demo_models(manager: "LLMManager", folder: Path | None = None) -> list[str]:

@@ -70,6 +70,16 @@ class MemoryEstimate:
         return format_bytes(self.overhead_bytes)
 
     @property
+    def parameters_str(self) -> str:
+        """``7.24 B parameters``, ``494.0 M parameters``; empty when unknown."""
+        if not self.parameters:
+            return ""
+        for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+            if self.parameters >= size:
+                return f"{self.parameters / size:.{2 if unit == 'B' else 1}f} {unit} parameters"
+        return f"{self.parameters} parameters"
+
+    @property
     def total_str(self) -> str:
         return format_bytes(self.total_bytes) if self.known else "unknown"
 

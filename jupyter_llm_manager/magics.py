@@ -23,6 +23,7 @@ from IPython.utils.process import arg_split
 from traitlets import Bool, Enum, Float, Unicode
 
 from .chats import ChatSessions
+from .demo import NOISE_NOTE, is_demo
 from .errors import LLMManagerError
 from .events import Event
 from .interpolate import interpolate
@@ -172,6 +173,7 @@ class LLMMagics(Magics):
         self._manager = manager
         self.chats = _CHATS
         self._dashboards: list[Any] = []
+        self._noted_demos: set[str] = set()
 
     @property
     def manager(self) -> LLMManager:
@@ -229,6 +231,10 @@ class LLMMagics(Magics):
         return answers
 
     def _ask(self, model_id: str, text: str, args: Any, params: dict[str, Any], view: AnswerView) -> str:
+        canonical = self.manager.resolve(model_id)
+        if is_demo(canonical) and canonical not in self._noted_demos:  # said once per session
+            self._noted_demos.add(canonical)
+            view.notice(NOISE_NOTE)
         prompt: Any = self.chats.messages(args.chat, text, args.system) if args.chat else text
         system = None if args.chat else args.system
         if args.no_stream:
@@ -340,6 +346,11 @@ class LLMMagics(Magics):
                       caption="Devices"))
 
     def _command_load(self, args: Any) -> None:
+        if self.manager.row(args.model).state == "loaded":
+            if args.pin:
+                self.manager.pin(args.model)
+            _say(f"{self.manager.resolve(args.model)!r} is already loaded" + (", now pinned." if args.pin else "."))
+            return
         handle = self.manager.load(args.model, pin=args.pin)
         row = handle.status()
         seconds = f" in {row.load_seconds:.1f} s" if row.load_seconds is not None else ""
@@ -390,9 +401,8 @@ class LLMMagics(Magics):
                 ["KV cache", estimate.kv_cache_str, estimate.kv_cache_method],
                 ["overhead", estimate.overhead_str, estimate.overhead_method],
                 ["total", estimate.total_str, ""]]
-        parameters = f"{estimate.parameters / 1e9:.2f} B parameters" if estimate.parameters else ""
         display(Table(["part", "bytes", "how"], rows, caption=f"Estimate for {args.model}",
-                      notes=[parameters] if parameters else []))
+                      notes=[estimate.parameters_str] if estimate.parameters else []))
 
     def _command_config(self, args: Any) -> None:
         if args.path:

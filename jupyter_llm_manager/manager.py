@@ -11,6 +11,9 @@ Invariants (each checked by tests):
 - Local instances never exceed ``max_loaded_models``; bytes accounted on a
   device stay within its budget, unless a load's real footprint turns out
   larger than its estimate and nothing else may be evicted (then a warning).
+- A loaded instance is accounted at its measured footprint plus the runtime
+  reserve of its estimate (KV cache and overhead): the memory it uses once
+  it generates, not only its weights.
 
 Locks, always taken in this order: device load locks (sorted by device name)
 → the registry lock ``_lock`` → the event bus lock. ``_lock`` is held only for
@@ -78,7 +81,8 @@ class _Instance:
     state: str = "loading"  # "loading" | "loaded" | "unloading"
     placement: Placement | None = None
     loaded: LoadedModel | None = None
-    bytes: dict[str, int] = field(default_factory=dict)  # estimate while loading, footprint once loaded
+    bytes: dict[str, int] = field(default_factory=dict)  # accounted: the estimate, then footprint + reserve
+    footprint: dict[str, int] = field(default_factory=dict)  # measured after the load
     leases: int = 0
     lease_threads: Counter = field(default_factory=Counter)
     last_used: float = 0.0
@@ -93,6 +97,10 @@ class _Instance:
     @property
     def total_bytes(self) -> int:
         return sum(self.bytes.values())
+
+    @property
+    def footprint_bytes(self) -> int:
+        return sum(self.footprint.values())
 
 
 class LLMManager:
@@ -267,10 +275,16 @@ class LLMManager:
     def read_config(self, path: str | os.PathLike) -> RegistryFile:
         """Register the models and aliases of a configuration file and apply its defaults.
 
-        Ids already registered are replaced by the file's specs; ``save()``
-        writes to this file from now on.
+        Ids already registered are replaced by the file's specs, and the
+        built-in demo models make way when the file registers models;
+        ``save()`` writes to this file from now on.
         """
         registry = load_config(Path(expand_path(os.fspath(path))))
+        if registry.models:  # the built-in demo models stand in for a configuration; a real one replaces them
+            with self._lock:
+                placeholders = [i for i, spec in self._specs.items() if spec.builtin and i not in registry.models]
+            for model_id in placeholders:
+                self.unregister(model_id)
         for spec in registry.models.values():
             self._register_spec(spec, overwrite=True)
         for name, target in registry.aliases.items():
@@ -493,7 +507,8 @@ class LLMManager:
                 loaded = self._load_with_retry(canonical, instance, placement, needed)
                 with self._lock:
                     instance.loaded, instance.state = loaded, "loaded"
-                    instance.bytes = dict(loaded.footprint) if not instance.remote else {}
+                    instance.footprint = dict(loaded.footprint) if not instance.remote else {}
+                    instance.bytes = _accounted(instance.footprint, placement, estimate)
                     instance.load_seconds = time.perf_counter() - started
                     self._lease(instance)
                     self._failures.pop(canonical, None)
@@ -502,7 +517,7 @@ class LLMManager:
         except BaseException as error:
             self._abandon(canonical, instance, error)
             raise
-        self._bus.emit("loaded", canonical, seconds=instance.load_seconds, bytes=instance.total_bytes,
+        self._bus.emit("loaded", canonical, seconds=instance.load_seconds, bytes=instance.footprint_bytes,
                        message=", ".join(placement.devices))
         self._ensure_reaper()
         if instance.total_bytes > sum(needed.values()):  # heavier than estimated: restore the budgets
@@ -836,7 +851,7 @@ class LLMManager:
         if before:  # measured (CUDA): what the device allocator really got back
             freed = sum(max(before[d] - after.get(d, 0), 0) for d in before)
         else:  # not measurable (CPU): the footprint, once the object is gone
-            freed = instance.total_bytes if collected else 0
+            freed = instance.footprint_bytes if collected else 0
         report = UnloadReport(model_id, instance.key, reason, freed, time.perf_counter() - started,
                               collected=collected, holders=holders)
         with self._lock:
@@ -1074,7 +1089,7 @@ class LLMManager:
             id=spec.id, instance=key, aliases=aliases, backend=spec.backend, device=device, state=state,
             in_use=instance.leases if instance else 0, pinned=spec.id in self._pinned, priority=spec.priority,
             estimated_bytes=estimate.total_bytes if estimate is not None and estimate.known else None,
-            actual_bytes=instance.total_bytes if instance is not None and state == "loaded" else None,
+            actual_bytes=instance.footprint_bytes if instance is not None and state == "loaded" else None,
             last_used=(instance.last_used if instance is not None else None) or self._last_used.get(key),
             expires_at=self._expires_at(instance) if instance is not None else None,
             error=self._failures.get(spec.id), remote=remote, trust_remote_code=spec.trust_remote_code,
@@ -1151,6 +1166,14 @@ class LLMManager:
                     f"cap={self._max_loaded}, keep_alive={self._keep_alive}>")
 
 
+def _accounted(footprint: dict[str, int], placement: Placement, estimate: MemoryEstimate) -> dict[str, int]:
+    """Bytes a loaded instance holds against budgets: its footprint plus the estimate's runtime reserve."""
+    if not placement.devices:
+        return {}
+    reserve = max(estimate.total_bytes - estimate.weights_bytes, 0) // len(placement.devices)
+    return {device: footprint.get(device, 0) + reserve for device in placement.devices}
+
+
 def _checked(check: Callable[[Any], Any], value: Any) -> Any:
     """A setting validated by ``check``; its ``ValueError`` becomes a :class:`ConfigurationError`."""
     try:
@@ -1171,9 +1194,19 @@ _singleton_lock = threading.Lock()
 
 
 def get_manager() -> LLMManager:
-    """The kernel-resident manager, configured from the configuration file when one exists."""
+    """The kernel-resident manager, configured from the configuration file when one exists.
+
+    When the configuration registers no model, it knows the two offline demo
+    models (``demo-small``, ``demo-large``), so a first notebook works at once.
+    """
     global _singleton
     with _singleton_lock:
         if _singleton is None:
-            _singleton = LLMManager()
+            manager = LLMManager()
+            if not manager.ids():
+                from .demo import register_demo_models
+
+                register_demo_models(manager)
+                manager.default_model = manager.default_model or "demo-small"
+            _singleton = manager
         return _singleton

@@ -159,7 +159,7 @@ _nvml_lock = threading.Lock()
 _nvml_state: dict[str, object] = {}
 
 
-def _nvml():
+def nvml_module():
     """The initialized pynvml module, or ``None`` where there is no NVIDIA driver."""
     with _nvml_lock:
         if "module" not in _nvml_state:
@@ -177,12 +177,12 @@ def _nvml():
 
 def nvml_error() -> str | None:
     """Why NVML is unavailable, after a probe (for ``doctor``)."""
-    _nvml()
+    nvml_module()
     return _nvml_state.get("error")  # type: ignore[return-value]
 
 
 def _nvml_gpus() -> list[DeviceMemory] | None:
-    pynvml = _nvml()
+    pynvml = nvml_module()
     if pynvml is None:
         return None
     try:

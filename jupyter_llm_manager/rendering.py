@@ -53,13 +53,18 @@ class AnswerView:
         self.texts = {model_id: "" for model_id in self.model_ids}
         self.summaries: dict[str, str] = {}
         self.notes: list[str] = []
+        self.notices: list[str] = []
 
     def add(self, model_id: str, piece: str) -> None:
         self.texts[model_id] += piece
 
     def status(self, note: str) -> None:
-        """A line about what is happening (loading, an eviction)."""
+        """A short note about what is happening (loading, an eviction), on the status line."""
         self.notes.append(note)
+
+    def notice(self, text: str) -> None:
+        """A sentence worth its own line below the answer (said once, e.g. about demo models)."""
+        self.notices.append(text)
 
     def finish(self, model_id: str, result: GenerationResult | None, error: str | None = None) -> None:
         """One model's answer is complete (or was interrupted, or failed)."""
@@ -94,6 +99,10 @@ class RichAnswerView(AnswerView):
 
     def status(self, note: str) -> None:
         super().status(note)
+        self._refresh_status()
+
+    def notice(self, text: str) -> None:
+        super().notice(text)
         self._refresh_status()
 
     def finish(self, model_id: str, result: GenerationResult | None, error: str | None = None) -> None:
@@ -138,11 +147,13 @@ class RichAnswerView(AnswerView):
                 "text/plain": plain}
 
     def _status_bundle(self) -> dict[str, Any]:
-        lines = list(self.notes)
+        parts = list(self.notes)
         if len(self.model_ids) == 1 and self.model_ids[0] in self.summaries:
-            lines.append(self.summaries[self.model_ids[0]])
-        text = " · ".join(lines)
-        return {"text/html": f"<div style='{_MUTED}'>{html.escape(text)}</div>", "text/plain": text}
+            parts.append(self.summaries[self.model_ids[0]])
+        lines = [" · ".join(parts)] if parts else []
+        lines += self.notices
+        return {"text/html": "".join(f"<div style='{_MUTED}'>{html.escape(line)}</div>" for line in lines),
+                "text/plain": "\n".join(lines)}
 
 
 class TextAnswerView(AnswerView):
@@ -163,6 +174,10 @@ class TextAnswerView(AnswerView):
         super().status(note)
         if self.footer:
             self._write(f"[{note}]\n")
+
+    def notice(self, text: str) -> None:
+        super().notice(text)
+        self._write(f"[{text}]\n")
 
     def finish(self, model_id: str, result: GenerationResult | None, error: str | None = None) -> None:
         shown = self.texts[model_id]

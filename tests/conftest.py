@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import os
+import signal
 import threading
 from pathlib import Path
 
@@ -15,6 +16,11 @@ from jupyter_llm_manager import LLMManager
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+# Interrupt tests deliver SIGINT to the main thread as Jupyter does, where it raises KeyboardInterrupt.
+# A shell starts background jobs (CI runners, nohup) with SIGINT ignored, and Python then keeps it
+# ignored: install the handler a kernel has.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pytest_collection_modifyitems(config, items):

@@ -508,3 +508,20 @@ def test_get_manager_is_one_kernel_wide_manager_configured_from_the_file(tmp_pat
         assert first.config_path == path
     finally:
         first.close()
+
+
+def test_without_configuration_the_kernel_knows_the_demo_models(tmp_path, monkeypatch):
+    from jupyter_llm_manager import get_manager, manager as manager_module
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(manager_module, "_singleton", None)
+    manager = get_manager()
+    try:
+        assert [row.id for row in manager.status()] == ["demo-small", "demo-large"]
+        assert manager.default_model == "demo-small" and manager.config_path is None
+        assert (tmp_path / "cache" / "jupyter_llm_manager" / "demo-models" / "demo-large" / "config.json").exists()
+        assert manager.generate("demo-small", "Hi", max_new_tokens=3, min_new_tokens=3).completion_tokens == 3
+        saved = manager.save(tmp_path / "llm.yaml").read_text()
+        assert "demo-" not in saved  # built-in models are never written to a configuration file
+    finally:
+        manager.close()
