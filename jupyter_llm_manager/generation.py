@@ -161,6 +161,7 @@ def normalize_prompt(prompt: Prompt, *, system: str | None = None) -> str | list
         raise InvalidGenerationParameters("the prompt must be text (str), not bytes: decode it first")
     if isinstance(prompt, str):
         _check(bool(prompt.strip()), "the prompt is empty: write some text to send to the model")
+        _check_unicode(prompt, "the prompt")
         if system:
             return [{"role": "system", "content": system}, {"role": "user", "content": prompt}]
         return prompt
@@ -169,6 +170,7 @@ def normalize_prompt(prompt: Prompt, *, system: str | None = None) -> str | list
     for index, message in enumerate(prompt):
         _check(isinstance(message, Mapping) and isinstance(message.get("content"), str),
                f"message {index} must be a mapping with 'role' and 'content' strings, got {message!r}")
+        _check_unicode(message["content"], f"message {index}")
         role = message.get("role")
         _check(role in _ROLES, f"message {index} has role {role!r}; use one of {sorted(_ROLES)}")
         messages.append({"role": role, "content": message["content"]})
@@ -176,6 +178,17 @@ def normalize_prompt(prompt: Prompt, *, system: str | None = None) -> str | list
     if system and messages[0]["role"] != "system":
         messages.insert(0, {"role": "system", "content": system})
     return messages
+
+
+def _check_unicode(text: str, what: str) -> None:
+    """Lone surrogates (binary data decoded with surrogateescape) cannot reach a tokenizer."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise InvalidGenerationParameters(
+            f"{what} is not valid Unicode text at position {error.start} (a lone surrogate, as binary data "
+            "decoded with errors='surrogateescape' leaves): clean it with "
+            "text.encode('utf-8', 'replace').decode('utf-8')") from None
 
 
 def cut_at_stop(text: str, stops: Sequence[str]) -> tuple[str, bool]:

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable, Iterable, Mapping
 
-from .backends import Backend, LoadedModel, Placement, get_backend
+from .backends import Backend, LoadedModel, Placement, get_backend, release_frames
 from .config import (RegistryFile, check_max_loaded_models, check_memory_budget,
                      check_memory_fraction, default_config_path, find_config_path, load_config, save_registry)
 from .errors import (ConfigurationError, DeviceShortfall, LLMManagerError, MemoryHolder,
@@ -524,13 +524,18 @@ class LLMManager:
             self._enforce_limits(protect=instance)
 
     def _abandon(self, canonical: str, instance: _Instance, error: BaseException) -> None:
-        """Undo a failed load: no registry entry, memory released, waiters told."""
+        """Undo a failed load: no registry entry, memory released, waiters told.
+
+        The error's frames lose their locals: an interrupted or failed load's
+        half-built tensors must not live on in the traceback a notebook keeps.
+        """
+        release_frames(error)
         with self._lock:
             if self._instances.get(instance.key) is instance:
                 del self._instances[instance.key]
             instance.state, instance.error = "failed", error
             message = str(error) if not isinstance(error, KeyboardInterrupt) else "interrupted"
-            if not isinstance(error, ResourceNotAvailableError):  # the model is fine; the room was not
+            if not isinstance(error, (ResourceNotAvailableError, KeyboardInterrupt)):  # the model itself failed
                 self._failures[canonical] = message
             instance.ready.set()
             self._changed.notify_all()

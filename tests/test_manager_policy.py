@@ -376,7 +376,10 @@ def test_a_load_that_fails_halfway_leaves_no_trace(make_manager, devices, backen
         manager.load("bad")
     gc.collect()
     assert devices.used["cuda:0"] == GB  # the half-loaded model's memory came back
-    assert manager.row("bad").state == "failed" and manager.row("bad").error
+    if error is KeyboardInterrupt:  # the user stopped it: nothing is wrong with the model
+        assert (manager.row("bad").state, manager.row("bad").error) == ("registered", None)
+    else:
+        assert manager.row("bad").state == "failed" and manager.row("bad").error
     assert [d.held_bytes for d in manager.devices() if d.device == "cuda:0"] == [GB]
     assert manager.generate("good", "still answers").text == "still answers"
     kinds = [e.kind for e in manager.events() if e.model_id == "bad"]

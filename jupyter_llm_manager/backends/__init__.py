@@ -14,10 +14,10 @@ import threading
 from importlib.metadata import entry_points
 
 from ..errors import ConfigurationError
-from .base import Backend, LoadedModel, Placement, TextGenerator
+from .base import Backend, LoadedModel, Placement, TextGenerator, release_frames
 
 __all__ = ["Backend", "LoadedModel", "Placement", "TextGenerator", "get_backend", "available_backends",
-           "ENTRY_POINT_GROUP"]
+           "release_frames", "ENTRY_POINT_GROUP"]
 
 log = logging.getLogger(__name__)
 

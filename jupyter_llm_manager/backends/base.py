@@ -11,6 +11,7 @@ entry-point group ``jupyter_llm_manager.backends``.
 from __future__ import annotations
 
 import threading
+import traceback
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Generator
 
@@ -18,10 +19,24 @@ from ..estimate import MemoryEstimate, remote_estimate
 from ..generation import GenerationParams, GenerationResult, Prompt
 from ..spec import ModelSpec
 
-__all__ = ["Backend", "LoadedModel", "Placement", "TextGenerator"]
+__all__ = ["Backend", "LoadedModel", "Placement", "TextGenerator", "release_frames"]
 
 #: What :meth:`Backend.stream` returns: yields text pieces, returns the result.
 TextGenerator = Generator[str, None, GenerationResult]
+
+
+def release_frames(error: BaseException | None) -> None:
+    """Drop the local variables of the frames an exception chain keeps alive.
+
+    A load or a generation that fails holds its half-built tensors in the
+    locals of the failed frames; the traceback (kept by IPython as the last
+    error) would keep that memory. File and line information stays.
+    """
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        traceback.clear_frames(error.__traceback__)
+        error = error.__cause__ or error.__context__
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from ..errors import GenerationError, InvalidGenerationParameters, ModelLoadingE
 from ..estimate import MemoryEstimate, estimate_checkpoint
 from ..generation import GenerationParams, GenerationResult, Prompt, StopTextFilter, cut_at_stop
 from ..spec import ModelSpec
-from .base import Backend, LoadedModel, Placement, TextGenerator
+from .base import Backend, LoadedModel, Placement, TextGenerator, release_frames
 
 __all__ = ["TransformersBackend"]
 
@@ -73,10 +73,12 @@ class TransformersBackend(Backend):
                 source, dtype=_torch_dtype(spec.dtype), **self._placement_kwargs(spec, placement),
                 **common, **spec.load_kwargs)
         except (torch.OutOfMemoryError, MemoryError) as error:
+            release_frames(error)
             raise OutOfMemoryDuringLoad(f"out of memory while loading {spec.id!r} on "
                                         f"{', '.join(placement.devices)}: {error}".strip(),
                                         model_id=spec.id, devices=placement.devices) from None
         except Exception as error:
+            release_frames(error)
             raise ModelLoadingError(f"could not load {spec.id!r} from {source!r}: {error}",
                                     model_id=spec.id) from error
         model.eval()
@@ -172,9 +174,11 @@ class TransformersBackend(Backend):
         try:
             with torch.inference_mode(), _seeded(params.seed, loaded.model):
                 output = loaded.model.generate(**inputs, **kwargs)
-        except torch.OutOfMemoryError:
+        except torch.OutOfMemoryError as error:
+            release_frames(error)  # the activations of the failed step
             raise _out_of_memory(model_id) from None
         except (ValueError, TypeError, RuntimeError) as error:
+            release_frames(error)
             raise GenerationError(f"{model_id!r} failed to generate: {error}", model_id=model_id) from error
         seconds = time.perf_counter() - started
         tokens = output[0, prompt_tokens:]
@@ -227,8 +231,9 @@ class TransformersBackend(Backend):
     def _stream_result(self, outcome: dict[str, Any], model_id: str, prompt_tokens: int, max_new: int,
                        started: float, text_filter: StopTextFilter, stop: threading.Event,
                        warnings: tuple[str, ...]) -> GenerationResult:
-        error = outcome.get("error")
+        error = outcome.pop("error", None)
         if error is not None:
+            release_frames(error)
             if type(error).__name__ == "OutOfMemoryError":
                 raise _out_of_memory(model_id) from None
             raise GenerationError(f"{model_id!r} failed to generate: {error}", model_id=model_id) from error
