@@ -35,6 +35,11 @@ from .spec import ModelSpec, Secret
 __version__ = "0.1.0"
 
 
+def _jupyter_labextension_paths() -> list[dict[str, str]]:
+    """Where JupyterLab finds the built extension (``jupyter labextension develop`` uses it)."""
+    return [{"src": "labextension", "dest": "jupyter-llm-manager"}]
+
+
 def load_ipython_extension(ipython: object) -> None:
     """``%load_ext jupyter_llm_manager``: the ``%%llm`` and ``%llm`` magics."""
     from .magics import load_ipython_extension as load

@@ -72,13 +72,13 @@ def _device_html(device: Any) -> str:
     bar = (
         f"<div style='position:relative; flex:1; height:14px; background:var(--jp-layout-color3, #eee);"
         f" border-radius:3px; overflow:hidden; min-width:8em'>"
-        f"<div title='held by this kernel&#39;s models' style='position:absolute; left:0; width:{held}%;"
+        f"<div title='reserved for this kernel&#39;s models' style='position:absolute; left:0; width:{held}%;"
         f" height:100%; background:{_HELD}'></div>"
         f"<div title='used by others' style='position:absolute; left:{held}%; width:{others}%; height:100%;"
         f" background:{_OTHERS}'></div>"
         f"<div title='budget' style='position:absolute; left:{budget}%; top:0; bottom:0; width:2px;"
         f" background:{_BUDGET}'></div></div>")
-    text = (f"{_coarse(device.used_bytes)} of {device.total_str} used · models {device.held_str}"
+    text = (f"{_coarse(device.used_bytes)} of {device.total_str} used · {device.held_str} reserved for models"
             f" · budget {device.budget_str}")
     return (f"<div style='display:flex; align-items:center; gap:0.6em'>"
             f"<div style='width:14em'><b>{_text(device.device)}</b> "
@@ -338,7 +338,7 @@ class Dashboard:
                      lambda _: f"{'Unpinned' if pinned else 'Pinned'} {model_id!r}.")
 
     def unload_all(self) -> None:
-        self._submit(None, "unloading all", lambda: self.manager.unload_all(wait=_ACTION_JOIN_S),
+        self._submit(None, "unloading all", lambda: self.manager.unload_all(wait=_ACTION_JOIN_S, skip_in_use=True),
                      lambda reports: f"Unloaded {len(reports)} model(s), freed "
                                      f"{format_bytes(sum(r.freed_bytes for r in reports))}.")
 

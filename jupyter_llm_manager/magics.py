@@ -478,26 +478,31 @@ def _matcher_for(magics: LLMMagics) -> Any:
     return complete_llm
 
 
-_registered: dict[int, tuple[LLMMagics, Any]] = {}
+_registered: dict[int, tuple[LLMMagics, Any, Any]] = {}
 
 
 def load_ipython_extension(shell: Any) -> None:
-    """``%load_ext jupyter_llm_manager``: register the magics, their completion and configuration."""
+    """``%load_ext jupyter_llm_manager``: the magics, their completion and configuration, and JupyterLab's comm."""
     if id(shell) in _registered:
         return
+    from .lab import LabBridge
+
     magics = LLMMagics(shell=shell)
     shell.register_magics(magics)
     matcher = _matcher_for(magics)
     if getattr(shell, "Completer", None) is not None:
         shell.Completer.custom_matchers.append(matcher)
-    _registered[id(shell)] = (magics, matcher)
+    bridge = LabBridge(magics.manager)
+    bridge.attach()
+    _registered[id(shell)] = (magics, matcher, bridge)
 
 
 def unload_ipython_extension(shell: Any) -> None:
     """``%unload_ext jupyter_llm_manager``: remove everything ``load`` added; models stay loaded."""
-    magics, matcher = _registered.pop(id(shell), (None, None))
+    magics, matcher, bridge = _registered.pop(id(shell), (None, None, None))
     if magics is None:
         return
+    bridge.detach()
     for dashboard in magics._dashboards:
         dashboard.close()
     for kind in ("line", "cell"):

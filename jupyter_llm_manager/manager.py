@@ -791,11 +791,15 @@ class LLMManager:
             return None
         return self._unload_instance(instance, "manual", wait=wait)
 
-    def unload_all(self, *, wait: float = 0.0) -> list[UnloadReport]:
-        """Unload every loaded model, pinned ones included; raises if one stays in use."""
+    def unload_all(self, *, wait: float = 0.0, skip_in_use: bool = False) -> list[UnloadReport]:
+        """Unload every loaded model, pinned ones included.
+
+        A model still in use after ``wait`` seconds raises :class:`ModelInUseError`,
+        or is left loaded with ``skip_in_use=True`` (for buttons: free what can be freed).
+        """
         with self._lock:
             instances = [i for i in self._instances.values() if i.state == "loaded"]
-        reports = [self._unload_instance(i, "manual", wait=wait) for i in instances]
+        reports = [self._unload_instance(i, "manual", wait=wait, quiet=skip_in_use) for i in instances]
         return [r for r in reports if r is not None]
 
     def _unload_instance(self, instance: _Instance, reason: EvictionReason, *, wait: float,

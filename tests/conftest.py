@@ -5,13 +5,17 @@ from __future__ import annotations
 import gc
 import os
 import signal
+import tempfile
 import threading
 from pathlib import Path
 
-import pytest
+# Before anything reads it: demo models built by get_manager() go to a throwaway cache, not ~/.cache.
+os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="jlm-test-cache-")
 
-from fakes import FakeBackend, FakeClock, FakeDevices
-from jupyter_llm_manager import LLMManager
+import pytest  # noqa: E402
+
+from fakes import FakeBackend, FakeClock, FakeDevices  # noqa: E402
+from jupyter_llm_manager import LLMManager  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")

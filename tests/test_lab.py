@@ -1,0 +1,135 @@
+"""The kernel side of the JupyterLab extension, driven as JupyterLab drives it (no browser)."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import comm
+import pytest
+
+from fakes import GB, FakeBackend, FakeDevices
+from jupyter_llm_manager import LLMManager
+from jupyter_llm_manager.lab import TARGET, LabBridge
+
+
+class FrontendComm(comm.DummyComm):
+    """A comm as JupyterLab's end sees it: records what the kernel sends."""
+
+    def __init__(self, *args, **kwargs):
+        self.received: list[dict] = []
+        self.arrived = threading.Event()
+        super().__init__(*args, **kwargs)
+
+    def publish_msg(self, msg_type, data=None, metadata=None, buffers=None, **keys):
+        if msg_type == "comm_msg" or (msg_type == "comm_open" and data):
+            self.received.append(json.loads(json.dumps(data)))  # what crosses the wire is JSON
+            self.arrived.set()
+
+    def snapshots(self):
+        return [m for m in self.received if m.get("type") == "snapshot"]
+
+    def click(self, action, model=None):
+        """A button in the panel: the kernel handles the message and answers."""
+        self.handle_msg({"content": {"data": {"action": action, "model": model, "request": "r1"}}})
+        return next(m for m in reversed(self.received) if m.get("type") == "result")
+
+
+@pytest.fixture
+def manager(clock):
+    devices = FakeDevices()
+    backend = FakeBackend(devices)
+    manager = LLMManager(config_path=False, preload=False, device_probe=devices, backend_factory=lambda n: backend,
+                         clock=clock)
+    for model_id in ("a", "b"):
+        manager.register(model_id, f"fake/{model_id}", backend="fake", device="cuda:0", options={"size": 2 * GB})
+    manager.alias("chat", "a")
+    yield manager
+    manager.close()
+
+
+@pytest.fixture
+def bridge(manager, monkeypatch):
+    created = []
+    monkeypatch.setattr(comm, "create_comm", lambda *a, **k: created.append(FrontendComm(*a, **k)) or created[-1])
+    bridge = LabBridge(manager)
+    bridge.attach()
+    bridge.opened = created
+    yield bridge
+    bridge.detach()
+
+
+def frontend_opens(bridge) -> FrontendComm:
+    channel = FrontendComm(target_name=TARGET, primary=False)
+    comm.get_comm_manager().register_comm(channel)  # as the kernel's comm_open handler does
+    bridge._on_open(channel, {"content": {"data": {"action": "refresh"}}})
+    return channel
+
+
+def test_attach_registers_the_target_and_tells_frontends_already_connected(bridge):
+    assert TARGET in comm.get_comm_manager().targets
+    (opened,) = bridge.opened
+    assert opened.target_name == TARGET and opened.snapshots()[0]["models"][0]["id"] == "a"
+
+
+def test_a_frontend_that_opens_the_comm_gets_a_snapshot_of_ids_and_numbers(bridge, manager):
+    manager.load("chat")
+    channel = frontend_opens(bridge)
+    (snapshot,) = channel.snapshots()
+    assert (snapshot["loaded"], snapshot["held_str"]) == (1, "2.0 GB")
+    row = snapshot["models"][0]
+    assert (row["id"], row["aliases"], row["state"], row["device"], row["actual"]) == ("a", ["chat"], "loaded",
+                                                                                      "cuda:0", "2.0 GB")
+    assert snapshot["devices"][1]["device"] == "cuda:0"
+
+
+def test_manager_events_push_one_coalesced_snapshot(bridge, manager):
+    channel = frontend_opens(bridge)
+    channel.received.clear()
+    channel.arrived.clear()
+    manager.load("a")  # loading + loaded events
+    manager.load("b")
+    assert channel.arrived.wait(5)
+    bridge._timer and bridge._timer.join(5)
+    snapshots = channel.snapshots()
+    assert 1 <= len(snapshots) <= 2 and snapshots[-1]["loaded"] == 2
+
+
+def test_buttons_unload_pin_unload_all_and_free_memory(bridge, manager):
+    channel = frontend_opens(bridge)
+    manager.load("a")
+    assert channel.click("pin", "a")["ok"] and manager.row("a").pinned
+    assert channel.click("unpin", "a")["ok"] and not manager.row("a").pinned
+    result = channel.click("unload", "a")
+    assert result["ok"] and "Unloaded 'a'" in result["message"] and manager.row("a").state == "registered"
+    assert channel.snapshots()[-1]["loaded"] == 0  # each answer is followed by a fresh snapshot
+    manager.load("a")
+    manager.load("b")
+    assert "Unloaded 2 model(s)" in channel.click("unload_all")["message"]
+    assert "used before" in channel.click("free_memory")["message"]
+
+
+def test_unload_of_a_model_in_use_is_refused_in_one_line_and_unload_all_skips_it(bridge, manager):
+    channel = frontend_opens(bridge)
+    manager.load("b")
+    with manager.use("a"):
+        result = channel.click("unload", "a")
+        assert not result["ok"] and "is in use" in result["message"]
+        answer = channel.click("unload_all")
+    assert answer["ok"] and "Still in use: a" in answer["message"] and manager.row("b").state == "registered"
+
+
+def test_unknown_actions_and_models_are_answered_not_raised(bridge):
+    channel = frontend_opens(bridge)
+    assert not channel.click("explode")["ok"]
+    assert "No model is registered as 'nope'" in channel.click("unload", "nope")["message"]
+
+
+def test_detach_closes_the_comms_and_unregisters(bridge, manager):
+    channel = frontend_opens(bridge)
+    closed = []
+    channel.close = lambda *a, **k: closed.append(True)
+    bridge.detach()
+    assert closed and TARGET not in comm.get_comm_manager().targets
+    manager.load("a")  # no more pushes after detach
+    assert bridge._timer is None
