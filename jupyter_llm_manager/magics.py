@@ -409,9 +409,9 @@ class LLMMagics(Magics):
             self.manager.read_config(args.path)
         path = self.manager.config_path
         registered = self.manager.ids()
-        _say(f"Configuration file: {path or 'none (set JUPYTER_LLM_MANAGER_CONFIG or create '}"
-              + ("" if path else "~/.jupyter/llm_manager.yaml)")
-              + f"\n{len(registered)} ids registered: {', '.join(registered) or '-'}")
+        where = str(path) if path else ("none: set $JUPYTER_LLM_MANAGER_CONFIG or create "
+                                        "~/.jupyter/llm_manager.yaml, or read one with %llm config PATH")
+        _say(f"Configuration file: {where}\n{len(registered)} ids registered: {', '.join(registered) or '-'}")
 
     def _command_gc(self, args: Any) -> None:
         report = self.manager.collect_garbage()

@@ -25,7 +25,6 @@ device are serialized by that device's lock, so two loads cannot overcommit it.
 from __future__ import annotations
 
 import asyncio
-import difflib
 import gc
 import logging
 import os
@@ -42,7 +41,7 @@ from .backends import Backend, LoadedModel, Placement, get_backend, release_fram
 from .config import (RegistryFile, check_max_loaded_models, check_memory_budget,
                      check_memory_fraction, default_config_path, find_config_path, load_config, save_registry)
 from .errors import (ConfigurationError, DeviceShortfall, LLMManagerError, MemoryHolder,
-                     ModelInUseError, ModelLoadingError, ModelNotFoundError, OutOfMemoryDuringLoad,
+                     ModelInUseError, ModelLoadingError, OutOfMemoryDuringLoad,
                      ResourceNotAvailableError)
 from .estimate import MemoryEstimate
 from .events import Event, EventBus, EvictionReason
@@ -51,6 +50,7 @@ from .handles import Lease, ModelHandle, TextStream
 from .holders import HOLDER_HINT, describe_holders
 from .memory import DeviceMemory, DeviceProbe, DeviceReport, device_budget, probe_devices
 from .reports import GarbageReport, StatusRow, UnloadReport
+from .registry import Registry
 from .spec import ModelSpec, check_model_id, expand_path
 from .units import NEVER, format_bytes, parse_duration
 
@@ -133,10 +133,7 @@ class LLMManager:
         self._probe = device_probe
         self._backend_factory = backend_factory
         self._bus = EventBus(clock=clock)
-        self._specs: dict[str, ModelSpec] = {}
-        self._keys: dict[str, str] = {}
-        self._aliases: dict[str, str] = {}
-        self._pinned: set[str] = set()
+        self._registry = Registry()
         self._instances: dict[str, _Instance] = {}
         self._failures: dict[str, str] = {}
         self._last_used: dict[str, float] = {}
@@ -144,7 +141,6 @@ class LLMManager:
         self._backends: dict[str, Backend] = {}
         self._device_locks: dict[str, threading.Lock] = {}
         self._lingering: list[tuple[str, weakref.ref]] = []
-        self._removed: set[str] = set()
         self._closed = False
         self._limits_pending = False  # a cap or budget could not be restored yet (leases, pins)
         self._reaper: threading.Thread | None = None
@@ -173,11 +169,10 @@ class LLMManager:
 
     def _adopt(self, registry: RegistryFile) -> None:
         for spec in registry.models.values():
-            self._put_spec(spec)
-        for name, target in registry.aliases.items():
-            self._aliases[name] = target
+            self._registry.put(spec)
+        self._registry.aliases.update(registry.aliases)  # all at once: a file may name an alias before its target
         for name in registry.aliases:
-            self._resolve(name)  # an alias to an unknown id or a cycle is a configuration error
+            self._registry.resolve(name)  # an alias to an unknown id, or a cycle, is a configuration error
 
     @property
     def config_path(self) -> Path | None:
@@ -253,20 +248,19 @@ class LLMManager:
         self._backend(spec.backend).validate(spec)
         model_id = spec.id
         with self._lock:
-            old = self._specs.get(model_id)
-            if old == spec and model_id not in self._aliases:
+            registry = self._registry
+            old = registry.specs.get(model_id)
+            if old == spec and model_id not in registry.aliases:
                 return old
-            if not overwrite and (old is not None or model_id in self._aliases):
-                what = "an alias" if model_id in self._aliases else "a model with another spec"
+            if not overwrite and (old is not None or model_id in registry.aliases):
+                what = "an alias" if model_id in registry.aliases else "a model with another spec"
                 raise ConfigurationError(f"{model_id!r} is already {what}; pass overwrite=True to replace it",
                                          model_id=model_id)
-            stale = self._instance_left_behind(model_id, spec)
+            stale = self._instances.get(registry.key_left_behind(model_id, spec) or "")
             if stale is not None and stale.leases:
                 raise ModelInUseError(model_id, stale.leases)
-            self._aliases.pop(model_id, None)
-            self._put_spec(spec)
+            registry.put(spec)
             self._failures.pop(model_id, None)
-            self._removed.discard(model_id)
         if stale is not None:
             self._unload_instance(stale, "manual", wait=0.0, quiet=True)
         self._bus.emit("registered", model_id, message=spec.source or spec.base_url or "")
@@ -282,7 +276,8 @@ class LLMManager:
         registry = load_config(Path(expand_path(os.fspath(path))))
         if registry.models:  # the built-in demo models stand in for a configuration; a real one replaces them
             with self._lock:
-                placeholders = [i for i, spec in self._specs.items() if spec.builtin and i not in registry.models]
+                placeholders = [i for i, spec in self._registry.specs.items()
+                                if spec.builtin and i not in registry.models]
             for model_id in placeholders:
                 self.unregister(model_id)
         for spec in registry.models.values():
@@ -298,41 +293,20 @@ class LLMManager:
             self._config_path = registry.path
         return registry
 
-    def _put_spec(self, spec: ModelSpec) -> None:
-        self._specs[spec.id] = spec
-        self._keys[spec.id] = spec.instance_key
-        if spec.pinned:
-            self._pinned.add(spec.id)
-
-    def _instance_left_behind(self, model_id: str, new: ModelSpec) -> _Instance | None:
-        """The loaded instance ``model_id`` leaves when its key changes and no other id shares it."""
-        old_key = self._keys.get(model_id)
-        if old_key is None or old_key == new.instance_key:
-            return None
-        if any(key == old_key for other, key in self._keys.items() if other != model_id):
-            return None
-        return self._instances.get(old_key)
-
     def unregister(self, model_id: str, *, persist: bool = False) -> None:
         """Forget a model (or an alias), unloading its instance if no other id shares it."""
         with self._lock:
-            if model_id in self._aliases:
-                del self._aliases[model_id]
-                self._removed.add(model_id)
-                stale = None
-            else:
-                canonical = self._resolve(model_id)
-                key = self._keys[canonical]
-                shared = any(k == key for other, k in self._keys.items() if other != canonical)
-                stale = None if shared else self._instances.get(key)
+            registry = self._registry
+            if model_id not in registry.aliases:
+                canonical = registry.resolve(model_id)
+                key = registry.keys[canonical]
+                stale = None if registry.shared(key, besides=canonical) else self._instances.get(key)
                 if stale is not None and stale.leases:
                     raise ModelInUseError(canonical, stale.leases)
-                for alias in [a for a in self._aliases if self._resolve_quiet(a) == canonical]:
-                    del self._aliases[alias]
-                del self._specs[canonical], self._keys[canonical]
-                self._pinned.discard(canonical)
                 self._failures.pop(canonical, None)
-                self._removed.add(canonical)
+            else:
+                stale = None
+            registry.remove(model_id)
         if stale is not None:
             self._unload_instance(stale, "manual", wait=0.0, quiet=True)
         self._bus.emit("unregistered", model_id)
@@ -343,71 +317,25 @@ class LLMManager:
         """Make ``name`` another name of ``target`` (the same loaded instance)."""
         check_model_id(name)
         with self._lock:
-            if name in self._specs:
-                raise ConfigurationError(f"{name!r} is a registered model, not an alias", model_id=name)
-            if name in self._aliases and not overwrite and self._aliases[name] != target:
-                raise ConfigurationError(f"alias {name!r} already points to {self._aliases[name]!r}; "
-                                         "pass overwrite=True to change it", model_id=name)
-            self._resolve(target)
-            previous = self._aliases.get(name)
-            self._aliases[name] = target
-            try:
-                self._resolve(name)
-            except ConfigurationError:
-                self._restore_alias(name, previous)
-                raise
-            self._removed.discard(name)
+            self._registry.set_alias(name, target, overwrite=overwrite)
         self._bus.emit("registered", name, message=f"alias of {target}")
         if persist:
             self._persist({}, {name: target})
 
-    def _restore_alias(self, name: str, previous: str | None) -> None:
-        if previous is None:
-            del self._aliases[name]
-        else:
-            self._aliases[name] = previous
-
-    def _resolve(self, name: str) -> str:
-        """The registered id an id or alias names. Caller holds ``_lock``."""
-        chain = [name]
-        current = name
-        while current in self._aliases:
-            current = self._aliases[current]
-            if current in chain:
-                raise ConfigurationError("alias cycle: " + " → ".join([*chain, current]), model_id=name)
-            chain.append(current)
-        if current not in self._specs:
-            if current != name:
-                raise ConfigurationError(f"alias {name!r} points to {current!r}, which is not registered",
-                                         model_id=name)
-            raise ModelNotFoundError(name, self._close_matches(name))
-        return current
-
-    def _resolve_quiet(self, name: str) -> str | None:
-        try:
-            return self._resolve(name)
-        except LLMManagerError:
-            return None
-
-    def _close_matches(self, name: str) -> list[str]:
-        known = [*self._specs, *self._aliases]
-        same_case = [k for k in known if k.lower() == name.lower()]
-        return same_case or difflib.get_close_matches(name, known, n=3, cutoff=0.5)
-
     def spec(self, model_id: str) -> ModelSpec:
         """The spec an id or alias resolves to."""
         with self._lock:
-            return self._specs[self._resolve(model_id)]
+            return self._registry.specs[self._registry.resolve(model_id)]
 
     def resolve(self, model_id: str) -> str:
         """The registered id behind an id or alias (raises :class:`ModelNotFoundError`)."""
         with self._lock:
-            return self._resolve(model_id)
+            return self._registry.resolve(model_id)
 
     def ids(self) -> list[str]:
         """Registered ids and aliases, for completion and listings."""
         with self._lock:
-            return [*self._specs, *self._aliases]
+            return self._registry.names()
 
     def _backend(self, name: str) -> Backend:
         backend = self._backends.get(name)
@@ -420,14 +348,14 @@ class LLMManager:
     def pin(self, model_id: str) -> None:
         """Never evict this model (LRU, budget or keep-alive); it can still be unloaded by hand."""
         with self._lock:
-            canonical = self._resolve(model_id)
-            self._pinned.add(canonical)
+            canonical = self._registry.resolve(model_id)
+            self._registry.pinned.add(canonical)
         self._bus.emit("pinned", canonical)
 
     def unpin(self, model_id: str) -> None:
         with self._lock:
-            canonical = self._resolve(model_id)
-            self._pinned.discard(canonical)
+            canonical = self._registry.resolve(model_id)
+            self._registry.pinned.discard(canonical)
             self._changed.notify_all()
             retry = self._limits_pending
         self._bus.emit("unpinned", canonical)
@@ -458,15 +386,15 @@ class LLMManager:
         """
         while True:
             with self._lock:
-                canonical = self._resolve(model_id)
-                key = self._keys[canonical]
+                canonical = self._registry.resolve(model_id)
+                key = self._registry.keys[canonical]
                 instance = self._instances.get(key)
                 if instance is not None and instance.state == "loaded":
                     self._lease(instance)
                     return canonical, instance
                 owner = instance is None
                 if owner:
-                    spec = self._specs[canonical]
+                    spec = self._registry.specs[canonical]
                     instance = _Instance(key, spec, self._backend(spec.backend))
                     self._instances[key] = instance
             if owner:
@@ -650,22 +578,13 @@ class LLMManager:
     def _evictable(self) -> list[_Instance]:
         """Loaded, idle, unpinned local instances, lowest priority then least recently used first."""
         candidates = [i for i in self._instances.values()
-                      if i.state == "loaded" and not i.leases and not i.remote and not self._is_pinned(i)]
-        return sorted(candidates, key=lambda i: (self._priority(i), i.last_used))
-
-    def _ids_of(self, key: str) -> list[str]:
-        return [model_id for model_id, k in self._keys.items() if k == key]
+                      if i.state == "loaded" and not i.leases and not i.remote and not self._registry.is_pinned(i.key)]
+        return sorted(candidates, key=lambda i: (self._registry.priority(i.key), i.last_used))
 
     def _name_of(self, instance: _Instance) -> str:
         """The first registered id of an instance (its spec's id once none is left)."""
-        names = self._ids_of(instance.key)
+        names = self._registry.ids_of(instance.key)
         return names[0] if names else instance.spec.id
-
-    def _is_pinned(self, instance: _Instance) -> bool:
-        return any(model_id in self._pinned for model_id in self._ids_of(instance.key))
-
-    def _priority(self, instance: _Instance) -> int:
-        return max((self._specs[i].priority for i in self._ids_of(instance.key)), default=0)
 
     def _make_room(self, instance: _Instance, placement: Placement, needed: dict[str, int], canonical: str,
                    devices: dict[str, DeviceMemory]) -> list[tuple[_Instance, EvictionReason]]:
@@ -729,7 +648,7 @@ class LLMManager:
             if other is instance or other.remote or (device and not other.bytes.get(device)):
                 continue
             why = ("loading" if other.state == "loading" else "in use" if other.leases
-                   else "pinned" if self._is_pinned(other) else None)
+                   else "pinned" if self._registry.is_pinned(other.key) else None)
             if why:
                 size = other.bytes.get(device, 0) if device else other.total_bytes
                 holders.append(MemoryHolder(self._name_of(other), size, why))
@@ -786,7 +705,7 @@ class LLMManager:
         model was not loaded.
         """
         with self._lock:
-            instance = self._instances.get(self._keys[self._resolve(model_id)])
+            instance = self._instances.get(self._registry.keys[self._registry.resolve(model_id)])
         if instance is None:
             return None
         return self._unload_instance(instance, "manual", wait=wait)
@@ -901,14 +820,13 @@ class LLMManager:
     # -- keep-alive -------------------------------------------------------------------
 
     def _keep_alive_of(self, instance: _Instance) -> float | None:
-        own = [self._specs[i].keep_alive for i in self._ids_of(instance.key)
-               if self._specs[i].keep_alive is not None]
-        value = min(own) if own else self._keep_alive
+        own = self._registry.keep_alive(instance.key)
+        value = own if own is not None else self._keep_alive
         return None if value is None or value == NEVER else value
 
     def _expires_at(self, instance: _Instance) -> float | None:
         keep = self._keep_alive_of(instance)
-        if keep is None or instance.leases or instance.state != "loaded" or self._is_pinned(instance):
+        if keep is None or instance.leases or instance.state != "loaded" or self._registry.is_pinned(instance.key):
             return None
         return instance.last_used + keep
 
@@ -924,7 +842,7 @@ class LLMManager:
         with self._lock:
             if self._reaper is not None or self._closed:
                 return
-            if self._keep_alive is None and not any(s.keep_alive for s in self._specs.values()):
+            if self._keep_alive is None and not any(s.keep_alive for s in self._registry.specs.values()):
                 return
             self._reaper = threading.Thread(target=self._reap, name="llm-manager-keep-alive", daemon=True)
             self._reaper.start()
@@ -1075,13 +993,13 @@ class LLMManager:
     def status(self) -> list[StatusRow]:
         """One row per registered model id: state, device, memory, use, keep-alive."""
         with self._lock:
-            specs = list(self._specs.values())
-        estimates = {spec.id: self._cheap_estimate(spec) for spec in specs if spec.id in self._keys}
+            specs = list(self._registry.specs.values())
+        estimates = {spec.id: self._cheap_estimate(spec) for spec in specs}
         with self._lock:
-            return [self._row(spec, estimates.get(spec.id)) for spec in specs if spec.id in self._specs]
+            return [self._row(spec, estimates.get(spec.id)) for spec in specs if spec.id in self._registry.specs]
 
     def _row(self, spec: ModelSpec, estimate: MemoryEstimate | None) -> StatusRow:
-        key = self._keys[spec.id]
+        key = self._registry.keys[spec.id]
         instance = self._instances.get(key)
         backend = self._backends.get(spec.backend)
         remote = bool(backend and backend.remote) or instance is not None and instance.remote
@@ -1092,11 +1010,11 @@ class LLMManager:
         placed = instance.placement.devices if instance is not None and instance.placement else ()
         device = "remote" if remote else ",".join(placed) or (
             ",".join(spec.device) if isinstance(spec.device, tuple) else spec.device)
-        aliases = tuple(a for a in self._aliases if self._resolve_quiet(a) == spec.id)
+        aliases = self._registry.aliases_of(spec.id)
         details = dict(instance.loaded.details) if instance is not None and instance.loaded else {}
         return StatusRow(
             id=spec.id, instance=key, aliases=aliases, backend=spec.backend, device=device, state=state,
-            in_use=instance.leases if instance else 0, pinned=spec.id in self._pinned, priority=spec.priority,
+            in_use=instance.leases if instance else 0, pinned=spec.id in self._registry.pinned, priority=spec.priority,
             estimated_bytes=estimate.total_bytes if estimate is not None and estimate.known else None,
             actual_bytes=instance.footprint_bytes if instance is not None and state == "loaded" else None,
             last_used=(instance.last_used if instance is not None else None) or self._last_used.get(key),
@@ -1132,22 +1050,22 @@ class LLMManager:
     def save(self, path: str | os.PathLike | None = None) -> Path:
         """Persist registered models and aliases (atomic write, merged under a lock file)."""
         with self._lock:
-            models = {i: s for i, s in self._specs.items() if not s.builtin}
-            aliases = dict(self._aliases)
+            models = {i: s for i, s in self._registry.specs.items() if not s.builtin}
+            aliases = dict(self._registry.aliases)
         return self._persist(models, aliases, path)
 
     def _persist(self, models: Mapping[str, ModelSpec], aliases: Mapping[str, str],
                  path: str | os.PathLike | None = None) -> Path:
         target = Path(path) if path is not None else (self._config_path or default_config_path())
         with self._lock:
-            removed = set(self._removed)
+            removed = set(self._registry.removed)
         defaults = {"max_loaded_models": self._max_loaded, "memory_fraction": self._fraction,
                     "keep_alive": None if self._keep_alive is None else (
                         "never" if self._keep_alive == NEVER else f"{self._keep_alive:g}s")}
         written = save_registry(target, models, aliases, removed=removed,
                                 defaults={k: v for k, v in defaults.items() if v is not None})
         with self._lock:
-            self._removed -= removed
+            self._registry.removed -= removed
             if self._config_path is None:
                 self._config_path = written
         return written
@@ -1156,7 +1074,7 @@ class LLMManager:
 
     def _start_preload(self) -> None:
         with self._lock:
-            wanted = [spec.id for spec in self._specs.values() if spec.preload]
+            wanted = [spec.id for spec in self._registry.specs.values() if spec.preload]
         if wanted:
             threading.Thread(target=self._preload, args=(wanted,), name="llm-manager-preload",
                              daemon=True).start()
@@ -1171,7 +1089,7 @@ class LLMManager:
     def __repr__(self) -> str:
         with self._lock:
             loaded = sum(1 for i in self._instances.values() if i.state == "loaded")
-            return (f"<LLMManager {len(self._specs)} registered, {loaded} loaded, "
+            return (f"<LLMManager {len(self._registry.specs)} registered, {loaded} loaded, "
                     f"cap={self._max_loaded}, keep_alive={self._keep_alive}>")
 
 

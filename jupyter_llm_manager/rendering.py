@@ -129,8 +129,9 @@ class RichAnswerView(AnswerView):
         if self.format == "code":
             code = extract_code(text) if final else text
             return {"text/markdown": f"```\n{code}\n```", "text/plain": code}
-        if self.format == "json" and final and _json_value(text) is not None:
-            return {"application/json": _json_value(text), "text/plain": text}
+        value = _json_value(text) if self.format == "json" and final else None
+        if value is not None:
+            return {"application/json": value, "text/plain": text}
         return {"text/plain": text}
 
     def _columns_bundle(self) -> dict[str, Any]:

@@ -289,3 +289,11 @@ def test_two_processes_saving_at_once_lose_no_update(tmp_path):
         assert worker.exitcode == 0
     saved = load_config(path).models
     assert len(saved) == 30 and {f"left-{i}" for i in range(15)} <= set(saved)
+
+
+def test_an_alias_may_be_named_before_the_alias_it_points_to(tmp_path):
+    path = write(tmp_path / "llm.yaml", "models:\n  m: {source: org/m}\naliases: {first: second, second: m}\n")
+    assert LLMManager(config_path=path, preload=False).resolve("first") == "m"
+    path = write(tmp_path / "cycle.yaml", "models:\n  m: {source: org/m}\naliases: {a: b, b: a}\n")
+    with pytest.raises(ConfigurationError, match="alias cycle"):
+        LLMManager(config_path=path, preload=False)
