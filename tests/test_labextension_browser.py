@@ -87,6 +87,24 @@ def test_status_bar_panel_unload_highlighting_commands_and_restarts(tmp_path, ti
         page.click(".lm-Menu-item >> text=LLM: Insert %%llm cell")
         page.wait_for_selector(inside(4, ".cm-editor.jp-LLMCell"), timeout=10_000)
 
+        # consoles too: the prompt of a console switches to the %%llm language
+        page.click(cell(3), button="right")
+        page.click(".lm-Menu-item >> text=New Console for Notebook")
+        prompt = ".jp-CodeConsole-promptCell .cm-content"
+        page.wait_for_selector(prompt, timeout=30_000)
+        page.click(prompt)
+        page.keyboard.type("%%llm tiny-a")
+        page.keyboard.press("Enter")  # a line break: consoles run on Shift+Enter
+        page.keyboard.type("Say **hi**")
+        page.wait_for_selector(".jp-CodeConsole-promptCell .cm-editor.jp-LLMCell", timeout=10_000)
+        weight = page.evaluate("""() => {
+            const lines = document.querySelectorAll('.jp-CodeConsole-promptCell .cm-line');
+            const span = [...lines[lines.length - 1].querySelectorAll('span')].find(s => s.textContent.includes('hi'));
+            return span ? getComputedStyle(span).fontWeight : null; }""")
+        assert weight is not None and int(weight) >= 600
+        page.screenshot(path=str(shots / "labextension-console.png"), full_page=True)
+        page.click(".jp-NotebookPanel-notebook", position={"x": 200, "y": 20})
+
         # a restarted kernel has to load the extension again: the status bar and panel follow
         page.click(".lm-MenuBar-itemLabel >> text=Kernel")
         page.click(".lm-Menu-itemLabel >> text=/^Restart Kernel…/")
@@ -97,5 +115,5 @@ def test_status_bar_panel_unload_highlighting_commands_and_restarts(tmp_path, ti
         page.wait_for_selector(".jp-StatusBar-Widget >> text=/\\| Idle/", timeout=90_000)
         run_cell(page, 0)
         page.wait_for_selector(f"{STATUS} >> text=/LLM 0 ·/", timeout=60_000)
-    for name in ("labextension-notebook", "labextension-panel", "labextension-not-loaded"):
+    for name in ("labextension-notebook", "labextension-panel", "labextension-console", "labextension-not-loaded"):
         assert (shots / f"{name}.png").stat().st_size > 10_000
