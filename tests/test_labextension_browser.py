@@ -38,6 +38,7 @@ def test_status_bar_panel_unload_highlighting_commands_and_restarts(tmp_path, ti
         "from jupyter_llm_manager import get_manager\nget_manager().row('tiny-a').state",
         "1 + 1",
     ])
+    write_notebook(tmp_path / "other.ipynb", ["2 + 2"])
     shots = artifacts()
     with jupyterlab(tmp_path, tmp_path / "server") as url, chromium_page() as page, \
             screenshot_on_failure(page, "labextension"):
@@ -103,6 +104,18 @@ def test_status_bar_panel_unload_highlighting_commands_and_restarts(tmp_path, ti
             return span ? getComputedStyle(span).fontWeight : null; }""")
         assert weight is not None and int(weight) >= 600
         page.screenshot(path=str(shots / "labextension-console.png"), full_page=True)
+        page.click(".jp-NotebookPanel-notebook", position={"x": 200, "y": 20})
+
+        # both follow the active notebook: one whose kernel has not loaded the extension shows nothing
+        page.dblclick(".jp-DirListing-item >> text=other.ipynb")
+        page.wait_for_selector(f"{PANEL} >> text=Kernel of other.ipynb", timeout=30_000)
+        page.wait_for_selector(f"{PANEL} >> text=not loaded in this kernel", timeout=60_000)
+        page.wait_for_selector(STATUS, state="hidden", timeout=30_000)
+        page.click(".lm-MenuBar-itemLabel >> text=File")
+        page.click(".lm-Menu-itemLabel >> text=/^Close Tab/")
+        page.click(".jp-Dialog button:has-text('Discard')")  # the kernel's language_info marked it changed
+        page.wait_for_selector(f"{PANEL} >> text=Kernel of lab.ipynb", timeout=30_000)
+        page.wait_for_selector(f"{STATUS} >> text=/LLM 0 ·/", timeout=30_000)
         page.click(".jp-NotebookPanel-notebook", position={"x": 200, "y": 20})
 
         # a restarted kernel has to load the extension again: the status bar and panel follow
