@@ -81,7 +81,8 @@ class TransformersBackend(Backend):
             release_frames(error)
             raise ModelLoadingError(f"could not load {spec.id!r} from {source!r}: {error}",
                                     model_id=spec.id) from error
-        model.eval()
+        if model.training:  # from_pretrained returns eval mode; eval() walks every module (0.25 ms here)
+            model.eval()
         footprint = self._footprint(model, placement.devices, before)
         context = spec.max_context or _context_length(model)
         return LoadedModel(model=model, tokenizer=tokenizer, footprint=footprint, context_length=context,
