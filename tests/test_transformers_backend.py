@@ -167,6 +167,23 @@ def test_thirty_load_unload_cycles_collect_the_model_every_time(real_manager):
     assert real_manager.lingering() == {}
 
 
+@pytest.mark.parametrize("returned_training", [False, True])
+def test_a_loaded_model_is_in_eval_mode(real_manager, monkeypatch, returned_training):
+    """Dropout off for generation, also where from_pretrained hands back a model in training mode."""
+    import transformers
+
+    original = transformers.AutoModelForCausalLM.from_pretrained
+
+    def from_pretrained(*args, **kwargs):
+        model = original(*args, **kwargs)
+        return model.train() if returned_training else model
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", from_pretrained)
+    real_manager.load("a")
+    with real_manager.use("a") as lease:
+        assert not any(module.training for module in lease.model.modules())
+
+
 def test_estimate_matches_the_real_footprint(real_manager):
     estimate = real_manager.estimate("a")
     real_manager.load("a")
