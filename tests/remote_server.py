@@ -29,7 +29,8 @@ def llm_katan(tmp: Path, *, model: Path | None = None, name: str = "tiny", key: 
               extra: tuple[str, ...] = (), timeout: float = 90) -> Iterator[tuple[str, subprocess.Popen]]:
     """Serve ``model`` (or echo) with llm-katan; yields (base URL ending in /v1, process).
 
-    Skips the calling test, with the reason, when llm-katan is missing or does not start.
+    Skips the calling test where llm-katan is not installed; one that is installed and does not start
+    fails it, with the end of the server's log.
     """
     executable = shutil.which("llm-katan", path=os.path.dirname(sys.executable)) or shutil.which("llm-katan")
     if executable is None:
@@ -48,7 +49,7 @@ def llm_katan(tmp: Path, *, model: Path | None = None, name: str = "tiny", key: 
         request = urllib.request.Request(f"{base}/models", headers={"Authorization": f"Bearer {key or 'x'}"})
         failure = wait_for_http(request, server, timeout)
         if failure:
-            pytest.skip(f"llm-katan {failure}: {(tmp / f'katan-{port}.log').read_text()[-1500:]}")
+            pytest.fail(f"llm-katan {failure}: {(tmp / f'katan-{port}.log').read_text()[-1500:]}")
         yield base, server
     finally:
         stop(server)

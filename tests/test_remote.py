@@ -1,4 +1,4 @@
-"""The openai backend against real llm-katan servers on 127.0.0.1 (skipped if they cannot start)."""
+"""The openai backend against real llm-katan servers on 127.0.0.1 (skipped where llm-katan is not installed)."""
 
 from __future__ import annotations
 

@@ -277,15 +277,18 @@ def test_invalid_option_strings(real_manager, tiny_models, field, value):
         real_manager.register("bad", source=str(tiny_models["a"]), **{field: value})
 
 
-def test_cuda_without_cuda(real_manager, tiny_models):
-    import torch
+def test_cuda_without_cuda(tiny_models):
+    """Runs on GPU machines too: the manager sees only the CPU, as where no GPU is usable."""
+    from jupyter_llm_manager.memory import probe_cpu
 
-    if torch.cuda.is_available():
-        pytest.skip("this machine has CUDA")
-    real_manager.register("gpu", source=str(tiny_models["a"]), device="cuda:0")
-    with pytest.raises(ResourceNotAvailableError, match="none is usable"):
-        real_manager.load("gpu")
-    assert real_manager.row("gpu").state == "registered"
+    manager = LLMManager(config_path=False, preload=False, device_probe=lambda: [probe_cpu()])
+    try:
+        manager.register("gpu", source=str(tiny_models["a"]), device="cuda:0")
+        with pytest.raises(ResourceNotAvailableError, match="none is usable"):
+            manager.load("gpu")
+        assert manager.row("gpu").state == "registered"
+    finally:
+        manager.close()
 
 
 def test_quantization_without_bitsandbytes_or_cuda(real_manager, tiny_models):
