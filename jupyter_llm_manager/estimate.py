@@ -19,7 +19,7 @@ from typing import Any, Iterable, Mapping
 
 from .errors import ModelLoadingError
 from .spec import ModelSpec
-from .units import format_bytes
+from .units import bytes_text, format_bytes
 
 __all__ = ["MemoryEstimate", "estimate_checkpoint", "read_safetensors_header", "remote_estimate"]
 
@@ -57,17 +57,9 @@ class MemoryEstimate:
     parameters: int | None = None
     known: bool = True
 
-    @property
-    def weights_str(self) -> str:
-        return format_bytes(self.weights_bytes)
-
-    @property
-    def kv_cache_str(self) -> str:
-        return format_bytes(self.kv_cache_bytes)
-
-    @property
-    def overhead_str(self) -> str:
-        return format_bytes(self.overhead_bytes)
+    weights_str = bytes_text("weights_bytes")
+    kv_cache_str = bytes_text("kv_cache_bytes")
+    overhead_str = bytes_text("overhead_bytes")
 
     @property
     def parameters_str(self) -> str:

@@ -15,7 +15,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Callable, Literal
 
-from .units import format_bytes
+from .units import bytes_text
 
 __all__ = ["Event", "EventKind", "EvictionReason", "EventBus"]
 
@@ -40,9 +40,7 @@ class Event:
     message: str = ""
     time: float = 0.0
 
-    @property
-    def bytes_str(self) -> str:
-        return format_bytes(self.bytes) if self.bytes is not None else ""
+    bytes_str = bytes_text("bytes")
 
     def __str__(self) -> str:
         parts = [self.kind, repr(self.model_id) if self.model_id else ""]

@@ -18,7 +18,7 @@ from typing import Callable, Mapping, Sequence
 
 import psutil
 
-from .units import format_bytes
+from .units import bytes_text
 
 __all__ = [
     "DeviceMemory",
@@ -62,25 +62,11 @@ class DeviceReport:
     def used_bytes(self) -> int:
         return self.total_bytes - self.free_bytes
 
-    @property
-    def total_str(self) -> str:
-        return format_bytes(self.total_bytes)
-
-    @property
-    def free_str(self) -> str:
-        return format_bytes(self.free_bytes)
-
-    @property
-    def budget_str(self) -> str:
-        return format_bytes(self.budget_bytes)
-
-    @property
-    def held_str(self) -> str:
-        return format_bytes(self.held_bytes)
-
-    @property
-    def used_str(self) -> str:
-        return format_bytes(self.used_bytes)
+    total_str = bytes_text("total_bytes")
+    free_str = bytes_text("free_bytes")
+    budget_str = bytes_text("budget_bytes")
+    held_str = bytes_text("held_bytes")
+    used_str = bytes_text("used_bytes")
 
 
 def device_kind(device: str) -> str:

@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Literal, Mapping
 
-from .units import format_bytes, format_duration
+from .units import bytes_text, format_bytes, format_duration
 
 __all__ = ["StatusRow", "UnloadReport", "GarbageReport", "ModelState"]
 
@@ -41,13 +41,8 @@ class StatusRow:
     load_seconds: float | None = None
     details: Mapping[str, Any] = field(default_factory=dict)
 
-    @property
-    def estimated_str(self) -> str:
-        return format_bytes(self.estimated_bytes) if self.estimated_bytes is not None else ""
-
-    @property
-    def actual_str(self) -> str:
-        return format_bytes(self.actual_bytes) if self.actual_bytes is not None else ""
+    estimated_str = bytes_text("estimated_bytes")
+    actual_str = bytes_text("actual_bytes")
 
     def last_used_str(self, now: float | None = None) -> str:
         """``12s ago``; empty when never used."""
@@ -82,9 +77,7 @@ class UnloadReport:
     collected: bool
     holders: tuple[str, ...] = ()
 
-    @property
-    def freed_str(self) -> str:
-        return format_bytes(self.freed_bytes)
+    freed_str = bytes_text("freed_bytes")
 
     def __str__(self) -> str:
         text = f"Unloaded {self.model_id!r} ({self.reason}): freed {self.freed_str} in {self.seconds:.2f} s"

@@ -84,6 +84,18 @@ def format_bytes(value: int | float | None) -> str:
     return f"{size:.1f} TB"
 
 
+def bytes_text(field: str, *, missing: str = "") -> property:
+    """A read-only property showing the byte count in ``field`` as :func:`format_bytes` text.
+
+    For the ``*_str`` companions of ``*_bytes`` fields in reports; ``missing`` where the count is None.
+    """
+    def text(self: object) -> str:
+        value = getattr(self, field)
+        return missing if value is None else format_bytes(value)
+
+    return property(text, doc=f"``{field}`` as text, e.g. ``13.2 GB``.")
+
+
 def format_duration(seconds: float | None) -> str:
     """``2m 05s`` for countdowns and ages; ``never`` for :data:`NEVER`."""
     if seconds is None:

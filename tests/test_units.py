@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from jupyter_llm_manager.units import format_bytes, format_duration, parse_duration, parse_size
+from jupyter_llm_manager.units import bytes_text, format_bytes, format_duration, parse_duration, parse_size
 
 
 @pytest.mark.parametrize("text, seconds", [
@@ -45,3 +45,16 @@ def test_formatting():
     assert format_bytes(512) == "512 B" and format_bytes(None) == "?"
     assert format_duration(125) == "2m 05s" and format_duration(math.inf) == "never"
     assert format_duration(3.25) == "3.2s" and format_duration(7300) == "2h 01m"
+
+
+def test_bytes_text_shows_a_field_in_units_and_a_placeholder_for_none():
+    class Report:
+        def __init__(self, size):
+            self.size_bytes = size
+
+        size_str = bytes_text("size_bytes", missing="n/a")
+
+    assert Report(13_200_000_000).size_str == "13.2 GB"
+    assert Report(None).size_str == "n/a"
+    with pytest.raises(AttributeError):
+        Report(1).size_str = "1 B"  # read-only
