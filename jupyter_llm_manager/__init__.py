@@ -12,12 +12,14 @@ Importing this package imports neither torch nor IPython.
 
 from __future__ import annotations
 
-from . import dashboard  # a callable module: jupyter_llm_manager.dashboard() opens one
+from typing import TYPE_CHECKING, Any
+
 from .errors import (
     ConfigurationError,
     GenerationError,
     InvalidGenerationParameters,
     LLMManagerError,
+    ManagerClosedError,
     ModelInUseError,
     ModelLoadingError,
     ModelNotFoundError,
@@ -30,7 +32,11 @@ from .handles import Lease, ModelHandle, TextStream
 from .manager import LLMManager, get_manager
 from .memory import DeviceReport
 from .reports import GarbageReport, StatusRow, UnloadReport
+from .settings import ManagerSettings
 from .spec import ModelSpec, Secret
+
+if TYPE_CHECKING:
+    from .dashboard import Dashboard
 
 __version__ = "0.1.0"
 
@@ -38,6 +44,13 @@ __version__ = "0.1.0"
 def _jupyter_labextension_paths() -> list[dict[str, str]]:
     """Where JupyterLab finds the built extension (``jupyter labextension develop`` uses it)."""
     return [{"src": "labextension", "dest": "jupyter-llm-manager"}]
+
+
+def open_dashboard(manager: LLMManager | None = None, **options: Any) -> "Dashboard":
+    """A live ipywidgets dashboard of ``manager`` (the kernel's manager by default); ``%llm dashboard`` too."""
+    from .dashboard import Dashboard
+
+    return Dashboard(manager, **options)
 
 
 def load_ipython_extension(ipython: object) -> None:
@@ -59,5 +72,6 @@ __all__ = [
     "LLMManagerError", "ConfigurationError", "ModelNotFoundError", "ModelLoadingError",
     "ResourceNotAvailableError", "GenerationError", "InvalidGenerationParameters", "ModelInUseError",
     "GenerationParams", "GenerationResult", "MemoryEstimate", "StatusRow", "DeviceReport", "UnloadReport",
-    "GarbageReport", "Event", "ModelHandle", "Lease", "TextStream", "Secret", "dashboard",
+    "GarbageReport", "Event", "ModelHandle", "Lease", "TextStream", "Secret", "ManagerClosedError",
+    "ManagerSettings", "open_dashboard",
 ]

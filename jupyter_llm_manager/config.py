@@ -23,16 +23,15 @@ import yaml
 from filelock import FileLock, Timeout
 
 from .errors import ConfigurationError
+from .settings import SETTING_NAMES, ManagerSettings, check_setting
 from .spec import ModelSpec, expand_path, looks_like_path
-from .units import parse_duration, parse_size
 
 __all__ = [
-    "ManagerDefaults",
-    "RegistryFile",
+    "ConfigFile",
     "find_config_path",
     "default_config_path",
     "load_config",
-    "save_registry",
+    "save_config",
     "CONFIG_ENV",
 ]
 
@@ -59,76 +58,27 @@ _MODEL_FORMATS = {None, "safetensors", "pytorch", "bin", "transformers", "huggin
 _LOCK_TIMEOUT_S = 10.0
 
 
-@dataclass(frozen=True)
-class ManagerDefaults:
-    """Manager-wide settings from the ``defaults:`` block."""
-
-    max_loaded_models: int | None = None
-    memory_fraction: float = 0.9
-    memory_budget: int | dict[str, int] | None = None
-    keep_alive: float | None = None
-    default_model: str | None = None
-
-    @classmethod
-    def from_mapping(cls, data: Mapping[str, Any], *, path: str | None = None) -> "ManagerDefaults":
-        values: dict[str, Any] = {}
-        for key, value in data.items():
-            if key not in _DEFAULT_CONVERTERS:
-                raise _unknown_key(key, _DEFAULT_CONVERTERS, path=path, where="defaults")
-            try:
-                values[key] = _DEFAULT_CONVERTERS[key](value)
-            except ValueError as error:
-                raise ConfigurationError(f"defaults.{key}: {error}", path=path, key=key) from None
-        return cls(**values)
-
-
-def check_max_loaded_models(value: Any) -> int | None:
-    """A count cap: ``None`` (no cap) or an integer >= 1."""
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"max_loaded_models must be an integer >= 1 or null, got {value!r}")
-    return value
-
-
-def check_memory_fraction(value: Any) -> float:
-    """A fraction of each device's total memory, in (0, 1]."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
-        raise ValueError(f"memory_fraction must be a number in (0, 1], got {value!r}")
-    return float(value)
-
-
-def check_memory_budget(value: Any) -> int | dict[str, int] | None:
-    """An absolute budget: one size for every device, or a size per device."""
-    if value is None:
-        return None
-    if isinstance(value, Mapping):
-        return {str(device).lower(): parse_size(size) for device, size in value.items()}
-    return parse_size(value)
-
-
-def _optional_model_id(value: Any) -> str | None:
-    if value is not None and (not isinstance(value, str) or not value):
-        raise ValueError(f"default_model must be a model id, got {value!r}")
-    return value
-
-
-_DEFAULT_CONVERTERS = {
-    "max_loaded_models": check_max_loaded_models,
-    "memory_fraction": check_memory_fraction,
-    "memory_budget": check_memory_budget,
-    "keep_alive": parse_duration,
-    "default_model": _optional_model_id,
-}
+def _settings(data: Any, path: str) -> ManagerSettings:
+    if not isinstance(data, Mapping):
+        raise ConfigurationError("defaults must be a mapping of setting to value", path=path, key="defaults")
+    values = {}
+    for key, value in data.items():
+        if key not in SETTING_NAMES:
+            raise _unknown_key(key, SETTING_NAMES, path=path, where="defaults")
+        try:
+            values[key] = check_setting(key, value)
+        except ValueError as error:
+            raise ConfigurationError(f"defaults.{error}", path=path, key=key) from None
+    return ManagerSettings(**values)
 
 
 @dataclass(frozen=True)
-class RegistryFile:
+class ConfigFile:
     """What one configuration file holds, validated."""
 
     path: Path | None
-    defaults: ManagerDefaults = field(default_factory=ManagerDefaults)
-    defaults_given: frozenset[str] = frozenset()
+    settings: ManagerSettings = field(default_factory=ManagerSettings)
+    settings_given: frozenset[str] = frozenset()
     models: dict[str, ModelSpec] = field(default_factory=dict)
     aliases: dict[str, str] = field(default_factory=dict)
     layout: Layout = "empty"
@@ -154,7 +104,7 @@ def find_config_path(explicit: str | os.PathLike | None = None) -> Path | None:
     return default if default.exists() else None
 
 
-def load_config(path: str | os.PathLike) -> RegistryFile:
+def load_config(path: str | os.PathLike) -> ConfigFile:
     """Read and validate a configuration file in any of the three layouts."""
     path = Path(path)
     if not path.exists():
@@ -181,23 +131,21 @@ def _read_yaml(path: Path) -> Any:
         raise ConfigurationError(f"invalid YAML: {error}", path=str(path)) from None
 
 
-def _parse(data: Any, path: Path) -> RegistryFile:
+def _parse(data: Any, path: Path) -> ConfigFile:
     where = str(path)
     if data is None:
-        return RegistryFile(path=path)
+        return ConfigFile(path=path)
     if not isinstance(data, Mapping):
         raise ConfigurationError("the file must hold a mapping with defaults, models and aliases",
                                  path=where)
     if _is_legacy_mapping(data):
         models = {model_id: _from_legacy_mapping(model_id, entry, where) for model_id, entry in data.items()}
-        return RegistryFile(path=path, models=models, layout="legacy-mapping")
+        return ConfigFile(path=path, models=models, layout="legacy-mapping")
     for key in data:
         if key not in _TOP_KEYS:
             raise _unknown_key(key, _TOP_KEYS, path=where, where="the top level")
     raw_defaults = data.get("defaults") or {}
-    if not isinstance(raw_defaults, Mapping):
-        raise ConfigurationError("defaults must be a mapping", path=where, key="defaults")
-    defaults = ManagerDefaults.from_mapping(raw_defaults, path=where)
+    settings = _settings(raw_defaults, where)
     raw_models = data.get("models") or {}
     if isinstance(raw_models, list):
         models = _from_legacy_list(raw_models, where)
@@ -208,7 +156,7 @@ def _parse(data: Any, path: Path) -> RegistryFile:
     else:
         raise ConfigurationError("models must be a mapping of id to options", path=where, key="models")
     aliases = _parse_aliases(data.get("aliases") or {}, models, where)
-    return RegistryFile(path=path, defaults=defaults, defaults_given=frozenset(raw_defaults),
+    return ConfigFile(path=path, settings=settings, settings_given=frozenset(raw_defaults),
                         models=models, aliases=aliases, layout=layout)
 
 
@@ -336,7 +284,7 @@ def _legacy_list_values(model_id: str, item: Mapping[str, Any], where: str) -> d
 
 # -- saving -------------------------------------------------------------------
 
-def save_registry(
+def save_config(
     path: str | os.PathLike,
     models: Mapping[str, ModelSpec],
     aliases: Mapping[str, str],
@@ -348,7 +296,7 @@ def save_registry(
 
     Under the lock, the file is read again so registrations saved by another
     kernel meanwhile are kept (no lost update). Ids in ``removed`` are dropped.
-    ``defaults`` is written only when the file has none. A legacy file is
+    ``defaults`` (every setting's saved form) replaces the file's block. A legacy file is
     converted to our layout once, with a ``.bak`` copy of the original.
     """
     path = Path(expand_path(os.fspath(path)))
@@ -385,7 +333,7 @@ def _merged_document(path: Path, models: Mapping[str, ModelSpec], aliases: Mappi
         elif current:
             document["models"] = dict(current.get("models") or {})
             document["aliases"] = dict(current.get("aliases") or {})
-            if current.get("defaults"):
+            if current.get("defaults") and defaults is None:
                 document["defaults"] = dict(current["defaults"])
     for model_id in removed:
         document["models"].pop(model_id, None)

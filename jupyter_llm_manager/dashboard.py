@@ -440,12 +440,3 @@ def open_dashboard(manager: "LLMManager | None" = None, **options: Any) -> Dashb
     """A new dashboard of ``manager`` (the kernel's manager by default)."""
     return Dashboard(manager, **options)
 
-
-class _CallableModule(types.ModuleType):
-    """Lets ``jupyter_llm_manager.dashboard()`` open a dashboard while this stays a module."""
-
-    def __call__(self, manager: "LLMManager | None" = None, **options: Any) -> Dashboard:
-        return open_dashboard(manager, **options)
-
-
-sys.modules[__name__].__class__ = _CallableModule

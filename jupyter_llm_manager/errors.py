@@ -23,6 +23,7 @@ __all__ = [
     "ResourceNotAvailableError",
     "GenerationError",
     "InvalidGenerationParameters",
+    "ManagerClosedError",
     "MemoryHolder",
     "DeviceShortfall",
 ]
@@ -165,6 +166,14 @@ class ResourceNotAvailableError(LLMManagerError, RuntimeError):
         if hint:
             parts.append(hint)
         super().__init__(" ".join(parts))
+
+
+class ManagerClosedError(LLMManagerError, RuntimeError):
+    """The manager was closed; it loads and generates nothing more."""
+
+    def __init__(self) -> None:
+        super().__init__("this LLMManager was closed and accepts no more work; create a new one "
+                         "(or use get_manager(), the kernel's manager)")
 
 
 class GenerationError(LLMManagerError, RuntimeError):

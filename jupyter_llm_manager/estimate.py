@@ -13,15 +13,19 @@ from __future__ import annotations
 import json
 import logging
 import struct
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 from .errors import ModelLoadingError
 from .spec import ModelSpec
 from .units import bytes_text, format_bytes
 
-__all__ = ["MemoryEstimate", "estimate_checkpoint", "read_safetensors_header", "remote_estimate"]
+if TYPE_CHECKING:
+    from .backends.base import Backend
+
+__all__ = ["MemoryEstimate", "EstimateCache", "estimate_checkpoint", "read_safetensors_header", "remote_estimate"]
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +83,34 @@ class MemoryEstimate:
         return (f"{self.model_id}: {self.total_str} = weights {self.weights_str} ({self.weights_method})"
                 f" + KV cache {self.kv_cache_str} ({self.kv_cache_method})"
                 f" + overhead {self.overhead_str} ({self.overhead_method})")
+
+
+class EstimateCache:
+    """Estimates keyed by everything they depend on (:attr:`ModelSpec.estimate_key`).
+
+    Two ids on the same weights with different ``max_context`` get different
+    estimates; two ids with identical specs share one. Computing one may read
+    files or the network, so callers hold no manager lock.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._estimates: dict[str, MemoryEstimate] = {}
+
+    def get(self, spec: ModelSpec, backend: "Backend", *, refresh: bool = False) -> MemoryEstimate:
+        key = spec.estimate_key
+        with self._lock:
+            found = None if refresh else self._estimates.get(key)
+        if found is None:
+            found = backend.estimate(spec)
+            with self._lock:
+                self._estimates[key] = found
+        return found if found.model_id == spec.id else replace(found, model_id=spec.id)
+
+    def cached(self, spec: ModelSpec) -> MemoryEstimate | None:
+        with self._lock:
+            found = self._estimates.get(spec.estimate_key)
+        return found if found is None or found.model_id == spec.id else replace(found, model_id=spec.id)
 
 
 def remote_estimate(model_id: str) -> MemoryEstimate:

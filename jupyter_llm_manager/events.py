@@ -1,9 +1,10 @@
 """Manager events: small frozen records, and the bus that delivers them.
 
 Subscribers get every event synchronously, in the thread that caused it,
-never while the manager's registry lock is held, so a subscriber may call the
-manager. A subscriber that raises is logged and kept. The bus also keeps the
-last events so a dashboard opened later can show history.
+never while a manager lock is held (the bus checks it), so a subscriber may
+call back into the manager. A subscriber that raises is logged and kept.
+The bus also keeps the last events so a dashboard opened later can show
+history.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ __all__ = ["Event", "EventKind", "EvictionReason", "EventBus"]
 log = logging.getLogger(__name__)
 
 EventKind = Literal[
-    "registered", "unregistered", "loading", "loaded", "load_failed", "evicted", "unloaded",
+    "registered", "unregistered", "waiting", "loading", "loaded", "load_failed", "evicted", "unloaded",
     "generation_started", "generation_finished", "pinned", "unpinned", "settings_changed", "warning",
 ]
 EvictionReason = Literal["lru", "budget", "keep_alive", "manual"]
@@ -38,7 +39,8 @@ class Event:
     seconds: float | None = None
     bytes: int | None = None
     message: str = ""
-    time: float = 0.0
+    time: float = 0.0  # wall clock, for display
+    position: int | None = None  # for "waiting": the place of its model in the queue (1 = next)
 
     bytes_str = bytes_text("bytes")
 
@@ -50,6 +52,8 @@ class Event:
             parts.append(f"{self.seconds:.2f} s")
         if self.bytes is not None:
             parts.append(self.bytes_str)
+        if self.position is not None:
+            parts.append(f"#{self.position}")
         if self.message:
             parts.append(f"— {self.message}")
         return " ".join(p for p in parts if p)
@@ -61,11 +65,11 @@ Subscriber = Callable[[Event], object]
 class EventBus:
     """Delivers events to subscribers and remembers the recent ones."""
 
-    def __init__(self, history: int = 200, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, history: int = 200, *, guard: Callable[[], bool] = lambda: False) -> None:
         self._lock = threading.Lock()
         self._subscribers: list[Subscriber] = []
         self._history: deque[Event] = deque(maxlen=history)
-        self._clock = clock
+        self._guard = guard  # true while the calling thread holds a manager lock: emitting then is a bug
 
     def subscribe(self, callback: Subscriber) -> Callable[[], None]:
         """Call ``callback(event)`` for every event; returns a function that stops it."""
@@ -79,8 +83,12 @@ class EventBus:
 
         return unsubscribe
 
-    def emit(self, kind: EventKind, model_id: str | None = None, **fields: object) -> Event:
-        event = Event(kind, model_id, time=self._clock(), **fields)  # type: ignore[arg-type]
+    def emit(self, kind: EventKind, model_id: str | None = None, *, reason: EvictionReason | None = None,
+             seconds: float | None = None, bytes: int | None = None, message: str = "",
+             position: int | None = None) -> Event:
+        if self._guard():
+            raise RuntimeError(f"event {kind!r} emitted while a manager lock is held: subscribers could deadlock")
+        event = Event(kind, model_id, reason, seconds, bytes, message, time.time(), position)
         with self._lock:
             self._history.append(event)
             subscribers = list(self._subscribers)

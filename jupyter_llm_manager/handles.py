@@ -15,14 +15,15 @@ from __future__ import annotations
 import threading
 import time
 import weakref
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Protocol
 
-from .errors import LLMManagerError
+from .errors import LLMManagerError, ModelNotFoundError
 from .generation import GenerationParams, GenerationResult, Prompt
 
 if TYPE_CHECKING:
     from .backends.base import LoadedModel
-    from .manager import LLMManager, _Instance
+    from .leases import Ticket
+    from .manager import LLMManager
     from .reports import StatusRow, UnloadReport
     from .spec import ModelSpec
 
@@ -46,8 +47,8 @@ class ModelHandle:
     def status(self) -> "StatusRow":
         return self.manager.row(self.id)
 
-    def use(self) -> "Lease":
-        return self.manager.use(self.id)
+    def use(self, **options: Any) -> "Lease":
+        return self.manager.use(self.id, **options)
 
     def generate(self, prompt: Prompt, **params: Any) -> GenerationResult:
         return self.manager.generate(self.id, prompt, **params)
@@ -57,36 +58,44 @@ class ModelHandle:
 
     def __repr__(self) -> str:
         manager = self._manager()
-        state = manager.row(self.id).state if manager is not None else "manager gone"
+        try:
+            state = manager.row(self.id).state if manager is not None else "manager gone"
+        except ModelNotFoundError:
+            state = "unregistered"
         return f"<ModelHandle {self.id!r}: {state}>"
 
 
 class Lease:
     """``with manager.use(id) as lm``: the loaded model, protected from eviction."""
 
-    def __init__(self, manager: "LLMManager", model_id: str) -> None:
+    def __init__(self, model_id: str, acquire: Callable[[], "Ticket"], spec: Callable[[], "ModelSpec"]) -> None:
         self.id = model_id
-        self._manager = manager
-        self._instance: "_Instance | None" = None
-        self._owner: int | None = None
+        self._acquire = acquire
+        self._spec = spec
+        self._ticket: "Ticket | None" = None
 
     def __enter__(self) -> "Lease":
-        if self._instance is not None:
+        if self._ticket is not None:
             raise LLMManagerError("this lease is already held; call use() again for another")
-        self._instance = self._manager._acquire(self.id)[1]
-        self._owner = threading.get_ident()
+        self._ticket = self._acquire()
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        instance, self._instance = self._instance, None
-        if instance is not None:
-            self._manager._release_lease(instance, self._owner)
+        ticket, self._ticket = self._ticket, None
+        if ticket is not None:
+            ticket.release()
+
+    @property
+    def held(self) -> bool:
+        """Whether the lease is held now (inside the ``with`` block)."""
+        return self._ticket is not None
 
     @property
     def loaded(self) -> "LoadedModel":
-        if self._instance is None or self._instance.loaded is None:
+        ticket = self._ticket
+        if ticket is None or ticket.loaded is None:
             raise LLMManagerError(f"the lease on {self.id!r} is not held: use it inside `with manager.use(...)`")
-        return self._instance.loaded
+        return ticket.loaded
 
     @property
     def model(self) -> Any:
@@ -98,10 +107,20 @@ class Lease:
 
     @property
     def spec(self) -> "ModelSpec":
-        return self._manager.spec(self.id)
+        return self._spec()
 
     def __repr__(self) -> str:
-        return f"<Lease {self.id!r} {'held' if self._instance is not None else 'released'}>"
+        return f"<Lease {self.id!r} {'held' if self._ticket is not None else 'released'}>"
+
+
+class GenerationRuns(Protocol):
+    """What a :class:`TextStream` needs from the manager: a lease, and the generation events."""
+
+    def acquire(self, model_id: str, wait: float | str | None) -> "Ticket": ...
+
+    def started(self, canonical: str) -> None: ...
+
+    def finished(self, canonical: str, result: GenerationResult | None, error: BaseException | None) -> None: ...
 
 
 class TextStream:
@@ -112,14 +131,15 @@ class TextStream:
     model for other uses at once.
     """
 
-    def __init__(self, manager: "LLMManager", model_id: str, prompt: Prompt, params: GenerationParams,
-                 raw: bool) -> None:
+    def __init__(self, runs: GenerationRuns, model_id: str, prompt: Prompt, params: GenerationParams, *,
+                 raw: bool, wait: float | str | None = None) -> None:
         self.model_id = model_id
         self.result: GenerationResult | None = None
-        self._manager = manager
+        self._runs = runs
         self._prompt = prompt
         self._params = params
         self._raw = raw
+        self._wait = wait
         self._stop = threading.Event()
         self._pieces: list[str] = []
         self._iterator: Iterator[str] | None = None
@@ -135,8 +155,9 @@ class TextStream:
         self._stop.set()
 
     def close(self) -> None:
-        if self._iterator is not None:
-            self._iterator.close()  # type: ignore[attr-defined]
+        iterator = self._iterator
+        if iterator is not None and hasattr(iterator, "close"):
+            iterator.close()
 
     def __enter__(self) -> "TextStream":
         return self
@@ -151,14 +172,14 @@ class TextStream:
         return self._iterator
 
     def _run(self) -> Iterator[str]:
-        canonical, instance = self._manager._acquire(self.model_id)
-        owner = threading.get_ident()
+        ticket = self._runs.acquire(self.model_id, self._wait)
         self._started = time.perf_counter()
-        self._manager._generation_started(canonical)
-        pieces, error = None, None
+        self._runs.started(ticket.canonical)
+        pieces = None
+        error: BaseException | None = None
         try:
-            pieces = instance.backend.stream(instance.loaded, self._prompt, self._params,
-                                             model_id=self.model_id, raw=self._raw, stop=self._stop)
+            pieces = ticket.instance.backend.stream(ticket.loaded, self._prompt, self._params, model_id=self.model_id,
+                                                    raw=self._raw, stop=self._stop)
             while True:
                 try:
                     piece = next(pieces)
@@ -175,8 +196,8 @@ class TextStream:
                 pieces.close()
             if self.result is None and not isinstance(error, Exception):  # interrupted or closed early
                 self.result = self._interrupted_result()
-            self._manager._release_lease(instance, owner)
-            self._manager._generation_finished(canonical, self.result, error)
+            ticket.release()
+            self._runs.finished(ticket.canonical, self.result, error)
 
     def _interrupted_result(self) -> GenerationResult:
         seconds = time.perf_counter() - (self._started or time.perf_counter())

@@ -25,6 +25,7 @@ __all__ = [
     "DeviceReport",
     "probe_devices",
     "device_budget",
+    "device_limit",
     "device_kind",
     "DeviceProbe",
 ]
@@ -83,10 +84,16 @@ def device_budget(
 ) -> int:
     """Bytes this manager may hold on a device.
 
-    The budget is ``fraction`` of the total (or an absolute size, per device
-    or for all), and never more than what the manager already holds plus what
-    is free now, since other processes share the device.
+    The budget is the device's limit (:func:`device_limit`), and never more
+    than what the manager already holds plus what is free now, since other
+    processes share the device.
     """
+    limit = device_limit(memory, fraction=fraction, absolute=absolute)
+    return int(max(0, min(limit, held_bytes + memory.free_bytes)))
+
+
+def device_limit(memory: DeviceMemory, *, fraction: float, absolute: int | Mapping[str, int] | None) -> int:
+    """``fraction`` of the device's total, or an absolute size (per device, per kind, or for all)."""
     limit: float = fraction * memory.total_bytes
     if isinstance(absolute, Mapping):
         chosen = absolute.get(memory.device, absolute.get(device_kind(memory.device)))
@@ -94,7 +101,7 @@ def device_budget(
             limit = chosen
     elif absolute is not None:
         limit = absolute
-    return int(max(0, min(limit, held_bytes + memory.free_bytes)))
+    return int(limit)
 
 
 def probe_devices() -> list[DeviceMemory]:

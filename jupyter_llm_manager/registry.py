@@ -127,7 +127,12 @@ class Registry:
         return any(model_id in self.pinned for model_id in self.ids_of(key))
 
     def priority(self, key: str) -> int:
-        return max((self.specs[i].priority for i in self.ids_of(key)), default=0)
+        """The highest priority any id of the instance has (its own or its kind's)."""
+        return max((self.specs[i].effective_priority for i in self.ids_of(key)), default=0)
+
+    def is_protected(self, key: str) -> bool:
+        """Whether any id of the instance is protected (explicitly, or by its kind)."""
+        return any(self.specs[i].effective_protected for i in self.ids_of(key))
 
     def keep_alive(self, key: str) -> float | None:
         """The shortest keep-alive the instance's ids set themselves, or None to use the manager's."""

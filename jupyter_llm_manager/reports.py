@@ -14,7 +14,8 @@ from .units import bytes_text, format_bytes, format_duration
 
 __all__ = ["StatusRow", "UnloadReport", "GarbageReport", "ModelState"]
 
-ModelState = Literal["registered", "loading", "loaded", "failed"]
+#: A model id's state (see :mod:`jupyter_llm_manager.instances` for the machine behind it).
+ModelState = Literal["registered", "waiting", "loading", "loaded", "unloading", "failed"]
 
 
 @dataclass(frozen=True)
@@ -40,15 +41,24 @@ class StatusRow:
     keep_alive: float | None = None
     load_seconds: float | None = None
     details: Mapping[str, Any] = field(default_factory=dict)
+    protected: bool = False
+    kind: str = "llm"
+    mode: str | None = None
+    waiting_for: str | None = None
+    queue_position: int | None = None
+    idle_seconds: float | None = None  # since the last use, when the row was made (monotonic clock)
+    expires_in: float | None = None  # keep-alive left when the row was made (monotonic clock)
 
     estimated_str = bytes_text("estimated_bytes")
     actual_str = bytes_text("actual_bytes")
 
     def last_used_str(self, now: float | None = None) -> str:
-        """``12s ago``; empty when never used."""
+        """``12s ago``; empty when never used. ``now`` (wall clock) is only for rows kept a while."""
         if self.last_used is None:
             return ""
-        return f"{format_duration((now or time.time()) - self.last_used)} ago"
+        idle = self.idle_seconds if now is None and self.idle_seconds is not None else \
+            (now or time.time()) - self.last_used
+        return f"{format_duration(idle)} ago"
 
     def expires_in_str(self, now: float | None = None) -> str:
         """Keep-alive left (``4m 10s``), ``never`` or empty when not loaded."""
@@ -56,12 +66,16 @@ class StatusRow:
             return ""
         if self.expires_at is None:
             return "in use" if self.in_use else ("pinned" if self.pinned else "never")
-        return format_duration(self.expires_at - (now or time.time()))
+        left = self.expires_in if now is None and self.expires_in is not None else self.expires_at - (now or time.time())
+        return format_duration(left)
 
     @property
     def state_str(self) -> str:
-        """The state with what matters next to it: ``loaded (in use, pinned)``."""
-        notes = [note for flag, note in ((self.in_use, "in use"), (self.pinned, "pinned")) if flag]
+        """The state with what matters next to it: ``loaded (in use, pinned)``, ``waiting (#2: ...)``."""
+        if self.state == "waiting" and self.waiting_for:
+            return f"waiting (#{self.queue_position or 1}: {self.waiting_for})"
+        notes = [note for flag, note in ((self.in_use, "in use"), (self.pinned, "pinned"),
+                                         (self.protected, "protected")) if flag]
         return f"{self.state} ({', '.join(notes)})" if notes else self.state
 
 

@@ -12,6 +12,7 @@ import difflib
 import functools
 import hashlib
 import hmac
+import json
 import logging
 import os
 import re
@@ -22,9 +23,10 @@ from typing import Any, Callable, Mapping
 
 from .errors import ConfigurationError, InvalidGenerationParameters
 from .generation import GenerationParams
-from .units import parse_duration, parse_size
+from .units import brief, parse_duration, parse_size
 
-__all__ = ["ModelSpec", "Secret", "check_model_id", "expand_path", "looks_like_path", "DTYPES", "QUANTIZATIONS"]
+__all__ = ["ModelSpec", "Secret", "check_model_id", "expand_path", "looks_like_path", "DTYPES", "QUANTIZATIONS",
+           "KIND_PRIORITY"]
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +44,10 @@ _ENV_REFERENCE = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*)\}$")
 _ENV_IN_TEXT = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _ID = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:@/+-]*$")
 _FINGERPRINT_SALT = secrets.token_bytes(16)  # per process: fingerprints cannot be matched outside it
+#: Seed 004's tiers: the default priority of each kind of model; ``asr`` is also protected.
+KIND_PRIORITY = {"llm": 0, "tts": 1, "asr": 2}
+PROTECTED_KINDS = frozenset({"asr"})
+_KINDS = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 
 
 class Secret:
@@ -111,6 +117,37 @@ def check_model_id(model_id: object, *, path: str | None = None) -> str:
         raise ConfigurationError(
             f"{model_id!r} is not a valid model id: use letters, digits and _ . : @ / + -", path=path)
     return model_id
+
+
+#: The most values (mapping entries, list items, scalars) one option mapping may hold.
+MAX_OPTION_VALUES = 10_000
+_SECRET_OPTION_KEYS = frozenset({"token", "use_auth_token", "api_key", "password"})
+
+
+def canonical(value: Any, *, limit: int = MAX_OPTION_VALUES) -> str:
+    """One text per value, the same for equal values (mapping keys sorted), secrets as fingerprints.
+
+    What caches and instance keys are built from. Its cost is bounded:
+    more than ``limit`` values (an alias bomb, say) is a ``ValueError``.
+    """
+    budget = [limit]
+
+    def walk(item: Any) -> str:
+        budget[0] -= 1
+        if budget[0] < 0:
+            raise ValueError(f"too large: more than {limit} values")
+        if isinstance(item, Secret):
+            return json.dumps(item.fingerprint)
+        if item is None or isinstance(item, (bool, int, float, str)):
+            return json.dumps(item)
+        if isinstance(item, Mapping):
+            entries = sorted((str(key), walk(child)) for key, child in item.items())
+            return "{" + ",".join(f"{json.dumps(key)}:{text}" for key, text in entries) + "}"
+        if isinstance(item, (list, tuple, set, frozenset)):
+            return "[" + ",".join(walk(child) for child in item) + "]"
+        return json.dumps(f"{type(item).__name__}:{item}"[:200])
+
+    return walk(value)
 
 
 # -- field converters: each returns the normalized value or raises ValueError --
@@ -188,8 +225,18 @@ def _headers(value: Any) -> dict[str, Secret]:
 
 def _mapping(value: Any) -> dict[str, Any]:
     if not isinstance(value, Mapping):
-        raise ValueError(f"expected a mapping, got {value!r}")
-    return dict(value)
+        raise ValueError(f"expected a mapping, got {brief(value)}")
+    canonical(value)  # bounded: refuses what would be too costly to key, show or save
+    return {str(key): item for key, item in value.items()}
+
+
+def _load_kwargs(value: Any) -> dict[str, Any]:
+    """Keyword arguments for ``from_pretrained``; a token among them is kept as a :class:`Secret`."""
+    kwargs = _mapping(value)
+    for key in _SECRET_OPTION_KEYS & set(kwargs):
+        if kwargs[key] is not None and not isinstance(kwargs[key], bool):
+            kwargs[key] = _secret(kwargs[key])
+    return kwargs
 
 
 def _generation(value: Any) -> dict[str, Any]:
@@ -199,6 +246,13 @@ def _generation(value: Any) -> dict[str, Any]:
     except InvalidGenerationParameters as error:
         raise ValueError(str(error)) from None
     return mapping
+
+
+def _kind(value: Any) -> str:
+    text = _string(value).lower()
+    if not _KINDS.match(text):
+        raise ValueError(f"kind is a short name such as llm, tts or asr, got {value!r}")
+    return text
 
 
 def _keep_alive(value: Any) -> float | None:
@@ -232,7 +286,9 @@ class ModelSpec:
     max_context: int | None = None
     required_memory: int | None = None
     pinned: bool = False
-    priority: int = 0
+    priority: int | None = None
+    protected: bool | None = None
+    kind: str = "llm"
     keep_alive: float | None = None
     preload: bool = False
     generation: dict[str, Any] = field(default_factory=dict)
@@ -295,6 +351,16 @@ class ModelSpec:
                     f"local path {expand_path(self.source)!r} does not exist; check the path "
                     "(relative paths start from the kernel's working directory)", key="source", **where)
 
+    @property
+    def effective_priority(self) -> int:
+        """``priority``, else the default of its ``kind`` (llm 0, tts 1, asr 2; others 0)."""
+        return self.priority if self.priority is not None else KIND_PRIORITY.get(self.kind, 0)
+
+    @property
+    def effective_protected(self) -> bool:
+        """``protected``, else whether its ``kind`` is protected (``asr``)."""
+        return self.protected if self.protected is not None else self.kind in PROTECTED_KINDS
+
     @functools.cached_property
     def local_path(self) -> Path | None:
         """The resolved local folder, when the source is one (resolved once: a later ``cd`` does not move it)."""
@@ -314,10 +380,16 @@ class ModelSpec:
         device = ",".join(self.device) if isinstance(self.device, tuple) else self.device
         key = f"{self.backend}:{location}@{self.revision or 'main'}|{self.dtype}|{self.quantization or 'full'}|{device}"
         if self.tokenizer or self.trust_remote_code or self.load_kwargs or self.options:
-            details = (self.tokenizer, self.trust_remote_code, sorted(self.load_kwargs.items(), key=str),
-                       sorted(self.options.items(), key=str))
-            key += "|" + hashlib.sha1(repr(details).encode()).hexdigest()[:8]
+            details = canonical({"tokenizer": self.tokenizer, "trust_remote_code": self.trust_remote_code,
+                                 "load_kwargs": self.load_kwargs, "options": self.options})
+            key += "|" + hashlib.sha1(details.encode()).hexdigest()[:8]
         return key
+
+    @functools.cached_property
+    def estimate_key(self) -> str:
+        """Everything an estimate may depend on: the whole spec but its id."""
+        values = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("id", "builtin")}
+        return hashlib.sha256(canonical(values).encode()).hexdigest()
 
     def with_changes(self, **changes: Any) -> "ModelSpec":
         """A copy with some fields changed (validated like a new spec)."""
@@ -343,8 +415,9 @@ class ModelSpec:
                 log.warning("%s of model %r was given in clear and is not saved; "
                             "write it as ${ENV_VARIABLE} to keep it", name, self.id)
             return value.saved_form()
-        if name == "headers":
-            return {k: self._saved_value(name, v) for k, v in value.items() if v.saved_form()} or None
+        if name in ("headers", "load_kwargs"):
+            kept = {k: self._saved_value(f"{name}.{k}", v) for k, v in value.items()}
+            return {k: v for k, v in kept.items() if v is not None or not isinstance(value[k], Secret)} or None
         if name == "keep_alive":
             return "never" if value == float("inf") else value
         if isinstance(value, tuple):
@@ -362,8 +435,9 @@ _CONVERTERS: dict[str, Callable[[Any], Any]] = {
     "device": _device, "dtype": _dtype, "quantization": _quantization,
     "trust_remote_code": _boolean, "token": _optional(_secret), "tokenizer": _optional(_string),
     "max_context": _optional(_integer(1)), "required_memory": _size, "pinned": _boolean,
-    "priority": _integer(-(10**9)), "keep_alive": _keep_alive, "preload": _boolean,
-    "generation": _generation, "load_kwargs": _mapping,
+    "priority": _optional(_integer(-(10**9))), "protected": _optional(_boolean), "kind": _kind,
+    "keep_alive": _keep_alive, "preload": _boolean,
+    "generation": _generation, "load_kwargs": _load_kwargs,
     "base_url": _optional(_string), "model": _optional(_string), "api_key": _optional(_secret),
     "timeout": _optional(_number), "max_retries": _optional(_integer(0)), "headers": _headers,
     "options": _mapping, "builtin": _boolean,

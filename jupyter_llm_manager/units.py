@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import math
 import re
+import reprlib
 
-__all__ = ["parse_duration", "parse_size", "format_bytes", "format_duration", "NEVER"]
+__all__ = ["parse_duration", "parse_size", "format_bytes", "format_duration", "brief", "NEVER"]
 
 #: A keep-alive that never expires.
 NEVER = math.inf
@@ -22,7 +23,27 @@ _SIZE_UNITS = {
     "g": 1000**3, "gb": 1000**3, "t": 1000**4, "tb": 1000**4,
     "kib": 1024, "mib": 1024**2, "gib": 1024**3, "tib": 1024**4,
 }
+_MAX_SIZE_TEXT = 64  # a size is a short text; longer input is cut before any message repeats it
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*$", re.IGNORECASE)
+
+
+def _brief_repr() -> reprlib.Repr:
+    shorter = reprlib.Repr()
+    shorter.maxlevel, shorter.maxstring, shorter.maxother = 2, 60, 60
+    shorter.maxlist = shorter.maxtuple = shorter.maxdict = shorter.maxset = 4
+    return shorter
+
+
+_BRIEF = _brief_repr()
+
+
+def brief(value: object) -> str:
+    """A short ``repr`` for messages: at most a few elements, two levels and ~60 characters per string.
+
+    Its cost is bounded whatever the value, so a message never expands a
+    huge or self-referencing structure (a YAML alias bomb).
+    """
+    return _BRIEF.repr(value)
 
 
 def parse_duration(value: str | float | int | None) -> float | None:
@@ -34,10 +55,14 @@ def parse_duration(value: str | float | int | None) -> float | None:
     if value is None:
         return None
     if isinstance(value, bool):
-        raise ValueError(f"expected a duration such as 30m or 1h, got {value!r}")
+        raise ValueError(f"expected a duration such as 30m or 1h, got {brief(value)}")
     if isinstance(value, (int, float)):
+        if math.isnan(value):
+            raise ValueError("a duration cannot be NaN; write a time such as 30m, or 'never'")
         return NEVER if value < 0 else float(value)
-    text = str(value).strip().lower()
+    if not isinstance(value, str):
+        raise ValueError(f"expected a duration such as 30m or 1h, got {brief(value)}")
+    text = value.strip().lower()
     if text in {"never", "forever", "inf", "infinite", "-1"}:
         return NEVER
     try:
@@ -52,7 +77,7 @@ def parse_duration(value: str | float | int | None) -> float | None:
         position = match.end()
     if position == 0 or text[position:].strip():
         raise ValueError(
-            f"expected a duration such as 90s, 30m, 1h30m or 'never', got {value!r}"
+            f"expected a duration such as 90s, 30m, 1h30m or 'never', got {brief(value)}"
         )
     return total
 
@@ -60,16 +85,22 @@ def parse_duration(value: str | float | int | None) -> float | None:
 def parse_size(value: str | int | float) -> int:
     """Bytes from ``1024``, ``"14GB"`` (decimal) or ``"16GiB"`` (binary)."""
     if isinstance(value, bool):
-        raise ValueError(f"expected a size such as 14GB or 512MiB, got {value!r}")
+        raise ValueError(f"expected a size such as 14GB or 512MiB, got {brief(value)}")
     if isinstance(value, (int, float)):
-        if value < 0:
-            raise ValueError(f"a size cannot be negative, got {value!r}")
+        if not math.isfinite(value) or value < 0:
+            raise ValueError(f"a size must be a finite number of bytes >= 0, got {value!r}")
         return int(value)
-    match = _SIZE.match(str(value))
+    if not isinstance(value, str):
+        raise ValueError(f"expected a size such as 14GB or 512MiB, got {brief(value)}")
+    text = value[:_MAX_SIZE_TEXT]
+    match = _SIZE.match(text)
     unit = match.group(2).lower() if match else None
     if not match or unit not in _SIZE_UNITS:
-        raise ValueError(f"expected a size such as 14GB, 512MiB or 1073741824, got {value!r}")
-    return int(float(match.group(1)) * _SIZE_UNITS[unit])
+        raise ValueError(f"expected a size such as 14GB, 512MiB or 1073741824, got {text!r}")
+    size = float(match.group(1)) * _SIZE_UNITS[unit]
+    if not math.isfinite(size):
+        raise ValueError(f"{text!r} is too large to be a size")
+    return int(size)
 
 
 def format_bytes(value: int | float | None) -> str:

@@ -70,7 +70,8 @@ class FakeBackend(Backend):
     """Sizes come from ``options.size`` (bytes); ``options.fail`` makes loads fail.
 
     ``options.fail``: ``"error"`` raises after allocating, ``"oom"`` raises an
-    out-of-memory error, ``"oom_once"`` only on the first try. ``gate`` (an
+    out-of-memory error, ``"oom_once"`` only on the first try; ``options.check_free``
+    raises out-of-memory when the device has less free memory than the model. ``gate`` (an
     Event) makes loads of ``gated`` sources wait, for concurrency tests.
     """
 
@@ -109,6 +110,11 @@ class FakeBackend(Backend):
             assert self.gates[spec.id].wait(10), "test gate never opened"
         size = int(spec.options.get("size", GB))
         device = placement.devices[0]
+        if spec.options.get("check_free"):  # like a real allocator: fails when the device is full
+            free = {m.device: m.free_bytes for m in self.devices()}[device]
+            if free < size:
+                raise OutOfMemoryDuringLoad(f"fake OOM: {size} bytes asked, {free} free", model_id=spec.id,
+                                            devices=(device,))
         model = FakeModel(self.devices, device, size, spec.id)
         fail = spec.options.get("fail")
         if fail == "error":

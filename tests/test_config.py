@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from jupyter_llm_manager import ConfigurationError, LLMManager, ModelSpec
-from jupyter_llm_manager.config import find_config_path, load_config, save_registry
+from jupyter_llm_manager.config import find_config_path, load_config, save_config
 
 GB = 1000**3
 
@@ -51,7 +51,7 @@ def test_our_layout(tmp_path, models_dir, monkeypatch):
     spec = registry.models["model_a"]
     assert (spec.dtype, spec.pinned, spec.priority, spec.max_context) == ("bfloat16", True, 3, 4096)
     assert spec.generation == {"max_new_tokens": 256, "temperature": 0.7}
-    assert registry.defaults.keep_alive == 1800 and registry.defaults.max_loaded_models == 2
+    assert registry.settings.keep_alive == 1800 and registry.settings.max_loaded_models == 2
     assert registry.aliases == {"chat": "model_a"} and registry.layout == "standard"
     monkeypatch.setenv("HF_TOKEN", "hf_secret_value")
     assert spec.token.resolve() == "hf_secret_value"  # resolved only when asked, from the environment
@@ -259,7 +259,7 @@ def test_a_read_only_folder_is_a_clear_error(tmp_path, monkeypatch):
 
 def test_a_crash_in_the_middle_of_a_save_keeps_the_old_file(tmp_path, monkeypatch):
     path = tmp_path / "llm.yaml"
-    save_registry(path, {"a": ModelSpec.from_mapping("a", {"source": "org/a"})}, {})
+    save_config(path, {"a": ModelSpec.from_mapping("a", {"source": "org/a"})}, {})
     original = path.read_text()
 
     def crash(*args, **kwargs):
@@ -267,7 +267,7 @@ def test_a_crash_in_the_middle_of_a_save_keeps_the_old_file(tmp_path, monkeypatc
 
     monkeypatch.setattr(os, "replace", crash)
     with pytest.raises(ConfigurationError, match="disk full"):
-        save_registry(path, {"b": ModelSpec.from_mapping("b", {"source": "org/b"})}, {})
+        save_config(path, {"b": ModelSpec.from_mapping("b", {"source": "org/b"})}, {})
     assert path.read_text() == original
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
 
@@ -275,7 +275,7 @@ def test_a_crash_in_the_middle_of_a_save_keeps_the_old_file(tmp_path, monkeypatc
 def _save_many(path: str, prefix: str, count: int) -> None:
     for index in range(count):
         spec = ModelSpec.from_mapping(f"{prefix}-{index}", {"source": f"org/{prefix}-{index}"})
-        save_registry(path, {spec.id: spec}, {})
+        save_config(path, {spec.id: spec}, {})
 
 
 def test_two_processes_saving_at_once_lose_no_update(tmp_path):

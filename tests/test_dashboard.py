@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import sys
 import threading
 
 import comm
@@ -219,8 +220,11 @@ def test_a_plain_note_when_there_is_no_gpu(clock):
         manager.close()
 
 
-def test_the_package_is_callable_as_dashboard(manager):
-    dashboard = jupyter_llm_manager.dashboard(manager, background=False)
+def test_open_dashboard_from_the_package_and_the_module_stays_a_module(manager):
+    import types
+
+    assert type(sys.modules["jupyter_llm_manager.dashboard"]) is types.ModuleType
+    dashboard = jupyter_llm_manager.open_dashboard(manager, background=False)
     try:
         assert isinstance(dashboard, Dashboard)
         bundle = dashboard._repr_mimebundle_()

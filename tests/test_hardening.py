@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from fakes import GB, FakeBackend, FakeDevices
 from jupyter_llm_manager import (ConfigurationError, GenerationError, InvalidGenerationParameters, LLMManager,
                                  ModelLoadingError, ModelSpec, ResourceNotAvailableError)
-from jupyter_llm_manager.config import load_config, save_registry
+from jupyter_llm_manager.config import load_config, save_config
 
 
 # -- faults in the real load path ----------------------------------------------------------------
@@ -156,7 +156,7 @@ def test_free_memory_shrinking_between_estimate_and_load_is_a_clear_error(clock)
     manager = LLMManager(config_path=False, preload=False, device_probe=devices, backend_factory=lambda n: backend,
                          clock=clock)
     try:
-        manager.register("m", "fake/m", backend="fake", device="auto", options={"size": 4 * GB})
+        manager.register("m", "fake/m", backend="fake", device="auto", options={"size": 4 * GB, "check_free": True})
         with pytest.raises(ResourceNotAvailableError, match="on cuda:0 it needs 4.0 GB but only 2.0 GB"):
             manager.load("m")
         assert manager.row("m").state == "registered" and backend.loads == []
@@ -193,13 +193,13 @@ def _save_forever(path: str, prefix: str) -> None:
     while True:
         spec = ModelSpec.from_mapping(f"{prefix}-{index % 50}", {"source": f"org/{prefix}-{index}",
                                                                  "generation": {"max_new_tokens": index % 500 + 1}})
-        save_registry(path, {spec.id: spec}, {})
+        save_config(path, {spec.id: spec}, {})
         index += 1
 
 
 def test_a_process_killed_in_the_middle_of_saves_never_corrupts_the_file(tmp_path):
     path = str(tmp_path / "shared.yaml")
-    save_registry(path, {"keep": ModelSpec.from_mapping("keep", {"source": "org/keep"})}, {})
+    save_config(path, {"keep": ModelSpec.from_mapping("keep", {"source": "org/keep"})}, {})
     context = multiprocessing.get_context("spawn")
     for round_index in range(6):
         saver = context.Process(target=_save_forever, args=(path, f"r{round_index}"))
@@ -243,9 +243,9 @@ def test_config_round_trip_load_save_load_gives_the_same_registry(tmp_path_facto
     specs = {model_id: ModelSpec.from_mapping(model_id, entry) for model_id, entry in models.items()}
     alias_names = data.draw(st.lists(_ids.filter(lambda n: n not in specs), max_size=3, unique=True))
     aliases = {name: data.draw(st.sampled_from(sorted(specs))) for name in alias_names}
-    save_registry(folder / "first.yaml", specs, aliases)
+    save_config(folder / "first.yaml", specs, aliases)
     first = load_config(folder / "first.yaml")
-    save_registry(folder / "second.yaml", first.models, first.aliases)
+    save_config(folder / "second.yaml", first.models, first.aliases)
     second = load_config(folder / "second.yaml")
     assert first.models == specs == second.models
     assert first.aliases == aliases == second.aliases

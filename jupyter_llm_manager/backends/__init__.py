@@ -12,12 +12,13 @@ import importlib
 import logging
 import threading
 from importlib.metadata import entry_points
+from typing import Callable
 
 from ..errors import ConfigurationError
 from .base import Backend, LoadedModel, Placement, TextGenerator, release_frames
 
 __all__ = ["Backend", "LoadedModel", "Placement", "TextGenerator", "get_backend", "available_backends",
-           "release_frames", "ENTRY_POINT_GROUP"]
+           "release_frames", "BackendCache", "ENTRY_POINT_GROUP"]
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,29 @@ def get_backend(name: str) -> Backend:
         if name not in _instances:
             _instances[name] = _create(name)
         return _instances[name]
+
+
+class BackendCache:
+    """One manager's backends by name, created once through ``factory`` (``get_backend`` by default)."""
+
+    def __init__(self, factory: Callable[[str], Backend] = get_backend) -> None:
+        self._factory = factory
+        self._backends: dict[str, Backend] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, name: str) -> Backend:
+        with self._lock:
+            backend = self._backends.get(name)
+        if backend is None:
+            backend = self._factory(name)  # may import a module: never under the lock
+            with self._lock:
+                backend = self._backends.setdefault(name, backend)
+        return backend
+
+    def created(self) -> list[Backend]:
+        """The backends used so far (for freeing device caches)."""
+        with self._lock:
+            return list(self._backends.values())
 
 
 def _create(name: str) -> Backend:

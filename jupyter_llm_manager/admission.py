@@ -1,0 +1,254 @@
+"""Admission: every load, use, generate and stream of a model gets a lease here, loading it first if needed.
+
+- A loaded model is leased at once; a model loading in another thread is
+  joined (one load serves every caller); remote models never wait for room.
+- Otherwise the request joins the wait queue. The first waiter of the model
+  placed next asks the policy for a plan on a fresh snapshot: admit (evict
+  the victims, reserve the bytes, load), wait (until the books change or
+  the deadline passes; state ``waiting``, a ``waiting`` event with the queue
+  position), or refuse at once when waiting cannot help.
+- Ctrl-C during a wait cancels that wait only; the queue forgets it.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, replace
+from typing import Callable
+
+from . import policy
+from .backends import Backend, Placement
+from .books import Books
+from .errors import LLMManagerError, ModelLoadingError, ResourceNotAvailableError
+from .estimate import EstimateCache, MemoryEstimate, remote_estimate
+from .events import EventBus
+from .evictions import Evictions, Victims
+from .instances import Instance
+from .leases import Leases, Ticket
+from .loading import FIT_HINT, Loading
+from .memory import DeviceProbe
+from .placement import place
+from .spec import ModelSpec
+from .waitqueue import Waiter
+from .waits import Deadline
+
+__all__ = ["Admission"]
+
+
+@dataclass(frozen=True)
+class _Load:
+    """This thread owns a new instance: load it now."""
+
+    canonical: str
+    instance: Instance
+
+
+@dataclass(frozen=True)
+class _Queued:
+    waiter: Waiter
+    may_plan: bool
+
+
+@dataclass(frozen=True)
+class _Admitted:
+    instance: Instance
+    victims: Victims
+
+
+@dataclass(frozen=True)
+class _Wait:
+    plan: policy.Plan | None
+    version: int
+
+
+class Admission:
+    """Grants leases, loading and waiting for room as needed (see the module docstring)."""
+
+    def __init__(self, books: Books, bus: EventBus, probe: DeviceProbe, backends: Callable[[str], Backend],
+                 estimates: EstimateCache, leases: Leases, evictions: Evictions, loading: Loading) -> None:
+        self._books = books
+        self._bus = bus
+        self._probe = probe
+        self._backends = backends
+        self._estimates = estimates
+        self._leases = leases
+        self._evictions = evictions
+        self._loading = loading
+
+    def acquire(self, model_id: str, deadline: Deadline) -> Ticket:
+        """A lease on ``model_id`` for the calling thread, waiting for room until ``deadline``."""
+        waiter: Waiter | None = None
+        told = ""
+        try:
+            while True:
+                found = self._look(model_id, waiter)
+                if isinstance(found, Ticket):
+                    return found
+                if isinstance(found, Instance):  # a load in flight, or an instance just leaving
+                    self._settle(found)
+                    continue
+                if isinstance(found, _Load):
+                    ticket = self._loading.run(model_id, found.canonical, found.instance)
+                    if ticket is not None:
+                        return ticket
+                    continue
+                waiter = found.waiter
+                outcome = self._plan(waiter) if found.may_plan else None
+                if isinstance(outcome, _Admitted):
+                    waiter = None  # served: the queue no longer holds it
+                    self._evictions.release(outcome.victims)
+                    ticket = self._loading.run(model_id, outcome.instance.spec.id, outcome.instance)
+                    if ticket is not None:
+                        return ticket
+                    continue
+                told = self._wait(waiter, outcome, deadline, told)
+        finally:
+            if waiter is not None:
+                self._leave(waiter)
+
+    # -- one look at the books -------------------------------------------------------------------
+
+    def _look(self, model_id: str, waiter: Waiter | None) -> Ticket | Instance | _Load | _Queued:
+        """Lease, join, load or queue: what to do next, decided under the lock."""
+        me = threading.get_ident()
+        with self._books as books:
+            books.check_open()
+            canonical = books.registry.resolve(model_id)
+            key = books.registry.keys[canonical]
+            instance = books.instances.get(key)
+            if instance is not None:
+                if instance.state == "loaded":
+                    return self._leases.grant(model_id, canonical, instance)
+                if instance.loader == me:
+                    raise LLMManagerError(
+                        f"{canonical!r} is being loaded by this very thread (an event callback cannot wait for the "
+                        "load that emitted the event); act on its 'loaded' event instead")
+                return instance
+            if waiter is not None and waiter.key != key:  # re-registered with another spec meanwhile
+                books.queue.remove(waiter)
+                waiter = None
+            spec = books.registry.specs[canonical]
+            backend = self._backends(spec.backend)
+            if backend.remote:  # holds no local memory: never waits for room
+                instance = Instance(key, spec, backend, remote_estimate(canonical), Placement(()), loader=me)
+                books.instances[key] = instance
+                books.touch()
+                return _Load(canonical, instance)
+            if waiter is None:
+                waiter = self._enqueue(key, canonical, me)
+            may_plan = books.queue.may_plan(waiter)
+            if may_plan:
+                books.queue.planner = waiter
+            return _Queued(waiter, may_plan)
+
+    def _enqueue(self, key: str, canonical: str, thread: int) -> Waiter:
+        books = self._books
+        limit = books.settings.max_queue
+        if len(books.queue) >= limit:
+            raise ResourceNotAvailableError(
+                f"Cannot queue the request for {canonical!r}: {len(books.queue)} requests already wait for room "
+                f"(max_queue={limit}).", model_id=canonical, hint="Try again later, or raise max_queue.")
+        waiter = books.queue.add(key, canonical, thread, holds_leases=books.holds_leases(thread))
+        books.touch()
+        return waiter
+
+    def _settle(self, instance: Instance) -> None:
+        """Wait for a load in flight to end (it ends, either way), or for an instance to finish leaving."""
+        if instance.state == "loading":
+            instance.ready.wait()
+            error = instance.error
+            if error is not None and not isinstance(error, (ResourceNotAvailableError, KeyboardInterrupt)):
+                canonical = self._books.name_of(instance)
+                raise ModelLoadingError(f"loading {canonical!r} failed in another thread: {error}",
+                                        model_id=canonical) from error
+            return  # loaded: lease it; refused or interrupted: that was the other caller's answer, try ours
+        with self._books as books:
+            books.wait_for_change(books.version, None)
+
+    # -- planning ------------------------------------------------------------------------------
+
+    def _plan(self, waiter: Waiter) -> _Admitted | _Wait:
+        """Gather the facts (no lock), then decide and, when admitted, reserve (under the lock)."""
+        try:
+            with self._books as books:
+                spec = books.registry.specs[waiter.name]
+            backend = self._backends(spec.backend)
+            estimate = self._estimate(waiter.name, spec, backend)
+            kinds = backend.device_kinds()
+            memories = self._probe()
+            with self._books as books:
+                if books.registry.keys.get(waiter.name) != waiter.key or waiter.key in books.instances:
+                    return _Wait(None, books.version - 1)  # the model changed meanwhile: look again
+                snapshot = books.snapshot(memories)
+                request = policy.Request(waiter.name, waiter.key, {}, books.registry.priority(waiter.key),
+                                         waiter.thread)
+                placement = place(spec.device, kinds, snapshot, request)
+                share = estimate.total_bytes // max(len(placement.devices), 1)
+                request = replace(request, needed={device: share for device in placement.devices})
+                plan = policy.admit(snapshot, request)
+                if plan.admitted:
+                    return self._reserve(waiter, Instance(waiter.key, spec, backend, estimate, placement,
+                                                          loader=waiter.thread, bytes=dict(request.needed)), plan)
+                waiter.waiting_for = plan.reason
+                if plan.verdict == "refuse":
+                    raise ResourceNotAvailableError(plan.reason, model_id=waiter.name, shortfalls=plan.shortfalls,
+                                                    hint=FIT_HINT if plan.shortfalls else None)
+                return _Wait(plan, books.version)
+        finally:
+            with self._books as books:
+                if books.queue.planner is waiter:
+                    books.queue.planner = None
+                    books.touch()
+
+    def _estimate(self, canonical: str, spec: ModelSpec, backend: Backend) -> MemoryEstimate:
+        try:
+            return self._estimates.get(spec, backend)
+        except LLMManagerError as error:
+            with self._books as books:
+                books.failures[canonical] = str(error)
+            self._bus.emit("load_failed", canonical, message=str(error))
+            raise
+
+    def _reserve(self, waiter: Waiter, instance: Instance, plan: policy.Plan) -> _Admitted:
+        """Execute an admit plan in the books: victims out, the new instance in (loading). Lock held."""
+        books = self._books
+        victims = self._evictions.take_out(plan.evictions)
+        for victim, _ in victims:  # their memory on these devices is the new instance's reservation now
+            for device in instance.placement.devices:
+                victim.bytes.pop(device, None)
+        books.instances[instance.key] = instance
+        books.queue.serve(instance.key)
+        books.touch()
+        return _Admitted(instance, victims)
+
+    # -- waiting ---------------------------------------------------------------------------------
+
+    def _wait(self, waiter: Waiter, outcome: _Wait | None, deadline: Deadline, told: str) -> str:
+        """Wait for the books to change; raise when the deadline has passed. Returns what was told."""
+        with self._books as books:
+            version = outcome.version if outcome is not None else books.version
+            position = books.queue.position(waiter.key) or 1
+            ahead = ", ".join(map(repr, books.queue.names_ahead(waiter.key)))
+            reason = (waiter.waiting_for or books.queue.waiting_for(waiter.key)
+                      or (f"queued behind {ahead}" if ahead else "being placed"))
+        if deadline.expired:
+            raise self._gave_up(waiter, deadline, reason)
+        message = f"{reason} (queue position {position})"
+        if message != told:
+            self._bus.emit("waiting", waiter.name, message=reason, position=position)
+        with self._books as books:
+            books.wait_for_change(version, deadline.remaining())
+        return message
+
+    def _gave_up(self, waiter: Waiter, deadline: Deadline, reason: str) -> ResourceNotAvailableError:
+        waited = "without waiting" if deadline.seconds == 0 else f"after waiting {deadline.seconds:g} s"
+        return ResourceNotAvailableError(
+            f"Cannot load {waiter.name!r} {waited}: {reason}.", model_id=waiter.name,
+            hint="Pass wait= a longer time (math.inf: no limit) or raise wait_timeout, or unload a model.")
+
+    def _leave(self, waiter: Waiter) -> None:
+        with self._books as books:
+            if waiter in books.queue or books.queue.planner is waiter:
+                books.queue.remove(waiter)
+                books.touch()
+

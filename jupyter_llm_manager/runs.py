@@ -1,0 +1,65 @@
+"""Generations on leased instances: the lease around the backend call, and the events around it.
+
+``generate`` and ``stream`` share this one sequence: acquire a lease (loading
+or waiting for room as needed), emit ``generation_started``, run the backend,
+release the lease, emit ``generation_finished`` (with the tokens, the speed,
+or why it stopped).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from .events import EventBus
+from .generation import GenerationParams, GenerationResult, Prompt
+from .handles import TextStream
+from .leases import Ticket
+
+__all__ = ["Runs"]
+
+
+class Runs:
+    """Runs generations for the manager; :class:`TextStream` calls back into it."""
+
+    def __init__(self, bus: EventBus, acquire: Callable[[str, float | str | None], Ticket]) -> None:
+        self._bus = bus
+        self._acquire = acquire
+
+    def acquire(self, model_id: str, wait: float | str | None) -> Ticket:
+        """A lease on ``model_id``, waiting for room up to ``wait`` (``None``: the wait_timeout setting)."""
+        return self._acquire(model_id, wait)
+
+    def generate(self, model_id: str, prompt: Prompt, params: GenerationParams, *, raw: bool,
+                 wait: float | str | None) -> GenerationResult:
+        ticket = self._acquire(model_id, wait)
+        self.started(ticket.canonical)
+        result: GenerationResult | None = None
+        error: BaseException | None = None
+        try:
+            result = ticket.instance.backend.generate(ticket.loaded, prompt, params, model_id=model_id, raw=raw)
+            return result
+        except BaseException as failure:
+            error = failure
+            raise
+        finally:
+            ticket.release()
+            self.finished(ticket.canonical, result, error)
+
+    def stream(self, model_id: str, prompt: Prompt, params: GenerationParams, *, raw: bool,
+               wait: float | str | None) -> TextStream:
+        return TextStream(self, model_id, prompt, params, raw=raw, wait=wait)
+
+    def started(self, canonical: str) -> None:
+        self._bus.emit("generation_started", canonical)
+
+    def finished(self, canonical: str, result: GenerationResult | None, error: BaseException | None) -> None:
+        if result is not None:
+            message = f"{result.completion_tokens} tokens, {result.tokens_per_second:.1f} tok/s"
+            if result.finish_reason == "interrupted":
+                message += ", interrupted"
+            self._bus.emit("generation_finished", canonical, seconds=result.seconds, message=message)
+            for warning in result.warnings:
+                self._bus.emit("warning", canonical, message=warning)
+        else:
+            text = "interrupted" if isinstance(error, KeyboardInterrupt) else f"failed: {error}"
+            self._bus.emit("generation_finished", canonical, message=text)

@@ -1,0 +1,90 @@
+"""Requests waiting for capacity, grouped by the model they wait for, in a fair order.
+
+Groups are served in the order of their earliest waiter, and all waiters of a
+group are served by one load. One exception keeps the queue from deadlocking
+itself: a group with a waiter whose thread holds leases goes first, since
+others may be waiting for exactly those leases to end. Pure bookkeeping,
+guarded by the manager's lock.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from dataclasses import dataclass, field
+
+__all__ = ["Waiter", "WaitQueue"]
+
+
+@dataclass(eq=False)
+class Waiter:
+    """One thread waiting for room to load one model."""
+
+    key: str
+    name: str
+    thread: int
+    order: int
+    holds_leases: bool
+    since: float = field(default_factory=time.monotonic)
+    waiting_for: str = ""  # the last plan's reason, for status rows and timeout messages
+
+
+class WaitQueue:
+    """Waiters by arrival; :meth:`keys` gives the order in which models are placed."""
+
+    def __init__(self) -> None:
+        self._waiters: list[Waiter] = []
+        self._arrivals = itertools.count()
+        self.planner: Waiter | None = None  # the waiter computing a plan now (one at a time)
+
+    def add(self, key: str, name: str, thread: int, *, holds_leases: bool) -> Waiter:
+        waiter = Waiter(key, name, thread, next(self._arrivals), holds_leases)
+        self._waiters.append(waiter)
+        return waiter
+
+    def remove(self, waiter: Waiter) -> None:
+        if waiter in self._waiters:
+            self._waiters.remove(waiter)
+        if self.planner is waiter:
+            self.planner = None
+
+    def serve(self, key: str) -> None:
+        """Every waiter for ``key`` leaves the queue: its model was placed."""
+        self._waiters = [w for w in self._waiters if w.key != key]
+
+    def keys(self) -> list[str]:
+        """Model keys in the order they are placed."""
+        first: dict[str, tuple[bool, int]] = {}
+        for waiter in self._waiters:
+            rank = (not waiter.holds_leases, waiter.order)
+            first[waiter.key] = min(first.get(waiter.key, rank), rank)
+        return sorted(first, key=first.__getitem__)
+
+    def position(self, key: str) -> int | None:
+        """1 for the model placed next; ``None`` when nobody waits for ``key``."""
+        keys = self.keys()
+        return keys.index(key) + 1 if key in keys else None
+
+    def may_plan(self, waiter: Waiter) -> bool:
+        """Whether ``waiter`` may compute a plan now: its model is next and nobody else is planning."""
+        keys = self.keys()
+        return bool(keys) and keys[0] == waiter.key and self.planner in (None, waiter)
+
+    def names_ahead(self, key: str) -> list[str]:
+        """The models placed before ``key``."""
+        keys = self.keys()
+        ahead = keys[:keys.index(key)] if key in keys else keys
+        names = {w.key: w.name for w in self._waiters}
+        return [names[k] for k in ahead]
+
+    def waiting_for(self, key: str) -> str:
+        return next((w.waiting_for for w in self._waiters if w.key == key and w.waiting_for), "")
+
+    def threads(self) -> frozenset[int]:
+        return frozenset(w.thread for w in self._waiters)
+
+    def __len__(self) -> int:
+        return len(self._waiters)
+
+    def __contains__(self, waiter: object) -> bool:
+        return waiter in self._waiters
