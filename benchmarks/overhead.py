@@ -31,12 +31,17 @@ import threading
 import time
 import weakref
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
-from jupyter_llm_manager import LLMManager  # noqa: E402
-from jupyter_llm_manager.tiny import TinyModelShape, build_tiny_model  # noqa: E402
+
+from jupyter_llm_manager import LLMManager
+from jupyter_llm_manager.tiny import TinyModelShape, build_tiny_model
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 SHAPE = TinyModelShape(hidden_size=768, intermediate_size=2048, num_hidden_layers=8, num_attention_heads=12,
                        num_key_value_heads=4, max_position_embeddings=2048, vocab_size=512, seed=11)
@@ -118,7 +123,7 @@ class LibraryClock:
         self.originals = {name: getattr(transformers, name).from_pretrained
                           for name in ("AutoTokenizer", "AutoModelForCausalLM")}
 
-    def __enter__(self) -> "LibraryClock":
+    def __enter__(self) -> Self:
         import transformers
 
         for name, original in self.originals.items():

@@ -29,8 +29,8 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
-from jupyter_llm_manager import LLMManager, ModelInUseError, ResourceNotAvailableError  # noqa: E402
-from jupyter_llm_manager.tiny import SMALL, build_tiny_model  # noqa: E402
+from jupyter_llm_manager import LLMManager, ModelInUseError, ResourceNotAvailableError
+from jupyter_llm_manager.tiny import SMALL, build_tiny_model
 
 MODELS = ("m0", "m1", "m2", "m3")
 EXPECTED = (ResourceNotAvailableError, ModelInUseError)  # refusals the API documents for this load
@@ -56,8 +56,8 @@ class Report:
 
     def __str__(self) -> str:
         total = sum(self.operations.values())
-        lines = [f"{self.threads} threads for {self.seconds:.0f} s: {total} operations "
-                 f"({total / self.seconds:.0f}/s), {self.invariant_checks} invariant checks",
+        lines = [(f"{self.threads} threads for {self.seconds:.0f} s: {total} operations "
+                 f"({total / self.seconds:.0f}/s), {self.invariant_checks} invariant checks"),
                  "  operations: " + ", ".join(f"{k} {v}" for k, v in sorted(self.operations.items())),
                  "  expected refusals: " + (", ".join(f"{k} {v}" for k, v in sorted(self.errors.items())) or "none"),
                  f"  unexpected errors: {len(self.unexpected)}",
@@ -136,7 +136,7 @@ class Stress:
                 outcome = None
             except EXPECTED as error:
                 outcome = type(error).__name__
-            except Exception as error:  # collected: the report lists every unexpected error
+            except Exception as error:  # noqa: BLE001 - collected: the report lists every unexpected error
                 outcome = "unexpected"
                 with self.lock:
                     self.unexpected.append(f"{action.__name__}({model_id}): {type(error).__name__}: {error}")

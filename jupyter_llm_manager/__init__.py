@@ -46,7 +46,7 @@ def _jupyter_labextension_paths() -> list[dict[str, str]]:
     return [{"src": "labextension", "dest": "jupyter-llm-manager"}]
 
 
-def open_dashboard(manager: LLMManager | None = None, **options: Any) -> "Dashboard":
+def open_dashboard(manager: LLMManager | None = None, **options: Any) -> Dashboard:
     """A live ipywidgets dashboard of ``manager`` (the kernel's manager by default); ``%llm dashboard`` too."""
     from .dashboard import Dashboard
 
@@ -68,10 +68,30 @@ def unload_ipython_extension(ipython: object) -> None:
 
 
 __all__ = [
-    "LLMManager", "ModelSpec", "get_manager",
-    "LLMManagerError", "ConfigurationError", "ModelNotFoundError", "ModelLoadingError",
-    "ResourceNotAvailableError", "GenerationError", "InvalidGenerationParameters", "ModelInUseError",
-    "GenerationParams", "GenerationResult", "MemoryEstimate", "StatusRow", "DeviceReport", "UnloadReport",
-    "GarbageReport", "Event", "ModelHandle", "Lease", "TextStream", "Secret", "ManagerClosedError",
-    "ManagerSettings", "open_dashboard",
+    "ConfigurationError",
+    "DeviceReport",
+    "Event",
+    "GarbageReport",
+    "GenerationError",
+    "GenerationParams",
+    "GenerationResult",
+    "InvalidGenerationParameters",
+    "LLMManager",
+    "LLMManagerError",
+    "Lease",
+    "ManagerClosedError",
+    "ManagerSettings",
+    "MemoryEstimate",
+    "ModelHandle",
+    "ModelInUseError",
+    "ModelLoadingError",
+    "ModelNotFoundError",
+    "ModelSpec",
+    "ResourceNotAvailableError",
+    "Secret",
+    "StatusRow",
+    "TextStream",
+    "UnloadReport",
+    "get_manager",
+    "open_dashboard",
 ]

@@ -13,8 +13,8 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Callable
 
 from . import policy
 from .backends import Backend, Placement

@@ -12,7 +12,8 @@ subscriber or a device probe runs (see the lock rule in ``manager.py``);
 from __future__ import annotations
 
 import threading
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from .errors import ManagerClosedError
 from .instances import Instance
@@ -22,6 +23,9 @@ from .registry import Registry
 from .settings import ManagerSettings
 from .units import NEVER
 from .waitqueue import WaitQueue
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 __all__ = ["Books"]
 
@@ -46,7 +50,7 @@ class Books:
 
     # -- the lock ---------------------------------------------------------------------------
 
-    def __enter__(self) -> "Books":
+    def __enter__(self) -> Self:
         self._lock.acquire()
         self._owner.depth = getattr(self._owner, "depth", 0) + 1
         return self
@@ -124,9 +128,10 @@ class Books:
         devices = {}
         for memory in memories:
             held = sum(h.bytes.get(memory.device, 0) for h in holdings)
-            options = {"fraction": settings.memory_fraction, "absolute": settings.memory_budget}
-            if memory.device in moving and held + memory.free_bytes < device_limit(memory, **options):
+            fraction, absolute = settings.memory_fraction, settings.memory_budget
+            if memory.device in moving and held + memory.free_bytes < device_limit(memory, fraction=fraction,
+                                                                                  absolute=absolute):
                 continue
-            budget = device_budget(memory, held_bytes=held, **options)
+            budget = device_budget(memory, held_bytes=held, fraction=fraction, absolute=absolute)
             devices[memory.device] = DeviceRoom(memory.device, budget, memory.total_bytes)
         return Snapshot(holdings, devices, settings.max_loaded_models, self.clock(), self.queue.threads())

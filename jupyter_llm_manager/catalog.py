@@ -8,7 +8,7 @@ disappears are woken and get :class:`ModelNotFoundError`.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from . import policy
 from .backends import Backend

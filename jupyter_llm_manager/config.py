@@ -15,9 +15,10 @@ import os
 import shutil
 import stat
 import tempfile
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Literal, Mapping
+from typing import Any, Literal
 
 import yaml
 from filelock import FileLock, Timeout
@@ -27,12 +28,12 @@ from .settings import SETTING_NAMES, ManagerSettings, check_setting
 from .spec import ModelSpec, expand_path, looks_like_path
 
 __all__ = [
+    "CONFIG_ENV",
     "ConfigFile",
-    "find_config_path",
     "default_config_path",
+    "find_config_path",
     "load_config",
     "save_config",
-    "CONFIG_ENV",
 ]
 
 log = logging.getLogger(__name__)

@@ -1,15 +1,16 @@
 """The models dashboard: devices, models, actions and events, live, in an ipywidgets panel.
 
-Open it with ``%llm dashboard`` or ``jupyter_llm_manager.dashboard()`` (this
-module is callable). It turns manager snapshots into widget values and clicks
+Open it with ``%llm dashboard`` or ``jupyter_llm_manager.open_dashboard()``. It turns manager snapshots into widget values and clicks
 into manager calls, nothing more:
 
 - one background thread is the only writer of widget state. Manager events
-  wake it at once; device figures are refreshed about every two seconds while
-  a view is shown. Only values that changed are sent, a widget's changes
-  batched with ``hold_sync``, so an idle dashboard sends no message;
-- a click runs its manager call on a short-lived action thread (the kernel
-  may be busy with a cell); the row shows what is pending and the result;
+  wake it at once; device figures are refreshed about every two seconds.
+  Only values that changed are sent, a widget's changes batched with
+  ``hold_sync``, and system memory is rounded, so an idle dashboard sends no
+  message;
+- a click runs its action (:mod:`.actions`, shared with the magics and
+  JupyterLab) on a short-lived thread (the kernel may be busy with a cell);
+  the row shows what is pending and the result;
 - it holds model ids, never model objects. ``close()`` stops the thread,
   unsubscribes and closes every widget.
 """
@@ -21,10 +22,11 @@ import logging
 import sys
 import threading
 import time
-import types
 from collections import deque
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
+from . import actions
 from .errors import LLMManagerError
 from .events import Event
 from .reports import StatusRow
@@ -33,7 +35,7 @@ from .units import format_bytes, format_duration
 if TYPE_CHECKING:
     from .manager import LLMManager
 
-__all__ = ["Dashboard", "open_dashboard"]
+__all__ = ["Dashboard"]
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +43,7 @@ _COLUMNS = (("model", "15em"), ("state", "10em"), ("device", "6em"), ("estimate 
             ("last use", "6em"), ("keep-alive", "6em"))
 _MUTED = "color: var(--jp-ui-font-color2, #777)"
 _HELD, _OTHERS, _BUDGET = "#3b82f6", "#a3a3a3", "#dc2626"
-_ACTION_JOIN_S = 30.0
+_ACTION_JOIN_S = actions.ACTION_WAIT_S + 5.0
 
 
 def _text(value: str) -> str:
@@ -142,7 +144,7 @@ def _message_html(when: float, failed: bool, text: str) -> str:
 class _ModelRow:
     """The widgets of one model id: cells and its Load / Unload / Pin buttons."""
 
-    def __init__(self, widgets: Any, dashboard: "Dashboard", model_id: str) -> None:
+    def __init__(self, widgets: Any, dashboard: Dashboard, model_id: str) -> None:
         self.cells = [widgets.HTML(layout=widgets.Layout(width=width)) for _, width in _COLUMNS]
         self.load = widgets.Button(description="Load", layout=widgets.Layout(width="5.5em"))
         self.unload = widgets.Button(description="Unload", layout=widgets.Layout(width="5.5em"))
@@ -177,7 +179,7 @@ class Dashboard:
     :meth:`refresh` renders (for tests and scripted use).
     """
 
-    def __init__(self, manager: "LLMManager | None" = None, *, refresh_interval: float = 2.0,
+    def __init__(self, manager: LLMManager | None = None, *, refresh_interval: float = 2.0,
                  event_limit: int = 50, background: bool = True) -> None:
         widgets = _ipywidgets()
         if manager is None:
@@ -196,7 +198,6 @@ class Dashboard:
         self._actions: list[threading.Thread] = []
         self._wake = threading.Event()
         self._stop = threading.Event()
-        self._views_reported = False
         self._rows: dict[str, _ModelRow] = {}
         self._build(widgets)
         self._unsubscribe = manager.subscribe(self._on_event)
@@ -235,8 +236,6 @@ class Dashboard:
         self._events_box = events
         self.widget = widgets.VBox([self._title, self._devices, header, self._model_box, actions,
                                     self._messages_html, events])
-        self.widget._view_count = 0
-        self.widget.observe(self._on_views, names="_view_count")
 
     def _all_widgets(self) -> list[Any]:
         found = [self._title, self._devices, *self._header.children, self._header, self._model_box, self._cap,
@@ -292,26 +291,10 @@ class Dashboard:
             if self._stop.is_set():
                 return
             self._wake.clear()
-            if not self.visible:
-                continue
             try:
                 self.refresh()
             except Exception:
                 log.exception("the dashboard failed to refresh; it keeps running")
-
-    @property
-    def visible(self) -> bool:
-        """Shown in a front-end now (or not known yet: the front-end has not reported views)."""
-        return not self._views_reported or bool(self.widget._view_count)
-
-    @property
-    def orphaned(self) -> bool:
-        """Its views were all removed (output cleared or replaced): safe to close."""
-        return self._views_reported and not self.widget._view_count
-
-    def _on_views(self, change: dict[str, Any]) -> None:
-        self._views_reported = True
-        self._wake.set()
 
     def _on_event(self, event: Event) -> None:
         with self._lock:
@@ -324,41 +307,32 @@ class Dashboard:
     # -- actions ---------------------------------------------------------------------------
 
     def load(self, model_id: str) -> None:
-        self._submit(model_id, "loading", lambda: self.manager.load(model_id),
-                     lambda _: f"Loaded {model_id!r}.")
+        self._submit(model_id, "loading", lambda: actions.load(self.manager, model_id))
 
     def unload(self, model_id: str) -> None:
-        self._submit(model_id, "unloading", lambda: self.manager.unload(model_id, wait=_ACTION_JOIN_S),
-                     lambda report: str(report) if report else f"{model_id!r} was not loaded.")
+        self._submit(model_id, "unloading", lambda: actions.unload(self.manager, model_id))
 
     def toggle_pin(self, model_id: str) -> None:
         pinned = self.manager.row(model_id).pinned
-        action = self.manager.unpin if pinned else self.manager.pin
-        self._submit(model_id, "unpinning" if pinned else "pinning", lambda: action(model_id),
-                     lambda _: f"{'Unpinned' if pinned else 'Pinned'} {model_id!r}.")
+        self._submit(model_id, "unpinning" if pinned else "pinning", lambda: actions.toggle_pin(self.manager, model_id))
 
     def unload_all(self) -> None:
-        self._submit(None, "unloading all", lambda: self.manager.unload_all(wait=_ACTION_JOIN_S, skip_in_use=True),
-                     lambda reports: f"Unloaded {len(reports)} model(s), freed "
-                                     f"{format_bytes(sum(r.freed_bytes for r in reports))}.")
+        self._submit(None, "unloading all", lambda: actions.unload_all(self.manager))
 
     def free_memory(self) -> None:
-        self._submit(None, "collecting", self.manager.collect_garbage, str)
+        self._submit(None, "collecting", lambda: actions.free_memory(self.manager))
 
     def _on_cap(self, change: dict[str, Any]) -> None:
         value = change["new"] or None
         if value != self.manager.max_loaded_models:
-            self._submit(None, "setting the cap", lambda: setattr(self.manager, "max_loaded_models", value),
-                         lambda _: f"max_loaded_models = {value}")
+            self._submit(None, "setting the cap", lambda: actions.configure(self.manager, "max_loaded_models", value))
 
     def _on_keep_alive(self, change: dict[str, Any]) -> None:
         text = change["new"].strip()
         if text and text != self._keep_alive_text():
-            self._submit(None, "setting keep-alive", lambda: setattr(self.manager, "keep_alive", text),
-                         lambda _: f"keep_alive = {text}")
+            self._submit(None, "setting keep-alive", lambda: actions.configure(self.manager, "keep_alive", text))
 
-    def _submit(self, model_id: str | None, what: str, call: Callable[[], Any],
-                describe: Callable[[Any], str]) -> None:
+    def _submit(self, model_id: str | None, what: str, call: Callable[[], str]) -> None:
         """Run a manager call off the comm thread; show it pending, then its outcome."""
         key = model_id or ""
         with self._lock:
@@ -370,7 +344,7 @@ class Dashboard:
         def run() -> None:
             failed = True
             try:
-                message, failed = describe(call()), False
+                message, failed = call(), False
             except LLMManagerError as error:
                 message = str(error)
             except Exception as error:  # a bug, not a user error: logged with its traceback, shown in one line
@@ -434,9 +408,3 @@ def _apply(widget: Any, **values: Any) -> None:
     with widget.hold_sync():
         for name, value in changed.items():
             setattr(widget, name, value)
-
-
-def open_dashboard(manager: "LLMManager | None" = None, **options: Any) -> Dashboard:
-    """A new dashboard of ``manager`` (the kernel's manager by default)."""
-    return Dashboard(manager, **options)
-

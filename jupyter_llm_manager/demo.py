@@ -17,7 +17,7 @@ from .tiny import LARGE, SMALL, build_tiny_model
 if TYPE_CHECKING:
     from .manager import LLMManager
 
-__all__ = ["DEMO_MODELS", "cache_folder", "build_demo_models", "register_demo_models", "is_demo", "NOISE_NOTE"]
+__all__ = ["DEMO_MODELS", "NOISE_NOTE", "build_demo_models", "cache_folder", "is_demo", "register_demo_models"]
 
 DEMO_MODELS = {"demo-small": SMALL, "demo-large": LARGE}
 NOISE_NOTE = ("The demo models have random weights: their answers are noise. Register a real model with "
@@ -41,7 +41,7 @@ def is_demo(model_id: str) -> bool:
     return model_id in DEMO_MODELS
 
 
-def register_demo_models(manager: "LLMManager", folder: Path | None = None) -> list[str]:
+def register_demo_models(manager: LLMManager, folder: Path | None = None) -> list[str]:
     """Register the demo models (marked built-in: never saved to the configuration file)."""
     for model_id, path in build_demo_models(folder).items():
         manager.register(model_id, source=str(path), builtin=True, overwrite=True)

@@ -13,7 +13,7 @@ import sys
 from dataclasses import dataclass, field
 from importlib import metadata
 
-__all__ = ["Finding", "Diagnosis", "diagnose"]
+__all__ = ["Diagnosis", "Finding", "diagnose"]
 
 _LIBRARIES = ("jupyter_llm_manager", "torch", "transformers", "accelerate", "huggingface_hub", "safetensors",
               "bitsandbytes", "openai", "ipython", "ipywidgets", "ipykernel", "jupyterlab", "nvidia-ml-py", "psutil")

@@ -8,24 +8,24 @@ their context as attributes; front-ends show ``str(error)`` as one line.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 from .units import format_bytes
 
 __all__ = [
-    "LLMManagerError",
     "ConfigurationError",
-    "ModelNotFoundError",
-    "ModelLoadingError",
-    "OutOfMemoryDuringLoad",
-    "ModelInUseError",
-    "ResourceNotAvailableError",
+    "DeviceShortfall",
     "GenerationError",
     "InvalidGenerationParameters",
+    "LLMManagerError",
     "ManagerClosedError",
     "MemoryHolder",
-    "DeviceShortfall",
+    "ModelInUseError",
+    "ModelLoadingError",
+    "ModelNotFoundError",
+    "OutOfMemoryDuringLoad",
+    "ResourceNotAvailableError",
 ]
 
 

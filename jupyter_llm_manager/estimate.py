@@ -14,9 +14,10 @@ import json
 import logging
 import struct
 import threading
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Mapping
+from typing import TYPE_CHECKING, Any
 
 from .errors import ModelLoadingError
 from .spec import ModelSpec
@@ -25,7 +26,7 @@ from .units import bytes_text, format_bytes
 if TYPE_CHECKING:
     from .backends.base import Backend
 
-__all__ = ["MemoryEstimate", "EstimateCache", "estimate_checkpoint", "read_safetensors_header", "remote_estimate"]
+__all__ = ["EstimateCache", "MemoryEstimate", "estimate_checkpoint", "read_safetensors_header", "remote_estimate"]
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,8 @@ _DEFAULT_CONTEXT = 4096
 _OVERHEAD_FRACTION = 0.08
 _OVERHEAD_FIXED = 16 * 1024 * 1024
 _MAX_HEADER = 100 * 1024 * 1024
+# What reading metadata from the Hub or a cache can raise (Hub and network errors are OSErrors).
+_ADVICE_ERRORS = (OSError, ValueError, KeyError, TypeError)
 OVERHEAD_RULE = f"{_OVERHEAD_FRACTION:.0%} of weights and KV cache + 16 MiB (activations, allocator slack)"
 
 
@@ -97,7 +100,7 @@ class EstimateCache:
         self._lock = threading.Lock()
         self._estimates: dict[str, MemoryEstimate] = {}
 
-    def get(self, spec: ModelSpec, backend: "Backend", *, refresh: bool = False) -> MemoryEstimate:
+    def get(self, spec: ModelSpec, backend: Backend, *, refresh: bool = False) -> MemoryEstimate:
         key = spec.estimate_key
         with self._lock:
             found = None if refresh else self._estimates.get(key)
@@ -169,8 +172,10 @@ def _hub_tensors(spec: ModelSpec) -> tuple[list[tuple[str, str, int]], str] | No
     if constants.HF_HUB_OFFLINE:
         return None
     token = spec.token.resolve() if spec.token else None
+    if not spec.source:
+        return None
     metadata = get_safetensors_metadata(spec.source, revision=spec.revision, token=token)
-    tensors = [(name, info.dtype, int(info.parameter_count))
+    tensors = [(name, str(info.dtype), int(info.parameter_count))
                for file in metadata.files_metadata.values() for name, info in file.tensors.items()]
     return tensors, "Hub safetensors metadata"
 
@@ -179,6 +184,8 @@ def _cached_folder(spec: ModelSpec) -> Path | None:
     """The snapshot folder of a Hub model already in the local cache, if its config is there."""
     from huggingface_hub import try_to_load_from_cache
 
+    if not spec.source:
+        return None
     found = try_to_load_from_cache(spec.source, "config.json", revision=spec.revision)
     return Path(found).parent if isinstance(found, str) else None
 
@@ -190,7 +197,7 @@ def _model_config(spec: ModelSpec, folder: Path | None) -> dict[str, Any] | None
         return None
     from huggingface_hub import constants, hf_hub_download
 
-    if constants.HF_HUB_OFFLINE:
+    if constants.HF_HUB_OFFLINE or not spec.source:
         return None
     token = spec.token.resolve() if spec.token else None
     return json.loads(Path(hf_hub_download(spec.source, "config.json", revision=spec.revision,
@@ -251,11 +258,11 @@ def estimate_checkpoint(spec: ModelSpec) -> MemoryEstimate:
     if found is None and not spec.local_path:
         try:
             found = _hub_tensors(spec)
-        except Exception as error:  # network, auth, missing repo: the estimate is only advice
+        except _ADVICE_ERRORS as error:  # network, auth, missing repo: the estimate is only advice
             log.info("no Hub metadata for %r: %s", spec.id, error)
     try:
         config = _model_config(spec, folder)
-    except Exception as error:  # same: advice only
+    except _ADVICE_ERRORS as error:  # same: advice only
         log.info("no config.json for %r: %s", spec.id, error)
         config = None
     kv_bytes, kv_method = _kv_cache_bytes(config, spec)

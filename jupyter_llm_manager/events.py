@@ -13,12 +13,13 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Literal
+from typing import Literal
 
 from .units import bytes_text
 
-__all__ = ["Event", "EventKind", "EvictionReason", "EventBus"]
+__all__ = ["Event", "EventBus", "EventKind", "EvictionReason"]
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ nobody can lease them), then free them with no lock held
 from __future__ import annotations
 
 import threading
-from typing import Iterable
+from collections.abc import Iterable
 
 from . import policy
 from .books import Books

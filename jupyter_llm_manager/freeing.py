@@ -15,12 +15,13 @@ import logging
 import threading
 import time
 import weakref
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from .backends import Backend, release_frames
 from .books import Books
 from .errors import ModelLoadingError, ResourceNotAvailableError
-from .events import EventBus, EvictionReason
+from .events import EventBus, EventKind, EvictionReason
 from .holders import HOLDER_HINT, describe_holders
 from .instances import Instance
 from .interrupts import interrupts_deferred
@@ -73,7 +74,7 @@ class Freeing:
                     del books.instances[instance.key]
                 books.last_used[instance.key] = instance.last_used
                 books.touch()
-            kind = "unloaded" if reason == "manual" else "evicted"
+            kind: EventKind = "unloaded" if reason == "manual" else "evicted"
             self._bus.emit(kind, model_id, reason=reason, seconds=report.seconds, bytes=report.freed_bytes)
             if not collected:
                 self._bus.emit("warning", model_id, message=f"{report} {HOLDER_HINT}")
@@ -101,7 +102,7 @@ class Freeing:
             self._teardown(instance)
             self._bus.emit("load_failed", canonical, message=message)
 
-    def _teardown(self, instance: Instance) -> "weakref.ref[Any] | None":
+    def _teardown(self, instance: Instance) -> weakref.ref[Any] | None:
         """Drop the backend's object and every reference to it; collect; empty device caches."""
         loaded, instance.loaded = instance.loaded, None
         target = _weak(loaded.model) if loaded is not None else None
@@ -143,7 +144,7 @@ def load_failure(canonical: str, error: BaseException) -> ModelLoadingError:
     return ModelLoadingError(f"loading {canonical!r} failed in another thread: {error}", model_id=canonical)
 
 
-def _weak(obj: Any) -> "weakref.ref[Any] | None":
+def _weak(obj: Any) -> weakref.ref[Any] | None:
     try:
         return weakref.ref(obj)
     except TypeError:

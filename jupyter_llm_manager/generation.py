@@ -9,24 +9,25 @@ that might be the start of a stop string while streaming.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from types import MappingProxyType
-from typing import Any, Iterable, Literal, Mapping, Sequence, Union
+from typing import Any, Literal
 
 from .errors import InvalidGenerationParameters
 
 __all__ = [
-    "Prompt",
+    "FinishReason",
     "GenerationParams",
     "GenerationResult",
-    "FinishReason",
-    "normalize_prompt",
+    "Prompt",
     "StopTextFilter",
     "cut_at_stop",
+    "normalize_prompt",
 ]
 
 Message = Mapping[str, str]
-Prompt = Union[str, Sequence[Message]]
+Prompt = str | Sequence[Message]
 FinishReason = Literal["stop", "length", "stop_string", "interrupted"]
 
 _ROLES = {"system", "user", "assistant", "tool", "developer"}
@@ -86,7 +87,7 @@ class GenerationParams:
                f"stop must be a list of non-empty strings, got {list(self.stop)!r}")
 
     @classmethod
-    def build(cls, *layers: Mapping[str, Any] | None) -> "GenerationParams":
+    def build(cls, *layers: Mapping[str, Any] | None) -> GenerationParams:
         """Merge layers (spec defaults first, call arguments last) and validate.
 
         Keys that are not parameters of this class go to ``extra``.
@@ -172,7 +173,8 @@ def normalize_prompt(prompt: Prompt, *, system: str | None = None) -> str | list
                f"message {index} must be a mapping with 'role' and 'content' strings, got {message!r}")
         _check_unicode(message["content"], f"message {index}")
         role = message.get("role")
-        _check(role in _ROLES, f"message {index} has role {role!r}; use one of {sorted(_ROLES)}")
+        if not isinstance(role, str) or role not in _ROLES:
+            raise InvalidGenerationParameters(f"message {index} has role {role!r}; use one of {sorted(_ROLES)}")
         messages.append({"role": role, "content": message["content"]})
     _check(bool(messages), "the prompt has no messages")
     if system and messages[0]["role"] != "system":

@@ -15,49 +15,53 @@ from __future__ import annotations
 import threading
 import time
 import weakref
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Protocol
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .errors import LLMManagerError, ModelNotFoundError
 from .generation import GenerationParams, GenerationResult, Prompt
 
 if TYPE_CHECKING:
+    from typing_extensions import Self
+
     from .backends.base import LoadedModel
     from .leases import Ticket
     from .manager import LLMManager
     from .reports import StatusRow, UnloadReport
     from .spec import ModelSpec
 
-__all__ = ["ModelHandle", "Lease", "TextStream"]
+__all__ = ["Lease", "ModelHandle", "TextStream"]
 
 
 class ModelHandle:
     """A model id bound to its manager; holds no model object."""
 
-    def __init__(self, manager: "LLMManager", model_id: str) -> None:
+    def __init__(self, manager: LLMManager, model_id: str) -> None:
         self.id = model_id
         self._manager = weakref.ref(manager)
 
     @property
-    def manager(self) -> "LLMManager":
+    def manager(self) -> LLMManager:
         manager = self._manager()
         if manager is None:
             raise LLMManagerError(f"the manager of {self.id!r} is gone")
         return manager
 
-    def status(self) -> "StatusRow":
+    def status(self) -> StatusRow:
         return self.manager.row(self.id)
 
-    def use(self, **options: Any) -> "Lease":
+    def use(self, **options: Any) -> Lease:
         return self.manager.use(self.id, **options)
 
     def generate(self, prompt: Prompt, **params: Any) -> GenerationResult:
         return self.manager.generate(self.id, prompt, **params)
 
-    def unload(self, **options: Any) -> "UnloadReport | None":
+    def unload(self, **options: Any) -> UnloadReport | None:
         return self.manager.unload(self.id, **options)
 
     def __repr__(self) -> str:
         manager = self._manager()
+        state: str
         try:
             state = manager.row(self.id).state if manager is not None else "manager gone"
         except ModelNotFoundError:
@@ -68,13 +72,13 @@ class ModelHandle:
 class Lease:
     """``with manager.use(id) as lm``: the loaded model, protected from eviction."""
 
-    def __init__(self, model_id: str, acquire: Callable[[], "Ticket"], spec: Callable[[], "ModelSpec"]) -> None:
+    def __init__(self, model_id: str, acquire: Callable[[], Ticket], spec: Callable[[], ModelSpec]) -> None:
         self.id = model_id
         self._acquire = acquire
         self._spec = spec
-        self._ticket: "Ticket | None" = None
+        self._ticket: Ticket | None = None
 
-    def __enter__(self) -> "Lease":
+    def __enter__(self) -> Self:
         if self._ticket is not None:
             raise LLMManagerError("this lease is already held; call use() again for another")
         self._ticket = self._acquire()
@@ -91,9 +95,9 @@ class Lease:
         return self._ticket is not None
 
     @property
-    def loaded(self) -> "LoadedModel":
+    def loaded(self) -> LoadedModel:
         ticket = self._ticket
-        if ticket is None or ticket.loaded is None:
+        if ticket is None:
             raise LLMManagerError(f"the lease on {self.id!r} is not held: use it inside `with manager.use(...)`")
         return ticket.loaded
 
@@ -106,7 +110,7 @@ class Lease:
         return self.loaded.tokenizer
 
     @property
-    def spec(self) -> "ModelSpec":
+    def spec(self) -> ModelSpec:
         return self._spec()
 
     def __repr__(self) -> str:
@@ -116,7 +120,7 @@ class Lease:
 class GenerationRuns(Protocol):
     """What a :class:`TextStream` needs from the manager: a lease, and the generation events."""
 
-    def acquire(self, model_id: str, wait: float | str | None) -> "Ticket": ...
+    def acquire(self, model_id: str, wait: float | str | None) -> Ticket: ...
 
     def started(self, canonical: str) -> None: ...
 
@@ -159,7 +163,7 @@ class TextStream:
         if iterator is not None and hasattr(iterator, "close"):
             iterator.close()
 
-    def __enter__(self) -> "TextStream":
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc_info: object) -> None:

@@ -13,7 +13,7 @@ import sys
 import types
 from typing import Any
 
-__all__ = ["describe_holders", "HOLDER_HINT"]
+__all__ = ["HOLDER_HINT", "describe_holders"]
 
 HOLDER_HINT = ("Delete those references (del NAME; %reset -f out for the output cache; "
                "sys.last_traceback = sys.last_value = sys.last_exc = None for the last error), "

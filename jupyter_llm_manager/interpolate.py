@@ -16,7 +16,8 @@ No ``eval``: attributes and indexes are looked up one by one.
 from __future__ import annotations
 
 import re
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 __all__ = ["interpolate"]
 
@@ -64,7 +65,7 @@ def _field_value(field: str, namespace: Mapping[str, Any]) -> Any:
         elif spec.group("conversion") == "a":
             value = ascii(value)
         return format(value, spec.group("format") or "")
-    except Exception:  # a value whose format or repr fails: the field stays as written
+    except Exception:  # noqa: BLE001 - user objects' __format__/__repr__ may raise anything: left as written
         return _MISSING
 
 
@@ -73,7 +74,7 @@ def _step(value: Any, attribute: str, index: str) -> Any:
         if attribute:
             return getattr(value, attribute) if not attribute.startswith("__") else _MISSING
         return value[_key(index.strip())]
-    except Exception:  # missing attribute, key or index, or a lookup that raises: not a field
+    except Exception:  # noqa: BLE001 - a user object's lookup may raise anything: then it is not a field
         return _MISSING
 
 

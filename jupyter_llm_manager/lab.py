@@ -14,16 +14,18 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
+from . import actions
 from .errors import LLMManagerError
 from .events import Event
-from .units import format_bytes
+from .units import brief, format_bytes
 
 if TYPE_CHECKING:
     from .manager import LLMManager
 
-__all__ = ["LabBridge", "TARGET"]
+__all__ = ["TARGET", "LabBridge"]
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +36,7 @@ _COALESCE_S = 0.1
 class LabBridge:
     """Keeps every connected JupyterLab up to date with one manager."""
 
-    def __init__(self, manager: "LLMManager") -> None:
+    def __init__(self, manager: LLMManager) -> None:
         self.manager = manager
         self._lock = threading.Lock()
         self._comms: list[Any] = []
@@ -103,37 +105,57 @@ class LabBridge:
 
     # -- actions ----------------------------------------------------------------------------
 
-    def _on_message(self, channel: Any, message: dict[str, Any]) -> None:
-        data = message.get("content", {}).get("data", {}) or {}
-        action, model_id, request = data.get("action"), data.get("model"), data.get("request")
+    def _on_message(self, channel: Any, message: Any) -> None:
+        """A click in JupyterLab: run its shared action, then answer with the outcome and a snapshot.
+
+        It runs on the kernel's thread between cells (the kernel reads comm
+        messages only then). Every message gets an answer; a malformed one
+        gets ``ok: false`` and the reason, logged without a traceback (a
+        client sent it; it is not a bug here).
+        """
+        data = message.get("content", {}).get("data") if isinstance(message, dict) else None
+        content = data if isinstance(data, dict) else {}
+        request = content.get("request")
+        request = request if isinstance(request, (str, int)) and not isinstance(request, bool) else None
         try:
-            text, ok = self._run(action, model_id), True
+            call = self._action(content) if isinstance(data, dict) else None
+        except LLMManagerError as error:
+            call, problem = None, str(error)
+        else:
+            problem = "" if call is not None else f"a message must be a mapping with an action, got {brief(data)}"
+        if call is None:
+            log.info("malformed message from JupyterLab: %s", problem)
+            channel.send({"type": "result", "request": request, "ok": False, "message": problem})
+            return
+        self._answer(channel, request, call)
+
+    def _answer(self, channel: Any, request: str | int | None, call: Callable[[], str]) -> None:
+        try:
+            text, ok = call(), True
         except LLMManagerError as error:
             text, ok = str(error), False
         except Exception as error:  # a bug: logged with its traceback, answered in one line
-            log.exception("the JupyterLab action %r failed", action)
+            log.exception("a JupyterLab action failed")
             text, ok = f"{type(error).__name__}: {error}", False
         channel.send({"type": "result", "request": request, "ok": ok, "message": text})
         channel.send(self.snapshot())
 
-    def _run(self, action: str | None, model_id: str | None) -> str:
+    def _action(self, content: dict[str, Any]) -> Callable[[], str]:
+        """The shared action a message asks for (``LLMManagerError`` when there is none)."""
+        action, model_id = content.get("action"), content.get("model")
         manager = self.manager
-        if action == "unload":
-            report = manager.unload(model_id or "", wait=0.0)
-            return str(report) if report else f"{model_id!r} was not loaded."
-        if action in ("pin", "unpin"):
-            (manager.pin if action == "pin" else manager.unpin)(model_id or "")
-            return f"{'Pinned' if action == 'pin' else 'Unpinned'} {model_id!r}."
+        if action in ("unload", "pin", "unpin", "toggle_pin", "load"):
+            if not isinstance(model_id, str) or not model_id:
+                raise LLMManagerError(f"the action {action!r} needs a model id, got {brief(model_id)}")
+            function = getattr(actions, action)
+            return lambda: function(manager, model_id)
         if action == "unload_all":
-            reports = manager.unload_all(skip_in_use=True)
-            in_use = [row.id for row in manager.status() if row.in_use]
-            return (f"Unloaded {len(reports)} model(s)."
-                    + (f" Still in use: {', '.join(in_use)}." if in_use else ""))
+            return lambda: actions.unload_all(manager)
         if action == "free_memory":
-            return str(manager.collect_garbage())
+            return lambda: actions.free_memory(manager)
         if action == "refresh":
-            return ""
-        raise LLMManagerError(f"unknown action {action!r}")
+            return lambda: ""
+        raise LLMManagerError(f"unknown action {brief(action)}")
 
     # -- what JupyterLab shows -----------------------------------------------------------------
 

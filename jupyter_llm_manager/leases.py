@@ -9,20 +9,22 @@ records the last use and wakes whoever waits for the instance to be idle.
 from __future__ import annotations
 
 import threading
-from typing import Any, Callable
+from collections.abc import Callable
 
+from .backends.base import LoadedModel
 from .books import Books
+from .errors import LLMManagerError
 from .instances import Instance
 
-__all__ = ["Ticket", "Leases"]
+__all__ = ["Leases", "Ticket"]
 
 
 class Ticket:
     """One lease on one instance, granted to one thread; :meth:`release` ends it (idempotent)."""
 
-    __slots__ = ("model_id", "canonical", "instance", "thread", "_leases", "_released")
+    __slots__ = ("_leases", "_released", "canonical", "instance", "model_id", "thread")
 
-    def __init__(self, leases: "Leases", model_id: str, canonical: str, instance: Instance, thread: int) -> None:
+    def __init__(self, leases: Leases, model_id: str, canonical: str, instance: Instance, thread: int) -> None:
         self.model_id = model_id
         self.canonical = canonical
         self.instance = instance
@@ -31,9 +33,12 @@ class Ticket:
         self._released = False
 
     @property
-    def loaded(self) -> Any:
+    def loaded(self) -> LoadedModel:
         """The backend's loaded model (``.model``, ``.tokenizer``), valid while the lease is held."""
-        return self.instance.loaded
+        loaded = self.instance.loaded
+        if loaded is None or self._released:
+            raise LLMManagerError(f"the lease on {self.model_id!r} was released: use the model inside it")
+        return loaded
 
     @property
     def held(self) -> bool:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import gc
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from . import policy
 from .backends import LoadedModel
@@ -26,7 +26,7 @@ from .interrupts import interrupts_deferred
 from .leases import Leases, Ticket
 from .memory import DeviceProbe
 
-__all__ = ["Loading", "FIT_HINT"]
+__all__ = ["FIT_HINT", "Loading"]
 
 FIT_HINT = ("Unpin or unload a model, raise memory_fraction or memory_budget, choose a smaller dtype or "
             "quantization='4bit', or place the model on another device (device='cpu').")

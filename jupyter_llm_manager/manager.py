@@ -33,14 +33,16 @@ import enum
 import os
 import threading
 import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from functools import partial
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable, Generic, Literal, Mapping, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 
 from .admission import Admission
 from .backends import Backend, BackendCache, get_backend
 from .books import Books
 from .catalog import Catalog
-from .config import ConfigFile, default_config_path, find_config_path, load_config, save_config
+from .config import ConfigFile, find_config_path, load_config
 from .errors import ConfigurationError, LLMManagerError
 from .estimate import EstimateCache, MemoryEstimate
 from .events import Event, EventBus
@@ -52,6 +54,7 @@ from .instances import Instance
 from .leases import Leases, Ticket
 from .loading import Loading
 from .memory import DeviceProbe, DeviceReport, probe_devices
+from .persistence import Persistence
 from .reaper import Reaper
 from .reports import GarbageReport, StatusRow, UnloadReport
 from .runs import Runs
@@ -60,7 +63,7 @@ from .spec import ModelSpec, expand_path
 from .status import StatusView
 from .waits import Deadline, parse_wait
 
-__all__ = ["LLMManager", "get_manager", "FROM_CONFIG"]
+__all__ = ["FROM_CONFIG", "LLMManager", "get_manager"]
 
 T = TypeVar("T")
 
@@ -84,12 +87,13 @@ class _Setting(Generic[T]):
     def __set_name__(self, owner: type, name: str) -> None:
         self.name = name
 
-    def __get__(self, manager: "LLMManager | None", owner: type) -> T:
+    def __get__(self, manager: LLMManager | None, owner: type) -> T:
         if manager is None:
             return self  # type: ignore[return-value]  # the descriptor itself, for help()
-        return getattr(manager.settings, self.name)  # type: ignore[no-any-return]
+        value: T = getattr(manager.settings, self.name)
+        return value
 
-    def __set__(self, manager: "LLMManager", value: Any) -> None:
+    def __set__(self, manager: LLMManager, value: Any) -> None:
         manager.configure(**{self.name: value})
 
 
@@ -117,9 +121,8 @@ class LLMManager:
                  wait_timeout: str | float | None | _Given = FROM_CONFIG, max_queue: int | _Given = FROM_CONFIG,
                  clock: Callable[[], float] = time.monotonic, device_probe: DeviceProbe = probe_devices,
                  backend_factory: Callable[[str], Backend] = get_backend, preload: bool = True) -> None:
-        self._config_path = None if config_path is False else find_config_path(
-            None if config_path is True else config_path)
-        config = load_config(self._config_path) if self._config_path else ConfigFile(path=None)
+        path = None if config_path is False else find_config_path(None if config_path is True else config_path)
+        config = load_config(path) if path else ConfigFile(path=None)
         given = {name: value for name, value in (
             ("max_loaded_models", max_loaded_models), ("memory_fraction", memory_fraction),
             ("keep_alive", keep_alive), ("memory_budget", memory_budget), ("wait_timeout", wait_timeout),
@@ -138,6 +141,7 @@ class LLMManager:
         self._status = StatusView(books, device_probe, estimates, backends)
         self._runs = Runs(bus, self._acquire)
         self._freeing, self._estimates = freeing, estimates
+        self._persistence = Persistence(books, path)
         self._catalog.adopt(config)
         if preload:
             self._start_preload()
@@ -151,20 +155,20 @@ class LLMManager:
         spec = ModelSpec.from_mapping(model_id, {k: v for k, v in data.items() if v is not None})
         spec = self._catalog.register(spec, overwrite=overwrite)
         if persist:
-            self._persist(models=[spec.id])
+            self._persistence.save(models=[spec.id], aliases=(), settings=False)
         return spec
 
     def unregister(self, model_id: str, *, persist: bool = False) -> None:
         """Forget a model (or an alias), unloading its instance if no other id shares it."""
         self._catalog.unregister(model_id)
         if persist:
-            self._persist()
+            self._persistence.save(models=(), aliases=(), settings=False)
 
     def alias(self, name: str, target: str, *, overwrite: bool = False, persist: bool = False) -> None:
         """Make ``name`` another name of ``target`` (the same loaded instance)."""
         self._catalog.alias(name, target, overwrite=overwrite)
         if persist:
-            self._persist(aliases=[name])
+            self._persistence.save(models=(), aliases=[name], settings=False)
 
     def read_config(self, path: str | os.PathLike[str]) -> ConfigFile:
         """Register a configuration file's models and aliases and apply its settings; ``save()`` writes there.
@@ -181,7 +185,7 @@ class LLMManager:
         for name, target in config.aliases.items():
             self._catalog.alias(name, target, overwrite=True)
         self.configure(**{name: getattr(config.settings, name) for name in config.settings_given})
-        self._config_path = config.path
+        self._persistence.path = config.path
         return config
 
     def spec(self, model_id: str) -> ModelSpec:
@@ -316,8 +320,12 @@ class LLMManager:
 
     @property
     def config_path(self) -> Path | None:
-        """The file this manager read, and where ``save()`` writes by default."""
-        return self._config_path
+        """The file this manager read, and where ``save()`` writes by default (settable)."""
+        return self._persistence.path
+
+    @config_path.setter
+    def config_path(self, path: str | os.PathLike[str] | None) -> None:
+        self._persistence.path = None if path is None else Path(expand_path(os.fspath(path)))
 
     def configure(self, **settings: Any) -> None:
         """Change settings (validated together); lowered limits evict at once."""
@@ -326,7 +334,7 @@ class LLMManager:
         for name in settings:
             if name not in SETTING_NAMES:
                 raise ConfigurationError(f"unknown setting {name!r}; settings: {', '.join(SETTING_NAMES)}")
-        values = {name: _checked(lambda n=name, v=value: check_setting(n, v)) for name, value in settings.items()}
+        values = {name: _checked(partial(check_setting, name, value)) for name, value in settings.items()}
         with self._books as books:
             books.settings = books.settings.with_values(values)
             books.touch()
@@ -337,27 +345,7 @@ class LLMManager:
 
     def save(self, path: str | os.PathLike[str] | None = None) -> Path:
         """Persist every setting, model (with its pinned flag) and alias (atomic write, merged under a lock)."""
-        return self._persist(path, models=None, aliases=None, settings=True)
-
-    def _persist(self, path: str | os.PathLike[str] | None = None, *, models: list[str] | None = (),
-                 aliases: list[str] | None = (), settings: bool = False) -> Path:
-        """Write some ids and aliases (``None``: all) and what was removed; ``settings`` too when asked."""
-        target = Path(path) if path is not None else (self._config_path or default_config_path())
-        with self._books as books:
-            registry = books.registry
-            chosen = [i for i in (registry.specs if models is None else models) if not registry.specs[i].builtin]
-            specs = {i: registry.specs[i].with_changes(pinned=i in registry.pinned) for i in chosen}
-            names = {a: registry.aliases[a] for a in (registry.aliases if aliases is None else aliases)}
-            removed = set(registry.removed)
-            defaults = books.settings.to_mapping() if settings else None
-            if defaults and defaults["default_model"] in registry.specs and \
-                    registry.specs[defaults["default_model"]].builtin:
-                defaults["default_model"] = None  # built-in models are never written, nor pointed at
-        written = save_config(target, specs, names, removed=removed, defaults=defaults)
-        with self._books as books:
-            books.registry.removed -= removed
-        self._config_path = self._config_path or written
-        return written
+        return self._persistence.save(path)
 
     def close(self) -> None:
         """Refuse new work, stop the reaper and unload every model. The manager is unusable after."""
@@ -424,7 +412,7 @@ async def _pump(stream: TextStream) -> AsyncIterator[str]:
         try:
             for piece in stream:
                 loop.call_soon_threadsafe(pieces.put_nowait, piece)
-        except BaseException as error:  # handed to the awaiting side
+        except BaseException as error:  # noqa: BLE001 - handed to the awaiting side, which raises it
             loop.call_soon_threadsafe(pieces.put_nowait, error)
         finally:
             loop.call_soon_threadsafe(pieces.put_nowait, end)

@@ -12,9 +12,9 @@ import logging
 import os
 import sys
 import threading
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
 
 import psutil
 
@@ -22,12 +22,12 @@ from .units import bytes_text
 
 __all__ = [
     "DeviceMemory",
-    "DeviceReport",
-    "probe_devices",
-    "device_budget",
-    "device_limit",
-    "device_kind",
     "DeviceProbe",
+    "DeviceReport",
+    "device_budget",
+    "device_kind",
+    "device_limit",
+    "probe_devices",
 ]
 
 log = logging.getLogger(__name__)
@@ -158,14 +158,21 @@ def nvml_module():
         if "module" not in _nvml_state:
             try:
                 import pynvml
-
+            except ImportError as error:
+                _nvml_unavailable(error)
+                return None
+            try:
                 pynvml.nvmlInit()
                 _nvml_state["module"] = pynvml
-            except Exception as error:  # ImportError, NVMLError_LibraryNotFound, driver errors
-                log.debug("NVML is not available: %s", error)
-                _nvml_state["module"] = None
-                _nvml_state["error"] = str(error)
+            except (pynvml.NVMLError, OSError) as error:  # no library, no driver, driver errors
+                _nvml_unavailable(error)
         return _nvml_state["module"]
+
+
+def _nvml_unavailable(error: BaseException) -> None:
+    log.debug("NVML is not available: %s", error)
+    _nvml_state["module"] = None
+    _nvml_state["error"] = str(error)
 
 
 def nvml_error() -> str | None:

@@ -26,14 +26,29 @@ The rules:
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Iterable, Literal, Mapping, Sequence
+from typing import Literal
 
 from .errors import DeviceShortfall, MemoryHolder
 from .events import EvictionReason
 
-__all__ = ["Holding", "DeviceRoom", "Snapshot", "Request", "Eviction", "Plan", "admit", "enforce", "expire",
-           "evict_everything_for", "room_on", "shortfalls", "apply", "HoldingState"]
+__all__ = [
+    "DeviceRoom",
+    "Eviction",
+    "Holding",
+    "HoldingState",
+    "Plan",
+    "Request",
+    "Snapshot",
+    "admit",
+    "apply",
+    "enforce",
+    "evict_everything_for",
+    "expire",
+    "room_on",
+    "shortfalls",
+]
 
 HoldingState = Literal["loading", "loaded", "unloading"]
 Verdict = Literal["admit", "wait", "refuse"]

@@ -61,7 +61,7 @@ class Reaper:
         return self._thread is not None and self._thread.is_alive()
 
 
-def _run(target: "weakref.ref[Expiring]", wake: threading.Event, stop: threading.Event) -> None:
+def _run(target: weakref.ref[Expiring], wake: threading.Event, stop: threading.Event) -> None:
     """The thread: expire what is due, sleep until the next expiry or a wake-up; never holds the target."""
     while not stop.is_set():
         wake.clear()

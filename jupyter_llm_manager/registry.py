@@ -136,5 +136,5 @@ class Registry:
 
     def keep_alive(self, key: str) -> float | None:
         """The shortest keep-alive the instance's ids set themselves, or None to use the manager's."""
-        own = [self.specs[i].keep_alive for i in self.ids_of(key) if self.specs[i].keep_alive is not None]
+        own = [seconds for i in self.ids_of(key) if (seconds := self.specs[i].keep_alive) is not None]
         return min(own) if own else None

@@ -14,14 +14,23 @@ import json
 import re
 import sys
 import time
-from typing import Any, Literal, Sequence
+from collections.abc import Sequence
+from typing import Any, Literal
 
 from .generation import GenerationResult
 
-__all__ = ["AnswerView", "RichAnswerView", "TextAnswerView", "Format", "extract_code", "FORMATS"]
+__all__ = ["FORMATS", "AnswerView", "Format", "RichAnswerView", "TextAnswerView", "extract_code"]
 
 Format = Literal["markdown", "text", "code", "html", "json"]
-FORMATS = ("markdown", "text", "code", "html", "json")
+FORMATS: tuple[Format, ...] = ("markdown", "text", "code", "html", "json")
+
+
+def as_format(name: str) -> Format:
+    """``name`` as a :data:`Format` (``ValueError`` for an unknown one)."""
+    for known in FORMATS:
+        if known == name:
+            return known
+    raise ValueError(f"unknown format {name!r}; use one of {', '.join(FORMATS)}")
 _FENCE = re.compile(r"```[^\n`]*\n(.*?)(?:```|$)", re.DOTALL)
 _MUTED = "color: var(--jp-ui-font-color2, #777); font-size: smaller"
 

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, Mapping
+from typing import Any, Literal
 
 from .units import bytes_text, format_bytes, format_duration
 
-__all__ = ["StatusRow", "UnloadReport", "GarbageReport", "ModelState"]
+__all__ = ["GarbageReport", "ModelState", "StatusRow", "UnloadReport"]
 
 #: A model id's state (see :mod:`jupyter_llm_manager.instances` for the machine behind it).
 ModelState = Literal["registered", "waiting", "loading", "loaded", "unloading", "failed"]

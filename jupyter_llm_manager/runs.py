@@ -8,7 +8,7 @@ or why it stopped).
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from .events import EventBus
 from .generation import GenerationParams, GenerationResult, Prompt

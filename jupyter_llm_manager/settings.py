@@ -9,13 +9,14 @@ shown and saved without touching any of them.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, fields, replace
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from .units import NEVER, brief, parse_duration, parse_size
 from .waits import parse_wait
 
-__all__ = ["ManagerSettings", "SETTING_NAMES", "check_setting"]
+__all__ = ["SETTING_NAMES", "ManagerSettings", "check_setting"]
 
 
 def check_max_loaded_models(value: Any) -> int | None:
@@ -95,11 +96,11 @@ class ManagerSettings:
     max_queue: int = 256
 
     @classmethod
-    def from_mapping(cls, data: Mapping[str, Any]) -> "ManagerSettings":
+    def from_mapping(cls, data: Mapping[str, Any]) -> ManagerSettings:
         """Settings from a mapping of known names (``ValueError`` names the bad one)."""
         return cls().with_values(data)
 
-    def with_values(self, data: Mapping[str, Any]) -> "ManagerSettings":
+    def with_values(self, data: Mapping[str, Any]) -> ManagerSettings:
         """A copy with some settings changed, each validated."""
         return replace(self, **{name: check_setting(name, value) for name, value in data.items()})
 

@@ -17,16 +17,25 @@ import logging
 import os
 import re
 import secrets
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from .errors import ConfigurationError, InvalidGenerationParameters
 from .generation import GenerationParams
 from .units import brief, parse_duration, parse_size
 
-__all__ = ["ModelSpec", "Secret", "check_model_id", "expand_path", "looks_like_path", "DTYPES", "QUANTIZATIONS",
-           "KIND_PRIORITY"]
+__all__ = [
+    "DTYPES",
+    "KIND_PRIORITY",
+    "QUANTIZATIONS",
+    "ModelSpec",
+    "Secret",
+    "check_model_id",
+    "expand_path",
+    "looks_like_path",
+]
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +67,7 @@ class Secret:
     is never written to a saved file.
     """
 
-    __slots__ = ("reference", "_literal")
+    __slots__ = ("_literal", "reference")
 
     def __init__(self, text: str) -> None:
         match = _ENV_REFERENCE.match(text.strip())
@@ -200,11 +209,17 @@ def _quantization(value: Any) -> str | None:
 
 def _device(value: Any) -> str | tuple[str, ...]:
     if isinstance(value, (list, tuple)):
-        devices = tuple(_device(item) for item in value)
+        devices = tuple(_one_device(item) for item in value)
         if not devices or any(not d.startswith("cuda:") for d in devices):
-            raise ValueError(f"a multi-GPU placement is a list of cuda:N devices, got {list(value)!r}")
+            raise ValueError(f"a multi-GPU placement is a list of cuda:N devices, got {brief(value)}")
         return devices if len(devices) > 1 else devices[0]
-    text = str(value).strip().lower()
+    return _one_device(value)
+
+
+def _one_device(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"a device is a name such as auto, cpu or cuda:0, got {brief(value)}")
+    text = value.strip().lower()
     if not _DEVICE.match(text):
         raise ValueError(f"unknown device {value!r}; use auto, cpu, cuda, cuda:N, mps, balanced "
                          "(every GPU) or a list of cuda:N")
@@ -306,14 +321,14 @@ class ModelSpec:
     def from_mapping(
         cls, model_id: str, data: Mapping[str, Any], *, path: str | os.PathLike | None = None,
         check_paths: bool = True,
-    ) -> "ModelSpec":
+    ) -> ModelSpec:
         """Validate a mapping (a YAML entry or ``register`` keywords) into a spec.
 
         Raises :class:`ConfigurationError` naming the file, the model, the key
         and, for an unknown key, the closest known one. ``check_paths`` also
         requires a local source folder to exist now.
         """
-        where = {"path": str(path) if path else None, "model_id": model_id}
+        where: dict[str, Any] = {"path": str(path) if path else None, "model_id": model_id}
         check_model_id(model_id, path=where["path"])
         if not isinstance(data, Mapping):
             raise ConfigurationError(f"expected a mapping of options, got {data!r}", **where)
@@ -340,16 +355,16 @@ class ModelSpec:
         if self.backend == "openai" and not self.base_url:
             raise ConfigurationError("an openai model needs base_url, e.g. http://host:8000/v1",
                                      key="base_url", **where)
-        if self.source and self.backend == "transformers" and not looks_like_path(self.source):
-            if not re.match(r"^[\w.-]+(/[\w.-]+)?$", self.source):
-                raise ConfigurationError(
-                    f"source {self.source!r} is neither an existing local folder nor a Hub id "
-                    "like 'org/name'", key="source", **where)
-        if check_paths and self.source and self.backend == "transformers" and looks_like_path(self.source):
-            if not os.path.exists(expand_path(self.source)):
-                raise ConfigurationError(
-                    f"local path {expand_path(self.source)!r} does not exist; check the path "
-                    "(relative paths start from the kernel's working directory)", key="source", **where)
+        hub_id = re.match(r"^[\w.-]+(/[\w.-]+)?$", self.source or "")
+        if self.source and self.backend == "transformers" and not looks_like_path(self.source) and not hub_id:
+            raise ConfigurationError(
+                f"source {self.source!r} is neither an existing local folder nor a Hub id "
+                "like 'org/name'", key="source", **where)
+        local = self.source and self.backend == "transformers" and looks_like_path(self.source)
+        if check_paths and local and not os.path.exists(expand_path(self.source or "")):
+            raise ConfigurationError(
+                f"local path {expand_path(self.source or '')!r} does not exist; check the path "
+                "(relative paths start from the kernel's working directory)", key="source", **where)
 
     @property
     def effective_priority(self) -> int:
@@ -391,7 +406,7 @@ class ModelSpec:
         values = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("id", "builtin")}
         return hashlib.sha256(canonical(values).encode()).hexdigest()
 
-    def with_changes(self, **changes: Any) -> "ModelSpec":
+    def with_changes(self, **changes: Any) -> ModelSpec:
         """A copy with some fields changed (validated like a new spec)."""
         return replace(self, **changes)
 

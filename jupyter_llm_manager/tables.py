@@ -7,8 +7,8 @@ so the front-ends build one :class:`Table` and display it.
 from __future__ import annotations
 
 import html
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 __all__ = ["Table"]
 

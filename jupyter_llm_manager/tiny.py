@@ -16,7 +16,7 @@ import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-__all__ = ["TinyModelShape", "build_tiny_model", "SMALL", "LARGE"]
+__all__ = ["LARGE", "SMALL", "TinyModelShape", "build_tiny_model"]
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ import math
 import re
 import reprlib
 
-__all__ = ["parse_duration", "parse_size", "format_bytes", "format_duration", "brief", "NEVER"]
+__all__ = ["NEVER", "brief", "format_bytes", "format_duration", "parse_duration", "parse_size"]
 
 #: A keep-alive that never expires.
 NEVER = math.inf
@@ -46,7 +46,7 @@ def brief(value: object) -> str:
     return _BRIEF.repr(value)
 
 
-def parse_duration(value: str | float | int | None) -> float | None:
+def parse_duration(value: str | float | None) -> float | None:
     """Seconds from ``90``, ``"90s"``, ``"30m"``, ``"1h30m"``, ``"never"``.
 
     ``None`` stays ``None`` (not set). ``"never"``, ``"forever"`` or a negative
@@ -82,7 +82,7 @@ def parse_duration(value: str | float | int | None) -> float | None:
     return total
 
 
-def parse_size(value: str | int | float) -> int:
+def parse_size(value: str | float) -> int:
     """Bytes from ``1024``, ``"14GB"`` (decimal) or ``"16GiB"`` (binary)."""
     if isinstance(value, bool):
         raise ValueError(f"expected a size such as 14GB or 512MiB, got {brief(value)}")
@@ -103,7 +103,7 @@ def parse_size(value: str | int | float) -> int:
     return int(size)
 
 
-def format_bytes(value: int | float | None) -> str:
+def format_bytes(value: float | None) -> str:
     """``13.2 GB``: decimal units, one decimal, as GPU dashboards show them."""
     if value is None:
         return "?"

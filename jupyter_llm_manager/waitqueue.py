@@ -13,7 +13,7 @@ import itertools
 import time
 from dataclasses import dataclass, field
 
-__all__ = ["Waiter", "WaitQueue"]
+__all__ = ["WaitQueue", "Waiter"]
 
 
 @dataclass(eq=False)

@@ -33,7 +33,7 @@ def parse_wait(value: float | str | None, *, what: str = "wait") -> float:
 class Deadline:
     """A point on the monotonic clock; ``remaining()`` is ``None`` when there is no limit."""
 
-    __slots__ = ("seconds", "_end")
+    __slots__ = ("_end", "seconds")
 
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds

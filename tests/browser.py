@@ -13,11 +13,10 @@ import secrets
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
-
 from processes import free_port, stop, wait_for_http
 
 CHROMIUM = os.environ.get("JLM_CHROMIUM", "/usr/bin/chromium")

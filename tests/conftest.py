@@ -12,10 +12,10 @@ from pathlib import Path
 # Before anything reads it: demo models built by get_manager() go to a throwaway cache, not ~/.cache.
 os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="jlm-test-cache-")
 
-import pytest  # noqa: E402
+import pytest
+from fakes import FakeBackend, FakeClock, FakeDevices
 
-from fakes import FakeBackend, FakeClock, FakeDevices  # noqa: E402
-from jupyter_llm_manager import LLMManager  # noqa: E402
+from jupyter_llm_manager import LLMManager
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")

@@ -35,7 +35,7 @@ class FakeClock:
 class FakeModel:
     """Stands for a model: occupies ``size`` bytes on ``device`` while alive."""
 
-    def __init__(self, devices: "FakeDevices", device: str, size: int, name: str) -> None:
+    def __init__(self, devices: FakeDevices, device: str, size: int, name: str) -> None:
         self.name = name
         self.device = device
         self.size = size

@@ -16,12 +16,15 @@ import sys
 import threading
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING
 
 import pytest
-
 from processes import free_port, stop, wait_for_http
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 
 @contextlib.contextmanager
@@ -108,7 +111,7 @@ class FaultProxy:
         handler.end_headers()
         handler.wfile.write(payload)
 
-    def __enter__(self) -> "FaultProxy":
+    def __enter__(self) -> Self:
         self.thread.start()
         return self
 

@@ -24,7 +24,7 @@ def run(tmp_path):
         if config:
             (tmp_path / "config").mkdir(exist_ok=True)
             (tmp_path / "config" / "llm_manager.yaml").write_text(config)
-        return subprocess.run([command, *args], env=env, capture_output=True, text=True, timeout=600, cwd=ROOT)
+        return subprocess.run([command, *args], check=False, env=env, capture_output=True, text=True, timeout=600, cwd=ROOT)
 
     return run_command
 
@@ -62,7 +62,7 @@ def test_doctor_says_why_no_gpu_is_used(run):
 
 def test_doctor_never_prints_a_token(run, monkeypatch):
     monkeypatch.setenv("HF_TOKEN", "hf_secret_token_value")
-    done = subprocess.run([sys.executable, "-m", "jupyter_llm_manager", "doctor"], capture_output=True, text=True,
+    done = subprocess.run([sys.executable, "-m", "jupyter_llm_manager", "doctor"], check=False, capture_output=True, text=True,
                           env={**os.environ}, timeout=300)
     assert "Hugging Face token   set" in done.stdout and "hf_secret_token_value" not in done.stdout + done.stderr
 

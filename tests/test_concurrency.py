@@ -10,8 +10,8 @@ import weakref
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-
 from fakes import GB
+
 from jupyter_llm_manager import ModelInUseError, ModelLoadingError, ResourceNotAvailableError
 
 
@@ -165,15 +165,14 @@ def test_threads_load_generate_and_unload_real_models_at_once(real_manager):
             try:
                 if rng.random() < 0.3:
                     real_manager.unload(model_id, wait=2)
-                with real_manager.use(model_id) as lease:
-                    with lock:
-                        references.append(weakref.ref(lease.model))
+                with real_manager.use(model_id) as lease, lock:
+                    references.append(weakref.ref(lease.model))
                 text = "".join(real_manager.stream(model_id, "Hi", max_new_tokens=4, min_new_tokens=4))
                 assert isinstance(text, str)
                 real_manager.generate(model_id, "Hello", max_new_tokens=3)
             except ModelInUseError:
                 pass
-            except Exception as error:  # anything else is a bug: collected for the assertion below
+            except Exception as error:  # noqa: BLE001 - anything else is a bug: collected for the assertion below
                 errors.append(error)
 
     threads = [threading.Thread(target=worker, args=(m, i)) for i, m in enumerate("abab")]

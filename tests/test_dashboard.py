@@ -5,19 +5,20 @@ from __future__ import annotations
 import gc
 import sys
 import threading
+from typing import ClassVar
 
 import comm
 import pytest
+from fakes import GB, FakeBackend, FakeDevices
 from ipywidgets.widgets import widget as widget_module
 
 import jupyter_llm_manager
-from fakes import GB, FakeBackend, FakeDevices
 from jupyter_llm_manager import LLMManager, ModelLoadingError
 from jupyter_llm_manager.dashboard import Dashboard
 
 
 class RecordingComm(comm.DummyComm):
-    sent: list = []
+    sent: ClassVar[list] = []
 
     def publish_msg(self, msg_type, data=None, metadata=None, buffers=None, **keys):
         RecordingComm.sent.append((msg_type, data))
@@ -119,17 +120,6 @@ def test_the_background_thread_follows_events_live(manager):
     finally:
         dashboard.close()
     assert not dashboard._thread.is_alive()
-
-
-def test_refresh_devices_only_while_a_view_is_shown(manager, devices):
-    dashboard = Dashboard(manager, refresh_interval=0.05)
-    try:
-        dashboard.widget._view_count = 1  # the front-end reports one view
-        assert dashboard.visible
-        dashboard.widget._view_count = 0  # the output was cleared
-        assert not dashboard.visible and dashboard.orphaned
-    finally:
-        dashboard.close()
 
 
 def test_an_idle_refresh_sends_no_message(board, recording_comm, manager):

@@ -15,14 +15,20 @@ import weakref
 
 import pytest
 import yaml
+from fakes import GB, FakeBackend, FakeDevices
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fakes import GB, FakeBackend, FakeDevices
-from jupyter_llm_manager import (ConfigurationError, GenerationError, InvalidGenerationParameters, LLMManager,
-                                 ModelLoadingError, ModelSpec, ResourceNotAvailableError)
+from jupyter_llm_manager import (
+    ConfigurationError,
+    GenerationError,
+    InvalidGenerationParameters,
+    LLMManager,
+    ModelLoadingError,
+    ModelSpec,
+    ResourceNotAvailableError,
+)
 from jupyter_llm_manager.config import load_config, save_config
-
 
 # -- faults in the real load path ----------------------------------------------------------------
 

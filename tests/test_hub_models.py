@@ -45,10 +45,9 @@ def test_a_cached_hub_model_loads_and_generates_offline(hub_cache):
 
 
 def test_online_hub_metadata_is_read_without_downloading_weights(monkeypatch):
+    import huggingface_hub
     from huggingface_hub import constants
     from huggingface_hub.utils import SafetensorsFileMetadata, SafetensorsRepoMetadata, TensorInfo
-
-    import huggingface_hub
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     tensors = {"model.embed_tokens.weight": TensorInfo("BF16", [32000, 4096], (0, 1)),

@@ -7,8 +7,8 @@ import threading
 
 import comm
 import pytest
-
 from fakes import GB, FakeBackend, FakeDevices
+
 from jupyter_llm_manager import LLMManager
 from jupyter_llm_manager.lab import TARGET, LabBridge
 

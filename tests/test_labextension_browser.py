@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import pytest
-
-from browser import (artifacts, chromium_page, jupyterlab, require_browser, run_all_cells, screenshot_on_failure,
-                     write_notebook)
+from browser import (
+    artifacts,
+    chromium_page,
+    jupyterlab,
+    require_browser,
+    run_all_cells,
+    screenshot_on_failure,
+    write_notebook,
+)
 
 pytestmark = pytest.mark.browser
 

@@ -7,10 +7,10 @@ import io
 import threading
 
 import pytest
+from fakes import FakeBackend, FakeDevices
 from IPython.core.interactiveshell import InteractiveShell
 from IPython.utils.capture import capture_output
 
-from fakes import FakeBackend, FakeDevices
 from jupyter_llm_manager import LLMManager
 from jupyter_llm_manager.magics import LLMMagics, usage
 from jupyter_llm_manager.rendering import TextAnswerView
@@ -119,7 +119,7 @@ def test_several_models_side_by_side_and_o_gets_a_dict(shell, real):
 
 
 def test_no_stream_shows_the_answer_once(shell, real):
-    result, captured = run(shell, "%%llm a --no-stream -n 4 -p min_new_tokens=4 -o whole\nHi")
+    _result, captured = run(shell, "%%llm a --no-stream -n 4 -p min_new_tokens=4 -o whole\nHi")
     updates = answer_updates(captured)
     assert updates[-1]["text/plain"] == shell.user_ns["whole"] and len(updates) <= 3
 
@@ -187,7 +187,7 @@ def test_format_json_and_html(shell, echo):
 
 
 def test_default_model_from_the_magic_the_config_and_config_magic(shell, echo, magics):
-    result, captured = run(shell, "%%llm\nhello")
+    _result, captured = run(shell, "%%llm\nhello")
     assert "No model named and no default" in captured.stderr
     echo.default_model = "echo2"  # as the config file's defaults.default_model would set it
     run(shell, "%%llm -o said\nfrom config")
@@ -210,7 +210,7 @@ def test_default_model_from_the_magic_the_config_and_config_magic(shell, echo, m
     ("%llm frobnicate", "invalid choice"),
 ])
 def test_user_errors_are_one_line(shell, echo, cell, fragment):
-    result, captured = run(shell, cell)
+    _result, captured = run(shell, cell)
     assert fragment in captured.stderr
     assert captured.stderr.strip().count("\n") == 0 and "Traceback" not in captured.stderr + captured.stdout
 
@@ -257,7 +257,8 @@ def test_load_pin_unload_and_gc(shell, real):
     run(shell, "%llm pin a")
     run(shell, "%llm load b")
     _, captured = run(shell, "%llm unload --all")
-    assert texts(captured).count("Unloaded") == 2
+    assert "Unloaded 2 model(s)" in texts(captured) and "'a'" in texts(captured) and "'b'" in texts(captured)
+    assert real.row("a").state == real.row("b").state == "registered"
     _, captured = run(shell, "%llm gc")
     assert "used before" in texts(captured) and "No unloaded model is still alive" in texts(captured)
 
@@ -278,7 +279,7 @@ def test_gc_names_a_variable_that_keeps_a_model_alive(shell, real):
 
 def test_register_alias_default_and_persist(shell, real, tiny_models, tmp_path):
     path = tmp_path / "llm.yaml"
-    real._config_path = path
+    real.config_path = path
     _, captured = run(shell, f"%llm register tiny {tiny_models['a']} --dtype float16 --persist")
     assert "Registered 'tiny'" in texts(captured) and "tiny" in path.read_text()
     assert real.spec("tiny").dtype == "float16"
@@ -350,14 +351,11 @@ def test_plain_text_view_for_terminals():
 def test_dashboard_magic_shows_a_widget_and_unload_ext_closes_it(shell, echo, magics):
     _, captured = run(shell, "%llm dashboard")
     assert "application/vnd.jupyter.widget-view+json" in captured.outputs[0].data
-    (first,) = magics._dashboards
-    first.widget._view_count = 1
-    first.widget._view_count = 0  # its output was cleared: orphaned
-    run(shell, "%llm dashboard")
-    assert first.closed and len(magics._dashboards) == 1
-    (second,) = magics._dashboards
+    first = magics.commands.dashboard
+    run(shell, "%llm dashboard")  # shown again: another view of the same live dashboard, no second thread
+    assert magics.commands.dashboard is first and not first.closed
     shell.run_line_magic("unload_ext", "jupyter_llm_manager")
     try:
-        assert second.closed and not second._thread.is_alive()
+        assert first.closed and not first._thread.is_alive()
     finally:
         shell.run_line_magic("load_ext", "jupyter_llm_manager")

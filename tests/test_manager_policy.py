@@ -7,10 +7,15 @@ import threading
 import time
 
 import pytest
-
 from fakes import GB
-from jupyter_llm_manager import (ConfigurationError, ModelInUseError, ModelLoadingError, ModelNotFoundError,
-                                 ResourceNotAvailableError)
+
+from jupyter_llm_manager import (
+    ConfigurationError,
+    ModelInUseError,
+    ModelLoadingError,
+    ModelNotFoundError,
+    ResourceNotAvailableError,
+)
 
 
 def fake(manager, model_id, size=GB, *, device="cuda:0", source=None, **fields):
@@ -499,7 +504,8 @@ def test_preload_models_load_in_the_background_at_start(tmp_path, devices, backe
 
 
 def test_get_manager_is_one_kernel_wide_manager_configured_from_the_file(tmp_path, monkeypatch):
-    from jupyter_llm_manager import get_manager, manager as manager_module
+    from jupyter_llm_manager import get_manager
+    from jupyter_llm_manager import manager as manager_module
 
     path = tmp_path / "llm.yaml"
     path.write_text("defaults: {max_loaded_models: 3, default_model: chat}\n"
@@ -516,7 +522,8 @@ def test_get_manager_is_one_kernel_wide_manager_configured_from_the_file(tmp_pat
 
 
 def test_without_configuration_the_kernel_knows_the_demo_models(tmp_path, monkeypatch):
-    from jupyter_llm_manager import get_manager, manager as manager_module
+    from jupyter_llm_manager import get_manager
+    from jupyter_llm_manager import manager as manager_module
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.setattr(manager_module, "_singleton", None)

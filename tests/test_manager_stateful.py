@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
+from fakes import GB, FakeBackend, FakeClock, FakeDevices
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from fakes import GB, FakeBackend, FakeClock, FakeDevices
-from jupyter_llm_manager import (LLMManager, ModelInUseError, ModelNotFoundError, ResourceNotAvailableError)
+from jupyter_llm_manager import LLMManager, ModelInUseError, ModelNotFoundError, ResourceNotAvailableError
 
 IDS = ["m0", "m1", "m2", "m3", "m4", "m5"]
 ALIASES = ["x", "y", "z"]
@@ -162,7 +164,7 @@ class ManagerMachine(RuleBasedStateMachine):
             return
         assert held == used
 
-    manually_unloaded: set[str] = set()
+    manually_unloaded: ClassVar[set[str]] = set()
 
 
 TestManagerMachine = ManagerMachine.TestCase

@@ -12,9 +12,9 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-
-from jupyter_llm_manager.magics import _CELL_PARSER, _LINE_SUBCOMMANDS
 from processes import stop
+
+from jupyter_llm_manager.magic_args import CELL_PARSER, LINE_COMMANDS
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
@@ -68,9 +68,9 @@ def test_the_jupyterlab_command_serves_the_quickstart_as_written(tmp_path):
 
 
 def test_every_magic_option_and_subcommand_is_in_the_readme():
-    for action in _CELL_PARSER._actions:
+    for action in CELL_PARSER._actions:
         if action.option_strings:
             assert any(option in README for option in action.option_strings), \
                 f"{'/'.join(action.option_strings)} of %%llm is not in the README"
-    for command in _LINE_SUBCOMMANDS:
+    for command in LINE_COMMANDS:
         assert re.search(rf"\b{command}\b", README), f"%llm {command} is not in the README"

@@ -15,12 +15,12 @@ from pathlib import Path
 
 import psutil
 import pytest
+from remote_server import FaultProxy, llm_katan
 
 from jupyter_llm_manager import ConfigurationError, GenerationError, LLMManager, ModelLoadingError
 from jupyter_llm_manager import backends as backends_module
 from jupyter_llm_manager.backends import Backend, LoadedModel
 from jupyter_llm_manager.generation import GenerationResult
-from remote_server import FaultProxy, llm_katan
 
 KEY = "sk-test-4f9a1c77d2e0"
 
@@ -151,7 +151,7 @@ def test_a_server_killed_in_the_middle_of_a_stream(manager, tmp_path):
 
 
 def test_an_interrupt_stops_the_stream_and_closes_the_connection(manager, tmp_path):
-    with llm_katan(tmp_path, extra=("--chunk-delay-ms", "100")) as (url, server):
+    with llm_katan(tmp_path, extra=("--chunk-delay-ms", "100")) as (url, _server):
         register_remote(manager, url, api_key="anything")
         manager.load("remote")
         port = int(url.split(":")[2].split("/")[0])

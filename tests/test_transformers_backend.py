@@ -13,8 +13,14 @@ import weakref
 
 import pytest
 
-from jupyter_llm_manager import (ConfigurationError, InvalidGenerationParameters, LLMManager, ModelLoadingError,
-                                 ResourceNotAvailableError)
+from jupyter_llm_manager import (
+    ConfigurationError,
+    InvalidGenerationParameters,
+    LLMManager,
+    ModelLoadingError,
+    ResourceNotAvailableError,
+)
+
 
 def exactly(n: int) -> dict:
     """Random weights may emit EOS early; ask for exactly ``n`` new tokens."""

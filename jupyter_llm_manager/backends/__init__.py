@@ -11,14 +11,23 @@ from __future__ import annotations
 import importlib
 import logging
 import threading
+from collections.abc import Callable
 from importlib.metadata import entry_points
-from typing import Callable
 
 from ..errors import ConfigurationError
 from .base import Backend, LoadedModel, Placement, TextGenerator, release_frames
 
-__all__ = ["Backend", "LoadedModel", "Placement", "TextGenerator", "get_backend", "available_backends",
-           "release_frames", "BackendCache", "ENTRY_POINT_GROUP"]
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "Backend",
+    "BackendCache",
+    "LoadedModel",
+    "Placement",
+    "TextGenerator",
+    "available_backends",
+    "get_backend",
+    "release_frames",
+]
 
 log = logging.getLogger(__name__)
 

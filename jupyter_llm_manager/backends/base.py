@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import threading
 import traceback
+from collections.abc import Generator
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Generator
+from typing import Any, ClassVar
 
 from ..estimate import MemoryEstimate, remote_estimate
 from ..generation import GenerationParams, GenerationResult, Prompt

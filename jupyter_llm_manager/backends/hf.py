@@ -16,13 +16,14 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 
 from ..errors import GenerationError, InvalidGenerationParameters, ModelLoadingError, OutOfMemoryDuringLoad
 from ..estimate import MemoryEstimate, estimate_checkpoint
-from ..generation import GenerationParams, GenerationResult, Prompt, StopTextFilter, cut_at_stop
-from ..spec import ModelSpec
+from ..generation import FinishReason, GenerationParams, GenerationResult, Prompt, StopTextFilter, cut_at_stop
+from ..spec import ModelSpec, Secret
 from .base import Backend, LoadedModel, Placement, TextGenerator, release_frames
 
 __all__ = ["TransformersBackend"]
@@ -57,7 +58,7 @@ class TransformersBackend(Backend):
         """Load tokenizer and model onto ``placement``; measure what they took."""
         torch = _torch()
         self._check_environment(spec, placement)
-        source = str(spec.local_path) if spec.local_path else spec.source
+        source = str(spec.local_path) if spec.local_path else spec.source or ""
         if spec.local_path:
             _check_local_folder(spec)
         if spec.trust_remote_code:
@@ -71,7 +72,7 @@ class TransformersBackend(Backend):
             tokenizer = AutoTokenizer.from_pretrained(spec.tokenizer or source, **common)
             model = AutoModelForCausalLM.from_pretrained(
                 source, dtype=_torch_dtype(spec.dtype), **self._placement_kwargs(spec, placement),
-                **common, **spec.load_kwargs)
+                **common, **_resolved(spec.load_kwargs))
         except (torch.OutOfMemoryError, MemoryError) as error:
             release_frames(error)
             raise OutOfMemoryDuringLoad(f"out of memory while loading {spec.id!r} on "
@@ -203,7 +204,7 @@ class TransformersBackend(Backend):
                 with torch.inference_mode(), _seeded(params.seed, loaded.model):
                     output = loaded.model.generate(**inputs, **kwargs)
                 outcome["tokens"] = int(output.shape[-1] - prompt_tokens)
-            except BaseException as error:  # handed to the consumer below
+            except BaseException as error:  # noqa: BLE001 - handed to the consuming thread, which raises it
                 outcome["error"] = error
             finally:
                 pieces.put(_DONE)
@@ -256,7 +257,8 @@ class TransformersBackend(Backend):
         device = _input_device(loaded.model)
         inputs = {key: value.to(device) for key, value in inputs.items()}
         prompt_tokens = int(inputs["input_ids"].shape[-1])
-        max_new, warnings = params.max_new_tokens, ()
+        max_new = params.max_new_tokens
+        warnings: tuple[str, ...] = ()
         context = loaded.context_length
         if context:
             if prompt_tokens >= context:
@@ -265,8 +267,8 @@ class TransformersBackend(Backend):
                     "(its context length): shorten the prompt", model_id=model_id)
             if prompt_tokens + max_new > context:
                 max_new = context - prompt_tokens
-                warnings = (f"max_new_tokens lowered from {params.max_new_tokens} to {max_new}: the prompt "
-                            f"({prompt_tokens} tokens) and the answer must fit the context of {context}",)
+                warnings = ((f"max_new_tokens lowered from {params.max_new_tokens} to {max_new}: the prompt "
+                             f"({prompt_tokens} tokens) and the answer must fit the context of {context}"),)
         return inputs, max_new, warnings
 
     def _generate_kwargs(self, loaded: LoadedModel, params: GenerationParams, max_new: int) -> dict[str, Any]:
@@ -366,7 +368,12 @@ def _seeded(seed: int | None, model: Any) -> Iterator[None]:
         yield
 
 
-def _finish_reason(stopped: bool, tokens: int, max_new: int) -> str:
+def _resolved(options: dict[str, Any]) -> dict[str, Any]:
+    """Options with their secrets (a ``token`` in ``load_kwargs``) read now, when the model loads."""
+    return {key: value.resolve() if isinstance(value, Secret) else value for key, value in options.items()}
+
+
+def _finish_reason(stopped: bool, tokens: int, max_new: int) -> FinishReason:
     if stopped:
         return "stop_string"
     return "length" if tokens >= max_new else "stop"

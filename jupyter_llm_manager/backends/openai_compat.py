@@ -88,7 +88,7 @@ class OpenAIBackend(Backend):
         started = time.perf_counter()
         try:
             served = [model.id for model in client.models.list().data]
-        except Exception as error:
+        except _client_errors() as error:
             client.close()
             raise ModelLoadingError(self._load_failure(spec, remote, error), model_id=spec.id) from None
         latency = time.perf_counter() - started
@@ -142,7 +142,7 @@ class OpenAIBackend(Backend):
                     first = first or time.perf_counter()
                     pieces.append(piece)
                     yield piece
-        except Exception as error:  # a broken stream: connection reset, server killed, bad chunk
+        except _client_errors() as error:  # a broken stream: connection reset, server killed, bad chunk
             raise self._generation_failure(loaded, model_id, error, midway=bool(pieces)) from None
         finally:
             response.close()  # also on an interrupt: closes the connection
@@ -188,7 +188,7 @@ class OpenAIBackend(Backend):
             if stream:
                 arguments["stream_options"] = {"include_usage": True}
             return remote.client.chat.completions.create(messages=messages, **arguments)
-        except Exception as error:
+        except _client_errors() as error:
             raise self._generation_failure(loaded, model_id, error, midway=False, raw=raw) from None
 
     def _generation_failure(self, loaded: LoadedModel, model_id: str, error: Exception, *, midway: bool,
@@ -223,6 +223,13 @@ class OpenAIBackend(Backend):
         if remote is not None:
             remote.client.close()
         super().unload(loaded)
+
+
+def _client_errors() -> tuple[type[Exception], ...]:
+    """What talking to a server can raise: the client's errors, transport errors, and malformed answers."""
+    import httpx
+
+    return (_openai().OpenAIError, httpx.HTTPError, OSError, ValueError, KeyError, AttributeError)
 
 
 def _value(secret: Secret | None) -> str | None:

@@ -1,0 +1,159 @@
+"""What ``%%llm`` does with a cell: the prompt, each model's answer streamed into one view, the footer.
+
+A plain class (the magics class only holds it): it reads the parsed
+arguments, puts notebook values into the prompt, asks each model in turn
+and shows in the status line what the manager does meanwhile — waiting for
+room, loading, evicting — from the events this cell's thread causes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from IPython.core.error import UsageError
+
+from .chats import ChatSessions
+from .demo import NOISE_NOTE, is_demo
+from .errors import LLMManagerError
+from .events import Event
+from .generation import GenerationResult
+from .interpolate import interpolate
+from .magic_args import parse_value
+from .manager import LLMManager
+from .rendering import AnswerView, Format, extract_code
+
+__all__ = ["CellAsker"]
+
+
+class CellAsker:
+    """Runs one ``%%llm`` cell against the manager (see the module docstring)."""
+
+    def __init__(self, manager: Callable[[], LLMManager], chats: ChatSessions,
+                 make_view: Callable[[list[str], Format], AnswerView]) -> None:
+        self._manager = manager
+        self.chats = chats
+        self._make_view = make_view
+        self._noted_demos: set[str] = set()
+
+    def run(self, args: argparse.Namespace, cell: str, namespace: dict[str, Any], fmt: Format) -> dict[str, str]:
+        """Ask every model of the cell; returns id -> answer text."""
+        manager = self._manager()
+        models = args.model or [self.default_model()]
+        if args.chat and len(models) > 1:
+            raise UsageError("--chat continues one conversation: name one model")
+        if args.chat and args.raw:
+            raise UsageError("--chat sends the conversation through the chat template; drop --raw")
+        if fmt == "code" and len(models) > 1:
+            raise UsageError("-f code puts one answer in a new cell: name one model")
+        for model_id in models:
+            manager.resolve(model_id)  # an unknown id fails before anything runs
+        text = interpolate(cell.lstrip("\n").rstrip(), namespace)
+        params = self.params(args)
+        view = self._make_view(models, fmt)
+        watcher = self._watch_events(view)
+        answers: dict[str, str] = {}
+        try:
+            for model_id in models:
+                answers[model_id] = self._ask(model_id, text, args, params, view)
+        finally:
+            watcher()
+            view.close()
+        return answers
+
+    def default_model(self) -> str:
+        """The model of a ``%%llm`` line without one: the manager's default, else the only model."""
+        manager = self._manager()
+        if manager.default_model:
+            return manager.default_model
+        ids = [row.id for row in manager.status()]
+        if len(ids) == 1:
+            return ids[0]
+        raise UsageError("No model named and no default: write %%llm MODEL, or set one with %llm default MODEL"
+                         + (f" (registered: {', '.join(ids)})" if ids else " after %llm register ID SOURCE"))
+
+    @staticmethod
+    def params(args: argparse.Namespace) -> dict[str, Any]:
+        """Generation parameters from the options and ``-p KEY=VALUE``."""
+        params: dict[str, Any] = {}
+        for name in ("max_new_tokens", "temperature", "top_p", "seed"):
+            if getattr(args, name) is not None:
+                params[name] = getattr(args, name)
+        if args.wait is not None:
+            params["wait"] = args.wait
+        for item in args.param:
+            key, equals, value = item.partition("=")
+            if not equals or not key.strip().isidentifier():
+                raise UsageError(f"-p expects KEY=VALUE, got {item!r}")
+            params[key.strip()] = parse_value(value.strip())
+        return params
+
+    @staticmethod
+    def code_of(answer: str) -> str:
+        return extract_code(answer)
+
+    def _ask(self, model_id: str, text: str, args: argparse.Namespace, params: dict[str, Any], view: AnswerView) -> str:
+        manager = self._manager()
+        canonical = manager.resolve(model_id)
+        if is_demo(canonical) and canonical not in self._noted_demos:  # said once per session
+            self._noted_demos.add(canonical)
+            view.notice(NOISE_NOTE)
+        prompt: Any = self.chats.messages(args.chat, text, args.system) if args.chat else text
+        system = None if args.chat else args.system
+        result: GenerationResult | None
+        if args.no_stream:
+            try:
+                result = manager.generate(model_id, prompt, system=system, raw=args.raw, **params)
+            except LLMManagerError as error:
+                view.finish(model_id, None, error=f"failed: {error}")
+                raise
+        else:
+            stream = manager.stream(model_id, prompt, system=system, raw=args.raw, **params)
+            try:
+                for piece in stream:
+                    view.add(model_id, piece)
+            except KeyboardInterrupt:
+                stream.close()
+                view.finish(model_id, stream.result)
+                raise
+            except LLMManagerError as error:
+                view.finish(model_id, None, error=f"failed: {error}")
+                raise
+            finally:
+                stream.close()
+            result = stream.result
+            assert result is not None  # a stream that ended normally has its result
+        view.finish(model_id, result)
+        if args.chat and result.finish_reason != "interrupted":
+            self.chats.record(args.chat, prompt, result.text)
+        return result.text
+
+    def _watch_events(self, view: AnswerView) -> Callable[[], None]:
+        """Show what the manager does for this cell (its thread's events) in the status line."""
+        cell_thread = threading.current_thread()
+
+        def on_event(event: Event) -> None:
+            if threading.current_thread() is not cell_thread:
+                return
+            note = _note(event)
+            if note:
+                view.status(note)
+
+        return self._manager().subscribe(on_event)
+
+
+def _note(event: Event) -> str | None:
+    if event.kind == "waiting":
+        return event.message
+    if event.kind == "loading":
+        return f"loading {event.model_id}…"
+    if event.kind == "loaded" and event.seconds is not None:
+        seconds = f"{event.seconds:.2f}" if event.seconds < 1 else f"{event.seconds:.1f}"
+        return f"loaded {event.model_id} in {seconds} s ({event.bytes_str})"
+    if event.kind == "evicted":
+        return f"evicted {event.model_id} ({event.reason}, {event.bytes_str} freed)"
+    if event.kind == "warning":
+        return event.message
+    return None

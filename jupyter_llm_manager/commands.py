@@ -1,0 +1,160 @@
+"""What each ``%llm`` subcommand shows: tables and sentences over the shared actions.
+
+A plain class (the magics class only holds it). Every change goes through
+:mod:`~jupyter_llm_manager.actions`, so the line magics, the dashboard and
+JupyterLab wait as long and say the same thing.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from IPython.core.error import UsageError
+from IPython.display import display
+
+from . import actions
+from .chats import ChatSessions
+from .holders import HOLDER_HINT
+from .magic_args import usage
+from .manager import LLMManager
+from .tables import Table
+from .units import format_bytes
+
+if TYPE_CHECKING:
+    from .dashboard import Dashboard
+
+__all__ = ["LineCommands"]
+
+
+def say(text: str) -> None:
+    """A plain message in the cell's output (a display, so it lands in the right cell)."""
+    display({"text/plain": str(text)}, raw=True)
+
+
+class LineCommands:
+    """``%llm COMMAND``: one method per subcommand, named ``command_<name>``."""
+
+    def __init__(self, manager: Callable[[], LLMManager], chats: ChatSessions,
+                 set_default: Callable[[str], str]) -> None:
+        self._manager = manager
+        self.chats = chats
+        self._set_default = set_default
+        self.dashboard: Dashboard | None = None
+
+    def run(self, args: argparse.Namespace) -> None:
+        getattr(self, f"command_{args.command or 'help'}")(args)
+
+    def command_help(self, args: argparse.Namespace) -> None:
+        say(usage())
+
+    def command_list(self, args: argparse.Namespace) -> None:
+        manager = self._manager()
+        rows = []
+        for row in manager.status():
+            spec = manager.spec(row.id)
+            rows.append([row.id + (" (default)" if row.id == manager.default_model else ""), ", ".join(row.aliases),
+                         row.backend, spec.source or spec.base_url or "", str(spec.device), row.state,
+                         "yes" if row.pinned else ""])
+        display(Table(["id", "aliases", "backend", "source", "device", "state", "pinned"], rows,
+                      caption="Registered models"))
+
+    def command_status(self, args: argparse.Namespace) -> None:
+        manager = self._manager()
+        rows = [[row.id + (f" ({', '.join(row.aliases)})" if row.aliases else ""), row.state_str, row.device,
+                 row.estimated_str, row.actual_str, str(row.in_use or ""), row.last_used_str(),
+                 row.expires_in_str(), row.error or ""] for row in manager.status()]
+        display(Table(["model", "state", "device", "estimate", "actual", "in use", "last use", "keep-alive left",
+                       "error"], rows, caption="Models"))
+        devices = [[d.device, d.name, d.total_str, d.used_str, d.free_str, d.budget_str, d.held_str,
+                    ", ".join(d.models)] for d in manager.devices()]
+        display(Table(["device", "name", "total", "used", "free", "budget", "held by models", "models"], devices,
+                      caption="Devices"))
+
+    def command_load(self, args: argparse.Namespace) -> None:
+        say(actions.load(self._manager(), args.model, pin=args.pin))
+
+    def command_unload(self, args: argparse.Namespace) -> None:
+        if args.all == bool(args.model):
+            raise UsageError("%llm unload needs MODEL or --all (not both)")
+        manager = self._manager()
+        say(actions.unload_all(manager) if args.all else actions.unload(manager, args.model))
+
+    def command_pin(self, args: argparse.Namespace) -> None:
+        say(actions.pin(self._manager(), args.model))
+
+    def command_unpin(self, args: argparse.Namespace) -> None:
+        say(actions.unpin(self._manager(), args.model))
+
+    def command_register(self, args: argparse.Namespace) -> None:
+        manager = self._manager()
+        options = {k: getattr(args, k) for k in ("device", "dtype", "quantization") if getattr(args, k)}
+        spec = manager.register(args.id, source=args.source, backend=args.backend, persist=args.persist,
+                                overwrite=True, **options)
+        where = f"; saved to {manager.config_path}" if args.persist else ""
+        say(f"Registered {spec.id!r} ({spec.backend}: {spec.source}){where}.")
+
+    def command_alias(self, args: argparse.Namespace) -> None:
+        manager = self._manager()
+        manager.alias(args.name, args.model, overwrite=True)
+        say(f"{args.name!r} now names {manager.resolve(args.model)!r}.")
+
+    def command_default(self, args: argparse.Namespace) -> None:
+        manager = self._manager()
+        if args.model is None:
+            current = manager.default_model
+            say(f"Default model: {current!r}" if current else "No default model.")
+            return
+        say(self._set_default(args.model))
+
+    def command_estimate(self, args: argparse.Namespace) -> None:
+        estimate = self._manager().estimate(args.model)
+        rows = [["weights", estimate.weights_str, estimate.weights_method],
+                ["KV cache", estimate.kv_cache_str, estimate.kv_cache_method],
+                ["overhead", estimate.overhead_str, estimate.overhead_method],
+                ["total", estimate.total_str, ""]]
+        display(Table(["part", "bytes", "how"], rows, caption=f"Estimate for {args.model}",
+                      notes=[estimate.parameters_str] if estimate.parameters else []))
+
+    def command_config(self, args: argparse.Namespace) -> None:
+        manager = self._manager()
+        if args.path:
+            manager.read_config(args.path)
+        path = manager.config_path
+        registered = manager.ids()
+        where = str(path) if path else ("none: set $JUPYTER_LLM_MANAGER_CONFIG or create "
+                                        "~/.jupyter/llm_manager.yaml, or read one with %llm config PATH")
+        say(f"Configuration file: {where}\n{len(registered)} ids registered: {', '.join(registered) or '-'}")
+
+    def command_gc(self, args: argparse.Namespace) -> None:
+        report = self._manager().collect_garbage()
+        rows = [[device, format_bytes(report.used_before[device]), format_bytes(report.used_after.get(device)),
+                 format_bytes(report.freed_bytes.get(device, 0))] for device in report.used_before]
+        notes = [f"{model_id!r} was unloaded but is still alive, held by {', '.join(holders) or 'an unknown reference'}."
+                 for model_id, holders in report.lingering.items()]
+        notes.append(HOLDER_HINT if report.lingering else "No unloaded model is still alive.")
+        display(Table(["device", "used before", "used after", "freed"], rows,
+                      caption=f"Garbage collected in {report.seconds:.2f} s", notes=notes))
+
+    def command_dashboard(self, args: argparse.Namespace) -> None:
+        """Show the dashboard: one per manager, shown again (another view of the same widgets) each time."""
+        from .dashboard import Dashboard
+
+        manager = self._manager()
+        if self.dashboard is not None and (self.dashboard.closed or self.dashboard.manager is not manager):
+            self.close_dashboard()
+        if self.dashboard is None:
+            self.dashboard = Dashboard(manager)
+        display(self.dashboard)
+
+    def close_dashboard(self) -> None:
+        if self.dashboard is not None:
+            self.dashboard.close()
+            self.dashboard = None
+
+    def command_reset(self, args: argparse.Namespace) -> None:
+        forgotten = self.chats.reset(args.chat)
+        if args.chat and not forgotten:
+            raise UsageError(f"No conversation named {args.chat!r}; known: {', '.join(self.chats.names()) or '-'}")
+        say(f"Forgot {len(forgotten)} conversation(s): {', '.join(forgotten) or '-'}.")

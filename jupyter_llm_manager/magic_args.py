@@ -1,0 +1,130 @@
+"""The arguments of ``%%llm`` and ``%llm``: parsers, their usage text, and how a line is split.
+
+``%%llm?`` and ``%llm help`` print :func:`usage`, generated from these
+parsers, so the help can never disagree with what is accepted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+from typing import Any
+
+from IPython.core.magic_arguments import MagicArgumentParser
+from IPython.utils.process import arg_split
+
+from .rendering import FORMATS
+
+__all__ = ["CELL_PARSER", "LINE_COMMANDS", "LINE_PARSER", "MODEL_COMMANDS", "parse", "parse_value", "usage"]
+
+#: Subcommands of ``%llm`` whose argument is a model id (Tab completes ids there).
+MODEL_COMMANDS = frozenset({"load", "unload", "pin", "unpin", "estimate", "default", "alias"})
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Plain argparse help, 100 columns wide (IPython's formatter adds a Sphinx block and a '%')."""
+
+    def __init__(self, prog: str) -> None:
+        super().__init__(prog, width=100, max_help_position=30)
+
+
+def _cell_parser() -> MagicArgumentParser:
+    parser = MagicArgumentParser(
+        prog="%%llm", formatter_class=_HelpFormatter,
+        description="Send the cell to one or more models and stream the answer into the output. {name} and "
+                    "{name[index]} are replaced by notebook values; {{text}} is a literal {text}; any other braces "
+                    "are sent as written.")
+    parser.add_argument("model", nargs="*", metavar="MODEL",
+                        help="model ids or aliases; none: the default model. Several: the same prompt to each, "
+                             "side by side")
+    parser.add_argument("-o", "--output", metavar="VAR",
+                        help="store the answer text in VAR (a dict id -> text for several models)")
+    parser.add_argument("-f", "--format", choices=FORMATS, default=None,
+                        help="how to render the answer (default markdown); code puts it in a new cell below")
+    parser.add_argument("-n", "--max-new-tokens", type=int, metavar="N", help="at most N new tokens")
+    parser.add_argument("-t", "--temperature", type=float, metavar="T", help="sampling temperature (0 = greedy)")
+    parser.add_argument("--top-p", type=float, metavar="P", help="nucleus sampling probability")
+    parser.add_argument("--seed", type=int, metavar="S", help="random seed, for a repeatable sample")
+    parser.add_argument("--system", metavar="TEXT", help="a system message before the prompt")
+    parser.add_argument("--chat", metavar="NAME", help="continue the conversation NAME (%%llm reset NAME clears it)")
+    parser.add_argument("--raw", action="store_true", help="send the text as is, without the chat template")
+    parser.add_argument("--no-stream", action="store_true", help="show the answer once it is complete")
+    parser.add_argument("--wait", metavar="SECONDS",
+                        help="how long to wait for room when every slot is busy (default: the wait_timeout setting)")
+    parser.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE",
+                        help="any other generation parameter, e.g. -p top_k=40 -p repetition_penalty=1.1")
+    return parser
+
+
+def _line_parser() -> tuple[MagicArgumentParser, dict[str, MagicArgumentParser]]:
+    parser = MagicArgumentParser(prog="%llm", formatter_class=_HelpFormatter,
+                                 description="Manage the models of this kernel.")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    found: dict[str, MagicArgumentParser] = {}
+
+    def command(name: str, help_text: str) -> MagicArgumentParser:
+        found[name] = commands.add_parser(name, help=help_text.replace("%", "%%"), description=help_text,
+                                          formatter_class=_HelpFormatter)
+        return found[name]
+
+    command("list", "registered models and aliases")
+    command("status", "state, device, memory estimate and actual, last use and keep-alive left; devices")
+    load = command("load", "load a model now")
+    load.add_argument("model", metavar="MODEL")
+    load.add_argument("--pin", action="store_true", help="also pin it (never evicted)")
+    unload = command("unload", "unload a model (or all) and free its memory")
+    unload.add_argument("model", nargs="?", metavar="MODEL")
+    unload.add_argument("--all", action="store_true", help="unload every model")
+    for name, text in (("pin", "never evict MODEL"), ("unpin", "let MODEL be evicted again"),
+                       ("estimate", "memory MODEL would take, from metadata only")):
+        command(name, text).add_argument("model", metavar="MODEL")
+    register = command("register", "register a model (loads nothing)")
+    register.add_argument("id", metavar="ID")
+    register.add_argument("source", metavar="SOURCE", help="a Hub id or a local folder")
+    register.add_argument("--backend", default="transformers", help="transformers (default) or openai")
+    register.add_argument("--device", help="auto, cpu, cuda, cuda:N, balanced")
+    register.add_argument("--dtype", help="auto, float32, float16, bfloat16")
+    register.add_argument("--quantization", help="4bit or 8bit")
+    register.add_argument("--persist", action="store_true", help="also save it to the configuration file")
+    alias = command("alias", "give MODEL another name (the same loaded instance)")
+    alias.add_argument("name", metavar="NAME")
+    alias.add_argument("model", metavar="TARGET")
+    default = command("default", "set (or show) the model %%llm uses when none is named")
+    default.add_argument("model", nargs="?", metavar="MODEL")
+    config = command("config", "show the configuration file in use, or read PATH into the manager")
+    config.add_argument("path", nargs="?", metavar="PATH")
+    command("gc", "collect garbage and empty the CUDA cache without unloading; report what still holds models")
+    reset = command("reset", "forget a --chat conversation (all when no name is given)")
+    reset.add_argument("chat", nargs="?", metavar="CHAT")
+    command("dashboard", "open the models dashboard (devices, models, actions, events)")
+    command("help", "show this help")
+    return parser, found
+
+
+CELL_PARSER = _cell_parser()
+LINE_PARSER, _COMMAND_PARSERS = _line_parser()
+#: The subcommands of ``%llm``, sorted.
+LINE_COMMANDS = tuple(sorted(_COMMAND_PARSERS))
+
+
+def usage() -> str:
+    """The full usage of ``%%llm`` and ``%llm``, from the parsers."""
+    parts = [CELL_PARSER.format_help(), LINE_PARSER.format_help()]
+    parts += [parser.format_help() for parser in _COMMAND_PARSERS.values()]
+    return "\n".join(parts)
+
+
+def parse(parser: MagicArgumentParser, line: str) -> argparse.Namespace:
+    """Split like a shell (quotes group words and are removed), then parse; errors are UsageError."""
+    return parser.parse_args(arg_split(line, posix=True, strict=False))
+
+
+def parse_value(text: str) -> Any:
+    """``-p`` values: Python literals (``40``, ``1.1``, ``true``, ``['###']``), else the text."""
+    lowered = {"true": True, "false": False, "none": None, "null": None}
+    if text.lower() in lowered:
+        return lowered[text.lower()]
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
+        return text
