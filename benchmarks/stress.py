@@ -7,7 +7,9 @@ keep-alive. Each thread picks at random: register, load, use, generate,
 stream, unload, pin/unpin, status. A monitor checks the invariants while it
 runs. Reported: operations, errors by type (only the documented refusals are
 expected), invariant violations, deadlocks (an operation that never
-returns), and model objects still alive after ``unload_all()``.
+returns), model objects still alive after ``unload_all()``, and how long
+requests waited in the queue for room (from their first ``waiting`` event to
+their lease).
 """
 
 from __future__ import annotations
@@ -49,6 +51,11 @@ class Report:
     deadlocks: list[str]
     alive_after_unload_all: int
     invariant_checks: int
+    queue_waits: list[float] = dataclasses.field(default_factory=list)
+
+    def wait_percentile(self, fraction: float) -> float:
+        waits = sorted(self.queue_waits)
+        return waits[min(int(fraction * len(waits)), len(waits) - 1)] if waits else 0.0
 
     @property
     def ok(self) -> bool:
@@ -63,7 +70,10 @@ class Report:
                  f"  unexpected errors: {len(self.unexpected)}",
                  f"  invariant violations: {len(self.violations)}",
                  f"  deadlocks: {len(self.deadlocks)}",
-                 f"  model objects alive after unload_all(): {self.alive_after_unload_all}"]
+                 f"  model objects alive after unload_all(): {self.alive_after_unload_all}",
+                 (f"  queue waits: {len(self.queue_waits)} requests waited for room, p50 "
+                  f"{self.wait_percentile(0.5) * 1000:.0f} ms, p99 {self.wait_percentile(0.99) * 1000:.0f} ms, "
+                  f"longest {max(self.queue_waits, default=0.0) * 1000:.0f} ms")]
         lines += [f"    {item}" for item in (self.unexpected + self.violations + self.deadlocks)[:10]]
         return "\n".join(lines)
 
@@ -94,6 +104,9 @@ class Stress:
         self.busy_since: dict[int, tuple[str, float]] = {}
         self.stop = threading.Event()
         self.checks = 0
+        self.queue_waits: list[float] = []
+        self.waiting_since = threading.local()
+        self.manager.subscribe(self.on_event)
 
     def run(self) -> Report:
         workers = [threading.Thread(target=self.work, args=(self.seed + i,), name=f"stress-{i}", daemon=True)
@@ -118,7 +131,21 @@ class Stress:
         gc.collect()
         alive = sum(ref() is not None for ref in self.references)
         return Report(self.threads, elapsed, dict(self.operations), dict(self.errors), self.unexpected,
-                      self.violations, deadlocks, alive, self.checks)
+                      self.violations, deadlocks, alive, self.checks, self.queue_waits)
+
+    def on_event(self, event) -> None:
+        """A request's queue wait: from its thread's first ``waiting`` event to its lease."""
+        if event.kind == "waiting" and getattr(self.waiting_since, "value", None) is None:
+            self.waiting_since.value = time.monotonic()
+        elif event.kind == "generation_started":
+            self.waited()
+
+    def waited(self) -> None:
+        since = getattr(self.waiting_since, "value", None)
+        if since is not None:
+            self.waiting_since.value = None
+            with self.lock:
+                self.queue_waits.append(time.monotonic() - since)
 
     # -- the workers ---------------------------------------------------------------------
 
@@ -133,8 +160,10 @@ class Stress:
             self.busy_since[threading.get_ident()] = (action.__name__, time.monotonic())
             try:
                 action(model_id, rng)
+                self.waited()  # load and use: the lease came when the call returned
                 outcome = None
             except EXPECTED as error:
+                self.waited()
                 outcome = type(error).__name__
             except Exception as error:  # noqa: BLE001 - collected: the report lists every unexpected error
                 outcome = "unexpected"

@@ -12,9 +12,12 @@
 
 from __future__ import annotations
 
+import enum
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import Literal
 
 from . import policy
 from .backends import Backend, Placement
@@ -35,6 +38,10 @@ from .waits import Deadline
 __all__ = ["Admission"]
 
 
+class _Again(enum.Enum):
+    LOOK = "the books changed while a plan was prepared: look at them again"
+
+
 @dataclass(frozen=True)
 class _Load:
     """This thread owns a new instance: load it now."""
@@ -47,6 +54,7 @@ class _Load:
 class _Queued:
     waiter: Waiter
     may_plan: bool
+    version: int  # of the books when this was decided: a change after it wakes the waiter
 
 
 @dataclass(frozen=True)
@@ -78,13 +86,14 @@ class Admission:
     def acquire(self, model_id: str, deadline: Deadline) -> Ticket:
         """A lease on ``model_id`` for the calling thread, waiting for room until ``deadline``."""
         waiter: Waiter | None = None
-        told = ""
+        told, promised = "", False  # promised: this thread may be counted as a joiner of a load
         try:
             while True:
                 found = self._look(model_id, waiter)
                 if isinstance(found, Ticket):
                     return found
                 if isinstance(found, Instance):  # a load in flight, or an instance just leaving
+                    promised = True
                     self._settle(found)
                     continue
                 if isinstance(found, _Load):
@@ -92,18 +101,19 @@ class Admission:
                     if ticket is not None:
                         return ticket
                     continue
-                waiter = found.waiter
-                outcome = self._plan(waiter) if found.may_plan else None
+                waiter, promised = found.waiter, True
+                outcome = self._plan(waiter) if found.may_plan else _Wait(None, found.version)
+                if outcome is _Again.LOOK:
+                    continue
                 if isinstance(outcome, _Admitted):
                     waiter = None  # served: the queue no longer holds it
-                    self._evictions.release(outcome.victims)
-                    ticket = self._loading.run(model_id, outcome.instance.spec.id, outcome.instance)
+                    ticket = self._place(model_id, outcome)
                     if ticket is not None:
                         return ticket
                     continue
                 told = self._wait(waiter, outcome, deadline, told)
         finally:
-            if waiter is not None:
+            if promised:
                 self._leave(waiter)
 
     # -- one look at the books -------------------------------------------------------------------
@@ -111,21 +121,25 @@ class Admission:
     def _look(self, model_id: str, waiter: Waiter | None) -> Ticket | Instance | _Load | _Queued:
         """Lease, join, load or queue: what to do next, decided under the lock."""
         me = threading.get_ident()
-        with self._books as books:
+        books = self._books
+        with books.lock:
             books.check_open()
             canonical = books.registry.resolve(model_id)
             key = books.registry.keys[canonical]
             instance = books.instances.get(key)
             if instance is not None:
                 if instance.state == "loaded":
+                    instance.joiners.discard(me)
                     return self._leases.grant(model_id, canonical, instance)
                 if instance.loader == me:
                     raise LLMManagerError(
                         f"{canonical!r} is being loaded by this very thread (an event callback cannot wait for the "
                         "load that emitted the event); act on its 'loaded' event instead")
+                if instance.state == "loading":
+                    instance.joiners.add(me)  # promised a lease when the load ends
                 return instance
-            if waiter is not None and waiter.key != key:  # re-registered with another spec meanwhile
-                books.queue.remove(waiter)
+            if waiter is not None and (waiter.key != key or waiter not in books.queue):
+                books.queue.remove(waiter)  # re-registered meanwhile, or served by a load that then failed
                 waiter = None
             spec = books.registry.specs[canonical]
             backend = self._backends(spec.backend)
@@ -139,7 +153,7 @@ class Admission:
             may_plan = books.queue.may_plan(waiter)
             if may_plan:
                 books.queue.planner = waiter
-            return _Queued(waiter, may_plan)
+            return _Queued(waiter, may_plan, books.version)
 
     def _enqueue(self, key: str, canonical: str, thread: int) -> Waiter:
         books = self._books
@@ -162,23 +176,28 @@ class Admission:
                 raise ModelLoadingError(f"loading {canonical!r} failed in another thread: {error}",
                                         model_id=canonical) from error
             return  # loaded: lease it; refused or interrupted: that was the other caller's answer, try ours
-        with self._books as books:
-            books.wait_for_change(books.version, None)
+        books = self._books
+        with books.lock:  # leaving (unloading): it goes in a moment, whatever happens
+            while books.instances.get(instance.key) is instance and not books.closed:
+                books.changed.wait()
 
     # -- planning ------------------------------------------------------------------------------
 
-    def _plan(self, waiter: Waiter) -> _Admitted | _Wait:
+    def _plan(self, waiter: Waiter) -> _Admitted | _Wait | Literal[_Again.LOOK]:
         """Gather the facts (no lock), then decide and, when admitted, reserve (under the lock)."""
         try:
-            with self._books as books:
-                spec = books.registry.specs[waiter.name]
+            books = self._books
+            with books.lock:
+                spec = books.registry.specs.get(waiter.name)
+                if spec is None or books.registry.keys[waiter.name] != waiter.key:
+                    return _Again.LOOK  # unregistered or replaced meanwhile
             backend = self._backends(spec.backend)
             estimate = self._estimate(waiter.name, spec, backend)
             kinds = backend.device_kinds()
             memories = self._probe()
-            with self._books as books:
+            with books.lock:
                 if books.registry.keys.get(waiter.name) != waiter.key or waiter.key in books.instances:
-                    return _Wait(None, books.version - 1)  # the model changed meanwhile: look again
+                    return _Again.LOOK  # the model changed meanwhile
                 snapshot = books.snapshot(memories)
                 request = policy.Request(waiter.name, waiter.key, {}, books.registry.priority(waiter.key),
                                          waiter.thread)
@@ -195,7 +214,8 @@ class Admission:
                                                     hint=FIT_HINT if plan.shortfalls else None)
                 return _Wait(plan, books.version)
         finally:
-            with self._books as books:
+            books = self._books
+            with books.lock:
                 if books.queue.planner is waiter:
                     books.queue.planner = None
                     books.touch()
@@ -204,14 +224,28 @@ class Admission:
         try:
             return self._estimates.get(spec, backend)
         except LLMManagerError as error:
-            with self._books as books:
+            books = self._books
+            with books.lock:
                 books.failures[canonical] = str(error)
             self._bus.emit("load_failed", canonical, message=str(error))
             raise
 
+    def _place(self, model_id: str, admitted: _Admitted) -> Ticket | None:
+        """Free the victims, then load; an interrupt while freeing abandons the reserved instance."""
+        instance = admitted.instance
+        try:
+            self._evictions.release(admitted.victims)
+        except BaseException as error:
+            self._loading.abandon(instance.spec.id, instance, error)
+            raise
+        return self._loading.run(model_id, instance.spec.id, instance)
+
     def _reserve(self, waiter: Waiter, instance: Instance, plan: policy.Plan) -> _Admitted:
         """Execute an admit plan in the books: victims out, the new instance in (loading). Lock held."""
         books = self._books
+        first = books.queue.first(instance.key) or waiter
+        instance.arrival, instance.waited = first.order, time.monotonic() - first.since
+        instance.joiners = books.queue.threads_for(instance.key) - {waiter.thread}  # served by this one load
         victims = self._evictions.take_out(plan.evictions)
         for victim, _ in victims:  # their memory on these devices is the new instance's reservation now
             for device in instance.placement.devices:
@@ -223,10 +257,11 @@ class Admission:
 
     # -- waiting ---------------------------------------------------------------------------------
 
-    def _wait(self, waiter: Waiter, outcome: _Wait | None, deadline: Deadline, told: str) -> str:
+    def _wait(self, waiter: Waiter, outcome: _Wait, deadline: Deadline, told: str) -> str:
         """Wait for the books to change; raise when the deadline has passed. Returns what was told."""
-        with self._books as books:
-            version = outcome.version if outcome is not None else books.version
+        books = self._books
+        with books.lock:
+            version = outcome.version
             position = books.queue.position(waiter.key) or 1
             ahead = ", ".join(map(repr, books.queue.names_ahead(waiter.key)))
             reason = (waiter.waiting_for or books.queue.waiting_for(waiter.key)
@@ -235,8 +270,9 @@ class Admission:
             raise self._gave_up(waiter, deadline, reason)
         message = f"{reason} (queue position {position})"
         if message != told:
-            self._bus.emit("waiting", waiter.name, message=reason, position=position)
-        with self._books as books:
+            self._bus.emit("waiting", waiter.name, message=reason, position=position, arrival=waiter.order)
+        books = self._books
+        with books.lock:
             books.wait_for_change(version, deadline.remaining())
         return message
 
@@ -246,9 +282,16 @@ class Admission:
             f"Cannot load {waiter.name!r} {waited}: {reason}.", model_id=waiter.name,
             hint="Pass wait= a longer time (math.inf: no limit) or raise wait_timeout, or unload a model.")
 
-    def _leave(self, waiter: Waiter) -> None:
-        with self._books as books:
-            if waiter in books.queue or books.queue.planner is waiter:
+    def _leave(self, waiter: Waiter | None) -> None:
+        """The calling thread stops asking: out of the queue, and no longer promised a lease."""
+        me = threading.get_ident()
+        books = self._books
+        with books.lock:
+            if waiter is not None and (waiter in books.queue or books.queue.planner is waiter):
                 books.queue.remove(waiter)
                 books.touch()
+            for instance in books.instances.values():
+                if me in instance.joiners:
+                    instance.joiners.discard(me)
+                    books.touch()
 

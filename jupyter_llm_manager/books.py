@@ -2,18 +2,18 @@
 
 The registry (ids, aliases, pins), the instance table, the wait queue, the
 settings, load failures and the ``version`` counter live here. Whoever
-changes any of them holds the lock and calls :meth:`Books.touch`, which bumps
+changes any of them holds ``lock`` and calls :meth:`Books.touch`, which bumps
 ``version`` and wakes every waiter, so a waiting request looks again exactly
 when something changed. The lock is never held while a backend, a
-subscriber or a device probe runs (see the lock rule in ``manager.py``);
-:meth:`Books.held_by_me` lets the event bus check it.
+subscriber or a device probe runs (see the lock rule in ``manager.py``).
+It is taken with ``with books.lock:`` only: the lock's own C-level enter and
+exit, so a Ctrl-C can never leave it held.
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
 
 from .errors import ManagerClosedError
 from .instances import Instance
@@ -24,9 +24,6 @@ from .settings import ManagerSettings
 from .units import NEVER
 from .waitqueue import WaitQueue
 
-if TYPE_CHECKING:
-    from typing_extensions import Self
-
 __all__ = ["Books"]
 
 
@@ -34,9 +31,8 @@ class Books:
     """Registry, instances, queue and settings of one manager, and the lock guarding them."""
 
     def __init__(self, settings: ManagerSettings, clock: Callable[[], float]) -> None:
-        self._lock = threading.RLock()
-        self.changed = threading.Condition(self._lock)
-        self._owner = threading.local()
+        self.lock = threading.RLock()
+        self.changed = threading.Condition(self.lock)
         self.clock = clock  # monotonic: last use and keep-alive deadlines
         self.settings = settings
         self.registry = Registry()
@@ -47,21 +43,6 @@ class Books:
         self.version = 0
         self.closed = False
         self.limits_pending = False  # a cap or budget could not be restored yet (leases, pins, loads)
-
-    # -- the lock ---------------------------------------------------------------------------
-
-    def __enter__(self) -> Self:
-        self._lock.acquire()
-        self._owner.depth = getattr(self._owner, "depth", 0) + 1
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._owner.depth -= 1
-        self._lock.release()
-
-    def held_by_me(self) -> bool:
-        """Whether the calling thread holds the lock (events must never be emitted then)."""
-        return getattr(self._owner, "depth", 0) > 0
 
     def touch(self) -> None:
         """Something changed: bump the version and wake every waiter. Caller holds the lock."""
@@ -109,8 +90,10 @@ class Books:
     def holding(self, instance: Instance) -> Holding:
         registry = self.registry
         state = instance.state if instance.state in ("loading", "loaded") else "unloading"
-        return Holding(instance.key, self.name_of(instance), state, dict(instance.bytes), instance.leases,
-                       frozenset(t for t, n in instance.lease_threads.items() if n > 0),
+        # a thread promised a lease (it waited for this load) counts as holding one: never evicted under it
+        return Holding(instance.key, self.name_of(instance), state, dict(instance.bytes),
+                       instance.leases + len(instance.joiners - set(instance.lease_threads)),
+                       frozenset(t for t, n in instance.lease_threads.items() if n > 0) | instance.joiners,
                        registry.is_pinned(instance.key), registry.priority(instance.key),
                        registry.is_protected(instance.key), instance.last_used, instance.remote,
                        self.expires_at(instance), instance.loader if instance.state == "loading" else None)

@@ -36,7 +36,8 @@ class Catalog:
         """Register ``spec`` (a no-op when the same spec is registered; else ``overwrite`` is needed)."""
         self._backends(spec.backend).validate(spec)
         model_id = spec.id
-        with self._books as books:
+        books = self._books
+        with books.lock:
             registry = books.registry
             old = registry.specs.get(model_id)
             if old == spec and model_id not in registry.aliases:
@@ -57,7 +58,8 @@ class Catalog:
 
     def unregister(self, name: str) -> None:
         """Forget a model (or an alias); its instance goes when no other id shares it."""
-        with self._books as books:
+        books = self._books
+        with books.lock:
             registry = books.registry
             stale = None
             if name not in registry.aliases:
@@ -74,14 +76,16 @@ class Catalog:
 
     def alias(self, name: str, target: str, *, overwrite: bool) -> None:
         check_model_id(name)
-        with self._books as books:
+        books = self._books
+        with books.lock:
             books.registry.set_alias(name, target, overwrite=overwrite)
             books.touch()
         self._bus.emit("registered", name, message=f"alias of {target}")
 
     def set_pinned(self, model_id: str, pinned: bool) -> bool:
         """Pin or unpin; returns whether limits wait to be restored (an unpin may allow it)."""
-        with self._books as books:
+        books = self._books
+        with books.lock:
             canonical = books.registry.resolve(model_id)
             (books.registry.pinned.add if pinned else books.registry.pinned.discard)(canonical)
             books.touch()
@@ -93,7 +97,8 @@ class Catalog:
         """A configuration file's models and aliases, for a new manager (nothing is loaded yet)."""
         for spec in config.models.values():
             self._backends(spec.backend)  # created now, so the books never wait on an import
-        with self._books as books:
+        books = self._books
+        with books.lock:
             for spec in config.models.values():
                 books.registry.put(spec)
             books.registry.aliases.update(config.aliases)  # all at once: an alias may name a later alias

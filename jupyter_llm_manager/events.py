@@ -1,8 +1,8 @@
 """Manager events: small frozen records, and the bus that delivers them.
 
 Subscribers get every event synchronously, in the thread that caused it,
-never while a manager lock is held (the bus checks it), so a subscriber may
-call back into the manager. A subscriber that raises is logged and kept.
+never while a manager lock is held, so a subscriber may call back into the
+manager, from the same thread or another. A subscriber that raises is logged and kept.
 The bus also keeps the last events so a dashboard opened later can show
 history.
 """
@@ -42,6 +42,7 @@ class Event:
     message: str = ""
     time: float = 0.0  # wall clock, for display
     position: int | None = None  # for "waiting": the place of its model in the queue (1 = next)
+    arrival: int | None = None  # for "waiting" and "loading": the arrival number of the model's first waiter
 
     bytes_str = bytes_text("bytes")
 
@@ -66,11 +67,10 @@ Subscriber = Callable[[Event], object]
 class EventBus:
     """Delivers events to subscribers and remembers the recent ones."""
 
-    def __init__(self, history: int = 200, *, guard: Callable[[], bool] = lambda: False) -> None:
+    def __init__(self, history: int = 200) -> None:
         self._lock = threading.Lock()
         self._subscribers: list[Subscriber] = []
         self._history: deque[Event] = deque(maxlen=history)
-        self._guard = guard  # true while the calling thread holds a manager lock: emitting then is a bug
 
     def subscribe(self, callback: Subscriber) -> Callable[[], None]:
         """Call ``callback(event)`` for every event; returns a function that stops it."""
@@ -86,10 +86,8 @@ class EventBus:
 
     def emit(self, kind: EventKind, model_id: str | None = None, *, reason: EvictionReason | None = None,
              seconds: float | None = None, bytes: int | None = None, message: str = "",
-             position: int | None = None) -> Event:
-        if self._guard():
-            raise RuntimeError(f"event {kind!r} emitted while a manager lock is held: subscribers could deadlock")
-        event = Event(kind, model_id, reason, seconds, bytes, message, time.time(), position)
+             position: int | None = None, arrival: int | None = None) -> Event:
+        event = Event(kind, model_id, reason, seconds, bytes, message, time.time(), position, arrival)
         with self._lock:
             self._history.append(event)
             subscribers = list(self._subscribers)

@@ -17,6 +17,7 @@ from .errors import ModelInUseError
 from .events import EvictionReason
 from .freeing import Freeing
 from .instances import Instance
+from .interrupts import interrupts_deferred
 from .memory import DeviceProbe
 from .reports import UnloadReport
 from .waits import Deadline
@@ -47,15 +48,17 @@ class Evictions:
         return victims
 
     def release(self, victims: Victims) -> list[UnloadReport]:
-        """Free marked victims one by one (no lock held)."""
-        return [self._freeing.release(instance, reason) for instance, reason in victims]
+        """Free marked victims one by one (no lock held); a Ctrl-C meanwhile is raised once all are freed."""
+        with interrupts_deferred():
+            return [self._freeing.release(instance, reason) for instance, reason in victims]
 
     # -- planned evictions ---------------------------------------------------------------------
 
     def enforce(self, spare: str | None = None) -> list[UnloadReport]:
         """Bring the count cap and every budget back within limits (what cannot go now is retried later)."""
         memories = self._probe()
-        with self._books as books:
+        books = self._books
+        with books.lock:
             snapshot = books.snapshot(memories, moving=books.loading_devices())
             plan = policy.enforce(snapshot, spare=spare)
             victims = self.take_out(plan.evictions)
@@ -64,20 +67,23 @@ class Evictions:
 
     def expire(self) -> list[UnloadReport]:
         """Unload every instance idle longer than its keep-alive."""
-        with self._books as books:
+        books = self._books
+        with books.lock:
             victims = self.take_out(policy.expire(books.snapshot(())).evictions)
         return self.release(victims)
 
     def after_out_of_memory(self, request: policy.Request) -> list[UnloadReport]:
         """Evict everything that may make way on the request's devices (before one retry)."""
         memories = self._probe()
-        with self._books as books:
+        books = self._books
+        with books.lock:
             victims = self.take_out(policy.evict_everything_for(books.snapshot(memories), request).evictions)
         return self.release(victims)
 
     def next_expiry(self) -> float | None:
         """Seconds until the next instance expires (monotonic clock); ``None`` when none will."""
-        with self._books as books:
+        books = self._books
+        with books.lock:
             due = [t for t in map(books.expires_at, books.instances.values()) if t is not None]
             return max(min(due) - books.clock(), 0.0) if due else None
 
@@ -92,7 +98,8 @@ class Evictions:
         for itself would never end.
         """
         me = threading.get_ident()
-        with self._books as books:
+        books = self._books
+        with books.lock:
             while True:
                 instance = books.instances.get(key)
                 if instance is None or instance.state not in ("loading", "loaded"):
@@ -110,7 +117,8 @@ class Evictions:
 
     def unload_all(self, deadline: Deadline, *, quiet: bool) -> list[UnloadReport]:
         """Unload every loaded instance, pinned ones included."""
-        with self._books as books:
+        books = self._books
+        with books.lock:
             keys = [key for key, instance in books.instances.items() if instance.state == "loaded"]
         reports = [self.unload(key, deadline, quiet=quiet) for key in keys]
         return [report for report in reports if report is not None]

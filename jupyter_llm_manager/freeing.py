@@ -48,7 +48,8 @@ class Freeing:
     def release(self, instance: Instance, reason: EvictionReason) -> UnloadReport:
         """Free an instance in state ``unloading``; emit ``unloaded`` (manual) or ``evicted``."""
         with interrupts_deferred():
-            with self._books as books:
+            books = self._books
+            with books.lock:
                 model_id = books.name_of(instance)
             started = time.perf_counter()
             devices = instance.placement.devices
@@ -68,7 +69,8 @@ class Freeing:
             if not collected and target is not None:
                 with self._lingering_lock:
                     self._lingering.append((model_id, target))
-            with self._books as books:
+            books = self._books
+            with books.lock:
                 instance.move("unloaded")
                 if books.instances.get(instance.key) is instance:
                     del books.instances[instance.key]
@@ -90,7 +92,8 @@ class Freeing:
             release_frames(error)
             interrupted = isinstance(error, KeyboardInterrupt)
             message = "interrupted" if interrupted else str(error)
-            with self._books as books:
+            books = self._books
+            with books.lock:
                 instance.error = error
                 instance.move("failed")
                 if books.instances.get(instance.key) is instance:

@@ -52,10 +52,13 @@ class Instance:
     footprint: dict[str, int] = field(default_factory=dict)  # measured after the load
     leases: int = 0
     lease_threads: Counter[int] = field(default_factory=Counter)
+    joiners: set[int] = field(default_factory=set)  # threads promised a lease once it is loaded
     last_used: float = 0.0
     load_seconds: float | None = None
     ready: threading.Event = field(default_factory=threading.Event)
     error: BaseException | None = None
+    arrival: int | None = None  # the arrival number of its first waiter, when it was queued
+    waited: float | None = None  # how long that waiter waited for room (seconds)
 
     @property
     def remote(self) -> bool:

@@ -68,7 +68,8 @@ class Leases:
 
     def release(self, ticket: Ticket) -> None:
         instance = ticket.instance
-        with self._books as books:
+        books = self._books
+        with books.lock:
             instance.release(ticket.thread, books.clock())
             books.touch()
             idle = not instance.leases

@@ -52,7 +52,9 @@ class Loading:
         re-registered while it loaded: it is freed at once, and the caller
         looks the id up again.
         """
-        self._bus.emit("loading", canonical, message=", ".join(instance.placement.devices) or "remote")
+        where = ", ".join(instance.placement.devices) or "remote"
+        waited = f" after waiting {instance.waited:.1f} s for room" if instance.waited and instance.waited >= 0.1 else ""
+        self._bus.emit("loading", canonical, message=where + waited, arrival=instance.arrival)
         reserved = instance.total_bytes
         started = time.perf_counter()
         loaded: LoadedModel | None = None
@@ -82,9 +84,14 @@ class Loading:
         self._after_load(instance, instance.total_bytes > reserved)
         return ticket
 
+    def abandon(self, canonical: str, instance: Instance, error: BaseException) -> None:
+        """Give up an admitted instance that never started loading (interrupted while making room)."""
+        self._freeing.abandon(canonical, instance, error)
+
     def _publish(self, model_id: str, canonical: str, instance: Instance, loaded: LoadedModel,
                  seconds: float) -> Ticket | None:
-        with self._books as books:
+        books = self._books
+        with books.lock:
             instance.loaded = loaded
             instance.move("loaded")
             instance.footprint = {} if instance.remote else dict(loaded.footprint)
@@ -120,13 +127,15 @@ class Loading:
             raise self._out_of_memory(request, str(error)) from None
 
     def _request(self, canonical: str, instance: Instance) -> policy.Request:
-        with self._books as books:
+        books = self._books
+        with books.lock:
             return policy.Request(canonical, instance.key, dict(instance.bytes), books.registry.priority(instance.key),
                                   instance.loader)
 
     def _out_of_memory(self, request: policy.Request, detail: str) -> ResourceNotAvailableError:
         memories = self._probe()
-        with self._books as books:
+        books = self._books
+        with books.lock:
             shortfalls = policy.shortfalls(books.snapshot(memories, without=request.key), request)
         return ResourceNotAvailableError(
             f"Cannot load {request.name!r}: the device ran out of memory during the load ({detail}), also after "

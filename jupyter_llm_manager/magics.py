@@ -11,6 +11,7 @@ done by two plain classes this one holds: :class:`~.asking.CellAsker` for
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Iterator
 from typing import Any
 
@@ -29,6 +30,8 @@ from .manager import LLMManager, get_manager
 from .rendering import FORMATS, AnswerView, Format, RichAnswerView, TextAnswerView, as_format
 
 __all__ = ["LLMMagics", "load_ipython_extension", "unload_ipython_extension", "usage"]
+
+log = logging.getLogger(__name__)
 
 #: Conversations survive %reload_ext, like the models.
 _CHATS = ChatSessions()
@@ -63,7 +66,9 @@ class LLMMagics(Magics):
         self.chats = _CHATS
         self.asker = CellAsker(lambda: self.manager, self.chats, self._view)
         self.commands = LineCommands(lambda: self.manager, self.chats, self._set_default)
+        self._ready = False
         super().__init__(shell=shell, **kwargs)
+        self._ready = True
 
     @property
     def manager(self) -> LLMManager:
@@ -78,9 +83,16 @@ class LLMMagics(Magics):
     @observe("default_model", "wait_timeout")
     def _pass_on(self, change: Any) -> None:
         """The manager keeps these settings; the traits only set them."""
-        if change["new"] is not None and getattr(self.manager, change["name"]) != change["new"]:
-            with _user_errors():
-                self.manager.configure(**{change["name"]: change["new"]})
+        name, value = change["name"], change["new"]
+        if value is None or getattr(self.manager, name) == value:
+            return
+        try:
+            self.manager.configure(**{name: value})
+        except LLMManagerError as error:
+            if not self._ready:  # from ipython_config.py: the magics still load, the setting is not taken
+                log.error("c.LLMMagics.%s is not used: %s", name, error)
+                return
+            raise UsageError(str(error)) from None
 
     def _set_default(self, model_id: str) -> str:
         """``%llm default MODEL``: the manager's setting, and the trait that shows it."""

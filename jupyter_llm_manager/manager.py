@@ -13,7 +13,7 @@ The lock rule. One lock, the books', guards the registry, the instance
 table, the wait queue, the settings and the load failures. It is held only
 for bookkeeping: never while a backend loads, generates, estimates or frees,
 never while a device is probed, and never while a subscriber runs — events
-are emitted after it is released (the event bus refuses otherwise), so a
+are emitted after it is released (tests check it from another thread), so a
 subscriber may call back into the manager. Waiting (for room, for leases to
 end) waits on the books' condition, which releases the lock. The other
 locks (the event bus's, the estimate and backend caches', NVML's) are
@@ -50,17 +50,16 @@ from .evictions import Evictions
 from .freeing import Freeing
 from .generation import GenerationParams, GenerationResult, Prompt, normalize_prompt
 from .handles import Lease, ModelHandle, TextStream
-from .instances import Instance
 from .leases import Leases, Ticket
 from .loading import Loading
 from .memory import DeviceProbe, DeviceReport, probe_devices
 from .persistence import Persistence
-from .reaper import Reaper
 from .reports import GarbageReport, StatusRow, UnloadReport
 from .runs import Runs
 from .settings import SETTING_NAMES, ManagerSettings, check_setting
 from .spec import ModelSpec, expand_path
 from .status import StatusView
+from .upkeep import Upkeep
 from .waits import Deadline, parse_wait
 
 __all__ = ["FROM_CONFIG", "LLMManager", "get_manager"]
@@ -128,14 +127,14 @@ class LLMManager:
             ("keep_alive", keep_alive), ("memory_budget", memory_budget), ("wait_timeout", wait_timeout),
             ("max_queue", max_queue)) if value is not FROM_CONFIG}
         self._books = books = Books(_checked(lambda: config.settings.with_values(given)), clock)
-        self._bus = bus = EventBus(guard=books.held_by_me)
+        self._bus = bus = EventBus()
         self._backends = backends = BackendCache(backend_factory)
         estimates = EstimateCache()
         freeing = Freeing(books, bus, device_probe, backends.created)
         self._evictions = evictions = Evictions(books, device_probe, freeing)
-        self._reaper = Reaper(evictions)
-        leases = Leases(books, self._after_idle)
-        loading = Loading(books, bus, device_probe, leases, evictions, freeing, self._after_load)
+        self._upkeep = upkeep = Upkeep(books, bus, evictions)
+        leases = Leases(books, upkeep.after_idle)
+        loading = Loading(books, bus, device_probe, leases, evictions, freeing, upkeep.after_load)
         self._admission = Admission(books, bus, device_probe, backends, estimates, leases, evictions, loading)
         self._catalog = Catalog(books, bus, backends, evictions)
         self._status = StatusView(books, device_probe, estimates, backends)
@@ -176,7 +175,8 @@ class LLMManager:
         Built-in models make way when the file registers models of its own.
         """
         config = load_config(Path(expand_path(os.fspath(path))))
-        with self._books as books:
+        books = self._books
+        with books.lock:
             builtins = [i for i, s in books.registry.specs.items() if s.builtin and i not in config.models]
         for model_id in builtins if config.models else ():
             self._catalog.unregister(model_id)
@@ -190,17 +190,20 @@ class LLMManager:
 
     def spec(self, model_id: str) -> ModelSpec:
         """The spec an id or alias resolves to."""
-        with self._books as books:
+        books = self._books
+        with books.lock:
             return books.registry.specs[books.registry.resolve(model_id)]
 
     def resolve(self, model_id: str) -> str:
         """The registered id behind an id or alias (raises :class:`ModelNotFoundError`)."""
-        with self._books as books:
+        books = self._books
+        with books.lock:
             return books.registry.resolve(model_id)
 
     def ids(self) -> list[str]:
         """Registered ids, then aliases."""
-        with self._books as books:
+        books = self._books
+        with books.lock:
             return books.registry.names()
 
     def pin(self, model_id: str) -> None:
@@ -208,8 +211,7 @@ class LLMManager:
         self._catalog.set_pinned(model_id, True)
 
     def unpin(self, model_id: str) -> None:
-        if self._catalog.set_pinned(model_id, False):
-            self._evictions.enforce()
+        self._upkeep.after_unpin(self._catalog.set_pinned(model_id, False))
 
     # -- loading and using ------------------------------------------------------------------------
 
@@ -263,7 +265,8 @@ class LLMManager:
         A lease still held after ``wait`` seconds raises :class:`ModelInUseError`;
         returns ``None`` when the model was not loaded.
         """
-        with self._books as books:
+        books = self._books
+        with books.lock:
             key = books.registry.keys[books.registry.resolve(model_id)]
         return self._evictions.unload(key, Deadline(_checked(lambda: parse_wait(wait))))
 
@@ -334,14 +337,7 @@ class LLMManager:
         for name in settings:
             if name not in SETTING_NAMES:
                 raise ConfigurationError(f"unknown setting {name!r}; settings: {', '.join(SETTING_NAMES)}")
-        values = {name: _checked(partial(check_setting, name, value)) for name, value in settings.items()}
-        with self._books as books:
-            books.settings = books.settings.with_values(values)
-            books.touch()
-        self._bus.emit("settings_changed", message=", ".join(f"{k} = {v}" for k, v in settings.items()))
-        self._reaper.wake()
-        self._ensure_reaper()
-        self._evictions.enforce()
+        self._upkeep.configure({name: _checked(partial(check_setting, name, value)) for name, value in settings.items()})
 
     def save(self, path: str | os.PathLike[str] | None = None) -> Path:
         """Persist every setting, model (with its pinned flag) and alias (atomic write, merged under a lock)."""
@@ -349,44 +345,30 @@ class LLMManager:
 
     def close(self) -> None:
         """Refuse new work, stop the reaper and unload every model. The manager is unusable after."""
-        with self._books as books:
+        books = self._books
+        with books.lock:
             books.closed = True
             books.touch()
-        self._reaper.stop()
+        self._upkeep.reaper.stop()
         self._evictions.unload_all(Deadline(5.0), quiet=True)
-        with self._books as books:
+        books = self._books
+        with books.lock:
             busy = [books.name_of(i) for i in books.instances.values()]
         if busy:
             self._bus.emit("warning", message=f"still in use when the manager closed: {', '.join(busy)}")
 
     def __repr__(self) -> str:
-        with self._books as books:
+        books = self._books
+        with books.lock:
             loaded = sum(1 for i in books.instances.values() if i.state == "loaded")
             return (f"<LLMManager {len(books.registry.specs)} registered, {loaded} loaded, "
                     f"cap={books.settings.max_loaded_models}, keep_alive={books.settings.keep_alive}>")
 
-    # -- hooks from the parts (no lock held) --------------------------------------------------------
-
-    def _after_idle(self, instance: Instance) -> None:
-        """An instance's last lease ended: the keep-alive clock starts; deferred limits may apply now."""
-        self._reaper.wake()
-        if self._books.limits_pending:
-            self._evictions.enforce()
-
-    def _after_load(self, instance: Instance, heavier: bool) -> None:
-        self._ensure_reaper()
-        if heavier or self._books.limits_pending:
-            self._evictions.enforce(spare=instance.key)
-
-    def _ensure_reaper(self) -> None:
-        with self._books as books:
-            wanted = books.settings.keep_alive is not None or any(
-                s.keep_alive is not None for s in books.registry.specs.values())
-        if wanted and not books.closed:
-            self._reaper.start()
+    # -- background preload ---------------------------------------------------------------------
 
     def _start_preload(self) -> None:
-        with self._books as books:
+        books = self._books
+        with books.lock:
             wanted = [spec.id for spec in books.registry.specs.values() if spec.preload]
         if wanted:
             threading.Thread(target=_preload, args=(self, wanted), name="llm-manager-preload", daemon=True).start()

@@ -28,7 +28,8 @@ class Persistence:
              aliases: Sequence[str] | None = None, settings: bool = True) -> Path:
         """Write ``models`` and ``aliases`` (``None``: all), what was removed, and the settings when asked."""
         target = Path(path) if path is not None else (self.path or default_config_path())
-        with self._books as books:
+        books = self._books
+        with books.lock:
             registry = books.registry
             chosen = [i for i in (registry.specs if models is None else models) if not registry.specs[i].builtin]
             specs = {i: registry.specs[i].with_changes(pinned=i in registry.pinned) for i in chosen}
@@ -39,7 +40,8 @@ class Persistence:
             if defaults and default in registry.specs and registry.specs[default].builtin:
                 defaults["default_model"] = None  # the built-in default comes back by itself
         written = save_config(target, specs, names, removed=removed, defaults=defaults)
-        with self._books as books:
+        books = self._books
+        with books.lock:
             books.registry.removed -= removed
         self.path = self.path or written
         return written

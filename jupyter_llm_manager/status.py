@@ -36,10 +36,12 @@ class StatusView:
 
     def rows(self) -> list[StatusRow]:
         """One row per registered model id."""
-        with self._books as books:
+        books = self._books
+        with books.lock:
             specs = list(books.registry.specs.values())
         estimates = {spec.id: self._cheap_estimate(spec) for spec in specs}
-        with self._books as books:
+        books = self._books
+        with books.lock:
             now, wall = books.clock(), time.time()
             return [self._row(spec, estimates.get(spec.id), now, wall) for spec in specs
                     if books.registry.specs.get(spec.id) is spec]
@@ -47,7 +49,8 @@ class StatusView:
     def devices(self) -> list[DeviceReport]:
         """Per device: total, free, this manager's budget, and the bytes its models hold."""
         memories = self._probe()
-        with self._books as books:
+        books = self._books
+        with books.lock:
             settings = books.settings
             reports = []
             for memory in memories:

@@ -70,6 +70,10 @@ class WaitQueue:
         keys = self.keys()
         return bool(keys) and keys[0] == waiter.key and self.planner in (None, waiter)
 
+    def first(self, key: str) -> Waiter | None:
+        """The earliest waiter for ``key``."""
+        return min((w for w in self._waiters if w.key == key), key=lambda w: w.order, default=None)
+
     def names_ahead(self, key: str) -> list[str]:
         """The models placed before ``key``."""
         keys = self.keys()
@@ -79,6 +83,9 @@ class WaitQueue:
 
     def waiting_for(self, key: str) -> str:
         return next((w.waiting_for for w in self._waiters if w.key == key and w.waiting_for), "")
+
+    def threads_for(self, key: str) -> set[int]:
+        return {w.thread for w in self._waiters if w.key == key}
 
     def threads(self) -> frozenset[int]:
         return frozenset(w.thread for w in self._waiters)

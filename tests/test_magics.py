@@ -229,6 +229,79 @@ def test_a_model_that_does_not_fit_is_one_line(shell, magics, tmp_path):
         manager.close()
 
 
+def test_a_cell_that_waits_for_room_says_what_it_waits_for(shell, magics):
+    backend = FakeBackend(FakeDevices())
+    manager = LLMManager(max_loaded_models=1, config_path=False, preload=False, device_probe=backend.devices,
+                         backend_factory=lambda name: backend)
+    for model_id in ("busy", "next"):
+        manager.register(model_id, f"fake/{model_id}", backend="fake", device="cuda:0", options={"size": 1})
+    magics.manager = manager
+    holding, release = threading.Event(), threading.Event()
+
+    def hold():
+        with manager.use("busy"):
+            holding.set()
+            assert release.wait(30)
+
+    def release_once_waiting():
+        while manager.row("next").state != "waiting":
+            threading.Event().wait(0.01)
+        release.set()
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    assert holding.wait(10)
+    releaser = threading.Thread(target=release_once_waiting)
+    releaser.start()
+    try:
+        result, captured = run(shell, "%%llm next --wait 30\nhello there")
+        assert result.error_in_exec is None and shell.user_ns.get("_") is not manager
+        assert "waiting for capacity: busy in use" in status_text(captured)
+        assert answer_updates(captured)[-1]["text/plain"] == "hello there"
+    finally:
+        release.set()
+        holder.join(10)
+        releaser.join(10)
+        manager.close()
+
+
+def test_wait_zero_in_a_cell_fails_at_once_in_one_line(shell, magics):
+    backend = FakeBackend(FakeDevices())
+    manager = LLMManager(max_loaded_models=1, config_path=False, preload=False, device_probe=backend.devices,
+                         backend_factory=lambda name: backend)
+    for model_id in ("busy", "next"):
+        manager.register(model_id, f"fake/{model_id}", backend="fake", device="cuda:0", options={"size": 1})
+    magics.manager = manager
+    holding, release = threading.Event(), threading.Event()
+
+    def hold():
+        with manager.use("busy"):
+            holding.set()
+            assert release.wait(30)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert holding.wait(10)
+        _, captured = run(shell, "%%llm next --wait 0\nhi")
+        assert "UsageError: Cannot load 'next' without waiting" in captured.stderr
+        assert "busy in use" in captured.stderr and captured.stderr.strip().count("\n") == 0
+    finally:
+        release.set()
+        holder.join(10)
+        manager.close()
+
+
+def test_config_traits_set_the_managers_settings(shell, echo, magics):
+    shell.run_line_magic("config", "LLMMagics.wait_timeout = 5.0")
+    assert echo.wait_timeout == 5.0
+    shell.run_line_magic("config", "LLMMagics.default_model = 'echo2'")
+    assert echo.default_model == "echo2"
+    run(shell, "%config LLMMagics.wait_timeout = -3.0")
+    assert echo.wait_timeout == 5.0  # refused: the manager's setting did not move
+    shell.run_line_magic("config", "LLMMagics.wait_timeout = 120.0")
+
+
 # -- the line magics ------------------------------------------------------------------------
 
 def texts(captured):

@@ -1,7 +1,14 @@
-"""Random sequences of manager operations never break its invariants (hypothesis)."""
+"""Random sequences of manager operations never break its invariants (hypothesis).
+
+Besides the main thread's operations, loads run in background threads that
+may wait for room while the main thread holds leases; models have priorities,
+kinds (llm/tts/asr) and protection, and every eviction is checked against
+the tier rule.
+"""
 
 from __future__ import annotations
 
+import threading
 from typing import ClassVar
 
 from fakes import GB, FakeBackend, FakeClock, FakeDevices
@@ -24,14 +31,24 @@ class ManagerMachine(RuleBasedStateMachine):
         backend = FakeBackend(self.devices)
         self.manager = LLMManager(cap, fraction, keep_alive="10m", config_path=False, clock=self.clock,
                                   device_probe=self.devices, backend_factory=lambda name: backend,
-                                  preload=False)
+                                  preload=False, wait_timeout=5)
         self.leases: list = []
         self.registered: set[str] = set()
+        self.background: list[threading.Thread] = []
+        self.background_errors: list[BaseException] = []
 
     def teardown(self):
         for lease in self.leases:
             lease.__exit__(None, None, None)
+        self.join_background()
         self.manager.close()
+
+    def join_background(self):
+        for thread in self.background:
+            thread.join(30)
+            assert not thread.is_alive(), "a waiting request never returned"
+        self.background.clear()
+        assert self.background_errors == []
 
     def loaded(self) -> set[str]:
         return {row.id for row in self.manager.status() if row.state == "loaded"}
@@ -39,24 +56,65 @@ class ManagerMachine(RuleBasedStateMachine):
     def guarded(self, action, *args, **kwargs):
         """Run an action; only documented refusals are allowed, and they must change nothing."""
         protected_before = self.protected()
+        self.tiered(action, *args, **kwargs)
+        assert protected_before <= self.loaded() | self.manually_unloaded, "a pinned or leased model was evicted"
+
+    def tiered(self, action, *args, **kwargs):
+        """Run an action (documented refusals allowed); a protected model may only make way for a request
+        of equal or higher priority."""
+        me, victims = threading.get_ident(), []
+
+        def watch(event):
+            if threading.get_ident() == me and event.kind == "evicted" and event.reason in ("lru", "budget"):
+                victims.append(self.manager.row(event.model_id))
+
+        unsubscribe = self.manager.subscribe(watch)
         try:
             action(*args, **kwargs)
         except EXPECTED:
             pass
-        assert protected_before <= self.loaded() | self.manually_unloaded, "a pinned or leased model was evicted"
+        finally:
+            unsubscribe()
+        if victims and args and isinstance(args[0], str):
+            asked = self.manager.row(args[0])
+            for victim in victims:
+                assert not (victim.protected and victim.priority > asked.priority), (victim, asked)
 
     def protected(self) -> set[str]:
         rows = self.manager.status()
         return {r.id for r in rows if r.state == "loaded" and (r.pinned or r.in_use)}
 
     @rule(model_id=st.sampled_from(IDS), size=st.integers(1, 9), device=st.sampled_from(["cuda:0", "cpu"]),
-          priority=st.integers(0, 2), pinned=st.booleans())
-    def register(self, model_id, size, device, priority, pinned):
+          priority=st.none() | st.integers(0, 2), pinned=st.booleans(), kind=st.sampled_from(["llm", "tts", "asr"]),
+          protected=st.none() | st.booleans())
+    def register(self, model_id, size, device, priority, pinned, kind, protected):
         if model_id in self.registered:
             return
         self.manager.register(model_id, f"fake/{model_id}", backend="fake", device=device, priority=priority,
-                              pinned=pinned, options={"size": size * GB})
+                              pinned=pinned, kind=kind, protected=protected, options={"size": size * GB})
         self.registered.add(model_id)
+
+    @precondition(lambda self: self.registered and len(self.background) < 3)
+    @rule(data=st.data())
+    def load_in_background(self, data):
+        """Another notebook session asks for a model; it may wait for the main thread's leases."""
+        model_id = data.draw(st.sampled_from(sorted(self.registered)))
+
+        def run():
+            try:
+                self.tiered(self.manager.load, model_id, wait=2)
+            except BaseException as error:  # noqa: BLE001 - reported by join_background
+                self.background_errors.append(error)
+
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        self.background.append(thread)
+
+    @precondition(lambda self: self.background)
+    @rule()
+    def background_requests_end(self):
+        self.manually_unloaded = set()
+        self.join_background()
 
     @precondition(lambda self: self.registered)
     @rule(alias=st.sampled_from(ALIASES), data=st.data())
