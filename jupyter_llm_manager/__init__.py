@@ -32,8 +32,9 @@ from .handles import Lease, ModelHandle, TextStream
 from .manager import LLMManager, get_manager
 from .memory import DeviceReport
 from .reports import GarbageReport, StatusRow, UnloadReport
+from .secret import Secret
 from .settings import ManagerSettings
-from .spec import ModelSpec, Secret
+from .spec import ModelSpec
 
 if TYPE_CHECKING:
     from .dashboard import Dashboard

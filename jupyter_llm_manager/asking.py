@@ -9,8 +9,10 @@ room, loading, evicting — from the events this cell's thread causes.
 from __future__ import annotations
 
 import argparse
+import keyword
+import re
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from typing import Any
 
 from IPython.core.error import UsageError
@@ -25,7 +27,28 @@ from .magic_args import parse_value
 from .manager import LLMManager
 from .rendering import AnswerView, Format, extract_code
 
-__all__ = ["CellAsker"]
+__all__ = ["CellAsker", "check_output_name"]
+
+#: Names IPython keeps for itself in the user namespace (plus ``_N``, ``_iN`` and ``user_ns_hidden``).
+_IPYTHON_NAMES = frozenset({"In", "Out", "_", "__", "___", "_i", "_ii", "_iii", "_ih", "_oh", "_dh",
+                            "get_ipython", "exit", "quit"})
+_NUMBERED = re.compile(r"_i?\d+")
+
+
+def check_output_name(name: str, hidden: Container[str] = ()) -> str:
+    """``-o VAR``: a plain identifier that is no keyword, no dunder and none of IPython's own names."""
+    reason = None
+    if not name.isidentifier():
+        reason = "is not a Python identifier"
+    elif keyword.iskeyword(name):
+        reason = "is a Python keyword"
+    elif name.startswith("__") and name.endswith("__"):
+        reason = "is a special (dunder) name"
+    elif name in _IPYTHON_NAMES or _NUMBERED.fullmatch(name) or name in hidden:
+        reason = "is one of IPython's own names (In, Out, _, _N, _iN, ...)"
+    if reason:
+        raise UsageError(f"-o {name!r} {reason}: store the answer in a plain variable name such as answer")
+    return name
 
 
 class CellAsker:

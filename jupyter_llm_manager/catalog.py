@@ -53,7 +53,7 @@ class Catalog:
             victims = self._take_out(stale)
             books.touch()
         self._evictions.release(victims)
-        self._bus.emit("registered", model_id, message=spec.source or spec.base_url or "")
+        self._bus.emit("registered", model_id, message=spec.location)
         return spec
 
     def unregister(self, name: str) -> None:

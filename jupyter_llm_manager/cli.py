@@ -31,7 +31,7 @@ def _list(args: argparse.Namespace) -> int:
     for row in manager.status():
         spec = manager.spec(row.id)
         rows.append([row.id + (" (default)" if row.id == manager.default_model else ""), ", ".join(row.aliases),
-                     row.backend, spec.source or spec.base_url or "", str(spec.device), row.estimated_str])
+                     row.backend, spec.location, str(spec.device), row.estimated_str])
     where = manager.config_path or "no configuration file: the offline demo models"
     print(Table(["id", "aliases", "backend", "source", "device", "estimate"], rows, caption=f"Models ({where})"))
     return 0

@@ -55,7 +55,7 @@ class LineCommands:
         for row in manager.status():
             spec = manager.spec(row.id)
             rows.append([row.id + (" (default)" if row.id == manager.default_model else ""), ", ".join(row.aliases),
-                         row.backend, spec.source or spec.base_url or "", str(spec.device), row.state,
+                         row.backend, spec.location, str(spec.device), row.state,
                          "yes" if row.pinned else ""])
         display(Table(["id", "aliases", "backend", "source", "device", "state", "pinned"], rows,
                       caption="Registered models"))
@@ -93,7 +93,7 @@ class LineCommands:
         spec = manager.register(args.id, source=args.source, backend=args.backend, persist=args.persist,
                                 overwrite=True, **options)
         where = f"; saved to {manager.config_path}" if args.persist else ""
-        say(f"Registered {spec.id!r} ({spec.backend}: {spec.source}){where}.")
+        say(f"Registered {spec.id!r} ({spec.backend}: {spec.location}){where}.")
 
     def command_alias(self, args: argparse.Namespace) -> None:
         manager = self._manager()

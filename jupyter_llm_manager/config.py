@@ -20,12 +20,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from filelock import FileLock, Timeout
 
 from .errors import ConfigurationError
 from .settings import SETTING_NAMES, ManagerSettings, check_setting
-from .spec import ModelSpec, expand_path, looks_like_path
+from .spec import ModelSpec, check_model_id, expand_path, looks_like_path
+from .units import brief
+from .yaml_io import MAX_FILE_BYTES, YamlProblem, dump_yaml, load_yaml
 
 __all__ = [
     "CONFIG_ENV",
@@ -118,18 +119,16 @@ def load_config(path: str | os.PathLike) -> ConfigFile:
 
 def _read_yaml(path: Path) -> Any:
     try:
+        if path.stat().st_size > MAX_FILE_BYTES:  # refused before it is read
+            raise ConfigurationError(f"the file is larger than {MAX_FILE_BYTES // (1024 * 1024)} MB; a configuration "
+                                     "file is a few KB", path=str(path))
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as error:
         raise ConfigurationError(f"cannot read the file: {error}", path=str(path)) from None
     try:
-        return yaml.safe_load(text)
-    except yaml.MarkedYAMLError as error:
-        mark = error.problem_mark or error.context_mark
-        line = mark.line + 1 if mark else None
-        problem = error.problem or error.context or "invalid YAML"
-        raise ConfigurationError(f"invalid YAML: {problem}", path=str(path), line=line) from None
-    except yaml.YAMLError as error:
-        raise ConfigurationError(f"invalid YAML: {error}", path=str(path)) from None
+        return load_yaml(text)
+    except YamlProblem as problem:
+        raise ConfigurationError(problem.message, path=str(path), line=problem.line) from None
 
 
 def _parse(data: Any, path: Path) -> ConfigFile:
@@ -140,7 +139,8 @@ def _parse(data: Any, path: Path) -> ConfigFile:
         raise ConfigurationError("the file must hold a mapping with defaults, models and aliases",
                                  path=where)
     if _is_legacy_mapping(data):
-        models = {model_id: _from_legacy_mapping(model_id, entry, where) for model_id, entry in data.items()}
+        models = {_model_id(model_id, where): _from_legacy_mapping(model_id, entry, where)
+              for model_id, entry in data.items()}
         return ConfigFile(path=path, models=models, layout="legacy-mapping")
     for key in data:
         if key not in _TOP_KEYS:
@@ -152,7 +152,8 @@ def _parse(data: Any, path: Path) -> ConfigFile:
         models = _from_legacy_list(raw_models, where)
         layout: Layout = "legacy-list"
     elif isinstance(raw_models, Mapping):
-        models = {str(model_id): _spec(str(model_id), entry or {}, where) for model_id, entry in raw_models.items()}
+        models = {_model_id(model_id, where): _spec(_model_id(model_id, where), entry or {}, where)
+                  for model_id, entry in raw_models.items()}
         layout = "standard"
     else:
         raise ConfigurationError("models must be a mapping of id to options", path=where, key="models")
@@ -161,9 +162,17 @@ def _parse(data: Any, path: Path) -> ConfigFile:
                         models=models, aliases=aliases, layout=layout)
 
 
+def _model_id(value: Any, where: str) -> str:
+    """A model id as written in the file: text only (YAML reads null, true or 1 as other types)."""
+    if not isinstance(value, str):
+        raise ConfigurationError(f"the model id {brief(value)} is read as {type(value).__name__}, not text: quote it "
+                                 f"(write '{value}' in quotes) or choose another id", path=where)
+    return value
+
+
 def _spec(model_id: str, entry: Any, where: str) -> ModelSpec:
     if not isinstance(entry, Mapping):
-        raise ConfigurationError(f"expected a mapping of options, got {entry!r}", path=where, model_id=model_id)
+        raise ConfigurationError(f"expected a mapping of options, got {brief(entry)}", path=where, model_id=model_id)
     spec = ModelSpec.from_mapping(model_id, entry, path=where, check_paths=False)
     if spec.local_path and not spec.local_path.exists():
         log.warning("%s: model %r points to %s, which does not exist (yet); loading it will fail "
@@ -177,10 +186,11 @@ def _parse_aliases(raw: Any, models: Mapping[str, ModelSpec], where: str) -> dic
     aliases = {}
     for name, target in raw.items():
         if not isinstance(target, str):
-            raise ConfigurationError(f"alias {name!r} must name a model id, got {target!r}", path=where)
+            raise ConfigurationError(f"alias {brief(name)} must name a model id, got {brief(target)}", path=where)
+        name = check_model_id(_model_id(name, where), path=where)
         if name in models:
-            raise ConfigurationError(f"{name!r} is both a model and an alias", path=where, key=str(name))
-        aliases[str(name)] = target
+            raise ConfigurationError(f"{brief(name)} is both a model and an alias", path=where, key=brief(name))
+        aliases[name] = target
     return aliases
 
 
@@ -188,7 +198,7 @@ def _unknown_key(key: Any, known: Iterable[str], *, path: str | None, where: str
                  model_id: str | None = None) -> ConfigurationError:
     close = difflib.get_close_matches(str(key), list(known), n=1)
     hint = f"; did you mean {close[0]!r}?" if close else f"; expected one of {', '.join(known)}"
-    return ConfigurationError(f"unknown key {key!r} in {where}{hint}", path=path, model_id=model_id, key=str(key))
+    return ConfigurationError(f"unknown key {brief(key)} in {where}{hint}", path=path, model_id=model_id, key=brief(key))
 
 
 # -- the two legacy layouts -------------------------------------------------
@@ -204,7 +214,7 @@ def _lift_loader_params(params: Any, where: str, model_id: str) -> dict[str, Any
     if params is None:
         return {}
     if not isinstance(params, Mapping):
-        raise ConfigurationError(f"expected a mapping of loader options, got {params!r}",
+        raise ConfigurationError(f"expected a mapping of loader options, got {brief(params)}",
                                  path=where, model_id=model_id)
     values: dict[str, Any] = {}
     rest = {}
@@ -230,7 +240,7 @@ def _from_legacy_mapping(model_id: str, entry: Mapping[str, Any], where: str) ->
     if entry.get("device") is not None:
         values["device"] = entry["device"]
     values.update(_lift_loader_params(entry.get("config"), where, model_id))
-    return _spec(str(model_id), values, where)
+    return _spec(_model_id(model_id, where), values, where)
 
 
 def _from_legacy_list(items: list[Any], where: str) -> dict[str, ModelSpec]:
@@ -238,7 +248,7 @@ def _from_legacy_list(items: list[Any], where: str) -> dict[str, ModelSpec]:
     for index, item in enumerate(items):
         if not isinstance(item, Mapping) or "model_id" not in item:
             raise ConfigurationError(f"models[{index}] must be a mapping with a model_id", path=where)
-        model_id = str(item["model_id"])
+        model_id = _model_id(item["model_id"], where)
         for key in item:
             if key not in _LEGACY_LIST_KEYS:
                 raise _unknown_key(key, _LEGACY_LIST_KEYS, path=where, where=f"model {model_id!r}",
@@ -254,12 +264,12 @@ def _legacy_list_values(model_id: str, item: Mapping[str, Any], where: str) -> d
     if item.get("source_type", "huggingface") == "local" and not looks_like_path(source):
         source = "./" + source
     elif item.get("source_type", "huggingface") not in ("huggingface", "local"):
-        raise ConfigurationError(f"source_type must be huggingface or local, got {item['source_type']!r}",
+        raise ConfigurationError(f"source_type must be huggingface or local, got {brief(item['source_type'])}",
                                  path=where, model_id=model_id, key="source_type")
     values: dict[str, Any] = {"source": source}
     model_format = item.get("model_format")
     if model_format not in _MODEL_FORMATS:
-        raise ConfigurationError(f"model_format {model_format!r} is not supported; use safetensors or pytorch",
+        raise ConfigurationError(f"model_format {brief(model_format)} is not supported; use safetensors or pytorch",
                                  path=where, model_id=model_id, key="model_format")
     values.update(_lift_loader_params(item.get("custom_loader_params"), where, model_id))
     if model_format in ("safetensors", "pytorch", "bin"):
@@ -268,7 +278,7 @@ def _legacy_list_values(model_id: str, item: Mapping[str, Any], where: str) -> d
     if bits in (4, 8):
         values["quantization"] = f"{bits}bit"
     elif bits not in (None, 16, 32):
-        raise ConfigurationError(f"quantization_bits must be 4, 8, 16, 32 or null, got {bits!r}",
+        raise ConfigurationError(f"quantization_bits must be 4, 8, 16, 32 or null, got {brief(bits)}",
                                  path=where, model_id=model_id, key="quantization_bits")
     device = item.get("device_preference") or "auto"
     values["device"] = device
@@ -305,7 +315,7 @@ def save_config(
         path.parent.mkdir(parents=True, exist_ok=True)
         with FileLock(str(path) + ".lock", timeout=_LOCK_TIMEOUT_S):
             document = _merged_document(path, models, aliases, set(removed), defaults)
-            _atomic_write(path, yaml.safe_dump(document, sort_keys=False, default_flow_style=False))
+            _atomic_write(path, dump_yaml(document))
     except Timeout:
         raise ConfigurationError(f"another process has held the lock {path}.lock for "
                                  f"{_LOCK_TIMEOUT_S:.0f} s; try again", path=str(path)) from None
@@ -341,7 +351,7 @@ def _merged_document(path: Path, models: Mapping[str, ModelSpec], aliases: Mappi
         document["aliases"].pop(model_id, None)
     document["aliases"] = {a: t for a, t in document["aliases"].items() if t not in removed}
     for model_id, spec in models.items():
-        document["models"][model_id] = spec.to_mapping()
+        document["models"][model_id] = spec.to_mapping(warn=True)
         document["aliases"].pop(model_id, None)
     document["aliases"].update(aliases)
     return {key: value for key, value in document.items() if value}

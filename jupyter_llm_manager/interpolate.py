@@ -8,7 +8,9 @@ The rule, in order:
    (``{x:.2f}``), is replaced by the value when ``name`` is a variable of the
    user namespace (``In``, ``Out`` and ``_`` included) and the lookup works.
 3. Everything else is left exactly as written: code, JSON, dict and set
-   literals, unknown names, lookups that fail. Interpolation never raises.
+   literals, unknown names, lookups that fail.
+4. The one error: a format spec asking for a width or precision above
+   :data:`MAX_FORMAT_WIDTH` (``{x:>200000000}`` would build a 200 MB prompt).
 
 No ``eval``: attributes and indexes are looked up one by one.
 """
@@ -19,7 +21,12 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["interpolate"]
+from .errors import InvalidGenerationParameters
+
+__all__ = ["MAX_FORMAT_WIDTH", "interpolate"]
+
+#: The largest width or precision a ``{name:spec}`` field may ask for.
+MAX_FORMAT_WIDTH = 10_000
 
 _ESCAPED = re.compile(r"\{\{([^{}]*)\}\}")
 _FIELD = re.compile(r"\{([^{}]*)\}")
@@ -54,6 +61,7 @@ def _field_value(field: str, namespace: Mapping[str, Any]) -> Any:
     spec = _SPEC.match(field)
     if spec is None or spec.group("name") not in namespace:
         return _MISSING
+    _check_widths(field, spec.group("format") or "")
     value = namespace[spec.group("name")]
     for attribute, index in _STEP.findall(spec.group("path") or ""):
         value = _step(value, attribute, index)
@@ -67,6 +75,15 @@ def _field_value(field: str, namespace: Mapping[str, Any]) -> Any:
         return format(value, spec.group("format") or "")
     except Exception:  # noqa: BLE001 - user objects' __format__/__repr__ may raise anything: left as written
         return _MISSING
+
+
+def _check_widths(field: str, format_spec: str) -> None:
+    for digits in re.findall(r"\d+", format_spec):
+        if len(digits) > len(str(MAX_FORMAT_WIDTH)) or int(digits) > MAX_FORMAT_WIDTH:
+            shown = field if len(field) <= 40 else field[:37] + "..."
+            raise InvalidGenerationParameters(
+                f"{{{shown}}} asks for a width or precision of {digits[:12]}{'...' if len(digits) > 12 else ''}; "
+                f"in a prompt they are limited to {MAX_FORMAT_WIDTH:,}")
 
 
 def _step(value: Any, attribute: str, index: str) -> Any:

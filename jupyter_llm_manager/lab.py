@@ -113,10 +113,12 @@ class LabBridge:
         gets ``ok: false`` and the reason, logged without a traceback (a
         client sent it; it is not a bug here).
         """
-        data = message.get("content", {}).get("data") if isinstance(message, dict) else None
+        envelope = message.get("content") if isinstance(message, dict) else None
+        data = envelope.get("data") if isinstance(envelope, dict) else None
         content = data if isinstance(data, dict) else {}
         request = content.get("request")
-        request = request if isinstance(request, (str, int)) and not isinstance(request, bool) else None
+        if isinstance(request, bool) or not isinstance(request, (str, int)) or len(str(request)) > 100:
+            request = None  # an id we can echo back; anything else is not one
         try:
             call = self._action(content) if isinstance(data, dict) else None
         except LLMManagerError as error:

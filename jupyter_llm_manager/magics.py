@@ -20,7 +20,7 @@ from IPython.core.magic import Magics, line_cell_magic, magics_class
 from traitlets import Bool, Enum, Float, Unicode, observe
 
 from . import actions
-from .asking import CellAsker
+from .asking import CellAsker, check_output_name
 from .chats import ChatSessions
 from .commands import LineCommands
 from .errors import LLMManagerError
@@ -113,6 +113,8 @@ class LLMMagics(Magics):
     def _cell(self, line: str, cell: str) -> None:
         assert self.shell is not None  # magics run in a shell
         args = parse(CELL_PARSER, line)
+        if args.output:
+            check_output_name(args.output, getattr(self.shell, "user_ns_hidden", {}))
         fmt = as_format(args.format or self.default_format)
         answers = self.asker.run(args, cell, self.shell.user_ns, fmt)
         models = list(answers)

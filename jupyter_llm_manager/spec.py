@@ -11,12 +11,10 @@ from __future__ import annotations
 import difflib
 import functools
 import hashlib
-import hmac
-import json
 import logging
+import math
 import os
 import re
-import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -24,6 +22,15 @@ from typing import Any
 
 from .errors import ConfigurationError, InvalidGenerationParameters
 from .generation import GenerationParams
+from .secret import (
+    Secret,
+    canonical,
+    expand_references,
+    has_credentials,
+    shown_url,
+    url_credentials,
+    url_without_literal_credentials,
+)
 from .units import brief, parse_duration, parse_size
 
 __all__ = [
@@ -49,67 +56,16 @@ QUANTIZATIONS = {
     "8bit": "8bit", "8": "8bit", "int8": "8bit",
 }
 _DEVICE = re.compile(r"^(auto|cpu|mps|balanced|cuda(:\d+)?)$")
-_ENV_REFERENCE = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*)\}$")
-_ENV_IN_TEXT = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
-_ID = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:@/+-]*$")
-_FINGERPRINT_SALT = secrets.token_bytes(16)  # per process: fingerprints cannot be matched outside it
+_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:@/+-]{0,199}")  # used with fullmatch: no trailing newline
 #: Seed 004's tiers: the default priority of each kind of model; ``asr`` is also protected.
 KIND_PRIORITY = {"llm": 0, "tts": 1, "asr": 2}
 PROTECTED_KINDS = frozenset({"asr"})
 _KINDS = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 
 
-class Secret:
-    """A token or API key: an ``${ENV}`` reference, or a literal kept out of sight.
-
-    The value is read from the environment only by :meth:`resolve`, when a
-    model loads. ``repr`` and ``str`` never show a literal value, and a literal
-    is never written to a saved file.
-    """
-
-    __slots__ = ("_literal", "reference")
-
-    def __init__(self, text: str) -> None:
-        match = _ENV_REFERENCE.match(text.strip())
-        self.reference: str | None = match.group(1) if match else None
-        self._literal: str | None = None if match else text
-
-    @property
-    def is_literal(self) -> bool:
-        return self.reference is None
-
-    def resolve(self) -> str | None:
-        """The secret's value now: the environment variable, or the literal."""
-        return os.environ.get(self.reference) if self.reference else self._literal
-
-    @property
-    def fingerprint(self) -> str:
-        """Tells secrets apart without revealing them: ``${NAME}``, or a salted, per-process digest."""
-        if self.reference:
-            return f"${{{self.reference}}}"
-        digest = hmac.new(_FINGERPRINT_SALT, (self._literal or "").encode(), hashlib.sha256).hexdigest()
-        return f"inline-{digest[:8]}"
-
-    def saved_form(self) -> str | None:
-        """``${NAME}`` for a reference; ``None`` for a literal (never saved)."""
-        return f"${{{self.reference}}}" if self.reference else None
-
-    def __eq__(self, other: object) -> bool:
-        return (isinstance(other, Secret) and self.reference == other.reference
-                and self._literal == other._literal)
-
-    def __hash__(self) -> int:
-        return hash((self.reference, self._literal))
-
-    def __repr__(self) -> str:
-        return f"Secret({self.saved_form() or '***'!r})"
-
-    __str__ = __repr__
-
-
 def expand_path(text: str) -> str:
     """Expand ``~`` and ``${ENV}`` in a path, and nothing else (no shell, no globs)."""
-    expanded = _ENV_IN_TEXT.sub(lambda m: os.environ.get(m.group(1), m.group(0)), text)
+    expanded = expand_references(text)
     return os.path.expanduser(expanded)
 
 
@@ -122,48 +78,20 @@ def looks_like_path(source: str) -> bool:
 
 def check_model_id(model_id: object, *, path: str | None = None) -> str:
     """A model id or alias: letters, digits and ``_ . : @ / + -`` (Hub ids are valid ids)."""
-    if not isinstance(model_id, str) or not _ID.match(model_id):
+    if not isinstance(model_id, str) or not _ID.fullmatch(model_id):
         raise ConfigurationError(
-            f"{model_id!r} is not a valid model id: use letters, digits and _ . : @ / + -", path=path)
+            f"{brief(model_id)} is not a valid model id: use letters, digits and _ . : @ / + -", path=path)
     return model_id
 
 
-#: The most values (mapping entries, list items, scalars) one option mapping may hold.
-MAX_OPTION_VALUES = 10_000
 _SECRET_OPTION_KEYS = frozenset({"token", "use_auth_token", "api_key", "password"})
-
-
-def canonical(value: Any, *, limit: int = MAX_OPTION_VALUES) -> str:
-    """One text per value, the same for equal values (mapping keys sorted), secrets as fingerprints.
-
-    What caches and instance keys are built from. Its cost is bounded:
-    more than ``limit`` values (an alias bomb, say) is a ``ValueError``.
-    """
-    budget = [limit]
-
-    def walk(item: Any) -> str:
-        budget[0] -= 1
-        if budget[0] < 0:
-            raise ValueError(f"too large: more than {limit} values")
-        if isinstance(item, Secret):
-            return json.dumps(item.fingerprint)
-        if item is None or isinstance(item, (bool, int, float, str)):
-            return json.dumps(item)
-        if isinstance(item, Mapping):
-            entries = sorted((str(key), walk(child)) for key, child in item.items())
-            return "{" + ",".join(f"{json.dumps(key)}:{text}" for key, text in entries) + "}"
-        if isinstance(item, (list, tuple, set, frozenset)):
-            return "[" + ",".join(walk(child) for child in item) + "]"
-        return json.dumps(f"{type(item).__name__}:{item}"[:200])
-
-    return walk(value)
 
 
 # -- field converters: each returns the normalized value or raises ValueError --
 
 def _string(value: Any) -> str:
     if not isinstance(value, str) or not value.strip():
-        raise ValueError(f"expected a non-empty string, got {value!r}")
+        raise ValueError(f"expected a non-empty string, got {brief(value)}")
     return value.strip()
 
 
@@ -173,28 +101,28 @@ def _optional(convert: Callable[[Any], Any]) -> Callable[[Any], Any]:
 
 def _boolean(value: Any) -> bool:
     if not isinstance(value, bool):
-        raise ValueError(f"expected true or false, got {value!r}")
+        raise ValueError(f"expected true or false, got {brief(value)}")
     return value
 
 
 def _integer(minimum: int) -> Callable[[Any], int]:
     def convert(value: Any) -> int:
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise ValueError(f"expected an integer >= {minimum}, got {value!r}")
+            raise ValueError(f"expected an integer >= {minimum}, got {brief(value)}")
         return value
     return convert
 
 
 def _number(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-        raise ValueError(f"expected a number > 0, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"expected a finite number > 0, got {brief(value)}")
     return float(value)
 
 
 def _dtype(value: Any) -> str:
     text = str(value).lower().removeprefix("torch.")
     if text not in DTYPES:
-        raise ValueError(f"unknown dtype {value!r}; use one of auto, float32, float16, bfloat16")
+        raise ValueError(f"unknown dtype {brief(value)}; use one of auto, float32, float16, bfloat16")
     return DTYPES[text]
 
 
@@ -203,7 +131,7 @@ def _quantization(value: Any) -> str | None:
         return None
     text = str(value).lower()
     if text not in QUANTIZATIONS:
-        raise ValueError(f"unknown quantization {value!r}; use 4bit, 8bit or null")
+        raise ValueError(f"unknown quantization {brief(value)}; use 4bit, 8bit or null")
     return QUANTIZATIONS[text]
 
 
@@ -221,21 +149,46 @@ def _one_device(value: Any) -> str:
         raise ValueError(f"a device is a name such as auto, cpu or cuda:0, got {brief(value)}")
     text = value.strip().lower()
     if not _DEVICE.match(text):
-        raise ValueError(f"unknown device {value!r}; use auto, cpu, cuda, cuda:N, mps, balanced "
+        raise ValueError(f"unknown device {brief(value)}; use auto, cpu, cuda, cuda:N, mps, balanced "
                          "(every GPU) or a list of cuda:N")
     return text
 
 
 def _secret(value: Any) -> Secret:
+    """A secret is text: an ``${ENV}`` reference (or a literal). A wrong value is never shown, whatever its type."""
     if isinstance(value, Secret):
         return value
-    return Secret(_string(value))
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"expected text, best an ${{ENV_VARIABLE}} reference, got {_kind_of(value)} "
+                         "(its value is not shown: it may be a secret)")
+    return Secret(value.strip())
+
+
+def _kind_of(value: Any) -> str:
+    return "an empty text" if isinstance(value, str) else f"a value of type {type(value).__name__}"
 
 
 def _headers(value: Any) -> dict[str, Secret]:
     if not isinstance(value, Mapping):
-        raise ValueError(f"expected a mapping of header name to value, got {value!r}")
-    return {str(name): _secret(text) for name, text in value.items()}
+        raise ValueError(f"expected a mapping of header name to value, got {_kind_of(value)} "
+                         "(its value is not shown: headers may hold secrets)")
+    headers = {}
+    for name, text in value.items():
+        if not isinstance(name, str) or not name.strip():
+            raise ValueError(f"a header name is text, got {_kind_of(name)}")
+        try:
+            headers[name.strip()] = _secret(text)
+        except ValueError as error:
+            raise ValueError(f"header {name.strip()!r}: {error}") from None
+    return headers
+
+
+def _url(value: Any) -> str:
+    """A server URL; credentials written into it (``user:key@``) are kept out of sight like any secret."""
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"expected a URL such as http://host:8000/v1, got {_kind_of(value)}"
+                         + ("" if has_credentials(str(value)) else f": {brief(value)}"))
+    return value.strip()
 
 
 def _mapping(value: Any) -> dict[str, Any]:
@@ -266,7 +219,7 @@ def _generation(value: Any) -> dict[str, Any]:
 def _kind(value: Any) -> str:
     text = _string(value).lower()
     if not _KINDS.match(text):
-        raise ValueError(f"kind is a short name such as llm, tts or asr, got {value!r}")
+        raise ValueError(f"kind is a short name such as llm, tts or asr, got {brief(value)}")
     return text
 
 
@@ -331,13 +284,13 @@ class ModelSpec:
         where: dict[str, Any] = {"path": str(path) if path else None, "model_id": model_id}
         check_model_id(model_id, path=where["path"])
         if not isinstance(data, Mapping):
-            raise ConfigurationError(f"expected a mapping of options, got {data!r}", **where)
+            raise ConfigurationError(f"expected a mapping of options, got {brief(data)}", **where)
         values: dict[str, Any] = {}
         for key, value in data.items():
             if key not in _CONVERTERS:
                 close = difflib.get_close_matches(str(key), list(_CONVERTERS), n=1)
                 hint = f"; did you mean {close[0]!r}?" if close else f"; known keys: {', '.join(_CONVERTERS)}"
-                raise ConfigurationError(f"unknown key {key!r}{hint}", key=str(key), **where)
+                raise ConfigurationError(f"unknown key {brief(key)}{hint}", key=brief(key), **where)
             if value is None and key not in _NULLABLE:
                 continue
             try:
@@ -358,13 +311,18 @@ class ModelSpec:
         hub_id = re.match(r"^[\w.-]+(/[\w.-]+)?$", self.source or "")
         if self.source and self.backend == "transformers" and not looks_like_path(self.source) and not hub_id:
             raise ConfigurationError(
-                f"source {self.source!r} is neither an existing local folder nor a Hub id "
+                f"source {brief(self.source)} is neither an existing local folder nor a Hub id "
                 "like 'org/name'", key="source", **where)
         local = self.source and self.backend == "transformers" and looks_like_path(self.source)
         if check_paths and local and not os.path.exists(expand_path(self.source or "")):
             raise ConfigurationError(
-                f"local path {expand_path(self.source or '')!r} does not exist; check the path "
+                f"local path {brief(expand_path(self.source or ''))} does not exist; check the path "
                 "(relative paths start from the kernel's working directory)", key="source", **where)
+
+    @property
+    def location(self) -> str:
+        """Where the model comes from, as it may be shown: its source, or its server's URL without credentials."""
+        return self.source or shown_url(self.base_url or "")
 
     @property
     def effective_priority(self) -> int:
@@ -387,8 +345,10 @@ class ModelSpec:
     def instance_key(self) -> str:
         """The one key that decides sharing: equal keys load the same weights the same way."""
         if self.base_url is not None:  # another key or header is another client: permissions, quota, billing
-            key = f"{self.backend}:{self.base_url.rstrip('/')}#{self.model or self.id}"
-            credentials = [f"key={self.api_key.fingerprint}"] if self.api_key else []
+            key = f"{self.backend}:{shown_url(self.base_url).rstrip('/')}#{self.model or self.id}"
+            in_url = url_credentials(self.base_url)
+            credentials = [f"url={in_url.fingerprint}"] if in_url is not None else []
+            credentials += [f"key={self.api_key.fingerprint}"] if self.api_key else []
             credentials += [f"{name}={value.fingerprint}" for name, value in sorted(self.headers.items())]
             return key + (f"|{','.join(credentials)}" if credentials else "")
         location = str(self.local_path) if self.local_path else self.source
@@ -410,8 +370,11 @@ class ModelSpec:
         """A copy with some fields changed (validated like a new spec)."""
         return replace(self, **changes)
 
-    def to_mapping(self) -> dict[str, Any]:
-        """The YAML entry for this spec: non-default fields, secrets as ``${ENV}`` only."""
+    def to_mapping(self, *, warn: bool = False) -> dict[str, Any]:
+        """The YAML entry for this spec: non-default fields, secrets as ``${ENV}`` only.
+
+        ``warn`` (when saving) logs, once per model and field, what is not written.
+        """
         entry: dict[str, Any] = {}
         for spec_field in fields(self):
             name = spec_field.name
@@ -421,17 +384,22 @@ class ModelSpec:
             default = spec_field.default_factory() if callable(spec_field.default_factory) else spec_field.default
             if value == default and name != "backend":
                 continue
-            entry[name] = self._saved_value(name, value)
+            entry[name] = self._saved_value(name, value, warn)
         return {k: v for k, v in entry.items() if v is not None or k in _NULLABLE}
 
-    def _saved_value(self, name: str, value: Any) -> Any:
+    def _saved_value(self, name: str, value: Any, warn: bool) -> Any:
         if isinstance(value, Secret):
-            if value.is_literal:
-                log.warning("%s of model %r was given in clear and is not saved; "
-                            "write it as ${ENV_VARIABLE} to keep it", name, self.id)
+            if value.is_literal and warn:
+                _warn_once(self.id, name, f"{name} of model {self.id!r} was given in clear and is not saved; "
+                                          "write it as ${ENV_VARIABLE} to keep it")
             return value.saved_form()
+        if name == "base_url" and shown_url(value) != value:
+            if warn:
+                _warn_once(self.id, name, f"the credentials in base_url of model {self.id!r} are not saved; give "
+                                          "them as api_key: ${ENV_VARIABLE} or in headers")
+            return url_without_literal_credentials(value)
         if name in ("headers", "load_kwargs"):
-            kept = {k: self._saved_value(f"{name}.{k}", v) for k, v in value.items()}
+            kept = {k: self._saved_value(f"{name}.{k}", v, warn) for k, v in value.items()}
             return {k: v for k, v in kept.items() if v is not None or not isinstance(value[k], Secret)} or None
         if name == "keep_alive":
             return "never" if value == float("inf") else value
@@ -445,6 +413,15 @@ class ModelSpec:
         return f"ModelSpec(id={self.id!r}, {shown})"
 
 
+_warned: set[tuple[str, str]] = set()
+
+
+def _warn_once(model_id: str, name: str, message: str) -> None:
+    if (model_id, name) not in _warned:
+        _warned.add((model_id, name))
+        log.warning("%s", message)
+
+
 _CONVERTERS: dict[str, Callable[[Any], Any]] = {
     "source": _string, "backend": _string, "revision": _optional(_string),
     "device": _device, "dtype": _dtype, "quantization": _quantization,
@@ -453,7 +430,7 @@ _CONVERTERS: dict[str, Callable[[Any], Any]] = {
     "priority": _optional(_integer(-(10**9))), "protected": _optional(_boolean), "kind": _kind,
     "keep_alive": _keep_alive, "preload": _boolean,
     "generation": _generation, "load_kwargs": _load_kwargs,
-    "base_url": _optional(_string), "model": _optional(_string), "api_key": _optional(_secret),
+    "base_url": _optional(_url), "model": _optional(_string), "api_key": _optional(_secret),
     "timeout": _optional(_number), "max_retries": _optional(_integer(0)), "headers": _headers,
     "options": _mapping, "builtin": _boolean,
 }

@@ -23,7 +23,8 @@ from typing import Any
 from ..errors import GenerationError, InvalidGenerationParameters, ModelLoadingError, OutOfMemoryDuringLoad
 from ..estimate import MemoryEstimate, estimate_checkpoint
 from ..generation import FinishReason, GenerationParams, GenerationResult, Prompt, StopTextFilter, cut_at_stop
-from ..spec import ModelSpec, Secret
+from ..secret import Secret
+from ..spec import ModelSpec
 from .base import Backend, LoadedModel, Placement, TextGenerator, release_frames
 
 __all__ = ["TransformersBackend"]

@@ -24,7 +24,9 @@ from urllib.parse import urlparse
 
 from ..errors import ConfigurationError, GenerationError, ModelLoadingError
 from ..generation import GenerationParams, GenerationResult, Prompt
-from ..spec import ModelSpec, Secret
+from ..secret import Secret, expand_references, shown_url, url_credentials
+from ..spec import ModelSpec
+from ..units import brief
 from .base import Backend, LoadedModel, Placement, TextGenerator
 
 __all__ = ["OpenAIBackend"]
@@ -70,21 +72,23 @@ class OpenAIBackend(Backend):
         url = urlparse(spec.base_url or "")
         if url.scheme not in ("http", "https") or not url.netloc:
             raise ConfigurationError(f"base_url must be an http(s) URL such as http://host:8000/v1, got "
-                                     f"{spec.base_url!r}", model_id=spec.id, key="base_url")
+                                     f"{brief(shown_url(spec.base_url or ''))}", model_id=spec.id, key="base_url")
         if importlib.util.find_spec("openai") is None:
             raise ConfigurationError(_MISSING, model_id=spec.id, key="backend")
 
     def load(self, spec: ModelSpec, placement: Placement) -> LoadedModel:
         """Connect, check the server answers and serves the model, and measure the round trip."""
         openai = _openai()
-        secrets = tuple(v for v in (_value(spec.api_key), *(_value(h) for h in spec.headers.values())) if v)
+        userinfo = _value(url_credentials(expand_references(spec.base_url or ""))) or ""
+        secrets = tuple(v for v in (_value(spec.api_key), userinfo, *userinfo.split(":"),
+                                    *(_value(h) for h in spec.headers.values())) if v)
         client = openai.OpenAI(
-            base_url=spec.base_url, api_key=_value(spec.api_key) or "none",
+            base_url=expand_references(spec.base_url or ""), api_key=_value(spec.api_key) or "none",
             timeout=spec.timeout or _DEFAULT_TIMEOUT_S,
             max_retries=_DEFAULT_RETRIES if spec.max_retries is None else spec.max_retries,
             default_headers={name: _value(value) or "" for name, value in spec.headers.items()},
         )
-        remote = RemoteModel(client, spec.model or spec.id, spec.base_url or "", secrets)
+        remote = RemoteModel(client, spec.model or spec.id, shown_url(spec.base_url or ""), secrets)
         started = time.perf_counter()
         try:
             served = [model.id for model in client.models.list().data]
@@ -94,7 +98,7 @@ class OpenAIBackend(Backend):
         latency = time.perf_counter() - started
         if remote.name not in served:
             client.close()
-            raise ModelLoadingError(f"{spec.base_url} does not serve {remote.name!r}; it serves: "
+            raise ModelLoadingError(f"{remote.endpoint} does not serve {remote.name!r}; it serves: "
                                     f"{', '.join(served) or 'nothing'}. Set model: to one of those.",
                                     model_id=spec.id)
         details = {"endpoint": remote.endpoint, "model": remote.name, "latency_s": latency,
@@ -103,7 +107,7 @@ class OpenAIBackend(Backend):
 
     def _load_failure(self, spec: ModelSpec, remote: RemoteModel, error: Exception) -> str:
         openai = _openai()
-        url = spec.base_url
+        url = remote.endpoint
         if isinstance(error, (openai.AuthenticationError, openai.PermissionDeniedError)):
             return (f"the server at {url} rejected the API key ({error.status_code}); the key comes from "
                     f"{_key_origin(spec.api_key)}: check it")
