@@ -42,9 +42,10 @@ def load(manager: LLMManager, model_id: str, *, pin: bool = False) -> str:
             manager.pin(canonical)
         return f"{canonical!r} is already loaded" + (", now pinned." if pin else ".")
     row = manager.load(model_id, pin=pin).status()
-    seconds = f" in {row.load_seconds:.1f} s" if row.load_seconds is not None else ""
+    seconds = f" in {row.load_seconds:.2f} s" if row.load_seconds is not None else ""
+    imported = f" (plus {row.import_seconds:.1f} s to import its libraries, once)" if row.import_seconds else ""
     return (f"Loaded {row.id!r} on {row.device}{seconds} ({row.actual_str or 'remote'})"
-            + (", pinned." if row.pinned else "."))
+            + (", pinned" if row.pinned else "") + imported + ".")
 
 
 def unload(manager: LLMManager, model_id: str) -> str:

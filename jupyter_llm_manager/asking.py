@@ -12,6 +12,7 @@ import argparse
 import keyword
 import re
 import threading
+import time
 from collections.abc import Callable, Container
 from typing import Any
 
@@ -51,6 +52,15 @@ def check_output_name(name: str, hidden: Container[str] = ()) -> str:
     return name
 
 
+class _Interrupted(Exception):
+    """Ctrl-C while a model answered: stop asking, keep what it said."""
+
+    def __init__(self, model_id: str, text: str) -> None:
+        super().__init__(model_id)
+        self.model_id = model_id
+        self.text = text
+
+
 class CellAsker:
     """Runs one ``%%llm`` cell against the manager (see the module docstring)."""
 
@@ -59,7 +69,7 @@ class CellAsker:
         self._manager = manager
         self.chats = chats
         self._make_view = make_view
-        self._noted_demos: set[str] = set()
+        self._noted_demo = False
 
     def run(self, args: argparse.Namespace, cell: str, namespace: dict[str, Any], fmt: Format) -> dict[str, str]:
         """Ask every model of the cell; returns id -> answer text."""
@@ -81,6 +91,8 @@ class CellAsker:
         try:
             for model_id in models:
                 answers[model_id] = self._ask(model_id, text, args, params, view)
+        except _Interrupted as stopped:  # Ctrl-C: the partial answer and "interrupted" are shown, no traceback
+            answers[stopped.model_id] = stopped.text
         finally:
             watcher()
             view.close()
@@ -120,8 +132,8 @@ class CellAsker:
     def _ask(self, model_id: str, text: str, args: argparse.Namespace, params: dict[str, Any], view: AnswerView) -> str:
         manager = self._manager()
         canonical = manager.resolve(model_id)
-        if is_demo(canonical) and canonical not in self._noted_demos:  # said once per session
-            self._noted_demos.add(canonical)
+        if is_demo(canonical) and not self._noted_demo:  # said once per session, whatever the model
+            self._noted_demo = True
             view.notice(NOISE_NOTE)
         prompt: Any = self.chats.messages(args.chat, text, args.system) if args.chat else text
         system = None if args.chat else args.system
@@ -132,15 +144,18 @@ class CellAsker:
             except LLMManagerError as error:
                 view.finish(model_id, None, error=f"failed: {error}")
                 raise
+            except KeyboardInterrupt:
+                view.finish(model_id, None, error="interrupted before the answer was complete")
+                raise _Interrupted(model_id, "") from None
         else:
             stream = manager.stream(model_id, prompt, system=system, raw=args.raw, **params)
             try:
                 for piece in stream:
                     view.add(model_id, piece)
             except KeyboardInterrupt:
-                stream.close()
+                stream.close()  # the backend stops within a token and says how far it got
                 view.finish(model_id, stream.result)
-                raise
+                raise _Interrupted(model_id, stream.result.text if stream.result else stream.text) from None
             except LLMManagerError as error:
                 view.finish(model_id, None, error=f"failed: {error}")
                 raise
@@ -154,17 +169,66 @@ class CellAsker:
         return result.text
 
     def _watch_events(self, view: AnswerView) -> Callable[[], None]:
-        """Show what the manager does for this cell (its thread's events) in the status line."""
+        """Show what the manager does for this cell (its thread's events) in the status line.
+
+        A load that takes more than a moment shows its elapsed time, updated
+        by a ticker thread until the load ends.
+        """
         cell_thread = threading.current_thread()
+        ticker = _LoadTicker(view)
 
         def on_event(event: Event) -> None:
             if threading.current_thread() is not cell_thread:
                 return
+            if event.kind == "loading" and event.model_id:
+                ticker.start(event.model_id)
+            elif event.kind in ("loaded", "load_failed"):
+                ticker.stop()
             note = _note(event)
             if note:
                 view.status(note)
 
-        return self._manager().subscribe(on_event)
+        unsubscribe = self._manager().subscribe(on_event)
+
+        def stop_watching() -> None:
+            unsubscribe()
+            ticker.stop()
+
+        return stop_watching
+
+
+class _LoadTicker:
+    """``loading smollm2… 4 s`` in the status line while a load runs, after its first second."""
+
+    def __init__(self, view: AnswerView, *, after: float = 1.0, every: float = 0.5) -> None:
+        self._view = view
+        self._after = after
+        self._every = every
+        self._done: threading.Event | None = None
+        self._lock = threading.Lock()  # a tick never lands after stop() cleared the note
+
+    def start(self, model_id: str) -> None:
+        self.stop()
+        done = self._done = threading.Event()
+        started = time.monotonic()
+
+        def tick() -> None:
+            done.wait(self._after)
+            while True:
+                with self._lock:
+                    if done.is_set():
+                        return
+                    self._view.progress(f"loading {model_id}… {time.monotonic() - started:.0f} s")
+                done.wait(self._every)
+
+        threading.Thread(target=tick, name="llm-load-ticker", daemon=True).start()
+
+    def stop(self) -> None:
+        with self._lock:
+            if self._done is not None:
+                self._done.set()
+                self._done = None
+                self._view.progress(None)
 
 
 def _note(event: Event) -> str | None:
@@ -174,7 +238,8 @@ def _note(event: Event) -> str | None:
         return f"loading {event.model_id}…"
     if event.kind == "loaded" and event.seconds is not None:
         seconds = f"{event.seconds:.2f}" if event.seconds < 1 else f"{event.seconds:.1f}"
-        return f"loaded {event.model_id} in {seconds} s ({event.bytes_str})"
+        imported = [part for part in event.message.split(" · ") if part.startswith("imported ")]
+        return " · ".join([*imported, f"loaded {event.model_id} in {seconds} s ({event.bytes_str})"])
     if event.kind == "evicted":
         return f"evicted {event.model_id} ({event.reason}, {event.bytes_str} freed)"
     if event.kind == "warning":

@@ -8,6 +8,7 @@ JupyterLab wait as long and say the same thing.
 from __future__ import annotations
 
 import argparse
+import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -19,6 +20,7 @@ from .chats import ChatSessions
 from .holders import HOLDER_HINT
 from .magic_args import usage
 from .manager import LLMManager
+from .secret import has_credentials, shown_url
 from .tables import Table
 from .units import format_bytes
 
@@ -26,6 +28,27 @@ if TYPE_CHECKING:
     from .dashboard import Dashboard
 
 __all__ = ["LineCommands"]
+
+
+_REFERENCE = re.compile(r"\$\{[A-Za-z_][A-Za-z0-9_]*\}")
+_KEPT_IN_CELLS = ("a cell is saved with the notebook and shared with it: set an environment variable (in the "
+                  "shell that starts Jupyter, or os.environ['MY_KEY'] = ... in a cell you do not keep) and pass")
+
+
+def _reference(key: str) -> str:
+    """``--api-key``: only ``${VAR}``; a key typed into a cell would be saved and shared with the notebook."""
+    if not _REFERENCE.fullmatch(key.strip()):
+        raise UsageError(f"--api-key takes a reference such as '${{OPENAI_API_KEY}}', not a key: {_KEPT_IN_CELLS} "
+                         "--api-key '${MY_KEY}'")
+    return key.strip()
+
+
+def _no_credentials(url: str) -> str:
+    """A server URL typed in a cell must not carry a password (``user:key@``), unless as ``${VAR}`` references."""
+    if has_credentials(url) and shown_url(url) != url:
+        raise UsageError(f"the URL carries credentials (user:key@): {_KEPT_IN_CELLS} --api-key '${{MY_KEY}}' "
+                         "with the URL alone")
+    return url
 
 
 def say(text: str) -> None:
@@ -89,8 +112,17 @@ class LineCommands:
 
     def command_register(self, args: argparse.Namespace) -> None:
         manager = self._manager()
-        options = {k: getattr(args, k) for k in ("device", "dtype", "quantization") if getattr(args, k)}
-        spec = manager.register(args.id, source=args.source, backend=args.backend, persist=args.persist,
+        options = {k: getattr(args, k) for k in ("device", "dtype", "quantization", "model") if getattr(args, k)}
+        source, backend, base_url = args.source, args.backend, args.base_url
+        if base_url or (source and backend == "openai" and re.match(r"https?://", source)):
+            backend, base_url = backend or "openai", base_url or source
+            source = None if source == base_url else source
+            options["base_url"] = _no_credentials(base_url)
+        if args.api_key is not None:
+            options["api_key"] = _reference(args.api_key)
+        if not source and not base_url:
+            raise UsageError("%llm register needs a SOURCE (a Hub id or a folder), or --base-url URL for a server")
+        spec = manager.register(args.id, source=source, backend=backend or "transformers", persist=args.persist,
                                 overwrite=True, **options)
         where = f"; saved to {manager.config_path}" if args.persist else ""
         say(f"Registered {spec.id!r} ({spec.backend}: {spec.location}){where}.")

@@ -107,12 +107,13 @@ def find_config_path(explicit: str | os.PathLike | None = None) -> Path | None:
 
 
 def load_config(path: str | os.PathLike) -> ConfigFile:
-    """Read and validate a configuration file in any of the three layouts."""
+    """Read and validate a configuration file in any of the three layouts.
+
+    A file that does not exist yet is an empty registry: the first save creates it (and its folders).
+    """
     path = Path(path)
     if not path.exists():
-        raise ConfigurationError(
-            "the configuration file does not exist; create it (an empty file is fine) "
-            f"or unset config_path and ${CONFIG_ENV}", path=str(path))
+        return ConfigFile(path=path)
     data = _read_yaml(path)
     return _parse(data, path)
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import html
 import logging
-import sys
 import threading
 import time
 from collections import deque
@@ -27,8 +26,9 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from . import actions
-from .errors import LLMManagerError
+from .errors import LLMManagerError, log_failure
 from .events import Event
+from .imports import ready
 from .reports import StatusRow
 from .units import format_bytes, format_duration
 
@@ -39,8 +39,17 @@ __all__ = ["Dashboard"]
 
 log = logging.getLogger(__name__)
 
-_COLUMNS = (("model", "15em"), ("state", "10em"), ("device", "6em"), ("estimate / actual", "12em"),
-            ("last use", "6em"), ("keep-alive", "6em"))
+# One grid for the header and every row, so columns stay aligned at any width (a side panel too).
+_COLUMNS = (("model", "minmax(8em, 2fr)"), ("state", "minmax(7em, 1.5fr)"), ("device", "minmax(3.5em, 0.6fr)"),
+            ("memory", "minmax(8em, 1.6fr)"), ("last use", "minmax(4em, 0.8fr)"),
+            ("keep-alive", "minmax(4em, 0.8fr)"), ("", "max-content"))
+_GRID = " ".join(width for _, width in _COLUMNS)
+_WRAP = "overflow-wrap: anywhere"
+_SIZES = {"weights": "measured after the load: what the model's tensors take",
+          "needs": "estimated before loading, from metadata: weights + KV cache + overhead",
+          "reserved": "what this kernel counts against the budget for its loaded models: measured weights + "
+                      "the KV cache and overhead of their estimates"}
+_LEGEND = " · ".join(f"<b>{name}</b>: {text}" for name, text in _SIZES.items())
 _MUTED = "color: var(--jp-ui-font-color2, #777)"
 _HELD, _OTHERS, _BUDGET = "#3b82f6", "#a3a3a3", "#dc2626"
 _ACTION_JOIN_S = actions.ACTION_WAIT_S + 5.0
@@ -80,19 +89,19 @@ def _device_html(device: Any) -> str:
         f" background:{_OTHERS}'></div>"
         f"<div title='budget' style='position:absolute; left:{budget}%; top:0; bottom:0; width:2px;"
         f" background:{_BUDGET}'></div></div>")
-    text = (f"{_coarse(device.used_bytes)} of {device.total_str} used · {device.held_str} reserved for models"
-            f" · budget {device.budget_str}")
-    return (f"<div style='display:flex; align-items:center; gap:0.6em'>"
-            f"<div style='width:14em'><b>{_text(device.device)}</b> "
+    text = (f"{_coarse(device.used_bytes)} of {device.total_str} used · <span title='{_SIZES['reserved']}'>"
+            f"{_text(device.held_str)} reserved</span> for models · budget {device.budget_str}")
+    return (f"<div style='display:flex; flex-wrap:wrap; align-items:center; gap:0.2em 0.6em'>"
+            f"<div style='min-width:10em'><b>{_text(device.device)}</b> "
             f"<span style='{_MUTED}'>{_text(device.name)}</span></div>{bar}"
-            f"<div style='width:26em'>{_text(text)}</div></div>")
+            f"<div style='{_WRAP}'>{text}</div></div>")
 
 
 def _no_gpu_note() -> str:
     from .memory import nvml_error
 
     reason = nvml_error() or "no NVIDIA GPU reported"
-    torch = sys.modules.get("torch")
+    torch = ready("torch")
     if torch is not None and not torch.cuda.is_available():
         reason += f"; torch {torch.__version__} sees no CUDA device"
     return (f"<div style='{_MUTED}'>No GPU visible to this kernel ({_text(reason)}). Models run on the CPU; "
@@ -107,8 +116,19 @@ def _state_html(row: StatusRow, pending: str | None, loading_since: float | None
         return f"<progress style='width:4em'></progress> loading{elapsed}"
     if row.state == "failed":
         return f"<span style='color:{_BUDGET}' title='{html.escape(row.error or '')}'>failed</span>"
-    notes = [n for flag, n in ((row.in_use, f"in use ({row.in_use})"), (row.pinned, "pinned")) if flag]
+    if row.state == "waiting":
+        return f"<span title='{html.escape(row.waiting_for or '')}'>waiting (#{row.queue_position or 1})</span>"
+    notes = [n for flag, n in ((row.in_use, f"in use ({row.in_use})"), (row.pinned, "pinned"),
+                               (row.reachable is False, "unreachable")) if flag]
     return _text(row.state + (f" · {', '.join(notes)}" if notes else ""))
+
+
+def _memory_html(row: StatusRow) -> str:
+    """The model's sizes, each named: measured weights, and what it needs (the estimate)."""
+    if row.remote:
+        return "remote"
+    parts = [(name, value) for name, value in (("weights", row.actual_str), ("needs", row.estimated_str)) if value]
+    return " · ".join(f"<span title='{_SIZES[name]}'>{name} {_text(value)}</span>" for name, value in parts) or "?"
 
 
 def _name_html(row: StatusRow) -> str:
@@ -120,9 +140,9 @@ def _name_html(row: StatusRow) -> str:
     if row.remote:
         facts = [str(row.details.get(k)) for k in ("endpoint", "latency_str", "last_error") if row.details.get(k)]
         details = f"<div style='{_MUTED}; font-size:smaller'>{_text(' · '.join(facts))}</div>"
-    if row.state == "failed" and row.error:
+    if row.error and (row.state == "failed" or row.reachable is False):
         details += f"<div style='color:{_BUDGET}; font-size:smaller'>{_text(row.error[:200])}</div>"
-    return f"<b>{_text(row.id)}</b>{aliases}{badges}{details}"
+    return f"<div style='{_WRAP}'><b>{_text(row.id)}</b>{aliases}{badges}{details}</div>"
 
 
 def _event_html(events: list[Event]) -> str:
@@ -142,29 +162,32 @@ def _message_html(when: float, failed: bool, text: str) -> str:
 
 
 class _ModelRow:
-    """The widgets of one model id: cells and its Load / Unload / Pin buttons."""
+    """The widgets of one model id: its cells in the grid, and its Load / Unload / Pin buttons."""
 
     def __init__(self, widgets: Any, dashboard: Dashboard, model_id: str) -> None:
-        self.cells = [widgets.HTML(layout=widgets.Layout(width=width)) for _, width in _COLUMNS]
-        self.load = widgets.Button(description="Load", layout=widgets.Layout(width="5.5em"))
-        self.unload = widgets.Button(description="Unload", layout=widgets.Layout(width="5.5em"))
-        self.pin = widgets.Button(description="Pin", layout=widgets.Layout(width="5.5em"))
+        self.cells = [widgets.HTML(layout=widgets.Layout(min_width="0")) for _ in _COLUMNS[:-1]]
+        self.load = widgets.Button(description="Load", layout=widgets.Layout(width="auto"))
+        self.unload = widgets.Button(description="Unload", layout=widgets.Layout(width="auto"))
+        self.pin = widgets.Button(description="Pin", layout=widgets.Layout(width="auto"))
         self.load.on_click(lambda _: dashboard.load(model_id))
         self.unload.on_click(lambda _: dashboard.unload(model_id))
         self.pin.on_click(lambda _: dashboard.toggle_pin(model_id))
-        self.box = widgets.HBox([*self.cells, self.load, self.unload, self.pin],
-                                layout=widgets.Layout(align_items="center"))
+        self.buttons = widgets.HBox([self.load, self.unload, self.pin],
+                                    layout=widgets.Layout(flex_flow="row wrap", width="auto"))
+
+    @property
+    def grid_cells(self) -> list[Any]:
+        return [*self.cells, self.buttons]
 
     @property
     def widgets(self) -> list[Any]:
-        return [*self.cells, self.load, self.unload, self.pin, self.box]
+        return [*self.cells, self.load, self.unload, self.pin, self.buttons]
 
     def values(self, row: StatusRow, pending: str | None, loading_since: float | None,
                now: float) -> list[tuple[Any, dict[str, Any]]]:
-        memory = "remote" if row.remote else " / ".join(p for p in (row.estimated_str or "?", row.actual_str) if p)
         texts = [_name_html(row), _state_html(row, pending, loading_since, now),
-                 _text(row.device), _text(memory), _text(row.last_used_str(now)),
-                 _text(row.expires_in_str(now))]
+                 _text(row.device), _memory_html(row), _text(row.last_used_str()),
+                 _text(row.expires_in_str())]
         busy = bool(pending) or row.state == "loading"
         return [*((cell, {"value": text}) for cell, text in zip(self.cells, texts)),
                 (self.load, {"disabled": busy or row.state == "loaded"}),
@@ -212,12 +235,13 @@ class Dashboard:
     def _build(self, widgets: Any) -> None:
         self._title = widgets.HTML("<b>LLM models in this kernel</b>")
         self._devices = widgets.HTML()
-        header = widgets.HBox([widgets.HTML(f"<span style='{_MUTED}'>{name}</span>", layout=widgets.Layout(width=w))
-                               for name, w in _COLUMNS])
-        self._model_box = widgets.VBox()
-        self._cap = widgets.IntText(description="Max models", value=self.manager.max_loaded_models or 0,
-                                    layout=widgets.Layout(width="12em"), continuous_update=False,
-                                    tooltip="0 = no cap")
+        self._header_cells = [widgets.HTML(f"<span style='{_MUTED}'>{name}</span>") for name, _ in _COLUMNS]
+        self._model_box = widgets.GridBox(self._header_cells, layout=widgets.Layout(
+            grid_template_columns=_GRID, grid_gap="2px 10px", align_items="center", width="100%"))
+        self._legend = widgets.HTML(f"<div style='{_MUTED}; font-size:smaller; {_WRAP}'>{_LEGEND}</div>")
+        self._cap = widgets.Text(description="Max models", value=self._cap_text(), placeholder="no cap",
+                                 layout=widgets.Layout(width="12em"), continuous_update=False,
+                                 tooltip="how many models may be loaded at once; empty: no cap")
         self._keep_alive = widgets.Text(description="Keep-alive", value=self._keep_alive_text(),
                                         layout=widgets.Layout(width="14em"), continuous_update=False,
                                         placeholder="10m, 1h, never")
@@ -227,18 +251,18 @@ class Dashboard:
         self._free.on_click(lambda _: self.free_memory())
         self._cap.observe(self._on_cap, names="value")
         self._keep_alive.observe(self._on_keep_alive, names="value")
-        actions = widgets.HBox([self._unload_all, self._free, self._cap, self._keep_alive])
+        actions = widgets.HBox([self._unload_all, self._free, self._cap, self._keep_alive],
+                               layout=widgets.Layout(flex_flow="row wrap"))
         self._messages_html = widgets.HTML()
         self._events = widgets.HTML()
         events = widgets.Accordion([self._events], titles=("Events",))
-        self._header = header
         self._actions_box = actions
         self._events_box = events
-        self.widget = widgets.VBox([self._title, self._devices, header, self._model_box, actions,
+        self.widget = widgets.VBox([self._title, self._devices, self._model_box, self._legend, actions,
                                     self._messages_html, events])
 
     def _all_widgets(self) -> list[Any]:
-        found = [self._title, self._devices, *self._header.children, self._header, self._model_box, self._cap,
+        found = [self._title, self._devices, *self._header_cells, self._model_box, self._legend, self._cap,
                  self._keep_alive, self._unload_all, self._free, self._actions_box, self._messages_html,
                  self._events, self._events_box, self.widget]
         for row in self._rows.values():
@@ -266,8 +290,10 @@ class Dashboard:
                 _apply(widget, **values)
         _apply(self._events, value=_event_html(events))
         _apply(self._messages_html, value="".join(_message_html(*m) for m in messages))
-        _apply(self._cap, value=self.manager.max_loaded_models or 0)
+        _apply(self._cap, value=self._cap_text())
         _apply(self._keep_alive, value=self._keep_alive_text())
+        nothing_loaded = not any(row.state == "loaded" for row in rows)
+        _apply(self._unload_all, disabled=nothing_loaded or "" in pending)
 
     def _sync_rows(self, ids: list[str]) -> None:
         for model_id in ids:
@@ -275,9 +301,13 @@ class Dashboard:
                 self._rows[model_id] = _ModelRow(self._widgets_module, self, model_id)
         for model_id in [m for m in self._rows if m not in ids]:
             _close(self._rows.pop(model_id).widgets)
-        boxes = tuple(self._rows[m].box for m in ids)
-        if tuple(self._model_box.children) != boxes:
-            self._model_box.children = boxes
+        cells = tuple(self._header_cells) + tuple(c for m in ids for c in self._rows[m].grid_cells)
+        if tuple(self._model_box.children) != cells:
+            self._model_box.children = cells
+
+    def _cap_text(self) -> str:
+        cap = self.manager.max_loaded_models
+        return "" if cap is None else str(cap)
 
     def _keep_alive_text(self) -> str:
         seconds = self.manager.keep_alive
@@ -293,8 +323,8 @@ class Dashboard:
             self._wake.clear()
             try:
                 self.refresh()
-            except Exception:
-                log.exception("the dashboard failed to refresh; it keeps running")
+            except Exception as error:  # noqa: BLE001 - the writer thread must survive, and say so in one line
+                log_failure(log, "the dashboard failed to refresh; it keeps running", error)
 
     def _on_event(self, event: Event) -> None:
         with self._lock:
@@ -323,9 +353,11 @@ class Dashboard:
         self._submit(None, "collecting", lambda: actions.free_memory(self.manager))
 
     def _on_cap(self, change: dict[str, Any]) -> None:
-        value = change["new"] or None
-        if value != self.manager.max_loaded_models:
-            self._submit(None, "setting the cap", lambda: actions.configure(self.manager, "max_loaded_models", value))
+        text = change["new"].strip()
+        if text == self._cap_text():
+            return
+        value: int | str | None = int(text) if text.isdigit() else (text or None)  # a bad value: its error shown
+        self._submit(None, "setting the cap", lambda: actions.configure(self.manager, "max_loaded_models", value))
 
     def _on_keep_alive(self, change: dict[str, Any]) -> None:
         text = change["new"].strip()
@@ -347,8 +379,8 @@ class Dashboard:
                 message, failed = call(), False
             except LLMManagerError as error:
                 message = str(error)
-            except Exception as error:  # a bug, not a user error: logged with its traceback, shown in one line
-                log.exception("dashboard action %r failed", what)
+            except Exception as error:  # noqa: BLE001 - a bug, not a user error: logged and shown in one line
+                log_failure(log, f"dashboard action {what!r} failed", error)
                 message = f"{type(error).__name__}: {error}"
             with self._lock:
                 self._pending.pop(key, None)

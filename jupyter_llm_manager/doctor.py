@@ -13,6 +13,8 @@ import sys
 from dataclasses import dataclass, field
 from importlib import metadata
 
+from .imports import heavy
+
 __all__ = ["Diagnosis", "Finding", "diagnose"]
 
 _LIBRARIES = ("jupyter_llm_manager", "torch", "transformers", "accelerate", "huggingface_hub", "safetensors",
@@ -112,7 +114,7 @@ def _text(value: str | bytes) -> str:
 
 def _torch(found: Diagnosis) -> None:
     try:
-        import torch
+        torch = heavy("torch")
     except ImportError:
         found.gpu_blockers.append("torch is not installed")
         return

@@ -8,6 +8,7 @@ their context as attributes; front-ends show ``str(error)`` as one line.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -26,7 +27,18 @@ __all__ = [
     "ModelNotFoundError",
     "OutOfMemoryDuringLoad",
     "ResourceNotAvailableError",
+    "log_failure",
 ]
+
+
+def log_failure(log: logging.Logger, what: str, error: BaseException) -> None:
+    """An unexpected failure in a background thread or a callback: one line, the traceback only at DEBUG.
+
+    In a kernel, anything such a thread writes lands in whichever cell runs:
+    a line says what failed; the traceback is there for whoever turns on debug logging.
+    """
+    log.warning("%s: %s: %s", what, type(error).__name__, error)
+    log.debug("%s", what, exc_info=error)
 
 
 class LLMManagerError(Exception):

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
+from .errors import log_failure
 from .units import bytes_text
 
 __all__ = ["Event", "EventBus", "EventKind", "EvictionReason"]
@@ -95,8 +96,8 @@ class EventBus:
         for callback in subscribers:
             try:
                 callback(event)
-            except Exception:
-                log.exception("an event subscriber failed on %s", event)
+            except Exception as error:  # noqa: BLE001 - a subscriber's bug must not break the manager
+                log_failure(log, f"an event subscriber failed on {event}", error)
         return event
 
     def recent(self, limit: int | None = None) -> list[Event]:

@@ -18,6 +18,8 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
+import psutil
+
 from .backends import Backend, release_frames
 from .books import Books
 from .errors import ModelLoadingError, ResourceNotAvailableError
@@ -134,12 +136,18 @@ class Freeing:
     def collect_garbage(self) -> GarbageReport:
         """Collect garbage and empty device caches without unloading; report what is still alive."""
         started = time.perf_counter()
+        alive_before = set(self.lingering())
+        process = psutil.Process()
+        process_before = process.memory_info().rss
         before = {d.device: d.total_bytes - d.free_bytes for d in self._probe()}
         gc.collect()
         for backend in self._backends():
             backend.release_memory(tuple(before))
         after = {d.device: d.total_bytes - d.free_bytes for d in self._probe()}
-        return GarbageReport(before, after, self.lingering(), time.perf_counter() - started)
+        lingering = self.lingering()
+        collected = tuple(sorted(alive_before - set(lingering)))
+        return GarbageReport(before, after, lingering, time.perf_counter() - started, collected, process_before,
+                             process.memory_info().rss)
 
 
 def load_failure(canonical: str, error: BaseException) -> ModelLoadingError:

@@ -22,6 +22,7 @@ __all__ = [
     "GenerationResult",
     "Prompt",
     "StopTextFilter",
+    "StreamInterrupted",
     "cut_at_stop",
     "normalize_prompt",
 ]
@@ -150,6 +151,14 @@ class GenerationResult:
     def _repr_markdown_(self) -> str:
         """In a notebook: the answer, and its cost in small print."""
         return f"{self.text}\n\n<sub>{self.summary_str}</sub>"
+
+
+class StreamInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a stream, raised by a backend that stopped cleanly: ``result`` says what was made."""
+
+    def __init__(self, result: GenerationResult) -> None:
+        super().__init__("interrupted")
+        self.result = result
 
 
 def normalize_prompt(prompt: Prompt, *, system: str | None = None) -> str | list[dict[str, str]]:

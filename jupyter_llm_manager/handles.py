@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .errors import LLMManagerError, ModelNotFoundError
-from .generation import GenerationParams, GenerationResult, Prompt
+from .generation import GenerationParams, GenerationResult, Prompt, StreamInterrupted
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -194,18 +194,34 @@ class TextStream:
                 yield piece
         except BaseException as failure:
             error = failure
+            if isinstance(failure, StreamInterrupted):  # the backend stopped and says what it made
+                self.result = failure.result
             raise
         finally:
             if pieces is not None:
+                if self.result is None and isinstance(error, GeneratorExit):  # closed early: let it finish
+                    self.result = self._finish_early(pieces)
                 pieces.close()
             if self.result is None and not isinstance(error, Exception):  # interrupted or closed early
                 self.result = self._interrupted_result()
             ticket.release()
             self._runs.finished(ticket.canonical, self.result, error)
 
+    def _finish_early(self, pieces: Iterator[str]) -> GenerationResult | None:
+        """Stop the backend and take what it made up to there (it stops within one token)."""
+        self._stop.set()
+        try:
+            while True:
+                self._pieces.append(next(pieces))
+        except StopIteration as done:
+            return done.value if isinstance(done.value, GenerationResult) else None
+        except Exception:  # noqa: BLE001 - a backend that cannot finish cleanly: the text so far stands
+            return None
+
     def _interrupted_result(self) -> GenerationResult:
+        """What a stream cut short made, when its backend could not say: the pieces stand for tokens."""
         seconds = time.perf_counter() - (self._started or time.perf_counter())
-        return GenerationResult(self.model_id, self.text, 0, 0, seconds, "interrupted")
+        return GenerationResult(self.model_id, self.text, 0, len(self._pieces), seconds, "interrupted")
 
     def __repr__(self) -> str:
         state = "done" if self.result else ("streaming" if self._iterator else "not started")

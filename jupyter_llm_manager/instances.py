@@ -57,6 +57,7 @@ class Instance:
     load_seconds: float | None = None
     ready: threading.Event = field(default_factory=threading.Event)
     error: BaseException | None = None
+    imported: tuple[tuple[str, float], ...] = ()  # first imports its load paid for: (module, seconds)
     arrival: int | None = None  # the arrival number of its first waiter, when it was queued
     waited: float | None = None  # how long that waiter waited for room (seconds)
 

@@ -1,12 +1,14 @@
 """The kernel side of the JupyterLab extension: a comm that mirrors the manager and takes its clicks.
 
-Registered by ``%load_ext``. JupyterLab opens a comm to the target
-``jupyter_llm_manager`` when it connects to a kernel (it is closed at once
-where the extension is not loaded), and the kernel opens one to JupyterLab
-when the extension loads, so a status bar and a panel already showing learn
-it at once. Every manager event pushes a fresh snapshot (coalesced), also
-while a cell runs; JupyterLab never polls. Messages carry ids and numbers,
-never model objects. Like the other front-ends: no policy here.
+Registered by ``%load_ext``. Only JupyterLab opens the comm, to the target
+``jupyter_llm_manager``: when it connects to a kernel, and again after a cell
+that may have loaded the extension ran (the kernel closes it at once where
+the extension is not loaded). The kernel never opens one itself, so a
+frontend without the extension (classic Notebook, VS Code, nbclient) never
+gets a comm it has no handler for. Every manager event pushes a fresh
+snapshot (coalesced), also while a cell runs; JupyterLab never polls.
+Messages carry ids and numbers, never model objects. Like the other
+front-ends: no policy here.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from . import actions
-from .errors import LLMManagerError
+from .errors import LLMManagerError, log_failure
 from .events import Event
 from .units import brief, format_bytes
 
@@ -44,12 +46,11 @@ class LabBridge:
         self._unsubscribe: Callable[[], None] | None = None
 
     def attach(self) -> None:
-        """Listen for JupyterLab, tell the ones already connected, and follow the manager's events."""
+        """Listen for JupyterLab's comms, and follow the manager's events."""
         import comm
 
         comm.get_comm_manager().register_target(TARGET, self._on_open)
         self._unsubscribe = self.manager.subscribe(self._on_event)
-        self._adopt(comm.create_comm(target_name=TARGET, data=self.snapshot()))
 
     def detach(self) -> None:
         """Stop: the panels and status bars of this kernel then say the extension is not loaded."""
@@ -98,10 +99,14 @@ class LabBridge:
         with self._lock:
             self._timer = None
             comms = list(self._comms)
-        if comms:
+        if not comms:
+            return
+        try:
             snapshot = self.snapshot()
             for channel in comms:
                 channel.send(snapshot)
+        except Exception as error:  # noqa: BLE001 - a timer thread: never a traceback into the running cell
+            log_failure(log, "updating JupyterLab failed", error)
 
     # -- actions ----------------------------------------------------------------------------
 
@@ -136,8 +141,8 @@ class LabBridge:
             text, ok = call(), True
         except LLMManagerError as error:
             text, ok = str(error), False
-        except Exception as error:  # a bug: logged with its traceback, answered in one line
-            log.exception("a JupyterLab action failed")
+        except Exception as error:  # noqa: BLE001 - a bug: logged and answered in one line
+            log_failure(log, "a JupyterLab action failed", error)
             text, ok = f"{type(error).__name__}: {error}", False
         channel.send({"type": "result", "request": request, "ok": ok, "message": text})
         channel.send(self.snapshot())
@@ -170,11 +175,14 @@ class LabBridge:
             "state": row.state, "in_use": row.in_use, "pinned": row.pinned, "remote": row.remote,
             "estimated": row.estimated_str, "actual": row.actual_str, "actual_bytes": row.actual_bytes,
             "last_used": row.last_used, "expires_at": row.expires_at, "error": row.error,
-            "trust_remote_code": row.trust_remote_code,
+            "trust_remote_code": row.trust_remote_code, "reachable": row.reachable,
+            "waiting_for": row.waiting_for,
         } for row in rows]
         loaded = [row for row in rows if row.state == "loaded"]
         held = sum(row.actual_bytes or 0 for row in loaded)
+        reports = self.manager.devices()
         devices = [{"device": d.device, "name": d.name, "total": d.total_str, "free": d.free_str,
-                    "budget": d.budget_str, "held": d.held_str} for d in self.manager.devices()]
+                    "budget": d.budget_str, "held": d.held_str} for d in reports]
         return {"type": "snapshot", "time": now, "loaded": len(loaded), "held_bytes": held,
-                "held_str": format_bytes(held), "models": models, "devices": devices}
+                "held_str": format_bytes(held), "reserved_str": format_bytes(sum(d.held_bytes for d in reports)),
+                "models": models, "devices": devices}

@@ -14,7 +14,7 @@ import gc
 import time
 from collections.abc import Callable
 
-from . import policy
+from . import imports, policy
 from .backends import LoadedModel
 from .books import Books
 from .errors import OutOfMemoryDuringLoad, ResourceNotAvailableError
@@ -30,6 +30,13 @@ __all__ = ["FIT_HINT", "Loading"]
 
 FIT_HINT = ("Unpin or unload a model, raise memory_fraction or memory_budget, choose a smaller dtype or "
             "quantization='4bit', or place the model on another device (device='cpu').")
+
+
+def _imported(imported: tuple[tuple[str, float], ...]) -> list[str]:
+    """``imported torch, transformers in 6.4 s`` when this load paid for first imports."""
+    if not imported:
+        return []
+    return [f"imported {', '.join(name for name, _ in imported)} in {sum(s for _, s in imported):.1f} s"]
 
 
 class Loading:
@@ -56,18 +63,22 @@ class Loading:
         waited = f" after waiting {instance.waited:.1f} s for room" if instance.waited and instance.waited >= 0.1 else ""
         self._bus.emit("loading", canonical, message=where + waited, arrival=instance.arrival)
         reserved = instance.total_bytes
+        before = imports.take_report()  # first imports this thread paid while planning (torch)
         started = time.perf_counter()
         loaded: LoadedModel | None = None
         ticket: Ticket | None = None
         published = False
         try:
             loaded = self._load_with_retry(canonical, instance)
+            during = imports.take_report()  # and while loading (transformers): not the model's load time
+            instance.imported = tuple(before + during)
+            seconds = time.perf_counter() - started - sum(s for _, s in during)
             with interrupts_deferred():
-                ticket = self._publish(model_id, canonical, instance, loaded, time.perf_counter() - started)
+                ticket = self._publish(model_id, canonical, instance, loaded, seconds)
                 published = True
                 loaded = None
                 self._bus.emit("loaded", canonical, seconds=instance.load_seconds, bytes=instance.footprint_bytes,
-                               message=", ".join(instance.placement.devices) or "remote")
+                               message=" · ".join([where, *_imported(instance.imported)]))
         except BaseException as error:
             if published:  # an interrupt held back until the model was published: it stays loaded, unleased
                 if ticket is not None:

@@ -80,8 +80,15 @@ def _line_parser() -> tuple[MagicArgumentParser, dict[str, MagicArgumentParser]]
         command(name, text).add_argument("model", metavar="MODEL")
     register = command("register", "register a model (loads nothing)")
     register.add_argument("id", metavar="ID")
-    register.add_argument("source", metavar="SOURCE", help="a Hub id or a local folder")
-    register.add_argument("--backend", default="transformers", help="transformers (default) or openai")
+    register.add_argument("source", nargs="?", metavar="SOURCE",
+                          help="a Hub id or a local folder; for --backend openai, the server's URL")
+    register.add_argument("--backend", default=None,
+                          help="transformers (default), or openai for an OpenAI-compatible server")
+    register.add_argument("--base-url", metavar="URL",
+                          help="an OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1 (implies --backend openai)")
+    register.add_argument("--model", metavar="NAME", help="the model name the server serves (default: ID)")
+    register.add_argument("--api-key", metavar="'${VAR}'",
+                          help="the server's key as a reference to an environment variable, never the key itself")
     register.add_argument("--device", help="auto, cpu, cuda, cuda:N, balanced")
     register.add_argument("--dtype", help="auto, float32, float16, bfloat16")
     register.add_argument("--quantization", help="4bit or 8bit")

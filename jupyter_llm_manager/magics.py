@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -23,7 +24,7 @@ from . import actions
 from .asking import CellAsker, check_output_name
 from .chats import ChatSessions
 from .commands import LineCommands
-from .errors import LLMManagerError
+from .errors import LLMManagerError, ModelNotFoundError
 from .lab import LabBridge
 from .magic_args import CELL_PARSER, LINE_COMMANDS, LINE_PARSER, MODEL_COMMANDS, parse, usage
 from .manager import LLMManager, get_manager
@@ -42,6 +43,10 @@ def _user_errors() -> Iterator[None]:
     """A user's mistake is one line (UsageError), not a traceback."""
     try:
         yield
+    except ModelNotFoundError as error:  # said the notebook way
+        close = " or ".join(map(repr, error.close_matches))
+        hint = f"Did you mean {close}?" if close else "Register it with %llm register ID SOURCE, or see %llm list."
+        raise UsageError(f"No model is registered as {error.model_id!r}. {hint}") from None
     except LLMManagerError as error:
         raise UsageError(str(error)) from None
 
@@ -161,7 +166,7 @@ def _matcher_for(magics: LLMMagics) -> Any:
     return complete_llm
 
 
-_registered: dict[int, tuple[LLMMagics, Any, LabBridge]] = {}
+_registered: dict[int, tuple[LLMMagics, Any, LabBridge | None]] = {}
 
 
 def load_ipython_extension(shell: Any) -> None:
@@ -173,8 +178,14 @@ def load_ipython_extension(shell: Any) -> None:
     matcher = _matcher_for(magics)
     if getattr(shell, "Completer", None) is not None:
         shell.Completer.custom_matchers.append(matcher)
-    bridge = LabBridge(magics.manager)
-    bridge.attach()
+    try:
+        bridge: LabBridge | None = LabBridge(magics.manager)
+    except LLMManagerError as error:  # a broken configuration file: one line; the magics stay, to fix it
+        bridge = None
+        sys.stderr.write(f"jupyter_llm_manager: {error}\nThe %llm magics are loaded: fix the file, then run "
+                         "%reload_ext jupyter_llm_manager.\n")
+    if bridge is not None:
+        bridge.attach()
     _registered[id(shell)] = (magics, matcher, bridge)
 
 
@@ -184,7 +195,8 @@ def unload_ipython_extension(shell: Any) -> None:
     if registered is None:
         return
     magics, matcher, bridge = registered
-    bridge.detach()
+    if bridge is not None:
+        bridge.detach()
     magics.commands.close_dashboard()
     for kind in ("line", "cell"):
         shell.magics_manager.magics[kind].pop("llm", None)

@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psutil
 
+from .imports import ready
 from .units import bytes_text
 
 __all__ = [
@@ -143,8 +144,9 @@ def _read_int(path: str) -> int | None:
 def probe_gpus() -> list[DeviceMemory]:
     """Visible GPUs from NVML, else from ``torch.cuda`` when torch is already loaded."""
     gpus = _nvml_gpus()
-    if gpus is None and "torch" in sys.modules:
-        gpus = _torch_gpus()
+    torch = ready("torch")  # only when its import has finished: never a half-imported module
+    if gpus is None and torch is not None:
+        gpus = _torch_gpus(torch)
     return gpus or []
 
 
@@ -220,8 +222,7 @@ def _visible_nvml_indices(uuids: Sequence[str]) -> list[int]:
     return indices
 
 
-def _torch_gpus() -> list[DeviceMemory] | None:
-    torch = sys.modules["torch"]
+def _torch_gpus(torch: Any) -> list[DeviceMemory] | None:
     try:
         if not torch.cuda.is_available():
             return None
@@ -231,6 +232,6 @@ def _torch_gpus() -> list[DeviceMemory] | None:
             name = torch.cuda.get_device_name(index)
             gpus.append(DeviceMemory(f"cuda:{index}", name, int(total), int(free), "torch"))
         return gpus
-    except RuntimeError as error:
-        log.warning("torch.cuda failed to report GPU memory: %s", error)
+    except (RuntimeError, AssertionError) as error:  # a broken driver; any thread may ask, so no noise
+        log.debug("torch.cuda failed to report GPU memory: %s", error)
         return None

@@ -13,6 +13,8 @@ import threading
 import weakref
 from typing import Protocol
 
+from .errors import log_failure
+
 __all__ = ["Reaper"]
 
 log = logging.getLogger(__name__)
@@ -73,8 +75,8 @@ def _run(target: weakref.ref[Expiring], wake: threading.Event, stop: threading.E
             if delay is not None and delay <= 0:
                 found.expire()
                 delay = found.next_expiry()
-        except Exception:
-            log.exception("the keep-alive reaper failed; it keeps running")
+        except Exception as error:  # noqa: BLE001 - the reaper must survive, and say so in one line
+            log_failure(log, "the keep-alive reaper failed; it keeps running", error)
             delay = _MAX_SLEEP_S
         del found
         wake.wait(_MAX_SLEEP_S if delay is None else min(delay, _MAX_SLEEP_S))

@@ -63,6 +63,7 @@ class AnswerView:
         self.summaries: dict[str, str] = {}
         self.notes: list[str] = []
         self.notices: list[str] = []
+        self.progress_note: str | None = None  # what is happening now ("loading x… 4 s"), replaced as it goes
 
     def add(self, model_id: str, piece: str) -> None:
         self.texts[model_id] += piece
@@ -74,6 +75,10 @@ class AnswerView:
     def notice(self, text: str) -> None:
         """A sentence worth its own line below the answer (said once, e.g. about demo models)."""
         self.notices.append(text)
+
+    def progress(self, text: str | None) -> None:
+        """What is happening right now, replacing the previous progress note (``None``: done)."""
+        self.progress_note = text
 
     def finish(self, model_id: str, result: GenerationResult | None, error: str | None = None) -> None:
         """One model's answer is complete (or was interrupted, or failed)."""
@@ -114,6 +119,10 @@ class RichAnswerView(AnswerView):
         super().notice(text)
         self._refresh_status()
 
+    def progress(self, text: str | None) -> None:
+        super().progress(text)
+        self._refresh_status()
+
     def finish(self, model_id: str, result: GenerationResult | None, error: str | None = None) -> None:
         super().finish(model_id, result, error)
         self._answer.update(self._answer_bundle(final=model_id == self.model_ids[-1]), raw=True)
@@ -148,7 +157,7 @@ class RichAnswerView(AnswerView):
             "<div style='flex: 1 1 0; min-width: 16em; border-left: 2px solid var(--jp-border-color2, #ddd);"
             " padding: 0 0.6em'>"
             f"<div><b>{html.escape(model_id)}</b></div>"
-            f"<div style='white-space: pre-wrap'>{html.escape(self.texts[model_id])}</div>"
+            f"<div style='white-space: pre-wrap; overflow-wrap: anywhere'>{html.escape(self.texts[model_id])}</div>"
             f"<div style='{_MUTED}'>{html.escape(self.summaries.get(model_id, ''))}</div></div>"
             for model_id in self.model_ids)
         plain = "\n\n".join(f"── {m} ──\n{self.texts[m]}\n{self.summaries.get(m, '')}".rstrip()
@@ -157,7 +166,7 @@ class RichAnswerView(AnswerView):
                 "text/plain": plain}
 
     def _status_bundle(self) -> dict[str, Any]:
-        parts = list(self.notes)
+        parts = list(self.notes) + ([self.progress_note] if self.progress_note else [])
         if len(self.model_ids) == 1 and self.model_ids[0] in self.summaries:
             parts.append(self.summaries[self.model_ids[0]])
         lines = [" · ".join(parts)] if parts else []

@@ -5,7 +5,6 @@ They hold ids and numbers, never model objects, so front-ends can keep them.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -49,6 +48,8 @@ class StatusRow:
     queue_position: int | None = None
     idle_seconds: float | None = None  # since the last use, when the row was made (monotonic clock)
     expires_in: float | None = None  # keep-alive left when the row was made (monotonic clock)
+    import_seconds: float | None = None  # first imports of heavy libraries its load paid for (not in load_seconds)
+    reachable: bool | None = None  # remote models: whether the last call reached the server (None: no call yet)
 
     estimated_str = bytes_text("estimated_bytes")
     actual_str = bytes_text("actual_bytes")
@@ -104,12 +105,20 @@ class UnloadReport:
 
 @dataclass(frozen=True)
 class GarbageReport:
-    """Memory before and after a garbage collection, and models that are still alive."""
+    """What a garbage collection freed: unloaded models that were still alive, device caches; what still lives.
+
+    ``used_before``/``used_after`` are system-wide device figures (other
+    processes change them too); ``process_before``/``process_after`` this
+    kernel's resident memory: secondary facts, not the manager's doing.
+    """
 
     used_before: Mapping[str, int]
     used_after: Mapping[str, int]
     lingering: Mapping[str, tuple[str, ...]]  # unloaded model id -> what still holds it
     seconds: float
+    collected: tuple[str, ...] = ()  # unloaded models that were still alive and are gone now
+    process_before: int | None = None
+    process_after: int | None = None
 
     @property
     def freed_bytes(self) -> dict[str, int]:
@@ -117,10 +126,18 @@ class GarbageReport:
                 for d in self.used_before}
 
     def __str__(self) -> str:
-        lines = [f"{device}: {format_bytes(self.used_before[device])} used before, "
-                 f"{format_bytes(self.used_after.get(device, math.nan))} after"
-                 for device in self.used_before]
+        if self.collected:
+            lines = [(f"Freed {len(self.collected)} unloaded model(s) that were still alive: "
+                     f"{', '.join(map(repr, self.collected))}.")]
+        else:
+            lines = ["No unloaded model was waiting to be freed."]
+        returned = {d: b for d, b in self.freed_bytes.items() if d != "cpu" and b}
+        lines += [f"{device}: {format_bytes(size)} of cached memory returned to the device."
+                  for device, size in returned.items()]
         for model_id, holders in self.lingering.items():
             lines.append(f"{model_id!r} was unloaded but is still alive, held by "
-                         f"{', '.join(holders) or 'an unknown reference'}")
+                         f"{', '.join(holders) or 'an unknown reference'}.")
+        if self.process_before is not None and self.process_after is not None:
+            lines.append(f"(This kernel's process memory went from {format_bytes(self.process_before)} to "
+                         f"{format_bytes(self.process_after)}; everything it runs changes that figure.)")
         return "\n".join(lines)

@@ -15,6 +15,7 @@ from .backends import Backend
 from .books import Books
 from .errors import LLMManagerError
 from .estimate import EstimateCache, MemoryEstimate
+from .instances import Instance
 from .memory import DeviceProbe, DeviceReport, device_budget
 from .reports import ModelState, StatusRow
 from .spec import ModelSpec
@@ -99,11 +100,33 @@ class StatusView:
             actual_bytes=instance.footprint_bytes if instance is not None and state == "loaded" else None,
             last_used=None if last_used is None else wall - (now - last_used),
             expires_at=None if expires is None else wall + (expires - now),
-            error=books.failures.get(spec.id), remote=backend.remote, trust_remote_code=spec.trust_remote_code,
+            error=books.failures.get(spec.id) or _last_call_error(instance), remote=backend.remote,
+            trust_remote_code=spec.trust_remote_code,
             keep_alive=books.keep_alive_of(instance) if instance is not None else spec.keep_alive,
             load_seconds=instance.load_seconds if instance is not None else None,
             details=dict(instance.loaded.details) if instance is not None and instance.loaded else {},
             protected=books.registry.is_protected(key), kind=spec.kind,
             waiting_for=books.queue.waiting_for(key) or ("queued" if position else None), queue_position=position,
             idle_seconds=None if last_used is None else now - last_used,
-            expires_in=None if expires is None else expires - now)
+            expires_in=None if expires is None else expires - now,
+            import_seconds=sum(s for _, s in instance.imported) if instance is not None and instance.imported else None,
+            reachable=_reachable(instance))
+
+
+def _details(instance: Instance | None) -> dict[str, object]:
+    return instance.loaded.details if instance is not None and instance.loaded is not None else {}
+
+
+def _last_call_error(instance: Instance | None) -> str | None:
+    """A loaded remote model whose last call failed: what failed, and when (until a call succeeds)."""
+    details = _details(instance)
+    error, when = details.get("last_error"), details.get("last_error_at")
+    if not error:
+        return None
+    at = time.strftime("%H:%M:%S", time.localtime(when)) if isinstance(when, (int, float)) else "?"
+    return f"last call failed at {at}: {error}"
+
+
+def _reachable(instance: Instance | None) -> bool | None:
+    reachable = _details(instance).get("reachable")
+    return reachable if isinstance(reachable, bool) else None

@@ -12,6 +12,9 @@ from dataclasses import dataclass, field
 
 __all__ = ["Table"]
 
+_NOWRAP = "white-space: nowrap"  # the first column names the row: it never breaks
+_WRAP = "overflow-wrap: anywhere"  # long sources, errors and paths wrap instead of taking the width
+
 
 @dataclass(frozen=True)
 class Table:
@@ -25,7 +28,8 @@ class Table:
     def _repr_html_(self) -> str:
         head = "".join(f"<th style='text-align:left'>{html.escape(c)}</th>" for c in self.columns)
         body = "".join(
-            "<tr>" + "".join(f"<td style='text-align:left'>{html.escape(str(v))}</td>" for v in row) + "</tr>"
+            "<tr>" + "".join(f"<td style='text-align:left; {_NOWRAP if i == 0 else _WRAP}'>{html.escape(str(v))}</td>"
+                             for i, v in enumerate(row)) + "</tr>"
             for row in self.rows
         )
         caption = f"<caption style='text-align:left'><b>{html.escape(self.caption)}</b></caption>" if self.caption else ""

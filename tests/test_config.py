@@ -153,9 +153,15 @@ def test_a_truncated_file_and_wrong_types(tmp_path):
         load_config(write(tmp_path / "m.yaml", "models: 3\n"))
 
 
-def test_a_missing_file_is_a_clear_error(tmp_path):
-    with pytest.raises(ConfigurationError, match="does not exist"):
-        LLMManager(config_path=tmp_path / "nope.yaml")
+def test_a_file_that_does_not_exist_yet_starts_empty_and_is_created_on_the_first_save(tmp_path):
+    path = tmp_path / "new" / "folder" / "llm.yaml"
+    manager = LLMManager(config_path=path, preload=False)
+    try:
+        assert manager.ids() == [] and manager.config_path == path and not path.exists()
+        manager.register("m", source="org/m", persist=True)
+        assert "org/m" in path.read_text()
+    finally:
+        manager.close()
 
 
 def test_an_empty_file_is_an_empty_registry(tmp_path):

@@ -80,18 +80,40 @@ def test_buttons_call_the_manager(board, manager):
     board._unload_all.click()
     assert all(r.state == "registered" for r in manager.status())
     board._free.click()
-    assert "used before" in board._messages_html.value
+    assert "No unloaded model was waiting to be freed" in board._messages_html.value
 
 
 def test_settings_are_editable_in_place(board, manager):
-    board._cap.value = 1
+    board._cap.value = "1"
     assert manager.max_loaded_models == 1
     board._keep_alive.value = "15m"
     assert manager.keep_alive == 900
     board._keep_alive.value = "soon"
     assert "expected a duration" in board._messages_html.value and manager.keep_alive == 900
-    board._cap.value = 0
-    assert manager.max_loaded_models is None
+    board._cap.value = "zero"
+    assert "max_loaded_models" in board._messages_html.value and manager.max_loaded_models == 1
+    board._cap.value = ""  # empty: no cap, shown as the placeholder, never as "0"
+    assert manager.max_loaded_models is None and board._cap.value == "" and board._cap.placeholder == "no cap"
+
+
+def test_unload_all_is_disabled_with_nothing_loaded_and_sizes_are_named(board, manager):
+    board.refresh()
+    assert board._unload_all.disabled
+    manager.load("a")
+    board.refresh()
+    assert not board._unload_all.disabled
+    (row,) = [r for r in board._rows.values() if "weights" in r.cells[3].value]
+    assert "needs" in row.cells[3].value and "title=" in row.cells[3].value
+    assert "reserved" in board._devices.value and "KV cache" in board._legend.value
+
+
+def test_the_header_and_every_row_share_one_grid(board, manager):
+    manager.load("a")
+    board.refresh()
+    grid = board._model_box
+    columns = grid.layout.grid_template_columns.split(" minmax")
+    assert len(board._header_cells) == len(next(iter(board._rows.values())).grid_cells) == 7
+    assert len(grid.children) == 7 * (1 + len(board._rows)) and len(columns) >= 6
 
 
 def test_rows_follow_loads_evictions_and_failures(board, manager, clock):

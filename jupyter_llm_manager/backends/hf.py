@@ -22,7 +22,16 @@ from typing import Any
 
 from ..errors import GenerationError, InvalidGenerationParameters, ModelLoadingError, OutOfMemoryDuringLoad
 from ..estimate import MemoryEstimate, estimate_checkpoint
-from ..generation import FinishReason, GenerationParams, GenerationResult, Prompt, StopTextFilter, cut_at_stop
+from ..generation import (
+    FinishReason,
+    GenerationParams,
+    GenerationResult,
+    Prompt,
+    StopTextFilter,
+    StreamInterrupted,
+    cut_at_stop,
+)
+from ..imports import heavy
 from ..secret import Secret
 from ..spec import ModelSpec
 from .base import Backend, LoadedModel, Placement, TextGenerator, release_frames
@@ -36,10 +45,12 @@ _DONE = object()
 _JOIN_TIMEOUT_S = 30.0
 
 
-def _torch():
-    import torch
+def _torch() -> Any:
+    return heavy("torch")
 
-    return torch
+
+def _transformers() -> Any:
+    return heavy("transformers")
 
 
 class TransformersBackend(Backend):
@@ -68,12 +79,12 @@ class TransformersBackend(Backend):
                   "token": spec.token.resolve() if spec.token else None}
         before = self.memory_in_use(placement.devices)
         try:
-            from transformers import AutoModelForCausalLM, AutoTokenizer
-
-            tokenizer = AutoTokenizer.from_pretrained(spec.tokenizer or source, **common)
-            model = AutoModelForCausalLM.from_pretrained(
-                source, dtype=_torch_dtype(spec.dtype), **self._placement_kwargs(spec, placement),
-                **common, **_resolved(spec.load_kwargs))
+            transformers = _transformers()
+            with library_progress_off():
+                tokenizer = transformers.AutoTokenizer.from_pretrained(spec.tokenizer or source, **common)
+                model = transformers.AutoModelForCausalLM.from_pretrained(
+                    source, dtype=_torch_dtype(spec.dtype), **self._placement_kwargs(spec, placement),
+                    **common, **_resolved(spec.load_kwargs))
         except (torch.OutOfMemoryError, MemoryError) as error:
             release_frames(error)
             raise OutOfMemoryDuringLoad(f"out of memory while loading {spec.id!r} on "
@@ -116,8 +127,7 @@ class TransformersBackend(Backend):
         elif target != "cpu":
             kwargs["device_map"] = {"": target}
         if spec.quantization:
-            from transformers import BitsAndBytesConfig
-
+            BitsAndBytesConfig = _transformers().BitsAndBytesConfig
             compute = _torch_dtype(spec.dtype)
             kwargs["quantization_config"] = (
                 BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
@@ -213,22 +223,29 @@ class TransformersBackend(Backend):
         started = time.perf_counter()
         worker.start()
         text_filter = StopTextFilter(params.stop)
+        interrupted = False
         try:
-            for piece in _drain(pieces):
-                shown = text_filter.feed(piece)
-                if text_filter.stopped:
-                    stop.set()
-                if shown:
-                    yield shown
-            rest = text_filter.flush()
+            try:
+                for piece in _drain(pieces):
+                    shown = text_filter.feed(piece)
+                    if text_filter.stopped:
+                        stop.set()
+                    if shown:
+                        yield shown
+            except KeyboardInterrupt:  # Ctrl-C while waiting for a piece: stop, then say what was made
+                interrupted = True
+            rest = "" if interrupted else text_filter.flush()
             if rest:
                 yield rest
         finally:
             if not outcome:  # the consumer left early (interrupt, close): end the worker
                 stop.set()
             worker.join(_JOIN_TIMEOUT_S)
-        return self._stream_result(outcome, model_id, prompt_tokens, max_new, started, text_filter,
-                                   stop, warnings)
+        result = self._stream_result(outcome, model_id, prompt_tokens, max_new, started, text_filter,
+                                     stop, warnings)
+        if interrupted:
+            raise StreamInterrupted(result)
+        return result
 
     def _stream_result(self, outcome: dict[str, Any], model_id: str, prompt_tokens: int, max_new: int,
                        started: float, text_filter: StopTextFilter, stop: threading.Event,
@@ -368,6 +385,45 @@ def _seeded(seed: int | None, model: Any) -> Iterator[None]:
         yield
 
 
+_progress_lock = threading.Lock()
+_progress_quieted = 0
+
+
+@contextmanager
+def library_progress_off() -> Iterator[None]:
+    """transformers' and huggingface_hub's own progress bars off during a managed load.
+
+    The manager shows one progress display of its own (the ``%%llm`` status
+    line, the dashboard row); the libraries' bars would land under it and stay
+    in the saved notebook. They are turned back on after the last load that
+    turned them off, when they were on.
+    """
+    global _progress_quieted
+    from huggingface_hub import utils as hub_utils
+
+    logging_utils = _transformers().utils.logging
+    with _progress_lock:
+        if _progress_quieted == 0:
+            _progress_state["transformers"] = logging_utils.is_progress_bar_enabled()
+            _progress_state["hub"] = not hub_utils.are_progress_bars_disabled()
+            logging_utils.disable_progress_bar()
+            hub_utils.disable_progress_bars()
+        _progress_quieted += 1
+    try:
+        yield
+    finally:
+        with _progress_lock:
+            _progress_quieted -= 1
+            if _progress_quieted == 0:
+                if _progress_state.get("transformers"):
+                    logging_utils.enable_progress_bar()
+                if _progress_state.get("hub"):
+                    hub_utils.enable_progress_bars()
+
+
+_progress_state: dict[str, bool] = {}
+
+
 def _resolved(options: dict[str, Any]) -> dict[str, Any]:
     """Options with their secrets (a ``token`` in ``load_kwargs``) read now, when the model loads."""
     return {key: value.resolve() if isinstance(value, Secret) else value for key, value in options.items()}
@@ -397,16 +453,12 @@ def _drain(pieces: queue.Queue) -> Iterator[str]:
 
 
 def _stop_criteria(stop: threading.Event) -> Any:
-    from transformers import StoppingCriteriaList
-
-    return StoppingCriteriaList([_stop_when_set_class()(stop)])
+    return _transformers().StoppingCriteriaList([_stop_when_set_class()(stop)])
 
 
 @functools.cache
 def _stop_when_set_class() -> type:
-    from transformers import StoppingCriteria
-
-    class StopWhenSet(StoppingCriteria):
+    class StopWhenSet(_transformers().StoppingCriteria):  # type: ignore[misc]
         """Ends generation at the next token once the event is set (interrupt, stop string)."""
 
         def __init__(self, stop: threading.Event) -> None:
@@ -422,6 +474,7 @@ def _stop_when_set_class() -> type:
 
 @functools.cache
 def _streamer_class() -> type:
+    _transformers()
     from transformers.generation.streamers import BaseStreamer
 
     class QueueStreamer(BaseStreamer):

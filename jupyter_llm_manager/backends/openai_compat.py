@@ -102,7 +102,7 @@ class OpenAIBackend(Backend):
                                     f"{', '.join(served) or 'nothing'}. Set model: to one of those.",
                                     model_id=spec.id)
         details = {"endpoint": remote.endpoint, "model": remote.name, "latency_s": latency,
-                   "latency_str": f"{latency * 1000:.0f} ms", "last_error": None}
+                   "latency_str": f"{latency * 1000:.0f} ms", "last_error": None, "reachable": True}
         return LoadedModel(model=remote, tokenizer=None, footprint={}, details=details)
 
     def _load_failure(self, spec: ModelSpec, remote: RemoteModel, error: Exception) -> str:
@@ -152,7 +152,7 @@ class OpenAIBackend(Backend):
             response.close()  # also on an interrupt: closes the connection
         if first is not None:
             self._note_latency(loaded, first - started)
-        loaded.details["last_error"] = None
+        loaded.details.update(last_error=None, last_error_at=None, reachable=True)
         return _result(model_id, "".join(pieces), usage, len(pieces), time.perf_counter() - started, finish)
 
     def generate(self, loaded: LoadedModel, prompt: Prompt, params: GenerationParams, *,
@@ -161,9 +161,9 @@ class OpenAIBackend(Backend):
         response = self._request(loaded, prompt, params, model_id=model_id, raw=raw, stream=False)
         seconds = time.perf_counter() - started
         self._note_latency(loaded, seconds)
+        loaded.details.update(last_error=None, last_error_at=None, reachable=True)
         choice = response.choices[0]
         text = choice.text if raw else (choice.message.content or "")
-        loaded.details["last_error"] = None
         return _result(model_id, text, response.usage, None, seconds, choice.finish_reason)
 
     def _request(self, loaded: LoadedModel, prompt: Prompt, params: GenerationParams, *, model_id: str,
@@ -215,7 +215,8 @@ class OpenAIBackend(Backend):
             message = f"cannot reach {url} ({type(error).__name__}); is the server still running?"
         else:
             message = f"{type(error).__name__} from {url}: {remote.redact(str(error))[:300]}"
-        loaded.details["last_error"] = message
+        reached = isinstance(error, openai.APIStatusError)  # the server answered, with an error
+        loaded.details.update(last_error=message, last_error_at=time.time(), reachable=reached)
         return GenerationError(f"{model_id!r}: {message}", model_id=model_id)
 
     def _note_latency(self, loaded: LoadedModel, seconds: float) -> None:

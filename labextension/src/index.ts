@@ -7,7 +7,8 @@
  * - `%%llm` cell bodies highlighted as Markdown, in notebooks and consoles.
  *
  * Policy stays in the kernel's manager: this only shows its snapshots and
- * sends it clicks, through the comm that `%load_ext jupyter_llm_manager` opens.
+ * sends it clicks, through a comm it opens to the kernel (which answers once
+ * `%load_ext jupyter_llm_manager` ran there).
  */
 import { ILayoutRestorer, JupyterFrontEnd, JupyterFrontEndPlugin } from '@jupyterlab/application';
 import { ICommandPalette, Notification } from '@jupyterlab/apputils';
@@ -76,15 +77,23 @@ const models: JupyterFrontEndPlugin<void> = {
     app.commands.addCommand(CommandIDs.insertCell, {
       label: 'LLM: Insert %%llm cell',
       isEnabled: () => notebooks.currentWidget !== null,
-      execute: () => {
-        const notebook = notebooks.currentWidget?.content;
-        if (!notebook) {
+      execute: async () => {
+        const panel = notebooks.currentWidget;
+        if (!panel) {
           return;
         }
+        const notebook = panel.content;
         NotebookActions.insertBelow(notebook);
-        notebook.activeCell?.model.sharedModel.setSource('%%llm\n');
+        const cell = notebook.activeCell;
+        if (!cell) {
+          return;
+        }
+        cell.model.sharedModel.setSource('%%llm\n');
+        app.shell.activateById(panel.id); // from the palette or a menu, focus is elsewhere: bring it back
+        await cell.ready;
         notebook.mode = 'edit';
-        notebook.activeCell?.editor?.setCursorPosition({ line: 1, column: 0 });
+        cell.editor?.setCursorPosition({ line: 1, column: 0 }); // the prompt goes on line 2, below the magic
+        cell.editor?.focus();
       }
     });
     state.changed.connect(() => app.commands.notifyCommandChanged());

@@ -71,8 +71,10 @@ export class LLMModelsPanel extends Widget {
       );
       body.append(actions);
       for (const device of snapshot.devices) {
-        body.append(element('div', `${device.device}: ${device.held} reserved for models · ${device.free} free ` +
-          `of ${device.total} · budget ${device.budget}`, 'jp-LLMPanel-device'));
+        const line = element('div', `${device.device}: ${device.held} reserved for models · ${device.free} free ` +
+          `of ${device.total} · budget ${device.budget}`, 'jp-LLMPanel-device');
+        line.title = RESERVED_HELP;
+        body.append(line);
       }
     }
     if (this._message) {
@@ -98,16 +100,15 @@ export class LLMModelsPanel extends Widget {
       }
       const pending = this._pending.get(model.id);
       const state = element('span', pending ? `${pending}…` : stateText(model), 'jp-LLMPanel-state');
-      if (model.error) {
-        state.title = model.error;
-      }
+      state.title = model.error ?? model.waiting_for ?? '';
       head.append(name, state);
-      const memory = model.remote ? 'remote' : [model.actual, model.estimated && `est. ${model.estimated}`]
-        .filter(Boolean).join(' / ');
+      const memory = model.remote ? 'remote' : [model.actual && `weights ${model.actual}`,
+        model.estimated && `needs ${model.estimated}`].filter(Boolean).join(' · ');
       const used = model.last_used ? `used ${ago(now - model.last_used)} ago` : '';
       const left = model.expires_at ? `unloads in ${ago(model.expires_at - now)}` : '';
       const facts = element('div', [model.device, memory, used, left].filter(Boolean).join(' · '),
         'jp-LLMPanel-facts');
+      facts.title = SIZES_HELP;
       const buttons = element('div', '', 'jp-LLMPanel-buttons');
       buttons.append(
         this._button('Unload', () => this.act('unload', model.id), model.state !== 'loaded' || !!pending),
@@ -115,7 +116,7 @@ export class LLMModelsPanel extends Widget {
           !!pending)
       );
       card.append(head, facts, buttons);
-      if (model.error && model.state === 'failed') {
+      if (model.error && (model.state === 'failed' || model.reachable === false)) {
         card.append(element('div', model.error, 'jp-LLMPanel-error'));
       }
       list.append(card);
@@ -137,8 +138,14 @@ export class LLMModelsPanel extends Widget {
   private _timer: number;
 }
 
+const SIZES_HELP = 'weights: measured after the load; needs: the estimate from metadata, weights plus the ' +
+  'KV cache and overhead it takes to generate';
+const RESERVED_HELP = 'reserved: what this kernel counts against the budget for its loaded models: their ' +
+  'measured weights plus the KV cache and overhead of their estimates';
+
 function stateText(model: IModelRow): string {
-  const notes = [model.in_use ? `in use (${model.in_use})` : '', model.pinned ? 'pinned' : ''].filter(Boolean);
+  const notes = [model.in_use ? `in use (${model.in_use})` : '', model.pinned ? 'pinned' : '',
+    model.reachable === false ? 'unreachable' : ''].filter(Boolean);
   return notes.length ? `${model.state} · ${notes.join(', ')}` : model.state;
 }
 

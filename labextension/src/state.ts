@@ -3,7 +3,7 @@
  * `jupyter_llm_manager` comm. Holds ids and numbers only; the kernel pushes a
  * snapshot on every manager event, so nothing here polls it.
  */
-import { INotebookTracker, NotebookPanel } from '@jupyterlab/notebook';
+import { INotebookTracker, NotebookActions, NotebookPanel } from '@jupyterlab/notebook';
 import { ISessionContext } from '@jupyterlab/apputils';
 import { Kernel, KernelMessage } from '@jupyterlab/services';
 import { IDisposable } from '@lumino/disposable';
@@ -17,7 +17,7 @@ export interface IModelRow {
   aliases: string[];
   backend: string;
   device: string;
-  state: 'registered' | 'loading' | 'loaded' | 'failed';
+  state: 'registered' | 'waiting' | 'loading' | 'loaded' | 'unloading' | 'failed';
   in_use: number;
   pinned: boolean;
   remote: boolean;
@@ -27,6 +27,8 @@ export interface IModelRow {
   expires_at: number | null;
   error: string | null;
   trust_remote_code: boolean;
+  reachable: boolean | null;
+  waiting_for: string | null;
 }
 
 export interface ISnapshot {
@@ -35,6 +37,7 @@ export interface ISnapshot {
   loaded: number;
   held_bytes: number;
   held_str: string;
+  reserved_str: string;
   models: IModelRow[];
   devices: { device: string; name: string; total: string; free: string; budget: string; held: string }[];
 }
@@ -52,6 +55,7 @@ interface IKernelEntry {
 export class LLMKernelState implements IDisposable {
   constructor(private readonly _notebooks: INotebookTracker) {
     _notebooks.currentChanged.connect(this._onNotebook, this);
+    NotebookActions.executed.connect(this._onExecuted, this);
     this._onNotebook();
   }
 
@@ -104,6 +108,7 @@ export class LLMKernelState implements IDisposable {
     }
     this._disposed = true;
     this._notebooks.currentChanged.disconnect(this._onNotebook, this);
+    NotebookActions.executed.disconnect(this._onExecuted, this);
     this._watch(null);
     Signal.clearData(this);
   }
@@ -145,7 +150,25 @@ export class LLMKernelState implements IDisposable {
     }
   }
 
-  /** Listen for the kernel opening our comm, and ask whether the extension is loaded already. */
+  /**
+   * After a cell that may have loaded the extension (`%load_ext jupyter_llm_manager`, `%llm`, `%%llm`), ask
+   * again if this kernel had none: the kernel never opens the comm itself, so that frontends without this
+   * extension (classic Notebook, VS Code, nbclient) never get a comm they cannot handle.
+   */
+  private _onExecuted(_: unknown, args: { cell: { model: { sharedModel: { getSource(): string } } } }): void {
+    const kernel = this._session?.session?.kernel;
+    const source = args.cell.model.sharedModel.getSource();
+    if (!kernel || !/jupyter_llm_manager|%llm/.test(source)) {
+      return;
+    }
+    const entry = this._kernels.get(kernel.id);
+    if (!entry || !entry.comm || entry.comm.isDisposed) {
+      this._kernels.delete(kernel.id);
+      this._connect(kernel);
+    }
+  }
+
+  /** Open our comm to the kernel: it answers with a snapshot, or closes it where the extension is not loaded. */
   private _connect(kernel: Kernel.IKernelConnection | null): void {
     if (!kernel || this._kernels.has(kernel.id)) {
       return;

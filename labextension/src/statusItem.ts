@@ -10,7 +10,7 @@ export class LLMStatusItem extends Widget {
   constructor(private readonly _state: LLMKernelState, onClick: () => void) {
     super();
     this.addClass('jp-LLMStatusItem');
-    this.node.title = 'Models loaded in this kernel (click to open the models panel)';
+    this.node.title = 'Models loaded in this kernel and their measured weights (click to open the models panel)';
     this.node.addEventListener('click', onClick);
     _state.changed.connect(this._render, this);
     this._render();
@@ -24,5 +24,9 @@ export class LLMStatusItem extends Widget {
   private _render(): void {
     const snapshot = this._state.snapshot;
     this.node.textContent = snapshot ? `LLM ${snapshot.loaded} · ${snapshot.held_str}` : '';
+    this.node.title = snapshot
+      ? `${snapshot.loaded} model(s) loaded in this kernel: weights ${snapshot.held_str} measured, ` +
+        `${snapshot.reserved_str} reserved with their KV cache and overhead (click for the models panel)`
+      : 'Models loaded in this kernel (click to open the models panel)';
   }
 }
