@@ -198,7 +198,7 @@ class CellAsker:
 
 
 class _LoadTicker:
-    """``loading smollm2… 4 s`` in the status line while a load runs, after its first second."""
+    """``loading smollm2…`` in the status line while a load runs, with its elapsed time after a second."""
 
     def __init__(self, view: AnswerView, *, after: float = 1.0, every: float = 0.5) -> None:
         self._view = view
@@ -211,6 +211,7 @@ class _LoadTicker:
         self.stop()
         done = self._done = threading.Event()
         started = time.monotonic()
+        self._view.progress(f"loading {model_id}…")
 
         def tick() -> None:
             done.wait(self._after)
@@ -234,8 +235,6 @@ class _LoadTicker:
 def _note(event: Event) -> str | None:
     if event.kind == "waiting":
         return event.message
-    if event.kind == "loading":
-        return f"loading {event.model_id}…"
     if event.kind == "loaded" and event.seconds is not None:
         seconds = f"{event.seconds:.2f}" if event.seconds < 1 else f"{event.seconds:.1f}"
         imported = [part for part in event.message.split(" · ") if part.startswith("imported ")]

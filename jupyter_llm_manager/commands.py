@@ -39,7 +39,8 @@ def _reference(key: str) -> str:
     """``--api-key``: only ``${VAR}``; a key typed into a cell would be saved and shared with the notebook."""
     if not _REFERENCE.fullmatch(key.strip()):
         raise UsageError(f"--api-key takes a reference such as '${{OPENAI_API_KEY}}', not a key: {_KEPT_IN_CELLS} "
-                         "--api-key '${MY_KEY}'")
+                         "--api-key '${MY_KEY}' (where a notebook variable has the same name, IPython puts its "
+                         "value into the line: write '${{MY_KEY}}')")
     return key.strip()
 
 

@@ -62,7 +62,7 @@ def llm_katan(tmp: Path, *, model: Path | None = None, name: str = "tiny", key: 
 class FaultProxy:
     """Forwards to ``target``; the first ``failures`` POSTs get ``status`` instead."""
 
-    def __init__(self, target: str, failures: int, status: int = 429) -> None:
+    def __init__(self, target: str, failures: int, status: int = 429, port: int = 0) -> None:
         self.target = target.rstrip("/")
         self.failures = failures
         self.status = status
@@ -91,7 +91,7 @@ class FaultProxy:
                     return
                 proxy.forward(self, body)
 
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 

@@ -81,6 +81,7 @@ def test_a_frontend_that_opens_the_comm_gets_a_snapshot_of_ids_and_numbers(bridg
     assert (row["id"], row["aliases"], row["state"], row["device"], row["actual"]) == ("a", ["chat"], "loaded",
                                                                                       "cuda:0", "2.0 GB")
     assert snapshot["devices"][1]["device"] == "cuda:0"
+    assert snapshot["reserved_str"] == "2.0 GB" and row["reachable"] is None and row["waiting_for"] is None
 
 
 def test_manager_events_push_one_coalesced_snapshot(bridge, manager):

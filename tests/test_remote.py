@@ -234,3 +234,66 @@ def test_third_party_backends_register_through_entry_points(manager, monkeypatch
     assert manager.generate("loud", "hello").text == "HELLO"
     with pytest.raises(ConfigurationError, match="unknown backend 'whisper'; available: .*shout"):
         manager.register("quiet", "x", backend="whisper")
+
+
+# -- from a notebook: %llm register for a server, and a server that dies -------------------------------------
+
+@pytest.fixture
+def shell(manager):
+    from IPython.core.interactiveshell import InteractiveShell
+
+    shell = InteractiveShell.instance()
+    shell.run_line_magic("load_ext", "jupyter_llm_manager")
+    magics = shell.magics_manager.registry["LLMMagics"]
+    previous, magics.manager = magics._manager, manager
+    yield shell
+    magics.manager = previous
+
+
+def run_cell(shell, cell):
+    from IPython.utils.capture import capture_output
+
+    with capture_output() as captured:
+        result = shell.run_cell(cell)
+    return result, captured
+
+
+def test_register_a_server_from_a_cell_with_a_key_reference(shell, manager, katan):
+    result, captured = run_cell(shell, f"%llm register srv {katan} --backend openai --model tiny "
+                                       "--api-key '${CLUSTER_KEY}'")
+    assert result.error_in_exec is None and "Registered 'srv'" in str([o.data for o in captured.outputs])
+    spec = manager.spec("srv")
+    assert spec.base_url == katan and spec.model == "tiny" and spec.api_key.reference == "CLUSTER_KEY"
+    result, captured = run_cell(shell, "%%llm srv -n 3 -o said\nHello")
+    assert result.error_in_exec is None and isinstance(shell.user_ns["said"], str)
+    run_cell(shell, f"%llm register srv2 --base-url {katan} --model tiny --api-key '${{{{CLUSTER_KEY}}}}'")
+    assert manager.spec("srv2").backend == "openai" and manager.generate("srv2", "Hi", max_new_tokens=2).text
+
+
+@pytest.mark.parametrize("line, secret", [
+    ("%llm register srv {url} --backend openai --api-key sk-literal-key-0001", "sk-literal-key-0001"),
+    ("%llm register srv http://user:pa55-in-url@127.0.0.1:9/v1 --backend openai", "pa55-in-url"),
+    ("%llm register srv --base-url http://user:pa55-in-url@127.0.0.1:9/v1", "pa55-in-url"),
+])
+def test_literal_secrets_typed_in_a_cell_are_refused(shell, manager, line, secret):
+    result, captured = run_cell(shell, line.format(url="http://127.0.0.1:9/v1"))
+    assert "UsageError" in captured.stderr and "saved with the notebook" in captured.stderr
+    assert secret not in captured.stderr and "srv" not in manager.ids()
+
+
+def test_a_server_that_dies_keeps_the_model_loaded_with_the_error_until_a_call_succeeds(manager, katan):
+    with FaultProxy(katan, failures=0) as proxy:
+        port = proxy.server.server_address[1]
+        register_remote(manager, proxy.url, max_retries=0, timeout=5)
+        assert manager.generate("remote", "Hi", max_new_tokens=2).text
+        row = manager.row("remote")
+        assert row.reachable is True and row.error is None
+    with pytest.raises(GenerationError):  # the server is gone
+        manager.generate("remote", "Hi", max_new_tokens=2)
+    row = manager.row("remote")
+    assert row.state == "loaded" and row.reachable is False
+    assert row.error.startswith("last call failed at ") and "is the server still running" in row.error
+    with FaultProxy(katan, failures=0, port=port):  # back
+        assert manager.generate("remote", "Hi", max_new_tokens=2).text
+        row = manager.row("remote")
+        assert row.reachable is True and row.error is None

@@ -16,6 +16,7 @@ import logging
 import queue
 import threading
 import time
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -415,10 +416,12 @@ def library_progress_off() -> Iterator[None]:
         with _progress_lock:
             _progress_quieted -= 1
             if _progress_quieted == 0:
-                if _progress_state.get("transformers"):
-                    logging_utils.enable_progress_bar()
-                if _progress_state.get("hub"):
-                    hub_utils.enable_progress_bars()
+                with warnings.catch_warnings():  # the Hub's bars stay off where its variable says so
+                    warnings.filterwarnings("ignore", message="Cannot enable progress bars")
+                    if _progress_state.get("transformers"):
+                        logging_utils.enable_progress_bar()
+                    if _progress_state.get("hub"):
+                        hub_utils.enable_progress_bars()
 
 
 _progress_state: dict[str, bool] = {}
