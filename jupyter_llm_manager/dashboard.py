@@ -40,9 +40,9 @@ __all__ = ["Dashboard"]
 log = logging.getLogger(__name__)
 
 # One grid for the header and every row, so columns stay aligned at any width (a side panel too).
-_COLUMNS = (("model", "minmax(8em, 2fr)"), ("state", "minmax(7em, 1.5fr)"), ("device", "minmax(3.5em, 0.6fr)"),
-            ("memory", "minmax(8em, 1.6fr)"), ("last use", "minmax(4em, 0.8fr)"),
-            ("keep-alive", "minmax(4em, 0.8fr)"), ("", "max-content"))
+_COLUMNS = (("model", "minmax(5em, 2fr)"), ("state", "minmax(5em, 1.5fr)"), ("device", "minmax(3em, 0.6fr)"),
+            ("memory", "minmax(5em, 1.6fr)"), ("last use", "minmax(3em, 0.8fr)"),
+            ("keep-alive", "minmax(3em, 0.8fr)"), ("", "fit-content(17em)"))  # buttons stack when narrow
 _GRID = " ".join(width for _, width in _COLUMNS)
 _WRAP = "overflow-wrap: anywhere"
 _SIZES = {"weights": "measured after the load: what the model's tensors take",

@@ -19,14 +19,14 @@ pytestmark = pytest.mark.browser
 def test_dashboard_renders_in_jupyterlab(tmp_path, tiny_models):
     require_browser()
     notebook = write_notebook(tmp_path / "dashboard.ipynb", [
-        ("from jupyter_llm_manager import LLMManager, dashboard\n"
+        ("from jupyter_llm_manager import LLMManager, open_dashboard\n"
         "manager = LLMManager(max_loaded_models=2, keep_alive='10m', config_path=False)\n"
         f"manager.register('tiny-a', source={str(tiny_models['a'])!r})\n"
         f"manager.register('tiny-b', source={str(tiny_models['b'])!r}, pinned=True)\n"
         "manager.alias('chat', 'tiny-a')\n"
         "manager.load('tiny-a'); manager.load('tiny-b')\n"
         "manager.generate('chat', 'Hello', max_new_tokens=5)"),
-        "board = dashboard(manager)\nboard",
+        "board = open_dashboard(manager)\nboard",
     ])
     with jupyterlab(tmp_path, tmp_path / "server") as url, chromium_page() as page, \
             screenshot_on_failure(page, "dashboard"):

@@ -91,9 +91,15 @@ const models: JupyterFrontEndPlugin<void> = {
         cell.model.sharedModel.setSource('%%llm\n');
         app.shell.activateById(panel.id); // from the palette or a menu, focus is elsewhere: bring it back
         await cell.ready;
-        notebook.mode = 'edit';
-        cell.editor?.setCursorPosition({ line: 1, column: 0 }); // the prompt goes on line 2, below the magic
-        cell.editor?.focus();
+        const edit = (): void => {
+          notebook.mode = 'edit';
+          cell.editor?.setCursorPosition({ line: 1, column: 0 }); // the prompt goes on line 2, below the magic
+          cell.editor?.focus();
+        };
+        edit();
+        // the palette or the menu closes after this returns and gives the focus back to the notebook, which
+        // would leave edit mode: take it once more when that is done
+        window.requestAnimationFrame(() => window.setTimeout(edit, 0));
       }
     });
     state.changed.connect(() => app.commands.notifyCommandChanged());
