@@ -33,8 +33,8 @@ def inside(index: int, selector: str) -> str:
 def test_first_cells_interrupt_insert_and_dashboard(tmp_path, tiny_models):
     require_browser()
     notebook = write_notebook(tmp_path / "first.ipynb", [
-        f"%load_ext jupyter_llm_manager\n%llm register tiny {tiny_models['a']}\n%llm register other "
-        f"{tiny_models['b']}",
+        (f"%load_ext jupyter_llm_manager\n%llm register tiny {tiny_models['a']}\n%llm register other "
+        f"{tiny_models['b']}"),
         "%%llm tiny -n 5 -p min_new_tokens=5\nHello",
         "%%llm tiny -n 3000 -p min_new_tokens=3000\nGo on and on",
         "%llm dashboard",

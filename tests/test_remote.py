@@ -276,7 +276,7 @@ def test_register_a_server_from_a_cell_with_a_key_reference(shell, manager, kata
     ("%llm register srv --base-url http://user:pa55-in-url@127.0.0.1:9/v1", "pa55-in-url"),
 ])
 def test_literal_secrets_typed_in_a_cell_are_refused(shell, manager, line, secret):
-    result, captured = run_cell(shell, line.format(url="http://127.0.0.1:9/v1"))
+    _result, captured = run_cell(shell, line.format(url="http://127.0.0.1:9/v1"))
     assert "UsageError" in captured.stderr and "saved with the notebook" in captured.stderr
     assert secret not in captured.stderr and "srv" not in manager.ids()
 
