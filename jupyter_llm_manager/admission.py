@@ -32,6 +32,7 @@ from .loading import FIT_HINT, Loading
 from .memory import DeviceProbe
 from .placement import place
 from .spec import ModelSpec
+from .units import format_bytes
 from .waitqueue import Waiter
 from .waits import Deadline
 
@@ -198,20 +199,24 @@ class Admission:
             with books.lock:
                 if books.registry.keys.get(waiter.name) != waiter.key or waiter.key in books.instances:
                     return _Again.LOOK  # the model changed meanwhile
+                _check_cap(waiter.name, estimate, books.settings.max_memory_per_model)
                 snapshot = books.snapshot(memories)
                 request = policy.Request(waiter.name, waiter.key, {}, books.registry.priority(waiter.key),
                                          waiter.thread)
-                placement = place(spec.device, kinds, snapshot, request)
+                placement = _capped(place(spec.device, kinds, snapshot, request), books.settings.max_memory_per_model)
                 share = estimate.total_bytes // max(len(placement.devices), 1)
                 request = replace(request, needed={device: share for device in placement.devices})
                 plan = policy.admit(snapshot, request)
                 if plan.admitted:
+                    if spec.max_context == "auto":
+                        placement, estimate, request = _grow_context(backend, spec, estimate, snapshot, plan,
+                                                                     placement, request)
                     return self._reserve(waiter, Instance(waiter.key, spec, backend, estimate, placement,
                                                           loader=waiter.thread, bytes=dict(request.needed)), plan)
                 waiter.waiting_for = plan.reason
                 if plan.verdict == "refuse":
                     raise ResourceNotAvailableError(plan.reason, model_id=waiter.name, shortfalls=plan.shortfalls,
-                                                    hint=FIT_HINT if plan.shortfalls else None)
+                                                    hint=_refusal_hint(spec, plan))
                 return _Wait(plan, books.version)
         finally:
             books = self._books
@@ -244,7 +249,8 @@ class Admission:
         """Execute an admit plan in the books: victims out, the new instance in (loading). Lock held."""
         books = self._books
         first = books.queue.first(instance.key) or waiter
-        instance.arrival, instance.waited = first.order, time.monotonic() - first.since
+        blocked = [w.blocked_since for w in (first, waiter) if w.blocked_since is not None]
+        instance.arrival, instance.waited = first.order, time.monotonic() - min(blocked) if blocked else None
         instance.joiners = books.queue.threads_for(instance.key) - {waiter.thread}  # served by this one load
         victims = self._evictions.take_out(plan.evictions)
         for victim, _ in victims:  # their memory on these devices is the new instance's reservation now
@@ -261,6 +267,8 @@ class Admission:
         """Wait for the books to change; raise when the deadline has passed. Returns what was told."""
         books = self._books
         with books.lock:
+            if waiter.blocked_since is None:
+                waiter.blocked_since = time.monotonic()
             version = outcome.version
             position = books.queue.position(waiter.key) or 1
             ahead = ", ".join(map(repr, books.queue.names_ahead(waiter.key)))
@@ -295,3 +303,45 @@ class Admission:
                     instance.joiners.discard(me)
                     books.touch()
 
+
+
+def _grow_context(backend: Backend, spec: ModelSpec, estimate: MemoryEstimate, snapshot: policy.Snapshot,
+                  plan: policy.Plan, placement: Placement,
+                  request: policy.Request) -> tuple[Placement, MemoryEstimate, policy.Request]:
+    """``max_context: auto``: admitted at its floor, the context grows into what the budget leaves.
+
+    The room is what stays free once the plan's evictions are done and the
+    model is in at its floor: no model is evicted to make the context larger.
+    """
+    after = policy.apply(snapshot, plan, request)
+    device = placement.devices[0]
+    room = after.devices.get(device)
+    spare = max((room.budget if room else 0) - after.held(device), 0)
+    context, grown = backend.fit_context(spec, estimate, spare)
+    share = grown.total_bytes // max(len(placement.devices), 1)
+    return (replace(placement, context=context), grown,
+            replace(request, needed={d: share for d in placement.devices}))
+
+
+def _refusal_hint(spec: ModelSpec, plan: policy.Plan) -> str | None:
+    if spec.max_context == "auto" and plan.shortfalls:
+        return ("max_context: auto needs room for at least 512 tokens of context, and there is not that much "
+                "room. " + FIT_HINT)
+    return FIT_HINT if plan.shortfalls else None
+
+
+def _capped(placement: Placement, cap: int | None) -> Placement:
+    """A model spread over several GPUs gets at most ``max_memory_per_model`` in all (split evenly)."""
+    if cap is None or not placement.max_memory:
+        return placement
+    share = cap // len(placement.max_memory)
+    return replace(placement, max_memory={device: min(room, share) for device, room in placement.max_memory.items()})
+
+
+def _check_cap(name: str, estimate: MemoryEstimate, cap: int | None) -> None:
+    """``max_memory_per_model``: a model estimated above it is refused at once (waiting cannot shrink it)."""
+    if cap is not None and estimate.total_bytes > cap:
+        raise ResourceNotAvailableError(
+            f"Cannot load {name!r}: it needs {format_bytes(estimate.total_bytes)} but max_memory_per_model is "
+            f"{format_bytes(cap)}.", model_id=name,
+            hint="Raise max_memory_per_model (or set it to auto), or choose a smaller model, dtype or quantization.")

@@ -26,6 +26,7 @@ from .generation import GenerationResult
 from .interpolate import interpolate
 from .magic_args import parse_value
 from .manager import LLMManager
+from .modes import text_model
 from .rendering import AnswerView, Format, extract_code
 
 __all__ = ["CellAsker", "check_output_name"]
@@ -82,7 +83,7 @@ class CellAsker:
         if fmt == "code" and len(models) > 1:
             raise UsageError("-f code puts one answer in a new cell: name one model")
         for model_id in models:
-            manager.resolve(model_id)  # an unknown id fails before anything runs
+            text_model(manager.spec(model_id))  # an unknown id, or one without text, fails before anything runs
         text = interpolate(cell.lstrip("\n").rstrip(), namespace)
         params = self.params(args)
         view = self._make_view(models, fmt)
@@ -182,6 +183,8 @@ class CellAsker:
                 return
             if event.kind == "loading" and event.model_id:
                 ticker.start(event.model_id)
+            elif event.kind == "load_progress":
+                ticker.say(event.message)
             elif event.kind in ("loaded", "load_failed"):
                 ticker.stop()
             note = _note(event)
@@ -198,7 +201,7 @@ class CellAsker:
 
 
 class _LoadTicker:
-    """``loading smollm2…`` in the status line while a load runs, with its elapsed time after a second."""
+    """``loading smollm2…`` in the status line while a load runs: what it does now, and the elapsed time."""
 
     def __init__(self, view: AnswerView, *, after: float = 1.0, every: float = 0.5) -> None:
         self._view = view
@@ -206,12 +209,15 @@ class _LoadTicker:
         self._every = every
         self._done: threading.Event | None = None
         self._lock = threading.Lock()  # a tick never lands after stop() cleared the note
+        self._text = self._detail = ""
+        self._started = 0.0
 
     def start(self, model_id: str) -> None:
         self.stop()
         done = self._done = threading.Event()
-        started = time.monotonic()
-        self._view.progress(f"loading {model_id}…")
+        with self._lock:
+            self._text, self._detail, self._started = f"loading {model_id}…", "", time.monotonic()
+            self._view.progress(self._text)
 
         def tick() -> None:
             done.wait(self._after)
@@ -219,10 +225,22 @@ class _LoadTicker:
                 with self._lock:
                     if done.is_set():
                         return
-                    self._view.progress(f"loading {model_id}… {time.monotonic() - started:.0f} s")
+                    self._show()
                 done.wait(self._every)
 
         threading.Thread(target=tick, name="llm-load-ticker", daemon=True).start()
+
+    def say(self, message: str) -> None:
+        """What the load does now (``converting … from GGUF``), shown until the next message."""
+        with self._lock:
+            if self._done is not None and message:
+                self._detail = message
+                self._show()
+
+    def _show(self) -> None:
+        elapsed = time.monotonic() - self._started
+        parts = [self._text, self._detail, f"{elapsed:.0f} s" if elapsed >= self._after else ""]
+        self._view.progress(" ".join(part for part in parts if part))
 
     def stop(self) -> None:
         with self._lock:

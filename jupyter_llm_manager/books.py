@@ -42,6 +42,7 @@ class Books:
         self.queue = WaitQueue()
         self.version = 0
         self.closed = False
+        self.retiring: set[str] = set()  # instance keys to unload when idle (a task's previous option)
         self.limits_pending = False  # a cap or budget could not be restored yet (leases, pins, loads)
 
     def touch(self) -> None:

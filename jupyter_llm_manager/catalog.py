@@ -19,6 +19,7 @@ from .events import EventBus
 from .evictions import Evictions, Victims
 from .instances import Instance
 from .spec import ModelSpec, check_model_id
+from .tasks import option_id
 
 __all__ = ["Catalog"]
 
@@ -34,7 +35,11 @@ class Catalog:
 
     def register(self, spec: ModelSpec, *, overwrite: bool) -> ModelSpec:
         """Register ``spec`` (a no-op when the same spec is registered; else ``overwrite`` is needed)."""
-        self._backends(spec.backend).validate(spec)
+        backend = self._backends(spec.backend)
+        if spec.mode not in backend.modes:
+            raise ConfigurationError(f"the {spec.backend} backend has no {spec.mode} mode; its modes: "
+                                     f"{', '.join(sorted(backend.modes))}", model_id=spec.id, key="mode")
+        backend.validate(spec)
         model_id = spec.id
         books = self._books
         with books.lock:
@@ -82,6 +87,41 @@ class Catalog:
             books.touch()
         self._bus.emit("registered", name, message=f"alias of {target}")
 
+    def select(self, task: str, option: str) -> str | None:
+        """Point ``task`` at its ``option``; returns the instance key of the option it leaves, if nothing else uses it.
+
+        Whatever else names the previous option (an alias, the default model,
+        another id of the same weights, a pin) keeps it loaded.
+        """
+        books = self._books
+        with books.lock:
+            registry = books.registry
+            found = registry.tasks.get(task)
+            if found is None:
+                known = ", ".join(sorted(registry.tasks)) or "none (a tasks: section in the configuration file adds them)"
+                raise ConfigurationError(f"{task!r} is not a task; tasks: {known}", model_id=task)
+            if option not in found.options:
+                raise ConfigurationError(f"task {task!r} has no option {option!r}; its options: "
+                                         f"{', '.join(found.options)}", model_id=task, key=option)
+            new, old = option_id(task, option), registry.aliases.get(task)
+            registry.aliases[task] = new
+            registry.removed.discard(task)
+            books.retiring.discard(registry.keys[new])
+            leaving = None
+            if old and old != new and old in registry.specs and not self._still_used(old):
+                leaving = registry.keys[old]
+                books.retiring.add(leaving)
+            books.touch()
+        self._bus.emit("registered", task, message=f"alias of {new} (option {option!r} selected)")
+        return leaving
+
+    def _still_used(self, model_id: str) -> bool:
+        registry = self._books.registry
+        default = self._books.settings.default_model
+        return (bool(registry.aliases_of(model_id)) or model_id in registry.pinned
+                or registry.shared(registry.keys[model_id], besides=model_id)
+                or (default is not None and registry.resolve_quiet(default) == model_id))
+
     def set_pinned(self, model_id: str, pinned: bool) -> bool:
         """Pin or unpin; returns whether limits wait to be restored (an unpin may allow it)."""
         books = self._books
@@ -93,6 +133,21 @@ class Catalog:
         self._bus.emit("pinned" if pinned else "unpinned", canonical)
         return pending and not pinned
 
+    def preload_ids(self) -> list[str]:
+        """The models to warm up, in the file's order: marked ``preload`` (a task's selected option, with
+        ``warmup_on_startup``)."""
+        books = self._books
+        with books.lock:
+            return [spec.id for spec in books.registry.specs.values() if spec.preload]
+
+    def set_tasks(self, config: ConfigFile) -> None:
+        """A configuration file's tasks and seed 003's inference block (its options are registered already)."""
+        books = self._books
+        with books.lock:
+            books.registry.tasks.update(config.tasks)
+            books.registry.inference.update(config.inference)
+            books.touch()
+
     def adopt(self, config: ConfigFile) -> None:
         """A configuration file's models and aliases, for a new manager (nothing is loaded yet)."""
         for spec in config.models.values():
@@ -102,6 +157,8 @@ class Catalog:
             for spec in config.models.values():
                 books.registry.put(spec)
             books.registry.aliases.update(config.aliases)  # all at once: an alias may name a later alias
+            books.registry.tasks.update(config.tasks)
+            books.registry.inference.update(config.inference)
             for name in config.aliases:
                 books.registry.resolve(name)  # an alias to an unknown id, or a cycle, is a configuration error
 

@@ -20,14 +20,16 @@ from .chats import ChatSessions
 from .holders import HOLDER_HINT
 from .magic_args import usage
 from .manager import LLMManager
+from .plan_view import plan_tables, task_table
 from .secret import has_credentials, shown_url
 from .tables import Table
+from .tasks import option_id
 from .units import format_bytes
 
 if TYPE_CHECKING:
     from .dashboard import Dashboard
 
-__all__ = ["LineCommands"]
+__all__ = ["LineCommands", "say_notices"]
 
 
 _REFERENCE = re.compile(r"\$\{[A-Za-z_][A-Za-z0-9_]*\}")
@@ -57,6 +59,12 @@ def say(text: str) -> None:
     display({"text/plain": str(text)}, raw=True)
 
 
+def say_notices(manager: LLMManager) -> None:
+    """What went wrong in the background (a warm-up load), said once, in the next cell that uses the magics."""
+    for notice in manager.warmup.take_notices():
+        say(f"Notice: {notice}")
+
+
 class LineCommands:
     """``%llm COMMAND``: one method per subcommand, named ``command_<name>``."""
 
@@ -68,6 +76,7 @@ class LineCommands:
         self.dashboard: Dashboard | None = None
 
     def run(self, args: argparse.Namespace) -> None:
+        say_notices(self._manager())
         getattr(self, f"command_{args.command or 'help'}")(args)
 
     def command_help(self, args: argparse.Namespace) -> None:
@@ -113,7 +122,8 @@ class LineCommands:
 
     def command_register(self, args: argparse.Namespace) -> None:
         manager = self._manager()
-        options = {k: getattr(args, k) for k in ("device", "dtype", "quantization", "model") if getattr(args, k)}
+        options = {k: getattr(args, k) for k in ("device", "dtype", "quantization", "model", "gguf_file", "mode",
+                                                 "max_context") if getattr(args, k)}
         source, backend, base_url = args.source, args.backend, args.base_url
         if base_url or (source and backend == "openai" and re.match(r"https?://", source)):
             backend, base_url = backend or "openai", base_url or source
@@ -185,6 +195,23 @@ class LineCommands:
         if self.dashboard is not None:
             self.dashboard.close()
             self.dashboard = None
+
+    def command_plan(self, args: argparse.Namespace) -> None:
+        """Would these models fit together (default: every task's selected option, else the preload models)?"""
+        report = self._manager().plan(args.models or None)
+        for table in plan_tables(report):
+            display(table)
+
+    def command_select(self, args: argparse.Namespace) -> None:
+        manager = self._manager()
+        if args.option:
+            manager.select(args.task, args.option)
+        task = manager.task(args.task)
+        if args.option:
+            say(f"{args.task!r} now runs option {args.option!r} ({option_id(args.task, args.option)}); the "
+                "previous option is unloaded once idle, unless something else uses it.")
+        else:
+            display(task_table(task.name, manager.resolve(task.name).partition("/")[2], task.options))
 
     def command_reset(self, args: argparse.Namespace) -> None:
         forgotten = self.chats.reset(args.chat)

@@ -25,6 +25,7 @@ from filelock import FileLock, Timeout
 from .errors import ConfigurationError
 from .settings import SETTING_NAMES, ManagerSettings, check_setting
 from .spec import ModelSpec, check_model_id, expand_path, looks_like_path
+from .tasks import Task, inference_values, parse_tasks
 from .units import brief
 from .yaml_io import MAX_FILE_BYTES, YamlProblem, dump_yaml, load_yaml
 
@@ -40,9 +41,9 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 CONFIG_ENV = "JUPYTER_LLM_MANAGER_CONFIG"
-Layout = Literal["standard", "legacy-mapping", "legacy-list", "empty"]
+Layout = Literal["standard", "legacy-mapping", "legacy-list", "legacy-tasks", "empty"]
 
-_TOP_KEYS = ("defaults", "models", "aliases")
+_TOP_KEYS = ("defaults", "models", "aliases", "tasks", "inference")
 _LEGACY_MAPPING_KEYS = ("model_name", "type", "device", "config")
 _LEGACY_LIST_KEYS = (
     "model_id", "source_type", "source_path", "revision", "model_format", "quantization_bits",
@@ -84,6 +85,8 @@ class ConfigFile:
     models: dict[str, ModelSpec] = field(default_factory=dict)
     aliases: dict[str, str] = field(default_factory=dict)
     layout: Layout = "empty"
+    tasks: dict[str, Task] = field(default_factory=dict)
+    inference: dict[str, Any] = field(default_factory=dict)  # seed 003's block, saved back as read
 
 
 def default_config_path() -> Path:
@@ -147,7 +150,9 @@ def _parse(data: Any, path: Path) -> ConfigFile:
         if key not in _TOP_KEYS:
             raise _unknown_key(key, _TOP_KEYS, path=where, where="the top level")
     raw_defaults = data.get("defaults") or {}
-    settings = _settings(raw_defaults, where)
+    inference = data.get("inference") or {}
+    from_inference, warm_up = inference_values(inference, where)
+    settings = _settings({**from_inference, **raw_defaults}, where)
     raw_models = data.get("models") or {}
     if isinstance(raw_models, list):
         models = _from_legacy_list(raw_models, where)
@@ -159,8 +164,26 @@ def _parse(data: Any, path: Path) -> ConfigFile:
     else:
         raise ConfigurationError("models must be a mapping of id to options", path=where, key="models")
     aliases = _parse_aliases(data.get("aliases") or {}, models, where)
-    return ConfigFile(path=path, settings=settings, settings_given=frozenset(raw_defaults),
-                        models=models, aliases=aliases, layout=layout)
+    tasks: dict[str, Task] = {}
+    if data.get("tasks"):
+        tasks, options, task_aliases = parse_tasks(data["tasks"], where, warm_up=warm_up,
+                                                   backend_names=_backend_names)
+        for name in [*options, *task_aliases]:
+            if name in models or name in aliases:
+                raise ConfigurationError(f"{name!r} is both a task (or a task's option) and a model or alias",
+                                         path=where, key=name)
+        models.update(options)
+        aliases.update(task_aliases)
+        if "inference" in data and not raw_defaults and layout == "standard":
+            layout = "legacy-tasks"  # seed 003's file: saved in ours (defaults instead of inference), with a .bak
+    return ConfigFile(path=path, settings=settings, settings_given=frozenset(raw_defaults) | frozenset(from_inference),
+                      models=models, aliases=aliases, layout=layout, tasks=tasks, inference=dict(inference))
+
+
+def _backend_names() -> set[str]:
+    from .backends import available_backends
+
+    return set(available_backends())
 
 
 def _model_id(value: Any, where: str) -> str:
@@ -303,19 +326,26 @@ def save_config(
     *,
     removed: Iterable[str] = (),
     defaults: Mapping[str, Any] | None = None,
+    tasks: Mapping[str, Mapping[str, Any]] | None = None,
+    inference: Mapping[str, Any] | None = None,
 ) -> Path:
     """Merge ``models`` and ``aliases`` into the file and write it atomically.
 
     Under the lock, the file is read again so registrations saved by another
     kernel meanwhile are kept (no lost update). Ids in ``removed`` are dropped.
-    ``defaults`` (every setting's saved form) replaces the file's block. A legacy file is
-    converted to our layout once, with a ``.bak`` copy of the original.
+    ``defaults`` (every setting's saved form) replaces the file's block; ``tasks`` (name → its
+    saved form) replace those tasks, ``inference`` seed 003's block. A legacy file is converted to
+    our layout once, with a ``.bak`` copy of the original.
     """
     path = Path(expand_path(os.fspath(path)))
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with FileLock(str(path) + ".lock", timeout=_LOCK_TIMEOUT_S):
             document = _merged_document(path, models, aliases, set(removed), defaults)
+            document["tasks"] = {**document.get("tasks", {}), **(tasks or {})}
+            if inference is not None:
+                document["inference"] = dict(inference)
+            document = {key: value for key, value in document.items() if value}
             _atomic_write(path, dump_yaml(document))
     except Timeout:
         raise ConfigurationError(f"another process has held the lock {path}.lock for "
@@ -330,7 +360,8 @@ def save_config(
 
 def _merged_document(path: Path, models: Mapping[str, ModelSpec], aliases: Mapping[str, str],
                      removed: set[str], defaults: Mapping[str, Any] | None) -> dict[str, Any]:
-    document: dict[str, Any] = {"defaults": dict(defaults or {}), "models": {}, "aliases": {}}
+    document: dict[str, Any] = {"defaults": dict(defaults or {}), "models": {}, "aliases": {}, "tasks": {},
+                                "inference": {}}
     if path.exists():
         current = _read_yaml(path)
         registry = _parse(current, path)
@@ -340,11 +371,15 @@ def _merged_document(path: Path, models: Mapping[str, ModelSpec], aliases: Mappi
                 shutil.copy2(path, backup)
             log.warning("%s was in a legacy layout; it is now saved in ours, with the original "
                         "kept as %s", path, backup)
-            document["models"] = {i: s.to_mapping() for i, s in registry.models.items()}
-            document["aliases"] = dict(registry.aliases)
+            document["models"] = {i: s.to_mapping() for i, s in registry.models.items() if not s.task}
+            document["aliases"] = {a: t for a, t in registry.aliases.items() if a not in registry.tasks}
+            document["tasks"] = {name: task.to_mapping() for name, task in registry.tasks.items()}
+            document["inference"] = dict(registry.inference)
         elif current:
             document["models"] = dict(current.get("models") or {})
             document["aliases"] = dict(current.get("aliases") or {})
+            document["tasks"] = dict(current.get("tasks") or {})
+            document["inference"] = dict(current.get("inference") or {})
             if current.get("defaults") and defaults is None:
                 document["defaults"] = dict(current["defaults"])
     for model_id in removed:

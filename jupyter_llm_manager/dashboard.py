@@ -45,7 +45,8 @@ _COLUMNS = (("model", "minmax(5em, 2fr)"), ("state", "minmax(5em, 1.5fr)"), ("de
             ("keep-alive", "minmax(3em, 0.8fr)"), ("", "fit-content(17em)"))  # buttons stack when narrow
 _GRID = " ".join(width for _, width in _COLUMNS)
 _WRAP = "overflow-wrap: anywhere"
-_SIZES = {"weights": "measured after the load: what the model's tensors take",
+_SIZES = {"weights": "measured after the load: what the model's tensors take (llama.cpp models: also their KV "
+                     "cache and buffers, as llama.cpp reports them)",
           "needs": "estimated before loading, from metadata: weights + KV cache + overhead",
           "reserved": "what this kernel counts against the budget for its loaded models: measured weights + "
                       "the KV cache and overhead of their estimates"}
@@ -113,7 +114,8 @@ def _state_html(row: StatusRow, pending: str | None, loading_since: float | None
         return f"<i>{_text(pending)}…</i>"
     if row.state == "loading":
         elapsed = f" {format_duration(now - loading_since)}" if loading_since else ""
-        return f"<progress style='width:4em'></progress> loading{elapsed}"
+        doing = f"<div style='{_MUTED}; font-size:smaller'>{_text(row.progress)}</div>" if row.progress else ""
+        return f"<progress style='width:4em'></progress> loading{elapsed}{doing}"
     if row.state == "failed":
         return f"<span style='color:{_BUDGET}' title='{html.escape(row.error or '')}'>failed</span>"
     if row.state == "waiting":
@@ -136,11 +138,13 @@ def _name_html(row: StatusRow) -> str:
     badges = ""
     if row.trust_remote_code:
         badges += f" <span title='runs code from its repository' style='color:{_BUDGET}'>⚠ remote code</span>"
-    details = ""
-    if row.remote:
-        facts = [str(row.details.get(k)) for k in ("endpoint", "latency_str", "last_error") if row.details.get(k)]
-        details = f"<div style='{_MUTED}; font-size:smaller'>{_text(' · '.join(facts))}</div>"
-    if row.error and (row.state == "failed" or row.reachable is False):
+    facts = [str(row.details.get(k)) for k in ("endpoint", "latency_str", "last_error") if row.details.get(k)]
+    if row.context and not row.remote:
+        facts.append(f"context {row.context:,} tokens")
+    if row.mode == "embed":
+        facts.append("embeddings")
+    details = f"<div style='{_MUTED}; font-size:smaller'>{_text(' · '.join(facts))}</div>" if facts else ""
+    if row.error and (row.state in ("failed", "registered") or row.reachable is False):
         details += f"<div style='color:{_BUDGET}; font-size:smaller'>{_text(row.error[:200])}</div>"
     return f"<div style='{_WRAP}'><b>{_text(row.id)}</b>{aliases}{badges}{details}</div>"
 
@@ -169,10 +173,12 @@ class _ModelRow:
         self.load = widgets.Button(description="Load", layout=widgets.Layout(width="auto"))
         self.unload = widgets.Button(description="Unload", layout=widgets.Layout(width="auto"))
         self.pin = widgets.Button(description="Pin", layout=widgets.Layout(width="auto"))
+        self.tick = widgets.Checkbox(value=False, indent=False, description="plan",
+                                     layout=widgets.Layout(width="auto"))  # ticked models: "Plan ticked"
         self.load.on_click(lambda _: dashboard.load(model_id))
         self.unload.on_click(lambda _: dashboard.unload(model_id))
         self.pin.on_click(lambda _: dashboard.toggle_pin(model_id))
-        self.buttons = widgets.HBox([self.load, self.unload, self.pin],
+        self.buttons = widgets.HBox([self.load, self.unload, self.pin, self.tick],
                                     layout=widgets.Layout(flex_flow="row wrap", width="auto"))
 
     @property
@@ -181,7 +187,7 @@ class _ModelRow:
 
     @property
     def widgets(self) -> list[Any]:
-        return [*self.cells, self.load, self.unload, self.pin, self.buttons]
+        return [*self.cells, self.load, self.unload, self.pin, self.tick, self.buttons]
 
     def values(self, row: StatusRow, pending: str | None, loading_since: float | None,
                now: float) -> list[tuple[Any, dict[str, Any]]]:
@@ -222,6 +228,7 @@ class Dashboard:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._rows: dict[str, _ModelRow] = {}
+        self._plan_text = ""
         self._build(widgets)
         self._unsubscribe = manager.subscribe(self._on_event)
         self.refresh()
@@ -247,23 +254,29 @@ class Dashboard:
                                         placeholder="10m, 1h, never")
         self._unload_all = widgets.Button(description="Unload all", button_style="warning")
         self._free = widgets.Button(description="Free memory", tooltip="collect garbage, empty the CUDA cache")
+        self._plan = widgets.Button(description="Plan ticked", tooltip="would the ticked models fit together? "
+                                    "(none ticked: each task's selected option) Loads nothing")
+        self._plan.on_click(lambda _: self.plan_ticked())
+        self._plan_html = widgets.HTML()
+        self._warmup = widgets.HTML()
         self._unload_all.on_click(lambda _: self.unload_all())
         self._free.on_click(lambda _: self.free_memory())
         self._cap.observe(self._on_cap, names="value")
         self._keep_alive.observe(self._on_keep_alive, names="value")
-        actions = widgets.HBox([self._unload_all, self._free, self._cap, self._keep_alive],
+        actions = widgets.HBox([self._unload_all, self._free, self._plan, self._cap, self._keep_alive],
                                layout=widgets.Layout(flex_flow="row wrap"))
         self._messages_html = widgets.HTML()
         self._events = widgets.HTML()
         events = widgets.Accordion([self._events], titles=("Events",))
         self._actions_box = actions
         self._events_box = events
-        self.widget = widgets.VBox([self._title, self._devices, self._model_box, self._legend, actions,
-                                    self._messages_html, events])
+        self.widget = widgets.VBox([self._title, self._warmup, self._devices, self._model_box, self._legend, actions,
+                                    self._messages_html, self._plan_html, events])
 
     def _all_widgets(self) -> list[Any]:
-        found = [self._title, self._devices, *self._header_cells, self._model_box, self._legend, self._cap,
-                 self._keep_alive, self._unload_all, self._free, self._actions_box, self._messages_html,
+        found = [self._title, self._warmup, self._devices, *self._header_cells, self._model_box, self._legend,
+                 self._cap, self._keep_alive, self._unload_all, self._free, self._plan, self._plan_html,
+                 self._actions_box, self._messages_html,
                  self._events, self._events_box, self.widget]
         for row in self._rows.values():
             found.extend(row.widgets)
@@ -281,6 +294,11 @@ class Dashboard:
             pending = dict(self._pending)
             loading = dict(self._loading_since)
             messages = list(self._messages)
+            plan = self._plan_text
+        warmup = self.manager.warmup.status
+        shown = warmup.running or bool(warmup.failed)
+        _apply(self._warmup, value=f"<div style='{_MUTED}'>{_text(str(warmup))}</div>" if shown else "")
+        _apply(self._plan_html, value=plan)
         self._sync_rows([row.id for row in rows])
         gpus = [d for d in devices if d.device.startswith("cuda")]
         devices_html = "".join(_device_html(d) for d in devices) + ("" if gpus else _no_gpu_note())
@@ -345,6 +363,20 @@ class Dashboard:
     def toggle_pin(self, model_id: str) -> None:
         pinned = self.manager.row(model_id).pinned
         self._submit(model_id, "unpinning" if pinned else "pinning", lambda: actions.toggle_pin(self.manager, model_id))
+
+    def plan_ticked(self) -> None:
+        """Plan the ticked models (none ticked: the manager's default plan); the report shows below."""
+        from .plan_view import plan_tables
+
+        ticked = [model_id for model_id, row in self._rows.items() if row.tick.value]
+
+        def plan() -> str:
+            report = self.manager.plan(ticked or None)
+            with self._lock:
+                self._plan_text = "".join(table.html() for table in plan_tables(report))
+            return report.verdict
+
+        self._submit(None, "planning", plan)
 
     def unload_all(self) -> None:
         self._submit(None, "unloading all", lambda: actions.unload_all(self.manager))

@@ -8,27 +8,21 @@ downloading anything. Their answers are noise.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .caches import cache_folder
 from .tiny import LARGE, SMALL, build_tiny_model
 
 if TYPE_CHECKING:
     from .manager import LLMManager
 
-__all__ = ["DEMO_MODELS", "NOISE_NOTE", "build_demo_models", "cache_folder", "is_demo", "register_demo_models"]
+__all__ = ["DEMO_MODELS", "NOISE_NOTE", "build_demo_models", "is_demo", "register_demo_models"]
 
 DEMO_MODELS = {"demo-small": SMALL, "demo-large": LARGE}
-NOISE_NOTE = ("The demo models have random weights: their answers are noise. Register a real model with "
-              "%llm register qwen Qwen/Qwen2.5-0.5B-Instruct (or manager.register('qwen', "
-              "source='Qwen/Qwen2.5-0.5B-Instruct')); it needs the Hub or a local copy.")
-
-
-def cache_folder() -> Path:
-    """``~/.cache/jupyter_llm_manager`` (or under ``$XDG_CACHE_HOME``)."""
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "jupyter_llm_manager"
+NOISE_NOTE = ("The demo models have random weights: their answers are noise. Ask the built-in smollm2 for a "
+              "real answer (%%llm smollm2), or register your own model, e.g. %llm register qwen "
+              "Qwen/Qwen2.5-0.5B-Instruct (it needs the Hub or a local copy).")
 
 
 def build_demo_models(folder: Path | None = None) -> dict[str, Path]:

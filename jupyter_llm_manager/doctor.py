@@ -147,8 +147,8 @@ def _huggingface(found: Diagnosis) -> None:
 
 
 def _configuration(found: Diagnosis) -> None:
+    from .caches import cache_folder
     from .config import default_config_path, find_config_path, load_config
-    from .demo import cache_folder
     from .errors import ConfigurationError
 
     path = find_config_path()

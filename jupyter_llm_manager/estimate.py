@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import ModelLoadingError
+from .gguf_files import gguf_path, is_gguf, read_gguf
 from .spec import ModelSpec
 from .units import bytes_text, format_bytes
 
@@ -45,7 +46,6 @@ _OVERHEAD_FRACTION = 0.08
 _OVERHEAD_FIXED = 16 * 1024 * 1024
 _MAX_HEADER = 100 * 1024 * 1024
 # What reading metadata from the Hub or a cache can raise (Hub and network errors are OSErrors).
-_ADVICE_ERRORS = (OSError, ValueError, KeyError, TypeError)
 OVERHEAD_RULE = f"{_OVERHEAD_FRACTION:.0%} of weights and KV cache + 16 MiB (activations, allocator slack)"
 
 
@@ -193,7 +193,7 @@ def _cached_folder(spec: ModelSpec) -> Path | None:
 def _model_config(spec: ModelSpec, folder: Path | None) -> dict[str, Any] | None:
     if folder and (folder / "config.json").exists():
         return json.loads((folder / "config.json").read_text())
-    if spec.local_path:
+    if spec.local_path or spec.required_memory is not None:  # a declared size needs no download
         return None
     from huggingface_hub import constants, hf_hub_download
 
@@ -233,12 +233,42 @@ def _kv_cache_bytes(config: Mapping[str, Any] | None, spec: ModelSpec) -> tuple[
         return 0, "unknown: config.json lacks layer and head counts"
     kv_heads = config.get("num_key_value_heads") or heads
     head_dim = config.get("head_dim") or hidden // heads
-    tokens = spec.max_context or min(config.get("max_position_embeddings") or _DEFAULT_CONTEXT, _DEFAULT_CONTEXT)
+    tokens = spec.max_context if isinstance(spec.max_context, int) else min(
+        config.get("max_position_embeddings") or _DEFAULT_CONTEXT, _DEFAULT_CONTEXT)
     stored = config.get("dtype") or config.get("torch_dtype") or "float16"
     element = _TARGET_BYTES.get(spec.dtype) or _CONFIG_DTYPE_BYTES.get(str(stored), 2)
     size = 2 * layers * kv_heads * head_dim * tokens * element
-    context = "max_context" if spec.max_context else "default context"
+    context = "max_context" if isinstance(spec.max_context, int) else "default context"
     return int(size), f"2 × {layers} layers × {kv_heads} kv heads × {head_dim} × {tokens} tokens ({context}) × {element} B"
+
+
+def _dequantized_gguf(spec: ModelSpec) -> MemoryEstimate:
+    """A GGUF file as transformers holds it: every parameter in the run dtype (float32 unless set)."""
+    path = gguf_path(spec)
+    if path is None or not path.exists():
+        return MemoryEstimate(spec.id, 0, 0, _OVERHEAD_FIXED, _OVERHEAD_FIXED, "unknown: the GGUF file is not here",
+                              "unknown", OVERHEAD_RULE, known=False)
+    info = read_gguf(path)
+    element = _TARGET_BYTES.get(spec.dtype, 4)
+    weights = info.parameters * element
+    tokens = spec.max_context if isinstance(spec.max_context, int) else min(info.context_length, _DEFAULT_CONTEXT)
+    kv = 2 * info.block_count * info.head_count_kv * info.head_dim * tokens * element
+    context = "max_context" if isinstance(spec.max_context, int) else "default context"
+    overhead = int(_OVERHEAD_FRACTION * (weights + kv)) + _OVERHEAD_FIXED
+    dtype = spec.dtype if spec.dtype in _TARGET_BYTES else "float32"
+    return MemoryEstimate(
+        spec.id, weights, kv, overhead, weights + kv + overhead,
+        f"GGUF header ({info.parameters:,} parameters), dequantized to {dtype}",
+        f"2 × {info.block_count} layers × {info.head_count_kv} kv heads × {info.head_dim} × {tokens} tokens "
+        f"({context}) × {element} B", OVERHEAD_RULE, info.parameters)
+
+
+def _with_required(spec: ModelSpec, estimate: MemoryEstimate) -> MemoryEstimate:
+    """``required_memory``, when a spec sets it, is the total whatever the metadata says."""
+    if spec.required_memory is None:
+        return estimate
+    return replace(estimate, total_bytes=spec.required_memory, known=True,
+                   overhead_method=f"total set by required_memory ({format_bytes(spec.required_memory)})")
 
 
 def estimate_checkpoint(spec: ModelSpec) -> MemoryEstimate:
@@ -247,22 +277,25 @@ def estimate_checkpoint(spec: ModelSpec) -> MemoryEstimate:
     ``required_memory`` in the spec, when set, is the total. Where no metadata
     can be read (offline and not cached, no safetensors), the estimate says so
     and ``known`` is false. A corrupted local checkpoint is a
-    :class:`ModelLoadingError`.
+    :class:`ModelLoadingError`. A GGUF file is read from its header: it is
+    dequantized when transformers loads it.
     """
+    if is_gguf(spec):
+        return _with_required(spec, _dequantized_gguf(spec))
     folder = spec.local_path or _cached_folder(spec)
     try:
         found = _local_tensors(folder) if folder and folder.is_dir() else None
     except (ValueError, KeyError, OSError) as error:
         raise ModelLoadingError(f"cannot read the checkpoint of {spec.id!r}: {error}. The download may be "
                                 "incomplete: delete the file and fetch it again.", model_id=spec.id) from None
-    if found is None and not spec.local_path:
+    if found is None and not spec.local_path and spec.required_memory is None:  # a declared size needs no Hub
         try:
             found = _hub_tensors(spec)
-        except _ADVICE_ERRORS as error:  # network, auth, missing repo: the estimate is only advice
+        except Exception as error:  # noqa: BLE001 - network, auth, missing repo: the estimate is only advice
             log.info("no Hub metadata for %r: %s", spec.id, error)
     try:
         config = _model_config(spec, folder)
-    except _ADVICE_ERRORS as error:  # same: advice only
+    except Exception as error:  # noqa: BLE001 - same: advice only
         log.info("no config.json for %r: %s", spec.id, error)
         config = None
     kv_bytes, kv_method = _kv_cache_bytes(config, spec)
@@ -274,9 +307,5 @@ def estimate_checkpoint(spec: ModelSpec) -> MemoryEstimate:
         weights_method, known = f"{source}, {how}", True
     overhead = int(_OVERHEAD_FRACTION * (weights + kv_bytes)) + _OVERHEAD_FIXED
     total = weights + kv_bytes + overhead
-    if spec.required_memory is not None:
-        return MemoryEstimate(spec.id, weights, kv_bytes, overhead, spec.required_memory, weights_method,
-                              kv_method, f"total set by required_memory ({format_bytes(spec.required_memory)})",
-                              parameters, True)
-    return MemoryEstimate(spec.id, weights, kv_bytes, overhead, total, weights_method, kv_method,
-                          OVERHEAD_RULE, parameters, known)
+    return _with_required(spec, MemoryEstimate(spec.id, weights, kv_bytes, overhead, total, weights_method,
+                                               kv_method, OVERHEAD_RULE, parameters, known))

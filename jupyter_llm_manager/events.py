@@ -25,7 +25,7 @@ __all__ = ["Event", "EventBus", "EventKind", "EvictionReason"]
 log = logging.getLogger(__name__)
 
 EventKind = Literal[
-    "registered", "unregistered", "waiting", "loading", "loaded", "load_failed", "evicted", "unloaded",
+    "registered", "unregistered", "waiting", "loading", "load_progress", "loaded", "load_failed", "evicted", "unloaded",
     "generation_started", "generation_finished", "pinned", "unpinned", "settings_changed", "warning",
 ]
 EvictionReason = Literal["lru", "budget", "keep_alive", "manual"]

@@ -60,6 +60,7 @@ class Instance:
     imported: tuple[tuple[str, float], ...] = ()  # first imports its load paid for: (module, seconds)
     arrival: int | None = None  # the arrival number of its first waiter, when it was queued
     waited: float | None = None  # how long that waiter waited for room (seconds)
+    progress: str = ""  # what its load is doing now, as the backend reported it
 
     @property
     def remote(self) -> bool:
@@ -95,13 +96,15 @@ class Instance:
         return self.lease_threads.get(thread, 0) > 0
 
 
-def accounted_bytes(footprint: dict[str, int], placement: Placement, estimate: MemoryEstimate) -> dict[str, int]:
+def accounted_bytes(footprint: dict[str, int], placement: Placement, estimate: MemoryEstimate, *,
+                    complete: bool = False) -> dict[str, int]:
     """Bytes a loaded instance holds against budgets: its footprint plus the estimate's runtime reserve.
 
     The reserve (KV cache and overhead) is the memory it needs once it
-    generates, not only its weights.
+    generates, not only its weights; a ``complete`` footprint (llama.cpp
+    allocates its KV cache and buffers at load) already counts it.
     """
     if not placement.devices:
         return {}
-    reserve = max(estimate.total_bytes - estimate.weights_bytes, 0) // len(placement.devices)
+    reserve = 0 if complete else max(estimate.total_bytes - estimate.weights_bytes, 0) // len(placement.devices)
     return {device: footprint.get(device, 0) + reserve for device in placement.devices}

@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 from . import imports, policy
 from .backends import LoadedModel
+from .backends.base import progress_reporter
 from .books import Books
 from .errors import OutOfMemoryDuringLoad, ResourceNotAvailableError
 from .events import EventBus
@@ -25,8 +26,12 @@ from .instances import Instance, accounted_bytes
 from .interrupts import interrupts_deferred
 from .leases import Leases, Ticket
 from .memory import DeviceProbe
+from .units import format_bytes
 
-__all__ = ["FIT_HINT", "Loading"]
+__all__ = ["DECLARED_TOLERANCE", "FIT_HINT", "Loading"]
+
+#: A declared size further than this from the measured one gets a warning event.
+DECLARED_TOLERANCE = 0.2
 
 FIT_HINT = ("Unpin or unload a model, raise memory_fraction or memory_budget, choose a smaller dtype or "
             "quantization='4bit', or place the model on another device (device='cpu').")
@@ -37,6 +42,16 @@ def _imported(imported: tuple[tuple[str, float], ...]) -> list[str]:
     if not imported:
         return []
     return [f"imported {', '.join(name for name, _ in imported)} in {sum(s for _, s in imported):.1f} s"]
+
+
+def _off_declared(declared: int | None, loaded: LoadedModel) -> str:
+    """A warning when a declared size (``required_memory``, seed 003's ``vram_gb``) is off by more than 20%."""
+    measured = loaded.measured_bytes if loaded.measured_bytes is not None else sum(loaded.footprint.values())
+    if not declared or not measured or abs(measured - declared) <= DECLARED_TOLERANCE * declared:
+        return ""
+    return (f"declared {format_bytes(declared)} (required_memory / vram_gb) but measured {format_bytes(measured)} "
+            f"after the load ({(measured - declared) / declared:+.0%}): correct the declared size, which the "
+            "budget counts")
 
 
 class Loading:
@@ -73,12 +88,16 @@ class Loading:
             during = imports.take_report()  # and while loading (transformers): not the model's load time
             instance.imported = tuple(before + during)
             seconds = time.perf_counter() - started - sum(s for _, s in during)
+            how = [loaded.how] if loaded.how else []
+            off = _off_declared(instance.spec.required_memory, loaded)
             with interrupts_deferred():
                 ticket = self._publish(model_id, canonical, instance, loaded, seconds)
                 published = True
                 loaded = None
                 self._bus.emit("loaded", canonical, seconds=instance.load_seconds, bytes=instance.footprint_bytes,
-                               message=" · ".join([where, *_imported(instance.imported)]))
+                               message=" · ".join([where, *how, *_imported(instance.imported)]))
+                if off:
+                    self._bus.emit("warning", canonical, message=off)
         except BaseException as error:
             if published:  # an interrupt held back until the model was published: it stays loaded, unleased
                 if ticket is not None:
@@ -106,7 +125,8 @@ class Loading:
             instance.loaded = loaded
             instance.move("loaded")
             instance.footprint = {} if instance.remote else dict(loaded.footprint)
-            instance.bytes = accounted_bytes(instance.footprint, instance.placement, instance.estimate)
+            instance.bytes = accounted_bytes(instance.footprint, instance.placement, instance.estimate,
+                                             complete=loaded.complete_footprint)
             instance.load_seconds = seconds
             instance.last_used = books.clock()
             instance.loader = None
@@ -121,6 +141,16 @@ class Loading:
         return ticket
 
     def _load_with_retry(self, canonical: str, instance: Instance) -> LoadedModel:
+        """Load (what the backend reports meanwhile becomes ``load_progress`` events), retrying once."""
+
+        def progress(message: str) -> None:
+            instance.progress = message
+            self._bus.emit("load_progress", canonical, message=message, arrival=instance.arrival)
+
+        with progress_reporter(progress):
+            return self._load_twice(canonical, instance)
+
+    def _load_twice(self, canonical: str, instance: Instance) -> LoadedModel:
         """Load; on out-of-memory, evict what may make way there and try once more."""
         backend, spec, devices = instance.backend, instance.spec, instance.placement.devices
         try:

@@ -18,7 +18,7 @@ from .rendering import FORMATS
 __all__ = ["CELL_PARSER", "LINE_COMMANDS", "LINE_PARSER", "MODEL_COMMANDS", "parse", "parse_value", "usage"]
 
 #: Subcommands of ``%llm`` whose argument is a model id (Tab completes ids there).
-MODEL_COMMANDS = frozenset({"load", "unload", "pin", "unpin", "estimate", "default", "alias"})
+MODEL_COMMANDS = frozenset({"load", "unload", "pin", "unpin", "estimate", "default", "alias", "plan", "select"})
 
 
 class _HelpFormatter(argparse.HelpFormatter):
@@ -81,9 +81,12 @@ def _line_parser() -> tuple[MagicArgumentParser, dict[str, MagicArgumentParser]]
     register = command("register", "register a model (loads nothing)")
     register.add_argument("id", metavar="ID")
     register.add_argument("source", nargs="?", metavar="SOURCE",
-                          help="a Hub id or a local folder; for --backend openai, the server's URL")
+                          help="a Hub id, a local folder or a .gguf file; for --backend openai, the server's URL")
     register.add_argument("--backend", default=None,
-                          help="transformers (default), or openai for an OpenAI-compatible server")
+                          help="transformers (default), llama_cpp for a .gguf file, or openai for a server")
+    register.add_argument("--gguf-file", metavar="NAME.gguf", help="the GGUF file in the SOURCE folder or Hub repo")
+    register.add_argument("--mode", choices=("chat", "embed"), help="chat (default) or embed (vectors)")
+    register.add_argument("--max-context", metavar="TOKENS", help="context length in tokens; auto (llama_cpp)")
     register.add_argument("--base-url", metavar="URL",
                           help="an OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1 (implies --backend openai)")
     register.add_argument("--model", metavar="NAME", help="the model name the server serves (default: ID)")
@@ -103,6 +106,11 @@ def _line_parser() -> tuple[MagicArgumentParser, dict[str, MagicArgumentParser]]
     command("gc", "collect garbage and empty the CUDA cache without unloading; report what still holds models")
     reset = command("reset", "forget a --chat conversation (all when no name is given)")
     reset.add_argument("chat", nargs="?", metavar="CHAT")
+    plan = command("plan", "would these models fit together? (default: each task's selected option) Loads nothing")
+    plan.add_argument("models", nargs="*", metavar="MODEL")
+    select = command("select", "choose the option TASK runs (without OPTION: list its options)")
+    select.add_argument("task", metavar="TASK")
+    select.add_argument("option", nargs="?", metavar="OPTION")
     command("dashboard", "open the models dashboard (devices, models, actions, events)")
     command("help", "show this help")
     return parser, found

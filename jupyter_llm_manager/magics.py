@@ -23,7 +23,7 @@ from traitlets import Bool, Enum, Float, Unicode, observe
 from . import actions
 from .asking import CellAsker, check_output_name
 from .chats import ChatSessions
-from .commands import LineCommands
+from .commands import LineCommands, say_notices
 from .errors import LLMManagerError, ModelNotFoundError
 from .lab import LabBridge
 from .magic_args import CELL_PARSER, LINE_COMMANDS, LINE_PARSER, MODEL_COMMANDS, parse, usage
@@ -111,6 +111,7 @@ class LLMMagics(Magics):
             if cell is None:
                 self.commands.run(parse(LINE_PARSER, line))
             else:
+                say_notices(self.manager)
                 self._cell(line, cell)
 
     llm.__doc__ = usage()

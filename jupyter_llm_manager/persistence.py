@@ -31,15 +31,21 @@ class Persistence:
         books = self._books
         with books.lock:
             registry = books.registry
-            chosen = [i for i in (registry.specs if models is None else models) if not registry.specs[i].builtin]
+            chosen = [i for i in (registry.specs if models is None else models)
+                      if not registry.specs[i].builtin and not registry.specs[i].task]
             specs = {i: registry.specs[i].with_changes(pinned=i in registry.pinned) for i in chosen}
-            names = {a: registry.aliases[a] for a in (registry.aliases if aliases is None else aliases)}
+            names = {a: registry.aliases[a] for a in (registry.aliases if aliases is None else aliases)
+                     if a not in registry.tasks}
+            tasks = {name: task.to_mapping(selected=registry.aliases.get(name, "").partition("/")[2] or None)
+                     for name, task in registry.tasks.items()} if settings else None
+            inference = dict(registry.inference) if settings and registry.inference else None
             removed = set(registry.removed)
             defaults = books.settings.to_mapping() if settings else None
             default = defaults and defaults["default_model"]
             if defaults and default in registry.specs and registry.specs[default].builtin:
                 defaults["default_model"] = None  # the built-in default comes back by itself
-        written = save_config(target, specs, names, removed=removed, defaults=defaults)
+        written = save_config(target, specs, names, removed=removed, defaults=defaults, tasks=tasks,
+                              inference=inference)
         books = self._books
         with books.lock:
             books.registry.removed -= removed

@@ -9,9 +9,11 @@ loaded instance.
 from __future__ import annotations
 
 import difflib
+from typing import Any
 
 from .errors import ConfigurationError, LLMManagerError, ModelNotFoundError
 from .spec import ModelSpec
+from .tasks import Task
 
 __all__ = ["Registry"]
 
@@ -25,6 +27,8 @@ class Registry:
         self.aliases: dict[str, str] = {}
         self.pinned: set[str] = set()
         self.removed: set[str] = set()  # ids and aliases to drop from the file at the next save
+        self.tasks: dict[str, Task] = {}  # seed 003's tasks: each an alias of its selected option
+        self.inference: dict[str, Any] = {}  # seed 003's inference block, saved back as read
 
     # -- models -------------------------------------------------------------------------
 

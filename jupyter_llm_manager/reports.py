@@ -50,6 +50,8 @@ class StatusRow:
     expires_in: float | None = None  # keep-alive left when the row was made (monotonic clock)
     import_seconds: float | None = None  # first imports of heavy libraries its load paid for (not in load_seconds)
     reachable: bool | None = None  # remote models: whether the last call reached the server (None: no call yet)
+    context: int | None = None  # tokens of context of the loaded model (the n_ctx chosen by max_context: auto)
+    progress: str | None = None  # what a load in flight is doing now ("converting … from GGUF")
 
     estimated_str = bytes_text("estimated_bytes")
     actual_str = bytes_text("actual_bytes")
@@ -76,6 +78,8 @@ class StatusRow:
         """The state with what matters next to it: ``loaded (in use, pinned)``, ``waiting (#2: ...)``."""
         if self.state == "waiting" and self.waiting_for:
             return f"waiting (#{self.queue_position or 1}: {self.waiting_for})"
+        if self.state == "loading" and self.progress:
+            return f"loading ({self.progress})"
         notes = [note for flag, note in ((self.in_use, "in use"), (self.pinned, "pinned"),
                                          (self.protected, "protected")) if flag]
         return f"{self.state} ({', '.join(notes)})" if notes else self.state

@@ -8,7 +8,8 @@ or why it stopped).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
 
 from .events import EventBus
 from .generation import GenerationParams, GenerationResult, Prompt
@@ -44,6 +45,18 @@ class Runs:
         finally:
             ticket.release()
             self.finished(ticket.canonical, result, error)
+
+    def embed(self, model_id: str, texts: Sequence[str], *, wait: float | str | None) -> list[list[float]]:
+        """One vector per text, on a leased instance (an embed-mode model)."""
+        ticket = self._acquire(model_id, wait)
+        started = time.perf_counter()
+        try:
+            vectors = ticket.instance.backend.embed(ticket.loaded, texts, model_id=model_id)
+        finally:
+            ticket.release()
+        self._bus.emit("generation_finished", ticket.canonical, seconds=time.perf_counter() - started,
+                       message=f"{len(vectors)} vectors")
+        return vectors
 
     def stream(self, model_id: str, prompt: Prompt, params: GenerationParams, *, raw: bool,
                wait: float | str | None) -> TextStream:

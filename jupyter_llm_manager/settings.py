@@ -72,6 +72,13 @@ def check_max_queue(value: Any) -> int:
     return value
 
 
+def check_max_memory_per_model(value: Any) -> int | None:
+    """The most memory one model may take (seed 003's ``max_memory_per_model``); ``auto``/``null``: no cap."""
+    if value is None or (isinstance(value, str) and value.strip().lower() == "auto"):
+        return None
+    return parse_size(value)
+
+
 _CHECKS: dict[str, Callable[[Any], Any]] = {
     "max_loaded_models": check_max_loaded_models,
     "memory_fraction": check_memory_fraction,
@@ -80,6 +87,7 @@ _CHECKS: dict[str, Callable[[Any], Any]] = {
     "default_model": check_default_model,
     "wait_timeout": check_wait_timeout,
     "max_queue": check_max_queue,
+    "max_memory_per_model": check_max_memory_per_model,
 }
 
 
@@ -94,6 +102,7 @@ class ManagerSettings:
     default_model: str | None = None
     wait_timeout: float = 120.0
     max_queue: int = 256
+    max_memory_per_model: int | None = None
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any]) -> ManagerSettings:

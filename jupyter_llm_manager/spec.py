@@ -12,26 +12,34 @@ import difflib
 import functools
 import hashlib
 import logging
-import math
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from .errors import ConfigurationError, InvalidGenerationParameters
-from .generation import GenerationParams
+from .errors import ConfigurationError
 from .secret import (
     Secret,
     canonical,
-    expand_references,
-    has_credentials,
     shown_url,
     url_credentials,
     url_without_literal_credentials,
 )
-from .units import brief, parse_duration, parse_size
+from .spec_values import (
+    CONVERTERS,
+    DTYPES,
+    KIND_PRIORITY,
+    LOCAL_BACKENDS,
+    NULLABLE,
+    PROTECTED_KINDS,
+    QUANTIZATIONS,
+    check_model_id,
+    expand_path,
+    looks_like_path,
+)
+from .units import brief
 
 __all__ = [
     "DTYPES",
@@ -45,191 +53,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-DTYPES = {
-    "auto": "auto", "float32": "float32", "fp32": "float32", "float": "float32",
-    "float16": "float16", "fp16": "float16", "half": "float16",
-    "bfloat16": "bfloat16", "bf16": "bfloat16",
-}
-QUANTIZATIONS = {
-    "4bit": "4bit", "4": "4bit", "int4": "4bit", "nf4": "4bit", "fp4": "4bit",
-    "8bit": "8bit", "8": "8bit", "int8": "8bit",
-}
-_DEVICE = re.compile(r"^(auto|cpu|mps|balanced|cuda(:\d+)?)$")
-_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:@/+-]{0,199}")  # used with fullmatch: no trailing newline
-#: Seed 004's tiers: the default priority of each kind of model; ``asr`` is also protected.
-KIND_PRIORITY = {"llm": 0, "tts": 1, "asr": 2}
-PROTECTED_KINDS = frozenset({"asr"})
-_KINDS = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
-
-
-def expand_path(text: str) -> str:
-    """Expand ``~`` and ``${ENV}`` in a path, and nothing else (no shell, no globs)."""
-    expanded = expand_references(text)
-    return os.path.expanduser(expanded)
-
-
-def looks_like_path(source: str) -> bool:
-    """Whether a source names a local folder rather than a Hugging Face Hub id."""
-    text = expand_path(source)
-    return (text.startswith(("/", "./", "../", "~", ".\\")) or bool(re.match(r"^[A-Za-z]:[\\/]", text))
-            or text in {".", ".."} or os.path.exists(text))
-
-
-def check_model_id(model_id: object, *, path: str | None = None) -> str:
-    """A model id or alias: letters, digits and ``_ . : @ / + -`` (Hub ids are valid ids)."""
-    if not isinstance(model_id, str) or not _ID.fullmatch(model_id):
-        raise ConfigurationError(
-            f"{brief(model_id)} is not a valid model id: use letters, digits and _ . : @ / + -", path=path)
-    return model_id
-
-
-_SECRET_OPTION_KEYS = frozenset({"token", "use_auth_token", "api_key", "password"})
-
-
-# -- field converters: each returns the normalized value or raises ValueError --
-
-def _string(value: Any) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise ValueError(f"expected a non-empty string, got {brief(value)}")
-    return value.strip()
-
-
-def _optional(convert: Callable[[Any], Any]) -> Callable[[Any], Any]:
-    return lambda value: None if value is None else convert(value)
-
-
-def _boolean(value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise ValueError(f"expected true or false, got {brief(value)}")
-    return value
-
-
-def _integer(minimum: int) -> Callable[[Any], int]:
-    def convert(value: Any) -> int:
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise ValueError(f"expected an integer >= {minimum}, got {brief(value)}")
-        return value
-    return convert
-
-
-def _number(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"expected a finite number > 0, got {brief(value)}")
-    return float(value)
-
-
-def _dtype(value: Any) -> str:
-    text = str(value).lower().removeprefix("torch.")
-    if text not in DTYPES:
-        raise ValueError(f"unknown dtype {brief(value)}; use one of auto, float32, float16, bfloat16")
-    return DTYPES[text]
-
-
-def _quantization(value: Any) -> str | None:
-    if value in (None, False, "none", "null", ""):
-        return None
-    text = str(value).lower()
-    if text not in QUANTIZATIONS:
-        raise ValueError(f"unknown quantization {brief(value)}; use 4bit, 8bit or null")
-    return QUANTIZATIONS[text]
-
-
-def _device(value: Any) -> str | tuple[str, ...]:
-    if isinstance(value, (list, tuple)):
-        devices = tuple(_one_device(item) for item in value)
-        if not devices or any(not d.startswith("cuda:") for d in devices):
-            raise ValueError(f"a multi-GPU placement is a list of cuda:N devices, got {brief(value)}")
-        return devices if len(devices) > 1 else devices[0]
-    return _one_device(value)
-
-
-def _one_device(value: Any) -> str:
-    if not isinstance(value, str):
-        raise ValueError(f"a device is a name such as auto, cpu or cuda:0, got {brief(value)}")
-    text = value.strip().lower()
-    if not _DEVICE.match(text):
-        raise ValueError(f"unknown device {brief(value)}; use auto, cpu, cuda, cuda:N, mps, balanced "
-                         "(every GPU) or a list of cuda:N")
-    return text
-
-
-def _secret(value: Any) -> Secret:
-    """A secret is text: an ``${ENV}`` reference (or a literal). A wrong value is never shown, whatever its type."""
-    if isinstance(value, Secret):
-        return value
-    if not isinstance(value, str) or not value.strip():
-        raise ValueError(f"expected text, best an ${{ENV_VARIABLE}} reference, got {_kind_of(value)} "
-                         "(its value is not shown: it may be a secret)")
-    return Secret(value.strip())
-
-
-def _kind_of(value: Any) -> str:
-    return "an empty text" if isinstance(value, str) else f"a value of type {type(value).__name__}"
-
-
-def _headers(value: Any) -> dict[str, Secret]:
-    if not isinstance(value, Mapping):
-        raise ValueError(f"expected a mapping of header name to value, got {_kind_of(value)} "
-                         "(its value is not shown: headers may hold secrets)")
-    headers = {}
-    for name, text in value.items():
-        if not isinstance(name, str) or not name.strip():
-            raise ValueError(f"a header name is text, got {_kind_of(name)}")
-        try:
-            headers[name.strip()] = _secret(text)
-        except ValueError as error:
-            raise ValueError(f"header {name.strip()!r}: {error}") from None
-    return headers
-
-
-def _url(value: Any) -> str:
-    """A server URL; credentials written into it (``user:key@``) are kept out of sight like any secret."""
-    if not isinstance(value, str) or not value.strip():
-        raise ValueError(f"expected a URL such as http://host:8000/v1, got {_kind_of(value)}"
-                         + ("" if has_credentials(str(value)) else f": {brief(value)}"))
-    return value.strip()
-
-
-def _mapping(value: Any) -> dict[str, Any]:
-    if not isinstance(value, Mapping):
-        raise ValueError(f"expected a mapping, got {brief(value)}")
-    canonical(value)  # bounded: refuses what would be too costly to key, show or save
-    return {str(key): item for key, item in value.items()}
-
-
-def _load_kwargs(value: Any) -> dict[str, Any]:
-    """Keyword arguments for ``from_pretrained``; a token among them is kept as a :class:`Secret`."""
-    kwargs = _mapping(value)
-    for key in _SECRET_OPTION_KEYS & set(kwargs):
-        if kwargs[key] is not None and not isinstance(kwargs[key], bool):
-            kwargs[key] = _secret(kwargs[key])
-    return kwargs
-
-
-def _generation(value: Any) -> dict[str, Any]:
-    mapping = _mapping(value)
-    try:
-        GenerationParams.build(mapping)
-    except InvalidGenerationParameters as error:
-        raise ValueError(str(error)) from None
-    return mapping
-
-
-def _kind(value: Any) -> str:
-    text = _string(value).lower()
-    if not _KINDS.match(text):
-        raise ValueError(f"kind is a short name such as llm, tts or asr, got {brief(value)}")
-    return text
-
-
-def _keep_alive(value: Any) -> float | None:
-    return parse_duration(value)
-
-
-def _size(value: Any) -> int | None:
-    return None if value is None else parse_size(value)
-
 
 @dataclass(frozen=True, kw_only=True)
 class ModelSpec:
@@ -251,7 +74,9 @@ class ModelSpec:
     trust_remote_code: bool = False
     token: Secret | None = None
     tokenizer: str | None = None
-    max_context: int | None = None
+    max_context: int | Literal["auto"] | None = None
+    gguf_file: str | None = None
+    mode: Literal["chat", "embed"] = "chat"
     required_memory: int | None = None
     pinned: bool = False
     priority: int | None = None
@@ -268,6 +93,10 @@ class ModelSpec:
     max_retries: int | None = None
     headers: dict[str, Secret] = field(default_factory=dict)
     options: dict[str, Any] = field(default_factory=dict)
+    loader: str | None = None  # package.module:function returning the model (backend "loader")
+    unloader: str | None = None  # package.module:function called with the model before it is dropped
+    task: str | None = None  # the task this is an option of (its id is TASK/OPTION); saved under tasks:
+    about: dict[str, Any] = field(default_factory=dict)  # keys that only describe it (speed, description)
     builtin: bool = False
 
     @classmethod
@@ -287,33 +116,42 @@ class ModelSpec:
             raise ConfigurationError(f"expected a mapping of options, got {brief(data)}", **where)
         values: dict[str, Any] = {}
         for key, value in data.items():
-            if key not in _CONVERTERS:
-                close = difflib.get_close_matches(str(key), list(_CONVERTERS), n=1)
-                hint = f"; did you mean {close[0]!r}?" if close else f"; known keys: {', '.join(_CONVERTERS)}"
+            if key not in CONVERTERS:
+                close = difflib.get_close_matches(str(key), list(CONVERTERS), n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else f"; known keys: {', '.join(CONVERTERS)}"
                 raise ConfigurationError(f"unknown key {brief(key)}{hint}", key=brief(key), **where)
-            if value is None and key not in _NULLABLE:
+            if value is None and key not in NULLABLE:
                 continue
             try:
-                values[key] = _CONVERTERS[key](value)
+                values[key] = CONVERTERS[key](value)
             except ValueError as error:
                 raise ConfigurationError(f"{key}: {error}", key=key, **where) from None
+        if values.get("loader") and "backend" not in data:
+            values["backend"] = "loader"
         spec = cls(id=model_id, **values)
         spec._check_backend_fields(where, check_paths)
         return spec
 
     def _check_backend_fields(self, where: dict[str, Any], check_paths: bool) -> None:
-        if self.backend == "transformers" and not self.source:
-            raise ConfigurationError("a transformers model needs a source: a Hub id or a local folder",
-                                     key="source", **where)
+        if self.backend in LOCAL_BACKENDS and not self.source:
+            what = "a Hub id, a local folder or a .gguf file" if self.backend == "transformers" else "a .gguf file"
+            raise ConfigurationError(f"a {self.backend} model needs a source: {what}", key="source", **where)
+        if (self.backend == "loader") != bool(self.loader):
+            raise ConfigurationError("loader: package.module:function is what the loader backend loads (and only "
+                                     "it); give loader without backend, or remove it", key="loader", **where)
+        if self.max_context == "auto" and self.backend != "llama_cpp":
+            raise ConfigurationError("max_context: auto picks the largest context that fits, which only the "
+                                     "llama_cpp backend can change at load time; give a number of tokens",
+                                     key="max_context", **where)
         if self.backend == "openai" and not self.base_url:
             raise ConfigurationError("an openai model needs base_url, e.g. http://host:8000/v1",
                                      key="base_url", **where)
         hub_id = re.match(r"^[\w.-]+(/[\w.-]+)?$", self.source or "")
-        if self.source and self.backend == "transformers" and not looks_like_path(self.source) and not hub_id:
+        if self.source and self.backend in LOCAL_BACKENDS and not looks_like_path(self.source) and not hub_id:
             raise ConfigurationError(
                 f"source {brief(self.source)} is neither an existing local folder nor a Hub id "
                 "like 'org/name'", key="source", **where)
-        local = self.source and self.backend == "transformers" and looks_like_path(self.source)
+        local = self.source and self.backend in LOCAL_BACKENDS and looks_like_path(self.source)
         if check_paths and local and not os.path.exists(expand_path(self.source or "")):
             raise ConfigurationError(
                 f"local path {brief(expand_path(self.source or ''))} does not exist; check the path "
@@ -321,8 +159,8 @@ class ModelSpec:
 
     @property
     def location(self) -> str:
-        """Where the model comes from, as it may be shown: its source, or its server's URL without credentials."""
-        return self.source or shown_url(self.base_url or "")
+        """Where the model comes from, as it may be shown: its source, its loader, or its server's URL."""
+        return self.source or self.loader or shown_url(self.base_url or "")
 
     @property
     def effective_priority(self) -> int:
@@ -352,8 +190,16 @@ class ModelSpec:
             credentials += [f"{name}={value.fingerprint}" for name, value in sorted(self.headers.items())]
             return key + (f"|{','.join(credentials)}" if credentials else "")
         location = str(self.local_path) if self.local_path else self.source
+        if self.loader:  # a loader's model is its callable's, with its declared size and unloader
+            location = f"{self.loader}|{self.unloader}|{self.required_memory}"
+        if self.gguf_file:
+            location = f"{location}/{self.gguf_file}"
         device = ",".join(self.device) if isinstance(self.device, tuple) else self.device
         key = f"{self.backend}:{location}@{self.revision or 'main'}|{self.dtype}|{self.quantization or 'full'}|{device}"
+        if self.mode != "chat":
+            key += f"|{self.mode}"
+        if self.backend == "llama_cpp":  # its context is allocated at load: another size is another instance
+            key += f"|ctx={self.max_context or 'default'}"
         if self.tokenizer or self.trust_remote_code or self.load_kwargs or self.options:
             details = canonical({"tokenizer": self.tokenizer, "trust_remote_code": self.trust_remote_code,
                                  "load_kwargs": self.load_kwargs, "options": self.options})
@@ -363,7 +209,7 @@ class ModelSpec:
     @functools.cached_property
     def estimate_key(self) -> str:
         """Everything an estimate may depend on: the whole spec but its id."""
-        values = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("id", "builtin")}
+        values = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("id", "builtin", "about")}
         return hashlib.sha256(canonical(values).encode()).hexdigest()
 
     def with_changes(self, **changes: Any) -> ModelSpec:
@@ -385,7 +231,7 @@ class ModelSpec:
             if value == default and name != "backend":
                 continue
             entry[name] = self._saved_value(name, value, warn)
-        return {k: v for k, v in entry.items() if v is not None or k in _NULLABLE}
+        return {k: v for k, v in entry.items() if v is not None or k in NULLABLE}
 
     def _saved_value(self, name: str, value: Any, warn: bool) -> Any:
         if isinstance(value, Secret):
@@ -420,18 +266,3 @@ def _warn_once(model_id: str, name: str, message: str) -> None:
     if (model_id, name) not in _warned:
         _warned.add((model_id, name))
         log.warning("%s", message)
-
-
-_CONVERTERS: dict[str, Callable[[Any], Any]] = {
-    "source": _string, "backend": _string, "revision": _optional(_string),
-    "device": _device, "dtype": _dtype, "quantization": _quantization,
-    "trust_remote_code": _boolean, "token": _optional(_secret), "tokenizer": _optional(_string),
-    "max_context": _optional(_integer(1)), "required_memory": _size, "pinned": _boolean,
-    "priority": _optional(_integer(-(10**9))), "protected": _optional(_boolean), "kind": _kind,
-    "keep_alive": _keep_alive, "preload": _boolean,
-    "generation": _generation, "load_kwargs": _load_kwargs,
-    "base_url": _optional(_url), "model": _optional(_string), "api_key": _optional(_secret),
-    "timeout": _optional(_number), "max_retries": _optional(_integer(0)), "headers": _headers,
-    "options": _mapping, "builtin": _boolean,
-}
-_NULLABLE = {"quantization"}

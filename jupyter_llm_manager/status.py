@@ -20,13 +20,13 @@ from .memory import DeviceProbe, DeviceReport, device_budget
 from .reports import ModelState, StatusRow
 from .spec import ModelSpec
 
-__all__ = ["StatusView"]
+__all__ = ["BooksReader", "StatusView"]
 
 log = logging.getLogger(__name__)
 
 
-class StatusView:
-    """Builds :class:`StatusRow` and :class:`DeviceReport` snapshots."""
+class BooksReader:
+    """A part that reads the books with what it needs to judge them: devices, estimates, backends."""
 
     def __init__(self, books: Books, probe: DeviceProbe, estimates: EstimateCache,
                  backends: Callable[[str], Backend]) -> None:
@@ -34,6 +34,10 @@ class StatusView:
         self._probe = probe
         self._estimates = estimates
         self._backends = backends
+
+
+class StatusView(BooksReader):
+    """Builds :class:`StatusRow` and :class:`DeviceReport` snapshots."""
 
     def rows(self) -> list[StatusRow]:
         """One row per registered model id."""
@@ -100,7 +104,8 @@ class StatusView:
             actual_bytes=instance.footprint_bytes if instance is not None and state == "loaded" else None,
             last_used=None if last_used is None else wall - (now - last_used),
             expires_at=None if expires is None else wall + (expires - now),
-            error=books.failures.get(spec.id) or _last_call_error(instance), remote=backend.remote,
+            error=books.failures.get(spec.id) or _last_call_error(instance) or backend.problem(spec),
+            remote=backend.remote,
             trust_remote_code=spec.trust_remote_code,
             keep_alive=books.keep_alive_of(instance) if instance is not None else spec.keep_alive,
             load_seconds=instance.load_seconds if instance is not None else None,
@@ -110,7 +115,9 @@ class StatusView:
             idle_seconds=None if last_used is None else now - last_used,
             expires_in=None if expires is None else expires - now,
             import_seconds=sum(s for _, s in instance.imported) if instance is not None and instance.imported else None,
-            reachable=_reachable(instance))
+            reachable=_reachable(instance), mode=spec.mode,
+            context=instance.loaded.context_length if instance is not None and instance.loaded else None,
+            progress=instance.progress or None if instance is not None and instance.state == "loading" else None)
 
 
 def _details(instance: Instance | None) -> dict[str, object]:

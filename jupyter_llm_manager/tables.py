@@ -25,6 +25,10 @@ class Table:
     caption: str = ""
     notes: Sequence[str] = field(default_factory=tuple)
 
+    def html(self) -> str:
+        """The table as HTML (what a notebook shows)."""
+        return self._repr_html_()
+
     def _repr_html_(self) -> str:
         head = "".join(f"<th style='text-align:left'>{html.escape(c)}</th>" for c in self.columns)
         body = "".join(

@@ -84,9 +84,10 @@ def build_tiny_model(folder: str | os.PathLike, shape: TinyModelShape = SMALL, *
 
 
 def _write_checkpoint(folder: Path, shape: TinyModelShape, dtype: str) -> None:
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from .backends.hf_support import import_torch, import_transformers, library_progress_off
 
+    torch, transformers = import_torch(), import_transformers()
+    LlamaConfig, LlamaForCausalLM = transformers.LlamaConfig, transformers.LlamaForCausalLM
     tokenizer = _train_tokenizer(shape.vocab_size)
     tokenizer.save_pretrained(folder)
     config = LlamaConfig(
@@ -103,7 +104,8 @@ def _write_checkpoint(folder: Path, shape: TinyModelShape, dtype: str) -> None:
     finally:
         torch.random.set_rng_state(generator_state)
     model.generation_config.do_sample = False
-    model.save_pretrained(folder)
+    with library_progress_off():  # transformers draws a "Writing model shards" bar (a widget in a notebook)
+        model.save_pretrained(folder)
 
 
 def _train_tokenizer(vocab_size: int):

@@ -15,6 +15,7 @@ from .events import EventBus
 from .evictions import Evictions
 from .instances import Instance
 from .reaper import Reaper
+from .waits import Deadline
 
 __all__ = ["Upkeep"]
 
@@ -42,8 +43,25 @@ class Upkeep:
     def after_idle(self, instance: Instance) -> None:
         """An instance's last lease ended: its keep-alive starts; deferred limits may apply now."""
         self.reaper.wake()
+        if instance.key in self._books.retiring:
+            self.retire(instance.key)
         if self._books.limits_pending:
             self._evictions.enforce()
+
+    def retire(self, key: str | None) -> None:
+        """Unload a task's previous option now if idle, else when its last lease ends (see ``after_idle``)."""
+        if key is None:
+            return
+        books = self._books
+        with books.lock:
+            instance = books.instances.get(key)
+            if instance is None:
+                books.retiring.discard(key)
+                return
+            if instance.leases or instance.state != "loaded" or key not in books.retiring:
+                return  # in use (or loading): its last lease ends it
+            books.retiring.discard(key)
+        self._evictions.unload(key, Deadline(0), quiet=True)
 
     def after_load(self, instance: Instance, heavier: bool) -> None:
         self.ensure_reaper()

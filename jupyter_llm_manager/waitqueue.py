@@ -27,6 +27,7 @@ class Waiter:
     holds_leases: bool
     since: float = field(default_factory=time.monotonic)
     waiting_for: str = ""  # the last plan's reason, for status rows and timeout messages
+    blocked_since: float | None = None  # when a plan first said "wait" (planning itself is no waiting)
 
 
 class WaitQueue:

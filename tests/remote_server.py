@@ -44,19 +44,64 @@ def llm_katan(tmp: Path, *, model: Path | None = None, name: str = "tiny", key: 
     command += ["--model", str(model), "--backend", "transformers"] if model else ["--model", name, "--backend", "echo"]
     if key:
         command += ["--validate-keys", "--api-keys", f"openai={key}"]
-    log = (tmp / f"katan-{port}.log").open("w")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HOME": str(tmp)}
+    headers = {"Authorization": f"Bearer {key or 'x'}"}
+    with serving("llm-katan", command, tmp / f"katan-{port}.log", port, headers, env, timeout) as served:
+        yield served
+
+
+@contextlib.contextmanager
+def serving(what: str, command: list[str], log_path: Path, port: int, headers: dict[str, str],
+            env: dict[str, str] | None, timeout: float) -> Iterator[tuple[str, subprocess.Popen]]:
+    """Start a server process, wait until ``/v1/models`` answers (else fail with its log), stop it after."""
+    log = log_path.open("w")
     server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     base = f"http://127.0.0.1:{port}/v1"
     try:
-        request = urllib.request.Request(f"{base}/models", headers={"Authorization": f"Bearer {key or 'x'}"})
-        failure = wait_for_http(request, server, timeout)
+        failure = wait_for_http(urllib.request.Request(f"{base}/models", headers=headers), server, timeout)
         if failure:
-            pytest.fail(f"llm-katan {failure}: {(tmp / f'katan-{port}.log').read_text()[-1500:]}")
+            pytest.fail(f"{what} {failure}: {log_path.read_text()[-1500:]}")
         yield base, server
     finally:
         stop(server)
         log.close()
+
+
+@contextlib.contextmanager
+def llama_server(tmp: Path, model: Path, *, name: str = "smollm2",
+                 timeout: float = 90) -> Iterator[tuple[str, subprocess.Popen]]:
+    """Serve a GGUF file with llama.cpp's own OpenAI-compatible server; yields (base URL, process).
+
+    Skips the calling test where llama-cpp-python was installed without its ``[server]`` extra.
+    """
+    import importlib.util
+
+    if importlib.util.find_spec("llama_cpp") is None or importlib.util.find_spec("sse_starlette") is None:
+        pytest.skip("llama-cpp-python[server] is not installed")
+    port = free_port()
+    command = [sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--model_alias", name,
+               "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048",
+               "--n_threads", str(len(os.sched_getaffinity(0)))]
+    with serving("llama_cpp.server", command, tmp / f"llama-server-{port}.log", port, {}, None, timeout) as served:
+        yield served
+
+
+def kill_in_the_middle_of_a_stream(stream, server: subprocess.Popen) -> float:
+    """Iterate ``stream``, killing ``server`` after its second piece; returns the seconds it took to fail.
+
+    The stream must end with :class:`GenerationError` (the caller checks the message), never hang.
+    """
+    import signal
+    import time
+
+    from jupyter_llm_manager import GenerationError
+
+    started = time.monotonic()
+    with pytest.raises(GenerationError, match="broke in the middle of the answer"):
+        for index, _ in enumerate(stream):
+            if index == 1:
+                os.killpg(server.pid, signal.SIGKILL)
+    return time.monotonic() - started
 
 
 class FaultProxy:

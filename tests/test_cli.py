@@ -29,16 +29,17 @@ def run(tmp_path):
     return run_command
 
 
-def test_list_shows_the_demo_models_without_configuration(run):
+def test_list_shows_the_builtin_model_without_configuration(run):
     done = run("list")
     assert done.returncode == 0, done.stderr
-    assert "demo-small (default)" in done.stdout and "demo-large" in done.stdout and "offline demo" in done.stdout
+    assert "smollm2 (default)" in done.stdout and "SmolLM2-135M-Instruct.Q4_1.gguf" in done.stdout
+    assert "the built-in model only" in done.stdout and "demo-" not in done.stdout
 
 
 def test_list_and_estimate_read_the_configuration(run, tiny_models):
     config = f"models:\n  mine: {{source: {tiny_models['a']}, dtype: float16}}\naliases: {{m: mine}}\n"
     listing = run("list", config=config)
-    assert "mine" in listing.stdout and "m" in listing.stdout and "demo-small" not in listing.stdout
+    assert "mine" in listing.stdout and "m" in listing.stdout and "smollm2" in listing.stdout
     estimate = run("estimate", "m")
     assert estimate.returncode == 0 and "safetensors header, as float16" in estimate.stdout
     assert "K parameters" in estimate.stdout
@@ -70,11 +71,13 @@ def test_doctor_never_prints_a_token(run, monkeypatch):
 def test_quickstart_runs_the_notebook_and_prints_its_output(run):
     done = run("quickstart")
     assert done.returncode == 0, done.stderr[-2000:]
-    assert "In  │ %%llm demo-small -n 40" in done.stdout and "tok/s" in done.stdout
+    assert "In  │ %%llm smollm2 -n 60" in done.stdout and "tok/s" in done.stdout
+    assert "The capital of Japan is Tokyo" in done.stdout  # a real answer, on the first run
     assert "Open it in JupyterLab: .venv/bin/pip install jupyterlab && .venv/bin/jupyter lab" in done.stdout
 
 
 def test_demo_walks_through_the_api(run):
     done = run("demo")
     assert done.returncode == 0, done.stderr
-    assert "evicted 'demo-small' (lru)" in done.stdout and "Unloaded 'demo-large'" in done.stdout
+    assert "'The capital of Japan is Tokyo.'" in done.stdout and "Red" in done.stdout
+    assert "evicted 'smollm2' (lru)" in done.stdout and "Unloaded 'demo-small'" in done.stdout

@@ -243,3 +243,24 @@ def test_open_dashboard_from_the_package_and_the_module_stays_a_module(manager):
         assert "application/vnd.jupyter.widget-view+json" in bundle
     finally:
         dashboard.close()
+
+
+def test_plan_ticked_shows_whether_the_ticked_models_fit_together(manager, board):
+    manager.max_loaded_models = 3
+    manager.memory_budget = {"cuda:0": 2 * GB}
+    board._rows["a"].tick.value = True
+    board._rows["b"].tick.value = True
+    board.plan_ticked()
+    assert "Fits, without evicting anything." in board._plan_html.value and "how estimated" in board._plan_html.value
+    board._rows["c"].tick.value = True
+    board.plan_ticked()
+    assert "Does not fit together" in board._plan_html.value
+    assert all(row.state == "registered" for row in manager.status())  # planning loads nothing
+
+
+def test_the_warm_up_shows_while_it_runs_and_when_it_failed(manager, board):
+    manager.register("broken", "fake/broken", backend="fake", device="cuda:0", options={"fail": "error"})
+    manager.warmup.start(["a", "broken"])
+    assert manager.warmup.wait(10)
+    board.refresh()
+    assert "warm-up 2/2" in board._warmup.value and "failed: broken" in board._warmup.value

@@ -521,19 +521,21 @@ def test_get_manager_is_one_kernel_wide_manager_configured_from_the_file(tmp_pat
         first.close()
 
 
-def test_without_configuration_the_kernel_knows_the_demo_models(tmp_path, monkeypatch):
+def test_built_in_models_are_never_written_to_a_configuration_file(tmp_path, monkeypatch):
     from jupyter_llm_manager import get_manager
     from jupyter_llm_manager import manager as manager_module
+    from jupyter_llm_manager.demo import register_demo_models
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.setattr(manager_module, "_singleton", None)
     manager = get_manager()
     try:
-        assert [row.id for row in manager.status()] == ["demo-small", "demo-large"]
-        assert manager.default_model == "demo-small" and manager.config_path is None
+        assert [row.id for row in manager.status()] == ["smollm2"]
+        assert manager.default_model == "smollm2" and manager.config_path is None
+        register_demo_models(manager)
         assert (tmp_path / "cache" / "jupyter_llm_manager" / "demo-models" / "demo-large" / "config.json").exists()
         assert manager.generate("demo-small", "Hi", max_new_tokens=3, min_new_tokens=3).completion_tokens == 3
         saved = manager.save(tmp_path / "llm.yaml").read_text()
-        assert "demo-" not in saved  # built-in models are never written to a configuration file
+        assert "demo-" not in saved and "smollm2" not in saved
     finally:
         manager.close()

@@ -76,7 +76,7 @@ def test_the_package_has_no_import_cycle():
 
 def test_the_core_imports_no_front_end():
     front_ends = {"jupyter_llm_manager." + m for m in ("magics", "dashboard", "lab", "cli", "commands", "asking",
-                                                        "actions", "magic_args", "rendering", "tables")}
+                                                        "actions", "magic_args", "rendering", "tables", "plan_view")}
     entry_points = {"jupyter_llm_manager", "jupyter_llm_manager.__main__"}
     core = [p for p in MODULES if module_name(p) not in front_ends | entry_points]
     leaks = {module_name(p): runtime_imports(p, MODULES[p]) & front_ends for p in core}

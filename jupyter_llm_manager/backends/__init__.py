@@ -1,7 +1,7 @@
 """Backends by name: the built-in ones and those registered by other packages.
 
-``transformers`` runs a model in this kernel; ``openai`` talks to any
-OpenAI-compatible server. Other packages add backends through the entry-point
+``transformers`` runs a model in this kernel; ``llama_cpp`` runs GGUF files
+with llama.cpp in this kernel; ``openai`` talks to any OpenAI-compatible server. Other packages add backends through the entry-point
 group ``jupyter_llm_manager.backends`` (name = ``module:BackendClass``).
 Modules are imported only when their backend is first used.
 """
@@ -35,6 +35,9 @@ ENTRY_POINT_GROUP = "jupyter_llm_manager.backends"
 _BUILTIN = {
     "transformers": "jupyter_llm_manager.backends.hf:TransformersBackend",
     "openai": "jupyter_llm_manager.backends.openai_compat:OpenAIBackend",
+    "llama_cpp": "jupyter_llm_manager.backends.llama_cpp:LlamaCppBackend",
+    "loader": "jupyter_llm_manager.backends.loader:LoaderBackend",
+    "unavailable": "jupyter_llm_manager.backends.unavailable:UnavailableBackend",
 }
 _instances: dict[str, Backend] = {}
 _lock = threading.Lock()

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import threading
 import traceback
-from collections.abc import Generator
+from collections.abc import Callable, Generator, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -20,7 +21,8 @@ from ..estimate import MemoryEstimate, remote_estimate
 from ..generation import GenerationParams, GenerationResult, Prompt
 from ..spec import ModelSpec
 
-__all__ = ["Backend", "LoadedModel", "Placement", "TextGenerator", "release_frames"]
+__all__ = ["Backend", "LoadedModel", "Placement", "TextGenerator", "progress_reporter", "release_frames",
+           "report_progress"]
 
 #: What :meth:`Backend.stream` returns: yields text pieces, returns the result.
 TextGenerator = Generator[str, None, GenerationResult]
@@ -40,6 +42,32 @@ def release_frames(error: BaseException | None) -> None:
         error = error.__cause__ or error.__context__
 
 
+_reporters = threading.local()
+
+
+@contextmanager
+def progress_reporter(callback: Callable[[str], None]) -> Iterator[None]:
+    """Send what :func:`report_progress` says in this thread to ``callback`` (the manager, during a load)."""
+    previous = getattr(_reporters, "callback", None)
+    _reporters.callback = callback
+    try:
+        yield
+    finally:
+        _reporters.callback = previous
+
+
+def report_progress(message: str) -> None:
+    """Tell whoever waits for the load running in this thread what it is doing now.
+
+    For the long steps of a load (converting a file, reading a tokenizer):
+    the ``%%llm`` status line and the dashboard show the message. Outside a
+    managed load it does nothing.
+    """
+    callback = getattr(_reporters, "callback", None)
+    if callback is not None:
+        callback(message)
+
+
 @dataclass(frozen=True)
 class Placement:
     """Where the manager decided a model goes.
@@ -52,6 +80,7 @@ class Placement:
     devices: tuple[str, ...]
     max_memory: dict[str, int] | None = None
     target: str | None = None  # device string to load on when it differs from the pool ("mps")
+    context: int | None = None  # tokens of context chosen for the model (``max_context: auto``)
 
 
 @dataclass(eq=False)
@@ -67,6 +96,9 @@ class LoadedModel:
     footprint: dict[str, int] = field(default_factory=dict)
     context_length: int | None = None
     details: dict[str, Any] = field(default_factory=dict)
+    how: str = ""  # how it was loaded, when worth saying ("from its converted copy")
+    complete_footprint: bool = False  # the footprint counts the KV cache and working buffers too
+    measured_bytes: int | None = None  # what was measured, where the footprint is a declared size
 
 
 class Backend:
@@ -75,6 +107,12 @@ class Backend:
     name: ClassVar[str] = ""
     #: A remote backend holds no local memory: never evicted for budget, not counted by the cap.
     remote: ClassVar[bool] = False
+    #: What its models can be used for: ``chat`` (generate, stream) and ``embed`` (vectors).
+    modes: ClassVar[frozenset[str]] = frozenset({"chat"})
+
+    def problem(self, spec: ModelSpec) -> str | None:
+        """Why ``spec`` cannot load here, known without trying (a missing package); ``None`` when it may."""
+        return None
 
     def validate(self, spec: ModelSpec) -> None:
         """Raise :class:`~jupyter_llm_manager.errors.ConfigurationError` for options this backend rejects."""
@@ -108,6 +146,18 @@ class Backend:
                 next(pieces)
             except StopIteration as done:
                 return done.value
+
+    def embed(self, loaded: LoadedModel, texts: Sequence[str], *, model_id: str) -> list[list[float]]:
+        """One vector per text (models registered with ``mode: embed``)."""
+        raise NotImplementedError
+
+    def fit_context(self, spec: ModelSpec, estimate: MemoryEstimate, spare: int) -> tuple[int, MemoryEstimate]:
+        """For ``max_context: auto``: the largest context whose extra memory fits in ``spare`` bytes.
+
+        ``estimate`` is the model's at its smallest context; returns the
+        context chosen and the estimate at that context.
+        """
+        raise NotImplementedError
 
     def unload(self, loaded: LoadedModel) -> None:
         """Drop every reference the backend keeps to the model (close clients)."""

@@ -8,59 +8,57 @@ an interrupt leaves the model loaded and usable.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
-import functools
 import itertools
 import logging
 import queue
 import threading
 import time
-import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Sequence
 from typing import Any
 
 from ..errors import GenerationError, InvalidGenerationParameters, ModelLoadingError, OutOfMemoryDuringLoad
 from ..estimate import MemoryEstimate, estimate_checkpoint
-from ..generation import (
-    FinishReason,
-    GenerationParams,
-    GenerationResult,
-    Prompt,
-    StopTextFilter,
-    StreamInterrupted,
-    cut_at_stop,
-)
-from ..imports import heavy
-from ..secret import Secret
+from ..generation import GenerationParams, GenerationResult, Prompt, StopTextFilter, StreamInterrupted, cut_at_stop
+from ..gguf_files import is_gguf
+from ..memory import release_device_memory
 from ..spec import ModelSpec
 from .base import Backend, LoadedModel, Placement, TextGenerator, release_frames
+from .hf_gguf import gguf_dtype, load_gguf
+from .hf_support import (
+    DONE,
+    context_length,
+    device_kinds,
+    drain,
+    encode,
+    finish_reason,
+    import_torch,
+    import_transformers,
+    input_device,
+    library_progress_off,
+    out_of_memory,
+    resolved,
+    seeded,
+    stop_criteria,
+    streamer_class,
+    torch_dtype,
+)
 
 __all__ = ["TransformersBackend"]
 
 log = logging.getLogger(__name__)
 
-_WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.pt", "*.pth", "*.gguf")
-_DONE = object()
+_WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.pt", "*.pth")
 _JOIN_TIMEOUT_S = 30.0
-
-
-def _torch() -> Any:
-    return heavy("torch")
-
-
-def _transformers() -> Any:
-    return heavy("transformers")
 
 
 class TransformersBackend(Backend):
     """Loads Hugging Face causal language models with ``transformers``."""
 
     name = "transformers"
+    modes = frozenset({"chat", "embed"})
 
     def device_kinds(self) -> set[str]:
-        return set(_device_kinds())
+        return set(device_kinds())
 
     def estimate(self, spec: ModelSpec) -> MemoryEstimate:
         return estimate_checkpoint(spec)
@@ -69,28 +67,24 @@ class TransformersBackend(Backend):
 
     def load(self, spec: ModelSpec, placement: Placement) -> LoadedModel:
         """Load tokenizer and model onto ``placement``; measure what they took."""
-        torch = _torch()
+        torch = import_torch()
         self._check_environment(spec, placement)
         source = str(spec.local_path) if spec.local_path else spec.source or ""
         if spec.local_path:
-            _check_local_folder(spec)
+            _check_local_source(spec)
         if spec.trust_remote_code:
             log.warning("model %r runs code from its repository (trust_remote_code=True)", spec.id)
-        common = {"revision": spec.revision, "trust_remote_code": spec.trust_remote_code,
-                  "token": spec.token.resolve() if spec.token else None}
         before = self.memory_in_use(placement.devices)
         try:
-            transformers = _transformers()
-            with library_progress_off():
-                tokenizer = transformers.AutoTokenizer.from_pretrained(spec.tokenizer or source, **common)
-                model = transformers.AutoModelForCausalLM.from_pretrained(
-                    source, dtype=_torch_dtype(spec.dtype), **self._placement_kwargs(spec, placement),
-                    **common, **_resolved(spec.load_kwargs))
+            with library_progress_off(gguf=is_gguf(spec)):
+                model, tokenizer, how = self._from_pretrained(spec, placement, source)
         except (torch.OutOfMemoryError, MemoryError) as error:
             release_frames(error)
             raise OutOfMemoryDuringLoad(f"out of memory while loading {spec.id!r} on "
                                         f"{', '.join(placement.devices)}: {error}".strip(),
                                         model_id=spec.id, devices=placement.devices) from None
+        except ModelLoadingError:
+            raise
         except Exception as error:
             release_frames(error)
             raise ModelLoadingError(f"could not load {spec.id!r} from {source!r}: {error}",
@@ -98,12 +92,33 @@ class TransformersBackend(Backend):
         if model.training:  # from_pretrained returns eval mode; eval() walks every module (0.25 ms here)
             model.eval()
         footprint = self._footprint(model, placement.devices, before)
-        context = spec.max_context or _context_length(model)
+        context = spec.max_context if isinstance(spec.max_context, int) else context_length(model)
         return LoadedModel(model=model, tokenizer=tokenizer, footprint=footprint, context_length=context,
-                           details={"dtype": str(model.dtype).removeprefix("torch.")})
+                           details={"dtype": str(model.dtype).removeprefix("torch.")}, how=how)
+
+    def _from_pretrained(self, spec: ModelSpec, placement: Placement, source: str) -> tuple[Any, Any, str]:
+        """The model (a causal LM, or the base model in embed mode), its tokenizer, and how they were loaded."""
+        transformers = import_transformers()
+        model_class = transformers.AutoModel if spec.mode == "embed" else transformers.AutoModelForCausalLM
+        common = {"revision": spec.revision, "trust_remote_code": spec.trust_remote_code,
+                  "token": spec.token.resolve() if spec.token else None}
+        if is_gguf(spec):
+            common["revision"] = None  # the file is on disk by now: a revision would send it to the Hub
+            dtype = torch_dtype(gguf_dtype(spec))
+            loaded = load_gguf(
+                spec, lambda where, **more: model_class.from_pretrained(
+                    where, dtype=dtype, **self._placement_kwargs(spec, placement), **common,
+                    **resolved(spec.load_kwargs), **more),
+                lambda where, **more: transformers.AutoTokenizer.from_pretrained(where, **common, **more))
+            return loaded.model, loaded.tokenizer, loaded.how
+        tokenizer = transformers.AutoTokenizer.from_pretrained(spec.tokenizer or source, **common)
+        model = model_class.from_pretrained(source, dtype=torch_dtype(spec.dtype),
+                                            **self._placement_kwargs(spec, placement), **common,
+                                            **resolved(spec.load_kwargs))
+        return model, tokenizer, ""
 
     def _check_environment(self, spec: ModelSpec, placement: Placement) -> None:
-        torch = _torch()
+        torch = import_torch()
         wants_cuda = any(d.startswith("cuda") for d in placement.devices)
         if wants_cuda and not torch.cuda.is_available():
             raise ModelLoadingError(f"{spec.id!r} is placed on {', '.join(placement.devices)} but torch sees no "
@@ -128,11 +143,11 @@ class TransformersBackend(Backend):
         elif target != "cpu":
             kwargs["device_map"] = {"": target}
         if spec.quantization:
-            BitsAndBytesConfig = _transformers().BitsAndBytesConfig
-            compute = _torch_dtype(spec.dtype)
+            BitsAndBytesConfig = import_transformers().BitsAndBytesConfig
+            compute = torch_dtype(spec.dtype)
             kwargs["quantization_config"] = (
                 BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
-                                   bnb_4bit_compute_dtype=_torch().bfloat16 if compute == "auto" else compute)
+                                   bnb_4bit_compute_dtype=import_torch().bfloat16 if compute == "auto" else compute)
                 if spec.quantization == "4bit" else BitsAndBytesConfig(load_in_8bit=True))
         return kwargs
 
@@ -157,27 +172,45 @@ class TransformersBackend(Backend):
     # -- memory ------------------------------------------------------------------
 
     def memory_in_use(self, devices: tuple[str, ...]) -> dict[str, int]:
-        torch = _torch()
+        torch = import_torch()
         if not torch.cuda.is_initialized():
             return {}
         return {d: int(torch.cuda.memory_allocated(torch.device(d))) for d in devices if d.startswith("cuda")}
 
     def release_memory(self, devices: tuple[str, ...]) -> None:
         """``synchronize`` + ``empty_cache`` on each CUDA device; trim the C heap for CPU RAM."""
-        torch = _torch()
-        if torch.cuda.is_initialized():
-            for device in (d for d in devices if d.startswith("cuda")):
-                with torch.cuda.device(torch.device(device)):
-                    torch.cuda.synchronize()
-                    torch.cuda.empty_cache()
-        if "cpu" in devices:
-            _malloc_trim()
+        release_device_memory(import_torch(), devices)
+
+    # -- embeddings ----------------------------------------------------------------
+
+    def embed(self, loaded: LoadedModel, texts: Sequence[str], *, model_id: str) -> list[list[float]]:
+        """Unit-length vectors: the last hidden state averaged over each text's tokens."""
+        torch = import_torch()
+        tokenizer, model = loaded.tokenizer, loaded.model
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        try:
+            batch = tokenizer(list(texts), return_tensors="pt", padding=True, truncation=True,
+                              max_length=loaded.context_length or None)
+            batch = {key: value.to(input_device(model)) for key, value in batch.items()}
+            with torch.inference_mode():
+                hidden = model(**batch).last_hidden_state
+            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)
+            vectors = torch.nn.functional.normalize(pooled.float(), dim=-1)
+        except torch.OutOfMemoryError as error:
+            release_frames(error)
+            raise out_of_memory(model_id) from None
+        except (ValueError, TypeError, RuntimeError) as error:
+            release_frames(error)
+            raise GenerationError(f"{model_id!r} failed to embed: {error}", model_id=model_id) from error
+        return vectors.cpu().tolist()
 
     # -- generation ----------------------------------------------------------------
 
     def generate(self, loaded: LoadedModel, prompt: Prompt, params: GenerationParams, *,
                  model_id: str, raw: bool) -> GenerationResult:
-        torch = _torch()
+        torch = import_torch()
         inputs, max_new, warnings = self._prepare(loaded, prompt, params, model_id, raw)
         kwargs = self._generate_kwargs(loaded, params, max_new)
         if params.stop:
@@ -185,11 +218,11 @@ class TransformersBackend(Backend):
         prompt_tokens = inputs["input_ids"].shape[-1]
         started = time.perf_counter()
         try:
-            with torch.inference_mode(), _seeded(params.seed, loaded.model):
+            with torch.inference_mode(), seeded(params.seed, loaded.model):
                 output = loaded.model.generate(**inputs, **kwargs)
         except torch.OutOfMemoryError as error:
             release_frames(error)  # the activations of the failed step
-            raise _out_of_memory(model_id) from None
+            raise out_of_memory(model_id) from None
         except (ValueError, TypeError, RuntimeError) as error:
             release_frames(error)
             raise GenerationError(f"{model_id!r} failed to generate: {error}", model_id=model_id) from error
@@ -197,28 +230,28 @@ class TransformersBackend(Backend):
         tokens = output[0, prompt_tokens:]
         text, stopped = cut_at_stop(loaded.tokenizer.decode(tokens, skip_special_tokens=True), params.stop)
         return GenerationResult(model_id, text, prompt_tokens, int(tokens.shape[-1]), seconds,
-                                _finish_reason(stopped, int(tokens.shape[-1]), max_new), warnings)
+                                finish_reason(stopped, int(tokens.shape[-1]), max_new), warnings)
 
     def stream(self, loaded: LoadedModel, prompt: Prompt, params: GenerationParams, *,
                model_id: str, raw: bool, stop: threading.Event) -> TextGenerator:
-        torch = _torch()
+        torch = import_torch()
         inputs, max_new, warnings = self._prepare(loaded, prompt, params, model_id, raw)
         pieces: queue.Queue = queue.Queue()
         outcome: dict[str, Any] = {}
         kwargs = self._generate_kwargs(loaded, params, max_new)
-        kwargs["streamer"] = _streamer_class()(loaded.tokenizer, pieces)
-        kwargs["stopping_criteria"] = _stop_criteria(stop)
+        kwargs["streamer"] = streamer_class()(loaded.tokenizer, pieces)
+        kwargs["stopping_criteria"] = stop_criteria(stop)
         prompt_tokens = inputs["input_ids"].shape[-1]
 
         def work() -> None:
             try:
-                with torch.inference_mode(), _seeded(params.seed, loaded.model):
+                with torch.inference_mode(), seeded(params.seed, loaded.model):
                     output = loaded.model.generate(**inputs, **kwargs)
                 outcome["tokens"] = int(output.shape[-1] - prompt_tokens)
             except BaseException as error:  # noqa: BLE001 - handed to the consuming thread, which raises it
                 outcome["error"] = error
             finally:
-                pieces.put(_DONE)
+                pieces.put(DONE)
 
         worker = threading.Thread(target=work, name=f"llm-generate-{model_id}", daemon=True)
         started = time.perf_counter()
@@ -227,7 +260,7 @@ class TransformersBackend(Backend):
         interrupted = False
         try:
             try:
-                for piece in _drain(pieces):
+                for piece in drain(pieces):
                     shown = text_filter.feed(piece)
                     if text_filter.stopped:
                         stop.set()
@@ -255,10 +288,10 @@ class TransformersBackend(Backend):
         if error is not None:
             release_frames(error)
             if type(error).__name__ == "OutOfMemoryError":
-                raise _out_of_memory(model_id) from None
+                raise out_of_memory(model_id) from None
             raise GenerationError(f"{model_id!r} failed to generate: {error}", model_id=model_id) from error
         tokens = outcome.get("tokens", 0)
-        reason = _finish_reason(text_filter.stopped, tokens, max_new)
+        reason = finish_reason(text_filter.stopped, tokens, max_new)
         if stop.is_set() and not text_filter.stopped and tokens < max_new:
             reason = "interrupted"
         return GenerationResult(model_id, text_filter.text, prompt_tokens, tokens,
@@ -268,11 +301,11 @@ class TransformersBackend(Backend):
                  raw: bool) -> tuple[dict[str, Any], int, tuple[str, ...]]:
         """Tokenize; apply the context rule (see README) to the token budget."""
         try:
-            inputs = _encode(loaded.tokenizer, prompt, raw)
+            inputs = encode(loaded.tokenizer, prompt, raw)
         except Exception as error:  # chat template errors (role order, unsupported roles)
             raise GenerationError(f"could not prepare the prompt for {model_id!r}: {error}",
                                   model_id=model_id) from error
-        device = _input_device(loaded.model)
+        device = input_device(loaded.model)
         inputs = {key: value.to(device) for key, value in inputs.items()}
         prompt_tokens = int(inputs["input_ids"].shape[-1])
         max_new = params.max_new_tokens
@@ -312,230 +345,20 @@ class TransformersBackend(Backend):
         return kwargs
 
 
-@functools.cache
-def _device_kinds() -> frozenset[str]:
-    """Device kinds torch can use in this process (GPUs do not come and go while it runs)."""
-    torch = _torch()
-    kinds = {"cpu"}
-    if torch.cuda.is_available():
-        kinds.add("cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        kinds.add("mps")
-    return frozenset(kinds)
-
-
-def _torch_dtype(name: str) -> Any:
-    return "auto" if name == "auto" else getattr(_torch(), name)
-
-
-def _check_local_folder(spec: ModelSpec) -> None:
+def _check_local_source(spec: ModelSpec) -> None:
+    """A local source is a checkpoint folder, a ``.gguf`` file, or a folder holding ``gguf_file``."""
     folder = spec.local_path
     assert folder is not None
     if not folder.exists():
-        raise ModelLoadingError(f"the folder {str(folder)!r} of {spec.id!r} does not exist", model_id=spec.id)
-    if folder.is_dir():
-        if not (folder / "config.json").exists():
-            raise ModelLoadingError(f"{str(folder)!r} has no config.json: it is not a transformers checkpoint "
-                                    f"folder (save one with model.save_pretrained)", model_id=spec.id)
-        if not any(next(folder.glob(pattern), None) for pattern in _WEIGHT_PATTERNS):
-            raise ModelLoadingError(f"{str(folder)!r} has no weight files (*.safetensors, *.bin): the "
-                                    "checkpoint is incomplete", model_id=spec.id)
-
-
-def _context_length(model: Any) -> int | None:
-    config = getattr(model.config, "text_config", None) or model.config
-    for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
-        value = getattr(config, name, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return None
-
-
-def _input_device(model: Any) -> Any:
-    embeddings = model.get_input_embeddings()
-    return embeddings.weight.device if embeddings is not None else model.device
-
-
-def _encode(tokenizer: Any, prompt: Prompt, raw: bool) -> dict[str, Any]:
-    """Token ids for a prompt: the chat template unless ``raw`` or the tokenizer has none."""
-    if raw or not getattr(tokenizer, "chat_template", None):
-        text = prompt if isinstance(prompt, str) else _plain_transcript(prompt)
-        return dict(tokenizer(text, return_tensors="pt"))
-    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
-    encoded = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
-                                            return_dict=True)
-    return {key: encoded[key] for key in ("input_ids", "attention_mask") if key in encoded}
-
-
-def _plain_transcript(messages: Any) -> str:
-    """Messages as text, for tokenizers without a chat template."""
-    lines = [f"{m['role']}: {m['content']}" for m in messages]
-    return "\n".join(lines) + "\nassistant:"
-
-
-@contextmanager
-def _seeded(seed: int | None, model: Any) -> Iterator[None]:
-    """Seed torch for one generation without changing the caller's random state."""
-    if seed is None:
-        yield
-        return
-    torch = _torch()
-    cuda = [d.index or 0 for d in {p.device for p in model.parameters()} if d.type == "cuda"]
-    with torch.random.fork_rng(devices=cuda):
-        torch.manual_seed(seed)
-        yield
-
-
-_progress_lock = threading.Lock()
-_progress_quieted = 0
-
-
-@contextmanager
-def library_progress_off() -> Iterator[None]:
-    """transformers' and huggingface_hub's own progress bars off during a managed load.
-
-    The manager shows one progress display of its own (the ``%%llm`` status
-    line, the dashboard row); the libraries' bars would land under it and stay
-    in the saved notebook. They are turned back on after the last load that
-    turned them off, when they were on.
-    """
-    global _progress_quieted
-    from huggingface_hub import utils as hub_utils
-
-    logging_utils = _transformers().utils.logging
-    with _progress_lock:
-        if _progress_quieted == 0:
-            _progress_state["transformers"] = logging_utils.is_progress_bar_enabled()
-            _progress_state["hub"] = not hub_utils.are_progress_bars_disabled()
-            logging_utils.disable_progress_bar()
-            hub_utils.disable_progress_bars()
-        _progress_quieted += 1
-    try:
-        yield
-    finally:
-        with _progress_lock:
-            _progress_quieted -= 1
-            if _progress_quieted == 0:
-                with warnings.catch_warnings():  # the Hub's bars stay off where its variable says so
-                    warnings.filterwarnings("ignore", message="Cannot enable progress bars")
-                    if _progress_state.get("transformers"):
-                        logging_utils.enable_progress_bar()
-                    if _progress_state.get("hub"):
-                        hub_utils.enable_progress_bars()
-
-
-_progress_state: dict[str, bool] = {}
-
-
-def _resolved(options: dict[str, Any]) -> dict[str, Any]:
-    """Options with their secrets (a ``token`` in ``load_kwargs``) read now, when the model loads."""
-    return {key: value.resolve() if isinstance(value, Secret) else value for key, value in options.items()}
-
-
-def _finish_reason(stopped: bool, tokens: int, max_new: int) -> FinishReason:
-    if stopped:
-        return "stop_string"
-    return "length" if tokens >= max_new else "stop"
-
-
-def _out_of_memory(model_id: str) -> GenerationError:
-    return GenerationError(f"{model_id!r} ran out of memory while generating; lower max_new_tokens or "
-                           "shorten the prompt, or free memory (unload other models, %llm gc)", model_id=model_id)
-
-
-def _drain(pieces: queue.Queue) -> Iterator[str]:
-    """Pieces from the worker until it is done; waits in short slices so interrupts land."""
-    while True:
-        try:
-            piece = pieces.get(timeout=0.1)
-        except queue.Empty:
-            continue
-        if piece is _DONE:
-            return
-        yield piece
-
-
-def _stop_criteria(stop: threading.Event) -> Any:
-    return _transformers().StoppingCriteriaList([_stop_when_set_class()(stop)])
-
-
-@functools.cache
-def _stop_when_set_class() -> type:
-    class StopWhenSet(_transformers().StoppingCriteria):  # type: ignore[misc]
-        """Ends generation at the next token once the event is set (interrupt, stop string)."""
-
-        def __init__(self, stop: threading.Event) -> None:
-            self.stop = stop
-
-        def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
-            torch = _torch()
-            return torch.full((input_ids.shape[0],), self.stop.is_set(), dtype=torch.bool,
-                              device=input_ids.device)
-
-    return StopWhenSet
-
-
-@functools.cache
-def _streamer_class() -> type:
-    _transformers()
-    from transformers.generation.streamers import BaseStreamer
-
-    class QueueStreamer(BaseStreamer):
-        """Incremental detokenizer feeding a queue: text appears as soon as it is whole.
-
-        Unlike transformers' TextStreamer it does not wait for a space, so code
-        and text without spaces stream too. It decodes a small window (the
-        last emitted chunk as context, plus the new tokens) per step, so the
-        cost stays linear in the answer length; a trailing replacement
-        character (half a UTF-8 sequence) is held back until complete.
-        """
-
-        def __init__(self, tokenizer: Any, pieces: queue.Queue) -> None:
-            self.tokenizer = tokenizer
-            self.pieces = pieces
-            self.tokens: list[int] = []
-            self.prefix_offset = 0
-            self.read_offset = 0
-            self.prompt_seen = False
-
-        def _decode(self, start: int, stop: int | None = None) -> str:
-            return self.tokenizer.decode(self.tokens[start:stop], skip_special_tokens=True)
-
-        def put(self, value: Any) -> None:
-            if not self.prompt_seen:  # the first call carries the prompt
-                self.prompt_seen = True
-                return
-            self.tokens.extend(value.reshape(-1).tolist())
-            self._emit(final=False)
-
-        def end(self) -> None:
-            self._emit(final=True)
-
-        def _emit(self, final: bool) -> None:
-            before = self._decode(self.prefix_offset, self.read_offset)
-            text = self._decode(self.prefix_offset)
-            if len(text) > len(before) and (final or not text.endswith("\ufffd")):
-                self.pieces.put(text[len(before):])
-                self.prefix_offset, self.read_offset = self.read_offset, len(self.tokens)
-
-    return QueueStreamer
-
-
-def _malloc_trim() -> None:
-    """Give freed C-heap pages back to the OS so process RSS drops after an unload (glibc)."""
-    trim = _malloc_trim_function()
-    if trim is not None:
-        trim(0)
-
-
-@functools.cache
-def _malloc_trim_function() -> Any:
-    """glibc's ``malloc_trim``, looked up once: ``find_library`` runs ldconfig (1.6 ms here)."""
-    name = ctypes.util.find_library("c")
-    if not name:
-        return None
-    try:
-        return getattr(ctypes.CDLL(name), "malloc_trim", None)
-    except OSError as error:
-        log.debug("malloc_trim unavailable: %s", error)
-        return None
+        raise ModelLoadingError(f"the source {str(folder)!r} of {spec.id!r} does not exist", model_id=spec.id)
+    if is_gguf(spec):
+        return  # its header is read (and checked) when it loads
+    if not folder.is_dir():
+        raise ModelLoadingError(f"{str(folder)!r} is a file but not a .gguf file: give a checkpoint folder, or "
+                                "a .gguf file", model_id=spec.id)
+    if not (folder / "config.json").exists():
+        raise ModelLoadingError(f"{str(folder)!r} has no config.json: it is not a transformers checkpoint "
+                                f"folder (save one with model.save_pretrained)", model_id=spec.id)
+    if not any(next(folder.glob(pattern), None) for pattern in _WEIGHT_PATTERNS):
+        raise ModelLoadingError(f"{str(folder)!r} has no weight files (*.safetensors, *.bin): the "
+                                "checkpoint is incomplete", model_id=spec.id)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -78,6 +79,11 @@ class OpenAIBackend(Backend):
 
     def load(self, spec: ModelSpec, placement: Placement) -> LoadedModel:
         """Connect, check the server answers and serves the model, and measure the round trip."""
+        reference = spec.api_key.reference if spec.api_key is not None else None
+        if reference and os.environ.get(reference) is None:
+            raise ModelLoadingError(f"the API key of {spec.id!r} comes from ${{{reference}}}, which is not set: set "
+                                    "that environment variable (in the shell that starts Jupyter, or os.environ in a "
+                                    "cell you do not keep), then try again", model_id=spec.id)
         openai = _openai()
         userinfo = _value(url_credentials(expand_references(spec.base_url or ""))) or ""
         secrets = tuple(v for v in (_value(spec.api_key), userinfo, *userinfo.split(":"),

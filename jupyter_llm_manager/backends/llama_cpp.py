@@ -1,0 +1,392 @@
+"""The ``llama_cpp`` backend: GGUF files run by llama.cpp (``llama-cpp-python``, the ``llamacpp`` extra).
+
+A model loads in a fraction of a second (the file is memory-mapped) and
+runs quantized, so it needs a fraction of the memory transformers needs for
+the same file. Its memory is what llama.cpp allocates: the weights (the
+file's tensor bytes), the KV cache for ``n_ctx`` tokens and a compute
+buffer. The first two follow from the file's header; the third is
+estimated before loading and measured from llama.cpp's log after. llama.cpp's
+log goes to this module's logger (debug), never to the notebook.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib.util
+import logging
+import os
+import re
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigurationError, GenerationError, InvalidGenerationParameters, ModelLoadingError
+from ..estimate import MemoryEstimate
+from ..generation import FinishReason, GenerationParams, GenerationResult, Prompt, StopTextFilter, StreamInterrupted
+from ..gguf_files import (
+    AUTO_CONTEXT_FLOOR,
+    AUTO_CONTEXT_STEP,
+    GgufInfo,
+    compute_buffer_bytes,
+    context_for,
+    gguf_path,
+    is_gguf,
+    kv_cache_bytes,
+    read_gguf,
+)
+from ..memory import trim_c_heap
+from ..secret import Secret
+from ..spec import ModelSpec
+from ..units import format_bytes
+from .base import Backend, LoadedModel, Placement, TextGenerator
+
+__all__ = ["LlamaCppBackend", "MeasuredBuffer", "usable_cores"]
+
+log = logging.getLogger(__name__)
+
+_INSTALL = ('pip install --no-cache-dir "jupyter-llm-manager[llamacpp]" (build it with '
+            'CMAKE_ARGS="-DGGML_NATIVE=OFF" where the default build crashes)')
+_BUFFER = re.compile(r"(\S+)\s+(model|KV|compute|output) buffer size\s*=\s*([\d.]+)\s*MiB")
+_OUTPUT_BYTES_PER_TOKEN = 4  # one float logit per vocabulary entry, for the sequence
+_FIXED_BYTES = 8 * 2**20  # contexts, graphs, the sampler
+_TEMPLATE_TOKENS = 6  # what a chat template adds around each message (role markers), about
+_construct_lock = threading.Lock()  # llama-cpp-python swaps sys.stdout/stderr while it builds a model
+
+
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity), not the machine's count."""
+    try:
+        return max(len(os.sched_getaffinity(0)), 1)
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+class LlamaCppBackend(Backend):
+    """Runs GGUF files with llama.cpp, in chat or embed mode."""
+
+    name = "llama_cpp"
+    modes = frozenset({"chat", "embed"})
+
+    def validate(self, spec: ModelSpec) -> None:
+        if not is_gguf(spec):
+            raise ConfigurationError(f"{spec.id!r}: the llama_cpp backend runs .gguf files; give source: a .gguf "
+                                     "file, or a folder or Hub repo with gguf_file: NAME.gguf",
+                                     model_id=spec.id, key="source")
+        if spec.quantization:
+            raise ConfigurationError(f"{spec.id!r}: a GGUF file is quantized already; remove quantization",
+                                     model_id=spec.id, key="quantization")
+        if spec.dtype != "auto":
+            raise ConfigurationError(f"{spec.id!r}: llama.cpp runs the file's own types; remove dtype",
+                                     model_id=spec.id, key="dtype")
+
+    def problem(self, spec: ModelSpec) -> str | None:
+        if importlib.util.find_spec("llama_cpp") is None:
+            return f"llama-cpp-python is not installed: {_INSTALL}"
+        return None
+
+    def device_kinds(self) -> set[str]:
+        llama_cpp = _library()
+        return {"cpu", "cuda"} if llama_cpp.llama_supports_gpu_offload() else {"cpu"}
+
+    # -- memory before loading ---------------------------------------------------------------------
+
+    def estimate(self, spec: ModelSpec) -> MemoryEstimate:
+        info = read_gguf(_file_of(spec))
+        return _estimate(spec, info, context_for(spec, info))
+
+    def fit_context(self, spec: ModelSpec, estimate: MemoryEstimate, spare: int) -> tuple[int, MemoryEstimate]:
+        """The largest context (a multiple of 256, up to the trained one) whose growth fits in ``spare`` bytes."""
+        info = read_gguf(_file_of(spec))
+        floor = AUTO_CONTEXT_FLOOR
+        base = _context_bytes(info, floor)
+        best = floor
+        top = max(info.context_length, floor)
+        low, high = 1, (top - floor) // AUTO_CONTEXT_STEP  # steps above the floor: the growth is monotonic
+        while low <= high:
+            middle = (low + high) // 2
+            tokens = floor + middle * AUTO_CONTEXT_STEP
+            if _context_bytes(info, tokens) - base <= spare:
+                best, low = tokens, middle + 1
+            else:
+                high = middle - 1
+        return best, _estimate(spec, info, best)
+
+    # -- loading -----------------------------------------------------------------------------------
+
+    def load(self, spec: ModelSpec, placement: Placement) -> LoadedModel:
+        """Open the file with llama.cpp on ``placement``; the footprint is what llama.cpp says it allocated."""
+        llama_cpp = _library()
+        path = _file_of(spec)
+        info = read_gguf(path)
+        context = placement.context or context_for(spec, info)
+        threads = usable_cores()
+        options: dict[str, Any] = {"model_path": str(path), "n_ctx": context, "n_threads": threads,
+                                   "n_threads_batch": threads, "verbose": False}
+        if spec.mode == "embed":
+            options.update(embedding=True, pooling_type=llama_cpp.LLAMA_POOLING_TYPE_MEAN)
+        gpus = [d for d in placement.devices if d.startswith("cuda")]
+        if gpus:
+            options.update(n_gpu_layers=-1, main_gpu=int(gpus[0].partition(":")[2] or 0))
+        options.update({key: value.resolve() if isinstance(value, Secret) else value
+                        for key, value in spec.load_kwargs.items()})
+        with _construct_lock, _captured_log() as lines:
+            try:
+                model = llama_cpp.Llama(**options)
+            except (ValueError, RuntimeError, TypeError, OSError) as error:
+                said = [line for line in lines if "error" in line.lower() or "failed" in line.lower()][-3:]
+                raise ModelLoadingError(f"llama.cpp could not load {spec.id!r} from {str(path)!r}: {error}"
+                                        + (f" ({'; '.join(said)})" if said else ""), model_id=spec.id) from None
+        buffers = _buffers(lines)
+        footprint = _footprint(buffers) or {(gpus[0] if gpus else "cpu"): _estimate(spec, info, context).total_bytes}
+        return LoadedModel(model=model, footprint=footprint, context_length=context, complete_footprint=True,
+                           details=_details(spec, info, context, threads, buffers))
+
+    def unload(self, loaded: LoadedModel) -> None:
+        """``close()`` frees llama.cpp's model and context now, not when the object is collected."""
+        model, loaded.model = loaded.model, None
+        if model is not None:
+            model.close()
+
+    def release_memory(self, devices: tuple[str, ...]) -> None:
+        if "cpu" in devices:
+            trim_c_heap()
+
+    # -- use ---------------------------------------------------------------------------------------
+
+    def stream(self, loaded: LoadedModel, prompt: Prompt, params: GenerationParams, *,
+               model_id: str, raw: bool, stop: threading.Event) -> TextGenerator:
+        model = loaded.model
+        max_new, warnings = _token_budget(model, prompt, params, loaded.context_length, model_id, raw)
+        options = _sampling(params, max_new)
+        try:
+            if raw or isinstance(prompt, str) and not _has_template(model):
+                text = prompt if isinstance(prompt, str) else "\n".join(m["content"] for m in prompt)
+                chunks = model.create_completion(text, stream=True, **options)
+            else:
+                messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+                chunks = model.create_chat_completion(messages, stream=True, **options)
+        except (ValueError, TypeError, RuntimeError) as error:
+            raise GenerationError(f"{model_id!r} failed to generate: {error}", model_id=model_id) from error
+        text_filter = StopTextFilter(params.stop)
+        started = time.perf_counter()
+        prompt_tokens: int | None = None
+        finish, pieces, interrupted = None, 0, False
+        try:
+            for chunk in _pieces(chunks, model_id):
+                if prompt_tokens is None:
+                    prompt_tokens = model.n_tokens  # the prompt is evaluated when the first piece comes
+                text, finish = chunk
+                if text:
+                    pieces += 1
+                    shown = text_filter.feed(text)
+                    if shown:
+                        yield shown
+                if text_filter.stopped or stop.is_set():
+                    break
+        except KeyboardInterrupt:
+            interrupted = True
+        finally:
+            chunks.close()
+        rest = "" if interrupted else text_filter.flush()
+        if rest:
+            yield rest
+        evaluated = model.n_tokens - (prompt_tokens or model.n_tokens)
+        tokens = max(pieces, evaluated + (0 if finish == "stop" else 1)) if pieces else 0
+        reason: FinishReason = ("stop_string" if text_filter.stopped else "interrupted" if interrupted or stop.is_set()
+                  else "length" if finish == "length" else "stop")
+        result = GenerationResult(model_id, text_filter.text, prompt_tokens or 0, tokens,
+                                  time.perf_counter() - started, reason, warnings)
+        if interrupted:
+            raise StreamInterrupted(result)
+        return result
+
+    def embed(self, loaded: LoadedModel, texts: Sequence[str], *, model_id: str) -> list[list[float]]:
+        """Unit-length vectors, mean-pooled over each text's tokens by llama.cpp."""
+        try:
+            vectors = loaded.model.embed(list(texts), normalize=True)
+        except (ValueError, RuntimeError) as error:
+            raise GenerationError(f"{model_id!r} failed to embed: {error}", model_id=model_id) from error
+        return [[float(x) for x in vector] for vector in vectors]
+
+
+def _library() -> Any:
+    try:
+        import llama_cpp
+    except ImportError as error:
+        raise ModelLoadingError(f"the llama_cpp backend needs llama-cpp-python ({error}): {_INSTALL}") from None
+    _route_log(llama_cpp)
+    return llama_cpp
+
+
+def _file_of(spec: ModelSpec) -> Path:
+    path = gguf_path(spec)
+    if path is None:
+        raise ModelLoadingError(f"the GGUF file of {spec.id!r} is not on this machine: download it first "
+                                f"(huggingface-cli download {spec.source} {spec.gguf_file})", model_id=spec.id)
+    return path
+
+
+# -- llama.cpp's log -------------------------------------------------------------------------------
+
+_log_lock = threading.Lock()
+_capture: list[list[str]] = []  # the lines of the loads capturing now
+_routed: list[Any] = []  # our callback, kept alive while llama.cpp holds it
+
+
+def _route_log(llama_cpp: Any) -> None:
+    """Send llama.cpp's log to this module's logger (once per process)."""
+    with _log_lock:
+        if _routed:
+            return
+
+        @llama_cpp.llama_log_callback
+        def receive(level: int, text: bytes, user_data: Any) -> None:
+            line = text.decode("utf-8", "replace").rstrip("\n")
+            with _log_lock:
+                for lines in _capture:
+                    lines.append(line)
+            log.debug("llama.cpp: %s", line)
+
+        _routed.append(receive)
+        llama_cpp.llama_log_set(receive, ctypes.c_void_p(0))
+
+
+@contextmanager
+def _captured_log() -> Iterator[list[str]]:
+    lines: list[str] = []
+    with _log_lock:
+        _capture.append(lines)
+    try:
+        yield lines
+    finally:
+        with _log_lock:
+            _capture.remove(lines)
+
+
+def _buffers(lines: Sequence[str]) -> list[tuple[str, str, int]]:
+    """``(device, part, bytes)`` for each buffer llama.cpp reported allocating."""
+    found = []
+    for line in lines:
+        match = _BUFFER.search(line)
+        if match:
+            name, part, mib = match.groups()
+            gpu = re.match(r"CUDA(\d+)", name)
+            found.append((f"cuda:{gpu.group(1)}" if gpu else "cpu", part, int(float(mib) * 2**20)))
+    return found
+
+
+def _footprint(buffers: Sequence[tuple[str, str, int]]) -> dict[str, int]:
+    footprint: dict[str, int] = {}
+    for device, _, size in buffers:
+        footprint[device] = footprint.get(device, 0) + size
+    return footprint
+
+
+# -- estimates -----------------------------------------------------------------------------------
+
+def _context_bytes(info: GgufInfo, tokens: int) -> int:
+    return kv_cache_bytes(info, tokens) + compute_buffer_bytes(info, tokens)
+
+
+def _estimate(spec: ModelSpec, info: GgufInfo, tokens: int) -> MemoryEstimate:
+    kv = kv_cache_bytes(info, tokens)
+    overhead = compute_buffer_bytes(info, tokens) + info.vocab_size * _OUTPUT_BYTES_PER_TOKEN + _FIXED_BYTES
+    total = spec.required_memory if spec.required_memory is not None else info.tensor_bytes + kv + overhead
+    context = ("max_context: auto, at its floor" if spec.max_context == "auto"
+               else "max_context" if spec.max_context else "default context")
+    return MemoryEstimate(
+        spec.id, info.tensor_bytes, kv, overhead, total,
+        f"GGUF header: the tensors' bytes as stored ({info.parameters:,} parameters)",
+        f"2 × {info.block_count} layers × {tokens} tokens ({context}) × {info.head_count_kv} kv heads × "
+        f"{info.head_dim} × 2 B (f16)",
+        "compute buffer (estimated: the larger of a 512-token batch's logits and its attention scores) + output buffer + 8 MiB"
+        + (f"; total set by required_memory ({format_bytes(total)})" if spec.required_memory is not None else ""),
+        info.parameters)
+
+
+@dataclass(frozen=True)
+class MeasuredBuffer:
+    """One llama.cpp buffer: what it allocated, beside what the header predicted (shown as both)."""
+
+    bytes: int
+    estimated: int
+
+    def __str__(self) -> str:
+        return f"{format_bytes(self.bytes)} (estimated {format_bytes(self.estimated)})"
+
+
+def _details(spec: ModelSpec, info: GgufInfo, context: int, threads: int,
+             buffers: Sequence[tuple[str, str, int]]) -> dict[str, Any]:
+    """What status shows: the context, the threads, and each buffer measured next to its estimate."""
+    measured: dict[str, int] = {}
+    for _, part, size in buffers:
+        measured[part] = measured.get(part, 0) + size
+    estimated = {"model": info.tensor_bytes, "KV": kv_cache_bytes(info, context),
+                 "compute": compute_buffer_bytes(info, context)}
+    details: dict[str, Any] = {"n_ctx": context, "threads": threads, "mode": spec.mode}
+    for part, guess in estimated.items():
+        if part in measured:
+            details[f"{part} buffer"] = MeasuredBuffer(measured[part], guess)
+    return details
+
+
+# -- generation ------------------------------------------------------------------------------------
+
+def _has_template(model: Any) -> bool:
+    return bool(model.metadata.get("tokenizer.chat_template")) or model.chat_format not in (None, "llama-2")
+
+
+def _token_budget(model: Any, prompt: Prompt, params: GenerationParams, context: int | None, model_id: str,
+                  raw: bool) -> tuple[int, tuple[str, ...]]:
+    """The context rule (see README): refuse a prompt that fills the context, lower ``max_new_tokens`` to fit.
+
+    The chat template's own tokens are counted as a margin per message, so
+    the prompt's size is approximate (within a few tokens).
+    """
+    max_new = params.max_new_tokens
+    if not context:
+        return max_new, ()
+    messages = [prompt] if isinstance(prompt, str) else [m["content"] for m in prompt]
+    margin = 0 if raw else _TEMPLATE_TOKENS * (len(messages) + 1)
+    tokens = len(model.tokenize("\n".join(messages).encode("utf-8"), add_bos=True, special=not raw)) + margin
+    if tokens >= context:
+        raise InvalidGenerationParameters(f"the prompt has about {tokens} tokens but {model_id!r} accepts "
+                                          f"{context} (its n_ctx): shorten the prompt", model_id=model_id)
+    if tokens + max_new > context:
+        max_new = context - tokens
+        return max_new, ((f"max_new_tokens lowered from {params.max_new_tokens} to {max_new}: the prompt (about "
+                         f"{tokens} tokens) and the answer must fit the context of {context}"),)
+    return max_new, ()
+
+
+def _sampling(params: GenerationParams, max_new: int) -> dict[str, Any]:
+    """llama-cpp-python's options for our generation parameters (greedy: temperature 0)."""
+    options: dict[str, Any] = {"max_tokens": max_new}
+    if params.sampling is False:
+        options["temperature"] = 0.0
+    else:
+        for ours, theirs in (("temperature", "temperature"), ("top_p", "top_p"), ("top_k", "top_k")):
+            value = getattr(params, ours)
+            if value is not None:
+                options[theirs] = value
+    if params.repetition_penalty is not None:
+        options["repeat_penalty"] = params.repetition_penalty
+    if params.seed is not None:
+        options["seed"] = params.seed
+    options.update(params.extra)
+    return options
+
+
+def _pieces(chunks: Iterator[dict[str, Any]], model_id: str) -> Iterator[tuple[str, str | None]]:
+    """``(text, finish_reason)`` per chunk of a chat or plain completion stream."""
+    try:
+        for chunk in chunks:
+            choice = chunk["choices"][0]
+            text = choice.get("text") if "text" in choice else choice.get("delta", {}).get("content")
+            yield text or "", choice.get("finish_reason")
+    except (ValueError, TypeError, RuntimeError) as error:
+        raise GenerationError(f"{model_id!r} failed to generate: {error}", model_id=model_id) from error
