@@ -5,6 +5,8 @@ aligned beside the side panel. Screenshots are kept in artifacts/."""
 from __future__ import annotations
 
 import re
+from dataclasses import replace
+from pathlib import Path
 
 import pytest
 from browser import (
@@ -30,13 +32,23 @@ def inside(index: int, selector: str) -> str:
     return f"{cell(index)} >> {selector}"
 
 
-def test_first_cells_interrupt_insert_and_dashboard(tmp_path, tiny_models):
+@pytest.fixture(scope="module")
+def long_context_model(tmp_path_factory) -> Path:
+    """A tiny model with a 64K context: a forced 60,000-token answer runs for a minute or more, so the
+    interrupt always lands mid-answer (the 512-token default model can finish first on a fast machine)."""
+    from jupyter_llm_manager.tiny import SMALL, build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("long") / "tiny-long",
+                            replace(SMALL, max_position_embeddings=65_536, seed=3))
+
+
+def test_first_cells_interrupt_insert_and_dashboard(tmp_path, tiny_models, long_context_model):
     require_browser()
     notebook = write_notebook(tmp_path / "first.ipynb", [
         (f"%load_ext jupyter_llm_manager\n%llm register tiny {tiny_models['a']}\n%llm register other "
-        f"{tiny_models['b']}"),
+        f"{tiny_models['b']}\n%llm register long {long_context_model}"),
         "%%llm tiny -n 5 -p min_new_tokens=5\nHello",
-        "%%llm tiny -n 3000 -p min_new_tokens=3000\nGo on and on",
+        "%%llm long -n 60000 -p min_new_tokens=60000\nGo on and on",
         "%llm dashboard",
     ])
     shots = artifacts()
@@ -63,7 +75,7 @@ def test_first_cells_interrupt_insert_and_dashboard(tmp_path, tiny_models):
         assert "Traceback" not in text and "KeyboardInterrupt" not in text
         assert page.query_selector_all(f"{cell(2)} >> {STDERR}") == []
         tokens = int(re.search(r"· (\d+) tokens ·[^\n]*interrupted", text).group(1))
-        assert 0 < tokens < 3000  # the true count of what is on screen, not 0
+        assert 0 < tokens < 60_000  # the true count of what is on screen, not 0
         page.screenshot(path=str(shots / "first-run-interrupt.png"), full_page=True)
 
         # item 8: "LLM: Insert %%llm cell" from the palette: edit mode, cursor on line 2

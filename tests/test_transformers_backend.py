@@ -6,6 +6,7 @@ import _thread
 import gc
 import json
 import logging
+import queue
 import shutil
 import sys
 import threading
@@ -148,6 +149,47 @@ def test_a_stream_closed_early_releases_the_model(real_manager):
     stream.close()
     assert real_manager.row("a").in_use == 0 and not _generation_threads()
     assert stream.result.finish_reason == "interrupted"
+
+
+def test_a_break_releases_the_model_at_once_without_a_garbage_collection(real_manager):
+    gc.disable()  # the release must not depend on the cycle collector running
+    try:
+        stream = real_manager.stream("b", "Hi", **exactly(400))
+        for _ in stream:
+            assert real_manager.row("b").in_use == 1
+            break
+        assert real_manager.row("b").in_use == 0 and not _generation_threads()
+        assert stream.result.finish_reason == "interrupted" and stream.result.completion_tokens < 400
+    finally:
+        gc.enable()
+
+
+def test_invalid_bytes_stream_instead_of_being_held_back_forever():
+    from jupyter_llm_manager.backends.hf_support import streamer_class
+
+    class HalfCharacters:  # every token is one lone UTF-8 lead byte: the text never becomes whole
+        def decode(self, tokens, skip_special_tokens=True):
+            return "\ufffd" * len(tokens)
+
+    pieces = queue.Queue()
+    streamer = streamer_class()(HalfCharacters(), pieces)
+    streamer.put(torch_tensor([[1, 2]]))  # the prompt
+    for _ in range(12):
+        streamer.put(torch_tensor([7]))
+    shown = []
+    while not pieces.empty():
+        shown.append(pieces.get())
+    assert len(shown) >= 2 and all(len(piece) <= 4 for piece in shown)  # shown every few tokens, small windows
+    streamer.end()
+    while not pieces.empty():
+        shown.append(pieces.get())
+    assert "".join(shown) == "\ufffd" * 12
+
+
+def torch_tensor(values):
+    import torch
+
+    return torch.tensor(values)
 
 
 def test_stop_from_another_thread(real_manager):

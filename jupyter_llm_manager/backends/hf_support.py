@@ -222,6 +222,9 @@ def _stop_when_set_class() -> type:
     return StopWhenSet
 
 
+_UTF8_MAX_BYTES = 4  # the longest UTF-8 sequence: no valid character needs more tokens than this
+
+
 @functools.cache
 def streamer_class() -> type:
     import_transformers()
@@ -234,7 +237,10 @@ def streamer_class() -> type:
         and text without spaces stream too. It decodes a small window (the
         last emitted chunk as context, plus the new tokens) per step, so the
         cost stays linear in the answer length; a trailing replacement
-        character (half a UTF-8 sequence) is held back until complete.
+        character (half a UTF-8 sequence) is held back until complete, but
+        only for as many tokens as a UTF-8 character can span: after that the
+        bytes are really invalid and are shown, so a model that emits them
+        forever still streams (and the window stays small).
         """
 
         def __init__(self, tokenizer: Any, pieces: queue.Queue) -> None:
@@ -261,7 +267,8 @@ def streamer_class() -> type:
         def _emit(self, final: bool) -> None:
             before = self._decode(self.prefix_offset, self.read_offset)
             text = self._decode(self.prefix_offset)
-            if len(text) > len(before) and (final or not text.endswith("\ufffd")):
+            incomplete = text.endswith("\ufffd") and len(self.tokens) - self.read_offset < _UTF8_MAX_BYTES
+            if len(text) > len(before) and (final or not incomplete):
                 self.pieces.put(text[len(before):])
                 self.prefix_offset, self.read_offset = self.read_offset, len(self.tokens)
 
