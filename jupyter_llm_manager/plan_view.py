@@ -13,7 +13,7 @@ __all__ = ["plan_tables", "task_table"]
 def plan_tables(report: PlanReport) -> list[Table]:
     """The models (estimate, device, how it was estimated, what would happen), then the devices, with the verdict."""
     models = Table(["model", "device", "estimate", "how estimated", "plan"],
-                   [[m.id, m.device, m.estimated_str if m.state != "unknown" else "?", m.how,
+                   [[m.id, m.device, m.estimated_str if m.state not in ("unknown", "unavailable") else "?", m.how,
                      {"loaded": "loaded now: stays"}.get(m.state, m.state) + (f": {m.note}" if m.note else "")]
                     for m in report.models],
                    caption=report.verdict)

@@ -34,7 +34,7 @@ class PlanModel:
     device: str
     estimated_bytes: int
     how: str
-    state: str  # "loaded" (it stays), "admitted", "waits", "refused", "unknown"
+    state: str  # "loaded" (it stays), "admitted", "waits", "refused", "unknown", "unavailable" (cannot load here)
     note: str = ""
 
     estimated_str = bytes_text("estimated_bytes")
@@ -117,6 +117,11 @@ class Planner(BooksReader):
                 if key in loaded:
                     models.append(PlanModel(spec.id, _where(now, key), _held(now, key), "measured", "loaded"))
                     continue
+                cannot = backend.problem(spec)
+                if cannot:  # a missing package or provider: no size would make it fit
+                    models.append(PlanModel(spec.id, str(spec.device), 0, "unknown", "unavailable",
+                                            cannot))
+                    continue
                 if estimate is None or (not estimate.known and not backend.remote):
                     how = problem or (estimate.weights_method if estimate else "unknown")
                     models.append(PlanModel(spec.id, str(spec.device), 0, how, "unknown",
@@ -193,7 +198,7 @@ def _report(models: tuple[PlanModel, ...], before: policy.Snapshot, after: polic
                      if any(h.key == e.key and h.bytes.get(device) for h in before.holdings))
         if added or gone or before.held(device):
             devices.append(PlanDevice(device, room.budget, before.held(device), added, gone, after.held(device)))
-    blocked = [m for m in models if m.state in ("waits", "refused", "unknown")]
+    blocked = [m for m in models if m.state in ("waits", "refused", "unknown", "unavailable")]
     if not blocked:
         names = ", ".join(dict.fromkeys(e.name for e in evictions))
         verdict = f"Fits after evicting {names}." if evictions else "Fits, without evicting anything."
@@ -203,7 +208,9 @@ def _report(models: tuple[PlanModel, ...], before: policy.Snapshot, after: polic
         return PlanReport(models, tuple(devices), False, f"Cannot tell whether they fit. {reasons}.",
                           "An estimate needs the model's metadata (a local folder, the Hub cache, or the Hub "
                           "online), or a declared size: required_memory (vram_gb in a task option).")
-    advice = "" if all(m.state in ("waits", "unknown") for m in blocked) else FIT_HINT
+    if all(m.state == "unavailable" for m in blocked):  # memory is not the problem: say what is
+        return PlanReport(models, tuple(devices), False, f"Cannot load here. {reasons}.")
+    advice = FIT_HINT if any(m.state == "refused" for m in blocked) else ""
     short = [f"{d.device} short by {format_bytes(d.after_bytes + _missing(blocked, d.device) - d.budget_bytes)}"
              for d in devices if _missing(blocked, d.device) and
              d.after_bytes + _missing(blocked, d.device) > d.budget_bytes]

@@ -160,7 +160,7 @@ def option_spec(task: str, option: str, values: Mapping[str, Any], *, where: str
     if vram is not None:
         if isinstance(vram, bool) or not isinstance(vram, (int, float)) or not 0 <= vram < 1e6:
             raise ConfigurationError(f"vram_gb must be a number of GiB, got {brief(vram)}", key="vram_gb", **context)
-        if vram > 0 and spec_values.get("backend") != "openai":
+        if vram > 0 and spec_values.get("backend") not in ("openai", "unavailable"):
             spec_values.setdefault("required_memory", int(vram * _GIB))
     spec_values["preload"] = bool(spec_values.get("preload")) or preload
     spec_values["task"] = task
@@ -177,11 +177,11 @@ def _external(values: Mapping[str, Any], name: str, context: dict[str, Any],
     if not provider:
         raise ConfigurationError("an external_api option needs provider: openai (or any OpenAI-compatible "
                                  "service), or a provider with a backend installed", key="provider", **context)
-    if provider not in backend_names():
-        raise ConfigurationError(
+    if provider not in backend_names():  # the file still loads: this option says why it cannot, when used
+        return {"backend": "unavailable", "model": name, "options": {"reason": (
             f"provider {provider!r} has no backend here: install a package that registers a backend named "
             f"{provider!r} (entry point group jupyter_llm_manager.backends), or use an OpenAI-compatible endpoint "
-            "with provider: openai and its api_endpoint", key="provider", **context)
+            "with provider: openai and its api_endpoint")}}
     found: dict[str, Any] = {"backend": provider, "model": name}
     if endpoint:
         found["base_url"] = endpoint

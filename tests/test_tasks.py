@@ -122,7 +122,6 @@ def test_select_repoints_the_task_and_unloads_the_previous_option_when_unused(tm
 @pytest.mark.parametrize("option, message", [
     ("{model_id: m, framework: vllm}", r"start it .* and give its URL as api_endpoint"),
     ("{model_id: m, framework: sglang}", r"sglang.launch_server .* api_endpoint"),
-    ("{model_id: m, framework: external_api, provider: google}", r"provider 'google' has no backend here"),
     ("{model_id: m, framework: onnx}", r"framework 'onnx' is not one of"),
     ("{model_id: m, framework: external_api, provider: openai, api_key: sk-live-1234}", r"never read from the file"),
     ("{framework: pytorch}", r"needs model_id"),
@@ -134,6 +133,26 @@ def test_options_that_cannot_work_are_clear_errors(tmp_path, option, message):
     with pytest.raises(ConfigurationError, match=message) as caught:
         LLMManager(config_path=config, preload=False)
     assert "sk-live-1234" not in str(caught.value)
+
+
+def test_the_seed_003_file_loads_without_the_providers_backend_and_the_option_says_why(tmp_path):
+    manager = LLMManager(config_path=write(tmp_path, SEED_003), preload=False)  # no anthropic backend here
+    try:
+        cloud = "video_summarization/cloud"
+        assert manager.resolve("video_summarization") == "video_summarization/balanced"
+        assert "provider 'anthropic' has no backend here" in manager.row(cloud).error
+        manager.select("video_summarization", "cloud")
+        with pytest.raises(ModelLoadingError, match="provider 'anthropic' has no backend here"):
+            manager.generate("video_summarization", "Hello")
+        assert manager.row(cloud).state == "failed" and manager.row(cloud).actual_bytes is None  # nothing loaded
+        report = manager.plan([cloud])
+        assert not report.fits and report.verdict.startswith("Cannot load here.") and "anthropic" in report.verdict
+        assert report.models[0].state == "unavailable" and not report.advice  # memory is not what is wrong
+        manager.save()
+        saved = yaml.safe_load((tmp_path / "models.yaml").read_text())["tasks"]["video_summarization"]
+        assert saved["options"]["cloud"] == yaml.safe_load(SEED_003)["tasks"]["video_summarization"]["options"]["cloud"]
+    finally:
+        manager.close()
 
 
 def test_unknown_keys_outside_options_stay_errors(tmp_path):
