@@ -51,8 +51,13 @@ class Books:
         self.changed.notify_all()
 
     def wait_for_change(self, since: int, timeout: float | None) -> None:
-        """Wait until ``version`` moves past ``since``, the manager closes or ``timeout`` passes."""
-        while self.version == since and not self.closed:
+        """Wait until ``version`` moves past ``since`` or ``timeout`` passes.
+
+        Closing the manager moves the version, so it wakes every waiter; a wait
+        that starts after that (close() unloading a model still in use) waits
+        for the lease to end like any other.
+        """
+        while self.version == since:
             if not self.changed.wait(timeout):
                 return
 

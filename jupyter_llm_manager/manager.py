@@ -372,13 +372,18 @@ class LLMManager:
         return self._persistence.save(path)
 
     def close(self) -> None:
-        """Refuse new work, stop the reaper and unload every model. The manager is unusable after."""
+        """Refuse new work, stop the reaper, end running streams and unload every model.
+
+        Streams in other threads stop after their current token (their ``result``
+        says "interrupted"); the manager is unusable after.
+        """
         books = self._books
         with books.lock:
             books.closed = True
             books.touch()
         self._upkeep.reaper.stop()
         self.warmup.stop()
+        self._runs.stop_streams()
         self._evictions.unload_all(Deadline(5.0), quiet=True)
         books = self._books
         with books.lock:

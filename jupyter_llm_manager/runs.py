@@ -8,7 +8,9 @@ or why it stopped).
 
 from __future__ import annotations
 
+import threading
 import time
+import weakref
 from collections.abc import Callable, Sequence
 
 from .events import EventBus
@@ -25,6 +27,8 @@ class Runs:
     def __init__(self, bus: EventBus, acquire: Callable[[str, float | str | None], Ticket]) -> None:
         self._bus = bus
         self._acquire = acquire
+        self._streams: weakref.WeakSet[TextStream] = weakref.WeakSet()
+        self._streams_lock = threading.Lock()
 
     def acquire(self, model_id: str, wait: float | str | None) -> Ticket:
         """A lease on ``model_id``, waiting for room up to ``wait`` (``None``: the wait_timeout setting)."""
@@ -60,7 +64,18 @@ class Runs:
 
     def stream(self, model_id: str, prompt: Prompt, params: GenerationParams, *, raw: bool,
                wait: float | str | None) -> TextStream:
-        return TextStream(self, model_id, prompt, params, raw=raw, wait=wait)
+        stream = TextStream(self, model_id, prompt, params, raw=raw, wait=wait)
+        with self._streams_lock:
+            self._streams.add(stream)
+        return stream
+
+    def stop_streams(self) -> int:
+        """Ask every stream still alive to end after its current token (the manager is closing); how many."""
+        with self._streams_lock:
+            streams = list(self._streams)
+        for stream in streams:
+            stream.stop()
+        return len(streams)
 
     def started(self, canonical: str) -> None:
         self._bus.emit("generation_started", canonical)

@@ -21,6 +21,24 @@ from jupyter_llm_manager.memory import DeviceMemory
 GB = 1000**3
 
 
+def lease_elsewhere(manager: Any, model_id: str) -> tuple[threading.Thread, threading.Event]:
+    """Hold a lease on ``model_id`` in another thread (a cell generating); returns once it is held.
+
+    Set the returned event to end the lease; join the thread to wait for that.
+    """
+    held, let_go = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with manager.use(model_id):
+            held.set()
+            let_go.wait(30)
+
+    holder = threading.Thread(target=hold, name=f"test-lease-{model_id}")
+    holder.start()
+    assert held.wait(30), f"the lease on {model_id!r} was never granted"
+    return holder, let_go
+
+
 class FakeClock:
     def __init__(self, start: float = 1_000_000.0) -> None:
         self.now = start

@@ -15,7 +15,7 @@ import weakref
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from fakes import GB, FakeBackend
+from fakes import GB, FakeBackend, lease_elsewhere
 
 from jupyter_llm_manager import (
     ConfigurationError,
@@ -529,6 +529,18 @@ def test_a_closed_manager_refuses_work(make_manager):
     for call in (lambda: manager.load("a"), lambda: manager.generate("a", "x"), lambda: manager.use("a").__enter__()):
         with pytest.raises(ManagerClosedError, match="closed"):
             call()
+
+
+def test_close_waits_for_a_lease_held_elsewhere_then_frees_its_model(make_manager):
+    manager = make_manager()
+    fake(manager, "a")
+    holder, let_go = lease_elsewhere(manager, "a")
+    threading.Timer(0.3, let_go.set).start()  # the holder finishes while close() waits for it
+    started = time.process_time()
+    manager.close()
+    holder.join(10)
+    assert manager.row("a").state == "registered"  # freed once the lease ended, not left loaded
+    assert time.process_time() - started < 0.25  # waited on the condition, did not spin with the lock held
 
 
 def test_ctrl_c_while_a_victim_is_freed_keeps_books_and_events_agreeing(make_manager, backend, monkeypatch):

@@ -9,7 +9,7 @@ from typing import ClassVar
 
 import comm
 import pytest
-from fakes import GB, FakeBackend, FakeDevices
+from fakes import GB, FakeBackend, FakeDevices, lease_elsewhere
 from ipywidgets.widgets import widget as widget_module
 
 import jupyter_llm_manager
@@ -192,17 +192,8 @@ def test_it_holds_ids_never_models(board, manager):
 
 def test_unload_of_a_model_that_is_generating_waits_for_its_lease(manager):
     dashboard = Dashboard(manager, refresh_interval=60)
-    holding, release = threading.Event(), threading.Event()
-
-    def generating():
-        with manager.use("a"):
-            holding.set()
-            release.wait(10)
-
-    worker = threading.Thread(target=generating)
-    worker.start()
+    worker, release = lease_elsewhere(manager, "a")  # a cell generating
     try:
-        assert holding.wait(10)
         unloaded = threading.Event()
         manager.subscribe(lambda e: unloaded.set() if (e.kind, e.model_id) == ("unloaded", "a") else None)
         shown_pending = threading.Event()

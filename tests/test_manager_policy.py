@@ -7,7 +7,7 @@ import threading
 import time
 
 import pytest
-from fakes import GB
+from fakes import GB, lease_elsewhere
 
 from jupyter_llm_manager import (
     ConfigurationError,
@@ -308,16 +308,7 @@ def test_unload_of_a_leased_model_waits_or_says_it_is_in_use(make_manager):
             manager.unload("a")
         with pytest.raises(ModelInUseError):
             manager.unload("a", wait=5)  # this thread holds the lease: no deadlock, an error at once
-    holding, done = threading.Event(), threading.Event()
-
-    def hold_then_release():  # a cell's generation on another thread
-        with manager.use("a"):
-            holding.set()
-            done.wait(10)
-
-    worker = threading.Thread(target=hold_then_release)
-    worker.start()
-    assert holding.wait(10)
+    worker, done = lease_elsewhere(manager, "a")  # a cell's generation on another thread
     with pytest.raises(ModelInUseError):
         manager.unload("a")  # wait=0: says it is in use
     threading.Timer(0.05, done.set).start()

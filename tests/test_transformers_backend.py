@@ -164,6 +164,28 @@ def test_a_break_releases_the_model_at_once_without_a_garbage_collection(real_ma
         gc.enable()
 
 
+def test_close_ends_a_stream_running_in_another_thread_and_frees_its_model(tiny_models):
+    manager = LLMManager(config_path=False, preload=False)
+    manager.register("b", source=str(tiny_models["b"]))
+    warnings, first_piece = [], threading.Event()
+    manager.subscribe(lambda event: warnings.append(event.message) if event.kind == "warning" else None)
+    stream = manager.stream("b", "Go on", **exactly(1900))  # far longer than close() waits for leases
+
+    def consume():
+        for _ in stream:
+            first_piece.set()
+
+    reader = threading.Thread(target=consume)
+    reader.start()
+    assert first_piece.wait(60)
+    manager.close()
+    reader.join(10)
+    assert not reader.is_alive() and not _generation_threads()
+    assert stream.result.finish_reason == "interrupted" and stream.result.completion_tokens < 1900
+    assert manager.status() == [] or all(row.state != "loaded" for row in manager.status())
+    assert not any("still in use" in (message or "") for message in warnings)
+
+
 def test_invalid_bytes_stream_instead_of_being_held_back_forever():
     from jupyter_llm_manager.backends.hf_support import streamer_class
 
