@@ -536,11 +536,11 @@ def test_close_waits_for_a_lease_held_elsewhere_then_frees_its_model(make_manage
     fake(manager, "a")
     holder, let_go = lease_elsewhere(manager, "a")
     threading.Timer(0.3, let_go.set).start()  # the holder finishes while close() waits for it
-    started = time.process_time()
+    started = time.monotonic()
     manager.close()
     holder.join(10)
     assert manager.row("a").state == "registered"  # freed once the lease ended, not left loaded
-    assert time.process_time() - started < 0.25  # waited on the condition, did not spin with the lock held
+    assert time.monotonic() - started < 4  # done when the lease ended, not at close()'s 5 s deadline
 
 
 def test_ctrl_c_while_a_victim_is_freed_keeps_books_and_events_agreeing(make_manager, backend, monkeypatch):
