@@ -102,6 +102,16 @@ def write_notebook(path: Path, cells: list[str]) -> Path:
     return path
 
 
+def cell(index: int) -> str:
+    """The selector of the notebook's cell number ``index`` (from 0)."""
+    return f".jp-Notebook .jp-Cell >> nth={index}"
+
+
+def inside(index: int, selector: str) -> str:
+    """``selector`` within cell number ``index``."""
+    return f"{cell(index)} >> {selector}"
+
+
 def run_all_cells(page: object, count: int) -> None:
     """Run every cell of the open notebook from the top, as a user does with Shift+Enter."""
     page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)

@@ -84,6 +84,24 @@ def real_manager(tiny_models):
 
 
 @pytest.fixture
+def shell_with():
+    """``shell_with(manager)``: IPython with the extension loaded, its magics on ``manager``; restored after."""
+    from IPython.core.interactiveshell import InteractiveShell
+
+    shell = InteractiveShell.instance()
+    shell.run_line_magic("load_ext", "jupyter_llm_manager")
+    magics = shell.magics_manager.registry["LLMMagics"]
+    previous = magics._manager
+
+    def use(manager: LLMManager) -> InteractiveShell:
+        magics.manager = manager
+        return shell
+
+    yield use
+    magics.manager = previous
+
+
+@pytest.fixture
 def devices() -> FakeDevices:
     return FakeDevices()
 

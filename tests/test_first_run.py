@@ -79,20 +79,14 @@ def test_unlimited_settings_are_saved_and_read_back(tmp_path):
         again.close()
 
 
-def test_default_model_has_one_home(tmp_path, make_manager):
+def test_default_model_has_one_home(tmp_path, make_manager, shell_with):
     manager = make_manager()
     manager.register("m", "fake/m", backend="fake")
-    shell = InteractiveShell.instance()
-    shell.run_line_magic("load_ext", "jupyter_llm_manager")
-    magics = shell.magics_manager.registry["LLMMagics"]
-    previous, magics.manager = magics._manager, manager
-    try:
-        with capture_output():
-            shell.run_line_magic("llm", "default m")
-        assert manager.default_model == "m" == manager.settings.default_model
-        assert yaml.safe_load(manager.save(tmp_path / "s.yaml").read_text())["defaults"]["default_model"] == "m"
-    finally:
-        magics.manager = previous
+    shell = shell_with(manager)
+    with capture_output():
+        shell.run_line_magic("llm", "default m")
+    assert manager.default_model == "m" == manager.settings.default_model
+    assert yaml.safe_load(manager.save(tmp_path / "s.yaml").read_text())["defaults"]["default_model"] == "m"
 
 
 # -- item 4: config files that do not exist yet, or are broken ---------------------------------------------
@@ -204,36 +198,27 @@ def test_no_thread_ever_sees_a_half_imported_torch_in_twenty_fresh_processes(tin
 
 # -- item 7: the library's own progress bars stay out of cells ------------------------------------------
 
-def test_a_managed_load_shows_no_library_progress_bar(real_manager):
+def test_a_managed_load_shows_no_library_progress_bar(real_manager, shell_with):
     import transformers
 
-    shell = InteractiveShell.instance()
-    shell.run_line_magic("load_ext", "jupyter_llm_manager")
-    magics = shell.magics_manager.registry["LLMMagics"]
-    previous, magics.manager = magics._manager, real_manager
+    shell = shell_with(real_manager)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Cannot enable progress bars")  # the tests' environment
         transformers.utils.logging.enable_progress_bar()
-    try:
-        with capture_output() as captured:
-            shell.run_cell("%%llm a -n 2 -p min_new_tokens=2\nHi")
-        everything = captured.stdout + captured.stderr + str([o.data for o in captured.outputs])
-        assert "Loading weights" not in everything and "%|" not in everything
-        assert transformers.utils.logging.is_progress_bar_enabled()  # turned back on after the load
-    finally:
-        magics.manager = previous
+    with capture_output() as captured:
+        shell.run_cell("%%llm a -n 2 -p min_new_tokens=2\nHi")
+    everything = captured.stdout + captured.stderr + str([o.data for o in captured.outputs])
+    assert "Loading weights" not in everything and "%|" not in everything
+    assert transformers.utils.logging.is_progress_bar_enabled()  # turned back on after the load
 
 
-def test_a_slow_load_shows_its_elapsed_time_in_the_status_line():
+def test_a_slow_load_shows_its_elapsed_time_in_the_status_line(shell_with):
     backend = FakeBackend(FakeDevices())
     manager = LLMManager(config_path=False, preload=False, device_probe=backend.devices,
                          backend_factory=lambda name: backend)
     manager.register("slow", "fake/slow", backend="fake", options={"size": 1})
     entered, release = backend.gate("slow")
-    shell = InteractiveShell.instance()
-    shell.run_line_magic("load_ext", "jupyter_llm_manager")
-    magics = shell.magics_manager.registry["LLMMagics"]
-    previous, magics.manager = magics._manager, manager
+    shell = shell_with(manager)
     outputs: list = []
 
     def release_when_shown():
@@ -255,26 +240,10 @@ def test_a_slow_load_shows_its_elapsed_time_in_the_status_line():
         assert "loading slow" not in final and "loaded slow" in final  # the progress note is gone once loaded
     finally:
         release.set()
-        magics.manager = previous
         manager.close()
 
 
 # -- items 9 and 12: what the magics say and show --------------------------------------------------------
-
-@pytest.fixture
-def shell_with(make_manager):
-    shell = InteractiveShell.instance()
-    shell.run_line_magic("load_ext", "jupyter_llm_manager")
-    magics = shell.magics_manager.registry["LLMMagics"]
-    previous = magics._manager
-
-    def use(manager):
-        magics.manager = manager
-        return shell
-
-    yield use
-    magics.manager = previous
-
 
 def test_an_unknown_model_in_a_cell_says_what_to_type(shell_with, make_manager):
     manager = make_manager()

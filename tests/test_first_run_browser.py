@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 from browser import (
     artifacts,
+    cell,
     chromium_page,
+    inside,
     jupyterlab,
     require_browser,
     run_all_cells,
@@ -22,14 +24,6 @@ from browser import (
 pytestmark = pytest.mark.browser
 
 STDERR = ".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']"
-
-
-def cell(index: int) -> str:
-    return f".jp-Notebook .jp-Cell >> nth={index}"
-
-
-def inside(index: int, selector: str) -> str:
-    return f"{cell(index)} >> {selector}"
 
 
 @pytest.fixture(scope="module")

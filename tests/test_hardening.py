@@ -279,8 +279,7 @@ SECRETS = {"HF_TOKEN_VALUE": "hf_SeCrEtToKeN_9d8f7a", "CLUSTER_KEY_VALUE": "sk-c
            "INLINE": "sk-inline-SeCrEt-1111", "HEADER": "team-SeCrEt-header-77"}
 
 
-def test_no_string_the_project_produces_contains_a_secret(tmp_path, tiny_models, monkeypatch, caplog):
-    from IPython.core.interactiveshell import InteractiveShell
+def test_no_string_the_project_produces_contains_a_secret(tmp_path, tiny_models, monkeypatch, caplog, shell_with):
     from IPython.utils.capture import capture_output
 
     from jupyter_llm_manager.dashboard import Dashboard
@@ -314,18 +313,12 @@ def test_no_string_the_project_produces_contains_a_secret(tmp_path, tiny_models,
             produced += [str(w.get_state()) for w in board._all_widgets()]
         finally:
             board.close()
-        shell = InteractiveShell.instance()
-        shell.run_line_magic("load_ext", "jupyter_llm_manager")
-        magics = shell.magics_manager.registry["LLMMagics"]
-        previous, magics.manager = magics._manager, manager
-        try:
-            with capture_output() as captured:
-                for line in ("list", "status", "estimate remote", "config", "gc"):
-                    shell.run_line_magic("llm", line)
-                shell.run_cell("%%llm remote\nHi")
-            produced += [captured.stdout, captured.stderr] + [str(o.data) for o in captured.outputs]
-        finally:
-            magics.manager = previous
+        shell = shell_with(manager)
+        with capture_output() as captured:
+            for line in ("list", "status", "estimate remote", "config", "gc"):
+                shell.run_line_magic("llm", line)
+            shell.run_cell("%%llm remote\nHi")
+        produced += [captured.stdout, captured.stderr] + [str(o.data) for o in captured.outputs]
     finally:
         manager.close()
     produced.append(caplog.text)

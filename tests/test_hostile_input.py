@@ -9,7 +9,6 @@ import tracemalloc
 import comm
 import pytest
 import yaml
-from IPython.core.interactiveshell import InteractiveShell
 from IPython.utils.capture import capture_output
 
 from jupyter_llm_manager import ConfigurationError, LLMManager
@@ -211,13 +210,8 @@ def test_a_literal_key_warns_once_when_saved_and_never_from_repr(tmp_path, caplo
 # -- 4. %%llm -o VAR ---------------------------------------------------------------------------------
 
 @pytest.fixture
-def shell(echo_manager):
-    shell = InteractiveShell.instance()
-    shell.run_line_magic("load_ext", "jupyter_llm_manager")
-    magics = shell.magics_manager.registry["LLMMagics"]
-    previous, magics.manager = magics._manager, echo_manager
-    yield shell
-    magics.manager = previous
+def shell(echo_manager, shell_with):
+    return shell_with(echo_manager)
 
 
 @pytest.fixture

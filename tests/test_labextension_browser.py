@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 from browser import (
     artifacts,
+    cell,
     chromium_page,
+    inside,
     jupyterlab,
     require_browser,
     run_all_cells,
@@ -21,14 +23,6 @@ PANEL = "#jupyter-llm-manager-panel"
 
 def row(model: str) -> str:
     return f"{PANEL} .jp-LLMPanel-row[data-model='{model}']"
-
-
-def cell(index: int) -> str:
-    return f".jp-Notebook .jp-Cell >> nth={index}"
-
-
-def inside(index: int, selector: str) -> str:
-    return f"{cell(index)} >> {selector}"
 
 
 def run_cell(page, index: int) -> None:

@@ -7,7 +7,7 @@ import io
 import threading
 
 import pytest
-from fakes import FakeBackend, FakeDevices
+from fakes import FakeBackend, FakeDevices, lease_elsewhere
 from IPython.core.interactiveshell import InteractiveShell
 from IPython.utils.capture import capture_output
 
@@ -232,30 +232,21 @@ def test_a_model_that_does_not_fit_is_one_line(shell, magics, tmp_path):
         manager.close()
 
 
-def test_a_cell_that_waits_for_room_says_what_it_waits_for(shell, magics):
+def one_slot_with_busy_held(magics):
+    """A manager with room for one model, 'busy' leased in another thread, 'next' registered."""
     backend = FakeBackend(FakeDevices())
     manager = LLMManager(max_loaded_models=1, config_path=False, preload=False, device_probe=backend.devices,
                          backend_factory=lambda name: backend)
     for model_id in ("busy", "next"):
         manager.register(model_id, f"fake/{model_id}", backend="fake", device="cuda:0", options={"size": 1})
     magics.manager = manager
-    holding, release = threading.Event(), threading.Event()
+    holder, release = lease_elsewhere(manager, "busy")
+    return manager, holder, release
 
-    def hold():
-        with manager.use("busy"):
-            holding.set()
-            assert release.wait(30)
 
-    def release_once_waiting():
-        while manager.row("next").state != "waiting":
-            threading.Event().wait(0.01)
-        release.set()
-
-    holder = threading.Thread(target=hold)
-    holder.start()
-    assert holding.wait(10)
-    releaser = threading.Thread(target=release_once_waiting)
-    releaser.start()
+def test_a_cell_that_waits_for_room_says_what_it_waits_for(shell, magics):
+    manager, holder, release = one_slot_with_busy_held(magics)
+    manager.subscribe(lambda event: release.set() if (event.kind, event.model_id) == ("waiting", "next") else None)
     try:
         result, captured = run(shell, "%%llm next --wait 30\nhello there")
         assert result.error_in_exec is None and shell.user_ns.get("_") is not manager
@@ -264,28 +255,12 @@ def test_a_cell_that_waits_for_room_says_what_it_waits_for(shell, magics):
     finally:
         release.set()
         holder.join(10)
-        releaser.join(10)
         manager.close()
 
 
 def test_wait_zero_in_a_cell_fails_at_once_in_one_line(shell, magics):
-    backend = FakeBackend(FakeDevices())
-    manager = LLMManager(max_loaded_models=1, config_path=False, preload=False, device_probe=backend.devices,
-                         backend_factory=lambda name: backend)
-    for model_id in ("busy", "next"):
-        manager.register(model_id, f"fake/{model_id}", backend="fake", device="cuda:0", options={"size": 1})
-    magics.manager = manager
-    holding, release = threading.Event(), threading.Event()
-
-    def hold():
-        with manager.use("busy"):
-            holding.set()
-            assert release.wait(30)
-
-    holder = threading.Thread(target=hold)
-    holder.start()
+    manager, holder, release = one_slot_with_busy_held(magics)
     try:
-        assert holding.wait(10)
         _, captured = run(shell, "%%llm next --wait 0\nhi")
         assert "UsageError: Cannot load 'next' without waiting" in captured.stderr
         assert "busy in use" in captured.stderr and captured.stderr.strip().count("\n") == 0

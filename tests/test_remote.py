@@ -159,22 +159,15 @@ def test_an_interrupt_stops_the_stream_and_closes_the_connection(manager, tmp_pa
         assert manager.generate("remote", "still there", max_new_tokens=2).completion_tokens >= 1
 
 
-def test_the_magic_streams_a_remote_model(manager, katan):
-    from IPython.core.interactiveshell import InteractiveShell
+def test_the_magic_streams_a_remote_model(manager, katan, shell_with):
     from IPython.utils.capture import capture_output
 
-    shell = InteractiveShell.instance()
-    shell.run_line_magic("load_ext", "jupyter_llm_manager")
-    magics = shell.magics_manager.registry["LLMMagics"]
-    previous, magics.manager = magics._manager, manager
-    try:
-        register_remote(manager, katan)
-        with capture_output() as captured:
-            result = shell.run_cell("%%llm remote -n 5 -o remote_answer\nHello")
-        assert result.error_in_exec is None and isinstance(shell.user_ns["remote_answer"], str)
-        assert any("remote · 5 tokens" in o["data"].get("text/plain", "") for o in captured._outputs)
-    finally:
-        magics.manager = previous
+    shell = shell_with(manager)
+    register_remote(manager, katan)
+    with capture_output() as captured:
+        result = shell.run_cell("%%llm remote -n 5 -o remote_answer\nHello")
+    assert result.error_in_exec is None and isinstance(shell.user_ns["remote_answer"], str)
+    assert any("remote · 5 tokens" in o["data"].get("text/plain", "") for o in captured._outputs)
 
 
 def test_a_missing_openai_package_is_a_clear_error(manager, monkeypatch):
@@ -231,15 +224,8 @@ def test_third_party_backends_register_through_entry_points(manager, monkeypatch
 # -- from a notebook: %llm register for a server, and a server that dies -------------------------------------
 
 @pytest.fixture
-def shell(manager):
-    from IPython.core.interactiveshell import InteractiveShell
-
-    shell = InteractiveShell.instance()
-    shell.run_line_magic("load_ext", "jupyter_llm_manager")
-    magics = shell.magics_manager.registry["LLMMagics"]
-    previous, magics.manager = magics._manager, manager
-    yield shell
-    magics.manager = previous
+def shell(manager, shell_with):
+    return shell_with(manager)
 
 
 def run_cell(shell, cell):

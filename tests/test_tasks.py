@@ -324,18 +324,6 @@ def test_warm_up_never_blocks_the_kernel_nor_other_models(tmp_path, devices):
         manager.close()
 
 
-@pytest.fixture
-def shell():
-    from IPython.core.interactiveshell import InteractiveShell
-
-    shell = InteractiveShell.instance()
-    shell.run_line_magic("load_ext", "jupyter_llm_manager")
-    magics = shell.magics_manager.registry["LLMMagics"]
-    previous = magics._manager
-    yield shell, magics
-    magics.manager = previous
-
-
 def run_cell(shell, cell):
     from IPython.utils.capture import capture_output
 
@@ -344,11 +332,11 @@ def run_cell(shell, cell):
     return result, captured.stdout + "".join(str(o.data.get("text/plain", "")) for o in captured.outputs)
 
 
-def test_the_magics_plan_select_and_say_a_failed_warm_up_once(shell, tmp_path, tiny_models):
-    shell, magics = shell
+def test_the_magics_plan_select_and_say_a_failed_warm_up_once(shell_with, tmp_path, tiny_models):
     config = write(tmp_path, chat_task(tiny_models, "  broken: {selected: x, options: {x: {model_id: ./missing-folder}}}\n"
                                                     "inference: {warmup_on_startup: true}\n"))
-    magics.manager = manager = LLMManager(config_path=config)
+    manager = LLMManager(config_path=config)
+    shell = shell_with(manager)
     try:
         assert manager.warmup.wait(60)
         result, shown = run_cell(shell, "%llm select chat")
