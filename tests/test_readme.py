@@ -12,7 +12,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from processes import stop
+from processes import stop, wait_for_http
 
 from jupyter_llm_manager.magic_args import CELL_PARSER, LINE_COMMANDS
 
@@ -59,8 +59,11 @@ def test_the_jupyterlab_command_serves_the_quickstart_as_written(tmp_path):
             assert time.monotonic() < deadline, log.read_text()[-2000:]
             time.sleep(0.3)
         port, token = found.groups()
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/contents/quickstart.ipynb?token={token}",
-                                    timeout=30) as answer:
+        # Jupyter Server prints its URL before its event loop binds the port: wait until it answers.
+        contents = f"http://127.0.0.1:{port}/api/contents/quickstart.ipynb?token={token}"
+        failure = wait_for_http(contents, server, max(deadline - time.monotonic(), 10))
+        assert failure is None, f"JupyterLab {failure}: {log.read_text()[-2000:]}"
+        with urllib.request.urlopen(contents, timeout=30) as answer:
             assert json.load(answer)["type"] == "notebook"  # it serves the quickstart, ready to open
     finally:
         os.killpg(server.pid, 15)
