@@ -22,9 +22,9 @@ import time
 import tracemalloc
 from pathlib import Path
 
-from jupyter_llm_manager.config import load_config, save_config
+from jupyter_llm_manager.config.bounded_yaml import dump_yaml, load_yaml
+from jupyter_llm_manager.config.files import load_config, save_config
 from jupyter_llm_manager.errors import ConfigurationError
-from jupyter_llm_manager.yaml_io import dump_yaml, load_yaml
 
 BOMB_LEVELS = "abcdefghi"
 

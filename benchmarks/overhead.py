@@ -38,7 +38,7 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
 from jupyter_llm_manager import LLMManager
-from jupyter_llm_manager.tiny import TinyModelShape, build_tiny_model
+from jupyter_llm_manager.models.tiny import TinyModelShape, build_tiny_model
 
 if TYPE_CHECKING:
     from typing_extensions import Self

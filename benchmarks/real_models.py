@@ -32,9 +32,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 from jupyter_llm_manager import LLMManager
-from jupyter_llm_manager.backends.hf_support import library_progress_off
 from jupyter_llm_manager.backends.llama_cpp import usable_cores
-from jupyter_llm_manager.builtin import INSTALL_HINT, smollm2_file
+from jupyter_llm_manager.backends.transformers.support import library_progress_off
+from jupyter_llm_manager.models.builtin import INSTALL_HINT, smollm2_file
 
 PROMPT = "Write a short story about a lighthouse keeper who finds a message in a bottle."
 CONTEXT = 2048

@@ -32,7 +32,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 from jupyter_llm_manager import LLMManager, ModelInUseError, ResourceNotAvailableError
-from jupyter_llm_manager.tiny import SMALL, build_tiny_model
+from jupyter_llm_manager.models.tiny import SMALL, build_tiny_model
 
 MODELS = ("m0", "m1", "m2", "m3")
 EXPECTED = (ResourceNotAvailableError, ModelInUseError)  # refusals the API documents for this load

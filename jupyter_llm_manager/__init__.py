@@ -14,6 +14,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from .config.secrets import Secret
+from .config.settings import ManagerSettings
+from .config.spec import ModelSpec
+from .devices import DeviceReport
 from .errors import (
     ConfigurationError,
     GenerationError,
@@ -25,19 +29,15 @@ from .errors import (
     ModelNotFoundError,
     ResourceNotAvailableError,
 )
-from .estimate import MemoryEstimate
+from .estimates import MemoryEstimate
 from .events import Event
 from .generation import GenerationParams, GenerationResult
-from .handles import Lease, ModelHandle, TextStream
-from .manager import LLMManager, get_manager
-from .memory import DeviceReport
+from .manager.facade import LLMManager, get_manager
+from .manager.handles import Lease, ModelHandle, TextStream
 from .reports import GarbageReport, StatusRow, UnloadReport
-from .secret import Secret
-from .settings import ManagerSettings
-from .spec import ModelSpec
 
 if TYPE_CHECKING:
-    from .dashboard import Dashboard
+    from .frontends.dashboard import Dashboard
 
 __version__ = "0.1.0"
 
@@ -49,21 +49,21 @@ def _jupyter_labextension_paths() -> list[dict[str, str]]:
 
 def open_dashboard(manager: LLMManager | None = None, **options: Any) -> Dashboard:
     """A live ipywidgets dashboard of ``manager`` (the kernel's manager by default); ``%llm dashboard`` too."""
-    from .dashboard import Dashboard
+    from .frontends.dashboard import Dashboard
 
     return Dashboard(manager, **options)
 
 
 def load_ipython_extension(ipython: object) -> None:
     """``%load_ext jupyter_llm_manager``: the ``%%llm`` and ``%llm`` magics."""
-    from .magics import load_ipython_extension as load
+    from .frontends.notebook.magics import load_ipython_extension as load
 
     load(ipython)
 
 
 def unload_ipython_extension(ipython: object) -> None:
     """``%unload_ext jupyter_llm_manager``: remove the magics; loaded models stay."""
-    from .magics import unload_ipython_extension as unload
+    from .frontends.notebook.magics import unload_ipython_extension as unload
 
     unload(ipython)
 

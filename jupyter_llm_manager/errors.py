@@ -12,7 +12,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from .units import format_bytes
+from .support.units import format_bytes
 
 __all__ = [
     "ConfigurationError",

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from .errors import log_failure
-from .units import bytes_text
+from .support.units import bytes_text
 
 __all__ = ["Event", "EventBus", "EventKind", "EvictionReason"]
 

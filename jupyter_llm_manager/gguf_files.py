@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .config.spec import ModelSpec
 from .errors import ModelLoadingError
-from .spec import ModelSpec
 
 __all__ = [
     "AUTO_CONTEXT_FLOOR",

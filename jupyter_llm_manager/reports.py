@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from .units import bytes_text, format_bytes, format_duration
+from .support.units import bytes_text, format_bytes, format_duration
 
 __all__ = ["GarbageReport", "ModelState", "StatusRow", "UnloadReport"]
 

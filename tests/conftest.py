@@ -65,7 +65,7 @@ def no_leaked_threads():
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory) -> dict[str, Path]:
     """Two different tiny Llama-style checkpoints, built once per test session."""
-    from jupyter_llm_manager.tiny import SMALL, TinyModelShape, build_tiny_model
+    from jupyter_llm_manager.models.tiny import SMALL, TinyModelShape, build_tiny_model
 
     root = tmp_path_factory.mktemp("models")
     other = TinyModelShape(hidden_size=96, intermediate_size=192, num_hidden_layers=3, num_attention_heads=4,

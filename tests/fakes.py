@@ -13,10 +13,10 @@ import weakref
 from typing import Any
 
 from jupyter_llm_manager.backends import Backend, LoadedModel, Placement
+from jupyter_llm_manager.devices import DeviceMemory
 from jupyter_llm_manager.errors import ModelLoadingError, OutOfMemoryDuringLoad
-from jupyter_llm_manager.estimate import MemoryEstimate
+from jupyter_llm_manager.estimates import MemoryEstimate
 from jupyter_llm_manager.generation import GenerationParams, GenerationResult
-from jupyter_llm_manager.memory import DeviceMemory
 
 GB = 1000**3
 

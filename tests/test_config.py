@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from jupyter_llm_manager import ConfigurationError, LLMManager, ModelSpec
-from jupyter_llm_manager.config import find_config_path, load_config, save_config
+from jupyter_llm_manager.config.files import find_config_path, load_config, save_config
 
 GB = 1000**3
 

@@ -14,7 +14,7 @@ from ipywidgets.widgets import widget as widget_module
 
 import jupyter_llm_manager
 from jupyter_llm_manager import LLMManager, ModelLoadingError
-from jupyter_llm_manager.dashboard import Dashboard
+from jupyter_llm_manager.frontends.dashboard import Dashboard
 
 
 class RecordingComm(comm.DummyComm):
@@ -226,7 +226,7 @@ def test_a_plain_note_when_there_is_no_gpu(clock):
 def test_open_dashboard_from_the_package_and_the_module_stays_a_module(manager):
     import types
 
-    assert type(sys.modules["jupyter_llm_manager.dashboard"]) is types.ModuleType
+    assert type(sys.modules["jupyter_llm_manager.frontends.dashboard"]) is types.ModuleType
     dashboard = jupyter_llm_manager.open_dashboard(manager, background=False)
     try:
         assert isinstance(dashboard, Dashboard)

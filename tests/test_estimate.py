@@ -5,7 +5,7 @@ import json
 import pytest
 
 from jupyter_llm_manager import ModelLoadingError, ModelSpec
-from jupyter_llm_manager.estimate import estimate_checkpoint, read_safetensors_header
+from jupyter_llm_manager.estimates import estimate_checkpoint, read_safetensors_header
 
 
 def spec_for(folder, **fields):

@@ -19,8 +19,8 @@ from IPython.core.interactiveshell import InteractiveShell
 from IPython.utils.capture import capture_output
 
 from jupyter_llm_manager import LLMManager
-from jupyter_llm_manager import manager as manager_module
-from jupyter_llm_manager.settings import SETTING_NAMES, ManagerSettings
+from jupyter_llm_manager.config.settings import SETTING_NAMES, ManagerSettings
+from jupyter_llm_manager.manager import facade as manager_module
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -30,7 +30,7 @@ STDERR = ".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']
 def long_context_model(tmp_path_factory) -> Path:
     """A tiny model with a 64K context: a forced 60,000-token answer runs for a minute or more, so the
     interrupt always lands mid-answer (the 512-token default model can finish first on a fast machine)."""
-    from jupyter_llm_manager.tiny import SMALL, build_tiny_model
+    from jupyter_llm_manager.models.tiny import SMALL, build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("long") / "tiny-long",
                             replace(SMALL, max_position_embeddings=65_536, seed=3))

@@ -11,7 +11,7 @@ import gc
 import pytest
 
 from jupyter_llm_manager import LLMManager
-from jupyter_llm_manager.tiny import LARGE, build_tiny_model
+from jupyter_llm_manager.models.tiny import LARGE, build_tiny_model
 
 pytestmark = pytest.mark.gpu
 

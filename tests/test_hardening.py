@@ -28,7 +28,7 @@ from jupyter_llm_manager import (
     ModelSpec,
     ResourceNotAvailableError,
 )
-from jupyter_llm_manager.config import load_config, save_config
+from jupyter_llm_manager.config.files import load_config, save_config
 
 # -- faults in the real load path ----------------------------------------------------------------
 
@@ -260,7 +260,7 @@ def test_config_round_trip_load_save_load_gives_the_same_registry(tmp_path_facto
 # -- security ------------------------------------------------------------------------------------
 
 def test_trust_remote_code_is_off_by_default_and_marked_where_it_is_on(real_manager, tiny_models, caplog):
-    from jupyter_llm_manager.dashboard import Dashboard
+    from jupyter_llm_manager.frontends.dashboard import Dashboard
 
     assert all(not real_manager.spec(i).trust_remote_code for i in ("a", "b"))
     real_manager.register("trusting", source=str(tiny_models["a"]), trust_remote_code=True)
@@ -282,7 +282,7 @@ SECRETS = {"HF_TOKEN_VALUE": "hf_SeCrEtToKeN_9d8f7a", "CLUSTER_KEY_VALUE": "sk-c
 def test_no_string_the_project_produces_contains_a_secret(tmp_path, tiny_models, monkeypatch, caplog, shell_with):
     from IPython.utils.capture import capture_output
 
-    from jupyter_llm_manager.dashboard import Dashboard
+    from jupyter_llm_manager.frontends.dashboard import Dashboard
 
     monkeypatch.setenv("HF_TOKEN_VALUE", SECRETS["HF_TOKEN_VALUE"])
     monkeypatch.setenv("CLUSTER_KEY_VALUE", SECRETS["CLUSTER_KEY_VALUE"])
@@ -339,7 +339,7 @@ def test_a_source_is_only_a_path_no_shell_no_globs(tmp_path, source, real_manage
 
 
 def test_only_tilde_and_braced_env_references_are_expanded(tmp_path, tiny_models, monkeypatch):
-    from jupyter_llm_manager.spec import expand_path
+    from jupyter_llm_manager.config.spec import expand_path
 
     monkeypatch.setenv("MODELS", str(tiny_models["a"].parent))
     monkeypatch.setenv("HOME", str(tmp_path))

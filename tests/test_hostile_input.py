@@ -12,9 +12,9 @@ import yaml
 from IPython.utils.capture import capture_output
 
 from jupyter_llm_manager import ConfigurationError, LLMManager
-from jupyter_llm_manager.config import load_config
-from jupyter_llm_manager.lab import LabBridge
-from jupyter_llm_manager.yaml_io import MAX_DEPTH, load_yaml
+from jupyter_llm_manager.config.bounded_yaml import MAX_DEPTH, load_yaml
+from jupyter_llm_manager.config.files import load_config
+from jupyter_llm_manager.frontends.lab_bridge import LabBridge
 
 LOL = ", ".join(['"lol"'] * 9)
 
@@ -296,7 +296,7 @@ def test_every_malformed_lab_message_is_answered_ok_false(make_manager, monkeypa
 # -- 7. large files with the C loader ------------------------------------------------------------------
 
 def test_the_c_loader_and_dumper_are_used_when_available():
-    from jupyter_llm_manager import yaml_io
+    from jupyter_llm_manager.config import bounded_yaml as yaml_io
 
     if getattr(yaml, "__with_libyaml__", False):
         assert yaml_io._Loader is yaml.CSafeLoader and yaml_io._Dumper is yaml.CSafeDumper

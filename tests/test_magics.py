@@ -12,8 +12,8 @@ from IPython.core.interactiveshell import InteractiveShell
 from IPython.utils.capture import capture_output
 
 from jupyter_llm_manager import LLMManager
-from jupyter_llm_manager.magics import LLMMagics, usage
-from jupyter_llm_manager.rendering import TextAnswerView
+from jupyter_llm_manager.frontends.notebook.magics import LLMMagics, usage
+from jupyter_llm_manager.frontends.notebook.rendering import TextAnswerView
 
 
 @pytest.fixture(scope="module")

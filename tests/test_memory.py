@@ -2,8 +2,8 @@
 
 import pytest
 
-from jupyter_llm_manager import memory
-from jupyter_llm_manager.memory import DeviceMemory, device_budget
+from jupyter_llm_manager import devices as memory
+from jupyter_llm_manager.devices import DeviceMemory, device_budget
 
 GB = 1000**3
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from jupyter_llm_manager.cli import _output_text
+from jupyter_llm_manager.frontends.cli import _output_text
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))

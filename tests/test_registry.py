@@ -3,7 +3,7 @@
 import pytest
 
 from jupyter_llm_manager import ConfigurationError, ModelNotFoundError, ModelSpec
-from jupyter_llm_manager.registry import Registry
+from jupyter_llm_manager.config.registry import Registry
 
 
 def spec(model_id, source="org/x", **fields):

@@ -12,7 +12,7 @@ from remote_server import llama_server
 
 from jupyter_llm_manager import ConfigurationError, LLMManager, ModelLoadingError, ResourceNotAvailableError
 from jupyter_llm_manager.backends import get_backend
-from jupyter_llm_manager.builtin import smollm2_file
+from jupyter_llm_manager.models.builtin import smollm2_file
 
 SEED_003 = """\
 tasks:

@@ -187,7 +187,7 @@ def test_close_ends_a_stream_running_in_another_thread_and_frees_its_model(tiny_
 
 
 def test_invalid_bytes_stream_instead_of_being_held_back_forever():
-    from jupyter_llm_manager.backends.hf_support import streamer_class
+    from jupyter_llm_manager.backends.transformers.support import streamer_class
 
     class HalfCharacters:  # every token is one lone UTF-8 lead byte: the text never becomes whole
         def decode(self, tokens, skip_special_tokens=True):
@@ -349,7 +349,7 @@ def test_invalid_option_strings(real_manager, tiny_models, field, value):
 
 def test_cuda_without_cuda(tiny_models):
     """Runs on GPU machines too: the manager sees only the CPU, as where no GPU is usable."""
-    from jupyter_llm_manager.memory import probe_cpu
+    from jupyter_llm_manager.devices import probe_cpu
 
     manager = LLMManager(config_path=False, preload=False, device_probe=lambda: [probe_cpu()])
     try:

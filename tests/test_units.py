@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from jupyter_llm_manager.units import bytes_text, format_bytes, format_duration, parse_duration, parse_size
+from jupyter_llm_manager.support.units import bytes_text, format_bytes, format_duration, parse_duration, parse_size
 
 
 @pytest.mark.parametrize("text, seconds", [

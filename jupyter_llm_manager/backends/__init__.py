@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "jupyter_llm_manager.backends"
 _BUILTIN = {
-    "transformers": "jupyter_llm_manager.backends.hf:TransformersBackend",
+    "transformers": "jupyter_llm_manager.backends.transformers.backend:TransformersBackend",
     "openai": "jupyter_llm_manager.backends.openai_compat:OpenAIBackend",
     "llama_cpp": "jupyter_llm_manager.backends.llama_cpp:LlamaCppBackend",
     "loader": "jupyter_llm_manager.backends.loader:LoaderBackend",

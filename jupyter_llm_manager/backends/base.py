@@ -17,9 +17,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from ..estimate import MemoryEstimate, remote_estimate
+from ..config.spec import ModelSpec
+from ..estimates import MemoryEstimate, remote_estimate
 from ..generation import GenerationParams, GenerationResult, Prompt
-from ..spec import ModelSpec
 
 __all__ = ["Backend", "LoadedModel", "Placement", "TextGenerator", "progress_reporter", "release_frames",
            "report_progress"]

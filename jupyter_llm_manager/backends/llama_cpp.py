@@ -24,8 +24,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..config.secrets import Secret
+from ..config.spec import ModelSpec
+from ..devices import trim_c_heap
 from ..errors import ConfigurationError, GenerationError, InvalidGenerationParameters, ModelLoadingError
-from ..estimate import MemoryEstimate
+from ..estimates import MemoryEstimate
 from ..generation import FinishReason, GenerationParams, GenerationResult, Prompt, StopTextFilter, StreamInterrupted
 from ..gguf_files import (
     AUTO_CONTEXT_FLOOR,
@@ -38,10 +41,7 @@ from ..gguf_files import (
     kv_cache_bytes,
     read_gguf,
 )
-from ..memory import trim_c_heap
-from ..secret import Secret
-from ..spec import ModelSpec
-from ..units import format_bytes
+from ..support.units import format_bytes
 from .base import Backend, LoadedModel, Placement, TextGenerator
 
 __all__ = ["LlamaCppBackend", "MeasuredBuffer", "usable_cores"]

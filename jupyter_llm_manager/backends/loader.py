@@ -19,11 +19,11 @@ import sys
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from ..config.spec import ModelSpec
+from ..devices import release_device_memory
 from ..errors import ConfigurationError, ModelLoadingError, OutOfMemoryDuringLoad
-from ..estimate import MemoryEstimate
-from ..memory import release_device_memory
-from ..spec import ModelSpec
-from ..units import format_bytes
+from ..estimates import MemoryEstimate
+from ..support.units import format_bytes
 from .base import Backend, LoadedModel, Placement, release_frames
 
 __all__ = ["LoaderBackend", "import_callable"]

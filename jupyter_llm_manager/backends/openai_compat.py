@@ -23,11 +23,11 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlparse
 
+from ..config.secrets import Secret, expand_references, shown_url, url_credentials
+from ..config.spec import ModelSpec
 from ..errors import ConfigurationError, GenerationError, ModelLoadingError
 from ..generation import GenerationParams, GenerationResult, Prompt
-from ..secret import Secret, expand_references, shown_url, url_credentials
-from ..spec import ModelSpec
-from ..units import brief
+from ..support.units import brief
 from .base import Backend, LoadedModel, Placement, TextGenerator
 
 __all__ = ["OpenAIBackend"]

@@ -8,9 +8,9 @@ that makes it work.
 
 from __future__ import annotations
 
+from ..config.spec import ModelSpec
 from ..errors import ModelLoadingError
-from ..estimate import MemoryEstimate
-from ..spec import ModelSpec
+from ..estimates import MemoryEstimate
 from .base import Backend, LoadedModel, Placement
 
 __all__ = ["UnavailableBackend"]

@@ -1,0 +1,364 @@
+"""The ``transformers`` backend: a tokenizer and a causal LM in this kernel.
+
+torch and transformers are imported when a model is first estimated or
+loaded, not when this package is imported. Streaming runs ``generate`` in a
+worker thread fed through a queue; a stop event ends it within one token, so
+an interrupt leaves the model loaded and usable.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import queue
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from ...config.spec import ModelSpec
+from ...devices import release_device_memory
+from ...errors import GenerationError, InvalidGenerationParameters, ModelLoadingError, OutOfMemoryDuringLoad
+from ...estimates import MemoryEstimate, estimate_checkpoint
+from ...generation import GenerationParams, GenerationResult, Prompt, StopTextFilter, StreamInterrupted, cut_at_stop
+from ...gguf_files import is_gguf
+from ..base import Backend, LoadedModel, Placement, TextGenerator, release_frames
+from .gguf import gguf_dtype, load_gguf
+from .support import (
+    DONE,
+    context_length,
+    device_kinds,
+    drain,
+    encode,
+    finish_reason,
+    import_torch,
+    import_transformers,
+    input_device,
+    library_progress_off,
+    out_of_memory,
+    resolved,
+    seeded,
+    stop_criteria,
+    streamer_class,
+    torch_dtype,
+)
+
+__all__ = ["TransformersBackend"]
+
+log = logging.getLogger(__name__)
+
+_WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.pt", "*.pth")
+_JOIN_TIMEOUT_S = 30.0
+
+
+class TransformersBackend(Backend):
+    """Loads Hugging Face causal language models with ``transformers``."""
+
+    name = "transformers"
+    modes = frozenset({"chat", "embed"})
+
+    def device_kinds(self) -> set[str]:
+        return set(device_kinds())
+
+    def estimate(self, spec: ModelSpec) -> MemoryEstimate:
+        return estimate_checkpoint(spec)
+
+    # -- loading ---------------------------------------------------------------
+
+    def load(self, spec: ModelSpec, placement: Placement) -> LoadedModel:
+        """Load tokenizer and model onto ``placement``; measure what they took."""
+        torch = import_torch()
+        self._check_environment(spec, placement)
+        source = str(spec.local_path) if spec.local_path else spec.source or ""
+        if spec.local_path:
+            _check_local_source(spec)
+        if spec.trust_remote_code:
+            log.warning("model %r runs code from its repository (trust_remote_code=True)", spec.id)
+        before = self.memory_in_use(placement.devices)
+        try:
+            with library_progress_off(gguf=is_gguf(spec)):
+                model, tokenizer, how = self._from_pretrained(spec, placement, source)
+        except (torch.OutOfMemoryError, MemoryError) as error:
+            release_frames(error)
+            raise OutOfMemoryDuringLoad(f"out of memory while loading {spec.id!r} on "
+                                        f"{', '.join(placement.devices)}: {error}".strip(),
+                                        model_id=spec.id, devices=placement.devices) from None
+        except ModelLoadingError:
+            raise
+        except Exception as error:
+            release_frames(error)
+            raise ModelLoadingError(f"could not load {spec.id!r} from {source!r}: {error}",
+                                    model_id=spec.id) from error
+        if model.training:  # from_pretrained returns eval mode; eval() walks every module (0.25 ms here)
+            model.eval()
+        footprint = self._footprint(model, placement.devices, before)
+        context = spec.max_context if isinstance(spec.max_context, int) else context_length(model)
+        return LoadedModel(model=model, tokenizer=tokenizer, footprint=footprint, context_length=context,
+                           details={"dtype": str(model.dtype).removeprefix("torch.")}, how=how)
+
+    def _from_pretrained(self, spec: ModelSpec, placement: Placement, source: str) -> tuple[Any, Any, str]:
+        """The model (a causal LM, or the base model in embed mode), its tokenizer, and how they were loaded."""
+        transformers = import_transformers()
+        model_class = transformers.AutoModel if spec.mode == "embed" else transformers.AutoModelForCausalLM
+        common = {"revision": spec.revision, "trust_remote_code": spec.trust_remote_code,
+                  "token": spec.token.resolve() if spec.token else None}
+        if is_gguf(spec):
+            common["revision"] = None  # the file is on disk by now: a revision would send it to the Hub
+            dtype = torch_dtype(gguf_dtype(spec))
+            loaded = load_gguf(
+                spec, lambda where, **more: model_class.from_pretrained(
+                    where, dtype=dtype, **self._placement_kwargs(spec, placement), **common,
+                    **resolved(spec.load_kwargs), **more),
+                lambda where, **more: transformers.AutoTokenizer.from_pretrained(where, **common, **more))
+            return loaded.model, loaded.tokenizer, loaded.how
+        tokenizer = transformers.AutoTokenizer.from_pretrained(spec.tokenizer or source, **common)
+        model = model_class.from_pretrained(source, dtype=torch_dtype(spec.dtype),
+                                            **self._placement_kwargs(spec, placement), **common,
+                                            **resolved(spec.load_kwargs))
+        return model, tokenizer, ""
+
+    def _check_environment(self, spec: ModelSpec, placement: Placement) -> None:
+        torch = import_torch()
+        wants_cuda = any(d.startswith("cuda") for d in placement.devices)
+        if wants_cuda and not torch.cuda.is_available():
+            raise ModelLoadingError(f"{spec.id!r} is placed on {', '.join(placement.devices)} but torch sees no "
+                                    "CUDA GPU (CPU-only build or no driver); use device='cpu' or 'auto'",
+                                    model_id=spec.id)
+        if spec.quantization:
+            import importlib.util
+
+            if importlib.util.find_spec("bitsandbytes") is None:
+                raise ModelLoadingError(f"{spec.id!r} asks for {spec.quantization} quantization, which needs "
+                                        "bitsandbytes: pip install bitsandbytes", model_id=spec.id)
+            if not wants_cuda:
+                raise ModelLoadingError(f"{spec.id!r} asks for {spec.quantization} quantization, which needs a "
+                                        "CUDA GPU; remove quantization to load it on the CPU", model_id=spec.id)
+
+    def _placement_kwargs(self, spec: ModelSpec, placement: Placement) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {}
+        target = placement.target or placement.devices[0]
+        if len(placement.devices) > 1:
+            kwargs["device_map"] = "auto"
+            kwargs["max_memory"] = {int(d.split(":")[1]): size for d, size in (placement.max_memory or {}).items()}
+        elif target != "cpu":
+            kwargs["device_map"] = {"": target}
+        if spec.quantization:
+            BitsAndBytesConfig = import_transformers().BitsAndBytesConfig
+            compute = torch_dtype(spec.dtype)
+            kwargs["quantization_config"] = (
+                BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                   bnb_4bit_compute_dtype=import_torch().bfloat16 if compute == "auto" else compute)
+                if spec.quantization == "4bit" else BitsAndBytesConfig(load_in_8bit=True))
+        return kwargs
+
+    def _footprint(self, model: Any, devices: tuple[str, ...], before: dict[str, int]) -> dict[str, int]:
+        """CUDA allocated delta per GPU; parameter and buffer bytes elsewhere (tied weights once)."""
+        by_device: dict[Any, int] = {}
+        seen: set[int] = set()
+        for tensor in itertools.chain(model.parameters(), model.buffers()):
+            if tensor.data_ptr() in seen:
+                continue
+            seen.add(tensor.data_ptr())
+            by_device[tensor.device] = by_device.get(tensor.device, 0) + tensor.nbytes
+        footprint: dict[str, int] = {}
+        for device, size in by_device.items():
+            name = "cpu" if device.type in ("cpu", "mps") else str(device)
+            footprint[name] = footprint.get(name, 0) + size
+        after = self.memory_in_use(devices)
+        for device in after:
+            footprint[device] = max(after[device] - before.get(device, 0), 0) or footprint.get(device, 0)
+        return footprint
+
+    # -- memory ------------------------------------------------------------------
+
+    def memory_in_use(self, devices: tuple[str, ...]) -> dict[str, int]:
+        torch = import_torch()
+        if not torch.cuda.is_initialized():
+            return {}
+        return {d: int(torch.cuda.memory_allocated(torch.device(d))) for d in devices if d.startswith("cuda")}
+
+    def release_memory(self, devices: tuple[str, ...]) -> None:
+        """``synchronize`` + ``empty_cache`` on each CUDA device; trim the C heap for CPU RAM."""
+        release_device_memory(import_torch(), devices)
+
+    # -- embeddings ----------------------------------------------------------------
+
+    def embed(self, loaded: LoadedModel, texts: Sequence[str], *, model_id: str) -> list[list[float]]:
+        """Unit-length vectors: the last hidden state averaged over each text's tokens."""
+        torch = import_torch()
+        tokenizer, model = loaded.tokenizer, loaded.model
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        try:
+            batch = tokenizer(list(texts), return_tensors="pt", padding=True, truncation=True,
+                              max_length=loaded.context_length or None)
+            batch = {key: value.to(input_device(model)) for key, value in batch.items()}
+            with torch.inference_mode():
+                hidden = model(**batch).last_hidden_state
+            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)
+            vectors = torch.nn.functional.normalize(pooled.float(), dim=-1)
+        except torch.OutOfMemoryError as error:
+            release_frames(error)
+            raise out_of_memory(model_id) from None
+        except (ValueError, TypeError, RuntimeError) as error:
+            release_frames(error)
+            raise GenerationError(f"{model_id!r} failed to embed: {error}", model_id=model_id) from error
+        return vectors.cpu().tolist()
+
+    # -- generation ----------------------------------------------------------------
+
+    def generate(self, loaded: LoadedModel, prompt: Prompt, params: GenerationParams, *,
+                 model_id: str, raw: bool) -> GenerationResult:
+        torch = import_torch()
+        inputs, max_new, warnings = self._prepare(loaded, prompt, params, model_id, raw)
+        kwargs = self._generate_kwargs(loaded, params, max_new)
+        if params.stop:
+            kwargs.update(stop_strings=list(params.stop), tokenizer=loaded.tokenizer)
+        prompt_tokens = inputs["input_ids"].shape[-1]
+        started = time.perf_counter()
+        try:
+            with torch.inference_mode(), seeded(params.seed, loaded.model):
+                output = loaded.model.generate(**inputs, **kwargs)
+        except torch.OutOfMemoryError as error:
+            release_frames(error)  # the activations of the failed step
+            raise out_of_memory(model_id) from None
+        except (ValueError, TypeError, RuntimeError) as error:
+            release_frames(error)
+            raise GenerationError(f"{model_id!r} failed to generate: {error}", model_id=model_id) from error
+        seconds = time.perf_counter() - started
+        tokens = output[0, prompt_tokens:]
+        text, stopped = cut_at_stop(loaded.tokenizer.decode(tokens, skip_special_tokens=True), params.stop)
+        return GenerationResult(model_id, text, prompt_tokens, int(tokens.shape[-1]), seconds,
+                                finish_reason(stopped, int(tokens.shape[-1]), max_new), warnings)
+
+    def stream(self, loaded: LoadedModel, prompt: Prompt, params: GenerationParams, *,
+               model_id: str, raw: bool, stop: threading.Event) -> TextGenerator:
+        torch = import_torch()
+        inputs, max_new, warnings = self._prepare(loaded, prompt, params, model_id, raw)
+        pieces: queue.Queue = queue.Queue()
+        outcome: dict[str, Any] = {}
+        kwargs = self._generate_kwargs(loaded, params, max_new)
+        kwargs["streamer"] = streamer_class()(loaded.tokenizer, pieces)
+        kwargs["stopping_criteria"] = stop_criteria(stop)
+        prompt_tokens = inputs["input_ids"].shape[-1]
+
+        def work() -> None:
+            try:
+                with torch.inference_mode(), seeded(params.seed, loaded.model):
+                    output = loaded.model.generate(**inputs, **kwargs)
+                outcome["tokens"] = int(output.shape[-1] - prompt_tokens)
+            except BaseException as error:  # noqa: BLE001 - handed to the consuming thread, which raises it
+                outcome["error"] = error
+            finally:
+                pieces.put(DONE)
+
+        worker = threading.Thread(target=work, name=f"llm-generate-{model_id}", daemon=True)
+        started = time.perf_counter()
+        worker.start()
+        text_filter = StopTextFilter(params.stop)
+        interrupted = False
+        try:
+            try:
+                for piece in drain(pieces):
+                    shown = text_filter.feed(piece)
+                    if text_filter.stopped:
+                        stop.set()
+                    if shown:
+                        yield shown
+            except KeyboardInterrupt:  # Ctrl-C while waiting for a piece: stop, then say what was made
+                interrupted = True
+            rest = "" if interrupted else text_filter.flush()
+            if rest:
+                yield rest
+        finally:
+            if not outcome:  # the consumer left early (interrupt, close): end the worker
+                stop.set()
+            worker.join(_JOIN_TIMEOUT_S)
+        result = self._stream_result(outcome, model_id, prompt_tokens, max_new, started, text_filter,
+                                     stop, warnings)
+        if interrupted:
+            raise StreamInterrupted(result)
+        return result
+
+    def _stream_result(self, outcome: dict[str, Any], model_id: str, prompt_tokens: int, max_new: int,
+                       started: float, text_filter: StopTextFilter, stop: threading.Event,
+                       warnings: tuple[str, ...]) -> GenerationResult:
+        error = outcome.pop("error", None)
+        if error is not None:
+            release_frames(error)
+            if type(error).__name__ == "OutOfMemoryError":
+                raise out_of_memory(model_id) from None
+            raise GenerationError(f"{model_id!r} failed to generate: {error}", model_id=model_id) from error
+        tokens = outcome.get("tokens", 0)
+        reason = finish_reason(text_filter.stopped, tokens, max_new)
+        if stop.is_set() and not text_filter.stopped and tokens < max_new:
+            reason = "interrupted"
+        return GenerationResult(model_id, text_filter.text, prompt_tokens, tokens,
+                                time.perf_counter() - started, reason, warnings)
+
+    def _prepare(self, loaded: LoadedModel, prompt: Prompt, params: GenerationParams, model_id: str,
+                 raw: bool) -> tuple[dict[str, Any], int, tuple[str, ...]]:
+        """Tokenize; apply the context rule (see README) to the token budget."""
+        try:
+            inputs = encode(loaded.tokenizer, prompt, raw)
+        except Exception as error:  # chat template errors (role order, unsupported roles)
+            raise GenerationError(f"could not prepare the prompt for {model_id!r}: {error}",
+                                  model_id=model_id) from error
+        device = input_device(loaded.model)
+        inputs = {key: value.to(device) for key, value in inputs.items()}
+        prompt_tokens = int(inputs["input_ids"].shape[-1])
+        max_new = params.max_new_tokens
+        warnings: tuple[str, ...] = ()
+        context = loaded.context_length
+        if context:
+            if prompt_tokens >= context:
+                raise InvalidGenerationParameters(
+                    f"the prompt has {prompt_tokens} tokens but {model_id!r} accepts {context} "
+                    "(its context length): shorten the prompt", model_id=model_id)
+            if prompt_tokens + max_new > context:
+                max_new = context - prompt_tokens
+                warnings = ((f"max_new_tokens lowered from {params.max_new_tokens} to {max_new}: the prompt "
+                             f"({prompt_tokens} tokens) and the answer must fit the context of {context}"),)
+        return inputs, max_new, warnings
+
+    def _generate_kwargs(self, loaded: LoadedModel, params: GenerationParams, max_new: int) -> dict[str, Any]:
+        tokenizer = loaded.tokenizer
+        kwargs: dict[str, Any] = {"max_new_tokens": max_new}
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        if pad is not None:
+            kwargs["pad_token_id"] = pad
+        sampling = params.sampling
+        if sampling is False:
+            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        else:
+            if sampling:
+                kwargs["do_sample"] = True
+            for name in ("temperature", "top_p", "top_k"):
+                if getattr(params, name) is not None:
+                    kwargs[name] = getattr(params, name)
+        if params.repetition_penalty is not None:
+            kwargs["repetition_penalty"] = params.repetition_penalty
+        kwargs.update(params.extra)
+        if kwargs.get("min_new_tokens", 0) > max_new:  # the context rule lowered the limit
+            kwargs["min_new_tokens"] = max_new
+        return kwargs
+
+
+def _check_local_source(spec: ModelSpec) -> None:
+    """A local source is a checkpoint folder, a ``.gguf`` file, or a folder holding ``gguf_file``."""
+    folder = spec.local_path
+    assert folder is not None
+    if not folder.exists():
+        raise ModelLoadingError(f"the source {str(folder)!r} of {spec.id!r} does not exist", model_id=spec.id)
+    if is_gguf(spec):
+        return  # its header is read (and checked) when it loads
+    if not folder.is_dir():
+        raise ModelLoadingError(f"{str(folder)!r} is a file but not a .gguf file: give a checkpoint folder, or "
+                                "a .gguf file", model_id=spec.id)
+    if not (folder / "config.json").exists():
+        raise ModelLoadingError(f"{str(folder)!r} has no config.json: it is not a transformers checkpoint "
+                                f"folder (save one with model.save_pretrained)", model_id=spec.id)
+    if not any(next(folder.glob(pattern), None) for pattern in _WEIGHT_PATTERNS):
+        raise ModelLoadingError(f"{str(folder)!r} has no weight files (*.safetensors, *.bin): the "
+                                "checkpoint is incomplete", model_id=spec.id)

@@ -1,0 +1,144 @@
+"""The names the manager knows: registered ids, their specs, aliases, pins and instance keys.
+
+Pure bookkeeping: no loading, no events, no locks (the manager's lock guards
+every call). Invariant: every alias resolves, without a cycle, to exactly one
+registered id; ids that share an :attr:`~ModelSpec.instance_key` share one
+loaded instance.
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any
+
+from ..errors import ConfigurationError, LLMManagerError, ModelNotFoundError
+from .spec import ModelSpec
+from .tasks import Task
+
+__all__ = ["Registry"]
+
+
+class Registry:
+    """Ids, aliases and pins; plus what was removed since the last save."""
+
+    def __init__(self) -> None:
+        self.specs: dict[str, ModelSpec] = {}
+        self.keys: dict[str, str] = {}
+        self.aliases: dict[str, str] = {}
+        self.pinned: set[str] = set()
+        self.removed: set[str] = set()  # ids and aliases to drop from the file at the next save
+        self.tasks: dict[str, Task] = {}  # seed 003's tasks: each an alias of its selected option
+        self.inference: dict[str, Any] = {}  # seed 003's inference block, saved back as read
+
+    # -- models -------------------------------------------------------------------------
+
+    def put(self, spec: ModelSpec) -> None:
+        """Register (or replace) a model; an alias of the same name gives way."""
+        self.aliases.pop(spec.id, None)
+        self.specs[spec.id] = spec
+        self.keys[spec.id] = spec.instance_key
+        if spec.pinned:
+            self.pinned.add(spec.id)
+        self.removed.discard(spec.id)
+
+    def key_left_behind(self, model_id: str, new: ModelSpec) -> str | None:
+        """The instance key ``model_id`` stops using when ``new`` replaces its spec, if no other id uses it."""
+        old = self.keys.get(model_id)
+        if old is None or old == new.instance_key or self.shared(old, besides=model_id):
+            return None
+        return old
+
+    def shared(self, key: str, *, besides: str) -> bool:
+        return any(k == key for other, k in self.keys.items() if other != besides)
+
+    def remove(self, name: str) -> str | None:
+        """Forget an alias, or a model and its aliases; returns the instance key no id uses any more."""
+        if name in self.aliases:
+            del self.aliases[name]
+            self.removed.add(name)
+            return None
+        model_id = self.resolve(name)
+        key = self.keys[model_id]
+        for alias in self.aliases_of(model_id):
+            del self.aliases[alias]
+        del self.specs[model_id], self.keys[model_id]
+        self.pinned.discard(model_id)
+        self.removed.add(model_id)
+        return None if self.shared(key, besides=model_id) else key
+
+    # -- aliases ------------------------------------------------------------------------
+
+    def set_alias(self, name: str, target: str, *, overwrite: bool) -> None:
+        """Make ``name`` another name of ``target``; refused, changing nothing, when it would break the invariant."""
+        if name in self.specs:
+            raise ConfigurationError(f"{name!r} is a registered model, not an alias", model_id=name)
+        if name in self.aliases and not overwrite and self.aliases[name] != target:
+            raise ConfigurationError(f"alias {name!r} already points to {self.aliases[name]!r}; "
+                                     "pass overwrite=True to change it", model_id=name)
+        self.resolve(target)
+        previous = self.aliases.get(name)
+        self.aliases[name] = target
+        try:
+            self.resolve(name)
+        except ConfigurationError:
+            if previous is None:
+                del self.aliases[name]
+            else:
+                self.aliases[name] = previous
+            raise
+        self.removed.discard(name)
+
+    def resolve(self, name: str) -> str:
+        """The registered id an id or alias names."""
+        chain = [name]
+        current = name
+        while current in self.aliases:
+            current = self.aliases[current]
+            if current in chain:
+                raise ConfigurationError("alias cycle: " + " → ".join([*chain, current]), model_id=name)
+            chain.append(current)
+        if current not in self.specs:
+            if current != name:
+                raise ConfigurationError(f"alias {name!r} points to {current!r}, which is not registered",
+                                         model_id=name)
+            raise ModelNotFoundError(name, self.close_matches(name))
+        return current
+
+    def resolve_quiet(self, name: str) -> str | None:
+        try:
+            return self.resolve(name)
+        except LLMManagerError:
+            return None
+
+    def close_matches(self, name: str) -> list[str]:
+        known = self.names()
+        same_case = [k for k in known if k.lower() == name.lower()]
+        return same_case or difflib.get_close_matches(name, known, n=3, cutoff=0.5)
+
+    def names(self) -> list[str]:
+        """Registered ids, then aliases."""
+        return [*self.specs, *self.aliases]
+
+    def aliases_of(self, model_id: str) -> tuple[str, ...]:
+        return tuple(a for a in self.aliases if self.resolve_quiet(a) == model_id)
+
+    # -- what an instance's ids say together ------------------------------------------------
+
+    def ids_of(self, key: str) -> list[str]:
+        return [model_id for model_id, k in self.keys.items() if k == key]
+
+    def is_pinned(self, key: str) -> bool:
+        return any(model_id in self.pinned for model_id in self.ids_of(key))
+
+    def priority(self, key: str) -> int:
+        """The highest priority any id of the instance has (its own or its kind's)."""
+        return max((self.specs[i].effective_priority for i in self.ids_of(key)), default=0)
+
+    def is_protected(self, key: str) -> bool:
+        """Whether any id of the instance is protected (explicitly, or by its kind)."""
+        return any(self.specs[i].effective_protected for i in self.ids_of(key))
+
+    def keep_alive(self, key: str) -> float | None:
+        """The shortest keep-alive the instance's ids set themselves, or None to use the manager's."""
+        own = [seconds for i in self.ids_of(key) if (seconds := self.specs[i].keep_alive) is not None]
+        return min(own) if own else None

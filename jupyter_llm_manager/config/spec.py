@@ -1,0 +1,268 @@
+"""A validated description of one model: :class:`ModelSpec`, and its secrets.
+
+A spec says what to load and how; it loads nothing. Every value is checked
+and normalized here (``fp16`` → ``float16``, ``"30m"`` → 1800.0), so the
+rest of the package trusts specs. :attr:`ModelSpec.instance_key` is the one
+place that decides whether two ids share one loaded instance.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import hashlib
+import logging
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Literal
+
+from ..errors import ConfigurationError
+from ..support.units import brief
+from .secrets import (
+    Secret,
+    canonical,
+    shown_url,
+    url_credentials,
+    url_without_literal_credentials,
+)
+from .spec_fields import (
+    CONVERTERS,
+    DTYPES,
+    KIND_PRIORITY,
+    LOCAL_BACKENDS,
+    NULLABLE,
+    PROTECTED_KINDS,
+    QUANTIZATIONS,
+    check_model_id,
+    expand_path,
+    looks_like_path,
+)
+
+__all__ = [
+    "DTYPES",
+    "KIND_PRIORITY",
+    "QUANTIZATIONS",
+    "ModelSpec",
+    "Secret",
+    "check_model_id",
+    "expand_path",
+    "looks_like_path",
+]
+
+log = logging.getLogger(__name__)
+
+@dataclass(frozen=True, kw_only=True)
+class ModelSpec:
+    """What to load for one model id, and how. Loads nothing.
+
+    Fields not used by a backend are ignored by it: ``source`` and the loading
+    options are for ``transformers``; ``base_url``, ``model``, ``api_key``,
+    ``timeout``, ``max_retries`` and ``headers`` for ``openai``; ``options``
+    carries settings for third-party backends.
+    """
+
+    id: str
+    source: str | None = None
+    backend: str = "transformers"
+    revision: str | None = None
+    device: str | tuple[str, ...] = "auto"
+    dtype: str = "auto"
+    quantization: str | None = None
+    trust_remote_code: bool = False
+    token: Secret | None = None
+    tokenizer: str | None = None
+    max_context: int | Literal["auto"] | None = None
+    gguf_file: str | None = None
+    mode: Literal["chat", "embed"] = "chat"
+    required_memory: int | None = None
+    pinned: bool = False
+    priority: int | None = None
+    protected: bool | None = None
+    kind: str = "llm"
+    keep_alive: float | None = None
+    preload: bool = False
+    generation: dict[str, Any] = field(default_factory=dict)
+    load_kwargs: dict[str, Any] = field(default_factory=dict)
+    base_url: str | None = None
+    model: str | None = None
+    api_key: Secret | None = None
+    timeout: float | None = None
+    max_retries: int | None = None
+    headers: dict[str, Secret] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)
+    loader: str | None = None  # package.module:function returning the model (backend "loader")
+    unloader: str | None = None  # package.module:function called with the model before it is dropped
+    task: str | None = None  # the task this is an option of (its id is TASK/OPTION); saved under tasks:
+    about: dict[str, Any] = field(default_factory=dict)  # keys that only describe it (speed, description)
+    builtin: bool = False
+
+    @classmethod
+    def from_mapping(
+        cls, model_id: str, data: Mapping[str, Any], *, path: str | os.PathLike | None = None,
+        check_paths: bool = True,
+    ) -> ModelSpec:
+        """Validate a mapping (a YAML entry or ``register`` keywords) into a spec.
+
+        Raises :class:`ConfigurationError` naming the file, the model, the key
+        and, for an unknown key, the closest known one. ``check_paths`` also
+        requires a local source folder to exist now.
+        """
+        where: dict[str, Any] = {"path": str(path) if path else None, "model_id": model_id}
+        check_model_id(model_id, path=where["path"])
+        if not isinstance(data, Mapping):
+            raise ConfigurationError(f"expected a mapping of options, got {brief(data)}", **where)
+        values: dict[str, Any] = {}
+        for key, value in data.items():
+            if key not in CONVERTERS:
+                close = difflib.get_close_matches(str(key), list(CONVERTERS), n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else f"; known keys: {', '.join(CONVERTERS)}"
+                raise ConfigurationError(f"unknown key {brief(key)}{hint}", key=brief(key), **where)
+            if value is None and key not in NULLABLE:
+                continue
+            try:
+                values[key] = CONVERTERS[key](value)
+            except ValueError as error:
+                raise ConfigurationError(f"{key}: {error}", key=key, **where) from None
+        if values.get("loader") and "backend" not in data:
+            values["backend"] = "loader"
+        spec = cls(id=model_id, **values)
+        spec._check_backend_fields(where, check_paths)
+        return spec
+
+    def _check_backend_fields(self, where: dict[str, Any], check_paths: bool) -> None:
+        if self.backend in LOCAL_BACKENDS and not self.source:
+            what = "a Hub id, a local folder or a .gguf file" if self.backend == "transformers" else "a .gguf file"
+            raise ConfigurationError(f"a {self.backend} model needs a source: {what}", key="source", **where)
+        if (self.backend == "loader") != bool(self.loader):
+            raise ConfigurationError("loader: package.module:function is what the loader backend loads (and only "
+                                     "it); give loader without backend, or remove it", key="loader", **where)
+        if self.max_context == "auto" and self.backend != "llama_cpp":
+            raise ConfigurationError("max_context: auto picks the largest context that fits, which only the "
+                                     "llama_cpp backend can change at load time; give a number of tokens",
+                                     key="max_context", **where)
+        if self.backend == "openai" and not self.base_url:
+            raise ConfigurationError("an openai model needs base_url, e.g. http://host:8000/v1",
+                                     key="base_url", **where)
+        hub_id = re.match(r"^[\w.-]+(/[\w.-]+)?$", self.source or "")
+        if self.source and self.backend in LOCAL_BACKENDS and not looks_like_path(self.source) and not hub_id:
+            raise ConfigurationError(
+                f"source {brief(self.source)} is neither an existing local folder nor a Hub id "
+                "like 'org/name'", key="source", **where)
+        local = self.source and self.backend in LOCAL_BACKENDS and looks_like_path(self.source)
+        if check_paths and local and not os.path.exists(expand_path(self.source or "")):
+            raise ConfigurationError(
+                f"local path {brief(expand_path(self.source or ''))} does not exist; check the path "
+                "(relative paths start from the kernel's working directory)", key="source", **where)
+
+    @property
+    def location(self) -> str:
+        """Where the model comes from, as it may be shown: its source, its loader, or its server's URL."""
+        return self.source or self.loader or shown_url(self.base_url or "")
+
+    @property
+    def effective_priority(self) -> int:
+        """``priority``, else the default of its ``kind`` (llm 0, tts 1, asr 2; others 0)."""
+        return self.priority if self.priority is not None else KIND_PRIORITY.get(self.kind, 0)
+
+    @property
+    def effective_protected(self) -> bool:
+        """``protected``, else whether its ``kind`` is protected (``asr``)."""
+        return self.protected if self.protected is not None else self.kind in PROTECTED_KINDS
+
+    @functools.cached_property
+    def local_path(self) -> Path | None:
+        """The resolved local folder, when the source is one (resolved once: a later ``cd`` does not move it)."""
+        if self.source and looks_like_path(self.source):
+            return Path(expand_path(self.source)).resolve()
+        return None
+
+    @functools.cached_property
+    def instance_key(self) -> str:
+        """The one key that decides sharing: equal keys load the same weights the same way."""
+        if self.base_url is not None:  # another key or header is another client: permissions, quota, billing
+            key = f"{self.backend}:{shown_url(self.base_url).rstrip('/')}#{self.model or self.id}"
+            in_url = url_credentials(self.base_url)
+            credentials = [f"url={in_url.fingerprint}"] if in_url is not None else []
+            credentials += [f"key={self.api_key.fingerprint}"] if self.api_key else []
+            credentials += [f"{name}={value.fingerprint}" for name, value in sorted(self.headers.items())]
+            return key + (f"|{','.join(credentials)}" if credentials else "")
+        location = str(self.local_path) if self.local_path else self.source
+        if self.loader:  # a loader's model is its callable's, with its declared size and unloader
+            location = f"{self.loader}|{self.unloader}|{self.required_memory}"
+        if self.gguf_file:
+            location = f"{location}/{self.gguf_file}"
+        device = ",".join(self.device) if isinstance(self.device, tuple) else self.device
+        key = f"{self.backend}:{location}@{self.revision or 'main'}|{self.dtype}|{self.quantization or 'full'}|{device}"
+        if self.mode != "chat":
+            key += f"|{self.mode}"
+        if self.backend == "llama_cpp":  # its context is allocated at load: another size is another instance
+            key += f"|ctx={self.max_context or 'default'}"
+        if self.tokenizer or self.trust_remote_code or self.load_kwargs or self.options:
+            details = canonical({"tokenizer": self.tokenizer, "trust_remote_code": self.trust_remote_code,
+                                 "load_kwargs": self.load_kwargs, "options": self.options})
+            key += "|" + hashlib.sha1(details.encode()).hexdigest()[:8]
+        return key
+
+    @functools.cached_property
+    def estimate_key(self) -> str:
+        """Everything an estimate may depend on: the whole spec but its id."""
+        values = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("id", "builtin", "about")}
+        return hashlib.sha256(canonical(values).encode()).hexdigest()
+
+    def with_changes(self, **changes: Any) -> ModelSpec:
+        """A copy with some fields changed (validated like a new spec)."""
+        return replace(self, **changes)
+
+    def to_mapping(self, *, warn: bool = False) -> dict[str, Any]:
+        """The YAML entry for this spec: non-default fields, secrets as ``${ENV}`` only.
+
+        ``warn`` (when saving) logs, once per model and field, what is not written.
+        """
+        entry: dict[str, Any] = {}
+        for spec_field in fields(self):
+            name = spec_field.name
+            if name in ("id", "builtin"):
+                continue
+            value = getattr(self, name)
+            default = spec_field.default_factory() if callable(spec_field.default_factory) else spec_field.default
+            if value == default and name != "backend":
+                continue
+            entry[name] = self._saved_value(name, value, warn)
+        return {k: v for k, v in entry.items() if v is not None or k in NULLABLE}
+
+    def _saved_value(self, name: str, value: Any, warn: bool) -> Any:
+        if isinstance(value, Secret):
+            if value.is_literal and warn:
+                _warn_once(self.id, name, f"{name} of model {self.id!r} was given in clear and is not saved; "
+                                          "write it as ${ENV_VARIABLE} to keep it")
+            return value.saved_form()
+        if name == "base_url" and shown_url(value) != value:
+            if warn:
+                _warn_once(self.id, name, f"the credentials in base_url of model {self.id!r} are not saved; give "
+                                          "them as api_key: ${ENV_VARIABLE} or in headers")
+            return url_without_literal_credentials(value)
+        if name in ("headers", "load_kwargs"):
+            kept = {k: self._saved_value(f"{name}.{k}", v, warn) for k, v in value.items()}
+            return {k: v for k, v in kept.items() if v is not None or not isinstance(value[k], Secret)} or None
+        if name == "keep_alive":
+            return "never" if value == float("inf") else value
+        if isinstance(value, tuple):
+            return list(value)
+        return value
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{k}={v!r}" for k, v in self.to_mapping().items()
+                          if not isinstance(v, dict) or v)
+        return f"ModelSpec(id={self.id!r}, {shown})"
+
+
+_warned: set[tuple[str, str]] = set()
+
+
+def _warn_once(model_id: str, name: str, message: str) -> None:
+    if (model_id, name) not in _warned:
+        _warned.add((model_id, name))
+        log.warning("%s", message)

@@ -1,0 +1,104 @@
+"""What a user can do from any front-end, with one wait and one message each.
+
+The magics, the dashboard, the JupyterLab bridge and the command line call
+these, so a button and a line magic wait as long and say the same thing.
+Each returns the sentence to show, or raises an
+:class:`~jupyter_llm_manager.errors.LLMManagerError` whose message is shown
+instead. Front-ends that must not block (buttons, JupyterLab) run them on a
+thread of their own.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from ..support.units import format_bytes
+
+if TYPE_CHECKING:
+    from ..manager.facade import LLMManager
+
+__all__ = [
+    "ACTION_WAIT_S",
+    "configure",
+    "free_memory",
+    "load",
+    "pin",
+    "set_default",
+    "toggle_pin",
+    "unload",
+    "unload_all",
+    "unpin",
+]
+
+#: How long an unload waits for a model in use (a generation, a ``use()`` block) to be released.
+ACTION_WAIT_S = 30.0
+
+
+def load(manager: LLMManager, model_id: str, *, pin: bool = False) -> str:
+    """Load now (waiting for room as the wait_timeout setting allows); ``pin`` pins it too."""
+    canonical = manager.resolve(model_id)
+    if manager.row(canonical).state == "loaded":
+        if pin:
+            manager.pin(canonical)
+        return f"{canonical!r} is already loaded" + (", now pinned." if pin else ".")
+    row = manager.load(model_id, pin=pin).status()
+    seconds = f" in {row.load_seconds:.2f} s" if row.load_seconds is not None else ""
+    imported = f" (plus {row.import_seconds:.1f} s to import its libraries, once)" if row.import_seconds else ""
+    return (f"Loaded {row.id!r} on {row.device}{seconds} ({row.actual_str or 'remote'})"
+            + (", pinned" if row.pinned else "") + imported + ".")
+
+
+def unload(manager: LLMManager, model_id: str) -> str:
+    """Unload one model, waiting up to :data:`ACTION_WAIT_S` for it to be released."""
+    report = manager.unload(model_id, wait=ACTION_WAIT_S)
+    return str(report) if report is not None else f"{manager.resolve(model_id)!r} was not loaded."
+
+
+def unload_all(manager: LLMManager) -> str:
+    """Unload every model; those still in use after :data:`ACTION_WAIT_S` are left loaded and named."""
+    reports = manager.unload_all(wait=ACTION_WAIT_S, skip_in_use=True)
+    busy = [row.id for row in manager.status() if row.state == "loaded"]
+    if len(reports) == 1:
+        lines = [str(reports[0])]
+    elif reports:
+        each = ", ".join(f"{r.model_id!r} {r.freed_str}" for r in reports)
+        freed = format_bytes(sum(r.freed_bytes for r in reports))
+        lines = [f"Unloaded {len(reports)} model(s), freed {freed}: {each}."]
+        lines += [str(r) for r in reports if not r.collected]  # what still holds them
+    else:
+        lines = [] if busy else ["Nothing was loaded."]
+    if busy:
+        lines.append(f"Still in use: {', '.join(busy)} (left loaded).")
+    return "\n".join(lines)
+
+
+def pin(manager: LLMManager, model_id: str) -> str:
+    manager.pin(model_id)
+    return f"Pinned {manager.resolve(model_id)!r}: it will not be evicted."
+
+
+def unpin(manager: LLMManager, model_id: str) -> str:
+    manager.unpin(model_id)
+    return f"Unpinned {manager.resolve(model_id)!r}: it may be evicted again."
+
+
+def toggle_pin(manager: LLMManager, model_id: str) -> str:
+    return (unpin if manager.row(model_id).pinned else pin)(manager, model_id)
+
+
+def set_default(manager: LLMManager, model_id: str) -> str:
+    """The model ``%%llm`` uses when none is named (it must be registered)."""
+    manager.resolve(model_id)
+    manager.default_model = model_id
+    return f"%%llm without a model now uses {model_id!r}."
+
+
+def free_memory(manager: LLMManager) -> str:
+    """Collect garbage and empty device caches; what came back, and what still holds unloaded models."""
+    return str(manager.collect_garbage())
+
+
+def configure(manager: LLMManager, name: str, value: Any) -> str:
+    """Change one setting (validated; a lowered limit evicts at once)."""
+    manager.configure(**{name: value})
+    return f"{name} = {getattr(manager, name)}"

@@ -1,0 +1,188 @@
+"""The kernel side of the JupyterLab extension: a comm that mirrors the manager and takes its clicks.
+
+Registered by ``%load_ext``. Only JupyterLab opens the comm, to the target
+``jupyter_llm_manager``: when it connects to a kernel, and again after a cell
+that may have loaded the extension ran (the kernel closes it at once where
+the extension is not loaded). The kernel never opens one itself, so a
+frontend without the extension (classic Notebook, VS Code, nbclient) never
+gets a comm it has no handler for. Every manager event pushes a fresh
+snapshot (coalesced), also while a cell runs; JupyterLab never polls.
+Messages carry ids and numbers, never model objects. Like the other
+front-ends: no policy here.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from ..errors import LLMManagerError, log_failure
+from ..events import Event
+from ..support.units import brief, format_bytes
+from . import actions
+
+if TYPE_CHECKING:
+    from ..manager.facade import LLMManager
+
+__all__ = ["TARGET", "LabBridge"]
+
+log = logging.getLogger(__name__)
+
+TARGET = "jupyter_llm_manager"
+_COALESCE_S = 0.1
+
+
+class LabBridge:
+    """Keeps every connected JupyterLab up to date with one manager."""
+
+    def __init__(self, manager: LLMManager) -> None:
+        self.manager = manager
+        self._lock = threading.Lock()
+        self._comms: list[Any] = []
+        self._timer: threading.Timer | None = None
+        self._unsubscribe: Callable[[], None] | None = None
+
+    def attach(self) -> None:
+        """Listen for JupyterLab's comms, and follow the manager's events."""
+        import comm
+
+        comm.get_comm_manager().register_target(TARGET, self._on_open)
+        self._unsubscribe = self.manager.subscribe(self._on_event)
+
+    def detach(self) -> None:
+        """Stop: the panels and status bars of this kernel then say the extension is not loaded."""
+        import comm
+
+        manager = comm.get_comm_manager()
+        if TARGET in getattr(manager, "targets", {}):
+            manager.unregister_target(TARGET, self._on_open)
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+        with self._lock:
+            comms, self._comms = self._comms, []
+            if self._timer is not None:
+                self._timer.cancel()
+        for channel in comms:
+            channel.close()
+
+    # -- comms -----------------------------------------------------------------------------
+
+    def _on_open(self, channel: Any, message: dict[str, Any]) -> None:
+        self._adopt(channel)
+        channel.send(self.snapshot())
+
+    def _adopt(self, channel: Any) -> None:
+        channel.on_msg(lambda message: self._on_message(channel, message))
+        channel.on_close(lambda message: self._forget(channel))
+        with self._lock:
+            self._comms.append(channel)
+
+    def _forget(self, channel: Any) -> None:
+        with self._lock:
+            if channel in self._comms:
+                self._comms.remove(channel)
+
+    def _on_event(self, event: Event) -> None:
+        """Coalesce bursts of events into one snapshot sent shortly after."""
+        with self._lock:
+            if self._timer is not None or not self._comms:
+                return
+            self._timer = threading.Timer(_COALESCE_S, self._push)
+            self._timer.daemon = True
+            self._timer.name = "llm-lab-bridge"
+            self._timer.start()
+
+    def _push(self) -> None:
+        with self._lock:
+            self._timer = None
+            comms = list(self._comms)
+        if not comms:
+            return
+        try:
+            snapshot = self.snapshot()
+            for channel in comms:
+                channel.send(snapshot)
+        except Exception as error:  # noqa: BLE001 - a timer thread: never a traceback into the running cell
+            log_failure(log, "updating JupyterLab failed", error)
+
+    # -- actions ----------------------------------------------------------------------------
+
+    def _on_message(self, channel: Any, message: Any) -> None:
+        """A click in JupyterLab: run its shared action, then answer with the outcome and a snapshot.
+
+        It runs on the kernel's thread between cells (the kernel reads comm
+        messages only then). Every message gets an answer; a malformed one
+        gets ``ok: false`` and the reason, logged without a traceback (a
+        client sent it; it is not a bug here).
+        """
+        envelope = message.get("content") if isinstance(message, dict) else None
+        data = envelope.get("data") if isinstance(envelope, dict) else None
+        content = data if isinstance(data, dict) else {}
+        request = content.get("request")
+        if isinstance(request, bool) or not isinstance(request, (str, int)) or len(str(request)) > 100:
+            request = None  # an id we can echo back; anything else is not one
+        try:
+            call = self._action(content) if isinstance(data, dict) else None
+        except LLMManagerError as error:
+            call, problem = None, str(error)
+        else:
+            problem = "" if call is not None else f"a message must be a mapping with an action, got {brief(data)}"
+        if call is None:
+            log.info("malformed message from JupyterLab: %s", problem)
+            channel.send({"type": "result", "request": request, "ok": False, "message": problem})
+            return
+        self._answer(channel, request, call)
+
+    def _answer(self, channel: Any, request: str | int | None, call: Callable[[], str]) -> None:
+        try:
+            text, ok = call(), True
+        except LLMManagerError as error:
+            text, ok = str(error), False
+        except Exception as error:  # noqa: BLE001 - a bug: logged and answered in one line
+            log_failure(log, "a JupyterLab action failed", error)
+            text, ok = f"{type(error).__name__}: {error}", False
+        channel.send({"type": "result", "request": request, "ok": ok, "message": text})
+        channel.send(self.snapshot())
+
+    def _action(self, content: dict[str, Any]) -> Callable[[], str]:
+        """The shared action a message asks for (``LLMManagerError`` when there is none)."""
+        action, model_id = content.get("action"), content.get("model")
+        manager = self.manager
+        if action in ("unload", "pin", "unpin", "toggle_pin", "load"):
+            if not isinstance(model_id, str) or not model_id:
+                raise LLMManagerError(f"the action {action!r} needs a model id, got {brief(model_id)}")
+            function = getattr(actions, action)
+            return lambda: function(manager, model_id)
+        if action == "unload_all":
+            return lambda: actions.unload_all(manager)
+        if action == "free_memory":
+            return lambda: actions.free_memory(manager)
+        if action == "refresh":
+            return lambda: ""
+        raise LLMManagerError(f"unknown action {brief(action)}")
+
+    # -- what JupyterLab shows -----------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        """The models and devices as JupyterLab shows them: ids, states and numbers only."""
+        now = time.time()
+        rows = self.manager.status()
+        models = [{
+            "id": row.id, "aliases": list(row.aliases), "backend": row.backend, "device": row.device,
+            "state": row.state, "in_use": row.in_use, "pinned": row.pinned, "remote": row.remote,
+            "estimated": row.estimated_str, "actual": row.actual_str, "actual_bytes": row.actual_bytes,
+            "last_used": row.last_used, "expires_at": row.expires_at, "error": row.error,
+            "trust_remote_code": row.trust_remote_code, "reachable": row.reachable,
+            "waiting_for": row.waiting_for,
+        } for row in rows]
+        loaded = [row for row in rows if row.state == "loaded"]
+        held = sum(row.actual_bytes or 0 for row in loaded)
+        reports = self.manager.devices()
+        devices = [{"device": d.device, "name": d.name, "total": d.total_str, "free": d.free_str,
+                    "budget": d.budget_str, "held": d.held_str} for d in reports]
+        return {"type": "snapshot", "time": now, "loaded": len(loaded), "held_bytes": held,
+                "held_str": format_bytes(held), "reserved_str": format_bytes(sum(d.held_bytes for d in reports)),
+                "models": models, "devices": devices}

@@ -1,0 +1,347 @@
+"""Admission: every load, use, generate and stream of a model gets a lease here, loading it first if needed.
+
+- A loaded model is leased at once; a model loading in another thread is
+  joined (one load serves every caller); remote models never wait for room.
+- Otherwise the request joins the wait queue. The first waiter of the model
+  placed next asks the policy for a plan on a fresh snapshot: admit (evict
+  the victims, reserve the bytes, load), wait (until the books change or
+  the deadline passes; state ``waiting``, a ``waiting`` event with the queue
+  position), or refuse at once when waiting cannot help.
+- Ctrl-C during a wait cancels that wait only; the queue forgets it.
+"""
+
+from __future__ import annotations
+
+import enum
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Literal
+
+from ..backends import Backend, Placement
+from ..config.spec import ModelSpec
+from ..devices import DeviceProbe
+from ..errors import LLMManagerError, ModelLoadingError, ResourceNotAvailableError
+from ..estimates import EstimateCache, MemoryEstimate, remote_estimate
+from ..events import EventBus
+from ..support.deadlines import Deadline
+from ..support.units import format_bytes
+from .evictions import Evictions, Victims
+from .instances import Instance
+from .leases import Leases, Ticket
+from .loading import FIT_HINT, Loading
+from .policy import fit as policy
+from .policy.placement import place
+from .state import Books
+from .waiting import Waiter
+
+__all__ = ["Admission"]
+
+
+class _Again(enum.Enum):
+    LOOK = "the books changed while a plan was prepared: look at them again"
+
+
+@dataclass(frozen=True)
+class _Load:
+    """This thread owns a new instance: load it now."""
+
+    canonical: str
+    instance: Instance
+
+
+@dataclass(frozen=True)
+class _Queued:
+    waiter: Waiter
+    may_plan: bool
+    version: int  # of the books when this was decided: a change after it wakes the waiter
+
+
+@dataclass(frozen=True)
+class _Admitted:
+    instance: Instance
+    victims: Victims
+
+
+@dataclass(frozen=True)
+class _Wait:
+    plan: policy.Plan | None
+    version: int
+
+
+class Admission:
+    """Grants leases, loading and waiting for room as needed (see the module docstring)."""
+
+    def __init__(self, books: Books, bus: EventBus, probe: DeviceProbe, backends: Callable[[str], Backend],
+                 estimates: EstimateCache, leases: Leases, evictions: Evictions, loading: Loading) -> None:
+        self._books = books
+        self._bus = bus
+        self._probe = probe
+        self._backends = backends
+        self._estimates = estimates
+        self._leases = leases
+        self._evictions = evictions
+        self._loading = loading
+
+    def acquire(self, model_id: str, deadline: Deadline) -> Ticket:
+        """A lease on ``model_id`` for the calling thread, waiting for room until ``deadline``."""
+        waiter: Waiter | None = None
+        told, promised = "", False  # promised: this thread may be counted as a joiner of a load
+        try:
+            while True:
+                found = self._look(model_id, waiter)
+                if isinstance(found, Ticket):
+                    return found
+                if isinstance(found, Instance):  # a load in flight, or an instance just leaving
+                    promised = True
+                    self._settle(found)
+                    continue
+                if isinstance(found, _Load):
+                    ticket = self._loading.run(model_id, found.canonical, found.instance)
+                    if ticket is not None:
+                        return ticket
+                    continue
+                waiter, promised = found.waiter, True
+                outcome = self._plan(waiter) if found.may_plan else _Wait(None, found.version)
+                if outcome is _Again.LOOK:
+                    continue
+                if isinstance(outcome, _Admitted):
+                    waiter = None  # served: the queue no longer holds it
+                    ticket = self._place(model_id, outcome)
+                    if ticket is not None:
+                        return ticket
+                    continue
+                told = self._wait(waiter, outcome, deadline, told)
+        finally:
+            if promised:
+                self._leave(waiter)
+
+    # -- one look at the books -------------------------------------------------------------------
+
+    def _look(self, model_id: str, waiter: Waiter | None) -> Ticket | Instance | _Load | _Queued:
+        """Lease, join, load or queue: what to do next, decided under the lock."""
+        me = threading.get_ident()
+        books = self._books
+        with books.lock:
+            books.check_open()
+            canonical = books.registry.resolve(model_id)
+            key = books.registry.keys[canonical]
+            instance = books.instances.get(key)
+            if instance is not None:
+                if instance.state == "loaded":
+                    instance.joiners.discard(me)
+                    return self._leases.grant(model_id, canonical, instance)
+                if instance.loader == me:
+                    raise LLMManagerError(
+                        f"{canonical!r} is being loaded by this very thread (an event callback cannot wait for the "
+                        "load that emitted the event); act on its 'loaded' event instead")
+                if instance.state == "loading":
+                    instance.joiners.add(me)  # promised a lease when the load ends
+                return instance
+            if waiter is not None and (waiter.key != key or waiter not in books.queue):
+                books.queue.remove(waiter)  # re-registered meanwhile, or served by a load that then failed
+                waiter = None
+            spec = books.registry.specs[canonical]
+            backend = self._backends(spec.backend)
+            if backend.remote:  # holds no local memory: never waits for room
+                instance = Instance(key, spec, backend, remote_estimate(canonical), Placement(()), loader=me)
+                books.instances[key] = instance
+                books.touch()
+                return _Load(canonical, instance)
+            if waiter is None:
+                waiter = self._enqueue(key, canonical, me)
+            may_plan = books.queue.may_plan(waiter)
+            if may_plan:
+                books.queue.planner = waiter
+            return _Queued(waiter, may_plan, books.version)
+
+    def _enqueue(self, key: str, canonical: str, thread: int) -> Waiter:
+        books = self._books
+        limit = books.settings.max_queue
+        if len(books.queue) >= limit:
+            raise ResourceNotAvailableError(
+                f"Cannot queue the request for {canonical!r}: {len(books.queue)} requests already wait for room "
+                f"(max_queue={limit}).", model_id=canonical, hint="Try again later, or raise max_queue.")
+        waiter = books.queue.add(key, canonical, thread, holds_leases=books.holds_leases(thread))
+        books.touch()
+        return waiter
+
+    def _settle(self, instance: Instance) -> None:
+        """Wait for a load in flight to end (it ends, either way), or for an instance to finish leaving."""
+        if instance.state == "loading":
+            instance.ready.wait()
+            error = instance.error
+            if error is not None and not isinstance(error, (ResourceNotAvailableError, KeyboardInterrupt)):
+                canonical = self._books.name_of(instance)
+                raise ModelLoadingError(f"loading {canonical!r} failed in another thread: {error}",
+                                        model_id=canonical) from error
+            return  # loaded: lease it; refused or interrupted: that was the other caller's answer, try ours
+        books = self._books
+        with books.lock:  # leaving (unloading): it goes in a moment, whatever happens
+            while books.instances.get(instance.key) is instance and not books.closed:
+                books.changed.wait()
+
+    # -- planning ------------------------------------------------------------------------------
+
+    def _plan(self, waiter: Waiter) -> _Admitted | _Wait | Literal[_Again.LOOK]:
+        """Gather the facts (no lock), then decide and, when admitted, reserve (under the lock)."""
+        try:
+            books = self._books
+            with books.lock:
+                spec = books.registry.specs.get(waiter.name)
+                if spec is None or books.registry.keys[waiter.name] != waiter.key:
+                    return _Again.LOOK  # unregistered or replaced meanwhile
+            backend = self._backends(spec.backend)
+            estimate = self._estimate(waiter.name, spec, backend)
+            kinds = backend.device_kinds()
+            memories = self._probe()
+            with books.lock:
+                if books.registry.keys.get(waiter.name) != waiter.key or waiter.key in books.instances:
+                    return _Again.LOOK  # the model changed meanwhile
+                _check_cap(waiter.name, estimate, books.settings.max_memory_per_model)
+                snapshot = books.snapshot(memories)
+                request = policy.Request(waiter.name, waiter.key, {}, books.registry.priority(waiter.key),
+                                         waiter.thread)
+                placement = _capped(place(spec.device, kinds, snapshot, request), books.settings.max_memory_per_model)
+                share = estimate.total_bytes // max(len(placement.devices), 1)
+                request = replace(request, needed={device: share for device in placement.devices})
+                plan = policy.admit(snapshot, request)
+                if plan.admitted:
+                    if spec.max_context == "auto":
+                        placement, estimate, request = _grow_context(backend, spec, estimate, snapshot, plan,
+                                                                     placement, request)
+                    return self._reserve(waiter, Instance(waiter.key, spec, backend, estimate, placement,
+                                                          loader=waiter.thread, bytes=dict(request.needed)), plan)
+                waiter.waiting_for = plan.reason
+                if plan.verdict == "refuse":
+                    raise ResourceNotAvailableError(plan.reason, model_id=waiter.name, shortfalls=plan.shortfalls,
+                                                    hint=_refusal_hint(spec, plan))
+                return _Wait(plan, books.version)
+        finally:
+            books = self._books
+            with books.lock:
+                if books.queue.planner is waiter:
+                    books.queue.planner = None
+                    books.touch()
+
+    def _estimate(self, canonical: str, spec: ModelSpec, backend: Backend) -> MemoryEstimate:
+        try:
+            return self._estimates.get(spec, backend)
+        except LLMManagerError as error:
+            books = self._books
+            with books.lock:
+                books.failures[canonical] = str(error)
+            self._bus.emit("load_failed", canonical, message=str(error))
+            raise
+
+    def _place(self, model_id: str, admitted: _Admitted) -> Ticket | None:
+        """Free the victims, then load; an interrupt while freeing abandons the reserved instance."""
+        instance = admitted.instance
+        try:
+            self._evictions.release(admitted.victims)
+        except BaseException as error:
+            self._loading.abandon(instance.spec.id, instance, error)
+            raise
+        return self._loading.run(model_id, instance.spec.id, instance)
+
+    def _reserve(self, waiter: Waiter, instance: Instance, plan: policy.Plan) -> _Admitted:
+        """Execute an admit plan in the books: victims out, the new instance in (loading). Lock held."""
+        books = self._books
+        first = books.queue.first(instance.key) or waiter
+        blocked = [w.blocked_since for w in (first, waiter) if w.blocked_since is not None]
+        instance.arrival, instance.waited = first.order, time.monotonic() - min(blocked) if blocked else None
+        instance.joiners = books.queue.threads_for(instance.key) - {waiter.thread}  # served by this one load
+        victims = self._evictions.take_out(plan.evictions)
+        for victim, _ in victims:  # their memory on these devices is the new instance's reservation now
+            for device in instance.placement.devices:
+                victim.bytes.pop(device, None)
+        books.instances[instance.key] = instance
+        books.queue.serve(instance.key)
+        books.touch()
+        return _Admitted(instance, victims)
+
+    # -- waiting ---------------------------------------------------------------------------------
+
+    def _wait(self, waiter: Waiter, outcome: _Wait, deadline: Deadline, told: str) -> str:
+        """Wait for the books to change; raise when the deadline has passed. Returns what was told."""
+        books = self._books
+        with books.lock:
+            if waiter.blocked_since is None:
+                waiter.blocked_since = time.monotonic()
+            version = outcome.version
+            position = books.queue.position(waiter.key) or 1
+            ahead = ", ".join(map(repr, books.queue.names_ahead(waiter.key)))
+            reason = (waiter.waiting_for or books.queue.waiting_for(waiter.key)
+                      or (f"queued behind {ahead}" if ahead else "being placed"))
+        if deadline.expired:
+            raise self._gave_up(waiter, deadline, reason)
+        message = f"{reason} (queue position {position})"
+        if message != told:
+            self._bus.emit("waiting", waiter.name, message=reason, position=position, arrival=waiter.order)
+        books = self._books
+        with books.lock:
+            books.wait_for_change(version, deadline.remaining())
+        return message
+
+    def _gave_up(self, waiter: Waiter, deadline: Deadline, reason: str) -> ResourceNotAvailableError:
+        waited = "without waiting" if deadline.seconds == 0 else f"after waiting {deadline.seconds:g} s"
+        return ResourceNotAvailableError(
+            f"Cannot load {waiter.name!r} {waited}: {reason}.", model_id=waiter.name,
+            hint="Pass wait= a longer time (math.inf: no limit) or raise wait_timeout, or unload a model.")
+
+    def _leave(self, waiter: Waiter | None) -> None:
+        """The calling thread stops asking: out of the queue, and no longer promised a lease."""
+        me = threading.get_ident()
+        books = self._books
+        with books.lock:
+            if waiter is not None and (waiter in books.queue or books.queue.planner is waiter):
+                books.queue.remove(waiter)
+                books.touch()
+            for instance in books.instances.values():
+                if me in instance.joiners:
+                    instance.joiners.discard(me)
+                    books.touch()
+
+
+
+def _grow_context(backend: Backend, spec: ModelSpec, estimate: MemoryEstimate, snapshot: policy.Snapshot,
+                  plan: policy.Plan, placement: Placement,
+                  request: policy.Request) -> tuple[Placement, MemoryEstimate, policy.Request]:
+    """``max_context: auto``: admitted at its floor, the context grows into what the budget leaves.
+
+    The room is what stays free once the plan's evictions are done and the
+    model is in at its floor: no model is evicted to make the context larger.
+    """
+    after = policy.apply(snapshot, plan, request)
+    device = placement.devices[0]
+    room = after.devices.get(device)
+    spare = max((room.budget if room else 0) - after.held(device), 0)
+    context, grown = backend.fit_context(spec, estimate, spare)
+    share = grown.total_bytes // max(len(placement.devices), 1)
+    return (replace(placement, context=context), grown,
+            replace(request, needed={d: share for d in placement.devices}))
+
+
+def _refusal_hint(spec: ModelSpec, plan: policy.Plan) -> str | None:
+    if spec.max_context == "auto" and plan.shortfalls:
+        return ("max_context: auto needs room for at least 512 tokens of context, and there is not that much "
+                "room. " + FIT_HINT)
+    return FIT_HINT if plan.shortfalls else None
+
+
+def _capped(placement: Placement, cap: int | None) -> Placement:
+    """A model spread over several GPUs gets at most ``max_memory_per_model`` in all (split evenly)."""
+    if cap is None or not placement.max_memory:
+        return placement
+    share = cap // len(placement.max_memory)
+    return replace(placement, max_memory={device: min(room, share) for device, room in placement.max_memory.items()})
+
+
+def _check_cap(name: str, estimate: MemoryEstimate, cap: int | None) -> None:
+    """``max_memory_per_model``: a model estimated above it is refused at once (waiting cannot shrink it)."""
+    if cap is not None and estimate.total_bytes > cap:
+        raise ResourceNotAvailableError(
+            f"Cannot load {name!r}: it needs {format_bytes(estimate.total_bytes)} but max_memory_per_model is "
+            f"{format_bytes(cap)}.", model_id=name,
+            hint="Raise max_memory_per_model (or set it to auto), or choose a smaller model, dtype or quantization.")

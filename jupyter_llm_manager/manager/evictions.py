@@ -1,0 +1,124 @@
+"""Every way an instance is taken out: restored limits, keep-alive, out-of-memory retries, unloads.
+
+Each follows the same two steps: decide under the lock (a plan from
+:mod:`~jupyter_llm_manager.policy`, its victims marked ``unloading`` at once so
+nobody can lease them), then free them with no lock held
+(:class:`~jupyter_llm_manager.freeing.Freeing`, which emits the events).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable
+
+from ..devices import DeviceProbe
+from ..errors import ModelInUseError
+from ..events import EvictionReason
+from ..reports import UnloadReport
+from ..support.deadlines import Deadline
+from ..support.interrupts import interrupts_deferred
+from .freeing import Freeing
+from .instances import Instance
+from .policy import fit as policy
+from .state import Books
+
+__all__ = ["Evictions"]
+
+Victims = list[tuple[Instance, EvictionReason]]
+
+
+class Evictions:
+    """Plans evictions on a snapshot and executes them; the only caller of :meth:`Freeing.release`."""
+
+    def __init__(self, books: Books, probe: DeviceProbe, freeing: Freeing) -> None:
+        self._books = books
+        self._probe = probe
+        self._freeing = freeing
+
+    def take_out(self, evictions: Iterable[policy.Eviction]) -> Victims:
+        """Mark a plan's victims ``unloading`` (those still loaded and idle). Caller holds the lock."""
+        victims: Victims = []
+        for eviction in evictions:
+            instance = self._books.instances.get(eviction.key)
+            if instance is not None and instance.state == "loaded" and not instance.leases:
+                instance.move("unloading")
+                victims.append((instance, eviction.reason))
+        if victims:
+            self._books.touch()
+        return victims
+
+    def release(self, victims: Victims) -> list[UnloadReport]:
+        """Free marked victims one by one (no lock held); a Ctrl-C meanwhile is raised once all are freed."""
+        with interrupts_deferred():
+            return [self._freeing.release(instance, reason) for instance, reason in victims]
+
+    # -- planned evictions ---------------------------------------------------------------------
+
+    def enforce(self, spare: str | None = None) -> list[UnloadReport]:
+        """Bring the count cap and every budget back within limits (what cannot go now is retried later)."""
+        memories = self._probe()
+        books = self._books
+        with books.lock:
+            snapshot = books.snapshot(memories, moving=books.loading_devices())
+            plan = policy.enforce(snapshot, spare=spare)
+            victims = self.take_out(plan.evictions)
+            books.limits_pending = not plan.admitted or len(snapshot.devices) < len(memories)
+        return self.release(victims)
+
+    def expire(self) -> list[UnloadReport]:
+        """Unload every instance idle longer than its keep-alive."""
+        books = self._books
+        with books.lock:
+            victims = self.take_out(policy.expire(books.snapshot(())).evictions)
+        return self.release(victims)
+
+    def after_out_of_memory(self, request: policy.Request) -> list[UnloadReport]:
+        """Evict everything that may make way on the request's devices (before one retry)."""
+        memories = self._probe()
+        books = self._books
+        with books.lock:
+            victims = self.take_out(policy.evict_everything_for(books.snapshot(memories), request).evictions)
+        return self.release(victims)
+
+    def next_expiry(self) -> float | None:
+        """Seconds until the next instance expires (monotonic clock); ``None`` when none will."""
+        books = self._books
+        with books.lock:
+            due = [t for t in map(books.expires_at, books.instances.values()) if t is not None]
+            return max(min(due) - books.clock(), 0.0) if due else None
+
+    # -- unloading by hand ---------------------------------------------------------------------
+
+    def unload(self, key: str, deadline: Deadline, *, quiet: bool = False) -> UnloadReport | None:
+        """Unload the instance of ``key`` once idle; ``None`` when it is not loaded.
+
+        Waits until ``deadline`` for leases to end and a load in flight to
+        finish, then raises :class:`ModelInUseError` (or returns ``None`` when
+        ``quiet``). A lease held by the calling thread fails at once: waiting
+        for itself would never end.
+        """
+        me = threading.get_ident()
+        books = self._books
+        with books.lock:
+            while True:
+                instance = books.instances.get(key)
+                if instance is None or instance.state not in ("loading", "loaded"):
+                    return None
+                if instance.state == "loaded" and not instance.leases:
+                    victims = self.take_out([policy.Eviction(key, books.name_of(instance), "manual", 0)])
+                    break
+                if instance.leased_by(me) or instance.loader == me or deadline.expired:
+                    if quiet:
+                        return None
+                    raise ModelInUseError(books.name_of(instance), instance.leases,
+                                          loading=instance.state == "loading")
+                books.wait_for_change(books.version, deadline.remaining())
+        return self.release(victims)[0]
+
+    def unload_all(self, deadline: Deadline, *, quiet: bool) -> list[UnloadReport]:
+        """Unload every loaded instance, pinned ones included."""
+        books = self._books
+        with books.lock:
+            keys = [key for key, instance in books.instances.items() if instance.state == "loaded"]
+        reports = [self.unload(key, deadline, quiet=quiet) for key in keys]
+        return [report for report in reports if report is not None]

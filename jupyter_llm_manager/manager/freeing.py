@@ -1,0 +1,162 @@
+"""Letting go of instances for real: the only path by which memory leaves the manager.
+
+Every unload, eviction, expiry and failed load ends in :meth:`Freeing.release`
+or :meth:`Freeing.abandon`, which share one teardown: drop every reference,
+``gc.collect()``, empty the device caches, check through a weak reference that
+the model object is gone and, when it is not, name what holds it. The books
+change and the event is emitted in the same step, with interrupts held back,
+so the books and the events always agree.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+import psutil
+
+from ..backends import Backend, release_frames
+from ..devices import DeviceProbe
+from ..errors import ModelLoadingError, ResourceNotAvailableError
+from ..events import EventBus, EventKind, EvictionReason
+from ..reports import GarbageReport, UnloadReport
+from ..support.interrupts import interrupts_deferred
+from ..support.referrers import HOLDER_HINT, describe_holders
+from .instances import Instance
+from .state import Books
+
+__all__ = ["Freeing"]
+
+log = logging.getLogger(__name__)
+
+
+class Freeing:
+    """Releases instances that the books marked ``unloading``, and failed loads."""
+
+    def __init__(self, books: Books, bus: EventBus, probe: DeviceProbe,
+                 backends: Callable[[], list[Backend]]) -> None:
+        self._books = books
+        self._bus = bus
+        self._probe = probe
+        self._backends = backends
+        self._lingering: list[tuple[str, weakref.ref]] = []
+        self._lingering_lock = threading.Lock()
+
+    def release(self, instance: Instance, reason: EvictionReason) -> UnloadReport:
+        """Free an instance in state ``unloading``; emit ``unloaded`` (manual) or ``evicted``."""
+        with interrupts_deferred():
+            books = self._books
+            with books.lock:
+                model_id = books.name_of(instance)
+            started = time.perf_counter()
+            devices = instance.placement.devices
+            before = instance.backend.memory_in_use(devices)
+            target = self._teardown(instance)
+            after = instance.backend.memory_in_use(devices)
+            alive = target() if target is not None else None
+            holders = tuple(describe_holders(alive)) if alive is not None else ()
+            del alive
+            collected = target is None or target() is None
+            if before:  # measured (CUDA): what the device allocator really got back
+                freed = sum(max(before[d] - after.get(d, 0), 0) for d in before)
+            else:  # not measurable (CPU): the footprint, once the object is gone
+                freed = instance.footprint_bytes if collected else 0
+            report = UnloadReport(model_id, instance.key, reason, freed, time.perf_counter() - started,
+                                  collected=collected, holders=holders)
+            if not collected and target is not None:
+                with self._lingering_lock:
+                    self._lingering.append((model_id, target))
+            books = self._books
+            with books.lock:
+                instance.move("unloaded")
+                if books.instances.get(instance.key) is instance:
+                    del books.instances[instance.key]
+                books.last_used[instance.key] = instance.last_used
+                books.touch()
+            kind: EventKind = "unloaded" if reason == "manual" else "evicted"
+            self._bus.emit(kind, model_id, reason=reason, seconds=report.seconds, bytes=report.freed_bytes)
+            if not collected:
+                self._bus.emit("warning", model_id, message=f"{report} {HOLDER_HINT}")
+        return report
+
+    def abandon(self, canonical: str, instance: Instance, error: BaseException) -> None:
+        """Undo a failed or interrupted load: out of the books, memory released, waiters told.
+
+        The error's frames lose their locals: a failed load's half-built
+        tensors must not live on in the traceback a notebook keeps.
+        """
+        with interrupts_deferred():
+            release_frames(error)
+            interrupted = isinstance(error, KeyboardInterrupt)
+            message = "interrupted" if interrupted else str(error)
+            books = self._books
+            with books.lock:
+                instance.error = error
+                instance.move("failed")
+                if books.instances.get(instance.key) is instance:
+                    del books.instances[instance.key]
+                if not interrupted and not isinstance(error, ResourceNotAvailableError):
+                    books.failures[canonical] = message  # the model itself failed
+                instance.ready.set()
+                books.touch()
+            self._teardown(instance)
+            self._bus.emit("load_failed", canonical, message=message)
+
+    def _teardown(self, instance: Instance) -> weakref.ref[Any] | None:
+        """Drop the backend's object and every reference to it; collect; empty device caches."""
+        loaded, instance.loaded = instance.loaded, None
+        target = _weak(loaded.model) if loaded is not None else None
+        if loaded is not None:
+            instance.backend.unload(loaded)
+        del loaded
+        gc.collect()
+        instance.backend.release_memory(instance.placement.devices)
+        return target
+
+    # -- what is still alive ---------------------------------------------------------------------
+
+    def lingering(self) -> dict[str, tuple[str, ...]]:
+        """Unloaded models whose objects are still alive, and what holds each."""
+        with self._lingering_lock:
+            self._lingering = [(i, ref) for i, ref in self._lingering if ref() is not None]
+            entries = list(self._lingering)
+        found = {}
+        for model_id, ref in entries:
+            alive = ref()
+            if alive is not None:
+                found[model_id] = tuple(describe_holders(alive))
+            del alive
+        return found
+
+    def collect_garbage(self) -> GarbageReport:
+        """Collect garbage and empty device caches without unloading; report what is still alive."""
+        started = time.perf_counter()
+        alive_before = set(self.lingering())
+        process = psutil.Process()
+        process_before = process.memory_info().rss
+        before = {d.device: d.total_bytes - d.free_bytes for d in self._probe()}
+        gc.collect()
+        for backend in self._backends():
+            backend.release_memory(tuple(before))
+        after = {d.device: d.total_bytes - d.free_bytes for d in self._probe()}
+        lingering = self.lingering()
+        collected = tuple(sorted(alive_before - set(lingering)))
+        return GarbageReport(before, after, lingering, time.perf_counter() - started, collected, process_before,
+                             process.memory_info().rss)
+
+
+def load_failure(canonical: str, error: BaseException) -> ModelLoadingError:
+    """What a thread that joined someone else's load is told when that load failed."""
+    return ModelLoadingError(f"loading {canonical!r} failed in another thread: {error}", model_id=canonical)
+
+
+def _weak(obj: Any) -> weakref.ref[Any] | None:
+    try:
+        return weakref.ref(obj)
+    except TypeError:
+        return None

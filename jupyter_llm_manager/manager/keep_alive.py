@@ -1,0 +1,82 @@
+"""Keeping the limits and the keep-alive reaper up to date as the books change.
+
+The other parts call these hooks, with no lock held, when something happened
+that may let a deferred eviction go ahead (a lease ended, a pin was lifted,
+a load turned out heavier than its estimate) or that changes what the
+reaper must watch (settings, a new load).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..events import EventBus
+from ..support.deadlines import Deadline
+from .evictions import Evictions
+from .instances import Instance
+from .reaper import Reaper
+from .state import Books
+
+__all__ = ["Upkeep"]
+
+
+class Upkeep:
+    """Settings changes, and the evictions and reaper wake-ups that follow changes."""
+
+    def __init__(self, books: Books, bus: EventBus, evictions: Evictions) -> None:
+        self._books = books
+        self._bus = bus
+        self._evictions = evictions
+        self.reaper = Reaper(evictions)
+
+    def configure(self, values: dict[str, Any]) -> None:
+        """Apply validated settings at once, tell subscribers, and restore the (maybe lowered) limits."""
+        books = self._books
+        with books.lock:
+            books.settings = books.settings.with_values(values)
+            books.touch()
+        self._bus.emit("settings_changed", message=", ".join(f"{k} = {v}" for k, v in values.items()))
+        self.reaper.wake()
+        self.ensure_reaper()
+        self._evictions.enforce()
+
+    def after_idle(self, instance: Instance) -> None:
+        """An instance's last lease ended: its keep-alive starts; deferred limits may apply now."""
+        self.reaper.wake()
+        if instance.key in self._books.retiring:
+            self.retire(instance.key)
+        if self._books.limits_pending:
+            self._evictions.enforce()
+
+    def retire(self, key: str | None) -> None:
+        """Unload a task's previous option now if idle, else when its last lease ends (see ``after_idle``)."""
+        if key is None:
+            return
+        books = self._books
+        with books.lock:
+            instance = books.instances.get(key)
+            if instance is None:
+                books.retiring.discard(key)
+                return
+            if instance.leases or instance.state != "loaded" or key not in books.retiring:
+                return  # in use (or loading): its last lease ends it
+            books.retiring.discard(key)
+        self._evictions.unload(key, Deadline(0), quiet=True)
+
+    def after_load(self, instance: Instance, heavier: bool) -> None:
+        self.ensure_reaper()
+        if heavier or self._books.limits_pending:
+            self._evictions.enforce(spare=instance.key)
+
+    def after_unpin(self, pending: bool) -> None:
+        if pending:
+            self._evictions.enforce()
+
+    def ensure_reaper(self) -> None:
+        """Start the keep-alive thread once some keep-alive is set."""
+        books = self._books
+        with books.lock:
+            wanted = not books.closed and (books.settings.keep_alive is not None or any(
+                s.keep_alive is not None for s in books.registry.specs.values()))
+        if wanted:
+            self.reaper.start()

@@ -1,0 +1,185 @@
+"""Running an admitted load: the backend call, one retry after out-of-memory, publishing the result.
+
+The thread that was admitted owns the instance (state ``loading``, its bytes
+reserved in the books) and runs the load with no lock held; every other
+thread asking for the same model waits on the instance's ``ready`` event.
+On success the instance becomes ``loaded`` and is leased to the caller in the
+same step, so nothing can evict it in between; on failure or interrupt it
+leaves no trace (:meth:`Freeing.abandon`).
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+from collections.abc import Callable
+
+from ..backends import LoadedModel
+from ..backends.base import progress_reporter
+from ..devices import DeviceProbe
+from ..errors import OutOfMemoryDuringLoad, ResourceNotAvailableError
+from ..events import EventBus
+from ..support import heavy_imports as imports
+from ..support.interrupts import interrupts_deferred
+from ..support.units import format_bytes
+from .evictions import Evictions
+from .freeing import Freeing
+from .instances import Instance, accounted_bytes
+from .leases import Leases, Ticket
+from .policy import fit as policy
+from .state import Books
+
+__all__ = ["DECLARED_TOLERANCE", "FIT_HINT", "Loading"]
+
+#: A declared size further than this from the measured one gets a warning event.
+DECLARED_TOLERANCE = 0.2
+
+FIT_HINT = ("Unpin or unload a model, raise memory_fraction or memory_budget, choose a smaller dtype or "
+            "quantization='4bit', or place the model on another device (device='cpu').")
+
+
+def _imported(imported: tuple[tuple[str, float], ...]) -> list[str]:
+    """``imported torch, transformers in 6.4 s`` when this load paid for first imports."""
+    if not imported:
+        return []
+    return [f"imported {', '.join(name for name, _ in imported)} in {sum(s for _, s in imported):.1f} s"]
+
+
+def _off_declared(declared: int | None, loaded: LoadedModel) -> str:
+    """A warning when a declared size (``required_memory``, seed 003's ``vram_gb``) is off by more than 20%."""
+    measured = loaded.measured_bytes if loaded.measured_bytes is not None else sum(loaded.footprint.values())
+    if not declared or not measured or abs(measured - declared) <= DECLARED_TOLERANCE * declared:
+        return ""
+    return (f"declared {format_bytes(declared)} (required_memory / vram_gb) but measured {format_bytes(measured)} "
+            f"after the load ({(measured - declared) / declared:+.0%}): correct the declared size, which the "
+            "budget counts")
+
+
+class Loading:
+    """Loads admitted instances; ``after_load`` runs (no lock held) once one is published."""
+
+    def __init__(self, books: Books, bus: EventBus, probe: DeviceProbe, leases: Leases, evictions: Evictions,
+                 freeing: Freeing, after_load: Callable[[Instance, bool], None]) -> None:
+        self._books = books
+        self._bus = bus
+        self._probe = probe
+        self._leases = leases
+        self._evictions = evictions
+        self._freeing = freeing
+        self._after_load = after_load
+
+    def run(self, model_id: str, canonical: str, instance: Instance) -> Ticket | None:
+        """Load ``instance`` (owned by this thread) and lease it to the caller.
+
+        Returns ``None`` when every id of the instance was unregistered or
+        re-registered while it loaded: it is freed at once, and the caller
+        looks the id up again.
+        """
+        where = ", ".join(instance.placement.devices) or "remote"
+        waited = f" after waiting {instance.waited:.1f} s for room" if instance.waited and instance.waited >= 0.1 else ""
+        self._bus.emit("loading", canonical, message=where + waited, arrival=instance.arrival)
+        reserved = instance.total_bytes
+        before = imports.take_report()  # first imports this thread paid while planning (torch)
+        started = time.perf_counter()
+        loaded: LoadedModel | None = None
+        ticket: Ticket | None = None
+        published = False
+        try:
+            loaded = self._load_with_retry(canonical, instance)
+            during = imports.take_report()  # and while loading (transformers): not the model's load time
+            instance.imported = tuple(before + during)
+            seconds = time.perf_counter() - started - sum(s for _, s in during)
+            how = [loaded.how] if loaded.how else []
+            off = _off_declared(instance.spec.required_memory, loaded)
+            with interrupts_deferred():
+                ticket = self._publish(model_id, canonical, instance, loaded, seconds)
+                published = True
+                loaded = None
+                self._bus.emit("loaded", canonical, seconds=instance.load_seconds, bytes=instance.footprint_bytes,
+                               message=" · ".join([where, *how, *_imported(instance.imported)]))
+                if off:
+                    self._bus.emit("warning", canonical, message=off)
+        except BaseException as error:
+            if published:  # an interrupt held back until the model was published: it stays loaded, unleased
+                if ticket is not None:
+                    ticket.release()
+                raise
+            if loaded is not None and instance.loaded is None:
+                instance.loaded = loaded  # interrupted between the load and publishing: free it too
+            loaded = None
+            self._freeing.abandon(canonical, instance, error)
+            raise
+        if ticket is None:
+            self._evictions.release([(instance, "manual")])
+            return None
+        self._after_load(instance, instance.total_bytes > reserved)
+        return ticket
+
+    def abandon(self, canonical: str, instance: Instance, error: BaseException) -> None:
+        """Give up an admitted instance that never started loading (interrupted while making room)."""
+        self._freeing.abandon(canonical, instance, error)
+
+    def _publish(self, model_id: str, canonical: str, instance: Instance, loaded: LoadedModel,
+                 seconds: float) -> Ticket | None:
+        books = self._books
+        with books.lock:
+            instance.loaded = loaded
+            instance.move("loaded")
+            instance.footprint = {} if instance.remote else dict(loaded.footprint)
+            instance.bytes = accounted_bytes(instance.footprint, instance.placement, instance.estimate,
+                                             complete=loaded.complete_footprint)
+            instance.load_seconds = seconds
+            instance.last_used = books.clock()
+            instance.loader = None
+            books.failures.pop(canonical, None)
+            ticket = None
+            if books.registry.ids_of(instance.key):
+                ticket = self._leases.grant(model_id, canonical, instance)
+            else:
+                instance.move("unloading")
+            instance.ready.set()
+            books.touch()
+        return ticket
+
+    def _load_with_retry(self, canonical: str, instance: Instance) -> LoadedModel:
+        """Load (what the backend reports meanwhile becomes ``load_progress`` events), retrying once."""
+
+        def progress(message: str) -> None:
+            instance.progress = message
+            self._bus.emit("load_progress", canonical, message=message, arrival=instance.arrival)
+
+        with progress_reporter(progress):
+            return self._load_twice(canonical, instance)
+
+    def _load_twice(self, canonical: str, instance: Instance) -> LoadedModel:
+        """Load; on out-of-memory, evict what may make way there and try once more."""
+        backend, spec, devices = instance.backend, instance.spec, instance.placement.devices
+        try:
+            return backend.load(spec, instance.placement)
+        except OutOfMemoryDuringLoad as error:
+            first_error = str(error)
+        gc.collect()
+        backend.release_memory(devices)
+        request = self._request(canonical, instance)
+        if not self._evictions.after_out_of_memory(request):
+            raise self._out_of_memory(request, first_error)
+        try:
+            return backend.load(spec, instance.placement)
+        except OutOfMemoryDuringLoad as error:
+            raise self._out_of_memory(request, str(error)) from None
+
+    def _request(self, canonical: str, instance: Instance) -> policy.Request:
+        books = self._books
+        with books.lock:
+            return policy.Request(canonical, instance.key, dict(instance.bytes), books.registry.priority(instance.key),
+                                  instance.loader)
+
+    def _out_of_memory(self, request: policy.Request, detail: str) -> ResourceNotAvailableError:
+        memories = self._probe()
+        books = self._books
+        with books.lock:
+            shortfalls = policy.shortfalls(books.snapshot(memories, without=request.key), request)
+        return ResourceNotAvailableError(
+            f"Cannot load {request.name!r}: the device ran out of memory during the load ({detail}), also after "
+            "evicting every model that may be evicted.", model_id=request.name, shortfalls=shortfalls,
+            hint="Another process may be using the GPU (check nvidia-smi). " + FIT_HINT)

@@ -1,0 +1,350 @@
+"""Admission policy: pure functions from a snapshot to a frozen plan.
+
+No locks, threads, clocks, models or devices here: the caller describes what
+is held (:class:`Snapshot`) and what is asked (:class:`Request`), and gets a
+:class:`Plan` — admit (evicting these), wait (for these holders), or refuse
+(why waiting cannot help). Executing plans is the manager's job; a test of
+this module needs nothing but dataclasses.
+
+The rules:
+
+- Victims are loaded, idle, unpinned local instances, lowest priority first,
+  then least recently used. A ``protected`` instance is never a victim for a
+  request of lower priority; pinned instances never are.
+- The count cap and each device budget are restored by one function,
+  :func:`_choose`: first the count (reason ``lru``), then the bytes per
+  device (reason ``budget``).
+- Instances loading or unloading occupy their slot and bytes until they are
+  gone; they are never victims (they make a request wait). One placement at a
+  time per device: a request waits while a load or a free is in flight on
+  one of its devices, so device figures never move under a decision.
+- A request that cannot be placed now waits, unless waiting cannot help: it
+  is too big even with every unpinned instance gone, or what blocks it is
+  leased by the requesting thread itself or by threads that are waiting in
+  the queue (a deadlock). Then it is refused at once, naming the holders.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Literal
+
+from ...errors import DeviceShortfall, MemoryHolder
+from ...events import EvictionReason
+
+__all__ = [
+    "DeviceRoom",
+    "Eviction",
+    "Holding",
+    "HoldingState",
+    "Plan",
+    "Request",
+    "Snapshot",
+    "admit",
+    "apply",
+    "enforce",
+    "evict_everything_for",
+    "expire",
+    "room_on",
+    "shortfalls",
+]
+
+HoldingState = Literal["loading", "loaded", "unloading"]
+Verdict = Literal["admit", "wait", "refuse"]
+
+
+@dataclass(frozen=True)
+class Holding:
+    """One instance as the policy sees it."""
+
+    key: str
+    name: str
+    state: HoldingState = "loaded"
+    bytes: Mapping[str, int] = field(default_factory=dict)
+    leases: int = 0
+    lease_threads: frozenset[int] = frozenset()
+    pinned: bool = False
+    priority: int = 0
+    protected: bool = False
+    last_used: float = 0.0
+    remote: bool = False
+    expires_at: float | None = None
+    loader: int | None = None  # the thread loading it, while it loads
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(self.bytes.values())
+
+
+@dataclass(frozen=True)
+class DeviceRoom:
+    """A device's budget for this manager now, and its total (for messages)."""
+
+    device: str
+    budget: int
+    total: int
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Everything the policy may look at, at one moment."""
+
+    holdings: tuple[Holding, ...] = ()
+    devices: Mapping[str, DeviceRoom] = field(default_factory=dict)
+    max_loaded: int | None = None
+    now: float = 0.0
+    waiting_threads: frozenset[int] = frozenset()
+
+    def held(self, device: str) -> int:
+        return sum(h.bytes.get(device, 0) for h in self.holdings)
+
+    def local(self) -> list[Holding]:
+        return [h for h in self.holdings if not h.remote]
+
+
+@dataclass(frozen=True)
+class Request:
+    """A model that is not loaded and is asked for."""
+
+    name: str
+    key: str
+    needed: Mapping[str, int] = field(default_factory=dict)
+    priority: int = 0
+    thread: int | None = None
+    remote: bool = False
+
+
+@dataclass(frozen=True)
+class Eviction:
+    key: str
+    name: str
+    reason: EvictionReason
+    bytes: int
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What to do: ``admit`` (after ``evictions``), ``wait`` or ``refuse``, and why."""
+
+    verdict: Verdict
+    evictions: tuple[Eviction, ...] = ()
+    blockers: tuple[MemoryHolder, ...] = ()
+    shortfalls: tuple[DeviceShortfall, ...] = ()
+    reason: str = ""
+
+    @property
+    def admitted(self) -> bool:
+        return self.verdict == "admit"
+
+
+# -- choosing victims: written once --------------------------------------------------------
+
+def _order(candidates: Iterable[Holding], *, protected_last: bool = False) -> list[Holding]:
+    """Lowest priority first, then least recently used (protected ones last when asked)."""
+    return sorted(candidates, key=lambda h: (protected_last and h.protected, h.priority, h.last_used))
+
+
+def _choose(candidates: Sequence[Holding], excess: int,
+            deficits: Mapping[str, int]) -> tuple[list[Eviction], int, dict[str, int]]:
+    """Victims in candidate order for ``excess`` slots, then for each device's byte deficit.
+
+    Returns the victims, the slots still missing and the bytes still missing per device.
+    """
+    victims: dict[str, Eviction] = {}
+    for holding in candidates[:max(excess, 0)]:
+        victims[holding.key] = Eviction(holding.key, holding.name, "lru", holding.total_bytes)
+    missing_slots = max(excess - len(candidates), 0)
+    missing: dict[str, int] = {}
+    for device, deficit in deficits.items():
+        deficit -= sum(h.bytes.get(device, 0) for h in candidates if h.key in victims)
+        for holding in candidates:
+            if deficit <= 0:
+                break
+            if holding.key not in victims and holding.bytes.get(device):
+                victims[holding.key] = Eviction(holding.key, holding.name, "budget", holding.total_bytes)
+                deficit -= holding.bytes[device]
+        if deficit > 0:
+            missing[device] = deficit
+    return list(victims.values()), missing_slots, missing
+
+
+def _idle(holding: Holding) -> bool:
+    return holding.state == "loaded" and not holding.leases and not holding.remote and not holding.pinned
+
+
+def _may_evict_for(holding: Holding, request: Request) -> bool:
+    return _idle(holding) and not (holding.protected and holding.priority > request.priority)
+
+
+def _excess(snapshot: Snapshot, adding: int) -> int:
+    if snapshot.max_loaded is None:
+        return 0
+    return len(snapshot.local()) + adding - snapshot.max_loaded
+
+
+def _deficits(snapshot: Snapshot, needed: Mapping[str, int]) -> dict[str, int]:
+    deficits = {}
+    for device, need in needed.items():
+        room = snapshot.devices.get(device)
+        budget = room.budget if room is not None else 0
+        deficits[device] = need - (budget - snapshot.held(device))
+    return deficits
+
+
+# -- admission ------------------------------------------------------------------------------
+
+def admit(snapshot: Snapshot, request: Request) -> Plan:
+    """Place ``request`` now (with evictions), or say why it must wait or cannot be placed."""
+    if request.remote:
+        return Plan("admit")
+    excess, deficits = _excess(snapshot, 1), _deficits(snapshot, request.needed)
+    candidates = _order(h for h in snapshot.holdings if _may_evict_for(h, request))
+    victims, missing_slots, missing = _choose(candidates, excess, deficits)
+    if not missing_slots and not missing and not _busy_on(snapshot, request):
+        return Plan("admit", tuple(victims))
+    return _cannot_place_now(snapshot, request, excess, deficits)
+
+
+def _busy_on(snapshot: Snapshot, request: Request) -> list[Holding]:
+    """Holdings loading or being freed on one of the request's devices."""
+    return [h for h in snapshot.local() if h.state != "loaded" and set(h.bytes) & set(request.needed)]
+
+
+def _cannot_place_now(snapshot: Snapshot, request: Request, excess: int, deficits: Mapping[str, int]) -> Plan:
+    """Wait, unless waiting cannot help (too big, pinned, or a deadlock): then refuse."""
+    unpinned = _order(h for h in snapshot.local() if not h.pinned)
+    pinned = [h for h in snapshot.local() if h.pinned]
+    _, missing_slots, missing = _choose(unpinned, excess, deficits)
+    if missing_slots or missing:
+        cause = "only pinned models are in the way, so waiting cannot help" if pinned else "waiting cannot help"
+        return _refusal(snapshot, request, missing_slots, missing, [(h, "pinned") for h in pinned], cause)
+    stuck = snapshot.waiting_threads | ({request.thread} if request.thread is not None else set())
+    _, missing_slots, missing = _choose([h for h in unpinned if not _stuck(h, stuck)], excess, deficits)
+    if missing_slots or missing:
+        held = [h for h in unpinned if _stuck(h, stuck)]
+        own = [h for h in held if request.thread in h.lease_threads or h.loader == request.thread]
+        holders = [(h, "pinned") for h in pinned] + [
+            (h, "in use by this thread" if h in own else "in use by a thread that waits too") for h in held]
+        if own and len(own) == len(held):
+            cause = ("this thread holds them, so waiting would never end: leave the `with manager.use(...)` "
+                     "block (or finish the generation) first")
+        else:
+            cause = "they are held by threads that are themselves waiting for room, so waiting would never end"
+        return _refusal(snapshot, request, missing_slots, missing, holders, cause)
+    busy = _busy_on(snapshot, request)
+    if any(_stuck(h, stuck) for h in busy):
+        holders = [(h, "loading in this thread") for h in busy if _stuck(h, stuck)]
+        return _refusal(snapshot, request, 0, {}, holders, "that load cannot end while this thread waits")
+    blockers = tuple(_holder(h, _why_blocking(h, request)) for h in snapshot.local()
+                     if (not _may_evict_for(h, request) and not h.pinned) or h in busy)
+    return Plan("wait", blockers=blockers, reason="waiting for capacity: " + _summary(blockers))
+
+
+def _refusal(snapshot: Snapshot, request: Request, missing_slots: int, missing: Mapping[str, int],
+             holders: Sequence[tuple[Holding, str]], cause: str) -> Plan:
+    """A refusal naming the limit that is reached, what holds it, and why waiting cannot help."""
+    blockers = tuple(_holder(h, why) for h, why in holders)
+    named = f"; held by {', '.join(map(str, blockers))}" if blockers else ""
+    if missing_slots:
+        reason = f"Cannot load {request.name!r}: max_loaded_models={snapshot.max_loaded} is reached{named}; {cause}."
+    elif not missing:
+        reason = f"Cannot load {request.name!r} now{named}; {cause}."
+    else:  # the shortfalls, appended to the message, say per device what holds the memory
+        reason = (f"Cannot load {request.name!r}: not enough memory, even after evicting every model that may be "
+                  f"evicted; {cause}:")
+    return Plan("refuse", blockers=blockers, shortfalls=_shortfalls(snapshot, request, missing), reason=reason)
+
+
+def _stuck(holding: Holding, threads: frozenset[int] | set[int]) -> bool:
+    """Held by a thread that cannot let go while the request waits (it is the requester, or waits too)."""
+    return bool(holding.lease_threads & threads) or holding.loader in threads
+
+
+def _why_blocking(holding: Holding, request: Request) -> str:
+    if holding.state != "loaded":
+        return holding.state
+    if holding.leases:
+        return "in use"
+    return "protected" if holding.protected and holding.priority > request.priority else "busy"
+
+
+def _holder(holding: Holding, why: str) -> MemoryHolder:
+    return MemoryHolder(holding.name, holding.total_bytes, why)
+
+
+def _summary(blockers: Sequence[MemoryHolder]) -> str:
+    if not blockers:
+        return "another request is being placed"
+    groups: dict[str, list[str]] = {}
+    for holder in blockers:
+        groups.setdefault(holder.why, []).append(holder.model_id)
+    return ", ".join(f"{', '.join(names)} {why}" for why, names in groups.items())
+
+
+def shortfalls(snapshot: Snapshot, request: Request) -> tuple[DeviceShortfall, ...]:
+    """Per device of the request: what it needs, what could be made free, and who holds the rest."""
+    return _shortfalls(snapshot, request, request.needed)
+
+
+def _shortfalls(snapshot: Snapshot, request: Request, missing: Mapping[str, int]) -> tuple[DeviceShortfall, ...]:
+    found = []
+    for device in missing:
+        room = snapshot.devices.get(device) or DeviceRoom(device, 0, 0)
+        need = request.needed.get(device, 0)
+        evictable = sum(h.bytes.get(device, 0) for h in snapshot.holdings if _may_evict_for(h, request))
+        holders = tuple(_holder(h, "pinned" if h.pinned else _why_blocking(h, request))
+                        for h in snapshot.local() if h.bytes.get(device) and not _may_evict_for(h, request))
+        available = max(room.budget - snapshot.held(device) + evictable, 0)
+        found.append(DeviceShortfall(device, need, available, room.budget, room.total, holders))
+    return tuple(found)
+
+
+# -- restoring limits, keep-alive, out-of-memory retry ------------------------------------------
+
+def enforce(snapshot: Snapshot, *, spare: str | None = None) -> Plan:
+    """Evictions that bring the count cap and every device budget back within limits.
+
+    After a lowered limit, or a load heavier than its estimate (``spare`` is
+    that instance). Protected instances go last. ``wait`` means not
+    everything could be restored now (leases, pins, loads in flight).
+    """
+    candidates = _order((h for h in snapshot.holdings if _idle(h) and h.key != spare), protected_last=True)
+    deficits = {device: snapshot.held(device) - room.budget for device, room in snapshot.devices.items()}
+    victims, missing_slots, missing = _choose(candidates, _excess(snapshot, 0), deficits)
+    return Plan("wait" if missing_slots or missing else "admit", tuple(victims))
+
+
+def expire(snapshot: Snapshot) -> Plan:
+    """Idle, unpinned instances whose keep-alive has run out (protected ones included)."""
+    due = [h for h in snapshot.holdings
+           if _idle(h) and h.expires_at is not None and h.expires_at <= snapshot.now]
+    return Plan("admit", tuple(Eviction(h.key, h.name, "keep_alive", h.total_bytes) for h in _order(due)))
+
+
+def evict_everything_for(snapshot: Snapshot, request: Request) -> Plan:
+    """After an out-of-memory error: every instance that may make way, on the request's devices."""
+    victims = [Eviction(h.key, h.name, "budget", h.total_bytes) for h in _order(snapshot.holdings)
+               if _may_evict_for(h, request) and set(h.bytes) & set(request.needed)]
+    return Plan("admit" if victims else "refuse", tuple(victims))
+
+
+# -- helpers for placement and "would these fit together" ----------------------------------------
+
+def room_on(snapshot: Snapshot, device: str, request: Request) -> int:
+    """Bytes that could be made free on ``device`` for ``request``, evictions included."""
+    room = snapshot.devices.get(device)
+    if room is None:
+        return 0
+    evictable = sum(h.bytes.get(device, 0) for h in snapshot.holdings if _may_evict_for(h, request))
+    return room.budget - snapshot.held(device) + evictable
+
+
+def apply(snapshot: Snapshot, plan: Plan, request: Request) -> Snapshot:
+    """The snapshot after ``plan`` was executed for ``request`` (victims gone, the request loaded)."""
+    gone = {eviction.key for eviction in plan.evictions}
+    holdings = [h for h in snapshot.holdings if h.key not in gone]
+    if plan.admitted:
+        holdings.append(Holding(request.key, request.name, "loaded", dict(request.needed), priority=request.priority,
+                                last_used=snapshot.now, remote=request.remote))
+    return replace(snapshot, holdings=tuple(holdings))

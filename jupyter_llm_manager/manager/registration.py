@@ -1,0 +1,173 @@
+"""Changes to the registry: registering, unregistering, aliases and pins, with their events.
+
+Replacing or forgetting an id whose instance no other id shares unloads that
+instance (an instance that is still loading is freed as soon as its load
+ends, since no id reaches it any more). Requests waiting for an id that
+disappears are woken and get :class:`ModelNotFoundError`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from ..backends import Backend
+from ..config.files import ConfigFile
+from ..config.spec import ModelSpec, check_model_id
+from ..config.tasks import option_id
+from ..errors import ConfigurationError, ModelInUseError
+from ..events import EventBus
+from .evictions import Evictions, Victims
+from .instances import Instance
+from .policy import fit as policy
+from .state import Books
+
+__all__ = ["Catalog"]
+
+
+class Catalog:
+    """Registers ids, aliases and pins in the books and tells subscribers."""
+
+    def __init__(self, books: Books, bus: EventBus, backends: Callable[[str], Backend], evictions: Evictions) -> None:
+        self._books = books
+        self._bus = bus
+        self._backends = backends
+        self._evictions = evictions
+
+    def register(self, spec: ModelSpec, *, overwrite: bool) -> ModelSpec:
+        """Register ``spec`` (a no-op when the same spec is registered; else ``overwrite`` is needed)."""
+        backend = self._backends(spec.backend)
+        if spec.mode not in backend.modes:
+            raise ConfigurationError(f"the {spec.backend} backend has no {spec.mode} mode; its modes: "
+                                     f"{', '.join(sorted(backend.modes))}", model_id=spec.id, key="mode")
+        backend.validate(spec)
+        model_id = spec.id
+        books = self._books
+        with books.lock:
+            registry = books.registry
+            old = registry.specs.get(model_id)
+            if old == spec and model_id not in registry.aliases:
+                return old
+            if not overwrite and (old is not None or model_id in registry.aliases):
+                what = "an alias" if model_id in registry.aliases else "a model with another spec"
+                raise ConfigurationError(f"{model_id!r} is already {what}; pass overwrite=True to replace it",
+                                         model_id=model_id)
+            stale = books.instances.get(registry.key_left_behind(model_id, spec) or "")
+            self._check_idle(stale)
+            registry.put(spec)
+            books.failures.pop(model_id, None)
+            victims = self._take_out(stale)
+            books.touch()
+        self._evictions.release(victims)
+        self._bus.emit("registered", model_id, message=spec.location)
+        return spec
+
+    def unregister(self, name: str) -> None:
+        """Forget a model (or an alias); its instance goes when no other id shares it."""
+        books = self._books
+        with books.lock:
+            registry = books.registry
+            stale = None
+            if name not in registry.aliases:
+                canonical = registry.resolve(name)
+                key = registry.keys[canonical]
+                stale = None if registry.shared(key, besides=canonical) else books.instances.get(key)
+                self._check_idle(stale)
+                books.failures.pop(canonical, None)
+            registry.remove(name)
+            victims = self._take_out(stale)
+            books.touch()
+        self._evictions.release(victims)
+        self._bus.emit("unregistered", name)
+
+    def alias(self, name: str, target: str, *, overwrite: bool) -> None:
+        check_model_id(name)
+        books = self._books
+        with books.lock:
+            books.registry.set_alias(name, target, overwrite=overwrite)
+            books.touch()
+        self._bus.emit("registered", name, message=f"alias of {target}")
+
+    def select(self, task: str, option: str) -> str | None:
+        """Point ``task`` at its ``option``; returns the instance key of the option it leaves, if nothing else uses it.
+
+        Whatever else names the previous option (an alias, the default model,
+        another id of the same weights, a pin) keeps it loaded.
+        """
+        books = self._books
+        with books.lock:
+            registry = books.registry
+            found = registry.tasks.get(task)
+            if found is None:
+                known = ", ".join(sorted(registry.tasks)) or "none (a tasks: section in the configuration file adds them)"
+                raise ConfigurationError(f"{task!r} is not a task; tasks: {known}", model_id=task)
+            if option not in found.options:
+                raise ConfigurationError(f"task {task!r} has no option {option!r}; its options: "
+                                         f"{', '.join(found.options)}", model_id=task, key=option)
+            new, old = option_id(task, option), registry.aliases.get(task)
+            registry.aliases[task] = new
+            registry.removed.discard(task)
+            books.retiring.discard(registry.keys[new])
+            leaving = None
+            if old and old != new and old in registry.specs and not self._still_used(old):
+                leaving = registry.keys[old]
+                books.retiring.add(leaving)
+            books.touch()
+        self._bus.emit("registered", task, message=f"alias of {new} (option {option!r} selected)")
+        return leaving
+
+    def _still_used(self, model_id: str) -> bool:
+        registry = self._books.registry
+        default = self._books.settings.default_model
+        return (bool(registry.aliases_of(model_id)) or model_id in registry.pinned
+                or registry.shared(registry.keys[model_id], besides=model_id)
+                or (default is not None and registry.resolve_quiet(default) == model_id))
+
+    def set_pinned(self, model_id: str, pinned: bool) -> bool:
+        """Pin or unpin; returns whether limits wait to be restored (an unpin may allow it)."""
+        books = self._books
+        with books.lock:
+            canonical = books.registry.resolve(model_id)
+            (books.registry.pinned.add if pinned else books.registry.pinned.discard)(canonical)
+            books.touch()
+            pending = books.limits_pending
+        self._bus.emit("pinned" if pinned else "unpinned", canonical)
+        return pending and not pinned
+
+    def preload_ids(self) -> list[str]:
+        """The models to warm up, in the file's order: marked ``preload`` (a task's selected option, with
+        ``warmup_on_startup``)."""
+        books = self._books
+        with books.lock:
+            return [spec.id for spec in books.registry.specs.values() if spec.preload]
+
+    def set_tasks(self, config: ConfigFile) -> None:
+        """A configuration file's tasks and seed 003's inference block (its options are registered already)."""
+        books = self._books
+        with books.lock:
+            books.registry.tasks.update(config.tasks)
+            books.registry.inference.update(config.inference)
+            books.touch()
+
+    def adopt(self, config: ConfigFile) -> None:
+        """A configuration file's models and aliases, for a new manager (nothing is loaded yet)."""
+        for spec in config.models.values():
+            self._backends(spec.backend)  # created now, so the books never wait on an import
+        books = self._books
+        with books.lock:
+            for spec in config.models.values():
+                books.registry.put(spec)
+            books.registry.aliases.update(config.aliases)  # all at once: an alias may name a later alias
+            books.registry.tasks.update(config.tasks)
+            books.registry.inference.update(config.inference)
+            for name in config.aliases:
+                books.registry.resolve(name)  # an alias to an unknown id, or a cycle, is a configuration error
+
+    def _check_idle(self, stale: Instance | None) -> None:
+        if stale is not None and stale.leases:
+            raise ModelInUseError(self._books.name_of(stale), stale.leases)
+
+    def _take_out(self, stale: Instance | None) -> Victims:
+        """The stale instance out of the books (a loading one is freed when its load ends). Lock held."""
+        if stale is None or stale.state != "loaded":
+            return []
+        return self._evictions.take_out([policy.Eviction(stale.key, stale.spec.id, "manual", stale.total_bytes)])

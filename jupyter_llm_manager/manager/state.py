@@ -1,0 +1,126 @@
+"""The manager's books: every mutable fact of one manager, under one lock.
+
+The registry (ids, aliases, pins), the instance table, the wait queue, the
+settings, load failures and the ``version`` counter live here. Whoever
+changes any of them holds ``lock`` and calls :meth:`Books.touch`, which bumps
+``version`` and wakes every waiter, so a waiting request looks again exactly
+when something changed. The lock is never held while a backend, a
+subscriber or a device probe runs (see the lock rule in ``manager.py``).
+It is taken with ``with books.lock:`` only: the lock's own C-level enter and
+exit, so a Ctrl-C can never leave it held.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+
+from ..config.registry import Registry
+from ..config.settings import ManagerSettings
+from ..devices import DeviceMemory, device_budget, device_limit
+from ..errors import ManagerClosedError
+from ..support.units import NEVER
+from .instances import Instance
+from .policy.fit import DeviceRoom, Holding, Snapshot
+from .waiting import WaitQueue
+
+__all__ = ["Books"]
+
+
+class Books:
+    """Registry, instances, queue and settings of one manager, and the lock guarding them."""
+
+    def __init__(self, settings: ManagerSettings, clock: Callable[[], float]) -> None:
+        self.lock = threading.RLock()
+        self.changed = threading.Condition(self.lock)
+        self.clock = clock  # monotonic: last use and keep-alive deadlines
+        self.settings = settings
+        self.registry = Registry()
+        self.instances: dict[str, Instance] = {}
+        self.failures: dict[str, str] = {}  # id -> why its last load failed
+        self.last_used: dict[str, float] = {}  # key -> last use, kept after an unload
+        self.queue = WaitQueue()
+        self.version = 0
+        self.closed = False
+        self.retiring: set[str] = set()  # instance keys to unload when idle (a task's previous option)
+        self.limits_pending = False  # a cap or budget could not be restored yet (leases, pins, loads)
+
+    def touch(self) -> None:
+        """Something changed: bump the version and wake every waiter. Caller holds the lock."""
+        self.version += 1
+        self.changed.notify_all()
+
+    def wait_for_change(self, since: int, timeout: float | None) -> None:
+        """Wait until ``version`` moves past ``since`` or ``timeout`` passes.
+
+        Closing the manager moves the version, so it wakes every waiter; a wait
+        that starts after that (close() unloading a model still in use) waits
+        for the lease to end like any other.
+        """
+        while self.version == since:
+            if not self.changed.wait(timeout):
+                return
+
+    def check_open(self) -> None:
+        if self.closed:
+            raise ManagerClosedError()
+
+    # -- facts about instances ----------------------------------------------------------------
+
+    def name_of(self, instance: Instance) -> str:
+        """The first registered id of an instance (its spec's id once none is left)."""
+        names = self.registry.ids_of(instance.key)
+        return names[0] if names else instance.spec.id
+
+    def keep_alive_of(self, instance: Instance) -> float | None:
+        own = self.registry.keep_alive(instance.key)
+        value = own if own is not None else self.settings.keep_alive
+        return None if value is None or value == NEVER else value
+
+    def expires_at(self, instance: Instance) -> float | None:
+        """When an idle, unpinned, loaded instance expires (monotonic); ``None``: never."""
+        keep = self.keep_alive_of(instance)
+        if keep is None or instance.leases or instance.state != "loaded" or self.registry.is_pinned(instance.key):
+            return None
+        return instance.last_used + keep
+
+    def loading_devices(self) -> set[str]:
+        """Devices with a load in flight: their free memory is moving, so limits wait for it."""
+        return {d for i in self.instances.values() if i.state == "loading" and i.placement for d in i.placement.devices}
+
+    def holds_leases(self, thread: int) -> bool:
+        return any(i.leased_by(thread) for i in self.instances.values())
+
+    # -- what the policy sees ------------------------------------------------------------------
+
+    def holding(self, instance: Instance) -> Holding:
+        registry = self.registry
+        state = instance.state if instance.state in ("loading", "loaded") else "unloading"
+        # a thread promised a lease (it waited for this load) counts as holding one: never evicted under it
+        return Holding(instance.key, self.name_of(instance), state, dict(instance.bytes),
+                       instance.leases + len(instance.joiners - set(instance.lease_threads)),
+                       frozenset(t for t, n in instance.lease_threads.items() if n > 0) | instance.joiners,
+                       registry.is_pinned(instance.key), registry.priority(instance.key),
+                       registry.is_protected(instance.key), instance.last_used, instance.remote,
+                       self.expires_at(instance), instance.loader if instance.state == "loading" else None)
+
+    def snapshot(self, memories: Sequence[DeviceMemory], *, moving: set[str] | frozenset[str] = frozenset(),
+                 without: str | None = None) -> Snapshot:
+        """The policy's view now, leaving out the instance ``without`` and uncertain devices.
+
+        A device in ``moving`` has a load in flight: its free memory already
+        dropped by part of a reservation the books count in full, so when
+        its budget depends on the free memory it is left out until the load ends.
+        """
+        holdings = tuple(self.holding(i) for i in self.instances.values() if i.key != without)
+        settings = self.settings
+        devices = {}
+        for memory in memories:
+            held = sum(h.bytes.get(memory.device, 0) for h in holdings)
+            fraction, absolute = settings.memory_fraction, settings.memory_budget
+            if memory.device in moving and held + memory.free_bytes < device_limit(memory, fraction=fraction,
+                                                                                  absolute=absolute):
+                continue
+            budget = device_budget(memory, held_bytes=held, fraction=fraction, absolute=absolute)
+            devices[memory.device] = DeviceRoom(memory.device, budget, memory.total_bytes)
+        return Snapshot(holdings, devices, settings.max_loaded_models, self.clock(), self.queue.threads())

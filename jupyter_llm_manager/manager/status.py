@@ -1,0 +1,139 @@
+"""Point-in-time reports of the books: status rows and device reports.
+
+Rows are built under the lock from facts gathered before it (estimates,
+device figures), hold ids and numbers only, and convert the monotonic
+clock's last-use and expiry times to wall-clock times for display.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+from ..backends import Backend
+from ..config.spec import ModelSpec
+from ..devices import DeviceProbe, DeviceReport, device_budget
+from ..errors import LLMManagerError
+from ..estimates import EstimateCache, MemoryEstimate
+from ..reports import ModelState, StatusRow
+from .instances import Instance
+from .state import Books
+
+__all__ = ["BooksReader", "StatusView"]
+
+log = logging.getLogger(__name__)
+
+
+class BooksReader:
+    """A part that reads the books with what it needs to judge them: devices, estimates, backends."""
+
+    def __init__(self, books: Books, probe: DeviceProbe, estimates: EstimateCache,
+                 backends: Callable[[str], Backend]) -> None:
+        self._books = books
+        self._probe = probe
+        self._estimates = estimates
+        self._backends = backends
+
+
+class StatusView(BooksReader):
+    """Builds :class:`StatusRow` and :class:`DeviceReport` snapshots."""
+
+    def rows(self) -> list[StatusRow]:
+        """One row per registered model id."""
+        books = self._books
+        with books.lock:
+            specs = list(books.registry.specs.values())
+        estimates = {spec.id: self._cheap_estimate(spec) for spec in specs}
+        books = self._books
+        with books.lock:
+            now, wall = books.clock(), time.time()
+            return [self._row(spec, estimates.get(spec.id), now, wall) for spec in specs
+                    if books.registry.specs.get(spec.id) is spec]
+
+    def devices(self) -> list[DeviceReport]:
+        """Per device: total, free, this manager's budget, and the bytes its models hold."""
+        memories = self._probe()
+        books = self._books
+        with books.lock:
+            settings = books.settings
+            reports = []
+            for memory in memories:
+                holders = [i for i in books.instances.values() if i.bytes.get(memory.device)]
+                held = sum(i.bytes[memory.device] for i in holders)
+                budget = device_budget(memory, fraction=settings.memory_fraction, absolute=settings.memory_budget,
+                                       held_bytes=held)
+                reports.append(DeviceReport(memory.device, memory.name, memory.total_bytes, memory.free_bytes,
+                                            budget, held, tuple(books.name_of(i) for i in holders), memory.source))
+            return reports
+
+    def _cheap_estimate(self, spec: ModelSpec) -> MemoryEstimate | None:
+        """A cached estimate, or a fresh one when it needs no network (local files)."""
+        cached = self._estimates.cached(spec)
+        if cached is not None or not spec.local_path:
+            return cached
+        try:
+            return self._estimates.get(spec, self._backends(spec.backend))
+        except LLMManagerError as error:
+            log.debug("no estimate for %r: %s", spec.id, error)
+            return None
+
+    def _row(self, spec: ModelSpec, estimate: MemoryEstimate | None, now: float, wall: float) -> StatusRow:
+        books = self._books
+        key = books.registry.keys[spec.id]
+        instance = books.instances.get(key)
+        backend = self._backends(spec.backend)
+        position = books.queue.position(key)
+        state: ModelState
+        if instance is not None:
+            state = "unloading" if instance.state not in ("loading", "loaded") else instance.state
+        elif position is not None:
+            state = "waiting"
+        else:
+            state = "failed" if spec.id in books.failures else "registered"
+        placed = instance.placement.devices if instance is not None else ()
+        device = "remote" if backend.remote else ",".join(placed) or (
+            ",".join(spec.device) if isinstance(spec.device, tuple) else spec.device)
+        last_used = (instance.last_used if instance is not None else None) or books.last_used.get(key)
+        expires = books.expires_at(instance) if instance is not None else None
+        return StatusRow(
+            id=spec.id, instance=key, aliases=books.registry.aliases_of(spec.id), backend=spec.backend,
+            device=device, state=state, in_use=instance.leases if instance else 0,
+            pinned=spec.id in books.registry.pinned, priority=books.registry.priority(key),
+            estimated_bytes=estimate.total_bytes if estimate is not None and estimate.known else None,
+            actual_bytes=instance.footprint_bytes if instance is not None and state == "loaded" else None,
+            last_used=None if last_used is None else wall - (now - last_used),
+            expires_at=None if expires is None else wall + (expires - now),
+            error=books.failures.get(spec.id) or _last_call_error(instance) or backend.problem(spec),
+            remote=backend.remote,
+            trust_remote_code=spec.trust_remote_code,
+            keep_alive=books.keep_alive_of(instance) if instance is not None else spec.keep_alive,
+            load_seconds=instance.load_seconds if instance is not None else None,
+            details=dict(instance.loaded.details) if instance is not None and instance.loaded else {},
+            protected=books.registry.is_protected(key), kind=spec.kind,
+            waiting_for=books.queue.waiting_for(key) or ("queued" if position else None), queue_position=position,
+            idle_seconds=None if last_used is None else now - last_used,
+            expires_in=None if expires is None else expires - now,
+            import_seconds=sum(s for _, s in instance.imported) if instance is not None and instance.imported else None,
+            reachable=_reachable(instance), mode=spec.mode,
+            context=instance.loaded.context_length if instance is not None and instance.loaded else None,
+            progress=instance.progress or None if instance is not None and instance.state == "loading" else None)
+
+
+def _details(instance: Instance | None) -> dict[str, object]:
+    return instance.loaded.details if instance is not None and instance.loaded is not None else {}
+
+
+def _last_call_error(instance: Instance | None) -> str | None:
+    """A loaded remote model whose last call failed: what failed, and when (until a call succeeds)."""
+    details = _details(instance)
+    error, when = details.get("last_error"), details.get("last_error_at")
+    if not error:
+        return None
+    at = time.strftime("%H:%M:%S", time.localtime(when)) if isinstance(when, (int, float)) else "?"
+    return f"last call failed at {at}: {error}"
+
+
+def _reachable(instance: Instance | None) -> bool | None:
+    reachable = _details(instance).get("reachable")
+    return reachable if isinstance(reachable, bool) else None
