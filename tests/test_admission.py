@@ -306,7 +306,7 @@ def test_remote_models_never_wait_for_room(devices, clock):
         manager.close()
 
 
-# -- priorities and protection (seed 004's tiers) -----------------------------------------------------
+# -- priorities and protection (tiers by kind) -----------------------------------------------------
 
 def test_a_protected_model_survives_a_lower_priority_request_which_waits_and_names_it(make_manager):
     manager = make_manager(max_loaded_models=1)
@@ -566,7 +566,7 @@ def test_ctrl_c_while_a_victim_is_freed_keeps_books_and_events_agreeing(make_man
     assert {d.device: d.held_bytes for d in manager.devices()}["cuda:0"] == GB
 
 
-# -- seed 000: several notebook sessions sharing one manager -------------------------------------------
+# -- several notebook sessions sharing one manager -------------------------------------------
 
 def test_eight_threads_over_three_models_all_complete_under_cap_two(make_manager, backend):
     manager = make_manager(max_loaded_models=2, wait_timeout=120)

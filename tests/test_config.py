@@ -52,7 +52,7 @@ def test_our_layout(tmp_path, models_dir, monkeypatch):
     assert (spec.dtype, spec.pinned, spec.priority, spec.max_context) == ("bfloat16", True, 3, 4096)
     assert spec.generation == {"max_new_tokens": 256, "temperature": 0.7}
     assert registry.settings.keep_alive == 1800 and registry.settings.max_loaded_models == 2
-    assert registry.aliases == {"chat": "model_a"} and registry.layout == "standard"
+    assert registry.aliases == {"chat": "model_a"} and registry.layout == "ours"
     monkeypatch.setenv("HF_TOKEN", "hf_secret_value")
     assert spec.token.resolve() == "hf_secret_value"  # resolved only when asked, from the environment
     assert "hf_secret_value" not in repr(spec) and "${HF_TOKEN}" in repr(spec)
@@ -60,7 +60,7 @@ def test_our_layout(tmp_path, models_dir, monkeypatch):
     assert remote.backend == "openai" and remote.model == "meta-llama/Llama-3.1-405B-Instruct"
 
 
-def test_legacy_mapping_layout(tmp_path, models_dir):
+def test_a_mapping_of_models_as_other_managers_write_it(tmp_path, models_dir):
     path = write(tmp_path / "old.yaml", f"""
         llama:
           model_name: meta-llama/Llama-2-7b-chat-hf
@@ -74,7 +74,7 @@ def test_legacy_mapping_layout(tmp_path, models_dir):
           config: {{}}
         """)
     registry = load_config(path)
-    assert registry.layout == "legacy-mapping"
+    assert registry.layout == "model-mapping"
     llama = registry.models["llama"]
     assert (llama.source, llama.backend, llama.device, llama.dtype, llama.quantization) == (
         "meta-llama/Llama-2-7b-chat-hf", "transformers", "cuda", "float16", "4bit")
@@ -82,7 +82,7 @@ def test_legacy_mapping_layout(tmp_path, models_dir):
     assert registry.models["local"].device == "cpu"
 
 
-def test_legacy_list_layout(tmp_path, models_dir):
+def test_a_list_of_models_as_other_managers_write_it(tmp_path, models_dir):
     path = write(tmp_path / "old-list.yaml", f"""
         models:
           - model_id: mistral
@@ -104,7 +104,7 @@ def test_legacy_list_layout(tmp_path, models_dir):
             required_ram_mb: 100
         """)
     registry = load_config(path)
-    assert registry.layout == "legacy-list"
+    assert registry.layout == "model-list"
     mistral = registry.models["mistral"]
     assert (mistral.quantization, mistral.device, mistral.revision) == ("8bit", "cuda", "main")
     assert mistral.required_memory == 9000 * 1024 * 1024
@@ -232,14 +232,14 @@ def test_save_merges_with_what_another_kernel_saved(tmp_path):
     assert set(load_config(path).models) == {"from-second"}
 
 
-def test_saving_a_legacy_file_converts_it_and_keeps_a_backup(tmp_path):
+def test_saving_a_file_of_another_layout_converts_it_and_keeps_a_backup(tmp_path):
     path = write(tmp_path / "old.yaml", "llama:\n  model_name: org/llama\n  type: hf\n  device: cpu\n  config: {}\n")
     original = path.read_text()
     manager = LLMManager(config_path=path, preload=False)
     manager.register("new", source="org/new", persist=True)
     assert (tmp_path / "old.yaml.bak").read_text() == original
     registry = load_config(path)
-    assert registry.layout == "standard" and set(registry.models) == {"llama", "new"}
+    assert registry.layout == "ours" and set(registry.models) == {"llama", "new"}
 
 
 def test_a_read_only_folder_is_a_clear_error(tmp_path, monkeypatch):

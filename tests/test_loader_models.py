@@ -1,4 +1,4 @@
-"""Models that are not LLMs (seed 004): loaders, tiers, leases and freeing, with real small speech models."""
+"""Models that are not LLMs: loaders, tiers, leases and freeing, with real small speech models."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Seed 003's task configurations, ``plan``, warm-up and the framework mapping, from a user's files."""
+"""Tasks with options, ``plan``, warm-up and the framework mapping, from a user's files."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from jupyter_llm_manager import ConfigurationError, LLMManager, ModelLoadingErro
 from jupyter_llm_manager.backends import get_backend
 from jupyter_llm_manager.models.builtin import smollm2_file
 
-SEED_003 = """\
+TASKS_FILE = """\
 tasks:
   video_summarization:
     selected: balanced
@@ -56,10 +56,10 @@ def with_anthropic(name):
 @pytest.fixture
 def seed_file(tmp_path, monkeypatch):
     anthropic_installed(monkeypatch)
-    return write(tmp_path, SEED_003)
+    return write(tmp_path, TASKS_FILE)
 
 
-def test_the_seed_003_file_loads_into_ids_and_an_alias(seed_file, monkeypatch):
+def test_a_tasks_file_loads_into_ids_and_an_alias(seed_file, monkeypatch):
     manager = LLMManager(config_path=seed_file, preload=False, backend_factory=with_anthropic)
     options = [f"video_summarization/{o}" for o in ("fast", "balanced", "cloud", "served")]
     assert manager.ids() == [*options, "video_summarization"]
@@ -83,9 +83,9 @@ def test_saving_converts_the_file_keeping_every_task_option_and_field(seed_file)
     manager = LLMManager(config_path=seed_file, preload=False, backend_factory=with_anthropic)
     manager.select("video_summarization", "fast")
     manager.save()
-    assert seed_file.with_name("models.yaml.bak").read_text() == SEED_003
+    assert seed_file.with_name("models.yaml.bak").read_text() == TASKS_FILE
     saved = yaml.safe_load(seed_file.read_text())
-    original = yaml.safe_load(SEED_003)
+    original = yaml.safe_load(TASKS_FILE)
     assert saved["tasks"]["video_summarization"]["options"] == original["tasks"]["video_summarization"]["options"]
     assert saved["tasks"]["video_summarization"]["selected"] == "fast"
     assert saved["inference"] == original["inference"] and saved["defaults"]["memory_fraction"] == 0.85
@@ -135,8 +135,8 @@ def test_options_that_cannot_work_are_clear_errors(tmp_path, option, message):
     assert "sk-live-1234" not in str(caught.value)
 
 
-def test_the_seed_003_file_loads_without_the_providers_backend_and_the_option_says_why(tmp_path):
-    manager = LLMManager(config_path=write(tmp_path, SEED_003), preload=False)  # no anthropic backend here
+def test_a_tasks_file_loads_without_the_providers_backend_and_the_option_says_why(tmp_path):
+    manager = LLMManager(config_path=write(tmp_path, TASKS_FILE), preload=False)  # no anthropic backend here
     try:
         cloud = "video_summarization/cloud"
         assert manager.resolve("video_summarization") == "video_summarization/balanced"
@@ -150,7 +150,7 @@ def test_the_seed_003_file_loads_without_the_providers_backend_and_the_option_sa
         assert report.models[0].state == "unavailable" and not report.advice  # memory is not what is wrong
         manager.save()
         saved = yaml.safe_load((tmp_path / "models.yaml").read_text())["tasks"]["video_summarization"]
-        assert saved["options"]["cloud"] == yaml.safe_load(SEED_003)["tasks"]["video_summarization"]["options"]["cloud"]
+        assert saved["options"]["cloud"] == yaml.safe_load(TASKS_FILE)["tasks"]["video_summarization"]["options"]["cloud"]
     finally:
         manager.close()
 

@@ -1,4 +1,4 @@
-"""The ``loader`` backend: any model, not only LLMs (seed 004 manages ASR and TTS models beside LLMs).
+"""The ``loader`` backend: any model, not only LLMs (speech recognizers and synthesizers beside LLMs).
 
 ``mgr.register("whisper", loader="my_package.speech:load_asr", kind="asr", required_memory="1.5GB")``:
 the loader is an importable callable ``(spec) -> object``; whatever it

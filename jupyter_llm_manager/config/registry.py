@@ -27,8 +27,8 @@ class Registry:
         self.aliases: dict[str, str] = {}
         self.pinned: set[str] = set()
         self.removed: set[str] = set()  # ids and aliases to drop from the file at the next save
-        self.tasks: dict[str, Task] = {}  # seed 003's tasks: each an alias of its selected option
-        self.inference: dict[str, Any] = {}  # seed 003's inference block, saved back as read
+        self.tasks: dict[str, Task] = {}  # tasks with options: each an alias of its selected option
+        self.inference: dict[str, Any] = {}  # a task layout's inference block, saved back as read
 
     # -- models -------------------------------------------------------------------------
 

@@ -73,7 +73,7 @@ def check_max_queue(value: Any) -> int:
 
 
 def check_max_memory_per_model(value: Any) -> int | None:
-    """The most memory one model may take (seed 003's ``max_memory_per_model``); ``auto``/``null``: no cap."""
+    """The most memory one model may take (``max_memory_per_model`` of a task layout's ``inference`` block too); ``auto``/``null``: no cap."""
     if value is None or (isinstance(value, str) and value.strip().lower() == "auto"):
         return None
     return parse_size(value)

@@ -33,7 +33,7 @@ QUANTIZATIONS = {
 _DEVICE = re.compile(r"^(auto|cpu|mps|balanced|cuda(:\d+)?)$")
 _ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:@/+-]{0,199}")  # used with fullmatch: no trailing newline
 LOCAL_BACKENDS = ("transformers", "llama_cpp")
-#: Seed 004's tiers: the default priority of each kind of model; ``asr`` is also protected.
+#: Priority tiers: the default priority of each kind of model; ``asr`` is also protected.
 KIND_PRIORITY = {"llm": 0, "tts": 1, "asr": 2}
 PROTECTED_KINDS = frozenset({"asr"})
 _KINDS = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")

@@ -1,4 +1,4 @@
-"""Task configurations (seed 003): tasks, each with options to choose from and one option selected.
+"""Tasks with options: each task has options to choose from (models, local or remote) and one selected.
 
 ```yaml
 tasks:
@@ -72,7 +72,7 @@ def parse_tasks(raw: Any, where: str, *, warm_up: bool, backend_names: Callable[
                 ) -> tuple[dict[str, Task], dict[str, ModelSpec], dict[str, str]]:
     """The tasks of a file: the tasks, a spec per option (``TASK/OPTION``) and an alias per task.
 
-    ``warm_up`` (seed 003's ``warmup_on_startup``) preloads every task's
+    ``warm_up`` (``inference.warmup_on_startup``) preloads every task's
     selected option; ``backend_names`` lists the installed backends (for an
     ``external_api`` provider).
     """
@@ -123,7 +123,7 @@ def _task(name: Any, entry: Any, where: str, warm_up: bool) -> Task:
 
 def option_spec(task: str, option: str, values: Mapping[str, Any], *, where: str | None, preload: bool,
                 backend_names: Callable[[], set[str]]) -> ModelSpec:
-    """The spec of one option, from seed 003's keys; the keys that only describe it are kept in ``about``."""
+    """The spec of one option, from the task layout's keys; the keys that only describe it are kept in ``about``."""
     model_id = option_id(task, option)
     context: dict[str, Any] = {"path": where, "model_id": model_id}
     spec_values: dict[str, Any] = {key: values[key] for key in _PASSED if key in values}
@@ -214,7 +214,7 @@ def _descriptive(key: Any, value: Any, context: dict[str, Any]) -> Any:
 
 
 def inference_values(raw: Any, where: str) -> tuple[dict[str, Any], bool]:
-    """Seed 003's ``inference:`` block: the settings it maps to, and whether to warm up on startup.
+    """A task layout's ``inference:`` block: the settings it maps to, and whether to warm up on startup.
 
     ``offload_threshold`` is the memory fraction; ``max_memory_per_model``
     (``auto``: no cap) caps one model's placement. The batch sizes are kept

@@ -147,9 +147,9 @@ def _huggingface(found: Diagnosis) -> None:
 
 
 def _configuration(found: Diagnosis) -> None:
-    from ..backends.transformers.converted import cache_folder
     from ..config.files import default_config_path, find_config_path, load_config
     from ..errors import ConfigurationError
+    from ..support.paths import cache_folder
 
     path = find_config_path()
     if path is None:

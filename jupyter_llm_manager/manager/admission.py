@@ -29,11 +29,10 @@ from ..support.deadlines import Deadline
 from ..support.units import format_bytes
 from .evictions import Evictions, Victims
 from .instances import Instance
-from .leases import Leases, Ticket
 from .loading import FIT_HINT, Loading
 from .policy import fit as policy
 from .policy.placement import place
-from .state import Books
+from .state import Books, Leases, Ticket
 from .waiting import Waiter
 
 __all__ = ["Admission"]

@@ -57,13 +57,11 @@ from .freeing import Freeing
 from .generations import Runs
 from .handles import Lease, ModelHandle, TextStream
 from .keep_alive import Upkeep
-from .leases import Leases, Ticket
 from .loading import Loading
 from .modes import checked_texts, text_model
 from .planning import Planner, PlanReport
-from .registration import Catalog
-from .saving import Persistence
-from .state import Books
+from .registration import Catalog, Persistence
+from .state import Books, Leases, Ticket
 from .status import StatusView
 from .warmup import WarmUp
 

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from ..events import EventBus
 from ..generation import GenerationParams, GenerationResult, Prompt
 from .handles import TextStream
-from .leases import Ticket
+from .state import Ticket
 
 __all__ = ["Runs"]
 

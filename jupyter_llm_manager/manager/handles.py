@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from ..config.spec import ModelSpec
     from ..reports import StatusRow, UnloadReport
     from .facade import LLMManager
-    from .leases import Ticket
+    from .state import Ticket
 
 __all__ = ["Lease", "ModelHandle", "TextStream"]
 

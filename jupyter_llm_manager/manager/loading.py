@@ -25,9 +25,8 @@ from ..support.units import format_bytes
 from .evictions import Evictions
 from .freeing import Freeing
 from .instances import Instance, accounted_bytes
-from .leases import Leases, Ticket
 from .policy import fit as policy
-from .state import Books
+from .state import Books, Leases, Ticket
 
 __all__ = ["DECLARED_TOLERANCE", "FIT_HINT", "Loading"]
 
@@ -46,7 +45,7 @@ def _imported(imported: tuple[tuple[str, float], ...]) -> list[str]:
 
 
 def _off_declared(declared: int | None, loaded: LoadedModel) -> str:
-    """A warning when a declared size (``required_memory``, seed 003's ``vram_gb``) is off by more than 20%."""
+    """A warning when a declared size (``required_memory``, a task option's ``vram_gb``) is off by more than 20%."""
     measured = loaded.measured_bytes if loaded.measured_bytes is not None else sum(loaded.footprint.values())
     if not declared or not measured or abs(measured - declared) <= DECLARED_TOLERANCE * declared:
         return ""

@@ -1,4 +1,4 @@
-"""Will these models fit together? A dry run of admission (seed 003's ``validate_memory_budget``).
+"""Will these models fit together? The dry run of admission.
 
 :meth:`Planner.plan` loads nothing: it takes the books as they are, then
 admits each model in turn with the same policy code admission uses

@@ -8,10 +8,12 @@ disappears are woken and get :class:`ModelNotFoundError`.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from ..backends import Backend
-from ..config.files import ConfigFile
+from ..config.files import ConfigFile, default_config_path, save_config
 from ..config.spec import ModelSpec, check_model_id
 from ..config.tasks import option_id
 from ..errors import ConfigurationError, ModelInUseError
@@ -21,7 +23,7 @@ from .instances import Instance
 from .policy import fit as policy
 from .state import Books
 
-__all__ = ["Catalog"]
+__all__ = ["Catalog", "Persistence"]
 
 
 class Catalog:
@@ -141,7 +143,7 @@ class Catalog:
             return [spec.id for spec in books.registry.specs.values() if spec.preload]
 
     def set_tasks(self, config: ConfigFile) -> None:
-        """A configuration file's tasks and seed 003's inference block (its options are registered already)."""
+        """A configuration file's tasks and its inference block (its options are registered already)."""
         books = self._books
         with books.lock:
             books.registry.tasks.update(config.tasks)
@@ -171,3 +173,41 @@ class Catalog:
         if stale is None or stale.state != "loaded":
             return []
         return self._evictions.take_out([policy.Eviction(stale.key, stale.spec.id, "manual", stale.total_bytes)])
+
+
+# -- saving: every setting, model (with its pin) and alias, merged into the file -------------
+
+class Persistence:
+    """Knows the configuration file of one manager and writes the books into it."""
+
+    def __init__(self, books: Books, path: Path | None) -> None:
+        self._books = books
+        self.path = path  # the file read, and where save() writes by default
+
+    def save(self, path: str | os.PathLike[str] | None = None, *, models: Sequence[str] | None = None,
+             aliases: Sequence[str] | None = None, settings: bool = True) -> Path:
+        """Write ``models`` and ``aliases`` (``None``: all), what was removed, and the settings when asked."""
+        target = Path(path) if path is not None else (self.path or default_config_path())
+        books = self._books
+        with books.lock:
+            registry = books.registry
+            chosen = [i for i in (registry.specs if models is None else models)
+                      if not registry.specs[i].builtin and not registry.specs[i].task]
+            specs = {i: registry.specs[i].with_changes(pinned=i in registry.pinned) for i in chosen}
+            names = {a: registry.aliases[a] for a in (registry.aliases if aliases is None else aliases)
+                     if a not in registry.tasks}
+            tasks = {name: task.to_mapping(selected=registry.aliases.get(name, "").partition("/")[2] or None)
+                     for name, task in registry.tasks.items()} if settings else None
+            inference = dict(registry.inference) if settings and registry.inference else None
+            removed = set(registry.removed)
+            defaults = books.settings.to_mapping() if settings else None
+            default = defaults and defaults["default_model"]
+            if defaults and default in registry.specs and registry.specs[default].builtin:
+                defaults["default_model"] = None  # the built-in default comes back by itself
+        written = save_config(target, specs, names, removed=removed, defaults=defaults, tasks=tasks,
+                              inference=inference)
+        books = self._books
+        with books.lock:
+            books.registry.removed -= removed
+        self.path = self.path or written
+        return written

@@ -1,4 +1,4 @@
-"""Warm-up: the ``preload`` models loaded in the background when the manager starts (seed 003, Ollama, LM Studio).
+"""Warm-up: the ``preload`` models loaded in the background when the manager starts (as Ollama and LM Studio do).
 
 In order, one after another, on one thread named ``llm-manager-warmup``, so
 the kernel is free at once. The loads go through admission like any other:

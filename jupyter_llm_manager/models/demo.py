@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..backends.transformers.converted import cache_folder
+from ..support.paths import cache_folder
 from .tiny import LARGE, SMALL, build_tiny_model
 
 if TYPE_CHECKING:

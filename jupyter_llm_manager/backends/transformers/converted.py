@@ -1,4 +1,4 @@
-"""What the package keeps on disk: its cache folder, and converted copies of GGUF files.
+"""Converted copies of GGUF files: what transformers loads instead of dequantizing a file again.
 
 transformers reads a GGUF file by dequantizing every tensor (about 11 s for
 a 135M-parameter model on two cores, plus 3 s for its tokenizer). The first
@@ -25,17 +25,12 @@ from typing import Any
 from filelock import FileLock
 
 from ...estimates import read_safetensors_header
+from ...support.paths import cache_folder
 
-__all__ = ["MAX_COPIES", "ConvertedCopies", "ConvertedCopy", "cache_folder"]
+__all__ = ["MAX_COPIES", "ConvertedCopies", "ConvertedCopy"]
 
 MAX_COPIES = 4
 _MANIFEST = "jupyter-llm-manager.json"
-
-
-def cache_folder() -> Path:
-    """``~/.cache/jupyter_llm_manager`` (or under ``$XDG_CACHE_HOME``)."""
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "jupyter_llm_manager"
 
 
 @dataclass(frozen=True)
