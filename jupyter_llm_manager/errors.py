@@ -173,6 +173,8 @@ class ResourceNotAvailableError(LLMManagerError, RuntimeError):
     ) -> None:
         self.model_id = model_id
         self.shortfalls = tuple(shortfalls)
+        self.message = message  # without the shortfalls and the hint
+        self.hint = hint
         parts = [message]
         parts.extend(f"{shortfall}." for shortfall in self.shortfalls)
         if hint:

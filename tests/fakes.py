@@ -40,14 +40,37 @@ def lease_elsewhere(manager: Any, model_id: str) -> tuple[threading.Thread, thre
 
 
 class FakeClock:
+    """The manager's monotonic clock, moved only by :meth:`advance`.
+
+    A wait with a deadline on this clock (``wait(condition, timeout)``, which
+    the manager calls) ends when the manager notifies it or when the clock is
+    advanced: a test decides when a timeout passes, so nothing depends on how
+    fast the machine is. A wait that should not happen blocks until the test's
+    own join timeout says so.
+    """
+
     def __init__(self, start: float = 1_000_000.0) -> None:
         self.now = start
+        self._waiting: weakref.WeakSet[threading.Condition] = weakref.WeakSet()
+        self._lock = threading.Lock()
 
     def __call__(self) -> float:
         return self.now
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
+        with self._lock:
+            waiting = list(self._waiting)
+        for condition in waiting:
+            with condition:
+                condition.notify_all()
+
+    def wait(self, condition: threading.Condition, timeout: float | None) -> None:
+        """Wait (the condition's lock held) until notified; the caller looks at the clock again after."""
+        if timeout is not None:
+            with self._lock:
+                self._waiting.add(condition)
+        condition.wait()
 
 
 class FakeModel:

@@ -15,7 +15,7 @@ import weakref
 
 import pytest
 import yaml
-from fakes import GB, FakeBackend, FakeDevices
+from fakes import GB, FakeBackend, FakeClock, FakeDevices
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -123,7 +123,8 @@ def test_an_interrupt_during_a_load_leaves_no_half_loaded_instance(real_manager,
 
 
 def test_the_reaper_waits_for_a_lease_to_end(tiny_models):
-    manager = LLMManager(keep_alive=0.2, config_path=False, preload=False)
+    clock = FakeClock()
+    manager = LLMManager(keep_alive=0.2, config_path=False, preload=False, clock=clock)
     try:
         manager.register("a", source=str(tiny_models["a"]))
         evicted_at = []
@@ -131,15 +132,15 @@ def test_the_reaper_waits_for_a_lease_to_end(tiny_models):
 
         def on_event(event):
             if event.kind == "evicted" and event.reason == "keep_alive":
-                evicted_at.append(time.monotonic())
+                evicted_at.append(clock())
                 evicted.set()
 
         manager.subscribe(on_event)
         with manager.use("a"):
-            # far longer than the keep-alive, while the reaper runs: the model must stay
-            assert not evicted.wait(1.0)
-            assert manager.row("a").state == "loaded"
-            released_at = time.monotonic()
+            clock.advance(3600)  # far longer than the keep-alive, while the reaper runs: the model must stay
+            assert manager.expire_idle() == [] and manager.row("a").state == "loaded"
+            released_at = clock()
+        clock.advance(1)
         assert evicted.wait(10) and evicted_at[0] >= released_at
     finally:
         manager.close()

@@ -16,14 +16,12 @@ def module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def runtime_imports(path: Path, tree: ast.Module) -> set[str]:
-    """Modules of the package this one imports when it runs (``if TYPE_CHECKING:`` blocks aside)."""
+def package_imports(path: Path, tree: ast.Module) -> set[str]:
+    """Modules of the package this one imports: at the top, inside functions and under ``if TYPE_CHECKING:``."""
     found: set[str] = set()
     package = module_name(path) if path.name == "__init__.py" else module_name(path).rpartition(".")[0]
-    type_only = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If)
-                 and ast.unparse(node.test) in ("TYPE_CHECKING", "typing.TYPE_CHECKING") for n in ast.walk(node)}
     for node in ast.walk(tree):
-        if id(node) in type_only or not isinstance(node, (ast.Import, ast.ImportFrom)):
+        if not isinstance(node, (ast.Import, ast.ImportFrom)):
             continue
         if isinstance(node, ast.Import):
             found |= {a.name for a in node.names if a.name.startswith("jupyter_llm_manager")}
@@ -54,7 +52,7 @@ def test_no_class_is_longer_than_three_hundred_lines():
 
 
 def test_the_package_has_no_import_cycle():
-    graph = {module_name(p): runtime_imports(p, tree) for p, tree in MODULES.items()}
+    graph = {module_name(p): package_imports(p, tree) for p, tree in MODULES.items()}
     graph = {name: {i for i in imports if not name.startswith(i + ".") and i != "jupyter_llm_manager"}
              for name, imports in graph.items()}  # a module importing its own package's __init__ is no cycle
     cycles = []
@@ -74,13 +72,47 @@ def test_the_package_has_no_import_cycle():
     assert cycles == []
 
 
-def test_the_core_imports_no_front_end():
-    front_ends = {"jupyter_llm_manager." + m for m in ("magics", "dashboard", "lab", "cli", "commands", "asking",
-                                                        "actions", "magic_args", "rendering", "tables", "plan_view")}
-    entry_points = {"jupyter_llm_manager", "jupyter_llm_manager.__main__"}
-    core = [p for p in MODULES if module_name(p) not in front_ends | entry_points]
-    leaks = {module_name(p): runtime_imports(p, MODULES[p]) & front_ends for p in core}
-    assert {m: i for m, i in leaks.items() if i} == {}
+#: The layers, top first: a module imports modules of its own layer or of layers below it, never above.
+LAYERS = (
+    ("front-ends", ("frontends",)),
+    ("the manager", ("manager",)),
+    ("the pure policy", ("manager.policy",)),
+    ("configuration, backends, devices, estimates, models", ("config", "backends", "devices", "estimates",
+                                                              "gguf_files", "models")),
+    ("support and the shared vocabulary", ("support", "errors", "events", "generation", "reports")),
+)
+ENTRY_POINTS = {"jupyter_llm_manager", "jupyter_llm_manager.__main__"}
+MAX_MODULES_PER_FOLDER = 15
+
+
+def layer_of(module: str) -> int:
+    """The index in :data:`LAYERS` of the most specific layer that holds ``module``."""
+    relative = module.removeprefix("jupyter_llm_manager.")
+    matches = [(len(prefix), index) for index, (_, prefixes) in enumerate(LAYERS) for prefix in prefixes
+               if relative == prefix or relative.startswith(prefix + ".")]
+    assert matches, f"{module} is in no layer: add it to LAYERS"
+    return max(matches)[1]
+
+
+def test_imports_point_down_the_layers():
+    upward = []
+    for path, tree in MODULES.items():
+        here = module_name(path)
+        if here in ENTRY_POINTS:
+            continue
+        for imported in package_imports(path, tree) - ENTRY_POINTS:
+            if layer_of(imported) < layer_of(here):
+                upward.append(f"{here} ({LAYERS[layer_of(here)][0]}) imports {imported} "
+                              f"({LAYERS[layer_of(imported)][0]})")
+    assert upward == []
+
+
+def test_no_folder_holds_more_than_fifteen_modules():
+    folders: dict[str, list[str]] = {}
+    for path in MODULES:
+        if path.name != "__init__.py":
+            folders.setdefault(str(path.parent.relative_to(PACKAGE.parent)), []).append(path.stem)
+    assert {folder: len(names) for folder, names in folders.items() if len(names) > MAX_MODULES_PER_FOLDER} == {}
 
 
 def test_no_module_uses_another_modules_private_names():

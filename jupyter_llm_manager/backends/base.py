@@ -21,7 +21,7 @@ from ..config.spec import ModelSpec
 from ..estimates import MemoryEstimate, remote_estimate
 from ..generation import GenerationParams, GenerationResult, Prompt
 
-__all__ = ["Backend", "LoadedModel", "Placement", "TextGenerator", "progress_reporter", "release_frames",
+__all__ = ["Backend", "ContextGrowth", "LoadedModel", "Placement", "TextGenerator", "progress_reporter", "release_frames",
            "report_progress"]
 
 #: What :meth:`Backend.stream` returns: yields text pieces, returns the result.
@@ -81,6 +81,33 @@ class Placement:
     max_memory: dict[str, int] | None = None
     target: str | None = None  # device string to load on when it differs from the pool ("mps")
     context: int | None = None  # tokens of context chosen for the model (``max_context: auto``)
+
+
+@dataclass(frozen=True)
+class ContextGrowth:
+    """The contexts a model may run with (``floor`` to ``top`` in ``step`` tokens), and its estimate at each.
+
+    ``estimate_at`` is pure arithmetic over metadata read beforehand, so the
+    policy calls it while it decides.
+    """
+
+    floor: int
+    step: int
+    top: int
+    estimate_at: Callable[[int], MemoryEstimate]
+
+    def fit(self, at_floor: MemoryEstimate, spare: int) -> tuple[int, MemoryEstimate]:
+        """The largest context whose memory beyond ``at_floor`` fits in ``spare`` bytes, and its estimate."""
+        best, chosen = self.floor, at_floor
+        low, high = 1, (max(self.top, self.floor) - self.floor) // self.step  # growth is monotonic: bisect
+        while low <= high:
+            middle = (low + high) // 2
+            estimate = self.estimate_at(self.floor + middle * self.step)
+            if estimate.total_bytes - at_floor.total_bytes <= spare:
+                best, chosen, low = self.floor + middle * self.step, estimate, middle + 1
+            else:
+                high = middle - 1
+        return best, chosen
 
 
 @dataclass(eq=False)
@@ -151,13 +178,14 @@ class Backend:
         """One vector per text (models registered with ``mode: embed``)."""
         raise NotImplementedError
 
-    def fit_context(self, spec: ModelSpec, estimate: MemoryEstimate, spare: int) -> tuple[int, MemoryEstimate]:
-        """For ``max_context: auto``: the largest context whose extra memory fits in ``spare`` bytes.
+    def context_growth(self, spec: ModelSpec) -> ContextGrowth | None:
+        """For ``max_context: auto``: the contexts the model may run with and its estimate at each.
 
-        ``estimate`` is the model's at its smallest context; returns the
-        context chosen and the estimate at that context.
+        Read from metadata with no lock held; the admission policy then picks
+        the largest context that fits without reading anything. ``None``:
+        the backend has no such choice.
         """
-        raise NotImplementedError
+        return None
 
     def unload(self, loaded: LoadedModel) -> None:
         """Drop every reference the backend keeps to the model (close clients)."""

@@ -21,6 +21,7 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +43,7 @@ from ..gguf_files import (
     read_gguf,
 )
 from ..support.units import format_bytes
-from .base import Backend, LoadedModel, Placement, TextGenerator
+from .base import Backend, ContextGrowth, LoadedModel, Placement, TextGenerator
 
 __all__ = ["LlamaCppBackend", "MeasuredBuffer", "usable_cores"]
 
@@ -98,22 +99,13 @@ class LlamaCppBackend(Backend):
         info = read_gguf(_file_of(spec))
         return _estimate(spec, info, context_for(spec, info))
 
-    def fit_context(self, spec: ModelSpec, estimate: MemoryEstimate, spare: int) -> tuple[int, MemoryEstimate]:
-        """The largest context (a multiple of 256, up to the trained one) whose growth fits in ``spare`` bytes."""
+    def context_growth(self, spec: ModelSpec) -> ContextGrowth | None:
+        """Contexts from the floor up to the trained one, in steps of 256 tokens."""
+        if spec.max_context != "auto":
+            return None
         info = read_gguf(_file_of(spec))
-        floor = AUTO_CONTEXT_FLOOR
-        base = _context_bytes(info, floor)
-        best = floor
-        top = max(info.context_length, floor)
-        low, high = 1, (top - floor) // AUTO_CONTEXT_STEP  # steps above the floor: the growth is monotonic
-        while low <= high:
-            middle = (low + high) // 2
-            tokens = floor + middle * AUTO_CONTEXT_STEP
-            if _context_bytes(info, tokens) - base <= spare:
-                best, low = tokens, middle + 1
-            else:
-                high = middle - 1
-        return best, _estimate(spec, info, best)
+        return ContextGrowth(AUTO_CONTEXT_FLOOR, AUTO_CONTEXT_STEP, info.context_length,
+                             partial(_estimate, spec, info))
 
     # -- loading -----------------------------------------------------------------------------------
 

@@ -14,24 +14,23 @@ from __future__ import annotations
 
 import enum
 import threading
-import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Literal
 
 from ..backends import Backend, Placement
 from ..config.spec import ModelSpec
 from ..devices import DeviceProbe
 from ..errors import LLMManagerError, ModelLoadingError, ResourceNotAvailableError
-from ..estimates import EstimateCache, MemoryEstimate, remote_estimate
+from ..estimates import EstimateCache, remote_estimate
 from ..events import EventBus
 from ..support.deadlines import Deadline
-from ..support.units import format_bytes
 from .evictions import Evictions, Victims
 from .instances import Instance
-from .loading import FIT_HINT, Loading
+from .loading import Loading
+from .planning import Facts, gather
 from .policy import fit as policy
-from .policy.placement import place
+from .policy.decision import decide
 from .state import Books, Leases, Ticket
 from .waiting import Waiter
 
@@ -184,39 +183,32 @@ class Admission:
     # -- planning ------------------------------------------------------------------------------
 
     def _plan(self, waiter: Waiter) -> _Admitted | _Wait | Literal[_Again.LOOK]:
-        """Gather the facts (no lock), then decide and, when admitted, reserve (under the lock)."""
+        """Gather the facts (no lock), then decide and, when admitted, reserve (under the lock).
+
+        The decision is :func:`~.policy.decision.decide`, the very function
+        ``plan()`` simulates: what a plan says is what admission does.
+        """
         try:
             books = self._books
             with books.lock:
                 spec = books.registry.specs.get(waiter.name)
                 if spec is None or books.registry.keys[waiter.name] != waiter.key:
                     return _Again.LOOK  # unregistered or replaced meanwhile
-            backend = self._backends(spec.backend)
-            estimate = self._estimate(waiter.name, spec, backend)
-            kinds = backend.device_kinds()
+            facts = self._facts(waiter.name, spec)
             memories = self._probe()
             with books.lock:
                 if books.registry.keys.get(waiter.name) != waiter.key or waiter.key in books.instances:
                     return _Again.LOOK  # the model changed meanwhile
-                _check_cap(waiter.name, estimate, books.settings.max_memory_per_model)
-                snapshot = books.snapshot(memories)
-                request = policy.Request(waiter.name, waiter.key, {}, books.registry.priority(waiter.key),
-                                         waiter.thread)
-                placement = _capped(place(spec.device, kinds, snapshot, request), books.settings.max_memory_per_model)
-                share = estimate.total_bytes // max(len(placement.devices), 1)
-                request = replace(request, needed={device: share for device in placement.devices})
-                plan = policy.admit(snapshot, request)
-                if plan.admitted:
-                    if spec.max_context == "auto":
-                        placement, estimate, request = _grow_context(backend, spec, estimate, snapshot, plan,
-                                                                     placement, request)
-                    return self._reserve(waiter, Instance(waiter.key, spec, backend, estimate, placement,
-                                                          loader=waiter.thread, bytes=dict(request.needed)), plan)
-                waiter.waiting_for = plan.reason
-                if plan.verdict == "refuse":
-                    raise ResourceNotAvailableError(plan.reason, model_id=waiter.name, shortfalls=plan.shortfalls,
-                                                    hint=_refusal_hint(spec, plan))
-                return _Wait(plan, books.version)
+                decision = decide(books.snapshot(memories), facts.ask(books, waiter.thread))
+                if decision.plan.admitted:
+                    estimate = decision.estimate or facts.estimate
+                    instance = Instance(waiter.key, spec, facts.backend, estimate, decision.placement,
+                                        loader=waiter.thread, bytes=dict(decision.request.needed))
+                    return self._reserve(waiter, instance, decision.plan)
+                waiter.waiting_for = decision.plan.reason
+                if decision.plan.verdict == "refuse":
+                    raise decision.error()
+                return _Wait(decision.plan, books.version)
         finally:
             books = self._books
             with books.lock:
@@ -224,9 +216,11 @@ class Admission:
                     books.queue.planner = None
                     books.touch()
 
-    def _estimate(self, canonical: str, spec: ModelSpec, backend: Backend) -> MemoryEstimate:
+    def _facts(self, canonical: str, spec: ModelSpec) -> Facts:
+        """What the decision needs; an estimate that fails is this model's failure (its row and an event)."""
+        backend = self._backends(spec.backend)
         try:
-            return self._estimates.get(spec, backend)
+            return gather(spec, backend, self._estimates)
         except LLMManagerError as error:
             books = self._books
             with books.lock:
@@ -249,7 +243,7 @@ class Admission:
         books = self._books
         first = books.queue.first(instance.key) or waiter
         blocked = [w.blocked_since for w in (first, waiter) if w.blocked_since is not None]
-        instance.arrival, instance.waited = first.order, time.monotonic() - min(blocked) if blocked else None
+        instance.arrival, instance.waited = first.order, books.clock() - min(blocked) if blocked else None
         instance.joiners = books.queue.threads_for(instance.key) - {waiter.thread}  # served by this one load
         victims = self._evictions.take_out(plan.evictions)
         for victim, _ in victims:  # their memory on these devices is the new instance's reservation now
@@ -267,7 +261,7 @@ class Admission:
         books = self._books
         with books.lock:
             if waiter.blocked_since is None:
-                waiter.blocked_since = time.monotonic()
+                waiter.blocked_since = books.clock()
             version = outcome.version
             position = books.queue.position(waiter.key) or 1
             ahead = ", ".join(map(repr, books.queue.names_ahead(waiter.key)))
@@ -280,7 +274,7 @@ class Admission:
             self._bus.emit("waiting", waiter.name, message=reason, position=position, arrival=waiter.order)
         books = self._books
         with books.lock:
-            books.wait_for_change(version, deadline.remaining())
+            books.wait_for_change(version, deadline)
         return message
 
     def _gave_up(self, waiter: Waiter, deadline: Deadline, reason: str) -> ResourceNotAvailableError:
@@ -301,46 +295,3 @@ class Admission:
                 if me in instance.joiners:
                     instance.joiners.discard(me)
                     books.touch()
-
-
-
-def _grow_context(backend: Backend, spec: ModelSpec, estimate: MemoryEstimate, snapshot: policy.Snapshot,
-                  plan: policy.Plan, placement: Placement,
-                  request: policy.Request) -> tuple[Placement, MemoryEstimate, policy.Request]:
-    """``max_context: auto``: admitted at its floor, the context grows into what the budget leaves.
-
-    The room is what stays free once the plan's evictions are done and the
-    model is in at its floor: no model is evicted to make the context larger.
-    """
-    after = policy.apply(snapshot, plan, request)
-    device = placement.devices[0]
-    room = after.devices.get(device)
-    spare = max((room.budget if room else 0) - after.held(device), 0)
-    context, grown = backend.fit_context(spec, estimate, spare)
-    share = grown.total_bytes // max(len(placement.devices), 1)
-    return (replace(placement, context=context), grown,
-            replace(request, needed={d: share for d in placement.devices}))
-
-
-def _refusal_hint(spec: ModelSpec, plan: policy.Plan) -> str | None:
-    if spec.max_context == "auto" and plan.shortfalls:
-        return ("max_context: auto needs room for at least 512 tokens of context, and there is not that much "
-                "room. " + FIT_HINT)
-    return FIT_HINT if plan.shortfalls else None
-
-
-def _capped(placement: Placement, cap: int | None) -> Placement:
-    """A model spread over several GPUs gets at most ``max_memory_per_model`` in all (split evenly)."""
-    if cap is None or not placement.max_memory:
-        return placement
-    share = cap // len(placement.max_memory)
-    return replace(placement, max_memory={device: min(room, share) for device, room in placement.max_memory.items()})
-
-
-def _check_cap(name: str, estimate: MemoryEstimate, cap: int | None) -> None:
-    """``max_memory_per_model``: a model estimated above it is refused at once (waiting cannot shrink it)."""
-    if cap is not None and estimate.total_bytes > cap:
-        raise ResourceNotAvailableError(
-            f"Cannot load {name!r}: it needs {format_bytes(estimate.total_bytes)} but max_memory_per_model is "
-            f"{format_bytes(cap)}.", model_id=name,
-            hint="Raise max_memory_per_model (or set it to auto), or choose a smaller model, dtype or quantization.")

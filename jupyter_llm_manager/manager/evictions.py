@@ -112,7 +112,7 @@ class Evictions:
                         return None
                     raise ModelInUseError(books.name_of(instance), instance.leases,
                                           loading=instance.state == "loading")
-                books.wait_for_change(books.version, deadline.remaining())
+                books.wait_for_change(books.version, deadline)
         return self.release(victims)[0]
 
     def unload_all(self, deadline: Deadline, *, quiet: bool) -> list[UnloadReport]:

@@ -50,7 +50,7 @@ from ..events import Event, EventBus
 from ..generation import GenerationParams, GenerationResult, Prompt, normalize_prompt
 from ..models.builtin import BUILTIN_ID, builtin_spec
 from ..reports import GarbageReport, StatusRow, UnloadReport
-from ..support.deadlines import Deadline, parse_wait
+from ..support.deadlines import parse_wait
 from .admission import Admission
 from .evictions import Evictions
 from .freeing import Freeing
@@ -281,7 +281,7 @@ class LLMManager:
 
     def _acquire(self, model_id: str, wait: float | str | None) -> Ticket:
         seconds = self.wait_timeout if wait is None else _checked(lambda: parse_wait(wait))
-        return self._admission.acquire(model_id, Deadline(seconds))
+        return self._admission.acquire(model_id, self._books.deadline(seconds))
 
     # -- unloading --------------------------------------------------------------------------------
 
@@ -294,11 +294,11 @@ class LLMManager:
         books = self._books
         with books.lock:
             key = books.registry.keys[books.registry.resolve(model_id)]
-        return self._evictions.unload(key, Deadline(_checked(lambda: parse_wait(wait))))
+        return self._evictions.unload(key, books.deadline(_checked(lambda: parse_wait(wait))))
 
     def unload_all(self, *, wait: float | str = 0.0, skip_in_use: bool = False) -> list[UnloadReport]:
         """Unload every loaded model, pinned ones included; ``skip_in_use`` leaves busy ones loaded."""
-        return self._evictions.unload_all(Deadline(_checked(lambda: parse_wait(wait))), quiet=skip_in_use)
+        return self._evictions.unload_all(self._books.deadline(_checked(lambda: parse_wait(wait))), quiet=skip_in_use)
 
     def expire_idle(self) -> list[UnloadReport]:
         """Unload every model idle longer than its keep-alive (what the reaper runs)."""
@@ -382,7 +382,7 @@ class LLMManager:
         self._upkeep.reaper.stop()
         self.warmup.stop()
         self._runs.stop_streams()
-        self._evictions.unload_all(Deadline(5.0), quiet=True)
+        self._evictions.unload_all(books.deadline(5.0), quiet=True)
         books = self._books
         with books.lock:
             busy = [books.name_of(i) for i in books.instances.values()]

@@ -15,7 +15,6 @@ from typing import Any, Protocol
 
 from ..errors import log_failure
 from ..events import EventBus
-from ..support.deadlines import Deadline
 from .evictions import Evictions
 from .instances import Instance
 from .state import Books
@@ -66,7 +65,7 @@ class Upkeep:
             if instance.leases or instance.state != "loaded" or key not in books.retiring:
                 return  # in use (or loading): its last lease ends it
             books.retiring.discard(key)
-        self._evictions.unload(key, Deadline(0), quiet=True)
+        self._evictions.unload(key, books.deadline(0), quiet=True)
 
     def after_load(self, instance: Instance, heavier: bool) -> None:
         self.ensure_reaper()

@@ -26,15 +26,14 @@ from .evictions import Evictions
 from .freeing import Freeing
 from .instances import Instance, accounted_bytes
 from .policy import fit as policy
+from .policy.decision import fit_hint
 from .state import Books, Leases, Ticket
 
-__all__ = ["DECLARED_TOLERANCE", "FIT_HINT", "Loading"]
+__all__ = ["DECLARED_TOLERANCE", "Loading"]
 
 #: A declared size further than this from the measured one gets a warning event.
 DECLARED_TOLERANCE = 0.2
 
-FIT_HINT = ("Unpin or unload a model, raise memory_fraction or memory_budget, choose a smaller dtype or "
-            "quantization='4bit', or place the model on another device (device='cpu').")
 
 
 def _imported(imported: tuple[tuple[str, float], ...]) -> list[str]:
@@ -181,4 +180,4 @@ class Loading:
         return ResourceNotAvailableError(
             f"Cannot load {request.name!r}: the device ran out of memory during the load ({detail}), also after "
             "evicting every model that may be evicted.", model_id=request.name, shortfalls=shortfalls,
-            hint="Another process may be using the GPU (check nvidia-smi). " + FIT_HINT)
+            hint="Another process may be using the GPU (check nvidia-smi). " + fit_hint(request.needed))

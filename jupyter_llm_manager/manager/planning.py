@@ -1,29 +1,54 @@
-"""Will these models fit together? The dry run of admission.
+"""Will these models fit together? The facts a decision needs, and ``plan()``: admission's own decision, simulated.
 
-:meth:`Planner.plan` loads nothing: it takes the books as they are, then
-admits each model in turn with the same policy code admission uses
-(:func:`policy.admit`, :func:`policy.apply`, :func:`placement.place`), keeping
-the models already planned in place (they must fit *together*). The report
-says, per model, its estimate and how it was obtained; per device, the budget,
-what is held, what would be evicted and why; and the verdict, with what to
-change when they do not fit.
+:func:`gather` collects what deciding on a model needs (its backend, its
+estimate, the device kinds its backend can use, how its context may grow),
+with no lock held; admission and :class:`Planner` both use it. The planner
+then takes the books as they are and simulates loading the models one after
+another with the same pure decision admission executes
+(:func:`~.policy.decision.simulate`): the same victims, the same context
+growth, every limit. Models of the plan are not shielded from each other:
+they fit together only when, at the end, all of them are loaded at once.
+Nothing is loaded or evicted.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
+from ..backends import Backend
 from ..config.spec import ModelSpec
+from ..devices import DeviceProbe
 from ..errors import LLMManagerError
-from ..estimates import MemoryEstimate
+from ..estimates import EstimateCache, MemoryEstimate
 from ..support.units import bytes_text, format_bytes
-from .loading import FIT_HINT
-from .policy import fit as policy
-from .policy.placement import place
-from .status import BooksReader
+from .policy.decision import Ask, Decision, Simulation, fit_hint, simulate
+from .policy.fit import Holding
+from .state import Books
 
-__all__ = ["PlanDevice", "PlanModel", "PlanReport", "Planner"]
+__all__ = ["Facts", "PlanDevice", "PlanModel", "PlanReport", "Planner", "gather"]
+
+
+@dataclass(frozen=True)
+class Facts:
+    """What deciding on one model needs, gathered with no lock held."""
+
+    spec: ModelSpec
+    backend: Backend
+    estimate: MemoryEstimate
+    kinds: frozenset[str]
+
+    def ask(self, books: Books, thread: int | None) -> Ask:
+        """The :class:`Ask` for this model in the books now. Caller holds the lock."""
+        key = books.registry.keys[self.spec.id]
+        growth = self.backend.context_growth(self.spec) if self.spec.max_context == "auto" else None
+        return Ask(self.spec.id, key, self.estimate, self.spec.device, self.kinds, books.registry.priority(key),
+                   thread, self.backend.remote, books.settings.max_memory_per_model, growth)
+
+
+def gather(spec: ModelSpec, backend: Backend, estimates: EstimateCache) -> Facts:
+    """The facts of ``spec`` (reads files, maybe the network: never under a lock)."""
+    return Facts(spec, backend, estimates.get(spec, backend), frozenset(backend.device_kinds()))
 
 
 @dataclass(frozen=True)
@@ -34,7 +59,7 @@ class PlanModel:
     device: str
     estimated_bytes: int
     how: str
-    state: str  # "loaded" (it stays), "admitted", "waits", "refused", "unknown", "unavailable" (cannot load here)
+    state: str  # "loaded" (it stays), "admitted", "evicted" (by a later one), "waits", "refused", "unknown", "unavailable"
     note: str = ""
 
     estimated_str = bytes_text("estimated_bytes")
@@ -69,7 +94,7 @@ class PlanReport:
 
     @property
     def evictions(self) -> tuple[str, ...]:
-        return tuple(model_id for device in self.devices for model_id, _, _ in device.evictions)
+        return tuple(dict.fromkeys(model_id for device in self.devices for model_id, _, _ in device.evictions))
 
     def __str__(self) -> str:
         lines = [self.verdict]
@@ -81,8 +106,19 @@ class PlanReport:
         return "\n".join(lines + ([self.advice] if self.advice else []))
 
 
-class Planner(BooksReader):
+#: A model the planner cannot decide on: its row, said as is.
+_Unplanned = PlanModel
+
+
+class Planner:
     """Plans with the manager's own books, estimates and policy."""
+
+    def __init__(self, books: Books, probe: DeviceProbe, estimates: EstimateCache,
+                 backends: Callable[[str], Backend]) -> None:
+        self._books = books
+        self._probe = probe
+        self._estimates = estimates
+        self._backends = backends
 
     def wanted(self) -> list[str]:
         """What ``plan()`` checks by default: every task's selected option, else every ``preload`` model."""
@@ -94,129 +130,126 @@ class Planner(BooksReader):
             return [spec.id for spec in registry.specs.values() if spec.preload]
 
     def plan(self, model_ids: Sequence[str]) -> PlanReport:
-        """Admit ``model_ids`` one after another on a copy of the books; nothing is loaded or evicted."""
+        """Load ``model_ids`` one after another on a copy of the books, as admission would; nothing changes."""
         if not model_ids:
-            return PlanReport((), (), True, "Nothing to check: give model ids (plan(['a', 'b'])), or select task "
-                                            "options or mark models preload: true.")
+            return PlanReport((), (), True, "Nothing to check: name the models to check, or select task options "
+                                            "or mark models preload: true.")
         books = self._books
         with books.lock:
             names = list(dict.fromkeys(books.registry.resolve(i) for i in model_ids))
             specs = [books.registry.specs[name] for name in names]
-        facts = [(spec, self._backends(spec.backend), *self._estimate(spec)) for spec in specs]
-        kinds = {spec.id: backend.device_kinds() for spec, backend, _, _ in facts}
+        found = [self._facts(spec) for spec in specs]
         memories = self._probe()
         with books.lock:
-            now = books.snapshot(memories)
-            keys = {books.registry.keys[spec.id] for spec in specs}
-            loaded = {h.key for h in now.holdings}
-            snapshot = _kept(now, keys)  # the planned models already loaded stay: they must fit together
-            models, plans = [], []
-            for spec, backend, estimate, problem in facts:
-                key = books.registry.keys[spec.id]
-                request = policy.Request(spec.id, key, {}, books.registry.priority(key), None, backend.remote)
-                if key in loaded:
-                    models.append(PlanModel(spec.id, _where(now, key), _held(now, key), "measured", "loaded"))
-                    continue
-                cannot = backend.problem(spec)
-                if cannot:  # a missing package or provider: no size would make it fit
-                    models.append(PlanModel(spec.id, str(spec.device), 0, "unknown", "unavailable",
-                                            cannot))
-                    continue
-                if estimate is None or (not estimate.known and not backend.remote):
-                    how = problem or (estimate.weights_method if estimate else "unknown")
-                    models.append(PlanModel(spec.id, str(spec.device), 0, how, "unknown",
-                                            "no estimate: give required_memory to plan it"))
-                    continue
-                model, snapshot, plan = _admit(spec, estimate, kinds[spec.id], snapshot, request)
-                models.append(model)
-                plans.append(plan)
-        return _report(tuple(models), now, snapshot, plans)
+            snapshot = books.snapshot(memories)
+            asks = [item.ask(books, None) if isinstance(item, Facts) else item for item in found]
+        simulation = simulate(snapshot, [a for a in asks if isinstance(a, Ask)])
+        return _report(asks, simulation)
 
-    def _estimate(self, spec: ModelSpec) -> tuple[MemoryEstimate | None, str]:
+    def _facts(self, spec: ModelSpec) -> Facts | _Unplanned:
+        """The facts of one model, or the row saying why it cannot be planned."""
+        backend = self._backends(spec.backend)
+        cannot = backend.problem(spec)
+        if cannot:  # a missing package or provider: no size would make it fit
+            return PlanModel(spec.id, str(spec.device), 0, "unknown", "unavailable", cannot)
         try:
-            return self._estimates.get(spec, self._backends(spec.backend)), ""
+            facts = gather(spec, backend, self._estimates)
         except LLMManagerError as error:
-            return None, str(error)
+            return PlanModel(spec.id, str(spec.device), 0, str(error), "unknown",
+                             "no estimate: give required_memory to plan it")
+        if not facts.estimate.known and not backend.remote:
+            return PlanModel(spec.id, str(spec.device), 0, facts.estimate.weights_method, "unknown",
+                             "no estimate: give required_memory to plan it")
+        return facts
 
 
-def _kept(snapshot: policy.Snapshot, keys: set[str]) -> policy.Snapshot:
-    """The snapshot with these instances pinned: a plan never evicts one of its own models."""
-    return replace(snapshot, holdings=tuple(replace(h, pinned=True) if h.key in keys else h
-                                            for h in snapshot.holdings))
-
-
-def _where(snapshot: policy.Snapshot, key: str) -> str:
-    return ",".join(d for h in snapshot.holdings if h.key == key for d in h.bytes) or "remote"
-
-
-def _held(snapshot: policy.Snapshot, key: str) -> int:
-    return sum(h.total_bytes for h in snapshot.holdings if h.key == key)
-
-
-def _admit(spec: ModelSpec, estimate: MemoryEstimate, kinds: set[str], snapshot: policy.Snapshot,
-           request: policy.Request) -> tuple[PlanModel, policy.Snapshot, policy.Plan]:
-    """One model through placement and the policy, as admission does; the snapshot after it."""
-    note = "planned at its 512-token floor (max_context: auto grows into the room left)" \
-        if spec.max_context == "auto" else ""
-    if request.remote:
-        return (PlanModel(spec.id, "remote", 0, "a server's model: no local memory", "admitted", note),
-                snapshot, policy.Plan("admit"))
-    placement = place(spec.device, kinds, snapshot, request)
-    share = estimate.total_bytes // max(len(placement.devices), 1)
-    request = replace(request, needed={device: share for device in placement.devices})
-    plan = policy.admit(snapshot, request)
-    declared = estimate.overhead_method.startswith("total set")  # required_memory / vram_gb
-    how = estimate.overhead_method if declared else f"estimated: {estimate.weights_method}"
-    state = {"admit": "admitted", "wait": "waits", "refuse": "refused"}[plan.verdict]
-    model = PlanModel(spec.id, ",".join(placement.devices), estimate.total_bytes, how, state,
-                      "; ".join(part for part in (note, _why_not(plan)) if part))
-    if not plan.admitted:
-        return model, snapshot, plan
-    after = policy.apply(snapshot, plan, request)
-    return model, _kept(after, {request.key}), plan
-
-
-def _why_not(plan: policy.Plan) -> str:
-    """Why a planned model cannot be admitted beside the others (which the plan holds in place)."""
-    if plan.admitted:
-        return ""
-    if plan.shortfalls:
-        return "; ".join(f"needs {format_bytes(s.needed_bytes)} on {s.device}, only {format_bytes(s.available_bytes)} "
-                         "can be made free beside the other models of the plan" for s in plan.shortfalls)
-    if plan.verdict == "wait":
-        return plan.reason.replace("waiting for capacity: ", "would wait for ")
-    return plan.reason.split(";")[0].replace("Cannot load", "cannot load") + " beside the other models of the plan"
-
-
-def _report(models: tuple[PlanModel, ...], before: policy.Snapshot, after: policy.Snapshot,
-            plans: list[policy.Plan]) -> PlanReport:
-    evictions = [e for plan in plans if plan.admitted for e in plan.evictions]
-    devices = []
-    for device, room in before.devices.items():
-        added = sum(m.estimated_bytes for m in models if m.state == "admitted" and device in m.device.split(","))
-        gone = tuple((e.name, e.reason, e.bytes) for e in evictions
-                     if any(h.key == e.key and h.bytes.get(device) for h in before.holdings))
-        if added or gone or before.held(device):
-            devices.append(PlanDevice(device, room.budget, before.held(device), added, gone, after.held(device)))
-    blocked = [m for m in models if m.state in ("waits", "refused", "unknown", "unavailable")]
+def _report(asks: list[Ask | PlanModel], simulation: Simulation) -> PlanReport:
+    outcomes = iter(simulation.outcomes)
+    evicted = {e.key: e for e in simulation.evictions}
+    models = tuple(item if isinstance(item, PlanModel) else _model(item, next(outcomes), evicted, simulation)
+                   for item in asks)
+    devices = _devices(simulation, models)
+    blocked = [m for m in models if m.state not in ("loaded", "admitted")]
     if not blocked:
-        names = ", ".join(dict.fromkeys(e.name for e in evictions))
-        verdict = f"Fits after evicting {names}." if evictions else "Fits, without evicting anything."
-        return PlanReport(models, tuple(devices), True, verdict)
+        names = ", ".join(simulation.evicted_names())
+        verdict = f"Fits after evicting {names}." if names else "Fits, without evicting anything."
+        return PlanReport(models, devices, True, verdict)
     reasons = "; ".join(f"{m.id}: {m.note or m.state}" for m in blocked)
     if all(m.state == "unknown" for m in blocked):
-        return PlanReport(models, tuple(devices), False, f"Cannot tell whether they fit. {reasons}.",
+        return PlanReport(models, devices, False, f"Cannot tell whether they fit. {reasons}.",
                           "An estimate needs the model's metadata (a local folder, the Hub cache, or the Hub "
                           "online), or a declared size: required_memory (vram_gb in a task option).")
     if all(m.state == "unavailable" for m in blocked):  # memory is not the problem: say what is
-        return PlanReport(models, tuple(devices), False, f"Cannot load here. {reasons}.")
-    advice = FIT_HINT if any(m.state == "refused" for m in blocked) else ""
+        return PlanReport(models, devices, False, f"Cannot load here. {reasons}.")
+    advice = fit_hint(d.device for d in devices) if any(m.state in ("refused", "evicted") for m in blocked) else ""
     short = [f"{d.device} short by {format_bytes(d.after_bytes + _missing(blocked, d.device) - d.budget_bytes)}"
              for d in devices if _missing(blocked, d.device) and
              d.after_bytes + _missing(blocked, d.device) > d.budget_bytes]
     verdict = "Does not fit together" + (f" ({', '.join(short)})" if short else "") + f". {reasons}."
-    return PlanReport(models, tuple(devices), False, verdict, advice)
+    return PlanReport(models, devices, False, verdict, advice)
+
+
+def _model(ask: Ask, outcome: Decision | Holding, evicted: dict, simulation: Simulation) -> PlanModel:
+    """The row of one planned model: how it ends, and why when it does not stay loaded."""
+    if isinstance(outcome, Holding):
+        state, device, size, how, note = "loaded", _where(outcome), outcome.total_bytes, "measured", ""
+    else:
+        estimate = outcome.estimate or ask.estimate
+        declared = estimate.overhead_method.startswith("total set")  # required_memory / vram_gb
+        how = estimate.overhead_method if declared else f"estimated: {estimate.weights_method}"
+        device = "remote" if ask.remote else ",".join(outcome.placement.devices) or str(ask.wanted)
+        state = {"admit": "admitted", "wait": "waits", "refuse": "refused"}[outcome.plan.verdict]
+        size, note = estimate.total_bytes, _why_not(outcome)
+        if ask.growth is not None and outcome.plan.admitted:
+            note = f"context {outcome.placement.context:,} tokens (max_context: auto: the largest that fits)"
+        elif ask.growth is not None:
+            note = "; ".join(p for p in (f"planned at its {ask.growth.floor}-token floor (max_context: auto)",
+                                         note) if p)
+    eviction = evicted.get(ask.key)
+    if eviction is not None and state in ("loaded", "admitted"):
+        later = simulation.evicted_by(ask.key)
+        state, note = "evicted", f"a later model of the plan evicts it ({later}: {_limit(eviction.reason, simulation)})"
+    return PlanModel(ask.name, device, size, how, state, note)
+
+
+def _limit(reason: str, simulation: Simulation) -> str:
+    if reason == "lru":
+        return f"max_loaded_models={simulation.before.max_loaded} is reached"
+    return "over the memory budget" if reason == "budget" else reason
+
+
+def _why_not(decision: Decision) -> str:
+    """Why a planned model is not admitted."""
+    plan = decision.plan
+    if plan.admitted:
+        return ""
+    if plan.shortfalls:
+        return "; ".join(f"needs {format_bytes(s.needed_bytes)} on {s.device}, only {format_bytes(s.available_bytes)} "
+                         "can be made free" for s in plan.shortfalls)
+    if plan.verdict == "wait":
+        return plan.reason.replace("waiting for capacity: ", "would wait for ")
+    return plan.reason.split(";")[0].replace("Cannot load", "cannot load")
+
+
+def _where(holding: Holding) -> str:
+    return ",".join(holding.bytes) or "remote"
+
+
+def _devices(simulation: Simulation, models: tuple[PlanModel, ...]) -> tuple[PlanDevice, ...]:
+    before, after = simulation.before, simulation.after
+    devices = []
+    for device, room in before.devices.items():
+        added = sum(m.estimated_bytes for m in models
+                    if m.state in ("admitted", "evicted") and device in m.device.split(",")
+                    and not any(h.name == m.id for h in before.holdings))
+        gone = tuple((e.name, e.reason, e.bytes) for e in simulation.evictions
+                     if any(h.key == e.key and h.bytes.get(device) for h in (*before.holdings, *after.holdings))
+                     or any(m.id == e.name and device in m.device.split(",") for m in models))
+        if added or gone or before.held(device):
+            devices.append(PlanDevice(device, room.budget, before.held(device), added, gone, after.held(device)))
+    return tuple(devices)
 
 
 def _missing(blocked: Sequence[PlanModel], device: str) -> int:
-    return sum(m.estimated_bytes for m in blocked if device in m.device.split(","))
+    return sum(m.estimated_bytes for m in blocked if m.state != "evicted" and device in m.device.split(","))
+

@@ -20,6 +20,7 @@ from ..config.registry import Registry
 from ..config.settings import ManagerSettings
 from ..devices import DeviceMemory, device_budget, device_limit
 from ..errors import LLMManagerError, ManagerClosedError
+from ..support.deadlines import Clock, Deadline, wait_for
 from ..support.units import NEVER
 from .instances import Instance
 from .policy.fit import DeviceRoom, Holding, Snapshot
@@ -31,7 +32,7 @@ __all__ = ["Books", "Leases", "Ticket"]
 class Books:
     """Registry, instances, queue and settings of one manager, and the lock guarding them."""
 
-    def __init__(self, settings: ManagerSettings, clock: Callable[[], float]) -> None:
+    def __init__(self, settings: ManagerSettings, clock: Clock) -> None:
         self.lock = threading.RLock()
         self.changed = threading.Condition(self.lock)
         self.clock = clock  # monotonic: last use and keep-alive deadlines
@@ -51,16 +52,19 @@ class Books:
         self.version += 1
         self.changed.notify_all()
 
-    def wait_for_change(self, since: int, timeout: float | None) -> None:
-        """Wait until ``version`` moves past ``since`` or ``timeout`` passes.
+    def wait_for_change(self, since: int, deadline: Deadline) -> None:
+        """Wait until ``version`` moves past ``since`` or ``deadline`` passes. Caller holds the lock.
 
         Closing the manager moves the version, so it wakes every waiter; a wait
         that starts after that (close() unloading a model still in use) waits
         for the lease to end like any other.
         """
-        while self.version == since:
-            if not self.changed.wait(timeout):
-                return
+        while self.version == since and not deadline.expired:
+            wait_for(self.changed, deadline)
+
+    def deadline(self, seconds: float) -> Deadline:
+        """A deadline ``seconds`` from now on this manager's clock."""
+        return Deadline(seconds, self.clock)
 
     def check_open(self) -> None:
         if self.closed:
@@ -124,7 +128,8 @@ class Books:
                 continue
             budget = device_budget(memory, held_bytes=held, fraction=fraction, absolute=absolute)
             devices[memory.device] = DeviceRoom(memory.device, budget, memory.total_bytes)
-        return Snapshot(holdings, devices, settings.max_loaded_models, self.clock(), self.queue.threads())
+        return Snapshot(holdings, devices, settings.max_loaded_models, self.clock(), self.queue.threads(),
+                        self.limits_pending)
 
 
 # -- leases: while one is held, its instance stays loaded and is never evicted ------------------

@@ -10,8 +10,7 @@ guarded by the manager's lock.
 from __future__ import annotations
 
 import itertools
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 __all__ = ["WaitQueue", "Waiter"]
 
@@ -25,7 +24,6 @@ class Waiter:
     thread: int
     order: int
     holds_leases: bool
-    since: float = field(default_factory=time.monotonic)
     waiting_for: str = ""  # the last plan's reason, for status rows and timeout messages
     blocked_since: float | None = None  # when a plan first said "wait" (planning itself is no waiting)
 

@@ -95,6 +95,7 @@ class Snapshot:
     max_loaded: int | None = None
     now: float = 0.0
     waiting_threads: frozenset[int] = frozenset()
+    limits_pending: bool = False  # a lowered limit could not be restored yet: enforced again after loads
 
     def held(self, device: str) -> int:
         return sum(h.bytes.get(device, 0) for h in self.holdings)
@@ -329,7 +330,7 @@ def evict_everything_for(snapshot: Snapshot, request: Request) -> Plan:
     return Plan("admit" if victims else "refuse", tuple(victims))
 
 
-# -- helpers for placement and "would these fit together" ----------------------------------------
+# -- helpers for placement and for simulating plans ------------------------------------------
 
 def room_on(snapshot: Snapshot, device: str, request: Request) -> int:
     """Bytes that could be made free on ``device`` for ``request``, evictions included."""
