@@ -33,7 +33,8 @@ from .estimates import MemoryEstimate
 from .events import Event
 from .generation import GenerationParams, GenerationResult
 from .manager.facade import LLMManager, get_manager
-from .manager.handles import Lease, ModelHandle, TextStream
+from .manager.generations import TextStream
+from .manager.handles import Lease, ModelHandle
 from .reports import GarbageReport, StatusRow, UnloadReport
 
 if TYPE_CHECKING:

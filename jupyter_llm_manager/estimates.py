@@ -17,15 +17,12 @@ import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from .config.spec import ModelSpec
 from .errors import ModelLoadingError
 from .gguf_files import gguf_path, is_gguf, read_gguf
 from .support.units import bytes_text, format_bytes
-
-if TYPE_CHECKING:
-    from .backends.base import Backend
 
 __all__ = ["EstimateCache", "MemoryEstimate", "estimate_checkpoint", "read_safetensors_header", "remote_estimate"]
 
@@ -88,6 +85,12 @@ class MemoryEstimate:
                 f" + overhead {self.overhead_str} ({self.overhead_method})")
 
 
+class Estimator(Protocol):
+    """What computes an estimate: a backend (``Backend.estimate``)."""
+
+    def estimate(self, spec: ModelSpec) -> MemoryEstimate: ...
+
+
 class EstimateCache:
     """Estimates keyed by everything they depend on (:attr:`ModelSpec.estimate_key`).
 
@@ -100,7 +103,7 @@ class EstimateCache:
         self._lock = threading.Lock()
         self._estimates: dict[str, MemoryEstimate] = {}
 
-    def get(self, spec: ModelSpec, backend: Backend, *, refresh: bool = False) -> MemoryEstimate:
+    def get(self, spec: ModelSpec, backend: Estimator, *, refresh: bool = False) -> MemoryEstimate:
         key = spec.estimate_key
         with self._lock:
             found = None if refresh else self._estimates.get(key)

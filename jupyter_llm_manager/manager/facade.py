@@ -54,11 +54,10 @@ from ..support.deadlines import parse_wait
 from .admission import Admission
 from .evictions import Evictions
 from .freeing import Freeing
-from .generations import Runs
-from .handles import Lease, ModelHandle, TextStream
+from .generations import Generations, TextStream, checked_texts, text_model
+from .handles import Lease, ModelHandle
 from .keep_alive import Upkeep
 from .loading import Loading
-from .modes import checked_texts, text_model
 from .planning import Planner, PlanReport
 from .registration import Catalog, Persistence
 from .state import Books, Leases, Ticket
@@ -142,7 +141,7 @@ class LLMManager:
         self._admission = Admission(books, bus, device_probe, backends, estimates, leases, evictions, loading)
         self._catalog = Catalog(books, bus, backends, evictions)
         self._status = StatusView(books, device_probe, estimates, backends)
-        self._runs = Runs(bus, self._acquire)
+        self._generations = Generations(bus, self._lease)
         self._freeing, self._estimates = freeing, estimates
         self._persistence = Persistence(books, path)
         self._catalog.adopt(config)
@@ -181,17 +180,10 @@ class LLMManager:
 
     def task(self, name: str) -> Task:
         """A task of the configuration: its options as written and its selected option when read."""
-        books = self._books
-        with books.lock:
-            found = books.registry.tasks.get(name)
-        if found is None:
-            raise ConfigurationError(f"{name!r} is not a task; tasks: {', '.join(self.tasks()) or 'none'}")
-        return found
+        return self._catalog.task(name)
 
     def tasks(self) -> list[str]:
-        books = self._books
-        with books.lock:
-            return list(books.registry.tasks)
+        return self._catalog.tasks()
 
     def plan(self, model_ids: Sequence[str] | None = None) -> PlanReport:
         """Would these models fit together? A dry run of admission (default: the tasks' selected options)."""
@@ -200,32 +192,22 @@ class LLMManager:
     def read_config(self, path: str | os.PathLike[str]) -> ConfigFile:
         """Register a configuration file's models and aliases and apply its settings; ``save()`` writes there."""
         config = load_config(Path(expand_path(os.fspath(path))))
-        for spec in config.models.values():
-            self._catalog.register(spec, overwrite=True)
-        for name, target in config.aliases.items():
-            self._catalog.alias(name, target, overwrite=True)
-        self._catalog.set_tasks(config)
+        self._catalog.read(config)
         self.configure(**{name: getattr(config.settings, name) for name in config.settings_given})
         self._persistence.path = config.path
         return config
 
     def spec(self, model_id: str) -> ModelSpec:
         """The spec an id or alias resolves to."""
-        books = self._books
-        with books.lock:
-            return books.registry.specs[books.registry.resolve(model_id)]
+        return self._catalog.spec(model_id)
 
     def resolve(self, model_id: str) -> str:
         """The registered id behind an id or alias (raises :class:`ModelNotFoundError`)."""
-        books = self._books
-        with books.lock:
-            return books.registry.resolve(model_id)
+        return self._catalog.spec(model_id).id
 
     def ids(self) -> list[str]:
         """Registered ids, then aliases."""
-        books = self._books
-        with books.lock:
-            return books.registry.names()
+        return self._catalog.ids()
 
     def pin(self, model_id: str) -> None:
         """Never evict this model (LRU, budget or keep-alive); it can still be unloaded by hand."""
@@ -243,29 +225,32 @@ class LLMManager:
             self.pin(model_id)
         if force_reload:
             self.unload(model_id)
-        self._acquire(model_id, wait).release()
+        self._lease(model_id, self._wait_seconds(wait)).release()
         return ModelHandle(self, model_id)
 
     def use(self, model_id: str, *, wait: float | str | None = None) -> Lease:
         """``with manager.use(id) as lm:`` — ``lm.model`` and ``lm.tokenizer``, never evicted meanwhile."""
-        return Lease(model_id, lambda: self._acquire(model_id, wait), lambda: self.spec(model_id))
+        seconds = self._wait_seconds(wait)
+        return Lease(model_id, lambda: self._lease(model_id, seconds), lambda: self.spec(model_id))
 
     def generate(self, model_id: str, prompt: Prompt, *, system: str | None = None, raw: bool = False,
                  wait: float | str | None = None, **params: Any) -> GenerationResult:
         """Generate an answer (a string prompt goes through the chat template unless ``raw``)."""
         generation = GenerationParams.build(text_model(self.spec(model_id)).generation, params)
-        return self._runs.generate(model_id, normalize_prompt(prompt, system=system), generation, raw=raw, wait=wait)
+        return self._generations.generate(model_id, normalize_prompt(prompt, system=system), generation, raw=raw,
+                                          wait=self._wait_seconds(wait))
 
     def stream(self, model_id: str, prompt: Prompt, *, system: str | None = None, raw: bool = False,
                wait: float | str | None = None, **params: Any) -> TextStream:
         """Text pieces as they are made; ``.result`` once done. Loads when iteration starts."""
         generation = GenerationParams.build(text_model(self.spec(model_id)).generation, params)
-        return self._runs.stream(model_id, normalize_prompt(prompt, system=system), generation, raw=raw, wait=wait)
+        return self._generations.stream(model_id, normalize_prompt(prompt, system=system), generation, raw=raw,
+                                        wait=self._wait_seconds(wait))
 
     def embed(self, model_id: str, texts: str | Sequence[str], *, wait: float | str | None = None) -> list[list[float]]:
         """One unit-length vector per text, from a model registered with ``mode: embed``."""
         texts = checked_texts(self.spec(model_id), texts)
-        return self._runs.embed(model_id, texts, wait=wait) if texts else []
+        return self._generations.embed(model_id, texts, wait=self._wait_seconds(wait)) if texts else []
 
     async def aload(self, model_id: str, **options: Any) -> ModelHandle:
         """``await manager.aload(id)`` — load in a worker thread."""
@@ -279,8 +264,12 @@ class LLMManager:
         """``async for piece in manager.astream(id, prompt)``; cancelling stops the generation."""
         return _pump(self.stream(model_id, prompt, **options))
 
-    def _acquire(self, model_id: str, wait: float | str | None) -> Ticket:
-        seconds = self.wait_timeout if wait is None else _checked(lambda: parse_wait(wait))
+    def _wait_seconds(self, wait: float | str | None) -> float:
+        """A ``wait=`` argument checked: seconds (``None``: the wait_timeout setting)."""
+        return self.wait_timeout if wait is None else _checked(lambda: parse_wait(wait))
+
+    def _lease(self, model_id: str, seconds: float) -> Ticket:
+        """A lease from admission, waiting for room up to ``seconds`` on this manager's clock."""
         return self._admission.acquire(model_id, self._books.deadline(seconds))
 
     # -- unloading --------------------------------------------------------------------------------
@@ -291,10 +280,7 @@ class LLMManager:
         A lease still held after ``wait`` seconds raises :class:`ModelInUseError`;
         returns ``None`` when the model was not loaded.
         """
-        books = self._books
-        with books.lock:
-            key = books.registry.keys[books.registry.resolve(model_id)]
-        return self._evictions.unload(key, books.deadline(_checked(lambda: parse_wait(wait))))
+        return self._evictions.unload(self._catalog.key(model_id), self._books.deadline(_checked(lambda: parse_wait(wait))))
 
     def unload_all(self, *, wait: float | str = 0.0, skip_in_use: bool = False) -> list[UnloadReport]:
         """Unload every loaded model, pinned ones included; ``skip_in_use`` leaves busy ones loaded."""
@@ -325,8 +311,7 @@ class LLMManager:
 
     def row(self, model_id: str) -> StatusRow:
         """The status row of one id (aliases resolve to their model's row)."""
-        canonical = self.resolve(model_id)
-        return next(row for row in self.status() if row.id == canonical)
+        return self._status.row(model_id)
 
     def devices(self) -> list[DeviceReport]:
         """Per device: total, free, this manager's budget, and the bytes its models hold."""
@@ -381,20 +366,15 @@ class LLMManager:
             books.touch()
         self._upkeep.reaper.stop()
         self.warmup.stop()
-        self._runs.stop_streams()
+        self._generations.stop_streams()
         self._evictions.unload_all(books.deadline(5.0), quiet=True)
-        books = self._books
         with books.lock:
             busy = [books.name_of(i) for i in books.instances.values()]
         if busy:
             self._bus.emit("warning", message=f"still in use when the manager closed: {', '.join(busy)}")
 
     def __repr__(self) -> str:
-        books = self._books
-        with books.lock:
-            loaded = sum(1 for i in books.instances.values() if i.state == "loaded")
-            return (f"<LLMManager {len(books.registry.specs)} registered, {loaded} loaded, "
-                    f"cap={books.settings.max_loaded_models}, keep_alive={books.settings.keep_alive}>")
+        return f"<LLMManager {self._status.summary()}>"
 
 async def _pump(stream: TextStream) -> AsyncIterator[str]:
     """A stream's pieces for ``async for``, produced in a worker thread; cancelling stops it."""

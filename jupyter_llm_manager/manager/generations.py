@@ -1,9 +1,21 @@
-"""Generations on leased instances: the lease around the backend call, and the events around it.
+"""The one generation path: ``generate``, ``stream`` and ``embed`` (and their async forms) through one bracket.
 
-``generate`` and ``stream`` share this one sequence: acquire a lease (loading
-or waiting for room as needed), emit ``generation_started``, run the backend,
-release the lease, emit ``generation_finished`` (with the tokens, the speed,
-or why it stopped).
+Every call runs inside one :class:`Run`, written once here: a lease from
+admission (loading or waiting for room as needed), ``generation_started``,
+the backend call, the release, ``generation_finished`` with the tokens, the
+speed or why it stopped. The facade resolves the id once and checks what the
+model can be asked (text or vectors) before anything loads.
+
+The stop and interrupt protocol, the same for every backend:
+
+- ``stop`` (a ``threading.Event``) set: the backend ends within one token and
+  its result says ``interrupted``;
+- Ctrl-C inside the backend call: a backend that can say what it made raises
+  :class:`~jupyter_llm_manager.generation.StreamInterrupted` with its result;
+  for any other ``KeyboardInterrupt`` the result is built here from the
+  pieces streamed so far;
+- a stream closed early (``break``, ``close()``, an interrupt): ``stop`` is
+  set, the backend finishes its token, and the lease is released at once.
 """
 
 from __future__ import annotations
@@ -11,60 +23,120 @@ from __future__ import annotations
 import threading
 import time
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
+from typing import TYPE_CHECKING
 
+from ..backends.base import Backend, LoadedModel
+from ..config.spec import ModelSpec
+from ..errors import GenerationError, InvalidGenerationParameters, LLMManagerError
 from ..events import EventBus
-from ..generation import GenerationParams, GenerationResult, Prompt
-from .handles import TextStream
+from ..generation import GenerationParams, GenerationResult, Prompt, StreamInterrupted
+from ..support.units import brief
 from .state import Ticket
 
-__all__ = ["Runs"]
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
+__all__ = ["MAX_TEXTS", "Generations", "Run", "TextStream", "checked_texts", "text_model"]
+
+#: The most texts one ``embed`` call takes (split larger batches).
+MAX_TEXTS = 4096
 
 
-class Runs:
-    """Runs generations for the manager; :class:`TextStream` calls back into it."""
+class Run:
+    """One generation's bracket: the lease it runs under, and its two events. :meth:`end` once, always."""
 
-    def __init__(self, bus: EventBus, acquire: Callable[[str, float | str | None], Ticket]) -> None:
+    __slots__ = ("_bus", "_ended", "started", "ticket")
+
+    def __init__(self, bus: EventBus, ticket: Ticket) -> None:
+        self._bus = bus
+        self.ticket = ticket
+        self._ended = False
+        self.started = time.perf_counter()
+        bus.emit("generation_started", ticket.canonical)
+
+    @property
+    def backend(self) -> Backend:
+        return self.ticket.instance.backend
+
+    @property
+    def loaded(self) -> LoadedModel:
+        return self.ticket.loaded
+
+    @property
+    def model_id(self) -> str:
+        return self.ticket.model_id
+
+    def end(self, result: GenerationResult | None, error: BaseException | None, *, done: str | None = None) -> None:
+        """Release the lease, then say how it went (``done`` describes a call that makes no text)."""
+        if self._ended:
+            return
+        self._ended = True
+        self.ticket.release()
+        canonical = self.ticket.canonical
+        if result is not None:
+            message = f"{result.completion_tokens} tokens, {result.tokens_per_second:.1f} tok/s"
+            if result.finish_reason == "interrupted":
+                message += ", interrupted"
+            self._bus.emit("generation_finished", canonical, seconds=result.seconds, message=message)
+            for warning in result.warnings:
+                self._bus.emit("warning", canonical, message=warning)
+        elif error is None:
+            self._bus.emit("generation_finished", canonical, seconds=time.perf_counter() - self.started,
+                           message=done or "")
+        else:
+            text = "interrupted" if isinstance(error, KeyboardInterrupt) else f"failed: {error}"
+            self._bus.emit("generation_finished", canonical, message=text)
+
+
+class Generations:
+    """Runs every generation of one manager; ``acquire(model_id, wait_seconds)`` is admission's lease."""
+
+    def __init__(self, bus: EventBus, acquire: Callable[[str, float], Ticket]) -> None:
         self._bus = bus
         self._acquire = acquire
         self._streams: weakref.WeakSet[TextStream] = weakref.WeakSet()
         self._streams_lock = threading.Lock()
 
-    def acquire(self, model_id: str, wait: float | str | None) -> Ticket:
-        """A lease on ``model_id``, waiting for room up to ``wait`` (``None``: the wait_timeout setting)."""
-        return self._acquire(model_id, wait)
+    def begin(self, model_id: str, wait: float) -> Run:
+        """A lease on ``model_id`` (waiting for room up to ``wait`` seconds) and ``generation_started``."""
+        return Run(self._bus, self._acquire(model_id, wait))
 
     def generate(self, model_id: str, prompt: Prompt, params: GenerationParams, *, raw: bool,
-                 wait: float | str | None) -> GenerationResult:
-        ticket = self._acquire(model_id, wait)
-        self.started(ticket.canonical)
+                 wait: float) -> GenerationResult:
+        run = self.begin(model_id, wait)
         result: GenerationResult | None = None
         error: BaseException | None = None
         try:
-            result = ticket.instance.backend.generate(ticket.loaded, prompt, params, model_id=model_id, raw=raw)
+            result = run.backend.generate(run.loaded, prompt, params, model_id=model_id, raw=raw)
             return result
+        except StreamInterrupted as stopped:  # the backend stopped and says what it made
+            result, error = stopped.result, stopped
+            raise
         except BaseException as failure:
             error = failure
             raise
         finally:
-            ticket.release()
-            self.finished(ticket.canonical, result, error)
+            run.end(result, error)
 
-    def embed(self, model_id: str, texts: Sequence[str], *, wait: float | str | None) -> list[list[float]]:
+    def embed(self, model_id: str, texts: Sequence[str], *, wait: float) -> list[list[float]]:
         """One vector per text, on a leased instance (an embed-mode model)."""
-        ticket = self._acquire(model_id, wait)
-        started = time.perf_counter()
+        run = self.begin(model_id, wait)
+        vectors: list[list[float]] = []
+        error: BaseException | None = None
         try:
-            vectors = ticket.instance.backend.embed(ticket.loaded, texts, model_id=model_id)
+            vectors = run.backend.embed(run.loaded, texts, model_id=model_id)
+            return vectors
+        except BaseException as failure:
+            error = failure
+            raise
         finally:
-            ticket.release()
-        self._bus.emit("generation_finished", ticket.canonical, seconds=time.perf_counter() - started,
-                       message=f"{len(vectors)} vectors")
-        return vectors
+            run.end(None, error, done=f"{len(vectors)} vectors")
 
     def stream(self, model_id: str, prompt: Prompt, params: GenerationParams, *, raw: bool,
-               wait: float | str | None) -> TextStream:
-        stream = TextStream(self, model_id, prompt, params, raw=raw, wait=wait)
+               wait: float) -> TextStream:
+        """A :class:`TextStream`: its lease is taken when iteration starts."""
+        stream = TextStream(lambda: self.begin(model_id, wait), model_id, prompt, params, raw=raw)
         with self._streams_lock:
             self._streams.add(stream)
         return stream
@@ -77,17 +149,142 @@ class Runs:
             stream.stop()
         return len(streams)
 
-    def started(self, canonical: str) -> None:
-        self._bus.emit("generation_started", canonical)
 
-    def finished(self, canonical: str, result: GenerationResult | None, error: BaseException | None) -> None:
-        if result is not None:
-            message = f"{result.completion_tokens} tokens, {result.tokens_per_second:.1f} tok/s"
-            if result.finish_reason == "interrupted":
-                message += ", interrupted"
-            self._bus.emit("generation_finished", canonical, seconds=result.seconds, message=message)
-            for warning in result.warnings:
-                self._bus.emit("warning", canonical, message=warning)
-        else:
-            text = "interrupted" if isinstance(error, KeyboardInterrupt) else f"failed: {error}"
-            self._bus.emit("generation_finished", canonical, message=text)
+class TextStream:
+    """Text pieces of one generation, as they are made. Iterate once.
+
+    ``stop()`` ends it from another thread within one token. Closing it early
+    (``close()``, ``break``, an interrupt) releases the model for other uses at
+    once: the stream holds its iterator weakly, so the iterator a ``for`` loop
+    drops on ``break`` is closed there and then, not at the next garbage collection.
+    ``.result`` holds the final :class:`~jupyter_llm_manager.generation.GenerationResult`,
+    also after an interrupt (``finish_reason="interrupted"``).
+    """
+
+    def __init__(self, begin: Callable[[], Run], model_id: str, prompt: Prompt, params: GenerationParams, *,
+                 raw: bool) -> None:
+        self.model_id = model_id
+        self.result: GenerationResult | None = None
+        self._begin = begin
+        self._prompt = prompt
+        self._params = params
+        self._raw = raw
+        self._stop = threading.Event()
+        self._pieces: list[str] = []
+        self._iterator: weakref.ref[Generator[str, None, None]] | None = None
+        self._started: float | None = None
+
+    @property
+    def text(self) -> str:
+        """Everything streamed so far."""
+        return "".join(self._pieces)
+
+    def stop(self) -> None:
+        """Ask the generation to end after the current token (thread-safe)."""
+        self._stop.set()
+
+    def close(self) -> None:
+        iterator = self._iterator() if self._iterator is not None else None
+        if iterator is not None:
+            iterator.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __iter__(self) -> Iterator[str]:
+        if self._iterator is not None:
+            raise LLMManagerError("a TextStream can be iterated only once; call stream() again")
+        iterator = self._run()
+        self._iterator = weakref.ref(iterator)
+        return iterator
+
+    def _run(self) -> Generator[str, None, None]:
+        run = self._begin()
+        self._started = run.started
+        pieces = None
+        error: BaseException | None = None
+        try:
+            pieces = run.backend.stream(run.loaded, self._prompt, self._params, model_id=self.model_id,
+                                        raw=self._raw, stop=self._stop)
+            while True:
+                try:
+                    piece = next(pieces)
+                except StopIteration as done:
+                    self.result = done.value
+                    break
+                self._pieces.append(piece)
+                yield piece
+        except BaseException as failure:
+            error = failure
+            if isinstance(failure, StreamInterrupted):  # the backend stopped and says what it made
+                self.result = failure.result
+            raise
+        finally:
+            if pieces is not None:
+                if self.result is None and isinstance(error, GeneratorExit):  # closed early: let it finish
+                    self.result = self._finish_early(pieces)
+                pieces.close()
+            if self.result is None and not isinstance(error, Exception):  # interrupted or closed early
+                self.result = self._interrupted_result()
+            run.end(self.result, error)
+
+    def _finish_early(self, pieces: Iterator[str]) -> GenerationResult | None:
+        """Stop the backend and take what it made up to there (it stops within one token)."""
+        self._stop.set()
+        try:
+            while True:
+                self._pieces.append(next(pieces))
+        except StopIteration as done:
+            return done.value if isinstance(done.value, GenerationResult) else None
+        except Exception:  # noqa: BLE001 - a backend that cannot finish cleanly: the text so far stands
+            return None
+
+    def _interrupted_result(self) -> GenerationResult:
+        """What a stream cut short made, when its backend could not say: the pieces stand for tokens."""
+        seconds = time.perf_counter() - (self._started or time.perf_counter())
+        return GenerationResult(self.model_id, self.text, 0, len(self._pieces), seconds, "interrupted")
+
+    def __repr__(self) -> str:
+        state = "done" if self.result else ("streaming" if self._iterator else "not started")
+        return f"<TextStream {self.model_id!r} {state}>"
+
+
+# -- what a model can be asked: text (chat mode) or vectors (embed mode), checked before it loads ----
+
+def text_model(spec: ModelSpec) -> ModelSpec:
+    """``spec``, when its model generates text; else a :class:`GenerationError` saying what it is."""
+    if spec.backend == "loader":
+        raise GenerationError(f"{spec.id!r} is a model of kind {spec.kind!r} loaded by {spec.loader}: it has no "
+                              f"text interface; use it directly: with manager.use({spec.id!r}) as m: m.model(...)",
+                              model_id=spec.id)
+    if spec.mode == "embed":
+        raise GenerationError(f"{spec.id!r} is an embedding model (mode: embed): it makes vectors, not text; "
+                              f"use manager.embed({spec.id!r}, texts), or register the file again with "
+                              "mode: chat under another id", model_id=spec.id)
+    return spec
+
+
+def checked_texts(spec: ModelSpec, texts: str | Sequence[str]) -> list[str]:
+    """The texts of an ``embed`` call as a list (one string is one text), for an embed-mode model."""
+    if spec.backend == "loader":
+        text_model(spec)  # says what it is
+    if spec.mode != "embed":
+        raise GenerationError(f"{spec.id!r} is a chat model (mode: {spec.mode}): it has no embeddings; register "
+                              "an embedding model with mode: embed (the same file may be registered twice)",
+                              model_id=spec.id)
+    if isinstance(texts, str):
+        texts = [texts]
+    if isinstance(texts, (bytes, bytearray)) or not isinstance(texts, Sequence):
+        raise InvalidGenerationParameters(f"texts is a string or a list of strings, got {type(texts).__name__}",
+                                          model_id=spec.id)
+    if len(texts) > MAX_TEXTS:
+        raise InvalidGenerationParameters(f"{len(texts)} texts in one call; at most {MAX_TEXTS}: split them",
+                                          model_id=spec.id)
+    for index, text in enumerate(texts):
+        if not isinstance(text, str) or not text.strip():
+            raise InvalidGenerationParameters(f"text {index} must be a non-empty string, got {brief(text)}",
+                                              model_id=spec.id)
+    return list(texts)

@@ -15,7 +15,7 @@ from pathlib import Path
 from ..backends import Backend
 from ..config.files import ConfigFile, default_config_path, save_config
 from ..config.spec import ModelSpec, check_model_id
-from ..config.tasks import option_id
+from ..config.tasks import Task, option_id
 from ..errors import ConfigurationError, ModelInUseError
 from ..events import EventBus
 from .evictions import Evictions, Victims
@@ -142,13 +142,49 @@ class Catalog:
         with books.lock:
             return [spec.id for spec in books.registry.specs.values() if spec.preload]
 
-    def set_tasks(self, config: ConfigFile) -> None:
-        """A configuration file's tasks and its inference block (its options are registered already)."""
+    def read(self, config: ConfigFile) -> None:
+        """A configuration file's models, aliases, tasks and inference block, replacing ids of the same name."""
+        for spec in config.models.values():
+            self.register(spec, overwrite=True)
+        for name, target in config.aliases.items():
+            self.alias(name, target, overwrite=True)
         books = self._books
         with books.lock:
             books.registry.tasks.update(config.tasks)
             books.registry.inference.update(config.inference)
             books.touch()
+
+    # -- names ----------------------------------------------------------------------------------
+
+    def spec(self, model_id: str) -> ModelSpec:
+        """The spec an id or alias resolves to."""
+        books = self._books
+        with books.lock:
+            return books.registry.specs[books.registry.resolve(model_id)]
+
+    def key(self, model_id: str) -> str:
+        """The instance key an id or alias resolves to."""
+        books = self._books
+        with books.lock:
+            return books.registry.keys[books.registry.resolve(model_id)]
+
+    def ids(self) -> list[str]:
+        books = self._books
+        with books.lock:
+            return books.registry.names()
+
+    def tasks(self) -> list[str]:
+        books = self._books
+        with books.lock:
+            return list(books.registry.tasks)
+
+    def task(self, name: str) -> Task:
+        books = self._books
+        with books.lock:
+            found = books.registry.tasks.get(name)
+        if found is None:
+            raise ConfigurationError(f"{name!r} is not a task; tasks: {', '.join(self.tasks()) or 'none'}")
+        return found
 
     def adopt(self, config: ConfigFile) -> None:
         """A configuration file's models and aliases, for a new manager (nothing is loaded yet)."""

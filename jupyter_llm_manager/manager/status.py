@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from typing import NamedTuple
 
 from ..backends import Backend
 from ..config.spec import ModelSpec
@@ -36,6 +37,12 @@ class BooksReader:
         self._backends = backends
 
 
+class _RowFacts(NamedTuple):
+    backend: Backend
+    problem: str | None
+    estimate: MemoryEstimate | None
+
+
 class StatusView(BooksReader):
     """Builds :class:`StatusRow` and :class:`DeviceReport` snapshots."""
 
@@ -44,12 +51,28 @@ class StatusView(BooksReader):
         books = self._books
         with books.lock:
             specs = list(books.registry.specs.values())
-        estimates = {spec.id: self._cheap_estimate(spec) for spec in specs}
-        books = self._books
+        facts = {spec.id: self._facts(spec) for spec in specs}  # files and imports: never under the lock
         with books.lock:
             now, wall = books.clock(), time.time()
-            return [self._row(spec, estimates.get(spec.id), now, wall) for spec in specs
+            return [self._row(spec, facts[spec.id], now, wall) for spec in specs
                     if books.registry.specs.get(spec.id) is spec]
+
+    def row(self, model_id: str) -> StatusRow:
+        """The row of one id (an alias gives its model's row)."""
+        books = self._books
+        with books.lock:
+            spec = books.registry.specs[books.registry.resolve(model_id)]
+        facts = self._facts(spec)
+        with books.lock:
+            return self._row(spec, facts, books.clock(), time.time())
+
+    def summary(self) -> str:
+        """``3 registered, 1 loaded, cap=2, keep_alive=None``: what a manager's repr says."""
+        books = self._books
+        with books.lock:
+            loaded = sum(1 for i in books.instances.values() if i.state == "loaded")
+            return (f"{len(books.registry.specs)} registered, {loaded} loaded, "
+                    f"cap={books.settings.max_loaded_models}, keep_alive={books.settings.keep_alive}")
 
     def devices(self) -> list[DeviceReport]:
         """Per device: total, free, this manager's budget, and the bytes its models hold."""
@@ -67,22 +90,28 @@ class StatusView(BooksReader):
                                             budget, held, tuple(books.name_of(i) for i in holders), memory.source))
             return reports
 
-    def _cheap_estimate(self, spec: ModelSpec) -> MemoryEstimate | None:
+    def _facts(self, spec: ModelSpec) -> _RowFacts:
+        """What a row says that needs no lock: the backend, why it cannot load here, the estimate."""
+        backend = self._backends(spec.backend)
+        return _RowFacts(backend, backend.problem(spec), self._cheap_estimate(spec, backend))
+
+    def _cheap_estimate(self, spec: ModelSpec, backend: Backend) -> MemoryEstimate | None:
         """A cached estimate, or a fresh one when it needs no network (local files)."""
         cached = self._estimates.cached(spec)
         if cached is not None or not spec.local_path:
             return cached
         try:
-            return self._estimates.get(spec, self._backends(spec.backend))
+            return self._estimates.get(spec, backend)
         except LLMManagerError as error:
             log.debug("no estimate for %r: %s", spec.id, error)
             return None
 
-    def _row(self, spec: ModelSpec, estimate: MemoryEstimate | None, now: float, wall: float) -> StatusRow:
+    def _row(self, spec: ModelSpec, facts: _RowFacts, now: float, wall: float) -> StatusRow:
+        """The row, from the books (the caller holds the lock) and facts gathered before."""
         books = self._books
         key = books.registry.keys[spec.id]
         instance = books.instances.get(key)
-        backend = self._backends(spec.backend)
+        backend, estimate = facts.backend, facts.estimate
         position = books.queue.position(key)
         state: ModelState
         if instance is not None:
@@ -104,7 +133,7 @@ class StatusView(BooksReader):
             actual_bytes=instance.footprint_bytes if instance is not None and state == "loaded" else None,
             last_used=None if last_used is None else wall - (now - last_used),
             expires_at=None if expires is None else wall + (expires - now),
-            error=books.failures.get(spec.id) or _last_call_error(instance) or backend.problem(spec),
+            error=books.failures.get(spec.id) or _last_call_error(instance) or facts.problem,
             remote=backend.remote,
             trust_remote_code=spec.trust_remote_code,
             keep_alive=books.keep_alive_of(instance) if instance is not None else spec.keep_alive,

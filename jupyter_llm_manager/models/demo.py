@@ -9,13 +9,10 @@ downloading anything. Their answers are noise.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 from ..support.paths import cache_folder
 from .tiny import LARGE, SMALL, build_tiny_model
-
-if TYPE_CHECKING:
-    from ..manager.facade import LLMManager
 
 __all__ = ["DEMO_MODELS", "NOISE_NOTE", "build_demo_models", "is_demo", "register_demo_models"]
 
@@ -35,7 +32,13 @@ def is_demo(model_id: str) -> bool:
     return model_id in DEMO_MODELS
 
 
-def register_demo_models(manager: LLMManager, folder: Path | None = None) -> list[str]:
+class Registers(Protocol):
+    """What the demo models are registered with: a manager."""
+
+    def register(self, model_id: str, source: str | None = None, **options: Any) -> object: ...
+
+
+def register_demo_models(manager: Registers, folder: Path | None = None) -> list[str]:
     """Register the demo models (marked built-in: never saved to the configuration file)."""
     for model_id, path in build_demo_models(folder).items():
         manager.register(model_id, source=str(path), builtin=True, overwrite=True)

@@ -22,7 +22,7 @@ from ...errors import LLMManagerError
 from ...events import Event
 from ...generation import GenerationResult
 from ...manager.facade import LLMManager
-from ...manager.modes import text_model
+from ...manager.generations import text_model
 from ...models.demo import NOISE_NOTE, is_demo
 from .arguments import parse_value
 from .chats import ChatSessions
