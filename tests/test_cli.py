@@ -76,6 +76,7 @@ def test_quickstart_runs_the_notebook_and_prints_its_output(run):
     assert "Open it in JupyterLab: .venv/bin/pip install jupyterlab && .venv/bin/jupyter lab" in done.stdout
 
 
+@pytest.mark.slow
 def test_demo_walks_through_the_api(run):
     done = run("demo")
     assert done.returncode == 0, done.stderr

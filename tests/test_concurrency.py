@@ -10,14 +10,9 @@ import weakref
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from fakes import GB
+from fakes import GB, fake
 
 from jupyter_llm_manager import ModelInUseError, ModelLoadingError, ResourceNotAvailableError
-
-
-def fake(manager, model_id, size=GB, device="cuda:0", **options):
-    return manager.register(model_id, f"fake/{model_id}", backend="fake", device=device,
-                            options={"size": size, **options})
 
 
 def test_concurrent_requests_load_a_model_once(make_manager, backend):
@@ -34,7 +29,7 @@ def test_concurrent_requests_load_a_model_once(make_manager, backend):
 
 def test_a_failed_load_is_reported_to_every_waiter(make_manager, backend):
     manager = make_manager()
-    fake(manager, "bad", fail="error")
+    fake(manager, "bad", options={"fail": "error"})
     entered, release = backend.gate("bad")
     with ThreadPoolExecutor(4) as pool:
         futures = [pool.submit(manager.load, "bad") for _ in range(4)]
@@ -227,3 +222,53 @@ def test_cancelling_an_async_stream_stops_the_generation(real_manager):
 
     assert asyncio.run(main()) < 3000
     assert real_manager.row("b").in_use == 0
+
+
+def test_status_devices_and_plan_never_raise_or_block_while_models_come_and_go(make_manager, backend):
+    manager = make_manager(max_loaded_models=3)
+    for model_id in "abcd":
+        fake(manager, model_id)
+    fake(manager, "gated")
+    entered, release = backend.gate("gated")
+    gated = threading.Thread(target=manager.load, args=("gated",))
+    gated.start()  # a load that stays in flight the whole time: a view must never wait for it
+    assert entered.wait(10)
+    churned = threading.Event()
+    failures: list[BaseException] = []
+    looks = [0] * 4
+
+    def churn() -> None:  # loads (which evict at the cap), unloads and uses, 2,000 times
+        try:
+            for step in range(2000):
+                model_id = "abcd"[step % 4]
+                try:
+                    with manager.use(model_id, wait=0):
+                        pass
+                    if step % 3 == 0:
+                        manager.unload("abcd"[(step + 1) % 4])
+                except (ResourceNotAvailableError, ModelInUseError):
+                    pass  # a full cap while another loads: not what this test is about
+        finally:
+            churned.set()
+
+    def look(index: int) -> None:
+        while not churned.is_set():
+            try:
+                assert len(manager.status()) == 5
+                assert manager.devices()
+                manager.plan(["a", "b"])
+                looks[index] += 1
+            except BaseException as error:  # noqa: BLE001 - handed to the assertion below
+                failures.append(error)
+                return
+
+    workers = [threading.Thread(target=churn), *(threading.Thread(target=look, args=(i,)) for i in range(4))]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(120)
+    release.set()
+    gated.join(10)
+    assert not any(worker.is_alive() for worker in workers), "a view blocked"
+    assert failures == [] and all(looks)
+    assert manager.row("gated").state == "loaded"

@@ -9,7 +9,7 @@ from typing import ClassVar
 
 import comm
 import pytest
-from fakes import GB, FakeBackend, FakeDevices, lease_elsewhere
+from fakes import GB, FakeBackend, FakeDevices, fake, lease_elsewhere
 from ipywidgets.widgets import widget as widget_module
 
 import jupyter_llm_manager
@@ -32,16 +32,13 @@ def recording_comm(monkeypatch):
 
 
 @pytest.fixture
-def manager(devices, clock):
-    backend = FakeBackend(devices)
-    manager = LLMManager(max_loaded_models=2, config_path=False, preload=False, device_probe=devices,
-                         backend_factory=lambda name: backend, clock=clock)
+def manager(make_manager, backend):
+    manager = make_manager(max_loaded_models=2)
     for model_id in ("a", "b", "c"):
-        manager.register(model_id, f"fake/{model_id}", backend="fake", device="cuda:0", options={"size": GB})
+        fake(manager, model_id)
     manager.alias("chat", "a")
     manager.backend = backend
-    yield manager
-    manager.close()
+    return manager
 
 
 @pytest.fixture

@@ -175,6 +175,7 @@ RACE = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_no_thread_ever_sees_a_half_imported_torch_in_twenty_fresh_processes(tiny_models, tmp_path):
     script = tmp_path / "race.py"
     script.write_text(RACE)

@@ -354,6 +354,7 @@ def test_only_tilde_and_braced_env_references_are_expanded(tmp_path, tiny_models
 
 # -- load and concurrency ------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_stress_eight_threads_for_thirty_seconds(tmp_path):
     sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent.parent / "benchmarks"))
     from stress import run_stress

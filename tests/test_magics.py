@@ -7,7 +7,7 @@ import io
 import threading
 
 import pytest
-from fakes import FakeBackend, FakeDevices, lease_elsewhere
+from fakes import FakeBackend, FakeDevices, fake, lease_elsewhere
 from IPython.core.interactiveshell import InteractiveShell
 from IPython.utils.capture import capture_output
 
@@ -40,17 +40,14 @@ def real(magics, real_manager):
 
 
 @pytest.fixture
-def echo(magics):
+def echo(magics, make_manager, backend):
     """A manager over the fake backend, whose answers repeat the prompt's words."""
-    backend = FakeBackend(FakeDevices())
-    manager = LLMManager(config_path=False, preload=False, device_probe=backend.devices,
-                         backend_factory=lambda name: backend)
-    manager.register("echo", "fake/echo", backend="fake", options={"size": 1})
-    manager.register("echo2", "fake/echo2", backend="fake", options={"size": 1})
+    manager = make_manager()
+    fake(manager, "echo", 1, device="auto")
+    fake(manager, "echo2", 1, device="auto")
     manager.backend = backend
     magics.manager = manager
-    yield manager
-    manager.close()
+    return manager
 
 
 def run(shell, cell):

@@ -7,7 +7,7 @@ import threading
 import time
 
 import pytest
-from fakes import GB, lease_elsewhere
+from fakes import GB, fake, lease_elsewhere
 
 from jupyter_llm_manager import (
     ConfigurationError,
@@ -16,13 +16,6 @@ from jupyter_llm_manager import (
     ModelNotFoundError,
     ResourceNotAvailableError,
 )
-
-
-def fake(manager, model_id, size=GB, *, device="cuda:0", source=None, **fields):
-    """Register a fake model; each id gets its own weights unless ``source`` is shared."""
-    options = {"size": size, **fields.pop("options", {})}
-    return manager.register(model_id, source or f"fake/{model_id}", backend="fake", device=device,
-                            options=options, **fields)
 
 
 def load_in_order(manager, clock, *model_ids):

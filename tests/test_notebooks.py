@@ -87,6 +87,7 @@ def test_the_notebooks_are_there():
         assert "Qwen/Qwen2.5" in markdown  # each shows the lines for a real Hub model
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", [n.stem for n in NOTEBOOKS])
 def test_nothing_alarming_in_any_output_of_either_run(runs, name):
     first, second = runs[name]
@@ -147,6 +148,7 @@ def test_tiers(runs):
     assert "Does not fit together" in text and "[an interactive widget" in outputs[-2]
 
 
+@pytest.mark.slow
 def test_quickstart_command_three_times_in_one_fresh_home(tmp_path):
     env = {**os.environ, "HOME": str(tmp_path), "JUPYTER_CONFIG_DIR": str(tmp_path / ".jupyter"),
            "XDG_CACHE_HOME": str(tmp_path / ".cache"), "HF_HUB_OFFLINE": "1"}

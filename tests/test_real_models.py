@@ -86,6 +86,7 @@ def test_llama_cpp_answers_greedily(shared, prompt, words):
     ("What is the capital of Japan?", "Tokyo"),
     ("What is 2+2?", "4"),
 ])
+@pytest.mark.slow
 def test_transformers_answers_from_the_gguf_file(shared, prompt, word):
     result = shared.generate("hf", prompt, temperature=0, max_new_tokens=30)
     assert word in result.text, result.text
@@ -136,6 +137,7 @@ def test_a_prompt_longer_than_the_context_is_refused_and_long_answers_are_cut_to
 SENTENCES = ["A cat sits on the mat.", "A kitten rests on the rug.", "The tax law changed in 1998."]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model_id", [pytest.param("cpp-embed", marks=needs_llama), "hf-embed"])
 def test_related_sentences_are_closer_than_unrelated_ones(shared, model_id):
     vectors = shared.embed(model_id, SENTENCES)
@@ -247,6 +249,7 @@ def test_auto_context_grows_into_the_room_left_without_evicting(manager, tiny_mo
 
 # -- the converted copy ------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_the_second_load_uses_the_converted_copy_and_a_damaged_copy_is_rebuilt(manager, tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     progress, loaded = [], []
@@ -368,6 +371,7 @@ def test_without_the_wheel_smollm2_is_listed_with_the_install_hint(manager, monk
 
 # -- freeing -----------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 @needs_llama
 def test_llama_cpp_gives_its_memory_back(manager):
     manager.register("cpp", source=str(GGUF), backend="llama_cpp", max_context=2048)

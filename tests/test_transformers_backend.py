@@ -224,6 +224,7 @@ def test_stop_from_another_thread(real_manager):
     assert stream.result.finish_reason == "interrupted" and stream.result.completion_tokens < 2000
 
 
+@pytest.mark.slow
 def test_thirty_load_unload_cycles_collect_the_model_every_time(real_manager):
     references = []
     for _ in range(30):

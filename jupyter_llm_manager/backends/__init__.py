@@ -52,11 +52,14 @@ def available_backends() -> dict[str, str]:
 
 
 def get_backend(name: str) -> Backend:
-    """The shared instance of the backend called ``name``."""
+    """The shared instance of the backend called ``name`` (created once; its module imported with no lock held)."""
     with _lock:
-        if name not in _instances:
-            _instances[name] = _create(name)
-        return _instances[name]
+        found = _instances.get(name)
+    if found is not None:
+        return found
+    created = _create(name)
+    with _lock:  # two threads may create one at once: the first one stored is the one everybody gets
+        return _instances.setdefault(name, created)
 
 
 class BackendCache:

@@ -278,7 +278,9 @@ class Dashboard:
                  self._cap, self._keep_alive, self._unload_all, self._free, self._plan, self._plan_html,
                  self._actions_box, self._messages_html,
                  self._events, self._events_box, self.widget]
-        for row in self._rows.values():
+        with self._lock:
+            rows = list(self._rows.values())
+        for row in rows:
             found.extend(row.widgets)
         return found
 
@@ -299,12 +301,12 @@ class Dashboard:
         shown = warmup.running or bool(warmup.failed)
         _apply(self._warmup, value=f"<div style='{_MUTED}'>{_text(str(warmup))}</div>" if shown else "")
         _apply(self._plan_html, value=plan)
-        self._sync_rows([row.id for row in rows])
+        shown_rows = self._sync_rows([row.id for row in rows])
         gpus = [d for d in devices if d.device.startswith("cuda")]
         devices_html = "".join(_device_html(d) for d in devices) + ("" if gpus else _no_gpu_note())
         _apply(self._devices, value=devices_html)
         for row in rows:
-            for widget, values in self._rows[row.id].values(row, pending.get(row.id), loading.get(row.id), now):
+            for widget, values in shown_rows[row.id].values(row, pending.get(row.id), loading.get(row.id), now):
                 _apply(widget, **values)
         _apply(self._events, value=_event_html(events))
         _apply(self._messages_html, value="".join(_message_html(*m) for m in messages))
@@ -313,15 +315,21 @@ class Dashboard:
         nothing_loaded = not any(row.state == "loaded" for row in rows)
         _apply(self._unload_all, disabled=nothing_loaded or "" in pending)
 
-    def _sync_rows(self, ids: list[str]) -> None:
-        for model_id in ids:
-            if model_id not in self._rows:
-                self._rows[model_id] = _ModelRow(self._widgets_module, self, model_id)
-        for model_id in [m for m in self._rows if m not in ids]:
-            _close(self._rows.pop(model_id).widgets)
-        cells = tuple(self._header_cells) + tuple(c for m in ids for c in self._rows[m].grid_cells)
+    def _sync_rows(self, ids: list[str]) -> dict[str, _ModelRow]:
+        """One row of widgets per id, in order (the writer's job); returns them by id."""
+        with self._lock:
+            rows = dict(self._rows)
+        made = {m: _ModelRow(self._widgets_module, self, m) for m in ids if m not in rows}
+        gone = [rows.pop(m) for m in [m for m in rows if m not in ids]]
+        rows.update(made)
+        with self._lock:  # other threads only read it (which models are ticked, close())
+            self._rows = rows
+        for row in gone:
+            _close(row.widgets)
+        cells = tuple(self._header_cells) + tuple(c for m in ids for c in rows[m].grid_cells)
         if tuple(self._model_box.children) != cells:
             self._model_box.children = cells
+        return rows
 
     def _cap_text(self) -> str:
         cap = self.manager.max_loaded_models
@@ -368,7 +376,9 @@ class Dashboard:
         """Plan the ticked models (none ticked: the manager's default plan); the report shows below."""
         from .plan_tables import plan_tables
 
-        ticked = [model_id for model_id, row in self._rows.items() if row.tick.value]
+        with self._lock:
+            rows = list(self._rows.items())
+        ticked = [model_id for model_id, row in rows if row.tick.value]
 
         def plan() -> str:
             report = self.manager.plan(ticked or None)
@@ -442,8 +452,9 @@ class Dashboard:
             actions = list(self._actions)
         for thread in actions:
             thread.join(_ACTION_JOIN_S)
-        _close(self._all_widgets())
-        self._rows.clear()
+        _close(self._all_widgets())  # the writer has stopped: this thread is the only one left to touch them
+        with self._lock:
+            self._rows = {}
 
     @property
     def closed(self) -> bool:

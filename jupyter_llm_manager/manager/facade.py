@@ -1,29 +1,8 @@
-"""The kernel-resident model manager: :class:`LLMManager`, a facade over small parts.
+"""The kernel-resident model manager: :class:`LLMManager`, a facade over the parts of this package.
 
-The parts, each with one job (the facade only wires them and checks arguments):
-
-- ``books``: every mutable fact (registry, instances, wait queue, settings) under one lock;
-- ``catalog``: registering ids, aliases and pins; ``status``: rows and device reports;
-- ``admission``: leases, loading and the fair wait queue; ``policy``: the pure decisions;
-- ``loading``: running an admitted load; ``evictions``: limits, keep-alive, manual unloads;
-- ``freeing``: letting go of memory for real; ``reaper``: the keep-alive thread;
-- ``runs``: generations on leased instances.
-
-The lock rule. One lock, the books', guards the registry, the instance
-table, the wait queue, the settings and the load failures. It is held only
-for bookkeeping: never while a backend loads, generates, estimates or frees,
-never while a device is probed, and never while a subscriber runs — events
-are emitted after it is released (tests check it from another thread), so a
-subscriber may call back into the manager. Waiting (for room, for leases to
-end) waits on the books' condition, which releases the lock. The other
-locks (the event bus's, the estimate and backend caches', NVML's) are
-leaves: nothing is called while they are held.
-
-Invariants, each checked by tests: the manager holds the only strong
-reference to a loaded model; ids with equal instance keys share one
-instance; a leased or pinned instance is never evicted, nor a protected one
-for a request of lower priority; the count cap and the budgets hold, except
-while a load turns out heavier than its estimate and nothing may be evicted.
+The facade checks arguments and wires the parts (see the package docstring:
+which part decides what, and the one lock rule); ``get_manager()`` gives the
+kernel's own manager.
 """
 
 from __future__ import annotations
@@ -121,6 +100,8 @@ class LLMManager:
                  config_path: str | os.PathLike[str] | None | bool = None, *,
                  memory_budget: str | int | Mapping[str, str | int] | None | _Given = FROM_CONFIG,
                  wait_timeout: str | float | None | _Given = FROM_CONFIG, max_queue: int | _Given = FROM_CONFIG,
+                 max_memory_per_model: str | int | None | _Given = FROM_CONFIG,
+                 default_model: str | None | _Given = FROM_CONFIG,
                  clock: Callable[[], float] = time.monotonic, device_probe: DeviceProbe = probe_devices,
                  backend_factory: Callable[[str], Backend] = get_backend, preload: bool = True) -> None:
         path = None if config_path is False else find_config_path(None if config_path is True else config_path)
@@ -128,7 +109,8 @@ class LLMManager:
         given = {name: value for name, value in (
             ("max_loaded_models", max_loaded_models), ("memory_fraction", memory_fraction),
             ("keep_alive", keep_alive), ("memory_budget", memory_budget), ("wait_timeout", wait_timeout),
-            ("max_queue", max_queue)) if value is not FROM_CONFIG}
+            ("max_queue", max_queue), ("max_memory_per_model", max_memory_per_model),
+            ("default_model", default_model)) if value is not FROM_CONFIG}
         self._books = books = Books(_checked(lambda: config.settings.with_values(given)), clock)
         self._bus = bus = EventBus()
         self._backends = backends = BackendCache(backend_factory)

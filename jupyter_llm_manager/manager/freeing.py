@@ -109,7 +109,8 @@ class Freeing:
 
     def _teardown(self, instance: Instance) -> weakref.ref[Any] | None:
         """Drop the backend's object and every reference to it; collect; empty device caches."""
-        loaded, instance.loaded = instance.loaded, None
+        with self._books.lock:
+            loaded, instance.loaded = instance.loaded, None
         target = _weak(loaded.model) if loaded is not None else None
         if loaded is not None:
             instance.backend.unload(loaded)

@@ -1,9 +1,9 @@
-"""Keeping the limits and the keep-alive reaper up to date as the books change.
+"""Keep-alive and upkeep: the reaper thread that unloads idle models, and the limits kept as the books change.
 
-The other parts call these hooks, with no lock held, when something happened
-that may let a deferred eviction go ahead (a lease ended, a pin was lifted,
-a load turned out heavier than its estimate) or that changes what the
-reaper must watch (settings, a new load).
+The other parts call the :class:`Upkeep` hooks, with no lock held, when
+something happened that may let a deferred eviction go ahead (a lease ended,
+a pin was lifted, a load turned out heavier than its estimate) or that
+changes what the :class:`Reaper` must watch (settings, a new load).
 """
 
 from __future__ import annotations

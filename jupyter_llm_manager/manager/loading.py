@@ -85,12 +85,11 @@ class Loading:
         try:
             loaded = self._load_with_retry(canonical, instance)
             during = imports.take_report()  # and while loading (transformers): not the model's load time
-            instance.imported = tuple(before + during)
             seconds = time.perf_counter() - started - sum(s for _, s in during)
             how = [loaded.how] if loaded.how else []
             off = _off_declared(instance.spec.required_memory, loaded)
             with interrupts_deferred():
-                ticket = self._publish(model_id, canonical, instance, loaded, seconds)
+                ticket = self._publish(model_id, canonical, instance, loaded, seconds, tuple(before + during))
                 published = True
                 loaded = None
                 self._bus.emit("loaded", canonical, seconds=instance.load_seconds, bytes=instance.footprint_bytes,
@@ -102,8 +101,10 @@ class Loading:
                 if ticket is not None:
                     ticket.release()
                 raise
-            if loaded is not None and instance.loaded is None:
-                instance.loaded = loaded  # interrupted between the load and publishing: free it too
+            if loaded is not None:
+                with self._books.lock:
+                    if instance.loaded is None:
+                        instance.loaded = loaded  # interrupted between the load and publishing: free it too
             loaded = None
             self._freeing.abandon(canonical, instance, error)
             raise
@@ -118,10 +119,11 @@ class Loading:
         self._freeing.abandon(canonical, instance, error)
 
     def _publish(self, model_id: str, canonical: str, instance: Instance, loaded: LoadedModel,
-                 seconds: float) -> Ticket | None:
+                 seconds: float, imported: tuple[tuple[str, float], ...]) -> Ticket | None:
         books = self._books
         with books.lock:
             instance.loaded = loaded
+            instance.imported = imported
             instance.move("loaded")
             instance.footprint = {} if instance.remote else dict(loaded.footprint)
             instance.bytes = accounted_bytes(instance.footprint, instance.placement, instance.estimate,
@@ -143,7 +145,8 @@ class Loading:
         """Load (what the backend reports meanwhile becomes ``load_progress`` events), retrying once."""
 
         def progress(message: str) -> None:
-            instance.progress = message
+            with self._books.lock:
+                instance.progress = message
             self._bus.emit("load_progress", canonical, message=message, arrival=instance.arrival)
 
         with progress_reporter(progress):

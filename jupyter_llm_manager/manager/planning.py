@@ -206,10 +206,14 @@ def _model(ask: Ask, outcome: Decision | Holding, evicted: dict, simulation: Sim
             note = "; ".join(p for p in (f"planned at its {ask.growth.floor}-token floor (max_context: auto)",
                                          note) if p)
     eviction = evicted.get(ask.key)
-    if eviction is not None and state in ("loaded", "admitted"):
+    if eviction is not None and state in ("loaded", "admitted") and not _held_at_end(ask.key, simulation):
         later = simulation.evicted_by(ask.key)
         state, note = "evicted", f"a later model of the plan evicts it ({later}: {_limit(eviction.reason, simulation)})"
     return PlanModel(ask.name, device, size, how, state, note)
+
+
+def _held_at_end(key: str, simulation: Simulation) -> bool:
+    return any(h.key == key for h in simulation.after.holdings)
 
 
 def _limit(reason: str, simulation: Simulation) -> str:

@@ -1,9 +1,10 @@
-"""Changes to the registry: registering, unregistering, aliases and pins, with their events.
+"""Changes to the registry (registering, unregistering, aliases, pins, tasks) with their events; and saving them.
 
 Replacing or forgetting an id whose instance no other id shares unloads that
 instance (an instance that is still loading is freed as soon as its load
 ends, since no id reaches it any more). Requests waiting for an id that
-disappears are woken and get :class:`ModelNotFoundError`.
+disappears are woken and get :class:`ModelNotFoundError`. :class:`Persistence`
+writes the registry and the settings into the configuration file.
 """
 
 from __future__ import annotations

@@ -1,11 +1,11 @@
-"""The manager's books: every mutable fact of one manager, under one lock.
+"""The manager's books: every mutable fact of one manager, under one lock; and the leases on its instances.
 
 The registry (ids, aliases, pins), the instance table, the wait queue, the
 settings, load failures and the ``version`` counter live here. Whoever
 changes any of them holds ``lock`` and calls :meth:`Books.touch`, which bumps
 ``version`` and wakes every waiter, so a waiting request looks again exactly
 when something changed. The lock is never held while a backend, a
-subscriber or a device probe runs (see the lock rule in ``manager.py``).
+subscriber or a device probe runs (see the lock rule in the package docstring).
 It is taken with ``with books.lock:`` only: the lock's own C-level enter and
 exit, so a Ctrl-C can never leave it held.
 """

@@ -138,6 +138,9 @@ def _refusal_hint(ask: Ask, plan: Plan) -> str | None:
 
 # -- several models, one after another ------------------------------------------------------------
 
+#: Seconds between two simulated steps: enough to order them, as loading them one after another would.
+_STEP = 1e-6
+
 #: How one model of a simulation ends: loaded already (it stays), admitted, waits or refused.
 Outcome = Decision | Holding
 
@@ -180,7 +183,8 @@ def simulate(snapshot: Snapshot, asks: list[Ask]) -> Simulation:
     outcomes: list[Outcome] = []
     evictions: list[Eviction] = []
     causes: dict[str, str] = {}
-    for ask in asks:
+    for step, ask in enumerate(asks):
+        snapshot = replace(snapshot, now=before.now + step * _STEP)  # each load or use later than the last
         held = next((h for h in snapshot.holdings if h.key == ask.key), None)
         if held is not None and held.state in ("loaded", "loading"):  # used at once, or its load joined
             snapshot = _used(snapshot, held)
