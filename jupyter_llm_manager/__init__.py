@@ -36,11 +36,14 @@ from .manager.facade import LLMManager, get_manager
 from .manager.generations import TextStream
 from .manager.handles import Lease, ModelHandle
 from .reports import GarbageReport, StatusRow, UnloadReport
+from .support.moved import install as _keep_old_module_paths
 
 if TYPE_CHECKING:
     from .frontends.dashboard import Dashboard
 
 __version__ = "0.1.0"
+
+_keep_old_module_paths()
 
 
 def _jupyter_labextension_paths() -> list[dict[str, str]]:

@@ -142,7 +142,7 @@ def test_a_broken_config_is_one_line_and_the_magics_still_load(tmp_path, monkeyp
 RACE = textwrap.dedent("""
     import json, sys, threading, comm
     from jupyter_llm_manager import LLMManager
-    from jupyter_llm_manager.lab import LabBridge
+    from jupyter_llm_manager.frontends.lab_bridge import LabBridge
 
     class Frontend(comm.DummyComm):
         def publish_msg(self, *args, **kwargs):

@@ -138,3 +138,17 @@ def test_no_module_uses_another_modules_private_names():
             if isinstance(node, ast.ImportFrom) and node.level and any(a.name.startswith("_") for a in node.names):
                 offenders.append(f"{here}:{node.lineno} imports {[a.name for a in node.names]}")
     assert offenders == []
+
+
+def test_old_module_paths_give_the_modules_at_their_new_paths():
+    import importlib
+
+    from jupyter_llm_manager.support.moved import MOVED
+
+    for old, new in MOVED.items():
+        assert importlib.import_module(f"jupyter_llm_manager.{old}") is importlib.import_module(
+            f"jupyter_llm_manager.{new}"), old
+    from jupyter_llm_manager.config import load_config  # these two are packages now: they re-export
+    from jupyter_llm_manager.manager import LLMManager
+
+    assert callable(load_config) and LLMManager.__name__ == "LLMManager"

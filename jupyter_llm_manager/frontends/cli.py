@@ -106,7 +106,7 @@ def _doctor(args: argparse.Namespace) -> int:
 
 def _notebook_path(name: str) -> Path:
     """A bundled notebook: ./notebooks first, then next to the package (editable or installed)."""
-    package = Path(__file__).resolve().parent
+    package = Path(__file__).resolve().parents[1]  # jupyter_llm_manager/
     for folder in (Path.cwd() / "notebooks", package / "notebooks", package.parent / "notebooks"):
         if (folder / name).exists():
             return folder / name

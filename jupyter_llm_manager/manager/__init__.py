@@ -33,3 +33,16 @@ instance; a leased or pinned instance is never evicted, nor a protected one
 for a request of lower priority; the count cap and the budgets hold, except
 while a load turns out heavier than its estimate and nothing may be evicted.
 """
+
+from typing import Any
+
+__all__ = ["LLMManager", "get_manager"]
+
+
+def __getattr__(name: str) -> Any:
+    """``from jupyter_llm_manager.manager import LLMManager`` keeps working, without importing the parts early."""
+    if name in __all__:
+        from . import facade
+
+        return getattr(facade, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

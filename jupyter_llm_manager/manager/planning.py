@@ -13,18 +13,19 @@ Nothing is loaded or evicted.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ..backends import Backend
+from ..backends.base import ContextGrowth
 from ..config.spec import ModelSpec
-from ..devices import DeviceProbe
 from ..errors import LLMManagerError
 from ..estimates import EstimateCache, MemoryEstimate
 from ..support.units import bytes_text, format_bytes
 from .policy.decision import Ask, Decision, Simulation, fit_hint, simulate
 from .policy.fit import Holding
 from .state import Books
+from .status import BooksReader
 
 __all__ = ["Facts", "PlanDevice", "PlanModel", "PlanReport", "Planner", "gather"]
 
@@ -37,18 +38,19 @@ class Facts:
     backend: Backend
     estimate: MemoryEstimate
     kinds: frozenset[str]
+    growth: ContextGrowth | None = None
 
     def ask(self, books: Books, thread: int | None) -> Ask:
         """The :class:`Ask` for this model in the books now. Caller holds the lock."""
         key = books.registry.keys[self.spec.id]
-        growth = self.backend.context_growth(self.spec) if self.spec.max_context == "auto" else None
         return Ask(self.spec.id, key, self.estimate, self.spec.device, self.kinds, books.registry.priority(key),
-                   thread, self.backend.remote, books.settings.max_memory_per_model, growth)
+                   thread, self.backend.remote, books.settings.max_memory_per_model, self.growth)
 
 
 def gather(spec: ModelSpec, backend: Backend, estimates: EstimateCache) -> Facts:
     """The facts of ``spec`` (reads files, maybe the network: never under a lock)."""
-    return Facts(spec, backend, estimates.get(spec, backend), frozenset(backend.device_kinds()))
+    growth = backend.context_growth(spec) if spec.max_context == "auto" else None
+    return Facts(spec, backend, estimates.get(spec, backend), frozenset(backend.device_kinds()), growth)
 
 
 @dataclass(frozen=True)
@@ -110,15 +112,8 @@ class PlanReport:
 _Unplanned = PlanModel
 
 
-class Planner:
+class Planner(BooksReader):
     """Plans with the manager's own books, estimates and policy."""
-
-    def __init__(self, books: Books, probe: DeviceProbe, estimates: EstimateCache,
-                 backends: Callable[[str], Backend]) -> None:
-        self._books = books
-        self._probe = probe
-        self._estimates = estimates
-        self._backends = backends
 
     def wanted(self) -> list[str]:
         """What ``plan()`` checks by default: every task's selected option, else every ``preload`` model."""
