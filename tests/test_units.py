@@ -58,3 +58,13 @@ def test_bytes_text_shows_a_field_in_units_and_a_placeholder_for_none():
     assert Report(None).size_str == "n/a"
     with pytest.raises(AttributeError):
         Report(1).size_str = "1 B"  # read-only
+
+
+def test_an_excerpt_keeps_short_text_and_cuts_long_text_to_the_limit_keeping_its_end():
+    from jupyter_llm_manager.support.units import excerpt
+
+    assert excerpt("what to do") == "what to do"
+    long = "x" * 10_000_000 + " run pip install foo"
+    cut = excerpt(long)
+    assert len(cut) == 500 and cut.endswith("run pip install foo") and " … " in cut
+    assert len(excerpt("y" * 100, 40)) == 40

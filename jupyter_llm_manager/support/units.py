@@ -10,7 +10,8 @@ import math
 import re
 import reprlib
 
-__all__ = ["NEVER", "brief", "format_bytes", "format_duration", "parse_duration", "parse_size"]
+__all__ = ["MESSAGE_LIMIT", "NEVER", "brief", "excerpt", "format_bytes", "format_duration", "parse_duration",
+           "parse_size"]
 
 #: A keep-alive that never expires.
 NEVER = math.inf
@@ -44,6 +45,21 @@ def brief(value: object) -> str:
     huge or self-referencing structure (a YAML alias bomb).
     """
     return _BRIEF.repr(value)
+
+
+#: The most characters a message shows: errors, events, status rows, the dashboard.
+MESSAGE_LIMIT = 500
+
+
+def excerpt(text: str, limit: int = MESSAGE_LIMIT) -> str:
+    """``text`` when short, else its start and its end around ``…``: at most ``limit`` characters.
+
+    The end is kept because messages put what to do last.
+    """
+    if len(text) <= limit:
+        return text
+    tail = min(limit // 4, 120)
+    return text[:limit - tail - 3] + " … " + text[-tail:]
 
 
 def parse_duration(value: str | float | None) -> float | None:
