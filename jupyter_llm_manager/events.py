@@ -1,10 +1,13 @@
 """Manager events: small frozen records, and the bus that delivers them.
 
 Subscribers get every event synchronously, in the thread that caused it,
-never while a manager lock is held, so a subscriber may call back into the
-manager, from the same thread or another. A subscriber that raises is logged and kept.
-The bus also keeps the last events so a dashboard opened later can show
-history.
+never while a manager lock, a lease or a section that holds Ctrl-C back is
+held: the parts emit inside :meth:`EventBus.held` where they hold one, and
+the events are delivered when it ends. So a subscriber may call back into
+the manager, from the same thread or another; a slow one delays only its own
+thread, and a Ctrl-C during it interrupts at once. A subscriber that raises
+is logged and kept. Messages are bounded excerpts (500 characters). The bus
+also keeps the last events so a dashboard opened later can show history.
 """
 
 from __future__ import annotations
@@ -13,12 +16,13 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Literal
 
 from .errors import log_failure
-from .support.units import bytes_text
+from .support.units import bytes_text, excerpt
 
 __all__ = ["Event", "EventBus", "EventKind", "EvictionReason"]
 
@@ -72,6 +76,7 @@ class EventBus:
         self._lock = threading.Lock()
         self._subscribers: list[Subscriber] = []
         self._history: deque[Event] = deque(maxlen=history)
+        self._held = threading.local()  # per thread: how deep in held(), and the events it holds
 
     def subscribe(self, callback: Subscriber) -> Callable[[], None]:
         """Call ``callback(event)`` for every event; returns a function that stops it."""
@@ -88,17 +93,46 @@ class EventBus:
     def emit(self, kind: EventKind, model_id: str | None = None, *, reason: EvictionReason | None = None,
              seconds: float | None = None, bytes: int | None = None, message: str = "",
              position: int | None = None, arrival: int | None = None) -> Event:
-        event = Event(kind, model_id, reason, seconds, bytes, message, time.time(), position, arrival)
+        """Record an event and deliver it now, or when this thread's :meth:`held` section ends."""
+        event = Event(kind, model_id, reason, seconds, bytes, excerpt(message), time.time(), position, arrival)
         with self._lock:
             self._history.append(event)
-            subscribers = list(self._subscribers)
         log.debug("event: %s", event)
+        if getattr(self._held, "depth", 0):
+            self._held.events.append(event)
+        else:
+            self._deliver(event)
+        return event
+
+    @contextmanager
+    def held(self) -> Iterator[None]:
+        """Events this thread emits inside are delivered, in order, once the outermost section ends.
+
+        For the steps that must not run a subscriber: while Ctrl-C is held
+        back, while a lease the caller did not ask for is held. Delivered
+        also when the section ends with an exception (they happened).
+        """
+        state = self._held
+        if not getattr(state, "depth", 0):
+            state.depth, state.events = 0, []
+        state.depth += 1
+        try:
+            yield
+        finally:
+            state.depth -= 1
+            if not state.depth:
+                events, state.events = state.events, []
+                for event in events:
+                    self._deliver(event)
+
+    def _deliver(self, event: Event) -> None:
+        with self._lock:
+            subscribers = list(self._subscribers)
         for callback in subscribers:
             try:
                 callback(event)
             except Exception as error:  # noqa: BLE001 - a subscriber's bug must not break the manager
                 log_failure(log, f"an event subscriber failed on {event}", error)
-        return event
 
     def recent(self, limit: int | None = None) -> list[Event]:
         with self._lock:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import random
 import threading
@@ -10,9 +11,15 @@ import weakref
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from fakes import GB, fake
+from fakes import GB, FakeBackend, fake
 
-from jupyter_llm_manager import ModelInUseError, ModelLoadingError, ResourceNotAvailableError
+from jupyter_llm_manager import (
+    GenerationError,
+    LLMManager,
+    ModelInUseError,
+    ModelLoadingError,
+    ResourceNotAvailableError,
+)
 
 
 def test_concurrent_requests_load_a_model_once(make_manager, backend):
@@ -272,3 +279,84 @@ def test_status_devices_and_plan_never_raise_or_block_while_models_come_and_go(m
     assert not any(worker.is_alive() for worker in workers), "a view blocked"
     assert failures == [] and all(looks)
     assert manager.row("gated").state == "loaded"
+
+
+class OneAtATime(FakeBackend):
+    """Like llama.cpp: one request at a time per loaded model. Streams wait at a gate to overlap on purpose."""
+
+    serial = True
+
+    def __init__(self, devices):
+        super().__init__(devices)
+        self.running = 0
+        self.most_at_once = 0
+        self.started = threading.Event()
+        self.go_on = threading.Event()
+
+    def stream(self, loaded, prompt, params, *, model_id, raw, stop):
+        with self.lock:
+            self.running += 1
+            self.most_at_once = max(self.most_at_once, self.running)
+        try:
+            self.started.set()
+            assert self.go_on.wait(30)
+            result = yield from super().stream(loaded, prompt, params, model_id=model_id, raw=raw, stop=stop)
+            return result
+        finally:
+            with self.lock:
+                self.running -= 1
+
+
+@pytest.fixture
+def serial(devices, clock):
+    backend = OneAtATime(devices)
+    manager = LLMManager(config_path=False, preload=False, device_probe=devices, backend_factory=lambda n: backend,
+                         clock=clock)
+    fake(manager, "g")
+    yield manager, backend
+    backend.go_on.set()
+    manager.close()
+
+
+def test_requests_to_a_one_at_a_time_model_run_one_after_another_and_all_complete(serial):
+    manager, backend = serial
+    told = []
+    manager.subscribe(lambda e: told.append(e) if e.kind == "waiting" else None)
+    with ThreadPoolExecutor(3) as pool:
+        first = pool.submit(manager.generate, "g", "first answer", wait=30)
+        assert backend.started.wait(10)
+        later = [pool.submit(manager.generate, "g", f"answer {n}", wait=30) for n in (2, 3)]
+        deadline = time.monotonic() + 10
+        while len({e.position for e in told}) < 2:  # both queued, told their place
+            assert time.monotonic() < deadline, told
+            time.sleep(0.005)
+        backend.go_on.set()
+        texts = [first.result(30).text] + [f.result(30).text for f in later]
+    assert texts == ["first answer", "answer 2", "answer 3"] and backend.most_at_once == 1
+    assert {e.position for e in told} == {1, 2} and all("answers one at a time" in e.message for e in told)
+
+
+def test_three_agenerate_at_once_on_a_one_at_a_time_model_all_complete(serial):
+    manager, backend = serial
+    backend.go_on.set()
+
+    async def three():
+        return await asyncio.gather(*(manager.agenerate("g", f"hello {n}") for n in range(3)))
+
+    assert [r.text for r in asyncio.run(three())] == ["hello 0", "hello 1", "hello 2"]
+    assert backend.most_at_once == 1
+
+
+def test_a_queued_request_gives_up_at_its_deadline_and_a_second_stream_in_one_thread_fails_at_once(serial):
+    manager, backend = serial
+    backend.go_on.set()
+    pieces = iter(manager.stream("g", "a long answer"))
+    first = next(pieces)  # this thread has the model's turn until the stream ends
+    with ThreadPoolExecutor(1) as pool:
+        impatient = pool.submit(manager.generate, "g", "impatient", wait=0)
+        with pytest.raises(ResourceNotAvailableError, match="answers one request at a time and 1 request is ahead"):
+            impatient.result(10)
+    with pytest.raises(GenerationError, match="this thread has one running on it already"):
+        manager.generate("g", "meanwhile, in the same thread")  # it would wait for itself
+    assert first + "".join(pieces) == "a long answer"
+    assert manager.generate("g", "now").text == "now"  # the stream ended: the turn is free

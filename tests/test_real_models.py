@@ -400,3 +400,43 @@ def test_a_transformers_gguf_model_gives_its_memory_back(manager):
         assert manager.row("hf").actual_bytes > 500 * MIB
         assert manager.unload("hf").collected
     assert rss() - baseline < 64 * MIB
+
+
+CONCURRENT = """
+import asyncio, sys, threading
+from jupyter_llm_manager import LLMManager
+mgr = LLMManager(config_path=False, preload=False)
+mgr.register("g", source=sys.argv[1], backend=sys.argv[2], max_context=1024)
+ask = dict(temperature=0, max_new_tokens=16)
+alone = mgr.generate("g", "What is the capital of Japan?", **ask).text
+
+async def three():
+    return await asyncio.gather(*(mgr.agenerate("g", "What is the capital of Japan?", **ask) for _ in range(3)))
+
+assert [r.text for r in asyncio.run(three())] == [alone] * 3, "agenerate"
+streamed = [[], []]
+
+def stream(index):
+    for piece in mgr.stream("g", "What is the capital of Japan?", **ask):
+        streamed[index].append(piece)
+
+threads = [threading.Thread(target=stream, args=(i,)) for i in range(2)]
+for thread in threads:
+    thread.start()
+for thread in threads:
+    thread.join(120)
+assert ["".join(s) for s in streamed] == [alone] * 2, streamed
+mgr.close()
+print("ok", alone)
+"""
+
+
+@pytest.mark.parametrize("backend", [pytest.param("llama_cpp", marks=needs_llama), "transformers"])
+def test_generations_at_once_on_one_model_all_complete_with_the_answer_given_alone(backend, tmp_path):
+    """In a child process: two requests at once on one llama.cpp model crashed the process before."""
+    script = tmp_path / "at_once.py"
+    script.write_text(CONCURRENT)
+    done = subprocess.run([sys.executable, str(script), str(GGUF), backend], capture_output=True, text=True,
+                          timeout=600, check=False)
+    assert done.returncode == 0, f"exit {done.returncode}: {done.stderr[-2000:]}"
+    assert done.stdout.startswith("ok") and "Tokyo" in done.stdout

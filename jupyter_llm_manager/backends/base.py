@@ -136,6 +136,8 @@ class Backend:
     remote: ClassVar[bool] = False
     #: What its models can be used for: ``chat`` (generate, stream) and ``embed`` (vectors).
     modes: ClassVar[frozenset[str]] = frozenset({"chat"})
+    #: One request at a time per loaded model (its objects are not thread-safe): the manager queues the others.
+    serial: ClassVar[bool] = False
 
     def problem(self, spec: ModelSpec) -> str | None:
         """Why ``spec`` cannot load here, known without trying (a missing package); ``None`` when it may."""

@@ -71,6 +71,7 @@ class LlamaCppBackend(Backend):
 
     name = "llama_cpp"
     modes = frozenset({"chat", "embed"})
+    serial = True  # a Llama object is not thread-safe: two requests at once crash the process
 
     def validate(self, spec: ModelSpec) -> None:
         if not is_gguf(spec):

@@ -96,9 +96,8 @@ class Admission:
                     self._settle(found)
                     continue
                 if isinstance(found, _Load):
-                    ticket = self._loading.run(model_id, found.canonical, found.instance)
-                    if ticket is not None:
-                        return ticket
+                    promised = True  # the load publishes it promised to this thread
+                    self._loading.run(found.canonical, found.instance)
                     continue
                 waiter, promised = found.waiter, True
                 outcome = self._plan(waiter) if found.may_plan else _Wait(None, found.version)
@@ -106,9 +105,7 @@ class Admission:
                     continue
                 if isinstance(outcome, _Admitted):
                     waiter = None  # served: the queue no longer holds it
-                    ticket = self._place(model_id, outcome)
-                    if ticket is not None:
-                        return ticket
+                    self._place(outcome)
                     continue
                 told = self._wait(waiter, outcome, deadline, told)
         finally:
@@ -228,7 +225,7 @@ class Admission:
             self._bus.emit("load_failed", canonical, message=str(error))
             raise
 
-    def _place(self, model_id: str, admitted: _Admitted) -> Ticket | None:
+    def _place(self, admitted: _Admitted) -> None:
         """Free the victims, then load; an interrupt while freeing abandons the reserved instance."""
         instance = admitted.instance
         try:
@@ -236,7 +233,7 @@ class Admission:
         except BaseException as error:
             self._loading.abandon(instance.spec.id, instance, error)
             raise
-        return self._loading.run(model_id, instance.spec.id, instance)
+        self._loading.run(instance.spec.id, instance)
 
     def _reserve(self, waiter: Waiter, instance: Instance, plan: policy.Plan) -> _Admitted:
         """Execute an admit plan in the books: victims out, the new instance in (loading). Lock held."""

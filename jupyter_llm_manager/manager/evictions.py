@@ -13,7 +13,7 @@ from collections.abc import Iterable
 
 from ..devices import DeviceProbe
 from ..errors import ModelInUseError
-from ..events import EvictionReason
+from ..events import EventBus, EvictionReason
 from ..reports import UnloadReport
 from ..support.deadlines import Deadline
 from ..support.interrupts import interrupts_deferred
@@ -30,8 +30,9 @@ Victims = list[tuple[Instance, EvictionReason]]
 class Evictions:
     """Plans evictions on a snapshot and executes them; the only caller of :meth:`Freeing.release`."""
 
-    def __init__(self, books: Books, probe: DeviceProbe, freeing: Freeing) -> None:
+    def __init__(self, books: Books, bus: EventBus, probe: DeviceProbe, freeing: Freeing) -> None:
         self._books = books
+        self._bus = bus
         self._probe = probe
         self._freeing = freeing
 
@@ -48,8 +49,12 @@ class Evictions:
         return victims
 
     def release(self, victims: Victims) -> list[UnloadReport]:
-        """Free marked victims one by one (no lock held); a Ctrl-C meanwhile is raised once all are freed."""
-        with interrupts_deferred():
+        """Free marked victims one by one (no lock held); a Ctrl-C meanwhile is raised once all are freed.
+
+        Their events reach subscribers once every victim is freed: a slow
+        subscriber never keeps a taken-out victim's memory.
+        """
+        with self._bus.held(), interrupts_deferred():
             return [self._freeing.release(instance, reason) for instance, reason in victims]
 
     # -- planned evictions ---------------------------------------------------------------------
@@ -94,8 +99,9 @@ class Evictions:
 
         Waits until ``deadline`` for leases to end and a load in flight to
         finish, then raises :class:`ModelInUseError` (or returns ``None`` when
-        ``quiet``). A lease held by the calling thread fails at once: waiting
-        for itself would never end.
+        ``quiet``). A lease held by the calling thread (or promised to it, by
+        the load whose ``loaded`` event it is handling) fails at once: waiting
+        for itself would never end. Another thread's promise does not stop it.
         """
         me = threading.get_ident()
         books = self._books
@@ -104,13 +110,14 @@ class Evictions:
                 instance = books.instances.get(key)
                 if instance is None or instance.state not in ("loading", "loaded"):
                     return None
-                if instance.state == "loaded" and not instance.leases:
+                mine = instance.leased_by(me) or instance.loader == me or me in instance.joiners
+                if instance.state == "loaded" and not instance.leases and not mine:
                     victims = self.take_out([policy.Eviction(key, books.name_of(instance), "manual", 0)])
                     break
-                if instance.leased_by(me) or instance.loader == me or deadline.expired:
+                if mine or deadline.expired:
                     if quiet:
                         return None
-                    raise ModelInUseError(books.name_of(instance), instance.leases,
+                    raise ModelInUseError(books.name_of(instance), max(instance.leases, int(mine)),
                                           loading=instance.state == "loading")
                 books.wait_for_change(books.version, deadline)
         return self.release(victims)[0]

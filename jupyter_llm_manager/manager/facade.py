@@ -116,14 +116,14 @@ class LLMManager:
         self._backends = backends = BackendCache(backend_factory)
         estimates = EstimateCache()
         freeing = Freeing(books, bus, device_probe, backends.created)
-        self._evictions = evictions = Evictions(books, device_probe, freeing)
+        self._evictions = evictions = Evictions(books, bus, device_probe, freeing)
         self._upkeep = upkeep = Upkeep(books, bus, evictions)
         leases = Leases(books, upkeep.after_idle)
         loading = Loading(books, bus, device_probe, leases, evictions, freeing, upkeep.after_load)
         self._admission = Admission(books, bus, device_probe, backends, estimates, leases, evictions, loading)
         self._catalog = Catalog(books, bus, backends, evictions)
         self._status = StatusView(books, device_probe, estimates, backends)
-        self._generations = Generations(bus, self._lease)
+        self._generations = Generations(bus, self._admission.acquire, books.deadline)
         self._freeing, self._estimates = freeing, estimates
         self._persistence = Persistence(books, path)
         self._catalog.adopt(config)
@@ -218,21 +218,24 @@ class LLMManager:
     def generate(self, model_id: str, prompt: Prompt, *, system: str | None = None, raw: bool = False,
                  wait: float | str | None = None, **params: Any) -> GenerationResult:
         """Generate an answer (a string prompt goes through the chat template unless ``raw``)."""
-        generation = GenerationParams.build(text_model(self.spec(model_id)).generation, params)
-        return self._generations.generate(model_id, normalize_prompt(prompt, system=system), generation, raw=raw,
-                                          wait=self._wait_seconds(wait))
+        spec = text_model(self.spec(model_id))
+        generation = GenerationParams.build(spec.generation, params)
+        return self._generations.generate(model_id, spec.id, normalize_prompt(prompt, system=system), generation,
+                                          raw=raw, wait=self._wait_seconds(wait))
 
     def stream(self, model_id: str, prompt: Prompt, *, system: str | None = None, raw: bool = False,
                wait: float | str | None = None, **params: Any) -> TextStream:
         """Text pieces as they are made; ``.result`` once done. Loads when iteration starts."""
-        generation = GenerationParams.build(text_model(self.spec(model_id)).generation, params)
-        return self._generations.stream(model_id, normalize_prompt(prompt, system=system), generation, raw=raw,
-                                        wait=self._wait_seconds(wait))
+        spec = text_model(self.spec(model_id))
+        generation = GenerationParams.build(spec.generation, params)
+        return self._generations.stream(model_id, spec.id, normalize_prompt(prompt, system=system), generation,
+                                        raw=raw, wait=self._wait_seconds(wait))
 
     def embed(self, model_id: str, texts: str | Sequence[str], *, wait: float | str | None = None) -> list[list[float]]:
         """One unit-length vector per text, from a model registered with ``mode: embed``."""
-        texts = checked_texts(self.spec(model_id), texts)
-        return self._generations.embed(model_id, texts, wait=self._wait_seconds(wait)) if texts else []
+        spec = self.spec(model_id)
+        texts = checked_texts(spec, texts)
+        return self._generations.embed(model_id, spec.id, texts, wait=self._wait_seconds(wait)) if texts else []
 
     async def aload(self, model_id: str, **options: Any) -> ModelHandle:
         """``await manager.aload(id)`` — load in a worker thread."""

@@ -27,6 +27,7 @@ from ..events import EventBus, EventKind, EvictionReason
 from ..reports import GarbageReport, UnloadReport
 from ..support.interrupts import interrupts_deferred
 from ..support.referrers import HOLDER_HINT, describe_holders
+from ..support.units import excerpt
 from .instances import Instance
 from .state import Books
 
@@ -48,8 +49,12 @@ class Freeing:
         self._lingering_lock = threading.Lock()
 
     def release(self, instance: Instance, reason: EvictionReason) -> UnloadReport:
-        """Free an instance in state ``unloading``; emit ``unloaded`` (manual) or ``evicted``."""
-        with interrupts_deferred():
+        """Free an instance in state ``unloading``; emit ``unloaded`` (manual) or ``evicted``.
+
+        The events reach subscribers after the free is complete and Ctrl-C is
+        no longer held back.
+        """
+        with self._bus.held(), interrupts_deferred():
             books = self._books
             with books.lock:
                 model_id = books.name_of(instance)
@@ -90,10 +95,10 @@ class Freeing:
         The error's frames lose their locals: a failed load's half-built
         tensors must not live on in the traceback a notebook keeps.
         """
-        with interrupts_deferred():
+        with self._bus.held(), interrupts_deferred():
             release_frames(error)
             interrupted = isinstance(error, KeyboardInterrupt)
-            message = "interrupted" if interrupted else str(error)
+            message = "interrupted" if interrupted else excerpt(str(error))
             books = self._books
             with books.lock:
                 instance.error = error
@@ -115,7 +120,8 @@ class Freeing:
         if loaded is not None:
             instance.backend.unload(loaded)
         del loaded
-        gc.collect()
+        if target is None or target() is not None:  # gone by reference counting: no full collection needed
+            gc.collect()
         instance.backend.release_memory(instance.placement.devices)
         return target
 

@@ -1,10 +1,13 @@
 """The one generation path: ``generate``, ``stream`` and ``embed`` (and their async forms) through one bracket.
 
-Every call runs inside one :class:`Run`, written once here: a lease from
-admission (loading or waiting for room as needed), ``generation_started``,
-the backend call, the release, ``generation_finished`` with the tokens, the
-speed or why it stopped. The facade resolves the id once and checks what the
-model can be asked (text or vectors) before anything loads.
+Every call runs inside one :class:`Run`, written once here:
+``generation_started``, a lease from admission (loading or waiting for room
+as needed), the request's turn where the backend answers one request at a
+time (llama.cpp: the others queue, told their position), the backend call,
+the release, ``generation_finished`` with the tokens, the speed or why it
+stopped. No event is delivered while the lease is held for it. The facade
+resolves the id once and checks what the model can be asked (text or
+vectors) before anything loads.
 
 The stop and interrupt protocol, the same for every backend:
 
@@ -28,10 +31,12 @@ from typing import TYPE_CHECKING
 
 from ..backends.base import Backend, LoadedModel
 from ..config.spec import ModelSpec
-from ..errors import GenerationError, InvalidGenerationParameters, LLMManagerError
+from ..errors import GenerationError, InvalidGenerationParameters, LLMManagerError, ResourceNotAvailableError
 from ..events import EventBus
 from ..generation import GenerationParams, GenerationResult, Prompt, StreamInterrupted
+from ..support.deadlines import Deadline
 from ..support.units import brief
+from .instances import TurnHeld, TurnTimeout
 from .state import Ticket
 
 if TYPE_CHECKING:
@@ -44,16 +49,16 @@ MAX_TEXTS = 4096
 
 
 class Run:
-    """One generation's bracket: the lease it runs under, and its two events. :meth:`end` once, always."""
+    """One generation's bracket: the lease (and turn) it runs under, and its end. :meth:`end` once, always."""
 
-    __slots__ = ("_bus", "_ended", "started", "ticket")
+    __slots__ = ("_bus", "_ended", "started", "ticket", "turn")
 
-    def __init__(self, bus: EventBus, ticket: Ticket) -> None:
+    def __init__(self, bus: EventBus, ticket: Ticket, turn: int | None) -> None:
         self._bus = bus
         self.ticket = ticket
+        self.turn = turn
         self._ended = False
         self.started = time.perf_counter()
-        bus.emit("generation_started", ticket.canonical)
 
     @property
     def backend(self) -> Backend:
@@ -72,6 +77,8 @@ class Run:
         if self._ended:
             return
         self._ended = True
+        if self.turn is not None:
+            self.ticket.instance.turns.give(self.turn)
         self.ticket.release()
         canonical = self.ticket.canonical
         if result is not None:
@@ -90,21 +97,56 @@ class Run:
 
 
 class Generations:
-    """Runs every generation of one manager; ``acquire(model_id, wait_seconds)`` is admission's lease."""
+    """Runs every generation of one manager: ``acquire`` is admission's lease, ``deadline`` the manager's clock."""
 
-    def __init__(self, bus: EventBus, acquire: Callable[[str, float], Ticket]) -> None:
+    def __init__(self, bus: EventBus, acquire: Callable[[str, Deadline], Ticket],
+                 deadline: Callable[[float], Deadline]) -> None:
         self._bus = bus
         self._acquire = acquire
+        self._deadline = deadline
         self._streams: weakref.WeakSet[TextStream] = weakref.WeakSet()
         self._streams_lock = threading.Lock()
 
-    def begin(self, model_id: str, wait: float) -> Run:
-        """A lease on ``model_id`` (waiting for room up to ``wait`` seconds) and ``generation_started``."""
-        return Run(self._bus, self._acquire(model_id, wait))
+    def begin(self, model_id: str, canonical: str, wait: float) -> Run:
+        """``generation_started``, then a lease on ``model_id`` and its turn, waiting up to ``wait`` seconds."""
+        self._bus.emit("generation_started", canonical)
+        deadline = self._deadline(wait)
+        ticket: Ticket | None = None
+        try:
+            ticket = self._acquire(model_id, deadline)
+            turn = self._turn(ticket, deadline) if ticket.instance.backend.serial else None
+        except BaseException as error:
+            if ticket is not None:
+                ticket.release()
+            text = "interrupted" if isinstance(error, KeyboardInterrupt) else f"failed: {error}"
+            self._bus.emit("generation_finished", canonical, message=text)
+            raise
+        return Run(self._bus, ticket, turn)
 
-    def generate(self, model_id: str, prompt: Prompt, params: GenerationParams, *, raw: bool,
+    def _turn(self, ticket: Ticket, deadline: Deadline) -> int:
+        """This request's turn on an instance that answers one at a time; waiting ones are told their place."""
+        name = ticket.canonical
+
+        def told(ahead: int) -> None:
+            self._bus.emit("waiting", name, position=ahead, message=f"waiting for its turn on {name}: {ahead} "
+                           f"request{'s' if ahead != 1 else ''} ahead ({name} answers one at a time)")
+
+        try:
+            return ticket.instance.turns.take(deadline, told)
+        except TurnHeld:
+            raise GenerationError(f"{name!r} answers one request at a time, and this thread has one running on it "
+                                  "already (a stream it has not finished): finish or close that stream first",
+                                  model_id=name) from None
+        except TurnTimeout as timeout:
+            waited = "without waiting" if deadline.seconds == 0 else f"after waiting {deadline.seconds:g} s"
+            raise ResourceNotAvailableError(
+                f"Cannot run {name!r} {waited}: it answers one request at a time and {timeout.position} "
+                f"request{'s are' if timeout.position != 1 else ' is'} ahead.", model_id=name,
+                hint="Pass wait= a longer time (math.inf: no limit), or let the other requests finish.") from None
+
+    def generate(self, model_id: str, canonical: str, prompt: Prompt, params: GenerationParams, *, raw: bool,
                  wait: float) -> GenerationResult:
-        run = self.begin(model_id, wait)
+        run = self.begin(model_id, canonical, wait)
         result: GenerationResult | None = None
         error: BaseException | None = None
         try:
@@ -119,9 +161,9 @@ class Generations:
         finally:
             run.end(result, error)
 
-    def embed(self, model_id: str, texts: Sequence[str], *, wait: float) -> list[list[float]]:
+    def embed(self, model_id: str, canonical: str, texts: Sequence[str], *, wait: float) -> list[list[float]]:
         """One vector per text, on a leased instance (an embed-mode model)."""
-        run = self.begin(model_id, wait)
+        run = self.begin(model_id, canonical, wait)
         vectors: list[list[float]] = []
         error: BaseException | None = None
         try:
@@ -133,10 +175,10 @@ class Generations:
         finally:
             run.end(None, error, done=f"{len(vectors)} vectors")
 
-    def stream(self, model_id: str, prompt: Prompt, params: GenerationParams, *, raw: bool,
+    def stream(self, model_id: str, canonical: str, prompt: Prompt, params: GenerationParams, *, raw: bool,
                wait: float) -> TextStream:
         """A :class:`TextStream`: its lease is taken when iteration starts."""
-        stream = TextStream(lambda: self.begin(model_id, wait), model_id, prompt, params, raw=raw)
+        stream = TextStream(lambda: self.begin(model_id, canonical, wait), model_id, prompt, params, raw=raw)
         with self._streams_lock:
             self._streams.add(stream)
         return stream

@@ -15,14 +15,16 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
 from ..backends.base import Backend, LoadedModel, Placement
 from ..config.spec import ModelSpec
 from ..estimates import MemoryEstimate
+from ..support.deadlines import Deadline, wait_for
 
-__all__ = ["Instance", "InstanceState", "accounted_bytes"]
+__all__ = ["Instance", "InstanceState", "TurnHeld", "TurnTimeout", "Turns", "accounted_bytes"]
 
 InstanceState = Literal["loading", "loaded", "unloading", "unloaded", "failed"]
 _MOVES: dict[str, frozenset[str]] = {
@@ -61,6 +63,7 @@ class Instance:
     arrival: int | None = None  # the arrival number of its first waiter, when it was queued
     waited: float | None = None  # how long that waiter waited for room (seconds)
     progress: str = ""  # what its load is doing now, as the backend reported it
+    turns: Turns = field(default_factory=lambda: Turns())  # one request at a time, where the backend says so
 
     @property
     def remote(self) -> bool:
@@ -94,6 +97,82 @@ class Instance:
 
     def leased_by(self, thread: int) -> bool:
         return self.lease_threads.get(thread, 0) > 0
+
+
+class TurnHeld(Exception):
+    """The calling thread already has the turn on this instance (it would wait for itself)."""
+
+
+class TurnTimeout(Exception):
+    """The deadline passed while waiting for a turn; ``position`` is how many were still ahead."""
+
+    def __init__(self, position: int) -> None:
+        super().__init__(position)
+        self.position = position
+
+
+class Turns:
+    """Requests to one instance, one at a time, first come first served, where its backend serves one.
+
+    llama.cpp's ``Llama`` object is not thread-safe: two requests at once on
+    one instance crash the process. A generation takes its turn after its
+    lease; others queue (their position is told through ``on_wait``) until
+    it ends, or until their deadline. Guarded by its own lock (a leaf: no
+    call is made while it is held).
+    """
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition(threading.Lock())
+        self._queue: list[int] = []  # ticket numbers in arrival order; the first one holds the turn
+        self._holders: dict[int, int] = {}  # ticket -> thread
+        self._next = 0
+
+    def take(self, deadline: Deadline, on_wait: Callable[[int], None]) -> int:
+        """Wait for this thread's turn (``on_wait(position)`` when it must wait); returns its ticket.
+
+        A thread that already has the turn (a second stream it iterates
+        alongside the first) gets :class:`TurnHeld` at once: its own turn
+        would never end. The deadline passing raises :class:`TurnTimeout`.
+        """
+        me = threading.get_ident()
+        with self._changed:
+            if me in self._holders.values():
+                raise TurnHeld()
+            ticket, self._next = self._next, self._next + 1
+            self._queue.append(ticket)
+            self._holders[ticket] = me
+        told = 0
+        try:
+            while True:
+                with self._changed:
+                    position = self._queue.index(ticket)
+                    if position == 0:
+                        return ticket
+                    if deadline.expired:
+                        raise TurnTimeout(position)
+                if position != told:
+                    told = position
+                    on_wait(position)
+                with self._changed:
+                    if self._queue.index(ticket) == position and not deadline.expired:
+                        wait_for(self._changed, deadline)
+        except BaseException:
+            self.give(ticket)
+            raise
+
+    def give(self, ticket: int) -> None:
+        """The request with ``ticket`` is done (or gave up): the next one gets the turn."""
+        with self._changed:
+            if ticket in self._holders:
+                self._queue.remove(ticket)
+                del self._holders[ticket]
+                self._changed.notify_all()
+
+    @property
+    def waiting(self) -> int:
+        """Requests waiting for their turn now."""
+        with self._changed:
+            return max(len(self._queue) - 1, 0)
 
 
 def accounted_bytes(footprint: dict[str, int], placement: Placement, estimate: MemoryEstimate, *,

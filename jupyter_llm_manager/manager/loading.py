@@ -11,6 +11,7 @@ leaves no trace (:meth:`Freeing.abandon`).
 from __future__ import annotations
 
 import gc
+import threading
 import time
 from collections.abc import Callable
 
@@ -27,7 +28,7 @@ from .freeing import Freeing
 from .instances import Instance, accounted_bytes
 from .policy import fit as policy
 from .policy.decision import fit_hint
-from .state import Books, Leases, Ticket
+from .state import Books, Leases
 
 __all__ = ["DECLARED_TOLERANCE", "Loading"]
 
@@ -66,12 +67,14 @@ class Loading:
         self._freeing = freeing
         self._after_load = after_load
 
-    def run(self, model_id: str, canonical: str, instance: Instance) -> Ticket | None:
-        """Load ``instance`` (owned by this thread) and lease it to the caller.
+    def run(self, canonical: str, instance: Instance) -> None:
+        """Load ``instance`` (owned by this thread) and publish it, promised to this thread.
 
-        Returns ``None`` when every id of the instance was unregistered or
-        re-registered while it loaded: it is freed at once, and the caller
-        looks the id up again.
+        The caller then looks again and takes its lease: the promise keeps the
+        model from being evicted in between, while the ``loaded`` event is
+        delivered with no lease, lock or held-back Ctrl-C, so a slow subscriber
+        delays only this thread. An instance whose ids were all unregistered
+        or re-registered while it loaded is freed at once.
         """
         where = ", ".join(instance.placement.devices) or "remote"
         waited = f" after waiting {instance.waited:.1f} s for room" if instance.waited and instance.waited >= 0.1 else ""
@@ -80,7 +83,6 @@ class Loading:
         before = imports.take_report()  # first imports this thread paid while planning (torch)
         started = time.perf_counter()
         loaded: LoadedModel | None = None
-        ticket: Ticket | None = None
         published = False
         try:
             loaded = self._load_with_retry(canonical, instance)
@@ -88,8 +90,8 @@ class Loading:
             seconds = time.perf_counter() - started - sum(s for _, s in during)
             how = [loaded.how] if loaded.how else []
             off = _off_declared(instance.spec.required_memory, loaded)
-            with interrupts_deferred():
-                ticket = self._publish(model_id, canonical, instance, loaded, seconds, tuple(before + during))
+            with self._bus.held(), interrupts_deferred():
+                wanted = self._publish(canonical, instance, loaded, seconds, tuple(before + during))
                 published = True
                 loaded = None
                 self._bus.emit("loaded", canonical, seconds=instance.load_seconds, bytes=instance.footprint_bytes,
@@ -98,8 +100,6 @@ class Loading:
                     self._bus.emit("warning", canonical, message=off)
         except BaseException as error:
             if published:  # an interrupt held back until the model was published: it stays loaded, unleased
-                if ticket is not None:
-                    ticket.release()
                 raise
             if loaded is not None:
                 with self._books.lock:
@@ -108,18 +108,18 @@ class Loading:
             loaded = None
             self._freeing.abandon(canonical, instance, error)
             raise
-        if ticket is None:
+        if not wanted:
             self._evictions.release([(instance, "manual")])
-            return None
+            return
         self._after_load(instance, instance.total_bytes > reserved)
-        return ticket
 
     def abandon(self, canonical: str, instance: Instance, error: BaseException) -> None:
         """Give up an admitted instance that never started loading (interrupted while making room)."""
         self._freeing.abandon(canonical, instance, error)
 
-    def _publish(self, model_id: str, canonical: str, instance: Instance, loaded: LoadedModel,
-                 seconds: float, imported: tuple[tuple[str, float], ...]) -> Ticket | None:
+    def _publish(self, canonical: str, instance: Instance, loaded: LoadedModel, seconds: float,
+                 imported: tuple[tuple[str, float], ...]) -> bool:
+        """The instance is loaded (promised to this thread); ``False`` when no id reaches it any more."""
         books = self._books
         with books.lock:
             instance.loaded = loaded
@@ -132,14 +132,14 @@ class Loading:
             instance.last_used = books.clock()
             instance.loader = None
             books.failures.pop(canonical, None)
-            ticket = None
-            if books.registry.ids_of(instance.key):
-                ticket = self._leases.grant(model_id, canonical, instance)
+            wanted = bool(books.registry.ids_of(instance.key))
+            if wanted:
+                instance.joiners.add(threading.get_ident())  # its lease is taken when it looks again
             else:
                 instance.move("unloading")
             instance.ready.set()
             books.touch()
-        return ticket
+        return wanted
 
     def _load_with_retry(self, canonical: str, instance: Instance) -> LoadedModel:
         """Load (what the backend reports meanwhile becomes ``load_progress`` events), retrying once."""
