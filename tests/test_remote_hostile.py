@@ -10,6 +10,7 @@ import pytest
 from hostile_server import (
     ENOUGH,
     HostileServer,
+    after,
     answer,
     chunk,
     chunked_cut,
@@ -17,6 +18,7 @@ from hostile_server import (
     endless,
     endless_body,
     events,
+    failing,
     keep_alive,
 )
 
@@ -256,3 +258,30 @@ def test_a_bad_model_list_gives_a_short_error(manager, server, models):
     with pytest.raises(ModelLoadingError) as caught:
         manager.load("any")
     assert len(str(caught.value)) <= LIMIT and server.url in str(caught.value)
+
+
+# -- each id's own timeout and retries ---------------------------------------------------------------
+
+def test_two_ids_on_one_server_each_have_their_own_timeout(manager, server):
+    server.serve("slow", after(3, answer(completion("late"))))
+    register(manager, server, "slow", model_id="patient", timeout=30)
+    register(manager, server, "slow", model_id="impatient", timeout=0.5)
+    manager.load("patient")  # loaded first: its client must not serve the impatient id
+    started = time.monotonic()
+    error = failure(lambda: manager.generate("impatient", "Hi", max_new_tokens=5))
+    assert "did not answer within 0.5 s" in str(error) and time.monotonic() - started < 2.5
+    assert manager.generate("patient", "Hi", max_new_tokens=5).text == "late"
+    assert manager.row("patient").instance != manager.row("impatient").instance
+    register(manager, server, "slow", model_id="patient-too", timeout=30)  # the same settings share one client
+    assert manager.row("patient-too").instance == manager.row("patient").instance
+
+
+def test_two_ids_on_one_server_each_have_their_own_retries(manager, server):
+    server.serve("flaky", failing(3, answer(completion("up"))))
+    register(manager, server, "flaky", model_id="stubborn", max_retries=2)
+    register(manager, server, "flaky", model_id="once", max_retries=0)
+    manager.load("stubborn")
+    assert "HTTP 503" in str(failure(lambda: manager.generate("once", "Hi", max_new_tokens=5)))
+    assert server.requests["flaky"] == 1  # no retry for the id that asked for none
+    assert manager.generate("stubborn", "Hi", max_new_tokens=5).text == "up"
+    assert server.requests["flaky"] == 4  # one refused above; two refused, then served
