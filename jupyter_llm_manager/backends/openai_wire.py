@@ -87,8 +87,9 @@ def event_data(blocks: Iterable[bytes], *, max_bytes: int, quiet_s: float,
             if data is not None:
                 yield data
                 last_data = clock()
-    if buffer:
-        lines.append(buffer)  # a last line without its newline still counts
+    last = buffer.rstrip(b"\r")
+    if last:
+        _event_end(last, lines)  # a last line without its newline still counts
     data = _event_end(b"", lines)
     if data is not None:
         yield data
