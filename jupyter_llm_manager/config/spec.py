@@ -188,7 +188,11 @@ class ModelSpec:
             credentials = [f"url={in_url.fingerprint}"] if in_url is not None else []
             credentials += [f"key={self.api_key.fingerprint}"] if self.api_key else []
             credentials += [f"{name}={value.fingerprint}" for name, value in sorted(self.headers.items())]
-            return key + (f"|{','.join(credentials)}" if credentials else "")
+            key += f"|{','.join(credentials)}" if credentials else ""
+            # the client is built with them: an id with its own timeout or retries gets its own client
+            settings = [f"timeout={self.timeout:g}"] if self.timeout is not None else []
+            settings += [f"retries={self.max_retries}"] if self.max_retries is not None else []
+            return key + (f"|{','.join(settings)}" if settings else "")
         location = str(self.local_path) if self.local_path else self.source
         if self.loader:  # a loader's model is its callable's, with its declared size and unloader
             location = f"{self.loader}|{self.unloader}|{self.required_memory}"
