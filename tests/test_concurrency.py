@@ -11,7 +11,7 @@ import weakref
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from fakes import GB, FakeBackend, fake
+from fakes import GB, FakeBackend, fake, lease_elsewhere
 
 from jupyter_llm_manager import (
     GenerationError,
@@ -360,3 +360,35 @@ def test_a_queued_request_gives_up_at_its_deadline_and_a_second_stream_in_one_th
         manager.generate("g", "meanwhile, in the same thread")  # it would wait for itself
     assert first + "".join(pieces) == "a long answer"
     assert manager.generate("g", "now").text == "now"  # the stream ended: the turn is free
+
+
+def test_a_change_wakes_only_the_queued_request_it_can_serve(make_manager, monkeypatch):
+    from jupyter_llm_manager.manager import state as state_module
+
+    manager = make_manager(max_loaded_models=1)
+    for model_id in ["held", *(f"w{n}" for n in range(10))]:
+        fake(manager, model_id)
+    holder, let_go = lease_elsewhere(manager, "held")
+    waits = [0]
+    real_wait = state_module.wait_for
+
+    def counted(condition, deadline):
+        waits[0] += 1
+        real_wait(condition, deadline)
+
+    monkeypatch.setattr(state_module, "wait_for", counted)
+    with ThreadPoolExecutor(10) as pool:
+        requests = [pool.submit(manager.load, f"w{n}", wait=60) for n in range(10)]
+        deadline = time.monotonic() + 10
+        while sum(row.state == "waiting" for row in manager.status()) < 10:
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+        settled = waits[0]
+        for seconds in range(1, 21):  # twenty changes that free no room
+            manager.configure(keep_alive=f"{seconds}h")
+        woken = waits[0] - settled
+        let_go.set()
+        holder.join(10)
+        for request in requests:
+            request.result(30)
+    assert woken <= 2 * 20, f"{woken} wake-ups for 20 changes and 10 waiters"  # each change: the next planner

@@ -59,3 +59,34 @@ def test_close_matches_prefer_the_same_name_in_another_case(registry):
     with pytest.raises(ModelNotFoundError) as caught:
         registry.resolve("yy")
     assert caught.value.close_matches == ("y",)
+
+
+def test_status_looks_at_each_name_a_bounded_number_of_times(make_manager, monkeypatch):
+    """Bookkeeping stays linear: 2,000 ids with aliases, and no row scans every other id."""
+    from fakes import fake
+
+    from jupyter_llm_manager.config.registry import Registry
+
+    manager = make_manager()
+    for index in range(2000):
+        fake(manager, f"m{index}")
+        manager.alias(f"alias{index}", f"m{index}")
+    looks = [0]
+    resolve, ids_of = Registry.resolve, Registry.ids_of
+
+    def counted_resolve(self, name):
+        looks[0] += 1
+        return resolve(self, name)
+
+    def counted_ids_of(self, key):
+        found = ids_of(self, key)
+        looks[0] += len(found)
+        return found
+
+    monkeypatch.setattr(Registry, "resolve", counted_resolve)
+    monkeypatch.setattr(Registry, "ids_of", counted_ids_of)
+    manager.status()  # the first look builds the alias index once
+    first, looks[0] = looks[0], 0
+    rows = manager.status()
+    assert len(rows) == 2000 and all(row.aliases == (f"alias{row.id[1:]}",) for row in rows)
+    assert first <= 20 * 4000 and looks[0] <= 20 * 2000

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import os
 import re
 import secrets
@@ -134,14 +133,16 @@ def canonical(value: Any, *, limit: int = MAX_OPTION_VALUES) -> str:
         if budget[0] < 0:
             raise ValueError(f"too large: more than {limit} values")
         if isinstance(item, Secret):
-            return json.dumps(item.fingerprint)
+            return repr(item.fingerprint)
         if item is None or isinstance(item, (bool, int, float, str)):
-            return json.dumps(item)
+            return repr(item)  # exact and fast: a key is built for every spec
         if isinstance(item, Mapping):
             entries = sorted((str(key), walk(child)) for key, child in item.items())
-            return "{" + ",".join(f"{json.dumps(key)}:{text}" for key, text in entries) + "}"
-        if isinstance(item, (list, tuple, set, frozenset)):
+            return "{" + ",".join(f"{key!r}:{text}" for key, text in entries) + "}"
+        if isinstance(item, (set, frozenset)):
+            return "{" + ",".join(sorted(walk(child) for child in item)) + "}"
+        if isinstance(item, (list, tuple)):
             return "[" + ",".join(walk(child) for child in item) + "]"
-        return json.dumps(f"{type(item).__name__}:{item}"[:200])
+        return repr(f"{type(item).__name__}:{item}"[:200])
 
     return walk(value)

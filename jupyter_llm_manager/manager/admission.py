@@ -159,6 +159,7 @@ class Admission:
                 f"Cannot queue the request for {canonical!r}: {len(books.queue)} requests already wait for room "
                 f"(max_queue={limit}).", model_id=canonical, hint="Try again later, or raise max_queue.")
         waiter = books.queue.add(key, canonical, thread, holds_leases=books.holds_leases(thread))
+        waiter.wake = books.new_wake()
         books.touch()
         return waiter
 
@@ -247,7 +248,9 @@ class Admission:
             for device in instance.placement.devices:
                 victim.bytes.pop(device, None)
         books.instances[instance.key] = instance
-        books.queue.serve(instance.key)
+        for served in books.queue.serve(instance.key):
+            if served.wake is not None:
+                served.wake.notify()  # they join the load now
         books.touch()
         return _Admitted(instance, victims)
 
@@ -271,7 +274,7 @@ class Admission:
             self._bus.emit("waiting", waiter.name, message=reason, position=position, arrival=waiter.order)
         books = self._books
         with books.lock:
-            books.wait_for_change(version, deadline)
+            books.wait_for_change(version, deadline, waiter.wake)
         return message
 
     def _gave_up(self, waiter: Waiter, deadline: Deadline, reason: str) -> ResourceNotAvailableError:

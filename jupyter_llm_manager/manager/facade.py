@@ -348,7 +348,7 @@ class LLMManager:
         books = self._books
         with books.lock:
             books.closed = True
-            books.touch()
+            books.touch(everyone=True)
         self._upkeep.reaper.stop()
         self.warmup.stop()
         self._generations.stop_streams()

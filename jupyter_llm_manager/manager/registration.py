@@ -59,7 +59,7 @@ class Catalog:
             registry.put(spec)
             books.failures.pop(model_id, None)
             victims = self._take_out(stale)
-            books.touch()
+            books.touch(everyone=True)
         self._evictions.release(victims)
         self._bus.emit("registered", model_id, message=spec.location)
         return spec
@@ -78,7 +78,7 @@ class Catalog:
                 books.failures.pop(canonical, None)
             registry.remove(name)
             victims = self._take_out(stale)
-            books.touch()
+            books.touch(everyone=True)
         self._evictions.release(victims)
         self._bus.emit("unregistered", name)
 
@@ -87,7 +87,7 @@ class Catalog:
         books = self._books
         with books.lock:
             books.registry.set_alias(name, target, overwrite=overwrite)
-            books.touch()
+            books.touch(everyone=True)
         self._bus.emit("registered", name, message=f"alias of {target}")
 
     def select(self, task: str, option: str) -> str | None:
@@ -107,14 +107,14 @@ class Catalog:
                 raise ConfigurationError(f"task {task!r} has no option {option!r}; its options: "
                                          f"{', '.join(found.options)}", model_id=task, key=option)
             new, old = option_id(task, option), registry.aliases.get(task)
-            registry.aliases[task] = new
+            registry.point(task, new)
             registry.removed.discard(task)
             books.retiring.discard(registry.keys[new])
             leaving = None
             if old and old != new and old in registry.specs and not self._still_used(old):
                 leaving = registry.keys[old]
                 books.retiring.add(leaving)
-            books.touch()
+            books.touch(everyone=True)
         self._bus.emit("registered", task, message=f"alias of {new} (option {option!r} selected)")
         return leaving
 
@@ -131,7 +131,7 @@ class Catalog:
         with books.lock:
             canonical = books.registry.resolve(model_id)
             (books.registry.pinned.add if pinned else books.registry.pinned.discard)(canonical)
-            books.touch()
+            books.touch(everyone=True)
             pending = books.limits_pending
         self._bus.emit("pinned" if pinned else "unpinned", canonical)
         return pending and not pinned
@@ -153,7 +153,7 @@ class Catalog:
         with books.lock:
             books.registry.tasks.update(config.tasks)
             books.registry.inference.update(config.inference)
-            books.touch()
+            books.touch(everyone=True)
 
     # -- names ----------------------------------------------------------------------------------
 
@@ -195,7 +195,8 @@ class Catalog:
         with books.lock:
             for spec in config.models.values():
                 books.registry.put(spec)
-            books.registry.aliases.update(config.aliases)  # all at once: an alias may name a later alias
+            for name, target in config.aliases.items():  # all at once: an alias may name a later alias
+                books.registry.point(name, target)
             books.registry.tasks.update(config.tasks)
             books.registry.inference.update(config.inference)
             for name in config.aliases:

@@ -3,8 +3,10 @@
 The registry (ids, aliases, pins), the instance table, the wait queue, the
 settings, load failures and the ``version`` counter live here. Whoever
 changes any of them holds ``lock`` and calls :meth:`Books.touch`, which bumps
-``version`` and wakes every waiter, so a waiting request looks again exactly
-when something changed. The lock is never held while a backend, a
+``version`` and wakes the waits a change can serve: the one queued request
+that may plan next (each waits on its own condition), and the few waits for a
+lease to end or an instance to leave. A change to the registry wakes every
+queued request (``everyone=True``): its model may be gone. The lock is never held while a backend, a
 subscriber or a device probe runs (see the lock rule in the package docstring).
 It is taken with ``with books.lock:`` only: the lock's own C-level enter and
 exit, so a Ctrl-C can never leave it held.
@@ -47,20 +49,30 @@ class Books:
         self.retiring: set[str] = set()  # instance keys to unload when idle (a task's previous option)
         self.limits_pending = False  # a cap or budget could not be restored yet (leases, pins, loads)
 
-    def touch(self) -> None:
-        """Something changed: bump the version and wake every waiter. Caller holds the lock."""
+    def touch(self, *, everyone: bool = False) -> None:
+        """Something changed: bump the version and wake who it may concern. Caller holds the lock."""
         self.version += 1
         self.changed.notify_all()
+        waiters = self.queue.all() if everyone else [w for w in [self.queue.next_planner()] if w is not None]
+        for waiter in waiters:
+            if waiter.wake is not None:
+                waiter.wake.notify()
 
-    def wait_for_change(self, since: int, deadline: Deadline) -> None:
+    def new_wake(self) -> threading.Condition:
+        """A condition on the books' lock that one waiter waits on alone."""
+        return threading.Condition(self.lock)
+
+    def wait_for_change(self, since: int, deadline: Deadline, wake: threading.Condition | None = None) -> None:
         """Wait until ``version`` moves past ``since`` or ``deadline`` passes. Caller holds the lock.
+
+        ``wake``: the caller's own condition (a queued request), else the shared one.
 
         Closing the manager moves the version, so it wakes every waiter; a wait
         that starts after that (close() unloading a model still in use) waits
         for the lease to end like any other.
         """
         while self.version == since and not deadline.expired:
-            wait_for(self.changed, deadline)
+            wait_for(wake or self.changed, deadline)
 
     def deadline(self, seconds: float) -> Deadline:
         """A deadline ``seconds`` from now on this manager's clock."""

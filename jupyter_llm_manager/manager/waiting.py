@@ -10,6 +10,7 @@ guarded by the manager's lock.
 from __future__ import annotations
 
 import itertools
+import threading
 from dataclasses import dataclass
 
 __all__ = ["WaitQueue", "Waiter"]
@@ -26,6 +27,7 @@ class Waiter:
     holds_leases: bool
     waiting_for: str = ""  # the last plan's reason, for status rows and timeout messages
     blocked_since: float | None = None  # when a plan first said "wait" (planning itself is no waiting)
+    wake: threading.Condition | None = None  # its own wake-up, on the manager's lock: only it is woken
 
 
 class WaitQueue:
@@ -47,9 +49,20 @@ class WaitQueue:
         if self.planner is waiter:
             self.planner = None
 
-    def serve(self, key: str) -> None:
-        """Every waiter for ``key`` leaves the queue: its model was placed."""
+    def serve(self, key: str) -> list[Waiter]:
+        """Every waiter for ``key`` leaves the queue (its model was placed); returns them, to be woken."""
+        served = [w for w in self._waiters if w.key == key]
         self._waiters = [w for w in self._waiters if w.key != key]
+        return served
+
+    def next_planner(self) -> Waiter | None:
+        """The one waiter a change can serve: the earliest of the model placed next, when nobody plans."""
+        if self.planner is not None or not self._waiters:
+            return None
+        return self.first(self.keys()[0])
+
+    def all(self) -> list[Waiter]:
+        return list(self._waiters)
 
     def keys(self) -> list[str]:
         """Model keys in the order they are placed."""
