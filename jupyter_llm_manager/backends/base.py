@@ -143,6 +143,14 @@ class Backend:
         """Why ``spec`` cannot load here, known without trying (a missing package); ``None`` when it may."""
         return None
 
+    def normalize(self, spec: ModelSpec) -> ModelSpec:
+        """``spec`` as this backend takes it: options it owns in ``load_kwargs`` moved into the spec's fields.
+
+        Called when a model is registered, before :meth:`validate`, so that
+        estimates and plans see what will really be loaded.
+        """
+        return spec
+
     def validate(self, spec: ModelSpec) -> None:
         """Raise :class:`~jupyter_llm_manager.errors.ConfigurationError` for options this backend rejects."""
 

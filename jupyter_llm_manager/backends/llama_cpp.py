@@ -14,7 +14,6 @@ from __future__ import annotations
 import ctypes
 import importlib.util
 import logging
-import os
 import re
 import threading
 import time
@@ -44,6 +43,7 @@ from ..gguf_files import (
 )
 from ..support.units import format_bytes
 from .base import Backend, ContextGrowth, LoadedModel, Placement, TextGenerator
+from .llama_cpp_options import normalized, usable_cores
 
 __all__ = ["LlamaCppBackend", "MeasuredBuffer", "usable_cores"]
 
@@ -58,14 +58,6 @@ _TEMPLATE_TOKENS = 6  # what a chat template adds around each message (role mark
 _construct_lock = threading.Lock()  # llama-cpp-python swaps sys.stdout/stderr while it builds a model
 
 
-def usable_cores() -> int:
-    """The CPU cores this process may run on (its affinity), not the machine's count."""
-    try:
-        return max(len(os.sched_getaffinity(0)), 1)
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
-
-
 class LlamaCppBackend(Backend):
     """Runs GGUF files with llama.cpp, in chat or embed mode."""
 
@@ -73,7 +65,12 @@ class LlamaCppBackend(Backend):
     modes = frozenset({"chat", "embed"})
     serial = True  # a Llama object is not thread-safe: two requests at once crash the process
 
+    def normalize(self, spec: ModelSpec) -> ModelSpec:
+        """``load_kwargs.n_ctx`` becomes ``max_context``; options the manager owns are refused."""
+        return normalized(spec)
+
     def validate(self, spec: ModelSpec) -> None:
+        normalized(spec)
         if not is_gguf(spec):
             raise ConfigurationError(f"{spec.id!r}: the llama_cpp backend runs .gguf files; give source: a .gguf "
                                      "file, or a folder or Hub repo with gguf_file: NAME.gguf",
@@ -126,6 +123,7 @@ class LlamaCppBackend(Backend):
             options.update(n_gpu_layers=-1, main_gpu=int(gpus[0].partition(":")[2] or 0))
         options.update({key: value.resolve() if isinstance(value, Secret) else value
                         for key, value in spec.load_kwargs.items()})
+        threads = int(options["n_threads"])
         with _construct_lock, _captured_log() as lines:
             try:
                 model = llama_cpp.Llama(**options)

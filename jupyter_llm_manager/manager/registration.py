@@ -38,11 +38,7 @@ class Catalog:
 
     def register(self, spec: ModelSpec, *, overwrite: bool) -> ModelSpec:
         """Register ``spec`` (a no-op when the same spec is registered; else ``overwrite`` is needed)."""
-        backend = self._backends(spec.backend)
-        if spec.mode not in backend.modes:
-            raise ConfigurationError(f"the {spec.backend} backend has no {spec.mode} mode; its modes: "
-                                     f"{', '.join(sorted(backend.modes))}", model_id=spec.id, key="mode")
-        backend.validate(spec)
+        spec = self._checked(spec)
         model_id = spec.id
         books = self._books
         with books.lock:
@@ -62,6 +58,16 @@ class Catalog:
             books.touch(everyone=True)
         self._evictions.release(victims)
         self._bus.emit("registered", model_id, message=spec.location)
+        return spec
+
+    def _checked(self, spec: ModelSpec) -> ModelSpec:
+        """``spec`` as its backend takes it, validated (a :class:`ConfigurationError` otherwise)."""
+        backend = self._backends(spec.backend)
+        if spec.mode not in backend.modes:
+            raise ConfigurationError(f"the {spec.backend} backend has no {spec.mode} mode; its modes: "
+                                     f"{', '.join(sorted(backend.modes))}", model_id=spec.id, key="mode")
+        spec = backend.normalize(spec)
+        backend.validate(spec)
         return spec
 
     def unregister(self, name: str) -> None:
@@ -189,11 +195,10 @@ class Catalog:
 
     def adopt(self, config: ConfigFile) -> None:
         """A configuration file's models and aliases, for a new manager (nothing is loaded yet)."""
-        for spec in config.models.values():
-            self._backends(spec.backend)  # created now, so the books never wait on an import
+        specs = [self._checked(spec) for spec in config.models.values()]  # backends created now: no import later
         books = self._books
         with books.lock:
-            for spec in config.models.values():
+            for spec in specs:
                 books.registry.put(spec)
             for name, target in config.aliases.items():  # all at once: an alias may name a later alias
                 books.registry.point(name, target)

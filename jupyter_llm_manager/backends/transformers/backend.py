@@ -18,7 +18,13 @@ from typing import Any
 
 from ...config.spec import ModelSpec
 from ...devices import release_device_memory
-from ...errors import GenerationError, InvalidGenerationParameters, ModelLoadingError, OutOfMemoryDuringLoad
+from ...errors import (
+    ConfigurationError,
+    GenerationError,
+    InvalidGenerationParameters,
+    ModelLoadingError,
+    OutOfMemoryDuringLoad,
+)
 from ...estimates import MemoryEstimate, estimate_checkpoint
 from ...generation import GenerationParams, GenerationResult, Prompt, StopTextFilter, StreamInterrupted, cut_at_stop
 from ...gguf_files import is_gguf
@@ -56,6 +62,10 @@ class TransformersBackend(Backend):
 
     name = "transformers"
     modes = frozenset({"chat", "embed"})
+
+    def normalize(self, spec: ModelSpec) -> ModelSpec:
+        """Loading options that are spec fields move there; the placement's are refused (see :func:`owned_options`)."""
+        return owned_options(spec)
 
     def device_kinds(self) -> set[str]:
         return set(device_kinds())
@@ -362,3 +372,34 @@ def _check_local_source(spec: ModelSpec) -> None:
     if not any(next(folder.glob(pattern), None) for pattern in _WEIGHT_PATTERNS):
         raise ModelLoadingError(f"{str(folder)!r} has no weight files (*.safetensors, *.bin): the "
                                 "checkpoint is incomplete", model_id=spec.id)
+
+
+#: ``load_kwargs`` keys that are spec fields: taken into the spec, so estimates and instance keys see them.
+_FIELDS = {"torch_dtype": "dtype", "dtype": "dtype", "revision": "revision", "trust_remote_code": "trust_remote_code",
+           "gguf_file": "gguf_file"}
+#: ``load_kwargs`` keys the manager decides: placement and quantization would escape the budget.
+_PLACEMENT = ("device_map", "max_memory", "quantization_config", "offload_folder")
+
+
+def owned_options(spec: ModelSpec) -> ModelSpec:
+    """``spec`` with its field-like ``load_kwargs`` moved into fields; a :class:`ConfigurationError` for the rest."""
+    options = dict(spec.load_kwargs)
+    for key in _PLACEMENT:
+        if key in options:
+            raise ConfigurationError(f"load_kwargs.{key}: the manager places the model and counts its memory: "
+                                     "write device (cpu, cuda, cuda:N, balanced) and quantization (4bit, 8bit)",
+                                     model_id=spec.id, key=f"load_kwargs.{key}")
+    changes: dict[str, object] = {}
+    for key in ("load_in_4bit", "load_in_8bit"):
+        if options.pop(key, False):
+            changes["quantization"] = key[len("load_in_"):]
+    for key, field_name in _FIELDS.items():
+        if key in options:
+            value = options.pop(key)
+            current = changes.get(field_name, getattr(spec, field_name))
+            default = {"dtype": "auto", "trust_remote_code": False}.get(field_name)
+            if current not in (None, default, value):
+                raise ConfigurationError(f"load_kwargs.{key} says {value!r} but {field_name} says {current!r}: keep "
+                                         f"{field_name} only", model_id=spec.id, key=f"load_kwargs.{key}")
+            changes[field_name] = value
+    return spec.with_changes(**changes, load_kwargs=options) if changes else spec
