@@ -393,3 +393,30 @@ def test_out_of_memory_while_generating_frees_the_step_and_keeps_the_model(real_
     row = real_manager.row("a")
     assert row.state == "loaded" and row.in_use == 0
     assert real_manager.generate("a", "again", max_new_tokens=2, min_new_tokens=2).completion_tokens == 2
+
+
+def test_reading_a_configuration_runs_no_code_and_contacts_nothing(tmp_path, tiny_models, monkeypatch):
+    """preload warms only local models that run no code of their own; the others are said to load at first use."""
+    ran = tmp_path / "ran"
+    (tmp_path / "sneaky.py").write_text(f"import pathlib\ndef load(spec):\n    pathlib.Path({str(ran)!r}).touch()\n"
+                                        "    return object()\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("JUPYTER_LLM_MANAGER_CONFIG", str(tmp_path / "llm.yaml"))
+    (tmp_path / "llm.yaml").write_text(f"""
+models:
+  local: {{source: {tiny_models['a']}, preload: true}}
+  code: {{loader: sneaky:load, preload: true}}
+  repo: {{source: {tiny_models['b']}, trust_remote_code: true, preload: true}}
+  server: {{backend: openai, base_url: 'http://127.0.0.1:9/v1', model: m, api_key: '${{HOME}}', preload: true}}
+  hub: {{source: org/model, preload: true}}
+""")
+    manager = LLMManager(preload=True)
+    try:
+        assert manager.warmup.wait(60)
+        assert manager.warmup.status.loaded == ("local",) and not ran.exists()
+        assert {row.id: row.state for row in manager.status()} == {
+            "local": "loaded", "code": "registered", "repo": "registered", "server": "registered", "hub": "registered"}
+        (notice,) = manager.warmup.take_notices()
+        assert "code, repo, server, hub" in notice and "load at first use" in notice
+    finally:
+        manager.close()

@@ -130,7 +130,7 @@ class LLMManager:
         self._planner = Planner(books, device_probe, estimates, backends)
         self.warmup = WarmUp(lambda model_id: self.load(model_id), bus)
         if preload:
-            self.warmup.start(self._catalog.preload_ids())
+            self.warmup.start(*self._catalog.preload_ids())
 
     # -- the registry -------------------------------------------------------------------------
 

@@ -27,6 +27,12 @@ from .state import Books
 __all__ = ["Catalog", "Persistence"]
 
 
+def _runs_nothing(spec: ModelSpec, backend: Backend) -> bool:
+    """Loading ``spec`` runs no code the file names and contacts no server (a Hub id would download)."""
+    downloads = spec.backend in ("transformers", "llama_cpp") and spec.local_path is None
+    return not (backend.remote or spec.loader or spec.trust_remote_code or downloads)
+
+
 class Catalog:
     """Registers ids, aliases and pins in the books and tells subscribers."""
 
@@ -142,12 +148,19 @@ class Catalog:
         self._bus.emit("pinned" if pinned else "unpinned", canonical)
         return pending and not pinned
 
-    def preload_ids(self) -> list[str]:
-        """The models to warm up, in the file's order: marked ``preload`` (a task's selected option, with
-        ``warmup_on_startup``)."""
+    def preload_ids(self) -> tuple[list[str], list[str]]:
+        """The models to warm up, in the file's order, and those marked ``preload`` that load at first use.
+
+        Reading a configuration runs no code and contacts nothing: only local
+        files loaded by the built-in local backends, without repository code,
+        are warmed up. A ``loader:``, ``trust_remote_code``, a server or a Hub
+        id waits for the user's first use.
+        """
         books = self._books
         with books.lock:
-            return [spec.id for spec in books.registry.specs.values() if spec.preload]
+            marked = [spec for spec in books.registry.specs.values() if spec.preload]
+        warm = [spec.id for spec in marked if _runs_nothing(spec, self._backends(spec.backend))]
+        return warm, [spec.id for spec in marked if spec.id not in warm]
 
     def read(self, config: ConfigFile) -> None:
         """A configuration file's models, aliases, tasks and inference block, replacing ids of the same name."""

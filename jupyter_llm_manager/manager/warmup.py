@@ -63,8 +63,13 @@ class WarmUp:
         with self._lock:
             return self._status
 
-    def start(self, model_ids: list[str]) -> None:
-        """Warm these models up, in this order (nothing when the list is empty)."""
+    def start(self, model_ids: list[str], deferred: list[str] | None = None) -> None:
+        """Warm these models up, in this order; ``deferred`` ones are said to load at first use."""
+        if deferred:
+            with self._lock:
+                self._notices.append(f"not warmed up, as they run code or contact a server (loader, "
+                                     f"trust_remote_code, a server or the Hub): {', '.join(deferred)}; they load "
+                                     "at first use")
         if not model_ids:
             return
         with self._lock:

@@ -187,6 +187,7 @@ def load_ipython_extension(shell: Any) -> None:
                          "%reload_ext jupyter_llm_manager.\n")
     if bridge is not None:
         bridge.attach()
+        say_notices(magics.manager)  # models the configuration marks preload that load at first use
     _registered[id(shell)] = (magics, matcher, bridge)
 
 
