@@ -27,7 +27,7 @@ from pathlib import Path
 from .config.spec import ModelSpec
 from .config.spec_fields import expand_path
 from .errors import ModelLoadingError
-from .gguf_header import MAGIC, HeaderFacts, NotGguf, open_regular, read_header
+from .gguf_header import MAGIC, NOT_REGULAR, HeaderFacts, NotGguf, open_regular, read_header
 from .support.units import excerpt
 
 __all__ = [
@@ -149,8 +149,7 @@ def read_gguf(path: Path) -> GgufInfo:
         raise ModelLoadingError(excerpt(f"cannot read the GGUF file {str(path)!r}: {error.strerror}; check "
                                         "the path")) from None
     if not stat.S_ISREG(found.st_mode):
-        raise ModelLoadingError(excerpt(f"{str(path)!r} is not a regular file (a FIFO, a device or a folder): "
-                                        "give the path of a .gguf file"))
+        raise ModelLoadingError(excerpt(f"{str(path)!r} is not a readable GGUF file: {NOT_REGULAR}"))
     resolved = str(Path(path).resolve())
     identity = (resolved, found.st_size, found.st_mtime_ns, found.st_ino)
     with _answers_lock:

@@ -23,10 +23,11 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["MAGIC", "HeaderFacts", "NotGguf", "open_regular", "read_header"]
+__all__ = ["MAGIC", "NOT_REGULAR", "HeaderFacts", "NotGguf", "open_regular", "read_header"]
 
 #: The first four bytes of every GGUF file.
 MAGIC = b"GGUF"
+NOT_REGULAR = "it is not a regular file (a FIFO, a device or a folder): give the path of a .gguf file"
 _VERSIONS = (2, 3)  # version 1 used 32-bit counts; llama.cpp dropped it
 
 
@@ -68,7 +69,7 @@ def open_regular(path: Path | str) -> int:
     descriptor = os.open(path, flags)
     if not stat.S_ISREG(os.fstat(descriptor).st_mode):
         os.close(descriptor)
-        raise NotGguf("it is not a regular file (a FIFO, a device or a folder): give the path of a .gguf file")
+        raise NotGguf(NOT_REGULAR)
     return descriptor
 
 
