@@ -75,8 +75,9 @@ class LlamaCppBackend(Backend):
 
     def validate(self, spec: ModelSpec) -> None:
         if not is_gguf(spec):
-            raise ConfigurationError(f"{spec.id!r}: the llama_cpp backend runs GGUF files; give source: a .gguf "
-                                     "file (or a link to one), or a folder or Hub repo with gguf_file: NAME.gguf",
+            raise ConfigurationError(f"{spec.id!r}: the llama_cpp backend runs .gguf files (or files that start "
+                                     "with GGUF); give source: a .gguf file, or a folder or Hub repo with "
+                                     "gguf_file: NAME.gguf",
                                      model_id=spec.id, key="source")
         if spec.quantization:
             raise ConfigurationError(f"{spec.id!r}: a GGUF file is quantized already; remove quantization",
