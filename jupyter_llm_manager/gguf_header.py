@@ -174,18 +174,18 @@ class _Cursor:
     def skip_strings(self, count: int, what: str) -> None:
         """Walk ``count`` strings by their length prefixes (the hot loop: a vocabulary and its merges)."""
         self.count(count, _U64.size, what)
-        unpack, position = _U64.unpack_from, self.position
-        buffer, start = self._buffer, self._start
-        end = start + len(buffer)
+        unpack = _U64.unpack_from
+        buffer, offset = self.window(0)
+        limit = len(buffer) - 8  # the last offset where a length prefix is whole in the buffer
         for _ in range(count):
-            if position + 8 > end:
-                self.position = position
-                buffer, _ = self.window(8)
-                start, end = self._start, self._start + len(buffer)
-            position += 8 + unpack(buffer, position - start)[0]
-        if position > self.size:
+            if offset > limit:
+                self.position = self._start + offset
+                buffer, offset = self.window(8)
+                limit = len(buffer) - 8
+            offset += 8 + unpack(buffer, offset)[0]
+        self.position = self._start + offset
+        if self.position > self.size:
             raise NotGguf(f"{what} reaches past the end of the file")
-        self.position = position
 
 
 def _text(raw: bytes, what: str) -> str:
