@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import stat
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -133,15 +134,20 @@ def has_gguf_magic(path: Path) -> bool:
 
 _answers: OrderedDict[tuple[str, int, int, int], GgufInfo | str] = OrderedDict()  # refusals as their message
 _answers_lock = threading.Lock()
+#: An answer is kept once its file is this old: a file rewritten within the resolution of its timestamp
+#: (same size, same modification time) would otherwise keep the answer of its former content.
+_SETTLED_NS = 2 * 10**9
 
 
 def read_gguf(path: Path) -> GgufInfo:
-    """The header of a GGUF file, read once per file identity (path, size, modification time).
+    """The header of a GGUF file, read once per file identity (path, size, modification time, inode).
 
     :class:`ModelLoadingError` (one line, at most 500 characters) for a file
     that is missing, not a regular file, or not a GGUF file this reader
     accepts; the refusal is kept too, so a status view does not read a bad
-    file again until it changes.
+    file again until it changes. A file changed in the last two seconds is
+    read again each time (milliseconds): its timestamp cannot yet tell one
+    content from the next.
     """
     try:
         found = os.stat(path)
@@ -154,6 +160,8 @@ def read_gguf(path: Path) -> GgufInfo:
     identity = (resolved, found.st_size, found.st_mtime_ns, found.st_ino)
     with _answers_lock:
         answer = _answers.get(identity)
+        if answer is not None:
+            _answers.move_to_end(identity)
     if answer is None:
         answer = _read(resolved)
     if isinstance(answer, str):
@@ -176,10 +184,11 @@ def _read(path: str) -> GgufInfo | str:
         return excerpt(f"cannot read the GGUF file {path!r}: {error.strerror}; check the disk and the file")
     finally:
         os.close(descriptor)
-    with _answers_lock:
-        _answers[(path, opened.st_size, opened.st_mtime_ns, opened.st_ino)] = answer
-        while len(_answers) > _CACHED_FILES:
-            _answers.popitem(last=False)
+    if time.time_ns() - opened.st_mtime_ns > _SETTLED_NS:
+        with _answers_lock:
+            _answers[(path, opened.st_size, opened.st_mtime_ns, opened.st_ino)] = answer
+            while len(_answers) > _CACHED_FILES:
+                _answers.popitem(last=False)
     return answer
 
 

@@ -16,6 +16,7 @@ import struct
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -358,12 +359,24 @@ def test_an_answer_is_kept_per_file_identity_refusals_included(write, monkeypatc
     monkeypatch.setattr(gguf_files, "read_header", lambda *a: reads.append(a) or original(*a))
     good = write(gguf_file(model_pairs()))
     bad = write(gguf_file(model_pairs() + [number("llama.block_count", 3)]))
+    an_hour_ago = time.time_ns() - 3600 * 10**9
+    for path in (good, bad):
+        os.utime(path, ns=(an_hour_ago, an_hour_ago))
     for _ in range(3):
         assert read_gguf(good).block_count == 2
         refusal(bad)
     assert len(reads) == 2
     good.write_bytes(gguf_file(model_pairs(block_count=number("llama.block_count", 5))) + b"\0" * 32)
     assert read_gguf(good).block_count == 5 and len(reads) == 3  # another size: another file
+
+
+def test_a_file_rewritten_within_its_timestamps_resolution_is_read_again(write):
+    path = write(gguf_file(model_pairs()))
+    assert read_gguf(path).block_count == 2
+    stamp = path.stat().st_mtime_ns
+    path.write_bytes(gguf_file(model_pairs(block_count=number("llama.block_count", 7))))  # the same size
+    os.utime(path, ns=(stamp, stamp))  # and the same time, as two writes within one clock tick have
+    assert read_gguf(path).block_count == 7
 
 
 # -- which sources are GGUF --------------------------------------------------------------------------
