@@ -279,7 +279,7 @@ class _Header:
     def _scalar(self, key: str, kind: int) -> None:
         (value,) = self.cursor.unpack(_SCALARS[kind])
         if kind not in _NUMBERS:
-            raise NotGguf(f"{_shown(key)} is a {'bool' if kind == 7 else kind}, not a number")
+            raise NotGguf(f"{_shown(key)} is a bool, not a number")
         if key == "general.alignment":
             if not (kind in _INTEGERS and 0 < value <= 2**16 and value & (value - 1) == 0):
                 raise NotGguf(f"general.alignment is {value!r}, not a power of two")
