@@ -172,17 +172,25 @@ class _Cursor:
         self.position += length
 
     def skip_strings(self, count: int, what: str) -> None:
-        """Walk ``count`` strings by their length prefixes (the hot loop: a vocabulary and its merges)."""
+        """Walk ``count`` strings by their length prefixes (the hot loop: a vocabulary and its merges).
+
+        The loop has no bounds check of its own: ``unpack_from`` raises when a
+        prefix is not whole in the buffer, and only then is the next chunk read.
+        """
         self.count(count, _U64.size, what)
         unpack = _U64.unpack_from
         buffer, offset = self.window(0)
-        limit = len(buffer) - 8  # the last offset where a length prefix is whole in the buffer
-        for _ in range(count):
-            if offset > limit:
+        left, done = count, 0
+        while left:
+            try:
+                for done in range(left):  # ``done``: how far it got when a prefix runs off the buffer
+                    (length,) = unpack(buffer, offset)
+                    offset += 8 + length
+                break
+            except (struct.error, OverflowError):  # OverflowError: a length took the offset past any index
+                left -= done
                 self.position = self._start + offset
                 buffer, offset = self.window(8)
-                limit = len(buffer) - 8
-            offset += 8 + unpack(buffer, offset)[0]
         self.position = self._start + offset
         if self.position > self.size:
             raise NotGguf(f"{what} reaches past the end of the file")
