@@ -1,24 +1,35 @@
-"""GGUF files: where a spec's file is, and what its metadata says, without reading a tensor.
+"""GGUF files: where a spec's file is, and what its header says, without reading a tensor.
 
-GGUF is what llama.cpp, Ollama and LM Studio keep on disk. The ``gguf``
-package's reader memory-maps the file and reads its header: the architecture,
-layer and head counts, the context length and every tensor's shape and type.
-That is enough to know the weights' bytes (exactly what llama.cpp allocates
-for them), the parameter count, and the KV cache for any context length. The
-reader is slow on large vocabularies (~2 s), so results are kept per file
-identity (path, size, modification time).
+GGUF is what llama.cpp, Ollama and LM Studio keep on disk. A source is a
+GGUF file when ``gguf_file`` names one, when its name or the name of the link
+given ends in ``.gguf``, or when it is a regular file that starts with
+``GGUF`` (the suffix-less blobs of the Hugging Face cache and of Ollama).
+
+Its header (read by :mod:`.gguf_header` in milliseconds, every count checked
+against the file) gives the architecture, layer and head counts, the context
+length, the vocabulary size, and the tensors' bytes (exactly what llama.cpp
+allocates for the weights): enough for the KV cache at any context length.
+A file that is not a regular file or not a valid header is a
+:class:`ModelLoadingError` of one line. Answers, refusals included, are kept
+per file identity (path, size, modification time, inode), so a status view
+reads a file once until it changes.
 """
 
 from __future__ import annotations
 
-import functools
 import os
+import stat
+import threading
+import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from .config.spec import ModelSpec
+from .config.spec_fields import expand_path
 from .errors import ModelLoadingError
+from .gguf_header import MAGIC, NOT_REGULAR, HeaderFacts, NotGguf, open_regular, read_header
+from .support.units import excerpt
 
 __all__ = [
     "AUTO_CONTEXT_FLOOR",
@@ -28,6 +39,7 @@ __all__ = [
     "compute_buffer_bytes",
     "context_for",
     "gguf_path",
+    "has_gguf_magic",
     "is_gguf",
     "kv_cache_bytes",
     "read_gguf",
@@ -39,6 +51,9 @@ DEFAULT_CONTEXT = 4096
 AUTO_CONTEXT_STEP = 256
 AUTO_CONTEXT_FLOOR = 512
 _UBATCH = 512  # llama.cpp's default micro-batch: its compute buffers scale with it
+
+_ADVICE = "the download may be incomplete or the file is not a model: fetch it again"
+_CACHED_FILES = 64
 
 
 @dataclass(frozen=True)
@@ -65,14 +80,16 @@ class GgufInfo:
         return f"{self.path}|{self.size}|{self.modified_ns}"
 
 
+# -- which file -------------------------------------------------------------------------------------
+
 def gguf_path(spec: ModelSpec) -> Path | None:
     """The local GGUF file a spec names: ``source`` itself, or ``gguf_file`` in the source folder or Hub cache."""
     if spec.local_path is not None:
-        if spec.local_path.suffix.lower() == ".gguf":
+        if _named_gguf(spec):
             return spec.local_path
         if spec.gguf_file:
             return spec.local_path / spec.gguf_file
-        return None
+        return spec.local_path if has_gguf_magic(spec.local_path) else None
     if spec.gguf_file and spec.source:
         from huggingface_hub import try_to_load_from_cache
 
@@ -82,52 +99,119 @@ def gguf_path(spec: ModelSpec) -> Path | None:
 
 
 def is_gguf(spec: ModelSpec) -> bool:
-    return bool(spec.gguf_file) or (spec.local_path is not None and spec.local_path.suffix.lower() == ".gguf")
+    """Whether a spec's source is a GGUF file: ``gguf_file`` is set, its name (or its link's) ends in
+    ``.gguf``, or it is a regular file that starts with ``GGUF`` (a Hugging Face or Ollama blob)."""
+    if spec.gguf_file:
+        return True
+    if spec.local_path is None:
+        return False
+    return _named_gguf(spec) or has_gguf_magic(spec.local_path)
+
+
+def _named_gguf(spec: ModelSpec) -> bool:
+    """The source's name, or the name of the file its links lead to, ends in ``.gguf``."""
+    assert spec.local_path is not None and spec.source is not None
+    return ".gguf" in (spec.local_path.suffix.lower(), Path(expand_path(spec.source)).suffix.lower())
+
+
+def has_gguf_magic(path: Path) -> bool:
+    """Whether ``path`` is a regular file whose first 4 bytes are ``GGUF`` (never blocks on a FIFO)."""
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return False
+        descriptor = open_regular(path)
+    except (OSError, NotGguf):
+        return False
+    try:
+        return os.read(descriptor, len(MAGIC)) == MAGIC
+    except OSError:
+        return False
+    finally:
+        os.close(descriptor)
+
+
+# -- what the header says ---------------------------------------------------------------------------
+
+_answers: OrderedDict[tuple[str, int, int, int], GgufInfo | str] = OrderedDict()  # refusals as their message
+_answers_lock = threading.Lock()
+#: An answer is kept once its file is this old: a file rewritten within the resolution of its timestamp
+#: (same size, same modification time) would otherwise keep the answer of its former content.
+_SETTLED_NS = 2 * 10**9
 
 
 def read_gguf(path: Path) -> GgufInfo:
-    """The header of a GGUF file (:class:`ModelLoadingError` for a missing or unreadable one)."""
+    """The header of a GGUF file, read once per file identity (path, size, modification time, inode).
+
+    :class:`ModelLoadingError` (one line, at most 500 characters) for a file
+    that is missing, not a regular file, or not a GGUF file this reader
+    accepts; the refusal is kept too, so a status view does not read a bad
+    file again until it changes. A file changed in the last two seconds is
+    read again each time (milliseconds): its timestamp cannot yet tell one
+    content from the next.
+    """
     try:
-        stat = os.stat(path)
+        found = os.stat(path)
     except OSError as error:
-        raise ModelLoadingError(f"cannot read the GGUF file {str(path)!r}: {error.strerror}") from None
-    return _read(str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
+        raise ModelLoadingError(excerpt(f"cannot read the GGUF file {str(path)!r}: {error.strerror}; check "
+                                        "the path")) from None
+    if not stat.S_ISREG(found.st_mode):
+        raise ModelLoadingError(excerpt(f"{str(path)!r} is not a readable GGUF file: {NOT_REGULAR}"))
+    resolved = str(Path(path).resolve())
+    identity = (resolved, found.st_size, found.st_mtime_ns, found.st_ino)
+    with _answers_lock:
+        answer = _answers.get(identity)
+        if answer is not None:
+            _answers.move_to_end(identity)
+    if answer is None:
+        answer = _read(resolved)
+    if isinstance(answer, str):
+        raise ModelLoadingError(answer)
+    return answer
 
 
-@functools.lru_cache(maxsize=32)
-def _read(path: str, size: int, modified_ns: int) -> GgufInfo:
-    from gguf import GGUFReader
-
+def _read(path: str) -> GgufInfo | str:
+    """Read the header of ``path`` and keep the answer (the info, or the refusal's message)."""
     try:
-        reader = GGUFReader(path)
-    except (ValueError, OSError, IndexError) as error:
-        raise ModelLoadingError(f"{path!r} is not a readable GGUF file ({error}); the download may be "
-                                "incomplete") from None
-    fields = reader.fields
-    architecture = str(_field(fields, "general.architecture") or "llama")
+        descriptor = open_regular(path)
+    except OSError as error:
+        return excerpt(f"cannot read the GGUF file {path!r}: {error.strerror}; check the path")
+    except NotGguf as why:
+        return excerpt(f"{path!r} is not a readable GGUF file: {why}")
+    try:
+        opened = os.fstat(descriptor)
+        answer = _answer(Path(path), descriptor, opened)
+    except OSError as error:  # not kept: the disk may answer next time
+        return excerpt(f"cannot read the GGUF file {path!r}: {error.strerror}; check the disk and the file")
+    finally:
+        os.close(descriptor)
+    if time.time_ns() - opened.st_mtime_ns > _SETTLED_NS:
+        with _answers_lock:
+            _answers[(path, opened.st_size, opened.st_mtime_ns, opened.st_ino)] = answer
+            while len(_answers) > _CACHED_FILES:
+                _answers.popitem(last=False)
+    return answer
 
-    def number(name: str, default: int = 0) -> int:
-        value = _field(fields, f"{architecture}.{name}")
-        return int(value) if isinstance(value, (int, float)) else default
 
-    head_count = number("attention.head_count", 1)
-    embedding = number("embedding_length")
-    vocab = number("vocab_size") or len(_field(fields, "tokenizer.ggml.tokens") or [])
+def _answer(path: Path, descriptor: int, opened: os.stat_result) -> GgufInfo | str:
+    try:
+        facts = read_header(descriptor, opened.st_size)
+    except NotGguf as why:
+        return excerpt(f"{str(path)!r} is not a readable GGUF file: {why}; {_ADVICE}")
+    return _info(path, opened.st_size, opened.st_mtime_ns, facts)
+
+
+def _info(path: Path, size: int, modified_ns: int, facts: HeaderFacts) -> GgufInfo:
+    """The model the header describes, with llama.cpp's defaults for fields a file leaves out."""
+    head_count = facts.head_count if facts.head_count is not None else 1
+    embedding = facts.embedding_length or 0
     return GgufInfo(
-        path=Path(path), size=size, modified_ns=modified_ns, architecture=architecture,
-        block_count=number("block_count"), head_count=head_count,
-        head_count_kv=number("attention.head_count_kv", head_count), embedding_length=embedding,
-        head_dim=number("attention.key_length") or (embedding // head_count if head_count else 0),
-        context_length=number("context_length", DEFAULT_CONTEXT), vocab_size=vocab,
-        tensor_bytes=sum(int(t.n_bytes) for t in reader.tensors),
-        parameters=sum(int(t.n_elements) for t in reader.tensors))
-
-
-def _field(fields: Any, name: str) -> Any:
-    found = fields.get(name)
-    if found is None:
-        return None
-    return found.contents()
+        path=path, size=size, modified_ns=modified_ns, architecture=facts.architecture or "llama",
+        block_count=facts.block_count or 0, head_count=head_count,
+        head_count_kv=facts.head_count_kv if facts.head_count_kv is not None else head_count,
+        embedding_length=embedding,
+        head_dim=facts.key_length or (embedding // head_count if head_count else 0),
+        context_length=facts.context_length or DEFAULT_CONTEXT, vocab_size=facts.vocab_size or facts.tokens,
+        tensor_bytes=facts.tensor_bytes, parameters=facts.parameters)
 
 
 def kv_cache_bytes(info: GgufInfo, n_ctx: int, element_bytes: int = 2) -> int:

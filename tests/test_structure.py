@@ -78,7 +78,7 @@ LAYERS = (
     ("the manager", ("manager",)),
     ("the pure policy", ("manager.policy",)),
     ("configuration, backends, devices, estimates, models", ("config", "backends", "devices", "estimates",
-                                                              "gguf_files", "models")),
+                                                              "gguf_files", "gguf_header", "models")),
     ("support and the shared vocabulary", ("support", "errors", "events", "generation", "reports")),
 )
 ENTRY_POINTS = {"jupyter_llm_manager", "jupyter_llm_manager.__main__"}

@@ -41,7 +41,7 @@ from ..gguf_files import (
     kv_cache_bytes,
     read_gguf,
 )
-from ..support.units import format_bytes
+from ..support.units import excerpt, format_bytes
 from .base import Backend, ContextGrowth, LoadedModel, Placement, TextGenerator
 from .llama_cpp_options import normalized, usable_cores
 
@@ -52,6 +52,7 @@ log = logging.getLogger(__name__)
 _INSTALL = ('pip install --no-cache-dir "jupyter-llm-manager[llamacpp]" (build it with '
             'CMAKE_ARGS="-DGGML_NATIVE=OFF" where the default build crashes)')
 _BUFFER = re.compile(r"(\S+)\s+(model|KV|compute|output) buffer size\s*=\s*([\d.]+)\s*MiB")
+_BUFFER_MARK = " buffer size"  # in every line _BUFFER matches: a substring test spares the regex ~2,200 lines a load
 _OUTPUT_BYTES_PER_TOKEN = 4  # one float logit per vocabulary entry, for the sequence
 _FIXED_BYTES = 8 * 2**20  # contexts, graphs, the sampler
 _TEMPLATE_TOKENS = 6  # what a chat template adds around each message (role markers), about
@@ -72,8 +73,9 @@ class LlamaCppBackend(Backend):
     def validate(self, spec: ModelSpec) -> None:
         normalized(spec)
         if not is_gguf(spec):
-            raise ConfigurationError(f"{spec.id!r}: the llama_cpp backend runs .gguf files; give source: a .gguf "
-                                     "file, or a folder or Hub repo with gguf_file: NAME.gguf",
+            raise ConfigurationError(f"{spec.id!r}: the llama_cpp backend runs .gguf files (or files that start "
+                                     "with GGUF); give source: a .gguf file, or a folder or Hub repo with "
+                                     "gguf_file: NAME.gguf",
                                      model_id=spec.id, key="source")
         if spec.quantization:
             raise ConfigurationError(f"{spec.id!r}: a GGUF file is quantized already; remove quantization",
@@ -129,8 +131,9 @@ class LlamaCppBackend(Backend):
                 model = llama_cpp.Llama(**options)
             except (ValueError, RuntimeError, TypeError, OSError) as error:
                 said = [line for line in lines if "error" in line.lower() or "failed" in line.lower()][-3:]
-                raise ModelLoadingError(f"llama.cpp could not load {spec.id!r} from {str(path)!r}: {error}"
-                                        + (f" ({'; '.join(said)})" if said else ""), model_id=spec.id) from None
+                raise ModelLoadingError(excerpt(f"llama.cpp could not load {spec.id!r} from {str(path)!r}: {error}"
+                                                + (f" ({'; '.join(said)})" if said else "")),
+                                        model_id=spec.id) from None
         buffers = _buffers(lines)
         footprint = _footprint(buffers) or {(gpus[0] if gpus else "cpu"): _estimate(spec, info, context).total_bytes}
         return LoadedModel(model=model, footprint=footprint, context_length=context, complete_footprint=True,
@@ -262,7 +265,7 @@ def _buffers(lines: Sequence[str]) -> list[tuple[str, str, int]]:
     """``(device, part, bytes)`` for each buffer llama.cpp reported allocating."""
     found = []
     for line in lines:
-        match = _BUFFER.search(line)
+        match = _BUFFER.search(line) if _BUFFER_MARK in line else None
         if match:
             name, part, mib = match.groups()
             gpu = re.match(r"CUDA(\d+)", name)

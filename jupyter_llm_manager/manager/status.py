@@ -18,6 +18,7 @@ from ..devices import DeviceProbe, DeviceReport, device_budget
 from ..errors import LLMManagerError
 from ..estimates import EstimateCache, MemoryEstimate
 from ..reports import ModelState, StatusRow
+from ..support.units import excerpt
 from .instances import Instance
 from .state import Books
 
@@ -41,6 +42,7 @@ class _RowFacts(NamedTuple):
     backend: Backend
     problem: str | None
     estimate: MemoryEstimate | None
+    estimate_error: str | None = None  # why a local model has no estimate (a damaged file): its row says it
 
 
 class StatusView(BooksReader):
@@ -93,18 +95,26 @@ class StatusView(BooksReader):
     def _facts(self, spec: ModelSpec) -> _RowFacts:
         """What a row says that needs no lock: the backend, why it cannot load here, the estimate."""
         backend = self._backends(spec.backend)
-        return _RowFacts(backend, backend.problem(spec), self._cheap_estimate(spec, backend))
+        return _RowFacts(backend, backend.problem(spec), *self._cheap_estimate(spec, backend))
 
-    def _cheap_estimate(self, spec: ModelSpec, backend: Backend) -> MemoryEstimate | None:
-        """A cached estimate, or a fresh one when it needs no network (local files)."""
+    def _cheap_estimate(self, spec: ModelSpec, backend: Backend) -> tuple[MemoryEstimate | None, str | None]:
+        """A cached estimate, or a fresh one when it needs no network (local files); else why there is none.
+
+        One model's bad file (or a backend's bug) shows in that model's row:
+        it never fails the rows of the others. Local files are read with
+        bounded work (a GGUF header is refused at once when it is not one).
+        """
         cached = self._estimates.cached(spec)
         if cached is not None or not spec.local_path:
-            return cached
+            return cached, None
         try:
-            return self._estimates.get(spec, backend)
+            return self._estimates.get(spec, backend), None
         except LLMManagerError as error:
             log.debug("no estimate for %r: %s", spec.id, error)
-            return None
+            return None, excerpt(f"no estimate: {error}")
+        except Exception as error:  # a third-party backend's bug stays in its own row
+            log.debug("the estimate of %r failed", spec.id, exc_info=error)
+            return None, excerpt(f"no estimate: {type(error).__name__}: {error}")
 
     def _row(self, spec: ModelSpec, facts: _RowFacts, now: float, wall: float) -> StatusRow:
         """The row, from the books (the caller holds the lock) and facts gathered before."""
@@ -133,7 +143,7 @@ class StatusView(BooksReader):
             actual_bytes=instance.footprint_bytes if instance is not None and state == "loaded" else None,
             last_used=None if last_used is None else wall - (now - last_used),
             expires_at=None if expires is None else wall + (expires - now),
-            error=books.failures.get(spec.id) or _last_call_error(instance) or facts.problem,
+            error=books.failures.get(spec.id) or _last_call_error(instance) or facts.problem or facts.estimate_error,
             remote=backend.remote,
             trust_remote_code=spec.trust_remote_code,
             keep_alive=books.keep_alive_of(instance) if instance is not None else spec.keep_alive,
