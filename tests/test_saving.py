@@ -119,7 +119,8 @@ def test_an_unparsable_file_is_read_again_before_it_is_an_error(tmp_path):
 
     def finish_writing(seconds):
         clock.advance(seconds)
-        path.write_text("models:\n  a: {source: org/a}\n")
+        if "}" not in path.read_text():
+            path.write_text("models:\n  a: {source: org/a}\n")
 
     assert set(read_settled(path, clock=clock, pause=finish_writing).data["models"]) == {"a"}
     clock = FakeClock()
@@ -339,3 +340,17 @@ def test_a_file_written_by_another_kernel_just_now_is_read_once_it_is_complete(t
     assert set(load_config(path).models) == {*others(4), "mine"}
     assert yaml.safe_load(path.read_text())["models"]["theirs-3"] == {"source": "org/theirs-3",
                                                                       "backend": "transformers"}
+
+
+def test_a_file_that_never_stops_changing_fails_the_save_and_writes_nothing(tmp_path):
+    path = write(tmp_path / "llm.yaml", "models:\n  a: {source: org/a}\n")
+    clock = FakeClock()
+    written = iter(range(10_000))
+
+    def someone_keeps_writing(seconds):
+        clock.advance(seconds)
+        path.write_text(f"models:\n  a: {{source: org/a}}\n  b{next(written)}: {{source: org/b}}\n")
+
+    with pytest.raises(ConfigurationError, match="kept changing"):
+        read_settled(path, clock=clock, pause=someone_keeps_writing)
+    assert clock() - 1_000_000.0 >= reading.MAX_WAIT_S

@@ -21,6 +21,7 @@ import logging
 import os
 import stat
 import tempfile
+import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,7 @@ from filelock import FileLock, Timeout
 from ..errors import ConfigurationError
 from .layouts import ConfigFile, parse_document
 from .merging import Changes, merged_text
-from .reading import Snapshot, read_settled, remember_written, snapshot
+from .reading import MAX_WAIT_S, Snapshot, read_settled, remember_written, snapshot
 from .spec import ModelSpec, expand_path
 
 __all__ = [
@@ -78,7 +79,7 @@ def load_config(path: str | os.PathLike) -> ConfigFile:
     path = Path(path)
     if not path.exists():
         return ConfigFile(path=path)
-    return parse_document(read_settled(path).data, path)
+    return parse_document(read_settled(path, wait_if_recent=False).data, path)
 
 
 # -- saving -------------------------------------------------------------------
@@ -122,8 +123,9 @@ def save_config(
 
 def _merge_and_write(path: Path, changes: Changes) -> None:
     """Read, merge, write; again from the new version whenever the file changed before the rename."""
+    deadline = time.monotonic() + MAX_WAIT_S  # for the whole save: a file rewritten continuously stops the waits
     for _ in range(_MAX_MERGES):
-        reading = read_settled(path)
+        reading = read_settled(path, deadline=deadline)
         text = merged_text(path, reading.text, reading.data, changes)
         if _replace_if_unchanged(path, text, reading.snapshot):
             return

@@ -5,17 +5,21 @@ in between sees an empty file, or half of one, and a save that believed it
 would write back only what it knows. So a read is believed only once it can be:
 
 - a text that parses and says something is believed at once, unless the file
-  was modified less than :data:`SETTLE_S` ago (a writer may still be writing):
-  then it is read again until it has not changed for :data:`SETTLE_S`;
+  was modified less than :data:`SETTLE_S` ago (a writer may still be writing,
+  and half a file often parses): then it is read again until it has not
+  changed for :data:`SETTLE_S`;
 - an empty or unparsable file is read again for at least :data:`SETTLE_S`
   (measured on the monotonic clock, from the last change seen) before it is
   believed: a file that stays empty is empty; one that stays broken is an error;
-- a file this process wrote itself, unchanged since, is complete (its writes are atomic).
+- a file this process wrote itself, unchanged since, is complete (its writes
+  are atomic); a missing file is empty.
 
-No read waits longer than :data:`MAX_WAIT_S`. What was read carries a
-fingerprint (size, modification time, inode, content digest), so a save can
-tell, just before it renames its new version into place, whether the file
-changed since.
+A save waits at most :data:`MAX_WAIT_S` for a file that keeps changing, then
+fails, writing nothing, rather than believe a version that may be partial.
+Loading (nothing is written back) believes any text that parses. What was
+read carries a fingerprint (size, modification time, inode, content digest),
+so a save can tell, just before it renames its new version into place,
+whether the file changed since.
 """
 
 from __future__ import annotations
@@ -97,33 +101,43 @@ def snapshot(path: Path) -> Snapshot:
     return Snapshot(raw, (stat.st_size, stat.st_mtime_ns, stat.st_ino), hashlib.sha256(raw).hexdigest())
 
 
-def read_settled(path: Path, *, clock: Callable[[], float] = time.monotonic,
-                 pause: Callable[[float], None] = time.sleep) -> Reading:
+def read_settled(path: Path, *, wait_if_recent: bool = True, deadline: float | None = None,
+                 clock: Callable[[], float] = time.monotonic, pause: Callable[[float], None] = time.sleep) -> Reading:
     """Read ``path`` until what was read can be believed (see the module's rules); a missing file is empty.
 
-    An unparsable file, once believed, is a :class:`ConfigurationError` naming the line.
+    ``wait_if_recent=False`` believes any text that parses and says something
+    (loading: nothing is written back). ``deadline`` (on ``clock``; default
+    :data:`MAX_WAIT_S` from now) ends the waiting for a file that keeps
+    changing, with a :class:`ConfigurationError`: believing it could lose what
+    its writer was writing. An unparsable file, once believed, is a
+    :class:`ConfigurationError` naming the line.
     """
     current = snapshot(path)
     parsed = _parse(current, path)
-    if _believable(current, parsed, path):
-        return _reading(current, parsed)
+    if current.raw is None or (_says_something(parsed) and (not wait_if_recent or _complete(current, path))):
+        return _reading(current, parsed)  # no file: nothing to lose (a writer in place truncates, never deletes)
     started = stable_since = clock()
+    # an empty or unparsable read is always given SETTLE_S to change, even past the deadline
+    limit = started + MAX_WAIT_S if deadline is None else max(deadline, started + 2 * SETTLE_S)
     while True:
         pause(_POLL_S)
         now = clock()
         latest = snapshot(path)
         if not latest.same_as(current):
             current, parsed, stable_since = latest, _parse(latest, path), now
+            if _says_something(parsed) and not wait_if_recent:
+                return _reading(current, parsed)
         elif now - stable_since >= SETTLE_S:
-            break
-        if now - started >= MAX_WAIT_S:
-            log.warning("%s kept changing for %.0f s while it was read; using the last version read",
-                        path, MAX_WAIT_S)
-            break
-    if isinstance(parsed, ConfigurationError) or parsed is None:
-        log.debug("%s read as %s after %.2f s", path, "empty" if parsed is None else "unparsable",
-                  clock() - started)
-    return _reading(current, parsed)
+            log.debug("%s believed after %.2f s", path, now - started)
+            return _reading(current, parsed)
+        if now >= limit:
+            raise ConfigurationError(f"the file kept changing for {now - started:.1f} s while it was read (an "
+                                     "editor writing it?); nothing was written: try again once it is saved",
+                                     path=str(path))
+
+
+def _says_something(parsed: Any) -> bool:
+    return parsed is not None and not isinstance(parsed, ConfigurationError)
 
 
 def _reading(current: Snapshot, parsed: Any) -> Reading:
@@ -145,12 +159,8 @@ def _parse(current: Snapshot, path: Path) -> Any:
         return ConfigurationError(excerpt(problem.message), path=str(path), line=problem.line)
 
 
-def _believable(current: Snapshot, parsed: Any, path: Path) -> bool:
-    """Whether a first read can be believed without reading again."""
-    if current.raw is None:
-        return True  # no file: nothing to lose (a writer in place truncates, it does not delete)
-    if parsed is None or isinstance(parsed, ConfigurationError):
-        return False
+def _complete(current: Snapshot, path: Path) -> bool:
+    """Whether a text that parses can be believed at once: this process wrote it, or nobody did just now."""
     with _written_lock:
         own = _written.get(str(path))
     if own is not None and own.same_as(current):
