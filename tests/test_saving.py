@@ -355,3 +355,28 @@ def test_a_file_that_never_stops_changing_fails_the_save_and_writes_nothing(tmp_
     with pytest.raises(ConfigurationError, match="kept changing"):
         read_settled(path, clock=clock, pause=someone_keeps_writing)
     assert clock() - started >= reading.MAX_WAIT_S
+
+
+def test_words_yaml_reads_as_booleans_keep_their_meaning(tmp_path, manager_for):
+    path = write(tmp_path / "llm.yaml", "# team file\nmodels:\n  a:\n    source: org/a\n    trust_remote_code: yes\n")
+    manager = manager_for(path)
+    assert manager.spec("a").trust_remote_code is True
+    manager.register("b", source="org/b", generation={"stop": ["no", "yes", "on", "1:30"]}, persist=True)
+    text = path.read_text()
+    assert text.startswith("# team file\n")
+    saved = load_config(path).models
+    assert saved["a"].trust_remote_code is True and saved["b"].generation["stop"] == ["no", "yes", "on", "1:30"]
+
+
+def test_a_file_the_round_trip_parser_refuses_is_saved_plainly_with_nothing_lost(tmp_path, monkeypatch, caplog):
+    from ruamel.yaml.error import YAMLError
+
+    def refuse(*args, **kwargs):
+        raise YAMLError("a construct it does not read")
+
+    monkeypatch.setattr(round_trip.Document, "edit", refuse)
+    path = write(tmp_path / "llm.yaml", USER_FILE)
+    with caplog.at_level(logging.WARNING):
+        save_config(path, {"new": spec("new")}, {})
+    assert "comments cannot be kept" in caplog.text
+    assert set(load_config(path).models) == {"zeta", "alpha", "old", "new"}

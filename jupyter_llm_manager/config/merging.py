@@ -24,7 +24,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ruamel.yaml.error import YAMLError
+
 from ..errors import ConfigurationError
+from ..support.units import excerpt
+from .bounded_yaml import YamlProblem, load_yaml
 from .layouts import ConfigFile, parse_document
 from .round_trip import Document, Same
 from .settings import ManagerSettings, check_setting
@@ -51,9 +55,41 @@ class Changes:
 
 
 def merged_text(path: Path, text: str, data: Any, changes: Changes) -> str:
-    """The new text of the file at ``path``, which now holds ``text`` (``data`` once parsed), with ``changes``."""
+    """The new text of the file at ``path``, which now holds ``text`` (``data`` once parsed), with ``changes``.
+
+    The file is edited in place when it is in our layout; the edit is used
+    only if it reads back (with the bounded loader) exactly as the same merge
+    of the plain data, else that plain merge is written, without comments.
+    """
     current = parse_document(data, path)
-    document = _document(path, text, data, current)
+    if current.layout not in ("ours", "empty"):
+        converted = _converted(path, text, current)
+        _apply(converted, current, changes)
+        return converted.text()
+    plain = Document.plain(data, order=TOP_LEVEL)
+    _apply(plain, current, changes)
+    edited = _edited(path, text, data)
+    if edited is None or not edited.keeps_comments:
+        return plain.text()
+    _apply(edited, current, changes)
+    result = edited.text()
+    if not _reads_as(result, plain.root):
+        log.warning("%s: the comments could not be kept (the edited text would not read back as intended); "
+                    "the file is rewritten without them", path)
+        return plain.text()
+    return result
+
+
+def _reads_as(text: str, data: Any) -> bool:
+    """Whether ``text``, read by the bounded loader, is ``data``."""
+    try:
+        return bool((load_yaml(text) or {}) == data)
+    except YamlProblem:
+        return False
+
+
+def _apply(document: Document, current: ConfigFile, changes: Changes) -> None:
+    """Merge ``changes`` into ``document``, whose file holds ``current`` (a new file if its layout is empty)."""
     empty_already = {name for name in TOP_LEVEL if name in document.root and not document.root[name]}
     _remove(document, changes.removed)
     written_models = document.block("models") or {}
@@ -63,7 +99,7 @@ def merged_text(path: Path, text: str, data: Any, changes: Changes) -> str:
         document.put("models", model_id, entry, same=_same_spec(current.models.get(model_id), spec))
     for alias, target in changes.aliases.items():
         document.put("aliases", alias, target)
-    _put_defaults(document, changes.defaults or {})
+    _put_defaults(document, changes.defaults or {}, every=current.layout == "empty")
     for name, task in (changes.tasks or {}).items():
         document.put("tasks", name, task, same=_same_task(current, name))
     if changes.inference is not None:
@@ -71,13 +107,20 @@ def merged_text(path: Path, text: str, data: Any, changes: Changes) -> str:
     for name in TOP_LEVEL:
         if name not in empty_already:
             document.drop_if_empty(name)
-    return document.text()
 
 
-def _document(path: Path, text: str, data: Any, current: ConfigFile) -> Document:
-    """The document to edit: the file's own, or ours converted from another layout (keeping a ``.bak``)."""
-    if current.layout in ("ours", "empty"):
+def _edited(path: Path, text: str, data: Any) -> Document | None:
+    """The file's own document, to edit in place; None when the round-trip parser refuses it."""
+    try:
         return Document.edit(text, data, order=TOP_LEVEL)
+    except YAMLError as error:  # what PyYAML accepts and ruamel.yaml does not: comments are lost, not the data
+        log.warning("%s: the comments cannot be kept (%s); the file is rewritten without them", path,
+                    excerpt(str(error).splitlines()[0] if str(error) else type(error).__name__))
+        return None
+
+
+def _converted(path: Path, text: str, current: ConfigFile) -> Document:
+    """Our layout, converted from another one; the original is kept as ``.bak`` (once)."""
     backup = path.with_name(path.name + ".bak")
     if not backup.exists():
         backup.write_text(text, encoding="utf-8")
@@ -103,13 +146,14 @@ def _remove(document: Document, removed: frozenset[str]) -> None:
         document.drop("aliases", alias)
 
 
-def _put_defaults(document: Document, defaults: Mapping[str, Any]) -> None:
-    """The settings, one by one; a file the user wrote gains only those that differ from the built-in defaults."""
+def _put_defaults(document: Document, defaults: Mapping[str, Any], *, every: bool) -> None:
+    """The settings, one by one: ``every`` one in a new file; a file with content gains only those that differ
+    from the built-in defaults."""
     written = document.block("defaults") or {}
     built_in = ManagerSettings().to_mapping()
     for key, value in defaults.items():
         same = _same_setting(key)
-        if document.keeps_comments and key not in written and key in built_in and same(built_in[key], value):
+        if not every and key not in written and key in built_in and same(built_in[key], value):
             continue
         document.put("defaults", key, value, same=same)
 

@@ -28,6 +28,7 @@ from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedBase, CommentedMap, CommentedSeq
 from ruamel.yaml.error import CommentMark
 from ruamel.yaml.representer import RoundTripRepresenter
+from ruamel.yaml.resolver import VersionedResolver
 from ruamel.yaml.tokens import CommentToken
 
 from .bounded_yaml import dump_yaml
@@ -43,6 +44,18 @@ ROUND_TRIP_MAX_BYTES = 1024 * 1024
 Same = Callable[[Any, Any], bool]
 
 _KEY_ONLY = re.compile(r"^[^#\s-][^#]*:\s*(#.*)?$")  # "key:" (maybe with a comment): a block opens below
+
+
+class _Yaml11(VersionedResolver):
+    """YAML 1.1, as PyYAML reads it (``yes`` is true, ``0755`` octal), without writing a ``%YAML`` line.
+
+    With ruamel.yaml's default (1.2), a new value ``"no"`` would be written
+    unquoted and read back by PyYAML as false.
+    """
+
+    @property
+    def processing_version(self) -> Any:
+        return (1, 1)
 
 
 class _Representer(RoundTripRepresenter):
@@ -76,8 +89,9 @@ class Document:
 
     @classmethod
     def plain(cls, data: Mapping[str, Any] | None = None, *, order: Iterable[str] = ()) -> Document:
-        """A document written from scratch, in our layout (a new file, or one converted from another layout)."""
-        return cls(dict(data or {}), order=order)
+        """A document written plainly, in our layout: a new file, one converted from another layout, or a copy
+        of ``data`` (values written once and used twice are copied apart, so editing one leaves the other)."""
+        return cls(_copied(data) if data else {}, order=order)
 
     @classmethod
     def edit(cls, text: str, data: Any, *, order: Iterable[str] = ()) -> Document:
@@ -173,6 +187,7 @@ class Document:
 def _round_trip_yaml(text: str) -> YAML:
     """A round-trip parser and writer that indents as ``text`` does."""
     yaml = YAML(typ="rt", pure=True)
+    yaml.Resolver = _Yaml11
     yaml.Representer = _Representer
     yaml.preserve_quotes = True
     yaml.width = 4096  # never fold a long value the user wrote on one line
@@ -218,6 +233,15 @@ def _updated(old: Any, new: Any, same: Same) -> Any:
                 _append(old, key, _converted(value, old))
         return old
     return _converted(new, old)
+
+
+def _copied(value: Any) -> Any:
+    """Plain containers copied all the way down (nesting is bounded by the loader)."""
+    if isinstance(value, Mapping):
+        return {key: _copied(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_copied(item) for item in value]
+    return value
 
 
 def _assign(container: MutableMapping[str, Any], key: str, value: Any) -> None:
