@@ -380,3 +380,9 @@ def test_a_file_the_round_trip_parser_refuses_is_saved_plainly_with_nothing_lost
         save_config(path, {"new": spec("new")}, {})
     assert "comments cannot be kept" in caplog.text
     assert set(load_config(path).models) == {"zeta", "alpha", "old", "new"}
+
+
+def test_a_file_that_opens_with_a_document_marker_keeps_it(tmp_path):
+    path = write(tmp_path / "llm.yaml", "---\n# shared with the team\nmodels:\n  a: {source: org/a}\n")
+    save_config(path, {"b": spec("b")}, {})
+    assert path.read_text().startswith("---\n# shared with the team\nmodels:\n  a: {source: org/a}\n  b:\n")

@@ -43,6 +43,7 @@ ROUND_TRIP_MAX_BYTES = 1024 * 1024
 #: Whether a value as written (``old``) already says what ``new`` says.
 Same = Callable[[Any, Any], bool]
 
+_DOCUMENT_START = re.compile(r"\A(?:[ \t]*(?:#[^\n]*)?\r?\n)*---(?:[ \t\r\n]|\Z)")  # the file opens with ---
 _KEY_ONLY = re.compile(r"^[^#\s-][^#]*:\s*(#.*)?$")  # "key:" (maybe with a comment): a block opens below
 
 
@@ -193,6 +194,7 @@ def _round_trip_yaml(text: str) -> YAML:
     yaml.width = 4096  # never fold a long value the user wrote on one line
     mapping, offset = _indents(text)
     yaml.indent(mapping=mapping, sequence=offset + 2, offset=offset)
+    yaml.explicit_start = bool(_DOCUMENT_START.match(text))
     return yaml
 
 
