@@ -117,7 +117,10 @@ def test_a_loader_model_in_yaml(tmp_path):
         spec = manager.spec("whisper")
         assert spec.backend == "loader" and spec.required_memory == 1_500_000_000
         assert manager.estimate("whisper").total_bytes == 1_500_000_000
+        written = config.read_text()
         manager.save()
-        assert f"loader: {ASR}" in config.read_text() and "backend: loader" in config.read_text()
+        assert config.read_text() == written  # unchanged, so kept as the user wrote it
+        fresh = manager.save(tmp_path / "fresh.yaml").read_text()
+        assert f"loader: {ASR}" in fresh and "backend: loader" in fresh
     finally:
         manager.close()

@@ -3,17 +3,25 @@
 One file, found in this order: an explicit path, ``$JUPYTER_LLM_MANAGER_CONFIG``,
 ``~/.jupyter/llm_manager.yaml``. Three layouts are read: ours (see the README)
 and the two that older in-house managers write, so their files work
-unchanged. Saving always writes our layout, atomically (temporary file, then
-rename) under a lock file, merging with what other kernels saved meanwhile.
+unchanged.
+
+Saving keeps what others wrote: under a lock file, the file is read once it
+can be believed (:mod:`.reading`: an editor may be rewriting it in place),
+this process's changes are merged into it, keeping the user's comments and
+order (:mod:`.merging`), and the new version is written to a temporary file
+and renamed into place, but only after checking, just before the rename,
+that the file did not change since it was read; if it did, the merge starts
+again from the new version.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
-import shutil
 import stat
 import tempfile
+import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -21,8 +29,9 @@ from typing import Any
 from filelock import FileLock, Timeout
 
 from ..errors import ConfigurationError
-from .bounded_yaml import MAX_FILE_BYTES, YamlProblem, dump_yaml, load_yaml
 from .layouts import ConfigFile, parse_document
+from .merging import Changes, merged_text
+from .reading import MAX_WAIT_S, Snapshot, read_settled, remember_written, snapshot
 from .spec import ModelSpec, expand_path
 
 __all__ = [
@@ -38,6 +47,7 @@ log = logging.getLogger(__name__)
 
 CONFIG_ENV = "JUPYTER_LLM_MANAGER_CONFIG"
 _LOCK_TIMEOUT_S = 10.0
+_MAX_MERGES = 20  # a file that changes under every save this often is being rewritten continuously
 
 
 def default_config_path() -> Path:
@@ -64,26 +74,12 @@ def load_config(path: str | os.PathLike) -> ConfigFile:
     """Read and validate a configuration file in any of the layouts :mod:`.layouts` reads.
 
     A file that does not exist yet is an empty registry: the first save creates it (and its folders).
+    An empty or unparsable file is read again for a moment before it is believed (:mod:`.reading`).
     """
     path = Path(path)
     if not path.exists():
         return ConfigFile(path=path)
-    data = _read_yaml(path)
-    return parse_document(data, path)
-
-
-def _read_yaml(path: Path) -> Any:
-    try:
-        if path.stat().st_size > MAX_FILE_BYTES:  # refused before it is read
-            raise ConfigurationError(f"the file is larger than {MAX_FILE_BYTES // (1024 * 1024)} MB; a configuration "
-                                     "file is a few KB", path=str(path))
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as error:
-        raise ConfigurationError(f"cannot read the file: {error}", path=str(path)) from None
-    try:
-        return load_yaml(text)
-    except YamlProblem as problem:
-        raise ConfigurationError(problem.message, path=str(path), line=problem.line) from None
+    return parse_document(read_settled(path, wait_if_recent=False).data, path)
 
 
 # -- saving -------------------------------------------------------------------
@@ -101,21 +97,19 @@ def save_config(
     """Merge ``models`` and ``aliases`` into the file and write it atomically.
 
     Under the lock, the file is read again so registrations saved by another
-    kernel meanwhile are kept (no lost update). Ids in ``removed`` are dropped.
-    ``defaults`` (every setting's saved form) replaces the file's block; ``tasks`` (name → its
-    saved form) replace those tasks, ``inference`` the block of a task layout. A file in another layout is converted to
-    ours once, with a ``.bak`` copy of the original.
+    kernel meanwhile are kept (no lost update); ids in ``removed`` (and only
+    they) are dropped. ``defaults`` (every setting's saved form) replace the
+    file's settings; ``tasks`` (name → its saved form) replace those tasks,
+    ``inference`` the block of a task layout. Comments, order and quoting
+    of what is kept stay as written. A file in another layout is converted
+    to ours once, with a ``.bak`` copy of the original.
     """
     path = Path(expand_path(os.fspath(path)))
+    changes = Changes(dict(models), dict(aliases), frozenset(removed), defaults, tasks, inference)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with FileLock(str(path) + ".lock", timeout=_LOCK_TIMEOUT_S):
-            document = _merged_document(path, models, aliases, set(removed), defaults)
-            document["tasks"] = {**document.get("tasks", {}), **(tasks or {})}
-            if inference is not None:
-                document["inference"] = dict(inference)
-            document = {key: value for key, value in document.items() if value}
-            _atomic_write(path, dump_yaml(document))
+            _merge_and_write(path, changes)
     except Timeout:
         raise ConfigurationError(f"another process has held the lock {path}.lock for "
                                  f"{_LOCK_TIMEOUT_S:.0f} s; try again", path=str(path)) from None
@@ -127,52 +121,49 @@ def save_config(
     return path
 
 
-def _merged_document(path: Path, models: Mapping[str, ModelSpec], aliases: Mapping[str, str],
-                     removed: set[str], defaults: Mapping[str, Any] | None) -> dict[str, Any]:
-    document: dict[str, Any] = {"defaults": dict(defaults or {}), "models": {}, "aliases": {}, "tasks": {},
-                                "inference": {}}
-    if path.exists():
-        current = _read_yaml(path)
-        registry = parse_document(current, path)
-        if registry.layout not in ("ours", "empty"):
-            backup = path.with_name(path.name + ".bak")
-            if not backup.exists():
-                shutil.copy2(path, backup)
-            log.warning("%s was in another manager's layout (%s); it is now saved in ours, with the original "
-                        "kept as %s", path, registry.layout, backup)
-            document["models"] = {i: s.to_mapping() for i, s in registry.models.items() if not s.task}
-            document["aliases"] = {a: t for a, t in registry.aliases.items() if a not in registry.tasks}
-            document["tasks"] = {name: task.to_mapping() for name, task in registry.tasks.items()}
-            document["inference"] = dict(registry.inference)
-        elif current:
-            document["models"] = dict(current.get("models") or {})
-            document["aliases"] = dict(current.get("aliases") or {})
-            document["tasks"] = dict(current.get("tasks") or {})
-            document["inference"] = dict(current.get("inference") or {})
-            if current.get("defaults") and defaults is None:
-                document["defaults"] = dict(current["defaults"])
-    for model_id in removed:
-        document["models"].pop(model_id, None)
-        document["aliases"].pop(model_id, None)
-    document["aliases"] = {a: t for a, t in document["aliases"].items() if t not in removed}
-    for model_id, spec in models.items():
-        document["models"][model_id] = spec.to_mapping(warn=True)
-        document["aliases"].pop(model_id, None)
-    document["aliases"].update(aliases)
-    return {key: value for key, value in document.items() if value}
+def _merge_and_write(path: Path, changes: Changes) -> None:
+    """Read, merge, write; again from the new version whenever the file changed before the rename."""
+    deadline = time.monotonic() + MAX_WAIT_S  # for the whole save: a file rewritten continuously stops the waits
+    for _ in range(_MAX_MERGES):
+        reading = read_settled(path, deadline=deadline)
+        text = merged_text(path, reading.text, reading.data, changes)
+        if _replace_if_unchanged(path, text, reading.snapshot):
+            return
+        log.info("%s changed while it was being saved; merging again with the new version", path)
+    raise ConfigurationError(f"the file changed {_MAX_MERGES} times while it was being saved; something rewrites "
+                             "it continuously: stop it, then save again", path=str(path))
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    """Write to a temporary file in the same folder, then rename over the target."""
+def _replace_if_unchanged(path: Path, text: str, read: Snapshot) -> bool:
+    """Write ``text`` to a temporary file beside ``path`` and rename it over ``path``, if ``path`` is still ``read``.
+
+    Returns False (nothing changed) when the file changed since it was read.
+    """
     descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
-            handle.write(text)
+        raw = text.encode("utf-8")
+        with os.fdopen(descriptor, "wb") as handle:
+            handle.write(raw)
             handle.flush()
             os.fsync(handle.fileno())
-        if path.exists():
-            os.chmod(temporary, stat.S_IMODE(path.stat().st_mode))
+        _copy_mode(path, temporary)
+        if not snapshot(path).same_as(read):
+            Path(temporary).unlink()
+            return False
+        written = os.stat(temporary)
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+    stamp = (written.st_size, written.st_mtime_ns, written.st_ino)
+    remember_written(path, Snapshot(raw, stamp, hashlib.sha256(raw).hexdigest()))
+    return True
+
+
+def _copy_mode(path: Path, temporary: str) -> None:
+    """Give the new version the permissions of the file it replaces (a new file stays private: 0600)."""
+    try:
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+    except FileNotFoundError:
+        return
+    os.chmod(temporary, mode)

@@ -3,7 +3,8 @@
 - ``list``: the models the kernel's manager knows (the configuration file's and the built-in ``smollm2``);
 - ``estimate MODEL``: the memory a model would take, from metadata only;
 - ``plan [MODEL ...]``: whether models fit together, loading nothing (exit status 1 when they do not);
-- ``cache [--clear]``: the converted copies of GGUF files kept for fast loads, and clearing them;
+- ``cache [--clear]``: the converted copies of GGUF files kept for fast loads and the leftovers of
+  interrupted conversions, and clearing them;
 - ``doctor``: devices, drivers and libraries, and why a GPU is not used when it is not;
 - ``quickstart``: run ``notebooks/quickstart.ipynb`` headless and print what it printed;
 - ``demo``: a walk through the Python API: real answers from ``smollm2``, eviction on the demo models.
@@ -65,9 +66,11 @@ def _cache(args: argparse.Namespace) -> int:
 
     copies = ConvertedCopies()
     if args.clear:
+        leftovers = copies.remove_stale_partials()
         removed = copies.clear()
         print(f"Removed {len(removed)} converted copies ({format_bytes(sum(c.bytes for c in removed))}) "
-              f"from {copies.root}")
+              f"and {len(leftovers)} leftovers of interrupted conversions "
+              f"({format_bytes(sum(p.bytes for p in leftovers))}) from {copies.root}")
         return 0
     entries = copies.entries()
     rows = [[Path(c.source).name, c.dtype.replace("|", ", "), format_bytes(c.bytes), _ago(c.last_used),
@@ -75,6 +78,13 @@ def _cache(args: argparse.Namespace) -> int:
     print(Table(["GGUF file", "dtype, mode", "size", "last used", "folder"], rows,
                 caption=f"Converted copies of GGUF files ({format_bytes(sum(c.bytes for c in entries))} in "
                         f"{copies.root}; clear with: jupyter-llm-manager cache --clear)"))
+    leftovers = copies.stale_partials()
+    if leftovers:
+        rows = [[str(p.pid), format_bytes(p.bytes), _ago(p.modified), str(p.path)] for p in leftovers]
+        print()
+        print(Table(["process (gone)", "size", "last written", "path"], rows,
+                    caption=f"Left by interrupted conversions ({format_bytes(sum(p.bytes for p in leftovers))}; "
+                            "removed by: jupyter-llm-manager cache --clear, and by the next conversion)"))
     return 0
 
 
@@ -239,7 +249,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     plan.add_argument("models", nargs="*", metavar="MODEL")
     plan.set_defaults(run=_plan)
     cache = commands.add_parser("cache", help="the converted copies of GGUF files kept for fast loads")
-    cache.add_argument("--clear", action="store_true", help="remove every converted copy")
+    cache.add_argument("--clear", action="store_true",
+                       help="remove every converted copy and what interrupted conversions left")
     cache.set_defaults(run=_cache)
     commands.add_parser("doctor", help="devices, drivers, libraries, and why a GPU is not used").set_defaults(
         run=_doctor)

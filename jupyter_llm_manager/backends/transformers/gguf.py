@@ -3,9 +3,10 @@
 transformers reads a GGUF file (with the ``gguf`` package) by dequantizing
 every tensor: about 11 s for SmolLM2-135M on two cores, plus 3 s to build
 its tokenizer. The first load saves what it built as a converted copy
-(:class:`~jupyter_llm_manager.caches.ConvertedCopies`); the next load of the
+(:class:`~.converted.ConvertedCopies`); the next load of the
 same file, in the same dtype and mode, reads that copy in a fraction of a
-second. A copy that cannot be read is discarded and rebuilt.
+second. A copy that cannot be read, or that changed since it was written
+(its checksums differ), is discarded and rebuilt, with a warning saying why.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 from ...config.spec import ModelSpec
 from ...errors import ModelLoadingError
 from ...gguf_files import gguf_path, read_gguf
+from ...support.units import excerpt
 from ..base import report_progress
 from .converted import ConvertedCopies
 from .support import import_transformers
@@ -58,8 +60,9 @@ def load_gguf(spec: ModelSpec, load_model: Loader, load_tokenizer: Loader,
     info = read_gguf(path)
     dtype = gguf_dtype(spec)
     folder = copies.folder_for(info.identity, f"{dtype}|{spec.mode}", import_transformers().__version__)
-    damaged = ""
-    if copies.usable(folder):
+    damaged = why = ""
+    problem = copies.problem(folder) if folder.exists() else "there is none yet"
+    if problem is None:
         try:
             report_progress(f"loading the converted copy of {path.name}")
             loaded = GgufLoad(load_model(str(folder)), load_tokenizer(spec.tokenizer or str(folder)),
@@ -67,16 +70,19 @@ def load_gguf(spec: ModelSpec, load_model: Loader, load_tokenizer: Loader,
         except Exception as error:
             if isinstance(error, MemoryError) or type(error).__name__ == "OutOfMemoryError":
                 raise  # the copy is fine: the device is full
-            log.info("the converted copy of %s could not be loaded (%s)", path.name, error)
+            why = excerpt(f"{type(error).__name__}: {error}")
+            log.info("the converted copy of %s could not be loaded (%s)", path.name, why)
             damaged = "its converted copy could not be loaded"
             copies.discard(folder)
         else:
             copies.touch(folder)
             return loaded
     elif folder.exists():
-        damaged = "its converted copy was incomplete or damaged"
+        log.warning("the converted copy of %s is incomplete or damaged (%s): converting the GGUF file again",
+                    path.name, problem)
+        damaged, why = "its converted copy was incomplete or damaged", problem
         copies.discard(folder)
-    report_progress(f"{damaged}: converting {path.name} again" if damaged
+    report_progress(f"{damaged} ({why}): converting {path.name} again" if damaged
                     else f"converting {path.name} from GGUF to {dtype} (first load only)")
     model = load_model(str(path.parent), gguf_file=path.name)
     report_progress(f"reading the tokenizer of {path.name}")
