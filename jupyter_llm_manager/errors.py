@@ -12,7 +12,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from .support.units import format_bytes
+from .support.units import excerpt, format_bytes
 
 __all__ = [
     "ConfigurationError",
@@ -42,7 +42,10 @@ def log_failure(log: logging.Logger, what: str, error: BaseException) -> None:
 
 
 class LLMManagerError(Exception):
-    """Base class of every error raised by jupyter_llm_manager."""
+    """Base class of every error raised by jupyter_llm_manager; its text is a bounded excerpt (500 characters)."""
+
+    def __str__(self) -> str:
+        return excerpt(super().__str__())
 
 
 class ConfigurationError(LLMManagerError, ValueError):
@@ -87,7 +90,7 @@ class ModelNotFoundError(LLMManagerError, KeyError):
         super().__init__(message)
 
     def __str__(self) -> str:  # KeyError would quote the whole message
-        return str(self.args[0])
+        return excerpt(str(self.args[0]))
 
 
 class ModelLoadingError(LLMManagerError, RuntimeError):

@@ -420,3 +420,49 @@ models:
         assert "code, repo, server, hub" in notice and "load at first use" in notice
     finally:
         manager.close()
+
+
+def test_a_slow_subscriber_holds_no_lease_and_ctrl_c_during_it_interrupts_at_once(make_manager, backend):
+    """Events reach subscribers where no lease, lock or held-back interrupt is held."""
+    from fakes import fake
+
+    manager = make_manager()
+    fake(manager, "a")
+    fake(manager, "b")
+    in_subscriber, seen_meanwhile = threading.Event(), {}
+
+    def slow(event):
+        if event.kind == "loaded" and event.model_id == "a" and not in_subscriber.is_set():
+            in_subscriber.set()
+            time.sleep(30)  # a subscriber that blocks: the Ctrl-C below must not wait for it
+
+    def meanwhile():
+        assert in_subscriber.wait(10)
+        seen_meanwhile["in_use"] = manager.row("a").in_use
+        manager.load("b")  # other threads load and unload meanwhile
+        seen_meanwhile["unloaded"] = manager.unload("a") is not None
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C, as the kernel delivers it
+
+    manager.subscribe(slow)
+    other = threading.Thread(target=meanwhile)
+    other.start()
+    started = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        manager.load("a")
+    waited = time.monotonic() - started
+    other.join(10)
+    assert seen_meanwhile == {"in_use": 0, "unloaded": True} and waited < 20
+    assert manager.row("a").in_use == 0 and manager.row("b").state == "loaded"
+
+
+def test_an_embedding_request_of_huge_garbage_is_refused_with_a_short_message(make_manager, backend, monkeypatch):
+    from fakes import fake
+
+    from jupyter_llm_manager import InvalidGenerationParameters
+
+    monkeypatch.setattr(type(backend), "modes", frozenset({"chat", "embed"}))
+    manager = make_manager()
+    fake(manager, "vectors", mode="embed")
+    with pytest.raises(InvalidGenerationParameters) as caught:
+        manager.embed("vectors", [[0] * 10_000_000])
+    assert len(str(caught.value)) <= 500 and "non-empty string" in str(caught.value)

@@ -325,3 +325,48 @@ def test_two_thousand_models_load_and_save(tmp_path):
         assert len(load_config(path).models) == 2000
     finally:
         manager.close()
+
+
+def test_escape_sequences_reach_the_answer_but_never_a_terminal_or_a_plain_output(make_manager):
+    """An answer, an id's source or an error may carry ANSI/OSC sequences: shown text drops them, .text keeps them."""
+    import io
+
+    from fakes import fake
+
+    from jupyter_llm_manager.frontends.notebook.rendering import TextAnswerView
+    from jupyter_llm_manager.frontends.tables import Table
+
+    manager = make_manager()
+    fake(manager, "echo", 1, source="org/\x1b]0;pwned\x07model")
+    hostile = "red \x1b[31malert\x1b[0m \x1b]8;;http://evil\x1b\\link\x1b]8;;\x1b\\ end\x07"
+    result = manager.generate("echo", hostile)
+    assert result.text == hostile  # the answer itself is never changed
+    out = io.StringIO()
+    view = TextAnswerView(["echo"], "text", stream=out)
+    view.add("echo", result.text)
+    view.finish("echo", result)
+    table = repr(Table(["id", "source"], [["echo", manager.spec("echo").location]]))
+    for shown in (out.getvalue(), table):
+        assert "\x1b" not in shown and "\x07" not in shown
+    assert "red alert link end" in out.getvalue() and "org/0;pwnedmodel" not in table
+
+
+def test_a_huge_backend_error_is_a_bounded_excerpt_everywhere_it_is_shown(make_manager, backend, monkeypatch):
+    from fakes import fake
+
+    from jupyter_llm_manager import ModelLoadingError
+
+    huge = "x" * 10_000_000 + " what to do"
+
+    def load(spec, placement):
+        raise ModelLoadingError(f"{spec.id!r} could not load: {huge}", model_id=spec.id)
+
+    monkeypatch.setattr(backend, "load", load)
+    manager = make_manager()
+    fake(manager, "m")
+    with pytest.raises(ModelLoadingError) as caught:
+        manager.load("m")
+    assert len(str(caught.value)) <= 500 and str(caught.value).endswith("what to do")
+    failed = [e for e in manager.events() if e.kind == "load_failed"]
+    assert failed and all(len(e.message) <= 500 for e in failed)
+    assert len(manager.row("m").error) <= 500 and len(repr(manager.status())) < 5000

@@ -22,6 +22,7 @@ import pytest
 from jupyter_llm_manager import (
     ConfigurationError,
     GenerationError,
+    InvalidGenerationParameters,
     LLMManager,
     ModelLoadingError,
     ResourceNotAvailableError,
@@ -440,3 +441,19 @@ def test_generations_at_once_on_one_model_all_complete_with_the_answer_given_alo
                           timeout=600, check=False)
     assert done.returncode == 0, f"exit {done.returncode}: {done.stderr[-2000:]}"
     assert done.stdout.startswith("ok") and "Tokyo" in done.stdout
+
+
+@needs_llama
+def test_the_context_rule_counts_the_prompt_with_its_chat_template(manager):
+    """SmolLM2's template adds a system prompt: a prompt that fits only without it is refused, never cut."""
+    manager.register("tight", source=str(GGUF), backend="llama_cpp", max_context=256)
+    with manager.use("tight") as lease:
+        plain = len(lease.model.tokenize(b" word" * 200, add_bos=True, special=True))
+        assert plain == 200  # one token per word, no BOS: alone, 220 words fit in 256
+    words = " word" * 230  # 230 tokens alone (242 with the old margin), 260 with the template's system prompt
+    with pytest.raises(InvalidGenerationParameters, match="with its chat template, but 'tight' accepts 256"):
+        manager.generate("tight", words, max_new_tokens=8)
+    result = manager.generate("tight", " word" * 150, max_new_tokens=200, temperature=0)
+    lowered = re.search(r"lowered from 200 to (\d+)", " ".join(result.warnings))
+    assert lowered and result.completion_tokens <= int(lowered.group(1))
+    assert result.prompt_tokens + int(lowered.group(1)) == 256  # exact: what llama.cpp evaluated

@@ -17,6 +17,7 @@ import logging
 import re
 import threading
 import time
+import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -154,15 +155,14 @@ class LlamaCppBackend(Backend):
     def stream(self, loaded: LoadedModel, prompt: Prompt, params: GenerationParams, *,
                model_id: str, raw: bool, stop: threading.Event) -> TextGenerator:
         model = loaded.model
-        max_new, warnings = _token_budget(model, prompt, params, loaded.context_length, model_id, raw)
+        prepared = _prepare(model, prompt, raw)
+        max_new, warnings = _token_budget(prepared, params, loaded.context_length, model_id)
         options = _sampling(params, max_new)
         try:
-            if raw or isinstance(prompt, str) and not _has_template(model):
-                text = prompt if isinstance(prompt, str) else "\n".join(m["content"] for m in prompt)
-                chunks = model.create_completion(text, stream=True, **options)
+            if prepared.tokens is not None:  # exactly the tokens counted: the template applied here
+                chunks = model.create_completion(prepared.tokens, stream=True, stop=prepared.stop or None, **options)
             else:
-                messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
-                chunks = model.create_chat_completion(messages, stream=True, **options)
+                chunks = model.create_chat_completion(prepared.messages, stream=True, **options)
         except (ValueError, TypeError, RuntimeError) as error:
             raise GenerationError(f"{model_id!r} failed to generate: {error}", model_id=model_id) from error
         text_filter = StopTextFilter(params.stop)
@@ -334,25 +334,74 @@ def _has_template(model: Any) -> bool:
     return bool(model.metadata.get("tokenizer.chat_template")) or model.chat_format not in (None, "llama-2")
 
 
-def _token_budget(model: Any, prompt: Prompt, params: GenerationParams, context: int | None, model_id: str,
-                  raw: bool) -> tuple[int, tuple[str, ...]]:
+@dataclass(frozen=True)
+class _Prepared:
+    """A prompt as llama.cpp will evaluate it: its tokens (with the chat template applied), or its messages."""
+
+    tokens: list[int] | None  # exact; None: llama-cpp-python's own chat format renders the messages
+    messages: list[dict[str, str]]
+    stop: list[str]
+    count: int  # the tokens evaluated (exact with ``tokens``, within a few tokens without)
+    exact: bool
+
+
+_formatters: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+
+
+def _prepare(model: Any, prompt: Prompt, raw: bool) -> _Prepared:
+    """Apply the model's chat template (the file's), so the prompt is counted as it runs."""
+    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else [dict(m) for m in prompt]
+    if raw or (isinstance(prompt, str) and not _has_template(model)):
+        text = prompt if isinstance(prompt, str) else "\n".join(m["content"] for m in prompt)
+        tokens = model.tokenize(text.encode("utf-8"), add_bos=True, special=True)
+        return _Prepared(tokens, messages, [], len(tokens), True)
+    formatter = _formatter(model)
+    if formatter is None:  # no template in the file: the library's named format, counted with a margin
+        text = "\n".join(m["content"] for m in messages)
+        count = len(model.tokenize(text.encode("utf-8"), add_bos=True, special=True))
+        return _Prepared(None, messages, [], count + _TEMPLATE_TOKENS * (len(messages) + 1), False)
+    rendered = formatter(messages=messages)
+    tokens = model.tokenize(rendered.prompt.encode("utf-8"), add_bos=not rendered.added_special, special=True)
+    stop = rendered.stop if isinstance(rendered.stop, list) else [rendered.stop] if rendered.stop else []
+    return _Prepared(tokens, messages, stop, len(tokens), True)
+
+
+def _formatter(model: Any) -> Any:
+    """The file's chat template as llama-cpp-python renders it (its eos and bos tokens), made once per model."""
+    template = model.metadata.get("tokenizer.chat_template")
+    if not template:
+        return None
+    found = _formatters.get(model)
+    if found is None:
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        def text(token: int) -> str:
+            return model._model.token_get_text(token) if token != -1 else ""  # as llama-cpp-python does
+
+        found = Jinja2ChatFormatter(template=template, eos_token=text(model.token_eos()),
+                                    bos_token=text(model.token_bos()), stop_token_ids=[model.token_eos()])
+        _formatters[model] = found
+    return found
+
+
+def _token_budget(prepared: _Prepared, params: GenerationParams, context: int | None,
+                  model_id: str) -> tuple[int, tuple[str, ...]]:
     """The context rule (see README): refuse a prompt that fills the context, lower ``max_new_tokens`` to fit.
 
-    The chat template's own tokens are counted as a margin per message, so
-    the prompt's size is approximate (within a few tokens).
+    The prompt is counted after the model's chat template is applied (a
+    default system prompt included), as llama.cpp evaluates it.
     """
     max_new = params.max_new_tokens
     if not context:
         return max_new, ()
-    messages = [prompt] if isinstance(prompt, str) else [m["content"] for m in prompt]
-    margin = 0 if raw else _TEMPLATE_TOKENS * (len(messages) + 1)
-    tokens = len(model.tokenize("\n".join(messages).encode("utf-8"), add_bos=True, special=not raw)) + margin
+    tokens, about = prepared.count, "" if prepared.exact else "about "
     if tokens >= context:
-        raise InvalidGenerationParameters(f"the prompt has about {tokens} tokens but {model_id!r} accepts "
-                                          f"{context} (its n_ctx): shorten the prompt", model_id=model_id)
+        raise InvalidGenerationParameters(f"the prompt has {about}{tokens} tokens with its chat template, but "
+                                          f"{model_id!r} accepts {context} (its n_ctx): shorten the prompt",
+                                          model_id=model_id)
     if tokens + max_new > context:
         max_new = context - tokens
-        return max_new, ((f"max_new_tokens lowered from {params.max_new_tokens} to {max_new}: the prompt (about "
+        return max_new, ((f"max_new_tokens lowered from {params.max_new_tokens} to {max_new}: the prompt ({about}"
                          f"{tokens} tokens) and the answer must fit the context of {context}"),)
     return max_new, ()
 

@@ -21,9 +21,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ..support.units import displayable
+
 __all__ = ["main"]
 
 _WIDGET = "application/vnd.jupyter.widget-view+json"
+
+
+def _say(*texts: object, file: Any = None) -> None:
+    """A line on the terminal, without escape sequences a model's name or answer might carry."""
+    print(*(displayable(str(text)) for text in texts), file=file or sys.stdout)
 
 
 def _manager() -> Any:
@@ -45,9 +52,9 @@ def _list(args: argparse.Namespace) -> int:
         if row.error:
             problems.append(f"{row.id}: {row.error}")
     where = manager.config_path or "no configuration file: the built-in model only"
-    print(Table(["id", "aliases", "backend", "source", "device", "estimate"], rows, caption=f"Models ({where})"))
+    _say(Table(["id", "aliases", "backend", "source", "device", "estimate"], rows, caption=f"Models ({where})"))
     for problem in problems:
-        print(problem)
+        _say(problem)
     return 0
 
 
@@ -55,7 +62,7 @@ def _plan(args: argparse.Namespace) -> int:
     from .plan_tables import plan_tables
 
     report = _manager().plan(args.models or None)
-    print("\n\n".join(map(repr, plan_tables(report))))
+    _say("\n\n".join(map(repr, plan_tables(report))))
     return 0 if report.fits else 1
 
 
@@ -68,21 +75,21 @@ def _cache(args: argparse.Namespace) -> int:
     if args.clear:
         leftovers = copies.remove_stale_partials()
         removed = copies.clear()
-        print(f"Removed {len(removed)} converted copies ({format_bytes(sum(c.bytes for c in removed))}) "
+        _say(f"Removed {len(removed)} converted copies ({format_bytes(sum(c.bytes for c in removed))}) "
               f"and {len(leftovers)} leftovers of interrupted conversions "
               f"({format_bytes(sum(p.bytes for p in leftovers))}) from {copies.root}")
         return 0
     entries = copies.entries()
     rows = [[Path(c.source).name, c.dtype.replace("|", ", "), format_bytes(c.bytes), _ago(c.last_used),
              str(c.folder)] for c in entries]
-    print(Table(["GGUF file", "dtype, mode", "size", "last used", "folder"], rows,
+    _say(Table(["GGUF file", "dtype, mode", "size", "last used", "folder"], rows,
                 caption=f"Converted copies of GGUF files ({format_bytes(sum(c.bytes for c in entries))} in "
                         f"{copies.root}; clear with: jupyter-llm-manager cache --clear)"))
     leftovers = copies.stale_partials()
     if leftovers:
         rows = [[str(p.pid), format_bytes(p.bytes), _ago(p.modified), str(p.path)] for p in leftovers]
-        print()
-        print(Table(["process (gone)", "size", "last written", "path"], rows,
+        _say()
+        _say(Table(["process (gone)", "size", "last written", "path"], rows,
                     caption=f"Left by interrupted conversions ({format_bytes(sum(p.bytes for p in leftovers))}; "
                             "removed by: jupyter-llm-manager cache --clear, and by the next conversion)"))
     return 0
@@ -98,19 +105,19 @@ def _ago(when: float) -> str:
 
 def _estimate(args: argparse.Namespace) -> int:
     estimate = _manager().estimate(args.model)
-    print(f"{args.model}: {estimate.total_str}")
-    print(f"  weights   {estimate.weights_str:>10}  {estimate.weights_method}")
-    print(f"  KV cache  {estimate.kv_cache_str:>10}  {estimate.kv_cache_method}")
-    print(f"  overhead  {estimate.overhead_str:>10}  {estimate.overhead_method}")
+    _say(f"{args.model}: {estimate.total_str}")
+    _say(f"  weights   {estimate.weights_str:>10}  {estimate.weights_method}")
+    _say(f"  KV cache  {estimate.kv_cache_str:>10}  {estimate.kv_cache_method}")
+    _say(f"  overhead  {estimate.overhead_str:>10}  {estimate.overhead_method}")
     if estimate.parameters:
-        print(f"  {estimate.parameters_str}")
+        _say(f"  {estimate.parameters_str}")
     return 0
 
 
 def _doctor(args: argparse.Namespace) -> int:
     from .doctor import diagnose
 
-    print(diagnose())
+    _say(diagnose())
     return 0
 
 
@@ -130,7 +137,7 @@ def _quickstart(args: argparse.Namespace) -> int:
 
     path = Path(args.notebook) if args.notebook else _notebook_path("quickstart.ipynb")
     notebook = nbformat.read(path, as_version=4)
-    print(f"Running {path} headless ({len(notebook.cells)} cells)...\n")
+    _say(f"Running {path} headless ({len(notebook.cells)} cells)...\n")
     kernel, sockets = _kernel_manager()
     client = NotebookClient(notebook, timeout=args.timeout, kernel_name="python3", km=kernel,
                             resources={"metadata": {"path": str(path.parent)}})
@@ -149,9 +156,9 @@ def _quickstart(args: argparse.Namespace) -> int:
             shutil.rmtree(sockets, ignore_errors=True)
     for cell in notebook.cells:
         _print_cell(cell)
-    print(f"Open it in JupyterLab: .venv/bin/pip install jupyterlab && .venv/bin/jupyter lab {path}")
+    _say(f"Open it in JupyterLab: .venv/bin/pip install jupyterlab && .venv/bin/jupyter lab {path}")
     if failed:
-        print(f"\nThe notebook stopped with an error: {failure}", file=sys.stderr)
+        _say(f"\nThe notebook stopped with an error: {failure}", file=sys.stderr)
         return 1
     return 0
 
@@ -176,16 +183,16 @@ def _print_cell(cell: Any) -> None:
     if cell.cell_type == "markdown":
         title = next((line for line in cell.source.splitlines() if line.startswith("#")), "")
         if title:
-            print(f"\n{title}\n")
+            _say(f"\n{title}\n")
         return
     if cell.cell_type != "code":
         return
-    print("In  │ " + cell.source.replace("\n", "\n    │ "))
+    _say("In  │ " + cell.source.replace("\n", "\n    │ "))
     for output in cell.get("outputs", []):
         text = _output_text(output)
         if text.strip():
-            print("Out │ " + text.rstrip().replace("\n", "\n    │ "))
-    print()
+            _say("Out │ " + text.rstrip().replace("\n", "\n    │ "))
+    _say()
 
 
 def _output_text(output: Any) -> str:
@@ -205,33 +212,33 @@ def _demo(args: argparse.Namespace) -> int:
     from ..models.demo import register_demo_models
 
     manager = LLMManager(max_loaded_models=1, keep_alive="10m", config_path=False, preload=False)
-    manager.subscribe(lambda event: print(f"    event: {event}"))
+    manager.subscribe(lambda event: _say(f"    event: {event}"))
     manager.register(BUILTIN_ID, **builtin_spec().to_mapping(), builtin=True)
     manager.alias("chat", BUILTIN_ID)
     question = "What is the capital of Japan?"
-    print(f"\n>>> manager.generate('chat', {question!r}, do_sample=False)   (chat is an alias of smollm2)")
+    _say(f"\n>>> manager.generate('chat', {question!r}, do_sample=False)   (chat is an alias of smollm2)")
     result = manager.generate("chat", question, do_sample=False, max_new_tokens=40)
-    print(f"{result.text!r}\n{result.summary_str}")
-    print("\n>>> for piece in manager.stream('smollm2', 'Name three primary colors.'): ...   (the same instance)")
-    print(repr("".join(manager.stream(BUILTIN_ID, "Name three primary colors.", do_sample=False,
+    _say(f"{result.text!r}\n{result.summary_str}")
+    _say("\n>>> for piece in manager.stream('smollm2', 'Name three primary colors.'): ...   (the same instance)")
+    _say(repr("".join(manager.stream(BUILTIN_ID, "Name three primary colors.", do_sample=False,
                                       max_new_tokens=40))))
-    print("\nRegistering two random-weight demo models (built once into the cache, offline) to show eviction;")
-    print("their answers are noise, so only what the manager does is shown.")
+    _say("\nRegistering two random-weight demo models (built once into the cache, offline) to show eviction;")
+    _say("their answers are noise, so only what the manager does is shown.")
     register_demo_models(manager)
-    print("\n>>> manager.load('demo-small')   (max_loaded_models=1 evicts smollm2)")
+    _say("\n>>> manager.load('demo-small')   (max_loaded_models=1 evicts smollm2)")
     manager.load("demo-small")
-    print("\n>>> manager.status()")
+    _say("\n>>> manager.status()")
     for row in manager.status():
-        print(f"  {row.id:<11} {row.state_str:<20} {row.device:<6} estimate {row.estimated_str:>9}  "
+        _say(f"  {row.id:<11} {row.state_str:<20} {row.device:<6} estimate {row.estimated_str:>9}  "
               f"actual {row.actual_str or '-':>9}  aliases {', '.join(row.aliases) or '-'}")
-    print("\n>>> manager.estimate('smollm2')")
-    print(f"  {manager.estimate(BUILTIN_ID)}")
-    print("\n>>> manager.devices()")
+    _say("\n>>> manager.estimate('smollm2')")
+    _say(f"  {manager.estimate(BUILTIN_ID)}")
+    _say("\n>>> manager.devices()")
     for device in manager.devices():
-        print(f"  {device.device:<7} {device.name:<20} total {device.total_str:>9}  free {device.free_str:>9}  "
+        _say(f"  {device.device:<7} {device.name:<20} total {device.total_str:>9}  free {device.free_str:>9}  "
               f"budget {device.budget_str:>9}  held by models {device.held_str:>9}")
-    print("\n>>> manager.unload('demo-small')")
-    print(f"  {manager.unload('demo-small')}")
+    _say("\n>>> manager.unload('demo-small')")
+    _say(f"  {manager.unload('demo-small')}")
     manager.close()
     return 0
 
@@ -269,7 +276,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from ..errors import LLMManagerError
 
         if isinstance(error, LLMManagerError):
-            print(f"error: {error}", file=sys.stderr)
+            _say(f"error: {error}", file=sys.stderr)
             return 2
         raise
 

@@ -10,6 +10,8 @@ import html
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from ..support.units import displayable
+
 __all__ = ["Table"]
 
 _NOWRAP = "white-space: nowrap"  # the first column names the row: it never breaks
@@ -53,4 +55,4 @@ class Table:
         if not self.rows:
             lines.append("(none)")
         lines.extend(self.notes)
-        return "\n".join(lines)
+        return displayable("\n".join(lines))

@@ -143,7 +143,8 @@ class StatusView(BooksReader):
             actual_bytes=instance.footprint_bytes if instance is not None and state == "loaded" else None,
             last_used=None if last_used is None else wall - (now - last_used),
             expires_at=None if expires is None else wall + (expires - now),
-            error=books.failures.get(spec.id) or _last_call_error(instance) or facts.problem or facts.estimate_error,
+            error=_bounded(books.failures.get(spec.id) or _last_call_error(instance) or facts.problem
+                           or facts.estimate_error),
             remote=backend.remote,
             trust_remote_code=spec.trust_remote_code,
             keep_alive=books.keep_alive_of(instance) if instance is not None else spec.keep_alive,
@@ -176,3 +177,7 @@ def _last_call_error(instance: Instance | None) -> str | None:
 def _reachable(instance: Instance | None) -> bool | None:
     reachable = _details(instance).get("reachable")
     return reachable if isinstance(reachable, bool) else None
+
+
+def _bounded(text: str | None) -> str | None:
+    return excerpt(text) if text else None

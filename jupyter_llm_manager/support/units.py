@@ -10,7 +10,7 @@ import math
 import re
 import reprlib
 
-__all__ = ["MESSAGE_LIMIT", "NEVER", "brief", "excerpt", "format_bytes", "format_duration", "parse_duration",
+__all__ = ["MESSAGE_LIMIT", "NEVER", "brief", "displayable", "excerpt", "format_bytes", "format_duration", "parse_duration",
            "parse_size"]
 
 #: A keep-alive that never expires.
@@ -60,6 +60,17 @@ def excerpt(text: str, limit: int = MESSAGE_LIMIT) -> str:
         return text
     tail = min(limit // 4, 120)
     return text[:limit - tail - 3] + " … " + text[-tail:]
+
+
+#: Terminal escape sequences (CSI, OSC up to BEL or ST, two-character escapes) and other control characters.
+_ESCAPES = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b[@-_]?|\x9b[0-?]*[ -/]*[@-~]"
+                      r"|[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def displayable(text: str) -> str:
+    """``text`` for a terminal or a plain-text output: no escape sequence (colours, titles, links), no control
+    characters but newlines and tabs. Only where text is shown; answers keep every character."""
+    return _ESCAPES.sub("", text)
 
 
 def parse_duration(value: str | float | None) -> float | None:

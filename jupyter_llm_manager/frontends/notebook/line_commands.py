@@ -19,7 +19,7 @@ from ...config.secrets import has_credentials, shown_url
 from ...config.tasks import option_id
 from ...manager.facade import LLMManager
 from ...support.referrers import HOLDER_HINT
-from ...support.units import format_bytes
+from ...support.units import displayable, format_bytes
 from .. import actions
 from ..plan_tables import plan_tables, task_table
 from ..tables import Table
@@ -56,7 +56,7 @@ def _no_credentials(url: str) -> str:
 
 def say(text: str) -> None:
     """A plain message in the cell's output (a display, so it lands in the right cell)."""
-    display({"text/plain": str(text)}, raw=True)
+    display({"text/plain": displayable(str(text))}, raw=True)
 
 
 def say_notices(manager: LLMManager) -> None:

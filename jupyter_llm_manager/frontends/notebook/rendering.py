@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 from ...generation import GenerationResult
+from ...support.units import displayable
 
 __all__ = ["FORMATS", "AnswerView", "Format", "RichAnswerView", "TextAnswerView", "extract_code"]
 
@@ -217,5 +218,5 @@ class TextAnswerView(AnswerView):
                 self._write(f"── {model_id} ──\n")
 
     def _write(self, text: str) -> None:
-        self._out.write(text)
+        self._out.write(displayable(text))
         self._out.flush()
