@@ -44,6 +44,7 @@ class ManagerMachine(RuleBasedStateMachine):
         self.manager.close()
 
     def join_background(self):
+        self.clock.advance(3)  # past their 2 s waits, on the manager's clock: those still waiting give up
         for thread in self.background:
             thread.join(30)
             assert not thread.is_alive(), "a waiting request never returned"

@@ -212,7 +212,7 @@ class Admission:
             with books.lock:
                 if books.queue.planner is waiter:
                     books.queue.planner = None
-                    books.touch()
+                    books.wake_planner()  # nothing changed: no new version, or this waiter would plan again at once
 
     def _facts(self, canonical: str, spec: ModelSpec) -> Facts:
         """What the decision needs; an estimate that fails is this model's failure (its row and an event)."""

@@ -58,6 +58,12 @@ class Books:
             if waiter.wake is not None:
                 waiter.wake.notify()
 
+    def wake_planner(self) -> None:
+        """Let the request that may plan next do so (the planner's turn was given up). Caller holds the lock."""
+        waiter = self.queue.next_planner()
+        if waiter is not None and waiter.wake is not None:
+            waiter.wake.notify()
+
     def new_wake(self) -> threading.Condition:
         """A condition on the books' lock that one waiter waits on alone."""
         return threading.Condition(self.lock)
