@@ -77,11 +77,15 @@ class FakeClock:
                 condition.notify_all()
 
     def wait(self, condition: threading.Condition, timeout: float | None) -> None:
-        """Wait (the condition's lock held) until notified; the caller looks at the clock again after."""
+        """Wait (the condition's lock held) until notified, or a moment; the caller looks at the clock again after.
+
+        The moment lets a simulated Ctrl-C (``_thread.interrupt_main``), which wakes no blocked lock,
+        reach a waiting main thread, as a real SIGINT would.
+        """
         if timeout is not None:
             with self._lock:
                 self._waiting.add(condition)
-        condition.wait()
+        condition.wait(0.05)
 
 
 class FakeModel:

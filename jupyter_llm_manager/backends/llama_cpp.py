@@ -375,8 +375,8 @@ def _formatter(model: Any) -> Any:
     if found is None:
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
-        def text(token: int) -> str:
-            return model._model.token_get_text(token) if token != -1 else ""  # as llama-cpp-python does
+        def text(token: int) -> str:  # the token's own text, special tokens included, as llama-cpp-python uses
+            return model.detokenize([token], special=True).decode("utf-8", "replace") if token != -1 else ""
 
         found = Jinja2ChatFormatter(template=template, eos_token=text(model.token_eos()),
                                     bos_token=text(model.token_bos()), stop_token_ids=[model.token_eos()])
