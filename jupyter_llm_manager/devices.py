@@ -28,9 +28,11 @@ __all__ = [
     "DeviceMemory",
     "DeviceProbe",
     "DeviceReport",
+    "GpuProcess",
     "device_budget",
     "device_kind",
     "device_limit",
+    "gpu_processes",
     "probe_devices",
     "release_device_memory",
     "trim_c_heap",
@@ -186,6 +188,46 @@ def nvml_error() -> str | None:
     """Why NVML is unavailable, after a probe (for ``doctor``)."""
     nvml_module()
     return _nvml_state.get("error")  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class GpuProcess:
+    """A process holding memory on a GPU, as the driver reports it (NVML)."""
+
+    pid: int
+    name: str
+    device: str
+    bytes: int
+
+    bytes_str = bytes_text("bytes")
+
+
+def gpu_processes() -> list[GpuProcess]:
+    """Every process with memory on a visible GPU, from NVML's per-process figures (none without NVML)."""
+    pynvml = nvml_module()
+    if pynvml is None:
+        return []
+    found = []
+    try:
+        handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(pynvml.nvmlDeviceGetCount())]
+        uuids = [_text(pynvml.nvmlDeviceGetUUID(h)) for h in handles]
+        for cuda_index, nvml_index in enumerate(_visible_nvml_indices(uuids)):
+            for process in pynvml.nvmlDeviceGetComputeRunningProcesses(handles[nvml_index]):
+                used = getattr(process, "usedGpuMemory", None)
+                found.append(GpuProcess(int(process.pid), _process_name(int(process.pid)), f"cuda:{cuda_index}",
+                                        int(used) if isinstance(used, int) else 0))
+    except pynvml.NVMLError as error:
+        log.debug("NVML did not list GPU processes: %s", error)
+    return found
+
+
+def _process_name(pid: int) -> str:
+    try:
+        import psutil
+
+        return " ".join(psutil.Process(pid).cmdline()[:3])[:120] or psutil.Process(pid).name()
+    except Exception:  # noqa: BLE001 - a process that ended or is another user's: its pid is enough
+        return f"pid {pid}"
 
 
 def _nvml_gpus() -> list[DeviceMemory] | None:

@@ -32,7 +32,7 @@ EventKind = Literal[
     "registered", "unregistered", "waiting", "loading", "load_progress", "loaded", "load_failed", "evicted", "unloaded",
     "generation_started", "generation_finished", "pinned", "unpinned", "settings_changed", "warning",
 ]
-EvictionReason = Literal["lru", "budget", "keep_alive", "manual"]
+EvictionReason = Literal["lru", "budget", "other_kernel", "keep_alive", "manual"]
 
 
 @dataclass(frozen=True)

@@ -44,8 +44,9 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(autouse=True)
 def isolated_config(tmp_path, monkeypatch):
-    """No test reads or writes the user's ~/.jupyter configuration."""
+    """No test reads or writes the user's ~/.jupyter configuration, nor the user's ledger of managers."""
     monkeypatch.setenv("JUPYTER_CONFIG_DIR", str(tmp_path / "jupyter-config"))
+    monkeypatch.setenv("JUPYTER_LLM_MANAGER_LEDGER", str(tmp_path / "ledger.sqlite"))  # never the user's ledger
     monkeypatch.delenv("JUPYTER_LLM_MANAGER_CONFIG", raising=False)
     yield
 

@@ -64,3 +64,30 @@ def test_devices_report_the_gpu_from_nvml_or_torch():
     manager = LLMManager(config_path=False, preload=False)
     gpus = [d for d in manager.devices() if d.device.startswith("cuda")]
     assert gpus and gpus[0].total_bytes > 0 and gpus[0].source in ("nvml", "torch")
+
+
+def test_two_kernels_share_one_gpu_and_the_holders_memory_returns_to_its_baseline(gpu_model, tmp_path):
+    from kernels import Kernel
+
+    sizer = LLMManager(config_path=False, preload=False, cooperate=False)
+    sizer.register("m", source=str(gpu_model), device="cuda:0", dtype="float16")
+    budget = int(sizer.estimate("m").total_bytes * 1.5)  # one model fits, two do not
+    sizer.close()
+    settings = {"memory_budget": {"cuda:0": budget}, "wait_timeout": 60}
+    models = {"m": {"source": str(gpu_model), "device": "cuda:0", "dtype": "float16"}}
+    ledger = tmp_path / "ledger.sqlite"
+    a, b = Kernel("holder.ipynb", tmp_path, ledger), Kernel("requester.ipynb", tmp_path, ledger)
+    try:
+        for kernel in (a, b):
+            assert kernel.ask("start", settings=settings, models=models)["ok"], kernel.stderr_tail()
+        baseline = a.ask("cuda")["allocated"]
+        assert a.ask("load", id="m")["ok"] and a.ask("cuda")["allocated"] > baseline
+        loaded = b.ask("load", id="m", wait=60)
+        assert loaded["ok"], loaded
+        evicted = [e for e in a.ask("events")["events"] if e["kind"] == "evicted"]
+        assert [e["reason"] for e in evicted] == ["other_kernel"] and "requester.ipynb" in evicted[0]["message"]
+        assert a.ask("cuda")["allocated"] == baseline
+        assert b.ask("states")["states"]["m"] == "loaded" and a.ask("states")["states"]["m"] == "registered"
+    finally:
+        a.close()
+        b.close()

@@ -79,6 +79,22 @@ def check_max_memory_per_model(value: Any) -> int | None:
     return parse_size(value)
 
 
+def check_cooperate(value: Any) -> bool:
+    """Whether this manager shares the machine's memory with the other managers of this user (a ledger)."""
+    if not isinstance(value, bool):
+        raise ValueError(f"cooperate must be true or false, got {brief(value)}")
+    return value
+
+
+def check_ledger_path(value: Any) -> str | None:
+    """Where the ledger of the machine's managers is (``None``: $JUPYTER_LLM_MANAGER_LEDGER, else the runtime dir)."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip() or "\x00" in value:
+        raise ValueError(f"ledger_path must be a file path, got {brief(value)}")
+    return value.strip()
+
+
 _CHECKS: dict[str, Callable[[Any], Any]] = {
     "max_loaded_models": check_max_loaded_models,
     "memory_fraction": check_memory_fraction,
@@ -88,6 +104,8 @@ _CHECKS: dict[str, Callable[[Any], Any]] = {
     "wait_timeout": check_wait_timeout,
     "max_queue": check_max_queue,
     "max_memory_per_model": check_max_memory_per_model,
+    "cooperate": check_cooperate,
+    "ledger_path": check_ledger_path,
 }
 
 
@@ -103,6 +121,8 @@ class ManagerSettings:
     wait_timeout: float = 120.0
     max_queue: int = 256
     max_memory_per_model: int | None = None
+    cooperate: bool = True
+    ledger_path: str | None = None
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any]) -> ManagerSettings:

@@ -66,6 +66,14 @@ def _plan(args: argparse.Namespace) -> int:
     return 0 if report.fits else 1
 
 
+def _ps(args: argparse.Namespace) -> int:
+    """Every kernel's models on this machine, from the ledger (this command takes no part in it)."""
+    from .machine_tables import machine_tables
+
+    _say("\n\n".join(map(repr, machine_tables(_manager().machine(), include_this=False))))
+    return 0
+
+
 def _cache(args: argparse.Namespace) -> int:
     from ..backends.transformers.converted import ConvertedCopies
     from ..support.units import format_bytes
@@ -248,6 +256,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                      description="Check a jupyter_llm_manager setup outside a notebook.")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("list", help="the models the kernel's manager knows").set_defaults(run=_list)
+    commands.add_parser("ps", help="every notebook's loaded models on this machine, by device (like nvidia-smi, "
+                                   "by model and notebook)").set_defaults(run=_ps)
     estimate = commands.add_parser("estimate", help="memory a model would take, from metadata only")
     estimate.add_argument("model", metavar="MODEL")
     estimate.set_defaults(run=_estimate)

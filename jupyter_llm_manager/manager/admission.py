@@ -25,6 +25,8 @@ from ..errors import LLMManagerError, ModelLoadingError, ResourceNotAvailableErr
 from ..estimates import EstimateCache, remote_estimate
 from ..events import EventBus
 from ..support.deadlines import Deadline
+from .cooperation import Cooperation, Others
+from .cooperation.membership import ANSWER_S, POLL_S
 from .evictions import Evictions, Victims
 from .instances import Instance
 from .loading import Loading
@@ -68,11 +70,22 @@ class _Wait:
     version: int
 
 
+@dataclass(frozen=True)
+class _AskOthers:
+    """The decision evicts other kernels' models: ask them, then look again."""
+
+    evictions: tuple[policy.Eviction, ...]
+    others: Others
+    priority: int
+
+
 class Admission:
     """Grants leases, loading and waiting for room as needed (see the module docstring)."""
 
     def __init__(self, books: Books, bus: EventBus, probe: DeviceProbe, backends: Callable[[str], Backend],
-                 estimates: EstimateCache, leases: Leases, evictions: Evictions, loading: Loading) -> None:
+                 estimates: EstimateCache, leases: Leases, evictions: Evictions, loading: Loading,
+                 cooperation: Cooperation) -> None:
+        self._cooperation = cooperation
         self._books = books
         self._bus = bus
         self._probe = probe
@@ -104,8 +117,14 @@ class Admission:
                 if outcome is _Again.LOOK:
                     continue
                 if isinstance(outcome, _Admitted):
+                    if not outcome.instance.remote:  # the other kernels see the reservation before its turn ends
+                        self._cooperation.announce()
+                    self._cooperation.dequeue(waiter.ledger)
                     waiter = None  # served: the queue no longer holds it
                     self._place(outcome)
+                    continue
+                if isinstance(outcome, _AskOthers):
+                    self._ask_others(waiter, outcome)
                     continue
                 told = self._wait(waiter, outcome, deadline, told)
         finally:
@@ -180,7 +199,7 @@ class Admission:
 
     # -- planning ------------------------------------------------------------------------------
 
-    def _plan(self, waiter: Waiter) -> _Admitted | _Wait | Literal[_Again.LOOK]:
+    def _plan(self, waiter: Waiter) -> _Admitted | _Wait | _AskOthers | Literal[_Again.LOOK]:
         """Gather the facts (no lock), then decide and, when admitted, reserve (under the lock).
 
         The decision is :func:`~.policy.decision.decide`, the very function
@@ -193,11 +212,23 @@ class Admission:
                 if spec is None or books.registry.keys[waiter.name] != waiter.key:
                     return _Again.LOOK  # unregistered or replaced meanwhile
             facts = self._facts(waiter.name, spec)
+            others = self._cooperation.others(waiter.unanswered) if not facts.backend.remote else Others()
             memories = self._probe()
             with books.lock:
                 if books.registry.keys.get(waiter.name) != waiter.key or waiter.key in books.instances:
                     return _Again.LOOK  # the model changed meanwhile
-                decision = decide(books.snapshot(memories), facts.ask(books, waiter.thread))
+                decision = decide(books.snapshot(memories, foreign=others.holdings), facts.ask(books, waiter.thread))
+                waiter.polls = bool(others.holdings or others.requests)
+                ahead = others.earlier(waiter.ledger)
+                waiter.ahead_elsewhere = len(ahead)
+                if ahead and not (decision.plan.admitted and not decision.plan.evictions):
+                    waiter.waiting_for = "queued behind " + ", ".join(
+                        f"{r.model_id} in {others.names.get(r.member, r.member)}" for r in ahead[:3]) + (
+                        " in the machine-wide queue" if len(ahead) <= 3 else f" and {len(ahead) - 3} more")
+                    return _Wait(None, books.version)  # first come, first served across kernels
+                foreign = tuple(e for e in decision.plan.evictions if e.key not in books.instances)
+                if decision.plan.admitted and foreign:
+                    return _AskOthers(foreign, others, books.registry.priority(waiter.key))
                 if decision.plan.admitted:
                     estimate = decision.estimate or facts.estimate
                     instance = Instance(waiter.key, spec, facts.backend, estimate, decision.placement,
@@ -213,6 +244,14 @@ class Admission:
                 if books.queue.planner is waiter:
                     books.queue.planner = None
                     books.wake_planner()  # nothing changed: no new version, or this waiter would plan again at once
+
+    def _ask_others(self, waiter: Waiter, asking: _AskOthers) -> None:
+        """Ask the kernels holding the victims to evict them; one that does not answer is named later."""
+        silent = self._cooperation.ask_to_evict(asking.evictions, asking.others, asking.priority)
+        if silent:
+            names = tuple(f"{asking.others.names.get(m, m)} (pid {m.partition('-')[0]})" for m in sorted(silent))
+            waiter.unanswered |= frozenset(silent)
+            waiter.unanswered_names = tuple(dict.fromkeys(waiter.unanswered_names + names))
 
     def _facts(self, canonical: str, spec: ModelSpec) -> Facts:
         """What the decision needs; an estimate that fails is this model's failure (its row and an event)."""
@@ -263,22 +302,29 @@ class Admission:
             if waiter.blocked_since is None:
                 waiter.blocked_since = books.clock()
             version = outcome.version
-            position = books.queue.position(waiter.key) or 1
+            position = (books.queue.position(waiter.key) or 1) + waiter.ahead_elsewhere
             ahead = ", ".join(map(repr, books.queue.names_ahead(waiter.key)))
             reason = (waiter.waiting_for or books.queue.waiting_for(waiter.key)
                       or (f"queued behind {ahead}" if ahead else "being placed"))
         if deadline.expired:
             raise self._gave_up(waiter, deadline, reason)
+        if waiter.polls and waiter.ledger is None:  # waits on other kernels: its place in the machine's queue
+            waiter.ledger = self._cooperation.enqueue(waiter.name, (), books.registry.priority(waiter.key))
         message = f"{reason} (queue position {position})"
         if message != told:
             self._bus.emit("waiting", waiter.name, message=reason, position=position, arrival=waiter.order)
         books = self._books
-        with books.lock:
-            books.wait_for_change(version, deadline, waiter.wake)
+        with books.lock:  # what other kernels do wakes nobody here: look again every moment
+            remaining = deadline.remaining()
+            poll = books.deadline(min(POLL_S, remaining if remaining is not None else POLL_S)) if waiter.polls else None
+            books.wait_for_change(version, poll or deadline, waiter.wake)
         return message
 
     def _gave_up(self, waiter: Waiter, deadline: Deadline, reason: str) -> ResourceNotAvailableError:
         waited = "without waiting" if deadline.seconds == 0 else f"after waiting {deadline.seconds:g} s"
+        if waiter.unanswered_names:
+            reason += (f"; {', '.join(waiter.unanswered_names)} did not answer within {ANSWER_S:g} s when asked to "
+                       "make room")
         return ResourceNotAvailableError(
             f"Cannot load {waiter.name!r} {waited}: {reason}.", model_id=waiter.name,
             hint="Pass wait= a longer time (math.inf: no limit) or raise wait_timeout, or unload a model.")
@@ -286,6 +332,9 @@ class Admission:
     def _leave(self, waiter: Waiter | None) -> None:
         """The calling thread stops asking: out of the queue, and no longer promised a lease."""
         me = threading.get_ident()
+        if waiter is not None:
+            self._cooperation.dequeue(waiter.ledger)
+            waiter.ledger = None
         books = self._books
         with books.lock:
             if waiter is not None and (waiter in books.queue or books.queue.planner is waiter):

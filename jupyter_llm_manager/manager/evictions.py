@@ -9,7 +9,7 @@ nobody can lease them), then free them with no lock held
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from ..devices import DeviceProbe
 from ..errors import ModelInUseError
@@ -48,14 +48,47 @@ class Evictions:
             self._books.touch()
         return victims
 
-    def release(self, victims: Victims) -> list[UnloadReport]:
+    def release(self, victims: Victims, note: str = "") -> list[UnloadReport]:
         """Free marked victims one by one (no lock held); a Ctrl-C meanwhile is raised once all are freed.
 
         Their events reach subscribers once every victim is freed: a slow
         subscriber never keeps a taken-out victim's memory.
         """
         with self._bus.held(), interrupts_deferred():
-            return [self._freeing.release(instance, reason) for instance, reason in victims]
+            return [self._freeing.release(instance, reason, note) for instance, reason in victims]
+
+    # -- for other kernels (cooperation) -------------------------------------------------------
+
+    def for_other_kernel(self, keys: Sequence[str], priority: int, requester: str) -> list[str]:
+        """Evict those of ``keys`` that are loaded, idle and unpinned now (protected ones only for an equal or
+        higher priority): another kernel on this machine needs the room. Returns the keys freed."""
+        books = self._books
+        with books.lock:
+            chosen = []
+            for key in keys:
+                instance = books.instances.get(key)
+                registry = books.registry
+                if (instance is None or instance.state != "loaded" or instance.leases or instance.joiners
+                        or registry.is_pinned(key)
+                        or (registry.is_protected(key) and registry.priority(key) > priority)):
+                    continue
+                chosen.append(policy.Eviction(key, books.name_of(instance), "other_kernel", instance.total_bytes))
+            victims = self.take_out(chosen)
+        self.release(victims, f"for {requester}")
+        return [instance.key for instance, _ in victims]
+
+    def unload_by_name(self, model_id: str, requester: str) -> str:
+        """Unload ``model_id`` if it is idle (a click in another kernel's JupyterLab panel); what happened."""
+        books = self._books
+        with books.lock:
+            canonical = books.registry.resolve_quiet(model_id)
+            key = books.registry.keys.get(canonical or "")
+        if key is None:
+            return f"{model_id!r} is not registered here"
+        report = self.unload(key, books.deadline(0), quiet=True)
+        if report is None:
+            return f"{model_id!r} is not loaded, or in use: it stays"
+        return f"unloaded {model_id!r} for {requester}: {report.freed_str} freed"
 
     # -- planned evictions ---------------------------------------------------------------------
 

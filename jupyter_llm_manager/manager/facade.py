@@ -31,6 +31,7 @@ from ..models.builtin import BUILTIN_ID, builtin_spec
 from ..reports import GarbageReport, StatusRow, UnloadReport
 from ..support.deadlines import parse_wait
 from .admission import Admission
+from .cooperation import Cooperation, MachineReport
 from .evictions import Evictions
 from .freeing import Freeing
 from .generations import Generations, TextStream, checked_texts, text_model
@@ -94,6 +95,8 @@ class LLMManager:
     wait_timeout = _Setting[float]("Seconds a request waits for room (math.inf: no limit).")
     max_queue = _Setting[int]("How many requests may wait for room at once.")
     max_memory_per_model = _Setting[int | None]("The most memory one model may take; None for no cap.")
+    cooperate = _Setting[bool]("Share this machine's memory with the other managers of this user (a ledger).")
+    ledger_path = _Setting[str | None]("The ledger file (None: $JUPYTER_LLM_MANAGER_LEDGER, else the runtime dir).")
 
     def __init__(self, max_loaded_models: int | None | _Given = FROM_CONFIG,
                  memory_fraction: float | _Given = FROM_CONFIG, keep_alive: str | float | None | _Given = FROM_CONFIG,
@@ -101,7 +104,8 @@ class LLMManager:
                  memory_budget: str | int | Mapping[str, str | int] | None | _Given = FROM_CONFIG,
                  wait_timeout: str | float | None | _Given = FROM_CONFIG, max_queue: int | _Given = FROM_CONFIG,
                  max_memory_per_model: str | int | None | _Given = FROM_CONFIG,
-                 default_model: str | None | _Given = FROM_CONFIG,
+                 default_model: str | None | _Given = FROM_CONFIG, cooperate: bool | _Given = FROM_CONFIG,
+                 ledger_path: str | os.PathLike[str] | None | _Given = FROM_CONFIG,
                  clock: Callable[[], float] = time.monotonic, device_probe: DeviceProbe = probe_devices,
                  backend_factory: Callable[[str], Backend] = get_backend, preload: bool = True) -> None:
         path = None if config_path is False else find_config_path(None if config_path is True else config_path)
@@ -110,7 +114,9 @@ class LLMManager:
             ("max_loaded_models", max_loaded_models), ("memory_fraction", memory_fraction),
             ("keep_alive", keep_alive), ("memory_budget", memory_budget), ("wait_timeout", wait_timeout),
             ("max_queue", max_queue), ("max_memory_per_model", max_memory_per_model),
-            ("default_model", default_model)) if value is not FROM_CONFIG}
+            ("default_model", default_model), ("cooperate", cooperate),
+            ("ledger_path", os.fspath(ledger_path) if isinstance(ledger_path, os.PathLike) else ledger_path))
+            if value is not FROM_CONFIG}
         self._books = books = Books(_checked(lambda: config.settings.with_values(given)), clock)
         self._bus = bus = EventBus()
         self._backends = backends = BackendCache(backend_factory)
@@ -120,14 +126,16 @@ class LLMManager:
         self._upkeep = upkeep = Upkeep(books, bus, evictions)
         leases = Leases(books, upkeep.after_idle)
         loading = Loading(books, bus, device_probe, leases, evictions, freeing, upkeep.after_load)
-        self._admission = Admission(books, bus, device_probe, backends, estimates, leases, evictions, loading)
+        self._cooperation = Cooperation(books, bus, evictions.for_other_kernel, evictions.unload_by_name)
+        self._admission = Admission(books, bus, device_probe, backends, estimates, leases, evictions, loading,
+                                    self._cooperation)
         self._catalog = Catalog(books, bus, backends, evictions)
         self._status = StatusView(books, device_probe, estimates, backends)
         self._generations = Generations(bus, self._admission.acquire, books.deadline)
         self._freeing, self._estimates = freeing, estimates
         self._persistence = Persistence(books, path)
         self._catalog.adopt(config)
-        self._planner = Planner(books, device_probe, estimates, backends)
+        self._planner = Planner(books, device_probe, estimates, backends, self._cooperation)
         self.warmup = WarmUp(lambda model_id: self.load(model_id), bus)
         if preload:
             self.warmup.start(*self._catalog.preload_ids())
@@ -298,6 +306,11 @@ class LLMManager:
         """The status row of one id (aliases resolve to their model's row)."""
         return self._status.row(model_id)
 
+    def machine(self) -> MachineReport:
+        """Every manager of this user on this machine (kernels, scripts), the models each holds, and other GPU users."""
+        return self._cooperation.machine(self._status.machine_models(self._cooperation.pid,
+                                                                     self._cooperation.notebook))
+
     def devices(self) -> list[DeviceReport]:
         """Per device: total, free, this manager's budget, and the bytes its models hold."""
         return self._status.devices()
@@ -334,6 +347,8 @@ class LLMManager:
             if name not in SETTING_NAMES:
                 raise ConfigurationError(f"unknown setting {name!r}; settings: {', '.join(SETTING_NAMES)}")
         self._upkeep.configure({name: _checked(partial(check_setting, name, value)) for name, value in settings.items()})
+        if {"cooperate", "ledger_path"} & set(settings):
+            self._cooperation.stop()  # it joins the (new) ledger again at its next placement, if it cooperates
 
     def save(self, path: str | os.PathLike[str] | None = None) -> Path:
         """Persist every setting, model (with its pinned flag) and alias (atomic write, merged under a lock)."""
@@ -353,6 +368,7 @@ class LLMManager:
         self.warmup.stop()
         self._generations.stop_streams()
         self._evictions.unload_all(books.deadline(5.0), quiet=True)
+        self._cooperation.stop()
         with books.lock:
             busy = [books.name_of(i) for i in books.instances.values()]
         if busy:

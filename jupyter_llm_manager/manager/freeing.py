@@ -48,7 +48,7 @@ class Freeing:
         self._lingering: list[tuple[str, weakref.ref]] = []
         self._lingering_lock = threading.Lock()
 
-    def release(self, instance: Instance, reason: EvictionReason) -> UnloadReport:
+    def release(self, instance: Instance, reason: EvictionReason, note: str = "") -> UnloadReport:
         """Free an instance in state ``unloading``; emit ``unloaded`` (manual) or ``evicted``.
 
         The events reach subscribers after the free is complete and Ctrl-C is
@@ -84,7 +84,8 @@ class Freeing:
                 books.last_used[instance.key] = instance.last_used
                 books.touch()
             kind: EventKind = "unloaded" if reason == "manual" else "evicted"
-            self._bus.emit(kind, model_id, reason=reason, seconds=report.seconds, bytes=report.freed_bytes)
+            self._bus.emit(kind, model_id, reason=reason, seconds=report.seconds, bytes=report.freed_bytes,
+                           message=note)
             if not collected:
                 self._bus.emit("warning", model_id, message=f"{report} {HOLDER_HINT}")
         return report

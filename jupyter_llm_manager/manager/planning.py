@@ -13,15 +13,17 @@ Nothing is loaded or evicted.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from ..backends import Backend
 from ..backends.base import ContextGrowth
 from ..config.spec import ModelSpec
+from ..devices import DeviceProbe
 from ..errors import LLMManagerError
 from ..estimates import EstimateCache, MemoryEstimate
 from ..support.units import bytes_text, format_bytes
+from .cooperation import Cooperation
 from .policy.decision import Ask, Decision, Simulation, fit_hint, simulate
 from .policy.fit import Holding
 from .state import Books
@@ -113,7 +115,12 @@ _Unplanned = PlanModel
 
 
 class Planner(BooksReader):
-    """Plans with the manager's own books, estimates and policy."""
+    """Plans with the manager's own books, estimates and policy, counting other kernels' models when it cooperates."""
+
+    def __init__(self, books: Books, probe: DeviceProbe, estimates: EstimateCache, backends: Callable[[str], Backend],
+                 cooperation: Cooperation) -> None:
+        super().__init__(books, probe, estimates, backends)
+        self._cooperation = cooperation
 
     def wanted(self) -> list[str]:
         """What ``plan()`` checks by default: every task's selected option, else every ``preload`` model."""
@@ -134,9 +141,10 @@ class Planner(BooksReader):
             names = list(dict.fromkeys(books.registry.resolve(i) for i in model_ids))
             specs = [books.registry.specs[name] for name in names]
         found = [self._facts(spec) for spec in specs]
+        others = self._cooperation.others()
         memories = self._probe()
         with books.lock:
-            snapshot = books.snapshot(memories)
+            snapshot = books.snapshot(memories, foreign=others.holdings)
             asks = [item.ask(books, None) if isinstance(item, Facts) else item for item in found]
         simulation = simulate(snapshot, [a for a in asks if isinstance(a, Ask)])
         return _report(asks, simulation)

@@ -47,12 +47,15 @@ class Books:
         self.version = 0
         self.closed = False
         self.retiring: set[str] = set()  # instance keys to unload when idle (a task's previous option)
-        self.limits_pending = False  # a cap or budget could not be restored yet (leases, pins, loads)
+        self.limits_pending = False
+        self.on_change: Callable[[], None] | None = None  # cooperation: publish to the ledger soon (cheap, no I/O)  # a cap or budget could not be restored yet (leases, pins, loads)
 
     def touch(self, *, everyone: bool = False) -> None:
         """Something changed: bump the version and wake who it may concern. Caller holds the lock."""
         self.version += 1
         self.changed.notify_all()
+        if self.on_change is not None:
+            self.on_change()
         waiters = self.queue.all() if everyone else [w for w in [self.queue.next_planner()] if w is not None]
         for waiter in waiters:
             if waiter.wake is not None:
@@ -128,14 +131,16 @@ class Books:
                        self.expires_at(instance), instance.loader if instance.state == "loading" else None)
 
     def snapshot(self, memories: Sequence[DeviceMemory], *, moving: set[str] | frozenset[str] = frozenset(),
-                 without: str | None = None) -> Snapshot:
+                 without: str | None = None, foreign: Sequence[Holding] = ()) -> Snapshot:
         """The policy's view now, leaving out the instance ``without`` and uncertain devices.
 
         A device in ``moving`` has a load in flight: its free memory already
         dropped by part of a reservation the books count in full, so when
         its budget depends on the free memory it is left out until the load ends.
+        ``foreign``: other kernels' instances (cooperation); their bytes count once
+        in the budget (the device's free memory already lacks them).
         """
-        holdings = tuple(self.holding(i) for i in self.instances.values() if i.key != without)
+        holdings = tuple(self.holding(i) for i in self.instances.values() if i.key != without) + tuple(foreign)
         settings = self.settings
         devices = {}
         for memory in memories:

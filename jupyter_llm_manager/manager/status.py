@@ -19,6 +19,7 @@ from ..errors import LLMManagerError
 from ..estimates import EstimateCache, MemoryEstimate
 from ..reports import ModelState, StatusRow
 from ..support.units import excerpt
+from .cooperation.machine import MachineModel
 from .instances import Instance
 from .state import Books
 
@@ -67,6 +68,15 @@ class StatusView(BooksReader):
         facts = self._facts(spec)
         with books.lock:
             return self._row(spec, facts, books.clock(), time.time())
+
+    def machine_models(self, pid: int, notebook: str) -> list[MachineModel]:
+        """This manager's instances as rows of the machine report, one per device."""
+        books = self._books
+        with books.lock:
+            now, wall = books.clock(), time.time()
+            return [MachineModel(pid, notebook, books.name_of(i), device, size, i.state,
+                                 books.registry.is_pinned(i.key), i.leases, wall - (now - i.last_used), True)
+                    for i in books.instances.values() if not i.remote for device, size in i.bytes.items()]
 
     def summary(self) -> str:
         """``3 registered, 1 loaded, cap=2, keep_alive=None``: what a manager's repr says."""

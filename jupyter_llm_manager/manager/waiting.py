@@ -28,6 +28,11 @@ class Waiter:
     waiting_for: str = ""  # the last plan's reason, for status rows and timeout messages
     blocked_since: float | None = None  # when a plan first said "wait" (planning itself is no waiting)
     wake: threading.Condition | None = None  # its own wake-up, on the manager's lock: only it is woken
+    ledger: int | None = None  # its arrival in the machine-wide queue, once it waits on other kernels
+    unanswered: frozenset[str] = frozenset()  # other kernels that did not answer its requests (member ids)
+    unanswered_names: tuple[str, ...] = ()
+    ahead_elsewhere: int = 0  # requests of other kernels before it in the machine-wide queue
+    polls: bool = False  # what it waits for is in other kernels: it looks again every moment
 
 
 class WaitQueue:

@@ -68,7 +68,9 @@ def _line_parser() -> tuple[MagicArgumentParser, dict[str, MagicArgumentParser]]
         return found[name]
 
     command("list", "registered models and aliases")
-    command("status", "state, device, memory estimate and actual, last use and keep-alive left; devices")
+    status = command("status", "state, device, memory estimate and actual, last use and keep-alive left; devices")
+    status.add_argument("--all", action="store_true",
+                        help="every kernel on this machine: the models each notebook holds, by device")
     load = command("load", "load a model now")
     load.add_argument("model", metavar="MODEL")
     load.add_argument("--pin", action="store_true", help="also pin it (never evicted)")

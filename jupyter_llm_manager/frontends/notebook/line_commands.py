@@ -21,6 +21,7 @@ from ...manager.facade import LLMManager
 from ...support.referrers import HOLDER_HINT
 from ...support.units import displayable, format_bytes
 from .. import actions
+from ..machine_tables import machine_tables
 from ..plan_tables import plan_tables, task_table
 from ..tables import Table
 from .arguments import usage
@@ -95,6 +96,10 @@ class LineCommands:
 
     def command_status(self, args: argparse.Namespace) -> None:
         manager = self._manager()
+        if args.all:
+            for table in machine_tables(manager.machine()):
+                display(table)
+            return
         rows = [[row.id + (f" ({', '.join(row.aliases)})" if row.aliases else ""), row.state_str, row.device,
                  row.estimated_str, row.actual_str, str(row.in_use or ""), row.last_used_str(),
                  row.expires_in_str(), row.error or ""] for row in manager.status()]

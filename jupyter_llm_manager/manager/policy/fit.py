@@ -71,6 +71,8 @@ class Holding:
     remote: bool = False
     expires_at: float | None = None
     loader: int | None = None  # the thread loading it, while it loads
+    owner: str | None = None  # another manager on this machine (a kernel) that holds it; None: this one
+    where: str = ""  # that manager's notebook (or script, or pid), for messages
 
     @property
     def total_bytes(self) -> int:
@@ -101,7 +103,12 @@ class Snapshot:
         return sum(h.bytes.get(device, 0) for h in self.holdings)
 
     def local(self) -> list[Holding]:
+        """Everything that holds memory on this machine's devices, this manager's and other kernels'."""
         return [h for h in self.holdings if not h.remote]
+
+    def own(self) -> list[Holding]:
+        """This manager's instances on the machine's devices: what its count cap counts."""
+        return [h for h in self.holdings if not h.remote and h.owner is None]
 
 
 @dataclass(frozen=True)
@@ -153,9 +160,10 @@ def _choose(candidates: Sequence[Holding], excess: int,
     Returns the victims, the slots still missing and the bytes still missing per device.
     """
     victims: dict[str, Eviction] = {}
-    for holding in candidates[:max(excess, 0)]:
+    own = [h for h in candidates if h.owner is None]  # another kernel's model frees none of this one's slots
+    for holding in own[:max(excess, 0)]:
         victims[holding.key] = Eviction(holding.key, holding.name, "lru", holding.total_bytes)
-    missing_slots = max(excess - len(candidates), 0)
+    missing_slots = max(excess - len(own), 0)
     missing: dict[str, int] = {}
     for device, deficit in deficits.items():
         deficit -= sum(h.bytes.get(device, 0) for h in candidates if h.key in victims)
@@ -181,7 +189,7 @@ def _may_evict_for(holding: Holding, request: Request) -> bool:
 def _excess(snapshot: Snapshot, adding: int) -> int:
     if snapshot.max_loaded is None:
         return 0
-    return len(snapshot.local()) + adding - snapshot.max_loaded
+    return len(snapshot.own()) + adding - snapshot.max_loaded
 
 
 def _deficits(snapshot: Snapshot, needed: Mapping[str, int]) -> dict[str, int]:
@@ -271,7 +279,7 @@ def _why_blocking(holding: Holding, request: Request) -> str:
 
 
 def _holder(holding: Holding, why: str) -> MemoryHolder:
-    return MemoryHolder(holding.name, holding.total_bytes, why)
+    return MemoryHolder(holding.name, holding.total_bytes, why + (f" in {holding.where}" if holding.owner else ""))
 
 
 def _summary(blockers: Sequence[MemoryHolder]) -> str:
@@ -310,22 +318,23 @@ def enforce(snapshot: Snapshot, *, spare: str | None = None) -> Plan:
     that instance). Protected instances go last. ``wait`` means not
     everything could be restored now (leases, pins, loads in flight).
     """
-    candidates = _order((h for h in snapshot.holdings if _idle(h) and h.key != spare), protected_last=True)
-    deficits = {device: snapshot.held(device) - room.budget for device, room in snapshot.devices.items()}
+    candidates = _order((h for h in snapshot.own() if _idle(h) and h.key != spare), protected_last=True)
+    own = replace(snapshot, holdings=tuple(snapshot.own()))  # other kernels' models are theirs to restore
+    deficits = {device: own.held(device) - room.budget for device, room in snapshot.devices.items()}
     victims, missing_slots, missing = _choose(candidates, _excess(snapshot, 0), deficits)
     return Plan("wait" if missing_slots or missing else "admit", tuple(victims))
 
 
 def expire(snapshot: Snapshot) -> Plan:
     """Idle, unpinned instances whose keep-alive has run out (protected ones included)."""
-    due = [h for h in snapshot.holdings
+    due = [h for h in snapshot.own()
            if _idle(h) and h.expires_at is not None and h.expires_at <= snapshot.now]
     return Plan("admit", tuple(Eviction(h.key, h.name, "keep_alive", h.total_bytes) for h in _order(due)))
 
 
 def evict_everything_for(snapshot: Snapshot, request: Request) -> Plan:
     """After an out-of-memory error: every instance that may make way, on the request's devices."""
-    victims = [Eviction(h.key, h.name, "budget", h.total_bytes) for h in _order(snapshot.holdings)
+    victims = [Eviction(h.key, h.name, "budget", h.total_bytes) for h in _order(snapshot.own())
                if _may_evict_for(h, request) and set(h.bytes) & set(request.needed)]
     return Plan("admit" if victims else "refuse", tuple(victims))
 

@@ -1,0 +1,61 @@
+"""The whole machine at a glance: every manager (kernel) of this user, the models each holds, other GPU users."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from ...devices import GpuProcess
+from ...support.units import bytes_text, format_duration
+
+__all__ = ["KernelRow", "MachineModel", "MachineReport"]
+
+
+@dataclass(frozen=True)
+class KernelRow:
+    """One manager on this machine: a kernel, a script or an IPython terminal."""
+
+    pid: int
+    notebook: str  # the notebook's path, the script, or ``pid N``
+    kernel: str  # the Jupyter kernel id, where there is one
+    member: str
+    this: bool  # the manager that made the report
+    models: int
+    bytes: int
+
+    bytes_str = bytes_text("bytes")
+
+
+@dataclass(frozen=True)
+class MachineModel:
+    """One loaded model of one manager, on one device."""
+
+    pid: int
+    notebook: str
+    model_id: str
+    device: str
+    bytes: int
+    state: str
+    pinned: bool
+    in_use: int
+    last_used: float  # wall clock
+    this: bool
+
+    bytes_str = bytes_text("bytes")
+
+    def last_used_str(self, now: float | None = None) -> str:
+        return f"{format_duration((now or time.time()) - self.last_used)} ago" if self.last_used else ""
+
+
+@dataclass(frozen=True)
+class MachineReport:
+    """``manager.machine()``: who holds what on this machine, like ``nvidia-smi`` by model and notebook."""
+
+    kernels: tuple[KernelRow, ...]
+    models: tuple[MachineModel, ...]
+    others: tuple[GpuProcess, ...]  # processes with GPU memory that are not managers: shown, never asked
+    cooperating: bool
+    ledger: str
+
+    def held(self, device: str) -> int:
+        return sum(model.bytes for model in self.models if model.device == device)

@@ -1,0 +1,136 @@
+"""Other kernels for the cooperation tests: a child process with its own manager, driven line by line.
+
+Each command is one JSON line on the child's stdin; the answer is one JSON
+line on its stdout. The child runs commands on its main thread, as a kernel
+runs cells; ``busy`` keeps that thread busy (a long cell) so the tests see
+that requests from other kernels are answered by the manager's own thread.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+CHILD = r'''
+import json, sys, time, traceback
+from jupyter_llm_manager import LLMManager
+
+manager = None
+leases = {}
+seen = []
+
+def answer(**values):
+    sys.stdout.write(json.dumps(values) + "\n")
+    sys.stdout.flush()
+
+for line in sys.stdin:
+    command = json.loads(line)
+    do = command.pop("do")
+    try:
+        if do == "start":
+            manager = LLMManager(config_path=False, preload=False, **command["settings"])
+            manager.subscribe(lambda e: seen.append({"kind": e.kind, "model": e.model_id, "reason": e.reason,
+                                                     "message": e.message, "at": time.monotonic()}))
+            for model_id, options in command["models"].items():
+                manager.register(model_id, **options)
+            answer(ok=True)
+        elif do == "load":
+            started = time.monotonic()
+            manager.load(command["id"], wait=command.get("wait", 0))
+            answer(ok=True, seconds=time.monotonic() - started)
+        elif do == "hold":
+            leases[command["id"]] = manager.use(command["id"], wait=command.get("wait", 0))
+            leases[command["id"]].__enter__()
+            answer(ok=True)
+        elif do == "release":
+            leases.pop(command["id"]).__exit__(None, None, None)
+            answer(ok=True)
+        elif do == "pin":
+            manager.pin(command["id"])
+            answer(ok=True)
+        elif do == "states":
+            answer(ok=True, states={row.id: row.state for row in manager.status()})
+        elif do == "events":
+            answer(ok=True, events=seen)
+        elif do == "machine":
+            report = manager.machine()
+            answer(ok=True, kernels=[[k.pid, k.notebook, k.this] for k in report.kernels],
+                   models=[[m.pid, m.notebook, m.model_id, m.state, m.in_use, m.this] for m in report.models])
+        elif do == "cuda":
+            import torch
+            torch.cuda.synchronize()
+            answer(ok=True, allocated=torch.cuda.memory_allocated(0))
+        elif do == "busy":
+            end = time.monotonic() + command["seconds"]
+            while time.monotonic() < end:
+                sum(range(1000))
+            answer(ok=True)
+        elif do == "exit":
+            manager.close()
+            answer(ok=True)
+            break
+    except Exception as error:
+        answer(ok=False, error=f"{type(error).__name__}: {error}")
+'''
+
+
+class Kernel:
+    """A child process with a manager (a notebook's kernel, for the tests)."""
+
+    def __init__(self, name: str, folder: Path, ledger: Path, *, environment: dict[str, str] | None = None) -> None:
+        script = folder / "kernel.py"
+        script.write_text(CHILD)
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "JUPYTER_LLM_MANAGER_LEDGER": str(ledger),
+               "JPY_SESSION_NAME": name, **(environment or {})}
+        self.name = name
+        self.process = subprocess.Popen([sys.executable, str(script)], stdin=subprocess.PIPE,
+                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        self._answers: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self._answers.put(line)
+
+    def send(self, do: str, **values: Any) -> None:
+        """Send a command without waiting for its answer (it may wait for another kernel)."""
+        assert self.process.stdin is not None
+        self.process.stdin.write(json.dumps({"do": do, **values}) + "\n")
+        self.process.stdin.flush()
+
+    def answer(self, timeout: float = 120) -> dict[str, Any]:
+        """The answer to the oldest command not answered yet."""
+        try:
+            return json.loads(self._answers.get(timeout=timeout))
+        except queue.Empty:
+            raise AssertionError(f"{self.name} did not answer: {self.stderr_tail()}") from None
+
+    def ask(self, do: str, timeout: float = 120, **values: Any) -> dict[str, Any]:
+        self.send(do, **values)
+        return self.answer(timeout)
+
+    def stderr_tail(self) -> str:
+        if self.process.poll() is None:
+            return "(still running)"
+        assert self.process.stderr is not None
+        return self.process.stderr.read()[-2000:]
+
+    def kill(self) -> None:
+        self.process.kill()
+        self.process.wait(30)
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            try:
+                self.ask("exit", timeout=30)
+            except (AssertionError, OSError):
+                pass
+            self.process.kill()
+        self.process.wait(30)

@@ -1,0 +1,251 @@
+"""Several kernels, one machine: managers in separate processes share memory through the ledger.
+
+Each "kernel" is a child process with its own manager (tests/kernels.py),
+tiny real models on the CPU, one ledger in a temporary folder, and a memory
+budget that fits one model at a time, counted over every cooperating kernel.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from kernels import Kernel
+
+from jupyter_llm_manager import LLMManager
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def budget(tiny_models) -> int:
+    """Room for the larger tiny model, not for two."""
+    manager = LLMManager(config_path=False, preload=False, cooperate=False)
+    try:
+        sizes = [manager.register(n, source=str(p)) and manager.estimate(n).total_bytes for n, p in tiny_models.items()]
+    finally:
+        manager.close()
+    return int(max(sizes) * 1.5)
+
+
+@pytest.fixture
+def kernels(tmp_path, tiny_models, budget):
+    """``kernels("A.ipynb", "B.ipynb", cooperate=True, models=..., room=1)``: started kernels, closed after the test.
+
+    ``room`` is the budget in models: one by default (cooperating kernels must make room for each other).
+    """
+    started: list[Kernel] = []
+    ledger = tmp_path / "ledger.sqlite"
+
+    def start(*names: str, cooperate: bool = True, models: dict | None = None, room: int = 1) -> list[Kernel]:
+        made = [Kernel(name, tmp_path, ledger) for name in names]
+        started.extend(made)
+        chosen = models or {"a": {"source": str(tiny_models["a"])}, "b": {"source": str(tiny_models["b"])}}
+        for kernel in made:
+            kernel.send("start", settings={"memory_budget": {"cpu": budget * room}, "cooperate": cooperate,
+                                           "wait_timeout": 30}, models=chosen)
+        for kernel in made:
+            assert kernel.answer()["ok"], kernel.stderr_tail()
+        return made
+
+    start.ledger = ledger  # type: ignore[attr-defined]
+    yield start
+    for kernel in started:
+        kernel.close()
+
+
+def queued(ledger, count: int) -> None:
+    """Wait until ``count`` requests wait in the machine-wide queue."""
+    from jupyter_llm_manager.manager.cooperation.ledger import Ledger
+
+    reader, deadline = Ledger(ledger), time.monotonic() + 30
+    while len(reader.requests()) < count:
+        assert time.monotonic() < deadline, "the requests never waited"
+        time.sleep(0.05)
+    reader.close()
+
+
+def events(kernel: Kernel, kind: str) -> list[dict]:
+    return [e for e in kernel.ask("events")["events"] if e["kind"] == kind]
+
+
+def test_an_idle_model_of_another_kernel_is_evicted_for_a_request_that_needs_its_room(kernels):
+    a, b = kernels("analysis.ipynb", "report.ipynb")
+    assert a.ask("load", id="a")["ok"]
+    loaded = b.ask("load", id="b", wait=30)
+    assert loaded["ok"], loaded
+    (evicted,) = events(a, "evicted")
+    assert evicted["reason"] == "other_kernel" and "report.ipynb" in evicted["message"]
+    assert a.ask("states")["states"]["a"] == "registered" and b.ask("states")["states"]["b"] == "loaded"
+    machine = b.ask("machine")
+    assert {(k[1], k[2]) for k in machine["kernels"]} >= {("analysis.ipynb", False), ("report.ipynb", True)}
+    assert [m[2] for m in machine["models"]] == ["b"]
+
+
+def test_a_kernel_busy_running_a_cell_still_makes_room(kernels):
+    a, b = kernels("busy.ipynb", "asks.ipynb")
+    assert a.ask("load", id="a")["ok"]
+    a.send("busy", seconds=30)  # a long cell: the kernel's main thread is taken
+    loaded = b.ask("load", id="b", wait=20)
+    assert loaded["ok"], loaded
+    assert a.process.poll() is None and a._answers.empty()  # the cell still runs: its manager's thread answered
+    assert a.answer(60)["ok"]
+    assert [e["reason"] for e in events(a, "evicted")] == ["other_kernel"]
+
+
+def test_a_model_in_use_elsewhere_makes_the_request_wait_until_its_lease_ends(kernels):
+    a, b = kernels("holder.ipynb", "waiter.ipynb")
+    assert a.ask("hold", id="a")["ok"]  # loaded and in use (a generation, a use() block)
+    b.send("load", id="b", wait=60)
+    queued(kernels.ledger, 1)  # the request waits in the machine-wide queue
+    assert a.ask("release", id="a")["ok"]
+    assert b.answer(60)["ok"]
+    waits = events(b, "waiting")
+    assert waits and "a in use in holder.ipynb" in waits[0]["message"]
+
+
+def test_only_pinned_models_elsewhere_in_the_way_fail_at_once_naming_each(kernels):
+    a, b = kernels("pins.ipynb", "wants.ipynb")
+    assert a.ask("load", id="a")["ok"] and a.ask("pin", id="a")["ok"]
+    refused = b.ask("load", id="b", wait=60, timeout=20)  # at once: waiting cannot help
+    assert not refused["ok"] and "'a'" in refused["error"] and "pinned in pins.ipynb" in refused["error"]
+
+
+def test_a_killed_kernel_is_skipped_and_its_memory_counts_no_more(kernels):
+    a, b = kernels("crashes.ipynb", "survives.ipynb")
+    assert a.ask("load", id="a")["ok"]
+    a.kill()
+    loaded = b.ask("load", id="b", wait=10)
+    assert loaded["ok"], loaded
+    assert [k[1] for k in b.ask("machine")["kernels"]] == ["survives.ipynb"]
+
+
+def test_three_kernels_are_served_first_come_first_served(kernels):
+    a, b, c = kernels("first.ipynb", "second.ipynb", "third.ipynb")
+    assert a.ask("hold", id="a")["ok"]
+    b.send("load", id="b", wait=60)
+    queued(kernels.ledger, 1)
+    c.send("load", id="a", wait=60)
+    queued(kernels.ledger, 2)
+    assert a.ask("release", id="a")["ok"]
+    assert b.answer(60)["ok"] and c.answer(60)["ok"]
+    (second,) = events(b, "loaded")
+    third = events(c, "loaded")
+    assert third and second["at"] < third[-1]["at"]  # b first: it asked first
+
+
+def test_kernels_that_do_not_cooperate_keep_to_themselves(kernels):
+    a, b = kernels("alone.ipynb", "also-alone.ipynb", cooperate=False)
+    assert a.ask("load", id="a")["ok"] and b.ask("load", id="b")["ok"]
+    assert a.ask("states")["states"]["a"] == "loaded" and not events(a, "evicted")
+
+
+def test_priorities_and_protection_hold_across_kernels(kernels, tiny_models):
+    models = {"ears": {"source": str(tiny_models["a"]), "kind": "asr"},
+              "chat": {"source": str(tiny_models["b"]), "kind": "llm"},
+              "other-ears": {"source": str(tiny_models["a"]), "kind": "asr"}}  # its own instance in B
+    a, b = kernels("speech.ipynb", "chat.ipynb", models=models)
+    assert a.ask("load", id="ears")["ok"]
+    refused = b.ask("load", id="chat", wait=0)  # a protected model never goes for a lower priority
+    assert not refused["ok"] and "protected in speech.ipynb" in refused["error"], refused
+    assert a.ask("states")["states"]["ears"] == "loaded"
+    assert b.ask("load", id="other-ears", wait=10)["ok"]  # an equal priority may replace it
+    assert a.ask("states")["states"]["ears"] == "registered"
+
+
+def test_a_corrupt_ledger_is_recreated_with_a_warning(kernels):
+    (a,) = kernels("after-corruption.ipynb")
+    kernels.ledger.write_bytes(b"this is not a database" * 100)
+    assert a.ask("load", id="a")["ok"]
+    warnings = [e["message"] for e in events(a, "warning")]
+    assert any("recreated" in message for message in warnings), warnings
+
+
+# -- a ledger that cannot be used never stops a kernel's own work ------------------------------------------
+
+@pytest.mark.parametrize("problem", ["another user's file", "a folder that is a file"])
+def test_a_ledger_that_cannot_be_used_leaves_the_kernel_working_alone(make_manager, tmp_path, problem):
+    import os
+
+    from fakes import fake
+
+    if problem == "another user's file":
+        if os.getuid() != 0:
+            pytest.skip("making a file of another user needs root")
+        ledger = tmp_path / "theirs.sqlite"
+        ledger.write_bytes(b"")
+        os.chown(ledger, 4242, 4242)
+    else:
+        (tmp_path / "plain").write_text("not a folder")
+        ledger = tmp_path / "plain" / "ledger.sqlite"
+    manager = make_manager(ledger_path=str(ledger), max_loaded_models=1)
+    fake(manager, "a")
+    fake(manager, "b")
+    manager.load("a")
+    assert manager.generate("b", "one two").text  # evicts its own model, as without cooperation
+    warnings = [e.message for e in manager.events() if e.kind == "warning" and "cooperation" in e.message]
+    assert len(warnings) == 1 and "goes on with its own memory only" in warnings[0], warnings
+    machine = manager.machine()
+    assert machine.kernels[0].this and [m.model_id for m in machine.models] == ["b"]
+    if problem == "another user's file":
+        assert ledger.read_bytes() == b""  # never written
+
+
+# -- seeing the machine ------------------------------------------------------------------------------------
+
+def test_every_kernels_models_show_in_machine_status_all_and_ps(kernels, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from IPython.core.interactiveshell import InteractiveShell
+    from IPython.utils.capture import capture_output
+
+    a, b = kernels("analysis.ipynb", "report.ipynb", room=3)  # room for both models
+    assert a.ask("load", id="a")["ok"] and b.ask("load", id="b")["ok"] and b.ask("pin", id="b")["ok"]
+    viewer = LLMManager(config_path=False, preload=False, ledger_path=str(kernels.ledger))
+    try:
+        expected = {("analysis.ipynb", "a", "cpu", False), ("report.ipynb", "b", "cpu", True)}
+        deadline = time.monotonic() + 10  # each kernel publishes a change shortly after it, from its own thread
+        while True:
+            report = viewer.machine()
+            if {(m.notebook, m.model_id, m.device, m.pinned) for m in report.models} == expected:
+                break
+            assert time.monotonic() < deadline, report.models
+            time.sleep(0.05)
+        assert {k.notebook for k in report.kernels if not k.this} == {"analysis.ipynb", "report.ipynb"}
+        assert all(m.bytes > 0 and m.last_used > 0 for m in report.models)
+
+        shell = InteractiveShell.instance()
+        shell.run_line_magic("load_ext", "jupyter_llm_manager")
+        shell.magics_manager.registry["LLMMagics"].manager = viewer
+        with capture_output() as captured:
+            shell.run_line_magic("llm", "status --all")
+        shown = "\n".join(output.data.get("text/html", "") for output in captured.outputs)
+        assert "analysis.ipynb" in shown and "report.ipynb" in shown and "(this one)" in shown
+    finally:
+        viewer.close()
+
+    env = {**os.environ, "JUPYTER_LLM_MANAGER_LEDGER": str(kernels.ledger), "JUPYTER_CONFIG_DIR": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-c", "from jupyter_llm_manager.frontends.cli import main; main(['ps'])"],
+                          env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert any("analysis.ipynb" in line and " a " in f" {line} " for line in lines), done.stdout
+    assert any("report.ipynb" in line and "yes" in line for line in lines), done.stdout
+    assert "(this one)" not in done.stdout and "2 managers" in done.stdout
+
+
+def test_a_script_outside_jupyter_takes_part_under_its_file_name(kernels, tiny_models, tmp_path, budget):
+    (a,) = kernels("analysis.ipynb")
+    script = Kernel("", tmp_path, kernels.ledger, environment={"JPY_SESSION_NAME": ""})
+    try:
+        assert script.ask("start", settings={"memory_budget": {"cpu": budget}, "wait_timeout": 30},
+                          models={"b": {"source": str(tiny_models["b"])}})["ok"]
+        assert a.ask("load", id="a")["ok"]
+        assert script.ask("load", id="b", wait=30)["ok"]
+        (evicted,) = events(a, "evicted")
+        assert evicted["reason"] == "other_kernel" and "kernel.py" in evicted["message"]  # the script's name
+        assert [k[1] for k in a.ask("machine")["kernels"] if not k[2]] == ["kernel.py"]
+    finally:
+        script.close()
