@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import _thread
 import io
+import re
 import threading
 
 import pytest
@@ -13,7 +14,7 @@ from IPython.utils.capture import capture_output
 
 from jupyter_llm_manager import LLMManager
 from jupyter_llm_manager.frontends.notebook.magics import LLMMagics, usage
-from jupyter_llm_manager.frontends.notebook.rendering import TextAnswerView
+from jupyter_llm_manager.frontends.notebook.rendering import TextAnswerView, keep_line_breaks
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +76,8 @@ def test_streaming_shows_intermediate_updates_and_the_final_text(shell, real):
     updates = answer_updates(captured)
     final = shell.user_ns["answer"]
     assert len(updates) > 3  # one display, updated in place many times
-    assert updates[-1]["text/markdown"] == final and len(final) > 0
+    assert updates[-1]["text/plain"] == final and len(final) > 0
+    assert updates[-1]["text/markdown"] == keep_line_breaks(final)
     assert any(0 < len(u["text/plain"]) < len(final) for u in updates)  # partial text was shown
     footer = status_text(captured)
     assert "b · 30 tokens" in footer and "tok/s" in footer and "loaded b" in footer
@@ -184,6 +186,32 @@ def test_format_json_and_html(shell, echo):
     assert answer_updates(captured)[-1].get("application/json") == {"a": 1}
     _, captured = run(shell, "%%llm echo -f html\n<b>bold</b>")
     assert answer_updates(captured)[-1]["text/html"].strip() == "<b>bold</b>"
+
+
+def rendered_lines(markdown: str) -> list[str]:
+    """The lines a CommonMark renderer shows for ``markdown`` (what JupyterLab's renderer does with it)."""
+    markdown_it = pytest.importorskip("markdown_it")
+    html_text = markdown_it.MarkdownIt("commonmark").enable("table").render(markdown)
+    shown = re.sub(r"<br\s*/?>|</p>|</li>|</tr>|</pre>|</h\d>", "\n", html_text)
+    return [line.strip() for line in re.sub(r"<[^>]+>", "", shown).split("\n") if line.strip()]
+
+
+def test_markdown_answers_keep_their_line_breaks_as_chat_uis_do(shell, echo):
+    answer = "The primary colors are:\n\nRed (R)\nBlue (B)\nYellow (Y)"
+    _, captured = run(shell, f"%%llm echo\n{answer}")
+    shown = answer_updates(captured)[-1]
+    assert shown["text/plain"] == answer
+    assert rendered_lines(shown["text/markdown"]) == ["The primary colors are:", "Red (R)", "Blue (B)", "Yellow (Y)"]
+
+
+def test_line_breaks_leave_code_tables_and_windows_line_ends_intact():
+    code = "```python\nx = 1\ny = 2\n```"
+    table = "| a | b |\n|---|---|\n| 1 | 2 |"
+    answer = f"First\nsecond\n\n{code}\n\n{table}\n\nthird\r\nfourth"
+    kept = keep_line_breaks(answer)
+    assert code in kept and table in kept  # nothing added inside code or tables
+    assert rendered_lines(kept) == ["First", "second", "x = 1", "y = 2", "a", "b", "1", "2", "third", "fourth"]
+    assert keep_line_breaks(kept) == kept  # rendering a rendered answer again changes nothing
 
 
 def test_default_model_from_the_magic_the_config_and_config_magic(shell, echo, magics):
