@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Generic, Literal, TypeVar
 
 from ..backends import Backend, BackendCache, get_backend
+from ..backends.base import check_extra_params
 from ..config.files import ConfigFile, find_config_path, load_config
 from ..config.settings import SETTING_NAMES, ManagerSettings, check_setting
 from ..config.spec import ModelSpec, expand_path
@@ -219,7 +220,7 @@ class LLMManager:
                  wait: float | str | None = None, **params: Any) -> GenerationResult:
         """Generate an answer (a string prompt goes through the chat template unless ``raw``)."""
         spec = text_model(self.spec(model_id))
-        generation = GenerationParams.build(spec.generation, params)
+        generation = self.generation_params(spec.id, **params)
         return self._generations.generate(model_id, spec.id, normalize_prompt(prompt, system=system), generation,
                                           raw=raw, wait=self._wait_seconds(wait))
 
@@ -227,9 +228,23 @@ class LLMManager:
                wait: float | str | None = None, **params: Any) -> TextStream:
         """Text pieces as they are made; ``.result`` once done. Loads when iteration starts."""
         spec = text_model(self.spec(model_id))
-        generation = GenerationParams.build(spec.generation, params)
+        generation = self.generation_params(spec.id, **params)
         return self._generations.stream(model_id, spec.id, normalize_prompt(prompt, system=system), generation,
                                         raw=raw, wait=self._wait_seconds(wait))
+
+    def generation_params(self, model_id: str, **params: Any) -> GenerationParams:
+        """The parameters a generation of ``model_id`` would use: its spec's, then ``params``; loads nothing.
+
+        Raises :class:`~jupyter_llm_manager.errors.InvalidGenerationParameters`
+        for a value out of range, or a parameter its backend does not take
+        (naming close matches and the valid ones).
+        """
+        spec = self.spec(model_id)
+        generation = GenerationParams.build(spec.generation, params)
+        if generation.extra:
+            backend = self._backends(spec.backend)
+            check_extra_params(generation, backend.extra_params(spec), spec.id, backend.name)
+        return generation
 
     def embed(self, model_id: str, texts: str | Sequence[str], *, wait: float | str | None = None) -> list[list[float]]:
         """One unit-length vector per text, from a model registered with ``mode: embed``."""
