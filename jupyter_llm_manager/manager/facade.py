@@ -128,6 +128,9 @@ class LLMManager:
         self._freeing, self._estimates = freeing, estimates
         self._persistence = Persistence(books, path)
         self._catalog.adopt(config)
+        if self.default_model is not None:  # checked once the file's models are registered
+            where = path if "default_model" in config.settings_given and "default_model" not in given else None
+            self._catalog.check_default_model(self.default_model, path=where)
         self._planner = Planner(books, device_probe, estimates, backends)
         self.warmup = WarmUp(lambda model_id: self.load(model_id), bus)
         if preload:
@@ -175,6 +178,9 @@ class LLMManager:
     def read_config(self, path: str | os.PathLike[str]) -> ConfigFile:
         """Register a configuration file's models and aliases and apply its settings; ``save()`` writes there."""
         config = load_config(Path(expand_path(os.fspath(path))))
+        if config.settings.default_model is not None and "default_model" in config.settings_given:
+            self._catalog.check_default_model(config.settings.default_model, path=config.path,
+                                              also=[*config.models, *config.aliases, *config.tasks])
         self._catalog.read(config)
         self.configure(**{name: getattr(config.settings, name) for name in config.settings_given})
         self._persistence.path = config.path
@@ -348,7 +354,10 @@ class LLMManager:
         for name in settings:
             if name not in SETTING_NAMES:
                 raise ConfigurationError(f"unknown setting {name!r}; settings: {', '.join(SETTING_NAMES)}")
-        self._upkeep.configure({name: _checked(partial(check_setting, name, value)) for name, value in settings.items()})
+        checked = {name: _checked(partial(check_setting, name, value)) for name, value in settings.items()}
+        if checked.get("default_model") is not None:
+            self._catalog.check_default_model(checked["default_model"])
+        self._upkeep.configure(checked)
 
     def save(self, path: str | os.PathLike[str] | None = None) -> Path:
         """Persist every setting, model (with its pinned flag) and alias (atomic write, merged under a lock)."""
