@@ -198,6 +198,16 @@ def rendered_lines(markdown: str) -> list[str]:
     return [line.strip() for line in re.sub(r"<[^>]+>", "", shown).split("\n") if line.strip()]
 
 
+def test_table_cells_keep_words_whole_and_only_long_paths_break_anywhere():
+    from jupyter_llm_manager.frontends.tables import Table
+
+    path = "/a/very/long/path/to/a/model/file.gguf"
+    html_text = Table(["model", "backend", "state", "source"], [["m", "llama_cpp", "registered", path]]).html()
+    styles = {value: style for style, value in re.findall(r"<td style='([^']*)'>([^<]*)</td>", html_text)}
+    assert "anywhere" not in styles["llama_cpp"] and "anywhere" not in styles["registered"]
+    assert "nowrap" in styles["m"] and "anywhere" in styles[path]
+
+
 def test_markdown_answers_keep_their_line_breaks_as_chat_uis_do(shell, echo):
     answer = "The primary colors are:\n\nRed (R)\nBlue (B)\nYellow (Y)"
     _, captured = run(shell, f"%%llm echo\n{answer}")

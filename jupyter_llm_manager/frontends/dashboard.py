@@ -56,9 +56,11 @@ __all__ = ["Dashboard"]
 log = logging.getLogger(__name__)
 
 # One grid for the header and every row, so columns stay aligned at any width (a side panel too).
-_COLUMNS = (("model", "minmax(5em, 2fr)"), ("state", "minmax(5em, 1.5fr)"), ("device", "minmax(3em, 0.6fr)"),
-            ("memory", "minmax(5em, 1.6fr)"), ("last use", "minmax(3em, 0.8fr)"),
-            ("keep-alive", "minmax(3em, 0.8fr)"), ("", "fit-content(17em)"))  # buttons stack when narrow
+# Columns of short words are never narrower than their longest word ("registered", "llama_cpp" stay whole).
+_COLUMNS = (("model", "minmax(5em, 2fr)"), ("state", "minmax(min-content, 1.5fr)"),
+            ("device", "minmax(min-content, 0.6fr)"), ("memory", "minmax(min-content, 1.6fr)"),
+            ("last use", "minmax(min-content, 0.8fr)"), ("keep-alive", "minmax(min-content, 0.8fr)"),
+            ("", "fit-content(17em)"))  # buttons stack when narrow
 _GRID = " ".join(width for _, width in _COLUMNS)
 _ACTION_JOIN_S = actions.ACTION_WAIT_S + 5.0
 _TOOLTIPS = {"Free memory": "collect garbage, empty the CUDA cache",

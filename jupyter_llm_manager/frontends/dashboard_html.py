@@ -20,7 +20,8 @@ from .tables import Table
 __all__ = ["BUDGET_COLOR", "LEGEND", "MUTED", "WRAP", "device_html", "event_html", "memory_html", "message_html",
            "name_html", "no_gpu_note", "state_html", "text"]
 
-WRAP = "overflow-wrap: anywhere"
+WRAP = "overflow-wrap: break-word"  # lines break between words; a word breaks only when it cannot fit alone
+_ID_WRAP = "overflow-wrap: anywhere"  # a long id (a Hub path) wraps rather than widening its column
 MUTED = "color: var(--jp-ui-font-color2, #777)"
 BUDGET_COLOR = "#dc2626"
 _HELD, _OTHERS = "#3b82f6", "#a3a3a3"
@@ -120,7 +121,7 @@ def name_html(row: StatusRow) -> str:
     details = f"<div style='{MUTED}; font-size:smaller'>{text(' · '.join(facts))}</div>" if facts else ""
     if row.error and (row.state in ("failed", "registered") or row.reachable is False):
         details += f"<div style='color:{BUDGET_COLOR}; font-size:smaller'>{text(row.error[:200])}</div>"
-    return f"<div style='{WRAP}'><b>{text(row.id)}</b>{aliases}{badges}{details}</div>"
+    return f"<div style='{_ID_WRAP}'><b>{text(row.id)}</b>{aliases}{badges}{details}</div>"
 
 
 def event_html(events: list[Event]) -> str:
