@@ -59,6 +59,12 @@ def set_comms_over_subshells(url: str, value: str) -> None:
         assert response.status in (200, 204)
 
 
+def open_notebook(page, url: str, notebook: Path) -> None:
+    """Open ``notebook`` in a workspace of its own (the shared one would restore the previous test's tabs)."""
+    workspace = notebook.stem.replace(".", "-")
+    page.goto(url.replace("/lab/tree/", f"/lab/workspaces/{workspace}/tree/").format(path=notebook.name))
+
+
 def output(index: int) -> str:
     return inside(index, ".jp-OutputArea-output")
 
@@ -113,7 +119,7 @@ def test_dashboard_pin_acts_within_a_second_during_a_generation(lab):
         LONG_ANSWER,
     ])
     with chromium_page() as page, screenshot_on_failure(page, "controls-dashboard-pin"):
-        page.goto(url.format(path=notebook.name))
+        open_notebook(page, url, notebook)
         run_all_cells(page, 2)
         page.wait_for_selector(".widget-gridbox >> text=smollm2", timeout=90_000)
         page.keyboard.press("Shift+Enter")
@@ -127,3 +133,110 @@ def test_dashboard_pin_acts_within_a_second_during_a_generation(lab):
     print(f"Pin took effect {seconds:.3f} s after the click, during the generation")
     assert still_running  # it acted during the cell, not when the cell ended
     assert seconds < 1.0
+
+
+def panel_row(model: str) -> str:
+    return f"{PANEL} .jp-LLMPanel-row[data-model='{model}']"
+
+
+def test_the_panel_acts_during_a_run_all_and_its_answers_do_not_go_stale(lab):
+    url, root = lab
+    notebook = write_notebook(root / "panel.ipynb", [
+        "%load_ext jupyter_llm_manager\n%llm load smollm2",
+        LONG_ANSWER,
+        "%llm load smollm2",
+    ])
+    write_notebook(root / "plain.ipynb", ["1 + 1"])
+    with chromium_page() as page, screenshot_on_failure(page, "controls-panel"):
+        open_notebook(page, url, notebook)
+        run_all_cells(page, 2)  # the generation starts as soon as the first cell ends
+        wait_until_generating(page, 1)
+        # the status bar follows the kernel during the run, not when it ends
+        page.wait_for_selector(f"{STATUS} >> text=/LLM 1 ·/", timeout=5_000)
+        page.click(STATUS)
+        page.wait_for_selector(panel_row("smollm2"), timeout=5_000)
+        seconds = click_and_time(page, button(f"{PANEL} .jp-LLMPanel-row[data-model=smollm2]", "Pin"),
+                                 button(f"{PANEL} .jp-LLMPanel-row[data-model=smollm2]", "Unpin") + ".length")
+        print(f"the panel's Pin took effect {seconds:.3f} s after the click, during the generation")
+        assert seconds < 1.0 and cell_running(page, 1)
+        # an Unload of the model in use says at once what it waits for
+        page.click(f"{panel_row('smollm2')} button:has-text('Unload')")
+        page.wait_for_selector(f"{panel_row('smollm2')} .jp-LLMPanel-pending >> text=/in use/", timeout=2_000)
+        page.screenshot(path=str(artifacts() / "controls-panel-waiting.png"), full_page=True)
+        interrupt(page)
+        page.wait_for_selector(f"{PANEL} .jp-LLMPanel-message >> text=/Unloaded 'smollm2'/", timeout=60_000)
+        # another notebook's kernel does not show this kernel's answer
+        page.dblclick(".jp-DirListing-item >> text=plain.ipynb")
+        page.wait_for_selector(f"{PANEL} >> text=Kernel of plain.ipynb", timeout=30_000)
+        assert page.locator(f"{PANEL} .jp-LLMPanel-message").count() == 0
+        page.click(".lm-TabBar-tabLabel >> text=panel.ipynb")
+        page.wait_for_selector(f"{PANEL} >> text=Kernel of panel.ipynb", timeout=30_000)
+        page.wait_for_selector(f"{PANEL} .jp-LLMPanel-message >> text=/Unloaded 'smollm2'/", timeout=10_000)
+        # once the model is loaded again, "Unloaded" is no longer true: it goes
+        page.click(inside(2, ".jp-InputPrompt"))
+        page.keyboard.press("Control+Enter")
+        page.wait_for_selector(f"{panel_row('smollm2')} >> text=/loaded/", timeout=60_000)
+        page.wait_for_selector(f"{PANEL} .jp-LLMPanel-message", state="detached", timeout=10_000)
+
+
+def test_markdown_keeps_line_breaks_and_tables_keep_words_whole(lab):
+    url, root = lab
+    notebook = write_notebook(root / "rendering.ipynb", [
+        ("from jupyter_llm_manager.frontends.notebook.rendering import RichAnswerView\n"
+         "view = RichAnswerView(['m'])\n"
+         "view.add('m', 'The primary colors are:\\n\\nRed (R)\\nBlue (B)\\nYellow (Y)')\n"
+         "view.close()"),
+        ("from jupyter_llm_manager.frontends.tables import Table\n"
+         "Table(['model', 'backend', 'state', 'plan', 'how estimated'], [['chat', 'llama_cpp', 'registered', "
+         "'admitted', 'from the safetensors header of the checkpoint, as float16, plus the KV cache at its full "
+         "context length and the overhead'], ['/a/very/long/path/to/a/model/file/without/spaces.gguf', "
+         "'transformers', 'loaded', 'evicted', 'declared']])"),
+    ])
+    with chromium_page(width=560) as page, screenshot_on_failure(page, "controls-rendering"):
+        open_notebook(page, url, notebook)
+        run_all_cells(page, 2)
+        page.wait_for_selector(inside(0, ".jp-RenderedMarkdown >> text=Yellow"), timeout=60_000)
+        page.wait_for_selector(inside(1, "table.jupyter-llm-manager"), timeout=60_000)
+        answer = page.inner_text(inside(0, ".jp-RenderedMarkdown"))
+        assert [line.strip() for line in answer.splitlines() if line.strip()] == [
+            "The primary colors are:", "Red (R)", "Blue (B)", "Yellow (Y)"]
+        lines = page.evaluate("""() => [...document.querySelectorAll('table.jupyter-llm-manager td')]
+            .filter(td => !/\\s/.test(td.innerText.trim()) && td.innerText.trim().length < 24)
+            .map(td => { const range = document.createRange(); range.selectNodeContents(td);
+                         return [td.innerText.trim(), range.getClientRects().length]; })""")
+        page.screenshot(path=str(artifacts() / "controls-rendering.png"), full_page=True)
+    assert lines and all(count == 1 for _, count in lines), lines  # no word split across lines
+
+
+def test_without_subshells_a_click_says_at_once_that_it_runs_when_the_cell_finishes(lab):
+    url, root = lab
+    set_comms_over_subshells(url, "disabled")  # as an older JupyterLab, classic Notebook or VS Code
+    notebook = write_notebook(root / "no-subshells.ipynb", [
+        "%load_ext jupyter_llm_manager\n%llm load smollm2",
+        "%llm dashboard",
+        LONG_ANSWER,
+    ])
+    try:
+        with chromium_page() as page, screenshot_on_failure(page, "controls-no-subshells"):
+            open_notebook(page, url, notebook)
+            run_all_cells(page, 2)
+            # without subshells the kernel answers the panel between cells only
+            page.wait_for_selector(f"{STATUS} >> text=/LLM 1 ·/", timeout=90_000)
+            page.wait_for_selector(".widget-gridbox >> text=smollm2", timeout=90_000)
+            page.keyboard.press("Shift+Enter")
+            wait_until_generating(page, 2)
+            pin = button(".widget-gridbox", "Pin")
+            seconds = click_and_time(page, pin, "[...document.querySelectorAll('.widget-gridbox button')]"
+                                     ".some(b => b.innerText.includes('runs when the cell finishes'))")
+            assert seconds < 1.0 and cell_running(page, 2)
+            page.click(STATUS)
+            page.wait_for_selector(panel_row("smollm2"), timeout=10_000)
+            page.click(f"{PANEL} button:has-text('Free memory')")
+            page.wait_for_selector(f"{PANEL} button >> text=/runs when the cell finishes/", timeout=1_000)
+            page.screenshot(path=str(artifacts() / "controls-no-subshells.png"), full_page=True)
+            interrupt(page)
+            # once the cell ends, the clicks run
+            page.wait_for_selector(".widget-gridbox button >> text=Unpin", timeout=60_000)
+            page.wait_for_selector(f"{PANEL} .jp-LLMPanel-message", timeout=60_000)
+    finally:
+        set_comms_over_subshells(url, "perCommTarget")

@@ -138,11 +138,14 @@ export class LLMModelsPanel extends Widget {
     if (!answer) {
       return null;
     }
-    if (!snapshot || (answer.kernel === this._state.kernelId && concerned(snapshot, answer.model) !== answer.state)) {
+    if (answer.kernel !== this._state.kernelId) {
+      return null; // another notebook's kernel: kept for when its notebook is active again
+    }
+    if (!snapshot || concerned(snapshot, answer.model) !== answer.state) {
       this._answer = null; // the kernel is gone, or what it said has changed since
       return null;
     }
-    return answer.kernel === this._state.kernelId ? answer.result : null;
+    return answer.result;
   }
 
   private _pendingFor(model: string | null): IPending | undefined {
