@@ -142,7 +142,7 @@ def panel_row(model: str) -> str:
 def test_the_panel_acts_during_a_run_all_and_its_answers_do_not_go_stale(lab):
     url, root = lab
     notebook = write_notebook(root / "panel.ipynb", [
-        "%load_ext jupyter_llm_manager\n%llm load smollm2",
+        "%load_ext jupyter_llm_manager\n%llm register far --base-url http://127.0.0.1:9/v1\n%llm load smollm2",
         LONG_ANSWER,
         "%llm load smollm2",
     ])
@@ -155,6 +155,8 @@ def test_the_panel_acts_during_a_run_all_and_its_answers_do_not_go_stale(lab):
         page.wait_for_selector(f"{STATUS} >> text=/LLM 1 ·/", timeout=5_000)
         page.click(STATUS)
         page.wait_for_selector(panel_row("smollm2"), timeout=5_000)
+        remote = page.inner_text(f"{panel_row('far')} .jp-LLMPanel-facts")
+        assert remote.count("remote") == 1 and "127.0.0.1:9" in remote  # where it runs, said once
         seconds = click_and_time(page, button(f"{PANEL} .jp-LLMPanel-row[data-model=smollm2]", "Pin"),
                                  button(f"{PANEL} .jp-LLMPanel-row[data-model=smollm2]", "Unpin") + ".length")
         print(f"the panel's Pin took effect {seconds:.3f} s after the click, during the generation")

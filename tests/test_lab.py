@@ -11,6 +11,7 @@ import comm
 import pytest
 from fakes import GB, fake, lease_elsewhere
 
+from jupyter_llm_manager import LLMManager
 from jupyter_llm_manager.frontends import actions
 from jupyter_llm_manager.frontends.lab_bridge import TARGET, LabBridge
 
@@ -99,6 +100,18 @@ def test_a_frontend_that_opens_the_comm_gets_a_snapshot_of_ids_and_numbers(bridg
                                                                                       "cuda:0", "2.0 GB")
     assert snapshot["devices"][1]["device"] == "cuda:0"
     assert snapshot["reserved_str"] == "2.0 GB" and row["reachable"] is None and row["waiting_for"] is None
+
+
+def test_a_remote_model_says_where_it_runs_before_it_is_loaded():
+    manager = LLMManager(config_path=False, preload=False)
+    try:
+        manager.register("far", backend="openai", base_url="http://127.0.0.1:9/v1", api_key="${FAR_KEY}")
+        manager.register("near", source="org/near")
+        rows = {row["id"]: row for row in LabBridge(manager).snapshot()["models"]}
+        assert rows["far"]["remote"] and rows["far"]["endpoint"] == "http://127.0.0.1:9/v1"  # the panel shows it
+        assert rows["near"]["endpoint"] is None  # a local model: its device says where
+    finally:
+        manager.close()
 
 
 def test_manager_events_push_one_coalesced_snapshot(bridge, manager):

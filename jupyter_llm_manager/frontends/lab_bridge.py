@@ -25,8 +25,10 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from ..config.secrets import shown_url
 from ..errors import LLMManagerError, log_failure
 from ..events import Event
+from ..reports import StatusRow
 from ..support.units import brief, format_bytes
 from . import actions
 from .kernel_comms import follow_frontend
@@ -205,6 +207,17 @@ class LabBridge:
 
     # -- what JupyterLab shows -----------------------------------------------------------------
 
+    def _endpoint(self, row: StatusRow) -> str | None:
+        """Where a remote model runs: the server it answered from, else the URL it was registered with."""
+        endpoint = row.details.get("endpoint")
+        if endpoint:
+            return str(endpoint)
+        try:
+            base_url = self.manager.spec(row.id).base_url
+        except LLMManagerError:
+            return None  # unregistered meanwhile
+        return shown_url(base_url) if base_url else None
+
     def snapshot(self) -> dict[str, Any]:
         """The models and devices as JupyterLab shows them: ids, states and numbers only."""
         now = time.time()
@@ -215,7 +228,7 @@ class LabBridge:
             "estimated": row.estimated_str, "actual": row.actual_str, "actual_bytes": row.actual_bytes,
             "last_used": row.last_used, "expires_at": row.expires_at, "error": row.error,
             "trust_remote_code": row.trust_remote_code, "reachable": row.reachable,
-            "waiting_for": row.waiting_for, "endpoint": row.details.get("endpoint"),
+            "waiting_for": row.waiting_for, "endpoint": self._endpoint(row) if row.remote else None,
         } for row in rows]
         loaded = [row for row in rows if row.state == "loaded"]
         held = sum(row.actual_bytes or 0 for row in loaded)
