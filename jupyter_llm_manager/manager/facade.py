@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any, Generic, Literal, TypeVar
 
 from ..backends import Backend, BackendCache, get_backend
-from ..backends.base import check_extra_params
 from ..config.files import ConfigFile, find_config_path, load_config
 from ..config.settings import SETTING_NAMES, ManagerSettings, check_setting
 from ..config.spec import ModelSpec, expand_path
@@ -34,7 +33,7 @@ from ..support.deadlines import parse_wait
 from .admission import Admission
 from .evictions import Evictions
 from .freeing import Freeing
-from .generations import Generations, TextStream, checked_texts, text_model
+from .generations import Generations, TextStream, checked_params, checked_texts, text_model
 from .handles import Lease, ModelHandle
 from .keep_alive import Upkeep
 from .loading import Loading
@@ -128,9 +127,7 @@ class LLMManager:
         self._freeing, self._estimates = freeing, estimates
         self._persistence = Persistence(books, path)
         self._catalog.adopt(config)
-        if self.default_model is not None:  # checked once the file's models are registered
-            where = path if "default_model" in config.settings_given and "default_model" not in given else None
-            self._catalog.check_default_model(self.default_model, path=where)
+        self._catalog.check_default_model(self.default_model, path=None if "default_model" in given else path)
         self._planner = Planner(books, device_probe, estimates, backends)
         self.warmup = WarmUp(lambda model_id: self.load(model_id), bus)
         if preload:
@@ -178,9 +175,7 @@ class LLMManager:
     def read_config(self, path: str | os.PathLike[str]) -> ConfigFile:
         """Register a configuration file's models and aliases and apply its settings; ``save()`` writes there."""
         config = load_config(Path(expand_path(os.fspath(path))))
-        if config.settings.default_model is not None and "default_model" in config.settings_given:
-            self._catalog.check_default_model(config.settings.default_model, path=config.path,
-                                              also=[*config.models, *config.aliases, *config.tasks])
+        self._catalog.check_file_default(config)  # before anything of the file is taken
         self._catalog.read(config)
         self.configure(**{name: getattr(config.settings, name) for name in config.settings_given})
         self._persistence.path = config.path
@@ -239,18 +234,9 @@ class LLMManager:
                                         raw=raw, wait=self._wait_seconds(wait))
 
     def generation_params(self, model_id: str, **params: Any) -> GenerationParams:
-        """The parameters a generation of ``model_id`` would use: its spec's, then ``params``; loads nothing.
-
-        Raises :class:`~jupyter_llm_manager.errors.InvalidGenerationParameters`
-        for a value out of range, or a parameter its backend does not take
-        (naming close matches and the valid ones).
-        """
+        """The checked parameters a generation would use (its spec's, then ``params``); loads nothing."""
         spec = self.spec(model_id)
-        generation = GenerationParams.build(spec.generation, params)
-        if generation.extra:
-            backend = self._backends(spec.backend)
-            check_extra_params(generation, backend.extra_params(spec), spec.id, backend.name)
-        return generation
+        return checked_params(spec, self._backends(spec.backend), params)
 
     def embed(self, model_id: str, texts: str | Sequence[str], *, wait: float | str | None = None) -> list[list[float]]:
         """One unit-length vector per text, from a model registered with ``mode: embed``."""
@@ -355,8 +341,7 @@ class LLMManager:
             if name not in SETTING_NAMES:
                 raise ConfigurationError(f"unknown setting {name!r}; settings: {', '.join(SETTING_NAMES)}")
         checked = {name: _checked(partial(check_setting, name, value)) for name, value in settings.items()}
-        if checked.get("default_model") is not None:
-            self._catalog.check_default_model(checked["default_model"])
+        self._catalog.check_default_model(checked.get("default_model"))
         self._upkeep.configure(checked)
 
     def save(self, path: str | os.PathLike[str] | None = None) -> Path:

@@ -195,13 +195,21 @@ class Catalog:
         with books.lock:
             return books.registry.names()
 
-    def check_default_model(self, name: str, *, also: Sequence[str] = (), path: Path | None = None) -> None:
+    def check_file_default(self, config: ConfigFile) -> None:
+        """A file's ``defaults: default_model``, before the file is read: it may name the file's own models."""
+        if "default_model" in config.settings_given:
+            self.check_default_model(config.settings.default_model, path=config.path,
+                                     also=[*config.models, *config.aliases, *config.tasks])
+
+    def check_default_model(self, name: str | None, *, also: Sequence[str] = (), path: Path | None = None) -> None:
         """Refuse a ``default_model`` that names nothing: an id, an alias or a task, or one of ``also``.
 
         ``also``: the names a configuration file being read is about to
         register. The built-in model is always a valid default (it is
-        registered once the manager is made).
+        registered once the manager is made). ``None`` (no default) is valid.
         """
+        if name is None:
+            return
         books = self._books
         with books.lock:
             registry = books.registry
