@@ -311,3 +311,20 @@ def test_a_click_that_waits_for_the_cell_shows_on_its_button_until_it_runs(manag
         assert pin.description == "Unpin" and manager.row("a").pinned
     finally:
         board.close()
+
+
+def test_on_a_kernel_without_subshells_every_button_says_while_a_cell_runs_that_clicks_wait(manager, monkeypatch):
+    import jupyter_llm_manager.frontends.dashboard as dashboard_module
+
+    cells = CellWatch(busy=True)
+    monkeypatch.setattr(dashboard_module, "clicks_wait_for_cells", lambda: True)  # ipykernel < 7
+    monkeypatch.setattr(dashboard_module, "cell_watch", lambda: cells)
+    board = Dashboard(manager, background=False)
+    try:
+        buttons = [board._rows["a"].pin, board._rows["a"].load, board._free]
+        assert all("runs when the cell finishes" in (b.tooltip or "") for b in buttons)
+        cells._finished()  # the cell ended (on the main thread): clicks act at once again
+        board.refresh()
+        assert not any("runs when the cell finishes" in (b.tooltip or "") for b in buttons)
+    finally:
+        board.close()
