@@ -235,6 +235,8 @@ def test_without_subshells_a_click_says_at_once_that_it_runs_when_the_cell_finis
             page.wait_for_selector(panel_row("smollm2"), timeout=10_000)
             page.click(f"{PANEL} button:has-text('Free memory')")
             page.wait_for_selector(f"{PANEL} button >> text=/runs when the cell finishes/", timeout=1_000)
+            assert page.evaluate("""() => [...document.querySelectorAll('#jupyter-llm-manager-panel button')]
+                .every(b => b.scrollHeight <= b.clientHeight + 1 && b.scrollWidth <= b.clientWidth + 1)""")  # readable
             page.screenshot(path=str(artifacts() / "controls-no-subshells.png"), full_page=True)
             interrupt(page)
             # once the cell ends, the clicks run
