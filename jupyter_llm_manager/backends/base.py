@@ -10,19 +10,21 @@ entry-point group ``jupyter_llm_manager.backends``.
 
 from __future__ import annotations
 
+import difflib
 import threading
 import traceback
 from collections.abc import Callable, Generator, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
 from ..config.spec import ModelSpec
+from ..errors import InvalidGenerationParameters
 from ..estimates import MemoryEstimate, remote_estimate
 from ..generation import GenerationParams, GenerationResult, Prompt
 
-__all__ = ["Backend", "ContextGrowth", "LoadedModel", "Placement", "TextGenerator", "progress_reporter", "release_frames",
-           "report_progress"]
+__all__ = ["Backend", "ContextGrowth", "LoadedModel", "Placement", "TextGenerator", "check_extra_params",
+           "progress_reporter", "release_frames", "report_progress"]
 
 #: What :meth:`Backend.stream` returns: yields text pieces, returns the result.
 TextGenerator = Generator[str, None, GenerationResult]
@@ -154,6 +156,14 @@ class Backend:
     def validate(self, spec: ModelSpec) -> None:
         """Raise :class:`~jupyter_llm_manager.errors.ConfigurationError` for options this backend rejects."""
 
+    def extra_params(self, spec: ModelSpec) -> frozenset[str] | None:
+        """Generation keywords ``spec`` accepts beyond :class:`GenerationParams`' own (``-p KEY=VALUE``).
+
+        ``None``: any (a server decides). Known without loading the model, so
+        that a misspelt parameter is refused before anything loads.
+        """
+        return None
+
     def device_kinds(self) -> set[str]:
         """Device kinds this backend can place a model on here (``cpu``, ``cuda``, ``mps``)."""
         return {"cpu"}
@@ -208,3 +218,41 @@ class Backend:
 
     def release_memory(self, devices: tuple[str, ...]) -> None:
         """Return cached memory to the device after the model was collected."""
+
+
+#: The parameters every backend takes (the fields of :class:`GenerationParams`).
+COMMON_PARAMS = tuple(f.name for f in fields(GenerationParams) if f.name != "extra")
+
+
+def check_extra_params(params: GenerationParams, accepted: frozenset[str] | None, model_id: str, backend: str) -> None:
+    """Refuse, in one line, the extra parameters ``model_id``'s backend does not accept.
+
+    The message names them, their close matches and the valid names, so a
+    typo (``top_kk``) is fixed without a trip to the documentation.
+    """
+    if accepted is None:
+        return
+    unknown = sorted(key for key in params.extra if key not in accepted)
+    if not unknown:
+        return
+    others = sorted(accepted - set(COMMON_PARAMS), key=lambda name: (len(name), name))  # the short, common ones first
+    close = difflib.get_close_matches(unknown[0], [*COMMON_PARAMS, *others], n=3, cutoff=0.6)
+    hint = f"did you mean {' or '.join(close)}? " if close else ""
+    names = ", ".join(repr(key) for key in unknown)
+    raise InvalidGenerationParameters(
+        f"unknown generation parameter{'s' if len(unknown) > 1 else ''} {names} for {model_id!r}: {hint}"
+        f"valid: {', '.join(COMMON_PARAMS)}; {backend} also takes {_listed(others, _LISTED_CHARS)}",
+        model_id=model_id)
+
+
+_LISTED_CHARS = 220  # the message stays one readable line (errors are cut at 500 characters)
+
+
+def _listed(names: list[str], limit: int) -> str:
+    """``names`` joined, as many as fit in ``limit`` characters, then how many more there are."""
+    shown: list[str] = []
+    for name in names:
+        if sum(len(n) + 2 for n in shown) + len(name) > limit:
+            return f"{', '.join(shown)} and {len(names) - len(shown)} more"
+        shown.append(name)
+    return ", ".join(shown) or "nothing else"

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ctypes
 import importlib.util
+import inspect
 import logging
 import re
 import threading
@@ -60,6 +61,10 @@ _TEMPLATE_TOKENS = 6  # what a chat template adds around each message (role mark
 _construct_lock = threading.Lock()  # llama-cpp-python swaps sys.stdout/stderr while it builds a model
 
 
+#: Keywords of llama-cpp-python's completion calls that this backend sets itself.
+_SET_HERE = frozenset({"self", "messages", "prompt", "stream", "model"})
+
+
 class LlamaCppBackend(Backend):
     """Runs GGUF files with llama.cpp, in chat or embed mode."""
 
@@ -89,6 +94,15 @@ class LlamaCppBackend(Backend):
         if importlib.util.find_spec("llama_cpp") is None:
             return f"llama-cpp-python is not installed: {_INSTALL}"
         return None
+
+    def extra_params(self, spec: ModelSpec) -> frozenset[str] | None:
+        """The keywords both of llama-cpp-python's completion calls take (``None`` where it is not installed)."""
+        if importlib.util.find_spec("llama_cpp") is None:
+            return None
+        llama = _library().Llama
+        chat, plain = (set(inspect.signature(call).parameters)
+                       for call in (llama.create_chat_completion, llama.create_completion))
+        return frozenset((chat & plain) - _SET_HERE)
 
     def device_kinds(self) -> set[str]:
         llama_cpp = _library()

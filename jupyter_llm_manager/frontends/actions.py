@@ -16,6 +16,7 @@ from ..support.units import format_bytes
 
 if TYPE_CHECKING:
     from ..manager.facade import LLMManager
+    from ..reports import StatusRow
 
 __all__ = [
     "ACTION_WAIT_S",
@@ -28,6 +29,7 @@ __all__ = [
     "unload",
     "unload_all",
     "unpin",
+    "waiting_note",
 ]
 
 #: How long an unload waits for a model in use (a generation, a ``use()`` block) to be released.
@@ -91,6 +93,23 @@ def set_default(manager: LLMManager, model_id: str) -> str:
     manager.resolve(model_id)
     manager.default_model = model_id
     return f"%%llm without a model now uses {model_id!r}."
+
+
+def waiting_note(row: StatusRow, doing: str) -> str:
+    """What an action under way on ``row`` waits for, in a few words ("" when it waits for nothing).
+
+    ``doing`` is what a front-end shows meanwhile ("unloading", "loading").
+    Said while the action waits, so an Unload of a model in use is not silent.
+    """
+    if doing.startswith("unloading"):
+        if row.state == "loading":
+            return f"waiting for its load to finish (up to {ACTION_WAIT_S:g} s)"
+        if row.in_use:
+            users = f"{row.in_use} use{'s' if row.in_use != 1 else ''}"
+            return f"waiting: in use ({users}, e.g. a generation); unloads when released (up to {ACTION_WAIT_S:g} s)"
+    if doing.startswith("loading") and row.state == "waiting":
+        return f"waiting for room (#{row.queue_position or 1}){': ' + row.waiting_for if row.waiting_for else ''}"
+    return ""
 
 
 def free_memory(manager: LLMManager) -> str:

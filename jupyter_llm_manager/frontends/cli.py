@@ -51,7 +51,9 @@ def _list(args: argparse.Namespace) -> int:
                      row.backend, spec.location or "-", str(spec.device), row.estimated_str or "-"])
         if row.error:
             problems.append(f"{row.id}: {row.error}")
-    where = manager.config_path or "no configuration file: the built-in model only"
+    from ..models.builtin import WITHOUT_CONFIG
+
+    where = manager.config_path or f"no configuration file: {WITHOUT_CONFIG}"
     _say(Table(["id", "aliases", "backend", "source", "device", "estimate"], rows, caption=f"Models ({where})"))
     for problem in problems:
         _say(problem)

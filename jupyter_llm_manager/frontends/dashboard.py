@@ -1,23 +1,26 @@
 """The models dashboard: devices, models, actions and events, live, in an ipywidgets panel.
 
-Open it with ``%llm dashboard`` or ``jupyter_llm_manager.open_dashboard()``. It turns manager snapshots into widget values and clicks
-into manager calls, nothing more:
+Open it with ``%llm dashboard`` or ``jupyter_llm_manager.open_dashboard()``. It turns manager snapshots into widget
+values and clicks into manager calls, nothing more:
 
 - one background thread is the only writer of widget state. Manager events
   wake it at once; device figures are refreshed about every two seconds.
   Only values that changed are sent, a widget's changes batched with
   ``hold_sync``, and system memory is rounded, so an idle dashboard sends no
   message;
+- clicks act while a cell runs where the frontend sends them on a kernel
+  subshell (JupyterLab >= 4.4): every widget follows the frontend's routing
+  (:mod:`.kernel_comms`). Where a click waits for the running cell, its
+  button says "runs when the cell finishes" as soon as the click arrives;
 - a click runs its action (:mod:`.actions`, shared with the magics and
-  JupyterLab) on a short-lived thread (the kernel may be busy with a cell);
-  the row shows what is pending and the result;
+  JupyterLab) on a short-lived thread; the row shows what is pending, what
+  it waits for, and the result;
 - it holds model ids, never model objects. ``close()`` stops the thread,
   unsubscribes and closes every widget.
 """
 
 from __future__ import annotations
 
-import html
 import logging
 import threading
 import time
@@ -28,9 +31,22 @@ from typing import TYPE_CHECKING, Any
 from ..errors import LLMManagerError, log_failure
 from ..events import Event
 from ..reports import StatusRow
-from ..support.heavy_imports import ready
-from ..support.units import format_bytes, format_duration
+from ..support.units import format_duration
 from . import actions
+from .dashboard_html import (
+    LEGEND,
+    MUTED,
+    WRAP,
+    device_html,
+    event_html,
+    memory_html,
+    message_html,
+    name_html,
+    no_gpu_note,
+    state_html,
+    text,
+)
+from .kernel_comms import QUEUED_NOTE, cell_watch, clicks_wait_for_cells, follow_frontend
 
 if TYPE_CHECKING:
     from ..manager.facade import LLMManager
@@ -40,25 +56,32 @@ __all__ = ["Dashboard"]
 log = logging.getLogger(__name__)
 
 # One grid for the header and every row, so columns stay aligned at any width (a side panel too).
-_COLUMNS = (("model", "minmax(5em, 2fr)"), ("state", "minmax(5em, 1.5fr)"), ("device", "minmax(3em, 0.6fr)"),
-            ("memory", "minmax(5em, 1.6fr)"), ("last use", "minmax(3em, 0.8fr)"),
-            ("keep-alive", "minmax(3em, 0.8fr)"), ("", "fit-content(17em)"))  # buttons stack when narrow
+# Columns of short words are never narrower than their longest word ("registered", "llama_cpp" stay whole).
+_COLUMNS = (("model", "minmax(5em, 2fr)"), ("state", "minmax(min-content, 1.5fr)"),
+            ("device", "minmax(min-content, 0.6fr)"), ("memory", "minmax(min-content, 1.6fr)"),
+            ("last use", "minmax(min-content, 0.8fr)"), ("keep-alive", "minmax(min-content, 0.8fr)"),
+            ("", "fit-content(17em)"))  # buttons stack when narrow
 _GRID = " ".join(width for _, width in _COLUMNS)
-_WRAP = "overflow-wrap: anywhere"
-_SIZES = {"weights": "measured after the load: what the model's tensors take (llama.cpp models: also their KV "
-                     "cache and buffers, as llama.cpp reports them)",
-          "needs": "estimated before loading, from metadata: weights + KV cache + overhead",
-          "reserved": "what this kernel counts against the budget for its loaded models: measured weights + "
-                      "the KV cache and overhead of their estimates"}
-_LEGEND = " · ".join(f"<b>{name}</b>: {text}" for name, text in _SIZES.items())
-_MUTED = "color: var(--jp-ui-font-color2, #777)"
-_HELD, _OTHERS, _BUDGET = "#3b82f6", "#a3a3a3", "#dc2626"
 _ACTION_JOIN_S = actions.ACTION_WAIT_S + 5.0
+_TOOLTIPS = {"Free memory": "collect garbage, empty the CUDA cache",
+             "Plan ticked": "would the ticked models fit together? (none ticked: each task's selected option) "
+                            "Loads nothing"}
 
 
-def _text(value: str) -> str:
-    """Escape for an HTML text node (quotes need no escaping there and stay readable)."""
-    return html.escape(value, quote=False)
+def _is_click(data: Any) -> bool:
+    """A button's click as ipywidgets sends it: ``{"method": "custom", "content": {"event": "click"}}``."""
+    content = data.get("content") if isinstance(data, dict) else None
+    return isinstance(content, dict) and data.get("method") == "custom" and content.get("event") == "click"
+
+
+def _button(widget: Any, label: str, disabled: bool, queued: set[int], hint: str | None) -> tuple[Any, dict[str, Any]]:
+    """A button's values: its label, or the label and "runs when the cell finishes" while its click waits."""
+    if id(widget) in queued:
+        return widget, {"description": f"{label} · {QUEUED_NOTE}", "disabled": True, "tooltip": QUEUED_NOTE}
+    tooltip = _TOOLTIPS.get(label)
+    if hint:
+        tooltip = f"{tooltip}; {hint}" if tooltip else hint
+    return widget, {"description": label, "disabled": disabled, "tooltip": tooltip}
 
 
 def _ipywidgets() -> Any:
@@ -69,100 +92,66 @@ def _ipywidgets() -> Any:
     return ipywidgets
 
 
-def _coarse(value: int) -> str:
-    """System-wide used bytes, rounded so that its constant small changes do not re-render the dashboard."""
-    if value >= 10**9:
-        return format_bytes(round(value / 10**8) * 10**8)
-    return format_bytes(round(value / 10**7) * 10**7)
+class _Clicks:
+    """Every widget follows the frontend's routing; which buttons' clicks wait for the running cell.
 
+    Clicks sent on a kernel subshell run at once. One that arrives for the
+    busy main shell marks its button "runs when the cell finishes" until it
+    runs; on a kernel that takes no click during a cell (ipykernel < 7), every
+    button says so in its tooltip while a cell runs (:meth:`hint`).
+    """
 
-def _device_html(device: Any) -> str:
-    total = max(device.total_bytes, 1)
-    held = round(100 * min(device.held_bytes, total) / total)
-    others = round(100 * max(device.used_bytes - device.held_bytes, 0) / total)
-    budget = round(100 * min(device.budget_bytes, total) / total)
-    bar = (
-        f"<div style='position:relative; flex:1; height:14px; background:var(--jp-layout-color3, #eee);"
-        f" border-radius:3px; overflow:hidden; min-width:8em'>"
-        f"<div title='reserved for this kernel&#39;s models' style='position:absolute; left:0; width:{held}%;"
-        f" height:100%; background:{_HELD}'></div>"
-        f"<div title='used by others' style='position:absolute; left:{held}%; width:{others}%; height:100%;"
-        f" background:{_OTHERS}'></div>"
-        f"<div title='budget' style='position:absolute; left:{budget}%; top:0; bottom:0; width:2px;"
-        f" background:{_BUDGET}'></div></div>")
-    text = (f"{_coarse(device.used_bytes)} of {device.total_str} used · <span title='{_SIZES['reserved']}'>"
-            f"{_text(device.held_str)} reserved</span> for models · budget {device.budget_str}")
-    return (f"<div style='display:flex; flex-wrap:wrap; align-items:center; gap:0.2em 0.6em'>"
-            f"<div style='min-width:10em'><b>{_text(device.device)}</b> "
-            f"<span style='{_MUTED}'>{_text(device.name)}</span></div>{bar}"
-            f"<div style='{_WRAP}'>{text}</div></div>")
+    def __init__(self, wake: Callable[[], None], say: Callable[[str], None]) -> None:
+        self._lock = threading.Lock()
+        self._queued: set[int] = set()
+        self._wake = wake
+        self._say = say
+        self._cells = cell_watch()
+        self._cells_block_clicks = clicks_wait_for_cells()
 
+    def bind(self, button: Any, action: Callable[[], None]) -> None:
+        """``action`` on a click; a click that waits for the running cell shows it on the button at once."""
 
-def _no_gpu_note() -> str:
-    from ..devices import nvml_error
+        def clicked(_: Any) -> None:
+            with self._lock:
+                self._queued.discard(id(button))  # it arrived: the wait is over
+            action()
 
-    reason = nvml_error() or "no NVIDIA GPU reported"
-    torch = ready("torch")
-    if torch is not None and not torch.cuda.is_available():
-        reason += f"; torch {torch.__version__} sees no CUDA device"
-    return (f"<div style='{_MUTED}'>No GPU visible to this kernel ({_text(reason)}). Models run on the CPU; "
-            "run <code>jupyter-llm-manager doctor</code> to see why.</div>")
+        button.on_click(clicked)
+        self.follow([button], lambda data: self._waiting(button, data))
 
+    def follow(self, widgets: list[Any], on_queued: Callable[[Any], None] | None = None) -> None:
+        """Let the frontend route the messages of ``widgets`` (and of their layouts and styles)."""
+        for widget in widgets:
+            follow_frontend(getattr(widget, "comm", None), on_queued, self._cells)
+            for part in (getattr(widget, "layout", None), getattr(widget, "style", None)):
+                follow_frontend(getattr(part, "comm", None), None, self._cells)
 
-def _state_html(row: StatusRow, pending: str | None, loading_since: float | None, now: float) -> str:
-    if pending:
-        return f"<i>{_text(pending)}…</i>"
-    if row.state == "loading":
-        elapsed = f" {format_duration(now - loading_since)}" if loading_since else ""
-        doing = f"<div style='{_MUTED}; font-size:smaller'>{_text(row.progress)}</div>" if row.progress else ""
-        return f"<progress style='width:4em'></progress> loading{elapsed}{doing}"
-    if row.state == "failed":
-        return f"<span style='color:{_BUDGET}' title='{html.escape(row.error or '')}'>failed</span>"
-    if row.state == "waiting":
-        return f"<span title='{html.escape(row.waiting_for or '')}'>waiting (#{row.queue_position or 1})</span>"
-    notes = [n for flag, n in ((row.in_use, f"in use ({row.in_use})"), (row.pinned, "pinned"),
-                               (row.reachable is False, "unreachable")) if flag]
-    return _text(row.state + (f" · {', '.join(notes)}" if notes else ""))
+    def follow_field(self, field: Any, name: str) -> None:
+        """A setting typed in ``field``: when its change waits for the cell, a message says so at once."""
 
+        def waiting(data: Any) -> None:
+            state = data.get("state") if isinstance(data, dict) else None
+            if isinstance(state, dict) and "value" in state:
+                self._say(f"The new {name} {QUEUED_NOTE}.")
 
-def _memory_html(row: StatusRow) -> str:
-    """The model's sizes, each named: measured weights, and what it needs (the estimate)."""
-    if row.remote:
-        return "remote"
-    parts = [(name, value) for name, value in (("weights", row.actual_str), ("needs", row.estimated_str)) if value]
-    return " · ".join(f"<span title='{_SIZES[name]}'>{name} {_text(value)}</span>" for name, value in parts) or "?"
+        self.follow([field], waiting)
 
+    def _waiting(self, button: Any, data: Any) -> None:
+        """On ipykernel's shell-channel thread, as a click arrives for the busy main shell."""
+        if _is_click(data):
+            with self._lock:
+                self._queued.add(id(button))
+            self._wake()
 
-def _name_html(row: StatusRow) -> str:
-    aliases = f" <span style='{_MUTED}'>({_text(', '.join(row.aliases))})</span>" if row.aliases else ""
-    badges = ""
-    if row.trust_remote_code:
-        badges += f" <span title='runs code from its repository' style='color:{_BUDGET}'>⚠ remote code</span>"
-    facts = [str(row.details.get(k)) for k in ("endpoint", "latency_str", "last_error") if row.details.get(k)]
-    if row.context and not row.remote:
-        facts.append(f"context {row.context:,} tokens")
-    if row.mode == "embed":
-        facts.append("embeddings")
-    details = f"<div style='{_MUTED}; font-size:smaller'>{_text(' · '.join(facts))}</div>" if facts else ""
-    if row.error and (row.state in ("failed", "registered") or row.reachable is False):
-        details += f"<div style='color:{_BUDGET}; font-size:smaller'>{_text(row.error[:200])}</div>"
-    return f"<div style='{_WRAP}'><b>{_text(row.id)}</b>{aliases}{badges}{details}</div>"
+    def queued(self) -> set[int]:
+        """The buttons (by ``id``) whose click waits for the running cell."""
+        with self._lock:
+            return set(self._queued)
 
-
-def _event_html(events: list[Event]) -> str:
-    rows = "".join(
-        f"<tr><td>{time.strftime('%H:%M:%S', time.localtime(e.time))}</td><td>{_text(e.model_id or '')}</td>"
-        f"<td>{_text(e.kind + (f' ({e.reason})' if e.reason else ''))}</td>"
-        f"<td>{f'{e.seconds:.2f} s' if e.seconds is not None else ''}</td><td>{_text(e.bytes_str)}</td>"
-        f"<td>{_text(e.message[:300])}</td></tr>" for e in reversed(events))
-    return ("<table style='font-size:smaller'><thead><tr><th>time</th><th>model</th><th>what</th><th>seconds</th>"
-            f"<th>bytes</th><th>message</th></tr></thead><tbody>{rows}</tbody></table>")
-
-
-def _message_html(when: float, failed: bool, text: str) -> str:
-    color = f"color:{_BUDGET}" if failed else _MUTED
-    return (f"<div style='{color}; white-space:pre-wrap'>{time.strftime('%H:%M:%S', time.localtime(when))} "
-            f"{_text(text)}</div>")
+    def hint(self) -> str | None:
+        """What every button's tooltip says while no click can reach the kernel (a cell runs, no subshells)."""
+        return QUEUED_NOTE if self._cells_block_clicks and self._cells.busy else None
 
 
 class _ModelRow:
@@ -175,11 +164,12 @@ class _ModelRow:
         self.pin = widgets.Button(description="Pin", layout=widgets.Layout(width="auto"))
         self.tick = widgets.Checkbox(value=False, indent=False, description="plan",
                                      layout=widgets.Layout(width="auto"))  # ticked models: "Plan ticked"
-        self.load.on_click(lambda _: dashboard.load(model_id))
-        self.unload.on_click(lambda _: dashboard.unload(model_id))
-        self.pin.on_click(lambda _: dashboard.toggle_pin(model_id))
+        dashboard.clicks.bind(self.load, lambda: dashboard.load(model_id))
+        dashboard.clicks.bind(self.unload, lambda: dashboard.unload(model_id))
+        dashboard.clicks.bind(self.pin, lambda: dashboard.toggle_pin(model_id))
         self.buttons = widgets.HBox([self.load, self.unload, self.pin, self.tick],
                                     layout=widgets.Layout(flex_flow="row wrap", width="auto"))
+        dashboard.clicks.follow([*self.cells, self.tick, self.buttons])
 
     @property
     def grid_cells(self) -> list[Any]:
@@ -189,16 +179,16 @@ class _ModelRow:
     def widgets(self) -> list[Any]:
         return [*self.cells, self.load, self.unload, self.pin, self.tick, self.buttons]
 
-    def values(self, row: StatusRow, pending: str | None, loading_since: float | None,
-               now: float) -> list[tuple[Any, dict[str, Any]]]:
-        texts = [_name_html(row), _state_html(row, pending, loading_since, now),
-                 _text(row.device), _memory_html(row), _text(row.last_used_str()),
-                 _text(row.expires_in_str())]
+    def values(self, row: StatusRow, pending: str | None, loading_since: float | None, now: float,
+               queued: set[int], hint: str | None) -> list[tuple[Any, dict[str, Any]]]:
+        texts = [name_html(row), state_html(row, pending, loading_since, now),
+                 text(row.device), memory_html(row), text(row.last_used_str()),
+                 text(row.expires_in_str())]
         busy = bool(pending) or row.state == "loading"
-        return [*((cell, {"value": text}) for cell, text in zip(self.cells, texts)),
-                (self.load, {"disabled": busy or row.state == "loaded"}),
-                (self.unload, {"disabled": busy or row.state != "loaded"}),
-                (self.pin, {"description": "Unpin" if row.pinned else "Pin", "disabled": bool(pending)})]
+        return [*((cell, {"value": value}) for cell, value in zip(self.cells, texts)),
+                _button(self.load, "Load", busy or row.state == "loaded", queued, hint),
+                _button(self.unload, "Unload", busy or row.state != "loaded", queued, hint),
+                _button(self.pin, "Unpin" if row.pinned else "Pin", bool(pending), queued, hint)]
 
 
 class Dashboard:
@@ -229,6 +219,7 @@ class Dashboard:
         self._stop = threading.Event()
         self._rows: dict[str, _ModelRow] = {}
         self._plan_text = ""
+        self.clicks = _Clicks(self._wake.set, self._say)
         self._build(widgets)
         self._unsubscribe = manager.subscribe(self._on_event)
         self.refresh()
@@ -242,10 +233,10 @@ class Dashboard:
     def _build(self, widgets: Any) -> None:
         self._title = widgets.HTML("<b>LLM models in this kernel</b>")
         self._devices = widgets.HTML()
-        self._header_cells = [widgets.HTML(f"<span style='{_MUTED}'>{name}</span>") for name, _ in _COLUMNS]
+        self._header_cells = [widgets.HTML(f"<span style='{MUTED}'>{name}</span>") for name, _ in _COLUMNS]
         self._model_box = widgets.GridBox(self._header_cells, layout=widgets.Layout(
             grid_template_columns=_GRID, grid_gap="2px 10px", align_items="center", width="100%"))
-        self._legend = widgets.HTML(f"<div style='{_MUTED}; font-size:smaller; {_WRAP}'>{_LEGEND}</div>")
+        self._legend = widgets.HTML(f"<div style='{MUTED}; font-size:smaller; {WRAP}'>{LEGEND}</div>")
         self._cap = widgets.Text(description="Max models", value=self._cap_text(), placeholder="no cap",
                                  layout=widgets.Layout(width="12em"), continuous_update=False,
                                  tooltip="how many models may be loaded at once; empty: no cap")
@@ -253,14 +244,13 @@ class Dashboard:
                                         layout=widgets.Layout(width="14em"), continuous_update=False,
                                         placeholder="10m, 1h, never")
         self._unload_all = widgets.Button(description="Unload all", button_style="warning")
-        self._free = widgets.Button(description="Free memory", tooltip="collect garbage, empty the CUDA cache")
-        self._plan = widgets.Button(description="Plan ticked", tooltip="would the ticked models fit together? "
-                                    "(none ticked: each task's selected option) Loads nothing")
-        self._plan.on_click(lambda _: self.plan_ticked())
+        self._free = widgets.Button(description="Free memory", tooltip=_TOOLTIPS["Free memory"])
+        self._plan = widgets.Button(description="Plan ticked", tooltip=_TOOLTIPS["Plan ticked"])
+        self.clicks.bind(self._plan, self.plan_ticked)
+        self.clicks.bind(self._unload_all, self.unload_all)
+        self.clicks.bind(self._free, self.free_memory)
         self._plan_html = widgets.HTML()
         self._warmup = widgets.HTML()
-        self._unload_all.on_click(lambda _: self.unload_all())
-        self._free.on_click(lambda _: self.free_memory())
         self._cap.observe(self._on_cap, names="value")
         self._keep_alive.observe(self._on_keep_alive, names="value")
         actions = widgets.HBox([self._unload_all, self._free, self._plan, self._cap, self._keep_alive],
@@ -272,6 +262,11 @@ class Dashboard:
         self._events_box = events
         self.widget = widgets.VBox([self._title, self._warmup, self._devices, self._model_box, self._legend, actions,
                                     self._messages_html, self._plan_html, events])
+        self.clicks.follow([self._title, self._warmup, self._devices, *self._header_cells, self._model_box,
+                            self._legend, self._plan_html, actions, self._messages_html, self._events, events,
+                            self.widget])
+        self.clicks.follow_field(self._cap, "max models")
+        self.clicks.follow_field(self._keep_alive, "keep-alive")
 
     def _all_widgets(self) -> list[Any]:
         found = [self._title, self._warmup, self._devices, *self._header_cells, self._model_box, self._legend,
@@ -297,23 +292,27 @@ class Dashboard:
             loading = dict(self._loading_since)
             messages = list(self._messages)
             plan = self._plan_text
+        queued, hint = self.clicks.queued(), self.clicks.hint()
         warmup = self.manager.warmup.status
         shown = warmup.running or bool(warmup.failed)
-        _apply(self._warmup, value=f"<div style='{_MUTED}'>{_text(str(warmup))}</div>" if shown else "")
+        _apply(self._warmup, value=f"<div style='{MUTED}'>{text(str(warmup))}</div>" if shown else "")
         _apply(self._plan_html, value=plan)
         shown_rows = self._sync_rows([row.id for row in rows])
         gpus = [d for d in devices if d.device.startswith("cuda")]
-        devices_html = "".join(_device_html(d) for d in devices) + ("" if gpus else _no_gpu_note())
-        _apply(self._devices, value=devices_html)
+        _apply(self._devices, value="".join(device_html(d) for d in devices) + ("" if gpus else no_gpu_note()))
         for row in rows:
-            for widget, values in shown_rows[row.id].values(row, pending.get(row.id), loading.get(row.id), now):
+            for widget, values in shown_rows[row.id].values(row, pending.get(row.id), loading.get(row.id), now,
+                                                            queued, hint):
                 _apply(widget, **values)
-        _apply(self._events, value=_event_html(events))
-        _apply(self._messages_html, value="".join(_message_html(*m) for m in messages))
+        _apply(self._events, value=event_html(events))
+        _apply(self._messages_html, value="".join(message_html(*m) for m in messages))
         _apply(self._cap, value=self._cap_text())
         _apply(self._keep_alive, value=self._keep_alive_text())
         nothing_loaded = not any(row.state == "loaded" for row in rows)
-        _apply(self._unload_all, disabled=nothing_loaded or "" in pending)
+        for widget, values in (_button(self._unload_all, "Unload all", nothing_loaded or "" in pending, queued, hint),
+                               _button(self._free, "Free memory", "" in pending, queued, hint),
+                               _button(self._plan, "Plan ticked", "" in pending, queued, hint)):
+            _apply(widget, **values)
 
     def _sync_rows(self, ids: list[str]) -> dict[str, _ModelRow]:
         """One row of widgets per id, in order (the writer's job); returns them by id."""
@@ -351,6 +350,12 @@ class Dashboard:
                 self.refresh()
             except Exception as error:  # noqa: BLE001 - the writer thread must survive, and say so in one line
                 log_failure(log, "the dashboard failed to refresh; it keeps running", error)
+
+    def _say(self, message: str) -> None:
+        """A line in the messages area, from any thread."""
+        with self._lock:
+            self._messages.append((time.time(), False, message))
+        self._wake.set()
 
     def _on_event(self, event: Event) -> None:
         with self._lock:

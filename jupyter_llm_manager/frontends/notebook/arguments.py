@@ -8,17 +8,63 @@ from __future__ import annotations
 
 import argparse
 import ast
-from typing import Any
+import difflib
+from dataclasses import fields
+from typing import Any, NoReturn
 
+from IPython.core.error import UsageError
 from IPython.core.magic_arguments import MagicArgumentParser
 from IPython.utils.process import arg_split
 
+from ...generation import GenerationParams
 from .rendering import FORMATS
 
 __all__ = ["CELL_PARSER", "LINE_COMMANDS", "LINE_PARSER", "MODEL_COMMANDS", "parse", "parse_value", "usage"]
 
 #: Subcommands of ``%llm`` whose argument is a model id (Tab completes ids there).
 MODEL_COMMANDS = frozenset({"load", "unload", "pin", "unpin", "estimate", "default", "alias", "plan", "select"})
+
+
+class _Parser(MagicArgumentParser):
+    """A parser whose "unrecognized arguments" error points to the option meant (``--max-tokens``: ``-n``)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.spellings: list[tuple[str, ...]] = []  # each option's spellings, for suggestions
+        self.commands: list[_Parser] = []
+
+    def add_argument(self, *args: Any, **kwargs: Any) -> argparse.Action:
+        action = super().add_argument(*args, **kwargs)
+        if action.option_strings:
+            self.spellings.append(tuple(action.option_strings))
+        return action
+
+    def add_parser(self, commands: Any, name: str, **kwargs: Any) -> _Parser:
+        """A subcommand's parser, remembered so that its options are suggested too."""
+        parser: _Parser = commands.add_parser(name, **kwargs)
+        self.commands.append(parser)
+        return parser
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message + self._suggestions(message))
+
+    def _suggestions(self, message: str) -> str:
+        """"; --max-tokens: did you mean -n/--max-new-tokens?" for each unknown option with a close match."""
+        if "unrecognized arguments:" not in message:
+            return ""
+        spellings = {name: "/".join(names) for parser in (self, *self.commands) for names in parser.spellings
+                     for name in names if name.startswith("--")}
+        hints = []
+        for word in message.partition("unrecognized arguments:")[2].split():
+            name = word.partition("=")[0]
+            close = difflib.get_close_matches(name, list(spellings), n=1, cutoff=0.6) if name.startswith("-") else []
+            if close:
+                hints.append(f"{name}: did you mean {spellings[close[0]]}?")
+        return "; " + "; ".join(hints) if hints else ""
+
+
+#: The length of an answer when neither ``-n`` nor the model's own settings give one.
+DEFAULT_MAX_NEW_TOKENS = next(f.default for f in fields(GenerationParams) if f.name == "max_new_tokens")
 
 
 class _HelpFormatter(argparse.HelpFormatter):
@@ -29,7 +75,7 @@ class _HelpFormatter(argparse.HelpFormatter):
 
 
 def _cell_parser() -> MagicArgumentParser:
-    parser = MagicArgumentParser(
+    parser = _Parser(
         prog="%%llm", formatter_class=_HelpFormatter,
         description="Send the cell to one or more models and stream the answer into the output. {name} and "
                     "{name[index]} are replaced by notebook values; {{text}} is a literal {text}; any other braces "
@@ -41,7 +87,9 @@ def _cell_parser() -> MagicArgumentParser:
                         help="store the answer text in VAR (a dict id -> text for several models)")
     parser.add_argument("-f", "--format", choices=FORMATS, default=None,
                         help="how to render the answer (default markdown); code puts it in a new cell below")
-    parser.add_argument("-n", "--max-new-tokens", type=int, metavar="N", help="at most N new tokens")
+    parser.add_argument("-n", "--max-new-tokens", type=int, metavar="N",
+                        help=f"at most N new tokens (default: the model's generation settings, else "
+                             f"{DEFAULT_MAX_NEW_TOKENS})")
     parser.add_argument("-t", "--temperature", type=float, metavar="T", help="sampling temperature (0 = greedy)")
     parser.add_argument("--top-p", type=float, metavar="P", help="nucleus sampling probability")
     parser.add_argument("--seed", type=int, metavar="S", help="random seed, for a repeatable sample")
@@ -57,14 +105,14 @@ def _cell_parser() -> MagicArgumentParser:
 
 
 def _line_parser() -> tuple[MagicArgumentParser, dict[str, MagicArgumentParser]]:
-    parser = MagicArgumentParser(prog="%llm", formatter_class=_HelpFormatter,
+    parser = _Parser(prog="%llm", formatter_class=_HelpFormatter,
                                  description="Manage the models of this kernel.")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     found: dict[str, MagicArgumentParser] = {}
 
     def command(name: str, help_text: str) -> MagicArgumentParser:
-        found[name] = commands.add_parser(name, help=help_text.replace("%", "%%"), description=help_text,
-                                          formatter_class=_HelpFormatter)
+        found[name] = parser.add_parser(commands, name, help=help_text.replace("%", "%%"), description=help_text,
+                                        formatter_class=_HelpFormatter)
         return found[name]
 
     command("list", "registered models and aliases")

@@ -204,6 +204,13 @@ class LineCommands:
     def command_plan(self, args: argparse.Namespace) -> None:
         """Would these models fit together (default: every task's selected option, else the preload models)?"""
         report = self._manager().plan(args.models or None)
+        if not args.models:  # say what was checked, as the command that checks it again
+            checked = " ".join(m.id for m in report.models)
+            say(f"Checked each task's selected option (else the preload models): %llm plan {checked}" if checked else
+                "Nothing to check: name the models (%llm plan MODEL ...), choose a task's option "
+                "(%llm select TASK OPTION), or mark models preload: true in the configuration file.")
+            if not checked:
+                return
         for table in plan_tables(report):
             display(table)
 

@@ -20,7 +20,7 @@ from typing import Any, Literal
 from ...generation import GenerationResult
 from ...support.units import displayable
 
-__all__ = ["FORMATS", "AnswerView", "Format", "RichAnswerView", "TextAnswerView", "extract_code"]
+__all__ = ["FORMATS", "AnswerView", "Format", "RichAnswerView", "TextAnswerView", "extract_code", "keep_line_breaks"]
 
 Format = Literal["markdown", "text", "code", "html", "json"]
 FORMATS: tuple[Format, ...] = ("markdown", "text", "code", "html", "json")
@@ -34,6 +34,41 @@ def as_format(name: str) -> Format:
     raise ValueError(f"unknown format {name!r}; use one of {', '.join(FORMATS)}")
 _FENCE = re.compile(r"```[^\n`]*\n(.*?)(?:```|$)", re.DOTALL)
 _MUTED = "color: var(--jp-ui-font-color2, #777); font-size: smaller"
+_FENCE_OPEN = re.compile(r"^ {0,3}(`{3,}|~{3,})")
+_HARD_BREAK = "  "  # two trailing spaces: a hard line break in CommonMark, invisible elsewhere
+
+
+def keep_line_breaks(answer: str) -> str:
+    """``answer`` as Markdown that keeps its single line breaks, as chat UIs show them.
+
+    Markdown joins consecutive lines into one paragraph ("Red (R)\\nBlue (B)"
+    renders as "Red (R) Blue (B)"); a hard break at the end of each line that
+    another line follows keeps them apart. Fenced code and table rows are left
+    as they are (line breaks already hold there).
+    """
+    lines = answer.split("\n")
+    fence = ""
+    for index, line in enumerate(lines[:-1]):
+        opening = _FENCE_OPEN.match(line)
+        if fence:
+            if opening and opening.group(1)[0] == fence[0] and len(opening.group(1)) >= len(fence) \
+                    and not line.strip().strip(fence[0]):
+                fence = ""  # the closing fence
+            continue
+        if opening:
+            fence = opening.group(1)
+            continue
+        if _breaks_here(line, lines[index + 1]):
+            ending = "\r" if line.endswith("\r") else ""  # a Windows line end stays last
+            lines[index] = line.rstrip("\r").rstrip(" ") + _HARD_BREAK + ending
+    return "\n".join(lines)
+
+
+def _breaks_here(line: str, following: str) -> bool:
+    """Whether a hard break belongs after ``line``: text follows it, and neither is a table row."""
+    if not line.strip() or not following.strip() or line.rstrip("\r").endswith("\\"):
+        return False
+    return not (line.lstrip().startswith("|") or following.lstrip().startswith("|"))
 
 
 def extract_code(answer: str) -> str:
@@ -142,7 +177,7 @@ class RichAnswerView(AnswerView):
             return self._columns_bundle()
         text = self.texts[self.model_ids[0]]
         if self.format == "markdown":
-            return {"text/markdown": text, "text/plain": text}
+            return {"text/markdown": keep_line_breaks(text), "text/plain": text}
         if self.format == "html":
             return {"text/html": text, "text/plain": text}
         if self.format == "code":
