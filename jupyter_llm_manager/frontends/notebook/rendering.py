@@ -20,7 +20,7 @@ from typing import Any, Literal
 from ...generation import GenerationResult
 from ...support.units import displayable
 
-__all__ = ["FORMATS", "AnswerView", "Format", "RichAnswerView", "TextAnswerView", "extract_code"]
+__all__ = ["FORMATS", "AnswerView", "Format", "RichAnswerView", "TextAnswerView", "extract_code", "footer"]
 
 Format = Literal["markdown", "text", "code", "html", "json"]
 FORMATS: tuple[Format, ...] = ("markdown", "text", "code", "html", "json")
@@ -40,6 +40,11 @@ def extract_code(answer: str) -> str:
     """The code of an answer: the contents of its fenced blocks, or the whole text."""
     blocks = [block.strip("\n") for block in _FENCE.findall(answer)]
     return "\n\n".join(blocks) if blocks else answer.strip()
+
+
+def footer(result: GenerationResult) -> str:
+    """The small print under an answer, in the magic's words: ``… · stopped at the 256-token limit: -n to allow more``."""
+    return result.summary(more_tokens="-n", let_run="-p repetition_penalty=1.0")
 
 
 def _json_value(answer: str) -> Any:
@@ -85,7 +90,7 @@ class AnswerView:
         """One model's answer is complete (or was interrupted, or failed)."""
         if result is not None:
             self.texts[model_id] = result.text
-            self.summaries[model_id] = result.summary_str
+            self.summaries[model_id] = footer(result)
         if error:
             self.summaries[model_id] = f"{model_id} · {error}"
 
