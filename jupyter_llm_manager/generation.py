@@ -300,7 +300,9 @@ class StopTextFilter:
         return longest
 
 
-_WORD = re.compile(r"\w+")
+#: A word: letters and digits, up to 64 of them (a longer run counts as several words, so a stream of one long
+#: "word" is never held back whole).
+_WORD = re.compile(r"\w{1,64}")
 _ALLOWED_TIMES = 2  # a passage may appear twice; the answer ends before its third appearance
 
 
