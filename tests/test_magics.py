@@ -174,6 +174,25 @@ def test_raw_and_system_reach_the_backend(shell, echo):
     assert echo.backend.prompts[-1][0] == {"role": "system", "content": "Be brief"}
 
 
+def test_the_footer_says_an_answer_stopped_at_the_token_limit_and_the_flag_that_raises_it(shell, echo):
+    _, captured = run(shell, "%%llm echo -n 3\none two three four five")
+    assert "stopped at the 3-token limit: -n to allow more" in status_text(captured)
+    assert answer_updates(captured)[-1]["text/plain"] == "one two three"
+    _, captured = run(shell, "%%llm echo -n 9\none two three four five")
+    assert "limit" not in status_text(captured)
+
+
+def test_the_footer_says_a_repetition_stopped_an_answer_and_the_stream_never_showed_it(shell, echo):
+    loop = "la femme au martyre, " * 6
+    _, captured = run(shell, f"%%llm echo -p repetition_penalty=1.1\nLa Marseillaise, {loop}")
+    assert "stopped before a passage repeated a third time" in status_text(captured)
+    shown = [update["text/plain"] for update in answer_updates(captured)]
+    assert shown[-1] == "La Marseillaise, la femme au martyre, la femme au martyre,"
+    assert all(shown[-1].startswith(text) for text in shown)  # nothing shown was taken back
+    _, captured = run(shell, f"%%llm echo -p repetition_penalty=1.0\n{loop}")  # the penalty off: untouched
+    assert answer_updates(captured)[-1]["text/plain"] == loop.strip() and "repeated" not in status_text(captured)
+
+
 def test_format_code_puts_the_code_in_a_new_cell(shell, echo, monkeypatch):
     inserted = []
     monkeypatch.setattr(shell, "set_next_input", lambda text, replace=False: inserted.append((text, replace)))
