@@ -309,6 +309,7 @@ def test_list_status_and_estimate_render_as_tables(shell, real):
     real.load("a")
     _, captured = run(shell, "%llm list")
     assert "<table" in captured.outputs[0].data["text/html"] and "chat" in texts(captured)
+    assert "generation defaults" in texts(captured) and "repetition_penalty 1.1 (last 64 tokens)" in texts(captured)
     _, captured = run(shell, "%llm status")
     status, devices = captured.outputs
     assert "keep-alive left" in status.data["text/plain"] and "loaded" in status.data["text/plain"]

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -119,10 +120,8 @@ def gguf_defaults(info: GgufInfo) -> GenerationDefaults:
     ``penalty_last_n`` is the window (-1: the whole answer); 0 means llama.cpp
     applies no penalty, so the file recommends ``repetition_penalty`` 1.0.
     """
-    sampling = dict(info.sampling)
+    sampling = {name: _shortest(value) for name, value in info.sampling}
     found: dict[str, Any] = {ours: sampling[theirs] for theirs, ours in _GGUF_NAMES.items() if theirs in sampling}
-    if isinstance(found.get("top_k"), float) and found["top_k"].is_integer():
-        found["top_k"] = int(found["top_k"])
     window: int | None = DEFAULT_PENALTY_WINDOW
     last_n = sampling.get("penalty_last_n")
     if last_n == -1:
@@ -132,6 +131,14 @@ def gguf_defaults(info: GgufInfo) -> GenerationDefaults:
     elif isinstance(last_n, (int, float)) and last_n > 0 and float(last_n).is_integer():
         window = int(last_n)
     return GenerationDefaults.recommended(found, source="GGUF metadata", window=window)
+
+
+def _shortest(value: float) -> float | int:
+    """A float32 from a GGUF header as it was written (0.6, not 0.6000000238); whole numbers as ``int``."""
+    if not math.isfinite(value):
+        return value
+    rounded = float(f"{value:.7g}")
+    return int(rounded) if rounded.is_integer() else rounded
 
 
 def checkpoint_defaults(spec: ModelSpec) -> GenerationDefaults:

@@ -130,7 +130,7 @@ class LlamaCppBackend(Backend):
         threads = chooser.choose() if chooser is not None else usable_cores()
         options: dict[str, Any] = {"model_path": str(path), "n_ctx": context, "n_threads": threads,
                                    "n_threads_batch": threads, "verbose": False,
-                                   "last_n_tokens_size": generation.window or context}
+                                   "last_n_tokens_size": min(generation.window or context, context)}
         if spec.mode == "embed":
             options.update(embedding=True, pooling_type=llama_cpp.LLAMA_POOLING_TYPE_MEAN)
         gpus = [d for d in placement.devices if d.startswith("cuda")]
