@@ -121,8 +121,8 @@ def idle_cpus(before: CpuSnapshot, after: CpuSnapshot) -> float:
 class ThreadChoice:
     """The threads of one llama.cpp model, chosen for each request: :func:`core_budget`, within the idle CPUs.
 
-    A CPU counts as idle when other work leaves it at least three quarters
-    free. The CPUs are read over the time the model was idle since its last
+    A request gets one thread per whole CPU of idle capacity, where three
+    quarters of a CPU count as a whole one. The CPUs are read over the time the model was idle since its last
     request ended (between 50 ms and 2 s ago), else over a 50 ms look taken
     now. The clock, the snapshots and the look's wait are injectable for tests.
     """
