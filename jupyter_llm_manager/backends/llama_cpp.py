@@ -177,6 +177,11 @@ class LlamaCppBackend(Backend):
         chooser = _choosers.get(model)
         if chooser is not None:
             loaded.details["threads"] = _use_threads(model, chooser.choose())
+        # Every request evaluates its whole prompt. llama-cpp-python would reuse the prefix it shares with
+        # the last request and evaluate the rest in another batch shape, whose rounding moves the logits
+        # enough to change a greedy answer under the repetition penalty: an answer must not depend on the
+        # request before it.
+        model.reset()
         try:
             if prepared.tokens is not None:  # exactly the tokens counted: the template applied here
                 chunks = model.create_completion(prepared.tokens, stream=True, stop=prepared.stop or None, **options)
