@@ -171,7 +171,7 @@ def idle_now() -> float:
 
 
 def thread_figures(path: Path, tokens: int, busy: int, runs: int) -> dict[str, list[float]]:
-    """tokens/s and threads of the old and the new choice, idle and with ``busy`` CPUs busy, alternating."""
+    """tokens/s and threads of the old and the new choice, idle and with ``busy`` CPUs busy."""
     manager = LLMManager(config_path=False, preload=False)
     every = usable_cores()
     manager.register("old", source=str(path), backend="llama_cpp", max_context=CONTEXT,
@@ -186,8 +186,8 @@ def thread_figures(path: Path, tokens: int, busy: int, runs: int) -> dict[str, l
             try:
                 time.sleep(ThreadChoice.LOOK_SECONDS * 4)  # the spinners start
                 figures.setdefault(f"{condition} idle CPUs", []).append(idle_now())
-                for _ in range(runs):
-                    for model_id in ("old", "new"):
+                for model_id in ("old", "new"):  # one model's runs in a row: the other's never count as busy CPUs
+                    for _ in range(runs):
                         time.sleep(0.3)  # each request starts after an idle moment, as a user's would
                         result = manager.generate(model_id, PROMPT, max_new_tokens=tokens, temperature=0,
                                                   repetition_penalty=1.0)
@@ -248,7 +248,7 @@ def main() -> int:
         figures = thread_figures(path, args.tokens, args.busy, args.runs)
         print(f"\nllama.cpp threads: {usable_cores()} usable CPUs, {core_budget()} physical cores within them, "
               f"load average {', '.join(f'{x:.1f}' for x in os.getloadavg())} before; {args.tokens} greedy "
-              f"tokens, n_ctx {CONTEXT}, {args.runs} runs per cell, old and new alternating: median (range)\n")
+              f"tokens, n_ctx {CONTEXT}, {args.runs} runs per cell: median (range)\n")
         print(thread_table(figures, args.busy))
         results["threads"] = figures
     if args.json:
