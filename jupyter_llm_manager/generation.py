@@ -156,6 +156,7 @@ class GenerationResult:
     finish_reason: FinishReason = "stop"
     warnings: tuple[str, ...] = ()
     max_new_tokens: int | None = None  # the token limit it ran under (lowered where the context rule did)
+    context_limited: bool = False  # the context rule lowered that limit: more tokens would not fit
 
     @property
     def tokens_per_second(self) -> float:
@@ -169,6 +170,8 @@ class GenerationResult:
         """
         if self.finish_reason == "length":
             limit = self.max_new_tokens or self.completion_tokens
+            if self.context_limited:
+                return f"stopped at the end of the context ({limit} new tokens fit): a shorter prompt allows more"
             return f"stopped at the {limit}-token limit: {more_tokens} to allow more"
         if self.finish_reason == "repetition":
             return f"stopped before a passage repeated a third time: {let_run} to let it run"

@@ -133,6 +133,8 @@ def test_a_prompt_longer_than_the_context_is_refused_and_long_answers_are_cut_to
         manager.generate("small-ctx", "word " * 600)
     result = manager.generate("small-ctx", "Write a long story.", max_new_tokens=1000)
     assert result.warnings and "lowered" in result.warnings[0] and result.completion_tokens < 512
+    if result.finish_reason == "length":
+        assert result.context_limited and "end of the context" in result.summary_str
 
 
 # -- answers a newcomer can trust: the default repetition penalty -----------------------------------------

@@ -92,6 +92,24 @@ def test_the_context_rule(tiny_models):
         manager.close()
 
 
+def test_an_answer_cut_by_the_context_says_so_instead_of_asking_for_more_tokens(tiny_models):
+    from jupyter_llm_manager.frontends.notebook.rendering import footer
+
+    manager = LLMManager(config_path=False, preload=False)
+    try:
+        manager.register("short", source=str(tiny_models["a"]), max_context=40)
+        options = {"raw": True, "max_new_tokens": 100, "min_new_tokens": 100}
+        stream = manager.stream("short", "Hello", **options)
+        list(stream)
+        for result in (manager.generate("short", "Hello", **options), stream.result):
+            assert result.finish_reason == "length" and result.context_limited
+            assert "stopped at the end of the context" in footer(result) and "-n" not in footer(result)
+        plain = manager.generate("short", "Hello", raw=True, **exactly(5))
+        assert not plain.context_limited and footer(plain).endswith("stopped at the 5-token limit: -n to allow more")
+    finally:
+        manager.close()
+
+
 @pytest.mark.parametrize("params, message", [
     ({"max_new_tokens": -5}, "max_new_tokens"), ({"temperature": -0.1}, "temperature"),
     ({"top_p": 1.5}, "top_p"), ({"top_k": -1}, "top_k"), ({"repetition_penalty": 0}, "repetition_penalty"),

@@ -221,7 +221,8 @@ class LlamaCppBackend(Backend):
         reason: FinishReason = text_filter.reason or (
             "interrupted" if interrupted or stop.is_set() else "length" if finish == "length" else "stop")
         result = GenerationResult(model_id, text_filter.text, prompt_tokens or 0, tokens,
-                                  time.perf_counter() - started, reason, warnings, max_new)
+                                  time.perf_counter() - started, reason, warnings, max_new,
+                                  context_limited=max_new < params.max_new_tokens)
         if interrupted:
             raise StreamInterrupted(result)
         return result

@@ -260,8 +260,8 @@ class TransformersBackend(Backend):
             text = answer.text
         else:
             text = loaded.tokenizer.decode(output[0, prompt_tokens:], skip_special_tokens=True)
-        return GenerationResult(model_id, text, prompt_tokens, tokens, seconds,
-                                finish_reason(answer, tokens, max_new), warnings, max_new)
+        return GenerationResult(model_id, text, prompt_tokens, tokens, seconds, finish_reason(answer, tokens, max_new),
+                                warnings, max_new, context_limited=max_new < params.max_new_tokens)
 
     def stream(self, loaded: LoadedModel, prompt: Prompt, params: GenerationParams, *,
                model_id: str, raw: bool, stop: threading.Event) -> TextGenerator:
@@ -309,14 +309,14 @@ class TransformersBackend(Backend):
                 stop.set()
             worker.join(_JOIN_TIMEOUT_S)
         result = self._stream_result(outcome, model_id, prompt_tokens, max_new, started, text_filter,
-                                     stop, warnings)
+                                     stop, warnings, params.max_new_tokens)
         if interrupted:
             raise StreamInterrupted(result)
         return result
 
     def _stream_result(self, outcome: dict[str, Any], model_id: str, prompt_tokens: int, max_new: int,
                        started: float, text_filter: AnswerFilter, stop: threading.Event,
-                       warnings: tuple[str, ...]) -> GenerationResult:
+                       warnings: tuple[str, ...], requested: int) -> GenerationResult:
         error = outcome.pop("error", None)
         if error is not None:
             release_frames(error)
@@ -328,7 +328,8 @@ class TransformersBackend(Backend):
         if stop.is_set() and not text_filter.stopped and tokens < max_new:
             reason = "interrupted"
         return GenerationResult(model_id, text_filter.text, prompt_tokens, tokens,
-                                time.perf_counter() - started, reason, warnings, max_new)
+                                time.perf_counter() - started, reason, warnings, max_new,
+                                context_limited=max_new < requested)
 
     def _prepare(self, loaded: LoadedModel, prompt: Prompt, params: GenerationParams, model_id: str,
                  raw: bool) -> tuple[dict[str, Any], int, tuple[str, ...]]:
