@@ -1,6 +1,6 @@
 """The real SmolLM2-135M-Instruct GGUF file, through the manager and through the raw libraries, in one run.
 
-    python benchmarks/real_models.py [--runs 3] [--tokens 64] [--json out.json]
+    python benchmarks/real_models.py [--runs 3] [--tokens 64] [--json out.json] [--threads-only] [--busy 1]
 
 For each backend, side by side with the library it wraps, on the same file
 and prompt (greedy, chat template):
@@ -14,6 +14,14 @@ and prompt (greedy, chat template):
 Each run starts with an empty converted-copy cache. Prints a Markdown table:
 the median of the runs with their range, and the ratios manager / raw
 (speed: raw / manager, so that above 1 means the manager is slower).
+
+Then llama.cpp's thread count (the second table; ``--threads-only`` prints
+only it): tokens per second through the manager with the old choice (a
+thread on every usable core) and the new one (the physical cores, within
+the CPUs idle when the request starts), on a machine as it is ("idle") and
+with ``--busy`` CPUs kept busy by spinning processes, in the same run. The
+repetition penalty is off in every speed figure (``repetition_penalty=1.0``),
+so both sides make the same tokens as the raw library.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ import gc
 import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -33,6 +42,7 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 from jupyter_llm_manager import LLMManager
 from jupyter_llm_manager.backends.llama_cpp import usable_cores
+from jupyter_llm_manager.backends.llama_cpp_options import ThreadChoice, core_budget, cpu_snapshot, idle_cpus
 from jupyter_llm_manager.backends.transformers.support import library_progress_off
 from jupyter_llm_manager.models.builtin import INSTALL_HINT, smollm2_file
 
@@ -95,7 +105,8 @@ def one_run(path: Path, tokens: int, with_llama: bool) -> dict[str, float]:
     figures["hf cold manager"], _ = timed(lambda: manager.load("hf"))
     manager.unload("hf")
     figures["hf cached manager"], _ = timed(lambda: manager.load("hf"))
-    result = manager.generate("hf", PROMPT, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False)
+    result = manager.generate("hf", PROMPT, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False,
+                              repetition_penalty=1.0)
     figures["hf tok/s manager"] = result.completion_tokens / result.seconds
     manager.unload("hf")
     if with_llama:
@@ -107,8 +118,8 @@ def one_run(path: Path, tokens: int, with_llama: bool) -> dict[str, float]:
         del model
         manager.register("cpp", source=str(path), backend="llama_cpp", max_context=CONTEXT)
         figures["cpp load manager"], _ = timed(lambda: manager.load("cpp"))
-        manager.generate("cpp", PROMPT, max_new_tokens=8, temperature=0)
-        result = manager.generate("cpp", PROMPT, max_new_tokens=tokens, temperature=0)
+        manager.generate("cpp", PROMPT, max_new_tokens=8, temperature=0, repetition_penalty=1.0)
+        result = manager.generate("cpp", PROMPT, max_new_tokens=tokens, temperature=0, repetition_penalty=1.0)
         figures["cpp tok/s manager"] = result.completion_tokens / result.seconds
     manager.close()
     return figures
@@ -144,11 +155,77 @@ def table(runs: list[dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
+# -- llama.cpp's threads ------------------------------------------------------------------------------------
+
+def busy_cpus(count: int) -> list[subprocess.Popen]:
+    """``count`` processes that each keep one CPU busy (other work on a shared machine) until terminated."""
+    return [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(count)]
+
+
+def idle_now() -> float:
+    """The usable CPUs idle over the next half second."""
+    before = cpu_snapshot()
+    time.sleep(0.5)
+    after = cpu_snapshot()
+    return idle_cpus(before, after) if before and after else float("nan")
+
+
+def thread_figures(path: Path, tokens: int, busy: int, runs: int) -> dict[str, list[float]]:
+    """tokens/s and threads of the old and the new choice, idle and with ``busy`` CPUs busy."""
+    manager = LLMManager(config_path=False, preload=False)
+    every = usable_cores()
+    manager.register("old", source=str(path), backend="llama_cpp", max_context=CONTEXT,
+                     load_kwargs={"n_threads": every, "n_threads_batch": every})
+    manager.register("new", source=str(path), backend="llama_cpp", max_context=CONTEXT)
+    figures: dict[str, list[float]] = {}
+    try:
+        for model_id in ("old", "new"):
+            manager.generate(model_id, PROMPT, max_new_tokens=8, temperature=0, repetition_penalty=1.0)
+        for condition, spinners in (("idle", 0), (f"{busy} busy", busy)):
+            workers = busy_cpus(spinners)
+            try:
+                time.sleep(ThreadChoice.LOOK_SECONDS * 4)  # the spinners start
+                figures.setdefault(f"{condition} idle CPUs", []).append(idle_now())
+                for model_id in ("old", "new"):  # one model's runs in a row: the other's never count as busy CPUs
+                    for _ in range(runs):
+                        time.sleep(0.3)  # each request starts after an idle moment, as a user's would
+                        result = manager.generate(model_id, PROMPT, max_new_tokens=tokens, temperature=0,
+                                                  repetition_penalty=1.0)
+                        figures.setdefault(f"{condition} {model_id} tok/s", []).append(result.tokens_per_second)
+                        figures.setdefault(f"{condition} {model_id} threads", []).append(
+                            manager.row(model_id).details["threads"])
+            finally:
+                for worker in workers:
+                    worker.terminate()
+                    worker.wait()
+    finally:
+        manager.close()
+    return figures
+
+
+def thread_table(figures: dict[str, list[float]], busy: int) -> str:
+    header = ("| condition | CPUs idle at the start | old: every usable core | new: physical cores within the idle "
+              "CPUs | new / old |")
+    lines = [header, "|---|---|---|---|---|"]
+    for condition in ("idle", f"{busy} busy"):
+        old, new = figures[f"{condition} old tok/s"], figures[f"{condition} new tok/s"]
+        threads = sorted(set(figures[f"{condition} new threads"]))
+        ratios = sorted(n / o for n, o in zip(new, old))
+        lines.append(
+            f"| {condition} | {statistics.median(figures[f'{condition} idle CPUs']):.1f} | "
+            f"{spread(old, 'tok/s')}, {figures[f'{condition} old threads'][0]} threads | "
+            f"{spread(new, 'tok/s')}, {'/'.join(map(str, threads))} threads | "
+            f"{statistics.median(ratios):.2f} ({ratios[0]:.2f}–{ratios[-1]:.2f}) |")
+    return "\n".join(lines)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--json", type=Path, help="also write every run's figures here")
+    parser.add_argument("--threads-only", action="store_true", help="only llama.cpp's thread comparison")
+    parser.add_argument("--busy", type=int, default=1, help="CPUs kept busy in the thread comparison")
     args = parser.parse_args()
     path = smollm2_file()
     if path is None:
@@ -156,16 +233,26 @@ def main() -> int:
         return 1
     import importlib.util
 
-    import torch  # imported before timing anything: first imports are not load time
-
-    torch.set_num_threads(usable_cores())
     with_llama = importlib.util.find_spec("llama_cpp") is not None
-    runs = [one_run(path, args.tokens, with_llama) for _ in range(args.runs)]
-    print(f"SmolLM2-135M-Instruct Q4_1 ({path.stat().st_size / 1e6:.0f} MB), {usable_cores()} cores, "
-          f"{args.tokens} greedy tokens, n_ctx {CONTEXT}, {args.runs} runs: median (range)\n")
-    print(table(runs))
+    results: dict[str, object] = {}
+    if not args.threads_only:
+        import torch  # imported before timing anything: first imports are not load time
+
+        torch.set_num_threads(usable_cores())
+        runs = [one_run(path, args.tokens, with_llama) for _ in range(args.runs)]
+        print(f"SmolLM2-135M-Instruct Q4_1 ({path.stat().st_size / 1e6:.0f} MB), {usable_cores()} cores, "
+              f"{args.tokens} greedy tokens, n_ctx {CONTEXT}, {args.runs} runs: median (range)\n")
+        print(table(runs))
+        results["runs"] = runs
+    if with_llama:
+        figures = thread_figures(path, args.tokens, args.busy, args.runs)
+        print(f"\nllama.cpp threads: {usable_cores()} usable CPUs, {core_budget()} physical cores within them, "
+              f"load average {', '.join(f'{x:.1f}' for x in os.getloadavg())} before; {args.tokens} greedy "
+              f"tokens, n_ctx {CONTEXT}, {args.runs} runs per cell: median (range)\n")
+        print(thread_table(figures, args.busy))
+        results["threads"] = figures
     if args.json:
-        args.json.write_text(json.dumps(runs, indent=2))
+        args.json.write_text(json.dumps(results, indent=2))
     return 0
 
 

@@ -3,12 +3,15 @@
 :class:`GenerationParams` validates parameters before anything runs, so a
 negative token count or a temperature below zero is a clear error, not a
 stack trace from deep inside a model. :class:`StopTextFilter` holds back text
-that might be the start of a stop string while streaming.
+that might be the start of a stop string while streaming;
+:class:`RepeatedPassageStop` ends an answer before a passage appears a third
+time; :class:`AnswerFilter` runs both for the local backends.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from types import MappingProxyType
@@ -17,19 +20,26 @@ from typing import Any, Literal
 from .errors import InvalidGenerationParameters
 
 __all__ = [
+    "PASSAGE_WORDS",
+    "AnswerFilter",
     "FinishReason",
     "GenerationParams",
     "GenerationResult",
     "Prompt",
+    "RepeatedPassageStop",
     "StopTextFilter",
     "StreamInterrupted",
+    "cut_at_repetition",
     "cut_at_stop",
     "normalize_prompt",
 ]
 
 Message = Mapping[str, str]
 Prompt = str | Sequence[Message]
-FinishReason = Literal["stop", "length", "stop_string", "interrupted"]
+#: ``repetition``: cut before a passage appeared a third time (:class:`RepeatedPassageStop`).
+FinishReason = Literal["stop", "length", "stop_string", "repetition", "interrupted"]
+#: An answer stops before a passage of this many words (or more) appears a third time.
+PASSAGE_WORDS = 6
 
 _ROLES = {"system", "user", "assistant", "tool", "developer"}
 
@@ -119,6 +129,20 @@ class GenerationParams:
             return self.temperature > 0
         return None
 
+    @property
+    def penalized(self) -> bool:
+        """Whether a repetition penalty applies, and with it the stop before a passage's third appearance.
+
+        ``repetition_penalty=1.0`` turns both off: the model's raw output.
+        """
+        return self.repetition_penalty is not None and self.repetition_penalty != 1.0
+
+    @property
+    def stops_on_repetition(self) -> bool:
+        """Whether the answer ends before a passage's third appearance: with the penalty, unless the call
+        asks for at least ``min_new_tokens`` (which, like the end-of-text token, the stop then respects)."""
+        return self.penalized and not self.extra.get("min_new_tokens")
+
 
 @dataclass(frozen=True)
 class GenerationResult:
@@ -131,19 +155,41 @@ class GenerationResult:
     seconds: float
     finish_reason: FinishReason = "stop"
     warnings: tuple[str, ...] = ()
+    max_new_tokens: int | None = None  # the token limit it ran under (lowered where the context rule did)
+    context_limited: bool = False  # the context rule lowered that limit: more tokens would not fit
 
     @property
     def tokens_per_second(self) -> float:
         return self.completion_tokens / self.seconds if self.seconds > 0 else 0.0
 
-    @property
-    def summary_str(self) -> str:
-        """``model · 20 tokens · 0.41 s · 48.8 tok/s``, for footers."""
+    def finish_note(self, *, more_tokens: str = "max_new_tokens=", let_run: str = "repetition_penalty=1.0") -> str:
+        """Why the answer ended, where a reader should know; ``more_tokens`` and ``let_run`` say how to change it.
+
+        ``stopped at the 256-token limit: max_new_tokens= to allow more``; empty
+        for an answer that ended by itself.
+        """
+        if self.finish_reason == "length":
+            limit = self.max_new_tokens or self.completion_tokens
+            if self.context_limited:
+                return f"stopped at the end of the context ({limit} new tokens fit): a shorter prompt allows more"
+            return f"stopped at the {limit}-token limit: {more_tokens} to allow more"
+        if self.finish_reason == "repetition":
+            return f"stopped before a passage repeated a third time: {let_run} to let it run"
+        if self.finish_reason == "interrupted":
+            return "interrupted"
+        return ""
+
+    def summary(self, *, more_tokens: str = "max_new_tokens=", let_run: str = "repetition_penalty=1.0") -> str:
+        """``model · 20 tokens · 0.41 s · 48.8 tok/s``, then :meth:`finish_note`: the footer of an answer."""
         text = (f"{self.model_id} · {self.completion_tokens} tokens · {self.seconds:.2f} s · "
                 f"{self.tokens_per_second:.1f} tok/s")
-        if self.finish_reason == "interrupted":
-            text += " · interrupted"
-        return text
+        note = self.finish_note(more_tokens=more_tokens, let_run=let_run)
+        return f"{text} · {note}" if note else text
+
+    @property
+    def summary_str(self) -> str:
+        """:meth:`summary` in the words of the Python API, for footers."""
+        return self.summary()
 
     def __str__(self) -> str:
         return self.text
@@ -255,3 +301,156 @@ class StopTextFilter:
                     longest = size
                     break
         return longest
+
+
+#: A word: letters and digits, up to 64 of them (a longer run counts as several words, so a stream of one long
+#: "word" is never held back whole).
+_WORD = re.compile(r"\w{1,64}")
+_ALLOWED_TIMES = 2  # a passage may appear twice; the answer ends before its third appearance
+
+
+class RepeatedPassageStop:
+    """Streams an answer until a passage of :data:`PASSAGE_WORDS` words (or more) would appear a third time.
+
+    Words are runs of letters and digits compared without case, so commas
+    and capitals do not hide a loop; appearances may overlap (a loop of four
+    words repeats each six-word passage in it every four words). Text that
+    could still become the start of a third appearance is held back until it
+    cannot, so what was shown is never taken back: the answer is cut just
+    before that appearance, and :attr:`text` is what was shown.
+    """
+
+    def __init__(self, words: int = PASSAGE_WORDS) -> None:
+        self.size = words
+        self.stopped = False
+        self._text = ""  # everything received
+        self._shown = 0  # how much of it was handed out
+        self._scanned = 0  # where the next word may begin
+        self._words: list[str] = []
+        self._starts: list[int] = []  # where each word begins in the text
+        self._counts: dict[tuple[str, ...], int] = {}  # appearances of every run of 1 to ``size`` words
+        self._cut: int | None = None
+
+    @property
+    def text(self) -> str:
+        """Everything shown so far (after a stop: the answer up to the cut)."""
+        return self._text[: self._shown]
+
+    def feed(self, piece: str) -> str:
+        """Return the part of ``piece`` (and of what was held back) that is safe to show now."""
+        if self.stopped:
+            return ""
+        self._text += piece
+        self._read_words(final=False)
+        return self._release(self._held_from())
+
+    def flush(self) -> str:
+        """What was held back, once the answer has ended (its last word may still complete a third appearance)."""
+        if self.stopped:
+            return ""
+        self._read_words(final=True)
+        return self._release(len(self._text))
+
+    def _read_words(self, final: bool) -> None:
+        """Count the words completed since the last call; a word at the very end may go on, unless ``final``."""
+        for match in _WORD.finditer(self._text, self._scanned):
+            if match.end() == len(self._text) and not final:
+                return
+            self._scanned = match.end()
+            self._count(match.group().casefold(), match.start())
+            if self._cut is not None:
+                return
+
+    def _count(self, word: str, start: int) -> None:
+        self._words.append(word)
+        self._starts.append(start)
+        total = len(self._words)
+        for size in range(1, min(self.size, total) + 1):
+            run = tuple(self._words[total - size:])
+            self._counts[run] = self._counts.get(run, 0) + 1
+            if size == self.size and self._counts[run] > _ALLOWED_TIMES:
+                self._cut = self._before(self._starts[total - size])
+
+    def _held_from(self) -> int:
+        """Where the text that must wait begins: trailing space, a word still being written, and the
+        latest words when they already appeared twice before (they may begin a third appearance)."""
+        held = len(self._text)
+        while held > self._shown and self._text[held - 1].isspace():
+            held -= 1
+        if self._scanned < len(self._text):
+            partial = _WORD.search(self._text, self._scanned)
+            if partial is not None and partial.end() == len(self._text):
+                held = min(held, self._before(partial.start()))
+        total = len(self._words)
+        for size in range(1, min(self.size - 1, total) + 1):
+            if self._counts.get(tuple(self._words[total - size:]), 0) <= _ALLOWED_TIMES:
+                break  # a longer run ending here cannot have appeared more often than this one
+            held = min(held, self._before(self._starts[total - size]))
+        return held
+
+    def _before(self, start: int) -> int:
+        """``start`` moved back over the spaces before it: the cut leaves no trailing space."""
+        while start > self._shown and self._text[start - 1].isspace():
+            start -= 1
+        return start
+
+    def _release(self, end: int) -> str:
+        """Hand out the text up to ``end``, or up to the cut once there is one."""
+        if self._cut is not None:
+            self.stopped, end = True, self._cut
+        end = max(end, self._shown)
+        piece, self._shown = self._text[self._shown:end], end
+        return piece
+
+
+def cut_at_repetition(text: str) -> tuple[str, bool]:
+    """``text`` up to where a passage of :data:`PASSAGE_WORDS` words would appear a third time, and whether it does."""
+    stop = RepeatedPassageStop()
+    shown = stop.feed(text) + stop.flush()
+    return shown, stop.stopped
+
+
+class AnswerFilter:
+    """What a reader sees of an answer as it streams: cut at a stop string, or before a passage's third appearance.
+
+    The repetition stop belongs to the repetition penalty: with
+    ``repetition_penalty=1.0`` (``repetition=False``) the text passes untouched
+    but for stop strings.
+    """
+
+    def __init__(self, stops: Sequence[str], *, repetition: bool) -> None:
+        self._stops = StopTextFilter(stops)
+        self._repeats = RepeatedPassageStop() if repetition else None
+
+    @property
+    def stopped(self) -> bool:
+        """Whether the answer has ended here: generation can stop."""
+        return self._stops.stopped or (self._repeats is not None and self._repeats.stopped)
+
+    @property
+    def reason(self) -> FinishReason | None:
+        """``repetition`` or ``stop_string`` once stopped; ``None`` while the answer may go on."""
+        if self._repeats is not None and self._repeats.stopped:
+            return "repetition"
+        return "stop_string" if self._stops.stopped else None
+
+    @property
+    def text(self) -> str:
+        """Everything shown so far."""
+        return self._repeats.text if self._repeats is not None else self._stops.text
+
+    def feed(self, piece: str) -> str:
+        """Return the part of ``piece`` that is safe to show now."""
+        shown = self._stops.feed(piece)
+        if self._repeats is None:
+            return shown
+        if self._stops.stopped:  # the answer ends at the stop string: its last word is complete
+            return self._repeats.feed(shown) + self._repeats.flush()
+        return self._repeats.feed(shown)
+
+    def flush(self) -> str:
+        """What was held back, once the stream has ended."""
+        rest = self._stops.flush()
+        if self._repeats is None:
+            return rest
+        return self._repeats.feed(rest) + self._repeats.flush()

@@ -73,6 +73,7 @@ class GgufInfo:
     vocab_size: int
     tensor_bytes: int
     parameters: int
+    sampling: tuple[tuple[str, float], ...] = ()  # ``general.sampling.*``: the settings the file recommends
 
     @property
     def identity(self) -> str:
@@ -211,7 +212,7 @@ def _info(path: Path, size: int, modified_ns: int, facts: HeaderFacts) -> GgufIn
         embedding_length=embedding,
         head_dim=facts.key_length or (embedding // head_count if head_count else 0),
         context_length=facts.context_length or DEFAULT_CONTEXT, vocab_size=facts.vocab_size or facts.tokens,
-        tensor_bytes=facts.tensor_bytes, parameters=facts.parameters)
+        tensor_bytes=facts.tensor_bytes, parameters=facts.parameters, sampling=facts.sampling)
 
 
 def kv_cache_bytes(info: GgufInfo, n_ctx: int, element_bytes: int = 2) -> int:
@@ -219,18 +220,20 @@ def kv_cache_bytes(info: GgufInfo, n_ctx: int, element_bytes: int = 2) -> int:
     return 2 * info.block_count * n_ctx * info.head_count_kv * info.head_dim * element_bytes
 
 
-def compute_buffer_bytes(info: GgufInfo, n_ctx: int) -> int:
+def compute_buffer_bytes(info: GgufInfo, n_ctx: int, *, embed: bool = False) -> int:
     """llama.cpp's scratch memory for one forward pass: an estimate (metadata cannot say exactly).
 
     The buffer is sized for the graph's peak, which is either the logits of
     a micro-batch (512 tokens × vocabulary, float32) or, at long contexts,
     the attention scores (context × micro-batch × heads, float32) with the
-    keys and values they read. Measured on SmolLM2-135M it is within 1.1% at
-    every context from 512 to 8192 tokens; the measured figure replaces it
-    once the model is loaded.
+    keys and values they read. In embed mode the sequences of a batch share
+    one KV cache, and the logits peak also holds their attention mask
+    (context × micro-batch, float32). Measured on SmolLM2-135M it is within
+    1.1% at every context from 512 to 8192 tokens, in both modes; the
+    measured figure replaces it once the model is loaded.
     """
     ubatch = min(_UBATCH, n_ctx)
-    logits = ubatch * (info.vocab_size + 3 * info.embedding_length) * 4
+    logits = ubatch * (info.vocab_size + 3 * info.embedding_length) * 4 + (n_ctx * ubatch * 4 if embed else 0)
     attention = (n_ctx * ubatch * info.head_count * 4 + n_ctx * info.head_count_kv * info.head_dim * 8
                  + ubatch * info.embedding_length * 32)
     return max(logits, attention)

@@ -7,7 +7,8 @@ of them, arrays included); each tensor's name, dimensions, ggml type and
 offset; then the tensor data, aligned to ``general.alignment`` (32 bytes
 unless set). :func:`read_header` walks it once, forward, in chunks.
 
-It keeps only the fields an estimate uses and skips the rest by its length.
+It keeps only the fields an estimate uses, and the sampling settings the
+file recommends (``general.sampling.*``), and skips the rest by its length.
 Every count, length and offset is checked against what is left of the file
 before it is used, and the number of entries walked and bytes read are
 capped, so the cost depends on the header, never on a count it claims.
@@ -50,6 +51,7 @@ class HeaderFacts:
     tokens: int  # the length of ``tokenizer.ggml.tokens``, its elements unread
     tensor_bytes: int
     parameters: int
+    sampling: tuple[tuple[str, float], ...] = ()  # ``general.sampling.*`` numbers: the file's recommended settings
 
 
 def read_header(descriptor: int, size: int) -> HeaderFacts:
@@ -91,6 +93,9 @@ _FIELDS = {"block_count": 2**16, "attention.head_count": 2**16, "attention.head_
            "attention.key_length": 2**16, "embedding_length": 2**24, "context_length": 2**30,
            "vocab_size": 2**24}
 _TOKENS = "tokenizer.ggml.tokens"
+#: The recommended sampling settings a file may carry (llama.cpp's converter writes them), after the prefix.
+_SAMPLING_PREFIX = "general.sampling."
+_SAMPLING = frozenset({"temp", "top_k", "top_p", "min_p", "penalty_repeat", "penalty_last_n"})
 _MAX_VOCAB = 2**24
 _MAX_KEYS = 2**16  # a model has a few dozen
 _MAX_KEY_BYTES = 2**16
@@ -216,6 +221,7 @@ class _Header:
         self.architecture: str | None = None
         self.numbers: dict[str, float] = {}  # the wanted fields, for any architecture until it is known
         self.tokens = 0
+        self.sampling: dict[str, float] = {}
         self.alignment = 32
         self.tensor_bytes = self.parameters = self.data_end = 0
 
@@ -255,7 +261,7 @@ class _Header:
             self.architecture, fields.get("block_count"), fields.get("attention.head_count"),
             fields.get("attention.head_count_kv"), fields.get("attention.key_length"),
             fields.get("embedding_length"), fields.get("context_length"), fields.get("vocab_size"),
-            self.tokens, self.tensor_bytes, self.parameters)
+            self.tokens, self.tensor_bytes, self.parameters, tuple(sorted(self.sampling.items())))
 
     def _pair(self, seen: set[bytes]) -> None:
         cursor = self.cursor
@@ -271,6 +277,8 @@ class _Header:
         if kind in _SCALARS:
             if key == "general.alignment" or self._wanted(key):
                 self._scalar(key, kind)
+            elif _sampling_name(key) and kind in _NUMBERS:
+                (self.sampling[_sampling_name(key)],) = cursor.unpack(_SCALARS[kind])
             else:
                 cursor.skip(_SCALARS[kind].size, _shown(key))
         elif kind == _STRING:
@@ -368,6 +376,12 @@ class _Header:
         self.tensor_bytes += size
         self.parameters += elements
         self.data_end = max(self.data_end, offset + size)
+
+
+def _sampling_name(key: str) -> str:
+    """``temp`` for ``general.sampling.temp``: a recommended setting this reader keeps; empty for other keys."""
+    name = key.removeprefix(_SAMPLING_PREFIX)
+    return name if name != key and name in _SAMPLING else ""
 
 
 def _count(key: str, value: float, limit: int) -> int:

@@ -52,6 +52,9 @@ class StatusRow:
     reachable: bool | None = None  # remote models: whether the last call reached the server (None: no call yet)
     context: int | None = None  # tokens of context of the loaded model (the n_ctx chosen by max_context: auto)
     progress: str | None = None  # what a load in flight is doing now ("converting … from GGUF")
+    #: What a call without arguments gets: the spec's ``generation:`` over the model files' recommended
+    #: settings over the backend's default repetition penalty (``repetition_window``: the tokens it looks at).
+    generation: Mapping[str, Any] = field(default_factory=dict)
 
     estimated_str = bytes_text("estimated_bytes")
     actual_str = bytes_text("actual_bytes")
@@ -72,6 +75,17 @@ class StatusRow:
             return "in use" if self.in_use else ("pinned" if self.pinned else "never")
         left = self.expires_in if now is None and self.expires_in is not None else self.expires_at - (now or time.time())
         return format_duration(left)
+
+    @property
+    def generation_str(self) -> str:
+        """``temperature 0 · repetition_penalty 1.1 (last 64 tokens) · max_new_tokens 256``."""
+        settings = dict(self.generation)
+        window = settings.pop("repetition_window", "")
+        parts = [f"{name} {value}" for name, value in settings.items()]
+        if window != "" and "repetition_penalty" in settings:
+            covered = f"last {window} tokens" if window else "the whole answer"
+            parts[list(settings).index("repetition_penalty")] += f" ({covered})"
+        return " · ".join(parts)
 
     @property
     def state_str(self) -> str:

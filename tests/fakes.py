@@ -16,7 +16,7 @@ from jupyter_llm_manager.backends import Backend, LoadedModel, Placement
 from jupyter_llm_manager.devices import DeviceMemory
 from jupyter_llm_manager.errors import ModelLoadingError, OutOfMemoryDuringLoad
 from jupyter_llm_manager.estimates import MemoryEstimate
-from jupyter_llm_manager.generation import GenerationParams, GenerationResult
+from jupyter_llm_manager.generation import AnswerFilter, GenerationParams, GenerationResult
 
 GB = 1000**3
 
@@ -185,14 +185,25 @@ class FakeBackend(Backend):
 
     def stream(self, loaded: LoadedModel, prompt: Any, params: GenerationParams, *, model_id: str, raw: bool,
                stop: threading.Event):
+        """An echo: the answer is the prompt, a word per token, cut at the token limit (``length``) and, under
+        a repetition penalty, before a passage's third appearance (``repetition``), as the local backends do."""
         self.prompts.append(prompt)
         text = prompt if isinstance(prompt, str) else prompt[-1]["content"]
-        words = re.findall(r"\s*\S+", text)  # an echo: the answer is the prompt, a word per token
-        produced = []
+        words = re.findall(r"\s*\S+", text)
+        answer = AnswerFilter((), repetition=params.stops_on_repetition)
+        produced = 0
         for word in words[: params.max_new_tokens]:
             if stop.is_set():
-                return GenerationResult(model_id, "".join(produced), len(words), len(produced), 0.01,
-                                        "interrupted")
-            produced.append(word)
-            yield word
-        return GenerationResult(model_id, "".join(produced), len(words), len(produced), 0.01)
+                return GenerationResult(model_id, answer.text, len(words), produced, 0.01, "interrupted")
+            produced += 1
+            shown = answer.feed(word)
+            if shown:
+                yield shown
+            if answer.stopped:
+                break
+        rest = answer.flush()
+        if rest:
+            yield rest
+        cut = len(words) > params.max_new_tokens
+        return GenerationResult(model_id, answer.text, len(words), produced, 0.01,
+                                answer.reason or ("length" if cut else "stop"), max_new_tokens=params.max_new_tokens)

@@ -99,7 +99,9 @@ def test_a_seed_gives_the_same_text_and_n_bounds_the_length(shell, real):
         run(shell, "%%llm a -t 1.0 --seed 7 -n 12 -p min_new_tokens=12 -o sampled\nHi")
         texts.append(shell.user_ns["sampled"])
     assert texts[0] == texts[1]
-    run(shell, "%%llm a -n 5 -p min_new_tokens=5 -o short\nHi")
+    # the raw output: under the default repetition penalty this random model ends on half of a character,
+    # whose replacement sign encodes as three tokens
+    run(shell, "%%llm a -n 5 -p min_new_tokens=5 -p repetition_penalty=1.0 -o short\nHi")
     tokenizer_count = len(real_tokenizer(real, "a")(shell.user_ns["short"], add_special_tokens=False)["input_ids"])
     assert tokenizer_count <= 6
 
@@ -174,6 +176,25 @@ def test_raw_and_system_reach_the_backend(shell, echo):
     assert echo.backend.prompts[-1] == "just text"
     run(shell, "%%llm echo --system 'Be brief'\nquestion")
     assert echo.backend.prompts[-1][0] == {"role": "system", "content": "Be brief"}
+
+
+def test_the_footer_says_an_answer_stopped_at_the_token_limit_and_the_flag_that_raises_it(shell, echo):
+    _, captured = run(shell, "%%llm echo -n 3\none two three four five")
+    assert "stopped at the 3-token limit: -n to allow more" in status_text(captured)
+    assert answer_updates(captured)[-1]["text/plain"] == "one two three"
+    _, captured = run(shell, "%%llm echo -n 9\none two three four five")
+    assert "limit" not in status_text(captured)
+
+
+def test_the_footer_says_a_repetition_stopped_an_answer_and_the_stream_never_showed_it(shell, echo):
+    loop = "la femme au martyre, " * 6
+    _, captured = run(shell, f"%%llm echo -p repetition_penalty=1.1\nLa Marseillaise, {loop}")
+    assert "stopped before a passage repeated a third time" in status_text(captured)
+    shown = [update["text/plain"] for update in answer_updates(captured)]
+    assert shown[-1] == "La Marseillaise, la femme au martyre, la femme au martyre,"
+    assert all(shown[-1].startswith(text) for text in shown)  # nothing shown was taken back
+    _, captured = run(shell, f"%%llm echo -p repetition_penalty=1.0\n{loop}")  # the penalty off: untouched
+    assert answer_updates(captured)[-1]["text/plain"] == loop.strip() and "repeated" not in status_text(captured)
 
 
 def test_format_code_puts_the_code_in_a_new_cell(shell, echo, monkeypatch):
@@ -361,6 +382,7 @@ def test_list_status_and_estimate_render_as_tables(shell, real):
     real.load("a")
     _, captured = run(shell, "%llm list")
     assert "<table" in captured.outputs[0].data["text/html"] and "chat" in texts(captured)
+    assert "generation defaults" in texts(captured) and "repetition_penalty 1.1 (last 64 tokens)" in texts(captured)
     _, captured = run(shell, "%llm status")
     status, devices = captured.outputs
     assert "keep-alive left" in status.data["text/plain"] and "loaded" in status.data["text/plain"]

@@ -27,7 +27,9 @@ from jupyter_llm_manager import (
     ModelLoadingError,
     ResourceNotAvailableError,
 )
+from jupyter_llm_manager.backends.llama_cpp_options import core_budget
 from jupyter_llm_manager.backends.transformers.converted import ConvertedCopies
+from jupyter_llm_manager.generation import cut_at_repetition
 from jupyter_llm_manager.gguf_files import kv_cache_bytes, read_gguf
 from jupyter_llm_manager.models.builtin import BUILTIN_ID, INSTALL_HINT, builtin_spec, smollm2_file
 
@@ -131,6 +133,52 @@ def test_a_prompt_longer_than_the_context_is_refused_and_long_answers_are_cut_to
         manager.generate("small-ctx", "word " * 600)
     result = manager.generate("small-ctx", "Write a long story.", max_new_tokens=1000)
     assert result.warnings and "lowered" in result.warnings[0] and result.completion_tokens < 512
+    if result.finish_reason == "length":
+        assert result.context_limited and "end of the context" in result.summary_str
+
+
+# -- answers a newcomer can trust: the default repetition penalty -----------------------------------------
+
+EVERYDAY = [
+    ("What is the capital of France?", "Paris"),
+    ("Write a haiku about autumn.", "autumn"),
+    ("List three fruits.", "1."),
+    ("Write a small Python function that checks whether a number is even.", "def "),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model_id", [pytest.param("cpp", marks=needs_llama), "hf"])
+@pytest.mark.parametrize("prompt, word", EVERYDAY)
+def test_everyday_prompts_end_without_repeating_themselves(shared, model_id, prompt, word):
+    result = shared.generate(model_id, prompt, temperature=0)  # greedy, as the built-in smollm2 answers
+    assert word in result.text, result.text
+    assert result.finish_reason == "stop" and result.completion_tokens <= 160, result.text
+    assert cut_at_repetition(result.text) == (result.text, False)
+
+
+@needs_llama
+def test_repetition_penalty_1_0_gives_llama_cpps_raw_greedy_output_and_its_length_footer(shared):
+    import llama_cpp
+
+    question = [{"role": "user", "content": "What is the capital of France?"}]
+    model = llama_cpp.Llama(model_path=str(GGUF), n_ctx=2048, n_threads=1, verbose=False)
+    try:
+        raw = model.create_chat_completion(question, temperature=0, max_tokens=60, repeat_penalty=1.0)
+    finally:
+        model.close()
+    ours = shared.generate("cpp", question, temperature=0, max_new_tokens=60, repetition_penalty=1.0)
+    assert ours.text == raw["choices"][0]["message"]["content"] and ours.finish_reason == "length"
+    assert ours.summary_str.endswith("stopped at the 60-token limit: max_new_tokens= to allow more")
+    assert cut_at_repetition(ours.text)[1]  # the loop from the issue, untouched
+    penalized = shared.generate("cpp", question, temperature=0, max_new_tokens=60)
+    assert penalized.text != ours.text and penalized.finish_reason == "stop" and "Paris" in penalized.text
+
+
+@needs_llama
+def test_llama_cpp_threads_stay_within_the_physical_cores(shared):
+    shared.generate("cpp", "Hi", temperature=0, max_new_tokens=2)
+    assert 1 <= shared.row("cpp").details["threads"] <= core_budget()
 
 
 # -- embeddings and modes --------------------------------------------------------------------------
@@ -147,6 +195,15 @@ def test_related_sentences_are_closer_than_unrelated_ones(shared, model_id):
     assert cosine(vectors[0], vectors[1]) > cosine(vectors[0], vectors[2]) + 0.05
     assert shared.embed(model_id, SENTENCES[0]) == [pytest.approx(vectors[0], abs=1e-4)]  # one string: one vector
     assert shared.embed(model_id, []) == []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model_id, reason", [pytest.param("cpp-embed", 1.25, marks=needs_llama), ("hf-embed", 1.6)])
+def test_an_embedding_models_estimate_covers_what_it_takes(shared, model_id, reason):
+    estimate = shared.estimate(model_id)
+    shared.embed(model_id, SENTENCES)
+    measured = shared.row(model_id).actual_bytes
+    assert measured <= estimate.total_bytes <= reason * measured, (measured, estimate.total_bytes)
 
 
 @pytest.mark.parametrize("chat, embed", [pytest.param("cpp", "cpp-embed", marks=needs_llama), ("hf", "hf-embed")])

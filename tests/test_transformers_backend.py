@@ -92,6 +92,24 @@ def test_the_context_rule(tiny_models):
         manager.close()
 
 
+def test_an_answer_cut_by_the_context_says_so_instead_of_asking_for_more_tokens(tiny_models):
+    from jupyter_llm_manager.frontends.notebook.rendering import footer
+
+    manager = LLMManager(config_path=False, preload=False)
+    try:
+        manager.register("short", source=str(tiny_models["a"]), max_context=40)
+        options = {"raw": True, "max_new_tokens": 100, "min_new_tokens": 100}
+        stream = manager.stream("short", "Hello", **options)
+        list(stream)
+        for result in (manager.generate("short", "Hello", **options), stream.result):
+            assert result.finish_reason == "length" and result.context_limited
+            assert "stopped at the end of the context" in footer(result) and "-n" not in footer(result)
+        plain = manager.generate("short", "Hello", raw=True, **exactly(5))
+        assert not plain.context_limited and footer(plain).endswith("stopped at the 5-token limit: -n to allow more")
+    finally:
+        manager.close()
+
+
 @pytest.mark.parametrize("params, message", [
     ({"max_new_tokens": -5}, "max_new_tokens"), ({"temperature": -0.1}, "temperature"),
     ({"top_p": 1.5}, "top_p"), ({"top_k": -1}, "top_k"), ({"repetition_penalty": 0}, "repetition_penalty"),
@@ -376,3 +394,49 @@ def test_trust_remote_code_is_off_unless_asked_and_warns(real_manager, tiny_mode
         real_manager.load("trusting")
     assert any("'trusting'" in r.getMessage() and "trust_remote_code" in r.getMessage() for r in caplog.records)
     assert real_manager.row("trusting").trust_remote_code
+
+
+# -- the default repetition penalty and the stop before a third appearance ----------------------------
+
+def test_the_default_penalty_changes_greedy_output_and_1_0_gives_the_raw_output(real_manager):
+    from jupyter_llm_manager.backends.transformers.support import encode
+
+    raw = real_manager.generate("a", "Hello", temperature=0, repetition_penalty=1.0, max_new_tokens=60)
+    with real_manager.use("a") as lm:
+        inputs = encode(lm.tokenizer, "Hello", raw=False)
+        output = lm.model.generate(**inputs, do_sample=False, max_new_tokens=60, repetition_penalty=1.0,
+                                   pad_token_id=lm.tokenizer.eos_token_id)
+        expected = lm.tokenizer.decode(output[0, inputs["input_ids"].shape[-1]:], skip_special_tokens=True)
+    assert raw.text == expected
+    assert real_manager.generate("a", "Hello", temperature=0, max_new_tokens=60).text != expected
+
+
+class Forced:
+    """A logits processor that makes the model say ``ids`` over and over: a loop, whatever the weights."""
+
+    def __init__(self, ids: list[int]) -> None:
+        self.ids = ids
+
+    def __call__(self, input_ids, scores):
+        wanted = self.ids[input_ids.shape[-1] % len(self.ids)]
+        forced = scores.new_full(scores.shape, float("-inf"))
+        forced[:, wanted] = 0.0
+        return forced
+
+
+def test_a_loop_ends_before_a_passage_appears_a_third_time_in_generate_and_stream(real_manager):
+    from jupyter_llm_manager.generation import cut_at_repetition
+
+    with real_manager.use("a") as lm:
+        loop = Forced(lm.tokenizer(" la femme au martyre,", add_special_tokens=False)["input_ids"])
+    options = {"temperature": 0, "max_new_tokens": 120, "logits_processor": [loop]}
+    raw = real_manager.generate("a", "Hello", repetition_penalty=1.0, **options)
+    assert raw.finish_reason == "length" and raw.completion_tokens == 120  # untouched without the penalty
+    expected, stopped = cut_at_repetition(raw.text)
+    assert stopped and "femme au martyre" in expected
+    result = real_manager.generate("a", "Hello", **options)
+    assert (result.text, result.finish_reason) == (expected, "repetition")
+    assert result.completion_tokens < 60  # generation really stopped there
+    stream = real_manager.stream("a", "Hello", **options)
+    assert "".join(stream) == expected and stream.result.finish_reason == "repetition"
+    assert stream.result.completion_tokens < 60

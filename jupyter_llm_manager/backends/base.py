@@ -22,6 +22,7 @@ from ..config.spec import ModelSpec
 from ..errors import InvalidGenerationParameters
 from ..estimates import MemoryEstimate, remote_estimate
 from ..generation import GenerationParams, GenerationResult, Prompt
+from .generation_defaults import NO_DEFAULTS, GenerationDefaults
 
 __all__ = ["Backend", "ContextGrowth", "LoadedModel", "Placement", "TextGenerator", "check_extra_params",
            "progress_reporter", "release_frames", "report_progress"]
@@ -117,7 +118,9 @@ class LoadedModel:
     """A loaded model as the backend hands it to the manager (the only holder).
 
     ``footprint`` is the measured bytes per device; ``details`` are facts to
-    show in status (endpoint, latency).
+    show in status (endpoint, latency); ``generation`` is what a call gets
+    where neither it nor the spec sets a value (the model files' settings,
+    the default repetition penalty).
     """
 
     model: Any
@@ -128,6 +131,7 @@ class LoadedModel:
     how: str = ""  # how it was loaded, when worth saying ("from its converted copy")
     complete_footprint: bool = False  # the footprint counts the KV cache and working buffers too
     measured_bytes: int | None = None  # what was measured, where the footprint is a declared size
+    generation: GenerationDefaults = NO_DEFAULTS
 
 
 class Backend:
@@ -171,6 +175,15 @@ class Backend:
     def estimate(self, spec: ModelSpec) -> MemoryEstimate:
         """Memory the model will need, from metadata only."""
         return remote_estimate(spec.id)
+
+    def generation_defaults(self, spec: ModelSpec) -> GenerationDefaults:
+        """What a call gets where neither it nor the spec sets a value, read from local files only.
+
+        :data:`NO_DEFAULTS` unless the backend samples itself: the local
+        backends add the model files' recommended settings and the default
+        repetition penalty (:mod:`.generation_defaults`).
+        """
+        return NO_DEFAULTS
 
     def load(self, spec: ModelSpec, placement: Placement) -> LoadedModel:
         raise NotImplementedError

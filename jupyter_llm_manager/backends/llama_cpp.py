@@ -31,7 +31,7 @@ from ..config.spec import ModelSpec
 from ..devices import trim_c_heap
 from ..errors import ConfigurationError, GenerationError, InvalidGenerationParameters, ModelLoadingError
 from ..estimates import MemoryEstimate
-from ..generation import FinishReason, GenerationParams, GenerationResult, Prompt, StopTextFilter, StreamInterrupted
+from ..generation import AnswerFilter, FinishReason, GenerationParams, GenerationResult, Prompt, StreamInterrupted
 from ..gguf_files import (
     AUTO_CONTEXT_FLOOR,
     AUTO_CONTEXT_STEP,
@@ -45,7 +45,8 @@ from ..gguf_files import (
 )
 from ..support.units import excerpt, format_bytes
 from .base import Backend, ContextGrowth, LoadedModel, Placement, TextGenerator
-from .llama_cpp_options import normalized, usable_cores
+from .generation_defaults import GenerationDefaults, gguf_defaults
+from .llama_cpp_options import ThreadChoice, normalized, usable_cores
 
 __all__ = ["LlamaCppBackend", "MeasuredBuffer", "usable_cores"]
 
@@ -55,7 +56,9 @@ _INSTALL = ('pip install --no-cache-dir "jupyter-llm-manager[llamacpp]" (build i
             'CMAKE_ARGS="-DGGML_NATIVE=OFF" where the default build crashes)')
 _BUFFER = re.compile(r"(\S+)\s+(model|KV|compute|output) buffer size\s*=\s*([\d.]+)\s*MiB")
 _BUFFER_MARK = " buffer size"  # in every line _BUFFER matches: a substring test spares the regex ~2,200 lines a load
-_OUTPUT_BYTES_PER_TOKEN = 4  # one float logit per vocabulary entry, for the sequence
+_FLOAT_BYTES = 4  # llama.cpp's outputs (logits, embeddings) are float32
+_EMBED_SEQUENCES = 256  # embed mode: llama-cpp-python's n_seq_max, min(n_batch, llama_max_parallel_sequences())
+_BATCH = 512  # llama-cpp-python's n_batch unless load_kwargs set it
 _FIXED_BYTES = 8 * 2**20  # contexts, graphs, the sampler
 _TEMPLATE_TOKENS = 6  # what a chat template adds around each message (role markers), about
 _construct_lock = threading.Lock()  # llama-cpp-python swaps sys.stdout/stderr while it builds a model
@@ -114,6 +117,12 @@ class LlamaCppBackend(Backend):
         info = read_gguf(_file_of(spec))
         return _estimate(spec, info, context_for(spec, info))
 
+    def generation_defaults(self, spec: ModelSpec) -> GenerationDefaults:
+        """The file's ``general.sampling.*`` settings, then the default penalty (its window: llama.cpp's
+        ``last_n_tokens_size``)."""
+        path = gguf_path(spec)
+        return gguf_defaults(read_gguf(path)) if path is not None else GenerationDefaults()
+
     def context_growth(self, spec: ModelSpec) -> ContextGrowth | None:
         """Contexts from the floor up to the trained one, in steps of 256 tokens."""
         if spec.max_context != "auto":
@@ -130,9 +139,12 @@ class LlamaCppBackend(Backend):
         path = _file_of(spec)
         info = read_gguf(path)
         context = placement.context or context_for(spec, info)
-        threads = usable_cores()
+        generation = gguf_defaults(info)
+        chooser = None if "n_threads" in spec.load_kwargs else ThreadChoice()
+        threads = chooser.choose() if chooser is not None else usable_cores()
         options: dict[str, Any] = {"model_path": str(path), "n_ctx": context, "n_threads": threads,
-                                   "n_threads_batch": threads, "verbose": False}
+                                   "n_threads_batch": threads, "verbose": False,
+                                   "last_n_tokens_size": min(generation.window or context, context)}
         if spec.mode == "embed":
             options.update(embedding=True, pooling_type=llama_cpp.LLAMA_POOLING_TYPE_MEAN)
         gpus = [d for d in placement.devices if d.startswith("cuda")]
@@ -151,8 +163,11 @@ class LlamaCppBackend(Backend):
                                         model_id=spec.id) from None
         buffers = _buffers(lines)
         footprint = _footprint(buffers) or {(gpus[0] if gpus else "cpu"): _estimate(spec, info, context).total_bytes}
+        if chooser is not None:
+            _choosers[model] = chooser
+            chooser.finished()
         return LoadedModel(model=model, footprint=footprint, context_length=context, complete_footprint=True,
-                           details=_details(spec, info, context, threads, buffers))
+                           details=_details(spec, info, context, threads, buffers), generation=generation)
 
     def unload(self, loaded: LoadedModel) -> None:
         """``close()`` frees llama.cpp's model and context now, not when the object is collected."""
@@ -169,17 +184,28 @@ class LlamaCppBackend(Backend):
     def stream(self, loaded: LoadedModel, prompt: Prompt, params: GenerationParams, *,
                model_id: str, raw: bool, stop: threading.Event) -> TextGenerator:
         model = loaded.model
+        params = loaded.generation.apply(params)
         prepared = _prepare(model, prompt, raw)
         max_new, warnings = _token_budget(prepared, params, loaded.context_length, model_id)
         options = _sampling(params, max_new)
+        chooser = _choosers.get(model)
+        if chooser is not None:
+            loaded.details["threads"] = _use_threads(model, chooser.choose())
+        # Every request evaluates its whole prompt. llama-cpp-python would reuse the prefix it shares with
+        # the last request and evaluate the rest in another batch shape, whose rounding moves the logits
+        # enough to change a greedy answer under the repetition penalty: an answer must not depend on the
+        # request before it.
+        model.reset()
         try:
             if prepared.tokens is not None:  # exactly the tokens counted: the template applied here
                 chunks = model.create_completion(prepared.tokens, stream=True, stop=prepared.stop or None, **options)
             else:
                 chunks = model.create_chat_completion(prepared.messages, stream=True, **options)
         except (ValueError, TypeError, RuntimeError) as error:
+            if chooser is not None:
+                chooser.finished()
             raise GenerationError(f"{model_id!r} failed to generate: {error}", model_id=model_id) from error
-        text_filter = StopTextFilter(params.stop)
+        text_filter = AnswerFilter(params.stop, repetition=params.stops_on_repetition)
         started = time.perf_counter()
         prompt_tokens: int | None = None
         finish, pieces, interrupted = None, 0, False
@@ -199,15 +225,18 @@ class LlamaCppBackend(Backend):
             interrupted = True
         finally:
             chunks.close()
+            if chooser is not None:
+                chooser.finished()
         rest = "" if interrupted else text_filter.flush()
         if rest:
             yield rest
         evaluated = model.n_tokens - (prompt_tokens or model.n_tokens)
         tokens = max(pieces, evaluated + (0 if finish == "stop" else 1)) if pieces else 0
-        reason: FinishReason = ("stop_string" if text_filter.stopped else "interrupted" if interrupted or stop.is_set()
-                  else "length" if finish == "length" else "stop")
+        reason: FinishReason = text_filter.reason or (
+            "interrupted" if interrupted or stop.is_set() else "length" if finish == "length" else "stop")
         result = GenerationResult(model_id, text_filter.text, prompt_tokens or 0, tokens,
-                                  time.perf_counter() - started, reason, warnings)
+                                  time.perf_counter() - started, reason, warnings, max_new,
+                                  context_limited=max_new < params.max_new_tokens)
         if interrupted:
             raise StreamInterrupted(result)
         return result
@@ -296,13 +325,20 @@ def _footprint(buffers: Sequence[tuple[str, str, int]]) -> dict[str, int]:
 
 # -- estimates -----------------------------------------------------------------------------------
 
-def _context_bytes(info: GgufInfo, tokens: int) -> int:
-    return kv_cache_bytes(info, tokens) + compute_buffer_bytes(info, tokens)
+def _output_bytes(spec: ModelSpec, info: GgufInfo) -> int:
+    """llama.cpp's output buffer: the logits of one token in chat mode; in embed mode, logits and an
+    embedding for each sequence a batch may hold (llama-cpp-python allows 256 sequences at once)."""
+    if spec.mode != "embed":
+        return info.vocab_size * _FLOAT_BYTES
+    batch = spec.load_kwargs.get("n_batch", _BATCH)
+    sequences = min(batch if isinstance(batch, int) else _BATCH, _EMBED_SEQUENCES)
+    return (info.vocab_size + info.embedding_length) * sequences * _FLOAT_BYTES
 
 
 def _estimate(spec: ModelSpec, info: GgufInfo, tokens: int) -> MemoryEstimate:
     kv = kv_cache_bytes(info, tokens)
-    overhead = compute_buffer_bytes(info, tokens) + info.vocab_size * _OUTPUT_BYTES_PER_TOKEN + _FIXED_BYTES
+    overhead = (compute_buffer_bytes(info, tokens, embed=spec.mode == "embed") + _output_bytes(spec, info)
+                + _FIXED_BYTES)
     total = spec.required_memory if spec.required_memory is not None else info.tensor_bytes + kv + overhead
     context = ("max_context: auto, at its floor" if spec.max_context == "auto"
                else "max_context" if spec.max_context else "default context")
@@ -311,7 +347,8 @@ def _estimate(spec: ModelSpec, info: GgufInfo, tokens: int) -> MemoryEstimate:
         f"GGUF header: the tensors' bytes as stored ({info.parameters:,} parameters)",
         f"2 × {info.block_count} layers × {tokens} tokens ({context}) × {info.head_count_kv} kv heads × "
         f"{info.head_dim} × 2 B (f16)",
-        "compute buffer (estimated: the larger of a 512-token batch's logits and its attention scores) + output buffer + 8 MiB"
+        "compute buffer (estimated: the larger of a 512-token batch's logits and its attention scores) + output "
+        f"buffer ({'logits and embeddings of 256 sequences' if spec.mode == 'embed' else 'one token’s logits'}) + 8 MiB"
         + (f"; total set by required_memory ({format_bytes(total)})" if spec.required_memory is not None else ""),
         info.parameters)
 
@@ -334,7 +371,8 @@ def _details(spec: ModelSpec, info: GgufInfo, context: int, threads: int,
     for _, part, size in buffers:
         measured[part] = measured.get(part, 0) + size
     estimated = {"model": info.tensor_bytes, "KV": kv_cache_bytes(info, context),
-                 "compute": compute_buffer_bytes(info, context)}
+                 "compute": compute_buffer_bytes(info, context, embed=spec.mode == "embed"),
+                 "output": _output_bytes(spec, info)}
     details: dict[str, Any] = {"n_ctx": context, "threads": threads, "mode": spec.mode}
     for part, guess in estimated.items():
         if part in measured:
@@ -360,6 +398,15 @@ class _Prepared:
 
 
 _formatters: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+_choosers: weakref.WeakKeyDictionary[Any, ThreadChoice] = weakref.WeakKeyDictionary()  # models without n_threads
+
+
+def _use_threads(model: Any, threads: int) -> int:
+    """Run ``model``'s next request on ``threads`` threads (prompt and answer alike)."""
+    import llama_cpp
+
+    llama_cpp.llama_set_n_threads(model.ctx, threads, threads)
+    return threads
 
 
 def _prepare(model: Any, prompt: Prompt, raw: bool) -> _Prepared:

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 from ..backends import Backend
+from ..backends.generation_defaults import GenerationDefaults
 from ..config.spec import ModelSpec
 from ..devices import DeviceProbe, DeviceReport, device_budget
 from ..errors import LLMManagerError
@@ -44,6 +45,7 @@ class _RowFacts(NamedTuple):
     problem: str | None
     estimate: MemoryEstimate | None
     estimate_error: str | None = None  # why a local model has no estimate (a damaged file): its row says it
+    generation: GenerationDefaults | None = None  # what its files recommend, read before it loads
 
 
 class StatusView(BooksReader):
@@ -103,9 +105,21 @@ class StatusView(BooksReader):
             return reports
 
     def _facts(self, spec: ModelSpec) -> _RowFacts:
-        """What a row says that needs no lock: the backend, why it cannot load here, the estimate."""
+        """What a row says that needs no lock: the backend, why it cannot load here, the estimate, the defaults."""
         backend = self._backends(spec.backend)
-        return _RowFacts(backend, backend.problem(spec), *self._cheap_estimate(spec, backend))
+        return _RowFacts(backend, backend.problem(spec), *self._cheap_estimate(spec, backend),
+                         generation=self._generation_defaults(spec, backend))
+
+    def _generation_defaults(self, spec: ModelSpec, backend: Backend) -> GenerationDefaults | None:
+        """What the backend adds to a call, from local files only; ``None`` when they cannot be read (the row
+        of a damaged file says why through its estimate)."""
+        try:
+            return backend.generation_defaults(spec)
+        except LLMManagerError as error:
+            log.debug("no generation defaults for %r: %s", spec.id, error)
+        except Exception as error:  # a third-party backend's bug stays in its own row
+            log.debug("the generation defaults of %r failed", spec.id, exc_info=error)
+        return None
 
     def _cheap_estimate(self, spec: ModelSpec, backend: Backend) -> tuple[MemoryEstimate | None, str | None]:
         """A cached estimate, or a fresh one when it needs no network (local files); else why there is none.
@@ -167,7 +181,14 @@ class StatusView(BooksReader):
             import_seconds=sum(s for _, s in instance.imported) if instance is not None and instance.imported else None,
             reachable=_reachable(instance), mode=spec.mode,
             context=instance.loaded.context_length if instance is not None and instance.loaded else None,
-            progress=instance.progress or None if instance is not None and instance.state == "loading" else None)
+            progress=instance.progress or None if instance is not None and instance.state == "loading" else None,
+            generation=_generation(spec, instance, facts.generation))
+
+
+def _generation(spec: ModelSpec, instance: Instance | None, before_load: GenerationDefaults | None) -> dict[str, object]:
+    """The settings a call without arguments gets: the loaded model's defaults, else those read from its files."""
+    defaults = instance.loaded.generation if instance is not None and instance.loaded is not None else before_load
+    return dict(spec.generation) if defaults is None else defaults.shown(spec.generation)
 
 
 def _details(instance: Instance | None) -> dict[str, object]:

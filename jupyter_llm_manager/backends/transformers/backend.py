@@ -26,18 +26,21 @@ from ...errors import (
     OutOfMemoryDuringLoad,
 )
 from ...estimates import MemoryEstimate, estimate_checkpoint
-from ...generation import GenerationParams, GenerationResult, Prompt, StopTextFilter, StreamInterrupted, cut_at_stop
-from ...gguf_files import is_gguf
+from ...generation import AnswerFilter, GenerationParams, GenerationResult, Prompt, StreamInterrupted
+from ...gguf_files import gguf_path, is_gguf, read_gguf
 from ..base import Backend, LoadedModel, Placement, TextGenerator, release_frames
+from ..generation_defaults import GenerationDefaults, checkpoint_defaults, gguf_defaults
 from .gguf import gguf_dtype, load_gguf
 from .support import (
     DONE,
+    AnswerSink,
     context_length,
     device_kinds,
     drain,
     encode,
     finish_reason,
     generate_keywords,
+    generate_options,
     import_torch,
     import_transformers,
     input_device,
@@ -77,6 +80,13 @@ class TransformersBackend(Backend):
     def estimate(self, spec: ModelSpec) -> MemoryEstimate:
         return estimate_checkpoint(spec)
 
+    def generation_defaults(self, spec: ModelSpec) -> GenerationDefaults:
+        """A GGUF file's sampling metadata or a checkpoint's generation_config.json, then the default penalty."""
+        if is_gguf(spec):
+            path = gguf_path(spec)
+            return gguf_defaults(read_gguf(path)) if path is not None else GenerationDefaults()
+        return checkpoint_defaults(spec)
+
     # -- loading ---------------------------------------------------------------
 
     def load(self, spec: ModelSpec, placement: Placement) -> LoadedModel:
@@ -108,7 +118,8 @@ class TransformersBackend(Backend):
         footprint = self._footprint(model, placement.devices, before)
         context = spec.max_context if isinstance(spec.max_context, int) else context_length(model)
         return LoadedModel(model=model, tokenizer=tokenizer, footprint=footprint, context_length=context,
-                           details={"dtype": str(model.dtype).removeprefix("torch.")}, how=how)
+                           details={"dtype": str(model.dtype).removeprefix("torch.")}, how=how,
+                           generation=self.generation_defaults(spec))
 
     def _from_pretrained(self, spec: ModelSpec, placement: Placement, source: str) -> tuple[Any, Any, str]:
         """The model (a causal LM, or the base model in embed mode), its tokenizer, and how they were loaded."""
@@ -225,11 +236,17 @@ class TransformersBackend(Backend):
     def generate(self, loaded: LoadedModel, prompt: Prompt, params: GenerationParams, *,
                  model_id: str, raw: bool) -> GenerationResult:
         torch = import_torch()
+        params = loaded.generation.apply(params)
         inputs, max_new, warnings = self._prepare(loaded, prompt, params, model_id, raw)
-        kwargs = self._generate_kwargs(loaded, params, max_new)
-        if params.stop:
-            kwargs.update(stop_strings=list(params.stop), tokenizer=loaded.tokenizer)
-        prompt_tokens = inputs["input_ids"].shape[-1]
+        prompt_tokens = int(inputs["input_ids"].shape[-1])
+        kwargs = generate_options(loaded.tokenizer, params, max_new, window=loaded.generation.window,
+                                  prompt_tokens=prompt_tokens)
+        answer = AnswerFilter(params.stop, repetition=params.stops_on_repetition)
+        reading = bool(params.stop) or params.stops_on_repetition  # read the answer as it is made: stop at its end
+        if reading:
+            ended = threading.Event()
+            kwargs.update(streamer=streamer_class()(loaded.tokenizer, AnswerSink(answer, ended)),
+                          stopping_criteria=stop_criteria(ended))
         started = time.perf_counter()
         try:
             with torch.inference_mode(), seeded(params.seed, loaded.model):
@@ -241,21 +258,27 @@ class TransformersBackend(Backend):
             release_frames(error)
             raise GenerationError(f"{model_id!r} failed to generate: {error}", model_id=model_id) from error
         seconds = time.perf_counter() - started
-        tokens = output[0, prompt_tokens:]
-        text, stopped = cut_at_stop(loaded.tokenizer.decode(tokens, skip_special_tokens=True), params.stop)
-        return GenerationResult(model_id, text, prompt_tokens, int(tokens.shape[-1]), seconds,
-                                finish_reason(stopped, int(tokens.shape[-1]), max_new), warnings)
+        tokens = int(output.shape[-1]) - prompt_tokens
+        if reading:
+            answer.flush()
+            text = answer.text
+        else:
+            text = loaded.tokenizer.decode(output[0, prompt_tokens:], skip_special_tokens=True)
+        return GenerationResult(model_id, text, prompt_tokens, tokens, seconds, finish_reason(answer, tokens, max_new),
+                                warnings, max_new, context_limited=max_new < params.max_new_tokens)
 
     def stream(self, loaded: LoadedModel, prompt: Prompt, params: GenerationParams, *,
                model_id: str, raw: bool, stop: threading.Event) -> TextGenerator:
         torch = import_torch()
+        params = loaded.generation.apply(params)
         inputs, max_new, warnings = self._prepare(loaded, prompt, params, model_id, raw)
         pieces: queue.Queue = queue.Queue()
         outcome: dict[str, Any] = {}
-        kwargs = self._generate_kwargs(loaded, params, max_new)
+        prompt_tokens = int(inputs["input_ids"].shape[-1])
+        kwargs = generate_options(loaded.tokenizer, params, max_new, window=loaded.generation.window,
+                                  prompt_tokens=prompt_tokens)
         kwargs["streamer"] = streamer_class()(loaded.tokenizer, pieces)
         kwargs["stopping_criteria"] = stop_criteria(stop)
-        prompt_tokens = inputs["input_ids"].shape[-1]
 
         def work() -> None:
             try:
@@ -270,7 +293,7 @@ class TransformersBackend(Backend):
         worker = threading.Thread(target=work, name=f"llm-generate-{model_id}", daemon=True)
         started = time.perf_counter()
         worker.start()
-        text_filter = StopTextFilter(params.stop)
+        text_filter = AnswerFilter(params.stop, repetition=params.stops_on_repetition)
         interrupted = False
         try:
             try:
@@ -290,14 +313,14 @@ class TransformersBackend(Backend):
                 stop.set()
             worker.join(_JOIN_TIMEOUT_S)
         result = self._stream_result(outcome, model_id, prompt_tokens, max_new, started, text_filter,
-                                     stop, warnings)
+                                     stop, warnings, params.max_new_tokens)
         if interrupted:
             raise StreamInterrupted(result)
         return result
 
     def _stream_result(self, outcome: dict[str, Any], model_id: str, prompt_tokens: int, max_new: int,
-                       started: float, text_filter: StopTextFilter, stop: threading.Event,
-                       warnings: tuple[str, ...]) -> GenerationResult:
+                       started: float, text_filter: AnswerFilter, stop: threading.Event,
+                       warnings: tuple[str, ...], requested: int) -> GenerationResult:
         error = outcome.pop("error", None)
         if error is not None:
             release_frames(error)
@@ -305,11 +328,12 @@ class TransformersBackend(Backend):
                 raise out_of_memory(model_id) from None
             raise GenerationError(f"{model_id!r} failed to generate: {error}", model_id=model_id) from error
         tokens = outcome.get("tokens", 0)
-        reason = finish_reason(text_filter.stopped, tokens, max_new)
+        reason = finish_reason(text_filter, tokens, max_new)
         if stop.is_set() and not text_filter.stopped and tokens < max_new:
             reason = "interrupted"
         return GenerationResult(model_id, text_filter.text, prompt_tokens, tokens,
-                                time.perf_counter() - started, reason, warnings)
+                                time.perf_counter() - started, reason, warnings, max_new,
+                                context_limited=max_new < requested)
 
     def _prepare(self, loaded: LoadedModel, prompt: Prompt, params: GenerationParams, model_id: str,
                  raw: bool) -> tuple[dict[str, Any], int, tuple[str, ...]]:
@@ -335,28 +359,6 @@ class TransformersBackend(Backend):
                 warnings = ((f"max_new_tokens lowered from {params.max_new_tokens} to {max_new}: the prompt "
                              f"({prompt_tokens} tokens) and the answer must fit the context of {context}"),)
         return inputs, max_new, warnings
-
-    def _generate_kwargs(self, loaded: LoadedModel, params: GenerationParams, max_new: int) -> dict[str, Any]:
-        tokenizer = loaded.tokenizer
-        kwargs: dict[str, Any] = {"max_new_tokens": max_new}
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        if pad is not None:
-            kwargs["pad_token_id"] = pad
-        sampling = params.sampling
-        if sampling is False:
-            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-        else:
-            if sampling:
-                kwargs["do_sample"] = True
-            for name in ("temperature", "top_p", "top_k"):
-                if getattr(params, name) is not None:
-                    kwargs[name] = getattr(params, name)
-        if params.repetition_penalty is not None:
-            kwargs["repetition_penalty"] = params.repetition_penalty
-        kwargs.update(params.extra)
-        if kwargs.get("min_new_tokens", 0) > max_new:  # the context rule lowered the limit
-            kwargs["min_new_tokens"] = max_new
-        return kwargs
 
 
 def _check_local_source(spec: ModelSpec) -> None:

@@ -20,17 +20,19 @@ from typing import Any
 
 from ...config.secrets import Secret
 from ...errors import GenerationError
-from ...generation import FinishReason, Prompt
+from ...generation import AnswerFilter, FinishReason, GenerationParams, Prompt
 from ...support.heavy_imports import heavy
 
 __all__ = [
     "DONE",
+    "AnswerSink",
     "context_length",
     "device_kinds",
     "drain",
     "encode",
     "finish_reason",
     "generate_keywords",
+    "generate_options",
     "import_torch",
     "import_transformers",
     "input_device",
@@ -194,10 +196,9 @@ def resolved(options: dict[str, Any]) -> dict[str, Any]:
     return {key: value.resolve() if isinstance(value, Secret) else value for key, value in options.items()}
 
 
-def finish_reason(stopped: bool, tokens: int, max_new: int) -> FinishReason:
-    if stopped:
-        return "stop_string"
-    return "length" if tokens >= max_new else "stop"
+def finish_reason(answer: AnswerFilter, tokens: int, max_new: int) -> FinishReason:
+    """Why an answer ended: where the filter cut it (a stop string, a repetition), the limit, or the model."""
+    return answer.reason or ("length" if tokens >= max_new else "stop")
 
 
 def out_of_memory(model_id: str) -> GenerationError:
@@ -215,6 +216,78 @@ def drain(pieces: queue.Queue) -> Iterator[str]:
         if piece is DONE:
             return
         yield piece
+
+
+class AnswerSink:
+    """Where the streamer puts pieces when nobody streams: the answer's filter, which sets ``ended`` where it ends."""
+
+    def __init__(self, answer: AnswerFilter, ended: threading.Event) -> None:
+        self.answer = answer
+        self.ended = ended
+
+    def put(self, piece: str) -> None:
+        self.answer.feed(piece)
+        if self.answer.stopped:
+            self.ended.set()
+
+
+def generate_options(tokenizer: Any, params: GenerationParams, max_new: int, *, window: int | None,
+                     prompt_tokens: int) -> dict[str, Any]:
+    """transformers' ``generate`` options for ``params``; the repetition penalty is ours, on the answer's last
+    ``window`` tokens (transformers' own would count the prompt and the whole answer: it is set to 1.0)."""
+    kwargs: dict[str, Any] = {"max_new_tokens": max_new}
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    if pad is not None:
+        kwargs["pad_token_id"] = pad
+    sampling = params.sampling
+    if sampling is False:
+        kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+    else:
+        if sampling:
+            kwargs["do_sample"] = True
+        for name in ("temperature", "top_p", "top_k"):
+            if getattr(params, name) is not None:
+                kwargs[name] = getattr(params, name)
+    if params.repetition_penalty is not None:
+        kwargs["repetition_penalty"] = 1.0
+    ours = (penalty_processors(params.repetition_penalty, window, prompt_tokens)
+            if params.penalized and params.repetition_penalty else None)
+    kwargs.update(params.extra)
+    if ours is not None:
+        kwargs["logits_processor"] = type(ours)([*kwargs.get("logits_processor", []), *ours])
+    if kwargs.get("min_new_tokens", 0) > max_new:  # the context rule lowered the limit
+        kwargs["min_new_tokens"] = max_new
+    return kwargs
+
+
+def penalty_processors(penalty: float, window: int | None, prompt_tokens: int) -> Any:
+    """A logits processor list holding the repetition penalty on the answer's last ``window`` tokens."""
+    return import_transformers().LogitsProcessorList([_recent_penalty_class()(penalty, window, prompt_tokens)])
+
+
+@functools.cache
+def _recent_penalty_class() -> type:
+    class RecentRepetitionPenalty(import_transformers().LogitsProcessor):  # type: ignore[misc]
+        """llama.cpp's ``repeat_penalty``: each token among the answer's last ``window`` (``None``: all) has its
+        score divided by ``penalty`` (multiplied, where negative). transformers' own processor counts the
+        prompt and every token of the answer."""
+
+        def __init__(self, penalty: float, window: int | None, prompt_tokens: int) -> None:
+            self.penalty = penalty
+            self.window = window
+            self.prompt_tokens = prompt_tokens
+
+        def __call__(self, input_ids: Any, scores: Any) -> Any:
+            torch = import_torch()
+            start = self.prompt_tokens if self.window is None else input_ids.shape[-1] - self.window
+            recent = input_ids[:, max(start, self.prompt_tokens):]
+            if recent.shape[-1] == 0:
+                return scores
+            picked = torch.gather(scores, 1, recent)
+            picked = torch.where(picked < 0, picked * self.penalty, picked / self.penalty)
+            return scores.scatter(1, recent, picked)
+
+    return RecentRepetitionPenalty
 
 
 def stop_criteria(stop: threading.Event) -> Any:

@@ -90,9 +90,9 @@ class LineCommands:
             spec = manager.spec(row.id)
             rows.append([row.id + (" (default)" if row.id == manager.default_model else ""), ", ".join(row.aliases),
                          row.backend, spec.location, str(spec.device), row.state,
-                         "yes" if row.pinned else ""])
-        display(Table(["id", "aliases", "backend", "source", "device", "state", "pinned"], rows,
-                      caption="Registered models"))
+                         "yes" if row.pinned else "", row.generation_str])
+        display(Table(["id", "aliases", "backend", "source", "device", "state", "pinned", "generation defaults"],
+                      rows, caption="Registered models"))
 
     def command_status(self, args: argparse.Namespace) -> None:
         manager = self._manager()

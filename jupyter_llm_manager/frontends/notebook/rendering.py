@@ -20,7 +20,8 @@ from typing import Any, Literal
 from ...generation import GenerationResult
 from ...support.units import displayable
 
-__all__ = ["FORMATS", "AnswerView", "Format", "RichAnswerView", "TextAnswerView", "extract_code", "keep_line_breaks"]
+__all__ = ["FORMATS", "AnswerView", "Format", "RichAnswerView", "TextAnswerView", "extract_code", "footer",
+           "keep_line_breaks"]
 
 Format = Literal["markdown", "text", "code", "html", "json"]
 FORMATS: tuple[Format, ...] = ("markdown", "text", "code", "html", "json")
@@ -77,6 +78,11 @@ def extract_code(answer: str) -> str:
     return "\n\n".join(blocks) if blocks else answer.strip()
 
 
+def footer(result: GenerationResult) -> str:
+    """The small print under an answer, in the magic's words: ``… · stopped at the 256-token limit: -n to allow more``."""
+    return result.summary(more_tokens="-n", let_run="-p repetition_penalty=1.0")
+
+
 def _json_value(answer: str) -> Any:
     for candidate in (answer, extract_code(answer)):
         try:
@@ -120,7 +126,7 @@ class AnswerView:
         """One model's answer is complete (or was interrupted, or failed)."""
         if result is not None:
             self.texts[model_id] = result.text
-            self.summaries[model_id] = result.summary_str
+            self.summaries[model_id] = footer(result)
         if error:
             self.summaries[model_id] = f"{model_id} · {error}"
 
