@@ -9,6 +9,7 @@ shown and saved without touching any of them.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
@@ -90,6 +91,8 @@ def check_ledger_path(value: Any) -> str | None:
     """Where the ledger of the machine's managers is (``None``: $JUPYTER_LLM_MANAGER_LEDGER, else the runtime dir)."""
     if value is None:
         return None
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
     if not isinstance(value, str) or not value.strip() or "\x00" in value:
         raise ValueError(f"ledger_path must be a file path, got {brief(value)}")
     return value.strip()

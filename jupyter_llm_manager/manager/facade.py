@@ -110,13 +110,8 @@ class LLMManager:
                  backend_factory: Callable[[str], Backend] = get_backend, preload: bool = True) -> None:
         path = None if config_path is False else find_config_path(None if config_path is True else config_path)
         config = load_config(path) if path else ConfigFile(path=None)
-        given = {name: value for name, value in (
-            ("max_loaded_models", max_loaded_models), ("memory_fraction", memory_fraction),
-            ("keep_alive", keep_alive), ("memory_budget", memory_budget), ("wait_timeout", wait_timeout),
-            ("max_queue", max_queue), ("max_memory_per_model", max_memory_per_model),
-            ("default_model", default_model), ("cooperate", cooperate),
-            ("ledger_path", os.fspath(ledger_path) if isinstance(ledger_path, os.PathLike) else ledger_path))
-            if value is not FROM_CONFIG}
+        given = {name: value for name, value in locals().items()  # the settings passed, by their parameter names
+                 if name in SETTING_NAMES and value is not FROM_CONFIG}
         self._books = books = Books(_checked(lambda: config.settings.with_values(given)), clock)
         self._bus = bus = EventBus()
         self._backends = backends = BackendCache(backend_factory)
