@@ -79,6 +79,13 @@ def check_max_memory_per_model(value: Any) -> int | None:
     return parse_size(value)
 
 
+def check_max_loaded_adapters(value: Any) -> int:
+    """LoRA adapters resident at once on one loaded base (an integer >= 1)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"max_loaded_adapters must be an integer >= 1, got {brief(value)}")
+    return value
+
+
 _CHECKS: dict[str, Callable[[Any], Any]] = {
     "max_loaded_models": check_max_loaded_models,
     "memory_fraction": check_memory_fraction,
@@ -88,6 +95,7 @@ _CHECKS: dict[str, Callable[[Any], Any]] = {
     "wait_timeout": check_wait_timeout,
     "max_queue": check_max_queue,
     "max_memory_per_model": check_max_memory_per_model,
+    "max_loaded_adapters": check_max_loaded_adapters,
 }
 
 
@@ -103,6 +111,7 @@ class ManagerSettings:
     wait_timeout: float = 120.0
     max_queue: int = 256
     max_memory_per_model: int | None = None
+    max_loaded_adapters: int = 8  # LoRA adapters resident per base; they do not count in max_loaded_models
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any]) -> ManagerSettings:

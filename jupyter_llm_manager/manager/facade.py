@@ -94,6 +94,8 @@ class LLMManager:
     wait_timeout = _Setting[float]("Seconds a request waits for room (math.inf: no limit).")
     max_queue = _Setting[int]("How many requests may wait for room at once.")
     max_memory_per_model = _Setting[int | None]("The most memory one model may take; None for no cap.")
+    max_loaded_adapters = _Setting[int]("LoRA adapters resident at once per base (they are not counted by "
+                                        "max_loaded_models). Lowering it evicts.")
 
     def __init__(self, max_loaded_models: int | None | _Given = FROM_CONFIG,
                  memory_fraction: float | _Given = FROM_CONFIG, keep_alive: str | float | None | _Given = FROM_CONFIG,
@@ -101,7 +103,7 @@ class LLMManager:
                  memory_budget: str | int | Mapping[str, str | int] | None | _Given = FROM_CONFIG,
                  wait_timeout: str | float | None | _Given = FROM_CONFIG, max_queue: int | _Given = FROM_CONFIG,
                  max_memory_per_model: str | int | None | _Given = FROM_CONFIG,
-                 default_model: str | None | _Given = FROM_CONFIG,
+                 default_model: str | None | _Given = FROM_CONFIG, max_loaded_adapters: int | _Given = FROM_CONFIG,
                  clock: Callable[[], float] = time.monotonic, device_probe: DeviceProbe = probe_devices,
                  backend_factory: Callable[[str], Backend] = get_backend, preload: bool = True) -> None:
         path = None if config_path is False else find_config_path(None if config_path is True else config_path)
@@ -110,7 +112,8 @@ class LLMManager:
             ("max_loaded_models", max_loaded_models), ("memory_fraction", memory_fraction),
             ("keep_alive", keep_alive), ("memory_budget", memory_budget), ("wait_timeout", wait_timeout),
             ("max_queue", max_queue), ("max_memory_per_model", max_memory_per_model),
-            ("default_model", default_model)) if value is not FROM_CONFIG}
+            ("default_model", default_model), ("max_loaded_adapters", max_loaded_adapters))
+            if value is not FROM_CONFIG}
         self._books = books = Books(_checked(lambda: config.settings.with_values(given)), clock)
         self._bus = bus = EventBus()
         self._backends = backends = BackendCache(backend_factory)
