@@ -52,6 +52,16 @@ class StatusRow:
     reachable: bool | None = None  # remote models: whether the last call reached the server (None: no call yet)
     context: int | None = None  # tokens of context of the loaded model (the n_ctx chosen by max_context: auto)
     progress: str | None = None  # what a load in flight is doing now ("converting … from GGUF")
+    base: str | None = None  # a LoRA adapter: the model id it runs on
+    adapter: str | None = None  # a LoRA adapter: its folder, Hub id or GGUF file
+    shares_base: bool | None = None  # True: lives on its base's loaded model; False: an instance of its own
+
+    @property
+    def base_str(self) -> str:
+        """``on qwen (shared)`` or ``on smol (own instance)`` for an adapter; empty otherwise."""
+        if self.base is None:
+            return ""
+        return f"on {self.base} ({'shared' if self.shares_base else 'own instance'})"
 
     estimated_str = bytes_text("estimated_bytes")
     actual_str = bytes_text("actual_bytes")

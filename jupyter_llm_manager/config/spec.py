@@ -204,7 +204,7 @@ class ModelSpec:
         A loading field the adapter sets to another value than its base is a
         :class:`ConfigurationError`: an adapter runs on its base as the base is loaded.
         """
-        where = {"model_id": self.id}
+        where: dict[str, Any] = {"model_id": self.id}
         if base.adapter is not None:
             raise ConfigurationError(f"{base.id!r} is itself an adapter (on {base.base!r}): an adapter runs on a "
                                      f"model, not on another adapter; give base={base.base!r}", key="base", **where)
@@ -223,7 +223,8 @@ class ModelSpec:
 
     def detached(self) -> ModelSpec:
         """An adapter's spec as written, without what it took from its base (to take it again from a new base)."""
-        defaults = {f.name: f.default_factory() if callable(f.default_factory) else f.default for f in fields(self)}
+        defaults: dict[str, Any] = {f.name: f.default_factory() if callable(f.default_factory) else f.default
+                                    for f in fields(self)}
         return replace(self, **{name: defaults[name] for name in INHERITED})
 
     @functools.cached_property

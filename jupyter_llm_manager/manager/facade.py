@@ -30,6 +30,7 @@ from ..generation import GenerationParams, GenerationResult, Prompt, normalize_p
 from ..models.builtin import BUILTIN_ID, builtin_spec
 from ..reports import GarbageReport, StatusRow, UnloadReport
 from ..support.deadlines import parse_wait
+from .adapters import Adapters
 from .admission import Admission
 from .evictions import Evictions
 from .freeing import Freeing
@@ -123,10 +124,13 @@ class LLMManager:
         self._upkeep = upkeep = Upkeep(books, bus, evictions)
         leases = Leases(books, upkeep.after_idle)
         loading = Loading(books, bus, device_probe, leases, evictions, freeing, upkeep.after_load)
-        self._admission = Admission(books, bus, device_probe, backends, estimates, leases, evictions, loading)
-        self._catalog = Catalog(books, bus, backends, evictions)
+        self._adapters = adapters = Adapters(books, backends, lambda model_id, deadline: admission.acquire(
+            model_id, deadline))
+        self._admission = admission = Admission(books, bus, device_probe, backends, estimates, leases, evictions,
+                                                loading, bind=adapters.bind)
+        self._catalog = Catalog(books, bus, backends, evictions, adapters)
         self._status = StatusView(books, device_probe, estimates, backends)
-        self._generations = Generations(bus, self._admission.acquire, books.deadline)
+        self._generations = Generations(bus, adapters.acquire, books.deadline)
         self._freeing, self._estimates = freeing, estimates
         self._persistence = Persistence(books, path)
         self._catalog.adopt(config)
@@ -139,7 +143,11 @@ class LLMManager:
 
     def register(self, model_id: str, source: str | None = None, *, backend: str | None = None,
                  overwrite: bool = False, persist: bool = False, **options: Any) -> ModelSpec:
-        """Register a model under ``model_id``; loads nothing. ``persist=True`` also saves it."""
+        """Register a model under ``model_id``; loads nothing. ``persist=True`` also saves it.
+
+        ``base="ID", adapter="FOLDER"`` registers a LoRA adapter (a PEFT folder or Hub id; a GGUF LoRA file
+        for a llama_cpp base) that runs on the registered model ``ID``, checked against it now.
+        """
         data = {"source": source, "backend": backend, **options}
         spec = ModelSpec.from_mapping(model_id, {k: v for k, v in data.items() if v is not None})
         spec = self._catalog.register(spec, overwrite=overwrite)
@@ -216,7 +224,7 @@ class LLMManager:
     def use(self, model_id: str, *, wait: float | str | None = None) -> Lease:
         """``with manager.use(id) as lm:`` — ``lm.model`` and ``lm.tokenizer``, never evicted meanwhile."""
         seconds = self._wait_seconds(wait)
-        return Lease(model_id, lambda: self._lease(model_id, seconds), lambda: self.spec(model_id))
+        return Lease(model_id, lambda: self._lease(model_id, seconds, activate=True), lambda: self.spec(model_id))
 
     def generate(self, model_id: str, prompt: Prompt, *, system: str | None = None, raw: bool = False,
                  wait: float | str | None = None, **params: Any) -> GenerationResult:
@@ -256,9 +264,9 @@ class LLMManager:
         """A ``wait=`` argument checked: seconds (``None``: the wait_timeout setting)."""
         return self.wait_timeout if wait is None else _checked(lambda: parse_wait(wait))
 
-    def _lease(self, model_id: str, seconds: float) -> Ticket:
-        """A lease from admission, waiting for room up to ``seconds`` on this manager's clock."""
-        return self._admission.acquire(model_id, self._books.deadline(seconds))
+    def _lease(self, model_id: str, seconds: float, *, activate: bool = False) -> Ticket:
+        """A lease from admission (with its base's, for an adapter), waiting up to ``seconds`` on this manager's clock."""
+        return self._adapters.acquire(model_id, self._books.deadline(seconds), activate=activate)
 
     # -- unloading --------------------------------------------------------------------------------
 

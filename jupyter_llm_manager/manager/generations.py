@@ -114,7 +114,7 @@ class Generations:
         ticket: Ticket | None = None
         try:
             ticket = self._acquire(model_id, deadline)
-            turn = self._turn(ticket, deadline) if ticket.instance.backend.serial else None
+            turn = self._turn(ticket, deadline) if ticket.instance.serial else None
         except BaseException as error:
             if ticket is not None:
                 ticket.release()

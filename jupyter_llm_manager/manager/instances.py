@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -24,7 +24,7 @@ from ..config.spec import ModelSpec
 from ..estimates import MemoryEstimate
 from ..support.deadlines import Deadline, wait_for
 
-__all__ = ["Instance", "InstanceState", "TurnHeld", "TurnTimeout", "Turns", "accounted_bytes"]
+__all__ = ["Instance", "InstanceState", "TurnHeld", "TurnTimeout", "Turns", "accounted_bytes", "dependents"]
 
 InstanceState = Literal["loading", "loaded", "unloading", "unloaded", "failed"]
 _MOVES: dict[str, frozenset[str]] = {
@@ -64,6 +64,20 @@ class Instance:
     waited: float | None = None  # how long that waiter waited for room (seconds)
     progress: str = ""  # what its load is doing now, as the backend reported it
     turns: Turns = field(default_factory=lambda: Turns())  # one request at a time, where the backend says so
+    base: str | None = None  # a LoRA adapter's slice: the key of the base instance whose model it lives on
+    has_adapters: bool = False  # a base that adapters were put on: its requests take turns with theirs
+
+    def __post_init__(self) -> None:
+        """An adapter on a shared base takes turns with the base and its other adapters (one model, one state)."""
+        shared = getattr(self.backend, "base_instance", None)
+        if isinstance(shared, Instance):
+            self.base = shared.key
+            self.turns = shared.turns
+
+    @property
+    def serial(self) -> bool:
+        """Whether its requests run one at a time: its backend's rule, or adapters sharing one model."""
+        return self.backend.serial or self.base is not None or self.has_adapters
 
     @property
     def remote(self) -> bool:
@@ -97,6 +111,11 @@ class Instance:
 
     def leased_by(self, thread: int) -> bool:
         return self.lease_threads.get(thread, 0) > 0
+
+
+def dependents(instances: Iterable[Instance], key: str) -> list[Instance]:
+    """The adapters living on the base instance ``key``."""
+    return [instance for instance in instances if instance.base == key]
 
 
 class TurnHeld(Exception):

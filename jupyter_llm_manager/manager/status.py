@@ -157,7 +157,9 @@ class StatusView(BooksReader):
             import_seconds=sum(s for _, s in instance.imported) if instance is not None and instance.imported else None,
             reachable=_reachable(instance), mode=spec.mode,
             context=instance.loaded.context_length if instance is not None and instance.loaded else None,
-            progress=instance.progress or None if instance is not None and instance.state == "loading" else None)
+            progress=instance.progress or None if instance is not None and instance.state == "loading" else None,
+            base=spec.base, adapter=spec.adapter,  # a LoRA adapter: shared on its base, or its own instance
+            shares_base=None if spec.base is None else backend.adapters == "shared")
 
 
 def _details(instance: Instance | None) -> dict[str, object]:

@@ -29,6 +29,7 @@ from ...estimates import MemoryEstimate, estimate_checkpoint
 from ...generation import GenerationParams, GenerationResult, Prompt, StopTextFilter, StreamInterrupted, cut_at_stop
 from ...gguf_files import is_gguf
 from ..base import Backend, LoadedModel, Placement, TextGenerator, release_frames
+from . import adapters as peft_adapters
 from .gguf import gguf_dtype, load_gguf
 from .support import (
     DONE,
@@ -62,6 +63,11 @@ class TransformersBackend(Backend):
 
     name = "transformers"
     modes = frozenset({"chat", "embed"})
+    adapters = "shared"  # PEFT LoRA adapters live on the base's one loaded model (see .adapters)
+    check_adapter = staticmethod(peft_adapters.check)
+    attach_adapter = staticmethod(peft_adapters.attach)
+    detach_adapter = staticmethod(peft_adapters.detach)
+    use_adapter = staticmethod(peft_adapters.use_adapter)
 
     def normalize(self, spec: ModelSpec) -> ModelSpec:
         """Loading options that are spec fields move there; the placement's are refused (see :func:`owned_options`)."""
@@ -197,6 +203,7 @@ class TransformersBackend(Backend):
         """Unit-length vectors: the last hidden state averaged over each text's tokens."""
         torch = import_torch()
         tokenizer, model = loaded.tokenizer, loaded.model
+        peft_adapters.use_adapter(loaded)
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
         try:
@@ -223,6 +230,7 @@ class TransformersBackend(Backend):
         torch = import_torch()
         inputs, max_new, warnings = self._prepare(loaded, prompt, params, model_id, raw)
         kwargs = self._generate_kwargs(loaded, params, max_new)
+        peft_adapters.use_adapter(loaded)
         if params.stop:
             kwargs.update(stop_strings=list(params.stop), tokenizer=loaded.tokenizer)
         prompt_tokens = inputs["input_ids"].shape[-1]
@@ -252,6 +260,7 @@ class TransformersBackend(Backend):
         kwargs["streamer"] = streamer_class()(loaded.tokenizer, pieces)
         kwargs["stopping_criteria"] = stop_criteria(stop)
         prompt_tokens = inputs["input_ids"].shape[-1]
+        peft_adapters.use_adapter(loaded)
 
         def work() -> None:
             try:
@@ -285,27 +294,10 @@ class TransformersBackend(Backend):
             if not outcome:  # the consumer left early (interrupt, close): end the worker
                 stop.set()
             worker.join(_JOIN_TIMEOUT_S)
-        result = self._stream_result(outcome, model_id, prompt_tokens, max_new, started, text_filter,
-                                     stop, warnings)
+        result = _stream_result(outcome, model_id, prompt_tokens, max_new, started, text_filter, stop, warnings)
         if interrupted:
             raise StreamInterrupted(result)
         return result
-
-    def _stream_result(self, outcome: dict[str, Any], model_id: str, prompt_tokens: int, max_new: int,
-                       started: float, text_filter: StopTextFilter, stop: threading.Event,
-                       warnings: tuple[str, ...]) -> GenerationResult:
-        error = outcome.pop("error", None)
-        if error is not None:
-            release_frames(error)
-            if type(error).__name__ == "OutOfMemoryError":
-                raise out_of_memory(model_id) from None
-            raise GenerationError(f"{model_id!r} failed to generate: {error}", model_id=model_id) from error
-        tokens = outcome.get("tokens", 0)
-        reason = finish_reason(text_filter.stopped, tokens, max_new)
-        if stop.is_set() and not text_filter.stopped and tokens < max_new:
-            reason = "interrupted"
-        return GenerationResult(model_id, text_filter.text, prompt_tokens, tokens,
-                                time.perf_counter() - started, reason, warnings)
 
     def _prepare(self, loaded: LoadedModel, prompt: Prompt, params: GenerationParams, model_id: str,
                  raw: bool) -> tuple[dict[str, Any], int, tuple[str, ...]]:
@@ -353,6 +345,22 @@ class TransformersBackend(Backend):
         if kwargs.get("min_new_tokens", 0) > max_new:  # the context rule lowered the limit
             kwargs["min_new_tokens"] = max_new
         return kwargs
+
+
+def _stream_result(outcome: dict[str, Any], model_id: str, prompt_tokens: int, max_new: int, started: float,
+                   text_filter: StopTextFilter, stop: threading.Event, warnings: tuple[str, ...]) -> GenerationResult:
+    error = outcome.pop("error", None)
+    if error is not None:
+        release_frames(error)
+        if type(error).__name__ == "OutOfMemoryError":
+            raise out_of_memory(model_id) from None
+        raise GenerationError(f"{model_id!r} failed to generate: {error}", model_id=model_id) from error
+    tokens = outcome.get("tokens", 0)
+    reason = finish_reason(text_filter.stopped, tokens, max_new)
+    if stop.is_set() and not text_filter.stopped and tokens < max_new:
+        reason = "interrupted"
+    return GenerationResult(model_id, text_filter.text, prompt_tokens, tokens,
+                            time.perf_counter() - started, reason, warnings)
 
 
 def _check_local_source(spec: ModelSpec) -> None:
