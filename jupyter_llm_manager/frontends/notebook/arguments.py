@@ -64,7 +64,8 @@ def _line_parser() -> tuple[MagicArgumentParser, dict[str, MagicArgumentParser]]
 
     def command(name: str, help_text: str) -> MagicArgumentParser:
         found[name] = commands.add_parser(name, help=help_text.replace("%", "%%"), description=help_text,
-                                          formatter_class=_HelpFormatter, allow_abbrev=False)
+                                          formatter_class=_HelpFormatter)
+        found[name].allow_abbrev = False  # --base is an option of its own, not an abbreviation of --base-url
         return found[name]
 
     command("list", "registered models and aliases")
