@@ -138,7 +138,7 @@ class Adapters:
             if base is None or base.state != "loaded":
                 raise ConfigurationError(f"{spec.id!r}: its base {spec.base!r} is not loaded; use the adapter's id "
                                          "(its base loads with it)", model_id=spec.id)
-            base.has_adapters = True
+            base.take_adapters()  # its requests take turns with the adapters', after those in flight
         return AdapterOnBase(backend, base)
 
 
