@@ -6,7 +6,9 @@ the same file. Its memory is what llama.cpp allocates: the weights (the
 file's tensor bytes), the KV cache for ``n_ctx`` tokens and a compute
 buffer. The first two follow from the file's header; the third is
 estimated before loading and measured from llama.cpp's log after. llama.cpp's
-log goes to this module's logger (debug), never to the notebook.
+log goes to this module's logger (debug), never to the notebook. A GGUF LoRA
+adapter is applied at load (see :mod:`.llama_cpp_adapters`): an adapter id is
+an instance of its own, its base's file with the adapter, counted as both.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from ..gguf_files import (
     read_gguf,
 )
 from ..support.units import excerpt, format_bytes
+from . import llama_cpp_adapters as lora
 from .base import Backend, ContextGrowth, LoadedModel, Placement, TextGenerator
 from .llama_cpp_options import normalized, usable_cores
 
@@ -52,7 +55,7 @@ log = logging.getLogger(__name__)
 
 _INSTALL = ('pip install --no-cache-dir "jupyter-llm-manager[llamacpp]" (build it with '
             'CMAKE_ARGS="-DGGML_NATIVE=OFF" where the default build crashes)')
-_BUFFER = re.compile(r"(\S+)\s+(model|KV|compute|output) buffer size\s*=\s*([\d.]+)\s*MiB")
+_BUFFER = re.compile(r"(\S+)\s+(model|KV|compute|output|LoRA) buffer size\s*=\s*([\d.]+)\s*MiB")
 _BUFFER_MARK = " buffer size"  # in every line _BUFFER matches: a substring test spares the regex ~2,200 lines a load
 _OUTPUT_BYTES_PER_TOKEN = 4  # one float logit per vocabulary entry, for the sequence
 _FIXED_BYTES = 8 * 2**20  # contexts, graphs, the sampler
@@ -66,6 +69,8 @@ class LlamaCppBackend(Backend):
     name = "llama_cpp"
     modes = frozenset({"chat", "embed"})
     serial = True  # a Llama object is not thread-safe: two requests at once crash the process
+    adapters = "own"  # llama-cpp-python applies a LoRA at load: an adapter is the base's file loaded with it
+    check_adapter = staticmethod(lora.check)
 
     def normalize(self, spec: ModelSpec) -> ModelSpec:
         """``load_kwargs.n_ctx`` becomes ``max_context``; options the manager owns are refused."""
@@ -98,7 +103,7 @@ class LlamaCppBackend(Backend):
 
     def estimate(self, spec: ModelSpec) -> MemoryEstimate:
         info = read_gguf(_file_of(spec))
-        return _estimate(spec, info, context_for(spec, info))
+        return _estimate(spec, info, context_for(spec, info), _adapter_bytes(spec))
 
     def context_growth(self, spec: ModelSpec) -> ContextGrowth | None:
         """Contexts from the floor up to the trained one, in steps of 256 tokens."""
@@ -106,7 +111,7 @@ class LlamaCppBackend(Backend):
             return None
         info = read_gguf(_file_of(spec))
         return ContextGrowth(AUTO_CONTEXT_FLOOR, AUTO_CONTEXT_STEP, info.context_length,
-                             partial(_estimate, spec, info))
+                             partial(_estimate, spec, info, adapter=_adapter_bytes(spec)))
 
     # -- loading -----------------------------------------------------------------------------------
 
@@ -121,6 +126,8 @@ class LlamaCppBackend(Backend):
                                    "n_threads_batch": threads, "verbose": False}
         if spec.mode == "embed":
             options.update(embedding=True, pooling_type=llama_cpp.LLAMA_POOLING_TYPE_MEAN)
+        if spec.adapter is not None:  # the base's file with the adapter applied (read whole: no mmap then)
+            options["lora_path"] = str(lora.adapter_file(spec))
         gpus = [d for d in placement.devices if d.startswith("cuda")]
         if gpus:
             options.update(n_gpu_layers=-1, main_gpu=int(gpus[0].partition(":")[2] or 0))
@@ -136,9 +143,13 @@ class LlamaCppBackend(Backend):
                                                 + (f" ({'; '.join(said)})" if said else "")),
                                         model_id=spec.id) from None
         buffers = _buffers(lines)
-        footprint = _footprint(buffers) or {(gpus[0] if gpus else "cpu"): _estimate(spec, info, context).total_bytes}
+        footprint = _footprint(buffers) or {(gpus[0] if gpus else "cpu"): _estimate(
+            spec, info, context, _adapter_bytes(spec)).total_bytes}
+        details = _details(spec, info, context, threads, buffers)
+        if spec.adapter is not None:
+            details.update(lora.own_copy(spec))
         return LoadedModel(model=model, footprint=footprint, context_length=context, complete_footprint=True,
-                           details=_details(spec, info, context, threads, buffers))
+                           details=details)
 
     def unload(self, loaded: LoadedModel) -> None:
         """``close()`` frees llama.cpp's model and context now, not when the object is collected."""
@@ -286,20 +297,27 @@ def _context_bytes(info: GgufInfo, tokens: int) -> int:
     return kv_cache_bytes(info, tokens) + compute_buffer_bytes(info, tokens)
 
 
-def _estimate(spec: ModelSpec, info: GgufInfo, tokens: int) -> MemoryEstimate:
+def _adapter_bytes(spec: ModelSpec) -> int | None:
+    """A LoRA adapter's own bytes (its file's tensors, as llama.cpp copies them); ``None`` for a plain model."""
+    return lora.adapter_info(spec).tensor_bytes if spec.adapter is not None else None
+
+
+def _estimate(spec: ModelSpec, info: GgufInfo, tokens: int, adapter: int | None = None) -> MemoryEstimate:
     kv = kv_cache_bytes(info, tokens)
     overhead = compute_buffer_bytes(info, tokens) + info.vocab_size * _OUTPUT_BYTES_PER_TOKEN + _FIXED_BYTES
-    total = spec.required_memory if spec.required_memory is not None else info.tensor_bytes + kv + overhead
+    weights = info.tensor_bytes + (adapter or 0)
+    total = spec.required_memory if spec.required_memory is not None else weights + kv + overhead
     context = ("max_context: auto, at its floor" if spec.max_context == "auto"
                else "max_context" if spec.max_context else "default context")
+    adapter_text = f" + adapter: GGUF header ({format_bytes(adapter)})" if adapter is not None else ""
     return MemoryEstimate(
-        spec.id, info.tensor_bytes, kv, overhead, total,
-        f"GGUF header: the tensors' bytes as stored ({info.parameters:,} parameters)",
+        spec.id, weights, kv, overhead, total,
+        f"GGUF header: the tensors' bytes as stored ({info.parameters:,} parameters){adapter_text}",
         f"2 × {info.block_count} layers × {tokens} tokens ({context}) × {info.head_count_kv} kv heads × "
         f"{info.head_dim} × 2 B (f16)",
         "compute buffer (estimated: the larger of a 512-token batch's logits and its attention scores) + output buffer + 8 MiB"
         + (f"; total set by required_memory ({format_bytes(total)})" if spec.required_memory is not None else ""),
-        info.parameters)
+        info.parameters, adapter_bytes=adapter)
 
 
 @dataclass(frozen=True)
@@ -320,7 +338,7 @@ def _details(spec: ModelSpec, info: GgufInfo, context: int, threads: int,
     for _, part, size in buffers:
         measured[part] = measured.get(part, 0) + size
     estimated = {"model": info.tensor_bytes, "KV": kv_cache_bytes(info, context),
-                 "compute": compute_buffer_bytes(info, context)}
+                 "compute": compute_buffer_bytes(info, context), "LoRA": _adapter_bytes(spec) or 0}
     details: dict[str, Any] = {"n_ctx": context, "threads": threads, "mode": spec.mode}
     for part, guess in estimated.items():
         if part in measured:
