@@ -135,12 +135,13 @@ def test_the_estimate_is_the_base_plus_the_adapter_tensors_from_its_header(manag
 @pytest.mark.parametrize("case, said", [
     ("missing", "does not exist"), ("a model", "not a LoRA adapter"), ("not lora", "not a LoRA adapter"),
     ("other architecture", "architecture"), ("other size", "another size"), ("not gguf", "not a readable GGUF"),
-    ("relative", "does not exist"),
+    ("relative", "does not exist"), ("a folder", "takes a GGUF LoRA file"),
 ])
 def test_a_wrong_adapter_file_is_one_clear_error_at_register(manager, gguf_loras, tmp_path, case, said):
     (tmp_path / "notes.gguf").write_text("not a model\n")
     adapter = {"missing": str(tmp_path / "nowhere.gguf"), "not gguf": str(tmp_path / "notes.gguf"),
-               "relative": "loras/nowhere.gguf"}.get(case) or str(gguf_loras[case])
+               "relative": "loras/nowhere.gguf",
+               "a folder": str(tmp_path)}.get(case) or str(gguf_loras[case])
     with pytest.raises(ConfigurationError, match=said) as raised:
         manager.register("bad", base="smol", adapter=adapter)
     assert "\n" not in str(raised.value).strip()
@@ -158,3 +159,9 @@ def test_lora_options_in_load_kwargs_point_to_adapter_and_base_which_work(manage
         manager.register("g", source=str(GGUF), backend="llama_cpp", load_kwargs={"lora_path": str(gguf_loras["tuned"])})
     spec = manager.register("g", base="smol", adapter=str(gguf_loras["tuned"]))  # what the message says to write
     assert spec.backend == "llama_cpp" and spec.source == str(GGUF)
+
+
+def test_a_gguf_lora_on_a_transformers_base_says_which_base_it_needs(manager, gguf_loras, tiny_models):
+    manager.register("hf", source=str(tiny_models["a"]))
+    with pytest.raises(ConfigurationError, match="runs on a llama_cpp base"):
+        manager.register("bad", base="hf", adapter=str(gguf_loras["tuned"]))

@@ -30,6 +30,9 @@ def adapter_file(spec: ModelSpec) -> Path:
     """The adapter's GGUF file on this machine, or a :class:`ConfigurationError` saying it is missing."""
     location = spec.adapter_location or ""
     path = Path(location)
+    if path.is_absolute() and path.is_dir():
+        raise ConfigurationError(f"{location!r} is a folder (a PEFT adapter?): a llama_cpp base takes a GGUF LoRA "
+                                 f"file ({_CONVERT})", model_id=spec.id, key="adapter")
     if not path.is_absolute() or not path.is_file():
         raise ConfigurationError(f"the adapter file {location!r} does not exist: a llama_cpp adapter is a local "
                                  "GGUF LoRA file (relative paths start from the kernel's working directory)",

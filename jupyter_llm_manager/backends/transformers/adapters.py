@@ -48,6 +48,9 @@ def check(spec: ModelSpec, base: ModelSpec) -> None:
     where: dict[str, Any] = {"model_id": spec.id, "key": "adapter"}
     location = spec.adapter_location or ""
     if folder is None:
+        if Path(location).is_file():
+            raise ConfigurationError(f"{location!r} is a file: a transformers base takes a PEFT adapter folder "
+                                     "(a GGUF LoRA file runs on a llama_cpp base)", **where)
         if Path(location).is_absolute():
             raise ConfigurationError(f"the adapter folder {location!r} does not exist; check the path (relative "
                                      "paths start from the kernel's working directory)", **where)
