@@ -24,7 +24,8 @@ from .errors import ModelLoadingError
 from .gguf_files import gguf_path, is_gguf, read_gguf
 from .support.units import bytes_text, format_bytes
 
-__all__ = ["EstimateCache", "MemoryEstimate", "estimate_checkpoint", "read_safetensors_header", "remote_estimate"]
+__all__ = ["EstimateCache", "MemoryEstimate", "adapter_folder", "adapter_slice", "checkpoint_shapes",
+           "estimate_checkpoint", "read_safetensors_header", "remote_estimate", "with_adapter"]
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,7 @@ class MemoryEstimate:
     overhead_method: str
     parameters: int | None = None
     known: bool = True
+    adapter_bytes: int | None = None  # a LoRA adapter's own weights, counted in ``weights_bytes``
 
     weights_str = bytes_text("weights_bytes")
     kv_cache_str = bytes_text("kv_cache_bytes")
@@ -274,6 +276,67 @@ def _with_required(spec: ModelSpec, estimate: MemoryEstimate) -> MemoryEstimate:
                    overhead_method=f"total set by required_memory ({format_bytes(spec.required_memory)})")
 
 
+# -- LoRA adapters ---------------------------------------------------------------------------------
+
+def adapter_folder(spec: ModelSpec) -> Path | None:
+    """A PEFT adapter's folder on this machine: the local folder, or a Hub adapter in the cache; else ``None``."""
+    location = spec.adapter_location
+    if location is None:
+        return None
+    if Path(location).is_absolute():
+        return Path(location) if Path(location).is_dir() else None
+    from huggingface_hub import try_to_load_from_cache
+
+    found = try_to_load_from_cache(location, "adapter_config.json")
+    return Path(found).parent if isinstance(found, str) else None
+
+
+def checkpoint_shapes(folder: Path) -> dict[str, tuple[int, ...]]:
+    """Tensor name -> shape, from the safetensors headers of a checkpoint folder (nothing is loaded)."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    for path in sorted(folder.glob("*.safetensors")):
+        for name, info in read_safetensors_header(path).items():
+            shapes[name] = tuple(int(d) for d in info["shape"])
+    return shapes
+
+
+def _adapter_weights(spec: ModelSpec) -> tuple[int, str]:
+    """The adapter's own bytes, from its file's header: a PEFT folder's safetensors, or a GGUF LoRA's tensors."""
+    location = spec.adapter_location or ""
+    if location.lower().endswith(".gguf") and Path(location).is_file():
+        from gguf import GGUFReader
+
+        size = sum(int(t.n_bytes) for t in GGUFReader(location).tensors)
+        return size, f"adapter: GGUF header ({format_bytes(size)})"
+    folder = adapter_folder(spec)
+    file = folder / "adapter_model.safetensors" if folder is not None else None
+    if file is None or not file.exists():
+        return 0, "adapter: unknown (no adapter_model.safetensors here)"
+    tensors = list(_tensors_from_header(read_safetensors_header(file)))
+    size = sum(int(_DTYPE_BYTES.get(dtype, 4) * count) for _, dtype, count in tensors)
+    return size, f"adapter: safetensors header ({format_bytes(size)})"
+
+
+def with_adapter(spec: ModelSpec, estimate: MemoryEstimate) -> MemoryEstimate:
+    """The base's estimate plus the adapter's own weights (read before loading), for an adapter's spec."""
+    if spec.adapter is None:
+        return estimate
+    try:
+        size, method = _adapter_weights(spec)
+    except (ValueError, KeyError, OSError) as error:
+        raise ModelLoadingError(f"cannot read the adapter of {spec.id!r}: {error}", model_id=spec.id) from None
+    return replace(estimate, weights_bytes=estimate.weights_bytes + size, total_bytes=estimate.total_bytes + size,
+                   weights_method=f"{estimate.weights_method} + {method}", adapter_bytes=size)
+
+
+def adapter_slice(estimate: MemoryEstimate) -> MemoryEstimate:
+    """What an adapter adds on a base that is loaded already: its own weights, nothing else."""
+    size = estimate.adapter_bytes or 0
+    method = estimate.weights_method.rpartition(" + ")[2]
+    return replace(estimate, weights_bytes=size, kv_cache_bytes=0, overhead_bytes=0, total_bytes=size,
+                   weights_method=method, kv_cache_method="its base's", overhead_method="its base's")
+
+
 def estimate_checkpoint(spec: ModelSpec) -> MemoryEstimate:
     """Estimate a transformers checkpoint from its metadata, without loading weights.
 
@@ -283,6 +346,8 @@ def estimate_checkpoint(spec: ModelSpec) -> MemoryEstimate:
     :class:`ModelLoadingError`. A GGUF file is read from its header: it is
     dequantized when transformers loads it.
     """
+    if spec.adapter is not None:
+        return with_adapter(spec, estimate_checkpoint(replace(spec, adapter=None, base=None)))
     if is_gguf(spec):
         return _with_required(spec, _dequantized_gguf(spec))
     folder = spec.local_path or _cached_folder(spec)

@@ -43,6 +43,7 @@ __all__ = [
     "is_gguf",
     "kv_cache_bytes",
     "read_gguf",
+    "read_gguf_shapes",
 ]
 
 #: The context a model gets when its spec names none: its trained context, at most this many tokens.
@@ -74,6 +75,8 @@ class GgufInfo:
     tensor_bytes: int
     parameters: int
     sampling: tuple[tuple[str, float], ...] = ()  # ``general.sampling.*``: the settings the file recommends
+    kind: str = "model"  # general.type: "model", or "adapter" for a LoRA file
+    adapter_type: str | None = None  # adapter.type: "lora" for a LoRA adapter
 
     @property
     def identity(self) -> str:
@@ -212,7 +215,32 @@ def _info(path: Path, size: int, modified_ns: int, facts: HeaderFacts) -> GgufIn
         embedding_length=embedding,
         head_dim=facts.key_length or (embedding // head_count if head_count else 0),
         context_length=facts.context_length or DEFAULT_CONTEXT, vocab_size=facts.vocab_size or facts.tokens,
-        tensor_bytes=facts.tensor_bytes, parameters=facts.parameters, sampling=facts.sampling)
+        tensor_bytes=facts.tensor_bytes, parameters=facts.parameters, sampling=facts.sampling, kind=facts.kind or "model",
+        adapter_type=facts.adapter_type)
+
+
+def read_gguf_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """Each tensor's name and dimensions (ggml order: the row length first), from the header; read each time.
+
+    For checking a LoRA adapter against its base at registration; the same
+    bounded reader as :func:`read_gguf`, the same one-line :class:`ModelLoadingError`.
+    """
+    try:
+        descriptor = open_regular(path)
+    except OSError as error:
+        raise ModelLoadingError(excerpt(f"cannot read the GGUF file {str(path)!r}: {error.strerror}; "
+                                        "check the path")) from None
+    except NotGguf as why:
+        raise ModelLoadingError(excerpt(f"{str(path)!r} is not a readable GGUF file: {why}")) from None
+    try:
+        facts = read_header(descriptor, os.fstat(descriptor).st_size, shapes=True)
+    except NotGguf as why:
+        raise ModelLoadingError(excerpt(f"{str(path)!r} is not a readable GGUF file: {why}; {_ADVICE}")) from None
+    except OSError as error:
+        raise ModelLoadingError(excerpt(f"cannot read the GGUF file {str(path)!r}: {error.strerror}")) from None
+    finally:
+        os.close(descriptor)
+    return dict(facts.shapes)
 
 
 def kv_cache_bytes(info: GgufInfo, n_ctx: int, element_bytes: int = 2) -> int:

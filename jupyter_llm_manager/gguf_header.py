@@ -52,11 +52,17 @@ class HeaderFacts:
     tensor_bytes: int
     parameters: int
     sampling: tuple[tuple[str, float], ...] = ()  # ``general.sampling.*`` numbers: the file's recommended settings
+    kind: str | None = None  # ``general.type``: ``model`` or ``adapter`` (a LoRA file)
+    adapter_type: str | None = None  # ``adapter.type``: ``lora`` for a LoRA adapter
+    shapes: tuple[tuple[str, tuple[int, ...]], ...] = ()  # each tensor's name and dimensions, when asked for
 
 
-def read_header(descriptor: int, size: int) -> HeaderFacts:
-    """The facts of the GGUF file open as ``descriptor`` (``size`` bytes long), or :class:`NotGguf`."""
-    header = _Header(_Cursor(descriptor, size))
+def read_header(descriptor: int, size: int, *, shapes: bool = False) -> HeaderFacts:
+    """The facts of the GGUF file open as ``descriptor`` (``size`` bytes long), or :class:`NotGguf`.
+
+    ``shapes``: keep every tensor's name and dimensions too (to check a LoRA adapter against its base).
+    """
+    header = _Header(_Cursor(descriptor, size), shapes=shapes)
     header.read()
     return header.facts()
 
@@ -100,6 +106,8 @@ _MAX_VOCAB = 2**24
 _MAX_KEYS = 2**16  # a model has a few dozen
 _MAX_KEY_BYTES = 2**16
 _MAX_ARCHITECTURE = 64
+_KEPT_TEXTS = ("general.type", "adapter.type")  # short names kept as they are
+_MAX_TENSOR_NAME = 1024  # llama.cpp's own limit is 64
 _MAX_ITEMS = 4_000_000  # keys, string and array elements walked, tensors: about a second at worst
 _MAX_READ = 64 * 2**20  # header bytes read (a large vocabulary and its merges are a few MB)
 _MAX_DEPTH = 8  # arrays of arrays
@@ -216,9 +224,11 @@ def _shown(value: bytes | str, limit: int = 60) -> str:
 class _Header:
     """The walk over one file's header: what it keeps, and the checks on the way."""
 
-    def __init__(self, cursor: _Cursor) -> None:
+    def __init__(self, cursor: _Cursor, *, shapes: bool = False) -> None:
         self.cursor = cursor
         self.architecture: str | None = None
+        self.texts: dict[str, str] = {}  # the kept short texts (_KEPT_TEXTS)
+        self.shapes: list[tuple[str, tuple[int, ...]]] | None = [] if shapes else None
         self.numbers: dict[str, float] = {}  # the wanted fields, for any architecture until it is known
         self.tokens = 0
         self.sampling: dict[str, float] = {}
@@ -261,7 +271,8 @@ class _Header:
             self.architecture, fields.get("block_count"), fields.get("attention.head_count"),
             fields.get("attention.head_count_kv"), fields.get("attention.key_length"),
             fields.get("embedding_length"), fields.get("context_length"), fields.get("vocab_size"),
-            self.tokens, self.tensor_bytes, self.parameters, tuple(sorted(self.sampling.items())))
+            self.tokens, self.tensor_bytes, self.parameters, tuple(sorted(self.sampling.items())),
+            self.texts.get("general.type"), self.texts.get("adapter.type"), tuple(self.shapes or ()))
 
     def _pair(self, seen: set[bytes]) -> None:
         cursor = self.cursor
@@ -318,7 +329,11 @@ class _Header:
         if key == "general.architecture" and length > _MAX_ARCHITECTURE:
             raise NotGguf(f"general.architecture is {length:,} bytes long ({_shown(cursor.take(60))}): "
                            "not an architecture's name")
+        if key in _KEPT_TEXTS and length > _MAX_ARCHITECTURE:
+            raise NotGguf(f"{key} is {length:,} bytes long: it names a kind of file in a word")
         value = _text(cursor.take(length), f"the value of {_shown(key)}")
+        if key in _KEPT_TEXTS:
+            self.texts[key] = value
         if key == "general.architecture":
             if not value.isprintable() or not value.strip():
                 raise NotGguf(f"general.architecture is {_shown(value)}: not an architecture's name")
@@ -360,7 +375,13 @@ class _Header:
 
     def _tensor(self) -> None:
         cursor = self.cursor
-        cursor.skip(cursor.u64(), "a tensor's name")
+        length, name = cursor.u64(), ""
+        if self.shapes is None:
+            cursor.skip(length, "a tensor's name")
+        elif length > _MAX_TENSOR_NAME:
+            raise NotGguf(f"a tensor's name is {length:,} bytes long: names are short")
+        else:
+            name = _text(cursor.take(length), "a tensor's name")
         dimensions = cursor.u32()
         if dimensions > _MAX_DIMS:
             raise NotGguf(f"a tensor has {dimensions} dimensions (at most {_MAX_DIMS})")
@@ -375,6 +396,8 @@ class _Header:
             raise NotGguf(f"a tensor's data (offset {offset:,}, {size:,} bytes) does not fit in the file")
         self.tensor_bytes += size
         self.parameters += elements
+        if self.shapes is not None:
+            self.shapes.append((name, tuple(shape)))
         self.data_end = max(self.data_end, offset + size)
 
 

@@ -55,6 +55,16 @@ class StatusRow:
     #: What a call without arguments gets: the spec's ``generation:`` over the model files' recommended
     #: settings over the backend's default repetition penalty (``repetition_window``: the tokens it looks at).
     generation: Mapping[str, Any] = field(default_factory=dict)
+    base: str | None = None  # a LoRA adapter: the model id it runs on
+    adapter: str | None = None  # a LoRA adapter: its folder, Hub id or GGUF file
+    shares_base: bool | None = None  # True: lives on its base's loaded model; False: an instance of its own
+
+    @property
+    def base_str(self) -> str:
+        """``on qwen (shared)`` or ``on smol (own instance)`` for an adapter; empty otherwise."""
+        if self.base is None:
+            return ""
+        return f"on {self.base} ({'shared' if self.shares_base else 'own instance'})"
 
     estimated_str = bytes_text("estimated_bytes")
     actual_str = bytes_text("actual_bytes")

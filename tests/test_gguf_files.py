@@ -525,10 +525,10 @@ def test_the_list_command_shows_every_model_when_some_files_are_bad(write, tmp_p
 # -- llama.cpp's log ---------------------------------------------------------------------------------
 
 def test_only_log_lines_that_can_name_a_buffer_are_searched(monkeypatch):
-    from jupyter_llm_manager.backends import llama_cpp as backend
+    from jupyter_llm_manager.backends import llama_cpp_log as backend
 
     searched = []
-    pattern = backend._BUFFER
+    pattern = backend.BUFFER
 
     class Counting:
         def search(self, line: str):
@@ -539,8 +539,8 @@ def test_only_log_lines_that_can_name_a_buffer_are_searched(monkeypatch):
     lines += ["load_tensors:   CPU_Mapped model buffer size =    92.10 MiB",
               "llama_kv_cache:        CPU KV buffer size =    22.50 MiB",
               "llama_context:      CUDA0 compute buffer size =   100.00 MiB"]
-    expected = backend._buffers(lines)
-    monkeypatch.setattr(backend, "_BUFFER", Counting())
-    assert backend._buffers(lines) == expected
+    expected = backend.reported_buffers(lines)
+    monkeypatch.setattr(backend, "BUFFER", Counting())
+    assert backend.reported_buffers(lines) == expected
     assert [part for _, part, _ in expected] == ["model", "KV", "compute"] and expected[2][0] == "cuda:0"
     assert len(searched) == 3

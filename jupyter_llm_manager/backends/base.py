@@ -16,7 +16,7 @@ import traceback
 from collections.abc import Callable, Generator, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from ..config.spec import ModelSpec
 from ..errors import InvalidGenerationParameters
@@ -132,6 +132,9 @@ class LoadedModel:
     complete_footprint: bool = False  # the footprint counts the KV cache and working buffers too
     measured_bytes: int | None = None  # what was measured, where the footprint is a declared size
     generation: GenerationDefaults = NO_DEFAULTS
+    shared: bool = False  # ``model`` belongs to another instance (a LoRA adapter's base): freeing this keeps it
+    adapter: str | None = None  # the name of the LoRA adapter this is, on the shared model
+    extras: dict[str, Any] = field(default_factory=dict)  # the backend's own objects for it; never shown
 
 
 class Backend:
@@ -144,6 +147,9 @@ class Backend:
     modes: ClassVar[frozenset[str]] = frozenset({"chat"})
     #: One request at a time per loaded model (its objects are not thread-safe): the manager queues the others.
     serial: ClassVar[bool] = False
+    #: How it runs LoRA adapters: ``shared`` (put on the loaded base, several per base), ``own`` (each adapter
+    #: is an instance of its own: the base with the adapter applied at load), or ``None`` (it runs none).
+    adapters: ClassVar[Literal["shared", "own"] | None] = None
 
     def problem(self, spec: ModelSpec) -> str | None:
         """Why ``spec`` cannot load here, known without trying (a missing package); ``None`` when it may."""
@@ -171,6 +177,21 @@ class Backend:
     def device_kinds(self) -> set[str]:
         """Device kinds this backend can place a model on here (``cpu``, ``cuda``, ``mps``)."""
         return {"cpu"}
+
+    def check_adapter(self, spec: ModelSpec, base: ModelSpec) -> None:
+        """Raise :class:`~jupyter_llm_manager.errors.ConfigurationError` when ``spec``'s adapter cannot run on
+        ``base`` (missing, not an adapter, another architecture or size); reads headers only."""
+
+    def attach_adapter(self, base: LoadedModel, spec: ModelSpec) -> LoadedModel:
+        """Put ``spec``'s adapter on the loaded ``base`` (``adapters = "shared"``); its own :class:`LoadedModel`."""
+        raise NotImplementedError
+
+    def detach_adapter(self, loaded: LoadedModel) -> None:
+        """Take an attached adapter off its base again; the base keeps answering."""
+        raise NotImplementedError
+
+    def use_adapter(self, loaded: LoadedModel) -> None:
+        """Make the shared model answer as ``loaded`` (its adapter active, or none for the base itself)."""
 
     def estimate(self, spec: ModelSpec) -> MemoryEstimate:
         """Memory the model will need, from metadata only."""
@@ -224,6 +245,7 @@ class Backend:
         """Drop every reference the backend keeps to the model (close clients)."""
         loaded.model = None
         loaded.tokenizer = None
+        loaded.extras.clear()
 
     def memory_in_use(self, devices: tuple[str, ...]) -> dict[str, int]:
         """Bytes allocated now on the devices this backend can measure (for freed-bytes reports)."""

@@ -6,21 +6,20 @@ the same file. Its memory is what llama.cpp allocates: the weights (the
 file's tensor bytes), the KV cache for ``n_ctx`` tokens and a compute
 buffer. The first two follow from the file's header; the third is
 estimated before loading and measured from llama.cpp's log after. llama.cpp's
-log goes to this module's logger (debug), never to the notebook.
+log goes to this module's logger (debug), never to the notebook. A GGUF LoRA
+adapter is applied at load (see :mod:`.llama_cpp_adapters`): an adapter id is
+an instance of its own, its base's file with the adapter, counted as both.
 """
 
 from __future__ import annotations
 
-import ctypes
 import importlib.util
 import inspect
 import logging
-import re
 import threading
 import time
 import weakref
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -44,8 +43,10 @@ from ..gguf_files import (
     read_gguf,
 )
 from ..support.units import excerpt, format_bytes
+from . import llama_cpp_adapters as lora
 from .base import Backend, ContextGrowth, LoadedModel, Placement, TextGenerator
 from .generation_defaults import GenerationDefaults, gguf_defaults
+from .llama_cpp_log import captured_log, footprint_of, reported_buffers, route_log
 from .llama_cpp_options import ThreadChoice, normalized, usable_cores
 
 __all__ = ["LlamaCppBackend", "MeasuredBuffer", "usable_cores"]
@@ -54,8 +55,6 @@ log = logging.getLogger(__name__)
 
 _INSTALL = ('pip install --no-cache-dir "jupyter-llm-manager[llamacpp]" (build it with '
             'CMAKE_ARGS="-DGGML_NATIVE=OFF" where the default build crashes)')
-_BUFFER = re.compile(r"(\S+)\s+(model|KV|compute|output) buffer size\s*=\s*([\d.]+)\s*MiB")
-_BUFFER_MARK = " buffer size"  # in every line _BUFFER matches: a substring test spares the regex ~2,200 lines a load
 _FLOAT_BYTES = 4  # llama.cpp's outputs (logits, embeddings) are float32
 _EMBED_SEQUENCES = 256  # embed mode: llama-cpp-python's n_seq_max, min(n_batch, llama_max_parallel_sequences())
 _BATCH = 512  # llama-cpp-python's n_batch unless load_kwargs set it
@@ -74,6 +73,8 @@ class LlamaCppBackend(Backend):
     name = "llama_cpp"
     modes = frozenset({"chat", "embed"})
     serial = True  # a Llama object is not thread-safe: two requests at once crash the process
+    adapters = "own"  # llama-cpp-python applies a LoRA at load: an adapter is the base's file loaded with it
+    check_adapter = staticmethod(lora.check)
 
     def normalize(self, spec: ModelSpec) -> ModelSpec:
         """``load_kwargs.n_ctx`` becomes ``max_context``; options the manager owns are refused."""
@@ -115,7 +116,7 @@ class LlamaCppBackend(Backend):
 
     def estimate(self, spec: ModelSpec) -> MemoryEstimate:
         info = read_gguf(_file_of(spec))
-        return _estimate(spec, info, context_for(spec, info))
+        return _estimate(spec, info, context_for(spec, info), _adapter_bytes(spec))
 
     def generation_defaults(self, spec: ModelSpec) -> GenerationDefaults:
         """The file's ``general.sampling.*`` settings, then the default penalty (its window: llama.cpp's
@@ -129,7 +130,7 @@ class LlamaCppBackend(Backend):
             return None
         info = read_gguf(_file_of(spec))
         return ContextGrowth(AUTO_CONTEXT_FLOOR, AUTO_CONTEXT_STEP, info.context_length,
-                             partial(_estimate, spec, info))
+                             partial(_estimate, spec, info, adapter=_adapter_bytes(spec)))
 
     # -- loading -----------------------------------------------------------------------------------
 
@@ -147,13 +148,15 @@ class LlamaCppBackend(Backend):
                                    "last_n_tokens_size": min(generation.window or context, context)}
         if spec.mode == "embed":
             options.update(embedding=True, pooling_type=llama_cpp.LLAMA_POOLING_TYPE_MEAN)
+        if spec.adapter is not None:  # the base's file with the adapter applied (read whole: no mmap then)
+            options["lora_path"] = str(lora.adapter_file(spec))
         gpus = [d for d in placement.devices if d.startswith("cuda")]
         if gpus:
             options.update(n_gpu_layers=-1, main_gpu=int(gpus[0].partition(":")[2] or 0))
         options.update({key: value.resolve() if isinstance(value, Secret) else value
                         for key, value in spec.load_kwargs.items()})
         threads = int(options["n_threads"])
-        with _construct_lock, _captured_log() as lines:
+        with _construct_lock, captured_log() as lines:
             try:
                 model = llama_cpp.Llama(**options)
             except (ValueError, RuntimeError, TypeError, OSError) as error:
@@ -161,13 +164,17 @@ class LlamaCppBackend(Backend):
                 raise ModelLoadingError(excerpt(f"llama.cpp could not load {spec.id!r} from {str(path)!r}: {error}"
                                                 + (f" ({'; '.join(said)})" if said else "")),
                                         model_id=spec.id) from None
-        buffers = _buffers(lines)
-        footprint = _footprint(buffers) or {(gpus[0] if gpus else "cpu"): _estimate(spec, info, context).total_bytes}
+        buffers = reported_buffers(lines)
+        footprint = footprint_of(buffers) or {(gpus[0] if gpus else "cpu"): _estimate(
+            spec, info, context, _adapter_bytes(spec)).total_bytes}
         if chooser is not None:
             _choosers[model] = chooser
             chooser.finished()
+        details = _details(spec, info, context, threads, buffers)
+        if spec.adapter is not None:
+            details.update(lora.own_copy(spec))
         return LoadedModel(model=model, footprint=footprint, context_length=context, complete_footprint=True,
-                           details=_details(spec, info, context, threads, buffers), generation=generation)
+                           details=details, generation=generation)
 
     def unload(self, loaded: LoadedModel) -> None:
         """``close()`` frees llama.cpp's model and context now, not when the object is collected."""
@@ -255,7 +262,7 @@ def _library() -> Any:
         import llama_cpp
     except ImportError as error:
         raise ModelLoadingError(f"the llama_cpp backend needs llama-cpp-python ({error}): {_INSTALL}") from None
-    _route_log(llama_cpp)
+    route_log(llama_cpp)
     return llama_cpp
 
 
@@ -265,62 +272,6 @@ def _file_of(spec: ModelSpec) -> Path:
         raise ModelLoadingError(f"the GGUF file of {spec.id!r} is not on this machine: download it first "
                                 f"(huggingface-cli download {spec.source} {spec.gguf_file})", model_id=spec.id)
     return path
-
-
-# -- llama.cpp's log -------------------------------------------------------------------------------
-
-_log_lock = threading.Lock()
-_capture: list[list[str]] = []  # the lines of the loads capturing now
-_routed: list[Any] = []  # our callback, kept alive while llama.cpp holds it
-
-
-def _route_log(llama_cpp: Any) -> None:
-    """Send llama.cpp's log to this module's logger (once per process)."""
-    with _log_lock:
-        if _routed:
-            return
-
-        @llama_cpp.llama_log_callback
-        def receive(level: int, text: bytes, user_data: Any) -> None:
-            line = text.decode("utf-8", "replace").rstrip("\n")
-            with _log_lock:
-                for lines in _capture:
-                    lines.append(line)
-            log.debug("llama.cpp: %s", line)
-
-        _routed.append(receive)
-        llama_cpp.llama_log_set(receive, ctypes.c_void_p(0))
-
-
-@contextmanager
-def _captured_log() -> Iterator[list[str]]:
-    lines: list[str] = []
-    with _log_lock:
-        _capture.append(lines)
-    try:
-        yield lines
-    finally:
-        with _log_lock:
-            _capture.remove(lines)
-
-
-def _buffers(lines: Sequence[str]) -> list[tuple[str, str, int]]:
-    """``(device, part, bytes)`` for each buffer llama.cpp reported allocating."""
-    found = []
-    for line in lines:
-        match = _BUFFER.search(line) if _BUFFER_MARK in line else None
-        if match:
-            name, part, mib = match.groups()
-            gpu = re.match(r"CUDA(\d+)", name)
-            found.append((f"cuda:{gpu.group(1)}" if gpu else "cpu", part, int(float(mib) * 2**20)))
-    return found
-
-
-def _footprint(buffers: Sequence[tuple[str, str, int]]) -> dict[str, int]:
-    footprint: dict[str, int] = {}
-    for device, _, size in buffers:
-        footprint[device] = footprint.get(device, 0) + size
-    return footprint
 
 
 # -- estimates -----------------------------------------------------------------------------------
@@ -335,22 +286,29 @@ def _output_bytes(spec: ModelSpec, info: GgufInfo) -> int:
     return (info.vocab_size + info.embedding_length) * sequences * _FLOAT_BYTES
 
 
-def _estimate(spec: ModelSpec, info: GgufInfo, tokens: int) -> MemoryEstimate:
+def _adapter_bytes(spec: ModelSpec) -> int | None:
+    """A LoRA adapter's own bytes (its file's tensors, as llama.cpp copies them); ``None`` for a plain model."""
+    return lora.adapter_info(spec).tensor_bytes if spec.adapter is not None else None
+
+
+def _estimate(spec: ModelSpec, info: GgufInfo, tokens: int, adapter: int | None = None) -> MemoryEstimate:
     kv = kv_cache_bytes(info, tokens)
     overhead = (compute_buffer_bytes(info, tokens, embed=spec.mode == "embed") + _output_bytes(spec, info)
                 + _FIXED_BYTES)
-    total = spec.required_memory if spec.required_memory is not None else info.tensor_bytes + kv + overhead
+    weights = info.tensor_bytes + (adapter or 0)
+    total = spec.required_memory if spec.required_memory is not None else weights + kv + overhead
     context = ("max_context: auto, at its floor" if spec.max_context == "auto"
                else "max_context" if spec.max_context else "default context")
+    adapter_text = f" + adapter: GGUF header ({format_bytes(adapter)})" if adapter is not None else ""
     return MemoryEstimate(
-        spec.id, info.tensor_bytes, kv, overhead, total,
-        f"GGUF header: the tensors' bytes as stored ({info.parameters:,} parameters)",
+        spec.id, weights, kv, overhead, total,
+        f"GGUF header: the tensors' bytes as stored ({info.parameters:,} parameters){adapter_text}",
         f"2 × {info.block_count} layers × {tokens} tokens ({context}) × {info.head_count_kv} kv heads × "
         f"{info.head_dim} × 2 B (f16)",
         "compute buffer (estimated: the larger of a 512-token batch's logits and its attention scores) + output "
         f"buffer ({'logits and embeddings of 256 sequences' if spec.mode == 'embed' else 'one token’s logits'}) + 8 MiB"
         + (f"; total set by required_memory ({format_bytes(total)})" if spec.required_memory is not None else ""),
-        info.parameters)
+        info.parameters, adapter_bytes=adapter)
 
 
 @dataclass(frozen=True)
@@ -372,7 +330,7 @@ def _details(spec: ModelSpec, info: GgufInfo, context: int, threads: int,
         measured[part] = measured.get(part, 0) + size
     estimated = {"model": info.tensor_bytes, "KV": kv_cache_bytes(info, context),
                  "compute": compute_buffer_bytes(info, context, embed=spec.mode == "embed"),
-                 "output": _output_bytes(spec, info)}
+                 "output": _output_bytes(spec, info), "LoRA": _adapter_bytes(spec) or 0}
     details: dict[str, Any] = {"n_ctx": context, "threads": threads, "mode": spec.mode}
     for part, guess in estimated.items():
         if part in measured:

@@ -98,6 +98,13 @@ def check_ledger_path(value: Any) -> str | None:
     return value.strip()
 
 
+def check_max_loaded_adapters(value: Any) -> int:
+    """LoRA adapters resident at once on one loaded base (an integer >= 1)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"max_loaded_adapters must be an integer >= 1, got {brief(value)}")
+    return value
+
+
 _CHECKS: dict[str, Callable[[Any], Any]] = {
     "max_loaded_models": check_max_loaded_models,
     "memory_fraction": check_memory_fraction,
@@ -109,6 +116,7 @@ _CHECKS: dict[str, Callable[[Any], Any]] = {
     "max_memory_per_model": check_max_memory_per_model,
     "cooperate": check_cooperate,
     "ledger_path": check_ledger_path,
+    "max_loaded_adapters": check_max_loaded_adapters,
 }
 
 
@@ -126,6 +134,7 @@ class ManagerSettings:
     max_memory_per_model: int | None = None
     cooperate: bool = True
     ledger_path: str | None = None
+    max_loaded_adapters: int = 8  # LoRA adapters resident per base; they do not count in max_loaded_models
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any]) -> ManagerSettings:

@@ -31,6 +31,7 @@ from .secrets import (
 from .spec_fields import (
     CONVERTERS,
     DTYPES,
+    INHERITED,
     KIND_PRIORITY,
     LOCAL_BACKENDS,
     NULLABLE,
@@ -98,6 +99,8 @@ class ModelSpec:
     task: str | None = None  # the task this is an option of (its id is TASK/OPTION); saved under tasks:
     about: dict[str, Any] = field(default_factory=dict)  # keys that only describe it (speed, description)
     builtin: bool = False
+    base: str | None = None  # the model id a LoRA adapter runs on (its loading fields are the base's)
+    adapter: str | None = None  # a PEFT adapter folder or Hub id, or a GGUF LoRA file (llama_cpp)
 
     @classmethod
     def from_mapping(
@@ -133,6 +136,13 @@ class ModelSpec:
         return spec
 
     def _check_backend_fields(self, where: dict[str, Any], check_paths: bool) -> None:
+        if (self.base is None) != (self.adapter is None):
+            given, missing = ("base", "adapter") if self.base else ("adapter", "base")
+            raise ConfigurationError(f"{given} without {missing}: a LoRA adapter is registered with both, "
+                                     "base=MODEL_ID and adapter=FOLDER (or a Hub id, or a GGUF LoRA file)",
+                                     key=missing, **where)
+        if self.base is not None and self.source is None:
+            return  # an adapter takes its loading fields from its base when it is registered: see on_base
         if self.backend in LOCAL_BACKENDS and not self.source:
             what = "a Hub id, a local folder or a .gguf file" if self.backend == "transformers" else "a .gguf file"
             raise ConfigurationError(f"a {self.backend} model needs a source: {what}", key="source", **where)
@@ -180,6 +190,44 @@ class ModelSpec:
         return None
 
     @functools.cached_property
+    def adapter_location(self) -> str | None:
+        """The adapter as one string: a resolved local path, or a Hub id as written."""
+        if self.adapter is None:
+            return None
+        if looks_like_path(self.adapter):
+            return str(Path(expand_path(self.adapter)).resolve())
+        return self.adapter
+
+    def on_base(self, base: ModelSpec) -> ModelSpec:
+        """This adapter's spec with its base's loading fields (see :data:`INHERITED`), validated.
+
+        A loading field the adapter sets to another value than its base is a
+        :class:`ConfigurationError`: an adapter runs on its base as the base is loaded.
+        """
+        where: dict[str, Any] = {"model_id": self.id}
+        if base.adapter is not None:
+            raise ConfigurationError(f"{base.id!r} is itself an adapter (on {base.base!r}): an adapter runs on a "
+                                     f"model, not on another adapter; give base={base.base!r}", key="base", **where)
+        defaults = {f.name: f.default_factory() if callable(f.default_factory) else f.default for f in fields(self)}
+        changes: dict[str, Any] = {}
+        for name in INHERITED:
+            mine, theirs = getattr(self, name), getattr(base, name)
+            if mine != defaults[name] and mine != theirs:
+                raise ConfigurationError(f"{name}: an adapter loads on its base {base.id!r} and takes its {name} "
+                                         f"from there; remove {name} here (or change it on the base)",
+                                         key=name, **where)
+            changes[name] = theirs
+        spec = replace(self, base=base.id, **changes)
+        spec._check_backend_fields({"path": None, **where}, check_paths=False)
+        return spec
+
+    def detached(self) -> ModelSpec:
+        """An adapter's spec as written, without what it took from its base (to take it again from a new base)."""
+        defaults: dict[str, Any] = {f.name: f.default_factory() if callable(f.default_factory) else f.default
+                                    for f in fields(self)}
+        return replace(self, **{name: defaults[name] for name in INHERITED})
+
+    @functools.cached_property
     def instance_key(self) -> str:
         """The one key that decides sharing: equal keys load the same weights the same way."""
         if self.base_url is not None:  # another key or header is another client: permissions, quota, billing
@@ -208,6 +256,8 @@ class ModelSpec:
             details = canonical({"tokenizer": self.tokenizer, "trust_remote_code": self.trust_remote_code,
                                  "load_kwargs": self.load_kwargs, "options": self.options})
             key += "|" + hashlib.sha1(details.encode()).hexdigest()[:8]
+        if self.adapter_location is not None:  # the base's key, and the adapter on it
+            key += f"|adapter={self.adapter_location}"
         return key
 
     @functools.cached_property
@@ -234,6 +284,9 @@ class ModelSpec:
             default = spec_field.default_factory() if callable(spec_field.default_factory) else spec_field.default
             if value == default and name != "backend":
                 continue
+            if self.base is not None and name in INHERITED:
+                continue  # the base's, written on the base
+
             entry[name] = self._saved_value(name, value, warn)
         return {k: v for k, v in entry.items() if v is not None or k in NULLABLE}
 

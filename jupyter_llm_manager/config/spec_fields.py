@@ -18,7 +18,7 @@ from ..generation import GenerationParams
 from ..support.units import brief, parse_duration, parse_size
 from .secrets import Secret, canonical, expand_references, has_credentials
 
-__all__ = ["CONVERTERS", "DTYPES", "KIND_PRIORITY", "LOCAL_BACKENDS", "NULLABLE", "PROTECTED_KINDS", "QUANTIZATIONS",
+__all__ = ["CONVERTERS", "DTYPES", "INHERITED", "KIND_PRIORITY", "LOCAL_BACKENDS", "NULLABLE", "PROTECTED_KINDS", "QUANTIZATIONS",
            "check_model_id", "expand_path", "looks_like_path"]
 
 DTYPES = {
@@ -246,6 +246,19 @@ def _about(value: Any) -> dict[str, Any]:
     return mapping
 
 
+def _base_id(value: Any) -> str:
+    """The model id an adapter runs on."""
+    return check_model_id(_string(value))
+
+
+def _adapter(value: Any) -> str:
+    """A PEFT adapter folder or Hub id, or a GGUF LoRA file (llama_cpp)."""
+    text = _string(value)
+    if "\n" in text or "\x00" in text:
+        raise ValueError(f"adapter is a folder, a Hub id or a .gguf file, got {brief(value)}")
+    return text
+
+
 def _size(value: Any) -> int | None:
     return None if value is None else parse_size(value)
 
@@ -263,5 +276,9 @@ CONVERTERS: dict[str, Callable[[Any], Any]] = {
     "timeout": _optional(_number), "max_retries": _optional(_integer(0)), "headers": _headers,
     "options": _mapping, "builtin": _boolean, "loader": _optional(_callable_path),
     "unloader": _optional(_callable_path), "task": _optional(_string), "about": _about,
+    "base": _optional(_base_id), "adapter": _optional(_adapter),
 }
+#: What an adapter takes from its base: how the weights are loaded. Written once, on the base.
+INHERITED = ("source", "backend", "revision", "device", "dtype", "quantization", "trust_remote_code", "token",
+             "tokenizer", "max_context", "gguf_file", "mode", "load_kwargs", "options")
 NULLABLE = {"quantization"}

@@ -84,7 +84,7 @@ class Admission:
 
     def __init__(self, books: Books, bus: EventBus, probe: DeviceProbe, backends: Callable[[str], Backend],
                  estimates: EstimateCache, leases: Leases, evictions: Evictions, loading: Loading,
-                 cooperation: Cooperation) -> None:
+                 cooperation: Cooperation, *, bind: Callable[[ModelSpec, Backend], Backend] | None = None) -> None:
         self._cooperation = cooperation
         self._books = books
         self._bus = bus
@@ -94,6 +94,7 @@ class Admission:
         self._leases = leases
         self._evictions = evictions
         self._loading = loading
+        self._bind = bind  # LoRA adapters: the backend bound to their loaded base (see manager.adapters)
 
     def acquire(self, model_id: str, deadline: Deadline) -> Ticket:
         """A lease on ``model_id`` for the calling thread, waiting for room until ``deadline``."""
@@ -257,6 +258,7 @@ class Admission:
         """What the decision needs; an estimate that fails is this model's failure (its row and an event)."""
         backend = self._backends(spec.backend)
         try:
+            backend = self._bind(spec, backend) if self._bind is not None else backend
             return gather(spec, backend, self._estimates)
         except LLMManagerError as error:
             books = self._books

@@ -18,7 +18,7 @@ from ..reports import UnloadReport
 from ..support.deadlines import Deadline
 from ..support.interrupts import interrupts_deferred
 from .freeing import Freeing
-from .instances import Instance
+from .instances import Instance, dependents
 from .policy import fit as policy
 from .state import Books
 
@@ -42,6 +42,10 @@ class Evictions:
         for eviction in evictions:
             instance = self._books.instances.get(eviction.key)
             if instance is not None and instance.state == "loaded" and not instance.leases:
+                for adapter in dependents(self._books.instances.values(), instance.key):  # they go with their base
+                    if adapter.state == "loaded" and not adapter.leases:
+                        adapter.move("unloading")
+                        victims.append((adapter, eviction.reason))
                 instance.move("unloading")
                 victims.append((instance, eviction.reason))
         if victims:

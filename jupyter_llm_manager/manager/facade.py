@@ -15,7 +15,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
-from typing import Any, Generic, Literal, TypeVar
+from typing import Any, Generic, Literal, Protocol, TypeVar
 
 from ..backends import Backend, BackendCache, get_backend
 from ..config.files import ConfigFile, find_config_path, load_config
@@ -30,6 +30,7 @@ from ..generation import GenerationParams, GenerationResult, Prompt, normalize_p
 from ..models.builtin import BUILTIN_ID, builtin_spec
 from ..reports import GarbageReport, StatusRow, UnloadReport
 from ..support.deadlines import parse_wait
+from .adapters import Adapters
 from .admission import Admission
 from .cooperation import Cooperation, MachineReport
 from .evictions import Evictions
@@ -78,7 +79,29 @@ class _Setting(Generic[T]):
         manager.configure(**{self.name: value})
 
 
-class LLMManager:
+class _Calls(Protocol):
+    def load(self, model_id: str, **options: Any) -> ModelHandle: ...
+    def generate(self, model_id: str, prompt: Prompt, **options: Any) -> GenerationResult: ...
+    def stream(self, model_id: str, prompt: Prompt, **options: Any) -> TextStream: ...
+
+
+class _AsyncCalls:
+    """The ``async`` forms of the manager's calls, for asyncio code (a kernel's ``await`` included)."""
+
+    async def aload(self: _Calls, model_id: str, **options: Any) -> ModelHandle:
+        """``await manager.aload(id)`` — load in a worker thread."""
+        return await asyncio.to_thread(self.load, model_id, **options)
+
+    async def agenerate(self: _Calls, model_id: str, prompt: Prompt, **options: Any) -> GenerationResult:
+        """``await manager.agenerate(id, prompt)`` — generate in a worker thread."""
+        return await asyncio.to_thread(self.generate, model_id, prompt, **options)
+
+    def astream(self: _Calls, model_id: str, prompt: Prompt, **options: Any) -> AsyncIterator[str]:
+        """``async for piece in manager.astream(id, prompt)``; cancelling stops the generation."""
+        return _pump(self.stream(model_id, prompt, **options))
+
+
+class LLMManager(_AsyncCalls):
     """Loads models lazily, shares instances between aliases, evicts and frees for real.
 
     Settings not given come from the configuration file's ``defaults``
@@ -97,6 +120,8 @@ class LLMManager:
     max_memory_per_model = _Setting[int | None]("The most memory one model may take; None for no cap.")
     cooperate = _Setting[bool]("Share this machine's memory with the other managers of this user (a ledger).")
     ledger_path = _Setting[str | None]("The ledger file (None: $JUPYTER_LLM_MANAGER_LEDGER, else the runtime dir).")
+    max_loaded_adapters = _Setting[int]("LoRA adapters resident at once per base (they are not counted by "
+                                        "max_loaded_models). Lowering it evicts.")
 
     def __init__(self, max_loaded_models: int | None | _Given = FROM_CONFIG,
                  memory_fraction: float | _Given = FROM_CONFIG, keep_alive: str | float | None | _Given = FROM_CONFIG,
@@ -106,6 +131,7 @@ class LLMManager:
                  max_memory_per_model: str | int | None | _Given = FROM_CONFIG,
                  default_model: str | None | _Given = FROM_CONFIG, cooperate: bool | _Given = FROM_CONFIG,
                  ledger_path: str | os.PathLike[str] | None | _Given = FROM_CONFIG,
+                 max_loaded_adapters: int | _Given = FROM_CONFIG,
                  clock: Callable[[], float] = time.monotonic, device_probe: DeviceProbe = probe_devices,
                  backend_factory: Callable[[str], Backend] = get_backend, preload: bool = True) -> None:
         path = None if config_path is False else find_config_path(None if config_path is True else config_path)
@@ -122,11 +148,13 @@ class LLMManager:
         leases = Leases(books, upkeep.after_idle)
         loading = Loading(books, bus, device_probe, leases, evictions, freeing, upkeep.after_load)
         self._cooperation = Cooperation(books, bus, evictions.for_other_kernel, evictions.unload_by_name)
-        self._admission = Admission(books, bus, device_probe, backends, estimates, leases, evictions, loading,
-                                    self._cooperation)
-        self._catalog = Catalog(books, bus, backends, evictions)
+        self._adapters = adapters = Adapters(books, backends, lambda model_id, deadline: admission.acquire(
+            model_id, deadline))
+        self._admission = admission = Admission(books, bus, device_probe, backends, estimates, leases, evictions,
+                                                loading, self._cooperation, bind=adapters.bind)
+        self._catalog = Catalog(books, bus, backends, evictions, adapters)
         self._status = StatusView(books, device_probe, estimates, backends)
-        self._generations = Generations(bus, self._admission.acquire, books.deadline)
+        self._generations = Generations(bus, adapters.acquire, books.deadline)
         self._freeing, self._estimates = freeing, estimates
         self._persistence = Persistence(books, path)
         self._catalog.adopt(config)
@@ -140,7 +168,11 @@ class LLMManager:
 
     def register(self, model_id: str, source: str | None = None, *, backend: str | None = None,
                  overwrite: bool = False, persist: bool = False, **options: Any) -> ModelSpec:
-        """Register a model under ``model_id``; loads nothing. ``persist=True`` also saves it."""
+        """Register a model under ``model_id``; loads nothing. ``persist=True`` also saves it.
+
+        ``base="ID", adapter="FOLDER"`` registers a LoRA adapter (a PEFT folder or Hub id; a GGUF LoRA file
+        for a llama_cpp base) that runs on the registered model ``ID``, checked against it now.
+        """
         data = {"source": source, "backend": backend, **options}
         spec = ModelSpec.from_mapping(model_id, {k: v for k, v in data.items() if v is not None})
         spec = self._catalog.register(spec, overwrite=overwrite)
@@ -218,7 +250,7 @@ class LLMManager:
     def use(self, model_id: str, *, wait: float | str | None = None) -> Lease:
         """``with manager.use(id) as lm:`` — ``lm.model`` and ``lm.tokenizer``, never evicted meanwhile."""
         seconds = self._wait_seconds(wait)
-        return Lease(model_id, lambda: self._lease(model_id, seconds), lambda: self.spec(model_id))
+        return Lease(model_id, lambda: self._lease(model_id, seconds, activate=True), lambda: self.spec(model_id))
 
     def generate(self, model_id: str, prompt: Prompt, *, system: str | None = None, raw: bool = False,
                  wait: float | str | None = None, **params: Any) -> GenerationResult:
@@ -247,25 +279,13 @@ class LLMManager:
         texts = checked_texts(spec, texts)
         return self._generations.embed(model_id, spec.id, texts, wait=self._wait_seconds(wait)) if texts else []
 
-    async def aload(self, model_id: str, **options: Any) -> ModelHandle:
-        """``await manager.aload(id)`` — load in a worker thread."""
-        return await asyncio.to_thread(self.load, model_id, **options)
-
-    async def agenerate(self, model_id: str, prompt: Prompt, **options: Any) -> GenerationResult:
-        """``await manager.agenerate(id, prompt)`` — generate in a worker thread."""
-        return await asyncio.to_thread(self.generate, model_id, prompt, **options)
-
-    def astream(self, model_id: str, prompt: Prompt, **options: Any) -> AsyncIterator[str]:
-        """``async for piece in manager.astream(id, prompt)``; cancelling stops the generation."""
-        return _pump(self.stream(model_id, prompt, **options))
-
     def _wait_seconds(self, wait: float | str | None) -> float:
         """A ``wait=`` argument checked: seconds (``None``: the wait_timeout setting)."""
         return self.wait_timeout if wait is None else _checked(lambda: parse_wait(wait))
 
-    def _lease(self, model_id: str, seconds: float) -> Ticket:
-        """A lease from admission, waiting for room up to ``seconds`` on this manager's clock."""
-        return self._admission.acquire(model_id, self._books.deadline(seconds))
+    def _lease(self, model_id: str, seconds: float, *, activate: bool = False) -> Ticket:
+        """A lease from admission (with its base's, for an adapter), waiting up to ``seconds`` on this manager's clock."""
+        return self._adapters.acquire(model_id, self._books.deadline(seconds), activate=activate)
 
     # -- unloading --------------------------------------------------------------------------------
 

@@ -117,7 +117,8 @@ class Freeing:
         """Drop the backend's object and every reference to it; collect; empty device caches."""
         with self._books.lock:
             loaded, instance.loaded = instance.loaded, None
-        target = _weak(loaded.model) if loaded is not None else None
+        # a LoRA adapter's model is its base's: freeing the adapter does not free the model
+        target = _weak(loaded.model) if loaded is not None and not loaded.shared else None
         if loaded is not None:
             instance.backend.unload(loaded)
         del loaded

@@ -114,7 +114,7 @@ class Generations:
         ticket: Ticket | None = None
         try:
             ticket = self._acquire(model_id, deadline)
-            turn = self._turn(ticket, deadline) if ticket.instance.backend.serial else None
+            turn = self._turn(ticket, deadline)
         except BaseException as error:
             if ticket is not None:
                 ticket.release()
@@ -124,7 +124,8 @@ class Generations:
         return Run(self._bus, ticket, turn)
 
     def _turn(self, ticket: Ticket, deadline: Deadline) -> int:
-        """This request's turn on an instance that answers one at a time; waiting ones are told their place."""
+        """This request's ticket: a free run, or its turn on an instance that answers one at a time (waiting
+        ones are told their place). Free runs are counted so that an instance turning serial waits for them."""
         name = ticket.canonical
 
         def told(ahead: int) -> None:
@@ -132,7 +133,7 @@ class Generations:
                            f"request{'s' if ahead != 1 else ''} ahead ({name} answers one at a time)")
 
         try:
-            return ticket.instance.turns.take(deadline, told)
+            return ticket.instance.turns.enter(deadline, told)
         except TurnHeld:
             raise GenerationError(f"{name!r} answers one request at a time, and this thread has one running on it "
                                   "already (a stream it has not finished): finish or close that stream first",

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -24,7 +24,7 @@ from ..config.spec import ModelSpec
 from ..estimates import MemoryEstimate
 from ..support.deadlines import Deadline, wait_for
 
-__all__ = ["Instance", "InstanceState", "TurnHeld", "TurnTimeout", "Turns", "accounted_bytes"]
+__all__ = ["Instance", "InstanceState", "TurnHeld", "TurnTimeout", "Turns", "accounted_bytes", "dependents"]
 
 InstanceState = Literal["loading", "loaded", "unloading", "unloaded", "failed"]
 _MOVES: dict[str, frozenset[str]] = {
@@ -63,7 +63,28 @@ class Instance:
     arrival: int | None = None  # the arrival number of its first waiter, when it was queued
     waited: float | None = None  # how long that waiter waited for room (seconds)
     progress: str = ""  # what its load is doing now, as the backend reported it
-    turns: Turns = field(default_factory=lambda: Turns())  # one request at a time, where the backend says so
+    turns: Turns = field(default_factory=lambda: Turns())  # one request at a time, once it is serial
+    base: str | None = None  # a LoRA adapter's slice: the key of the base instance whose model it lives on
+    has_adapters: bool = False  # a base that adapters were put on: its requests take turns with theirs
+
+    def __post_init__(self) -> None:
+        """An adapter on a shared base takes turns with the base and its other adapters (one model, one state)."""
+        shared = getattr(self.backend, "base_instance", None)
+        if isinstance(shared, Instance):
+            self.base = shared.key
+            self.turns = shared.turns
+        if self.backend.serial or self.base is not None:
+            self.turns.serialize()
+
+    def take_adapters(self) -> None:
+        """This base gets adapters: its requests take turns with theirs from now on (after those in flight)."""
+        self.has_adapters = True
+        self.turns.serialize()
+
+    @property
+    def serial(self) -> bool:
+        """Whether its requests run one at a time: its backend's rule, or adapters sharing one model."""
+        return self.turns.serial
 
     @property
     def remote(self) -> bool:
@@ -99,6 +120,11 @@ class Instance:
         return self.lease_threads.get(thread, 0) > 0
 
 
+def dependents(instances: Iterable[Instance], key: str) -> list[Instance]:
+    """The adapters living on the base instance ``key``."""
+    return [instance for instance in instances if instance.base == key]
+
+
 class TurnHeld(Exception):
     """The calling thread already has the turn on this instance (it would wait for itself)."""
 
@@ -112,31 +138,63 @@ class TurnTimeout(Exception):
 
 
 class Turns:
-    """Requests to one instance, one at a time, first come first served, where its backend serves one.
+    """Requests to one instance, one at a time, first come first served, once it is serial.
 
     llama.cpp's ``Llama`` object is not thread-safe: two requests at once on
-    one instance crash the process. A generation takes its turn after its
-    lease; others queue (their position is told through ``on_wait``) until
-    it ends, or until their deadline. Guarded by its own lock (a leaf: no
-    call is made while it is held).
+    one instance crash the process; a base with LoRA adapters on it has one
+    model whose active adapter each request sets. Such an instance is serial
+    from the start or from :meth:`serialize` on: a generation takes its turn
+    after its lease; others queue (their position is told through
+    ``on_wait``) until it ends, or until their deadline. Before that, requests
+    run side by side as *free runs*, counted, so that once the instance turns
+    serial no turn is granted until the free runs in flight have ended
+    (putting the first adapter on a base never overlaps a base generation
+    that started without a turn). Guarded by its own lock (a leaf: no call is
+    made while it is held).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, serial: bool = False) -> None:
         self._changed = threading.Condition(threading.Lock())
+        self._serial = serial
         self._queue: list[int] = []  # ticket numbers in arrival order; the first one holds the turn
-        self._holders: dict[int, int] = {}  # ticket -> thread
+        self._holders: dict[int, int] = {}  # ticket -> thread, for turns
+        self._free: dict[int, int] = {}  # ticket -> thread, for free runs in flight (granted before serial)
         self._next = 0
 
-    def take(self, deadline: Deadline, on_wait: Callable[[int], None]) -> int:
-        """Wait for this thread's turn (``on_wait(position)`` when it must wait); returns its ticket.
+    @property
+    def serial(self) -> bool:
+        """Whether requests take turns now."""
+        with self._changed:
+            return self._serial
 
-        A thread that already has the turn (a second stream it iterates
-        alongside the first) gets :class:`TurnHeld` at once: its own turn
-        would never end. The deadline passing raises :class:`TurnTimeout`.
+    def serialize(self) -> None:
+        """From now on every request takes a turn; the first turn waits for the free runs in flight."""
+        with self._changed:
+            self._serial = True
+
+    def enter(self, deadline: Deadline, on_wait: Callable[[int], None]) -> int:
+        """A ticket for one request: a free run at once while not serial, else its turn (see :meth:`take`).
+
+        Deciding and counting happen under one lock, so a request either is
+        a free run that :meth:`serialize` will wait for, or takes a turn.
+        """
+        with self._changed:
+            if not self._serial:
+                ticket, self._next = self._next, self._next + 1
+                self._free[ticket] = threading.get_ident()
+                return ticket
+        return self.take(deadline, on_wait)
+
+    def take(self, deadline: Deadline, on_wait: Callable[[int], None]) -> int:
+        """Wait for this thread's turn (``on_wait(ahead)`` when it must wait); returns its ticket.
+
+        A thread that already has the turn or a free run (a second stream it
+        iterates alongside the first) gets :class:`TurnHeld` at once: its own
+        request would never end. The deadline passing raises :class:`TurnTimeout`.
         """
         me = threading.get_ident()
         with self._changed:
-            if me in self._holders.values():
+            if me in self._holders.values() or me in self._free.values():
                 raise TurnHeld()
             ticket, self._next = self._next, self._next + 1
             self._queue.append(ticket)
@@ -145,25 +203,31 @@ class Turns:
         try:
             while True:
                 with self._changed:
-                    position = self._queue.index(ticket)
-                    if position == 0:
+                    ahead = self._ahead(ticket)
+                    if ahead == 0:
                         return ticket
                     if deadline.expired:
-                        raise TurnTimeout(position)
-                if position != told:
-                    told = position
-                    on_wait(position)
+                        raise TurnTimeout(ahead)
+                if ahead != told:
+                    told = ahead
+                    on_wait(ahead)
                 with self._changed:
-                    if self._queue.index(ticket) == position and not deadline.expired:
+                    if self._ahead(ticket) == ahead and not deadline.expired:
                         wait_for(self._changed, deadline)
         except BaseException:
             self.give(ticket)
             raise
 
+    def _ahead(self, ticket: int) -> int:
+        """Requests before ``ticket``: the turns queued before it and every free run in flight. Lock held."""
+        return self._queue.index(ticket) + len(self._free)
+
     def give(self, ticket: int) -> None:
         """The request with ``ticket`` is done (or gave up): the next one gets the turn."""
         with self._changed:
-            if ticket in self._holders:
+            if self._free.pop(ticket, None) is not None:
+                self._changed.notify_all()
+            elif ticket in self._holders:
                 self._queue.remove(ticket)
                 del self._holders[ticket]
                 self._changed.notify_all()
@@ -172,7 +236,7 @@ class Turns:
     def waiting(self) -> int:
         """Requests waiting for their turn now."""
         with self._changed:
-            return max(len(self._queue) - 1, 0)
+            return max(len(self._queue) - (0 if self._free else 1), 0)
 
 
 def accounted_bytes(footprint: dict[str, int], placement: Placement, estimate: MemoryEstimate, *,

@@ -23,6 +23,7 @@ from ..devices import DeviceProbe
 from ..errors import LLMManagerError
 from ..estimates import EstimateCache, MemoryEstimate
 from ..support.units import bytes_text, format_bytes
+from .adapters import adapter_ask
 from .cooperation import Cooperation
 from .policy.decision import Ask, Decision, Simulation, fit_hint, simulate
 from .policy.fit import Holding
@@ -45,8 +46,9 @@ class Facts:
     def ask(self, books: Books, thread: int | None) -> Ask:
         """The :class:`Ask` for this model in the books now. Caller holds the lock."""
         key = books.registry.keys[self.spec.id]
-        return Ask(self.spec.id, key, self.estimate, self.spec.device, self.kinds, books.registry.priority(key),
-                   thread, self.backend.remote, books.settings.max_memory_per_model, self.growth)
+        ask = Ask(self.spec.id, key, self.estimate, self.spec.device, self.kinds, books.registry.priority(key),
+                  thread, self.backend.remote, books.settings.max_memory_per_model, self.growth)
+        return adapter_ask(books, self.spec, self.backend, ask)  # a LoRA adapter: a slice of its base
 
 
 def gather(spec: ModelSpec, backend: Backend, estimates: EstimateCache) -> Facts:
@@ -140,6 +142,8 @@ class Planner(BooksReader):
         with books.lock:
             names = list(dict.fromkeys(books.registry.resolve(i) for i in model_ids))
             specs = [books.registry.specs[name] for name in names]
+            bases = {spec.base: books.registry.specs.get(spec.base) for spec in specs if spec.base}
+        specs = list({s.id: s for spec in specs for s in (self._shared_base(spec, bases), spec) if s}.values())
         found = [self._facts(spec) for spec in specs]
         others = self._cooperation.others()
         memories = self._probe()
@@ -148,6 +152,11 @@ class Planner(BooksReader):
             asks = [item.ask(books, None) if isinstance(item, Facts) else item for item in found]
         simulation = simulate(snapshot, [a for a in asks if isinstance(a, Ask)])
         return _report(asks, simulation)
+
+    def _shared_base(self, spec: ModelSpec, bases: dict[str, ModelSpec | None]) -> ModelSpec | None:
+        """A LoRA adapter's base, planned before it when the adapter lives on it (it loads with it)."""
+        shared = spec.base is not None and self._backends(spec.backend).adapters == "shared"
+        return bases.get(spec.base or "") if shared else None
 
     def _facts(self, spec: ModelSpec) -> Facts | _Unplanned:
         """The facts of one model, or the row saying why it cannot be planned."""

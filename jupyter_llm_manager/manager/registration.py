@@ -21,6 +21,7 @@ from ..config.tasks import Task, option_id
 from ..errors import ConfigurationError, ModelInUseError
 from ..events import EventBus
 from ..models.builtin import BUILTIN_ID
+from .adapters import Adapters
 from .evictions import Evictions, Victims
 from .instances import Instance
 from .policy import fit as policy
@@ -38,15 +39,17 @@ def _runs_nothing(spec: ModelSpec, backend: Backend) -> bool:
 class Catalog:
     """Registers ids, aliases and pins in the books and tells subscribers."""
 
-    def __init__(self, books: Books, bus: EventBus, backends: Callable[[str], Backend], evictions: Evictions) -> None:
+    def __init__(self, books: Books, bus: EventBus, backends: Callable[[str], Backend], evictions: Evictions,
+                 adapters: Adapters) -> None:
         self._books = books
         self._bus = bus
         self._backends = backends
         self._evictions = evictions
+        self._adapters = adapters
 
     def register(self, spec: ModelSpec, *, overwrite: bool) -> ModelSpec:
         """Register ``spec`` (a no-op when the same spec is registered; else ``overwrite`` is needed)."""
-        spec = self._checked(spec)
+        spec = self._checked(self._adapters.derive(spec))
         model_id = spec.id
         books = self._books
         with books.lock:
@@ -54,6 +57,10 @@ class Catalog:
             old = registry.specs.get(model_id)
             if old == spec and model_id not in registry.aliases:
                 return old
+            if spec.base is not None and self._adapters.on(model_id):
+                raise ConfigurationError(f"{model_id!r} is the base of {', '.join(map(repr, self._adapters.on(model_id)))}"
+                                         ": it cannot become an adapter itself; unregister those first",
+                                         model_id=model_id)
             if not overwrite and (old is not None or model_id in registry.aliases):
                 what = "an alias" if model_id in registry.aliases else "a model with another spec"
                 raise ConfigurationError(f"{model_id!r} is already {what}; pass overwrite=True to replace it",
@@ -61,6 +68,8 @@ class Catalog:
             stale = books.instances.get(registry.key_left_behind(model_id, spec) or "")
             self._check_idle(stale)
             registry.put(spec)
+            for adapter in self._adapters.rederived(spec):  # they load the way their base now does
+                registry.put(adapter)
             books.failures.pop(model_id, None)
             victims = self._take_out(stale)
             books.touch(everyone=True)
@@ -86,6 +95,10 @@ class Catalog:
             stale = None
             if name not in registry.aliases:
                 canonical = registry.resolve(name)
+                if self._adapters.on(canonical):
+                    raise ConfigurationError(f"{canonical!r} is the base of "
+                                             f"{', '.join(map(repr, self._adapters.on(canonical)))}: unregister "
+                                             "those adapters first", model_id=canonical)
                 key = registry.keys[canonical]
                 stale = None if registry.shared(key, besides=canonical) else books.instances.get(key)
                 self._check_idle(stale)
@@ -166,7 +179,7 @@ class Catalog:
 
     def read(self, config: ConfigFile) -> None:
         """A configuration file's models, aliases, tasks and inference block, replacing ids of the same name."""
-        for spec in config.models.values():
+        for spec in sorted(config.models.values(), key=lambda spec: spec.base is not None):  # bases first
             self.register(spec, overwrite=True)
         for name, target in config.aliases.items():
             self.alias(name, target, overwrite=True)
@@ -239,10 +252,14 @@ class Catalog:
 
     def adopt(self, config: ConfigFile) -> None:
         """A configuration file's models and aliases, for a new manager (nothing is loaded yet)."""
-        specs = [self._checked(spec) for spec in config.models.values()]  # backends created now: no import later
+        specs = [self._checked(spec) for spec in config.models.values() if spec.base is None]  # backends now
         books = self._books
         with books.lock:
             for spec in specs:
+                books.registry.put(spec)
+        adapters = [self._checked(self._adapters.derive(spec)) for spec in config.models.values() if spec.base]
+        with books.lock:
+            for spec in adapters:
                 books.registry.put(spec)
             for name, target in config.aliases.items():  # all at once: an alias may name a later alias
                 books.registry.point(name, target)

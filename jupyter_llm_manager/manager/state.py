@@ -24,7 +24,7 @@ from ..devices import DeviceMemory, device_budget, device_limit
 from ..errors import LLMManagerError, ManagerClosedError
 from ..support.deadlines import Clock, Deadline, wait_for
 from ..support.units import NEVER
-from .instances import Instance
+from .instances import Instance, dependents
 from .policy.fit import DeviceRoom, Holding, Snapshot
 from .waiting import WaitQueue
 
@@ -122,13 +122,18 @@ class Books:
     def holding(self, instance: Instance) -> Holding:
         registry = self.registry
         state = instance.state if instance.state in ("loading", "loaded") else "unloading"
+        # LoRA adapters: a pinned one pins its base; one still leaving keeps its base in place until it is gone
+        adapters = dependents(self.instances.values(), instance.key)
+        pinned = registry.is_pinned(instance.key) or any(registry.is_pinned(a.key) for a in adapters)
+        leaving = sum(1 for a in adapters if a.state != "loaded")
         # a thread promised a lease (it waited for this load) counts as holding one: never evicted under it
         return Holding(instance.key, self.name_of(instance), state, dict(instance.bytes),
-                       instance.leases + len(instance.joiners - set(instance.lease_threads)),
+                       instance.leases + len(instance.joiners - set(instance.lease_threads)) + leaving,
                        frozenset(t for t, n in instance.lease_threads.items() if n > 0) | instance.joiners,
-                       registry.is_pinned(instance.key), registry.priority(instance.key),
+                       pinned, registry.priority(instance.key),
                        registry.is_protected(instance.key), instance.last_used, instance.remote,
-                       self.expires_at(instance), instance.loader if instance.state == "loading" else None)
+                       self.expires_at(instance), instance.loader if instance.state == "loading" else None,
+                       base=instance.base)
 
     def snapshot(self, memories: Sequence[DeviceMemory], *, moving: set[str] | frozenset[str] = frozenset(),
                  without: str | None = None, foreign: Sequence[Holding] = ()) -> Snapshot:
@@ -152,7 +157,7 @@ class Books:
             budget = device_budget(memory, held_bytes=held, fraction=fraction, absolute=absolute)
             devices[memory.device] = DeviceRoom(memory.device, budget, memory.total_bytes)
         return Snapshot(holdings, devices, settings.max_loaded_models, self.clock(), self.queue.threads(),
-                        self.limits_pending)
+                        self.limits_pending, max_adapters=settings.max_loaded_adapters)
 
 
 # -- leases: while one is held, its instance stays loaded and is never evicted ------------------
@@ -160,7 +165,7 @@ class Books:
 class Ticket:
     """One lease on one instance, granted to one thread; :meth:`release` ends it (idempotent)."""
 
-    __slots__ = ("_leases", "_released", "canonical", "instance", "model_id", "thread")
+    __slots__ = ("_leases", "_released", "canonical", "companion", "instance", "model_id", "thread")
 
     def __init__(self, leases: Leases, model_id: str, canonical: str, instance: Instance, thread: int) -> None:
         self.model_id = model_id
@@ -169,6 +174,7 @@ class Ticket:
         self.thread = thread
         self._leases = leases
         self._released = False
+        self.companion: Ticket | None = None  # a LoRA adapter's lease on its base: released with this one
 
     @property
     def loaded(self) -> LoadedModel:
@@ -185,7 +191,11 @@ class Ticket:
     def release(self) -> None:
         if not self._released:
             self._released = True
-            self._leases.release(self)
+            try:
+                self._leases.release(self)
+            finally:
+                if self.companion is not None:
+                    self.companion.release()
 
     def __repr__(self) -> str:
         return f"<Ticket {self.model_id!r} {'held' if self.held else 'released'}>"

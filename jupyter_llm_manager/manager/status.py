@@ -182,7 +182,9 @@ class StatusView(BooksReader):
             reachable=_reachable(instance), mode=spec.mode,
             context=instance.loaded.context_length if instance is not None and instance.loaded else None,
             progress=instance.progress or None if instance is not None and instance.state == "loading" else None,
-            generation=_generation(spec, instance, facts.generation))
+            generation=_generation(spec, instance, facts.generation),
+            base=spec.base, adapter=spec.adapter,  # a LoRA adapter: shared on its base, or its own instance
+            shares_base=None if spec.base is None else backend.adapters == "shared")
 
 
 def _generation(spec: ModelSpec, instance: Instance | None, before_load: GenerationDefaults | None) -> dict[str, object]:

@@ -30,6 +30,7 @@ from ...generation import AnswerFilter, GenerationParams, GenerationResult, Prom
 from ...gguf_files import gguf_path, is_gguf, read_gguf
 from ..base import Backend, LoadedModel, Placement, TextGenerator, release_frames
 from ..generation_defaults import GenerationDefaults, checkpoint_defaults, gguf_defaults
+from . import adapters as peft_adapters
 from .gguf import gguf_dtype, load_gguf
 from .support import (
     DONE,
@@ -66,6 +67,11 @@ class TransformersBackend(Backend):
 
     name = "transformers"
     modes = frozenset({"chat", "embed"})
+    adapters = "shared"  # PEFT LoRA adapters live on the base's one loaded model (see .adapters)
+    check_adapter = staticmethod(peft_adapters.check)
+    attach_adapter = staticmethod(peft_adapters.attach)
+    detach_adapter = staticmethod(peft_adapters.detach)
+    use_adapter = staticmethod(peft_adapters.use_adapter)
 
     def normalize(self, spec: ModelSpec) -> ModelSpec:
         """Loading options that are spec fields move there; the placement's are refused (see :func:`owned_options`)."""
@@ -212,6 +218,7 @@ class TransformersBackend(Backend):
         """Unit-length vectors: the last hidden state averaged over each text's tokens."""
         torch = import_torch()
         tokenizer, model = loaded.tokenizer, loaded.model
+        peft_adapters.use_adapter(loaded)
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
         try:
@@ -241,6 +248,7 @@ class TransformersBackend(Backend):
         prompt_tokens = int(inputs["input_ids"].shape[-1])
         kwargs = generate_options(loaded.tokenizer, params, max_new, window=loaded.generation.window,
                                   prompt_tokens=prompt_tokens)
+        peft_adapters.use_adapter(loaded)
         answer = AnswerFilter(params.stop, repetition=params.stops_on_repetition)
         reading = bool(params.stop) or params.stops_on_repetition  # read the answer as it is made: stop at its end
         if reading:
@@ -279,6 +287,7 @@ class TransformersBackend(Backend):
                                   prompt_tokens=prompt_tokens)
         kwargs["streamer"] = streamer_class()(loaded.tokenizer, pieces)
         kwargs["stopping_criteria"] = stop_criteria(stop)
+        peft_adapters.use_adapter(loaded)
 
         def work() -> None:
             try:
@@ -312,28 +321,11 @@ class TransformersBackend(Backend):
             if not outcome:  # the consumer left early (interrupt, close): end the worker
                 stop.set()
             worker.join(_JOIN_TIMEOUT_S)
-        result = self._stream_result(outcome, model_id, prompt_tokens, max_new, started, text_filter,
-                                     stop, warnings, params.max_new_tokens)
+        result = _stream_result(outcome, model_id, prompt_tokens, max_new, started, text_filter,
+                                stop, warnings, params.max_new_tokens)
         if interrupted:
             raise StreamInterrupted(result)
         return result
-
-    def _stream_result(self, outcome: dict[str, Any], model_id: str, prompt_tokens: int, max_new: int,
-                       started: float, text_filter: AnswerFilter, stop: threading.Event,
-                       warnings: tuple[str, ...], requested: int) -> GenerationResult:
-        error = outcome.pop("error", None)
-        if error is not None:
-            release_frames(error)
-            if type(error).__name__ == "OutOfMemoryError":
-                raise out_of_memory(model_id) from None
-            raise GenerationError(f"{model_id!r} failed to generate: {error}", model_id=model_id) from error
-        tokens = outcome.get("tokens", 0)
-        reason = finish_reason(text_filter, tokens, max_new)
-        if stop.is_set() and not text_filter.stopped and tokens < max_new:
-            reason = "interrupted"
-        return GenerationResult(model_id, text_filter.text, prompt_tokens, tokens,
-                                time.perf_counter() - started, reason, warnings, max_new,
-                                context_limited=max_new < requested)
 
     def _prepare(self, loaded: LoadedModel, prompt: Prompt, params: GenerationParams, model_id: str,
                  raw: bool) -> tuple[dict[str, Any], int, tuple[str, ...]]:
@@ -359,6 +351,24 @@ class TransformersBackend(Backend):
                 warnings = ((f"max_new_tokens lowered from {params.max_new_tokens} to {max_new}: the prompt "
                              f"({prompt_tokens} tokens) and the answer must fit the context of {context}"),)
         return inputs, max_new, warnings
+
+
+def _stream_result(outcome: dict[str, Any], model_id: str, prompt_tokens: int, max_new: int, started: float,
+                   text_filter: AnswerFilter, stop: threading.Event, warnings: tuple[str, ...],
+                   requested: int) -> GenerationResult:
+    error = outcome.pop("error", None)
+    if error is not None:
+        release_frames(error)
+        if type(error).__name__ == "OutOfMemoryError":
+            raise out_of_memory(model_id) from None
+        raise GenerationError(f"{model_id!r} failed to generate: {error}", model_id=model_id) from error
+    tokens = outcome.get("tokens", 0)
+    reason = finish_reason(text_filter, tokens, max_new)
+    if stop.is_set() and not text_filter.stopped and tokens < max_new:
+        reason = "interrupted"
+    return GenerationResult(model_id, text_filter.text, prompt_tokens, tokens,
+                            time.perf_counter() - started, reason, warnings, max_new,
+                            context_limited=max_new < requested)
 
 
 def _check_local_source(spec: ModelSpec) -> None:

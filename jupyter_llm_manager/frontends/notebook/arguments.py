@@ -113,6 +113,7 @@ def _line_parser() -> tuple[MagicArgumentParser, dict[str, MagicArgumentParser]]
     def command(name: str, help_text: str) -> MagicArgumentParser:
         found[name] = parser.add_parser(commands, name, help=help_text.replace("%", "%%"), description=help_text,
                                         formatter_class=_HelpFormatter)
+        found[name].allow_abbrev = False  # --base is an option of its own, not an abbreviation of --base-url
         return found[name]
 
     command("list", "registered models and aliases")
@@ -142,6 +143,10 @@ def _line_parser() -> tuple[MagicArgumentParser, dict[str, MagicArgumentParser]]
     register.add_argument("--model", metavar="NAME", help="the model name the server serves (default: ID)")
     register.add_argument("--api-key", metavar="'${VAR}'",
                           help="the server's key as a reference to an environment variable, never the key itself")
+    register.add_argument("--base", metavar="MODEL",
+                          help="a LoRA adapter: the registered model it runs on (give --adapter too)")
+    register.add_argument("--adapter", metavar="PATH",
+                          help="a LoRA adapter: a PEFT folder or Hub id, or a GGUF LoRA file (llama_cpp base)")
     register.add_argument("--device", help="auto, cpu, cuda, cuda:N, balanced")
     register.add_argument("--dtype", help="auto, float32, float16, bfloat16")
     register.add_argument("--quantization", help="4bit or 8bit")

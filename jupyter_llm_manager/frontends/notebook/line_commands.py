@@ -136,12 +136,17 @@ class LineCommands:
             options["base_url"] = _no_credentials(base_url)
         if args.api_key is not None:
             options["api_key"] = _reference(args.api_key)
-        if not source and not base_url:
+        if (args.base is None) != (args.adapter is None):
+            raise UsageError("a LoRA adapter needs both --base MODEL and --adapter PATH")
+        if args.base is not None:
+            options.update(base=args.base, adapter=args.adapter)
+        elif not source and not base_url:
             raise UsageError("%llm register needs a SOURCE (a Hub id or a folder), or --base-url URL for a server")
-        spec = manager.register(args.id, source=source, backend=backend or "transformers", persist=args.persist,
-                                overwrite=True, **options)
+        spec = manager.register(args.id, source=source, backend=backend or (None if args.base else "transformers"),
+                                persist=args.persist, overwrite=True, **options)
         where = f"; saved to {manager.config_path}" if args.persist else ""
-        say(f"Registered {spec.id!r} ({spec.backend}: {spec.location}){where}.")
+        on = f", adapter {spec.adapter} on {spec.base}" if spec.base else ""
+        say(f"Registered {spec.id!r} ({spec.backend}: {spec.location}{on}){where}.")
 
     def command_alias(self, args: argparse.Namespace) -> None:
         manager = self._manager()

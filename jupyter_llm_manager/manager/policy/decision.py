@@ -50,6 +50,7 @@ class Ask:
     remote: bool = False
     cap: int | None = None  # max_memory_per_model
     growth: ContextGrowth | None = None  # max_context: auto
+    base: str | None = None  # a LoRA adapter on a loaded base: that base's instance key
 
 
 @dataclass(frozen=True)
@@ -115,7 +116,7 @@ def _grown(snapshot: Snapshot, ask: Ask, plan: Plan, placement: Placement) -> De
 def _request(ask: Ask, placement: Placement, estimate: MemoryEstimate) -> Request:
     share = estimate.total_bytes // max(len(placement.devices), 1)
     return Request(ask.name, ask.key, {device: share for device in placement.devices}, ask.priority, ask.thread,
-                   ask.remote)
+                   ask.remote, ask.base)
 
 
 def _capped(placement: Placement, cap: int | None) -> Placement:

@@ -73,6 +73,7 @@ class Holding:
     loader: int | None = None  # the thread loading it, while it loads
     owner: str | None = None  # another manager on this machine (a kernel) that holds it; None: this one
     where: str = ""  # that manager's notebook (or script, or pid), for messages
+    base: str | None = None  # a LoRA adapter's slice: the key of the base instance it lives on
 
     @property
     def total_bytes(self) -> int:
@@ -98,6 +99,7 @@ class Snapshot:
     now: float = 0.0
     waiting_threads: frozenset[int] = frozenset()
     limits_pending: bool = False  # a lowered limit could not be restored yet: enforced again after loads
+    max_adapters: int | None = None  # LoRA adapters resident per base (max_loaded_adapters)
 
     def held(self, device: str) -> int:
         return sum(h.bytes.get(device, 0) for h in self.holdings)
@@ -121,6 +123,7 @@ class Request:
     priority: int = 0
     thread: int | None = None
     remote: bool = False
+    base: str | None = None  # a LoRA adapter: the key of its (loaded) base instance
 
 
 @dataclass(frozen=True)
@@ -160,10 +163,11 @@ def _choose(candidates: Sequence[Holding], excess: int,
     Returns the victims, the slots still missing and the bytes still missing per device.
     """
     victims: dict[str, Eviction] = {}
-    own = [h for h in candidates if h.owner is None]  # another kernel's model frees none of this one's slots
-    for holding in own[:max(excess, 0)]:
-        victims[holding.key] = Eviction(holding.key, holding.name, "lru", holding.total_bytes)
-    missing_slots = max(excess - len(own), 0)
+    # another kernel's model frees none of this one's slots; adapters hold no slot of the count cap
+    slots = [h for h in candidates if h.owner is None and h.base is None]
+    for holding in slots[:max(excess, 0)]:
+        _take(victims, holding, "lru", candidates)
+    missing_slots = max(excess - len(slots), 0)
     missing: dict[str, int] = {}
     for device, deficit in deficits.items():
         deficit -= sum(h.bytes.get(device, 0) for h in candidates if h.key in victims)
@@ -171,11 +175,19 @@ def _choose(candidates: Sequence[Holding], excess: int,
             if deficit <= 0:
                 break
             if holding.key not in victims and holding.bytes.get(device):
-                victims[holding.key] = Eviction(holding.key, holding.name, "budget", holding.total_bytes)
-                deficit -= holding.bytes[device]
+                deficit -= sum(h.bytes.get(device, 0) for h in _take(victims, holding, "budget", candidates))
         if deficit > 0:
             missing[device] = deficit
     return list(victims.values()), missing_slots, missing
+
+
+def _take(victims: dict[str, Eviction], holding: Holding, reason: EvictionReason,
+          candidates: Sequence[Holding]) -> list[Holding]:
+    """``holding`` into ``victims``, its adapters first (evicting a base evicts them); returns those added."""
+    added = [h for h in candidates if h.base == holding.key and h.key not in victims] + [holding]
+    for taken in added:
+        victims[taken.key] = Eviction(taken.key, taken.name, reason, taken.total_bytes)
+    return added
 
 
 def _idle(holding: Holding) -> bool:
@@ -189,7 +201,7 @@ def _may_evict_for(holding: Holding, request: Request) -> bool:
 def _excess(snapshot: Snapshot, adding: int) -> int:
     if snapshot.max_loaded is None:
         return 0
-    return len(snapshot.own()) + adding - snapshot.max_loaded
+    return len([h for h in snapshot.own() if h.base is None]) + adding - snapshot.max_loaded
 
 
 def _deficits(snapshot: Snapshot, needed: Mapping[str, int]) -> dict[str, int]:
@@ -207,12 +219,45 @@ def admit(snapshot: Snapshot, request: Request) -> Plan:
     """Place ``request`` now (with evictions), or say why it must wait or cannot be placed."""
     if request.remote:
         return Plan("admit")
-    excess, deficits = _excess(snapshot, 1), _deficits(snapshot, request.needed)
+    crowded = _crowded(snapshot, request)  # max_loaded_adapters: the base's least recently used adapters go first
+    if isinstance(crowded, Plan):
+        return crowded
+    if crowded:
+        plan = admit(replace(snapshot, holdings=tuple(h for h in snapshot.holdings if h not in crowded)), request)
+        lru = tuple(Eviction(h.key, h.name, "lru", h.total_bytes) for h in crowded)
+        return replace(plan, evictions=lru + plan.evictions) if plan.admitted else plan
+    excess, deficits = _excess(snapshot, 0 if request.base else 1), _deficits(snapshot, request.needed)
     candidates = _order(h for h in snapshot.holdings if _may_evict_for(h, request))
     victims, missing_slots, missing = _choose(candidates, excess, deficits)
     if not missing_slots and not missing and not _busy_on(snapshot, request):
         return Plan("admit", tuple(victims))
     return _cannot_place_now(snapshot, request, excess, deficits)
+
+
+def _crowded(snapshot: Snapshot, request: Request) -> list[Holding] | Plan:
+    """A LoRA adapter's request on a base at ``max_adapters``: the base's adapters to evict, or why it cannot.
+
+    Its least recently used idle adapters make way; while the others are in
+    use the request waits, unless they are pinned or held by the requesting
+    thread (or threads that wait themselves): then it is refused.
+    """
+    if request.base is None or snapshot.max_adapters is None:
+        return []
+    siblings = [h for h in snapshot.holdings if h.base == request.base]
+    excess = len(siblings) + 1 - snapshot.max_adapters
+    idle = _order(h for h in siblings if _may_evict_for(h, request))
+    if excess <= len(idle):
+        return idle[:max(excess, 0)]
+    stuck = snapshot.waiting_threads | ({request.thread} if request.thread is not None else set())
+    held = [h for h in siblings if h not in idle]
+    blockers = tuple(_holder(h, "pinned" if h.pinned else _why_blocking(h, request)) for h in held)
+    named = ", ".join(map(str, blockers))
+    if all(h.pinned or _stuck(h, stuck) for h in held):
+        return Plan("refuse", blockers=blockers, reason=(
+            f"Cannot load {request.name!r}: max_loaded_adapters={snapshot.max_adapters} adapters are on its base "
+            f"already and none may make way ({named}), so waiting cannot help."))
+    return Plan("wait", blockers=blockers, reason=f"waiting for capacity: max_loaded_adapters={snapshot.max_adapters}"
+                f" reached on its base ({named})")
 
 
 def _busy_on(snapshot: Snapshot, request: Request) -> list[Holding]:
@@ -319,10 +364,28 @@ def enforce(snapshot: Snapshot, *, spare: str | None = None) -> Plan:
     everything could be restored now (leases, pins, loads in flight).
     """
     candidates = _order((h for h in snapshot.own() if _idle(h) and h.key != spare), protected_last=True)
-    own = replace(snapshot, holdings=tuple(snapshot.own()))  # other kernels' models are theirs to restore
-    deficits = {device: own.held(device) - room.budget for device, room in snapshot.devices.items()}
+    crowded, short = _over_adapter_cap(snapshot, candidates)
+    candidates = [h for h in candidates if h not in crowded]
+    # other kernels' models are theirs to restore; adapters over their base's cap go first
+    snapshot = replace(snapshot, holdings=tuple(h for h in snapshot.own() if h not in crowded))
+    deficits = {device: snapshot.held(device) - room.budget for device, room in snapshot.devices.items()}
     victims, missing_slots, missing = _choose(candidates, _excess(snapshot, 0), deficits)
-    return Plan("wait" if missing_slots or missing else "admit", tuple(victims))
+    victims = [Eviction(h.key, h.name, "lru", h.total_bytes) for h in crowded] + victims
+    return Plan("wait" if missing_slots or missing or short else "admit", tuple(victims))
+
+
+def _over_adapter_cap(snapshot: Snapshot, candidates: Sequence[Holding]) -> tuple[list[Holding], bool]:
+    """Each base's least recently used idle adapters beyond ``max_adapters``; whether some could not go now."""
+    crowded: list[Holding] = []
+    short = False
+    if snapshot.max_adapters is None:
+        return crowded, short
+    for base in {h.base for h in snapshot.holdings if h.base is not None}:
+        excess = sum(1 for h in snapshot.holdings if h.base == base) - snapshot.max_adapters
+        idle = [h for h in candidates if h.base == base]
+        crowded += idle[:max(excess, 0)]
+        short = short or excess > len(idle)
+    return crowded, short
 
 
 def expire(snapshot: Snapshot) -> Plan:
@@ -356,5 +419,5 @@ def apply(snapshot: Snapshot, plan: Plan, request: Request) -> Snapshot:
     holdings = [h for h in snapshot.holdings if h.key not in gone]
     if plan.admitted:
         holdings.append(Holding(request.key, request.name, "loaded", dict(request.needed), priority=request.priority,
-                                last_used=snapshot.now, remote=request.remote))
+                                last_used=snapshot.now, remote=request.remote, base=request.base))
     return replace(snapshot, holdings=tuple(holdings))
