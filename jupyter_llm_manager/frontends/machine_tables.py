@@ -34,5 +34,7 @@ def machine_tables(report: MachineReport, *, include_this: bool = True) -> list[
 def _caption(report: MachineReport, count: int) -> str:
     if not report.cooperating:
         return "Cooperation is off (cooperate=False): only this kernel is shown"
+    if count == 0:
+        return f"No notebook on this machine holds a model (a kernel joins the ledger {report.ledger} when it loads one)"
     kernels = "1 manager" if count == 1 else f"{count} managers"
     return f"{kernels} on this machine share {report.ledger}"
