@@ -54,8 +54,11 @@ def manager():
 
 @pytest.fixture(scope="module")
 def shared():
-    """One manager for the answer tests: each backend loads the file once per module."""
-    manager = LLMManager(config_path=False, preload=False)
+    """One manager for the answer tests: each backend loads the file once per module.
+
+    It outlives each test, so it stays out of the machine's ledger (whose threads belong to one test).
+    """
+    manager = LLMManager(config_path=False, preload=False, cooperate=False)
     manager.register("hf", source=str(GGUF), backend="transformers")
     manager.register("hf-embed", source=str(GGUF), backend="transformers", mode="embed")
     if importlib.util.find_spec("llama_cpp") is not None:
