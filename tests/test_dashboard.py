@@ -6,6 +6,7 @@ import gc
 import re
 import sys
 import threading
+import time
 from typing import ClassVar
 
 import comm
@@ -328,3 +329,123 @@ def test_on_a_kernel_without_subshells_every_button_says_while_a_cell_runs_that_
         assert not any("runs when the cell finishes" in (b.tooltip or "") for b in buttons)
     finally:
         board.close()
+
+
+# -- this machine: the other notebooks' models, and adapters' bases ------------------------------------------
+
+
+def until(check, timeout=15.0):
+    """Wait until ``check()`` is true (the other manager publishes from a thread of its own); its last value."""
+    deadline = time.monotonic() + timeout
+    while not check() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return check()
+
+
+@pytest.fixture
+def other(make_manager, monkeypatch):
+    """Another notebook's manager on this machine (the same ledger), with one model loaded."""
+    monkeypatch.setenv("JPY_SESSION_NAME", "analysis/report.ipynb")
+    theirs = make_manager()
+    monkeypatch.delenv("JPY_SESSION_NAME")
+    fake(theirs, "their-model", 3 * GB)
+    theirs.load("their-model")
+    return theirs
+
+
+def machine_shows(board, *words):
+    board.refresh()
+    return all(word in board._machine_html.value for word in words)
+
+
+def machine_row(board, model_id):
+    """The cells of ``model_id``'s row in "This machine": device, model, notebook, memory, state, pinned, in use..."""
+    board.refresh()
+    rows = re.findall(r"<tr>(.*?)</tr>", board._machine_html.value)
+    cells = [re.findall(r"<td[^>]*>(.*?)</td>", row) for row in rows]
+    return next((row for row in cells if len(row) > 1 and row[1] == model_id), None)
+
+
+def test_this_machine_lists_another_notebooks_models_and_the_device_bar_shows_what_they_hold(board, manager, other):
+    manager.load("a")
+    assert until(lambda: (machine_row(board, "their-model") or [""] * 5)[4] == "loaded")
+    device, _, notebook, memory, _, pinned, in_use, _ = machine_row(board, "their-model")
+    assert (device, notebook, memory, pinned, in_use) == ("cuda:0", "analysis/report.ipynb", "3.0 GB", "", "")
+    assert "This machine" in board._machine_html.value
+    assert machine_row(board, "a") is None  # this kernel's own models are in the rows above
+    assert "other notebooks: 3.0 GB" in board._devices.value
+    other.pin("their-model")
+    holder, release = lease_elsewhere(other, "their-model")
+    try:
+        other._cooperation.publish_soon()  # a lease is published with the next heartbeat
+        assert until(lambda: machine_row(board, "their-model")[5:7] == ["yes", "1"])
+    finally:
+        release.set()
+        holder.join()
+    other.unload("their-model")
+    assert until(lambda: machine_shows(board, "no other notebook holds a model"))
+    assert "other notebooks:" not in board._devices.value
+
+
+def test_the_background_writer_shows_another_notebooks_model_without_any_event_here(manager, make_manager):
+    dashboard = Dashboard(manager, refresh_interval=0.2)
+    try:
+        changed = threading.Event()
+        dashboard._machine_html.observe(lambda change: changed.set() if "late-model" in change["new"] else None,
+                                        names="value")
+        theirs = make_manager()
+        fake(theirs, "late-model")
+        theirs.load("late-model")  # an event of the other manager: this dashboard hears none
+        assert changed.wait(15)
+    finally:
+        dashboard.close()
+
+
+def test_a_machine_that_cannot_be_read_leaves_the_dashboard_working(board, manager, monkeypatch):
+    def broken():
+        raise RuntimeError("database disk image is malformed")
+
+    monkeypatch.setattr(manager, "machine", broken)
+    manager.load("a")
+    board.refresh()
+    assert state(board, "a").startswith("loaded") and "budget" in board._devices.value
+    assert "not known now" in board._machine_html.value and "malformed" in board._machine_html.value
+    board._rows["a"].unload.click()  # clicks act as before
+    assert manager.row("a").state == "registered"
+
+
+def test_a_ledger_that_cannot_be_opened_leaves_the_dashboard_working(make_manager, tmp_path):
+    (tmp_path / "plain").write_text("a file where the ledger's folder should be")
+    manager = make_manager(ledger_path=tmp_path / "plain" / "ledger.sqlite")
+    fake(manager, "a")
+    manager.load("a")
+    dashboard = Dashboard(manager, background=False)
+    try:
+        assert state(dashboard, "a").startswith("loaded") and "This machine" in dashboard._machine_html.value
+        assert "cooperation with other kernels is off" in dashboard._events.value
+    finally:
+        dashboard.close()
+
+
+def test_an_adapter_row_shows_its_base_under_its_id(tmp_path):
+    from jupyter_llm_manager.frontends.dashboard_html import name_html
+    from jupyter_llm_manager.reports import StatusRow
+
+    folder = tmp_path / "adapter"
+    folder.mkdir()
+    (folder / "adapter_config.json").write_text('{"peft_type": "LORA"}')
+    manager = LLMManager(config_path=False, preload=False)
+    try:
+        manager.register("base", source=str(tmp_path))
+        manager.register("tuned", base="base", adapter=str(folder))
+        dashboard = Dashboard(manager, background=False)
+        try:
+            assert "adapter on base (shared)" in row_text(dashboard, "tuned")
+            assert "adapter" not in row_text(dashboard, "base")
+        finally:
+            dashboard.close()
+    finally:
+        manager.close()
+    own = StatusRow("math", "k", (), "transformers", "cpu", "loaded", 0, False, 0, None, None, None, None, None,
+                    base="smol", adapter="/adapters/math", shares_base=False)
+    assert "adapter on smol (own instance)" in name_html(own) and "/adapters/math" in name_html(own)

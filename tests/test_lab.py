@@ -52,6 +52,13 @@ class FrontendComm(comm.DummyComm):
             assert self.changed.wait_for(found, timeout), f"no {kind} for {request} within {timeout} s"
             return found()
 
+    def send_click_to(self, member, model):
+        """The panel's Unload on another notebook's model: ask its manager; returns the request id."""
+        request = f"r{next(self.requests)}"
+        self.handle_msg({"content": {"data": {"action": "ask_to_unload", "member": member, "model": model,
+                                              "request": request}}})
+        return request
+
     def click(self, action, model=None):
         """A button in the panel: the kernel handles the message and answers."""
         return self.answer(self.send_click(action, model))
@@ -190,3 +197,112 @@ def test_detach_closes_the_comms_and_unregisters(bridge, manager):
     assert closed and TARGET not in comm.get_comm_manager().targets
     manager.load("a")  # no more pushes after detach
     assert bridge._timer is None
+
+
+# -- other notebooks on this machine, and adapters' bases ---------------------------------------------------
+
+
+@pytest.fixture
+def other(make_manager, monkeypatch):
+    """Another notebook's manager on this machine (the same ledger), with two models loaded."""
+    monkeypatch.setenv("JPY_SESSION_NAME", "analysis/report.ipynb")
+    theirs = make_manager()
+    monkeypatch.delenv("JPY_SESSION_NAME")
+    for model_id in ("idle", "busy"):
+        fake(theirs, model_id, GB)
+        theirs.load(model_id)
+    return theirs
+
+
+def machine_model(snapshot, model_id):
+    return next((m for m in snapshot["machine"]["models"] if m["model"] == model_id), None)
+
+
+def test_the_snapshot_lists_the_other_notebooks_models_with_their_manager(bridge, manager, other):
+    manager.load("a")
+    snapshot = bridge.snapshot()
+    row = machine_model(snapshot, "idle")
+    assert row is not None and machine_model(snapshot, "a") is None  # this kernel's models are the cards above
+    assert (row["notebook"], row["device"], row["memory"], row["bytes"]) == ("analysis/report.ipynb", "cuda:0",
+                                                                               "1.0 GB", GB)
+    assert row["member"] == other._cooperation.member and row["unloadable"] and not row["pinned"]
+    assert snapshot["machine"]["cooperating"] and not snapshot["machine"]["problem"]
+    cuda = next(d for d in snapshot["devices"] if d["device"] == "cuda:0")
+    assert cuda["notebooks"] == "2.0 GB"  # what the other notebook holds there
+
+
+def test_unload_asks_the_other_notebook_and_it_unloads_an_idle_model(bridge, other):
+    channel = frontend_opens(bridge)
+    member = other._cooperation.member
+    result = channel.answer(channel.send_click_to(member, "idle"))
+    assert result["ok"] and result["message"].startswith("unloaded 'idle' for ") and "1.0 GB freed" in result[
+        "message"]
+    assert other.row("idle").state == "registered" and other.row("busy").state == "loaded"
+    assert machine_model(result["snapshot"], "idle") is None  # the outcome comes with the machine it left
+
+
+def test_unload_of_another_notebooks_model_in_use_or_pinned_is_refused_with_a_message(bridge, other):
+    channel = frontend_opens(bridge)
+    member = other._cooperation.member
+    holder, release = lease_elsewhere(other, "busy")
+    try:
+        answer = channel.answer(channel.send_click_to(member, "busy"))
+    finally:
+        release.set()
+        holder.join()
+    assert "in use" in answer["message"] and other.row("busy").state == "loaded"
+    other.pin("idle")
+    assert "it stays" in channel.answer(channel.send_click_to(member, "idle"))["message"]
+    assert other.row("idle").state == "loaded"
+
+
+def test_unload_requests_without_a_member_or_for_one_gone_are_answered_not_raised(bridge, other):
+    channel = frontend_opens(bridge)
+    for member in (None, "", 42, "x" * 500):
+        answer = channel.answer(channel.send_click_to(member, "idle"))
+        assert not answer["ok"] and "member id" in answer["message"]
+    assert not channel.answer(channel.send_click_to(other._cooperation.member, None))["ok"]
+    gone = channel.answer(channel.send_click_to("12345-deadbeef", "idle"))
+    assert not gone["ok"] and "no manager '12345-deadbeef'" in gone["message"]
+    assert other.row("idle").state == "loaded"
+
+
+def test_a_machine_that_cannot_be_read_leaves_the_panel_working(bridge, manager, other, monkeypatch):
+    def broken():
+        raise RuntimeError("database disk image is malformed")
+
+    monkeypatch.setattr(manager, "machine", broken)
+    channel = frontend_opens(bridge)
+    (snapshot,) = channel.snapshots()
+    assert [row["id"] for row in snapshot["models"]] == ["a", "b"]
+    assert snapshot["machine"]["models"] == [] and "malformed" in snapshot["machine"]["problem"]
+    assert channel.click("load", "a")["ok"] and manager.row("a").state == "loaded"
+
+
+def test_the_panel_hears_when_another_notebook_loads_a_model(bridge, manager, make_manager):
+    channel = frontend_opens(bridge)
+    theirs = make_manager()
+    fake(theirs, "late")
+    theirs.load("late")  # nothing happens in this kernel: the bridge looks at the machine on its own
+
+    def pushed():
+        return any(machine_model(s, "late") for s in channel.snapshots())
+
+    with channel.changed:
+        assert channel.changed.wait_for(pushed, 15)
+
+
+def test_an_adapter_row_carries_its_base(tmp_path):
+    folder = tmp_path / "adapter"
+    folder.mkdir()
+    (folder / "adapter_config.json").write_text('{"peft_type": "LORA"}')
+    manager = LLMManager(config_path=False, preload=False)
+    try:
+        manager.register("base", source=str(tmp_path))
+        manager.register("tuned", base="base", adapter=str(folder))
+        rows = {row["id"]: row for row in LabBridge(manager).snapshot()["models"]}
+    finally:
+        manager.close()
+    assert (rows["tuned"]["base"], rows["tuned"]["base_str"], rows["tuned"]["adapter"]) == (
+        "base", "on base (shared)", str(folder))
+    assert rows["base"]["base"] is None and rows["base"]["base_str"] == ""

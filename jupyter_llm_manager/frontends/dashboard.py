@@ -15,6 +15,9 @@ values and clicks into manager calls, nothing more:
 - a click runs its action (:mod:`.actions`, shared with the magics and
   JupyterLab) on a short-lived thread; the row shows what is pending, what
   it waits for, and the result;
+- "This machine" lists the other notebooks' models (:mod:`.machine_view`),
+  read by the writer at most every refresh interval; the device bars show
+  what they hold;
 - it holds model ids, never model objects. ``close()`` stops the thread,
   unsubscribes and closes every widget.
 """
@@ -47,6 +50,7 @@ from .dashboard_html import (
     text,
 )
 from .kernel_comms import QUEUED_NOTE, cell_watch, clicks_wait_for_cells, follow_frontend
+from .machine_view import MachineReader, machine_html
 
 if TYPE_CHECKING:
     from ..manager.facade import LLMManager
@@ -220,6 +224,7 @@ class Dashboard:
         self._rows: dict[str, _ModelRow] = {}
         self._plan_text = ""
         self.clicks = _Clicks(self._wake.set, self._say)
+        self._machine = MachineReader(manager)
         self._build(widgets)
         self._unsubscribe = manager.subscribe(self._on_event)
         self.refresh()
@@ -232,7 +237,7 @@ class Dashboard:
 
     def _build(self, widgets: Any) -> None:
         self._title = widgets.HTML("<b>LLM models in this kernel</b>")
-        self._devices = widgets.HTML()
+        self._devices, self._machine_html = widgets.HTML(), widgets.HTML()
         self._header_cells = [widgets.HTML(f"<span style='{MUTED}'>{name}</span>") for name, _ in _COLUMNS]
         self._model_box = widgets.GridBox(self._header_cells, layout=widgets.Layout(
             grid_template_columns=_GRID, grid_gap="2px 10px", align_items="center", width="100%"))
@@ -261,18 +266,17 @@ class Dashboard:
         self._actions_box = actions
         self._events_box = events
         self.widget = widgets.VBox([self._title, self._warmup, self._devices, self._model_box, self._legend, actions,
-                                    self._messages_html, self._plan_html, events])
-        self.clicks.follow([self._title, self._warmup, self._devices, *self._header_cells, self._model_box,
-                            self._legend, self._plan_html, actions, self._messages_html, self._events, events,
-                            self.widget])
+                                    self._messages_html, self._plan_html, self._machine_html, events])
+        self.clicks.follow([self._title, self._warmup, self._devices, self._machine_html, *self._header_cells,
+                            self._model_box, self._legend, self._plan_html, actions, self._messages_html,
+                            self._events, events, self.widget])
         self.clicks.follow_field(self._cap, "max models")
         self.clicks.follow_field(self._keep_alive, "keep-alive")
 
     def _all_widgets(self) -> list[Any]:
-        found = [self._title, self._warmup, self._devices, *self._header_cells, self._model_box, self._legend,
-                 self._cap, self._keep_alive, self._unload_all, self._free, self._plan, self._plan_html,
-                 self._actions_box, self._messages_html,
-                 self._events, self._events_box, self.widget]
+        found = [self._title, self._warmup, self._devices, self._machine_html, *self._header_cells, self._model_box,
+                 self._legend, self._cap, self._keep_alive, self._unload_all, self._free, self._plan,
+                 self._plan_html, self._actions_box, self._messages_html, self._events, self._events_box, self.widget]
         with self._lock:
             rows = list(self._rows.values())
         for row in rows:
@@ -281,9 +285,10 @@ class Dashboard:
 
     # -- rendering (only the writer thread, or the constructor, calls these) ----------------
 
-    def refresh(self) -> None:
-        """Render a fresh snapshot; only values that changed are sent to the front-end."""
+    def refresh(self, machine_age: float = 0.0) -> None:
+        """Render a fresh snapshot (the machine's may be ``machine_age`` s old); only changed values are sent."""
         now = time.time()
+        machine = self._machine.read(machine_age)  # never raises: a ledger failure shows as a note
         rows = self.manager.status()
         devices = self.manager.devices()
         events = self.manager.events(self.event_limit)
@@ -299,7 +304,9 @@ class Dashboard:
         _apply(self._plan_html, value=plan)
         shown_rows = self._sync_rows([row.id for row in rows])
         gpus = [d for d in devices if d.device.startswith("cuda")]
-        _apply(self._devices, value="".join(device_html(d) for d in devices) + ("" if gpus else no_gpu_note()))
+        _apply(self._devices, value="".join(device_html(d, machine.others_on(d.device)) for d in devices)
+               + ("" if gpus else no_gpu_note()))
+        _apply(self._machine_html, value=machine_html(machine, now))
         for row in rows:
             for widget, values in shown_rows[row.id].values(row, pending.get(row.id), loading.get(row.id), now,
                                                             queued, hint):
@@ -347,7 +354,7 @@ class Dashboard:
                 return
             self._wake.clear()
             try:
-                self.refresh()
+                self.refresh(machine_age=0.9 * self.refresh_interval)  # events reuse it; each tick reads anew
             except Exception as error:  # noqa: BLE001 - the writer thread must survive, and say so in one line
                 log_failure(log, "the dashboard failed to refresh; it keeps running", error)
 

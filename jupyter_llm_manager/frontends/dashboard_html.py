@@ -24,7 +24,7 @@ WRAP = "overflow-wrap: break-word"  # lines break between words; a word breaks o
 _ID_WRAP = "overflow-wrap: anywhere"  # a long id (a Hub path) wraps rather than widening its column
 MUTED = "color: var(--jp-ui-font-color2, #777)"
 BUDGET_COLOR = "#dc2626"
-_HELD, _OTHERS = "#3b82f6", "#a3a3a3"
+_HELD, _NOTEBOOKS, _OTHERS = "#3b82f6", "#f59e0b", "#a3a3a3"
 _SIZES = {"weights": "measured after the load: what the model's tensors take (llama.cpp models: also their KV "
                      "cache and buffers, as llama.cpp reports them)",
           "needs": "estimated before loading, from metadata: weights + KV cache + overhead",
@@ -45,23 +45,32 @@ def _coarse(value: int) -> str:
     return format_bytes(round(value / 10**7) * 10**7)
 
 
-def device_html(device: DeviceReport) -> str:
-    """One device: a bar (this kernel's models, other users, the budget line) and its numbers."""
+def device_html(device: DeviceReport, notebooks_bytes: int = 0) -> str:
+    """One device: a bar (this kernel's models, other notebooks' models, other users, the budget line), its numbers.
+
+    ``notebooks_bytes``: what the other managers of this machine (kernels, scripts) hold on it, from the ledger.
+    """
     total = max(device.total_bytes, 1)
     held = round(100 * min(device.held_bytes, total) / total)
-    others = round(100 * max(device.used_bytes - device.held_bytes, 0) / total)
+    notebooks = min(round(100 * min(notebooks_bytes, total) / total), 100 - held)
+    others = round(100 * max(device.used_bytes - device.held_bytes - notebooks_bytes, 0) / total)
     budget = round(100 * min(device.budget_bytes, total) / total)
     bar = (
         f"<div style='position:relative; flex:1; height:14px; background:var(--jp-layout-color3, #eee);"
         f" border-radius:3px; overflow:hidden; min-width:8em'>"
         f"<div title='reserved for this kernel&#39;s models' style='position:absolute; left:0; width:{held}%;"
         f" height:100%; background:{_HELD}'></div>"
-        f"<div title='used by others' style='position:absolute; left:{held}%; width:{others}%; height:100%;"
-        f" background:{_OTHERS}'></div>"
+        f"<div title='held by other notebooks&#39; models' style='position:absolute; left:{held}%;"
+        f" width:{notebooks}%; height:100%; background:{_NOTEBOOKS}'></div>"
+        f"<div title='used by others' style='position:absolute; left:{held + notebooks}%; width:{others}%;"
+        f" height:100%; background:{_OTHERS}'></div>"
         f"<div title='budget' style='position:absolute; left:{budget}%; top:0; bottom:0; width:2px;"
         f" background:{BUDGET_COLOR}'></div></div>")
     numbers = (f"{_coarse(device.used_bytes)} of {device.total_str} used · <span title='{_SIZES['reserved']}'>"
                f"{text(device.held_str)} reserved</span> for models · budget {device.budget_str}")
+    if notebooks_bytes:
+        numbers += (f" · <span style='color:{_NOTEBOOKS}' title='what the other notebooks&#39; models hold here'>"
+                    f"other notebooks: {format_bytes(notebooks_bytes)}</span>")
     return (f"<div style='display:flex; flex-wrap:wrap; align-items:center; gap:0.2em 0.6em'>"
             f"<div style='min-width:10em'><b>{text(device.device)}</b> "
             f"<span style='{MUTED}'>{text(device.name)}</span></div>{bar}"
@@ -119,6 +128,9 @@ def name_html(row: StatusRow) -> str:
     if row.mode == "embed":
         facts.append("embeddings")
     details = f"<div style='{MUTED}; font-size:smaller'>{text(' · '.join(facts))}</div>" if facts else ""
+    if row.base is not None:  # a LoRA adapter: the model it runs on, right under its id
+        details = (f"<div style='{MUTED}; font-size:smaller' title='{html.escape(row.adapter or '')}'>"
+                   f"adapter {text(row.base_str)}</div>") + details
     if row.error and (row.state in ("failed", "registered") or row.reachable is False):
         details += f"<div style='color:{BUDGET_COLOR}; font-size:smaller'>{text(row.error[:200])}</div>"
     return f"<div style='{_ID_WRAP}'><b>{text(row.id)}</b>{aliases}{badges}{details}</div>"

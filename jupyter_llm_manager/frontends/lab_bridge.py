@@ -15,6 +15,12 @@ follows that routing (:mod:`.kernel_comms`), so clicks act while a cell runs.
 Each action runs on a thread of its own: a Load or an Unload waiting for a
 model in use never holds back the next click. The panel is told at once what
 an action waits for (``pending``), then its outcome with a fresh snapshot.
+
+A snapshot also lists the other notebooks' models on this machine (from the
+ledger, :mod:`.machine_view`; a failure to read it is a note, never a broken
+panel). Nothing in this kernel hears when they change, so while a panel is
+connected a thread looks every few seconds and pushes a snapshot when they
+did. ``ask_to_unload`` asks their manager to unload an idle one.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from ..reports import StatusRow
 from ..support.units import brief, format_bytes
 from . import actions
 from .kernel_comms import follow_frontend
+from .machine_view import MachineReader, machine_rows
 
 if TYPE_CHECKING:
     from ..manager.facade import LLMManager
@@ -42,6 +49,9 @@ log = logging.getLogger(__name__)
 
 TARGET = "jupyter_llm_manager"
 _COALESCE_S = 0.1
+#: How often the other notebooks' models are looked at while a panel is connected.
+_MACHINE_S = 3.0
+_LONGEST_MEMBER = 200
 _ACTION_JOIN_S = actions.ACTION_WAIT_S + 5.0
 #: What the panel shows while an action runs (``waiting_note`` adds what it waits for).
 _DOING = {"load": "loading", "unload": "unloading", "pin": "pinning", "unpin": "unpinning", "toggle_pin": "pinning",
@@ -58,13 +68,21 @@ class LabBridge:
         self._timer: threading.Timer | None = None
         self._unsubscribe: Callable[[], None] | None = None
         self._actions: list[threading.Thread] = []
+        self._machine = MachineReader(manager)
+        self._machine_sent: dict[str, Any] | None = None  # the machine part of the last snapshot
+        self._stop = threading.Event()
+        self._watcher: threading.Thread | None = None
 
     def attach(self) -> None:
-        """Listen for JupyterLab's comms, and follow the manager's events."""
+        """Listen for JupyterLab's comms, follow the manager's events and the other notebooks' models."""
         import comm
 
         comm.get_comm_manager().register_target(TARGET, self._on_open)
         self._unsubscribe = self.manager.subscribe(self._on_event)
+        self._stop = threading.Event()
+        self._watcher = threading.Thread(target=self._watch_machine, args=(self._stop,), name="llm-lab-machine",
+                                         daemon=True)
+        self._watcher.start()
 
     def detach(self) -> None:
         """Stop: the panels and status bars of this kernel then say the extension is not loaded."""
@@ -75,6 +93,9 @@ class LabBridge:
             manager.unregister_target(TARGET, self._on_open)
         if self._unsubscribe is not None:
             self._unsubscribe()
+        self._stop.set()
+        if self._watcher is not None:
+            self._watcher.join(10)
         with self._lock:
             comms, self._comms = self._comms, []
             if self._timer is not None:
@@ -125,6 +146,14 @@ class LabBridge:
                 channel.send(snapshot)
         except Exception as error:  # noqa: BLE001 - a timer thread: never a traceback into the running cell
             log_failure(log, "updating JupyterLab failed", error)
+
+    def _watch_machine(self, stop: threading.Event) -> None:
+        """The watcher thread: a fresh snapshot when the other notebooks' models changed (no event says so)."""
+        while not stop.wait(_MACHINE_S):
+            with self._lock:
+                connected, sent = bool(self._comms), self._machine_sent
+            if connected and machine_rows(self._machine.read()) != sent:
+                self._push()
 
     # -- actions ----------------------------------------------------------------------------
 
@@ -203,6 +232,13 @@ class LabBridge:
             return lambda: actions.free_memory(manager)
         if action == "refresh":
             return lambda: ""
+        if action == "ask_to_unload":
+            member = content.get("member")
+            if not isinstance(member, str) or not member or len(member) > _LONGEST_MEMBER:
+                raise LLMManagerError(f"ask_to_unload needs the member id of another manager, got {brief(member)}")
+            if not isinstance(model_id, str) or not model_id:
+                raise LLMManagerError(f"ask_to_unload needs a model id, got {brief(model_id)}")
+            return lambda: manager.ask_to_unload(member, model_id)
         raise LLMManagerError(f"unknown action {brief(action)}")
 
     # -- what JupyterLab shows -----------------------------------------------------------------
@@ -229,12 +265,19 @@ class LabBridge:
             "last_used": row.last_used, "expires_at": row.expires_at, "error": row.error,
             "trust_remote_code": row.trust_remote_code, "reachable": row.reachable,
             "waiting_for": row.waiting_for, "endpoint": self._endpoint(row) if row.remote else None,
+            "base": row.base, "adapter": row.adapter, "shares_base": row.shares_base, "base_str": row.base_str,
         } for row in rows]
         loaded = [row for row in rows if row.state == "loaded"]
         held = sum(row.actual_bytes or 0 for row in loaded)
         reports = self.manager.devices()
+        view = self._machine.read()
         devices = [{"device": d.device, "name": d.name, "total": d.total_str, "free": d.free_str,
-                    "budget": d.budget_str, "held": d.held_str} for d in reports]
+                    "budget": d.budget_str, "held": d.held_str,
+                    "notebooks": format_bytes(view.others_on(d.device)) if view.others_on(d.device) else ""}
+                   for d in reports]
+        machine = machine_rows(view)
+        with self._lock:
+            self._machine_sent = machine
         return {"type": "snapshot", "time": now, "loaded": len(loaded), "held_bytes": held,
                 "held_str": format_bytes(held), "reserved_str": format_bytes(sum(d.held_bytes for d in reports)),
-                "models": models, "devices": devices}
+                "models": models, "devices": devices, "machine": machine}

@@ -82,13 +82,19 @@ class Evictions:
         return [instance.key for instance, _ in victims]
 
     def unload_by_name(self, model_id: str, requester: str) -> str:
-        """Unload ``model_id`` if it is idle (a click in another kernel's JupyterLab panel); what happened."""
+        """Unload ``model_id`` if it is idle and unpinned (a click in another kernel's JupyterLab panel); what happened.
+
+        A pin is this kernel's word that the model stays: only this kernel unloads a pinned model.
+        """
         books = self._books
         with books.lock:
             canonical = books.registry.resolve_quiet(model_id)
             key = books.registry.keys.get(canonical or "")
+            pinned = key is not None and books.registry.is_pinned(key)
         if key is None:
             return f"{model_id!r} is not registered here"
+        if pinned:
+            return f"{model_id!r} is pinned: it stays (it can be unpinned in its own notebook)"
         report = self.unload(key, books.deadline(0), quiet=True)
         if report is None:
             return f"{model_id!r} is not loaded, or in use: it stays"

@@ -244,12 +244,12 @@ class LLMManager(_AsyncCalls):
             self.pin(model_id)
         if force_reload:
             self.unload(model_id)
-        self._lease(model_id, self._wait_seconds(wait)).release()
+        self._lease(model_id, _wait_seconds(self, wait)).release()
         return ModelHandle(self, model_id)
 
     def use(self, model_id: str, *, wait: float | str | None = None) -> Lease:
         """``with manager.use(id) as lm:`` — ``lm.model`` and ``lm.tokenizer``, never evicted meanwhile."""
-        seconds = self._wait_seconds(wait)
+        seconds = _wait_seconds(self, wait)
         return Lease(model_id, lambda: self._lease(model_id, seconds, activate=True), lambda: self.spec(model_id))
 
     def generate(self, model_id: str, prompt: Prompt, *, system: str | None = None, raw: bool = False,
@@ -258,7 +258,7 @@ class LLMManager(_AsyncCalls):
         spec = text_model(self.spec(model_id))
         generation = self.generation_params(spec.id, **params)
         return self._generations.generate(model_id, spec.id, normalize_prompt(prompt, system=system), generation,
-                                          raw=raw, wait=self._wait_seconds(wait))
+                                          raw=raw, wait=_wait_seconds(self, wait))
 
     def stream(self, model_id: str, prompt: Prompt, *, system: str | None = None, raw: bool = False,
                wait: float | str | None = None, **params: Any) -> TextStream:
@@ -266,7 +266,7 @@ class LLMManager(_AsyncCalls):
         spec = text_model(self.spec(model_id))
         generation = self.generation_params(spec.id, **params)
         return self._generations.stream(model_id, spec.id, normalize_prompt(prompt, system=system), generation,
-                                        raw=raw, wait=self._wait_seconds(wait))
+                                        raw=raw, wait=_wait_seconds(self, wait))
 
     def generation_params(self, model_id: str, **params: Any) -> GenerationParams:
         """The checked parameters a generation would use (its spec's, then ``params``); loads nothing."""
@@ -277,11 +277,7 @@ class LLMManager(_AsyncCalls):
         """One unit-length vector per text, from a model registered with ``mode: embed``."""
         spec = self.spec(model_id)
         texts = checked_texts(spec, texts)
-        return self._generations.embed(model_id, spec.id, texts, wait=self._wait_seconds(wait)) if texts else []
-
-    def _wait_seconds(self, wait: float | str | None) -> float:
-        """A ``wait=`` argument checked: seconds (``None``: the wait_timeout setting)."""
-        return self.wait_timeout if wait is None else _checked(lambda: parse_wait(wait))
+        return self._generations.embed(model_id, spec.id, texts, wait=_wait_seconds(self, wait)) if texts else []
 
     def _lease(self, model_id: str, seconds: float, *, activate: bool = False) -> Ticket:
         """A lease from admission (with its base's, for an adapter), waiting up to ``seconds`` on this manager's clock."""
@@ -332,6 +328,10 @@ class LLMManager(_AsyncCalls):
         """Every manager of this user on this machine (kernels, scripts), the models each holds, and other GPU users."""
         return self._cooperation.machine(self._status.machine_models(self._cooperation.pid,
                                                                      self._cooperation.notebook))
+
+    def ask_to_unload(self, member: str, model_id: str) -> str:
+        """Ask another manager of this machine (``machine()``'s member id) to unload an idle model; what it said."""
+        return self._cooperation.ask_to_unload(member, model_id)
 
     def devices(self) -> list[DeviceReport]:
         """Per device: total, free, this manager's budget, and the bytes its models hold."""
@@ -425,6 +425,11 @@ async def _pump(stream: TextStream) -> AsyncIterator[str]:
     finally:
         stream.stop()
         await asyncio.shield(worker)
+
+
+def _wait_seconds(manager: LLMManager, wait: float | str | None) -> float:
+    """A ``wait=`` argument checked: seconds (``None``: the manager's wait_timeout setting)."""
+    return manager.wait_timeout if wait is None else _checked(lambda: parse_wait(wait))
 
 
 def _checked(make: Callable[[], T]) -> T:

@@ -1,6 +1,7 @@
 /**
  * The "LLM models" side panel: the active kernel's models with Unload / Pin,
- * Unload all and Free memory. It renders snapshots the kernel pushes; the only
+ * Unload all and Free memory, then the other notebooks' models on this machine
+ * (Unload on an idle, unpinned one asks its kernel to unload it). It renders snapshots the kernel pushes; the only
  * timer re-renders relative times ("12s ago") locally.
  *
  * An action shows what it waits for while it runs ("runs when the cell
@@ -11,7 +12,7 @@
 import { LabIcon } from '@jupyterlab/ui-components';
 import { Widget } from '@lumino/widgets';
 
-import { IModelRow, IResult, ISnapshot, LLMKernelState, QUEUED_NOTE } from './state';
+import { IMachine, IModelRow, IResult, ISnapshot, LLMKernelState, QUEUED_NOTE } from './state';
 
 const ICON_SVG =
   '<svg xmlns="http://www.w3.org/2000/svg" width="16" height="16" viewBox="0 0 24 24">' +
@@ -29,7 +30,8 @@ const DOING: { [action: string]: string } = {
   pin: 'pinning',
   unpin: 'unpinning',
   unload_all: 'unloading all',
-  free_memory: 'collecting'
+  free_memory: 'collecting',
+  ask_to_unload: 'asking its kernel to unload'
 };
 
 interface IPending {
@@ -44,13 +46,21 @@ interface IShownAnswer {
   result: IResult;
   kernel: string | null;
   model: string | null;
+  member: string | null;
   state: string;
 }
 
-/** The state an answer concerns: one model's (state and pin), or every model's for a global action. */
-function concerned(snapshot: ISnapshot | null, model: string | null): string {
+/**
+ * The state an answer concerns: one model's (state and pin), every model's for a global action, or another
+ * notebook's model (its manager's `member`).
+ */
+function concerned(snapshot: ISnapshot | null, model: string | null, member: string | null = null): string {
   if (!snapshot) {
     return '';
+  }
+  if (member !== null) {
+    const theirs = (snapshot.machine?.models ?? []).filter(row => row.member === member && row.model === model);
+    return theirs.map(row => `${row.model}:${row.state}:${row.pinned}`).join(',') || 'gone';
   }
   const rows = model === null ? snapshot.models : snapshot.models.filter(row => row.id === model);
   return rows.map(row => `${row.id}:${row.state}:${row.pinned}`).join(',') || 'gone';
@@ -75,10 +85,13 @@ export class LLMModelsPanel extends Widget {
     super.dispose();
   }
 
-  /** Send an action to the kernel; show it pending (and what it waits for), then its answer. */
-  async act(action: string, model?: string): Promise<IResult> {
+  /**
+   * Send an action to the kernel; show it pending (and what it waits for), then its answer. `member`: another
+   * notebook's manager, which the kernel asks (`ask_to_unload`).
+   */
+  async act(action: string, model?: string, member?: string): Promise<IResult> {
     const kernel = this._state.kernelId;
-    const key = `${kernel}:${model ?? ''}`;
+    const key = pendingKey(kernel, model ?? null, member ?? null);
     const pending: IPending = { action, doing: DOING[action] ?? action, note: '', queued: false };
     this._pending.set(key, pending);
     this.render();
@@ -86,9 +99,15 @@ export class LLMModelsPanel extends Widget {
       pending.queued = pending.queued || !!progress.queued;
       pending.note = progress.queued ? pending.note : progress.note;
       this.render();
-    });
+    }, member ? { member } : {});
     this._pending.delete(key);
-    this._answer = { result, kernel, model: model ?? null, state: concerned(this._state.snapshot, model ?? null) };
+    this._answer = {
+      result,
+      kernel,
+      model: model ?? null,
+      member: member ?? null,
+      state: concerned(this._state.snapshot, model ?? null, member ?? null)
+    };
     this.render();
     return result;
   }
@@ -119,10 +138,14 @@ export class LLMModelsPanel extends Widget {
         body.append(element('div', pendingText(global), 'jp-LLMPanel-pending'));
       }
       for (const device of snapshot.devices) {
-        const line = element('div', `${device.device}: ${device.held} reserved for models · ${device.free} free ` +
-          `of ${device.total} · budget ${device.budget}`, 'jp-LLMPanel-device');
+        const notebooks = device.notebooks ? ` · other notebooks ${device.notebooks}` : '';
+        const line = element('div', `${device.device}: ${device.held} reserved for models${notebooks} · ` +
+          `${device.free} free of ${device.total} · budget ${device.budget}`, 'jp-LLMPanel-device');
         line.title = RESERVED_HELP;
         body.append(line);
+      }
+      if (snapshot.machine) {
+        body.append(this._machine(snapshot.machine));
       }
     }
     const answer = this._shownAnswer(snapshot);
@@ -141,15 +164,50 @@ export class LLMModelsPanel extends Widget {
     if (answer.kernel !== this._state.kernelId) {
       return null; // another notebook's kernel: kept for when its notebook is active again
     }
-    if (!snapshot || concerned(snapshot, answer.model) !== answer.state) {
+    if (!snapshot || concerned(snapshot, answer.model, answer.member) !== answer.state) {
       this._answer = null; // the kernel is gone, or what it said has changed since
       return null;
     }
     return answer.result;
   }
 
-  private _pendingFor(model: string | null): IPending | undefined {
-    return this._pending.get(`${this._state.kernelId}:${model ?? ''}`);
+  private _pendingFor(model: string | null, member: string | null = null): IPending | undefined {
+    return this._pending.get(pendingKey(this._state.kernelId, model, member));
+  }
+
+  /** "Other notebooks on this machine": their models per device, Unload on the idle, unpinned ones. */
+  private _machine(machine: IMachine): HTMLElement {
+    const section = element('div', '', 'jp-LLMPanel-machine');
+    section.append(element('h3', 'Other notebooks on this machine', 'jp-LLMPanel-subtitle'));
+    const empty = machine.problem || (!machine.cooperating ? 'Cooperation is off: other notebooks are not shown.' :
+      machine.models.length ? '' : 'No other notebook holds a model.');
+    if (empty) {
+      section.append(element('div', empty, 'jp-LLMPanel-device'));
+      return section;
+    }
+    const now = Date.now() / 1000;
+    for (const model of machine.models) {
+      const card = element('div', '', `jp-LLMPanel-row jp-LLMPanel-other jp-mod-${model.state}`);
+      card.dataset.model = model.model;
+      card.dataset.notebook = model.notebook;
+      const pending = this._pendingFor(model.model, model.member);
+      const notes = [model.in_use ? `in use (${model.in_use})` : '', model.pinned ? 'pinned' : ''].filter(Boolean);
+      const state = pending ? `${pending.doing}…` : [model.state, ...notes].join(' · ');
+      const head = element('div', '', 'jp-LLMPanel-head');
+      head.append(element('span', model.model, 'jp-LLMPanel-id'), element('span', state, 'jp-LLMPanel-state'));
+      const used = model.last_used ? `used ${ago(now - model.last_used)} ago` : '';
+      const facts = element('div', [model.notebook, model.device, model.memory, used].filter(Boolean).join(' · '),
+        'jp-LLMPanel-facts');
+      const buttons = element('div', '', 'jp-LLMPanel-buttons');
+      const unload = this._button(label('Unload', 'ask_to_unload', pending),
+        () => this.act('ask_to_unload', model.model, model.member), !model.unloadable || !!pending);
+      unload.title = model.unloadable ? `ask ${model.notebook} to unload it` :
+        'only an idle, unpinned model can be unloaded from another notebook';
+      buttons.append(unload);
+      card.append(head, facts, buttons);
+      section.append(card);
+    }
+    return section;
   }
 
   /** One card per model: name and state, then device, memory and last use, then its buttons. */
@@ -166,6 +224,9 @@ export class LLMModelsPanel extends Widget {
       }
       if (model.trust_remote_code) {
         name.append(element('span', ' ⚠ remote code', 'jp-LLMPanel-warning'));
+      }
+      if (model.base_str) {
+        name.append(element('div', `adapter ${model.base_str}`, 'jp-LLMPanel-base')); // a LoRA adapter's base
       }
       const pending = this._pendingFor(model.id);
       const state = element('span', pending ? `${pending.doing}…` : stateText(model), 'jp-LLMPanel-state');
@@ -217,6 +278,11 @@ const SIZES_HELP = 'weights: measured after the load; needs: the estimate from m
   'KV cache and overhead it takes to generate';
 const RESERVED_HELP = 'reserved: what this kernel counts against the budget for its loaded models: their ' +
   'measured weights plus the KV cache and overhead of their estimates';
+
+/** Where an action's progress is kept: the kernel, and the model (of another notebook's manager, `member`). */
+function pendingKey(kernel: string | null, model: string | null, member: string | null): string {
+  return member === null ? `${kernel}:${model ?? ''}` : `${kernel}:${member}/${model ?? ''}`;
+}
 
 function pendingText(pending: IPending): string {
   return pending.note ? `${pending.doing}: ${pending.note}` : `${pending.doing}…`;

@@ -38,6 +38,33 @@ export interface IModelRow {
   reachable: boolean | null;
   waiting_for: string | null;
   endpoint?: string | null;
+  /** A LoRA adapter: the model it runs on, and how ("on qwen (shared)"); empty otherwise. */
+  base?: string | null;
+  base_str?: string;
+}
+
+/** A model another notebook (another manager of this user) holds on this machine. */
+export interface IMachineModel {
+  member: string;
+  pid: number;
+  notebook: string;
+  model: string;
+  device: string;
+  bytes: number;
+  memory: string;
+  state: string;
+  in_use: number;
+  pinned: boolean;
+  last_used: number | null;
+  /** Loaded, idle and unpinned: its manager may be asked to unload it. */
+  unloadable: boolean;
+}
+
+export interface IMachine {
+  cooperating: boolean;
+  /** Why the other notebooks are not known now ('' when they are). */
+  problem: string;
+  models: IMachineModel[];
 }
 
 export interface ISnapshot {
@@ -48,7 +75,16 @@ export interface ISnapshot {
   held_str: string;
   reserved_str: string;
   models: IModelRow[];
-  devices: { device: string; name: string; total: string; free: string; budget: string; held: string }[];
+  devices: {
+    device: string;
+    name: string;
+    total: string;
+    free: string;
+    budget: string;
+    held: string;
+    notebooks?: string;
+  }[];
+  machine?: IMachine;
 }
 
 export interface IResult {
@@ -147,7 +183,12 @@ export class LLMKernelState implements IDisposable {
    * Ask the current kernel to act; resolves with its answer. `progress` hears what the action waits for:
    * the running cell (a kernel without subshells), or the kernel's note (a model in use).
    */
-  send(action: string, model?: string, progress: (progress: IProgress) => void = () => undefined): Promise<IResult> {
+  send(
+    action: string,
+    model?: string,
+    progress: (progress: IProgress) => void = () => undefined,
+    extra: { [key: string]: string } = {}
+  ): Promise<IResult> {
     const kernel = this._kernel;
     const comm = kernel ? this._kernels.get(kernel.id)?.comm : null;
     if (!kernel || !comm || comm.isDisposed) {
@@ -174,7 +215,7 @@ export class LLMKernelState implements IDisposable {
         },
         progress
       });
-      comm.send({ action, model: model ?? null, request });
+      comm.send({ ...extra, action, model: model ?? null, request });
       if (waitsForCell) {
         progress({ note: QUEUED_NOTE, queued: true });
       }

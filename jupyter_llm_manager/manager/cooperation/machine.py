@@ -40,6 +40,7 @@ class MachineModel:
     in_use: int
     last_used: float  # wall clock
     this: bool
+    member: str = ""  # the owning manager's ledger id: what ``manager.ask_to_unload(member, model_id)`` takes
 
     bytes_str = bytes_text("bytes")
 

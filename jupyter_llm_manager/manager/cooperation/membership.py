@@ -22,7 +22,7 @@ import uuid
 import weakref
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
@@ -328,9 +328,10 @@ class Cooperation:
         members = self._safely(ledger.members, no_members) if ledger is not None else no_members
         rows = self._safely(ledger.models, no_rows) if ledger is not None else no_rows
         names = {m.member: m for m in members}
-        models = list(own) + [MachineModel(names[r.member].pid, names[r.member].notebook, r.model_id, r.device,
-                                           r.bytes, r.state, r.pinned, r.leases, r.last_used, False)
-                              for r in rows if r.member in names and r.member != self.member]
+        models = [replace(m, member=self.member) for m in own] + [
+            MachineModel(names[r.member].pid, names[r.member].notebook, r.model_id, r.device, r.bytes, r.state,
+                         r.pinned, r.leases, r.last_used, False, r.member)
+            for r in rows if r.member in names and r.member != self.member]
         kernels = [KernelRow(self.pid, self.notebook, self.kernel, self.member, True, len(own),
                              sum(m.bytes for m in own))]
         for member in members:
