@@ -214,12 +214,25 @@ def other(make_manager, monkeypatch):
     return theirs
 
 
+def until(check, timeout=15.0):
+    """Wait until ``check()`` is true (the other manager publishes from a thread of its own); its last value."""
+    deadline = time.monotonic() + timeout
+    while not check() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return check()
+
+
 def machine_model(snapshot, model_id):
     return next((m for m in snapshot["machine"]["models"] if m["model"] == model_id), None)
 
 
 def test_the_snapshot_lists_the_other_notebooks_models_with_their_manager(bridge, manager, other):
-    manager.load("a")
+    def published():  # their publisher thread says "loaded" shortly after the loads
+        rows = [machine_model(bridge.snapshot(), m) for m in ("idle", "busy")]
+        return all(row and row["state"] == "loaded" for row in rows)
+
+    assert until(published)
+    manager.load("a")  # after theirs: on the fake clock a wait for their load in flight would never end
     snapshot = bridge.snapshot()
     row = machine_model(snapshot, "idle")
     assert row is not None and machine_model(snapshot, "a") is None  # this kernel's models are the cards above
@@ -267,7 +280,7 @@ def test_unload_requests_without_a_member_or_for_one_gone_are_answered_not_raise
     assert other.row("idle").state == "loaded"
 
 
-def test_a_machine_that_cannot_be_read_leaves_the_panel_working(bridge, manager, other, monkeypatch):
+def test_a_machine_that_cannot_be_read_leaves_the_panel_working(bridge, manager, monkeypatch):
     def broken():
         raise RuntimeError("database disk image is malformed")
 
