@@ -80,9 +80,6 @@ class LabBridge:
         comm.get_comm_manager().register_target(TARGET, self._on_open)
         self._unsubscribe = self.manager.subscribe(self._on_event)
         self._stop = threading.Event()
-        self._watcher = threading.Thread(target=self._watch_machine, args=(self._stop,), name="llm-lab-machine",
-                                         daemon=True)
-        self._watcher.start()
 
     def detach(self) -> None:
         """Stop: the panels and status bars of this kernel then say the extension is not loaded."""
@@ -94,8 +91,10 @@ class LabBridge:
         if self._unsubscribe is not None:
             self._unsubscribe()
         self._stop.set()
-        if self._watcher is not None:
-            self._watcher.join(10)
+        with self._lock:
+            watcher, self._watcher = self._watcher, None
+        if watcher is not None:
+            watcher.join(10)
         with self._lock:
             comms, self._comms = self._comms, []
             if self._timer is not None:
@@ -118,6 +117,10 @@ class LabBridge:
         channel.on_close(lambda message: self._forget(channel))
         with self._lock:
             self._comms.append(channel)
+            if self._watcher is None and not self._stop.is_set():  # the first panel: watch the machine from now on
+                self._watcher = threading.Thread(target=self._watch_machine, args=(self._stop,),
+                                                 name="llm-lab-machine", daemon=True)
+                self._watcher.start()
 
     def _forget(self, channel: Any) -> None:
         with self._lock:
