@@ -98,6 +98,20 @@ def real_manager(tiny_models):
 
 
 @pytest.fixture
+def adapter_manager(tmp_path):
+    """A manager with ``tuned``, a LoRA adapter (only its config: nothing loads) registered on ``base``."""
+    folder = tmp_path / "adapter"
+    folder.mkdir()
+    (folder / "adapter_config.json").write_text('{"peft_type": "LORA"}')
+    manager = LLMManager(config_path=False, preload=False)
+    manager.register("base", source=str(tmp_path))
+    manager.register("tuned", base="base", adapter=str(folder))
+    manager.adapter_folder = folder  # type: ignore[attr-defined]
+    yield manager
+    manager.close()
+
+
+@pytest.fixture
 def shell_with():
     """``shell_with(manager)``: IPython with the extension loaded, its magics on ``manager``; restored after."""
     from IPython.core.interactiveshell import InteractiveShell

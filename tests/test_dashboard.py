@@ -427,25 +427,16 @@ def test_a_ledger_that_cannot_be_opened_leaves_the_dashboard_working(make_manage
         dashboard.close()
 
 
-def test_an_adapter_row_shows_its_base_under_its_id(tmp_path):
+def test_an_adapter_row_shows_its_base_under_its_id(adapter_manager):
     from jupyter_llm_manager.frontends.dashboard_html import name_html
     from jupyter_llm_manager.reports import StatusRow
 
-    folder = tmp_path / "adapter"
-    folder.mkdir()
-    (folder / "adapter_config.json").write_text('{"peft_type": "LORA"}')
-    manager = LLMManager(config_path=False, preload=False)
+    dashboard = Dashboard(adapter_manager, background=False)
     try:
-        manager.register("base", source=str(tmp_path))
-        manager.register("tuned", base="base", adapter=str(folder))
-        dashboard = Dashboard(manager, background=False)
-        try:
-            assert "adapter on base (shared)" in row_text(dashboard, "tuned")
-            assert "adapter" not in row_text(dashboard, "base")
-        finally:
-            dashboard.close()
+        assert "adapter on base (shared)" in row_text(dashboard, "tuned")
+        assert "adapter" not in row_text(dashboard, "base")
     finally:
-        manager.close()
+        dashboard.close()
     own = StatusRow("math", "k", (), "transformers", "cpu", "loaded", 0, False, 0, None, None, None, None, None,
                     base="smol", adapter="/adapters/math", shares_base=False)
     assert "adapter on smol (own instance)" in name_html(own) and "/adapters/math" in name_html(own)

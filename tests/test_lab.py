@@ -305,17 +305,8 @@ def test_the_panel_hears_when_another_notebook_loads_a_model(bridge, manager, ma
         assert channel.changed.wait_for(pushed, 15)
 
 
-def test_an_adapter_row_carries_its_base(tmp_path):
-    folder = tmp_path / "adapter"
-    folder.mkdir()
-    (folder / "adapter_config.json").write_text('{"peft_type": "LORA"}')
-    manager = LLMManager(config_path=False, preload=False)
-    try:
-        manager.register("base", source=str(tmp_path))
-        manager.register("tuned", base="base", adapter=str(folder))
-        rows = {row["id"]: row for row in LabBridge(manager).snapshot()["models"]}
-    finally:
-        manager.close()
+def test_an_adapter_row_carries_its_base(adapter_manager):
+    rows = {row["id"]: row for row in LabBridge(adapter_manager).snapshot()["models"]}
     assert (rows["tuned"]["base"], rows["tuned"]["base_str"], rows["tuned"]["adapter"]) == (
-        "base", "on base (shared)", str(folder))
+        "base", "on base (shared)", str(adapter_manager.adapter_folder))
     assert rows["base"]["base"] is None and rows["base"]["base_str"] == ""
