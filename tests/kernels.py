@@ -14,6 +14,7 @@ import queue
 import subprocess
 import sys
 import threading
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -85,11 +86,13 @@ class Kernel:
 
     def __init__(self, name: str, folder: Path, ledger: Path, *, environment: dict[str, str] | None = None) -> None:
         script = folder / "kernel.py"
-        script.write_text(CHILD)
+        written = folder / f".kernel-{uuid.uuid4().hex}.py"
+        written.write_text(CHILD)
+        os.replace(written, script)  # whole at once: a kernel starting meanwhile never reads half a script
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "JUPYTER_LLM_MANAGER_LEDGER": str(ledger),
                "JPY_SESSION_NAME": name, **(environment or {})}
         self.name = name
-        self.process = subprocess.Popen([sys.executable, str(script)], stdin=subprocess.PIPE,
+        self.process = subprocess.Popen([sys.executable, "-X", "faulthandler", str(script)], stdin=subprocess.PIPE,
                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
         self._answers: queue.Queue[str] = queue.Queue()
         threading.Thread(target=self._read, daemon=True).start()
@@ -102,8 +105,12 @@ class Kernel:
     def send(self, do: str, **values: Any) -> None:
         """Send a command without waiting for its answer (it may wait for another kernel)."""
         assert self.process.stdin is not None
-        self.process.stdin.write(json.dumps({"do": do, **values}) + "\n")
-        self.process.stdin.flush()
+        try:
+            self.process.stdin.write(json.dumps({"do": do, **values}) + "\n")
+            self.process.stdin.flush()
+        except BrokenPipeError:
+            self.process.wait(30)
+            raise AssertionError(f"{self.name} is gone: {self.stderr_tail()}") from None
 
     def answer(self, timeout: float = 120) -> dict[str, Any]:
         """The answer to the oldest command not answered yet."""
@@ -120,7 +127,7 @@ class Kernel:
         if self.process.poll() is None:
             return "(still running)"
         assert self.process.stderr is not None
-        return self.process.stderr.read()[-2000:]
+        return f"exit code {self.process.returncode}: {self.process.stderr.read()[-2000:]}"
 
     def kill(self) -> None:
         self.process.kill()

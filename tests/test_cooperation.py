@@ -12,7 +12,7 @@ import time
 import pytest
 from kernels import Kernel
 
-from jupyter_llm_manager import LLMManager
+from jupyter_llm_manager import LLMManager, ResourceNotAvailableError
 
 pytestmark = pytest.mark.slow
 
@@ -131,7 +131,8 @@ def test_three_kernels_are_served_first_come_first_served(kernels):
     assert b.answer(60)["ok"] and c.answer(60)["ok"]
     (second,) = events(b, "loaded")
     third = events(c, "loaded")
-    assert third and second["at"] < third[-1]["at"]  # b first: it asked first
+    seen = {"b": b.ask("events")["events"], "c": c.ask("events")["events"]}
+    assert third and second["at"] < third[-1]["at"], seen  # b first: it asked first
 
 
 def test_kernels_that_do_not_cooperate_keep_to_themselves(kernels):
@@ -250,3 +251,67 @@ def test_a_script_outside_jupyter_takes_part_under_its_file_name(kernels, tiny_m
         assert [k[1] for k in a.ask("machine")["kernels"] if not k[2]] == ["kernel.py"]
     finally:
         script.close()
+
+
+# -- the machine-wide queue, in one process (a request of another member written to the ledger) ------------
+
+def test_room_freed_for_an_earlier_request_elsewhere_is_never_taken_by_a_later_one(make_manager, tmp_path):
+    import os
+
+    import psutil
+    from fakes import GB, fake
+
+    from jupyter_llm_manager.manager.cooperation.ledger import Ledger, MemberRow
+
+    path = tmp_path / "queue.sqlite"
+    other = Ledger(path)  # another notebook (alive: this very process) waits for 2.5 GB on the GPU
+    other.publish(MemberRow("elsewhere", os.getpid(), psutil.Process().create_time(), "", "first.ipynb", "",
+                            time.time()), [])
+    other.enqueue("elsewhere", "theirs", {"cuda:0": int(2.5 * GB)}, 0)
+    manager = make_manager(ledger_path=str(path), memory_budget={"cuda:0": 3 * GB})
+    fake(manager, "big", 2 * GB)
+    fake(manager, "small", GB // 4)
+    try:
+        with pytest.raises(ResourceNotAvailableError, match="queued behind theirs in first.ipynb"):
+            manager.load("big", wait=0)  # 3 GB free now, but 2.5 GB of it is promised to the earlier request
+        assert manager.row("big").state == "registered"
+        manager.load("small", wait=0)  # what the earlier request leaves may be used
+        other.dequeue(other.requests()[0].arrival)
+        manager.load("big", wait=0)  # served: the room is free for anyone
+        assert manager.row("big").state == manager.row("small").state == "loaded"
+    finally:
+        other.close()
+
+
+def test_a_request_waiting_on_other_kernels_is_seen_by_them_before_its_first_model(make_manager, tmp_path, clock):
+    import os
+    import threading
+
+    import psutil
+    from fakes import GB, fake
+
+    from jupyter_llm_manager.manager.cooperation.ledger import Ledger, MemberRow, ModelRow
+
+    path = tmp_path / "queue.sqlite"
+    other = Ledger(path)  # another notebook generating with a 2.5 GB model
+    them = MemberRow("elsewhere", os.getpid(), psutil.Process().create_time(), "", "first.ipynb", "", time.time())
+    other.publish(them, [ModelRow("elsewhere", "theirs", "theirs", "cuda:0", int(2.5 * GB), "loaded", False, 1,
+                                  time.time(), 0, False)])
+    manager = make_manager(ledger_path=str(path), memory_budget={"cuda:0": 3 * GB})
+    fake(manager, "big", 2 * GB)
+    waiting = threading.Thread(target=manager.load, args=("big",), kwargs={"wait": 60}, daemon=True)
+    waiting.start()
+    deadline = time.monotonic() + 30
+    while not other.requests():
+        assert time.monotonic() < deadline and waiting.is_alive(), "the request never took its place in the queue"
+        time.sleep(0.02)
+    (request,) = other.requests()
+    assert request.member in {m.member for m in other.members()}  # a member: the others count its turn
+    assert set(request.needed) == {"cuda:0"} and request.needed["cuda:0"] >= 2 * GB
+    other.publish(them, [])  # the other notebook's model is gone
+    while waiting.is_alive():
+        assert time.monotonic() < deadline, "the request never went on once the room was free"
+        clock.advance(0.3)  # the waiting request looks at the ledger again every moment
+        waiting.join(0.05)
+    assert manager.row("big").state == "loaded" and not other.requests()
+    other.close()

@@ -215,12 +215,14 @@ class Admission:
             facts = self._facts(waiter.name, spec)
             others = self._cooperation.others(waiter.unanswered) if not facts.backend.remote else Others()
             memories = self._probe()
+            ahead = others.earlier(waiter.ledger)
             with books.lock:
                 if books.registry.keys.get(waiter.name) != waiter.key or waiter.key in books.instances:
                     return _Again.LOOK  # the model changed meanwhile
-                decision = decide(books.snapshot(memories, foreign=others.holdings), facts.ask(books, waiter.thread))
+                snapshot = books.snapshot(memories, foreign=others.holdings, claims=others.claims(waiter.ledger))
+                decision = decide(snapshot, facts.ask(books, waiter.thread))
+                waiter.needed = dict(decision.request.needed)
                 waiter.polls = bool(others.holdings or others.requests)
-                ahead = others.earlier(waiter.ledger)
                 waiter.ahead_elsewhere = len(ahead)
                 if ahead and not (decision.plan.admitted and not decision.plan.evictions):
                     waiter.waiting_for = "queued behind " + ", ".join(
@@ -310,8 +312,7 @@ class Admission:
                       or (f"queued behind {ahead}" if ahead else "being placed"))
         if deadline.expired:
             raise self._gave_up(waiter, deadline, reason)
-        if waiter.polls and waiter.ledger is None:  # waits on other kernels: its place in the machine's queue
-            waiter.ledger = self._cooperation.enqueue(waiter.name, (), books.registry.priority(waiter.key))
+        self._queue_on_machine(waiter)
         message = f"{reason} (queue position {position})"
         if message != told:
             self._bus.emit("waiting", waiter.name, message=reason, position=position, arrival=waiter.order)
@@ -321,6 +322,18 @@ class Admission:
             poll = books.deadline(min(POLL_S, remaining if remaining is not None else POLL_S)) if waiter.polls else None
             books.wait_for_change(version, poll or deadline, waiter.wake)
         return message
+
+    def _queue_on_machine(self, waiter: Waiter) -> None:
+        """A request waiting on other kernels takes its place in the machine's queue, saying what it needs."""
+        if waiter.ledger is not None:
+            if waiter.needed != waiter.published:
+                self._cooperation.requeue(waiter.ledger, waiter.needed)
+                waiter.published = waiter.needed
+        elif waiter.polls:
+            with self._books.lock:
+                priority = self._books.registry.priority(waiter.key)
+            waiter.ledger = self._cooperation.enqueue(waiter.name, waiter.needed, priority)
+            waiter.published = waiter.needed
 
     def _gave_up(self, waiter: Waiter, deadline: Deadline, reason: str) -> ResourceNotAvailableError:
         waited = "without waiting" if deadline.seconds == 0 else f"after waiting {deadline.seconds:g} s"

@@ -136,7 +136,8 @@ class Books:
                        base=instance.base)
 
     def snapshot(self, memories: Sequence[DeviceMemory], *, moving: set[str] | frozenset[str] = frozenset(),
-                 without: str | None = None, foreign: Sequence[Holding] = ()) -> Snapshot:
+                 without: str | None = None, foreign: Sequence[Holding] = (),
+                 claims: Sequence[Holding] = ()) -> Snapshot:
         """The policy's view now, leaving out the instance ``without`` and uncertain devices.
 
         A device in ``moving`` has a load in flight: its free memory already
@@ -144,6 +145,8 @@ class Books:
         its budget depends on the free memory it is left out until the load ends.
         ``foreign``: other kernels' instances (cooperation); their bytes count once
         in the budget (the device's free memory already lacks them).
+        ``claims``: what requests ahead in the machine-wide queue will take; they
+        count as held, but the device's free memory still has them.
         """
         holdings = tuple(self.holding(i) for i in self.instances.values() if i.key != without) + tuple(foreign)
         settings = self.settings
@@ -156,7 +159,7 @@ class Books:
                 continue
             budget = device_budget(memory, held_bytes=held, fraction=fraction, absolute=absolute)
             devices[memory.device] = DeviceRoom(memory.device, budget, memory.total_bytes)
-        return Snapshot(holdings, devices, settings.max_loaded_models, self.clock(), self.queue.threads(),
+        return Snapshot(holdings + tuple(claims), devices, settings.max_loaded_models, self.clock(), self.queue.threads(),
                         self.limits_pending, max_adapters=settings.max_loaded_adapters)
 
 

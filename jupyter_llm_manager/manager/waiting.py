@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import itertools
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 __all__ = ["WaitQueue", "Waiter"]
 
@@ -29,6 +29,8 @@ class Waiter:
     blocked_since: float | None = None  # when a plan first said "wait" (planning itself is no waiting)
     wake: threading.Condition | None = None  # its own wake-up, on the manager's lock: only it is woken
     ledger: int | None = None  # its arrival in the machine-wide queue, once it waits on other kernels
+    needed: dict[str, int] = field(default_factory=dict)  # bytes per device its last plan asked for
+    published: dict[str, int] = field(default_factory=dict)  # what its row in the machine-wide queue says
     unanswered: frozenset[str] = frozenset()  # other kernels that did not answer its requests (member ids)
     unanswered_names: tuple[str, ...] = ()
     ahead_elsewhere: int = 0  # requests of other kernels before it in the machine-wide queue

@@ -10,13 +10,14 @@ corrupt file is recreated, with a warning.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sqlite3
 import stat
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +30,8 @@ __all__ = ["LEDGER_ENV", "Ledger", "MemberRow", "ModelRow", "RequestRow", "defau
 log = logging.getLogger(__name__)
 
 LEDGER_ENV = "JUPYTER_LLM_MANAGER_LEDGER"
+#: The layout's version (``PRAGMA user_version``): a ledger of an older layout has its queue made again.
+_VERSION = 2
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS members (member TEXT PRIMARY KEY, pid INTEGER, started REAL, kernel TEXT,
     notebook TEXT, address TEXT, seen REAL);
@@ -36,7 +39,7 @@ CREATE TABLE IF NOT EXISTS models (member TEXT, key TEXT, model_id TEXT, device 
     pinned INTEGER, leases INTEGER, last_used REAL, priority INTEGER, protected INTEGER,
     PRIMARY KEY (member, key, device));
 CREATE TABLE IF NOT EXISTS requests (arrival INTEGER PRIMARY KEY AUTOINCREMENT, member TEXT, model_id TEXT,
-    devices TEXT, priority INTEGER, since REAL);
+    needed TEXT, priority INTEGER, since REAL);
 """
 
 
@@ -89,12 +92,16 @@ class ModelRow:
 
 @dataclass(frozen=True)
 class RequestRow:
-    """A request waiting for capacity, in the machine-wide queue (first come, first served)."""
+    """A request waiting for capacity, in the machine-wide queue (first come, first served).
+
+    ``needed`` is what it will take per device: later requests count it as
+    taken, so room freed for this one is never taken by them first.
+    """
 
     arrival: int
     member: str
     model_id: str
-    devices: tuple[str, ...]
+    needed: dict[str, int]
     priority: int
     since: float
 
@@ -153,9 +160,21 @@ class Ledger:
 
     @staticmethod
     def _schema(connection: sqlite3.Connection) -> sqlite3.Connection:
+        """WAL mode and the tables; a queue of an older layout is dropped (its requests are asked again)."""
         connection.execute("PRAGMA journal_mode=WAL")
         connection.execute("PRAGMA synchronous=NORMAL")
-        connection.executescript(_SCHEMA)
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            if connection.execute("PRAGMA user_version").fetchone()[0] < _VERSION:
+                connection.execute("DROP TABLE IF EXISTS requests")
+                connection.execute(f"PRAGMA user_version = {_VERSION}")
+            for statement in filter(str.strip, _SCHEMA.split(";")):
+                connection.execute(statement)
+            connection.execute("COMMIT")
+        except BaseException:
+            if connection.in_transaction:
+                connection.execute("ROLLBACK")
+            raise
         return connection
 
     def _run(self, work: str, parameters: Iterable[Sequence[object]] | Sequence[object] = (), *,
@@ -248,14 +267,18 @@ class Ledger:
         self._transaction([(f"DELETE FROM {table} WHERE member = ?", (member,), False)
                            for table in ("members", "models", "requests")])
 
-    def enqueue(self, member: str, model_id: str, devices: Sequence[str], priority: int) -> int:
+    def enqueue(self, member: str, model_id: str, needed: Mapping[str, int], priority: int) -> int:
         """A request of this member waits for capacity: its place in the machine-wide queue."""
         with self._lock:
             connection = self._connect()
-            cursor = connection.execute("INSERT INTO requests (member, model_id, devices, priority, since) "
-                                        "VALUES (?, ?, ?, ?, ?)", (member, model_id, ",".join(devices), priority,
-                                                                   time.time()))
+            cursor = connection.execute("INSERT INTO requests (member, model_id, needed, priority, since) "
+                                        "VALUES (?, ?, ?, ?, ?)", (member, model_id, json.dumps(dict(needed)),
+                                                                   priority, time.time()))
             return int(cursor.lastrowid or 0)
+
+    def requeue(self, arrival: int, needed: Mapping[str, int]) -> None:
+        """A waiting request now needs other room (another placement or context): its place stays."""
+        self._run("UPDATE requests SET needed = ? WHERE arrival = ?", (json.dumps(dict(needed)), arrival))
 
     def dequeue(self, arrival: int) -> None:
         self._run("DELETE FROM requests WHERE arrival = ?", (arrival,))
@@ -275,5 +298,17 @@ class Ledger:
                 for r in self._run("SELECT * FROM models")]
 
     def requests(self) -> list[RequestRow]:
-        return [RequestRow(r[0], r[1], r[2], tuple(d for d in r[3].split(",") if d), r[4], r[5])
+        return [RequestRow(r[0], r[1], r[2], _needed(r[3]), r[4], r[5])
                 for r in self._run("SELECT * FROM requests ORDER BY arrival")]
+
+
+def _needed(text: object) -> dict[str, int]:
+    """A request's bytes per device, as written; a row that says nothing sensible claims nothing."""
+    try:
+        found = json.loads(text) if isinstance(text, str) else {}
+    except ValueError:
+        return {}
+    if not isinstance(found, dict):
+        return {}
+    return {str(device): int(size) for device, size in found.items()
+            if isinstance(size, int) and not isinstance(size, bool) and 0 < size < 2**62}

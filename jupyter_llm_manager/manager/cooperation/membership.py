@@ -20,7 +20,7 @@ import threading
 import time
 import uuid
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from functools import partial
@@ -70,6 +70,16 @@ class Others:
     def earlier(self, arrival: int | None) -> list[RequestRow]:
         """Other members' requests that came before ``arrival`` (all of them when this one is not queued yet)."""
         return [r for r in self.requests if arrival is None or r.arrival < arrival]
+
+    def claims(self, arrival: int | None) -> tuple[Holding, ...]:
+        """The room the requests before ``arrival`` will take, as holdings in use (never victims).
+
+        A later request counts them as taken: the room freed for the first
+        in the queue is never taken by one behind it.
+        """
+        return tuple(Holding(f"{r.member}/waiting-{r.arrival}", r.model_id, "loaded", dict(r.needed), leases=1,
+                             priority=r.priority, owner=r.member, where=self.names.get(r.member, r.member))
+                     for r in self.earlier(arrival) if r.needed)
 
 
 class Cooperation:
@@ -286,11 +296,23 @@ class Cooperation:
 
     # -- the machine-wide queue ---------------------------------------------------------------------------
 
-    def enqueue(self, model_id: str, devices: Sequence[str], priority: int) -> int | None:
+    def enqueue(self, model_id: str, needed: Mapping[str, int], priority: int) -> int | None:
+        """Take a place in the machine-wide queue for a request that needs ``needed`` bytes per device.
+
+        The manager joins first (if it had not placed a model yet): the others
+        read only members' requests, and must see this one to leave it its turn.
+        """
+        self.join()
         ledger = self.ensure_started()
         if ledger is None:
             return None
-        return self._safely(partial(ledger.enqueue, self.member, model_id, devices, priority), None)
+        return self._safely(partial(ledger.enqueue, self.member, model_id, needed, priority), None)
+
+    def requeue(self, arrival: int, needed: Mapping[str, int]) -> None:
+        """The queued request now needs other room (placed elsewhere, another context): the others see it."""
+        ledger = self._ledger
+        if ledger is not None:
+            self._safely(partial(ledger.requeue, arrival, needed), None)
 
     def dequeue(self, arrival: int | None) -> None:
         ledger = self._ledger
