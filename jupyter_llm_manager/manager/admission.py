@@ -219,7 +219,7 @@ class Admission:
             with books.lock:
                 if books.registry.keys.get(waiter.name) != waiter.key or waiter.key in books.instances:
                     return _Again.LOOK  # the model changed meanwhile
-                snapshot = books.snapshot(memories, foreign=others.holdings, claims=others.claims(waiter.ledger))
+                snapshot = books.snapshot(memories, foreign=others.holdings, claims=others.claims(ahead))
                 decision = decide(snapshot, facts.ask(books, waiter.thread))
                 waiter.needed = dict(decision.request.needed)
                 waiter.polls = bool(others.holdings or others.requests)

@@ -71,15 +71,15 @@ class Others:
         """Other members' requests that came before ``arrival`` (all of them when this one is not queued yet)."""
         return [r for r in self.requests if arrival is None or r.arrival < arrival]
 
-    def claims(self, arrival: int | None) -> tuple[Holding, ...]:
-        """The room the requests before ``arrival`` will take, as holdings in use (never victims).
+    def claims(self, ahead: Sequence[RequestRow]) -> tuple[Holding, ...]:
+        """The room the requests ``ahead`` (from :meth:`earlier`) will take, as holdings in use (never victims).
 
         A later request counts them as taken: the room freed for the first
         in the queue is never taken by one behind it.
         """
         return tuple(Holding(f"{r.member}/waiting-{r.arrival}", r.model_id, "loaded", dict(r.needed), leases=1,
                              priority=r.priority, owner=r.member, where=self.names.get(r.member, r.member))
-                     for r in self.earlier(arrival) if r.needed)
+                     for r in ahead if r.needed)
 
 
 class Cooperation:
