@@ -7,7 +7,8 @@ alternating manager and raw runs so drift hits both alike:
 
 1. load: ``manager.load`` vs ``AutoTokenizer`` + ``AutoModelForCausalLM.from_pretrained``;
 2. generation of a fixed number of greedy tokens: ``manager.generate`` vs
-   ``model.generate`` on the same chat-templated prompt, decode included;
+   ``model.generate`` on the same chat-templated prompt, decode included (repetition
+   penalty off, so both paths decode the same tokens);
 3. entering and leaving ``use()`` on a loaded model, alone and while another
    model loads in another thread;
 4. model objects (modules, parameters) left alive after ``unload``.
@@ -200,7 +201,8 @@ def measure_generation(manager: LLMManager, path: Path, device: str,
 
     def ours() -> float:
         return run("ours", lambda: texts.__setitem__("ours", manager.generate(
-            "bench", PROMPT, max_new_tokens=TOKENS, min_new_tokens=TOKENS, temperature=0).text))
+            "bench", PROMPT, max_new_tokens=TOKENS, min_new_tokens=TOKENS, temperature=0,
+            repetition_penalty=1.0).text))
 
     def raw() -> float:
         return run("raw", lambda: texts.__setitem__("raw", raw_generate(tokenizer, model)))
@@ -281,7 +283,8 @@ def main() -> int:
     folder = Path(tempfile.mkdtemp(prefix="llm-bench-"))
     path = build_tiny_model(folder / "bench", SHAPE)
     other = build_tiny_model(folder / "other", OTHER)
-    manager = LLMManager(config_path=False, preload=False)
+    # A ledger of its own: what other notebooks on this machine hold must not move the figures.
+    manager = LLMManager(config_path=False, preload=False, ledger_path=str(folder / "ledger.sqlite"))
     manager.register("bench", source=str(path), device=args.device)
     manager.register("other", source=str(other), device=args.device)
 
