@@ -315,3 +315,44 @@ def test_a_request_waiting_on_other_kernels_is_seen_by_them_before_its_first_mod
         waiting.join(0.05)
     assert manager.row("big").state == "loaded" and not other.requests()
     other.close()
+
+
+def test_the_others_rows_are_read_again_only_when_another_connection_wrote(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    import psutil
+
+    from jupyter_llm_manager.manager.cooperation.ledger import Ledger, MemberRow, ModelRow
+
+    path = tmp_path / "cached.sqlite"
+    mine, theirs = Ledger(path), Ledger(path)  # two connections, as two kernels have
+    started = psutil.Process().create_time()
+    me = MemberRow("me", os.getpid(), started, "", "mine.ipynb", "", time.time())
+    them = MemberRow("them", os.getpid(), started, "", "theirs.ipynb", "", time.time())
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        gone = MemberRow("gone", child.pid, psutil.Process(child.pid).create_time(), "", "gone.ipynb", "", time.time())
+        mine.publish(me, [ModelRow("me", "k", "m", "cpu", 10, "loaded", False, 0, time.time(), 0, False)])
+        theirs.publish(them, [])
+        theirs.publish(gone, [])
+        assert {m.member for m in mine.others("me")[0]} == {"them", "gone"}
+        statements: list[str] = []
+        mine._connect().set_trace_callback(statements.append)
+        mine.publish(me, [])  # this member's own writes change only its own rows
+        assert mine.others("me")[1] == [] and not [s for s in statements if s.startswith("SELECT")]
+        theirs.publish(them, [ModelRow("them", "k", "t", "cpu", 20, "loaded", False, 1, time.time(), 0, False)])
+        theirs.enqueue("them", "u", {"cpu": 30}, 0)
+        members, models, requests = mine.others("me")  # another connection wrote: read again
+        assert {m.member for m in members} == {"them", "gone"}
+        assert [(r.member, r.bytes) for r in models] == [("them", 20)]
+        assert [(r.member, r.needed) for r in requests] == [("them", {"cpu": 30})]
+        child.kill()
+        child.wait()
+        assert {m.member for m in mine.others("me")[0]} == {"them"}  # nothing written: a gone process still drops
+        assert "gone" not in {m.member for m in theirs.members()}
+    finally:
+        child.kill()
+        mine.close()
+        theirs.close()

@@ -17,9 +17,10 @@ import sqlite3
 import stat
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import psutil
 
@@ -106,6 +107,11 @@ class RequestRow:
     since: float
 
 
+_T = TypeVar("_T")
+#: The ledger's three tables: members, their models, the waiting requests (in arrival order).
+_AllRows = tuple[list[MemberRow], list[ModelRow], list[RequestRow]]
+
+
 class Ledger:
     """One process's connection to the ledger file; thread-safe (one lock around the connection)."""
 
@@ -117,6 +123,9 @@ class Ledger:
         self.recreated = ""  # why the file was recreated last, for a warning
         self._closed = False  # closed for good: a late write of a thread that is stopping does nothing
         self._left: set[str] = set()  # members that left through this connection: never published again
+        # All rows as last read, with the PRAGMA data_version they were read at: read again only when
+        # another connection has committed since, or this one changed others' rows (a member left).
+        self._seen: tuple[int, list[MemberRow], list[ModelRow], list[RequestRow]] | None = None
 
     # -- the connection ------------------------------------------------------------------------
 
@@ -132,6 +141,7 @@ class Ledger:
             self._connection.close()
             self._connection = None
             self.recreated = f"the ledger {self.path} was deleted or replaced; it is written again"
+        self._seen = None  # data_version counts per connection
         self._connection = self._open()
         self._inode = os.stat(self.path).st_ino
         return self._connection
@@ -177,49 +187,50 @@ class Ledger:
             raise
         return connection
 
-    def _run(self, work: str, parameters: Iterable[Sequence[object]] | Sequence[object] = (), *,
-             many: bool = False) -> list[tuple]:
-        """Run one statement, retrying once on a new file when this one turned out corrupt."""
+    def _attempt(self, work: Callable[[sqlite3.Connection], _T], closed: _T) -> _T:
+        """Do ``work`` on the connection, once more on a new file when this one turned out corrupt.
+
+        ``closed`` is the answer once the ledger is closed for good.
+        """
         with self._lock:
             for attempt in (1, 2):
                 if self._closed:
-                    return []
+                    return closed
                 try:
-                    connection = self._connect()
-                    if many:
-                        connection.executemany(work, parameters)  # type: ignore[arg-type]
-                        return []
-                    return connection.execute(work, parameters).fetchall()  # type: ignore[arg-type]
+                    return work(self._connect())
                 except sqlite3.DatabaseError as error:
                     if attempt == 2 or isinstance(error, sqlite3.OperationalError) and "locked" in str(error):
                         raise
                     self._reset(error)
-        return []
+        return closed
+
+    def _run(self, work: str, parameters: Iterable[Sequence[object]] | Sequence[object] = (), *,
+             many: bool = False) -> list[tuple]:
+        """Run one statement (its rows)."""
+        def run(connection: sqlite3.Connection) -> list[tuple]:
+            if many:
+                connection.executemany(work, parameters)  # type: ignore[arg-type]
+                return []
+            return connection.execute(work, parameters).fetchall()  # type: ignore[arg-type]
+
+        return self._attempt(run, [])
 
     def _transaction(self, statements: list[tuple[str, Sequence[object] | list[Sequence[object]], bool]]) -> None:
         """Several statements at once (one write transaction), so readers never see half an update."""
-        with self._lock:
-            for attempt in (1, 2):
-                if self._closed:
-                    return
-                try:
-                    connection = self._connect()
-                    connection.execute("BEGIN IMMEDIATE")
-                    try:
-                        for statement, parameters, many in statements:
-                            if many:
-                                connection.executemany(statement, parameters)  # type: ignore[arg-type]
-                            else:
-                                connection.execute(statement, parameters)
-                        connection.execute("COMMIT")
-                    except BaseException:
-                        connection.execute("ROLLBACK")
-                        raise
-                    return
-                except sqlite3.DatabaseError as error:
-                    if attempt == 2 or isinstance(error, sqlite3.OperationalError) and "locked" in str(error):
-                        raise
-                    self._reset(error)
+        def run(connection: sqlite3.Connection) -> None:
+            connection.execute("BEGIN IMMEDIATE")
+            try:
+                for statement, parameters, many in statements:
+                    if many:
+                        connection.executemany(statement, parameters)  # type: ignore[arg-type]
+                    else:
+                        connection.execute(statement, parameters)
+                connection.execute("COMMIT")
+            except BaseException:
+                connection.execute("ROLLBACK")
+                raise
+
+        self._attempt(run, None)
 
     def _reset(self, error: BaseException) -> None:
         """The file is corrupt: drop it and start a new one (caller holds the lock)."""
@@ -264,6 +275,7 @@ class Ledger:
         """This member is gone: its rows go, and a publish still on its way is dropped."""
         with self._lock:
             self._left.add(member)
+            self._seen = None
         self._transaction([(f"DELETE FROM {table} WHERE member = ?", (member,), False)
                            for table in ("members", "models", "requests")])
 
@@ -285,6 +297,42 @@ class Ledger:
 
     # -- what every member reads ---------------------------------------------------------------------
 
+    def others(self, member: str) -> _AllRows:
+        """Every other running member's rows: members, models, waiting requests (in arrival order).
+
+        Read in one transaction, so the three agree, and read again only when
+        another connection has written since (``PRAGMA data_version``): this
+        member's own writes touch only its own rows, so planning a load reads
+        next to nothing. A member whose process is gone is dropped, as in :meth:`members`.
+        """
+        with self._lock:
+            members, models, requests = self._read_all()
+            gone = {row.member for row in members if row.member != member and not process_alive(row.pid, row.started)}
+            for left in gone:
+                self.leave(left)
+        present = {row.member for row in members if row.member != member} - gone
+        return ([row for row in members if row.member in present], [row for row in models if row.member in present],
+                [row for row in requests if row.member in present])
+
+    def _read_all(self) -> _AllRows:
+        """Every row, as last read when no other connection has committed since (caller holds the lock)."""
+        def read(connection: sqlite3.Connection) -> _AllRows:
+            version = connection.execute("PRAGMA data_version").fetchone()[0]
+            if self._seen is not None and self._seen[0] == version:
+                return self._seen[1:]
+            connection.execute("BEGIN")
+            try:
+                rows = ([MemberRow(*row) for row in connection.execute("SELECT * FROM members")],
+                        [_model_row(row) for row in connection.execute("SELECT * FROM models")],
+                        [_request_row(row) for row in connection.execute("SELECT * FROM requests ORDER BY arrival")])
+            finally:
+                connection.execute("COMMIT")
+            self._seen = (version, *rows)
+            return rows
+
+        nothing: _AllRows = ([], [], [])
+        return self._attempt(read, nothing)
+
     def members(self) -> list[MemberRow]:
         """The members whose process runs; the others' rows are dropped on the way."""
         rows = [MemberRow(*row) for row in self._run("SELECT * FROM members")]
@@ -294,12 +342,18 @@ class Ledger:
         return [row for row in rows if row.member not in gone]
 
     def models(self) -> list[ModelRow]:
-        return [ModelRow(r[0], r[1], r[2], r[3], r[4], r[5], bool(r[6]), r[7], r[8], r[9], bool(r[10]))
-                for r in self._run("SELECT * FROM models")]
+        return [_model_row(r) for r in self._run("SELECT * FROM models")]
 
     def requests(self) -> list[RequestRow]:
-        return [RequestRow(r[0], r[1], r[2], _needed(r[3]), r[4], r[5])
-                for r in self._run("SELECT * FROM requests ORDER BY arrival")]
+        return [_request_row(r) for r in self._run("SELECT * FROM requests ORDER BY arrival")]
+
+
+def _model_row(r: Sequence) -> ModelRow:
+    return ModelRow(r[0], r[1], r[2], r[3], r[4], r[5], bool(r[6]), r[7], r[8], r[9], bool(r[10]))
+
+
+def _request_row(r: Sequence) -> RequestRow:
+    return RequestRow(r[0], r[1], r[2], _needed(r[3]), r[4], r[5])
 
 
 def _needed(text: object) -> dict[str, int]:

@@ -52,6 +52,9 @@ ANSWER_S = 2.0
 #: How often a request waiting on other kernels looks at the ledger again.
 POLL_S = 0.25
 _HEARTBEAT_S = 2.0
+#: After a change, the publisher waits this long for the rest of a burst (a load changes the books many
+#: times): one write instead of several, none of them in the middle of the load's own work.
+_SETTLE_S = 0.05
 
 #: Frees this manager's idle models for another one: (keys, the requester's priority, who asks) -> freed keys.
 EvictFor = Callable[[Sequence[str], int, str], list[str]]
@@ -138,18 +141,22 @@ class Cooperation:
                 self._abandon_join()
                 self._warn(error)
 
-    def announce(self) -> None:
-        """Publish now what this manager holds (a reservation just made), joining first if need be.
+    def announce(self, at_once: bool = True) -> None:
+        """Publish what this manager holds (a reservation just made), joining first if need be.
 
         Called before a request leaves the machine-wide queue, so the next one
-        in it never sees the room this one has just taken as free.
+        in it never sees the room this one has just taken as free. Without
+        ``at_once`` (no other member was seen while planning) the publisher
+        thread writes it a moment later, off the load's path.
         """
         with self._lock:
             joined = self._listener is not None
-        if joined:
+        if not joined:
+            self.join()
+        elif at_once:
             self._publish_now()
         else:
-            self.join()
+            self.publish_soon()
 
     def _abandon_join(self) -> None:
         """Undo a join that failed half way (caller holds the part's lock)."""
@@ -245,14 +252,14 @@ class Cooperation:
         return self._safely(partial(self._read_others, ledger, unanswered), Others())
 
     def _read_others(self, ledger: Ledger, unanswered: frozenset[str]) -> Others:
-        members = {m.member: m for m in ledger.members() if m.member != self.member}
+        member_rows, model_rows, request_rows = ledger.others(self.member)
+        members = {m.member: m for m in member_rows}
         with self._books.lock:
             now = self._books.clock()
         wall = time.time()
         grouped: dict[tuple[str, str], list[ModelRow]] = {}
-        for row in ledger.models():
-            if row.member in members:
-                grouped.setdefault((row.member, row.key), []).append(row)
+        for row in model_rows:
+            grouped.setdefault((row.member, row.key), []).append(row)
         holdings = []
         for (member, key), rows in grouped.items():
             first = rows[0]
@@ -261,8 +268,7 @@ class Cooperation:
                                     first.leases + (1 if member in unanswered else 0), frozenset(), first.pinned,
                                     first.priority, first.protected, now - (wall - first.last_used),
                                     owner=member, where=members[member].notebook))
-        requests = tuple(r for r in ledger.requests() if r.member in members)
-        return Others(tuple(holdings), requests, {m: row.notebook for m, row in members.items()},
+        return Others(tuple(holdings), tuple(request_rows), {m: row.notebook for m, row in members.items()},
                       {m: row.address for m, row in members.items()})
 
     # -- asking the others --------------------------------------------------------------------------------
@@ -370,7 +376,8 @@ class Cooperation:
 def _publish_loop(cooperation: weakref.ref[Cooperation], stop: threading.Event, dirty: threading.Event) -> None:
     """The publisher thread: publish shortly after a change, and every few seconds (a heartbeat)."""
     while not stop.is_set():
-        dirty.wait(_HEARTBEAT_S)
+        if dirty.wait(_HEARTBEAT_S):
+            stop.wait(_SETTLE_S)
         dirty.clear()
         found = cooperation()
         if found is None or stop.is_set():
