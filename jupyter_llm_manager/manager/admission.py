@@ -119,7 +119,7 @@ class Admission:
                     continue
                 if isinstance(outcome, _Admitted):
                     if not outcome.instance.remote:  # the other kernels see the reservation before its turn ends
-                        self._cooperation.announce(at_once=waiter.seen_others)
+                        self._cooperation.announce()
                     self._cooperation.dequeue(waiter.ledger)
                     waiter = None  # served: the queue no longer holds it
                     self._place(outcome)
@@ -223,7 +223,6 @@ class Admission:
                 decision = decide(snapshot, facts.ask(books, waiter.thread))
                 waiter.needed = dict(decision.request.needed)
                 waiter.polls = bool(others.holdings or others.requests)
-                waiter.seen_others = bool(others.names)
                 waiter.ahead_elsewhere = len(ahead)
                 if ahead and not (decision.plan.admitted and not decision.plan.evictions):
                     waiter.waiting_for = "queued behind " + ", ".join(

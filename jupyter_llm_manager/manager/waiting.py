@@ -35,7 +35,6 @@ class Waiter:
     unanswered_names: tuple[str, ...] = ()
     ahead_elsewhere: int = 0  # requests of other kernels before it in the machine-wide queue
     polls: bool = False  # what it waits for is in other kernels: it looks again every moment
-    seen_others: bool = False  # other kernels cooperate on this machine: its reservation is published at once
 
 
 class WaitQueue:

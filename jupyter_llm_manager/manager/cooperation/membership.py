@@ -141,22 +141,18 @@ class Cooperation:
                 self._abandon_join()
                 self._warn(error)
 
-    def announce(self, at_once: bool = True) -> None:
-        """Publish what this manager holds (a reservation just made), joining first if need be.
+    def announce(self) -> None:
+        """Publish now what this manager holds (a reservation just made), joining first if need be.
 
         Called before a request leaves the machine-wide queue, so the next one
-        in it never sees the room this one has just taken as free. Without
-        ``at_once`` (no other member was seen while planning) the publisher
-        thread writes it a moment later, off the load's path.
+        in it never sees the room this one has just taken as free.
         """
         with self._lock:
             joined = self._listener is not None
-        if not joined:
-            self.join()
-        elif at_once:
+        if joined:
             self._publish_now()
         else:
-            self.publish_soon()
+            self.join()
 
     def _abandon_join(self) -> None:
         """Undo a join that failed half way (caller holds the part's lock)."""
