@@ -7,6 +7,7 @@ budget that fits one model at a time, counted over every cooperating kernel.
 
 from __future__ import annotations
 
+import os
 import time
 
 import pytest
@@ -356,3 +357,105 @@ def test_the_others_rows_are_read_again_only_when_another_connection_wrote(tmp_p
         child.kill()
         mine.close()
         theirs.close()
+
+
+def load_meanwhile(clock, *requests) -> None:
+    """Load ``(manager, model_id)`` pairs, each in its own thread, moving the fake clock until all are done.
+
+    A request waiting on another manager looks at the ledger again every moment of the fake clock.
+    """
+    import threading
+
+    loads = [threading.Thread(target=m.load, args=(n,), kwargs={"wait": 60}, daemon=True) for m, n in requests]
+    for load in loads:
+        load.start()
+    deadline = time.monotonic() + 30
+    while any(load.is_alive() for load in loads):
+        assert time.monotonic() < deadline, "a request never went on"
+        clock.advance(0.3)
+        for load in loads:
+            load.join(0.02)
+
+
+def published(ledger, states: list[str]) -> None:
+    """Wait until the ledger's model rows have these states (the publishers write a moment after a change)."""
+    from jupyter_llm_manager.manager.cooperation.ledger import Ledger
+
+    reader, deadline = Ledger(ledger), time.monotonic() + 30
+    while sorted(row.state for row in reader.models()) != sorted(states):
+        assert time.monotonic() < deadline, f"the ledger never showed {states}"
+        time.sleep(0.02)
+    reader.close()
+
+
+def test_two_kernels_asking_at_the_same_instant_never_both_take_the_same_room(make_manager, tmp_path, clock,
+                                                                              monkeypatch):
+    import threading
+
+    from fakes import GB, fake
+
+    from jupyter_llm_manager.manager.cooperation.membership import Cooperation
+
+    path = tmp_path / "same-instant.sqlite"
+    first = make_manager(ledger_path=str(path), memory_budget={"cuda:0": 3 * GB})
+    second = make_manager(ledger_path=str(path), memory_budget={"cuda:0": 3 * GB})
+    for manager, name in ((first, "x"), (second, "y")):
+        fake(manager, name, 2 * GB)
+        fake(manager, "warm", GB // 100)
+    load_meanwhile(clock, (first, "warm"), (second, "warm"))  # both are members, as kernels that loaded before
+    published(path, ["loaded", "loaded"])
+    read = Cooperation.others
+    both_read = threading.Barrier(2, timeout=1.0)
+    calls = []
+
+    def others_then_wait(self, *args, **kwargs):
+        found = read(self, *args, **kwargs)
+        calls.append(self)
+        if len(calls) <= 2:  # each request's first look: wait until the other has looked too, if it can
+            try:
+                both_read.wait()
+            except threading.BrokenBarrierError:
+                pass
+        return found
+
+    monkeypatch.setattr(Cooperation, "others", others_then_wait)
+    load_meanwhile(clock, (first, "x"), (second, "y"))
+    states = {first.row("x").state, second.row("y").state}
+    assert states == {"loaded", "registered"}, f"both took the same 3 GB: x and y are {states}"
+    evictions = [(e.model_id, e.reason) for m in (first, second) for e in m.events(None) if e.kind == "evicted"]
+    assert ("x", "other_kernel") in evictions or ("y", "other_kernel") in evictions  # the later one asked
+
+
+def test_the_placement_lock_excludes_other_holders_and_never_waits_on_a_stopped_one(tmp_path, monkeypatch):
+    import stat
+    import threading
+
+    from jupyter_llm_manager.manager.cooperation import placement_lock as module
+
+    ledger = tmp_path / "ledger.sqlite"
+    order: list[str] = []
+    inside = threading.Event()
+    with module.placement_lock(ledger) as held:
+        assert held and stat.S_IMODE((tmp_path / "ledger.sqlite.lock").stat().st_mode) == 0o600
+
+        def second() -> None:
+            inside.set()
+            with module.placement_lock(ledger) as also:  # another descriptor: another holder, even in-process
+                order.append(f"second {also}")
+
+        other = threading.Thread(target=second)
+        other.start()
+        inside.wait(5)
+        other.join(0.2)
+        assert other.is_alive()  # it waits for the first holder
+        order.append("first done")
+    other.join(5)
+    assert order == ["first done", "second True"]
+    monkeypatch.setattr(module, "WAIT_S", 0.2)
+    with module.placement_lock(ledger):
+        started = time.monotonic()
+        with module.placement_lock(ledger) as held:
+            assert not held and time.monotonic() - started < 2  # a holder that keeps it is not waited for
+    (tmp_path / "ro").mkdir(mode=0o500)
+    with module.placement_lock(tmp_path / "ro" / "ledger.sqlite") as held:  # no lock file possible: go on
+        assert held is (os.geteuid() == 0)

@@ -118,8 +118,6 @@ class Admission:
                 if outcome is _Again.LOOK:
                     continue
                 if isinstance(outcome, _Admitted):
-                    if not outcome.instance.remote:  # the other kernels see the reservation before its turn ends
-                        self._cooperation.announce()
                     self._cooperation.dequeue(waiter.ledger)
                     waiter = None  # served: the queue no longer holds it
                     self._place(outcome)
@@ -213,40 +211,51 @@ class Admission:
                 if spec is None or books.registry.keys[waiter.name] != waiter.key:
                     return _Again.LOOK  # unregistered or replaced meanwhile
             facts = self._facts(waiter.name, spec)
-            others = self._cooperation.others(waiter.unanswered) if not facts.backend.remote else Others()
-            memories = self._probe()
-            ahead = others.earlier(waiter.ledger)
-            with books.lock:
-                if books.registry.keys.get(waiter.name) != waiter.key or waiter.key in books.instances:
-                    return _Again.LOOK  # the model changed meanwhile
-                snapshot = books.snapshot(memories, foreign=others.holdings, claims=others.claims(ahead))
-                decision = decide(snapshot, facts.ask(books, waiter.thread))
-                waiter.needed = dict(decision.request.needed)
-                waiter.polls = bool(others.holdings or others.requests)
-                waiter.ahead_elsewhere = len(ahead)
-                if ahead and not (decision.plan.admitted and not decision.plan.evictions):
-                    waiter.waiting_for = "queued behind " + ", ".join(
-                        f"{r.model_id} in {others.names.get(r.member, r.member)}" for r in ahead[:3]) + (
-                        " in the machine-wide queue" if len(ahead) <= 3 else f" and {len(ahead) - 3} more")
-                    return _Wait(None, books.version)  # first come, first served across kernels
-                foreign = tuple(e for e in decision.plan.evictions if e.key not in books.instances)
-                if decision.plan.admitted and foreign:
-                    return _AskOthers(foreign, others, books.registry.priority(waiter.key))
-                if decision.plan.admitted:
-                    estimate = decision.estimate or facts.estimate
-                    instance = Instance(waiter.key, spec, facts.backend, estimate, decision.placement,
-                                        loader=waiter.thread, bytes=dict(decision.request.needed))
-                    return self._reserve(waiter, instance, decision.plan)
-                waiter.waiting_for = decision.plan.reason
-                if decision.plan.verdict == "refuse":
-                    raise decision.error()
-                return _Wait(decision.plan, books.version)
+            if facts.backend.remote:
+                return self._decide(waiter, spec, facts, Others())
+            with self._cooperation.placing():  # no other kernel reads the ledger until this one has written
+                outcome = self._decide(waiter, spec, facts, self._cooperation.others(waiter.unanswered))
+                if isinstance(outcome, _Admitted):
+                    self._cooperation.announce()  # the others see the reservation before the lock is let go
+                return outcome
         finally:
             books = self._books
             with books.lock:
                 if books.queue.planner is waiter:
                     books.queue.planner = None
                     books.wake_planner()  # nothing changed: no new version, or this waiter would plan again at once
+
+    def _decide(self, waiter: Waiter, spec: ModelSpec, facts: Facts,
+                others: Others) -> _Admitted | _Wait | _AskOthers | Literal[_Again.LOOK]:
+        """Decide on the request with what every kernel holds and, when admitted, reserve (under the lock)."""
+        books = self._books
+        memories = self._probe()
+        ahead = others.earlier(waiter.ledger)
+        with books.lock:
+            if books.registry.keys.get(waiter.name) != waiter.key or waiter.key in books.instances:
+                return _Again.LOOK  # the model changed meanwhile
+            snapshot = books.snapshot(memories, foreign=others.holdings, claims=others.claims(ahead))
+            decision = decide(snapshot, facts.ask(books, waiter.thread))
+            waiter.needed = dict(decision.request.needed)
+            waiter.polls = bool(others.holdings or others.requests)
+            waiter.ahead_elsewhere = len(ahead)
+            if ahead and not (decision.plan.admitted and not decision.plan.evictions):
+                waiter.waiting_for = "queued behind " + ", ".join(
+                    f"{r.model_id} in {others.names.get(r.member, r.member)}" for r in ahead[:3]) + (
+                    " in the machine-wide queue" if len(ahead) <= 3 else f" and {len(ahead) - 3} more")
+                return _Wait(None, books.version)  # first come, first served across kernels
+            foreign = tuple(e for e in decision.plan.evictions if e.key not in books.instances)
+            if decision.plan.admitted and foreign:
+                return _AskOthers(foreign, others, books.registry.priority(waiter.key))
+            if decision.plan.admitted:
+                estimate = decision.estimate or facts.estimate
+                instance = Instance(waiter.key, spec, facts.backend, estimate, decision.placement,
+                                    loader=waiter.thread, bytes=dict(decision.request.needed))
+                return self._reserve(waiter, instance, decision.plan)
+            waiter.waiting_for = decision.plan.reason
+            if decision.plan.verdict == "refuse":
+                raise decision.error()
+            return _Wait(decision.plan, books.version)
 
     def _ask_others(self, waiter: Waiter, asking: _AskOthers) -> None:
         """Ask the kernels holding the victims to evict them; one that does not answer is named later."""

@@ -20,8 +20,9 @@ import threading
 import time
 import uuid
 import weakref
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
@@ -38,6 +39,7 @@ from ..state import Books
 from .ledger import Ledger, MemberRow, ModelRow, RequestRow, default_ledger_path
 from .listener import Listener, ask
 from .machine import KernelRow, MachineModel, MachineReport
+from .placement_lock import placement_lock
 
 __all__ = ["ANSWER_S", "Cooperation", "Others"]
 
@@ -140,6 +142,16 @@ class Cooperation:
             except _LEDGER_FAILURES as error:
                 self._abandon_join()
                 self._warn(error)
+
+    @contextmanager
+    def placing(self) -> Iterator[None]:
+        """The machine's placement lock for the block: read the others, decide, announce (see placement_lock)."""
+        ledger = self.ensure_started()
+        if ledger is None:
+            yield
+            return
+        with placement_lock(ledger.path):
+            yield
 
     def announce(self) -> None:
         """Publish now what this manager holds (a reservation just made), joining first if need be.
