@@ -7,6 +7,7 @@ budget that fits one model at a time, counted over every cooperating kernel.
 
 from __future__ import annotations
 
+import math
 import os
 import time
 
@@ -197,7 +198,6 @@ def test_a_ledger_that_cannot_be_used_leaves_the_kernel_working_alone(make_manag
 # -- seeing the machine ------------------------------------------------------------------------------------
 
 def test_every_kernels_models_show_in_machine_status_all_and_ps(kernels, tmp_path):
-    import os
     import subprocess
     import sys
 
@@ -257,7 +257,6 @@ def test_a_script_outside_jupyter_takes_part_under_its_file_name(kernels, tiny_m
 # -- the machine-wide queue, in one process (a request of another member written to the ledger) ------------
 
 def test_room_freed_for_an_earlier_request_elsewhere_is_never_taken_by_a_later_one(make_manager, tmp_path):
-    import os
 
     import psutil
     from fakes import GB, fake
@@ -285,7 +284,6 @@ def test_room_freed_for_an_earlier_request_elsewhere_is_never_taken_by_a_later_o
 
 
 def test_a_request_waiting_on_other_kernels_is_seen_by_them_before_its_first_model(make_manager, tmp_path, clock):
-    import os
     import threading
 
     import psutil
@@ -319,7 +317,6 @@ def test_a_request_waiting_on_other_kernels_is_seen_by_them_before_its_first_mod
 
 
 def test_the_others_rows_are_read_again_only_when_another_connection_wrote(tmp_path):
-    import os
     import subprocess
     import sys
 
@@ -355,6 +352,7 @@ def test_the_others_rows_are_read_again_only_when_another_connection_wrote(tmp_p
         assert "gone" not in {m.member for m in theirs.members()}
     finally:
         child.kill()
+        child.wait()
         mine.close()
         theirs.close()
 
@@ -366,7 +364,7 @@ def load_meanwhile(clock, *requests) -> None:
     """
     import threading
 
-    loads = [threading.Thread(target=m.load, args=(n,), kwargs={"wait": 60}, daemon=True) for m, n in requests]
+    loads = [threading.Thread(target=m.load, args=(n,), kwargs={"wait": math.inf}, daemon=True) for m, n in requests]
     for load in loads:
         load.start()
     deadline = time.monotonic() + 30
@@ -394,8 +392,10 @@ def test_two_kernels_asking_at_the_same_instant_never_both_take_the_same_room(ma
 
     from fakes import GB, fake
 
+    from jupyter_llm_manager.manager.cooperation import placement_lock
     from jupyter_llm_manager.manager.cooperation.membership import Cooperation
 
+    monkeypatch.setattr(placement_lock, "WAIT_S", 60.0)  # a slow machine never gives up on the lock here
     path = tmp_path / "same-instant.sqlite"
     first = make_manager(ledger_path=str(path), memory_budget={"cuda:0": 3 * GB})
     second = make_manager(ledger_path=str(path), memory_budget={"cuda:0": 3 * GB})
@@ -405,7 +405,7 @@ def test_two_kernels_asking_at_the_same_instant_never_both_take_the_same_room(ma
     load_meanwhile(clock, (first, "warm"), (second, "warm"))  # both are members, as kernels that loaded before
     published(path, ["loaded", "loaded"])
     read = Cooperation.others
-    both_read = threading.Barrier(2, timeout=1.0)
+    both_read = threading.Barrier(2, timeout=0.3)
     calls = []
 
     def others_then_wait(self, *args, **kwargs):
@@ -432,6 +432,7 @@ def test_the_placement_lock_excludes_other_holders_and_never_waits_on_a_stopped_
 
     from jupyter_llm_manager.manager.cooperation import placement_lock as module
 
+    monkeypatch.setattr(module, "WAIT_S", 60.0)
     ledger = tmp_path / "ledger.sqlite"
     order: list[str] = []
     inside = threading.Event()
@@ -456,6 +457,12 @@ def test_the_placement_lock_excludes_other_holders_and_never_waits_on_a_stopped_
         started = time.monotonic()
         with module.placement_lock(ledger) as held:
             assert not held and time.monotonic() - started < 2  # a holder that keeps it is not waited for
+    with module.placement_lock(tmp_path / "new" / "folder" / "ledger.sqlite") as held:  # made as the ledger is
+        assert held
     (tmp_path / "ro").mkdir(mode=0o500)
     with module.placement_lock(tmp_path / "ro" / "ledger.sqlite") as held:  # no lock file possible: go on
         assert held is (os.geteuid() == 0)
+    if os.geteuid() == 0:  # only root can give a file to another user
+        os.chown(tmp_path / "ledger.sqlite.lock", 65534, 65534)
+        with module.placement_lock(ledger) as held:
+            assert not held  # another user's lock file is never used

@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import enum
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 from ..backends import Backend, Placement
 from ..config.spec import ModelSpec
-from ..devices import DeviceProbe
+from ..devices import DeviceMemory, DeviceProbe
 from ..errors import LLMManagerError, ModelLoadingError, ResourceNotAvailableError
 from ..estimates import EstimateCache, remote_estimate
 from ..events import EventBus
@@ -211,10 +211,11 @@ class Admission:
                 if spec is None or books.registry.keys[waiter.name] != waiter.key:
                     return _Again.LOOK  # unregistered or replaced meanwhile
             facts = self._facts(waiter.name, spec)
+            memories = self._probe()  # before the lock: a first probe of the GPUs may take a while
             if facts.backend.remote:
-                return self._decide(waiter, spec, facts, Others())
+                return self._decide(waiter, spec, facts, Others(), memories)
             with self._cooperation.placing():  # no other kernel reads the ledger until this one has written
-                outcome = self._decide(waiter, spec, facts, self._cooperation.others(waiter.unanswered))
+                outcome = self._decide(waiter, spec, facts, self._cooperation.others(waiter.unanswered), memories)
                 if isinstance(outcome, _Admitted):
                     self._cooperation.announce()  # the others see the reservation before the lock is let go
                 return outcome
@@ -225,11 +226,10 @@ class Admission:
                     books.queue.planner = None
                     books.wake_planner()  # nothing changed: no new version, or this waiter would plan again at once
 
-    def _decide(self, waiter: Waiter, spec: ModelSpec, facts: Facts,
-                others: Others) -> _Admitted | _Wait | _AskOthers | Literal[_Again.LOOK]:
+    def _decide(self, waiter: Waiter, spec: ModelSpec, facts: Facts, others: Others,
+                memories: Sequence[DeviceMemory]) -> _Admitted | _Wait | _AskOthers | Literal[_Again.LOOK]:
         """Decide on the request with what every kernel holds and, when admitted, reserve (under the lock)."""
         books = self._books
-        memories = self._probe()
         ahead = others.earlier(waiter.ledger)
         with books.lock:
             if books.registry.keys.get(waiter.name) != waiter.key or waiter.key in books.instances:

@@ -271,13 +271,19 @@ class Ledger:
                    m.priority, int(m.protected)) for m in models], True),
             ])
 
+    def publish_current(self, read: Callable[[], tuple[MemberRow, Sequence[ModelRow]]]) -> None:
+        """Publish what ``read()`` says now, read under this ledger's lock: two publishers of one member
+        (the publisher thread, a reservation being announced) never write an older picture over a newer one."""
+        with self._lock:
+            self.publish(*read())
+
     def leave(self, member: str) -> None:
         """This member is gone: its rows go, and a publish still on its way is dropped."""
         with self._lock:
             self._left.add(member)
             self._seen = None
-        self._transaction([(f"DELETE FROM {table} WHERE member = ?", (member,), False)
-                           for table in ("members", "models", "requests")])
+            self._transaction([(f"DELETE FROM {table} WHERE member = ?", (member,), False)
+                               for table in ("members", "models", "requests")])
 
     def enqueue(self, member: str, model_id: str, needed: Mapping[str, int], priority: int) -> int:
         """A request of this member waits for capacity: its place in the machine-wide queue."""
@@ -326,7 +332,8 @@ class Ledger:
                         [_model_row(row) for row in connection.execute("SELECT * FROM models")],
                         [_request_row(row) for row in connection.execute("SELECT * FROM requests ORDER BY arrival")])
             finally:
-                connection.execute("COMMIT")
+                if connection.in_transaction:  # an error may have ended it already: that error is the one to see
+                    connection.execute("COMMIT")
             self._seen = (version, *rows)
             return rows
 

@@ -193,7 +193,7 @@ class Cooperation:
     def _join(self, ledger: Ledger) -> None:
         me = weakref.ref(self)
         self._listener = Listener(partial(_answer_for, me))
-        self._write(ledger, *self._rows()[1])  # raises when the ledger cannot be written: then no member
+        self._write(ledger)  # raises when the ledger cannot be written: then no member
         self._books.on_change = self._dirty.set
         self._publisher = threading.Thread(target=_publish_loop, args=(me, self._stop, self._dirty),
                                            name="llm-manager-ledger", daemon=True)
@@ -218,13 +218,12 @@ class Cooperation:
     # -- publishing --------------------------------------------------------------------------------------
 
     def _publish_now(self) -> None:
-        ledger, rows = self._rows()
-        if ledger is not None:
-            self._safely(partial(self._write, ledger, *rows), None)
-
-    def _rows(self) -> tuple[Ledger | None, tuple[MemberRow, list[ModelRow]]]:
-        """What this member publishes now: its row and its instances' rows (read under the books' lock)."""
         ledger = self._ledger
+        if ledger is not None:
+            self._safely(partial(self._write, ledger), None)
+
+    def _rows(self) -> tuple[MemberRow, list[ModelRow]]:
+        """What this member publishes now: its row and its instances' rows (read under the books' lock)."""
         books = self._books
         with books.lock:
             now, wall = books.clock(), time.time()
@@ -236,10 +235,10 @@ class Cooperation:
                       for instance in books.instances.values() if not instance.remote
                       for device, size in instance.bytes.items()]
         address = self._listener.address if self._listener is not None else ""
-        return ledger, (MemberRow(self.member, self.pid, _started(), self.kernel, self.notebook, address, wall), models)
+        return MemberRow(self.member, self.pid, _started(), self.kernel, self.notebook, address, wall), models
 
-    def _write(self, ledger: Ledger, member: MemberRow, models: list[ModelRow]) -> None:
-        ledger.publish(member, models)
+    def _write(self, ledger: Ledger) -> None:
+        ledger.publish_current(self._rows)
         said = ledger.take_recreated()
         if said:
             self._bus.emit("warning", message=said)
@@ -390,19 +389,17 @@ def _publish_loop(cooperation: weakref.ref[Cooperation], stop: threading.Event, 
         found = cooperation()
         if found is None or stop.is_set():
             return
-        ledger, rows = found._rows()
-        bus = found._bus
-        del found  # held only while the rows are read: a forgotten manager is collected with its models
-        if ledger is None:
-            continue
+        ledger, bus = found._ledger, found._bus
         try:
-            ledger.publish(*rows)
-            said = ledger.take_recreated()
+            if ledger is not None:
+                ledger.publish_current(found._rows)
+                said = ledger.take_recreated()
+                if said:
+                    bus.emit("warning", message=said)
         except Exception as error:  # noqa: BLE001 - the thread survives a busy or broken file, and says so
             log_failure(log, "publishing to the ledger failed; it is tried again", error)
-            continue
-        if said:
-            bus.emit("warning", message=said)
+        finally:
+            del found  # held only while its rows are written: a forgotten manager is collected with its models
 
 
 def _answer_for(cooperation: weakref.ref[Cooperation], request: dict[str, Any]) -> dict[str, Any]:
