@@ -54,9 +54,6 @@ ANSWER_S = 2.0
 #: How often a request waiting on other kernels looks at the ledger again.
 POLL_S = 0.25
 _HEARTBEAT_S = 2.0
-#: After a change, the publisher waits this long for the rest of a burst (a load changes the books many
-#: times): one write instead of several, none of them in the middle of the load's own work.
-_SETTLE_S = 0.05
 
 #: Frees this manager's idle models for another one: (keys, the requester's priority, who asks) -> freed keys.
 EvictFor = Callable[[Sequence[str], int, str], list[str]]
@@ -383,8 +380,7 @@ class Cooperation:
 def _publish_loop(cooperation: weakref.ref[Cooperation], stop: threading.Event, dirty: threading.Event) -> None:
     """The publisher thread: publish shortly after a change, and every few seconds (a heartbeat)."""
     while not stop.is_set():
-        if dirty.wait(_HEARTBEAT_S):
-            stop.wait(_SETTLE_S)
+        dirty.wait(_HEARTBEAT_S)  # a change is written at once: a kernel that asks next sees a model idle as idle
         dirty.clear()
         found = cooperation()
         if found is None or stop.is_set():
