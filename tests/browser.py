@@ -106,12 +106,18 @@ def chromium_page(width: int = 1400, height: int = 900) -> Iterator[object]:
 
 @contextlib.contextmanager
 def screenshot_on_failure(page: object, name: str) -> Iterator[None]:
-    """Keep what the browser showed when a step fails (``artifacts/NAME-failure.png``)."""
+    """Keep what the browser showed when a step fails (``artifacts/NAME-failure.png``, and its text in the log).
+
+    The text goes to the test's captured output, so a failure on a machine whose artifacts are out of
+    reach (CI) still says what the page showed.
+    """
     try:
         yield
     except BaseException:
         with contextlib.suppress(Exception):
             page.screenshot(path=str(artifacts() / f"{name}-failure.png"), full_page=True)
+        with contextlib.suppress(Exception):
+            print(f"--- what the page showed when {name} failed (end) ---\n{page.inner_text('body')[-4000:]}")
         raise
 
 

@@ -183,6 +183,40 @@ def test_unload_of_a_model_in_use_says_what_it_waits_for_and_other_clicks_act_me
     assert result["snapshot"]["loaded"] == 0  # the outcome comes with the state it left
 
 
+def test_a_snapshot_taken_before_an_answer_never_arrives_after_it(bridge, manager):
+    """A timer's snapshot that arrived after "Unloaded" would show the model loaded again (and drop the answer)."""
+    channel = frontend_opens(bridge)
+    manager.load("a")
+    until(lambda: bridge._timer is None)  # the load's own snapshot is out
+    taken, go = threading.Event(), threading.Event()
+    take = bridge.snapshot
+
+    def descheduled_timer():  # the timer thread stops between taking its snapshot and sending it
+        snapshot = take()
+        if threading.current_thread().name == "llm-lab-bridge" and not taken.is_set():
+            taken.set()
+            go.wait(10)
+        return snapshot
+
+    bridge.snapshot = descheduled_timer
+    manager.pin("b")  # an event: a timer pushes a snapshot with 'a' loaded
+    assert taken.wait(5)
+    request = channel.send_click("unload", "a")
+    assert until(lambda: manager.row("a").state == "registered")
+
+    def answered():
+        return any(m.get("request") == request for m in channel.received)
+
+    with channel.changed:
+        overtook = channel.changed.wait_for(answered, 0.5)  # the answer must wait for the older snapshot
+    go.set()
+    result = channel.answer(request)
+    assert not overtook and result["ok"] and "Unloaded 'a'" in result["message"]
+    after = channel.received[channel.received.index(result):]
+    later = [m["loaded"] for m in after if m.get("type") == "snapshot"]
+    assert later and set(later) == {0}  # nothing older follows it
+
+
 def test_unknown_actions_and_models_are_answered_not_raised(bridge):
     channel = frontend_opens(bridge)
     assert not channel.click("explode")["ok"]

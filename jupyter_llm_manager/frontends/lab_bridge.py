@@ -15,6 +15,10 @@ follows that routing (:mod:`.kernel_comms`), so clicks act while a cell runs.
 Each action runs on a thread of its own: a Load or an Unload waiting for a
 model in use never holds back the next click. The panel is told at once what
 an action waits for (``pending``), then its outcome with a fresh snapshot.
+Timers, the machine watcher and action threads all send snapshots; each is
+taken and sent in one hold of a lock, so a snapshot never arrives after a
+newer one (the panel would show a state already gone, and drop an answer
+such as "Unloaded" as no longer true).
 
 A snapshot also lists the other notebooks' models on this machine (from the
 ledger, :mod:`.machine_view`; a failure to read it is a note, never a broken
@@ -64,6 +68,7 @@ class LabBridge:
     def __init__(self, manager: LLMManager) -> None:
         self.manager = manager
         self._lock = threading.Lock()
+        self._send_lock = threading.Lock()  # a snapshot is taken and sent in one hold: none arrives after a newer one
         self._comms: list[Any] = []
         self._timer: threading.Timer | None = None
         self._unsubscribe: Callable[[], None] | None = None
@@ -109,7 +114,7 @@ class LabBridge:
 
     def _on_open(self, channel: Any, message: dict[str, Any]) -> None:
         self._adopt(channel)
-        channel.send(self.snapshot())
+        self._send_snapshot([channel])
 
     def _adopt(self, channel: Any) -> None:
         follow_frontend(channel)  # sent on a subshell, a click is handled there, also while a cell runs
@@ -144,11 +149,18 @@ class LabBridge:
         if not comms:
             return
         try:
-            snapshot = self.snapshot()
-            for channel in comms:
-                channel.send(snapshot)
+            self._send_snapshot(comms)
         except Exception as error:  # noqa: BLE001 - a timer thread: never a traceback into the running cell
             log_failure(log, "updating JupyterLab failed", error)
+
+    def _send_snapshot(self, channels: list[Any], result: dict[str, Any] | None = None) -> None:
+        """A fresh snapshot to ``channels``, after ``result`` (which carries it too), taken and sent in one hold."""
+        with self._send_lock:
+            snapshot = self.snapshot()
+            for channel in channels:
+                if result is not None:
+                    channel.send({**result, "snapshot": snapshot})
+                channel.send(snapshot)
 
     def _watch_machine(self, stop: threading.Event) -> None:
         """The watcher thread: a fresh snapshot when the other notebooks' models changed (no event says so)."""
@@ -214,9 +226,7 @@ class LabBridge:
             log_failure(log, "a JupyterLab action failed", error)
             text, ok = f"{type(error).__name__}: {error}", False
         try:
-            snapshot = self.snapshot()
-            channel.send({"type": "result", "request": request, "ok": ok, "message": text, "snapshot": snapshot})
-            channel.send(snapshot)
+            self._send_snapshot([channel], {"type": "result", "request": request, "ok": ok, "message": text})
         except Exception as error:  # noqa: BLE001 - an action thread: never a traceback into the running cell
             log_failure(log, "answering JupyterLab failed", error)
 
