@@ -257,7 +257,6 @@ def test_a_script_outside_jupyter_takes_part_under_its_file_name(kernels, tiny_m
 # -- the machine-wide queue, in one process (a request of another member written to the ledger) ------------
 
 def test_room_freed_for_an_earlier_request_elsewhere_is_never_taken_by_a_later_one(make_manager, tmp_path):
-
     import psutil
     from fakes import GB, fake
 
