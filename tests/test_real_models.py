@@ -10,7 +10,9 @@ from __future__ import annotations
 import gc
 import importlib.util
 import math
+import os
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -29,7 +31,7 @@ from jupyter_llm_manager import (
 )
 from jupyter_llm_manager.backends.llama_cpp_options import core_budget
 from jupyter_llm_manager.backends.transformers.converted import ConvertedCopies
-from jupyter_llm_manager.generation import cut_at_repetition
+from jupyter_llm_manager.generation import StreamInterrupted, cut_at_repetition
 from jupyter_llm_manager.gguf_files import kv_cache_bytes, read_gguf
 from jupyter_llm_manager.models.builtin import BUILTIN_ID, INSTALL_HINT, builtin_spec, smollm2_file
 
@@ -112,6 +114,53 @@ def test_llama_cpp_streams_stops_at_a_stop_string_and_is_interrupted(shared):
             stream.stop()  # as the dashboard's stop button or another thread does
     assert stream.result.finish_reason == "interrupted" and 5 <= stream.result.completion_tokens < 300
     assert "Tokyo" in shared.generate("cpp", "What is the capital of Japan?", temperature=0).text
+
+
+def ctrl_c_at_call(number: int, how: str):
+    """A logits processor that Ctrl-Cs its own process at its ``number``-th call, inside llama.cpp's sampler."""
+    calls = []
+
+    def processor(ids, scores):
+        calls.append(1)
+        if len(calls) == number:
+            if how == "signal":
+                os.kill(os.getpid(), signal.SIGINT)  # as the kernel's Interrupt does, landing in the callback
+            else:
+                raise KeyboardInterrupt
+        return scores
+    return processor
+
+
+@needs_llama
+@pytest.mark.parametrize("how", ["signal", "raise"])
+def test_llama_cpp_a_ctrl_c_inside_a_sampler_callback_stops_the_answer(shared, capfd, how):
+    """ctypes swallows what a callback raises: the Ctrl-C must still stop the answer, with nothing printed."""
+    hook = sys.unraisablehook
+    with pytest.raises(KeyboardInterrupt) as caught:
+        shared.generate("cpp", "Count from 1 to 500, one number per line.", temperature=0, max_new_tokens=200,
+                        logits_processor=[ctrl_c_at_call(5, how)])
+    assert isinstance(caught.value, StreamInterrupted)
+    assert caught.value.result.finish_reason == "interrupted" and caught.value.result.completion_tokens <= 6
+    assert "Exception ignored" not in capfd.readouterr().err
+    stream = shared.stream("cpp", "Count from 1 to 500, one number per line.", temperature=0, max_new_tokens=200,
+                           logits_processor=[ctrl_c_at_call(8, how)])
+    with pytest.raises(KeyboardInterrupt):
+        for _ in stream:
+            pass
+    assert stream.result.finish_reason == "interrupted" and 0 < stream.result.completion_tokens <= 9
+    assert sys.unraisablehook is hook  # nothing of ours is left installed
+    assert "Tokyo" in shared.generate("cpp", "What is the capital of Japan?", temperature=0).text
+
+
+@needs_llama
+def test_llama_cpp_a_failing_logits_processor_is_a_generation_error_not_ignored(shared, capfd):
+    def failing(ids, scores):
+        raise ValueError("this processor is broken")
+
+    with pytest.raises(GenerationError, match="ValueError: this processor is broken"):
+        shared.generate("cpp", "What is 2+2?", temperature=0, logits_processor=[failing])
+    assert "Exception ignored" not in capfd.readouterr().err
+    assert "4" in shared.generate("cpp", "What is 2+2?", temperature=0, max_new_tokens=40).text
 
 
 @needs_llama

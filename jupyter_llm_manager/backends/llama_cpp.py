@@ -42,6 +42,7 @@ from ..gguf_files import (
     kv_cache_bytes,
     read_gguf,
 )
+from ..support.interrupts import NativeCallbacks
 from ..support.units import excerpt, format_bytes
 from . import llama_cpp_adapters as lora
 from .base import Backend, ContextGrowth, LoadedModel, Placement, TextGenerator
@@ -444,9 +445,16 @@ def _sampling(params: GenerationParams, max_new: int) -> dict[str, Any]:
 
 
 def _pieces(chunks: Iterator[dict[str, Any]], model_id: str) -> Iterator[tuple[str, str | None]]:
-    """``(text, finish_reason)`` per chunk of a chat or plain completion stream."""
+    """``(text, finish_reason)`` per chunk of a chat or plain completion stream.
+
+    Each step runs under :class:`NativeCallbacks`: llama.cpp's sampler calls a ``logit_bias`` or
+    ``logits_processor`` back in Python, and a Ctrl-C that lands there must stop the answer, not vanish."""
     try:
-        for chunk in chunks:
+        while True:
+            with NativeCallbacks():
+                chunk = next(chunks, None)
+            if chunk is None:
+                return
             choice = chunk["choices"][0]
             text = choice.get("text") if "text" in choice else choice.get("delta", {}).get("content")
             yield text or "", choice.get("finish_reason")
