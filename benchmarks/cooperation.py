@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from kernels import Kernel
+from jlm_helpers.kernels import Kernel
 
 from jupyter_llm_manager import LLMManager
 from jupyter_llm_manager.models.tiny import SMALL, TinyModelShape, build_tiny_model
@@ -111,7 +111,6 @@ def main() -> None:
     parser.add_argument("--uses", type=int, default=20_000, help="leases timed, cooperation on and off")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
     with tempfile.TemporaryDirectory() as folder:
         latencies = eviction_latency(Path(folder), args.rounds)
         medians = use_overhead(Path(folder), args.uses)

@@ -13,7 +13,7 @@ from pathlib import Path
 os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="jlm-test-cache-")
 
 import pytest
-from fakes import FakeBackend, FakeClock, FakeDevices
+from jlm_helpers.fakes import FakeBackend, FakeClock, FakeDevices
 
 from jupyter_llm_manager import LLMManager
 
@@ -77,7 +77,7 @@ def tiny_models(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def llama_server_url(tmp_path_factory):
     """llama.cpp's own OpenAI-compatible server serving SmolLM2 as ``smollm2``, once per session."""
-    from remote_server import llama_server
+    from jlm_helpers.remote_server import llama_server
 
     from jupyter_llm_manager.models.builtin import smollm2_file
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 
-from fakes import FakeBackend, fake
+from jlm_helpers.fakes import FakeBackend, fake
 
 from jupyter_llm_manager import GenerationError, LLMManager
 from jupyter_llm_manager.backends import LoadedModel

@@ -144,7 +144,7 @@ def test_max_loaded_adapters_evicts_the_least_recently_used_adapter_of_that_base
 
 
 def test_each_adapter_is_its_own_slice_of_the_budget_with_its_own_keep_alive(tiny_models, adapters):
-    from fakes import FakeClock
+    from jlm_helpers.fakes import FakeClock
 
     clock = FakeClock()
     manager = LLMManager(config_path=False, preload=False, clock=clock)

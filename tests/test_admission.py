@@ -15,7 +15,8 @@ import weakref
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from fakes import GB, FakeBackend, fake, lease_elsewhere
+from jlm_helpers.conditions import until
+from jlm_helpers.fakes import GB, FakeBackend, fake, lease_elsewhere
 
 from jupyter_llm_manager import (
     ConfigurationError,
@@ -50,14 +51,6 @@ class Background:
         return self.outcome["value"]
 
 
-def until(condition, timeout=10.0):
-    """Wait for ``condition()`` to hold, polling the manager's own state (no fixed sleep decides)."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "the condition never held"
-        time.sleep(0.005)
-
-
 def waiting(manager, model_id):
     """A request for ``model_id`` waits: queued behind another model, or, when next, told why by its plan."""
     row = manager.row(model_id)
@@ -90,7 +83,7 @@ def test_a_request_at_capacity_waits_and_is_served_when_a_lease_ends(make_manage
     fake(manager, "b")
     holder = Holder(manager, "a")
     request = Background(manager.generate, "b", "one two", wait=30)
-    until(lambda: any(e.kind == "waiting" for e in manager.events()))  # planned, told to wait
+    assert until(lambda: any(e.kind == "waiting" for e in manager.events()))  # planned, told to wait
     row = manager.row("b")
     assert "a in use" in row.waiting_for and row.queue_position == 1
     (event,) = [e for e in manager.events() if e.kind == "waiting"]
@@ -107,11 +100,11 @@ def test_models_are_placed_in_the_order_of_their_earliest_waiter_and_one_load_se
         fake(manager, model_id)
     holder = Holder(manager, "a")
     first_b = Background(manager.load, "b", wait=30)
-    until(lambda: waiting(manager, "b"))
+    assert until(lambda: waiting(manager, "b"))
     c = Background(manager.load, "c", wait=30)
-    until(lambda: waiting(manager, "c") and manager.row("c").queue_position == 2)
+    assert until(lambda: waiting(manager, "c") and manager.row("c").queue_position == 2)
     second_b = Background(manager.load, "b", wait=30)  # joins b's group, ahead of c
-    until(lambda: sum(e.kind == "waiting" and e.model_id == "b" for e in manager.events()) >= 2)
+    assert until(lambda: sum(e.kind == "waiting" and e.model_id == "b" for e in manager.events()) >= 2)
     assert manager.row("b").queue_position == 1
     holder.done()
     for call in (first_b, second_b, c):
@@ -129,7 +122,7 @@ def test_the_wait_ends_with_an_error_after_the_timeout_not_before_naming_the_hol
     holder = Holder(manager, "a")
     try:
         request = Background(manager.load, "b", wait=30)
-        until(lambda: waiting(manager, "b"))
+        assert until(lambda: waiting(manager, "b"))
         clock.advance(29.9)  # the manager's clock: the waiter looks again, and waits on
         request.thread.join(0.2)
         assert request.thread.is_alive() and waiting(manager, "b")
@@ -164,7 +157,7 @@ def test_waiting_forever_with_inf_and_none_timeouts_are_accepted(make_manager):
     fake(manager, "b")
     holder = Holder(manager, "a")
     request = Background(manager.load, "b", wait=math.inf)
-    until(lambda: waiting(manager, "b"))
+    assert until(lambda: waiting(manager, "b"))
     holder.done()
     request.result()
     assert manager.row("b").state == "loaded"
@@ -216,7 +209,7 @@ def test_two_threads_each_waiting_for_the_others_lease_do_not_wait_forever(make_
 
     first = Background(hold_then_ask, "a", "c")
     second = Background(hold_then_ask, "b", "d")
-    until(lambda: manager.row("a").in_use and manager.row("b").in_use)
+    assert until(lambda: manager.row("a").in_use and manager.row("b").in_use)
     go.set()
     outcomes = []
     for call in (first, second):  # on the fake clock, two waits for each other would never end
@@ -235,7 +228,7 @@ def test_a_full_queue_answers_at_once(make_manager):
         fake(manager, model_id)
     holder = Holder(manager, "a")
     queued = Background(manager.load, "b", wait=30)
-    until(lambda: waiting(manager, "b"))
+    assert until(lambda: waiting(manager, "b"))
     with pytest.raises(ResourceNotAvailableError, match="max_queue=1"):
         manager.load("c", wait=30)
     holder.done()
@@ -264,7 +257,7 @@ def test_a_waiter_whose_model_is_unregistered_meanwhile_is_told_at_once(make_man
     fake(manager, "b")
     holder = Holder(manager, "a")
     request = Background(manager.load, "b", wait=60)
-    until(lambda: waiting(manager, "b"))
+    assert until(lambda: waiting(manager, "b"))
     manager.unregister("b")
     with pytest.raises(ModelNotFoundError):
         request.result()  # told at once: on the fake clock its 60 s would never pass
@@ -328,7 +321,7 @@ def test_a_waiting_lower_priority_request_is_served_when_the_protected_model_goe
     fake(manager, "chat")
     manager.load("ears")
     request = Background(manager.load, "chat", wait=30)
-    until(lambda: "ears protected" in (manager.row("chat").waiting_for or ""))  # planned: told why it waits
+    assert until(lambda: "ears protected" in (manager.row("chat").waiting_for or ""))  # planned: told why it waits
     manager.unload("ears")  # explicit unloads (and keep-alive) still apply to protected models
     request.result()
     assert manager.row("chat").state == "loaded"
@@ -503,7 +496,7 @@ def test_a_forgotten_manager_with_keep_alive_frees_its_models(devices, backend):
     reaper = [t for t in threading.enumerate() if t.name == "llm-manager-keep-alive"]
     assert reaper
     del manager, lease
-    until(lambda: gc.collect() is not None and model() is None)  # its threads hold it only for a moment
+    assert until(lambda: gc.collect() is not None and model() is None)  # its threads hold it only for a moment
     reaper[-1].join(10)
     assert not reaper[-1].is_alive()
 
@@ -604,7 +597,7 @@ def test_no_event_is_delivered_while_a_manager_lock_is_held(make_manager, backen
     manager.subscribe(check)
     holder = Holder(manager, "a")
     waiter = Background(manager.load, "b", wait=30)
-    until(lambda: waiting(manager, "b"))
+    assert until(lambda: waiting(manager, "b"))
     holder.done()
     waiter.result()
     manager.generate("b", "x")

@@ -11,7 +11,8 @@ import weakref
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from fakes import GB, FakeBackend, fake, lease_elsewhere
+from jlm_helpers.conditions import until
+from jlm_helpers.fakes import GB, FakeBackend, fake, lease_elsewhere
 
 from jupyter_llm_manager import (
     GenerationError,
@@ -41,6 +42,8 @@ def test_a_failed_load_is_reported_to_every_waiter(make_manager, backend):
     with ThreadPoolExecutor(4) as pool:
         futures = [pool.submit(manager.load, "bad") for _ in range(4)]
         assert entered.wait(10)
+        # the other three are waiting for that load (on a busy machine they may start after it began)
+        assert until(lambda: manager.row("bad").in_use == 3), manager.row("bad")
         release.set()
         errors = [f.exception(10) for f in futures]
     assert all(isinstance(e, ModelLoadingError) for e in errors)

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from browser import (
+from jlm_helpers.browser import (
     artifacts,
     chromium_page,
     inside,

@@ -1,6 +1,6 @@
 """Several kernels, one machine: managers in separate processes share memory through the ledger.
 
-Each "kernel" is a child process with its own manager (tests/kernels.py),
+Each "kernel" is a child process with its own manager (tests/jlm_helpers/kernels.py),
 tiny real models on the CPU, one ledger in a temporary folder, and a memory
 budget that fits one model at a time, counted over every cooperating kernel.
 """
@@ -12,7 +12,7 @@ import os
 import time
 
 import pytest
-from kernels import Kernel
+from jlm_helpers.kernels import Kernel
 
 from jupyter_llm_manager import LLMManager, ResourceNotAvailableError
 
@@ -170,7 +170,7 @@ def test_a_corrupt_ledger_is_recreated_with_a_warning(kernels):
 def test_a_ledger_that_cannot_be_used_leaves_the_kernel_working_alone(make_manager, tmp_path, problem,
                                                                       monkeypatch):
 
-    from fakes import fake
+    from jlm_helpers.fakes import fake
 
     from jupyter_llm_manager.manager.cooperation import ledger as ledger_module
 
@@ -258,7 +258,7 @@ def test_a_script_outside_jupyter_takes_part_under_its_file_name(kernels, tiny_m
 
 def test_room_freed_for_an_earlier_request_elsewhere_is_never_taken_by_a_later_one(make_manager, tmp_path):
     import psutil
-    from fakes import GB, fake
+    from jlm_helpers.fakes import GB, fake
 
     from jupyter_llm_manager.manager.cooperation.ledger import Ledger, MemberRow
 
@@ -286,7 +286,7 @@ def test_a_request_waiting_on_other_kernels_is_seen_by_them_before_its_first_mod
     import threading
 
     import psutil
-    from fakes import GB, fake
+    from jlm_helpers.fakes import GB, fake
 
     from jupyter_llm_manager.manager.cooperation.ledger import Ledger, MemberRow, ModelRow
 
@@ -389,7 +389,7 @@ def test_two_kernels_asking_at_the_same_instant_never_both_take_the_same_room(ma
                                                                               monkeypatch):
     import threading
 
-    from fakes import GB, fake
+    from jlm_helpers.fakes import GB, fake
 
     from jupyter_llm_manager.manager.cooperation import placement_lock
     from jupyter_llm_manager.manager.cooperation.membership import Cooperation

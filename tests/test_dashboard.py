@@ -6,13 +6,13 @@ import gc
 import re
 import sys
 import threading
-import time
 from typing import ClassVar
 
 import comm
 import pytest
-from fakes import GB, FakeBackend, FakeDevices, fake, lease_elsewhere
 from ipywidgets.widgets import widget as widget_module
+from jlm_helpers.conditions import until
+from jlm_helpers.fakes import GB, FakeBackend, FakeDevices, fake, lease_elsewhere
 
 import jupyter_llm_manager
 from jupyter_llm_manager import LLMManager, ModelLoadingError
@@ -332,14 +332,6 @@ def test_on_a_kernel_without_subshells_every_button_says_while_a_cell_runs_that_
 
 
 # -- this machine: the other notebooks' models, and adapters' bases ------------------------------------------
-
-
-def until(check, timeout=15.0):
-    """Wait until ``check()`` is true (the other manager publishes from a thread of its own); its last value."""
-    deadline = time.monotonic() + timeout
-    while not check() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return check()
 
 
 @pytest.fixture

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from fakes import FakeBackend, FakeDevices
 from IPython.core.interactiveshell import InteractiveShell
 from IPython.utils.capture import capture_output
+from jlm_helpers.fakes import FakeBackend, FakeDevices
 
 from jupyter_llm_manager import LLMManager
 from jupyter_llm_manager.config.settings import SETTING_NAMES, ManagerSettings

@@ -9,7 +9,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from browser import (
+from jlm_helpers.browser import (
     artifacts,
     cell,
     chromium_page,

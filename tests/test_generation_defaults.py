@@ -8,7 +8,7 @@ import math
 import shutil
 
 import pytest
-from fakes import fake
+from jlm_helpers.fakes import fake
 from test_gguf_files import F32, I32, gguf_file, model_pairs, number
 
 from jupyter_llm_manager import GenerationParams, LLMManager

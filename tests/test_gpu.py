@@ -67,7 +67,7 @@ def test_devices_report_the_gpu_from_nvml_or_torch():
 
 
 def test_two_kernels_share_one_gpu_and_the_holders_memory_returns_to_its_baseline(gpu_model, tmp_path):
-    from kernels import Kernel
+    from jlm_helpers.kernels import Kernel
 
     sizer = LLMManager(config_path=False, preload=False, cooperate=False)
     sizer.register("m", source=str(gpu_model), device="cuda:0", dtype="float16")

@@ -331,7 +331,7 @@ def test_escape_sequences_reach_the_answer_but_never_a_terminal_or_a_plain_outpu
     """An answer, an id's source or an error may carry ANSI/OSC sequences: shown text drops them, .text keeps them."""
     import io
 
-    from fakes import fake
+    from jlm_helpers.fakes import fake
 
     from jupyter_llm_manager.frontends.notebook.rendering import TextAnswerView
     from jupyter_llm_manager.frontends.tables import Table
@@ -352,7 +352,7 @@ def test_escape_sequences_reach_the_answer_but_never_a_terminal_or_a_plain_outpu
 
 
 def test_a_huge_backend_error_is_a_bounded_excerpt_everywhere_it_is_shown(make_manager, backend, monkeypatch):
-    from fakes import fake
+    from jlm_helpers.fakes import fake
 
     from jupyter_llm_manager import ModelLoadingError
 

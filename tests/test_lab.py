@@ -9,7 +9,8 @@ import time
 
 import comm
 import pytest
-from fakes import GB, fake, lease_elsewhere
+from jlm_helpers.conditions import until
+from jlm_helpers.fakes import GB, fake, lease_elsewhere
 
 from jupyter_llm_manager import LLMManager
 from jupyter_llm_manager.frontends import actions
@@ -246,14 +247,6 @@ def other(make_manager, monkeypatch):
         fake(theirs, model_id, GB)
         theirs.load(model_id)
     return theirs
-
-
-def until(check, timeout=15.0):
-    """Wait until ``check()`` is true (the other manager publishes from a thread of its own); its last value."""
-    deadline = time.monotonic() + timeout
-    while not check() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return check()
 
 
 def machine_model(snapshot, model_id):

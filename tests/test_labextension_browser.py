@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from browser import (
+from jlm_helpers.browser import (
     artifacts,
     cell,
     chromium_page,

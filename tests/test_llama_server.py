@@ -8,7 +8,7 @@ import time
 
 import psutil
 import pytest
-from remote_server import kill_in_the_middle_of_a_stream, llama_server
+from jlm_helpers.remote_server import kill_in_the_middle_of_a_stream, llama_server
 
 from jupyter_llm_manager import LLMManager
 from jupyter_llm_manager.models.builtin import smollm2_file

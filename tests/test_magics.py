@@ -8,9 +8,9 @@ import re
 import threading
 
 import pytest
-from fakes import FakeBackend, FakeDevices, fake, lease_elsewhere
 from IPython.core.interactiveshell import InteractiveShell
 from IPython.utils.capture import capture_output
+from jlm_helpers.fakes import FakeBackend, FakeDevices, fake, lease_elsewhere
 
 from jupyter_llm_manager import LLMManager
 from jupyter_llm_manager.errors import InvalidGenerationParameters

@@ -7,7 +7,7 @@ import threading
 import time
 
 import pytest
-from fakes import GB, fake, lease_elsewhere
+from jlm_helpers.fakes import GB, fake, lease_elsewhere
 
 from jupyter_llm_manager import (
     ConfigurationError,

@@ -12,10 +12,10 @@ import contextlib
 import threading
 from typing import ClassVar
 
-from fakes import GB, FakeBackend, FakeClock, FakeDevices
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+from jlm_helpers.fakes import GB, FakeBackend, FakeClock, FakeDevices
 
 from jupyter_llm_manager import LLMManager, ModelInUseError, ModelNotFoundError, ResourceNotAvailableError
 

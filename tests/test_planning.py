@@ -12,9 +12,9 @@ from __future__ import annotations
 import threading
 
 import pytest
-from fakes import GB, FakeBackend, FakeClock, FakeDevices, fake, lease_elsewhere
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from jlm_helpers.fakes import GB, FakeBackend, FakeClock, FakeDevices, fake, lease_elsewhere
 
 from jupyter_llm_manager import LLMManager, ResourceNotAvailableError
 

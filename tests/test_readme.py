@@ -12,7 +12,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from processes import stop, wait_for_http
+from jlm_helpers.processes import stop, wait_for_http
 
 from jupyter_llm_manager.frontends.notebook.arguments import CELL_PARSER, LINE_COMMANDS
 

@@ -63,7 +63,7 @@ def test_close_matches_prefer_the_same_name_in_another_case(registry):
 
 def test_status_looks_at_each_name_a_bounded_number_of_times(make_manager, monkeypatch):
     """Bookkeeping stays linear: 2,000 ids with aliases, and no row scans every other id."""
-    from fakes import fake
+    from jlm_helpers.fakes import fake
 
     from jupyter_llm_manager.config.registry import Registry
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from remote_server import FaultProxy, kill_in_the_middle_of_a_stream, llm_katan
+from jlm_helpers.remote_server import FaultProxy, kill_in_the_middle_of_a_stream, llm_katan
 
 from jupyter_llm_manager import ConfigurationError, GenerationError, LLMManager, ModelLoadingError
 from jupyter_llm_manager import backends as backends_module

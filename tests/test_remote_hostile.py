@@ -7,7 +7,7 @@ import time
 
 import psutil
 import pytest
-from hostile_server import (
+from jlm_helpers.hostile_server import (
     ENOUGH,
     HostileServer,
     after,

@@ -10,7 +10,7 @@ import tracemalloc
 
 import pytest
 import yaml
-from fakes import FakeClock
+from jlm_helpers.fakes import FakeClock
 from test_hostile_input import bomb
 
 from jupyter_llm_manager import ConfigurationError, LLMManager, ModelSpec

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from fakes import FakeBackend, FakeDevices
-from remote_server import llama_server
+from jlm_helpers.fakes import FakeBackend, FakeDevices
+from jlm_helpers.remote_server import llama_server
 
 from jupyter_llm_manager import ConfigurationError, LLMManager, ModelLoadingError, ResourceNotAvailableError
 from jupyter_llm_manager.backends import get_backend

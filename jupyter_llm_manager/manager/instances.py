@@ -116,6 +116,14 @@ class Instance:
             del self.lease_threads[thread]
         self.last_used = now
 
+    @property
+    def in_use(self) -> int:
+        """How many hold it or wait for it: its leases, and the threads promised one when its load ends.
+
+        The one definition of "in use": the status row, the ledger and the policy all count this.
+        """
+        return self.leases + len(self.joiners - set(self.lease_threads))
+
     def leased_by(self, thread: int) -> bool:
         return self.lease_threads.get(thread, 0) > 0
 

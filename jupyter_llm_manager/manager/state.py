@@ -128,7 +128,7 @@ class Books:
         leaving = sum(1 for a in adapters if a.state != "loaded")
         # a thread promised a lease (it waited for this load) counts as holding one: never evicted under it
         return Holding(instance.key, self.name_of(instance), state, dict(instance.bytes),
-                       instance.leases + len(instance.joiners - set(instance.lease_threads)) + leaving,
+                       instance.in_use + leaving,
                        frozenset(t for t, n in instance.lease_threads.items() if n > 0) | instance.joiners,
                        pinned, registry.priority(instance.key),
                        registry.is_protected(instance.key), instance.last_used, instance.remote,

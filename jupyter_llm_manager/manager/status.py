@@ -161,7 +161,7 @@ class StatusView(BooksReader):
         expires = books.expires_at(instance) if instance is not None else None
         return StatusRow(
             id=spec.id, instance=key, aliases=books.registry.aliases_of(spec.id), backend=spec.backend,
-            device=device, state=state, in_use=instance.leases if instance else 0,
+            device=device, state=state, in_use=instance.in_use if instance else 0,
             pinned=spec.id in books.registry.pinned, priority=books.registry.priority(key),
             estimated_bytes=estimate.total_bytes if estimate is not None and estimate.known else None,
             actual_bytes=instance.footprint_bytes if instance is not None and state == "loaded" else None,

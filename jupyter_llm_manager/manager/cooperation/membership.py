@@ -226,7 +226,7 @@ class Cooperation:
             now, wall = books.clock(), time.time()
             models = [ModelRow(self.member, instance.key, books.name_of(instance), device, size, instance.state,
                                books.registry.is_pinned(instance.key),
-                               instance.leases + len(instance.joiners - set(instance.lease_threads)),
+                               instance.in_use,
                                wall - (now - instance.last_used), books.registry.priority(instance.key),
                                books.registry.is_protected(instance.key))
                       for instance in books.instances.values() if not instance.remote
@@ -239,6 +239,15 @@ class Cooperation:
         said = ledger.take_recreated()
         if said:
             self._bus.emit("warning", message=said)
+
+    def publish_from_thread(self) -> None:
+        """One write of the publisher thread; a busy or broken file is logged and tried again later."""
+        ledger = self._ledger
+        try:
+            if ledger is not None:
+                self._write(ledger)
+        except Exception as error:  # noqa: BLE001 - the thread survives a busy or broken file, and says so
+            log_failure(log, "publishing to the ledger failed; it is tried again", error)
 
     def publish_soon(self) -> None:
         self._dirty.set()
@@ -378,24 +387,20 @@ class Cooperation:
 
 
 def _publish_loop(cooperation: weakref.ref[Cooperation], stop: threading.Event, dirty: threading.Event) -> None:
-    """The publisher thread: publish shortly after a change, and every few seconds (a heartbeat)."""
+    """The publisher thread: publish shortly after a change, and every few seconds (a heartbeat).
+
+    It holds the member only for one write, and keeps no local that reaches the
+    manager (its event bus holds subscribers, which may hold the manager): a
+    manager nobody refers to is collected with its models, and this thread ends.
+    """
     while not stop.is_set():
         dirty.wait(_HEARTBEAT_S)  # a change is written at once: a kernel that asks next sees a model idle as idle
         dirty.clear()
         found = cooperation()
         if found is None or stop.is_set():
             return
-        ledger, bus = found._ledger, found._bus
-        try:
-            if ledger is not None:
-                ledger.publish_current(found._rows)
-                said = ledger.take_recreated()
-                if said:
-                    bus.emit("warning", message=said)
-        except Exception as error:  # noqa: BLE001 - the thread survives a busy or broken file, and says so
-            log_failure(log, "publishing to the ledger failed; it is tried again", error)
-        finally:
-            del found  # held only while its rows are written: a forgotten manager is collected with its models
+        found.publish_from_thread()
+        del found
 
 
 def _answer_for(cooperation: weakref.ref[Cooperation], request: dict[str, Any]) -> dict[str, Any]:

@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
-from processes import free_port, stop, wait_for_http
+
+from jlm_helpers.processes import free_port, stop, wait_for_http
 
 if TYPE_CHECKING:
     from typing_extensions import Self
