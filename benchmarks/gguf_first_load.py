@@ -32,7 +32,7 @@ def child(mode: str) -> float:
     import llama_cpp
 
     from jupyter_llm_manager import LLMManager
-    from jupyter_llm_manager.backends.llama_cpp import usable_cores
+    from jupyter_llm_manager.backends.llama_cpp.backend import usable_cores
     from jupyter_llm_manager.models.builtin import smollm2_file
 
     path = smollm2_file()
@@ -75,7 +75,7 @@ def main() -> int:
     if args.child:
         print(child(args.child))
         return 0
-    from jupyter_llm_manager.backends.llama_cpp import usable_cores
+    from jupyter_llm_manager.backends.llama_cpp.backend import usable_cores
     from jupyter_llm_manager.models.builtin import INSTALL_HINT, smollm2_file
 
     path = smollm2_file()

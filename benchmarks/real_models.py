@@ -41,8 +41,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 from jupyter_llm_manager import LLMManager
-from jupyter_llm_manager.backends.llama_cpp import usable_cores
-from jupyter_llm_manager.backends.llama_cpp_options import ThreadChoice, core_budget, cpu_snapshot, idle_cpus
+from jupyter_llm_manager.backends.llama_cpp.backend import usable_cores
+from jupyter_llm_manager.backends.llama_cpp.options import ThreadChoice, core_budget, cpu_snapshot, idle_cpus
 from jupyter_llm_manager.backends.transformers.support import library_progress_off
 from jupyter_llm_manager.models.builtin import INSTALL_HINT, smollm2_file
 

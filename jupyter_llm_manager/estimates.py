@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 from .config.spec import ModelSpec
 from .errors import ModelLoadingError
-from .gguf_files import gguf_path, is_gguf, read_gguf
+from .gguf.files import gguf_path, is_gguf, read_gguf
 from .support.units import bytes_text, format_bytes
 
 __all__ = ["EstimateCache", "MemoryEstimate", "adapter_folder", "adapter_slice", "checkpoint_shapes",

@@ -26,7 +26,7 @@ def _write_lora(path: Path, *, seed: int = 1, rank: int = 4, arch: str = "llama"
     import gguf
     import numpy as np
 
-    from jupyter_llm_manager.gguf_files import read_gguf_shapes
+    from jupyter_llm_manager.gguf.files import read_gguf_shapes
 
     shapes = read_gguf_shapes(GGUF)
     rng = np.random.default_rng(seed)
@@ -68,7 +68,7 @@ def raw_answers(gguf_loras) -> dict[str, str]:
     """llama-cpp-python's own greedy answers: Llama(model_path=..., lora_path=...) with the same settings."""
     import llama_cpp
 
-    from jupyter_llm_manager.backends.llama_cpp_options import usable_cores
+    from jupyter_llm_manager.backends.llama_cpp.options import usable_cores
 
     answers = {}
     for name, lora in (("base", None), ("tuned", gguf_loras["tuned"])):

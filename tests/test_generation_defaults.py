@@ -19,7 +19,7 @@ from jupyter_llm_manager.backends.generation_defaults import (
     GenerationDefaults,
     gguf_defaults,
 )
-from jupyter_llm_manager.gguf_files import read_gguf
+from jupyter_llm_manager.gguf.files import read_gguf
 from jupyter_llm_manager.models.builtin import BUILTIN_ID, builtin_spec, smollm2_file
 
 

@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 
 from jupyter_llm_manager import LLMManager, ModelLoadingError
 from jupyter_llm_manager.config.spec import ModelSpec
-from jupyter_llm_manager.gguf_files import gguf_path, has_gguf_magic, is_gguf, read_gguf
+from jupyter_llm_manager.gguf.files import gguf_path, has_gguf_magic, is_gguf, read_gguf
 from jupyter_llm_manager.models.builtin import smollm2_file
 from jupyter_llm_manager.support.units import MESSAGE_LIMIT
 
@@ -161,7 +161,7 @@ def read_in_child(paths: list[Path]) -> list[dict]:
     return run_child(f"""
         import dataclasses, json
         from jupyter_llm_manager.errors import ModelLoadingError
-        from jupyter_llm_manager.gguf_files import read_gguf
+        from jupyter_llm_manager.gguf.files import read_gguf
         answers = []
         for path in {[str(p) for p in paths]!r}:
             try:
@@ -338,7 +338,7 @@ def test_a_fifo_is_refused_or_not_gguf_without_opening_it(tmp_path):
         import json
         from jupyter_llm_manager.config.spec import ModelSpec
         from jupyter_llm_manager.errors import ModelLoadingError
-        from jupyter_llm_manager.gguf_files import gguf_path, is_gguf, read_gguf
+        from jupyter_llm_manager.gguf.files import gguf_path, is_gguf, read_gguf
         try:
             read_gguf({str(tmp_path / "x.gguf")!r})
             message = None
@@ -352,7 +352,7 @@ def test_a_fifo_is_refused_or_not_gguf_without_opening_it(tmp_path):
 
 
 def test_an_answer_is_kept_per_file_identity_refusals_included(write, monkeypatch):
-    from jupyter_llm_manager import gguf_files
+    from jupyter_llm_manager.gguf import files as gguf_files
 
     reads = []
     original = gguf_files.read_header
@@ -525,7 +525,7 @@ def test_the_list_command_shows_every_model_when_some_files_are_bad(write, tmp_p
 # -- llama.cpp's log ---------------------------------------------------------------------------------
 
 def test_only_log_lines_that_can_name_a_buffer_are_searched(monkeypatch):
-    from jupyter_llm_manager.backends import llama_cpp_log as backend
+    from jupyter_llm_manager.backends.llama_cpp import log as backend
 
     searched = []
     pattern = backend.BUFFER

@@ -7,7 +7,7 @@ import importlib.util
 import pytest
 
 from jupyter_llm_manager import ConfigurationError, LLMManager
-from jupyter_llm_manager.backends.llama_cpp_options import usable_cores
+from jupyter_llm_manager.backends.llama_cpp.options import usable_cores
 from jupyter_llm_manager.models.builtin import smollm2_file
 
 GGUF = smollm2_file()

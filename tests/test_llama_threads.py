@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import pytest
 
-from jupyter_llm_manager.backends import llama_cpp_options
-from jupyter_llm_manager.backends.llama_cpp_options import ThreadChoice, core_budget, cpu_snapshot, idle_cpus
+from jupyter_llm_manager.backends.llama_cpp import options as llama_cpp_options
+from jupyter_llm_manager.backends.llama_cpp.options import ThreadChoice, core_budget, cpu_snapshot, idle_cpus
 
 
 class Cpus:

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from jupyter_llm_manager.backends.openai_wire import (
+from jupyter_llm_manager.backends.openai.wire import (
     MAX_LINE_BYTES,
     BadAnswer,
     SlowAnswer,

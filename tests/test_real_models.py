@@ -29,10 +29,10 @@ from jupyter_llm_manager import (
     ModelLoadingError,
     ResourceNotAvailableError,
 )
-from jupyter_llm_manager.backends.llama_cpp_options import core_budget
+from jupyter_llm_manager.backends.llama_cpp.options import core_budget
 from jupyter_llm_manager.backends.transformers.converted import ConvertedCopies
 from jupyter_llm_manager.generation import StreamInterrupted, cut_at_repetition
-from jupyter_llm_manager.gguf_files import kv_cache_bytes, read_gguf
+from jupyter_llm_manager.gguf.files import kv_cache_bytes, read_gguf
 from jupyter_llm_manager.models.builtin import BUILTIN_ID, INSTALL_HINT, builtin_spec, smollm2_file
 
 GGUF = smollm2_file()

@@ -77,8 +77,8 @@ LAYERS = (
     ("front-ends", ("frontends",)),
     ("the manager", ("manager",)),
     ("the pure policy", ("manager.policy",)),
-    ("configuration, backends, devices, estimates, models", ("config", "backends", "devices", "estimates",
-                                                              "gguf_files", "gguf_header", "models")),
+    ("configuration, backends, devices, estimates, models", ("config", "backends", "devices", "estimates", "gguf",
+                                                              "models")),
     ("support and the shared vocabulary", ("support", "errors", "events", "generation", "reports")),
 )
 ENTRY_POINTS = {"jupyter_llm_manager", "jupyter_llm_manager.__main__"}

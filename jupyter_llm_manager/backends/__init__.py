@@ -34,8 +34,8 @@ log = logging.getLogger(__name__)
 ENTRY_POINT_GROUP = "jupyter_llm_manager.backends"
 _BUILTIN = {
     "transformers": "jupyter_llm_manager.backends.transformers.backend:TransformersBackend",
-    "openai": "jupyter_llm_manager.backends.openai_compat:OpenAIBackend",
-    "llama_cpp": "jupyter_llm_manager.backends.llama_cpp:LlamaCppBackend",
+    "openai": "jupyter_llm_manager.backends.openai.backend:OpenAIBackend",
+    "llama_cpp": "jupyter_llm_manager.backends.llama_cpp.backend:LlamaCppBackend",
     "loader": "jupyter_llm_manager.backends.loader:LoaderBackend",
     "unavailable": "jupyter_llm_manager.backends.unavailable:UnavailableBackend",
 }

@@ -30,7 +30,7 @@ from typing import Any
 from ..config.spec import ModelSpec
 from ..errors import InvalidGenerationParameters
 from ..generation import GenerationParams
-from ..gguf_files import GgufInfo
+from ..gguf.files import GgufInfo
 
 __all__ = ["DEFAULT_PENALTY_WINDOW", "DEFAULT_REPETITION_PENALTY", "NO_DEFAULTS", "GenerationDefaults",
            "checkpoint_defaults", "gguf_defaults"]

@@ -33,6 +33,10 @@ MOVED = {
     "tasks": "config.tasks", "tiny": "models.tiny", "units": "support.units", "warmup": "manager.warmup",
     "yaml_io": "config.bounded_yaml", "backends.hf": "backends.transformers.backend",
     "backends.hf_gguf": "backends.transformers.gguf", "backends.hf_support": "backends.transformers.support",
+    "backends.llama_cpp_options": "backends.llama_cpp.options",
+    "backends.llama_cpp_adapters": "backends.llama_cpp.adapters",
+    "backends.llama_cpp_log": "backends.llama_cpp.log", "backends.openai_compat": "backends.openai.backend",
+    "backends.openai_wire": "backends.openai.wire", "gguf_files": "gguf.files", "gguf_header": "gguf.header",
 }
 
 

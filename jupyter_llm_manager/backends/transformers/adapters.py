@@ -19,7 +19,7 @@ from typing import Any
 from ...config.spec import ModelSpec
 from ...errors import ConfigurationError, ModelLoadingError
 from ...estimates import adapter_folder, checkpoint_shapes
-from ...gguf_files import is_gguf
+from ...gguf.files import is_gguf
 from ...support.heavy_imports import heavy
 from ...support.units import excerpt
 from ..base import LoadedModel

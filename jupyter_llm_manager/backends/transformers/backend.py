@@ -27,7 +27,7 @@ from ...errors import (
 )
 from ...estimates import MemoryEstimate, estimate_checkpoint
 from ...generation import AnswerFilter, GenerationParams, GenerationResult, Prompt, StreamInterrupted
-from ...gguf_files import gguf_path, is_gguf, read_gguf
+from ...gguf.files import gguf_path, is_gguf, read_gguf
 from ..base import Backend, LoadedModel, Placement, TextGenerator, release_frames
 from ..generation_defaults import GenerationDefaults, checkpoint_defaults, gguf_defaults
 from . import adapters as peft_adapters

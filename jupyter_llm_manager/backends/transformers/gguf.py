@@ -19,7 +19,7 @@ from typing import Any
 
 from ...config.spec import ModelSpec
 from ...errors import ModelLoadingError
-from ...gguf_files import gguf_path, read_gguf
+from ...gguf.files import gguf_path, read_gguf
 from ...support.units import excerpt
 from ..base import report_progress
 from .converted import ConvertedCopies

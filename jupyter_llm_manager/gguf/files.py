@@ -5,7 +5,7 @@ GGUF file when ``gguf_file`` names one, when its name or the name of the link
 given ends in ``.gguf``, or when it is a regular file that starts with
 ``GGUF`` (the suffix-less blobs of the Hugging Face cache and of Ollama).
 
-Its header (read by :mod:`.gguf_header` in milliseconds, every count checked
+Its header (read by :mod:`.header` in milliseconds, every count checked
 against the file) gives the architecture, layer and head counts, the context
 length, the vocabulary size, and the tensors' bytes (exactly what llama.cpp
 allocates for the weights): enough for the KV cache at any context length.
@@ -25,11 +25,11 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config.spec import ModelSpec
-from .config.spec_fields import expand_path
-from .errors import ModelLoadingError
-from .gguf_header import MAGIC, NOT_REGULAR, HeaderFacts, NotGguf, open_regular, read_header
-from .support.units import excerpt
+from ..config.spec import ModelSpec
+from ..config.spec_fields import expand_path
+from ..errors import ModelLoadingError
+from ..support.units import excerpt
+from .header import MAGIC, NOT_REGULAR, HeaderFacts, NotGguf, open_regular, read_header
 
 __all__ = [
     "AUTO_CONTEXT_FLOOR",

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from ..support.units import brief, excerpt, format_bytes
+from ...support.units import brief, excerpt, format_bytes
 
 __all__ = ["DONE", "MAX_LINE_BYTES", "BadAnswer", "Facts", "SlowAnswer", "Usage", "chunk_facts",
            "completion_facts", "event_data", "parse_json", "read_json", "served_ids"]

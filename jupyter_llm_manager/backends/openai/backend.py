@@ -35,13 +35,13 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlparse
 
-from ..config.secrets import Secret, expand_references, shown_url, url_credentials
-from ..config.spec import ModelSpec
-from ..errors import ConfigurationError, GenerationError, ModelLoadingError
-from ..generation import FinishReason, GenerationParams, GenerationResult, Prompt
-from ..support.units import brief, excerpt
-from .base import Backend, LoadedModel, Placement, TextGenerator
-from .openai_wire import (
+from ...config.secrets import Secret, expand_references, shown_url, url_credentials
+from ...config.spec import ModelSpec
+from ...errors import ConfigurationError, GenerationError, ModelLoadingError
+from ...generation import FinishReason, GenerationParams, GenerationResult, Prompt
+from ...support.units import brief, excerpt
+from ..base import Backend, LoadedModel, Placement, TextGenerator
+from .wire import (
     DONE,
     BadAnswer,
     Facts,

@@ -7,7 +7,7 @@ file's tensor bytes), the KV cache for ``n_ctx`` tokens and a compute
 buffer. The first two follow from the file's header; the third is
 estimated before loading and measured from llama.cpp's log after. llama.cpp's
 log goes to this module's logger (debug), never to the notebook. A GGUF LoRA
-adapter is applied at load (see :mod:`.llama_cpp_adapters`): an adapter id is
+adapter is applied at load (see :mod:`.adapters`): an adapter id is
 an instance of its own, its base's file with the adapter, counted as both.
 """
 
@@ -25,13 +25,13 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from ..config.secrets import Secret
-from ..config.spec import ModelSpec
-from ..devices import trim_c_heap
-from ..errors import ConfigurationError, GenerationError, InvalidGenerationParameters, ModelLoadingError
-from ..estimates import MemoryEstimate
-from ..generation import AnswerFilter, FinishReason, GenerationParams, GenerationResult, Prompt, StreamInterrupted
-from ..gguf_files import (
+from ...config.secrets import Secret
+from ...config.spec import ModelSpec
+from ...devices import trim_c_heap
+from ...errors import ConfigurationError, GenerationError, InvalidGenerationParameters, ModelLoadingError
+from ...estimates import MemoryEstimate
+from ...generation import AnswerFilter, FinishReason, GenerationParams, GenerationResult, Prompt, StreamInterrupted
+from ...gguf.files import (
     AUTO_CONTEXT_FLOOR,
     AUTO_CONTEXT_STEP,
     GgufInfo,
@@ -42,13 +42,13 @@ from ..gguf_files import (
     kv_cache_bytes,
     read_gguf,
 )
-from ..support.interrupts import NativeCallbacks
-from ..support.units import excerpt, format_bytes
-from . import llama_cpp_adapters as lora
-from .base import Backend, ContextGrowth, LoadedModel, Placement, TextGenerator
-from .generation_defaults import GenerationDefaults, gguf_defaults
-from .llama_cpp_log import captured_log, footprint_of, reported_buffers, route_log
-from .llama_cpp_options import ThreadChoice, normalized, usable_cores
+from ...support.interrupts import NativeCallbacks
+from ...support.units import excerpt, format_bytes
+from ..base import Backend, ContextGrowth, LoadedModel, Placement, TextGenerator
+from ..generation_defaults import GenerationDefaults, gguf_defaults
+from . import adapters as lora
+from .log import captured_log, footprint_of, reported_buffers, route_log
+from .options import ThreadChoice, normalized, usable_cores
 
 __all__ = ["LlamaCppBackend", "MeasuredBuffer", "usable_cores"]
 

@@ -17,9 +17,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..config.spec import ModelSpec
-from ..errors import ConfigurationError, ModelLoadingError
-from ..gguf_files import GgufInfo, gguf_path, read_gguf, read_gguf_shapes
+from ...config.spec import ModelSpec
+from ...errors import ConfigurationError, ModelLoadingError
+from ...gguf.files import GgufInfo, gguf_path, read_gguf, read_gguf_shapes
 
 __all__ = ["adapter_file", "adapter_info", "check", "own_copy"]
 

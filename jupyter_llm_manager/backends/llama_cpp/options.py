@@ -29,9 +29,9 @@ from typing import Any
 
 import psutil
 
-from ..config.spec import ModelSpec
-from ..errors import ConfigurationError
-from ..support.units import brief
+from ...config.spec import ModelSpec
+from ...errors import ConfigurationError
+from ...support.units import brief
 
 __all__ = ["MAX_CONTEXT_TOKENS", "CpuSnapshot", "ThreadChoice", "core_budget", "cpu_snapshot", "idle_cpus",
            "normalized", "usable_cores"]
@@ -46,7 +46,7 @@ _OWNED = {
     "n_gpu_layers": "the device is the manager's placement: write device: cpu or cuda",
     "main_gpu": "the device is the manager's placement: write device: cuda:N",
     "tensor_split": "the device is the manager's placement: write device: cuda:N",
-    "verbose": "llama.cpp's log goes to the jupyter_llm_manager.backends.llama_cpp logger",
+    "verbose": "llama.cpp's log goes to the jupyter_llm_manager.backends.llama_cpp.backend logger",
     "lora_path": "register the adapter as its own model: adapter=FILE, base=ID",
     "lora_base": "register the adapter as its own model: adapter=FILE, base=ID",
     "lora_scale": "register the adapter as its own model: adapter=FILE, base=ID",
