@@ -28,12 +28,12 @@ from IPython.utils.capture import capture_output
 
 from jupyter_llm_manager import LLMManager
 from jupyter_llm_manager.backends import Backend, LoadedModel
-from jupyter_llm_manager.estimates import MemoryEstimate
 from jupyter_llm_manager.frontends.notebook.arguments import LINE_PARSER, parse
 from jupyter_llm_manager.frontends.notebook.chats import ChatSessions
 from jupyter_llm_manager.frontends.notebook.line_commands import LineCommands
 from jupyter_llm_manager.generation import GenerationResult
 from jupyter_llm_manager.manager import state as state_module
+from jupyter_llm_manager.reports import MemoryEstimate
 
 SIZES = (10, 100, 1000, 10_000)
 

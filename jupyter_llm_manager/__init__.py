@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Any
 from .config.secrets import Secret
 from .config.settings import ManagerSettings
 from .config.spec import ModelSpec
-from .devices import DeviceReport
 from .errors import (
     ConfigurationError,
     GenerationError,
@@ -29,13 +28,12 @@ from .errors import (
     ModelNotFoundError,
     ResourceNotAvailableError,
 )
-from .estimates import MemoryEstimate
 from .events import Event
 from .generation import GenerationParams, GenerationResult
 from .manager.facade import LLMManager, get_manager
 from .manager.generations import TextStream
 from .manager.handles import Lease, ModelHandle
-from .reports import GarbageReport, StatusRow, UnloadReport
+from .reports import DeviceReport, GarbageReport, MemoryEstimate, StatusRow, UnloadReport
 from .support.moved import install as _keep_old_module_paths
 
 if TYPE_CHECKING:

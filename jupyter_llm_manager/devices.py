@@ -21,14 +21,12 @@ from typing import Any
 
 import psutil
 
+from .reports import GpuProcess
 from .support.heavy_imports import ready
-from .support.units import bytes_text
 
 __all__ = [
     "DeviceMemory",
     "DeviceProbe",
-    "DeviceReport",
-    "GpuProcess",
     "device_budget",
     "device_kind",
     "device_limit",
@@ -54,28 +52,6 @@ class DeviceMemory:
     source: str  # "nvml", "torch", "psutil", "cgroup"
 
 
-@dataclass(frozen=True)
-class DeviceReport:
-    """A device as the manager sees it: system figures, budget and what its models hold."""
-
-    device: str
-    name: str
-    total_bytes: int
-    free_bytes: int
-    budget_bytes: int
-    held_bytes: int
-    models: tuple[str, ...]
-    source: str
-
-    @property
-    def used_bytes(self) -> int:
-        return self.total_bytes - self.free_bytes
-
-    total_str = bytes_text("total_bytes")
-    free_str = bytes_text("free_bytes")
-    budget_str = bytes_text("budget_bytes")
-    held_str = bytes_text("held_bytes")
-    used_str = bytes_text("used_bytes")
 
 
 def device_kind(device: str) -> str:
@@ -190,16 +166,6 @@ def nvml_error() -> str | None:
     return _nvml_state.get("error")  # type: ignore[return-value]
 
 
-@dataclass(frozen=True)
-class GpuProcess:
-    """A process holding memory on a GPU, as the driver reports it (NVML)."""
-
-    pid: int
-    name: str
-    device: str
-    bytes: int
-
-    bytes_str = bytes_text("bytes")
 
 
 def gpu_processes() -> list[GpuProcess]:

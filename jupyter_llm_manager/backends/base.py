@@ -20,8 +20,9 @@ from typing import Any, ClassVar, Literal
 
 from ..config.spec import ModelSpec
 from ..errors import InvalidGenerationParameters
-from ..estimates import MemoryEstimate, remote_estimate
+from ..estimates import remote_estimate
 from ..generation import GenerationParams, GenerationResult, Prompt
+from ..reports import MemoryEstimate
 from .generation_defaults import NO_DEFAULTS, GenerationDefaults
 
 __all__ = ["Backend", "ContextGrowth", "LoadedModel", "Placement", "TextGenerator", "check_extra_params",

@@ -22,7 +22,7 @@ from typing import Any
 from ..config.spec import ModelSpec
 from ..devices import release_device_memory
 from ..errors import ConfigurationError, ModelLoadingError, OutOfMemoryDuringLoad
-from ..estimates import MemoryEstimate
+from ..reports import MemoryEstimate
 from ..support.units import format_bytes
 from .base import Backend, LoadedModel, Placement, release_frames
 

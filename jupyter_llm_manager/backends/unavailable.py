@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from ..config.spec import ModelSpec
 from ..errors import ModelLoadingError
-from ..estimates import MemoryEstimate
+from ..reports import MemoryEstimate
 from .base import Backend, LoadedModel, Placement
 
 __all__ = ["UnavailableBackend"]

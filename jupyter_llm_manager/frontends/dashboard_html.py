@@ -9,9 +9,8 @@ from __future__ import annotations
 import html
 import time
 
-from ..devices import DeviceReport
 from ..events import Event
-from ..reports import StatusRow
+from ..reports import DeviceReport, StatusRow
 from ..support.heavy_imports import ready
 from ..support.units import format_bytes, format_duration
 from .actions import waiting_note

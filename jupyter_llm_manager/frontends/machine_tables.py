@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..manager.cooperation.machine import MachineReport
+from ..reports import MachineReport
 from .tables import Table
 
 __all__ = ["machine_tables"]

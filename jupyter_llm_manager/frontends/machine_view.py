@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..errors import log_failure
-from ..manager.cooperation.machine import MachineModel
+from ..reports import MachineModel
 from ..support.units import excerpt, format_bytes
 from .dashboard_html import MUTED, WRAP, text
 from .tables import Table

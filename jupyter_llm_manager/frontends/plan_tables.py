@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from ..manager.planning import PlanReport
+from ..reports import PlanReport
 from .tables import Table
 
 __all__ = ["plan_tables", "task_table"]

@@ -22,24 +22,24 @@ from ..config.files import ConfigFile, find_config_path, load_config
 from ..config.settings import SETTING_NAMES, ManagerSettings, check_setting
 from ..config.spec import ModelSpec, expand_path
 from ..config.tasks import Task
-from ..devices import DeviceProbe, DeviceReport, probe_devices
+from ..devices import DeviceProbe, probe_devices
 from ..errors import ConfigurationError
-from ..estimates import EstimateCache, MemoryEstimate
+from ..estimates import EstimateCache
 from ..events import Event, EventBus
 from ..generation import GenerationParams, GenerationResult, Prompt, normalize_prompt
 from ..models.builtin import BUILTIN_ID, builtin_spec
-from ..reports import GarbageReport, StatusRow, UnloadReport
+from ..reports import DeviceReport, GarbageReport, MachineReport, MemoryEstimate, PlanReport, StatusRow, UnloadReport
 from ..support.deadlines import parse_wait
 from .adapters import Adapters
 from .admission import Admission
-from .cooperation import Cooperation, MachineReport
+from .cooperation import Cooperation
 from .evictions import Evictions
 from .freeing import Freeing
 from .generations import Generations, TextStream, checked_params, checked_texts, text_model
 from .handles import Lease, ModelHandle
 from .keep_alive import Upkeep
 from .loading import Loading
-from .planning import Planner, PlanReport
+from .planning import Planner
 from .registration import Catalog, Persistence
 from .state import Books, Leases, Ticket
 from .status import StatusView

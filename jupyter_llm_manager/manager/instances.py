@@ -21,7 +21,7 @@ from typing import Literal
 
 from ..backends.base import Backend, LoadedModel, Placement
 from ..config.spec import ModelSpec
-from ..estimates import MemoryEstimate
+from ..reports import MemoryEstimate
 from ..support.deadlines import Deadline, wait_for
 
 __all__ = ["Instance", "InstanceState", "TurnHeld", "TurnTimeout", "Turns", "accounted_bytes", "dependents"]

@@ -21,8 +21,9 @@ from ..backends.base import ContextGrowth
 from ..config.spec import ModelSpec
 from ..devices import DeviceProbe
 from ..errors import LLMManagerError
-from ..estimates import EstimateCache, MemoryEstimate
-from ..support.units import bytes_text, format_bytes
+from ..estimates import EstimateCache
+from ..reports import MemoryEstimate, PlanDevice, PlanModel, PlanReport
+from ..support.units import format_bytes
 from .adapters import adapter_ask
 from .cooperation import Cooperation
 from .policy.decision import Ask, Decision, Simulation, fit_hint, simulate
@@ -30,7 +31,7 @@ from .policy.fit import Holding
 from .state import Books
 from .status import BooksReader
 
-__all__ = ["Facts", "PlanDevice", "PlanModel", "PlanReport", "Planner", "gather"]
+__all__ = ["Facts", "Planner", "gather"]
 
 
 @dataclass(frozen=True)
@@ -57,59 +58,10 @@ def gather(spec: ModelSpec, backend: Backend, estimates: EstimateCache) -> Facts
     return Facts(spec, backend, estimates.get(spec, backend), frozenset(backend.device_kinds()), growth)
 
 
-@dataclass(frozen=True)
-class PlanModel:
-    """One model of a plan: where it would go, its estimate, and how that was obtained."""
-
-    id: str
-    device: str
-    estimated_bytes: int
-    how: str
-    state: str  # "loaded" (it stays), "admitted", "evicted" (by a later one), "waits", "refused", "unknown", "unavailable"
-    note: str = ""
-
-    estimated_str = bytes_text("estimated_bytes")
 
 
-@dataclass(frozen=True)
-class PlanDevice:
-    """One device of a plan: its budget, what is held now, what the plan adds and evicts."""
-
-    device: str
-    budget_bytes: int
-    held_bytes: int
-    added_bytes: int
-    evictions: tuple[tuple[str, str, int], ...]  # (model id, reason, bytes)
-    after_bytes: int
-
-    budget_str = bytes_text("budget_bytes")
-    held_str = bytes_text("held_bytes")
-    added_str = bytes_text("added_bytes")
-    after_str = bytes_text("after_bytes")
 
 
-@dataclass(frozen=True)
-class PlanReport:
-    """The answer to "will these fit together?", computed without loading anything."""
-
-    models: tuple[PlanModel, ...]
-    devices: tuple[PlanDevice, ...]
-    fits: bool
-    verdict: str
-    advice: str = ""
-
-    @property
-    def evictions(self) -> tuple[str, ...]:
-        return tuple(dict.fromkeys(model_id for device in self.devices for model_id, _, _ in device.evictions))
-
-    def __str__(self) -> str:
-        lines = [self.verdict]
-        lines += [f"  {m.id}: {m.estimated_str} on {m.device} ({m.state}; {m.how})" + (f" — {m.note}" if m.note else "")
-                  for m in self.models]
-        lines += [f"  {d.device}: budget {d.budget_str}, held {d.held_str}, adds {d.added_str}"
-                  + (f", evicts {', '.join(f'{i} ({r})' for i, r, _ in d.evictions)}" if d.evictions else "")
-                  for d in self.devices]
-        return "\n".join(lines + ([self.advice] if self.advice else []))
 
 
 #: A model the planner cannot decide on: its row, said as is.

@@ -15,12 +15,11 @@ from typing import NamedTuple
 from ..backends import Backend
 from ..backends.generation_defaults import GenerationDefaults
 from ..config.spec import ModelSpec
-from ..devices import DeviceProbe, DeviceReport, device_budget
+from ..devices import DeviceProbe, device_budget
 from ..errors import LLMManagerError
-from ..estimates import EstimateCache, MemoryEstimate
-from ..reports import ModelState, StatusRow
+from ..estimates import EstimateCache
+from ..reports import DeviceReport, MachineModel, MemoryEstimate, ModelState, StatusRow
 from ..support.units import excerpt
-from .cooperation.machine import MachineModel
 from .instances import Instance
 from .state import Books
 

@@ -15,8 +15,8 @@ from typing import Any
 from jupyter_llm_manager.backends import Backend, LoadedModel, Placement
 from jupyter_llm_manager.devices import DeviceMemory
 from jupyter_llm_manager.errors import ModelLoadingError, OutOfMemoryDuringLoad
-from jupyter_llm_manager.estimates import MemoryEstimate
 from jupyter_llm_manager.generation import AnswerFilter, GenerationParams, GenerationResult
+from jupyter_llm_manager.reports import MemoryEstimate
 
 GB = 1000**3
 

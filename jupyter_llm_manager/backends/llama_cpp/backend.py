@@ -29,7 +29,6 @@ from ...config.secrets import Secret
 from ...config.spec import ModelSpec
 from ...devices import trim_c_heap
 from ...errors import ConfigurationError, GenerationError, InvalidGenerationParameters, ModelLoadingError
-from ...estimates import MemoryEstimate
 from ...generation import AnswerFilter, FinishReason, GenerationParams, GenerationResult, Prompt, StreamInterrupted
 from ...gguf.files import (
     AUTO_CONTEXT_FLOOR,
@@ -42,6 +41,7 @@ from ...gguf.files import (
     kv_cache_bytes,
     read_gguf,
 )
+from ...reports import MemoryEstimate
 from ...support.interrupts import NativeCallbacks
 from ...support.units import excerpt, format_bytes
 from ..base import Backend, ContextGrowth, LoadedModel, Placement, TextGenerator

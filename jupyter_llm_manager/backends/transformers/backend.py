@@ -25,9 +25,10 @@ from ...errors import (
     ModelLoadingError,
     OutOfMemoryDuringLoad,
 )
-from ...estimates import MemoryEstimate, estimate_checkpoint
+from ...estimates import estimate_checkpoint
 from ...generation import AnswerFilter, GenerationParams, GenerationResult, Prompt, StreamInterrupted
 from ...gguf.files import gguf_path, is_gguf, read_gguf
+from ...reports import MemoryEstimate
 from ..base import Backend, LoadedModel, Placement, TextGenerator, release_frames
 from ..generation_defaults import GenerationDefaults, checkpoint_defaults, gguf_defaults
 from . import adapters as peft_adapters

@@ -15,8 +15,8 @@ from collections.abc import Sequence
 from ...backends.base import Backend, ContextGrowth, LoadedModel, Placement, TextGenerator
 from ...config.spec import ModelSpec
 from ...errors import ModelLoadingError
-from ...estimates import MemoryEstimate
 from ...generation import GenerationParams, GenerationResult, Prompt
+from ...reports import MemoryEstimate
 from ...support.deadlines import Deadline
 from ..instances import Instance, TurnHeld
 

@@ -33,12 +33,12 @@ import psutil
 from ...devices import gpu_processes
 from ...errors import ConfigurationError, log_failure
 from ...events import EventBus
+from ...reports import KernelRow, MachineModel, MachineReport
 from ...support.units import excerpt
 from ..policy.fit import Eviction, Holding
 from ..state import Books
 from .ledger import Ledger, MemberRow, ModelRow, RequestRow, default_ledger_path
 from .listener import Listener, ask
-from .machine import KernelRow, MachineModel, MachineReport
 from .placement_lock import placement_lock
 
 __all__ = ["ANSWER_S", "Cooperation", "Others"]

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, replace
 
 from ...backends.base import ContextGrowth, Placement
 from ...errors import ResourceNotAvailableError
-from ...estimates import MemoryEstimate
+from ...reports import MemoryEstimate
 from ...support.units import format_bytes
 from .fit import Eviction, Holding, Plan, Request, Snapshot, admit, apply, enforce
 from .placement import place

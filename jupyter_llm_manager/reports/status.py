@@ -1,7 +1,4 @@
-"""Point-in-time reports the manager returns: frozen, raw fields, readable ``*_str``.
-
-They hold ids and numbers, never model objects, so front-ends can keep them.
-"""
+"""A registered model id's status row, what an unload freed, and what a garbage collection found."""
 
 from __future__ import annotations
 
@@ -10,11 +7,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from .support.units import bytes_text, format_bytes, format_duration
+from ..support.units import bytes_text, format_bytes, format_duration
 
 __all__ = ["GarbageReport", "ModelState", "StatusRow", "UnloadReport"]
 
-#: A model id's state (see :mod:`jupyter_llm_manager.instances` for the machine behind it).
+#: A model id's state (see :mod:`jupyter_llm_manager.manager.instances` for the machine behind it).
 ModelState = Literal["registered", "waiting", "loading", "loaded", "unloading", "failed"]
 
 

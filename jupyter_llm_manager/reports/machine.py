@@ -5,10 +5,21 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from ...devices import GpuProcess
-from ...support.units import bytes_text, format_duration
+from ..support.units import bytes_text, format_duration
 
-__all__ = ["KernelRow", "MachineModel", "MachineReport"]
+__all__ = ["GpuProcess", "KernelRow", "MachineModel", "MachineReport"]
+
+
+@dataclass(frozen=True)
+class GpuProcess:
+    """A process holding memory on a GPU, as the driver reports it (NVML)."""
+
+    pid: int
+    name: str
+    device: str
+    bytes: int
+
+    bytes_str = bytes_text("bytes")
 
 
 @dataclass(frozen=True)
