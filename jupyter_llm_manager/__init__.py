@@ -30,9 +30,10 @@ from .errors import (
 )
 from .events import Event
 from .generation import GenerationParams, GenerationResult
-from .manager.facade import LLMManager, get_manager
+from .manager.facade import LLMManager
 from .manager.generations import TextStream
 from .manager.handles import Lease, ModelHandle
+from .manager.kernel import get_manager
 from .reports import DeviceReport, GarbageReport, MemoryEstimate, StatusRow, UnloadReport
 from .support.moved import install as _keep_old_module_paths
 

@@ -53,7 +53,7 @@ def _manager(devices) -> tuple[LLMManager, SharedAdapterFake]:
 
 
 def _turns(manager: LLMManager, model_id: str):
-    return manager._books.instances[manager.row(model_id).instance].turns
+    return manager._parts.state.instances[manager.row(model_id).instance].turns
 
 
 def _until(condition, timeout: float = 30.0) -> None:

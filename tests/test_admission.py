@@ -579,7 +579,7 @@ def test_eight_threads_over_three_models_all_complete_under_cap_two(make_manager
 
 
 def test_no_event_is_delivered_while_a_manager_lock_is_held(make_manager, backend):
-    """Checked from another thread: while each subscriber call runs, the books must be free to others."""
+    """Checked from another thread: while each subscriber call runs, the state must be free to others."""
     manager = make_manager(max_loaded_models=1)
     fake(manager, "a")
     fake(manager, "b")

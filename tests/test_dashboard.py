@@ -369,7 +369,7 @@ def test_this_machine_lists_another_notebooks_models_and_the_device_bar_shows_wh
     other.pin("their-model")
     holder, release = lease_elsewhere(other, "their-model")
     try:
-        other._cooperation.publish_soon()  # a lease is published with the next heartbeat
+        other._parts.cooperation.publish_soon()  # a lease is published with the next heartbeat
         assert until(lambda: machine_row(board, "their-model")[5:7] == ["yes", "1"])
     finally:
         release.set()

@@ -21,7 +21,7 @@ from jlm_helpers.fakes import FakeBackend, FakeDevices
 from jupyter_llm_manager import LLMManager
 from jupyter_llm_manager.config.settings import SETTING_NAMES, ManagerSettings
 from jupyter_llm_manager.errors import ConfigurationError
-from jupyter_llm_manager.manager import facade as manager_module
+from jupyter_llm_manager.manager import kernel as manager_module
 
 ROOT = Path(__file__).resolve().parent.parent
 

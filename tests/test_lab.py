@@ -265,7 +265,7 @@ def test_the_snapshot_lists_the_other_notebooks_models_with_their_manager(bridge
     assert row is not None and machine_model(snapshot, "a") is None  # this kernel's models are the cards above
     assert (row["notebook"], row["device"], row["memory"], row["bytes"]) == ("analysis/report.ipynb", "cuda:0",
                                                                                "1.0 GB", GB)
-    assert row["member"] == other._cooperation.member and row["unloadable"] and not row["pinned"]
+    assert row["member"] == other.machine().kernels[0].member and row["unloadable"] and not row["pinned"]
     assert snapshot["machine"]["cooperating"] and not snapshot["machine"]["problem"]
     cuda = next(d for d in snapshot["devices"] if d["device"] == "cuda:0")
     assert cuda["notebooks"] == "2.0 GB"  # what the other notebook holds there
@@ -273,7 +273,7 @@ def test_the_snapshot_lists_the_other_notebooks_models_with_their_manager(bridge
 
 def test_unload_asks_the_other_notebook_and_it_unloads_an_idle_model(bridge, other):
     channel = frontend_opens(bridge)
-    member = other._cooperation.member
+    member = other.machine().kernels[0].member
     result = channel.answer(channel.send_click_to(member, "idle"))
     assert result["ok"] and result["message"].startswith("unloaded 'idle' for ") and "1.0 GB freed" in result[
         "message"]
@@ -283,7 +283,7 @@ def test_unload_asks_the_other_notebook_and_it_unloads_an_idle_model(bridge, oth
 
 def test_unload_of_another_notebooks_model_in_use_or_pinned_is_refused_with_a_message(bridge, other):
     channel = frontend_opens(bridge)
-    member = other._cooperation.member
+    member = other.machine().kernels[0].member
     holder, release = lease_elsewhere(other, "busy")
     try:
         answer = channel.answer(channel.send_click_to(member, "busy"))
@@ -301,7 +301,7 @@ def test_unload_requests_without_a_member_or_for_one_gone_are_answered_not_raise
     for member in (None, "", 42, "x" * 500):
         answer = channel.answer(channel.send_click_to(member, "idle"))
         assert not answer["ok"] and "member id" in answer["message"]
-    assert not channel.answer(channel.send_click_to(other._cooperation.member, None))["ok"]
+    assert not channel.answer(channel.send_click_to(other.machine().kernels[0].member, None))["ok"]
     gone = channel.answer(channel.send_click_to("12345-deadbeef", "idle"))
     assert not gone["ok"] and "no manager '12345-deadbeef'" in gone["message"]
     assert other.row("idle").state == "loaded"

@@ -491,7 +491,7 @@ def test_preload_models_load_in_the_background_at_start(tmp_path, devices, backe
 
 def test_get_manager_is_one_kernel_wide_manager_configured_from_the_file(tmp_path, monkeypatch):
     from jupyter_llm_manager import get_manager
-    from jupyter_llm_manager.manager import facade as manager_module
+    from jupyter_llm_manager.manager import kernel as manager_module
 
     path = tmp_path / "llm.yaml"
     path.write_text("defaults: {max_loaded_models: 3, default_model: chat}\n"
@@ -509,7 +509,7 @@ def test_get_manager_is_one_kernel_wide_manager_configured_from_the_file(tmp_pat
 
 def test_built_in_models_are_never_written_to_a_configuration_file(tmp_path, monkeypatch):
     from jupyter_llm_manager import get_manager
-    from jupyter_llm_manager.manager import facade as manager_module
+    from jupyter_llm_manager.manager import kernel as manager_module
     from jupyter_llm_manager.models.demo import register_demo_models
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))

@@ -9,11 +9,11 @@ from __future__ import annotations
 import pytest
 
 from jupyter_llm_manager.backends.base import ContextGrowth, Placement
+from jupyter_llm_manager.manager.admission.queue import WaitQueue
 from jupyter_llm_manager.manager.policy import fit
 from jupyter_llm_manager.manager.policy.decision import Ask, decide, fit_hint, simulate
 from jupyter_llm_manager.manager.policy.fit import DeviceRoom, Holding, Request, Snapshot
 from jupyter_llm_manager.manager.policy.placement import place
-from jupyter_llm_manager.manager.waiting import WaitQueue
 from jupyter_llm_manager.reports import MemoryEstimate
 
 GB = 1000**3

@@ -430,7 +430,7 @@ def test_two_conversions_of_one_file_at_once_write_one_copy(tmp_path):
 
 def test_the_builtin_model_is_always_there_and_never_saved(tmp_path, monkeypatch):
     from jupyter_llm_manager import get_manager
-    from jupyter_llm_manager.manager import facade as manager_module
+    from jupyter_llm_manager.manager import kernel as manager_module
 
     config = tmp_path / "llm.yaml"
     config.write_text("models:\n  mine:\n    source: Qwen/Qwen2.5-0.5B-Instruct\n")
@@ -451,7 +451,7 @@ def test_the_builtin_model_is_always_there_and_never_saved(tmp_path, monkeypatch
 
 def test_a_user_entry_named_smollm2_replaces_the_builtin(tmp_path, monkeypatch):
     from jupyter_llm_manager import get_manager
-    from jupyter_llm_manager.manager import facade as manager_module
+    from jupyter_llm_manager.manager import kernel as manager_module
 
     config = tmp_path / "llm.yaml"
     config.write_text(f"models:\n  smollm2:\n    source: {GGUF}\n    backend: transformers\n    dtype: bfloat16\n")

@@ -35,7 +35,7 @@ def _say(*texts: object, file: Any = None) -> None:
 
 def _manager() -> Any:
     """The kernel's manager as configured, without its warm-up: a command never loads a model by itself."""
-    from ..manager.facade import configured_manager
+    from ..manager.kernel import configured_manager
 
     return configured_manager(preload=False)
 

@@ -206,7 +206,7 @@ class Dashboard:
                  event_limit: int = 50, background: bool = True) -> None:
         widgets = _ipywidgets()
         if manager is None:
-            from ..manager.facade import get_manager
+            from ..manager.kernel import get_manager
 
             manager = get_manager()
         self.manager = manager

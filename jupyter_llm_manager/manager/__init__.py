@@ -12,17 +12,17 @@ Where each thing is decided:
 - ``planning``: the facts a decision needs, and ``plan()``;
 - ``admission``: leases, loading when needed, the fair wait queue (``waiting``) with deadlines;
 - ``loading``: running an admitted load; ``evictions``: limits, keep-alive and manual unloads;
-- ``freeing``: letting go of memory for real; ``keep_alive``: the reaper thread and upkeep;
+- ``freeing``: letting go of memory for real; ``keep_alive``: the reaper thread and limits;
 - ``generations``: the one generation path (lease, events, backend call, release) and streams;
 - ``handles``: what the manager hands out; ``status``: rows and device reports; ``warmup``: preloads.
 
-The lock rule. One lock, the books' (``state.Books.lock``), guards the
+The lock rule. One lock, the state's (``state.ManagerState.lock``), guards the
 registry, the instance table and every instance's fields, the wait queue,
 the settings and the load failures. It is held only for bookkeeping: never
 while a backend loads, generates, estimates or frees, never while a device is
 probed or a module imported, and never while a subscriber runs: events are
 emitted after it is released, so a subscriber may call back into the
-manager. Waiting (for room, for leases to end) waits on the books' condition,
+manager. Waiting (for room, for leases to end) waits on the state's condition,
 on the manager's clock, which releases the lock. The other locks (the event
 bus's, the estimate and backend caches', NVML's) are leaves: nothing is
 called while they are held.
@@ -41,8 +41,12 @@ __all__ = ["LLMManager", "get_manager"]
 
 def __getattr__(name: str) -> Any:
     """``from jupyter_llm_manager.manager import LLMManager`` keeps working, without importing the parts early."""
-    if name in __all__:
-        from . import facade
+    if name == "LLMManager":
+        from .facade import LLMManager
 
-        return getattr(facade, name)
+        return LLMManager
+    if name == "get_manager":
+        from .kernel import get_manager
+
+        return get_manager
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

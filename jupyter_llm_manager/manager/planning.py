@@ -1,9 +1,9 @@
-"""Will these models fit together? The facts a decision needs, and ``plan()``: admission's own decision, simulated.
+"""Will these models fit together? The sizing a decision needs, and ``plan()``: admission's own decision, simulated.
 
 :func:`gather` collects what deciding on a model needs (its backend, its
 estimate, the device kinds its backend can use, how its context may grow),
 with no lock held; admission and :class:`Planner` both use it. The planner
-then takes the books as they are and simulates loading the models one after
+then takes the state as it is and simulates loading the models one after
 another with the same pure decision admission executes
 (:func:`~.policy.decision.simulate`): the same victims, the same context
 growth, every limit. Models of the plan are not shielded from each other:
@@ -28,14 +28,14 @@ from .adapters import adapter_ask
 from .cooperation import Cooperation
 from .policy.decision import Ask, Decision, Simulation, fit_hint, simulate
 from .policy.fit import Holding
-from .state import Books
-from .status import BooksReader
+from .state import ManagerState
+from .status import StateReader
 
-__all__ = ["Facts", "Planner", "gather"]
+__all__ = ["ModelSizing", "Planner", "gather"]
 
 
 @dataclass(frozen=True)
-class Facts:
+class ModelSizing:
     """What deciding on one model needs, gathered with no lock held."""
 
     spec: ModelSpec
@@ -44,18 +44,18 @@ class Facts:
     kinds: frozenset[str]
     growth: ContextGrowth | None = None
 
-    def ask(self, books: Books, thread: int | None) -> Ask:
-        """The :class:`Ask` for this model in the books now. Caller holds the lock."""
-        key = books.registry.keys[self.spec.id]
-        ask = Ask(self.spec.id, key, self.estimate, self.spec.device, self.kinds, books.registry.priority(key),
-                  thread, self.backend.remote, books.settings.max_memory_per_model, self.growth)
-        return adapter_ask(books, self.spec, self.backend, ask)  # a LoRA adapter: a slice of its base
+    def ask(self, state: ManagerState, thread: int | None) -> Ask:
+        """The :class:`Ask` for this model in the state now. Caller holds the lock."""
+        key = state.registry.keys[self.spec.id]
+        ask = Ask(self.spec.id, key, self.estimate, self.spec.device, self.kinds, state.registry.priority(key),
+                  thread, self.backend.remote, state.settings.max_memory_per_model, self.growth)
+        return adapter_ask(state, self.spec, self.backend, ask)  # a LoRA adapter: a slice of its base
 
 
-def gather(spec: ModelSpec, backend: Backend, estimates: EstimateCache) -> Facts:
-    """The facts of ``spec`` (reads files, maybe the network: never under a lock)."""
+def gather(spec: ModelSpec, backend: Backend, estimates: EstimateCache) -> ModelSizing:
+    """The sizing of ``spec`` (reads files, maybe the network: never under a lock)."""
     growth = backend.context_growth(spec) if spec.max_context == "auto" else None
-    return Facts(spec, backend, estimates.get(spec, backend), frozenset(backend.device_kinds()), growth)
+    return ModelSizing(spec, backend, estimates.get(spec, backend), frozenset(backend.device_kinds()), growth)
 
 
 
@@ -68,40 +68,40 @@ def gather(spec: ModelSpec, backend: Backend, estimates: EstimateCache) -> Facts
 _Unplanned = PlanModel
 
 
-class Planner(BooksReader):
-    """Plans with the manager's own books, estimates and policy, counting other kernels' models when it cooperates."""
+class Planner(StateReader):
+    """Plans with the manager's own state, estimates and policy, counting other kernels' models when it cooperates."""
 
-    def __init__(self, books: Books, probe: DeviceProbe, estimates: EstimateCache, backends: Callable[[str], Backend],
+    def __init__(self, state: ManagerState, probe: DeviceProbe, estimates: EstimateCache, backends: Callable[[str], Backend],
                  cooperation: Cooperation) -> None:
-        super().__init__(books, probe, estimates, backends)
+        super().__init__(state, probe, estimates, backends)
         self._cooperation = cooperation
 
     def wanted(self) -> list[str]:
         """What ``plan()`` checks by default: every task's selected option, else every ``preload`` model."""
-        books = self._books
-        with books.lock:
-            registry = books.registry
+        state = self._state
+        with state.lock:
+            registry = state.registry
             if registry.tasks:
                 return [registry.resolve(task) for task in registry.tasks]
             return [spec.id for spec in registry.specs.values() if spec.preload]
 
     def plan(self, model_ids: Sequence[str]) -> PlanReport:
-        """Load ``model_ids`` one after another on a copy of the books, as admission would; nothing changes."""
+        """Load ``model_ids`` one after another on a copy of the state, as admission would; nothing changes."""
         if not model_ids:
             return PlanReport((), (), True, "Nothing to check: name the models to check, or select task options "
                                             "or mark models preload: true.")
-        books = self._books
-        with books.lock:
-            names = list(dict.fromkeys(books.registry.resolve(i) for i in model_ids))
-            specs = [books.registry.specs[name] for name in names]
-            bases = {spec.base: books.registry.specs.get(spec.base) for spec in specs if spec.base}
+        state = self._state
+        with state.lock:
+            names = list(dict.fromkeys(state.registry.resolve(i) for i in model_ids))
+            specs = [state.registry.specs[name] for name in names]
+            bases = {spec.base: state.registry.specs.get(spec.base) for spec in specs if spec.base}
         specs = list({s.id: s for spec in specs for s in (self._shared_base(spec, bases), spec) if s}.values())
-        found = [self._facts(spec) for spec in specs]
+        found = [self._sizing(spec) for spec in specs]
         others = self._cooperation.others()
         memories = self._probe()
-        with books.lock:
-            snapshot = books.snapshot(memories, foreign=others.holdings)
-            asks = [item.ask(books, None) if isinstance(item, Facts) else item for item in found]
+        with state.lock:
+            snapshot = state.snapshot(memories, foreign=others.holdings)
+            asks = [item.ask(state, None) if isinstance(item, ModelSizing) else item for item in found]
         simulation = simulate(snapshot, [a for a in asks if isinstance(a, Ask)])
         return _report(asks, simulation)
 
@@ -110,21 +110,21 @@ class Planner(BooksReader):
         shared = spec.base is not None and self._backends(spec.backend).adapters == "shared"
         return bases.get(spec.base or "") if shared else None
 
-    def _facts(self, spec: ModelSpec) -> Facts | _Unplanned:
-        """The facts of one model, or the row saying why it cannot be planned."""
+    def _sizing(self, spec: ModelSpec) -> ModelSizing | _Unplanned:
+        """The sizing of one model, or the row saying why it cannot be planned."""
         backend = self._backends(spec.backend)
         cannot = backend.problem(spec)
         if cannot:  # a missing package or provider: no size would make it fit
             return PlanModel(spec.id, str(spec.device), 0, "unknown", "unavailable", cannot)
         try:
-            facts = gather(spec, backend, self._estimates)
+            sizing = gather(spec, backend, self._estimates)
         except LLMManagerError as error:
             return PlanModel(spec.id, str(spec.device), 0, str(error), "unknown",
                              "no estimate: give required_memory to plan it")
-        if not facts.estimate.known and not backend.remote:
-            return PlanModel(spec.id, str(spec.device), 0, facts.estimate.weights_method, "unknown",
+        if not sizing.estimate.known and not backend.remote:
+            return PlanModel(spec.id, str(spec.device), 0, sizing.estimate.weights_method, "unknown",
                              "no estimate: give required_memory to plan it")
-        return facts
+        return sizing
 
 
 def _report(asks: list[Ask | PlanModel], simulation: Simulation) -> PlanReport:

@@ -22,12 +22,12 @@ from ..errors import ConfigurationError, ModelInUseError
 from ..events import EventBus
 from ..models.builtin import BUILTIN_ID
 from .adapters import Adapters
-from .evictions import Evictions, Victims
 from .instances import Instance
 from .policy import fit as policy
-from .state import Books
+from .state import ManagerState
+from .unloading.evictions import Evictions, Victims
 
-__all__ = ["Catalog", "Persistence"]
+__all__ = ["Persistence", "Registration"]
 
 
 def _runs_nothing(spec: ModelSpec, backend: Backend) -> bool:
@@ -36,12 +36,12 @@ def _runs_nothing(spec: ModelSpec, backend: Backend) -> bool:
     return not (backend.remote or spec.loader or spec.trust_remote_code or downloads)
 
 
-class Catalog:
-    """Registers ids, aliases and pins in the books and tells subscribers."""
+class Registration:
+    """Registers ids, aliases and pins in the state and tells subscribers."""
 
-    def __init__(self, books: Books, bus: EventBus, backends: Callable[[str], Backend], evictions: Evictions,
+    def __init__(self, state: ManagerState, bus: EventBus, backends: Callable[[str], Backend], evictions: Evictions,
                  adapters: Adapters) -> None:
-        self._books = books
+        self._state = state
         self._bus = bus
         self._backends = backends
         self._evictions = evictions
@@ -51,9 +51,9 @@ class Catalog:
         """Register ``spec`` (a no-op when the same spec is registered; else ``overwrite`` is needed)."""
         spec = self._checked(self._adapters.derive(spec))
         model_id = spec.id
-        books = self._books
-        with books.lock:
-            registry = books.registry
+        state = self._state
+        with state.lock:
+            registry = state.registry
             old = registry.specs.get(model_id)
             if old == spec and model_id not in registry.aliases:
                 return old
@@ -65,14 +65,14 @@ class Catalog:
                 what = "an alias" if model_id in registry.aliases else "a model with another spec"
                 raise ConfigurationError(f"{model_id!r} is already {what}; pass overwrite=True to replace it",
                                          model_id=model_id)
-            stale = books.instances.get(registry.key_left_behind(model_id, spec) or "")
+            stale = state.instances.get(registry.key_left_behind(model_id, spec) or "")
             self._check_idle(stale)
             registry.put(spec)
             for adapter in self._adapters.rederived(spec):  # they load the way their base now does
                 registry.put(adapter)
-            books.failures.pop(model_id, None)
+            state.failures.pop(model_id, None)
             victims = self._take_out(stale)
-            books.touch(everyone=True)
+            state.touch(everyone=True)
         self._evictions.release(victims)
         self._bus.emit("registered", model_id, message=spec.location)
         return spec
@@ -89,9 +89,9 @@ class Catalog:
 
     def unregister(self, name: str) -> None:
         """Forget a model (or an alias); its instance goes when no other id shares it."""
-        books = self._books
-        with books.lock:
-            registry = books.registry
+        state = self._state
+        with state.lock:
+            registry = state.registry
             stale = None
             if name not in registry.aliases:
                 canonical = registry.resolve(name)
@@ -100,21 +100,21 @@ class Catalog:
                                              f"{', '.join(map(repr, self._adapters.on(canonical)))}: unregister "
                                              "those adapters first", model_id=canonical)
                 key = registry.keys[canonical]
-                stale = None if registry.shared(key, besides=canonical) else books.instances.get(key)
+                stale = None if registry.shared(key, besides=canonical) else state.instances.get(key)
                 self._check_idle(stale)
-                books.failures.pop(canonical, None)
+                state.failures.pop(canonical, None)
             registry.remove(name)
             victims = self._take_out(stale)
-            books.touch(everyone=True)
+            state.touch(everyone=True)
         self._evictions.release(victims)
         self._bus.emit("unregistered", name)
 
     def alias(self, name: str, target: str, *, overwrite: bool) -> None:
         check_model_id(name)
-        books = self._books
-        with books.lock:
-            books.registry.set_alias(name, target, overwrite=overwrite)
-            books.touch(everyone=True)
+        state = self._state
+        with state.lock:
+            state.registry.set_alias(name, target, overwrite=overwrite)
+            state.touch(everyone=True)
         self._bus.emit("registered", name, message=f"alias of {target}")
 
     def select(self, task: str, option: str) -> str | None:
@@ -123,9 +123,9 @@ class Catalog:
         Whatever else names the previous option (an alias, the default model,
         another id of the same weights, a pin) keeps it loaded.
         """
-        books = self._books
-        with books.lock:
-            registry = books.registry
+        state = self._state
+        with state.lock:
+            registry = state.registry
             found = registry.tasks.get(task)
             if found is None:
                 known = ", ".join(sorted(registry.tasks)) or "none (a tasks: section in the configuration file adds them)"
@@ -136,30 +136,30 @@ class Catalog:
             new, old = option_id(task, option), registry.aliases.get(task)
             registry.point(task, new)
             registry.removed.discard(task)
-            books.retiring.discard(registry.keys[new])
+            state.retiring.discard(registry.keys[new])
             leaving = None
             if old and old != new and old in registry.specs and not self._still_used(old):
                 leaving = registry.keys[old]
-                books.retiring.add(leaving)
-            books.touch(everyone=True)
+                state.retiring.add(leaving)
+            state.touch(everyone=True)
         self._bus.emit("registered", task, message=f"alias of {new} (option {option!r} selected)")
         return leaving
 
     def _still_used(self, model_id: str) -> bool:
-        registry = self._books.registry
-        default = self._books.settings.default_model
+        registry = self._state.registry
+        default = self._state.settings.default_model
         return (bool(registry.aliases_of(model_id)) or model_id in registry.pinned
                 or registry.shared(registry.keys[model_id], besides=model_id)
                 or (default is not None and registry.resolve_quiet(default) == model_id))
 
     def set_pinned(self, model_id: str, pinned: bool) -> bool:
         """Pin or unpin; returns whether limits wait to be restored (an unpin may allow it)."""
-        books = self._books
-        with books.lock:
-            canonical = books.registry.resolve(model_id)
-            (books.registry.pinned.add if pinned else books.registry.pinned.discard)(canonical)
-            books.touch(everyone=True)
-            pending = books.limits_pending
+        state = self._state
+        with state.lock:
+            canonical = state.registry.resolve(model_id)
+            (state.registry.pinned.add if pinned else state.registry.pinned.discard)(canonical)
+            state.touch(everyone=True)
+            pending = state.limits_pending
         self._bus.emit("pinned" if pinned else "unpinned", canonical)
         return pending and not pinned
 
@@ -171,9 +171,9 @@ class Catalog:
         are warmed up. A ``loader:``, ``trust_remote_code``, a server or a Hub
         id waits for the user's first use.
         """
-        books = self._books
-        with books.lock:
-            marked = [spec for spec in books.registry.specs.values() if spec.preload]
+        state = self._state
+        with state.lock:
+            marked = [spec for spec in state.registry.specs.values() if spec.preload]
         warm = [spec.id for spec in marked if _runs_nothing(spec, self._backends(spec.backend))]
         return warm, [spec.id for spec in marked if spec.id not in warm]
 
@@ -183,30 +183,30 @@ class Catalog:
             self.register(spec, overwrite=True)
         for name, target in config.aliases.items():
             self.alias(name, target, overwrite=True)
-        books = self._books
-        with books.lock:
-            books.registry.tasks.update(config.tasks)
-            books.registry.inference.update(config.inference)
-            books.touch(everyone=True)
+        state = self._state
+        with state.lock:
+            state.registry.tasks.update(config.tasks)
+            state.registry.inference.update(config.inference)
+            state.touch(everyone=True)
 
     # -- names ----------------------------------------------------------------------------------
 
     def spec(self, model_id: str) -> ModelSpec:
         """The spec an id or alias resolves to."""
-        books = self._books
-        with books.lock:
-            return books.registry.specs[books.registry.resolve(model_id)]
+        state = self._state
+        with state.lock:
+            return state.registry.specs[state.registry.resolve(model_id)]
 
     def key(self, model_id: str) -> str:
         """The instance key an id or alias resolves to."""
-        books = self._books
-        with books.lock:
-            return books.registry.keys[books.registry.resolve(model_id)]
+        state = self._state
+        with state.lock:
+            return state.registry.keys[state.registry.resolve(model_id)]
 
     def ids(self) -> list[str]:
-        books = self._books
-        with books.lock:
-            return books.registry.names()
+        state = self._state
+        with state.lock:
+            return state.registry.names()
 
     def check_file_default(self, config: ConfigFile) -> None:
         """A file's ``defaults: default_model``, before the file is read: it may name the file's own models."""
@@ -223,9 +223,9 @@ class Catalog:
         """
         if name is None:
             return
-        books = self._books
-        with books.lock:
-            registry = books.registry
+        state = self._state
+        with state.lock:
+            registry = state.registry
             if name == BUILTIN_ID or name in also or name in registry.tasks or registry.resolve_quiet(name):
                 return
             known = [*registry.names(), *registry.tasks, *also]
@@ -238,14 +238,14 @@ class Catalog:
                                  path=str(path) if path else None, key="default_model")
 
     def tasks(self) -> list[str]:
-        books = self._books
-        with books.lock:
-            return list(books.registry.tasks)
+        state = self._state
+        with state.lock:
+            return list(state.registry.tasks)
 
     def task(self, name: str) -> Task:
-        books = self._books
-        with books.lock:
-            found = books.registry.tasks.get(name)
+        state = self._state
+        with state.lock:
+            found = state.registry.tasks.get(name)
         if found is None:
             raise ConfigurationError(f"{name!r} is not a task; tasks: {', '.join(self.tasks()) or 'none'}")
         return found
@@ -253,27 +253,27 @@ class Catalog:
     def adopt(self, config: ConfigFile) -> None:
         """A configuration file's models and aliases, for a new manager (nothing is loaded yet)."""
         specs = [self._checked(spec) for spec in config.models.values() if spec.base is None]  # backends now
-        books = self._books
-        with books.lock:
+        state = self._state
+        with state.lock:
             for spec in specs:
-                books.registry.put(spec)
+                state.registry.put(spec)
         adapters = [self._checked(self._adapters.derive(spec)) for spec in config.models.values() if spec.base]
-        with books.lock:
+        with state.lock:
             for spec in adapters:
-                books.registry.put(spec)
+                state.registry.put(spec)
             for name, target in config.aliases.items():  # all at once: an alias may name a later alias
-                books.registry.point(name, target)
-            books.registry.tasks.update(config.tasks)
-            books.registry.inference.update(config.inference)
+                state.registry.point(name, target)
+            state.registry.tasks.update(config.tasks)
+            state.registry.inference.update(config.inference)
             for name in config.aliases:
-                books.registry.resolve(name)  # an alias to an unknown id, or a cycle, is a configuration error
+                state.registry.resolve(name)  # an alias to an unknown id, or a cycle, is a configuration error
 
     def _check_idle(self, stale: Instance | None) -> None:
         if stale is not None and stale.leases:
-            raise ModelInUseError(self._books.name_of(stale), stale.leases)
+            raise ModelInUseError(self._state.name_of(stale), stale.leases)
 
     def _take_out(self, stale: Instance | None) -> Victims:
-        """The stale instance out of the books (a loading one is freed when its load ends). Lock held."""
+        """The stale instance out of the state (a loading one is freed when its load ends). Lock held."""
         if stale is None or stale.state != "loaded":
             return []
         return self._evictions.take_out([policy.Eviction(stale.key, stale.spec.id, "manual", stale.total_bytes)])
@@ -282,19 +282,19 @@ class Catalog:
 # -- saving: every setting, model (with its pin) and alias, merged into the file -------------
 
 class Persistence:
-    """Knows the configuration file of one manager and writes the books into it."""
+    """Knows the configuration file of one manager and writes the state into it."""
 
-    def __init__(self, books: Books, path: Path | None) -> None:
-        self._books = books
+    def __init__(self, state: ManagerState, path: Path | None) -> None:
+        self._state = state
         self.path = path  # the file read, and where save() writes by default
 
     def save(self, path: str | os.PathLike[str] | None = None, *, models: Sequence[str] | None = None,
              aliases: Sequence[str] | None = None, settings: bool = True) -> Path:
         """Write ``models`` and ``aliases`` (``None``: all), what was removed, and the settings when asked."""
         target = Path(path) if path is not None else (self.path or default_config_path())
-        books = self._books
-        with books.lock:
-            registry = books.registry
+        state = self._state
+        with state.lock:
+            registry = state.registry
             chosen = [i for i in (registry.specs if models is None else models)
                       if not registry.specs[i].builtin and not registry.specs[i].task]
             specs = {i: registry.specs[i].with_changes(pinned=i in registry.pinned) for i in chosen}
@@ -304,14 +304,14 @@ class Persistence:
                      for name, task in registry.tasks.items()} if settings else None
             inference = dict(registry.inference) if settings and registry.inference else None
             removed = set(registry.removed)
-            defaults = books.settings.to_mapping() if settings else None
+            defaults = state.settings.to_mapping() if settings else None
             default = defaults and defaults["default_model"]
             if defaults and default in registry.specs and registry.specs[default].builtin:
                 defaults["default_model"] = None  # the built-in default comes back by itself
         written = save_config(target, specs, names, removed=removed, defaults=defaults, tasks=tasks,
                               inference=inference)
-        books = self._books
-        with books.lock:
-            books.registry.removed -= removed
+        state = self._state
+        with state.lock:
+            state.registry.removed -= removed
         self.path = self.path or written
         return written

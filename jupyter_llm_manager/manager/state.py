@@ -1,14 +1,14 @@
-"""The manager's books: every mutable fact of one manager, under one lock; and the leases on its instances.
+"""The manager's state: every mutable fact of one manager, under one lock; and the leases on its instances.
 
 The registry (ids, aliases, pins), the instance table, the wait queue, the
 settings, load failures and the ``version`` counter live here. Whoever
-changes any of them holds ``lock`` and calls :meth:`Books.touch`, which bumps
+changes any of them holds ``lock`` and calls :meth:`ManagerState.touch`, which bumps
 ``version`` and wakes the waits a change can serve: the one queued request
 that may plan next (each waits on its own condition), and the few waits for a
 lease to end or an instance to leave. A change to the registry wakes every
 queued request (``everyone=True``): its model may be gone. The lock is never held while a backend, a
 subscriber or a device probe runs (see the lock rule in the package docstring).
-It is taken with ``with books.lock:`` only: the lock's own C-level enter and
+It is taken with ``with state.lock:`` only: the lock's own C-level enter and
 exit, so a Ctrl-C can never leave it held.
 """
 
@@ -24,14 +24,14 @@ from ..devices import DeviceMemory, device_budget, device_limit
 from ..errors import LLMManagerError, ManagerClosedError
 from ..support.deadlines import Clock, Deadline, wait_for
 from ..support.units import NEVER
+from .admission.queue import WaitQueue
 from .instances import Instance, dependents
 from .policy.fit import DeviceRoom, Holding, Snapshot
-from .waiting import WaitQueue
 
-__all__ = ["Books", "Leases", "Ticket"]
+__all__ = ["Leases", "ManagerState", "Ticket"]
 
 
-class Books:
+class ManagerState:
     """Registry, instances, queue and settings of one manager, and the lock guarding them."""
 
     def __init__(self, settings: ManagerSettings, clock: Clock) -> None:
@@ -68,7 +68,7 @@ class Books:
             waiter.wake.notify()
 
     def new_wake(self) -> threading.Condition:
-        """A condition on the books' lock that one waiter waits on alone."""
+        """A condition on the state's lock that one waiter waits on alone."""
         return threading.Condition(self.lock)
 
     def wait_for_change(self, since: int, deadline: Deadline, wake: threading.Condition | None = None) -> None:
@@ -141,7 +141,7 @@ class Books:
         """The policy's view now, leaving out the instance ``without`` and uncertain devices.
 
         A device in ``moving`` has a load in flight: its free memory already
-        dropped by part of a reservation the books count in full, so when
+        dropped by part of a reservation the state count in full, so when
         its budget depends on the free memory it is left out until the load ends.
         ``foreign``: other kernels' instances (cooperation); their bytes count once
         in the budget (the device's free memory already lacks them).
@@ -207,22 +207,22 @@ class Ticket:
 class Leases:
     """Grants and releases tickets; ``on_idle`` runs (with no lock held) when an instance's last lease ends."""
 
-    def __init__(self, books: Books, on_idle: Callable[[Instance], None]) -> None:
-        self._books = books
+    def __init__(self, state: ManagerState, on_idle: Callable[[Instance], None]) -> None:
+        self._state = state
         self._on_idle = on_idle
 
     def grant(self, model_id: str, canonical: str, instance: Instance) -> Ticket:
         """A lease for the calling thread on a loaded instance. Caller holds the lock."""
         thread = threading.get_ident()
-        instance.lease(thread, self._books.clock())
+        instance.lease(thread, self._state.clock())
         return Ticket(self, model_id, canonical, instance, thread)
 
     def release(self, ticket: Ticket) -> None:
         instance = ticket.instance
-        books = self._books
-        with books.lock:
-            instance.release(ticket.thread, books.clock())
-            books.touch()
+        state = self._state
+        with state.lock:
+            instance.release(ticket.thread, state.clock())
+            state.touch()
             idle = not instance.leases
         if idle:
             self._on_idle(instance)

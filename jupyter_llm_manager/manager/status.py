@@ -1,4 +1,4 @@
-"""Point-in-time reports of the books: status rows and device reports.
+"""Point-in-time reports of the state: status rows and device reports.
 
 Rows are built under the lock from facts gathered before it (estimates,
 device figures), hold ids and numbers only, and convert the monotonic
@@ -21,19 +21,19 @@ from ..estimates import EstimateCache
 from ..reports import DeviceReport, MachineModel, MemoryEstimate, ModelState, StatusRow
 from ..support.units import excerpt
 from .instances import Instance
-from .state import Books
+from .state import ManagerState
 
-__all__ = ["BooksReader", "StatusView"]
+__all__ = ["StateReader", "StatusView"]
 
 log = logging.getLogger(__name__)
 
 
-class BooksReader:
-    """A part that reads the books with what it needs to judge them: devices, estimates, backends."""
+class StateReader:
+    """A part that reads the state with what it needs to judge it: devices, estimates, backends."""
 
-    def __init__(self, books: Books, probe: DeviceProbe, estimates: EstimateCache,
+    def __init__(self, state: ManagerState, probe: DeviceProbe, estimates: EstimateCache,
                  backends: Callable[[str], Backend]) -> None:
-        self._books = books
+        self._state = state
         self._probe = probe
         self._estimates = estimates
         self._backends = backends
@@ -47,60 +47,60 @@ class _RowFacts(NamedTuple):
     generation: GenerationDefaults | None = None  # what its files recommend, read before it loads
 
 
-class StatusView(BooksReader):
+class StatusView(StateReader):
     """Builds :class:`StatusRow` and :class:`DeviceReport` snapshots."""
 
     def rows(self) -> list[StatusRow]:
         """One row per registered model id."""
-        books = self._books
-        with books.lock:
-            specs = list(books.registry.specs.values())
+        state = self._state
+        with state.lock:
+            specs = list(state.registry.specs.values())
         facts = {spec.id: self._facts(spec) for spec in specs}  # files and imports: never under the lock
-        with books.lock:
-            now, wall = books.clock(), time.time()
+        with state.lock:
+            now, wall = state.clock(), time.time()
             return [self._row(spec, facts[spec.id], now, wall) for spec in specs
-                    if books.registry.specs.get(spec.id) is spec]
+                    if state.registry.specs.get(spec.id) is spec]
 
     def row(self, model_id: str) -> StatusRow:
         """The row of one id (an alias gives its model's row)."""
-        books = self._books
-        with books.lock:
-            spec = books.registry.specs[books.registry.resolve(model_id)]
+        state = self._state
+        with state.lock:
+            spec = state.registry.specs[state.registry.resolve(model_id)]
         facts = self._facts(spec)
-        with books.lock:
-            return self._row(spec, facts, books.clock(), time.time())
+        with state.lock:
+            return self._row(spec, facts, state.clock(), time.time())
 
     def machine_models(self, pid: int, notebook: str) -> list[MachineModel]:
         """This manager's instances as rows of the machine report, one per device."""
-        books = self._books
-        with books.lock:
-            now, wall = books.clock(), time.time()
-            return [MachineModel(pid, notebook, books.name_of(i), device, size, i.state,
-                                 books.registry.is_pinned(i.key), i.leases, wall - (now - i.last_used), True)
-                    for i in books.instances.values() if not i.remote for device, size in i.bytes.items()]
+        state = self._state
+        with state.lock:
+            now, wall = state.clock(), time.time()
+            return [MachineModel(pid, notebook, state.name_of(i), device, size, i.state,
+                                 state.registry.is_pinned(i.key), i.leases, wall - (now - i.last_used), True)
+                    for i in state.instances.values() if not i.remote for device, size in i.bytes.items()]
 
     def summary(self) -> str:
         """``3 registered, 1 loaded, cap=2, keep_alive=None``: what a manager's repr says."""
-        books = self._books
-        with books.lock:
-            loaded = sum(1 for i in books.instances.values() if i.state == "loaded")
-            return (f"{len(books.registry.specs)} registered, {loaded} loaded, "
-                    f"cap={books.settings.max_loaded_models}, keep_alive={books.settings.keep_alive}")
+        state = self._state
+        with state.lock:
+            loaded = sum(1 for i in state.instances.values() if i.state == "loaded")
+            return (f"{len(state.registry.specs)} registered, {loaded} loaded, "
+                    f"cap={state.settings.max_loaded_models}, keep_alive={state.settings.keep_alive}")
 
     def devices(self) -> list[DeviceReport]:
         """Per device: total, free, this manager's budget, and the bytes its models hold."""
         memories = self._probe()
-        books = self._books
-        with books.lock:
-            settings = books.settings
+        state = self._state
+        with state.lock:
+            settings = state.settings
             reports = []
             for memory in memories:
-                holders = [i for i in books.instances.values() if i.bytes.get(memory.device)]
+                holders = [i for i in state.instances.values() if i.bytes.get(memory.device)]
                 held = sum(i.bytes[memory.device] for i in holders)
                 budget = device_budget(memory, fraction=settings.memory_fraction, absolute=settings.memory_budget,
                                        held_bytes=held)
                 reports.append(DeviceReport(memory.device, memory.name, memory.total_bytes, memory.free_bytes,
-                                            budget, held, tuple(books.name_of(i) for i in holders), memory.source))
+                                            budget, held, tuple(state.name_of(i) for i in holders), memory.source))
             return reports
 
     def _facts(self, spec: ModelSpec) -> _RowFacts:
@@ -140,41 +140,41 @@ class StatusView(BooksReader):
             return None, excerpt(f"no estimate: {type(error).__name__}: {error}")
 
     def _row(self, spec: ModelSpec, facts: _RowFacts, now: float, wall: float) -> StatusRow:
-        """The row, from the books (the caller holds the lock) and facts gathered before."""
-        books = self._books
-        key = books.registry.keys[spec.id]
-        instance = books.instances.get(key)
+        """The row, from the state (the caller holds the lock) and facts gathered before."""
+        state = self._state
+        key = state.registry.keys[spec.id]
+        instance = state.instances.get(key)
         backend, estimate = facts.backend, facts.estimate
-        position = books.queue.position(key)
-        state: ModelState
+        position = state.queue.position(key)
+        row_state: ModelState
         if instance is not None:
-            state = "unloading" if instance.state not in ("loading", "loaded") else instance.state
+            row_state = "unloading" if instance.state not in ("loading", "loaded") else instance.state
         elif position is not None:
-            state = "waiting"
+            row_state = "waiting"
         else:
-            state = "failed" if spec.id in books.failures else "registered"
+            row_state = "failed" if spec.id in state.failures else "registered"
         placed = instance.placement.devices if instance is not None else ()
         device = "remote" if backend.remote else ",".join(placed) or (
             ",".join(spec.device) if isinstance(spec.device, tuple) else spec.device)
-        last_used = (instance.last_used if instance is not None else None) or books.last_used.get(key)
-        expires = books.expires_at(instance) if instance is not None else None
+        last_used = (instance.last_used if instance is not None else None) or state.last_used.get(key)
+        expires = state.expires_at(instance) if instance is not None else None
         return StatusRow(
-            id=spec.id, instance=key, aliases=books.registry.aliases_of(spec.id), backend=spec.backend,
-            device=device, state=state, in_use=instance.in_use if instance else 0,
-            pinned=spec.id in books.registry.pinned, priority=books.registry.priority(key),
+            id=spec.id, instance=key, aliases=state.registry.aliases_of(spec.id), backend=spec.backend,
+            device=device, state=row_state, in_use=instance.in_use if instance else 0,
+            pinned=spec.id in state.registry.pinned, priority=state.registry.priority(key),
             estimated_bytes=estimate.total_bytes if estimate is not None and estimate.known else None,
-            actual_bytes=instance.footprint_bytes if instance is not None and state == "loaded" else None,
+            actual_bytes=instance.footprint_bytes if instance is not None and row_state == "loaded" else None,
             last_used=None if last_used is None else wall - (now - last_used),
             expires_at=None if expires is None else wall + (expires - now),
-            error=_bounded(books.failures.get(spec.id) or _last_call_error(instance) or facts.problem
+            error=_bounded(state.failures.get(spec.id) or _last_call_error(instance) or facts.problem
                            or facts.estimate_error),
             remote=backend.remote,
             trust_remote_code=spec.trust_remote_code,
-            keep_alive=books.keep_alive_of(instance) if instance is not None else spec.keep_alive,
+            keep_alive=state.keep_alive_of(instance) if instance is not None else spec.keep_alive,
             load_seconds=instance.load_seconds if instance is not None else None,
             details=dict(instance.loaded.details) if instance is not None and instance.loaded else {},
-            protected=books.registry.is_protected(key), kind=spec.kind,
-            waiting_for=books.queue.waiting_for(key) or ("queued" if position else None), queue_position=position,
+            protected=state.registry.is_protected(key), kind=spec.kind,
+            waiting_for=state.queue.waiting_for(key) or ("queued" if position else None), queue_position=position,
             idle_seconds=None if last_used is None else now - last_used,
             expires_in=None if expires is None else expires - now,
             import_seconds=sum(s for _, s in instance.imported) if instance is not None and instance.imported else None,

@@ -1,7 +1,7 @@
 """Keep Ctrl-C out of the few steps that must finish once begun.
 
-Freeing a model changes the books, releases memory and emits an event; an
-interrupt in the middle would leave the books and the events disagreeing.
+Freeing a model changes the state, releases memory and emits an event; an
+interrupt in the middle would leave the state and the events disagreeing.
 :func:`interrupts_deferred` holds a SIGINT back until the block ends, then
 raises ``KeyboardInterrupt`` as usual. Only the main thread receives SIGINT,
 so elsewhere it does nothing.

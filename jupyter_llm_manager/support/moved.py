@@ -30,13 +30,16 @@ MOVED = {
     "magics": "frontends.notebook.magics", "memory": "devices", "plan_view": "frontends.plan_tables",
     "planning": "manager.planning", "registry": "config.registry", "rendering": "frontends.notebook.rendering",
     "secret": "config.secrets", "settings": "config.settings", "spec": "config.spec", "tables": "frontends.tables",
-    "tasks": "config.tasks", "tiny": "models.tiny", "units": "support.units", "warmup": "manager.warmup",
+    "tasks": "config.tasks", "tiny": "models.tiny", "units": "support.units", "warmup": "manager.admission.warmup",
     "yaml_io": "config.bounded_yaml", "backends.hf": "backends.transformers.backend",
     "backends.hf_gguf": "backends.transformers.gguf", "backends.hf_support": "backends.transformers.support",
     "backends.llama_cpp_options": "backends.llama_cpp.options",
     "backends.llama_cpp_adapters": "backends.llama_cpp.adapters",
     "backends.llama_cpp_log": "backends.llama_cpp.log", "backends.openai_compat": "backends.openai.backend",
     "backends.openai_wire": "backends.openai.wire", "gguf_files": "gguf.files", "gguf_header": "gguf.header",
+    "manager.waiting": "manager.admission.queue", "manager.loading": "manager.admission.loading",
+    "manager.warmup": "manager.admission.warmup", "manager.evictions": "manager.unloading.evictions",
+    "manager.freeing": "manager.unloading.freeing", "manager.keep_alive": "manager.unloading.keep_alive",
 }
 
 

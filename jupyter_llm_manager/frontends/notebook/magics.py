@@ -21,7 +21,8 @@ from IPython.core.magic import Magics, line_cell_magic, magics_class
 from traitlets import Bool, Enum, Float, Unicode, observe
 
 from ...errors import LLMManagerError, ModelNotFoundError
-from ...manager.facade import LLMManager, get_manager
+from ...manager.facade import LLMManager
+from ...manager.kernel import get_manager
 from .. import actions
 from ..lab_bridge import LabBridge
 from .arguments import CELL_PARSER, LINE_COMMANDS, LINE_PARSER, MODEL_COMMANDS, parse, usage

@@ -24,7 +24,7 @@ from ...errors import ConfigurationError, LLMManagerError
 from ...estimates import adapter_slice
 from ...support.deadlines import Deadline
 from ..policy.decision import Ask
-from ..state import Books, Ticket
+from ..state import ManagerState, Ticket
 from .binding import AdapterOnBase, between_requests
 
 __all__ = ["Adapters", "adapter_ask"]
@@ -33,9 +33,9 @@ __all__ = ["Adapters", "adapter_ask"]
 class Adapters:
     """Registration, leases and backends of the adapters of one manager."""
 
-    def __init__(self, books: Books, backends: Callable[[str], Backend],
+    def __init__(self, state: ManagerState, backends: Callable[[str], Backend],
                  acquire: Callable[[str, Deadline], Ticket]) -> None:
-        self._books = books
+        self._state = state
         self._backends = backends
         self._acquire = acquire
 
@@ -57,9 +57,9 @@ class Adapters:
         return derived
 
     def _base_spec(self, spec: ModelSpec) -> ModelSpec:
-        books = self._books
-        with books.lock:
-            registry = books.registry
+        state = self._state
+        with state.lock:
+            registry = state.registry
             try:
                 return registry.specs[registry.resolve(spec.base or "")]
             except LLMManagerError:
@@ -70,12 +70,12 @@ class Adapters:
 
     def rederived(self, base: ModelSpec) -> list[ModelSpec]:
         """The adapters registered on ``base``'s id, taking their loading fields from its new spec. Lock held."""
-        registry = self._books.registry
+        registry = self._state.registry
         return [spec.detached().on_base(base) for spec in registry.specs.values() if spec.base == base.id]
 
     def on(self, model_id: str) -> list[str]:
         """The adapter ids registered on ``model_id``. Lock held."""
-        return [spec.id for spec in self._books.registry.specs.values() if spec.base == model_id]
+        return [spec.id for spec in self._state.registry.specs.values() if spec.base == model_id]
 
     # -- leases ------------------------------------------------------------------------------------
 
@@ -102,9 +102,9 @@ class Adapters:
         return ticket
 
     def _shared_base(self, model_id: str) -> str | None:
-        books = self._books
-        with books.lock:
-            spec = books.registry.specs[books.registry.resolve(model_id)]
+        state = self._state
+        with state.lock:
+            spec = state.registry.specs[state.registry.resolve(model_id)]
         if spec.base is None or self._backends(spec.backend).adapters != "shared":
             return None
         return spec.base
@@ -131,10 +131,10 @@ class Adapters:
         """
         if spec.base is None or backend.adapters != "shared":
             return backend
-        books = self._books
-        with books.lock:
-            key = books.registry.keys[books.registry.resolve(spec.base)]
-            base = books.instances.get(key)
+        state = self._state
+        with state.lock:
+            key = state.registry.keys[state.registry.resolve(spec.base)]
+            base = state.instances.get(key)
             if base is None or base.state != "loaded":
                 raise ConfigurationError(f"{spec.id!r}: its base {spec.base!r} is not loaded; use the adapter's id "
                                          "(its base loads with it)", model_id=spec.id)
@@ -142,19 +142,19 @@ class Adapters:
         return AdapterOnBase(backend, base)
 
 
-def adapter_ask(books: Books, spec: ModelSpec, backend: Backend, ask: Ask) -> Ask:
+def adapter_ask(state: ManagerState, spec: ModelSpec, backend: Backend, ask: Ask) -> Ask:
     """The policy's view of an adapter sharing its base: its own bytes, on the base's devices. Lock held.
 
     A base not loaded yet (a plan that loads it first) is placed as its spec says.
     """
     if spec.base is None or backend.adapters != "shared":
         return ask
-    registry = books.registry
+    registry = state.registry
     base_id = registry.resolve_quiet(spec.base)
     if base_id is None:
         return ask
     key = registry.keys[base_id]
-    base = books.instances.get(key)
+    base = state.instances.get(key)
     devices = base.placement.devices if base is not None else ()
     wanted = (devices if len(devices) > 1 else devices[0]) if devices else registry.specs[base_id].device
     return replace(ask, estimate=adapter_slice(ask.estimate), base=key, wanted=wanted)

@@ -7,7 +7,7 @@ write), and a listener answers the other members' requests: evict idle
 models for them, or unload one by hand (the JupyterLab panel). Requests for
 room are decided by the requester, with the same policy as its own (global
 least recently used, priorities, protection, pins, leases); the holder checks
-each model again against its own books before it lets it go.
+each model again against its own state before it lets it go.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from ...events import EventBus
 from ...reports import KernelRow, MachineModel, MachineReport
 from ...support.units import excerpt
 from ..policy.fit import Eviction, Holding
-from ..state import Books
+from ..state import ManagerState
 from .ledger import Ledger, MemberRow, ModelRow, RequestRow, default_ledger_path
 from .listener import Listener, ask
 from .placement_lock import placement_lock
@@ -87,8 +87,8 @@ class Others:
 class Cooperation:
     """The cooperation part of one manager (see the module docstring)."""
 
-    def __init__(self, books: Books, bus: EventBus, evict_for: EvictFor, unload_for: UnloadFor) -> None:
-        self._books = books
+    def __init__(self, state: ManagerState, bus: EventBus, evict_for: EvictFor, unload_for: UnloadFor) -> None:
+        self._state = state
         self._bus = bus
         self._evict_for = evict_for
         self._unload_for = unload_for
@@ -109,8 +109,8 @@ class Cooperation:
 
     @property
     def active(self) -> bool:
-        with self._books.lock:
-            return self._books.settings.cooperate and not self._books.closed
+        with self._state.lock:
+            return self._state.settings.cooperate and not self._state.closed
 
     def ensure_started(self) -> Ledger | None:
         """The ledger, opened to read if this manager cooperates; ``None`` otherwise. Starts no thread."""
@@ -118,8 +118,8 @@ class Cooperation:
             return None
         with self._lock:
             if self._ledger is None:
-                with self._books.lock:
-                    configured = self._books.settings.ledger_path
+                with self._state.lock:
+                    configured = self._state.settings.ledger_path
                 self._ledger = Ledger(Path(os.path.expanduser(configured)) if configured else default_ledger_path())
             return self._ledger
 
@@ -168,7 +168,7 @@ class Cooperation:
         if self._listener is not None:
             self._listener.stop()
             self._listener = None
-        self._books.on_change = None
+        self._state.on_change = None
 
     def _safely(self, work: Callable[[], _T], fallback: _T) -> _T:
         """``work()``, or ``fallback`` with a warning (once) when the ledger fails: it never stops this kernel."""
@@ -191,7 +191,7 @@ class Cooperation:
         me = weakref.ref(self)
         self._listener = Listener(partial(_answer_for, me))
         self._write(ledger)  # raises when the ledger cannot be written: then no member
-        self._books.on_change = self._dirty.set
+        self._state.on_change = self._dirty.set
         self._publisher = threading.Thread(target=_publish_loop, args=(me, self._stop, self._dirty),
                                            name="llm-manager-ledger", daemon=True)
         self._publisher.start()
@@ -203,7 +203,7 @@ class Cooperation:
         with self._lock:
             ledger, publisher, finalizer = self._ledger, self._publisher, self._finalizer
             self._ledger = self._listener = self._publisher = self._finalizer = None
-        self._books.on_change = None
+        self._state.on_change = None
         if finalizer is not None:
             finalizer()  # stops the threads and leaves the ledger, once
         elif ledger is not None:
@@ -220,16 +220,16 @@ class Cooperation:
             self._safely(partial(self._write, ledger), None)
 
     def _rows(self) -> tuple[MemberRow, list[ModelRow]]:
-        """What this member publishes now: its row and its instances' rows (read under the books' lock)."""
-        books = self._books
-        with books.lock:
-            now, wall = books.clock(), time.time()
-            models = [ModelRow(self.member, instance.key, books.name_of(instance), device, size, instance.state,
-                               books.registry.is_pinned(instance.key),
+        """What this member publishes now: its row and its instances' rows (read under the state's lock)."""
+        state = self._state
+        with state.lock:
+            now, wall = state.clock(), time.time()
+            models = [ModelRow(self.member, instance.key, state.name_of(instance), device, size, instance.state,
+                               state.registry.is_pinned(instance.key),
                                instance.in_use,
-                               wall - (now - instance.last_used), books.registry.priority(instance.key),
-                               books.registry.is_protected(instance.key))
-                      for instance in books.instances.values() if not instance.remote
+                               wall - (now - instance.last_used), state.registry.priority(instance.key),
+                               state.registry.is_protected(instance.key))
+                      for instance in state.instances.values() if not instance.remote
                       for device, size in instance.bytes.items()]
         address = self._listener.address if self._listener is not None else ""
         return MemberRow(self.member, self.pid, _started(), self.kernel, self.notebook, address, wall), models
@@ -267,8 +267,8 @@ class Cooperation:
     def _read_others(self, ledger: Ledger, unanswered: frozenset[str]) -> Others:
         member_rows, model_rows, request_rows = ledger.others(self.member)
         members = {m.member: m for m in member_rows}
-        with self._books.lock:
-            now = self._books.clock()
+        with self._state.lock:
+            now = self._state.clock()
         wall = time.time()
         grouped: dict[tuple[str, str], list[ModelRow]] = {}
         for row in model_rows:

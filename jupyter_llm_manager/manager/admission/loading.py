@@ -1,7 +1,7 @@
 """Running an admitted load: the backend call, one retry after out-of-memory, publishing the result.
 
 The thread that was admitted owns the instance (state ``loading``, its bytes
-reserved in the books) and runs the load with no lock held; every other
+reserved in the state) and runs the load with no lock held; every other
 thread asking for the same model waits on the instance's ``ready`` event.
 On success the instance becomes ``loaded`` and is leased to the caller in the
 same step, so nothing can evict it in between; on failure or interrupt it
@@ -15,20 +15,20 @@ import threading
 import time
 from collections.abc import Callable
 
-from ..backends import LoadedModel
-from ..backends.base import progress_reporter
-from ..devices import DeviceProbe
-from ..errors import OutOfMemoryDuringLoad, ResourceNotAvailableError
-from ..events import EventBus
-from ..support import heavy_imports as imports
-from ..support.interrupts import interrupts_deferred
-from ..support.units import format_bytes
-from .evictions import Evictions
-from .freeing import Freeing
-from .instances import Instance, accounted_bytes
-from .policy import fit as policy
-from .policy.decision import fit_hint
-from .state import Books, Leases
+from ...backends import LoadedModel
+from ...backends.base import progress_reporter
+from ...devices import DeviceProbe
+from ...errors import OutOfMemoryDuringLoad, ResourceNotAvailableError
+from ...events import EventBus
+from ...support import heavy_imports as imports
+from ...support.interrupts import interrupts_deferred
+from ...support.units import format_bytes
+from ..instances import Instance, accounted_bytes
+from ..policy import fit as policy
+from ..policy.decision import fit_hint
+from ..state import Leases, ManagerState
+from ..unloading.evictions import Evictions
+from ..unloading.freeing import Freeing
 
 __all__ = ["DECLARED_TOLERANCE", "Loading"]
 
@@ -57,9 +57,9 @@ def _off_declared(declared: int | None, loaded: LoadedModel) -> str:
 class Loading:
     """Loads admitted instances; ``after_load`` runs (no lock held) once one is published."""
 
-    def __init__(self, books: Books, bus: EventBus, probe: DeviceProbe, leases: Leases, evictions: Evictions,
+    def __init__(self, state: ManagerState, bus: EventBus, probe: DeviceProbe, leases: Leases, evictions: Evictions,
                  freeing: Freeing, after_load: Callable[[Instance, bool], None]) -> None:
-        self._books = books
+        self._state = state
         self._bus = bus
         self._probe = probe
         self._leases = leases
@@ -102,7 +102,7 @@ class Loading:
             if published:  # an interrupt held back until the model was published: it stays loaded, unleased
                 raise
             if loaded is not None:
-                with self._books.lock:
+                with self._state.lock:
                     if instance.loaded is None:
                         instance.loaded = loaded  # interrupted between the load and publishing: free it too
             loaded = None
@@ -120,8 +120,8 @@ class Loading:
     def _publish(self, canonical: str, instance: Instance, loaded: LoadedModel, seconds: float,
                  imported: tuple[tuple[str, float], ...]) -> bool:
         """The instance is loaded (promised to this thread); ``False`` when no id reaches it any more."""
-        books = self._books
-        with books.lock:
+        state = self._state
+        with state.lock:
             instance.loaded = loaded
             instance.imported = imported
             instance.move("loaded")
@@ -129,23 +129,23 @@ class Loading:
             instance.bytes = accounted_bytes(instance.footprint, instance.placement, instance.estimate,
                                              complete=loaded.complete_footprint)
             instance.load_seconds = seconds
-            instance.last_used = books.clock()
+            instance.last_used = state.clock()
             instance.loader = None
-            books.failures.pop(canonical, None)
-            wanted = bool(books.registry.ids_of(instance.key))
+            state.failures.pop(canonical, None)
+            wanted = bool(state.registry.ids_of(instance.key))
             if wanted:
                 instance.joiners.add(threading.get_ident())  # its lease is taken when it looks again
             else:
                 instance.move("unloading")
             instance.ready.set()
-            books.touch()
+            state.touch()
         return wanted
 
     def _load_with_retry(self, canonical: str, instance: Instance) -> LoadedModel:
         """Load (what the backend reports meanwhile becomes ``load_progress`` events), retrying once."""
 
         def progress(message: str) -> None:
-            with self._books.lock:
+            with self._state.lock:
                 instance.progress = message
             self._bus.emit("load_progress", canonical, message=message, arrival=instance.arrival)
 
@@ -170,16 +170,16 @@ class Loading:
             raise self._out_of_memory(request, str(error)) from None
 
     def _request(self, canonical: str, instance: Instance) -> policy.Request:
-        books = self._books
-        with books.lock:
-            return policy.Request(canonical, instance.key, dict(instance.bytes), books.registry.priority(instance.key),
+        state = self._state
+        with state.lock:
+            return policy.Request(canonical, instance.key, dict(instance.bytes), state.registry.priority(instance.key),
                                   instance.loader)
 
     def _out_of_memory(self, request: policy.Request, detail: str) -> ResourceNotAvailableError:
         memories = self._probe()
-        books = self._books
-        with books.lock:
-            shortfalls = policy.shortfalls(books.snapshot(memories, without=request.key), request)
+        state = self._state
+        with state.lock:
+            shortfalls = policy.shortfalls(state.snapshot(memories, without=request.key), request)
         return ResourceNotAvailableError(
             f"Cannot load {request.name!r}: the device ran out of memory during the load ({detail}), also after "
             "evicting every model that may be evicted.", model_id=request.name, shortfalls=shortfalls,

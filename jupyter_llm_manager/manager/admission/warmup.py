@@ -16,8 +16,8 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ..errors import LLMManagerError
-from ..events import EventBus
+from ...errors import LLMManagerError
+from ...events import EventBus
 
 __all__ = ["WarmUp", "WarmUpStatus"]
 

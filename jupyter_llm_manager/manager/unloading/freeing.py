@@ -3,9 +3,9 @@
 Every unload, eviction, expiry and failed load ends in :meth:`Freeing.release`
 or :meth:`Freeing.abandon`, which share one teardown: drop every reference,
 ``gc.collect()``, empty the device caches, check through a weak reference that
-the model object is gone and, when it is not, name what holds it. The books
+the model object is gone and, when it is not, name what holds it. The state
 change and the event is emitted in the same step, with interrupts held back,
-so the books and the events always agree.
+so the state and the events always agree.
 """
 
 from __future__ import annotations
@@ -20,16 +20,16 @@ from typing import Any
 
 import psutil
 
-from ..backends import Backend, release_frames
-from ..devices import DeviceProbe
-from ..errors import ModelLoadingError, ResourceNotAvailableError
-from ..events import EventBus, EventKind, EvictionReason
-from ..reports import GarbageReport, UnloadReport
-from ..support.interrupts import interrupts_deferred
-from ..support.referrers import HOLDER_HINT, describe_holders
-from ..support.units import excerpt
-from .instances import Instance
-from .state import Books
+from ...backends import Backend, release_frames
+from ...devices import DeviceProbe
+from ...errors import ModelLoadingError, ResourceNotAvailableError
+from ...events import EventBus, EventKind, EvictionReason
+from ...reports import GarbageReport, UnloadReport
+from ...support.interrupts import interrupts_deferred
+from ...support.referrers import HOLDER_HINT, describe_holders
+from ...support.units import excerpt
+from ..instances import Instance
+from ..state import ManagerState
 
 __all__ = ["Freeing"]
 
@@ -37,11 +37,11 @@ log = logging.getLogger(__name__)
 
 
 class Freeing:
-    """Releases instances that the books marked ``unloading``, and failed loads."""
+    """Releases instances that the state marked ``unloading``, and failed loads."""
 
-    def __init__(self, books: Books, bus: EventBus, probe: DeviceProbe,
+    def __init__(self, state: ManagerState, bus: EventBus, probe: DeviceProbe,
                  backends: Callable[[], list[Backend]]) -> None:
-        self._books = books
+        self._state = state
         self._bus = bus
         self._probe = probe
         self._backends = backends
@@ -55,9 +55,9 @@ class Freeing:
         no longer held back.
         """
         with self._bus.held(), interrupts_deferred():
-            books = self._books
-            with books.lock:
-                model_id = books.name_of(instance)
+            state = self._state
+            with state.lock:
+                model_id = state.name_of(instance)
             started = time.perf_counter()
             devices = instance.placement.devices
             before = instance.backend.memory_in_use(devices)
@@ -76,13 +76,13 @@ class Freeing:
             if not collected and target is not None:
                 with self._lingering_lock:
                     self._lingering.append((model_id, target))
-            books = self._books
-            with books.lock:
+            state = self._state
+            with state.lock:
                 instance.move("unloaded")
-                if books.instances.get(instance.key) is instance:
-                    del books.instances[instance.key]
-                books.last_used[instance.key] = instance.last_used
-                books.touch()
+                if state.instances.get(instance.key) is instance:
+                    del state.instances[instance.key]
+                state.last_used[instance.key] = instance.last_used
+                state.touch()
             kind: EventKind = "unloaded" if reason == "manual" else "evicted"
             self._bus.emit(kind, model_id, reason=reason, seconds=report.seconds, bytes=report.freed_bytes,
                            message=note)
@@ -91,7 +91,7 @@ class Freeing:
         return report
 
     def abandon(self, canonical: str, instance: Instance, error: BaseException) -> None:
-        """Undo a failed or interrupted load: out of the books, memory released, waiters told.
+        """Undo a failed or interrupted load: out of the state, memory released, waiters told.
 
         The error's frames lose their locals: a failed load's half-built
         tensors must not live on in the traceback a notebook keeps.
@@ -100,22 +100,22 @@ class Freeing:
             release_frames(error)
             interrupted = isinstance(error, KeyboardInterrupt)
             message = "interrupted" if interrupted else excerpt(str(error))
-            books = self._books
-            with books.lock:
+            state = self._state
+            with state.lock:
                 instance.error = error
                 instance.move("failed")
-                if books.instances.get(instance.key) is instance:
-                    del books.instances[instance.key]
+                if state.instances.get(instance.key) is instance:
+                    del state.instances[instance.key]
                 if not interrupted and not isinstance(error, ResourceNotAvailableError):
-                    books.failures[canonical] = message  # the model itself failed
+                    state.failures[canonical] = message  # the model itself failed
                 instance.ready.set()
-                books.touch()
+                state.touch()
             self._teardown(instance)
             self._bus.emit("load_failed", canonical, message=message)
 
     def _teardown(self, instance: Instance) -> weakref.ref[Any] | None:
         """Drop the backend's object and every reference to it; collect; empty device caches."""
-        with self._books.lock:
+        with self._state.lock:
             loaded, instance.loaded = instance.loaded, None
         # a LoRA adapter's model is its base's: freeing the adapter does not free the model
         target = _weak(loaded.model) if loaded is not None and not loaded.shared else None

@@ -11,16 +11,16 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterable, Sequence
 
-from ..devices import DeviceProbe
-from ..errors import ModelInUseError
-from ..events import EventBus, EvictionReason
-from ..reports import UnloadReport
-from ..support.deadlines import Deadline
-from ..support.interrupts import interrupts_deferred
+from ...devices import DeviceProbe
+from ...errors import ModelInUseError
+from ...events import EventBus, EvictionReason
+from ...reports import UnloadReport
+from ...support.deadlines import Deadline
+from ...support.interrupts import interrupts_deferred
+from ..instances import Instance, dependents
+from ..policy import fit as policy
+from ..state import ManagerState
 from .freeing import Freeing
-from .instances import Instance, dependents
-from .policy import fit as policy
-from .state import Books
 
 __all__ = ["Evictions"]
 
@@ -30,8 +30,8 @@ Victims = list[tuple[Instance, EvictionReason]]
 class Evictions:
     """Plans evictions on a snapshot and executes them; the only caller of :meth:`Freeing.release`."""
 
-    def __init__(self, books: Books, bus: EventBus, probe: DeviceProbe, freeing: Freeing) -> None:
-        self._books = books
+    def __init__(self, state: ManagerState, bus: EventBus, probe: DeviceProbe, freeing: Freeing) -> None:
+        self._state = state
         self._bus = bus
         self._probe = probe
         self._freeing = freeing
@@ -40,16 +40,16 @@ class Evictions:
         """Mark a plan's victims ``unloading`` (those still loaded and idle). Caller holds the lock."""
         victims: Victims = []
         for eviction in evictions:
-            instance = self._books.instances.get(eviction.key)
+            instance = self._state.instances.get(eviction.key)
             if instance is not None and instance.state == "loaded" and not instance.leases:
-                for adapter in dependents(self._books.instances.values(), instance.key):  # they go with their base
+                for adapter in dependents(self._state.instances.values(), instance.key):  # they go with their base
                     if adapter.state == "loaded" and not adapter.leases:
                         adapter.move("unloading")
                         victims.append((adapter, eviction.reason))
                 instance.move("unloading")
                 victims.append((instance, eviction.reason))
         if victims:
-            self._books.touch()
+            self._state.touch()
         return victims
 
     def release(self, victims: Victims, note: str = "") -> list[UnloadReport]:
@@ -66,17 +66,17 @@ class Evictions:
     def for_other_kernel(self, keys: Sequence[str], priority: int, requester: str) -> list[str]:
         """Evict those of ``keys`` that are loaded, idle and unpinned now (protected ones only for an equal or
         higher priority): another kernel on this machine needs the room. Returns the keys freed."""
-        books = self._books
-        with books.lock:
+        state = self._state
+        with state.lock:
             chosen = []
             for key in keys:
-                instance = books.instances.get(key)
-                registry = books.registry
+                instance = state.instances.get(key)
+                registry = state.registry
                 if (instance is None or instance.state != "loaded" or instance.leases or instance.joiners
                         or registry.is_pinned(key)
                         or (registry.is_protected(key) and registry.priority(key) > priority)):
                     continue
-                chosen.append(policy.Eviction(key, books.name_of(instance), "other_kernel", instance.total_bytes))
+                chosen.append(policy.Eviction(key, state.name_of(instance), "other_kernel", instance.total_bytes))
             victims = self.take_out(chosen)
         self.release(victims, f"for {requester}")
         return [instance.key for instance, _ in victims]
@@ -86,16 +86,16 @@ class Evictions:
 
         A pin is this kernel's word that the model stays: only this kernel unloads a pinned model.
         """
-        books = self._books
-        with books.lock:
-            canonical = books.registry.resolve_quiet(model_id)
-            key = books.registry.keys.get(canonical or "")
-            pinned = key is not None and books.registry.is_pinned(key)
+        state = self._state
+        with state.lock:
+            canonical = state.registry.resolve_quiet(model_id)
+            key = state.registry.keys.get(canonical or "")
+            pinned = key is not None and state.registry.is_pinned(key)
         if key is None:
             return f"{model_id!r} is not registered here"
         if pinned:
             return f"{model_id!r} is pinned: it stays (it can be unpinned in its own notebook)"
-        report = self.unload(key, books.deadline(0), quiet=True)
+        report = self.unload(key, state.deadline(0), quiet=True)
         if report is None:
             return f"{model_id!r} is not loaded, or in use: it stays"
         return f"unloaded {model_id!r} for {requester}: {report.freed_str} freed"
@@ -105,35 +105,35 @@ class Evictions:
     def enforce(self, spare: str | None = None) -> list[UnloadReport]:
         """Bring the count cap and every budget back within limits (what cannot go now is retried later)."""
         memories = self._probe()
-        books = self._books
-        with books.lock:
-            snapshot = books.snapshot(memories, moving=books.loading_devices())
+        state = self._state
+        with state.lock:
+            snapshot = state.snapshot(memories, moving=state.loading_devices())
             plan = policy.enforce(snapshot, spare=spare)
             victims = self.take_out(plan.evictions)
-            books.limits_pending = not plan.admitted or len(snapshot.devices) < len(memories)
+            state.limits_pending = not plan.admitted or len(snapshot.devices) < len(memories)
         return self.release(victims)
 
     def expire(self) -> list[UnloadReport]:
         """Unload every instance idle longer than its keep-alive."""
-        books = self._books
-        with books.lock:
-            victims = self.take_out(policy.expire(books.snapshot(())).evictions)
+        state = self._state
+        with state.lock:
+            victims = self.take_out(policy.expire(state.snapshot(())).evictions)
         return self.release(victims)
 
     def after_out_of_memory(self, request: policy.Request) -> list[UnloadReport]:
         """Evict everything that may make way on the request's devices (before one retry)."""
         memories = self._probe()
-        books = self._books
-        with books.lock:
-            victims = self.take_out(policy.evict_everything_for(books.snapshot(memories), request).evictions)
+        state = self._state
+        with state.lock:
+            victims = self.take_out(policy.evict_everything_for(state.snapshot(memories), request).evictions)
         return self.release(victims)
 
     def next_expiry(self) -> float | None:
         """Seconds until the next instance expires (monotonic clock); ``None`` when none will."""
-        books = self._books
-        with books.lock:
-            due = [t for t in map(books.expires_at, books.instances.values()) if t is not None]
-            return max(min(due) - books.clock(), 0.0) if due else None
+        state = self._state
+        with state.lock:
+            due = [t for t in map(state.expires_at, state.instances.values()) if t is not None]
+            return max(min(due) - state.clock(), 0.0) if due else None
 
     # -- unloading by hand ---------------------------------------------------------------------
 
@@ -147,28 +147,28 @@ class Evictions:
         for itself would never end. Another thread's promise does not stop it.
         """
         me = threading.get_ident()
-        books = self._books
-        with books.lock:
+        state = self._state
+        with state.lock:
             while True:
-                instance = books.instances.get(key)
+                instance = state.instances.get(key)
                 if instance is None or instance.state not in ("loading", "loaded"):
                     return None
                 mine = instance.leased_by(me) or instance.loader == me or me in instance.joiners
                 if instance.state == "loaded" and not instance.leases and not mine:
-                    victims = self.take_out([policy.Eviction(key, books.name_of(instance), "manual", 0)])
+                    victims = self.take_out([policy.Eviction(key, state.name_of(instance), "manual", 0)])
                     break
                 if mine or deadline.expired:
                     if quiet:
                         return None
-                    raise ModelInUseError(books.name_of(instance), max(instance.leases, int(mine)),
+                    raise ModelInUseError(state.name_of(instance), max(instance.leases, int(mine)),
                                           loading=instance.state == "loading")
-                books.wait_for_change(books.version, deadline)
+                state.wait_for_change(state.version, deadline)
         return self.release(victims)[0]
 
     def unload_all(self, deadline: Deadline, *, quiet: bool) -> list[UnloadReport]:
         """Unload every loaded instance, pinned ones included."""
-        books = self._books
-        with books.lock:
-            keys = [key for key, instance in books.instances.items() if instance.state == "loaded"]
+        state = self._state
+        with state.lock:
+            keys = [key for key, instance in state.instances.items() if instance.state == "loaded"]
         reports = [self.unload(key, deadline, quiet=quiet) for key in keys]
         return [report for report in reports if report is not None]

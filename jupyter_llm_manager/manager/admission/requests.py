@@ -4,7 +4,7 @@
   joined (one load serves every caller); remote models never wait for room.
 - Otherwise the request joins the wait queue. The first waiter of the model
   placed next asks the policy for a plan on a fresh snapshot: admit (evict
-  the victims, reserve the bytes, load), wait (until the books change or
+  the victims, reserve the bytes, load), wait (until the state changes or
   the deadline passes; state ``waiting``, a ``waiting`` event with the queue
   position), or refuse at once when waiting cannot help.
 - Ctrl-C during a wait cancels that wait only; the queue forgets it.
@@ -18,29 +18,29 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from ..backends import Backend, Placement
-from ..config.spec import ModelSpec
-from ..devices import DeviceMemory, DeviceProbe
-from ..errors import LLMManagerError, ModelLoadingError, ResourceNotAvailableError
-from ..estimates import EstimateCache, remote_estimate
-from ..events import EventBus
-from ..support.deadlines import Deadline
-from .cooperation import Cooperation, Others
-from .cooperation.membership import ANSWER_S, POLL_S
-from .evictions import Evictions, Victims
-from .instances import Instance
+from ...backends import Backend, Placement
+from ...config.spec import ModelSpec
+from ...devices import DeviceMemory, DeviceProbe
+from ...errors import LLMManagerError, ModelLoadingError, ResourceNotAvailableError
+from ...estimates import EstimateCache, remote_estimate
+from ...events import EventBus
+from ...support.deadlines import Deadline
+from ..cooperation import Cooperation, Others
+from ..cooperation.membership import ANSWER_S, POLL_S
+from ..instances import Instance
+from ..planning import ModelSizing, gather
+from ..policy import fit as policy
+from ..policy.decision import decide
+from ..state import Leases, ManagerState, Ticket
+from ..unloading.evictions import Evictions, Victims
 from .loading import Loading
-from .planning import Facts, gather
-from .policy import fit as policy
-from .policy.decision import decide
-from .state import Books, Leases, Ticket
-from .waiting import Waiter
+from .queue import Waiter
 
 __all__ = ["Admission"]
 
 
 class _Again(enum.Enum):
-    LOOK = "the books changed while a plan was prepared: look at them again"
+    LOOK = "the state changed while a plan was prepared: look at it again"
 
 
 @dataclass(frozen=True)
@@ -55,7 +55,7 @@ class _Load:
 class _Queued:
     waiter: Waiter
     may_plan: bool
-    version: int  # of the books when this was decided: a change after it wakes the waiter
+    version: int  # of the state when this was decided: a change after it wakes the waiter
 
 
 @dataclass(frozen=True)
@@ -82,11 +82,11 @@ class _AskOthers:
 class Admission:
     """Grants leases, loading and waiting for room as needed (see the module docstring)."""
 
-    def __init__(self, books: Books, bus: EventBus, probe: DeviceProbe, backends: Callable[[str], Backend],
+    def __init__(self, state: ManagerState, bus: EventBus, probe: DeviceProbe, backends: Callable[[str], Backend],
                  estimates: EstimateCache, leases: Leases, evictions: Evictions, loading: Loading,
                  cooperation: Cooperation, *, bind: Callable[[ModelSpec, Backend], Backend] | None = None) -> None:
         self._cooperation = cooperation
-        self._books = books
+        self._state = state
         self._bus = bus
         self._probe = probe
         self._backends = backends
@@ -130,17 +130,17 @@ class Admission:
             if promised:
                 self._leave(waiter)
 
-    # -- one look at the books -------------------------------------------------------------------
+    # -- one look at the state -------------------------------------------------------------------
 
     def _look(self, model_id: str, waiter: Waiter | None) -> Ticket | Instance | _Load | _Queued:
         """Lease, join, load or queue: what to do next, decided under the lock."""
         me = threading.get_ident()
-        books = self._books
-        with books.lock:
-            books.check_open()
-            canonical = books.registry.resolve(model_id)
-            key = books.registry.keys[canonical]
-            instance = books.instances.get(key)
+        state = self._state
+        with state.lock:
+            state.check_open()
+            canonical = state.registry.resolve(model_id)
+            key = state.registry.keys[canonical]
+            instance = state.instances.get(key)
             if instance is not None:
                 if instance.state == "loaded":
                     instance.joiners.discard(me)
@@ -152,33 +152,33 @@ class Admission:
                 if instance.state == "loading":
                     instance.joiners.add(me)  # promised a lease when the load ends
                 return instance
-            if waiter is not None and (waiter.key != key or waiter not in books.queue):
-                books.queue.remove(waiter)  # re-registered meanwhile, or served by a load that then failed
+            if waiter is not None and (waiter.key != key or waiter not in state.queue):
+                state.queue.remove(waiter)  # re-registered meanwhile, or served by a load that then failed
                 waiter = None
-            spec = books.registry.specs[canonical]
+            spec = state.registry.specs[canonical]
             backend = self._backends(spec.backend)
             if backend.remote:  # holds no local memory: never waits for room
                 instance = Instance(key, spec, backend, remote_estimate(canonical), Placement(()), loader=me)
-                books.instances[key] = instance
-                books.touch()
+                state.instances[key] = instance
+                state.touch()
                 return _Load(canonical, instance)
             if waiter is None:
                 waiter = self._enqueue(key, canonical, me)
-            may_plan = books.queue.may_plan(waiter)
+            may_plan = state.queue.may_plan(waiter)
             if may_plan:
-                books.queue.planner = waiter
-            return _Queued(waiter, may_plan, books.version)
+                state.queue.planner = waiter
+            return _Queued(waiter, may_plan, state.version)
 
     def _enqueue(self, key: str, canonical: str, thread: int) -> Waiter:
-        books = self._books
-        limit = books.settings.max_queue
-        if len(books.queue) >= limit:
+        state = self._state
+        limit = state.settings.max_queue
+        if len(state.queue) >= limit:
             raise ResourceNotAvailableError(
-                f"Cannot queue the request for {canonical!r}: {len(books.queue)} requests already wait for room "
+                f"Cannot queue the request for {canonical!r}: {len(state.queue)} requests already wait for room "
                 f"(max_queue={limit}).", model_id=canonical, hint="Try again later, or raise max_queue.")
-        waiter = books.queue.add(key, canonical, thread, holds_leases=books.holds_leases(thread))
-        waiter.wake = books.new_wake()
-        books.touch()
+        waiter = state.queue.add(key, canonical, thread, holds_leases=state.holds_leases(thread))
+        waiter.wake = state.new_wake()
+        state.touch()
         return waiter
 
     def _settle(self, instance: Instance) -> None:
@@ -187,55 +187,55 @@ class Admission:
             instance.ready.wait()
             error = instance.error
             if error is not None and not isinstance(error, (ResourceNotAvailableError, KeyboardInterrupt)):
-                canonical = self._books.name_of(instance)
+                canonical = self._state.name_of(instance)
                 raise ModelLoadingError(f"loading {canonical!r} failed in another thread: {error}",
                                         model_id=canonical) from error
             return  # loaded: lease it; refused or interrupted: that was the other caller's answer, try ours
-        books = self._books
-        with books.lock:  # leaving (unloading): it goes in a moment, whatever happens
-            while books.instances.get(instance.key) is instance and not books.closed:
-                books.changed.wait()
+        state = self._state
+        with state.lock:  # leaving (unloading): it goes in a moment, whatever happens
+            while state.instances.get(instance.key) is instance and not state.closed:
+                state.changed.wait()
 
     # -- planning ------------------------------------------------------------------------------
 
     def _plan(self, waiter: Waiter) -> _Admitted | _Wait | _AskOthers | Literal[_Again.LOOK]:
-        """Gather the facts (no lock), then decide and, when admitted, reserve (under the lock).
+        """Gather the sizing (no lock), then decide and, when admitted, reserve (under the lock).
 
         The decision is :func:`~.policy.decision.decide`, the very function
         ``plan()`` simulates: what a plan says is what admission does.
         """
         try:
-            books = self._books
-            with books.lock:
-                spec = books.registry.specs.get(waiter.name)
-                if spec is None or books.registry.keys[waiter.name] != waiter.key:
+            state = self._state
+            with state.lock:
+                spec = state.registry.specs.get(waiter.name)
+                if spec is None or state.registry.keys[waiter.name] != waiter.key:
                     return _Again.LOOK  # unregistered or replaced meanwhile
-            facts = self._facts(waiter.name, spec)
+            sizing = self._sizing(waiter.name, spec)
             memories = self._probe()  # before the lock: a first probe of the GPUs may take a while
-            if facts.backend.remote:
-                return self._decide(waiter, spec, facts, Others(), memories)
+            if sizing.backend.remote:
+                return self._decide(waiter, spec, sizing, Others(), memories)
             with self._cooperation.placing():  # no other kernel reads the ledger until this one has written
-                outcome = self._decide(waiter, spec, facts, self._cooperation.others(waiter.unanswered), memories)
+                outcome = self._decide(waiter, spec, sizing, self._cooperation.others(waiter.unanswered), memories)
                 if isinstance(outcome, _Admitted):
                     self._cooperation.announce()  # the others see the reservation before the lock is let go
                 return outcome
         finally:
-            books = self._books
-            with books.lock:
-                if books.queue.planner is waiter:
-                    books.queue.planner = None
-                    books.wake_planner()  # nothing changed: no new version, or this waiter would plan again at once
+            state = self._state
+            with state.lock:
+                if state.queue.planner is waiter:
+                    state.queue.planner = None
+                    state.wake_planner()  # nothing changed: no new version, or this waiter would plan again at once
 
-    def _decide(self, waiter: Waiter, spec: ModelSpec, facts: Facts, others: Others,
+    def _decide(self, waiter: Waiter, spec: ModelSpec, sizing: ModelSizing, others: Others,
                 memories: Sequence[DeviceMemory]) -> _Admitted | _Wait | _AskOthers | Literal[_Again.LOOK]:
         """Decide on the request with what every kernel holds and, when admitted, reserve (under the lock)."""
-        books = self._books
+        state = self._state
         ahead = others.earlier(waiter.ledger)
-        with books.lock:
-            if books.registry.keys.get(waiter.name) != waiter.key or waiter.key in books.instances:
+        with state.lock:
+            if state.registry.keys.get(waiter.name) != waiter.key or waiter.key in state.instances:
                 return _Again.LOOK  # the model changed meanwhile
-            snapshot = books.snapshot(memories, foreign=others.holdings, claims=others.claims(ahead))
-            decision = decide(snapshot, facts.ask(books, waiter.thread))
+            snapshot = state.snapshot(memories, foreign=others.holdings, claims=others.claims(ahead))
+            decision = decide(snapshot, sizing.ask(state, waiter.thread))
             waiter.needed = dict(decision.request.needed)
             waiter.polls = bool(others.holdings or others.requests)
             waiter.ahead_elsewhere = len(ahead)
@@ -243,19 +243,19 @@ class Admission:
                 waiter.waiting_for = "queued behind " + ", ".join(
                     f"{r.model_id} in {others.names.get(r.member, r.member)}" for r in ahead[:3]) + (
                     " in the machine-wide queue" if len(ahead) <= 3 else f" and {len(ahead) - 3} more")
-                return _Wait(None, books.version)  # first come, first served across kernels
-            foreign = tuple(e for e in decision.plan.evictions if e.key not in books.instances)
+                return _Wait(None, state.version)  # first come, first served across kernels
+            foreign = tuple(e for e in decision.plan.evictions if e.key not in state.instances)
             if decision.plan.admitted and foreign:
-                return _AskOthers(foreign, others, books.registry.priority(waiter.key))
+                return _AskOthers(foreign, others, state.registry.priority(waiter.key))
             if decision.plan.admitted:
-                estimate = decision.estimate or facts.estimate
-                instance = Instance(waiter.key, spec, facts.backend, estimate, decision.placement,
+                estimate = decision.estimate or sizing.estimate
+                instance = Instance(waiter.key, spec, sizing.backend, estimate, decision.placement,
                                     loader=waiter.thread, bytes=dict(decision.request.needed))
                 return self._reserve(waiter, instance, decision.plan)
             waiter.waiting_for = decision.plan.reason
             if decision.plan.verdict == "refuse":
                 raise decision.error()
-            return _Wait(decision.plan, books.version)
+            return _Wait(decision.plan, state.version)
 
     def _ask_others(self, waiter: Waiter, asking: _AskOthers) -> None:
         """Ask the kernels holding the victims to evict them; one that does not answer is named later."""
@@ -265,16 +265,16 @@ class Admission:
             waiter.unanswered |= frozenset(silent)
             waiter.unanswered_names = tuple(dict.fromkeys(waiter.unanswered_names + names))
 
-    def _facts(self, canonical: str, spec: ModelSpec) -> Facts:
+    def _sizing(self, canonical: str, spec: ModelSpec) -> ModelSizing:
         """What the decision needs; an estimate that fails is this model's failure (its row and an event)."""
         backend = self._backends(spec.backend)
         try:
             backend = self._bind(spec, backend) if self._bind is not None else backend
             return gather(spec, backend, self._estimates)
         except LLMManagerError as error:
-            books = self._books
-            with books.lock:
-                books.failures[canonical] = str(error)
+            state = self._state
+            with state.lock:
+                state.failures[canonical] = str(error)
             self._bus.emit("load_failed", canonical, message=str(error))
             raise
 
@@ -289,35 +289,35 @@ class Admission:
         self._loading.run(instance.spec.id, instance)
 
     def _reserve(self, waiter: Waiter, instance: Instance, plan: policy.Plan) -> _Admitted:
-        """Execute an admit plan in the books: victims out, the new instance in (loading). Lock held."""
-        books = self._books
-        first = books.queue.first(instance.key) or waiter
+        """Execute an admit plan in the state: victims out, the new instance in (loading). Lock held."""
+        state = self._state
+        first = state.queue.first(instance.key) or waiter
         blocked = [w.blocked_since for w in (first, waiter) if w.blocked_since is not None]
-        instance.arrival, instance.waited = first.order, books.clock() - min(blocked) if blocked else None
-        instance.joiners = books.queue.threads_for(instance.key) - {waiter.thread}  # served by this one load
+        instance.arrival, instance.waited = first.order, state.clock() - min(blocked) if blocked else None
+        instance.joiners = state.queue.threads_for(instance.key) - {waiter.thread}  # served by this one load
         victims = self._evictions.take_out(plan.evictions)
         for victim, _ in victims:  # their memory on these devices is the new instance's reservation now
             for device in instance.placement.devices:
                 victim.bytes.pop(device, None)
-        books.instances[instance.key] = instance
-        for served in books.queue.serve(instance.key):
+        state.instances[instance.key] = instance
+        for served in state.queue.serve(instance.key):
             if served.wake is not None:
                 served.wake.notify()  # they join the load now
-        books.touch()
+        state.touch()
         return _Admitted(instance, victims)
 
     # -- waiting ---------------------------------------------------------------------------------
 
     def _wait(self, waiter: Waiter, outcome: _Wait, deadline: Deadline, told: str) -> str:
-        """Wait for the books to change; raise when the deadline has passed. Returns what was told."""
-        books = self._books
-        with books.lock:
+        """Wait for the state to change; raise when the deadline has passed. Returns what was told."""
+        state = self._state
+        with state.lock:
             if waiter.blocked_since is None:
-                waiter.blocked_since = books.clock()
+                waiter.blocked_since = state.clock()
             version = outcome.version
-            position = (books.queue.position(waiter.key) or 1) + waiter.ahead_elsewhere
-            ahead = ", ".join(map(repr, books.queue.names_ahead(waiter.key)))
-            reason = (waiter.waiting_for or books.queue.waiting_for(waiter.key)
+            position = (state.queue.position(waiter.key) or 1) + waiter.ahead_elsewhere
+            ahead = ", ".join(map(repr, state.queue.names_ahead(waiter.key)))
+            reason = (waiter.waiting_for or state.queue.waiting_for(waiter.key)
                       or (f"queued behind {ahead}" if ahead else "being placed"))
         if deadline.expired:
             raise self._gave_up(waiter, deadline, reason)
@@ -325,11 +325,11 @@ class Admission:
         message = f"{reason} (queue position {position})"
         if message != told:
             self._bus.emit("waiting", waiter.name, message=reason, position=position, arrival=waiter.order)
-        books = self._books
-        with books.lock:  # what other kernels do wakes nobody here: look again every moment
+        state = self._state
+        with state.lock:  # what other kernels do wakes nobody here: look again every moment
             remaining = deadline.remaining()
-            poll = books.deadline(min(POLL_S, remaining if remaining is not None else POLL_S)) if waiter.polls else None
-            books.wait_for_change(version, poll or deadline, waiter.wake)
+            poll = state.deadline(min(POLL_S, remaining if remaining is not None else POLL_S)) if waiter.polls else None
+            state.wait_for_change(version, poll or deadline, waiter.wake)
         return message
 
     def _queue_on_machine(self, waiter: Waiter) -> None:
@@ -339,8 +339,8 @@ class Admission:
                 self._cooperation.requeue(waiter.ledger, waiter.needed)
                 waiter.published = waiter.needed
         elif waiter.polls:
-            with self._books.lock:
-                priority = self._books.registry.priority(waiter.key)
+            with self._state.lock:
+                priority = self._state.registry.priority(waiter.key)
             waiter.ledger = self._cooperation.enqueue(waiter.name, waiter.needed, priority)
             waiter.published = waiter.needed
 
@@ -359,12 +359,12 @@ class Admission:
         if waiter is not None:
             self._cooperation.dequeue(waiter.ledger)
             waiter.ledger = None
-        books = self._books
-        with books.lock:
-            if waiter is not None and (waiter in books.queue or books.queue.planner is waiter):
-                books.queue.remove(waiter)
-                books.touch()
-            for instance in books.instances.values():
+        state = self._state
+        with state.lock:
+            if waiter is not None and (waiter in state.queue or state.queue.planner is waiter):
+                state.queue.remove(waiter)
+                state.touch()
+            for instance in state.instances.values():
                 if me in instance.joiners:
                     instance.joiners.discard(me)
-                    books.touch()
+                    state.touch()
