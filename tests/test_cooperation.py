@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import stat
 import time
 
 import pytest
@@ -391,10 +392,8 @@ def test_two_kernels_asking_at_the_same_instant_never_both_take_the_same_room(ma
 
     from jlm_helpers.fakes import GB, fake
 
-    from jupyter_llm_manager.manager.cooperation import placement_lock
-    from jupyter_llm_manager.manager.cooperation.membership import Cooperation
+    from jupyter_llm_manager.manager.cooperation import membership
 
-    monkeypatch.setattr(placement_lock, "WAIT_S", 60.0)  # a slow machine never gives up on the lock here
     path = tmp_path / "same-instant.sqlite"
     first = make_manager(ledger_path=str(path), memory_budget={"cuda:0": 3 * GB})
     second = make_manager(ledger_path=str(path), memory_budget={"cuda:0": 3 * GB})
@@ -403,13 +402,13 @@ def test_two_kernels_asking_at_the_same_instant_never_both_take_the_same_room(ma
         fake(manager, "warm", GB // 100)
     load_meanwhile(clock, (first, "warm"), (second, "warm"))  # both are members, as kernels that loaded before
     published(path, ["loaded", "loaded"])
-    read = Cooperation.others
+    read = membership.others_from
     both_read = threading.Barrier(2, timeout=0.3)
     calls = []
 
-    def others_then_wait(self, *args, **kwargs):
-        found = read(self, *args, **kwargs)
-        calls.append(self)
+    def others_then_wait(*args, **kwargs):
+        found = read(*args, **kwargs)
+        calls.append(found)
         if len(calls) <= 2:  # each request's first look: wait until the other has looked too, if it can
             try:
                 both_read.wait()
@@ -417,7 +416,7 @@ def test_two_kernels_asking_at_the_same_instant_never_both_take_the_same_room(ma
                 pass
         return found
 
-    monkeypatch.setattr(Cooperation, "others", others_then_wait)
+    monkeypatch.setattr(membership, "others_from", others_then_wait)
     load_meanwhile(clock, (first, "x"), (second, "y"))
     states = {first.row("x").state, second.row("y").state}
     assert states == {"loaded", "registered"}, f"both took the same 3 GB: x and y are {states}"
@@ -425,43 +424,98 @@ def test_two_kernels_asking_at_the_same_instant_never_both_take_the_same_room(ma
     assert ("x", "other_kernel") in evictions or ("y", "other_kernel") in evictions  # the later one asked
 
 
-def test_the_placement_lock_excludes_other_holders_and_never_waits_on_a_stopped_one(tmp_path, monkeypatch):
-    import stat
+def test_a_placement_is_one_transaction_that_excludes_others_and_never_waits_for_ever(tmp_path):
+    """Reading the others and writing a reservation is one SQLite write transaction (BEGIN IMMEDIATE)."""
     import threading
 
-    from jupyter_llm_manager.manager.cooperation import placement_lock as module
+    import psutil
 
-    monkeypatch.setattr(module, "WAIT_S", 60.0)
-    ledger = tmp_path / "ledger.sqlite"
-    order: list[str] = []
+    from jupyter_llm_manager.manager.cooperation.ledger import Ledger, LedgerBusy, MemberRow, ModelRow
+
+    path = tmp_path / "ledger.sqlite"
+    first, second = Ledger(path), Ledger(path)  # two connections, as two kernels have
+    started = psutil.Process().create_time()
+    me = MemberRow("first", os.getpid(), started, "", "first.ipynb", "", time.time())
+    them = MemberRow("second", os.getpid(), started, "", "second.ipynb", "", time.time())
+    seen: list[list[str]] = []
     inside = threading.Event()
-    with module.placement_lock(ledger) as held:
-        assert held and stat.S_IMODE((tmp_path / "ledger.sqlite.lock").stat().st_mode) == 0o600
+    try:
+        with first.placement("first", wait=5) as placing:
+            assert placing.others() == ([], [], [])
 
-        def second() -> None:
-            inside.set()
-            with module.placement_lock(ledger) as also:  # another descriptor: another holder, even in-process
-                order.append(f"second {also}")
+            def second_places() -> None:
+                inside.set()
+                with second.placement("second", wait=30) as theirs:  # waits for the first to commit
+                    seen.append([row.model_id for row in theirs.others()[1]])
+                    theirs.publish(them, [])
 
-        other = threading.Thread(target=second)
-        other.start()
-        inside.wait(5)
-        other.join(0.2)
-        assert other.is_alive()  # it waits for the first holder
-        order.append("first done")
-    other.join(5)
-    assert order == ["first done", "second True"]
-    monkeypatch.setattr(module, "WAIT_S", 0.2)
-    with module.placement_lock(ledger):
-        started = time.monotonic()
-        with module.placement_lock(ledger) as held:
-            assert not held and time.monotonic() - started < 2  # a holder that keeps it is not waited for
-    with module.placement_lock(tmp_path / "new" / "folder" / "ledger.sqlite") as held:  # made as the ledger is
-        assert held
-    (tmp_path / "ro").mkdir(mode=0o500)
-    with module.placement_lock(tmp_path / "ro" / "ledger.sqlite") as held:  # no lock file possible: go on
-        assert held is (os.geteuid() == 0)
-    if os.geteuid() == 0:  # only root can give a file to another user
-        os.chown(tmp_path / "ledger.sqlite.lock", 65534, 65534)
-        with module.placement_lock(ledger) as held:
-            assert not held  # another user's lock file is never used
+            other = threading.Thread(target=second_places)
+            other.start()
+            assert inside.wait(5)
+            other.join(0.3)
+            assert other.is_alive()  # the second placement waits: it cannot read before the first has written
+            placing.publish(me, [ModelRow("first", "k", "big", "cpu", 10, "loading", False, 1, time.time(), 0, False)])
+        other.join(10)
+        assert seen == [["big"]]  # it saw the reservation the first wrote in its transaction
+        with first.placement("first", wait=5):
+            began = time.monotonic()
+            with pytest.raises(LedgerBusy), second.placement("second", wait=0.2):
+                pass  # never runs: a holder that keeps the ledger locked is not waited for beyond the wait
+            assert time.monotonic() - began < 5
+        assert {m.member for m in second.members()} == {"first", "second"}
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    finally:
+        first.close()
+        second.close()
+
+
+def test_a_forked_child_uses_a_connection_of_its_own(tmp_path):
+    import psutil
+
+    from jupyter_llm_manager.manager.cooperation.ledger import Ledger, MemberRow
+
+    path = tmp_path / "ledger.sqlite"
+    ledger = Ledger(path)
+    started = psutil.Process().create_time()
+    ledger.publish(MemberRow("parent", os.getpid(), started, "", "parent.ipynb", "", time.time()), [])
+    pid = os.fork()
+    if pid == 0:  # the child writes through the same Ledger object, then exits without cleaning up
+        code = 1
+        try:
+            child = psutil.Process().create_time()
+            ledger.publish(MemberRow("child", os.getpid(), child, "", "child.py", "", time.time()), [])
+            code = 0 if ledger._connection is not None else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    rows = ledger._run("SELECT member FROM members")  # the parent's connection still works after the child left
+    assert {row[0] for row in rows} == {"parent", "child"}
+    ledger.close()
+
+
+def test_without_unix_sockets_or_fcntl_the_package_works_alone_and_says_why(tmp_path):
+    import subprocess
+    import sys
+
+    script = tmp_path / "no_sockets.py"
+    script.write_text(
+        "import socket, sys\n"
+        "import psutil  # psutil knows its platform: on one without Unix sockets it never asks for them\n"
+        "sys.modules['fcntl'] = None  # no fcntl: importing it raises ImportError\n"
+        "del socket.AF_UNIX\n"
+        "from jupyter_llm_manager import LLMManager\n"
+        "def load_thing(spec):\n"
+        "    return {'weights': bytearray(1000)}\n"
+        "manager = LLMManager(config_path=False, preload=False)\n"
+        "manager.register('thing', loader='__main__:load_thing', required_memory='1MB')\n"
+        "manager.load('thing')\n"
+        "report = manager.machine()\n"
+        "print(manager.row('thing').state, report.cooperating, report.reason)\n"
+        "manager.close()\n")
+    done = subprocess.run([sys.executable, str(script)], check=False, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "JUPYTER_LLM_MANAGER_LEDGER": str(tmp_path / "ledger.sqlite")})
+    assert done.returncode == 0, done.stderr
+    state, cooperating, reason = done.stdout.strip().split(" ", 2)
+    assert (state, cooperating) == ("loaded", "False") and "Unix domain sockets" in reason
+    assert not (tmp_path / "ledger.sqlite").exists()

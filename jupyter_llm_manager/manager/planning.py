@@ -13,6 +13,7 @@ Nothing is loaded or evicted.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -100,8 +101,10 @@ class Planner(StateReader):
         others = self._cooperation.others()
         memories = self._probe()
         with state.lock:
-            snapshot = state.snapshot(memories, foreign=others.holdings)
-            asks = [item.ask(state, None) if isinstance(item, ModelSizing) else item for item in found]
+            # the snapshot admission would decide on for a request of this thread, not queued yet
+            snapshot = state.snapshot(memories, elsewhere=others.seen_by(None))
+            me = threading.get_ident()
+            asks = [item.ask(state, me) if isinstance(item, ModelSizing) else item for item in found]
         simulation = simulate(snapshot, [a for a in asks if isinstance(a, Ask)])
         return _report(asks, simulation)
 
@@ -129,7 +132,7 @@ class Planner(StateReader):
 
 def _report(asks: list[Ask | PlanModel], simulation: Simulation) -> PlanReport:
     outcomes = iter(simulation.outcomes)
-    evicted = {e.key: e for e in simulation.evictions}
+    evicted = {(e.owner, e.key): e for e in simulation.evictions}
     models = tuple(item if isinstance(item, PlanModel) else _model(item, next(outcomes), evicted, simulation)
                    for item in asks)
     devices = _devices(simulation, models)
@@ -169,7 +172,7 @@ def _model(ask: Ask, outcome: Decision | Holding, evicted: dict, simulation: Sim
         elif ask.growth is not None:
             note = "; ".join(p for p in (f"planned at its {ask.growth.floor}-token floor (max_context: auto)",
                                          note) if p)
-    eviction = evicted.get(ask.key)
+    eviction = evicted.get((None, ask.key))
     if eviction is not None and state in ("loaded", "admitted") and not _held_at_end(ask.key, simulation):
         later = simulation.evicted_by(ask.key)
         state, note = "evicted", f"a later model of the plan evicts it ({later}: {_limit(eviction.reason, simulation)})"
@@ -177,7 +180,7 @@ def _model(ask: Ask, outcome: Decision | Holding, evicted: dict, simulation: Sim
 
 
 def _held_at_end(key: str, simulation: Simulation) -> bool:
-    return any(h.key == key for h in simulation.after.holdings)
+    return any(h.ident == (None, key) for h in simulation.after.holdings)
 
 
 def _limit(reason: str, simulation: Simulation) -> str:
@@ -194,9 +197,7 @@ def _why_not(decision: Decision) -> str:
     if plan.shortfalls:
         return "; ".join(f"needs {format_bytes(s.needed_bytes)} on {s.device}, only {format_bytes(s.available_bytes)} "
                          "can be made free" for s in plan.shortfalls)
-    if plan.verdict == "wait":
-        return plan.reason.replace("waiting for capacity: ", "would wait for ")
-    return plan.reason.split(";")[0].replace("Cannot load", "cannot load")
+    return plan.why.short() if plan.why is not None else plan.verdict
 
 
 def _where(holding: Holding) -> str:
@@ -211,7 +212,8 @@ def _devices(simulation: Simulation, models: tuple[PlanModel, ...]) -> tuple[Pla
                     if m.state in ("admitted", "evicted") and device in m.device.split(",")
                     and not any(h.name == m.id for h in before.holdings))
         gone = tuple((e.name, e.reason, e.bytes) for e in simulation.evictions
-                     if any(h.key == e.key and h.bytes.get(device) for h in (*before.holdings, *after.holdings))
+                     if any(h.ident == (e.owner, e.key) and h.bytes.get(device)
+                            for h in (*before.holdings, *after.holdings))
                      or any(m.id == e.name and device in m.device.split(",") for m in models))
         if added or gone or before.held(device):
             devices.append(PlanDevice(device, room.budget, before.held(device), added, gone, after.held(device)))

@@ -26,9 +26,12 @@ from ..support.deadlines import Clock, Deadline, wait_for
 from ..support.units import NEVER
 from .admission.queue import WaitQueue
 from .instances import Instance, dependents
-from .policy.fit import DeviceRoom, Holding, Snapshot
+from .policy.fit import DeviceRoom, Elsewhere, Holding, Snapshot
 
-__all__ = ["Leases", "ManagerState", "Ticket"]
+__all__ = ["NOBODY_ELSE", "Leases", "ManagerState", "Ticket"]
+
+#: No other kernel: a manager that does not cooperate, or a machine of its own.
+NOBODY_ELSE = Elsewhere()
 
 
 class ManagerState:
@@ -136,31 +139,30 @@ class ManagerState:
                        base=instance.base)
 
     def snapshot(self, memories: Sequence[DeviceMemory], *, moving: set[str] | frozenset[str] = frozenset(),
-                 without: str | None = None, foreign: Sequence[Holding] = (),
-                 claims: Sequence[Holding] = ()) -> Snapshot:
+                 without: str | None = None, elsewhere: Elsewhere = NOBODY_ELSE) -> Snapshot:
         """The policy's view now, leaving out the instance ``without`` and uncertain devices.
 
         A device in ``moving`` has a load in flight: its free memory already
-        dropped by part of a reservation the state count in full, so when
+        dropped by part of a reservation the state counts in full, so when
         its budget depends on the free memory it is left out until the load ends.
-        ``foreign``: other kernels' instances (cooperation); their bytes count once
-        in the budget (the device's free memory already lacks them).
-        ``claims``: what requests ahead in the machine-wide queue will take; they
-        count as held, but the device's free memory still has them.
+        ``elsewhere``: what the other kernels hold (their bytes count once in the
+        budget: the device's free memory already lacks them), the room the requests
+        ahead of this one will take (the free memory still has it), and those requests.
         """
-        holdings = tuple(self.holding(i) for i in self.instances.values() if i.key != without) + tuple(foreign)
+        own = tuple(self.holding(i) for i in self.instances.values() if i.key != without)
+        holdings = own + elsewhere.holdings
         settings = self.settings
         devices = {}
         for memory in memories:
-            held = sum(h.bytes.get(memory.device, 0) for h in holdings)
+            held = sum(h.bytes.get(memory.device, 0) for h in holdings if not h.claim)
             fraction, absolute = settings.memory_fraction, settings.memory_budget
             if memory.device in moving and held + memory.free_bytes < device_limit(memory, fraction=fraction,
                                                                                   absolute=absolute):
                 continue
             budget = device_budget(memory, held_bytes=held, fraction=fraction, absolute=absolute)
             devices[memory.device] = DeviceRoom(memory.device, budget, memory.total_bytes)
-        return Snapshot(holdings + tuple(claims), devices, settings.max_loaded_models, self.clock(), self.queue.threads(),
-                        self.limits_pending, max_adapters=settings.max_loaded_adapters)
+        return Snapshot(holdings, devices, settings.max_loaded_models, self.clock(), self.queue.threads(),
+                        self.limits_pending, max_adapters=settings.max_loaded_adapters, ahead=elsewhere.ahead)
 
 
 # -- leases: while one is held, its instance stays loaded and is never evicted ------------------

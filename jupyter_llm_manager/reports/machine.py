@@ -68,6 +68,8 @@ class MachineReport:
     others: tuple[GpuProcess, ...]  # processes with GPU memory that are not managers: shown, never asked
     cooperating: bool
     ledger: str
+    #: Why this manager does not cooperate ("" when it does): turned off, or not possible here (no Unix sockets).
+    reason: str = ""
 
     def held(self, device: str) -> int:
         return sum(model.bytes for model in self.models if model.device == device)

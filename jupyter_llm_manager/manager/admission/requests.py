@@ -31,6 +31,7 @@ from ..instances import Instance
 from ..planning import ModelSizing, gather
 from ..policy import fit as policy
 from ..policy.decision import decide
+from ..policy.reasons import BeingPlaced, LedgerLocked, QueuedLocally
 from ..state import Leases, ManagerState, Ticket
 from ..unloading.evictions import Evictions, Victims
 from .loading import Loading
@@ -214,10 +215,10 @@ class Admission:
             memories = self._probe()  # before the lock: a first probe of the GPUs may take a while
             if sizing.backend.remote:
                 return self._decide(waiter, spec, sizing, Others(), memories)
-            with self._cooperation.placing():  # no other kernel reads the ledger until this one has written
-                outcome = self._decide(waiter, spec, sizing, self._cooperation.others(waiter.unanswered), memories)
+            with self._cooperation.placement() as placing:  # one ledger transaction: read, decide, write
+                outcome = self._decide(waiter, spec, sizing, placing.others, memories)
                 if isinstance(outcome, _Admitted):
-                    self._cooperation.announce()  # the others see the reservation before the lock is let go
+                    placing.publish()  # the others see the reservation when the transaction ends
                 return outcome
         finally:
             state = self._state
@@ -230,21 +231,18 @@ class Admission:
                 memories: Sequence[DeviceMemory]) -> _Admitted | _Wait | _AskOthers | Literal[_Again.LOOK]:
         """Decide on the request with what every kernel holds and, when admitted, reserve (under the lock)."""
         state = self._state
-        ahead = others.earlier(waiter.ledger)
+        elsewhere = others.seen_by(waiter.ledger, waiter.unanswered)
         with state.lock:
             if state.registry.keys.get(waiter.name) != waiter.key or waiter.key in state.instances:
                 return _Again.LOOK  # the model changed meanwhile
-            snapshot = state.snapshot(memories, foreign=others.holdings, claims=others.claims(ahead))
-            decision = decide(snapshot, sizing.ask(state, waiter.thread))
+            waiter.polls = bool(others.holdings or others.requests or others.busy)
+            if others.busy:  # another process keeps the ledger locked: placing now could over-commit
+                waiter.waiting_for = LedgerLocked().text()
+                return _Wait(None, state.version)
+            decision = decide(state.snapshot(memories, elsewhere=elsewhere), sizing.ask(state, waiter.thread))
             waiter.needed = dict(decision.request.needed)
-            waiter.polls = bool(others.holdings or others.requests)
-            waiter.ahead_elsewhere = len(ahead)
-            if ahead and not (decision.plan.admitted and not decision.plan.evictions):
-                waiter.waiting_for = "queued behind " + ", ".join(
-                    f"{r.model_id} in {others.names.get(r.member, r.member)}" for r in ahead[:3]) + (
-                    " in the machine-wide queue" if len(ahead) <= 3 else f" and {len(ahead) - 3} more")
-                return _Wait(None, state.version)  # first come, first served across kernels
-            foreign = tuple(e for e in decision.plan.evictions if e.key not in state.instances)
+            waiter.ahead_elsewhere = len(elsewhere.ahead)
+            foreign = tuple(e for e in decision.plan.evictions if e.owner is not None)
             if decision.plan.admitted and foreign:
                 return _AskOthers(foreign, others, state.registry.priority(waiter.key))
             if decision.plan.admitted:
@@ -261,7 +259,7 @@ class Admission:
         """Ask the kernels holding the victims to evict them; one that does not answer is named later."""
         silent = self._cooperation.ask_to_evict(asking.evictions, asking.others, asking.priority)
         if silent:
-            names = tuple(f"{asking.others.names.get(m, m)} (pid {m.partition('-')[0]})" for m in sorted(silent))
+            names = tuple(asking.others.named(member) for member in sorted(silent))
             waiter.unanswered |= frozenset(silent)
             waiter.unanswered_names = tuple(dict.fromkeys(waiter.unanswered_names + names))
 
@@ -316,9 +314,9 @@ class Admission:
                 waiter.blocked_since = state.clock()
             version = outcome.version
             position = (state.queue.position(waiter.key) or 1) + waiter.ahead_elsewhere
-            ahead = ", ".join(map(repr, state.queue.names_ahead(waiter.key)))
+            ahead = tuple(state.queue.names_ahead(waiter.key))
             reason = (waiter.waiting_for or state.queue.waiting_for(waiter.key)
-                      or (f"queued behind {ahead}" if ahead else "being placed"))
+                      or (QueuedLocally(ahead) if ahead else BeingPlaced()).text())
         if deadline.expired:
             raise self._gave_up(waiter, deadline, reason)
         self._queue_on_machine(waiter)

@@ -2,10 +2,13 @@
 
 A record, never the owner: each manager writes its own rows (its member row,
 its models, its waiting requests) and reads the others'; each frees its own
-models. The file is created with mode 0600 and refused when another user
-owns it. Members whose process is gone (or whose pid now belongs to a
-process started later) are dropped by whoever reads them. A deleted or
-corrupt file is recreated, with a warning.
+models. A placement reads the others, decides and writes its reservation in
+one write transaction (:meth:`Ledger.placement`, ``BEGIN IMMEDIATE`` as
+diskcache does), so two kernels asking at the same instant never both see
+the same room free. The file is created with mode 0600 and refused when
+another user owns it. Members whose process is gone (or whose pid now
+belongs to a process started later) are dropped by whoever reads them. A
+connection is never shared with a process forked from this one.
 """
 
 from __future__ import annotations
@@ -17,16 +20,17 @@ import sqlite3
 import stat
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
 
 import psutil
 
 from ...errors import ConfigurationError
+from .rows import MemberRow, ModelRow, RequestRow, member_row, model_row, request_row
 
-__all__ = ["LEDGER_ENV", "Ledger", "MemberRow", "ModelRow", "RequestRow", "default_ledger_path", "process_alive"]
+__all__ = ["LEDGER_ENV", "Ledger", "LedgerBusy", "Placement", "default_ledger_path", "process_alive"]
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +46,17 @@ CREATE TABLE IF NOT EXISTS models (member TEXT, key TEXT, model_id TEXT, device 
 CREATE TABLE IF NOT EXISTS requests (arrival INTEGER PRIMARY KEY AUTOINCREMENT, member TEXT, model_id TEXT,
     needed TEXT, priority INTEGER, since REAL);
 """
+#: How long one statement waits for another connection's write lock (a placement holds it a millisecond or two).
+_BUSY_S = 1.0
+
+_T = TypeVar("_T")
+#: The ledger's three tables: members, their models, the waiting requests (in arrival order).
+AllRows = tuple[list[MemberRow], list[ModelRow], list[RequestRow]]
+_Statement = tuple[str, Sequence[object] | list[Sequence[object]], bool]
+
+
+class LedgerBusy(sqlite3.OperationalError):
+    """Another process kept the ledger's write lock for longer than a placement may wait."""
 
 
 def default_ledger_path() -> Path:
@@ -61,55 +76,23 @@ def process_alive(pid: int, started: float) -> bool:
         return False
 
 
-@dataclass(frozen=True)
-class MemberRow:
-    """One manager: its process, its kernel and notebook, where its listener is."""
+class Placement:
+    """One placement on the machine, inside the ledger's write transaction: read the others, then write."""
 
-    member: str
-    pid: int
-    started: float
-    kernel: str
-    notebook: str
-    address: str
-    seen: float
+    def __init__(self, ledger: Ledger, connection: sqlite3.Connection, member: str) -> None:
+        self._ledger = ledger
+        self._connection = connection
+        self.member = member
 
+    def others(self) -> AllRows:
+        """Every other running member's rows, as of this transaction (nobody writes until it ends)."""
+        return self._ledger.others_on(self._connection, self.member)
 
-@dataclass(frozen=True)
-class ModelRow:
-    """One loaded (or loading) instance of a member, on one device."""
-
-    member: str
-    key: str
-    model_id: str
-    device: str
-    bytes: int
-    state: str
-    pinned: bool
-    leases: int
-    last_used: float  # wall clock
-    priority: int
-    protected: bool
-
-
-@dataclass(frozen=True)
-class RequestRow:
-    """A request waiting for capacity, in the machine-wide queue (first come, first served).
-
-    ``needed`` is what it will take per device: later requests count it as
-    taken, so room freed for this one is never taken by them first.
-    """
-
-    arrival: int
-    member: str
-    model_id: str
-    needed: dict[str, int]
-    priority: int
-    since: float
-
-
-_T = TypeVar("_T")
-#: The ledger's three tables: members, their models, the waiting requests (in arrival order).
-_AllRows = tuple[list[MemberRow], list[ModelRow], list[RequestRow]]
+    def publish(self, member: MemberRow, models: Sequence[ModelRow]) -> None:
+        """This member's rows, written in this transaction: the others see the reservation with the decision."""
+        if member.member not in self._ledger.left:
+            _execute(self._connection, _publish_statements(member, models))
+            self._ledger.wrote(member, models)
 
 
 class Ledger:
@@ -117,12 +100,13 @@ class Ledger:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._lock = threading.RLock()  # publish checks and writes under one hold
+        self._lock = threading.RLock()  # a placement, a publish or a read: one at a time on the connection
         self._connection: sqlite3.Connection | None = None
         self._inode: int | None = None
+        self._pid = os.getpid()
         self.recreated = ""  # why the file was recreated last, for a warning
         self._closed = False  # closed for good: a late write of a thread that is stopping does nothing
-        self._left: set[str] = set()  # members that left through this connection: never published again
+        self.left: set[str] = set()  # members that left through this connection: never published again
         # All rows as last read, with the PRAGMA data_version they were read at: read again only when
         # another connection has committed since, or this one changed others' rows (a member left).
         self._seen: tuple[int, list[MemberRow], list[ModelRow], list[RequestRow]] | None = None
@@ -130,7 +114,9 @@ class Ledger:
     # -- the connection ------------------------------------------------------------------------
 
     def _connect(self) -> sqlite3.Connection:
-        """The open connection, (re)opened when the file was deleted or replaced; caller holds the lock."""
+        """The open connection, (re)opened when the file was replaced or this is a forked child; lock held."""
+        if self._pid != os.getpid():  # forked: the parent's connection is the parent's, never touched here
+            self._connection, self._inode, self._pid = None, None, os.getpid()
         try:
             now = os.stat(self.path).st_ino
         except FileNotFoundError:
@@ -157,29 +143,26 @@ class Ledger:
             raise ConfigurationError(f"the ledger {self.path} belongs to another user or is not a file; set "
                                      "ledger_path (or $JUPYTER_LLM_MANAGER_LEDGER) to a file of your own")
         try:
-            return self._schema(sqlite3.connect(self.path, timeout=5.0, check_same_thread=False,
-                                                isolation_level=None))
+            return self._schema(_connection(self.path))
         except sqlite3.DatabaseError as error:  # not a database (overwritten, truncated): start again
             self.recreated = f"the ledger {self.path} was unreadable ({error}); it was recreated"
             for suffix in ("", "-wal", "-shm"):
                 Path(f"{self.path}{suffix}").unlink(missing_ok=True)
             descriptor = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
             os.close(descriptor)
-            return self._schema(sqlite3.connect(self.path, timeout=5.0, check_same_thread=False,
-                                                isolation_level=None))
+            return self._schema(_connection(self.path))
 
     @staticmethod
     def _schema(connection: sqlite3.Connection) -> sqlite3.Connection:
         """WAL mode and the tables; a queue of an older layout is dropped (its requests are asked again)."""
         connection.execute("PRAGMA journal_mode=WAL")
         connection.execute("PRAGMA synchronous=NORMAL")
-        connection.execute("BEGIN IMMEDIATE")
+        connection.execute("BEGIN IMMEDIATE")  # the version is read and changed by one process at a time
         try:
             if connection.execute("PRAGMA user_version").fetchone()[0] < _VERSION:
-                connection.execute("DROP TABLE IF EXISTS requests")
-                connection.execute(f"PRAGMA user_version = {_VERSION}")
-            for statement in filter(str.strip, _SCHEMA.split(";")):
-                connection.execute(statement)
+                _execute(connection, [("DROP TABLE IF EXISTS requests", (), False),
+                                      (f"PRAGMA user_version = {_VERSION}", (), False)])
+            _execute(connection, [(statement, (), False) for statement in filter(str.strip, _SCHEMA.split(";"))])
             connection.execute("COMMIT")
         except BaseException:
             if connection.in_transaction:
@@ -204,34 +187,6 @@ class Ledger:
                     self._reset(error)
         return closed
 
-    def _run(self, work: str, parameters: Iterable[Sequence[object]] | Sequence[object] = (), *,
-             many: bool = False) -> list[tuple]:
-        """Run one statement (its rows)."""
-        def run(connection: sqlite3.Connection) -> list[tuple]:
-            if many:
-                connection.executemany(work, parameters)  # type: ignore[arg-type]
-                return []
-            return connection.execute(work, parameters).fetchall()  # type: ignore[arg-type]
-
-        return self._attempt(run, [])
-
-    def _transaction(self, statements: list[tuple[str, Sequence[object] | list[Sequence[object]], bool]]) -> None:
-        """Several statements at once (one write transaction), so readers never see half an update."""
-        def run(connection: sqlite3.Connection) -> None:
-            connection.execute("BEGIN IMMEDIATE")
-            try:
-                for statement, parameters, many in statements:
-                    if many:
-                        connection.executemany(statement, parameters)  # type: ignore[arg-type]
-                    else:
-                        connection.execute(statement, parameters)
-                connection.execute("COMMIT")
-            except BaseException:
-                connection.execute("ROLLBACK")
-                raise
-
-        self._attempt(run, None)
-
     def _reset(self, error: BaseException) -> None:
         """The file is corrupt: drop it and start a new one (caller holds the lock)."""
         if self._connection is not None:
@@ -250,49 +205,74 @@ class Ledger:
     def close(self) -> None:
         with self._lock:
             self._closed = True
-            if self._connection is not None:
+            if self._connection is not None and self._pid == os.getpid():
                 self._connection.close()
-                self._connection = None
+            self._connection = None
+
+    # -- one placement: one write transaction ------------------------------------------------------
+
+    @contextmanager
+    def placement(self, member: str, wait: float) -> Iterator[Placement]:
+        """Hold the ledger's write lock for one placement: read the others, decide, write this member's rows.
+
+        No other kernel reads the ledger inside a placement of its own, or
+        writes at all, until this one commits; what the block raises rolls it
+        back. :class:`LedgerBusy` when another process kept the lock for
+        ``wait`` seconds (a stopped process): then nothing was read or written.
+        """
+        with self._lock:
+            if self._closed:
+                raise LedgerBusy("the ledger is closed")
+            connection = self._connect()
+            _begin(connection, time.monotonic() + wait)
+            try:
+                yield Placement(self, connection, member)
+                connection.execute("COMMIT")
+            except BaseException:
+                if connection.in_transaction:
+                    connection.execute("ROLLBACK")
+                self._seen = None  # what was read inside may have been rolled back
+                raise
 
     # -- what this member writes -----------------------------------------------------------------
 
     def publish(self, member: MemberRow, models: Sequence[ModelRow]) -> None:
         """This member's row and its models, replacing what it published before (never after it left)."""
         with self._lock:
-            if member.member in self._left:
-                return
-            self._transaction([
-                ("INSERT OR REPLACE INTO members VALUES (?, ?, ?, ?, ?, ?, ?)",
-                 (member.member, member.pid, member.started, member.kernel, member.notebook, member.address,
-                  member.seen), False),
-                ("DELETE FROM models WHERE member = ?", (member.member,), False),
-                ("INSERT OR REPLACE INTO models VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                 [(m.member, m.key, m.model_id, m.device, m.bytes, m.state, int(m.pinned), m.leases, m.last_used,
-                   m.priority, int(m.protected)) for m in models], True),
-            ])
+            if member.member not in self.left:
+                self._attempt(lambda connection: _transaction(connection, _publish_statements(member, models)), None)
+                self.wrote(member, models)
+
+    def wrote(self, member: MemberRow, models: Sequence[ModelRow]) -> None:
+        """This connection replaced ``member``'s rows: the rows last read say so too (its own commits do not
+        move ``data_version``, so they would otherwise look current while lacking them). Lock held."""
+        if self._seen is not None:
+            version, members, old_models, requests = self._seen
+            self._seen = (version, [m for m in members if m.member != member.member] + [member],
+                          [m for m in old_models if m.member != member.member] + list(models), requests)
 
     def publish_current(self, read: Callable[[], tuple[MemberRow, Sequence[ModelRow]]]) -> None:
         """Publish what ``read()`` says now, read under this ledger's lock: two publishers of one member
-        (the publisher thread, a reservation being announced) never write an older picture over a newer one."""
+        (the publisher thread, a placement) never write an older picture over a newer one."""
         with self._lock:
             self.publish(*read())
 
     def leave(self, member: str) -> None:
         """This member is gone: its rows go, and a publish still on its way is dropped."""
         with self._lock:
-            self._left.add(member)
+            self.left.add(member)
             self._seen = None
-            self._transaction([(f"DELETE FROM {table} WHERE member = ?", (member,), False)
-                               for table in ("members", "models", "requests")])
+            self._attempt(lambda connection: _transaction(connection, _leave_statements(member)), None)
 
     def enqueue(self, member: str, model_id: str, needed: Mapping[str, int], priority: int) -> int:
         """A request of this member waits for capacity: its place in the machine-wide queue."""
-        with self._lock:
-            connection = self._connect()
+        def insert(connection: sqlite3.Connection) -> int:
             cursor = connection.execute("INSERT INTO requests (member, model_id, needed, priority, since) "
                                         "VALUES (?, ?, ?, ?, ?)", (member, model_id, json.dumps(dict(needed)),
                                                                    priority, time.time()))
             return int(cursor.lastrowid or 0)
+
+        return self._attempt(insert, 0)
 
     def requeue(self, arrival: int, needed: Mapping[str, int]) -> None:
         """A waiting request now needs other room (another placement or context): its place stays."""
@@ -301,71 +281,116 @@ class Ledger:
     def dequeue(self, arrival: int) -> None:
         self._run("DELETE FROM requests WHERE arrival = ?", (arrival,))
 
+    def _run(self, statement: str, parameters: Sequence[object] = ()) -> list[tuple]:
+        return self._attempt(lambda connection: connection.execute(statement, parameters).fetchall(), [])
+
     # -- what every member reads ---------------------------------------------------------------------
 
-    def others(self, member: str) -> _AllRows:
+    def others(self, member: str) -> AllRows:
         """Every other running member's rows: members, models, waiting requests (in arrival order).
 
         Read in one transaction, so the three agree, and read again only when
-        another connection has written since (``PRAGMA data_version``): this
-        member's own writes touch only its own rows, so planning a load reads
-        next to nothing. A member whose process is gone is dropped, as in :meth:`members`.
+        another connection has written since (``PRAGMA data_version``). A
+        member whose process is gone is dropped on the way.
         """
         with self._lock:
-            members, models, requests = self._read_all()
-            gone = {row.member for row in members if row.member != member and not process_alive(row.pid, row.started)}
-            for left in gone:
-                self.leave(left)
+            nothing: AllRows = ([], [], [])
+            return self._attempt(lambda connection: self.others_on(connection, member), nothing)
+
+    def others_on(self, connection: sqlite3.Connection, member: str) -> AllRows:
+        """:meth:`others` on ``connection``, maybe inside a placement's transaction (caller holds the lock)."""
+        members, models, requests = self._read_all(connection)
+        gone = {row.member for row in members if row.member != member and not process_alive(row.pid, row.started)}
+        if gone:
+            statements = [s for left in gone for s in _leave_statements(left)]
+            if connection.in_transaction:
+                _execute(connection, statements)
+            else:
+                _transaction(connection, statements)
+            self.left |= gone
+            self._seen = None
         present = {row.member for row in members if row.member != member} - gone
         return ([row for row in members if row.member in present], [row for row in models if row.member in present],
                 [row for row in requests if row.member in present])
 
-    def _read_all(self) -> _AllRows:
+    def _read_all(self, connection: sqlite3.Connection) -> AllRows:
         """Every row, as last read when no other connection has committed since (caller holds the lock)."""
-        def read(connection: sqlite3.Connection) -> _AllRows:
-            version = connection.execute("PRAGMA data_version").fetchone()[0]
-            if self._seen is not None and self._seen[0] == version:
-                return self._seen[1:]
+        version = connection.execute("PRAGMA data_version").fetchone()[0]
+        if self._seen is not None and self._seen[0] == version:
+            return self._seen[1:]
+        inside = connection.in_transaction
+        if not inside:
             connection.execute("BEGIN")
-            try:
-                rows = ([MemberRow(*row) for row in connection.execute("SELECT * FROM members")],
-                        [_model_row(row) for row in connection.execute("SELECT * FROM models")],
-                        [_request_row(row) for row in connection.execute("SELECT * FROM requests ORDER BY arrival")])
-            finally:
-                if connection.in_transaction:  # an error may have ended it already: that error is the one to see
-                    connection.execute("COMMIT")
-            self._seen = (version, *rows)
-            return rows
-
-        nothing: _AllRows = ([], [], [])
-        return self._attempt(read, nothing)
+        try:
+            rows = ([member_row(row) for row in connection.execute("SELECT * FROM members")],
+                    [model_row(row) for row in connection.execute("SELECT * FROM models")],
+                    [request_row(row) for row in connection.execute("SELECT * FROM requests ORDER BY arrival")])
+        finally:
+            if not inside and connection.in_transaction:  # an error may have ended it: that error is the one to see
+                connection.execute("COMMIT")
+        self._seen = (version, *rows)
+        return rows
 
     def members(self) -> list[MemberRow]:
         """The members whose process runs; the others' rows are dropped on the way."""
         return self.others("")[0]  # no member is called "": every row is checked
 
     def models(self) -> list[ModelRow]:
-        return [_model_row(r) for r in self._run("SELECT * FROM models")]
+        return [model_row(r) for r in self._run("SELECT * FROM models")]
 
     def requests(self) -> list[RequestRow]:
-        return [_request_row(r) for r in self._run("SELECT * FROM requests ORDER BY arrival")]
+        return [request_row(r) for r in self._run("SELECT * FROM requests ORDER BY arrival")]
 
 
-def _model_row(r: Sequence) -> ModelRow:
-    return ModelRow(r[0], r[1], r[2], r[3], r[4], r[5], bool(r[6]), r[7], r[8], r[9], bool(r[10]))
+def _connection(path: Path) -> sqlite3.Connection:
+    return sqlite3.connect(path, timeout=_BUSY_S, check_same_thread=False, isolation_level=None)
 
 
-def _request_row(r: Sequence) -> RequestRow:
-    return RequestRow(r[0], r[1], r[2], _needed(r[3]), r[4], r[5])
+def _begin(connection: sqlite3.Connection, deadline: float) -> None:
+    """``BEGIN IMMEDIATE``, tried again while another connection writes, until ``deadline`` (monotonic)."""
+    while True:
+        try:
+            connection.execute("BEGIN IMMEDIATE")
+            return
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) and "busy" not in str(error):
+                raise
+            if time.monotonic() >= deadline:
+                raise LedgerBusy(f"another process has held the ledger's write lock for more than "
+                                 f"{_BUSY_S:g} s ({error})") from None
 
 
-def _needed(text: object) -> dict[str, int]:
-    """A request's bytes per device, as written; a row that says nothing sensible claims nothing."""
+def _execute(connection: sqlite3.Connection, statements: Iterable[_Statement]) -> None:
+    for statement, parameters, many in statements:
+        if many:
+            connection.executemany(statement, parameters)  # type: ignore[arg-type]
+        else:
+            connection.execute(statement, parameters)
+
+
+def _transaction(connection: sqlite3.Connection, statements: Sequence[_Statement]) -> None:
+    """Several statements at once (one write transaction), so readers never see half an update."""
+    connection.execute("BEGIN IMMEDIATE")
     try:
-        found = json.loads(text) if isinstance(text, str) else {}
-    except ValueError:
-        return {}
-    if not isinstance(found, dict):
-        return {}
-    return {str(device): int(size) for device, size in found.items()
-            if isinstance(size, int) and not isinstance(size, bool) and 0 < size < 2**62}
+        _execute(connection, statements)
+        connection.execute("COMMIT")
+    except BaseException:
+        if connection.in_transaction:
+            connection.execute("ROLLBACK")
+        raise
+
+
+def _publish_statements(member: MemberRow, models: Sequence[ModelRow]) -> list[_Statement]:
+    return [
+        ("INSERT OR REPLACE INTO members VALUES (?, ?, ?, ?, ?, ?, ?)",
+         (member.member, member.pid, member.started, member.kernel, member.notebook, member.address, member.seen),
+         False),
+        ("DELETE FROM models WHERE member = ?", (member.member,), False),
+        ("INSERT OR REPLACE INTO models VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+         [(m.member, m.key, m.model_id, m.device, m.bytes, m.state, int(m.pinned), m.leases, m.last_used,
+           m.priority, int(m.protected)) for m in models], True),
+    ]
+
+
+def _leave_statements(member: str) -> list[_Statement]:
+    return [(f"DELETE FROM {table} WHERE member = ?", (member,), False) for table in ("members", "models", "requests")]

@@ -1,87 +1,79 @@
-"""This manager as a member of the machine: it publishes what it holds, reads the others, asks and answers.
+"""This manager as a member of the machine: joining and leaving, placing, the machine-wide queue, answering.
 
-It joins the ledger when it first needs to place a model (a manager that
-never loads anything stays out of it). From then on a thread publishes its
-instances shortly after they change, off the hot path (a lease is not a
-write), and a listener answers the other members' requests: evict idle
-models for them, or unload one by hand (the JupyterLab panel). Requests for
-room are decided by the requester, with the same policy as its own (global
-least recently used, priorities, protection, pins, leases); the holder checks
-each model again against its own state before it lets it go.
+It joins the ledger when it first places a model (a manager that never loads
+anything stays out of it): from then on its rows are published
+(:mod:`.publishing`) and a listener answers the other members' requests
+(:mod:`.listener`): evict idle models for them, or unload one by hand (the
+JupyterLab panel), decided with the same policy as its own requests. A
+placement reads the others and writes its reservation in one ledger
+transaction (:meth:`Cooperation.placement`). Whatever goes wrong with the
+ledger or the socket leaves this manager working alone, with one warning;
+where cooperation cannot run at all (no Unix sockets), it is off and
+``machine()`` says why.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import socket
 import sqlite3
 import sys
 import threading
-import time
 import uuid
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from contextlib import ExitStack, contextmanager
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
-import psutil
-
-from ...devices import gpu_processes
 from ...errors import ConfigurationError, log_failure
 from ...events import EventBus
-from ...reports import KernelRow, MachineModel, MachineReport
+from ...reports import MachineModel, MachineReport
 from ...support.units import excerpt
-from ..policy.fit import Eviction, Holding
+from ..policy.fit import Eviction
 from ..state import ManagerState
-from .ledger import Ledger, MemberRow, ModelRow, RequestRow, default_ledger_path
-from .listener import Listener, ask
-from .placement_lock import placement_lock
+from . import peers
+from .ledger import AllRows, Ledger, LedgerBusy, default_ledger_path
+from .listener import Listener
+from .machine import machine_report
+from .peers import ANSWER_S, Others, others_from
+from .publishing import Identity, Publisher, rows_of
+from .rows import MemberRow, ModelRow
 
-__all__ = ["ANSWER_S", "Cooperation", "Others"]
+__all__ = ["ANSWER_S", "POLL_S", "Cooperation", "Placing", "impossible_here"]
 
 log = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
 #: What can go wrong with the ledger or the listener: the kernel then goes on alone, and says so once.
 _LEDGER_FAILURES = (ConfigurationError, OSError, sqlite3.Error)
-
-#: How long another manager has to answer a request (it answers from a thread of its own).
-ANSWER_S = 2.0
 #: How often a request waiting on other kernels looks at the ledger again.
 POLL_S = 0.25
-_HEARTBEAT_S = 2.0
 
 #: Frees this manager's idle models for another one: (keys, the requester's priority, who asks) -> freed keys.
 EvictFor = Callable[[Sequence[str], int, str], list[str]]
 UnloadFor = Callable[[str, str], str]
 
 
-@dataclass(frozen=True)
-class Others:
-    """What the other members hold and wait for, as the policy sees it (their keys prefixed by member)."""
+def impossible_here() -> str:
+    """Why cooperation cannot run on this system ("" where it can): members reach each other on Unix sockets."""
+    if not hasattr(socket, "AF_UNIX"):
+        return "this system has no Unix domain sockets (socket.AF_UNIX), which kernels use to reach each other"
+    return ""
 
-    holdings: tuple[Holding, ...] = ()
-    requests: tuple[RequestRow, ...] = ()
-    names: dict[str, str] = field(default_factory=dict)  # member -> notebook (or script, or pid)
-    addresses: dict[str, str] = field(default_factory=dict)
 
-    def earlier(self, arrival: int | None) -> list[RequestRow]:
-        """Other members' requests that came before ``arrival`` (all of them when this one is not queued yet)."""
-        return [r for r in self.requests if arrival is None or r.arrival < arrival]
+class Placing:
+    """One placement as admission sees it: the others, read inside the ledger's transaction, and publishing."""
 
-    def claims(self, ahead: Sequence[RequestRow]) -> tuple[Holding, ...]:
-        """The room the requests ``ahead`` (from :meth:`earlier`) will take, as holdings in use (never victims).
+    def __init__(self, others: Others, publish: Callable[[], None] = lambda: None) -> None:
+        self.others = others
+        self._publish = publish
 
-        A later request counts them as taken: the room freed for the first
-        in the queue is never taken by one behind it.
-        """
-        return tuple(Holding(f"{r.member}/waiting-{r.arrival}", r.model_id, "loaded", dict(r.needed), leases=1,
-                             priority=r.priority, owner=r.member, where=self.names.get(r.member, r.member))
-                     for r in ahead if r.needed)
+    def publish(self) -> None:
+        """Write this manager's rows (its reservation) before the placement ends: the next one sees it."""
+        self._publish()
 
 
 class Cooperation:
@@ -95,22 +87,30 @@ class Cooperation:
         self._lock = threading.Lock()
         self._ledger: Ledger | None = None
         self._listener: Listener | None = None
-        self._publisher: threading.Thread | None = None
+        self._publisher: Publisher | None = None
         self._finalizer: weakref.finalize | None = None
-        self._dirty = threading.Event()
-        self._stop = threading.Event()
         self._failing = ""  # the ledger failure last warned about ("" while all is well)
-        self.member = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        self.pid = os.getpid()
-        self.notebook = _notebook_name()
-        self.kernel = _kernel_id()
+        self._impossible = impossible_here()
+        self.me = Identity(f"{os.getpid()}-{uuid.uuid4().hex[:8]}", os.getpid(), _kernel_id(), _notebook_name())
+
+    @property
+    def member(self) -> str:
+        return self.me.member
+
+    @property
+    def pid(self) -> int:
+        return self.me.pid
+
+    @property
+    def notebook(self) -> str:
+        return self.me.notebook
 
     # -- joining and leaving -------------------------------------------------------------------------
 
     @property
     def active(self) -> bool:
         with self._state.lock:
-            return self._state.settings.cooperate and not self._state.closed
+            return self._state.settings.cooperate and not self._state.closed and not self._impossible
 
     def ensure_started(self) -> Ledger | None:
         """The ledger, opened to read if this manager cooperates; ``None`` otherwise. Starts no thread."""
@@ -123,208 +123,134 @@ class Cooperation:
                 self._ledger = Ledger(Path(os.path.expanduser(configured)) if configured else default_ledger_path())
             return self._ledger
 
-    def join(self) -> None:
-        """Become a member (when this manager places its first model): publish what it holds, and listen.
-
-        The threads hold this part weakly: a manager nobody references any
-        more is collected with its models, and then leaves the ledger (a finalizer).
-        A ledger or socket that cannot be used leaves this manager on its own, with a warning.
-        """
+    def join(self) -> bool:
+        """Become a member: listen, and publish from a thread. Whether it is one (a socket that cannot be made
+        leaves this manager on its own, with a warning). The threads hold this part weakly (see publishing)."""
         ledger = self.ensure_started()
         with self._lock:
-            if ledger is None or self._listener is not None:
-                return
+            if ledger is None:
+                return False
+            if self._listener is not None:
+                return True
             try:
-                self._join(ledger)
+                self._listener = Listener(partial(_answer_for, weakref.ref(self)))
             except _LEDGER_FAILURES as error:
-                self._abandon_join()
                 self._warn(error)
-
-    @contextmanager
-    def placing(self) -> Iterator[None]:
-        """The machine's placement lock for the block: read the others, decide, announce (see placement_lock)."""
-        ledger = self.ensure_started()
-        if ledger is None:
-            yield
-            return
-        with placement_lock(ledger.path):
-            yield
-
-    def announce(self) -> None:
-        """Publish now what this manager holds (a reservation just made), joining first if need be.
-
-        Called before a request leaves the machine-wide queue, so the next one
-        in it never sees the room this one has just taken as free.
-        """
-        with self._lock:
-            joined = self._listener is not None
-        if joined:
-            self._publish_now()
-        else:
-            self.join()
-
-    def _abandon_join(self) -> None:
-        """Undo a join that failed half way (caller holds the part's lock)."""
-        if self._listener is not None:
-            self._listener.stop()
-            self._listener = None
-        self._state.on_change = None
-
-    def _safely(self, work: Callable[[], _T], fallback: _T) -> _T:
-        """``work()``, or ``fallback`` with a warning (once) when the ledger fails: it never stops this kernel."""
-        try:
-            result = work()
-        except _LEDGER_FAILURES as error:
-            self._warn(error)
-            return fallback
-        self._failing = ""
-        return result
-
-    def _warn(self, error: BaseException) -> None:
-        said = excerpt(str(error), 300)
-        if said != self._failing:
-            self._failing = said
-            self._bus.emit("warning", message=f"cooperation with other kernels is off for now ({said}); this "
-                                              "kernel goes on with its own memory only")
-
-    def _join(self, ledger: Ledger) -> None:
-        me = weakref.ref(self)
-        self._listener = Listener(partial(_answer_for, me))
-        self._write(ledger)  # raises when the ledger cannot be written: then no member
-        self._state.on_change = self._dirty.set
-        self._publisher = threading.Thread(target=_publish_loop, args=(me, self._stop, self._dirty),
-                                           name="llm-manager-ledger", daemon=True)
-        self._publisher.start()
-        self._finalizer = weakref.finalize(self, _leave, ledger, self._listener, self._stop, self._dirty,
-                                           self.member)
+                return False
+            self._publisher = Publisher(self.publish_from_thread)
+            self._state.on_change = self._publisher.soon
+            self._publisher.start()
+            self._finalizer = weakref.finalize(self, _leave, ledger, self._listener, self._publisher, self.member)
+            return True
 
     def stop(self) -> None:
         """Leave the ledger: this member's rows go; its listener and publisher end (it may join again later)."""
         with self._lock:
-            ledger, publisher, finalizer = self._ledger, self._publisher, self._finalizer
+            ledger, finalizer = self._ledger, self._finalizer
             self._ledger = self._listener = self._publisher = self._finalizer = None
         self._state.on_change = None
         if finalizer is not None:
             finalizer()  # stops the threads and leaves the ledger, once
         elif ledger is not None:
             ledger.close()
-        if publisher is not None and publisher is not threading.current_thread():
-            publisher.join(5)
-        self._stop = threading.Event()  # a fresh one, for the next join
 
-    # -- publishing --------------------------------------------------------------------------------------
+    # -- placing ------------------------------------------------------------------------------------------
 
-    def _publish_now(self) -> None:
-        ledger = self._ledger
+    @contextmanager
+    def placement(self, wait: float = ANSWER_S) -> Iterator[Placing]:
+        """One placement: the others, and this manager's reservation written, in one ledger transaction.
+
+        Without cooperation, or while the ledger cannot be used, the others
+        are nobody (this manager works alone, with a warning). A ledger kept
+        locked for ``wait`` seconds by another process gives others marked
+        ``busy``: nothing may be placed safely now.
+        """
+        ledger = self.ensure_started()
+        stack = ExitStack()
+        placing = Placing(Others())
         if ledger is not None:
-            self._safely(partial(self._write, ledger), None)
+            try:
+                transaction = stack.enter_context(ledger.placement(self.member, wait))
+                placing = Placing(self._others_from(transaction.others()),
+                                  partial(self._publish_in, transaction.publish))
+            except LedgerBusy as error:
+                stack.close()
+                log.debug("placing without the ledger's lock is not safe: %s", error)
+                placing = Placing(Others(busy=True))
+            except _LEDGER_FAILURES as error:
+                stack.close()
+                self._warn(error)
+        done = False
+        try:
+            with stack:
+                yield placing
+                done = True
+        except _LEDGER_FAILURES as error:
+            if not done:
+                raise  # the caller's own error: the transaction was rolled back
+            self._warn(error)  # the commit failed: the others may not see this reservation
 
-    def _rows(self) -> tuple[MemberRow, list[ModelRow]]:
-        """What this member publishes now: its row and its instances' rows (read under the state's lock)."""
-        state = self._state
-        with state.lock:
-            now, wall = state.clock(), time.time()
-            models = [ModelRow(self.member, instance.key, state.name_of(instance), device, size, instance.state,
-                               state.registry.is_pinned(instance.key),
-                               instance.in_use,
-                               wall - (now - instance.last_used), state.registry.priority(instance.key),
-                               state.registry.is_protected(instance.key))
-                      for instance in state.instances.values() if not instance.remote
-                      for device, size in instance.bytes.items()]
-        address = self._listener.address if self._listener is not None else ""
-        return MemberRow(self.member, self.pid, _started(), self.kernel, self.notebook, address, wall), models
+    def _publish_in(self, write: Callable[[MemberRow, Sequence[ModelRow]], None]) -> None:
+        if self.join():
+            self._safely(lambda: write(*self._rows()), None)
 
-    def _write(self, ledger: Ledger) -> None:
-        ledger.publish_current(self._rows)
-        said = ledger.take_recreated()
-        if said:
-            self._bus.emit("warning", message=said)
+    def publish_soon(self) -> None:
+        publisher = self._publisher
+        if publisher is not None:
+            publisher.soon()
 
     def publish_from_thread(self) -> None:
         """One write of the publisher thread; a busy or broken file is logged and tried again later."""
         ledger = self._ledger
         try:
             if ledger is not None:
-                self._write(ledger)
+                ledger.publish_current(self._rows)
+                said = ledger.take_recreated()
+                if said:
+                    self._bus.emit("warning", message=said)
         except Exception as error:  # noqa: BLE001 - the thread survives a busy or broken file, and says so
             log_failure(log, "publishing to the ledger failed; it is tried again", error)
 
-    def publish_soon(self) -> None:
-        self._dirty.set()
+    def _rows(self) -> tuple[MemberRow, list[ModelRow]]:
+        listener = self._listener
+        return rows_of(self._state, self.me, listener.address if listener is not None else "")
 
-    # -- reading the others ----------------------------------------------------------------------------
+    # -- reading and asking the others ------------------------------------------------------------------
 
-    def others(self, unanswered: frozenset[str] = frozenset()) -> Others:
-        """The other members' models (as holdings on this manager's clock) and waiting requests.
-
-        Models of members in ``unanswered`` (they did not answer a request) count as in use.
-        """
+    def others(self) -> Others:
+        """What the other members hold and wait for now (a read, outside any placement)."""
         ledger = self.ensure_started()
         if ledger is None:
             return Others()
-        return self._safely(partial(self._read_others, ledger, unanswered), Others())
+        return self._safely(lambda: self._others_from(ledger.others(self.member)), Others())
 
-    def _read_others(self, ledger: Ledger, unanswered: frozenset[str]) -> Others:
-        member_rows, model_rows, request_rows = ledger.others(self.member)
-        members = {m.member: m for m in member_rows}
+    def _others_from(self, rows: AllRows) -> Others:
         with self._state.lock:
             now = self._state.clock()
-        wall = time.time()
-        grouped: dict[tuple[str, str], list[ModelRow]] = {}
-        for row in model_rows:
-            grouped.setdefault((row.member, row.key), []).append(row)
-        holdings = []
-        for (member, key), rows in grouped.items():
-            first = rows[0]
-            state = first.state if first.state in ("loading", "loaded") else "unloading"
-            holdings.append(Holding(f"{member}/{key}", first.model_id, state, {r.device: r.bytes for r in rows},  # type: ignore[arg-type]
-                                    first.leases + (1 if member in unanswered else 0), frozenset(), first.pinned,
-                                    first.priority, first.protected, now - (wall - first.last_used),
-                                    owner=member, where=members[member].notebook))
-        return Others(tuple(holdings), tuple(request_rows), {m: row.notebook for m, row in members.items()},
-                      {m: row.address for m, row in members.items()})
-
-    # -- asking the others --------------------------------------------------------------------------------
+        return others_from(rows, now)
 
     def ask_to_evict(self, evictions: Sequence[Eviction], others: Others, priority: int) -> set[str]:
-        """Ask each holder to evict its victims (in parallel, :data:`ANSWER_S` each); the members that did not answer."""
-        by_member: dict[str, list[str]] = {}
-        for eviction in evictions:
-            member, _, key = eviction.key.partition("/")
-            by_member.setdefault(member, []).append(key)
-        request = {"op": "evict", "priority": priority, "requester": self.notebook}
-
-        def one(member: str) -> str | None:
-            answer = ask(others.addresses.get(member, ""), {**request, "keys": by_member[member]}, ANSWER_S)
-            return member if answer is None else None
-
-        with ThreadPoolExecutor(max(len(by_member), 1), thread_name_prefix="llm-manager-ask") as pool:
-            silent = {member for member in pool.map(one, by_member) if member is not None}
-        return silent
+        """Ask each holder to evict its victims; the members that did not answer."""
+        return peers.ask_to_evict(evictions, others, priority, self.notebook)
 
     def ask_to_unload(self, member: str, model_id: str) -> str:
         """Ask another member to unload one of its idle models (a click in the JupyterLab panel)."""
         others = self.others()
         if member not in others.addresses:
             raise ConfigurationError(f"no manager {member!r} on this machine (it may have stopped)")
-        answer = ask(others.addresses[member], {"op": "unload", "model": model_id, "requester": self.notebook},
-                     ANSWER_S)
-        if answer is None:
-            return f"{others.names.get(member, member)} did not answer within {ANSWER_S:g} s"
-        return str(answer.get("message") or answer.get("error") or "")
+        return peers.ask_to_unload(others, member, model_id, self.notebook)
 
     # -- the machine-wide queue ---------------------------------------------------------------------------
 
     def enqueue(self, model_id: str, needed: Mapping[str, int], priority: int) -> int | None:
         """Take a place in the machine-wide queue for a request that needs ``needed`` bytes per device.
 
-        The manager joins first (if it had not placed a model yet): the others
-        read only members' requests, and must see this one to leave it its turn.
+        The manager joins first: the others read only members' requests, and must see this one to leave it its turn.
         """
-        self.join()
         ledger = self.ensure_started()
-        if ledger is None:
+        if ledger is None or not self.join():
             return None
+        self._safely(partial(ledger.publish_current, self._rows), None)
         return self._safely(partial(ledger.enqueue, self.member, model_id, needed, priority), None)
 
     def requeue(self, arrival: int, needed: Mapping[str, int]) -> None:
@@ -343,7 +269,8 @@ class Cooperation:
 
     # -- answering ----------------------------------------------------------------------------------------------
 
-    def _answer(self, request: dict[str, Any]) -> dict[str, Any]:
+    def answer(self, request: dict[str, Any]) -> dict[str, Any]:
+        """The answer to another member's request (on the listener's thread)."""
         op, requester = request.get("op"), str(request.get("requester") or "another kernel")[:200]
         if op == "ping":
             return {"member": self.member}
@@ -351,79 +278,64 @@ class Cooperation:
             keys = [k for k in request.get("keys", []) if isinstance(k, str)][:64]
             priority = request.get("priority")
             freed = self._evict_for(keys, priority if isinstance(priority, int) else 0, requester)
-            self._publish_now()  # the requester looks again at once
+            self.publish_from_thread()  # the requester looks again at once
             return {"freed": freed}
         if op == "unload" and isinstance(request.get("model"), str):
             message = self._unload_for(request["model"], requester)
-            self._publish_now()
+            self.publish_from_thread()
             return {"message": message}
         return {"ok": False, "error": f"unknown request {str(op)[:40]!r}"}
 
-    # -- the report --------------------------------------------------------------------------------------------
+    # -- failures and the report --------------------------------------------------------------------------------
+
+    def _safely(self, work: Callable[[], _T], fallback: _T) -> _T:
+        """``work()``, or ``fallback`` with a warning (once) when the ledger fails: it never stops this kernel."""
+        try:
+            result = work()
+        except _LEDGER_FAILURES as error:
+            self._warn(error)
+            return fallback
+        self._failing = ""
+        return result
+
+    def _warn(self, error: BaseException) -> None:
+        said = excerpt(str(error), 300)
+        if said != self._failing:
+            self._failing = said
+            self._bus.emit("warning", message=f"cooperation with other kernels is off for now ({said}); this "
+                                              "kernel goes on with its own memory only")
 
     def machine(self, own: list[MachineModel]) -> MachineReport:
         """Every member and its models (this one's from ``own``, fresh), and GPU processes that are not members."""
         ledger = self.ensure_started()
+        if ledger is None:
+            with self._state.lock:
+                reason = self._impossible or ("cooperate is off for this manager" if not
+                                              self._state.settings.cooperate else "the manager is closed")
+            return machine_report(self.me, own, [], [], ledger="", reason=reason)
         no_members: list[MemberRow] = []
         no_rows: list[ModelRow] = []
-        members = self._safely(ledger.members, no_members) if ledger is not None else no_members
-        rows = self._safely(ledger.models, no_rows) if ledger is not None else no_rows
-        names = {m.member: m for m in members}
-        models = [replace(m, member=self.member) for m in own] + [
-            MachineModel(names[r.member].pid, names[r.member].notebook, r.model_id, r.device, r.bytes, r.state,
-                         r.pinned, r.leases, r.last_used, False, r.member)
-            for r in rows if r.member in names and r.member != self.member]
-        kernels = [KernelRow(self.pid, self.notebook, self.kernel, self.member, True, len(own),
-                             sum(m.bytes for m in own))]
-        for member in members:
-            if member.member != self.member:
-                theirs = [r for r in rows if r.member == member.member]
-                kernels.append(KernelRow(member.pid, member.notebook, member.kernel, member.member, False,
-                                         len({r.key for r in theirs}), sum(r.bytes for r in theirs)))
-        pids = {k.pid for k in kernels}
-        others = tuple(p for p in gpu_processes() if p.pid not in pids)
-        return MachineReport(tuple(kernels), tuple(models), others, ledger is not None,
-                             str(ledger.path) if ledger is not None else "")
-
-
-def _publish_loop(cooperation: weakref.ref[Cooperation], stop: threading.Event, dirty: threading.Event) -> None:
-    """The publisher thread: publish shortly after a change, and every few seconds (a heartbeat).
-
-    It holds the member only for one write, and keeps no local that reaches the
-    manager (its event bus holds subscribers, which may hold the manager): a
-    manager nobody refers to is collected with its models, and this thread ends.
-    """
-    while not stop.is_set():
-        dirty.wait(_HEARTBEAT_S)  # a change is written at once: a kernel that asks next sees a model idle as idle
-        dirty.clear()
-        found = cooperation()
-        if found is None or stop.is_set():
-            return
-        found.publish_from_thread()
-        del found
+        members = self._safely(ledger.members, no_members)
+        rows = self._safely(ledger.models, no_rows)
+        return machine_report(self.me, own, members, rows, ledger=str(ledger.path), reason="")
 
 
 def _answer_for(cooperation: weakref.ref[Cooperation], request: dict[str, Any]) -> dict[str, Any]:
     found = cooperation()
     if found is None:
         return {"ok": False, "error": "this manager is gone"}
-    return found._answer(request)
+    return found.answer(request)
 
 
-def _leave(ledger: Ledger, listener: Listener, stop: threading.Event, dirty: threading.Event, member: str) -> None:
+def _leave(ledger: Ledger, listener: Listener, publisher: Publisher, member: str) -> None:
     """Stop listening and publishing, and take this member's rows out of the ledger."""
-    stop.set()
-    dirty.set()
+    publisher.stop()
     listener.stop()
     try:
         ledger.leave(member)
     except Exception as error:  # noqa: BLE001 - the ledger is a record: leaving never fails a close
         log.debug("could not leave the ledger: %s", error)
     ledger.close()
-
-
-def _started() -> float:
-    return psutil.Process().create_time()
 
 
 def _kernel_id() -> str:

@@ -19,9 +19,9 @@ from dataclasses import dataclass, field, replace
 from ...backends.base import ContextGrowth, Placement
 from ...errors import ResourceNotAvailableError
 from ...reports import MemoryEstimate
-from ...support.units import format_bytes
 from .fit import Eviction, Holding, Plan, Request, Snapshot, admit, apply, enforce
 from .placement import place
+from .reasons import Leaving, NotPlaceable, OverModelCap, QueuedBehind
 
 __all__ = ["Ask", "Decision", "Outcome", "Simulation", "decide", "fit_hint", "simulate"]
 
@@ -75,21 +75,29 @@ class Decision:
 
 
 def decide(snapshot: Snapshot, ask: Ask) -> Decision:
-    """Admit, wait or refuse ``ask`` on ``snapshot``: every limit is checked here, once."""
+    """Admit, wait or refuse ``ask`` on ``snapshot``: every limit is checked here, once.
+
+    First come, first served across kernels: while requests of other kernels
+    are ahead in the machine-wide queue (``snapshot.ahead``), a request that
+    needs evictions, or would wait, waits behind them; a refusal (waiting
+    cannot help) stays a refusal.
+    """
     if ask.remote:
         return Decision(ask, Plan("admit"), Placement(()), ask.estimate)
     total = ask.estimate.total_bytes
     if ask.cap is not None and total > ask.cap:
-        reason = (f"Cannot load {ask.name!r}: it needs {format_bytes(total)} but max_memory_per_model is "
-                  f"{format_bytes(ask.cap)}.")
-        return Decision(ask, Plan("refuse", reason=reason), hint="Raise max_memory_per_model (or set it to auto), "
-                        "or choose a smaller model, dtype or quantization.")
+        return Decision(ask, Plan("refuse", why=OverModelCap(ask.name, total, ask.cap)),
+                        hint="Raise max_memory_per_model (or set it to auto), or choose a smaller model, dtype or "
+                             "quantization.")
     try:
         placement = _capped(place(ask.wanted, ask.kinds, snapshot, _request(ask, Placement(()), ask.estimate)),
                             ask.cap)
     except ResourceNotAvailableError as error:
-        return Decision(ask, Plan("refuse", reason=error.message), hint=error.hint)
+        return Decision(ask, Plan("refuse", why=NotPlaceable(error.message)), hint=error.hint)
     plan = admit(snapshot, _request(ask, placement, ask.estimate))
+    if snapshot.ahead and plan.verdict != "refuse" and not (plan.admitted and not plan.evictions):
+        return Decision(ask, Plan("wait", blockers=plan.blockers, why=QueuedBehind(snapshot.ahead)), placement,
+                        ask.estimate)
     if not plan.admitted:
         return Decision(ask, plan, placement, ask.estimate, hint=_refusal_hint(ask, plan))
     if ask.growth is None:
@@ -154,22 +162,23 @@ class Simulation:
     before: Snapshot
     after: Snapshot
     evictions: tuple[Eviction, ...]  # every instance taken out on the way, in order
-    causes: Mapping[str, str] = field(default_factory=dict)  # evicted key -> the model whose load evicted it
+    #: (owner, key) of an evicted instance -> the model whose load evicted it
+    causes: Mapping[tuple[str | None, str], str] = field(default_factory=dict)
 
     @property
     def fits(self) -> bool:
         """All admitted (or loaded already), and all of them loaded at once at the end."""
-        held = {h.key for h in self.after.holdings}
+        held = {h.ident for h in self.after.holdings}
         return all(isinstance(o, Holding) or o.plan.admitted for o in self.outcomes) and all(
-            _key(o) in held for o in self.outcomes)
+            _ident(o) in held for o in self.outcomes)
 
     def evicted_names(self) -> list[str]:
         """The ids of the instances taken out, each once, in order."""
         return list(dict.fromkeys(e.name for e in self.evictions))
 
-    def evicted_by(self, key: str) -> str | None:
-        """The model whose load took the instance ``key`` out, if one did."""
-        return self.causes.get(key)
+    def evicted_by(self, key: str, owner: str | None = None) -> str | None:
+        """The model whose load took the instance ``key`` (of ``owner``: another kernel) out, if one did."""
+        return self.causes.get((owner, key))
 
 
 def simulate(snapshot: Snapshot, asks: list[Ask]) -> Simulation:
@@ -183,18 +192,17 @@ def simulate(snapshot: Snapshot, asks: list[Ask]) -> Simulation:
     before = snapshot
     outcomes: list[Outcome] = []
     evictions: list[Eviction] = []
-    causes: dict[str, str] = {}
+    causes: dict[tuple[str | None, str], str] = {}
     for step, ask in enumerate(asks):
         snapshot = replace(snapshot, now=before.now + step * _STEP)  # each load or use later than the last
-        held = next((h for h in snapshot.holdings if h.key == ask.key), None)
+        held = next((h for h in snapshot.own() if h.key == ask.key), None)
         if held is not None and held.state in ("loaded", "loading"):  # used at once, or its load joined
             snapshot = _used(snapshot, held)
             outcomes.append(held)
             snapshot = _restore(snapshot, None, evictions)
             continue
         if held is not None:
-            reason = f"waiting for capacity: {held.name} {held.state}"
-            outcomes.append(Decision(ask, Plan("wait", reason=reason)))
+            outcomes.append(Decision(ask, Plan("wait", why=Leaving(held.name, held.state))))
             continue
         decision = decide(snapshot, ask)
         outcomes.append(decision)
@@ -203,7 +211,7 @@ def simulate(snapshot: Snapshot, asks: list[Ask]) -> Simulation:
             evictions += decision.plan.evictions
             snapshot = apply(snapshot, decision.plan, decision.request)
             snapshot = _restore(_restore(snapshot, ask.key, evictions), None, evictions)
-            causes.update((e.key, ask.name) for e in evictions[taken:])
+            causes.update(((e.owner, e.key), ask.name) for e in evictions[taken:])
     return Simulation(tuple(outcomes), before, snapshot, tuple(evictions), causes)
 
 
@@ -218,10 +226,10 @@ def _restore(snapshot: Snapshot, spare: str | None, evictions: list[Eviction]) -
         return snapshot
     plan = enforce(snapshot, spare=spare)
     evictions += plan.evictions
-    gone = {e.key for e in plan.evictions}
-    return replace(snapshot, holdings=tuple(h for h in snapshot.holdings if h.key not in gone),
+    gone = {(e.owner, e.key) for e in plan.evictions}
+    return replace(snapshot, holdings=tuple(h for h in snapshot.holdings if h.ident not in gone),
                    limits_pending=not plan.admitted)
 
 
-def _key(outcome: Outcome) -> str:
-    return outcome.key if isinstance(outcome, Holding) else outcome.ask.key
+def _ident(outcome: Outcome) -> tuple[str | None, str]:
+    return outcome.ident if isinstance(outcome, Holding) else (None, outcome.ask.key)

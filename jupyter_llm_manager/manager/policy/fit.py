@@ -32,9 +32,11 @@ from typing import Literal
 
 from ...errors import DeviceShortfall, MemoryHolder
 from ...events import EvictionReason
+from .reasons import AdapterCapFull, AdapterCapReached, Cause, Limit, Reason, Refused, WaitingFor
 
 __all__ = [
     "DeviceRoom",
+    "Elsewhere",
     "Eviction",
     "Holding",
     "HoldingState",
@@ -48,6 +50,7 @@ __all__ = [
     "expire",
     "room_on",
     "shortfalls",
+    "yield_room",
 ]
 
 HoldingState = Literal["loading", "loaded", "unloading"]
@@ -73,11 +76,21 @@ class Holding:
     loader: int | None = None  # the thread loading it, while it loads
     owner: str | None = None  # another manager on this machine (a kernel) that holds it; None: this one
     where: str = ""  # that manager's notebook (or script, or pid), for messages
-    base: str | None = None  # a LoRA adapter's slice: the key of the base instance it lives on
+    base: str | None = None  # a LoRA adapter's slice: the key of the base instance it lives on (same owner)
+    claim: bool = False  # the room a request of another kernel, ahead in the machine-wide queue, will take
 
     @property
     def total_bytes(self) -> int:
         return sum(self.bytes.values())
+
+    @property
+    def ident(self) -> tuple[str | None, str]:
+        """Who holds it and its key: two kernels may hold copies of the same instance key."""
+        return self.owner, self.key
+
+    def carries(self, other: Holding) -> bool:
+        """Whether ``other`` is a LoRA adapter living on this (base) instance."""
+        return other.base == self.key and other.owner == self.owner
 
 
 @dataclass(frozen=True)
@@ -100,6 +113,10 @@ class Snapshot:
     waiting_threads: frozenset[int] = frozenset()
     limits_pending: bool = False  # a lowered limit could not be restored yet: enforced again after loads
     max_adapters: int | None = None  # LoRA adapters resident per base (max_loaded_adapters)
+    #: Requests of other kernels ahead in the machine-wide queue, (model id, where), in arrival order: a
+    #: request behind them takes no room they may need (first come, first served across kernels). The room
+    #: they will take is in ``holdings`` as claims (held, never victims).
+    ahead: tuple[tuple[str, str], ...] = ()
 
     def held(self, device: str) -> int:
         return sum(h.bytes.get(device, 0) for h in self.holdings)
@@ -111,6 +128,19 @@ class Snapshot:
     def own(self) -> list[Holding]:
         """This manager's instances on the machine's devices: what its count cap counts."""
         return [h for h in self.holdings if not h.remote and h.owner is None]
+
+
+@dataclass(frozen=True)
+class Elsewhere:
+    """The other kernels of this machine as one request sees them: what they hold, and who is ahead of it.
+
+    ``holdings``: their instances (each names its owner) and the room the
+    requests ahead will take (claims: held, never victims); ``ahead``: those
+    requests, (model id, where), in arrival order: the first-come rule.
+    """
+
+    holdings: tuple[Holding, ...] = ()
+    ahead: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -128,10 +158,17 @@ class Request:
 
 @dataclass(frozen=True)
 class Eviction:
+    """One instance to take out, and why; ``owner``: another kernel that holds it (it is asked to)."""
+
     key: str
     name: str
     reason: EvictionReason
     bytes: int
+    owner: str | None = None
+
+    @staticmethod
+    def of(holding: Holding, reason: EvictionReason) -> Eviction:
+        return Eviction(holding.key, holding.name, reason, holding.total_bytes, holding.owner)
 
 
 @dataclass(frozen=True)
@@ -142,11 +179,16 @@ class Plan:
     evictions: tuple[Eviction, ...] = ()
     blockers: tuple[MemoryHolder, ...] = ()
     shortfalls: tuple[DeviceShortfall, ...] = ()
-    reason: str = ""
+    why: Reason | None = None
 
     @property
     def admitted(self) -> bool:
         return self.verdict == "admit"
+
+    @property
+    def reason(self) -> str:
+        """Why it waits or is refused, in words (empty when admitted)."""
+        return self.why.text() if self.why is not None else ""
 
 
 # -- choosing victims: written once --------------------------------------------------------
@@ -162,7 +204,7 @@ def _choose(candidates: Sequence[Holding], excess: int,
 
     Returns the victims, the slots still missing and the bytes still missing per device.
     """
-    victims: dict[str, Eviction] = {}
+    victims: dict[tuple[str | None, str], Eviction] = {}
     # another kernel's model frees none of this one's slots; adapters hold no slot of the count cap
     slots = [h for h in candidates if h.owner is None and h.base is None]
     for holding in slots[:max(excess, 0)]:
@@ -170,23 +212,23 @@ def _choose(candidates: Sequence[Holding], excess: int,
     missing_slots = max(excess - len(slots), 0)
     missing: dict[str, int] = {}
     for device, deficit in deficits.items():
-        deficit -= sum(h.bytes.get(device, 0) for h in candidates if h.key in victims)
+        deficit -= sum(h.bytes.get(device, 0) for h in candidates if h.ident in victims)
         for holding in candidates:
             if deficit <= 0:
                 break
-            if holding.key not in victims and holding.bytes.get(device):
+            if holding.ident not in victims and holding.bytes.get(device):
                 deficit -= sum(h.bytes.get(device, 0) for h in _take(victims, holding, "budget", candidates))
         if deficit > 0:
             missing[device] = deficit
     return list(victims.values()), missing_slots, missing
 
 
-def _take(victims: dict[str, Eviction], holding: Holding, reason: EvictionReason,
+def _take(victims: dict[tuple[str | None, str], Eviction], holding: Holding, reason: EvictionReason,
           candidates: Sequence[Holding]) -> list[Holding]:
     """``holding`` into ``victims``, its adapters first (evicting a base evicts them); returns those added."""
-    added = [h for h in candidates if h.base == holding.key and h.key not in victims] + [holding]
+    added = [h for h in candidates if holding.carries(h) and h.ident not in victims] + [holding]
     for taken in added:
-        victims[taken.key] = Eviction(taken.key, taken.name, reason, taken.total_bytes)
+        victims[taken.ident] = Eviction.of(taken, reason)
     return added
 
 
@@ -224,7 +266,7 @@ def admit(snapshot: Snapshot, request: Request) -> Plan:
         return crowded
     if crowded:
         plan = admit(replace(snapshot, holdings=tuple(h for h in snapshot.holdings if h not in crowded)), request)
-        lru = tuple(Eviction(h.key, h.name, "lru", h.total_bytes) for h in crowded)
+        lru = tuple(Eviction.of(h, "lru") for h in crowded)
         return replace(plan, evictions=lru + plan.evictions) if plan.admitted else plan
     excess, deficits = _excess(snapshot, 0 if request.base else 1), _deficits(snapshot, request.needed)
     candidates = _order(h for h in snapshot.holdings if _may_evict_for(h, request))
@@ -243,7 +285,7 @@ def _crowded(snapshot: Snapshot, request: Request) -> list[Holding] | Plan:
     """
     if request.base is None or snapshot.max_adapters is None:
         return []
-    siblings = [h for h in snapshot.holdings if h.base == request.base]
+    siblings = [h for h in snapshot.own() if h.base == request.base]
     excess = len(siblings) + 1 - snapshot.max_adapters
     idle = _order(h for h in siblings if _may_evict_for(h, request))
     if excess <= len(idle):
@@ -251,13 +293,9 @@ def _crowded(snapshot: Snapshot, request: Request) -> list[Holding] | Plan:
     stuck = snapshot.waiting_threads | ({request.thread} if request.thread is not None else set())
     held = [h for h in siblings if h not in idle]
     blockers = tuple(_holder(h, "pinned" if h.pinned else _why_blocking(h, request)) for h in held)
-    named = ", ".join(map(str, blockers))
     if all(h.pinned or _stuck(h, stuck) for h in held):
-        return Plan("refuse", blockers=blockers, reason=(
-            f"Cannot load {request.name!r}: max_loaded_adapters={snapshot.max_adapters} adapters are on its base "
-            f"already and none may make way ({named}), so waiting cannot help."))
-    return Plan("wait", blockers=blockers, reason=f"waiting for capacity: max_loaded_adapters={snapshot.max_adapters}"
-                f" reached on its base ({named})")
+        return Plan("refuse", blockers=blockers, why=AdapterCapFull(request.name, snapshot.max_adapters, blockers))
+    return Plan("wait", blockers=blockers, why=AdapterCapReached(snapshot.max_adapters, blockers))
 
 
 def _busy_on(snapshot: Snapshot, request: Request) -> list[Holding]:
@@ -271,7 +309,7 @@ def _cannot_place_now(snapshot: Snapshot, request: Request, excess: int, deficit
     pinned = [h for h in snapshot.local() if h.pinned]
     _, missing_slots, missing = _choose(unpinned, excess, deficits)
     if missing_slots or missing:
-        cause = "only pinned models are in the way, so waiting cannot help" if pinned else "waiting cannot help"
+        cause = Cause.PINNED if pinned else Cause.TOO_BIG
         return _refusal(snapshot, request, missing_slots, missing, [(h, "pinned") for h in pinned], cause)
     stuck = snapshot.waiting_threads | ({request.thread} if request.thread is not None else set())
     _, missing_slots, missing = _choose([h for h in unpinned if not _stuck(h, stuck)], excess, deficits)
@@ -280,34 +318,24 @@ def _cannot_place_now(snapshot: Snapshot, request: Request, excess: int, deficit
         own = [h for h in held if request.thread in h.lease_threads or h.loader == request.thread]
         holders = [(h, "pinned") for h in pinned] + [
             (h, "in use by this thread" if h in own else "in use by a thread that waits too") for h in held]
-        if own and len(own) == len(held):
-            cause = ("this thread holds them, so waiting would never end: leave the `with manager.use(...)` "
-                     "block (or finish the generation) first")
-        else:
-            cause = "they are held by threads that are themselves waiting for room, so waiting would never end"
+        cause = Cause.OWN_LEASES if own and len(own) == len(held) else Cause.WAITERS_HOLD
         return _refusal(snapshot, request, missing_slots, missing, holders, cause)
     busy = _busy_on(snapshot, request)
     if any(_stuck(h, stuck) for h in busy):
         holders = [(h, "loading in this thread") for h in busy if _stuck(h, stuck)]
-        return _refusal(snapshot, request, 0, {}, holders, "that load cannot end while this thread waits")
+        return _refusal(snapshot, request, 0, {}, holders, Cause.OWN_LOAD)
     blockers = tuple(_holder(h, _why_blocking(h, request)) for h in snapshot.local()
                      if (not _may_evict_for(h, request) and not h.pinned) or h in busy)
-    return Plan("wait", blockers=blockers, reason="waiting for capacity: " + _summary(blockers))
+    return Plan("wait", blockers=blockers, why=WaitingFor(blockers))
 
 
 def _refusal(snapshot: Snapshot, request: Request, missing_slots: int, missing: Mapping[str, int],
-             holders: Sequence[tuple[Holding, str]], cause: str) -> Plan:
+             holders: Sequence[tuple[Holding, str]], cause: Cause) -> Plan:
     """A refusal naming the limit that is reached, what holds it, and why waiting cannot help."""
     blockers = tuple(_holder(h, why) for h, why in holders)
-    named = f"; held by {', '.join(map(str, blockers))}" if blockers else ""
-    if missing_slots:
-        reason = f"Cannot load {request.name!r}: max_loaded_models={snapshot.max_loaded} is reached{named}; {cause}."
-    elif not missing:
-        reason = f"Cannot load {request.name!r} now{named}; {cause}."
-    else:  # the shortfalls, appended to the message, say per device what holds the memory
-        reason = (f"Cannot load {request.name!r}: not enough memory, even after evicting every model that may be "
-                  f"evicted; {cause}:")
-    return Plan("refuse", blockers=blockers, shortfalls=_shortfalls(snapshot, request, missing), reason=reason)
+    limit = Limit.COUNT if missing_slots else (Limit.MEMORY if missing else Limit.NONE)
+    return Plan("refuse", blockers=blockers, shortfalls=_shortfalls(snapshot, request, missing),
+                why=Refused(request.name, limit, cause, blockers, snapshot.max_loaded))
 
 
 def _stuck(holding: Holding, threads: frozenset[int] | set[int]) -> bool:
@@ -325,15 +353,6 @@ def _why_blocking(holding: Holding, request: Request) -> str:
 
 def _holder(holding: Holding, why: str) -> MemoryHolder:
     return MemoryHolder(holding.name, holding.total_bytes, why + (f" in {holding.where}" if holding.owner else ""))
-
-
-def _summary(blockers: Sequence[MemoryHolder]) -> str:
-    if not blockers:
-        return "another request is being placed"
-    groups: dict[str, list[str]] = {}
-    for holder in blockers:
-        groups.setdefault(holder.why, []).append(holder.model_id)
-    return ", ".join(f"{', '.join(names)} {why}" for why, names in groups.items())
 
 
 def shortfalls(snapshot: Snapshot, request: Request) -> tuple[DeviceShortfall, ...]:
@@ -370,7 +389,7 @@ def enforce(snapshot: Snapshot, *, spare: str | None = None) -> Plan:
     snapshot = replace(snapshot, holdings=tuple(h for h in snapshot.own() if h not in crowded))
     deficits = {device: snapshot.held(device) - room.budget for device, room in snapshot.devices.items()}
     victims, missing_slots, missing = _choose(candidates, _excess(snapshot, 0), deficits)
-    victims = [Eviction(h.key, h.name, "lru", h.total_bytes) for h in crowded] + victims
+    victims = [Eviction.of(h, "lru") for h in crowded] + victims
     return Plan("wait" if missing_slots or missing or short else "admit", tuple(victims))
 
 
@@ -380,8 +399,8 @@ def _over_adapter_cap(snapshot: Snapshot, candidates: Sequence[Holding]) -> tupl
     short = False
     if snapshot.max_adapters is None:
         return crowded, short
-    for base in {h.base for h in snapshot.holdings if h.base is not None}:
-        excess = sum(1 for h in snapshot.holdings if h.base == base) - snapshot.max_adapters
+    for base in {h.base for h in snapshot.own() if h.base is not None}:
+        excess = sum(1 for h in snapshot.own() if h.base == base) - snapshot.max_adapters
         idle = [h for h in candidates if h.base == base]
         crowded += idle[:max(excess, 0)]
         short = short or excess > len(idle)
@@ -392,14 +411,26 @@ def expire(snapshot: Snapshot) -> Plan:
     """Idle, unpinned instances whose keep-alive has run out (protected ones included)."""
     due = [h for h in snapshot.own()
            if _idle(h) and h.expires_at is not None and h.expires_at <= snapshot.now]
-    return Plan("admit", tuple(Eviction(h.key, h.name, "keep_alive", h.total_bytes) for h in _order(due)))
+    return Plan("admit", tuple(Eviction.of(h, "keep_alive") for h in _order(due)))
 
 
 def evict_everything_for(snapshot: Snapshot, request: Request) -> Plan:
     """After an out-of-memory error: every instance that may make way, on the request's devices."""
-    victims = [Eviction(h.key, h.name, "budget", h.total_bytes) for h in _order(snapshot.own())
+    victims = [Eviction.of(h, "budget") for h in _order(snapshot.own())
                if _may_evict_for(h, request) and set(h.bytes) & set(request.needed)]
     return Plan("admit" if victims else "refuse", tuple(victims))
+
+
+def yield_room(snapshot: Snapshot, keys: Sequence[str], priority: int) -> Plan:
+    """The holder's answer when another kernel asks it to evict ``keys`` for a request of ``priority``.
+
+    The same rule as for its own requests: those of its instances that are
+    loaded, idle and unpinned now go (a protected one only for an equal or
+    higher priority); the others stay.
+    """
+    asking = Request("", "", priority=priority)
+    return Plan("admit", tuple(Eviction.of(h, "other_kernel") for h in snapshot.own()
+                               if h.key in keys and _may_evict_for(h, asking)))
 
 
 # -- helpers for placement and for simulating plans ------------------------------------------
@@ -415,8 +446,8 @@ def room_on(snapshot: Snapshot, device: str, request: Request) -> int:
 
 def apply(snapshot: Snapshot, plan: Plan, request: Request) -> Snapshot:
     """The snapshot after ``plan`` was executed for ``request`` (victims gone, the request loaded)."""
-    gone = {eviction.key for eviction in plan.evictions}
-    holdings = [h for h in snapshot.holdings if h.key not in gone]
+    gone = {(eviction.owner, eviction.key) for eviction in plan.evictions}
+    holdings = [h for h in snapshot.holdings if h.ident not in gone]
     if plan.admitted:
         holdings.append(Holding(request.key, request.name, "loaded", dict(request.needed), priority=request.priority,
                                 last_used=snapshot.now, remote=request.remote, base=request.base))

@@ -64,20 +64,14 @@ class Evictions:
     # -- for other kernels (cooperation) -------------------------------------------------------
 
     def for_other_kernel(self, keys: Sequence[str], priority: int, requester: str) -> list[str]:
-        """Evict those of ``keys`` that are loaded, idle and unpinned now (protected ones only for an equal or
-        higher priority): another kernel on this machine needs the room. Returns the keys freed."""
+        """Evict those of ``keys`` that may make way now for another kernel's request of ``priority``.
+
+        The answer is the policy's (:func:`~..policy.fit.yield_room`), the same
+        rule as for this manager's own requests. Returns the keys freed.
+        """
         state = self._state
         with state.lock:
-            chosen = []
-            for key in keys:
-                instance = state.instances.get(key)
-                registry = state.registry
-                if (instance is None or instance.state != "loaded" or instance.leases or instance.joiners
-                        or registry.is_pinned(key)
-                        or (registry.is_protected(key) and registry.priority(key) > priority)):
-                    continue
-                chosen.append(policy.Eviction(key, state.name_of(instance), "other_kernel", instance.total_bytes))
-            victims = self.take_out(chosen)
+            victims = self.take_out(policy.yield_room(state.snapshot(()), keys, priority).evictions)
         self.release(victims, f"for {requester}")
         return [instance.key for instance, _ in victims]
 

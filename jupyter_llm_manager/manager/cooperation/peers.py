@@ -1,0 +1,103 @@
+"""The other members: what they hold and wait for (read from the ledger), and asking them to make room.
+
+Their instances reach the policy as holdings that name their owner (a member
+id) in a field; the room that requests ahead in the machine-wide queue will
+take reaches it as claims (held, never victims), with the first-come list
+(:class:`~..policy.fit.Elsewhere`). A request to evict or unload reaches the
+holder's listener thread, which answers with the same policy as its own
+requests; a holder that does not answer within :data:`ANSWER_S` is named.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+
+from ..policy.fit import Elsewhere, Eviction, Holding
+from .listener import ask
+from .rows import MemberRow, ModelRow, RequestRow
+
+__all__ = ["ANSWER_S", "Others", "ask_to_evict", "ask_to_unload", "others_from"]
+
+#: How long another manager has to answer a request (it answers from a thread of its own).
+ANSWER_S = 2.0
+
+
+@dataclass(frozen=True)
+class Others:
+    """What the other members hold and wait for, read at one moment, on this manager's clock."""
+
+    holdings: tuple[Holding, ...] = ()
+    requests: tuple[RequestRow, ...] = ()
+    names: dict[str, str] = field(default_factory=dict)  # member -> notebook (or script, or pid)
+    addresses: dict[str, str] = field(default_factory=dict)
+    pids: dict[str, int] = field(default_factory=dict)
+    busy: bool = False  # the ledger stayed locked by another process: nothing can be placed safely now
+
+    def earlier(self, arrival: int | None) -> list[RequestRow]:
+        """Other members' requests that came before ``arrival`` (all of them when this one is not queued yet)."""
+        return [r for r in self.requests if arrival is None or r.arrival < arrival]
+
+    def seen_by(self, arrival: int | None, unanswered: frozenset[str] = frozenset()) -> Elsewhere:
+        """The machine as the request with ``arrival`` (``None``: not queued, a plan) sees it.
+
+        Models of members in ``unanswered`` (they did not answer a request
+        for room) count as in use.
+        """
+        ahead = self.earlier(arrival)
+        claims = tuple(Holding(f"waiting-{r.arrival}", r.model_id, "loaded", dict(r.needed), leases=1,
+                               priority=r.priority, owner=r.member, where=self.names.get(r.member, r.member),
+                               claim=True)
+                       for r in ahead if r.needed)
+        holdings = tuple(replace(h, leases=h.leases + 1) if h.owner in unanswered else h for h in self.holdings)
+        return Elsewhere(holdings + claims, tuple((r.model_id, self.names.get(r.member, r.member)) for r in ahead))
+
+    def named(self, member: str) -> str:
+        """``analysis.ipynb (pid 123)``: a member as a message names it."""
+        pid = self.pids.get(member)
+        return f"{self.names.get(member, member)}" + (f" (pid {pid})" if pid is not None else "")
+
+
+def others_from(rows: tuple[list[MemberRow], list[ModelRow], list[RequestRow]], now: float) -> Others:
+    """The other members' rows as holdings on this manager's clock (``now``: its monotonic time)."""
+    member_rows, model_rows, request_rows = rows
+    members = {m.member: m for m in member_rows}
+    wall = time.time()
+    grouped: dict[tuple[str, str], list[ModelRow]] = {}
+    for row in model_rows:
+        grouped.setdefault((row.member, row.key), []).append(row)
+    holdings = []
+    for (member, key), parts in grouped.items():
+        first = parts[0]
+        state = first.state if first.state in ("loading", "loaded") else "unloading"
+        holdings.append(Holding(key, first.model_id, state, {r.device: r.bytes for r in parts},  # type: ignore[arg-type]
+                                first.leases, frozenset(), first.pinned, first.priority, first.protected,
+                                now - (wall - first.last_used), owner=member, where=members[member].notebook))
+    return Others(tuple(holdings), tuple(request_rows), {m: row.notebook for m, row in members.items()},
+                  {m: row.address for m, row in members.items()}, {m: row.pid for m, row in members.items()})
+
+
+def ask_to_evict(evictions: Sequence[Eviction], others: Others, priority: int, requester: str) -> set[str]:
+    """Ask each holder to evict its victims (in parallel, :data:`ANSWER_S` each); the members that did not answer."""
+    by_member: dict[str, list[str]] = {}
+    for eviction in evictions:
+        if eviction.owner is not None:
+            by_member.setdefault(eviction.owner, []).append(eviction.key)
+    request = {"op": "evict", "priority": priority, "requester": requester}
+
+    def one(member: str) -> str | None:
+        answer = ask(others.addresses.get(member, ""), {**request, "keys": by_member[member]}, ANSWER_S)
+        return member if answer is None else None
+
+    with ThreadPoolExecutor(max(len(by_member), 1), thread_name_prefix="llm-manager-ask") as pool:
+        return {member for member in pool.map(one, by_member) if member is not None}
+
+
+def ask_to_unload(others: Others, member: str, model_id: str, requester: str) -> str:
+    """Ask another member to unload one of its idle models (a click in the JupyterLab panel); what it said."""
+    answer = ask(others.addresses[member], {"op": "unload", "model": model_id, "requester": requester}, ANSWER_S)
+    if answer is None:
+        return f"{others.names.get(member, member)} did not answer within {ANSWER_S:g} s"
+    return str(answer.get("message") or answer.get("error") or "")

@@ -1,0 +1,87 @@
+"""Publishing: what this member holds, written to the ledger shortly after each change, and as a heartbeat.
+
+A thread writes the member's rows when the state changes (a lease is not a
+change worth a write) and every few seconds; a placement writes them itself,
+inside its transaction. The thread holds the member only for one write and
+keeps nothing that reaches the manager between writes, so a manager nobody
+refers to is collected with its models, and the thread ends.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import weakref
+from collections.abc import Callable
+
+import psutil
+
+from ..state import ManagerState
+from .rows import MemberRow, ModelRow
+
+__all__ = ["HEARTBEAT_S", "Identity", "Publisher", "rows_of"]
+
+#: How often a member writes its rows even when nothing changed (others see it is alive).
+HEARTBEAT_S = 2.0
+
+
+class Identity:
+    """Who a member is: its ledger id, process, kernel and notebook (or script, or ``pid N``)."""
+
+    def __init__(self, member: str, pid: int, kernel: str, notebook: str) -> None:
+        self.member = member
+        self.pid = pid
+        self.kernel = kernel
+        self.notebook = notebook
+        self.started = psutil.Process(pid).create_time()
+
+
+def rows_of(state: ManagerState, identity: Identity, address: str) -> tuple[MemberRow, list[ModelRow]]:
+    """What a member publishes now: its row and its local instances' rows (read under the state's lock)."""
+    with state.lock:
+        now, wall = state.clock(), time.time()
+        registry = state.registry
+        models = [ModelRow(identity.member, instance.key, state.name_of(instance), device, size, instance.state,
+                           registry.is_pinned(instance.key), instance.in_use, wall - (now - instance.last_used),
+                           registry.priority(instance.key), registry.is_protected(instance.key))
+                  for instance in state.instances.values() if not instance.remote
+                  for device, size in instance.bytes.items()]
+    member = MemberRow(identity.member, identity.pid, identity.started, identity.kernel, identity.notebook, address,
+                       wall)
+    return member, models
+
+
+class Publisher:
+    """The publisher thread of one member: ``write()`` is called shortly after :meth:`soon`, and every heartbeat."""
+
+    def __init__(self, write: Callable[[], None]) -> None:
+        self._dirty = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=_publish_loop, args=(weakref.WeakMethod(write), self._stop, self._dirty),
+                                        name="llm-manager-ledger", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def soon(self) -> None:
+        """Something changed: write it at once (cheap, no I/O here; called under the state's lock)."""
+        self._dirty.set()
+
+    def stop(self) -> None:
+        """End the thread (it finishes a write in progress); never waits for itself."""
+        self._stop.set()
+        self._dirty.set()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(5)
+
+
+def _publish_loop(write: weakref.WeakMethod, stop: threading.Event, dirty: threading.Event) -> None:
+    """Write shortly after a change and every heartbeat; end when stopped or when the member is collected."""
+    while not stop.is_set():
+        dirty.wait(HEARTBEAT_S)  # a change is written at once: a kernel that asks next sees a model idle as idle
+        dirty.clear()
+        found = write()
+        if found is None or stop.is_set():
+            return
+        found()
+        del found
