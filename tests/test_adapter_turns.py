@@ -3,45 +3,11 @@
 from __future__ import annotations
 
 import threading
-import time
 
-from jlm_helpers.fakes import FakeBackend, fake
+from jlm_helpers.conditions import until
+from jlm_helpers.fakes import SharedAdapterFake, fake
 
 from jupyter_llm_manager import GenerationError, LLMManager
-from jupyter_llm_manager.backends import LoadedModel
-
-
-class SharedAdapterFake(FakeBackend):
-    """The fake backend, with adapters that live on the base's model (as PEFT's do); counts what runs when."""
-
-    adapters = "shared"
-
-    def __init__(self, devices) -> None:
-        super().__init__(devices)
-        self.running = 0  # generations inside their backend call now
-        self.overlaps: list[int] = []  # at each attach or detach: how many generations were running
-        self.attaching = threading.Event()
-
-    def check_adapter(self, spec, base) -> None:
-        """Any adapter fits (nothing to read)."""
-
-    def attach_adapter(self, base: LoadedModel, spec) -> LoadedModel:
-        self.overlaps.append(self.running)
-        self.attaching.set()
-        return LoadedModel(model=base.model, shared=True, adapter=spec.id, footprint={"cuda:0": 1000})
-
-    def detach_adapter(self, loaded: LoadedModel) -> None:
-        self.overlaps.append(self.running)
-        loaded.model = None
-
-    def stream(self, loaded, prompt, params, *, model_id, raw, stop):
-        with self.lock:
-            self.running += 1
-        try:
-            return (yield from super().stream(loaded, prompt, params, model_id=model_id, raw=raw, stop=stop))
-        finally:
-            with self.lock:
-                self.running -= 1
 
 
 def _manager(devices) -> tuple[LLMManager, SharedAdapterFake]:
@@ -56,14 +22,6 @@ def _turns(manager: LLMManager, model_id: str):
     return manager._parts.state.instances[manager.row(model_id).instance].turns
 
 
-def _until(condition, timeout: float = 30.0) -> None:
-    """Poll ``condition`` (the manager's own state) until it holds; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "the condition never held"
-        time.sleep(0.005)
-
-
 def test_the_first_adapter_waits_for_a_base_generation_that_started_without_a_turn(devices):
     manager, backend = _manager(devices)
     try:
@@ -72,7 +30,7 @@ def test_the_first_adapter_waits_for_a_base_generation_that_started_without_a_tu
         loaded: list[object] = []
         loader = threading.Thread(target=lambda: loaded.append(manager.load("one")))
         loader.start()
-        _until(lambda: backend.attaching.is_set() or _turns(manager, "base").waiting > 0)
+        assert until(lambda: backend.attaching.is_set() or _turns(manager, "base").waiting > 0)
         assert not backend.attaching.is_set()  # it waits for the base's generation to end
         assert "".join(stream) == " b c d"
         loader.join(30)
@@ -91,7 +49,7 @@ def test_once_an_adapter_is_on_a_base_the_base_takes_turns_with_it(devices):
         other: list[str] = []
         adapter = threading.Thread(target=lambda: other.append(manager.generate("one", "x y", wait=30).text))
         adapter.start()
-        _until(lambda: _turns(manager, "base").waiting > 0)
+        assert until(lambda: _turns(manager, "base").waiting > 0)
         assert backend.running == 1 and other == []
         assert "".join(stream) == " b c"
         adapter.join(30)

@@ -207,3 +207,50 @@ class FakeBackend(Backend):
         cut = len(words) > params.max_new_tokens
         return GenerationResult(model_id, answer.text, len(words), produced, 0.01,
                                 answer.reason or ("length" if cut else "stop"), max_new_tokens=params.max_new_tokens)
+
+
+#: What one fake LoRA adapter holds (its estimate and its measured footprint agree).
+ADAPTER_BYTES = 100 * 1000**2
+
+
+class SharedAdapterFake(FakeBackend):
+    """The fake backend, with adapters that live on the base's model (as PEFT's do); counts what runs when."""
+
+    adapters = "shared"
+
+    def __init__(self, devices: FakeDevices) -> None:
+        super().__init__(devices)
+        self.running = 0  # generations inside their backend call now
+        self.overlaps: list[int] = []  # at each attach or detach: how many generations were running
+        self.attaching = threading.Event()
+
+    def estimate(self, spec: Any) -> MemoryEstimate:
+        found = super().estimate(spec)
+        if spec.base is None:
+            return found
+        return MemoryEstimate(spec.id, found.weights_bytes + ADAPTER_BYTES, 0, 0, found.total_bytes + ADAPTER_BYTES,
+                              "fake + adapter", "fake", "fake", adapter_bytes=ADAPTER_BYTES)
+
+    def check_adapter(self, spec: Any, base: Any) -> None:
+        """Any adapter fits (nothing to read)."""
+
+    def attach_adapter(self, base: LoadedModel, spec: Any) -> LoadedModel:
+        self.overlaps.append(self.running)
+        self.attaching.set()
+        device = base.model.device if isinstance(base.model, FakeModel) else "cuda:0"
+        return LoadedModel(model=base.model, shared=True, adapter=spec.id, footprint={device: ADAPTER_BYTES})
+
+    def detach_adapter(self, loaded: LoadedModel) -> None:
+        self.overlaps.append(self.running)
+        loaded.model = None
+
+    def stream(self, loaded: LoadedModel, prompt: Any, params: GenerationParams, *, model_id: str, raw: bool,
+               stop: threading.Event):
+        with self.lock:
+            self.running += 1
+        try:
+            return (yield from super().stream(loaded, prompt, params, model_id=model_id, raw=raw, stop=stop))
+        finally:
+            with self.lock:
+                self.running -= 1
+

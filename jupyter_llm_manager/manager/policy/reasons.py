@@ -90,6 +90,13 @@ class Cause(enum.Enum):
     WAITERS_HOLD = "they are held by threads that are themselves waiting for room, so waiting would never end"
     OWN_LOAD = "that load cannot end while this thread waits"
 
+    @property
+    def brief(self) -> str:
+        """The cause in a few words, for a ``plan()`` row ("" when the limit says it all)."""
+        return {Cause.PINNED: "only pinned models are in the way", Cause.TOO_BIG: "",
+                Cause.OWN_LEASES: "this thread holds them", Cause.WAITERS_HOLD: "threads that wait themselves hold them",
+                Cause.OWN_LOAD: "this thread loads it"}[self]
+
 
 @dataclass(frozen=True)
 class Refused(Reason):
@@ -111,6 +118,13 @@ class Refused(Reason):
         # the shortfalls, appended to the exception's message, say per device what holds the memory
         return (f"Cannot load {self.name!r}: not enough memory, even after evicting every model that may be "
                 f"evicted; {self.cause.value}:")
+
+    def short(self) -> str:
+        named = f" (held by {', '.join(map(str, self.holders))})" if self.holders else ""
+        limit = {Limit.COUNT: f": max_loaded_models={self.max_loaded} is reached", Limit.NONE: " now",
+                 Limit.MEMORY: ": not enough memory"}[self.limit]
+        brief = self.cause.brief
+        return f"cannot load {self.name!r}{limit}{named}" + (f": {brief}" if brief else "")
 
 
 @dataclass(frozen=True)
