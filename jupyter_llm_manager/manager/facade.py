@@ -197,7 +197,7 @@ class LLMManager(SettingsAccess, AsyncCalls):
 
     def _lease(self, model_id: str, seconds: float, *, activate: bool = False) -> Ticket:
         """A lease from admission (with its base's, for an adapter), waiting up to ``seconds`` on this manager's clock."""
-        return self._parts.adapters.acquire(model_id, self._parts.state.deadline(seconds), activate=activate)
+        return self._parts.admission.acquire(model_id, self._parts.state.deadline(seconds), activate=activate)
 
     # -- unloading --------------------------------------------------------------------------------
 

@@ -68,11 +68,8 @@ class Instance:
     has_adapters: bool = False  # a base that adapters were put on: its requests take turns with theirs
 
     def __post_init__(self) -> None:
-        """An adapter on a shared base takes turns with the base and its other adapters (one model, one state)."""
-        shared = getattr(self.backend, "base_instance", None)
-        if isinstance(shared, Instance):
-            self.base = shared.key
-            self.turns = shared.turns
+        """An adapter on a shared base (``base``, with the base's ``turns``) takes turns with the base and its other
+        adapters (one model, one state); a backend that answers one request at a time is serial from the start."""
         if self.backend.serial or self.base is not None:
             self.turns.serialize()
 

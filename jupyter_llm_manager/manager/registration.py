@@ -21,7 +21,7 @@ from ..config.tasks import Task, option_id
 from ..errors import ConfigurationError, ModelInUseError
 from ..events import EventBus
 from ..models.builtin import BUILTIN_ID
-from .adapters import Adapters
+from .adapters import AdapterSpecs
 from .instances import Instance
 from .policy import fit as policy
 from .state import ManagerState
@@ -40,7 +40,7 @@ class Registration:
     """Registers ids, aliases and pins in the state and tells subscribers."""
 
     def __init__(self, state: ManagerState, bus: EventBus, backends: Callable[[str], Backend], evictions: Evictions,
-                 adapters: Adapters) -> None:
+                 adapters: AdapterSpecs) -> None:
         self._state = state
         self._bus = bus
         self._backends = backends

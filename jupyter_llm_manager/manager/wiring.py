@@ -17,7 +17,7 @@ from ..config.settings import ManagerSettings
 from ..devices import DeviceProbe
 from ..estimates import EstimateCache
 from ..events import EventBus
-from .adapters import Adapters
+from .adapters import AdapterSpecs
 from .admission.loading import Loading
 from .admission.requests import Admission
 from .admission.warmup import WarmUp
@@ -46,7 +46,7 @@ class Parts:
     evictions: Evictions
     limits: Limits
     cooperation: Cooperation
-    adapters: Adapters
+    adapters: AdapterSpecs
     admission: Admission
     registration: Registration
     persistence: Persistence
@@ -69,16 +69,15 @@ def wire(settings: ManagerSettings, config_path: Path | None, *, clock: Callable
     leases = Leases(state, limits.after_idle)
     loading = Loading(state, bus, probe, leases, evictions, freeing, limits.after_load)
     cooperation = Cooperation(state, bus, evictions.for_other_kernel, evictions.unload_by_name)
-    adapters = Adapters(state, backends, lambda model_id, deadline: admission.acquire(model_id, deadline))
-    admission = Admission(state, bus, probe, backends, estimates, leases, evictions, loading, cooperation,
-                          bind=adapters.bind)
+    adapters = AdapterSpecs(state, backends)
+    admission = Admission(state, bus, probe, backends, estimates, leases, evictions, loading, cooperation)
     return Parts(state=state, bus=bus, backends=backends, estimates=estimates, freeing=freeing, evictions=evictions,
                  limits=limits, cooperation=cooperation, adapters=adapters, admission=admission,
                  registration=Registration(state, bus, backends, evictions, adapters),
                  persistence=Persistence(state, config_path),
                  status=StatusView(state, probe, estimates, backends),
                  planner=Planner(state, probe, estimates, backends, cooperation),
-                 generations=Generations(bus, adapters.acquire, state.deadline),
+                 generations=Generations(bus, admission.acquire, state.deadline),
                  warmup=WarmUp(load, bus))
 
 

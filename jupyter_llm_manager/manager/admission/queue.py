@@ -12,6 +12,10 @@ from __future__ import annotations
 import itertools
 import threading
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..instances import Instance
 
 __all__ = ["WaitQueue", "Waiter"]
 
@@ -35,6 +39,7 @@ class Waiter:
     unanswered_names: tuple[str, ...] = ()
     ahead_elsewhere: int = 0  # requests of other kernels before it in the machine-wide queue
     polls: bool = False  # what it waits for is in other kernels: it looks again every moment
+    base: Instance | None = None  # a LoRA adapter sharing its base: the base's instance (leased by its thread)
 
 
 class WaitQueue:

@@ -7,77 +7,38 @@
   the victims, reserve the bytes, load), wait (until the state changes or
   the deadline passes; state ``waiting``, a ``waiting`` event with the queue
   position), or refuse at once when waiting cannot help.
+- A LoRA adapter that shares its base is a step of the same path: the base
+  is leased first, then the adapter, placed as a slice of the base's model.
 - Ctrl-C during a wait cancels that wait only; the queue forgets it.
+
+Deciding and reserving is :mod:`.deciding`, waiting :mod:`.waits`, loading
+:mod:`.loading`; the fair queue is :mod:`.queue`.
 """
 
 from __future__ import annotations
 
-import enum
 import threading
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Literal
+from collections.abc import Callable
 
 from ...backends import Backend, Placement
-from ...config.spec import ModelSpec
-from ...devices import DeviceMemory, DeviceProbe
+from ...devices import DeviceProbe
 from ...errors import LLMManagerError, ModelLoadingError, ResourceNotAvailableError
 from ...estimates import EstimateCache, remote_estimate
 from ...events import EventBus
 from ...support.deadlines import Deadline
-from ..cooperation import Cooperation, Others
-from ..cooperation.membership import ANSWER_S, POLL_S
+from ..adapters.binding import between_requests
+from ..adapters.specs import shares_base
+from ..cooperation import Cooperation
 from ..instances import Instance
-from ..planning import ModelSizing, gather
-from ..policy import fit as policy
-from ..policy.decision import decide
-from ..policy.reasons import BeingPlaced, LedgerLocked, QueuedLocally
 from ..state import Leases, ManagerState, Ticket
-from ..unloading.evictions import Evictions, Victims
+from ..unloading.evictions import Evictions
+from .deciding import Decider
 from .loading import Loading
+from .outcomes import Admitted, Again, AskOthers, Load, Queued, Wait
 from .queue import Waiter
+from .waits import Waits
 
 __all__ = ["Admission"]
-
-
-class _Again(enum.Enum):
-    LOOK = "the state changed while a plan was prepared: look at it again"
-
-
-@dataclass(frozen=True)
-class _Load:
-    """This thread owns a new instance: load it now."""
-
-    canonical: str
-    instance: Instance
-
-
-@dataclass(frozen=True)
-class _Queued:
-    waiter: Waiter
-    may_plan: bool
-    version: int  # of the state when this was decided: a change after it wakes the waiter
-
-
-@dataclass(frozen=True)
-class _Admitted:
-    instance: Instance
-    victims: Victims
-
-
-@dataclass(frozen=True)
-class _Wait:
-    plan: policy.Plan | None
-    version: int
-
-
-@dataclass(frozen=True)
-class _AskOthers:
-    """The decision evicts other kernels' models: ask them, then look again."""
-
-    evictions: tuple[policy.Eviction, ...]
-    others: Others
-    priority: int
 
 
 class Admission:
@@ -85,55 +46,96 @@ class Admission:
 
     def __init__(self, state: ManagerState, bus: EventBus, probe: DeviceProbe, backends: Callable[[str], Backend],
                  estimates: EstimateCache, leases: Leases, evictions: Evictions, loading: Loading,
-                 cooperation: Cooperation, *, bind: Callable[[ModelSpec, Backend], Backend] | None = None) -> None:
+                 cooperation: Cooperation) -> None:
         self._cooperation = cooperation
         self._state = state
-        self._bus = bus
-        self._probe = probe
         self._backends = backends
-        self._estimates = estimates
         self._leases = leases
         self._evictions = evictions
         self._loading = loading
-        self._bind = bind  # LoRA adapters: the backend bound to their loaded base (see manager.adapters)
+        self._decider = Decider(state, bus, probe, backends, estimates, evictions, cooperation)
+        self._waits = Waits(state, bus, cooperation)
 
-    def acquire(self, model_id: str, deadline: Deadline) -> Ticket:
-        """A lease on ``model_id`` for the calling thread, waiting for room until ``deadline``."""
+    def acquire(self, model_id: str, deadline: Deadline, *, activate: bool = False) -> Ticket:
+        """A lease on ``model_id`` for the calling thread, waiting for room until ``deadline``.
+
+        A LoRA adapter that shares its base holds a lease on the base too,
+        taken first (the base loads, or stays, while the adapter is used; its
+        row shows ``loaded``); both are released together. ``activate`` (a
+        ``use()`` lease): the shared model is made to answer as ``model_id``
+        before it is handed out; the next request on the same base may switch it.
+        """
+        base_id = self._shared_base(model_id)
+        if base_id is None:
+            ticket = self._lease(model_id, deadline, None)
+        else:
+            base = self._lease(base_id, deadline, None)
+            try:
+                ticket = self._lease(model_id, deadline, base.instance)
+            except BaseException:
+                base.release()
+                raise
+            ticket.companion = base
+        if activate:
+            self._activate(ticket)
+        return ticket
+
+    def _shared_base(self, model_id: str) -> str | None:
+        state = self._state
+        with state.lock:
+            spec = state.registry.specs[state.registry.resolve(model_id)]
+        return spec.base if shares_base(spec, self._backends(spec.backend)) else None
+
+    def _activate(self, ticket: Ticket) -> None:
+        """The shared model answers as the ticket's model (between the base's requests)."""
+        instance = ticket.instance
+        if instance.base is None and not instance.has_adapters:
+            return
+        base = ticket.companion.instance if ticket.companion is not None else instance
+        try:
+            with between_requests(base):
+                instance.backend.use_adapter(ticket.loaded)
+        except BaseException:
+            ticket.release()
+            raise
+
+    def _lease(self, model_id: str, deadline: Deadline, base: Instance | None) -> Ticket:
+        """The lease loop: lease, join a load, load, or queue, plan and wait, until granted or refused."""
         waiter: Waiter | None = None
         told, promised = "", False  # promised: this thread may be counted as a joiner of a load
         try:
             while True:
-                found = self._look(model_id, waiter)
+                found = self._look(model_id, waiter, base)
                 if isinstance(found, Ticket):
                     return found
                 if isinstance(found, Instance):  # a load in flight, or an instance just leaving
                     promised = True
                     self._settle(found)
                     continue
-                if isinstance(found, _Load):
+                if isinstance(found, Load):
                     promised = True  # the load publishes it promised to this thread
                     self._loading.run(found.canonical, found.instance)
                     continue
                 waiter, promised = found.waiter, True
-                outcome = self._plan(waiter) if found.may_plan else _Wait(None, found.version)
-                if outcome is _Again.LOOK:
+                outcome = self._decider.plan(waiter) if found.may_plan else Wait(None, found.version)
+                if outcome is Again.LOOK:
                     continue
-                if isinstance(outcome, _Admitted):
+                if isinstance(outcome, Admitted):
                     self._cooperation.dequeue(waiter.ledger)
                     waiter = None  # served: the queue no longer holds it
                     self._place(outcome)
                     continue
-                if isinstance(outcome, _AskOthers):
-                    self._ask_others(waiter, outcome)
+                if isinstance(outcome, AskOthers):
+                    self._decider.ask_others(waiter, outcome)
                     continue
-                told = self._wait(waiter, outcome, deadline, told)
+                told = self._waits.wait(waiter, outcome, deadline, told)
         finally:
             if promised:
                 self._leave(waiter)
 
     # -- one look at the state -------------------------------------------------------------------
 
-    def _look(self, model_id: str, waiter: Waiter | None) -> Ticket | Instance | _Load | _Queued:
+    def _look(self, model_id: str, waiter: Waiter | None, base: Instance | None) -> Ticket | Instance | Load | Queued:
         """Lease, join, load or queue: what to do next, decided under the lock."""
         me = threading.get_ident()
         state = self._state
@@ -162,13 +164,14 @@ class Admission:
                 instance = Instance(key, spec, backend, remote_estimate(canonical), Placement(()), loader=me)
                 state.instances[key] = instance
                 state.touch()
-                return _Load(canonical, instance)
+                return Load(canonical, instance)
             if waiter is None:
                 waiter = self._enqueue(key, canonical, me)
+                waiter.base = base
             may_plan = state.queue.may_plan(waiter)
             if may_plan:
                 state.queue.planner = waiter
-            return _Queued(waiter, may_plan, state.version)
+            return Queued(waiter, may_plan, state.version)
 
     def _enqueue(self, key: str, canonical: str, thread: int) -> Waiter:
         state = self._state
@@ -197,86 +200,7 @@ class Admission:
             while state.instances.get(instance.key) is instance and not state.closed:
                 state.changed.wait()
 
-    # -- planning ------------------------------------------------------------------------------
-
-    def _plan(self, waiter: Waiter) -> _Admitted | _Wait | _AskOthers | Literal[_Again.LOOK]:
-        """Gather the sizing (no lock), then decide and, when admitted, reserve (under the lock).
-
-        The decision is :func:`~.policy.decision.decide`, the very function
-        ``plan()`` simulates: what a plan says is what admission does.
-        """
-        try:
-            state = self._state
-            with state.lock:
-                spec = state.registry.specs.get(waiter.name)
-                if spec is None or state.registry.keys[waiter.name] != waiter.key:
-                    return _Again.LOOK  # unregistered or replaced meanwhile
-            sizing = self._sizing(waiter.name, spec)
-            memories = self._probe()  # before the lock: a first probe of the GPUs may take a while
-            if sizing.backend.remote:
-                return self._decide(waiter, spec, sizing, Others(), memories)
-            with self._cooperation.placement() as placing:  # one ledger transaction: read, decide, write
-                outcome = self._decide(waiter, spec, sizing, placing.others, memories)
-                if isinstance(outcome, _Admitted):
-                    placing.publish()  # the others see the reservation when the transaction ends
-                return outcome
-        finally:
-            state = self._state
-            with state.lock:
-                if state.queue.planner is waiter:
-                    state.queue.planner = None
-                    state.wake_planner()  # nothing changed: no new version, or this waiter would plan again at once
-
-    def _decide(self, waiter: Waiter, spec: ModelSpec, sizing: ModelSizing, others: Others,
-                memories: Sequence[DeviceMemory]) -> _Admitted | _Wait | _AskOthers | Literal[_Again.LOOK]:
-        """Decide on the request with what every kernel holds and, when admitted, reserve (under the lock)."""
-        state = self._state
-        elsewhere = others.seen_by(waiter.ledger, waiter.unanswered)
-        with state.lock:
-            if state.registry.keys.get(waiter.name) != waiter.key or waiter.key in state.instances:
-                return _Again.LOOK  # the model changed meanwhile
-            waiter.polls = bool(others.holdings or others.requests or others.busy)
-            if others.busy:  # another process keeps the ledger locked: placing now could over-commit
-                waiter.waiting_for = LedgerLocked().text()
-                return _Wait(None, state.version)
-            decision = decide(state.snapshot(memories, elsewhere=elsewhere), sizing.ask(state, waiter.thread))
-            waiter.needed = dict(decision.request.needed)
-            waiter.ahead_elsewhere = len(elsewhere.ahead)
-            foreign = tuple(e for e in decision.plan.evictions if e.owner is not None)
-            if decision.plan.admitted and foreign:
-                return _AskOthers(foreign, others, state.registry.priority(waiter.key))
-            if decision.plan.admitted:
-                estimate = decision.estimate or sizing.estimate
-                instance = Instance(waiter.key, spec, sizing.backend, estimate, decision.placement,
-                                    loader=waiter.thread, bytes=dict(decision.request.needed))
-                return self._reserve(waiter, instance, decision.plan)
-            waiter.waiting_for = decision.plan.reason
-            if decision.plan.verdict == "refuse":
-                raise decision.error()
-            return _Wait(decision.plan, state.version)
-
-    def _ask_others(self, waiter: Waiter, asking: _AskOthers) -> None:
-        """Ask the kernels holding the victims to evict them; one that does not answer is named later."""
-        silent = self._cooperation.ask_to_evict(asking.evictions, asking.others, asking.priority)
-        if silent:
-            names = tuple(asking.others.named(member) for member in sorted(silent))
-            waiter.unanswered |= frozenset(silent)
-            waiter.unanswered_names = tuple(dict.fromkeys(waiter.unanswered_names + names))
-
-    def _sizing(self, canonical: str, spec: ModelSpec) -> ModelSizing:
-        """What the decision needs; an estimate that fails is this model's failure (its row and an event)."""
-        backend = self._backends(spec.backend)
-        try:
-            backend = self._bind(spec, backend) if self._bind is not None else backend
-            return gather(spec, backend, self._estimates)
-        except LLMManagerError as error:
-            state = self._state
-            with state.lock:
-                state.failures[canonical] = str(error)
-            self._bus.emit("load_failed", canonical, message=str(error))
-            raise
-
-    def _place(self, admitted: _Admitted) -> None:
+    def _place(self, admitted: Admitted) -> None:
         """Free the victims, then load; an interrupt while freeing abandons the reserved instance."""
         instance = admitted.instance
         try:
@@ -285,71 +209,6 @@ class Admission:
             self._loading.abandon(instance.spec.id, instance, error)
             raise
         self._loading.run(instance.spec.id, instance)
-
-    def _reserve(self, waiter: Waiter, instance: Instance, plan: policy.Plan) -> _Admitted:
-        """Execute an admit plan in the state: victims out, the new instance in (loading). Lock held."""
-        state = self._state
-        first = state.queue.first(instance.key) or waiter
-        blocked = [w.blocked_since for w in (first, waiter) if w.blocked_since is not None]
-        instance.arrival, instance.waited = first.order, state.clock() - min(blocked) if blocked else None
-        instance.joiners = state.queue.threads_for(instance.key) - {waiter.thread}  # served by this one load
-        victims = self._evictions.take_out(plan.evictions)
-        for victim, _ in victims:  # their memory on these devices is the new instance's reservation now
-            for device in instance.placement.devices:
-                victim.bytes.pop(device, None)
-        state.instances[instance.key] = instance
-        for served in state.queue.serve(instance.key):
-            if served.wake is not None:
-                served.wake.notify()  # they join the load now
-        state.touch()
-        return _Admitted(instance, victims)
-
-    # -- waiting ---------------------------------------------------------------------------------
-
-    def _wait(self, waiter: Waiter, outcome: _Wait, deadline: Deadline, told: str) -> str:
-        """Wait for the state to change; raise when the deadline has passed. Returns what was told."""
-        state = self._state
-        with state.lock:
-            if waiter.blocked_since is None:
-                waiter.blocked_since = state.clock()
-            version = outcome.version
-            position = (state.queue.position(waiter.key) or 1) + waiter.ahead_elsewhere
-            ahead = tuple(state.queue.names_ahead(waiter.key))
-            reason = (waiter.waiting_for or state.queue.waiting_for(waiter.key)
-                      or (QueuedLocally(ahead) if ahead else BeingPlaced()).text())
-        if deadline.expired:
-            raise self._gave_up(waiter, deadline, reason)
-        self._queue_on_machine(waiter)
-        message = f"{reason} (queue position {position})"
-        if message != told:
-            self._bus.emit("waiting", waiter.name, message=reason, position=position, arrival=waiter.order)
-        state = self._state
-        with state.lock:  # what other kernels do wakes nobody here: look again every moment
-            remaining = deadline.remaining()
-            poll = state.deadline(min(POLL_S, remaining if remaining is not None else POLL_S)) if waiter.polls else None
-            state.wait_for_change(version, poll or deadline, waiter.wake)
-        return message
-
-    def _queue_on_machine(self, waiter: Waiter) -> None:
-        """A request waiting on other kernels takes its place in the machine's queue, saying what it needs."""
-        if waiter.ledger is not None:
-            if waiter.needed != waiter.published:
-                self._cooperation.requeue(waiter.ledger, waiter.needed)
-                waiter.published = waiter.needed
-        elif waiter.polls:
-            with self._state.lock:
-                priority = self._state.registry.priority(waiter.key)
-            waiter.ledger = self._cooperation.enqueue(waiter.name, waiter.needed, priority)
-            waiter.published = waiter.needed
-
-    def _gave_up(self, waiter: Waiter, deadline: Deadline, reason: str) -> ResourceNotAvailableError:
-        waited = "without waiting" if deadline.seconds == 0 else f"after waiting {deadline.seconds:g} s"
-        if waiter.unanswered_names:
-            reason += (f"; {', '.join(waiter.unanswered_names)} did not answer within {ANSWER_S:g} s when asked to "
-                       "make room")
-        return ResourceNotAvailableError(
-            f"Cannot load {waiter.name!r} {waited}: {reason}.", model_id=waiter.name,
-            hint="Pass wait= a longer time (math.inf: no limit) or raise wait_timeout, or unload a model.")
 
     def _leave(self, waiter: Waiter | None) -> None:
         """The calling thread stops asking: out of the queue, and no longer promised a lease."""

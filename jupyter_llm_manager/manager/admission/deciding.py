@@ -1,0 +1,156 @@
+"""Deciding on a request: the facts gathered, the policy's decision on one snapshot, and the room reserved.
+
+The request placed next gathers what deciding on its model needs (with no
+lock held), then, inside one ledger transaction (:meth:`~..cooperation.Cooperation.placement`),
+reads what the other kernels hold and wait for, asks the policy
+(:func:`~..policy.decision.decide`, the very function ``plan()`` simulates)
+and, when admitted, reserves: the victims taken out, the new instance in
+(``loading``), the reservation written for the others to see. A LoRA adapter
+that shares its base is reserved as a slice of the base's loaded model
+(:class:`~..adapters.binding.AdapterOnBase`), taking turns with it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Literal
+
+from ...backends import Backend
+from ...config.spec import ModelSpec
+from ...devices import DeviceMemory, DeviceProbe
+from ...errors import LLMManagerError
+from ...estimates import EstimateCache
+from ...events import EventBus
+from ..adapters.binding import AdapterOnBase
+from ..cooperation import Cooperation, Others
+from ..instances import Instance
+from ..planning import ModelSizing, gather
+from ..policy import fit as policy
+from ..policy.decision import Decision, decide
+from ..policy.reasons import LedgerLocked
+from ..state import ManagerState
+from ..unloading.evictions import Evictions
+from .outcomes import Admitted, Again, AskOthers, Wait
+from .queue import Waiter
+
+__all__ = ["Decider"]
+
+
+class Decider:
+    """Decides on the request placed next and reserves its room (see the module docstring)."""
+
+    def __init__(self, state: ManagerState, bus: EventBus, probe: DeviceProbe, backends: Callable[[str], Backend],
+                 estimates: EstimateCache, evictions: Evictions, cooperation: Cooperation) -> None:
+        self._state = state
+        self._bus = bus
+        self._probe = probe
+        self._backends = backends
+        self._estimates = estimates
+        self._evictions = evictions
+        self._cooperation = cooperation
+
+    def plan(self, waiter: Waiter) -> Admitted | Wait | AskOthers | Literal[Again.LOOK]:
+        """Gather the sizing (no lock), then decide and, when admitted, reserve (under the lock).
+
+        The decision is :func:`~.policy.decision.decide`, the very function
+        ``plan()`` simulates: what a plan says is what admission does.
+        """
+        try:
+            state = self._state
+            with state.lock:
+                spec = state.registry.specs.get(waiter.name)
+                if spec is None or state.registry.keys[waiter.name] != waiter.key:
+                    return Again.LOOK  # unregistered or replaced meanwhile
+            sizing = self.sizing(waiter.name, spec)
+            memories = self._probe()  # before the lock: a first probe of the GPUs may take a while
+            if sizing.backend.remote:
+                return self._decide(waiter, spec, sizing, Others(), memories)
+            with self._cooperation.placement() as placing:  # one ledger transaction: read, decide, write
+                outcome = self._decide(waiter, spec, sizing, placing.others, memories)
+                if isinstance(outcome, Admitted):
+                    placing.publish()  # the others see the reservation when the transaction ends
+                return outcome
+        finally:
+            state = self._state
+            with state.lock:
+                if state.queue.planner is waiter:
+                    state.queue.planner = None
+                    state.wake_planner()  # nothing changed: no new version, or this waiter would plan again at once
+
+    def _decide(self, waiter: Waiter, spec: ModelSpec, sizing: ModelSizing, others: Others,
+                memories: Sequence[DeviceMemory]) -> Admitted | Wait | AskOthers | Literal[Again.LOOK]:
+        """Decide on the request with what every kernel holds and, when admitted, reserve (under the lock)."""
+        state = self._state
+        elsewhere = others.seen_by(waiter.ledger, waiter.unanswered)
+        with state.lock:
+            if state.registry.keys.get(waiter.name) != waiter.key or waiter.key in state.instances:
+                return Again.LOOK  # the model changed meanwhile
+            waiter.polls = bool(others.holdings or others.requests or others.busy)
+            if others.busy:  # another process keeps the ledger locked: placing now could over-commit
+                waiter.waiting_for = LedgerLocked().text()
+                return Wait(None, state.version)
+            decision = decide(state.snapshot(memories, elsewhere=elsewhere), sizing.ask(state, waiter.thread))
+            waiter.needed = dict(decision.request.needed)
+            waiter.ahead_elsewhere = len(elsewhere.ahead)
+            foreign = tuple(e for e in decision.plan.evictions if e.owner is not None)
+            if decision.plan.admitted and foreign:
+                return AskOthers(foreign, others, state.registry.priority(waiter.key))
+            if decision.plan.admitted:
+                return self._reserve(waiter, self._instance(waiter, spec, sizing, decision), decision.plan)
+            waiter.waiting_for = decision.plan.reason
+            if decision.plan.verdict == "refuse":
+                raise decision.error()
+            return Wait(decision.plan, state.version)
+
+    @staticmethod
+    def _instance(waiter: Waiter, spec: ModelSpec, sizing: ModelSizing, decision: Decision) -> Instance:
+        """The new instance an admitted decision reserves; a shared adapter's lives on its (leased) base."""
+        estimate = decision.estimate or sizing.estimate
+        needed = dict(decision.request.needed)
+        base = waiter.base
+        if base is None:
+            return Instance(waiter.key, spec, sizing.backend, estimate, decision.placement, loader=waiter.thread,
+                            bytes=needed)
+        return Instance(waiter.key, spec, AdapterOnBase(sizing.backend, base), estimate, decision.placement,
+                        loader=waiter.thread, bytes=needed, base=base.key, turns=base.turns)
+
+    def ask_others(self, waiter: Waiter, asking: AskOthers) -> None:
+        """Ask the kernels holding the victims to evict them; one that does not answer is named later."""
+        silent = self._cooperation.ask_to_evict(asking.evictions, asking.others, asking.priority)
+        if silent:
+            names = tuple(asking.others.named(member) for member in sorted(silent))
+            waiter.unanswered |= frozenset(silent)
+            waiter.unanswered_names = tuple(dict.fromkeys(waiter.unanswered_names + names))
+
+    def sizing(self, canonical: str, spec: ModelSpec) -> ModelSizing:
+        """What the decision needs; an estimate that fails is this model's failure (its row and an event)."""
+        backend = self._backends(spec.backend)
+        try:
+            return gather(spec, backend, self._estimates)
+        except LLMManagerError as error:
+            state = self._state
+            with state.lock:
+                state.failures[canonical] = str(error)
+            self._bus.emit("load_failed", canonical, message=str(error))
+            raise
+
+    def _reserve(self, waiter: Waiter, instance: Instance, plan: policy.Plan) -> Admitted:
+        """Execute an admit plan in the state: victims out, the new instance in (loading). Lock held."""
+        state = self._state
+        first = state.queue.first(instance.key) or waiter
+        blocked = [w.blocked_since for w in (first, waiter) if w.blocked_since is not None]
+        instance.arrival, instance.waited = first.order, state.clock() - min(blocked) if blocked else None
+        instance.joiners = state.queue.threads_for(instance.key) - {waiter.thread}  # served by this one load
+        if waiter.base is not None:
+            waiter.base.take_adapters()  # the base's requests take turns with its adapters' from now on
+        victims = self._evictions.take_out(plan.evictions)
+        for victim, _ in victims:  # their memory on these devices is the new instance's reservation now
+            for device in instance.placement.devices:
+                victim.bytes.pop(device, None)
+        state.instances[instance.key] = instance
+        for served in state.queue.serve(instance.key):
+            if served.wake is not None:
+                served.wake.notify()  # they join the load now
+        state.touch()
+        return Admitted(instance, victims)
+

@@ -1,0 +1,54 @@
+"""What one look at a request decides: its small outcomes, passed between the parts of admission."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from ..cooperation import Others
+from ..instances import Instance
+from ..policy import fit as policy
+from ..unloading.evictions import Victims
+from .queue import Waiter
+
+__all__ = ["Admitted", "Again", "AskOthers", "Load", "Queued", "Wait"]
+
+
+class Again(enum.Enum):
+    LOOK = "the state changed while a plan was prepared: look at it again"
+
+
+@dataclass(frozen=True)
+class Load:
+    """This thread owns a new instance: load it now."""
+
+    canonical: str
+    instance: Instance
+
+
+@dataclass(frozen=True)
+class Queued:
+    waiter: Waiter
+    may_plan: bool
+    version: int  # of the state when this was decided: a change after it wakes the waiter
+
+
+@dataclass(frozen=True)
+class Admitted:
+    instance: Instance
+    victims: Victims
+
+
+@dataclass(frozen=True)
+class Wait:
+    plan: policy.Plan | None
+    version: int
+
+
+@dataclass(frozen=True)
+class AskOthers:
+    """The decision evicts other kernels' models: ask them, then look again."""
+
+    evictions: tuple[policy.Eviction, ...]
+    others: Others
+    priority: int
