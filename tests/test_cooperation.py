@@ -392,7 +392,7 @@ def test_two_kernels_asking_at_the_same_instant_never_both_take_the_same_room(ma
 
     from jlm_helpers.fakes import GB, fake
 
-    from jupyter_llm_manager.manager.cooperation import membership
+    from jupyter_llm_manager.manager.cooperation import room
 
     path = tmp_path / "same-instant.sqlite"
     first = make_manager(ledger_path=str(path), memory_budget={"cuda:0": 3 * GB})
@@ -402,7 +402,7 @@ def test_two_kernels_asking_at_the_same_instant_never_both_take_the_same_room(ma
         fake(manager, "warm", GB // 100)
     load_meanwhile(clock, (first, "warm"), (second, "warm"))  # both are members, as kernels that loaded before
     published(path, ["loaded", "loaded"])
-    read = membership.others_from
+    read = room.others_from
     both_read = threading.Barrier(2, timeout=0.3)
     calls = []
 
@@ -416,7 +416,7 @@ def test_two_kernels_asking_at_the_same_instant_never_both_take_the_same_room(ma
                 pass
         return found
 
-    monkeypatch.setattr(membership, "others_from", others_then_wait)
+    monkeypatch.setattr(room, "others_from", others_then_wait)
     load_meanwhile(clock, (first, "x"), (second, "y"))
     states = {first.row("x").state, second.row("y").state}
     assert states == {"loaded", "registered"}, f"both took the same 3 GB: x and y are {states}"

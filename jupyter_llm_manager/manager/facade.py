@@ -13,23 +13,21 @@ import enum
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from ..backends import Backend, get_backend
 from ..config.files import ConfigFile, find_config_path, load_config
 from ..config.settings import SETTING_NAMES
-from ..config.spec import ModelSpec, expand_path
-from ..config.tasks import Task
 from ..devices import DeviceProbe, probe_devices
-from ..events import Event
 from ..generation import GenerationParams, GenerationResult, Prompt, normalize_prompt
-from ..reports import DeviceReport, GarbageReport, MachineReport, MemoryEstimate, PlanReport, StatusRow, UnloadReport
+from ..reports import UnloadReport
 from ..support.deadlines import parse_wait
-from .async_calls import AsyncCalls
+from .api.asynchronous import AsyncCalls
+from .api.registry import RegistryCalls
+from .api.reports import ReportCalls
+from .api.settings import SettingsAccess, checked
 from .generations import TextStream, checked_params, checked_texts, text_model
 from .handles import Lease, ModelHandle
-from .settings_access import SettingsAccess, checked
 from .state import Ticket
 from .wiring import shut_down, wire
 
@@ -47,7 +45,7 @@ FROM_CONFIG = _FromConfig.FROM_CONFIG
 _Given = Literal[_FromConfig.FROM_CONFIG]
 
 
-class LLMManager(SettingsAccess, AsyncCalls):
+class LLMManager(RegistryCalls, ReportCalls, SettingsAccess, AsyncCalls):
     """Loads models lazily, shares instances between aliases, evicts and frees for real.
 
     Settings not given come from the configuration file's ``defaults``
@@ -79,77 +77,6 @@ class LLMManager(SettingsAccess, AsyncCalls):
         self.warmup = parts.warmup
         if preload:
             self.warmup.start(*parts.registration.preload_ids())
-
-    # -- the registry -------------------------------------------------------------------------
-
-    def register(self, model_id: str, source: str | None = None, *, backend: str | None = None,
-                 overwrite: bool = False, persist: bool = False, **options: Any) -> ModelSpec:
-        """Register a model under ``model_id``; loads nothing. ``persist=True`` also saves it.
-
-        ``base="ID", adapter="FOLDER"`` registers a LoRA adapter (a PEFT folder or Hub id; a GGUF LoRA file
-        for a llama_cpp base) that runs on the registered model ``ID``, checked against it now.
-        """
-        data = {"source": source, "backend": backend, **options}
-        spec = ModelSpec.from_mapping(model_id, {k: v for k, v in data.items() if v is not None})
-        spec = self._parts.registration.register(spec, overwrite=overwrite)
-        if persist:
-            self._parts.persistence.save(models=[spec.id], aliases=(), settings=False)
-        return spec
-
-    def unregister(self, model_id: str, *, persist: bool = False) -> None:
-        """Forget a model (or an alias), unloading its instance if no other id shares it."""
-        self._parts.registration.unregister(model_id)
-        if persist:
-            self._parts.persistence.save(models=(), aliases=(), settings=False)
-
-    def alias(self, name: str, target: str, *, overwrite: bool = False, persist: bool = False) -> None:
-        """Make ``name`` another name of ``target`` (the same loaded instance)."""
-        self._parts.registration.alias(name, target, overwrite=overwrite)
-        if persist:
-            self._parts.persistence.save(models=(), aliases=[name], settings=False)
-
-    def select(self, task: str, option: str) -> None:
-        """Point ``task`` at another of its options; the previous one is unloaded once idle, if unused."""
-        self._parts.limits.retire(self._parts.registration.select(task, option))
-
-    def task(self, name: str) -> Task:
-        """A task of the configuration: its options as written and its selected option when read."""
-        return self._parts.registration.task(name)
-
-    def tasks(self) -> list[str]:
-        return self._parts.registration.tasks()
-
-    def plan(self, model_ids: Sequence[str] | None = None) -> PlanReport:
-        """Would these models fit together? A dry run of admission (default: the tasks' selected options)."""
-        return self._parts.planner.plan(self._parts.planner.wanted() if model_ids is None else list(model_ids))
-
-    def read_config(self, path: str | os.PathLike[str]) -> ConfigFile:
-        """Register a configuration file's models and aliases and apply its settings; ``save()`` writes there."""
-        config = load_config(Path(expand_path(os.fspath(path))))
-        self._parts.registration.check_file_default(config)  # before anything of the file is taken
-        self._parts.registration.read(config)
-        self.configure(**{name: getattr(config.settings, name) for name in config.settings_given})
-        self._parts.persistence.path = config.path
-        return config
-
-    def spec(self, model_id: str) -> ModelSpec:
-        """The spec an id or alias resolves to."""
-        return self._parts.registration.spec(model_id)
-
-    def resolve(self, model_id: str) -> str:
-        """The registered id behind an id or alias (raises :class:`ModelNotFoundError`)."""
-        return self._parts.registration.spec(model_id).id
-
-    def ids(self) -> list[str]:
-        """Registered ids, then aliases."""
-        return self._parts.registration.ids()
-
-    def pin(self, model_id: str) -> None:
-        """Never evict this model (LRU, budget or keep-alive); it can still be unloaded by hand."""
-        self._parts.registration.set_pinned(model_id, True)
-
-    def unpin(self, model_id: str) -> None:
-        self._parts.limits.after_unpin(self._parts.registration.set_pinned(model_id, False))
 
     # -- loading and using ------------------------------------------------------------------------
 
@@ -217,64 +144,7 @@ class LLMManager(SettingsAccess, AsyncCalls):
         """Unload every model idle longer than its keep-alive (what the reaper runs)."""
         return self._parts.evictions.expire()
 
-    def collect_garbage(self) -> GarbageReport:
-        """Collect garbage and empty device caches without unloading; report what is still alive."""
-        return self._parts.freeing.collect_garbage()
-
-    def lingering(self) -> dict[str, tuple[str, ...]]:
-        """Unloaded models whose objects are still alive, and what holds each."""
-        return self._parts.freeing.lingering()
-
-    # -- reports and events -----------------------------------------------------------------------
-
-    def estimate(self, model_id: str, *, refresh: bool = False) -> MemoryEstimate:
-        """Memory the model would take, from metadata only (no weights are read)."""
-        spec = self.spec(model_id)
-        return self._parts.estimates.get(spec, self._parts.backends(spec.backend), refresh=refresh)
-
-    def status(self) -> list[StatusRow]:
-        """One row per registered model id: state, device, memory, use, keep-alive."""
-        return self._parts.status.rows()
-
-    def row(self, model_id: str) -> StatusRow:
-        """The status row of one id (aliases resolve to their model's row)."""
-        return self._parts.status.row(model_id)
-
-    def machine(self) -> MachineReport:
-        """Every manager of this user on this machine (kernels, scripts), the models each holds, and other GPU users."""
-        return self._parts.cooperation.machine(self._parts.status.machine_models(self._parts.cooperation.pid,
-                                                                     self._parts.cooperation.notebook))
-
-    def ask_to_unload(self, member: str, model_id: str) -> str:
-        """Ask another manager of this machine (``machine()``'s member id) to unload an idle model; what it said."""
-        return self._parts.cooperation.ask_to_unload(member, model_id)
-
-    def devices(self) -> list[DeviceReport]:
-        """Per device: total, free, this manager's budget, and the bytes its models hold."""
-        return self._parts.status.devices()
-
-    def subscribe(self, callback: Callable[[Event], object]) -> Callable[[], None]:
-        """Call ``callback(event)`` on every manager event (no lock held); returns the unsubscribe function."""
-        return self._parts.bus.subscribe(callback)
-
-    def events(self, limit: int | None = 50) -> list[Event]:
-        """The most recent events, oldest first."""
-        return self._parts.bus.recent(limit)
-
-    # -- settings, persistence, lifetime -----------------------------------------------------------
-
-    @property
-    def config_path(self) -> Path | None:
-        """The file this manager read, and where ``save()`` writes by default (settable)."""
-        return self._parts.persistence.path
-
-    @config_path.setter
-    def config_path(self, path: str | os.PathLike[str] | None) -> None:
-        self._parts.persistence.path = None if path is None else Path(expand_path(os.fspath(path)))
-
-    def save(self, path: str | os.PathLike[str] | None = None) -> Path:
-        """Persist every setting, model (with its pinned flag) and alias (atomic write, merged under a lock)."""
-        return self._parts.persistence.save(path)
+    # -- lifetime -----------------------------------------------------------
 
     def close(self) -> None:
         """Refuse new work, stop the reaper, end running streams and unload every model.

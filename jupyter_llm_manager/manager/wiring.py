@@ -27,6 +27,7 @@ from .planning import Planner
 from .registration import Persistence, Registration
 from .state import Leases, ManagerState
 from .status import StatusView
+from .tasks import TaskSelection
 from .unloading.evictions import Evictions
 from .unloading.freeing import Freeing
 from .unloading.limits import Limits
@@ -49,6 +50,7 @@ class Parts:
     adapters: AdapterSpecs
     admission: Admission
     registration: Registration
+    tasks: TaskSelection
     persistence: Persistence
     status: StatusView
     planner: Planner
@@ -74,6 +76,7 @@ def wire(settings: ManagerSettings, config_path: Path | None, *, clock: Callable
     return Parts(state=state, bus=bus, backends=backends, estimates=estimates, freeing=freeing, evictions=evictions,
                  limits=limits, cooperation=cooperation, adapters=adapters, admission=admission,
                  registration=Registration(state, bus, backends, evictions, adapters),
+                 tasks=TaskSelection(state, bus),
                  persistence=Persistence(state, config_path),
                  status=StatusView(state, probe, estimates, backends),
                  planner=Planner(state, probe, estimates, backends, cooperation),

@@ -17,17 +17,14 @@ import json
 import logging
 import os
 import sqlite3
-import stat
-import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TypeVar
 
 import psutil
 
-from ...errors import ConfigurationError
+from .ledger_file import BUSY_S, LedgerFile, Statement, execute, transaction
 from .rows import MemberRow, ModelRow, RequestRow, member_row, model_row, request_row
 
 __all__ = ["LEDGER_ENV", "Ledger", "LedgerBusy", "Placement", "default_ledger_path", "process_alive"]
@@ -35,24 +32,8 @@ __all__ = ["LEDGER_ENV", "Ledger", "LedgerBusy", "Placement", "default_ledger_pa
 log = logging.getLogger(__name__)
 
 LEDGER_ENV = "JUPYTER_LLM_MANAGER_LEDGER"
-#: The layout's version (``PRAGMA user_version``): a ledger of an older layout has its queue made again.
-_VERSION = 2
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS members (member TEXT PRIMARY KEY, pid INTEGER, started REAL, kernel TEXT,
-    notebook TEXT, address TEXT, seen REAL);
-CREATE TABLE IF NOT EXISTS models (member TEXT, key TEXT, model_id TEXT, device TEXT, bytes INTEGER, state TEXT,
-    pinned INTEGER, leases INTEGER, last_used REAL, priority INTEGER, protected INTEGER,
-    PRIMARY KEY (member, key, device));
-CREATE TABLE IF NOT EXISTS requests (arrival INTEGER PRIMARY KEY AUTOINCREMENT, member TEXT, model_id TEXT,
-    needed TEXT, priority INTEGER, since REAL);
-"""
-#: How long one statement waits for another connection's write lock (a placement holds it a millisecond or two).
-_BUSY_S = 1.0
-
-_T = TypeVar("_T")
 #: The ledger's three tables: members, their models, the waiting requests (in arrival order).
 AllRows = tuple[list[MemberRow], list[ModelRow], list[RequestRow]]
-_Statement = tuple[str, Sequence[object] | list[Sequence[object]], bool]
 
 
 class LedgerBusy(sqlite3.OperationalError):
@@ -91,123 +72,12 @@ class Placement:
     def publish(self, member: MemberRow, models: Sequence[ModelRow]) -> None:
         """This member's rows, written in this transaction: the others see the reservation with the decision."""
         if member.member not in self._ledger.left:
-            _execute(self._connection, _publish_statements(member, models))
+            execute(self._connection, _publish_statements(member, models))
             self._ledger.wrote(member, models)
 
 
-class Ledger:
-    """One process's connection to the ledger file; thread-safe (one lock around the connection)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._lock = threading.RLock()  # a placement, a publish or a read: one at a time on the connection
-        self._connection: sqlite3.Connection | None = None
-        self._inode: int | None = None
-        self._pid = os.getpid()
-        self.recreated = ""  # why the file was recreated last, for a warning
-        self._closed = False  # closed for good: a late write of a thread that is stopping does nothing
-        self.left: set[str] = set()  # members that left through this connection: never published again
-        # All rows as last read, with the PRAGMA data_version they were read at: read again only when
-        # another connection has committed since, or this one changed others' rows (a member left).
-        self._seen: tuple[int, list[MemberRow], list[ModelRow], list[RequestRow]] | None = None
-
-    # -- the connection ------------------------------------------------------------------------
-
-    def _connect(self) -> sqlite3.Connection:
-        """The open connection, (re)opened when the file was replaced or this is a forked child; lock held."""
-        if self._pid != os.getpid():  # forked: the parent's connection is the parent's, never touched here
-            self._connection, self._inode, self._pid = None, None, os.getpid()
-        try:
-            now = os.stat(self.path).st_ino
-        except FileNotFoundError:
-            now = None
-        if self._connection is not None and now == self._inode:
-            return self._connection
-        if self._connection is not None:
-            self._connection.close()
-            self._connection = None
-            self.recreated = f"the ledger {self.path} was deleted or replaced; it is written again"
-        self._seen = None  # data_version counts per connection
-        self._connection = self._open()
-        self._inode = os.stat(self.path).st_ino
-        return self._connection
-
-    def _open(self) -> sqlite3.Connection:
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        descriptor = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            owner = os.fstat(descriptor)
-        finally:
-            os.close(descriptor)
-        if owner.st_uid != os.getuid() or not stat.S_ISREG(owner.st_mode):
-            raise ConfigurationError(f"the ledger {self.path} belongs to another user or is not a file; set "
-                                     "ledger_path (or $JUPYTER_LLM_MANAGER_LEDGER) to a file of your own")
-        try:
-            return self._schema(_connection(self.path))
-        except sqlite3.DatabaseError as error:  # not a database (overwritten, truncated): start again
-            self.recreated = f"the ledger {self.path} was unreadable ({error}); it was recreated"
-            for suffix in ("", "-wal", "-shm"):
-                Path(f"{self.path}{suffix}").unlink(missing_ok=True)
-            descriptor = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-            os.close(descriptor)
-            return self._schema(_connection(self.path))
-
-    @staticmethod
-    def _schema(connection: sqlite3.Connection) -> sqlite3.Connection:
-        """WAL mode and the tables; a queue of an older layout is dropped (its requests are asked again)."""
-        connection.execute("PRAGMA journal_mode=WAL")
-        connection.execute("PRAGMA synchronous=NORMAL")
-        connection.execute("BEGIN IMMEDIATE")  # the version is read and changed by one process at a time
-        try:
-            if connection.execute("PRAGMA user_version").fetchone()[0] < _VERSION:
-                _execute(connection, [("DROP TABLE IF EXISTS requests", (), False),
-                                      (f"PRAGMA user_version = {_VERSION}", (), False)])
-            _execute(connection, [(statement, (), False) for statement in filter(str.strip, _SCHEMA.split(";"))])
-            connection.execute("COMMIT")
-        except BaseException:
-            if connection.in_transaction:
-                connection.execute("ROLLBACK")
-            raise
-        return connection
-
-    def _attempt(self, work: Callable[[sqlite3.Connection], _T], closed: _T) -> _T:
-        """Do ``work`` on the connection, once more on a new file when this one turned out corrupt.
-
-        ``closed`` is the answer once the ledger is closed for good.
-        """
-        with self._lock:
-            for attempt in (1, 2):
-                if self._closed:
-                    return closed
-                try:
-                    return work(self._connect())
-                except sqlite3.DatabaseError as error:
-                    if attempt == 2 or isinstance(error, sqlite3.OperationalError) and "locked" in str(error):
-                        raise
-                    self._reset(error)
-        return closed
-
-    def _reset(self, error: BaseException) -> None:
-        """The file is corrupt: drop it and start a new one (caller holds the lock)."""
-        if self._connection is not None:
-            self._connection.close()
-            self._connection = None
-        for suffix in ("", "-wal", "-shm"):
-            Path(f"{self.path}{suffix}").unlink(missing_ok=True)
-        self._inode = None
-        self.recreated = f"the ledger {self.path} was corrupt ({error}); it was recreated"
-
-    def take_recreated(self) -> str:
-        with self._lock:
-            said, self.recreated = self.recreated, ""
-        return said
-
-    def close(self) -> None:
-        with self._lock:
-            self._closed = True
-            if self._connection is not None and self._pid == os.getpid():
-                self._connection.close()
-            self._connection = None
+class Ledger(LedgerFile):
+    """What members write to the ledger and read from it (see the module docstring)."""
 
     # -- one placement: one write transaction ------------------------------------------------------
 
@@ -240,7 +110,7 @@ class Ledger:
         """This member's row and its models, replacing what it published before (never after it left)."""
         with self._lock:
             if member.member not in self.left:
-                self._attempt(lambda connection: _transaction(connection, _publish_statements(member, models)), None)
+                self._attempt(lambda connection: transaction(connection, _publish_statements(member, models)), None)
                 self.wrote(member, models)
 
     def wrote(self, member: MemberRow, models: Sequence[ModelRow]) -> None:
@@ -262,7 +132,7 @@ class Ledger:
         with self._lock:
             self.left.add(member)
             self._seen = None
-            self._attempt(lambda connection: _transaction(connection, _leave_statements(member)), None)
+            self._attempt(lambda connection: transaction(connection, _leave_statements(member)), None)
 
     def enqueue(self, member: str, model_id: str, needed: Mapping[str, int], priority: int) -> int:
         """A request of this member waits for capacity: its place in the machine-wide queue."""
@@ -304,9 +174,9 @@ class Ledger:
         if gone:
             statements = [s for left in gone for s in _leave_statements(left)]
             if connection.in_transaction:
-                _execute(connection, statements)
+                execute(connection, statements)
             else:
-                _transaction(connection, statements)
+                transaction(connection, statements)
             self.left |= gone
             self._seen = None
         present = {row.member for row in members if row.member != member} - gone
@@ -342,10 +212,6 @@ class Ledger:
         return [request_row(r) for r in self._run("SELECT * FROM requests ORDER BY arrival")]
 
 
-def _connection(path: Path) -> sqlite3.Connection:
-    return sqlite3.connect(path, timeout=_BUSY_S, check_same_thread=False, isolation_level=None)
-
-
 def _begin(connection: sqlite3.Connection, deadline: float) -> None:
     """``BEGIN IMMEDIATE``, tried again while another connection writes, until ``deadline`` (monotonic)."""
     while True:
@@ -357,30 +223,10 @@ def _begin(connection: sqlite3.Connection, deadline: float) -> None:
                 raise
             if time.monotonic() >= deadline:
                 raise LedgerBusy(f"another process has held the ledger's write lock for more than "
-                                 f"{_BUSY_S:g} s ({error})") from None
+                                 f"{BUSY_S:g} s ({error})") from None
 
 
-def _execute(connection: sqlite3.Connection, statements: Iterable[_Statement]) -> None:
-    for statement, parameters, many in statements:
-        if many:
-            connection.executemany(statement, parameters)  # type: ignore[arg-type]
-        else:
-            connection.execute(statement, parameters)
-
-
-def _transaction(connection: sqlite3.Connection, statements: Sequence[_Statement]) -> None:
-    """Several statements at once (one write transaction), so readers never see half an update."""
-    connection.execute("BEGIN IMMEDIATE")
-    try:
-        _execute(connection, statements)
-        connection.execute("COMMIT")
-    except BaseException:
-        if connection.in_transaction:
-            connection.execute("ROLLBACK")
-        raise
-
-
-def _publish_statements(member: MemberRow, models: Sequence[ModelRow]) -> list[_Statement]:
+def _publish_statements(member: MemberRow, models: Sequence[ModelRow]) -> list[Statement]:
     return [
         ("INSERT OR REPLACE INTO members VALUES (?, ?, ?, ?, ?, ?, ?)",
          (member.member, member.pid, member.started, member.kernel, member.notebook, member.address, member.seen),
@@ -392,5 +238,5 @@ def _publish_statements(member: MemberRow, models: Sequence[ModelRow]) -> list[_
     ]
 
 
-def _leave_statements(member: str) -> list[_Statement]:
+def _leave_statements(member: str) -> list[Statement]:
     return [(f"DELETE FROM {table} WHERE member = ?", (member,), False) for table in ("members", "models", "requests")]

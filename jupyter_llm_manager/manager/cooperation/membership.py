@@ -1,15 +1,13 @@
-"""This manager as a member of the machine: joining and leaving, placing, the machine-wide queue, answering.
+"""This manager as a member of the machine: who it is, joining and leaving, publishing, answering the others.
 
 It joins the ledger when it first places a model (a manager that never loads
 anything stays out of it): from then on its rows are published
-(:mod:`.publishing`) and a listener answers the other members' requests
-(:mod:`.listener`): evict idle models for them, or unload one by hand (the
-JupyterLab panel), decided with the same policy as its own requests. A
-placement reads the others and writes its reservation in one ledger
-transaction (:meth:`Cooperation.placement`). Whatever goes wrong with the
-ledger or the socket leaves this manager working alone, with one warning;
-where cooperation cannot run at all (no Unix sockets), it is off and
-``machine()`` says why.
+(:mod:`.publishing`) and a listener (:mod:`.listener`) answers the other
+members' requests: evict idle models for them, or unload one by hand (the
+JupyterLab panel), decided with the same policy as its own requests.
+Whatever goes wrong with the ledger or the socket leaves this manager working
+alone, with one warning; where cooperation cannot run at all (no Unix
+sockets), it is off and ``machine()`` says why.
 """
 
 from __future__ import annotations
@@ -22,33 +20,28 @@ import sys
 import threading
 import uuid
 import weakref
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import ExitStack, contextmanager
+from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
 from ...errors import ConfigurationError, log_failure
 from ...events import EventBus
-from ...reports import MachineModel, MachineReport
 from ...support.units import excerpt
-from ..policy.fit import Eviction
 from ..state import ManagerState
-from . import peers
-from .ledger import AllRows, Ledger, LedgerBusy, default_ledger_path
+from .ledger import Ledger, default_ledger_path
 from .listener import Listener
-from .machine import machine_report
-from .peers import ANSWER_S, Others, others_from
+from .peers import ANSWER_S
 from .publishing import Identity, Publisher, rows_of
 from .rows import MemberRow, ModelRow
 
-__all__ = ["ANSWER_S", "POLL_S", "Cooperation", "Placing", "impossible_here"]
+__all__ = ["ANSWER_S", "LEDGER_FAILURES", "POLL_S", "EvictFor", "Membership", "UnloadFor", "impossible_here"]
 
 log = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
 #: What can go wrong with the ledger or the listener: the kernel then goes on alone, and says so once.
-_LEDGER_FAILURES = (ConfigurationError, OSError, sqlite3.Error)
+LEDGER_FAILURES = (ConfigurationError, OSError, sqlite3.Error)
 #: How often a request waiting on other kernels looks at the ledger again.
 POLL_S = 0.25
 
@@ -64,20 +57,8 @@ def impossible_here() -> str:
     return ""
 
 
-class Placing:
-    """One placement as admission sees it: the others, read inside the ledger's transaction, and publishing."""
-
-    def __init__(self, others: Others, publish: Callable[[], None] = lambda: None) -> None:
-        self.others = others
-        self._publish = publish
-
-    def publish(self) -> None:
-        """Write this manager's rows (its reservation) before the placement ends: the next one sees it."""
-        self._publish()
-
-
-class Cooperation:
-    """The cooperation part of one manager (see the module docstring)."""
+class Membership:
+    """This manager as a member: who it is, joining and leaving, publishing, answering, failures."""
 
     def __init__(self, state: ManagerState, bus: EventBus, evict_for: EvictFor, unload_for: UnloadFor) -> None:
         self._state = state
@@ -90,7 +71,7 @@ class Cooperation:
         self._publisher: Publisher | None = None
         self._finalizer: weakref.finalize | None = None
         self._failing = ""  # the ledger failure last warned about ("" while all is well)
-        self._impossible = impossible_here()
+        self.impossible = impossible_here()
         self.me = Identity(f"{os.getpid()}-{uuid.uuid4().hex[:8]}", os.getpid(), _kernel_id(), _notebook_name())
 
     @property
@@ -110,7 +91,12 @@ class Cooperation:
     @property
     def active(self) -> bool:
         with self._state.lock:
-            return self._state.settings.cooperate and not self._state.closed and not self._impossible
+            return self._state.settings.cooperate and not self._state.closed and not self.impossible
+
+    @property
+    def ledger(self) -> Ledger | None:
+        """The ledger, once opened (``None`` before, and once left)."""
+        return self._ledger
 
     def ensure_started(self) -> Ledger | None:
         """The ledger, opened to read if this manager cooperates; ``None`` otherwise. Starts no thread."""
@@ -134,8 +120,8 @@ class Cooperation:
                 return True
             try:
                 self._listener = Listener(partial(_answer_for, weakref.ref(self)))
-            except _LEDGER_FAILURES as error:
-                self._warn(error)
+            except LEDGER_FAILURES as error:
+                self.warn(error)
                 return False
             self._publisher = Publisher(self.publish_from_thread)
             self._state.on_change = self._publisher.soon
@@ -156,44 +142,6 @@ class Cooperation:
 
     # -- placing ------------------------------------------------------------------------------------------
 
-    @contextmanager
-    def placement(self, wait: float = ANSWER_S) -> Iterator[Placing]:
-        """One placement: the others, and this manager's reservation written, in one ledger transaction.
-
-        Without cooperation, or while the ledger cannot be used, the others
-        are nobody (this manager works alone, with a warning). A ledger kept
-        locked for ``wait`` seconds by another process gives others marked
-        ``busy``: nothing may be placed safely now.
-        """
-        ledger = self.ensure_started()
-        stack = ExitStack()
-        placing = Placing(Others())
-        if ledger is not None:
-            try:
-                transaction = stack.enter_context(ledger.placement(self.member, wait))
-                placing = Placing(self._others_from(transaction.others()),
-                                  partial(self._publish_in, transaction.publish))
-            except LedgerBusy as error:
-                stack.close()
-                log.debug("placing without the ledger's lock is not safe: %s", error)
-                placing = Placing(Others(busy=True))
-            except _LEDGER_FAILURES as error:
-                stack.close()
-                self._warn(error)
-        done = False
-        try:
-            with stack:
-                yield placing
-                done = True
-        except _LEDGER_FAILURES as error:
-            if not done:
-                raise  # the caller's own error: the transaction was rolled back
-            self._warn(error)  # the commit failed: the others may not see this reservation
-
-    def _publish_in(self, write: Callable[[MemberRow, Sequence[ModelRow]], None]) -> None:
-        if self.join():
-            self._safely(lambda: write(*self._rows()), None)
-
     def publish_soon(self) -> None:
         publisher = self._publisher
         if publisher is not None:
@@ -204,68 +152,18 @@ class Cooperation:
         ledger = self._ledger
         try:
             if ledger is not None:
-                ledger.publish_current(self._rows)
+                ledger.publish_current(self.rows)
                 said = ledger.take_recreated()
                 if said:
                     self._bus.emit("warning", message=said)
         except Exception as error:  # noqa: BLE001 - the thread survives a busy or broken file, and says so
             log_failure(log, "publishing to the ledger failed; it is tried again", error)
 
-    def _rows(self) -> tuple[MemberRow, list[ModelRow]]:
+    def rows(self) -> tuple[MemberRow, list[ModelRow]]:
         listener = self._listener
         return rows_of(self._state, self.me, listener.address if listener is not None else "")
 
     # -- reading and asking the others ------------------------------------------------------------------
-
-    def others(self) -> Others:
-        """What the other members hold and wait for now (a read, outside any placement)."""
-        ledger = self.ensure_started()
-        if ledger is None:
-            return Others()
-        return self._safely(lambda: self._others_from(ledger.others(self.member)), Others())
-
-    def _others_from(self, rows: AllRows) -> Others:
-        with self._state.lock:
-            now = self._state.clock()
-        return others_from(rows, now)
-
-    def ask_to_evict(self, evictions: Sequence[Eviction], others: Others, priority: int) -> set[str]:
-        """Ask each holder to evict its victims; the members that did not answer."""
-        return peers.ask_to_evict(evictions, others, priority, self.notebook)
-
-    def ask_to_unload(self, member: str, model_id: str) -> str:
-        """Ask another member to unload one of its idle models (a click in the JupyterLab panel)."""
-        others = self.others()
-        if member not in others.addresses:
-            raise ConfigurationError(f"no manager {member!r} on this machine (it may have stopped)")
-        return peers.ask_to_unload(others, member, model_id, self.notebook)
-
-    # -- the machine-wide queue ---------------------------------------------------------------------------
-
-    def enqueue(self, model_id: str, needed: Mapping[str, int], priority: int) -> int | None:
-        """Take a place in the machine-wide queue for a request that needs ``needed`` bytes per device.
-
-        The manager joins first: the others read only members' requests, and must see this one to leave it its turn.
-        """
-        ledger = self.ensure_started()
-        if ledger is None or not self.join():
-            return None
-        self._safely(partial(ledger.publish_current, self._rows), None)
-        return self._safely(partial(ledger.enqueue, self.member, model_id, needed, priority), None)
-
-    def requeue(self, arrival: int, needed: Mapping[str, int]) -> None:
-        """The queued request now needs other room (placed elsewhere, another context): the others see it."""
-        ledger = self._ledger
-        if ledger is not None:
-            self._safely(partial(ledger.requeue, arrival, needed), None)
-
-    def dequeue(self, arrival: int | None) -> None:
-        ledger = self._ledger
-        if arrival is not None and ledger is not None:
-            try:
-                ledger.dequeue(arrival)
-            except Exception as error:  # noqa: BLE001 - a request that cannot be removed is dropped with its member
-                log.debug("could not leave the machine-wide queue: %s", error)
 
     # -- answering ----------------------------------------------------------------------------------------------
 
@@ -288,39 +186,25 @@ class Cooperation:
 
     # -- failures and the report --------------------------------------------------------------------------------
 
-    def _safely(self, work: Callable[[], _T], fallback: _T) -> _T:
+    def safely(self, work: Callable[[], _T], fallback: _T) -> _T:
         """``work()``, or ``fallback`` with a warning (once) when the ledger fails: it never stops this kernel."""
         try:
             result = work()
-        except _LEDGER_FAILURES as error:
-            self._warn(error)
+        except LEDGER_FAILURES as error:
+            self.warn(error)
             return fallback
         self._failing = ""
         return result
 
-    def _warn(self, error: BaseException) -> None:
+    def warn(self, error: BaseException) -> None:
         said = excerpt(str(error), 300)
         if said != self._failing:
             self._failing = said
             self._bus.emit("warning", message=f"cooperation with other kernels is off for now ({said}); this "
                                               "kernel goes on with its own memory only")
 
-    def machine(self, own: list[MachineModel]) -> MachineReport:
-        """Every member and its models (this one's from ``own``, fresh), and GPU processes that are not members."""
-        ledger = self.ensure_started()
-        if ledger is None:
-            with self._state.lock:
-                reason = self._impossible or ("cooperate is off for this manager" if not
-                                              self._state.settings.cooperate else "the manager is closed")
-            return machine_report(self.me, own, [], [], ledger="", reason=reason)
-        no_members: list[MemberRow] = []
-        no_rows: list[ModelRow] = []
-        members = self._safely(ledger.members, no_members)
-        rows = self._safely(ledger.models, no_rows)
-        return machine_report(self.me, own, members, rows, ledger=str(ledger.path), reason="")
 
-
-def _answer_for(cooperation: weakref.ref[Cooperation], request: dict[str, Any]) -> dict[str, Any]:
+def _answer_for(cooperation: weakref.ref[Membership], request: dict[str, Any]) -> dict[str, Any]:
     found = cooperation()
     if found is None:
         return {"ok": False, "error": "this manager is gone"}

@@ -10,11 +10,11 @@ from collections.abc import Callable
 from functools import partial
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from ..config.settings import SETTING_NAMES, ManagerSettings, check_setting
-from ..errors import ConfigurationError
+from ...config.settings import SETTING_NAMES, ManagerSettings, check_setting
+from ...errors import ConfigurationError
 
 if TYPE_CHECKING:
-    from .wiring import Parts
+    from ..wiring import Parts
 
 __all__ = ["SettingsAccess", "checked"]
 

@@ -10,9 +10,9 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
-from ..generation import GenerationResult, Prompt
-from .generations import TextStream
-from .handles import ModelHandle
+from ...generation import GenerationResult, Prompt
+from ..generations import TextStream
+from ..handles import ModelHandle
 
 __all__ = ["AsyncCalls"]
 

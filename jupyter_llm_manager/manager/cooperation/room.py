@@ -1,0 +1,172 @@
+"""Cooperating with the other members: placing a model, the machine-wide queue, asking for room, the report.
+
+A placement reads the others and writes this manager's reservation in one
+ledger transaction (:meth:`Cooperation.placement`). Without cooperation, or
+while the ledger cannot be used, the others are nobody and this manager
+works alone (with one warning); a ledger another process keeps locked means
+nothing can be placed safely now, and the request waits.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager
+from functools import partial
+
+from ...errors import ConfigurationError
+from ...events import EventBus
+from ...reports import MachineModel, MachineReport
+from ..policy.fit import Eviction
+from ..state import ManagerState
+from . import peers
+from .ledger import AllRows, LedgerBusy
+from .machine import machine_report
+from .membership import LEDGER_FAILURES, EvictFor, Membership, UnloadFor
+from .peers import ANSWER_S, Others, others_from
+from .rows import MemberRow, ModelRow
+
+__all__ = ["Cooperation", "Placing"]
+
+log = logging.getLogger(__name__)
+
+
+class Placing:
+    """One placement as admission sees it: the others, read inside the ledger's transaction, and publishing."""
+
+    def __init__(self, others: Others, publish: Callable[[], None] = lambda: None) -> None:
+        self.others = others
+        self._publish = publish
+
+    def publish(self) -> None:
+        """Write this manager's rows (its reservation) before the placement ends: the next one sees it."""
+        self._publish()
+
+
+class Cooperation:
+    """The cooperation part of one manager (see the module docstring)."""
+
+    def __init__(self, state: ManagerState, bus: EventBus, evict_for: EvictFor, unload_for: UnloadFor) -> None:
+        self._state = state
+        self.membership = Membership(state, bus, evict_for, unload_for)
+
+    @property
+    def member(self) -> str:
+        return self.membership.me.member
+
+    @property
+    def pid(self) -> int:
+        return self.membership.me.pid
+
+    @property
+    def notebook(self) -> str:
+        return self.membership.me.notebook
+
+    def stop(self) -> None:
+        """Leave the ledger (it may join again at its next placement)."""
+        self.membership.stop()
+
+    def publish_soon(self) -> None:
+        self.membership.publish_soon()
+
+    @contextmanager
+    def placement(self, wait: float = ANSWER_S) -> Iterator[Placing]:
+        """One placement: the others, and this manager's reservation written, in one ledger transaction.
+
+        Without cooperation, or while the ledger cannot be used, the others
+        are nobody (this manager works alone, with a warning). A ledger kept
+        locked for ``wait`` seconds by another process gives others marked
+        ``busy``: nothing may be placed safely now.
+        """
+        ledger = self.membership.ensure_started()
+        stack = ExitStack()
+        placing = Placing(Others())
+        if ledger is not None:
+            try:
+                transaction = stack.enter_context(ledger.placement(self.member, wait))
+                placing = Placing(self._others_from(transaction.others()),
+                                  partial(self._publish_in, transaction.publish))
+            except LedgerBusy as error:
+                stack.close()
+                log.debug("placing without the ledger's lock is not safe: %s", error)
+                placing = Placing(Others(busy=True))
+            except LEDGER_FAILURES as error:
+                stack.close()
+                self.membership.warn(error)
+        done = False
+        try:
+            with stack:
+                yield placing
+                done = True
+        except LEDGER_FAILURES as error:
+            if not done:
+                raise  # the caller's own error: the transaction was rolled back
+            self.membership.warn(error)  # the commit failed: the others may not see this reservation
+
+    def _publish_in(self, write: Callable[[MemberRow, Sequence[ModelRow]], None]) -> None:
+        if self.membership.join():
+            self.membership.safely(lambda: write(*self.membership.rows()), None)
+
+    def others(self) -> Others:
+        """What the other members hold and wait for now (a read, outside any placement)."""
+        ledger = self.membership.ensure_started()
+        if ledger is None:
+            return Others()
+        return self.membership.safely(lambda: self._others_from(ledger.others(self.member)), Others())
+
+    def _others_from(self, rows: AllRows) -> Others:
+        with self._state.lock:
+            now = self._state.clock()
+        return others_from(rows, now)
+
+    def ask_to_evict(self, evictions: Sequence[Eviction], others: Others, priority: int) -> set[str]:
+        """Ask each holder to evict its victims; the members that did not answer."""
+        return peers.ask_to_evict(evictions, others, priority, self.notebook)
+
+    def ask_to_unload(self, member: str, model_id: str) -> str:
+        """Ask another member to unload one of its idle models (a click in the JupyterLab panel)."""
+        others = self.others()
+        if member not in others.addresses:
+            raise ConfigurationError(f"no manager {member!r} on this machine (it may have stopped)")
+        return peers.ask_to_unload(others, member, model_id, self.notebook)
+
+    # -- the machine-wide queue ---------------------------------------------------------------------------
+
+    def enqueue(self, model_id: str, needed: Mapping[str, int], priority: int) -> int | None:
+        """Take a place in the machine-wide queue for a request that needs ``needed`` bytes per device.
+
+        The manager joins first: the others read only members' requests, and must see this one to leave it its turn.
+        """
+        ledger = self.membership.ensure_started()
+        if ledger is None or not self.membership.join():
+            return None
+        self.membership.safely(partial(ledger.publish_current, self.membership.rows), None)
+        return self.membership.safely(partial(ledger.enqueue, self.member, model_id, needed, priority), None)
+
+    def requeue(self, arrival: int, needed: Mapping[str, int]) -> None:
+        """The queued request now needs other room (placed elsewhere, another context): the others see it."""
+        ledger = self.membership.ledger
+        if ledger is not None:
+            self.membership.safely(partial(ledger.requeue, arrival, needed), None)
+
+    def dequeue(self, arrival: int | None) -> None:
+        ledger = self.membership.ledger
+        if arrival is not None and ledger is not None:
+            try:
+                ledger.dequeue(arrival)
+            except Exception as error:  # noqa: BLE001 - a request that cannot be removed is dropped with its member
+                log.debug("could not leave the machine-wide queue: %s", error)
+
+    def machine(self, own: list[MachineModel]) -> MachineReport:
+        """Every member and its models (this one's from ``own``, fresh), and GPU processes that are not members."""
+        ledger = self.membership.ensure_started()
+        if ledger is None:
+            with self._state.lock:
+                reason = self.membership.impossible or ("cooperate is off for this manager" if not
+                                              self._state.settings.cooperate else "the manager is closed")
+            return machine_report(self.membership.me, own, [], [], ledger="", reason=reason)
+        no_members: list[MemberRow] = []
+        no_rows: list[ModelRow] = []
+        members = self.membership.safely(ledger.members, no_members)
+        rows = self.membership.safely(ledger.models, no_rows)
+        return machine_report(self.membership.me, own, members, rows, ledger=str(ledger.path), reason="")
