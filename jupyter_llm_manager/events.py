@@ -139,7 +139,3 @@ class EventBus:
             events = list(self._history)
         return events[-limit:] if limit else events
 
-    @property
-    def subscriber_count(self) -> int:
-        with self._lock:
-            return len(self._subscribers)

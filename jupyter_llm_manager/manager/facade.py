@@ -3,7 +3,7 @@
 The facade checks arguments and calls one part per job (see the package
 docstring: which part decides what, and the one lock rule); the parts are
 made and connected in :mod:`.wiring`, the settings are properties
-(:mod:`.settings_access`), the ``async`` forms live in :mod:`.async_calls`, and
+(:mod:`.api.settings`), the ``async`` forms live in :mod:`.api.asynchronous`, and
 :func:`~.kernel.get_manager` gives the kernel's own manager.
 """
 

@@ -1,7 +1,7 @@
 """Point-in-time reports the manager returns: frozen dataclasses with raw fields and readable ``*_str``.
 
 They hold ids and numbers, never model objects, so front-ends can keep them;
-front-ends turn each into tables (:mod:`jupyter_llm_manager.frontends.views`).
+front-ends turn each into tables.
 ``status``: a model id's row, an unload, a garbage collection; ``plan``:
 ``plan()``; ``machine``: ``machine()``; ``devices``: ``devices()``;
 ``estimate``: ``estimate()``.

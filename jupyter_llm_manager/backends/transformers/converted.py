@@ -12,7 +12,7 @@ lists and clears them.
 
 A copy is trusted only while it is what was written: its manifest records,
 for each file, its size, modification time, a SHA-256 of the whole file and
-one of :data:`SAMPLED_BLOCKS` blocks spread over it. A load checks the size
+one of :data:`.checksums.SAMPLED_BLOCKS` blocks spread over it. A load checks the size
 and the sampled blocks (a few MB read, whatever the size), and the whole file
 when its modification time changed; a copy that fails is rebuilt, never loaded
 (weights overwritten in place load silently and answer nonsense).

@@ -1,9 +1,9 @@
 """Every way an instance is taken out: restored limits, keep-alive, out-of-memory retries, unloads.
 
 Each follows the same two steps: decide under the lock (a plan from
-:mod:`~jupyter_llm_manager.policy`, its victims marked ``unloading`` at once so
+:mod:`~jupyter_llm_manager.manager.policy`, its victims marked ``unloading`` at once so
 nobody can lease them), then free them with no lock held
-(:class:`~jupyter_llm_manager.freeing.Freeing`, which emits the events).
+(:class:`~.freeing.Freeing`, which emits the events).
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ import psutil
 
 from ...backends import Backend, release_frames
 from ...devices import DeviceProbe
-from ...errors import ModelLoadingError, ResourceNotAvailableError
+from ...errors import ResourceNotAvailableError
 from ...events import EventBus, EventKind, EvictionReason
 from ...reports import GarbageReport, UnloadReport
 from ...support.interrupts import interrupts_deferred
@@ -157,11 +157,6 @@ class Freeing:
         collected = tuple(sorted(alive_before - set(lingering)))
         return GarbageReport(before, after, lingering, time.perf_counter() - started, collected, process_before,
                              process.memory_info().rss)
-
-
-def load_failure(canonical: str, error: BaseException) -> ModelLoadingError:
-    """What a thread that joined someone else's load is told when that load failed."""
-    return ModelLoadingError(f"loading {canonical!r} failed in another thread: {error}", model_id=canonical)
 
 
 def _weak(obj: Any) -> weakref.ref[Any] | None:
