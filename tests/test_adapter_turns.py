@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import threading
+import time
 
+import pytest
 from jlm_helpers.conditions import until
 from jlm_helpers.fakes import SharedAdapterFake, fake
 
@@ -71,5 +73,62 @@ def test_a_thread_with_a_base_stream_open_cannot_start_a_second_request_once_ada
             assert "finish or close that stream first" in str(error)
         assert "".join(stream) == " b c"
         assert manager.generate("base", "x y").text == "x y"
+    finally:
+        manager.close()
+
+
+def _two_adapters(devices) -> tuple[LLMManager, SharedAdapterFake]:
+    manager, backend = _manager(devices)
+    manager.register("two", base="base", adapter="adapters/two")
+    return manager, backend
+
+
+def test_a_use_block_of_an_adapter_keeps_the_model_answering_as_that_adapter(devices):
+    """Another thread's request for another adapter of the base waits until the block ends."""
+    manager, backend = _two_adapters(devices)
+    try:
+        manager.load("two")
+        answers: list[str] = []
+        with manager.use("one") as lease:
+            one = backend.active
+            assert one == lease.loaded.adapter
+            other = threading.Thread(target=lambda: answers.append(manager.generate("two", "x y", wait=30).text))
+            other.start()
+            assert until(lambda: any(e.kind == "waiting" and e.model_id == "two" for e in manager.events()))
+            assert backend.active == one and backend.answered_as == []  # the user's own calls still run as "one"
+        other.join(30)
+        assert answers == ["x y"] and backend.answered_as[0] not in (None, one)
+    finally:
+        manager.close()
+
+
+def test_inside_a_use_block_the_same_adapter_may_generate_and_another_is_refused_at_once(devices):
+    manager, backend = _two_adapters(devices)
+    try:
+        manager.load("two")
+        with manager.use("one") as lease:
+            assert manager.generate("one", "same adapter", wait=1).text == "same adapter"
+            started = time.monotonic()
+            with pytest.raises(GenerationError, match="shares one model"):
+                manager.generate("two", "another", wait=30)
+            with pytest.raises(GenerationError, match="shares one model"), manager.use("two", wait=30):
+                pass
+            assert time.monotonic() - started < 5  # refused at once: it would wait for its own thread
+            assert backend.active == lease.loaded.adapter
+        assert manager.generate("two", "now it may").text == "now it may"
+    finally:
+        manager.close()
+
+
+def test_a_stream_half_read_keeps_its_adapter_and_another_use_in_its_thread_is_refused(devices):
+    manager, backend = _two_adapters(devices)
+    try:
+        manager.load("two")
+        stream = iter(manager.stream("one", "a b c d"))
+        assert next(stream) == "a"
+        with pytest.raises(GenerationError, match="shares one model"), manager.use("two", wait=30):
+            pass
+        assert "".join(stream) == " b c d" and len(backend.answered_as) == 1
+        assert backend.active == backend.answered_as[0]
     finally:
         manager.close()

@@ -43,7 +43,7 @@ def test_a_failed_load_is_reported_to_every_waiter(make_manager, backend):
         futures = [pool.submit(manager.load, "bad") for _ in range(4)]
         assert entered.wait(10)
         # the other three are waiting for that load (on a busy machine they may start after it began)
-        assert until(lambda: manager.row("bad").in_use == 3), manager.row("bad")
+        assert until(lambda: manager.row("bad").in_use == 3, timeout=60), manager.row("bad")
         release.set()
         errors = [f.exception(10) for f in futures]
     assert all(isinstance(e, ModelLoadingError) for e in errors)

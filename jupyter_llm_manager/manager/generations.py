@@ -132,9 +132,15 @@ class Generations:
             self._bus.emit("waiting", name, position=ahead, message=f"waiting for its turn on {name}: {ahead} "
                            f"request{'s' if ahead != 1 else ''} ahead ({name} answers one at a time)")
 
+        instance = ticket.instance
+        shared = instance.base is not None or instance.has_adapters  # one model, its adapters switched per request
         try:
-            return ticket.instance.turns.enter(deadline, told)
-        except TurnHeld:
+            return instance.turns.enter(deadline, told, owner=instance.key, nests=shared)
+        except TurnHeld as held:
+            if shared and held.owner and held.owner != instance.key:
+                raise GenerationError(f"{name!r} shares one model with other adapters of its base, and this thread "
+                                      "holds that model for another of them (a stream it has not finished, or a "
+                                      "`use()` block): finish it first", model_id=name) from None
             raise GenerationError(f"{name!r} answers one request at a time, and this thread has one running on it "
                                   "already (a stream it has not finished): finish or close that stream first",
                                   model_id=name) from None

@@ -131,7 +131,23 @@ def dependents(instances: Iterable[Instance], key: str) -> list[Instance]:
 
 
 class TurnHeld(Exception):
-    """The calling thread already has the turn on this instance (it would wait for itself)."""
+    """The calling thread already has the turn on this instance (it would wait for itself).
+
+    ``owner`` is what that turn is for (an adapter's or the base's instance key; "" for a free run).
+    """
+
+    def __init__(self, owner: str = "") -> None:
+        super().__init__(owner)
+        self.owner = owner
+
+
+@dataclass(frozen=True)
+class _Holder:
+    """Who holds (or waits for) a turn: its thread, what it is for, and whether requests may nest in it."""
+
+    thread: int
+    owner: str
+    nests: bool
 
 
 class TurnTimeout(Exception):
@@ -162,8 +178,9 @@ class Turns:
         self._changed = threading.Condition(threading.Lock())
         self._serial = serial
         self._queue: list[int] = []  # ticket numbers in arrival order; the first one holds the turn
-        self._holders: dict[int, int] = {}  # ticket -> thread, for turns
+        self._holders: dict[int, _Holder] = {}  # ticket -> who holds it (or waits for it), for turns
         self._free: dict[int, int] = {}  # ticket -> thread, for free runs in flight (granted before serial)
+        self._nested: dict[int, int] = {}  # ticket -> thread: a request inside its own thread's turn
         self._next = 0
 
     @property
@@ -177,7 +194,8 @@ class Turns:
         with self._changed:
             self._serial = True
 
-    def enter(self, deadline: Deadline, on_wait: Callable[[int], None]) -> int:
+    def enter(self, deadline: Deadline, on_wait: Callable[[int], None], *, owner: str = "",
+              nests: bool = False) -> int:
         """A ticket for one request: a free run at once while not serial, else its turn (see :meth:`take`).
 
         Deciding and counting happen under one lock, so a request either is
@@ -188,22 +206,33 @@ class Turns:
                 ticket, self._next = self._next, self._next + 1
                 self._free[ticket] = threading.get_ident()
                 return ticket
-        return self.take(deadline, on_wait)
+        return self.take(deadline, on_wait, owner=owner, nests=nests)
 
-    def take(self, deadline: Deadline, on_wait: Callable[[int], None]) -> int:
+    def take(self, deadline: Deadline, on_wait: Callable[[int], None], *, owner: str = "",
+             nests: bool = False) -> int:
         """Wait for this thread's turn (``on_wait(ahead)`` when it must wait); returns its ticket.
 
-        A thread that already has the turn or a free run (a second stream it
-        iterates alongside the first) gets :class:`TurnHeld` at once: its own
-        request would never end. The deadline passing raises :class:`TurnTimeout`.
+        ``owner`` is what the turn is for (the model it makes the instance
+        answer as). A thread that already has the turn for the same owner,
+        both taken with ``nests`` (a LoRA adapter's ``use()`` block, and a
+        generation of that adapter inside it), gets a ticket at once inside
+        its turn. Otherwise a thread that already has the turn or a free run
+        (a second stream it iterates alongside the first, or another adapter
+        of the same base) gets :class:`TurnHeld` at once: its own request
+        would never end. The deadline passing raises :class:`TurnTimeout`.
         """
         me = threading.get_ident()
         with self._changed:
-            if me in self._holders.values() or me in self._free.values():
-                raise TurnHeld()
+            mine = [h for h in self._holders.values() if h.thread == me]
+            if mine and nests and all(h.nests and h.owner == owner for h in mine):
+                ticket, self._next = self._next, self._next + 1
+                self._nested[ticket] = me
+                return ticket
+            if mine or me in self._free.values():
+                raise TurnHeld(mine[0].owner if mine else "")
             ticket, self._next = self._next, self._next + 1
             self._queue.append(ticket)
-            self._holders[ticket] = me
+            self._holders[ticket] = _Holder(me, owner, nests)
         told = 0
         try:
             while True:
@@ -230,6 +259,8 @@ class Turns:
     def give(self, ticket: int) -> None:
         """The request with ``ticket`` is done (or gave up): the next one gets the turn."""
         with self._changed:
+            if self._nested.pop(ticket, None) is not None:
+                return
             if self._free.pop(ticket, None) is not None:
                 self._changed.notify_all()
             elif ticket in self._holders:

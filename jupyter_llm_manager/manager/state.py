@@ -25,7 +25,7 @@ from ..errors import LLMManagerError, ManagerClosedError
 from ..support.deadlines import Clock, Deadline, wait_for
 from ..support.units import NEVER
 from .admission.queue import WaitQueue
-from .instances import Instance, dependents
+from .instances import Instance, Turns, dependents
 from .policy.fit import DeviceRoom, Elsewhere, Holding, Snapshot
 
 __all__ = ["NOBODY_ELSE", "Leases", "ManagerState", "Ticket"]
@@ -170,7 +170,7 @@ class ManagerState:
 class Ticket:
     """One lease on one instance, granted to one thread; :meth:`release` ends it (idempotent)."""
 
-    __slots__ = ("_leases", "_released", "canonical", "companion", "instance", "model_id", "thread")
+    __slots__ = ("_leases", "_released", "canonical", "companion", "instance", "model_id", "thread", "turn")
 
     def __init__(self, leases: Leases, model_id: str, canonical: str, instance: Instance, thread: int) -> None:
         self.model_id = model_id
@@ -180,6 +180,9 @@ class Ticket:
         self._leases = leases
         self._released = False
         self.companion: Ticket | None = None  # a LoRA adapter's lease on its base: released with this one
+        #: A ``use()`` lease of a model sharing one base model with others: its turn there, held while it lasts
+        #: (the model answers as this one until the lease ends); given back with the lease.
+        self.turn: tuple[Turns, int] | None = None
 
     @property
     def loaded(self) -> LoadedModel:
@@ -197,10 +200,16 @@ class Ticket:
         if not self._released:
             self._released = True
             try:
-                self._leases.release(self)
+                if self.turn is not None:
+                    turns, ticket = self.turn
+                    self.turn = None
+                    turns.give(ticket)
             finally:
-                if self.companion is not None:
-                    self.companion.release()
+                try:
+                    self._leases.release(self)
+                finally:
+                    if self.companion is not None:
+                        self.companion.release()
 
     def __repr__(self) -> str:
         return f"<Ticket {self.model_id!r} {'held' if self.held else 'released'}>"

@@ -223,6 +223,8 @@ class SharedAdapterFake(FakeBackend):
         self.running = 0  # generations inside their backend call now
         self.overlaps: list[int] = []  # at each attach or detach: how many generations were running
         self.attaching = threading.Event()
+        self.active: str | None = None  # the adapter the shared model answers as now (None: the base)
+        self.answered_as: list[str | None] = []  # what each generation ran as, as PEFT's set_adapter left it
 
     def estimate(self, spec: Any) -> MemoryEstimate:
         found = super().estimate(spec)
@@ -244,10 +246,16 @@ class SharedAdapterFake(FakeBackend):
         self.overlaps.append(self.running)
         loaded.model = None
 
+    def use_adapter(self, loaded: LoadedModel) -> None:
+        """The shared model answers as ``loaded`` (its adapter, or the base)."""
+        self.active = loaded.adapter
+
     def stream(self, loaded: LoadedModel, prompt: Any, params: GenerationParams, *, model_id: str, raw: bool,
                stop: threading.Event):
+        self.use_adapter(loaded)  # as the transformers backend does at the start of each request
         with self.lock:
             self.running += 1
+            self.answered_as.append(self.active)
         try:
             return (yield from super().stream(loaded, prompt, params, model_id=model_id, raw=raw, stop=stop))
         finally:

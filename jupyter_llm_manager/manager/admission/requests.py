@@ -22,14 +22,13 @@ from collections.abc import Callable
 
 from ...backends import Backend, Placement
 from ...devices import DeviceProbe
-from ...errors import LLMManagerError, ModelLoadingError, ResourceNotAvailableError
+from ...errors import GenerationError, LLMManagerError, ModelLoadingError, ResourceNotAvailableError
 from ...estimates import EstimateCache, remote_estimate
 from ...events import EventBus
 from ...support.deadlines import Deadline
-from ..adapters.binding import between_requests
 from ..adapters.specs import shares_base
 from ..cooperation import Cooperation
-from ..instances import Instance
+from ..instances import Instance, TurnHeld, TurnTimeout
 from ..state import Leases, ManagerState, Ticket
 from ..unloading.evictions import Evictions
 from .deciding import Decider
@@ -77,7 +76,7 @@ class Admission:
                 raise
             ticket.companion = base
         if activate:
-            self._activate(ticket)
+            self._activate(ticket, deadline)
         return ticket
 
     def _shared_base(self, model_id: str) -> str | None:
@@ -86,15 +85,31 @@ class Admission:
             spec = state.registry.specs[state.registry.resolve(model_id)]
         return spec.base if shares_base(spec, self._backends(spec.backend)) else None
 
-    def _activate(self, ticket: Ticket) -> None:
-        """The shared model answers as the ticket's model (between the base's requests)."""
+    def _activate(self, ticket: Ticket, deadline: Deadline) -> None:
+        """A ``use()`` lease of a model sharing its base model: the model answers as this one, its turn held.
+
+        The turn is the base's (its requests and its adapters' take turns): held
+        until the lease ends, so another adapter of the base waits and never
+        switches the model under this lease; inside it, this thread may still
+        generate with the same model. Another adapter's turn held by this
+        thread (a stream not finished) refuses it at once.
+        """
         instance = ticket.instance
         if instance.base is None and not instance.has_adapters:
             return
-        base = ticket.companion.instance if ticket.companion is not None else instance
+        turns = instance.turns
         try:
-            with between_requests(base):
-                instance.backend.use_adapter(ticket.loaded)
+            try:
+                ticket.turn = (turns, turns.take(deadline, _told_nobody, owner=instance.key, nests=True))
+            except TurnHeld as held:
+                raise GenerationError(f"{ticket.canonical!r} shares one model with other adapters of its base, and "
+                                      f"this thread holds that model for {held.owner or 'another request'} (a "
+                                      "stream it has not finished, or a `use()` block): finish it first",
+                                      model_id=ticket.canonical) from None
+            except TurnTimeout:
+                raise ResourceNotAvailableError(f"Cannot use {ticket.canonical!r}: its base model answered other "
+                                                "requests until the deadline", model_id=ticket.canonical) from None
+            instance.backend.use_adapter(ticket.loaded)
         except BaseException:
             ticket.release()
             raise
@@ -225,3 +240,7 @@ class Admission:
                 if me in instance.joiners:
                     instance.joiners.discard(me)
                     state.touch()
+
+
+def _told_nobody(ahead: int) -> None:
+    """A ``use()`` lease waits for the base's requests in flight without an event (they end soon)."""
