@@ -24,7 +24,7 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["MAGIC", "NOT_REGULAR", "HeaderFacts", "NotGguf", "open_regular", "read_header"]
+__all__ = ["MAGIC", "NOT_REGULAR", "HeaderFacts", "NotGguf", "block_size", "open_regular", "read_header", "row_bytes"]
 
 #: The first four bytes of every GGUF file.
 MAGIC = b"GGUF"
@@ -431,3 +431,14 @@ def _ggml_type(kind: int) -> tuple[int, int]:
         raise NotGguf(f"a tensor has the unknown type {kind}: a newer llama.cpp format? "
                        "upgrade the gguf package") from None
     return int(block), int(block_bytes)
+
+
+def block_size(kind: int) -> int:
+    """How many values one block of the ggml type ``kind`` holds (1 for f16 and f32); :class:`NotGguf` if unknown."""
+    return _ggml_type(kind)[0]
+
+
+def row_bytes(kind: int, values: int) -> int:
+    """The bytes of ``values`` values of the ggml type ``kind`` (whole blocks), as ggml's ``ggml_row_size``."""
+    block, block_bytes = _ggml_type(kind)
+    return -(-values // block) * block_bytes

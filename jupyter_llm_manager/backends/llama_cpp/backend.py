@@ -25,7 +25,6 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from ...config.secrets import Secret
 from ...config.spec import ModelSpec
 from ...devices import trim_c_heap
 from ...errors import ConfigurationError, GenerationError, InvalidGenerationParameters, ModelLoadingError
@@ -49,6 +48,7 @@ from ..generation_defaults import GenerationDefaults, gguf_defaults
 from . import adapters as lora
 from .log import captured_log, footprint_of, reported_buffers, route_log
 from .options import ThreadChoice, normalized, usable_cores
+from .validation import cache_type_name, cache_type_of, native_options
 
 __all__ = ["LlamaCppBackend", "MeasuredBuffer", "usable_cores"]
 
@@ -154,8 +154,7 @@ class LlamaCppBackend(Backend):
         gpus = [d for d in placement.devices if d.startswith("cuda")]
         if gpus:
             options.update(n_gpu_layers=-1, main_gpu=int(gpus[0].partition(":")[2] or 0))
-        options.update({key: value.resolve() if isinstance(value, Secret) else value
-                        for key, value in spec.load_kwargs.items()})
+        options.update(native_options(spec, spec.load_kwargs, info.head_dim))
         threads = int(options["n_threads"])
         with _construct_lock, captured_log() as lines:
             try:
@@ -292,8 +291,20 @@ def _adapter_bytes(spec: ModelSpec) -> int | None:
     return lora.adapter_info(spec).tensor_bytes if spec.adapter is not None else None
 
 
+def _kv_bytes(spec: ModelSpec, info: GgufInfo, tokens: int) -> int:
+    """The KV cache for ``tokens``, in the cache types ``load_kwargs`` names (f16 unless set)."""
+    return kv_cache_bytes(info, tokens, cache_type_of(spec.load_kwargs, "type_k"),
+                          cache_type_of(spec.load_kwargs, "type_v"))
+
+
+def _kv_types(spec: ModelSpec) -> str:
+    """``f16``, or ``K q8_0, V f16``: the cache types (a secret counts as f16 until it is read at load)."""
+    key, value = (cache_type_name(cache_type_of(spec.load_kwargs, name)) for name in ("type_k", "type_v"))
+    return key if key == value else f"K {key}, V {value}"
+
+
 def _estimate(spec: ModelSpec, info: GgufInfo, tokens: int, adapter: int | None = None) -> MemoryEstimate:
-    kv = kv_cache_bytes(info, tokens)
+    kv = _kv_bytes(spec, info, tokens)
     overhead = (compute_buffer_bytes(info, tokens, embed=spec.mode == "embed") + _output_bytes(spec, info)
                 + _FIXED_BYTES)
     weights = info.tensor_bytes + (adapter or 0)
@@ -305,7 +316,7 @@ def _estimate(spec: ModelSpec, info: GgufInfo, tokens: int, adapter: int | None 
         spec.id, weights, kv, overhead, total,
         f"GGUF header: the tensors' bytes as stored ({info.parameters:,} parameters){adapter_text}",
         f"2 × {info.block_count} layers × {tokens} tokens ({context}) × {info.head_count_kv} kv heads × "
-        f"{info.head_dim} × 2 B (f16)",
+        f"{info.head_dim} ({_kv_types(spec)})",
         "compute buffer (estimated: the larger of a 512-token batch's logits and its attention scores) + output "
         f"buffer ({'logits and embeddings of 256 sequences' if spec.mode == 'embed' else 'one token’s logits'}) + 8 MiB"
         + (f"; total set by required_memory ({format_bytes(total)})" if spec.required_memory is not None else ""),
@@ -329,7 +340,7 @@ def _details(spec: ModelSpec, info: GgufInfo, context: int, threads: int,
     measured: dict[str, int] = {}
     for _, part, size in buffers:
         measured[part] = measured.get(part, 0) + size
-    estimated = {"model": info.tensor_bytes, "KV": kv_cache_bytes(info, context),
+    estimated = {"model": info.tensor_bytes, "KV": _kv_bytes(spec, info, context),
                  "compute": compute_buffer_bytes(info, context, embed=spec.mode == "embed"),
                  "output": _output_bytes(spec, info), "LoRA": _adapter_bytes(spec) or 0}
     details: dict[str, Any] = {"n_ctx": context, "threads": threads, "mode": spec.mode}
