@@ -37,6 +37,7 @@ from .spec_fields import (
     NULLABLE,
     PROTECTED_KINDS,
     QUANTIZATIONS,
+    adapter_is_local,
     check_model_id,
     expand_path,
     looks_like_path,
@@ -48,6 +49,7 @@ __all__ = [
     "QUANTIZATIONS",
     "ModelSpec",
     "Secret",
+    "adapter_is_local",
     "check_model_id",
     "expand_path",
     "looks_like_path",
@@ -191,10 +193,10 @@ class ModelSpec:
 
     @functools.cached_property
     def adapter_location(self) -> str | None:
-        """The adapter as one string: a resolved local path, or a Hub id as written."""
+        """The adapter as one string: a resolved local path, or a Hub id (``org/name``) as written."""
         if self.adapter is None:
             return None
-        if looks_like_path(self.adapter):
+        if adapter_is_local(self.adapter):
             return str(Path(expand_path(self.adapter)).resolve())
         return self.adapter
 

@@ -52,6 +52,28 @@ def looks_like_path(source: str) -> bool:
             or text in {".", ".."} or os.path.exists(text))
 
 
+#: A Hugging Face Hub repository id: ``org/name``, each part letters, digits, ``_ . -``, not starting with ``.``/``-``.
+_HUB_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9_][A-Za-z0-9_.-]{0,95}")
+
+
+def adapter_is_local(adapter: str) -> bool:
+    """Whether an ``adapter`` value names a local path rather than a Hub id.
+
+    A value is a local path when it starts with ``.``, ``/`` or ``~`` (or a
+    drive), exists, has one part or more than two, ends in ``.gguf``, or its
+    first part is an existing local folder; only ``org/name`` (a valid Hub
+    repository id) is read as a Hub id. So a mistyped path is reported as a
+    missing path at once, never looked up on the Hub.
+    """
+    text = expand_path(adapter)
+    if looks_like_path(text) or text.startswith(".") or text.lower().endswith(".gguf"):
+        return True
+    parts = re.split(r"[\\/]", text)
+    if len(parts) != 2 or os.path.isdir(parts[0]):
+        return True
+    return not _HUB_ID.fullmatch(text) or ".." in text or "--" in text or text.endswith((".", "-"))
+
+
 def check_model_id(model_id: object, *, path: str | None = None) -> str:
     """A model id or alias: letters, digits and ``_ . : @ / + -`` (Hub ids are valid ids)."""
     if not isinstance(model_id, str) or not _ID.fullmatch(model_id):

@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import math
 import os
-import stat
 import struct
 from dataclasses import dataclass
 from pathlib import Path
+
+from ..support import regular_files
 
 __all__ = ["MAGIC", "NOT_REGULAR", "HeaderFacts", "NotGguf", "block_size", "open_regular", "read_header", "row_bytes"]
 
@@ -73,12 +74,10 @@ def open_regular(path: Path | str) -> int:
     ``O_NONBLOCK`` keeps a FIFO from blocking the open; the check after it
     closes the gap between a ``stat`` and the open.
     """
-    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_BINARY", 0)
-    descriptor = os.open(path, flags)
-    if not stat.S_ISREG(os.fstat(descriptor).st_mode):
-        os.close(descriptor)
-        raise NotGguf(NOT_REGULAR)
-    return descriptor
+    try:
+        return regular_files.open_regular(path)
+    except regular_files.NotRegularFile:
+        raise NotGguf(NOT_REGULAR) from None
 
 
 _U32, _U64 = struct.Struct("<I"), struct.Struct("<Q")

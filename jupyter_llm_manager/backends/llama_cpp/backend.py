@@ -149,8 +149,8 @@ class LlamaCppBackend(Backend):
                                    "last_n_tokens_size": min(generation.window or context, context)}
         if spec.mode == "embed":
             options.update(embedding=True, pooling_type=llama_cpp.LLAMA_POOLING_TYPE_MEAN)
-        if spec.adapter is not None:  # the base's file with the adapter applied (read whole: no mmap then)
-            options["lora_path"] = str(lora.adapter_file(spec))
+        if spec.adapter is not None:  # the base's file with the adapter applied, checked again against it now
+            options["lora_path"] = str(_adapter_now(spec, path))
         gpus = [d for d in placement.devices if d.startswith("cuda")]
         if gpus:
             options.update(n_gpu_layers=-1, main_gpu=int(gpus[0].partition(":")[2] or 0))
@@ -272,6 +272,16 @@ def _file_of(spec: ModelSpec) -> Path:
         raise ModelLoadingError(f"the GGUF file of {spec.id!r} is not on this machine: download it first "
                                 f"(huggingface-cli download {spec.source} {spec.gguf_file})", model_id=spec.id)
     return path
+
+
+def _adapter_now(spec: ModelSpec, base_path: Path) -> Path:
+    """The adapter's file as it is now, checked against the base's file (it may have been replaced since
+    registration: llama.cpp would crash on a file that does not fit)."""
+    try:
+        return lora.check_on(spec, base_path, spec.base or "its base")
+    except ConfigurationError as error:
+        raise ModelLoadingError(f"{error} (checked again at load: the file changed since registration?)",
+                                model_id=spec.id) from None
 
 
 # -- estimates -----------------------------------------------------------------------------------
