@@ -9,9 +9,10 @@ Saving keeps what others wrote: under a lock file, the file is read once it
 can be believed (:mod:`.reading`: an editor may be rewriting it in place),
 this process's changes are merged into it, keeping the user's comments and
 order (:mod:`.merging`), and the new version is written to a temporary file
-and renamed into place, but only after checking, just before the rename,
-that the file did not change since it was read; if it did, the merge starts
-again from the new version.
+and put in place only if, at the moment of the replace, the file still holds
+the content that was merged (its SHA-256) and no other program has it open
+for writing (:mod:`.replacing`); otherwise the merge starts again from the
+new version, so an edit that arrives while a save works is merged, never lost.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from ..errors import ConfigurationError
 from .layouts import ConfigFile, parse_document
 from .merging import Changes, merged_text
 from .reading import MAX_WAIT_S, Snapshot, read_settled, remember_written, snapshot
+from .replacing import replace_if_holding, wait_for_writers
 from .spec import ModelSpec, expand_path
 
 __all__ = [
@@ -125,6 +127,10 @@ def _merge_and_write(path: Path, changes: Changes) -> None:
     """Read, merge, write; again from the new version whenever the file changed before the rename."""
     deadline = time.monotonic() + MAX_WAIT_S  # for the whole save: a file rewritten continuously stops the waits
     for _ in range(_MAX_MERGES):
+        if not wait_for_writers(path, deadline):
+            raise ConfigurationError(f"another program kept the file open for writing for {MAX_WAIT_S:.0f} s (an "
+                                     "editor saving it?); nothing was written: try again once it is saved",
+                                     path=str(path))
         reading = read_settled(path, deadline=deadline)
         text = merged_text(path, reading.text, reading.data, changes)
         if _replace_if_unchanged(path, text, reading.snapshot):
@@ -135,9 +141,11 @@ def _merge_and_write(path: Path, changes: Changes) -> None:
 
 
 def _replace_if_unchanged(path: Path, text: str, read: Snapshot) -> bool:
-    """Write ``text`` to a temporary file beside ``path`` and rename it over ``path``, if ``path`` is still ``read``.
+    """Write ``text`` to a temporary file beside ``path`` and put it in place, if ``path`` still holds ``read``.
 
-    Returns False (nothing changed) when the file changed since it was read.
+    Returns False (nothing changed) when the file's content at the moment of
+    the replace is not what was read, or another program has it open for
+    writing (:func:`~.replacing.replace_if_holding`).
     """
     descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -151,7 +159,8 @@ def _replace_if_unchanged(path: Path, text: str, read: Snapshot) -> bool:
             Path(temporary).unlink()
             return False
         written = os.stat(temporary)
-        os.replace(temporary, path)
+        if not replace_if_holding(path, Path(temporary), read.digest if read.raw is not None else None):
+            return False
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise

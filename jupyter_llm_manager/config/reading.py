@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -34,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigurationError
+from ..support.regular_files import open_regular
 from ..support.units import excerpt
 from .bounded_yaml import MAX_FILE_BYTES, YamlProblem, load_yaml
 
@@ -88,14 +90,21 @@ def snapshot(path: Path) -> Snapshot:
     """Read ``path`` once (a missing file reads as ``raw=None``); too large a file is refused unread."""
     where = str(path)
     try:
-        stat = path.stat()
-        if stat.st_size > MAX_FILE_BYTES:
-            raise _too_large(where)
-        raw = path.read_bytes()
+        descriptor = open_regular(path)  # a FIFO or a device is refused, never waited on
     except FileNotFoundError:
         return Snapshot(None, None, "")
     except OSError as error:
         raise ConfigurationError(f"cannot read the file: {error.strerror or error}", path=where) from None
+    try:
+        stat = os.fstat(descriptor)
+        if stat.st_size > MAX_FILE_BYTES:
+            raise _too_large(where)
+        with os.fdopen(descriptor, "rb", closefd=False) as handle:
+            raw = handle.read(MAX_FILE_BYTES + 1)
+    except OSError as error:
+        raise ConfigurationError(f"cannot read the file: {error.strerror or error}", path=where) from None
+    finally:
+        os.close(descriptor)
     if len(raw) > MAX_FILE_BYTES:  # it grew between the two calls
         raise _too_large(where)
     return Snapshot(raw, (stat.st_size, stat.st_mtime_ns, stat.st_ino), hashlib.sha256(raw).hexdigest())
