@@ -169,3 +169,54 @@ def test_quantized_kv_caches_load_by_name_and_the_estimate_counts_what_llama_cpp
         manager.unload(model_id)
         assert answer.text == _raw_answer(manager.spec(model_id).load_kwargs)
     assert "q4_0" in manager.estimate("q4").kv_cache_method
+
+
+# -- max_context: auto, at most N (issue 32, item 4) ------------------------------------------------------------
+
+@needs_llama
+def test_auto_context_grows_at_most_to_the_ceiling_of_the_manager_or_of_the_model(tmp_path):
+    path = tmp_path / "llm.yaml"
+    path.write_text(f"defaults: {{max_context_auto_limit: 2048, memory_budget: {{cpu: 2GB}}}}\n"
+                    f"models:\n  auto: {{source: {GGUF}, backend: llama_cpp, max_context: auto}}\n"
+                    f"  own: {{source: {GGUF}, backend: llama_cpp, max_context: auto, max_context_auto_limit: 1024}}\n")
+    manager = LLMManager(config_path=path, preload=False)
+    try:
+        assert manager.max_context_auto_limit == 2048 and manager.spec("own").max_context_auto_limit == 1024
+        manager.load("auto")
+        row = manager.row("auto")
+        assert row.context == 2048  # room for 8192 (its trained context), but the ceiling says 2048
+        assert row.details["context"].startswith("2,048 tokens (max_context: auto)")
+        assert row.details["KV buffer"].estimated == manager.estimate("auto").kv_cache_bytes * 4  # 2048 vs 512
+        manager.load("own")
+        assert manager.row("own").context == 1024 and "at most 1,024" in manager.row("own").details["context"]
+        manager.unload_all()
+        manager.max_context_auto_limit = 4096  # a model's own ceiling still wins, even below the setting
+        manager.load("auto")
+        manager.load("own")
+        assert (manager.row("auto").context, manager.row("own").context) == (4096, 1024)
+        manager.save()
+        assert "max_context_auto_limit: 4096" in path.read_text()
+    finally:
+        manager.close()
+
+
+def test_the_ceiling_is_a_setting_a_keyword_and_a_field_each_checked():
+    manager = LLMManager(config_path=False, preload=False, max_context_auto_limit=1024)
+    try:
+        assert manager.max_context_auto_limit == 1024 == manager.settings.max_context_auto_limit
+        assert LLMManager.max_context_auto_limit.__doc__
+        for bad in (100, "lots", True, 2**40):
+            with pytest.raises(ConfigurationError, match="max_context_auto_limit"):
+                manager.max_context_auto_limit = bad
+        with pytest.raises(ConfigurationError, match="max_context_auto_limit"):
+            manager.register("g", source=str(GGUF), backend="llama_cpp", max_context_auto_limit=100,
+                             max_context="auto")
+        with pytest.raises(ConfigurationError, match="ceiling of max_context: auto"):
+            manager.register("g", source=str(GGUF), backend="llama_cpp", max_context=2048, max_context_auto_limit=4096)
+        low = manager.register("low", source=str(GGUF), backend="llama_cpp", max_context="auto",
+                               max_context_auto_limit=1024)
+        high = manager.register("high", source=str(GGUF), backend="llama_cpp", max_context="auto",
+                                max_context_auto_limit=4096)
+        assert low.instance_key != high.instance_key  # another ceiling may load another context
+    finally:
+        manager.close()

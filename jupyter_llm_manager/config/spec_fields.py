@@ -17,6 +17,7 @@ from ..errors import ConfigurationError, InvalidGenerationParameters
 from ..generation import GenerationParams
 from ..support.units import brief, parse_duration, parse_size
 from .secrets import Secret, canonical, expand_references, has_credentials
+from .settings import check_max_context_auto_limit
 
 __all__ = ["CONVERTERS", "DTYPES", "INHERITED", "KIND_PRIORITY", "LOCAL_BACKENDS", "NULLABLE", "PROTECTED_KINDS", "QUANTIZATIONS",
            "check_model_id", "expand_path", "looks_like_path"]
@@ -289,7 +290,8 @@ CONVERTERS: dict[str, Callable[[Any], Any]] = {
     "source": _string, "backend": _string, "revision": _optional(_string),
     "device": _device, "dtype": _dtype, "quantization": _quantization,
     "trust_remote_code": _boolean, "token": _optional(_secret), "tokenizer": _optional(_string),
-    "max_context": _optional(_context), "gguf_file": _optional(_gguf_name), "mode": _mode,
+    "max_context": _optional(_context), "max_context_auto_limit": _optional(check_max_context_auto_limit),
+    "gguf_file": _optional(_gguf_name), "mode": _mode,
     "required_memory": _size, "pinned": _boolean,
     "priority": _optional(_integer(-(10**9))), "protected": _optional(_boolean), "kind": _kind,
     "keep_alive": _keep_alive, "preload": _boolean,
@@ -302,5 +304,5 @@ CONVERTERS: dict[str, Callable[[Any], Any]] = {
 }
 #: What an adapter takes from its base: how the weights are loaded. Written once, on the base.
 INHERITED = ("source", "backend", "revision", "device", "dtype", "quantization", "trust_remote_code", "token",
-             "tokenizer", "max_context", "gguf_file", "mode", "load_kwargs", "options")
+             "tokenizer", "max_context", "max_context_auto_limit", "gguf_file", "mode", "load_kwargs", "options")
 NULLABLE = {"quantization"}

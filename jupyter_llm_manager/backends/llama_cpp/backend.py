@@ -126,12 +126,14 @@ class LlamaCppBackend(Backend):
         return gguf_defaults(read_gguf(path)) if path is not None else GenerationDefaults()
 
     def context_growth(self, spec: ModelSpec) -> ContextGrowth | None:
-        """Contexts from the floor up to the trained one, in steps of 256 tokens."""
+        """Contexts from the floor up to the trained one (at most the model's ``max_context_auto_limit``), in
+        steps of 256 tokens."""
         if spec.max_context != "auto":
             return None
         info = read_gguf(_file_of(spec))
         return ContextGrowth(AUTO_CONTEXT_FLOOR, AUTO_CONTEXT_STEP, info.context_length,
-                             partial(_estimate, spec, info, adapter=_adapter_bytes(spec)))
+                             partial(_estimate, spec, info, adapter=_adapter_bytes(spec))).capped(
+                                 spec.max_context_auto_limit)
 
     # -- loading -----------------------------------------------------------------------------------
 
@@ -354,6 +356,10 @@ def _details(spec: ModelSpec, info: GgufInfo, context: int, threads: int,
                  "compute": compute_buffer_bytes(info, context, embed=spec.mode == "embed"),
                  "output": _output_bytes(spec, info), "LoRA": _adapter_bytes(spec) or 0}
     details: dict[str, Any] = {"n_ctx": context, "threads": threads, "mode": spec.mode}
+    if spec.max_context == "auto":  # the context chosen, and what it costs
+        ceiling = f", at most {spec.max_context_auto_limit:,}" if spec.max_context_auto_limit else ""
+        details["context"] = (f"{context:,} tokens (max_context: auto{ceiling}): KV cache "
+                              f"{format_bytes(estimated['KV'])} ({_kv_types(spec)})")
     for part, guess in estimated.items():
         if part in measured:
             details[f"{part} buffer"] = MeasuredBuffer(measured[part], guess)
