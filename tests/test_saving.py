@@ -465,28 +465,24 @@ def test_a_fifo_as_the_configuration_is_refused_not_waited_on(tmp_path):
     assert "not a regular file" in answer["error"]
 
 
-def test_an_edit_that_lands_in_the_file_being_replaced_is_put_back_and_merged(tmp_path, monkeypatch):
-    """A writer that opened the file just before the swap writes just after it: what was swapped out is no
-    longer what was merged, so it is swapped back and the save merges again with that edit."""
-    from jupyter_llm_manager.config import replacing
-
+def test_an_edit_that_lands_in_the_file_being_replaced_is_merged_again(tmp_path, monkeypatch):
+    """A writer that opened the file just before the rename writes just after it, into the replaced file:
+    the save sees it there and merges it again, so the file ends with both."""
     path = tmp_path / "llm.yaml"
     save_config(path, others(3), {})
-    real = replacing._exchange
-    calls = []
+    real = os.replace
+    renames = []
 
-    def exchange_while_someone_appends(first, second):
-        calls.append(second)
-        if len(calls) > 1:
-            return real(first, second)
-        with open(path, "a", encoding="utf-8") as late:  # opened before the swap, written after it
-            swapped = real(first, second)
+    def rename_while_someone_appends(source, target):
+        renames.append(target)
+        if len(renames) > 1 or os.fspath(target) != str(path):
+            return real(source, target)
+        with open(path, "a", encoding="utf-8") as late:  # opened before the rename, written after it
+            real(source, target)
             late.write("  late: {source: org/late}\n")
-        return swapped
+        return None
 
-    monkeypatch.setattr(replacing, "_exchange", exchange_while_someone_appends)
+    monkeypatch.setattr(os, "replace", rename_while_someone_appends)
     save_config(path, {"mine": spec("mine")}, {})
-    if not replacing._renameat2():
-        pytest.skip("no renameat2 here: the plain rename's checks run before it")
-    assert len(calls) >= 3  # swapped, swapped back, then swapped again after the new merge
+    assert len(renames) == 2  # the first version, then the one merged with the late edit
     assert set(load_config(path).models) == {*others(3), "late", "mine"}

@@ -39,7 +39,8 @@ from ..support.regular_files import open_regular
 from ..support.units import excerpt
 from .bounded_yaml import MAX_FILE_BYTES, YamlProblem, load_yaml
 
-__all__ = ["MAX_WAIT_S", "SETTLE_S", "Reading", "Snapshot", "read_settled", "remember_written", "snapshot"]
+__all__ = ["MAX_WAIT_S", "SETTLE_S", "Reading", "Snapshot", "read_settled", "reading_of", "remember_written",
+           "snapshot"]
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +144,12 @@ def read_settled(path: Path, *, wait_if_recent: bool = True, deadline: float | N
             raise ConfigurationError(f"the file kept changing for {now - started:.1f} s while it was read (an "
                                      "editor writing it?); nothing was written: try again once it is saved",
                                      path=str(path))
+
+
+def reading_of(raw: bytes, path: Path) -> Reading:
+    """The text of a file as it was read some other way (its bytes), believed as is; unparsable: an error."""
+    current = Snapshot(raw, None, hashlib.sha256(raw).hexdigest())
+    return _reading(current, _parse(current, path))
 
 
 def _says_something(parsed: Any) -> bool:

@@ -11,18 +11,16 @@ replaced. Two guards close this:
   process has the file open for writing, so :func:`being_written` can ask
   the kernel whether a write is under way, in microseconds, for a file this
   user owns; a save waits until none is.
-- **The replace itself.** :func:`replace_if_holding` swaps the new version
-  and the file (``renameat2(RENAME_EXCHANGE)``), then checks that what it
-  swapped out is the very file it merged (same inode, same SHA-256 of its
-  content) and that nobody has it open for writing; if not, it swaps back
-  at once, so the other writer's file is in place again, and the caller
-  merges again. Where the exchange is not available, the same checks run
-  just before a plain rename.
+- **The replace itself.** :func:`replace_if_holding` renames the new version
+  over the file only if the file is still the one merged (same inode, same
+  SHA-256 of its content) and nobody has it open for writing; then it looks
+  at the replaced file once more, through a descriptor opened before the
+  rename: an edit that landed there in between (its writer opened it just
+  before the rename) is handed back, to be merged again.
 """
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import fcntl
 import hashlib
@@ -31,7 +29,6 @@ import os
 import signal
 import time
 from pathlib import Path
-from typing import Any
 
 from ..support.regular_files import NotRegularFile, open_regular
 
@@ -39,9 +36,8 @@ __all__ = ["being_written", "content_digest", "replace_if_holding", "wait_for_wr
 
 log = logging.getLogger(__name__)
 
-_AT_FDCWD = -100
-_RENAME_EXCHANGE = 2
 _POLL_S = 0.01
+_LATE_WAIT_S = 2.0  # how long a writer of the replaced file is waited for, at least
 _READ_CHUNK = 1 << 20
 
 
@@ -90,11 +86,16 @@ def content_digest(descriptor: int) -> str:
     return digest.hexdigest()
 
 
-def replace_if_holding(path: Path, new: Path, digest: str | None) -> bool:
-    """Put the file ``new`` at ``path`` if ``path`` still holds content of SHA-256 ``digest`` and nobody is
+def replace_if_holding(path: Path, new: Path, digest: str | None, deadline: float) -> bool | bytes:
+    """Rename the file ``new`` over ``path`` if ``path`` still holds content of SHA-256 ``digest`` and nobody is
     writing it (``digest`` ``None``: if there is no file); ``False``, with ``path`` as it was, otherwise.
 
-    ``new`` is gone either way (in place, or removed).
+    After the rename, the replaced file is looked at once more through a
+    descriptor opened before it: a writer that had it open (it opened it
+    just before the rename) is waited for (until ``deadline``, then as long
+    again), and when its content is no longer ``digest`` that content is
+    returned, for the caller to merge again: the edit went to the replaced
+    file, and only the caller can bring it back. ``new`` is gone either way.
     """
     try:
         held = open_regular(path)
@@ -105,17 +106,14 @@ def replace_if_holding(path: Path, new: Path, digest: str | None) -> bool:
     try:
         if digest is None or not _holds(held, path, digest):
             return _discard(new)
-        if not _exchange(new, path):
-            if not _holds(held, path, digest):  # no exchange here: the same checks, just before a plain rename
-                return _discard(new)
-            os.replace(new, path)
+        os.replace(new, path)
+        if not being_written(held) and content_digest(held) == digest:
             return True
-        if _holds(held, new, digest):  # what was swapped out is what was merged, and nobody writes it
-            new.unlink()
-            return True
-        log.info("%s was being written while it was saved: the other writer's file is put back", path)
-        _exchange(new, path)
-        return _discard(new)
+        if not _writers_done(held, max(deadline, time.monotonic() + _LATE_WAIT_S)):
+            log.warning("%s: another program still writes the file this save replaced; what it writes now is "
+                        "merged as it is", path)
+        log.info("%s was written while it was saved: merging that edit again", path)
+        return _content(held)
     finally:
         os.close(held)
 
@@ -129,29 +127,20 @@ def _holds(held: int, where: Path, digest: str) -> bool:
     return same and not being_written(held) and content_digest(held) == digest
 
 
-def _exchange(first: Path, second: Path) -> bool:
-    """Swap two names atomically (``renameat2``, Linux 3.15+); ``False`` where this system cannot."""
-    function = _renameat2()
-    if function is None:
-        return False
-    if function(_AT_FDCWD, os.fsencode(first), _AT_FDCWD, os.fsencode(second), _RENAME_EXCHANGE) == 0:
-        return True
-    code = ctypes.get_errno()
-    if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
-        return False
-    raise OSError(code, os.strerror(code), str(second))
+def _writers_done(held: int, deadline: float) -> bool:
+    while being_written(held):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(_POLL_S)
+    return True
 
 
-_function: list[Any] = []
-
-
-def _renameat2() -> Any:
-    if not _function:
-        try:
-            _function.append(ctypes.CDLL(None, use_errno=True).renameat2)
-        except (AttributeError, OSError):
-            _function.append(None)
-    return _function[0]
+def _content(held: int) -> bytes:
+    chunks, offset = [], 0
+    while chunk := os.pread(held, _READ_CHUNK, offset):
+        chunks.append(chunk)
+        offset += len(chunk)
+    return b"".join(chunks)
 
 
 def _create(path: Path, new: Path) -> bool:
