@@ -25,6 +25,7 @@ from ..reports import MemoryEstimate
 from ..support.regular_files import load_json
 from ..support.units import excerpt, format_bytes
 from .adapters import with_adapter
+from .learned import corrected
 from .safetensors import DTYPE_BYTES, read_safetensors_header, shard_files, tensors_from_header
 
 __all__ = ["OVERHEAD_RULE", "EstimateCache", "estimate_checkpoint", "remote_estimate"]
@@ -56,7 +57,8 @@ class Estimator(Protocol):
 
 
 class EstimateCache:
-    """Estimates keyed by everything they depend on (:attr:`ModelSpec.estimate_key`).
+    """Estimates keyed by everything they depend on (:attr:`ModelSpec.estimate_key`), each corrected by
+    what past loads of its kind measured (:mod:`.learned`) when it is handed out.
 
     Two ids on the same weights with different ``max_context`` get different
     estimates; two ids with identical specs share one. Computing one may read
@@ -75,12 +77,14 @@ class EstimateCache:
             found = backend.estimate(spec)
             with self._lock:
                 self._estimates[key] = found
-        return found if found.model_id == spec.id else replace(found, model_id=spec.id)
+        return corrected(spec, found if found.model_id == spec.id else replace(found, model_id=spec.id))
 
     def cached(self, spec: ModelSpec) -> MemoryEstimate | None:
         with self._lock:
             found = self._estimates.get(spec.estimate_key)
-        return found if found is None or found.model_id == spec.id else replace(found, model_id=spec.id)
+        if found is None:
+            return None
+        return corrected(spec, found if found.model_id == spec.id else replace(found, model_id=spec.id))
 
 
 def remote_estimate(model_id: str) -> MemoryEstimate:
