@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigurationError
-from ..support.regular_files import open_regular
+from ..support.regular_files import TooLarge, open_regular, read_descriptor
 from ..support.units import excerpt
 from .bounded_yaml import MAX_FILE_BYTES, YamlProblem, load_yaml
 
@@ -100,14 +100,13 @@ def snapshot(path: Path) -> Snapshot:
         stat = os.fstat(descriptor)
         if stat.st_size > MAX_FILE_BYTES:
             raise _too_large(where)
-        with os.fdopen(descriptor, "rb", closefd=False) as handle:
-            raw = handle.read(MAX_FILE_BYTES + 1)
+        raw = read_descriptor(descriptor, MAX_FILE_BYTES, where)
+    except TooLarge:  # it grew since
+        raise _too_large(where) from None
     except OSError as error:
         raise ConfigurationError(f"cannot read the file: {error.strerror or error}", path=where) from None
     finally:
         os.close(descriptor)
-    if len(raw) > MAX_FILE_BYTES:  # it grew between the two calls
-        raise _too_large(where)
     return Snapshot(raw, (stat.st_size, stat.st_mtime_ns, stat.st_ino), hashlib.sha256(raw).hexdigest())
 
 

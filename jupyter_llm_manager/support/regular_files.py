@@ -16,9 +16,11 @@ import stat
 from pathlib import Path
 from typing import Any
 
-__all__ = ["NOT_REGULAR", "NotRegularFile", "TooLarge", "load_json", "open_regular", "read_regular"]
+__all__ = ["NOT_REGULAR", "NotRegularFile", "TooLarge", "load_json", "open_regular", "read_descriptor",
+           "read_regular"]
 
 NOT_REGULAR = "it is not a regular file (a FIFO, a device or a folder)"
+_CHUNK = 1 << 16
 
 
 class NotRegularFile(OSError):
@@ -46,13 +48,21 @@ def read_regular(path: str | os.PathLike[str], limit: int) -> bytes:
     """The bytes of the regular file ``path``; :class:`TooLarge` past ``limit`` bytes (at most that is read)."""
     descriptor = open_regular(path)
     try:
-        with os.fdopen(descriptor, "rb", closefd=False) as handle:
-            data = handle.read(limit + 1)
+        return read_descriptor(descriptor, limit, os.fspath(path))
     finally:
         os.close(descriptor)
-    if len(data) > limit:
-        raise TooLarge(f"{os.fspath(path)} is larger than {limit:,} bytes")
-    return data
+
+
+def read_descriptor(descriptor: int, limit: int, name: str) -> bytes:
+    """What is left to read from ``descriptor``, in chunks (memory grows with the file, not with ``limit``);
+    :class:`TooLarge` once it passes ``limit`` bytes."""
+    chunks, total = [], 0
+    while chunk := os.read(descriptor, _CHUNK):
+        total += len(chunk)
+        if total > limit:
+            raise TooLarge(f"{name} is larger than {limit:,} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def load_json(path: str | os.PathLike[str], limit: int) -> Any:
