@@ -22,7 +22,6 @@ replaced. Two guards close this:
 from __future__ import annotations
 
 import errno
-import fcntl
 import hashlib
 import logging
 import os
@@ -31,6 +30,11 @@ import time
 from pathlib import Path
 
 from ..support.regular_files import NotRegularFile, open_regular
+
+try:
+    import fcntl
+except ImportError:  # Windows: no leases; the content check alone guards the replace
+    fcntl = None  # type: ignore[assignment]
 
 __all__ = ["being_written", "content_digest", "replace_if_holding", "wait_for_writers"]
 
@@ -48,7 +52,7 @@ def being_written(descriptor: int) -> bool:
     process opening the file for writing would make the kernel signal this
     one: the signal is set to SIGURG, which is ignored unless handled.
     """
-    if not hasattr(fcntl, "F_SETLEASE"):
+    if fcntl is None or not hasattr(fcntl, "F_SETLEASE"):
         return False
     try:
         if hasattr(fcntl, "F_SETSIG"):
