@@ -6,6 +6,7 @@ import threading
 from pathlib import Path
 
 import pytest
+from jlm_helpers.adapters import make_lora
 
 from jupyter_llm_manager import ConfigurationError, LLMManager
 
@@ -13,26 +14,12 @@ PROMPTS = ["hello world", "def add(a, b):", "the quick brown fox"]
 GREEDY = {"do_sample": False, "repetition_penalty": 1.0, "max_new_tokens": 12}
 
 
-def _lora(base: Path, folder: Path, seed: int, targets: tuple[str, ...] = ("q_proj", "v_proj")) -> Path:
-    """A random LoRA adapter for ``base`` (init_lora_weights=False: it changes the output), saved to ``folder``."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_pretrained(base)
-    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=list(targets),
-                                                  init_lora_weights=False))
-    peft_model.save_pretrained(folder)
-    return folder
-
-
 @pytest.fixture(scope="session")
 def adapters(tiny_models, tmp_path_factory) -> dict[str, Path]:
     """Two adapters of tiny model a, and one of tiny model b (another hidden size)."""
     root = tmp_path_factory.mktemp("adapters")
-    return {"one": _lora(tiny_models["a"], root / "one", 1), "two": _lora(tiny_models["a"], root / "two", 2),
-            "other": _lora(tiny_models["b"], root / "other", 3)}
+    return {"one": make_lora(tiny_models["a"], root / "one", 1), "two": make_lora(tiny_models["a"], root / "two", 2),
+            "other": make_lora(tiny_models["b"], root / "other", 3)}
 
 
 @pytest.fixture(scope="session")

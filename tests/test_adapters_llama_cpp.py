@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from jlm_helpers.adapters import write_gguf_lora
 
 from jupyter_llm_manager import ConfigurationError, LLMManager
 from jupyter_llm_manager.models.builtin import smollm2_file
@@ -17,49 +18,16 @@ CONTEXT = 512
 GREEDY = {"do_sample": False, "repetition_penalty": 1.0, "max_new_tokens": 8}
 
 
-def _write_lora(path: Path, *, seed: int = 1, rank: int = 4, arch: str = "llama", kind: str = "adapter",
-                adapter_type: str = "lora", shape_of=None) -> Path:
-    """A random GGUF LoRA on the attention q and v projections of SmolLM2, as convert_lora_to_gguf.py writes one.
-
-    ``shape_of(in, out)`` -> ``(in, out)`` gives the sizes the pair is built for (a wrong size on purpose).
-    """
-    import gguf
-    import numpy as np
-
-    from jupyter_llm_manager.gguf.files import read_gguf_shapes
-
-    shapes = read_gguf_shapes(GGUF)
-    rng = np.random.default_rng(seed)
-    writer = gguf.GGUFWriter(str(path), arch=arch)
-    writer.add_type(kind)
-    writer.add_string("adapter.type", adapter_type)
-    writer.add_float32("adapter.lora.alpha", 2.0 * rank)
-    layers = sum(1 for name in shapes if name.endswith(".attn_q.weight"))
-    for layer in range(layers):
-        for part in ("attn_q", "attn_v"):
-            size_in, size_out = (shape_of or (lambda i, o: (i, o)))(*shapes[f"blk.{layer}.{part}.weight"])
-            # numpy order is ggml's reversed: lora_a is [in, rank] in ggml, lora_b is [rank, out]
-            writer.add_tensor(f"blk.{layer}.{part}.weight.lora_a",
-                              (rng.standard_normal((rank, size_in)) * 0.05).astype(np.float32))
-            writer.add_tensor(f"blk.{layer}.{part}.weight.lora_b",
-                              (rng.standard_normal((size_out, rank)) * 0.05).astype(np.float32))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return path
-
-
 @pytest.fixture(scope="session")
 def gguf_loras(tmp_path_factory) -> dict[str, Path]:
     """A LoRA that fits SmolLM2, and files that do not."""
     root = tmp_path_factory.mktemp("gguf-loras")
     return {
-        "tuned": _write_lora(root / "tuned.gguf"),
-        "other size": _write_lora(root / "other-size.gguf", shape_of=lambda i, o: (i, o + 64)),
-        "other architecture": _write_lora(root / "other-arch.gguf", arch="qwen2"),
-        "a model": _write_lora(root / "model.gguf", kind="model"),
-        "not lora": _write_lora(root / "ia3.gguf", adapter_type="ia3"),
+        "tuned": write_gguf_lora(root / "tuned.gguf", GGUF),
+        "other size": write_gguf_lora(root / "other-size.gguf", GGUF, shape_of=lambda i, o: (i, o + 64)),
+        "other architecture": write_gguf_lora(root / "other-arch.gguf", GGUF, arch="qwen2"),
+        "a model": write_gguf_lora(root / "model.gguf", GGUF, kind="model"),
+        "not lora": write_gguf_lora(root / "ia3.gguf", GGUF, adapter_type="ia3"),
     }
 
 

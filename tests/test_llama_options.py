@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 
 import pytest
+from jlm_helpers.children import run_child
 
 from jupyter_llm_manager import ConfigurationError, LLMManager
 from jupyter_llm_manager.backends.llama_cpp.options import usable_cores
@@ -76,3 +77,146 @@ def test_transformers_options_that_are_fields_move_there_and_placement_is_refuse
             manager.register("u", source=str(tiny_models["a"]), load_kwargs=options)
     with pytest.raises(ConfigurationError, match="keep dtype only"):
         manager.register("v", source=str(tiny_models["a"]), dtype="float16", load_kwargs={"dtype": "float32"})
+
+
+# -- every option that reaches llama.cpp is known, typed and in range (issue 31, item 6) ----------------------
+
+needs_llama = pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None,
+                                 reason="llama-cpp-python is not installed")
+
+
+@pytest.mark.parametrize("options, said", [
+    ({"type_k": 999}, "KV cache type"), ({"type_k": -1}, "KV cache type"), ({"type_v": 12}, "KV cache type"),
+    ({"type_k": "q4_K"}, "KV cache type"), ({"type_k": "nonsense"}, "KV cache type"), ({"type_v": True}, "KV cache type"),
+    ({"type_k": 8.0}, "KV cache type"), ({"frobnicate": 1}, "not an option"), ({"flash_atn": True}, "did you mean flash_attn"),
+    ({"seed": "7"}, "whole number"), ({"seed": 2**40}, "whole number"), ({"rope_freq_base": float("nan")}, "number"),
+    ({"rope_scaling_type": 99}, "one of"), ({"attention_type": "sideways"}, "one of"), ({"numa": 9}, "one of"),
+    ({"use_mmap": "yes"}, "true or false"), ({"kv_overrides": {"llama.block_count": 2}}, "shape"),
+    ({"kv_overrides": {"x" * 200: 1}}, "GGUF key"), ({"kv_overrides": {"general.name": "x" * 300}}, "127 bytes"),
+    ({"kv_overrides": ["general.name"]}, "mapping"), ({"vocab_only": True}, "whole model"),
+    ({"logits_all": True}, "logits"), ({"type_v": "q8_0", "flash_attn": False}, "needs flash attention"),
+])
+def test_a_llama_option_out_of_its_type_or_range_is_one_line_at_register(manager, options, said):
+    with pytest.raises(ConfigurationError, match=said) as caught:
+        manager.register("g", source=str(GGUF), backend="llama_cpp", load_kwargs=options)
+    assert "load_kwargs." in str(caught.value) and "\n" not in str(caught.value) and "g" not in manager.ids()
+
+
+@pytest.mark.parametrize("options", [
+    {"type_k": "q8_0"}, {"type_k": "Q4_0", "type_v": "q4_0"}, {"type_k": 8}, {"type_v": "f32"},
+    {"rope_scaling_type": "yarn", "rope_freq_base": 10000.0}, {"seed": 42, "use_mmap": False, "flash_attn": True},
+    {"kv_overrides": {"tokenizer.ggml.add_bos_token": True}}, {"numa": False, "attention_type": 0},
+])
+def test_options_llama_cpp_takes_are_accepted_by_name_or_value(manager, options):
+    assert manager.register("g", source=str(GGUF), backend="llama_cpp", load_kwargs=options).load_kwargs == options
+
+
+@needs_llama
+@pytest.mark.parametrize("value", [999, -1, 12, "q4_K"])
+def test_a_cache_type_that_slipped_past_register_is_refused_at_load_not_an_abort(value):
+    """A spec made without register (a backend called directly): the load checks again. On the old code the
+    child died of llama.cpp's GGML_ASSERT (SIGABRT)."""
+    answer = run_child(f"""
+        import json
+        from jupyter_llm_manager.backends.base import Placement
+        from jupyter_llm_manager.backends.llama_cpp.backend import LlamaCppBackend
+        from jupyter_llm_manager.config.spec import ModelSpec
+        from jupyter_llm_manager.errors import LLMManagerError
+        spec = ModelSpec.from_mapping("g", {{"source": {str(GGUF)!r}, "backend": "llama_cpp", "max_context": 256,
+                                            "load_kwargs": {{"type_k": {value!r}}}}})
+        try:
+            LlamaCppBackend().load(spec, Placement(("cpu",)))
+            print(json.dumps({{"loaded": True}}))
+        except LLMManagerError as error:
+            print(json.dumps({{"error": str(error), "kind": type(error).__name__}}))
+    """)
+    assert answer.get("kind") == "ConfigurationError" and "KV cache type" in answer["error"], answer
+
+
+PROMPT = "The capital of Japan is"
+
+
+def _raw_answer(options: dict) -> str:
+    """llama-cpp-python's own greedy answer with the cache types as ggml values (flash attention for a quantized V)."""
+    import llama_cpp
+
+    types = {"q8_0": llama_cpp.GGML_TYPE_Q8_0, "q4_0": llama_cpp.GGML_TYPE_Q4_0}
+    native = {key: types[value] for key, value in options.items()}
+    model = llama_cpp.Llama(model_path=str(GGUF), n_ctx=2048, n_threads=usable_cores(), verbose=False,
+                            flash_attn="type_v" in native, **native)
+    try:
+        return model.create_completion(PROMPT, max_tokens=8, temperature=0.0, repeat_penalty=1.0)["choices"][0]["text"]
+    finally:
+        model.close()
+
+
+@needs_llama
+def test_quantized_kv_caches_load_by_name_and_the_estimate_counts_what_llama_cpp_allocates(manager):
+    """K in q8_0 (V f16), and both in q4_0 without flash_attn given: the manager turns it on."""
+    manager.register("f16", source=str(GGUF), backend="llama_cpp", max_context=2048)
+    manager.register("k8", source=str(GGUF), backend="llama_cpp", max_context=2048, load_kwargs={"type_k": "q8_0"})
+    manager.register("q4", source=str(GGUF), backend="llama_cpp", max_context=2048,
+                     load_kwargs={"type_k": "q4_0", "type_v": "q4_0"})
+    full = manager.estimate("f16").kv_cache_bytes
+    for model_id, share in (("k8", (34 / 32 + 2) / 4), ("q4", 18 / 32 / 2)):  # bytes per value vs f16's 2
+        estimate = manager.estimate(model_id)
+        assert estimate.kv_cache_bytes == round(full * share)
+        manager.load(model_id)
+        allocated = manager.row(model_id).details["KV buffer"]  # what llama.cpp's log says it allocated
+        assert allocated.estimated == estimate.kv_cache_bytes
+        assert abs(allocated.bytes - estimate.kv_cache_bytes) <= 0.005 * estimate.kv_cache_bytes
+        answer = manager.generate(model_id, PROMPT, raw=True, do_sample=False, repetition_penalty=1.0, max_new_tokens=8)
+        manager.unload(model_id)
+        assert answer.text == _raw_answer(manager.spec(model_id).load_kwargs)
+    assert "q4_0" in manager.estimate("q4").kv_cache_method
+
+
+# -- max_context: auto, at most N (issue 32, item 4) ------------------------------------------------------------
+
+@needs_llama
+def test_auto_context_grows_at_most_to_the_ceiling_of_the_manager_or_of_the_model(tmp_path):
+    path = tmp_path / "llm.yaml"
+    path.write_text(f"defaults: {{max_context_auto_limit: 2048, memory_budget: {{cpu: 2GB}}}}\n"
+                    f"models:\n  auto: {{source: {GGUF}, backend: llama_cpp, max_context: auto}}\n"
+                    f"  own: {{source: {GGUF}, backend: llama_cpp, max_context: auto, max_context_auto_limit: 1024}}\n")
+    manager = LLMManager(config_path=path, preload=False)
+    try:
+        assert manager.max_context_auto_limit == 2048 and manager.spec("own").max_context_auto_limit == 1024
+        manager.load("auto")
+        row = manager.row("auto")
+        assert row.context == 2048  # room for 8192 (its trained context), but the ceiling says 2048
+        assert row.details["context"].startswith("2,048 tokens (max_context: auto)")
+        assert row.details["KV buffer"].estimated == manager.estimate("auto").kv_cache_bytes * 4  # 2048 vs 512
+        manager.load("own")
+        assert manager.row("own").context == 1024 and "at most 1,024" in manager.row("own").details["context"]
+        manager.unload_all()
+        manager.max_context_auto_limit = 4096  # a model's own ceiling still wins, even below the setting
+        manager.load("auto")
+        manager.load("own")
+        assert (manager.row("auto").context, manager.row("own").context) == (4096, 1024)
+        manager.save()
+        assert "max_context_auto_limit: 4096" in path.read_text()
+    finally:
+        manager.close()
+
+
+def test_the_ceiling_is_a_setting_a_keyword_and_a_field_each_checked():
+    manager = LLMManager(config_path=False, preload=False, max_context_auto_limit=1024)
+    try:
+        assert manager.max_context_auto_limit == 1024 == manager.settings.max_context_auto_limit
+        assert LLMManager.max_context_auto_limit.__doc__
+        for bad in (100, "lots", True, 2**40):
+            with pytest.raises(ConfigurationError, match="max_context_auto_limit"):
+                manager.max_context_auto_limit = bad
+        with pytest.raises(ConfigurationError, match="max_context_auto_limit"):
+            manager.register("g", source=str(GGUF), backend="llama_cpp", max_context_auto_limit=100,
+                             max_context="auto")
+        with pytest.raises(ConfigurationError, match="ceiling of max_context: auto"):
+            manager.register("g", source=str(GGUF), backend="llama_cpp", max_context=2048, max_context_auto_limit=4096)
+        low = manager.register("low", source=str(GGUF), backend="llama_cpp", max_context="auto",
+                               max_context_auto_limit=1024)
+        high = manager.register("high", source=str(GGUF), backend="llama_cpp", max_context="auto",
+                                max_context_auto_limit=4096)
+        assert low.instance_key != high.instance_key  # another ceiling may load another context
+    finally:
+        manager.close()

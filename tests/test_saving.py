@@ -4,12 +4,17 @@ between the read and the rename merged again, and the user's comments, order and
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
+import sys
 import textwrap
 import threading
 import tracemalloc
 
 import pytest
 import yaml
+from jlm_helpers.children import child, run_child
+from jlm_helpers.conditions import until
 from jlm_helpers.fakes import FakeClock
 from test_hostile_input import bomb
 
@@ -386,3 +391,98 @@ def test_a_file_that_opens_with_a_document_marker_keeps_it(tmp_path):
     path = write(tmp_path / "llm.yaml", "---\n# shared with the team\nmodels:\n  a: {source: org/a}\n")
     save_config(path, {"b": spec("b")}, {})
     assert path.read_text().startswith("---\n# shared with the team\nmodels:\n  a: {source: org/a}\n  b:\n")
+
+
+# -- an in-place writer that stalls, in real processes (issue 31, item 7) -------------------------------------
+
+WRITER = """
+import sys, time
+path, ready, cut, pause = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
+text = open(path).read()
+with open(path, "w") as handle:  # an editor saving in place: truncate, write, stall, write the rest
+    handle.write(text[:cut])
+    handle.flush()
+    open(ready, "w").close()
+    time.sleep(pause)
+    handle.write(text[cut:])
+"""
+
+SAVER = """
+import sys
+from jupyter_llm_manager import ConfigurationError, ModelSpec
+from jupyter_llm_manager.config.files import save_config
+try:
+    save_config(sys.argv[1], {"mine": ModelSpec.from_mapping("mine", {"source": "org/mine"})}, {})
+    print("saved")
+except ConfigurationError as error:
+    print("refused:", error)
+"""
+
+
+@pytest.mark.parametrize("pause", [0.05, 0.15, 0.6, 1.5])
+def test_a_stalled_in_place_write_by_another_process_loses_no_model(tmp_path, pause):
+    """Another process rewrites the file in place and stalls after a first part that is valid YAML (15 of
+    its 30 models); a save from a third process meanwhile waits for it, then merges: all 31 are there.
+    (The old code dropped 15 models at every pause of 120 ms or more.)"""
+    path, ready = tmp_path / "llm.yaml", tmp_path / "ready"
+    save_config(path, others(30), {})
+    text = path.read_text()
+    cut = text.index("  theirs-15:")
+    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(path), str(ready), str(cut), str(pause)])
+    until(ready.exists, timeout=30)
+    saver = child([sys.executable, "-c", SAVER, str(path)], timeout=60)
+    assert writer.wait(30) == 0
+    assert saver.stdout.startswith("saved"), saver.stdout + saver.stderr
+    assert set(load_config(path).models) == {*others(30), "mine"}
+
+
+def test_a_writer_that_stalls_past_the_wait_makes_the_save_fail_and_keeps_its_file(tmp_path):
+    path, ready = tmp_path / "llm.yaml", tmp_path / "ready"
+    save_config(path, others(30), {})
+    text = path.read_text()
+    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(path), str(ready), str(text.index("  theirs-15:")),
+                               str(reading.MAX_WAIT_S + 1.5)])
+    until(ready.exists, timeout=30)
+    with pytest.raises(ConfigurationError, match="open for writing"):
+        save_config(path, {"mine": spec("mine")}, {})
+    assert writer.wait(30) == 0
+    assert set(load_config(path).models) == set(others(30)) and path.read_text() == text
+
+
+def test_a_fifo_as_the_configuration_is_refused_not_waited_on(tmp_path):
+    if not hasattr(os, "mkfifo"):
+        pytest.skip("no FIFOs here")
+    path = tmp_path / "llm.yaml"
+    os.mkfifo(path)
+    answer = run_child(f"""
+        import json
+        from jupyter_llm_manager import ConfigurationError, LLMManager
+        try:
+            LLMManager(config_path={str(path)!r}, preload=False)
+        except ConfigurationError as error:
+            print(json.dumps({{"error": str(error)}}))
+    """, timeout=60)
+    assert "not a regular file" in answer["error"]
+
+
+def test_an_edit_that_lands_in_the_file_being_replaced_is_merged_again(tmp_path, monkeypatch):
+    """A writer that opened the file just before the rename writes just after it, into the replaced file:
+    the save sees it there and merges it again, so the file ends with both."""
+    path = tmp_path / "llm.yaml"
+    save_config(path, others(3), {})
+    real = os.replace
+    renames = []
+
+    def rename_while_someone_appends(source, target):
+        renames.append(target)
+        if len(renames) > 1 or os.fspath(target) != str(path):
+            return real(source, target)
+        with open(path, "a", encoding="utf-8") as late:  # opened before the rename, written after it
+            real(source, target)
+            late.write("  late: {source: org/late}\n")
+        return None
+
+    monkeypatch.setattr(os, "replace", rename_while_someone_appends)
+    save_config(path, {"mine": spec("mine")}, {})
+    assert len(renames) == 2  # the first version, then the one merged with the late edit
+    assert set(load_config(path).models) == {*others(3), "late", "mine"}

@@ -15,7 +15,7 @@ import threading
 import traceback
 from collections.abc import Callable, Generator, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, ClassVar, Literal
 
 from ..config.spec import ModelSpec
@@ -99,6 +99,10 @@ class ContextGrowth:
     step: int
     top: int
     estimate_at: Callable[[int], MemoryEstimate]
+
+    def capped(self, limit: int | None) -> ContextGrowth:
+        """The same growth, to at most ``limit`` tokens (``max_context_auto_limit``; ``None``: no ceiling)."""
+        return self if limit is None or limit >= self.top else replace(self, top=max(limit, self.floor))
 
     def fit(self, at_floor: MemoryEstimate, spare: int) -> tuple[int, MemoryEstimate]:
         """The largest context whose memory beyond ``at_floor`` fits in ``spare`` bytes, and its estimate."""

@@ -9,9 +9,10 @@ Saving keeps what others wrote: under a lock file, the file is read once it
 can be believed (:mod:`.reading`: an editor may be rewriting it in place),
 this process's changes are merged into it, keeping the user's comments and
 order (:mod:`.merging`), and the new version is written to a temporary file
-and renamed into place, but only after checking, just before the rename,
-that the file did not change since it was read; if it did, the merge starts
-again from the new version.
+and put in place only if, at the moment of the replace, the file still holds
+the content that was merged (its SHA-256) and no other program has it open
+for writing (:mod:`.replacing`); otherwise the merge starts again from the
+new version, so an edit that arrives while a save works is merged, never lost.
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ from filelock import FileLock, Timeout
 from ..errors import ConfigurationError
 from .layouts import ConfigFile, parse_document
 from .merging import Changes, merged_text
-from .reading import MAX_WAIT_S, Snapshot, read_settled, remember_written, snapshot
+from .reading import MAX_WAIT_S, Reading, Snapshot, read_settled, reading_of, remember_written, snapshot
+from .replacing import replace_if_holding, wait_for_writers
 from .spec import ModelSpec, expand_path
 
 __all__ = [
@@ -122,22 +124,39 @@ def save_config(
 
 
 def _merge_and_write(path: Path, changes: Changes) -> None:
-    """Read, merge, write; again from the new version whenever the file changed before the rename."""
+    """Read, merge, write; again from the new version whenever the file changed before (or during) the rename."""
     deadline = time.monotonic() + MAX_WAIT_S  # for the whole save: a file rewritten continuously stops the waits
+    base: Reading | None = None  # what the next merge starts from
+    expected = Snapshot(None, None, "")  # what the file must hold to be replaced
     for _ in range(_MAX_MERGES):
-        reading = read_settled(path, deadline=deadline)
-        text = merged_text(path, reading.text, reading.data, changes)
-        if _replace_if_unchanged(path, text, reading.snapshot):
+        if base is None:
+            if not wait_for_writers(path, deadline):
+                raise ConfigurationError(f"another program kept the file open for writing for {MAX_WAIT_S:.0f} s "
+                                         "(an editor saving it?); nothing was written: try again once it is saved",
+                                         path=str(path))
+            base = read_settled(path, deadline=deadline)
+            expected = base.snapshot
+        text = merged_text(path, base.text, base.data, changes)
+        outcome = _replace_if_unchanged(path, text, expected, deadline)
+        if outcome is True:
             return
-        log.info("%s changed while it was being saved; merging again with the new version", path)
+        if outcome is False:
+            base = None
+            log.info("%s changed while it was being saved; merging again with the new version", path)
+            continue
+        base, expected = outcome  # an edit that went to the replaced file: merged again, over what was written
     raise ConfigurationError(f"the file changed {_MAX_MERGES} times while it was being saved; something rewrites "
                              "it continuously: stop it, then save again", path=str(path))
 
 
-def _replace_if_unchanged(path: Path, text: str, read: Snapshot) -> bool:
-    """Write ``text`` to a temporary file beside ``path`` and rename it over ``path``, if ``path`` is still ``read``.
+def _replace_if_unchanged(path: Path, text: str, read: Snapshot, deadline: float) -> bool | tuple[Reading, Snapshot]:
+    """Write ``text`` to a temporary file beside ``path`` and put it in place, if ``path`` still holds ``read``.
 
-    Returns False (nothing changed) when the file changed since it was read.
+    False (nothing changed) when the file's content at the moment of the
+    replace is not what was read, or another program has it open for writing
+    (:func:`~.replacing.replace_if_holding`). When an edit landed in the
+    replaced file during the rename: that edit (to merge again) and what was
+    written (what the file must still hold then).
     """
     descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -151,13 +170,17 @@ def _replace_if_unchanged(path: Path, text: str, read: Snapshot) -> bool:
             Path(temporary).unlink()
             return False
         written = os.stat(temporary)
-        os.replace(temporary, path)
+        outcome = replace_if_holding(path, Path(temporary), read.digest if read.raw is not None else None, deadline)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
-    stamp = (written.st_size, written.st_mtime_ns, written.st_ino)
-    remember_written(path, Snapshot(raw, stamp, hashlib.sha256(raw).hexdigest()))
-    return True
+    if outcome is False:
+        return False
+    mine = Snapshot(raw, (written.st_size, written.st_mtime_ns, written.st_ino), hashlib.sha256(raw).hexdigest())
+    remember_written(path, mine)
+    if outcome is True:
+        return True
+    return reading_of(outcome, path), mine
 
 
 def _copy_mode(path: Path, temporary: str) -> None:

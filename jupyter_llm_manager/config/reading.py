@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -34,10 +35,12 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigurationError
+from ..support.regular_files import TooLarge, open_regular, read_descriptor
 from ..support.units import excerpt
 from .bounded_yaml import MAX_FILE_BYTES, YamlProblem, load_yaml
 
-__all__ = ["MAX_WAIT_S", "SETTLE_S", "Reading", "Snapshot", "read_settled", "remember_written", "snapshot"]
+__all__ = ["MAX_WAIT_S", "SETTLE_S", "Reading", "Snapshot", "read_settled", "reading_of", "remember_written",
+           "snapshot"]
 
 log = logging.getLogger(__name__)
 
@@ -88,16 +91,22 @@ def snapshot(path: Path) -> Snapshot:
     """Read ``path`` once (a missing file reads as ``raw=None``); too large a file is refused unread."""
     where = str(path)
     try:
-        stat = path.stat()
-        if stat.st_size > MAX_FILE_BYTES:
-            raise _too_large(where)
-        raw = path.read_bytes()
+        descriptor = open_regular(path)  # a FIFO or a device is refused, never waited on
     except FileNotFoundError:
         return Snapshot(None, None, "")
     except OSError as error:
         raise ConfigurationError(f"cannot read the file: {error.strerror or error}", path=where) from None
-    if len(raw) > MAX_FILE_BYTES:  # it grew between the two calls
-        raise _too_large(where)
+    try:
+        stat = os.fstat(descriptor)
+        if stat.st_size > MAX_FILE_BYTES:
+            raise _too_large(where)
+        raw = read_descriptor(descriptor, MAX_FILE_BYTES, where)
+    except TooLarge:  # it grew since
+        raise _too_large(where) from None
+    except OSError as error:
+        raise ConfigurationError(f"cannot read the file: {error.strerror or error}", path=where) from None
+    finally:
+        os.close(descriptor)
     return Snapshot(raw, (stat.st_size, stat.st_mtime_ns, stat.st_ino), hashlib.sha256(raw).hexdigest())
 
 
@@ -134,6 +143,12 @@ def read_settled(path: Path, *, wait_if_recent: bool = True, deadline: float | N
             raise ConfigurationError(f"the file kept changing for {now - started:.1f} s while it was read (an "
                                      "editor writing it?); nothing was written: try again once it is saved",
                                      path=str(path))
+
+
+def reading_of(raw: bytes, path: Path) -> Reading:
+    """The text of a file as it was read some other way (its bytes), believed as is; unparsable: an error."""
+    current = Snapshot(raw, None, hashlib.sha256(raw).hexdigest())
+    return _reading(current, _parse(current, path))
 
 
 def _says_something(parsed: Any) -> bool:

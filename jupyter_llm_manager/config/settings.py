@@ -17,7 +17,7 @@ from typing import Any
 from ..support.deadlines import parse_wait
 from ..support.units import NEVER, brief, parse_duration, parse_size
 
-__all__ = ["SETTING_NAMES", "ManagerSettings", "check_setting"]
+__all__ = ["AUTO_CONTEXT_FLOOR", "SETTING_NAMES", "ManagerSettings", "check_max_context_auto_limit", "check_setting"]
 
 
 def check_max_loaded_models(value: Any) -> int | None:
@@ -105,6 +105,21 @@ def check_max_loaded_adapters(value: Any) -> int:
     return value
 
 
+#: ``max_context: auto`` starts at this many tokens: a ceiling below it could never be met.
+AUTO_CONTEXT_FLOOR = 512
+_MAX_CONTEXT = 1 << 21
+
+
+def check_max_context_auto_limit(value: Any) -> int:
+    """The most tokens ``max_context: auto`` grows a context to (a whole number from 512)."""
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not AUTO_CONTEXT_FLOOR <= value <= _MAX_CONTEXT:
+        raise ValueError(f"max_context_auto_limit must be a whole number of tokens from {AUTO_CONTEXT_FLOOR} to "
+                         f"{_MAX_CONTEXT:,}, got {brief(value)}")
+    return value
+
+
 _CHECKS: dict[str, Callable[[Any], Any]] = {
     "max_loaded_models": check_max_loaded_models,
     "memory_fraction": check_memory_fraction,
@@ -117,6 +132,7 @@ _CHECKS: dict[str, Callable[[Any], Any]] = {
     "cooperate": check_cooperate,
     "ledger_path": check_ledger_path,
     "max_loaded_adapters": check_max_loaded_adapters,
+    "max_context_auto_limit": check_max_context_auto_limit,
 }
 
 
@@ -135,6 +151,7 @@ class ManagerSettings:
     cooperate: bool = True
     ledger_path: str | None = None
     max_loaded_adapters: int = 8  # LoRA adapters resident per base; they do not count in max_loaded_models
+    max_context_auto_limit: int = 8192  # the most tokens max_context: auto grows to (a model may set its own)
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any]) -> ManagerSettings:

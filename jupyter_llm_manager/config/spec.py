@@ -37,6 +37,7 @@ from .spec_fields import (
     NULLABLE,
     PROTECTED_KINDS,
     QUANTIZATIONS,
+    adapter_is_local,
     check_model_id,
     expand_path,
     looks_like_path,
@@ -48,6 +49,7 @@ __all__ = [
     "QUANTIZATIONS",
     "ModelSpec",
     "Secret",
+    "adapter_is_local",
     "check_model_id",
     "expand_path",
     "looks_like_path",
@@ -76,6 +78,7 @@ class ModelSpec:
     token: Secret | None = None
     tokenizer: str | None = None
     max_context: int | Literal["auto"] | None = None
+    max_context_auto_limit: int | None = None  # max_context: auto grows at most to this (None: the setting)
     gguf_file: str | None = None
     mode: Literal["chat", "embed"] = "chat"
     required_memory: int | None = None
@@ -149,6 +152,9 @@ class ModelSpec:
         if (self.backend == "loader") != bool(self.loader):
             raise ConfigurationError("loader: package.module:function is what the loader backend loads (and only "
                                      "it); give loader without backend, or remove it", key="loader", **where)
+        if self.max_context_auto_limit is not None and self.max_context != "auto":
+            raise ConfigurationError("max_context_auto_limit is the ceiling of max_context: auto; write max_context: "
+                                     "auto, or remove it", key="max_context_auto_limit", **where)
         if self.max_context == "auto" and self.backend != "llama_cpp":
             raise ConfigurationError("max_context: auto picks the largest context that fits, which only the "
                                      "llama_cpp backend can change at load time; give a number of tokens",
@@ -191,10 +197,10 @@ class ModelSpec:
 
     @functools.cached_property
     def adapter_location(self) -> str | None:
-        """The adapter as one string: a resolved local path, or a Hub id as written."""
+        """The adapter as one string: a resolved local path, or a Hub id (``org/name``) as written."""
         if self.adapter is None:
             return None
-        if looks_like_path(self.adapter):
+        if adapter_is_local(self.adapter):
             return str(Path(expand_path(self.adapter)).resolve())
         return self.adapter
 
@@ -252,6 +258,7 @@ class ModelSpec:
             key += f"|{self.mode}"
         if self.backend == "llama_cpp":  # its context is allocated at load: another size is another instance
             key += f"|ctx={self.max_context or 'default'}"
+            key += f"<={self.max_context_auto_limit}" if self.max_context == "auto" and self.max_context_auto_limit else ""
         if self.tokenizer or self.trust_remote_code or self.load_kwargs or self.options:
             details = canonical({"tokenizer": self.tokenizer, "trust_remote_code": self.trust_remote_code,
                                  "load_kwargs": self.load_kwargs, "options": self.options})

@@ -17,6 +17,7 @@ from ..errors import ConfigurationError, InvalidGenerationParameters
 from ..generation import GenerationParams
 from ..support.units import brief, parse_duration, parse_size
 from .secrets import Secret, canonical, expand_references, has_credentials
+from .settings import check_max_context_auto_limit
 
 __all__ = ["CONVERTERS", "DTYPES", "INHERITED", "KIND_PRIORITY", "LOCAL_BACKENDS", "NULLABLE", "PROTECTED_KINDS", "QUANTIZATIONS",
            "check_model_id", "expand_path", "looks_like_path"]
@@ -50,6 +51,28 @@ def looks_like_path(source: str) -> bool:
     text = expand_path(source)
     return (text.startswith(("/", "./", "../", "~", ".\\")) or bool(re.match(r"^[A-Za-z]:[\\/]", text))
             or text in {".", ".."} or os.path.exists(text))
+
+
+#: A Hugging Face Hub repository id: ``org/name``, each part letters, digits, ``_ . -``, not starting with ``.``/``-``.
+_HUB_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9_][A-Za-z0-9_.-]{0,95}")
+
+
+def adapter_is_local(adapter: str) -> bool:
+    """Whether an ``adapter`` value names a local path rather than a Hub id.
+
+    A value is a local path when it starts with ``.``, ``/`` or ``~`` (or a
+    drive), exists, has one part or more than two, ends in ``.gguf``, or its
+    first part is an existing local folder; only ``org/name`` (a valid Hub
+    repository id) is read as a Hub id. So a mistyped path is reported as a
+    missing path at once, never looked up on the Hub.
+    """
+    text = expand_path(adapter)
+    if looks_like_path(text) or text.startswith(".") or text.lower().endswith(".gguf"):
+        return True
+    parts = re.split(r"[\\/]", text)
+    if len(parts) != 2 or os.path.isdir(parts[0]):
+        return True
+    return not _HUB_ID.fullmatch(text) or ".." in text or "--" in text or text.endswith((".", "-"))
 
 
 def check_model_id(model_id: object, *, path: str | None = None) -> str:
@@ -267,7 +290,8 @@ CONVERTERS: dict[str, Callable[[Any], Any]] = {
     "source": _string, "backend": _string, "revision": _optional(_string),
     "device": _device, "dtype": _dtype, "quantization": _quantization,
     "trust_remote_code": _boolean, "token": _optional(_secret), "tokenizer": _optional(_string),
-    "max_context": _optional(_context), "gguf_file": _optional(_gguf_name), "mode": _mode,
+    "max_context": _optional(_context), "max_context_auto_limit": _optional(check_max_context_auto_limit),
+    "gguf_file": _optional(_gguf_name), "mode": _mode,
     "required_memory": _size, "pinned": _boolean,
     "priority": _optional(_integer(-(10**9))), "protected": _optional(_boolean), "kind": _kind,
     "keep_alive": _keep_alive, "preload": _boolean,
@@ -280,5 +304,5 @@ CONVERTERS: dict[str, Callable[[Any], Any]] = {
 }
 #: What an adapter takes from its base: how the weights are loaded. Written once, on the base.
 INHERITED = ("source", "backend", "revision", "device", "dtype", "quantization", "trust_remote_code", "token",
-             "tokenizer", "max_context", "gguf_file", "mode", "load_kwargs", "options")
+             "tokenizer", "max_context", "max_context_auto_limit", "gguf_file", "mode", "load_kwargs", "options")
 NULLABLE = {"quantization"}

@@ -3,8 +3,8 @@
 - ``list``: the models the kernel's manager knows (the configuration file's and the built-in ``smollm2``);
 - ``estimate MODEL``: the memory a model would take, from metadata only;
 - ``plan [MODEL ...]``: whether models fit together, loading nothing (exit status 1 when they do not);
-- ``cache [--clear]``: the converted copies of GGUF files kept for fast loads and the leftovers of
-  interrupted conversions, and clearing them;
+- ``cache [--clear] [--clear-corrections]``: the converted copies of GGUF files kept for fast loads, the
+  leftovers of interrupted conversions and the estimate corrections learned from past loads, and clearing them;
 - ``doctor``: devices, drivers and libraries, and why a GPU is not used when it is not;
 - ``quickstart``: run ``notebooks/quickstart.ipynb`` headless and print what it printed;
 - ``demo``: a walk through the Python API: real answers from ``smollm2``, eviction on the demo models.
@@ -78,9 +78,15 @@ def _ps(args: argparse.Namespace) -> int:
 
 def _cache(args: argparse.Namespace) -> int:
     from ..backends.transformers.converted import ConvertedCopies
+    from ..estimates import corrections
     from ..support.units import format_bytes
     from .tables import Table
 
+    learned = corrections()
+    if args.clear or args.clear_corrections:
+        _say(f"Forgot the estimate corrections of {learned.clear()} kinds of load ({learned.path})")
+        if not args.clear:
+            return 0
     copies = ConvertedCopies()
     if args.clear:
         leftovers = copies.remove_stale_partials()
@@ -95,6 +101,8 @@ def _cache(args: argparse.Namespace) -> int:
     _say(Table(["GGUF file", "dtype, mode", "size", "last used", "folder"], rows,
                 caption=f"Converted copies of GGUF files ({format_bytes(sum(c.bytes for c in entries))} in "
                         f"{copies.root}; clear with: jupyter-llm-manager cache --clear)"))
+    _say(f"Estimate corrections learned from past loads: {len(learned.kinds())} kinds of load in {learned.path} "
+         "(clear with: jupyter-llm-manager cache --clear-corrections)")
     leftovers = copies.stale_partials()
     if leftovers:
         rows = [[str(p.pid), format_bytes(p.bytes), _ago(p.modified), str(p.path)] for p in leftovers]
@@ -269,7 +277,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     plan.set_defaults(run=_plan)
     cache = commands.add_parser("cache", help="the converted copies of GGUF files kept for fast loads")
     cache.add_argument("--clear", action="store_true",
-                       help="remove every converted copy and what interrupted conversions left")
+                       help="remove every converted copy and what interrupted conversions left, and forget the "
+                            "estimate corrections learned from past loads")
+    cache.add_argument("--clear-corrections", action="store_true",
+                       help="forget only the estimate corrections learned from past loads")
     cache.set_defaults(run=_cache)
     commands.add_parser("doctor", help="devices, drivers, libraries, and why a GPU is not used").set_defaults(
         run=_doctor)

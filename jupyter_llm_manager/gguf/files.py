@@ -29,12 +29,13 @@ from ..config.spec import ModelSpec
 from ..config.spec_fields import expand_path
 from ..errors import ModelLoadingError
 from ..support.units import excerpt
-from .header import MAGIC, NOT_REGULAR, HeaderFacts, NotGguf, open_regular, read_header
+from .header import MAGIC, NOT_REGULAR, HeaderFacts, NotGguf, open_regular, read_header, row_bytes
 
 __all__ = [
     "AUTO_CONTEXT_FLOOR",
     "AUTO_CONTEXT_STEP",
     "DEFAULT_CONTEXT",
+    "F16",
     "GgufInfo",
     "compute_buffer_bytes",
     "context_for",
@@ -243,9 +244,19 @@ def read_gguf_shapes(path: Path) -> dict[str, tuple[int, ...]]:
     return dict(facts.shapes)
 
 
-def kv_cache_bytes(info: GgufInfo, n_ctx: int, element_bytes: int = 2) -> int:
-    """Keys and values for ``n_ctx`` tokens: 2 × layers × tokens × kv heads × head size × element bytes."""
-    return 2 * info.block_count * n_ctx * info.head_count_kv * info.head_dim * element_bytes
+#: ggml's f16, llama.cpp's KV cache type unless ``type_k``/``type_v`` say otherwise.
+F16 = 1
+
+
+def kv_cache_bytes(info: GgufInfo, n_ctx: int, key_type: int = F16, value_type: int = F16) -> int:
+    """Keys and values for ``n_ctx`` tokens: per layer and token, a row of kv heads × head size values of each type.
+
+    ``key_type``/``value_type`` are ggml types (f16 unless set): a quantized
+    cache (``q8_0``: 34 bytes per 32 values) takes whole blocks, as llama.cpp
+    allocates it.
+    """
+    values = info.head_count_kv * info.head_dim
+    return info.block_count * n_ctx * (row_bytes(key_type, values) + row_bytes(value_type, values))
 
 
 def compute_buffer_bytes(info: GgufInfo, n_ctx: int, *, embed: bool = False) -> int:

@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import math
 import os
-import stat
 import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["MAGIC", "NOT_REGULAR", "HeaderFacts", "NotGguf", "open_regular", "read_header"]
+from ..support import regular_files
+
+__all__ = ["MAGIC", "NOT_REGULAR", "HeaderFacts", "NotGguf", "block_size", "open_regular", "read_header", "row_bytes"]
 
 #: The first four bytes of every GGUF file.
 MAGIC = b"GGUF"
@@ -73,12 +74,10 @@ def open_regular(path: Path | str) -> int:
     ``O_NONBLOCK`` keeps a FIFO from blocking the open; the check after it
     closes the gap between a ``stat`` and the open.
     """
-    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_BINARY", 0)
-    descriptor = os.open(path, flags)
-    if not stat.S_ISREG(os.fstat(descriptor).st_mode):
-        os.close(descriptor)
-        raise NotGguf(NOT_REGULAR)
-    return descriptor
+    try:
+        return regular_files.open_regular(path)
+    except regular_files.NotRegularFile:
+        raise NotGguf(NOT_REGULAR) from None
 
 
 _U32, _U64 = struct.Struct("<I"), struct.Struct("<Q")
@@ -431,3 +430,14 @@ def _ggml_type(kind: int) -> tuple[int, int]:
         raise NotGguf(f"a tensor has the unknown type {kind}: a newer llama.cpp format? "
                        "upgrade the gguf package") from None
     return int(block), int(block_bytes)
+
+
+def block_size(kind: int) -> int:
+    """How many values one block of the ggml type ``kind`` holds (1 for f16 and f32); :class:`NotGguf` if unknown."""
+    return _ggml_type(kind)[0]
+
+
+def row_bytes(kind: int, values: int) -> int:
+    """The bytes of ``values`` values of the ggml type ``kind`` (whole blocks), as ggml's ``ggml_row_size``."""
+    block, block_bytes = _ggml_type(kind)
+    return -(-values // block) * block_bytes

@@ -48,8 +48,10 @@ class ModelSizing:
     def ask(self, state: ManagerState, thread: int | None) -> Ask:
         """The :class:`Ask` for this model in the state now. Caller holds the lock."""
         key = state.registry.keys[self.spec.id]
+        growth = self.growth and self.growth.capped(self.spec.max_context_auto_limit or
+                                                    state.settings.max_context_auto_limit)
         ask = Ask(self.spec.id, key, self.estimate, self.spec.device, self.kinds, state.registry.priority(key),
-                  thread, self.backend.remote, state.settings.max_memory_per_model, self.growth)
+                  thread, self.backend.remote, state.settings.max_memory_per_model, growth)
         return adapter_ask(state, self.spec, self.backend, ask)  # a LoRA adapter: a slice of its base
 
 

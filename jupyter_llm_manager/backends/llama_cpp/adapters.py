@@ -21,7 +21,7 @@ from ...config.spec import ModelSpec
 from ...errors import ConfigurationError, ModelLoadingError
 from ...gguf.files import GgufInfo, gguf_path, read_gguf, read_gguf_shapes
 
-__all__ = ["adapter_file", "adapter_info", "check", "own_copy"]
+__all__ = ["adapter_file", "adapter_info", "check", "check_on", "own_copy"]
 
 _CONVERT = "convert a PEFT adapter with llama.cpp's convert_lora_to_gguf.py"
 
@@ -56,6 +56,17 @@ def check(spec: ModelSpec, base: ModelSpec) -> None:
     A base file not on this machine yet (a Hub file not downloaded) is
     compared when the adapter loads: llama.cpp refuses a mismatch then.
     """
+    check_on(spec, gguf_path(base), base.id)
+
+
+def check_on(spec: ModelSpec, base_path: Path | None, base_name: str) -> Path:
+    """The adapter's file, checked to be a GGUF LoRA that fits the base file ``base_path`` (``None``: not here yet).
+
+    Run at registration and again at every load, just before llama.cpp
+    reads the file: a file replaced since (by a whole model, a LoRA of
+    another rank or made for a larger model) would crash the process at the
+    first answer.
+    """
     info = adapter_info(spec)
     where: dict[str, Any] = {"model_id": spec.id, "key": "adapter"}
     shown = str(info.path)
@@ -64,18 +75,19 @@ def check(spec: ModelSpec, base: ModelSpec) -> None:
                 else f"an adapter of type {info.adapter_type!r}")
         raise ConfigurationError(f"{shown!r} is {what}, not a LoRA adapter: give a GGUF LoRA file ({_CONVERT})",
                                  **where)
-    base_path = gguf_path(base)
     if base_path is None:
-        return
+        return info.path
     try:
         base_info = read_gguf(base_path)
         problem = (_architecture(info, base_info) or
                    _mismatch(read_gguf_shapes(info.path), read_gguf_shapes(base_path)))
     except ModelLoadingError as error:
-        raise ConfigurationError(f"cannot compare the adapter with its base {base.id!r}: {error}", **where) from None
+        raise ConfigurationError(f"cannot compare the adapter with its base {base_name!r}: {error}",
+                                 **where) from None
     if problem:
-        raise ConfigurationError(f"the adapter {shown!r} does not fit its base {base.id!r}: {problem}; was it "
+        raise ConfigurationError(f"the adapter {shown!r} does not fit its base {base_name!r}: {problem}; was it "
                                  "made for another model?", **where)
+    return info.path
 
 
 def _architecture(adapter: GgufInfo, base: GgufInfo) -> str:

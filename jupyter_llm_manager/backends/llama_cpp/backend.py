@@ -25,10 +25,10 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from ...config.secrets import Secret
 from ...config.spec import ModelSpec
 from ...devices import trim_c_heap
 from ...errors import ConfigurationError, GenerationError, InvalidGenerationParameters, ModelLoadingError
+from ...estimates import lesson
 from ...generation import AnswerFilter, FinishReason, GenerationParams, GenerationResult, Prompt, StreamInterrupted
 from ...gguf.files import (
     AUTO_CONTEXT_FLOOR,
@@ -38,7 +38,6 @@ from ...gguf.files import (
     context_for,
     gguf_path,
     is_gguf,
-    kv_cache_bytes,
     read_gguf,
 )
 from ...reports import MemoryEstimate
@@ -47,8 +46,10 @@ from ...support.units import excerpt, format_bytes
 from ..base import Backend, ContextGrowth, LoadedModel, Placement, TextGenerator
 from ..generation_defaults import GenerationDefaults, gguf_defaults
 from . import adapters as lora
+from .estimate import adapter_bytes, corrected_estimate, estimate_at, kv_bytes, kv_types, output_bytes
 from .log import captured_log, footprint_of, reported_buffers, route_log
 from .options import ThreadChoice, normalized, usable_cores
+from .validation import native_options
 
 __all__ = ["LlamaCppBackend", "MeasuredBuffer", "usable_cores"]
 
@@ -56,10 +57,6 @@ log = logging.getLogger(__name__)
 
 _INSTALL = ('pip install --no-cache-dir "jupyter-llm-manager[llamacpp]" (build it with '
             'CMAKE_ARGS="-DGGML_NATIVE=OFF" where the default build crashes)')
-_FLOAT_BYTES = 4  # llama.cpp's outputs (logits, embeddings) are float32
-_EMBED_SEQUENCES = 256  # embed mode: llama-cpp-python's n_seq_max, min(n_batch, llama_max_parallel_sequences())
-_BATCH = 512  # llama-cpp-python's n_batch unless load_kwargs set it
-_FIXED_BYTES = 8 * 2**20  # contexts, graphs, the sampler
 _TEMPLATE_TOKENS = 6  # what a chat template adds around each message (role markers), about
 _construct_lock = threading.Lock()  # llama-cpp-python swaps sys.stdout/stderr while it builds a model
 
@@ -117,7 +114,7 @@ class LlamaCppBackend(Backend):
 
     def estimate(self, spec: ModelSpec) -> MemoryEstimate:
         info = read_gguf(_file_of(spec))
-        return _estimate(spec, info, context_for(spec, info), _adapter_bytes(spec))
+        return estimate_at(spec, info, context_for(spec, info), adapter_bytes(spec))
 
     def generation_defaults(self, spec: ModelSpec) -> GenerationDefaults:
         """The file's ``general.sampling.*`` settings, then the default penalty (its window: llama.cpp's
@@ -126,12 +123,14 @@ class LlamaCppBackend(Backend):
         return gguf_defaults(read_gguf(path)) if path is not None else GenerationDefaults()
 
     def context_growth(self, spec: ModelSpec) -> ContextGrowth | None:
-        """Contexts from the floor up to the trained one, in steps of 256 tokens."""
+        """Contexts from the floor up to the trained one (at most the model's ``max_context_auto_limit``), in
+        steps of 256 tokens."""
         if spec.max_context != "auto":
             return None
         info = read_gguf(_file_of(spec))
         return ContextGrowth(AUTO_CONTEXT_FLOOR, AUTO_CONTEXT_STEP, info.context_length,
-                             partial(_estimate, spec, info, adapter=_adapter_bytes(spec)))
+                             partial(corrected_estimate, spec, info, adapter_bytes(spec), lesson(spec))).capped(
+                                 spec.max_context_auto_limit)
 
     # -- loading -----------------------------------------------------------------------------------
 
@@ -149,13 +148,12 @@ class LlamaCppBackend(Backend):
                                    "last_n_tokens_size": min(generation.window or context, context)}
         if spec.mode == "embed":
             options.update(embedding=True, pooling_type=llama_cpp.LLAMA_POOLING_TYPE_MEAN)
-        if spec.adapter is not None:  # the base's file with the adapter applied (read whole: no mmap then)
-            options["lora_path"] = str(lora.adapter_file(spec))
+        if spec.adapter is not None:  # the base's file with the adapter applied, checked again against it now
+            options["lora_path"] = str(_adapter_now(spec, path))
         gpus = [d for d in placement.devices if d.startswith("cuda")]
         if gpus:
             options.update(n_gpu_layers=-1, main_gpu=int(gpus[0].partition(":")[2] or 0))
-        options.update({key: value.resolve() if isinstance(value, Secret) else value
-                        for key, value in spec.load_kwargs.items()})
+        options.update(native_options(spec, spec.load_kwargs, info.head_dim))
         threads = int(options["n_threads"])
         with _construct_lock, captured_log() as lines:
             try:
@@ -166,8 +164,8 @@ class LlamaCppBackend(Backend):
                                                 + (f" ({'; '.join(said)})" if said else "")),
                                         model_id=spec.id) from None
         buffers = reported_buffers(lines)
-        footprint = footprint_of(buffers) or {(gpus[0] if gpus else "cpu"): _estimate(
-            spec, info, context, _adapter_bytes(spec)).total_bytes}
+        footprint = footprint_of(buffers) or {(gpus[0] if gpus else "cpu"): estimate_at(
+            spec, info, context, adapter_bytes(spec)).total_bytes}
         if chooser is not None:
             _choosers[model] = chooser
             chooser.finished()
@@ -275,42 +273,17 @@ def _file_of(spec: ModelSpec) -> Path:
     return path
 
 
-# -- estimates -----------------------------------------------------------------------------------
-
-def _output_bytes(spec: ModelSpec, info: GgufInfo) -> int:
-    """llama.cpp's output buffer: the logits of one token in chat mode; in embed mode, logits and an
-    embedding for each sequence a batch may hold (llama-cpp-python allows 256 sequences at once)."""
-    if spec.mode != "embed":
-        return info.vocab_size * _FLOAT_BYTES
-    batch = spec.load_kwargs.get("n_batch", _BATCH)
-    sequences = min(batch if isinstance(batch, int) else _BATCH, _EMBED_SEQUENCES)
-    return (info.vocab_size + info.embedding_length) * sequences * _FLOAT_BYTES
+def _adapter_now(spec: ModelSpec, base_path: Path) -> Path:
+    """The adapter's file as it is now, checked against the base's file (it may have been replaced since
+    registration: llama.cpp would crash on a file that does not fit)."""
+    try:
+        return lora.check_on(spec, base_path, spec.base or "its base")
+    except ConfigurationError as error:
+        raise ModelLoadingError(f"{error} (checked again at load: the file changed since registration?)",
+                                model_id=spec.id) from None
 
 
-def _adapter_bytes(spec: ModelSpec) -> int | None:
-    """A LoRA adapter's own bytes (its file's tensors, as llama.cpp copies them); ``None`` for a plain model."""
-    return lora.adapter_info(spec).tensor_bytes if spec.adapter is not None else None
-
-
-def _estimate(spec: ModelSpec, info: GgufInfo, tokens: int, adapter: int | None = None) -> MemoryEstimate:
-    kv = kv_cache_bytes(info, tokens)
-    overhead = (compute_buffer_bytes(info, tokens, embed=spec.mode == "embed") + _output_bytes(spec, info)
-                + _FIXED_BYTES)
-    weights = info.tensor_bytes + (adapter or 0)
-    total = spec.required_memory if spec.required_memory is not None else weights + kv + overhead
-    context = ("max_context: auto, at its floor" if spec.max_context == "auto"
-               else "max_context" if spec.max_context else "default context")
-    adapter_text = f" + adapter: GGUF header ({format_bytes(adapter)})" if adapter is not None else ""
-    return MemoryEstimate(
-        spec.id, weights, kv, overhead, total,
-        f"GGUF header: the tensors' bytes as stored ({info.parameters:,} parameters){adapter_text}",
-        f"2 × {info.block_count} layers × {tokens} tokens ({context}) × {info.head_count_kv} kv heads × "
-        f"{info.head_dim} × 2 B (f16)",
-        "compute buffer (estimated: the larger of a 512-token batch's logits and its attention scores) + output "
-        f"buffer ({'logits and embeddings of 256 sequences' if spec.mode == 'embed' else 'one token’s logits'}) + 8 MiB"
-        + (f"; total set by required_memory ({format_bytes(total)})" if spec.required_memory is not None else ""),
-        info.parameters, adapter_bytes=adapter)
-
+# -- what status shows ------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class MeasuredBuffer:
@@ -329,10 +302,14 @@ def _details(spec: ModelSpec, info: GgufInfo, context: int, threads: int,
     measured: dict[str, int] = {}
     for _, part, size in buffers:
         measured[part] = measured.get(part, 0) + size
-    estimated = {"model": info.tensor_bytes, "KV": kv_cache_bytes(info, context),
+    estimated = {"model": info.tensor_bytes, "KV": kv_bytes(spec, info, context),
                  "compute": compute_buffer_bytes(info, context, embed=spec.mode == "embed"),
-                 "output": _output_bytes(spec, info), "LoRA": _adapter_bytes(spec) or 0}
+                 "output": output_bytes(spec, info), "LoRA": adapter_bytes(spec) or 0}
     details: dict[str, Any] = {"n_ctx": context, "threads": threads, "mode": spec.mode}
+    if spec.max_context == "auto":  # the context chosen, and what it costs
+        ceiling = f", at most {spec.max_context_auto_limit:,}" if spec.max_context_auto_limit else ""
+        details["context"] = (f"{context:,} tokens (max_context: auto{ceiling}): KV cache "
+                              f"{format_bytes(estimated['KV'])} ({kv_types(spec)})")
     for part, guess in estimated.items():
         if part in measured:
             details[f"{part} buffer"] = MeasuredBuffer(measured[part], guess)

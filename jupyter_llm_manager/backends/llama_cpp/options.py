@@ -32,6 +32,7 @@ import psutil
 from ...config.spec import ModelSpec
 from ...errors import ConfigurationError
 from ...support.units import brief
+from .validation import check_load_kwargs
 
 __all__ = ["MAX_CONTEXT_TOKENS", "CpuSnapshot", "ThreadChoice", "core_budget", "cpu_snapshot", "idle_cpus",
            "normalized", "usable_cores"]
@@ -168,6 +169,7 @@ def normalized(spec: ModelSpec) -> ModelSpec:
     for key, instead in _OWNED.items():
         if key in options:
             raise _refused(spec, key, f"the manager sets it: {instead}")
+    check_load_kwargs(spec)  # every other option: known to llama.cpp, of its type and range
     cores = usable_cores()
     for key in _THREADS:
         if key in options and not _whole(options[key], 1, cores):

@@ -11,16 +11,16 @@ adapter active, or all of them disabled for the base itself.
 from __future__ import annotations
 
 import hashlib
-import json
 import warnings
 from pathlib import Path
 from typing import Any
 
 from ...config.spec import ModelSpec
 from ...errors import ConfigurationError, ModelLoadingError
-from ...estimates import adapter_folder, checkpoint_shapes
+from ...estimates import adapter_folder, check_adapter_files, checkpoint_shapes
 from ...gguf.files import is_gguf
 from ...support.heavy_imports import heavy
+from ...support.quiet_hub import quiet_hub
 from ...support.units import excerpt
 from ..base import LoadedModel
 
@@ -40,51 +40,65 @@ def adapter_name(spec: ModelSpec) -> str:
 def check(spec: ModelSpec, base: ModelSpec) -> None:
     """A clear :class:`ConfigurationError` when ``spec``'s adapter cannot run on ``base``; nothing is loaded.
 
-    A local folder must exist and hold a PEFT LoRA adapter; its tensors must
-    name modules of the base with matching sizes (read from both safetensors
-    headers). A Hub adapter not downloaded yet is checked when it loads.
+    A local path (see :func:`~jupyter_llm_manager.config.spec.adapter_is_local`)
+    must be a PEFT LoRA folder whose config agrees with its weights (ranks
+    included) and whose tensors name modules of the base with matching sizes
+    (read from both safetensors headers). A Hub id (``org/name``) not
+    downloaded yet is checked when it loads; offline, it must be in the cache.
     """
-    folder = adapter_folder(spec)
     where: dict[str, Any] = {"model_id": spec.id, "key": "adapter"}
-    location = spec.adapter_location or ""
+    folder = adapter_folder(spec)
     if folder is None:
-        if Path(location).is_file():
-            raise ConfigurationError(f"{location!r} is a file: a transformers base takes a PEFT adapter folder "
-                                     "(a GGUF LoRA file runs on a llama_cpp base)", **where)
-        if Path(location).is_absolute():
-            raise ConfigurationError(f"the adapter folder {location!r} does not exist; check the path (relative "
-                                     "paths start from the kernel's working directory)", **where)
+        _not_here(spec.adapter_location or "", where)
         return
-    config = _adapter_config(folder, where)
+    config, mine = checked_files(folder, where)
     if str(config.get("peft_type", "")).upper() != "LORA":
-        raise ConfigurationError(f"{str(folder)!r} holds a {config.get('peft_type')!r} adapter; only LoRA adapters "
-                                 "can be registered", **where)
-    weights = folder / "adapter_model.safetensors"
+        raise ConfigurationError(f"{str(folder)!r} holds a {excerpt(repr(config.get('peft_type')), 40)} adapter; "
+                                 "only LoRA adapters can be registered", **where)
     base_folder = base.local_path or _cached(base)
-    if not weights.exists() or base_folder is None or not base_folder.is_dir() or is_gguf(base):
+    if mine is None or base_folder is None or not base_folder.is_dir() or is_gguf(base):
         return  # nothing to compare: the load checks it
     try:
-        mine, theirs = checkpoint_shapes(folder), checkpoint_shapes(base_folder)
-    except (ValueError, KeyError, OSError) as error:
-        raise ConfigurationError(f"cannot read the adapter or its base: {error}", **where) from None
+        theirs = checkpoint_shapes(base_folder)
+    except (ValueError, OSError) as error:
+        raise ConfigurationError(excerpt(f"cannot read the base {base.id!r} to compare the adapter: {error}"),
+                                 **where) from None
     problem = _mismatch(mine, theirs)
     if problem:
+        trained = excerpt(str(config.get("base_model_name_or_path") or "another model"), 120)
         raise ConfigurationError(f"the adapter {str(folder)!r} does not fit its base {base.id!r}: {problem}. Was it "
-                                 f"trained on {config.get('base_model_name_or_path') or 'another model'}?", **where)
+                                 f"trained on {trained}?", **where)
 
 
-def _adapter_config(folder: Path, where: dict[str, Any]) -> dict[str, Any]:
-    path = folder / "adapter_config.json"
-    if not path.exists():
+def _not_here(location: str, where: dict[str, Any]) -> None:
+    """The adapter is not on this machine: a missing local path, or a Hub id offline and not in the cache."""
+    path = Path(location)
+    if path.is_absolute() and path.exists() and not path.is_dir():
+        raise ConfigurationError(f"{location!r} is not a folder: a transformers base takes a PEFT adapter folder "
+                                 "(a GGUF LoRA file runs on a llama_cpp base)", **where)
+    if path.is_absolute():
+        raise ConfigurationError(f"the adapter folder {location!r} does not exist; check the path (relative "
+                                 "paths start from the kernel's working directory; only org/name is a Hub id)",
+                                 **where)
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        raise ConfigurationError(f"the adapter {location!r} is a Hub id that is not in the local cache, and the Hub "
+                                 "is off (HF_HUB_OFFLINE=1): download it first, or give a local folder", **where)
+
+
+def checked_files(folder: Path, where: dict[str, Any]) -> tuple[dict[str, Any], dict[str, tuple[int, ...]] | None]:
+    """The adapter's config and weight shapes, checked to agree (ranks included); a one-line error otherwise."""
+    if not (folder / "adapter_config.json").exists():
         raise ConfigurationError(f"{str(folder)!r} has no adapter_config.json: it is not a PEFT adapter folder "
                                  "(save one with peft_model.save_pretrained)", **where)
     try:
-        config = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ConfigurationError(f"cannot read {str(path)!r}: {excerpt(str(error))}", **where) from None
-    if not isinstance(config, dict):
-        raise ConfigurationError(f"{str(path)!r} is not a JSON object", **where)
-    return config
+        return check_adapter_files(folder)
+    except PermissionError as error:
+        raise ConfigurationError(f"cannot read {error.filename or str(folder)!r}: permission denied; give this "
+                                 "user read access", **where) from None
+    except (ValueError, OSError) as error:
+        raise ConfigurationError(excerpt(f"cannot use the adapter in {str(folder)!r}: {error}"), **where) from None
 
 
 def _cached(base: ModelSpec) -> Path | None:
@@ -122,8 +136,9 @@ def attach(base: LoadedModel, spec: ModelSpec) -> LoadedModel:
     model, name = base.model, adapter_name(spec)
     wrapper = base.extras.get(_PEFT)
     options = {"adapter_name": name, "is_trainable": False, "token": spec.token.resolve() if spec.token else None}
+    _check_again(spec)
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), quiet_hub():
             warnings.simplefilter("ignore")
             if wrapper is None:
                 wrapper = peft.PeftModel.from_pretrained(model, spec.adapter_location, **options)
@@ -133,13 +148,58 @@ def attach(base: LoadedModel, spec: ModelSpec) -> LoadedModel:
     except Exception as error:
         if wrapper is not None and name in getattr(wrapper, "peft_config", {}):
             _delete(wrapper, name)
-        raise ModelLoadingError(f"could not load the adapter of {spec.id!r} from {spec.adapter!r}: {error}",
-                                model_id=spec.id) from error
+        raise ModelLoadingError(excerpt(f"could not load the adapter of {spec.id!r} from {spec.adapter!r}: "
+                                        f"{_said(error)}"), model_id=spec.id) from error
     rank = getattr(wrapper.peft_config.get(name), "r", None)
     return LoadedModel(model=model, tokenizer=base.tokenizer, footprint=_footprint(model, name),
                        context_length=base.context_length, shared=True, adapter=name, extras={_PEFT: wrapper},
                        details={**base.details, "adapter": spec.adapter, "base": spec.base, "rank": rank,
                                 "shares": "its base's loaded model"})
+
+
+def _check_again(spec: ModelSpec) -> None:
+    """The files may have changed since registration: their config must still agree with their weights
+    before PEFT allocates a matrix by it (``"r": 1000000`` would take gigabytes)."""
+    folder, location = adapter_folder(spec), spec.adapter_location or ""
+    if folder is None and Path(location).is_absolute():
+        raise ModelLoadingError(f"the adapter folder {location!r} of {spec.id!r} is gone", model_id=spec.id)
+    if folder is None:
+        _ask_the_hub(spec, location)
+        return
+    try:
+        checked_files(folder, {"model_id": spec.id, "key": "adapter"})
+    except ConfigurationError as error:
+        raise ModelLoadingError(str(error), model_id=spec.id) from None
+
+
+def _ask_the_hub(spec: ModelSpec, repository: str) -> None:
+    """One request before PEFT downloads a Hub adapter: an unknown id or an unreachable Hub is one line at once,
+    not five silent retries (about 24 s) first."""
+    from huggingface_hub import HfApi, constants
+
+    if constants.HF_HUB_OFFLINE:
+        return  # PEFT reads the cache alone, and says so at once
+    try:
+        with quiet_hub():
+            HfApi().model_info(repository, token=spec.token.resolve() if spec.token else None, timeout=10)
+    except Exception as error:  # noqa: BLE001 - network, auth, missing repository: all end the load here
+        raise ModelLoadingError(excerpt(f"could not load the adapter of {spec.id!r} from {repository!r}: "
+                                        f"{_said(error)}"), model_id=spec.id) from None
+
+
+def _said(error: BaseException) -> str:
+    """What went wrong, in a line: the Hub's errors said as what they mean, others on one line."""
+    kind = type(error).__name__
+    if kind == "RepositoryNotFoundError":
+        return "the Hub has no such repository (or it is private: give token=...)"
+    if kind in ("LocalEntryNotFoundError", "OfflineModeIsEnabled") or kind.endswith(("ConnectError", "Timeout",
+                                                                                      "TimeoutException")):
+        return "it is not in the local cache and the Hub cannot be reached (check the connection or HF_HUB_OFFLINE)"
+    if kind == "GatedRepoError":
+        return "the repository is gated: accept its terms on the Hub and give token=..."
+    if kind == "HFValidationError":
+        return "it is neither a local folder nor a valid Hub id (org/name)"
+    return " ".join(str(error).split()) or kind
 
 
 def _footprint(model: Any, name: str) -> dict[str, int]:

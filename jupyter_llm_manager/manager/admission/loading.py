@@ -19,6 +19,7 @@ from ...backends import LoadedModel
 from ...backends.base import progress_reporter
 from ...devices import DeviceProbe
 from ...errors import OutOfMemoryDuringLoad, ResourceNotAvailableError
+from ...estimates import record_load
 from ...events import EventBus
 from ...support import heavy_imports as imports
 from ...support.interrupts import interrupts_deferred
@@ -139,6 +140,8 @@ class Loading:
                 instance.move("unloading")
             instance.ready.set()
             state.touch()
+        record_load(instance.spec, instance.placement.devices, instance.estimate,  # estimates learn (no lock)
+                    loaded.measured_bytes or sum(loaded.footprint.values()), loaded.complete_footprint)
         return wanted
 
     def _load_with_retry(self, canonical: str, instance: Instance) -> LoadedModel:

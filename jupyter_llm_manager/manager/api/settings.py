@@ -58,6 +58,8 @@ class SettingsAccess:
     ledger_path = _Setting[str | None]("The ledger file (None: $JUPYTER_LLM_MANAGER_LEDGER, else the runtime dir).")
     max_loaded_adapters = _Setting[int]("LoRA adapters resident at once per base (they are not counted by "
                                         "max_loaded_models). Lowering it evicts.")
+    max_context_auto_limit = _Setting[int]("The most tokens max_context: auto grows a context to (a model's own "
+                                           "max_context_auto_limit wins).")
 
     @property
     def settings(self) -> ManagerSettings:

@@ -10,31 +10,28 @@ was obtained.
 
 from __future__ import annotations
 
-import json
 import logging
-import struct
+import os
 import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Protocol
 
-from .config.spec import ModelSpec
-from .errors import ModelLoadingError
-from .gguf.files import gguf_path, is_gguf, read_gguf
-from .reports import MemoryEstimate
-from .support.units import format_bytes
+from ..config.spec import ModelSpec
+from ..errors import ModelLoadingError
+from ..gguf.files import gguf_path, is_gguf, read_gguf
+from ..reports import MemoryEstimate
+from ..support.regular_files import load_json
+from ..support.units import excerpt, format_bytes
+from .adapters import with_adapter
+from .learned import corrected
+from .safetensors import DTYPE_BYTES, read_safetensors_header, shard_files, tensors_from_header
 
-__all__ = ["EstimateCache", "adapter_folder", "adapter_slice", "checkpoint_shapes",
-           "estimate_checkpoint", "read_safetensors_header", "remote_estimate", "with_adapter"]
+__all__ = ["OVERHEAD_RULE", "EstimateCache", "estimate_checkpoint", "remote_estimate"]
 
 log = logging.getLogger(__name__)
 
-_DTYPE_BYTES = {
-    "F64": 8, "I64": 8, "U64": 8, "F32": 4, "I32": 4, "U32": 4, "F16": 2, "BF16": 2, "I16": 2, "U16": 2,
-    "F8_E4M3": 1, "F8_E5M2": 1, "F8_E8M0": 1, "I8": 1, "U8": 1, "BOOL": 1, "F4": 0.5, "F6_E2M3": 0.75,
-    "F6_E3M2": 0.75,
-}
 _FLOAT_DTYPES = {"F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2"}
 _TARGET_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 _CONFIG_DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "float64": 8}
@@ -43,7 +40,10 @@ _NOT_QUANTIZED = ("embed", "lm_head", "wte", "wpe", "norm", "ln_", "shared")
 _DEFAULT_CONTEXT = 4096
 _OVERHEAD_FRACTION = 0.08
 _OVERHEAD_FIXED = 16 * 1024 * 1024
-_MAX_HEADER = 100 * 1024 * 1024
+_MAX_CONFIG = 16 * 1024 * 1024  # a model's config.json is a few KB
+#: The largest value believed for a count in config.json (layers, heads, sizes, context).
+_MAX_COUNT = 2**24
+_MAX_CONTEXT = 2**30
 # What reading metadata from the Hub or a cache can raise (Hub and network errors are OSErrors).
 OVERHEAD_RULE = f"{_OVERHEAD_FRACTION:.0%} of weights and KV cache + 16 MiB (activations, allocator slack)"
 
@@ -57,7 +57,8 @@ class Estimator(Protocol):
 
 
 class EstimateCache:
-    """Estimates keyed by everything they depend on (:attr:`ModelSpec.estimate_key`).
+    """Estimates keyed by everything they depend on (:attr:`ModelSpec.estimate_key`), each corrected by
+    what past loads of its kind measured (:mod:`.learned`) when it is handed out.
 
     Two ids on the same weights with different ``max_context`` get different
     estimates; two ids with identical specs share one. Computing one may read
@@ -76,12 +77,14 @@ class EstimateCache:
             found = backend.estimate(spec)
             with self._lock:
                 self._estimates[key] = found
-        return found if found.model_id == spec.id else replace(found, model_id=spec.id)
+        return corrected(spec, found if found.model_id == spec.id else replace(found, model_id=spec.id))
 
     def cached(self, spec: ModelSpec) -> MemoryEstimate | None:
         with self._lock:
             found = self._estimates.get(spec.estimate_key)
-        return found if found is None or found.model_id == spec.id else replace(found, model_id=spec.id)
+        if found is None:
+            return None
+        return corrected(spec, found if found.model_id == spec.id else replace(found, model_id=spec.id))
 
 
 def remote_estimate(model_id: str) -> MemoryEstimate:
@@ -89,48 +92,16 @@ def remote_estimate(model_id: str) -> MemoryEstimate:
     return MemoryEstimate(model_id, 0, 0, 0, 0, "served remotely", "served remotely", "served remotely")
 
 
-def read_safetensors_header(path: str | Path) -> dict[str, Any]:
-    """The JSON header of a safetensors file: tensor name → dtype, shape, offsets.
-
-    Raises ``ValueError`` for a file that is not a valid safetensors file.
-    """
-    path = Path(path)
-    with path.open("rb") as handle:
-        prefix = handle.read(8)
-        if len(prefix) != 8:
-            raise ValueError(f"{path} is too short to be a safetensors file")
-        (size,) = struct.unpack("<Q", prefix)
-        if size > min(_MAX_HEADER, path.stat().st_size - 8):
-            raise ValueError(f"{path} has a corrupted safetensors header (length {size})")
-        try:
-            header = json.loads(handle.read(size))
-        except (UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise ValueError(f"{path} has a corrupted safetensors header: {error}") from None
-    if not isinstance(header, dict):
-        raise ValueError(f"{path} has a corrupted safetensors header")
-    header.pop("__metadata__", None)
-    return header
-
-
-def _tensors_from_header(header: Mapping[str, Any]) -> Iterable[tuple[str, str, int]]:
-    for name, info in header.items():
-        count = 1
-        for dimension in info["shape"]:
-            count *= int(dimension)
-        yield name, info["dtype"], count
-
-
 def _local_tensors(folder: Path) -> tuple[list[tuple[str, str, int]], str] | None:
-    index = folder / "model.safetensors.index.json"
-    if index.exists():
-        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    if (folder / "model.safetensors.index.json").exists():
+        files = shard_files(folder)
         method = f"safetensors headers of {len(files)} shards"
     else:
         files = sorted(p.name for p in folder.glob("*.safetensors"))
         method = "safetensors header" if len(files) == 1 else f"safetensors headers of {len(files)} files"
     if not files:
         return None
-    tensors = [t for name in files for t in _tensors_from_header(read_safetensors_header(folder / name))]
+    tensors = [t for name in files for t in tensors_from_header(read_safetensors_header(folder / name))]
     return tensors, method
 
 
@@ -160,7 +131,8 @@ def _cached_folder(spec: ModelSpec) -> Path | None:
 
 def _model_config(spec: ModelSpec, folder: Path | None) -> dict[str, Any] | None:
     if folder and (folder / "config.json").exists():
-        return json.loads((folder / "config.json").read_text())
+        found = load_json(folder / "config.json", _MAX_CONFIG)
+        return found if isinstance(found, dict) else None
     if spec.local_path or spec.required_memory is not None:  # a declared size needs no download
         return None
     from huggingface_hub import constants, hf_hub_download
@@ -168,8 +140,8 @@ def _model_config(spec: ModelSpec, folder: Path | None) -> dict[str, Any] | None
     if constants.HF_HUB_OFFLINE or not spec.source:
         return None
     token = spec.token.resolve() if spec.token else None
-    return json.loads(Path(hf_hub_download(spec.source, "config.json", revision=spec.revision,
-                                           token=token)).read_text())
+    found = load_json(hf_hub_download(spec.source, "config.json", revision=spec.revision, token=token), _MAX_CONFIG)
+    return found if isinstance(found, dict) else None
 
 
 def _weights_bytes(tensors: Iterable[tuple[str, str, int]], spec: ModelSpec) -> tuple[int, int, str]:
@@ -178,7 +150,7 @@ def _weights_bytes(tensors: Iterable[tuple[str, str, int]], spec: ModelSpec) -> 
     quantized = _QUANTIZED_BYTES.get(spec.quantization or "")
     for name, dtype, count in tensors:
         parameters += count
-        size = _DTYPE_BYTES.get(dtype, 2)
+        size = float(DTYPE_BYTES.get(dtype, 2))
         if dtype in _FLOAT_DTYPES and target:
             size = target
         if quantized and name.endswith(".weight") and not any(part in name for part in _NOT_QUANTIZED):
@@ -193,21 +165,32 @@ def _weights_bytes(tensors: Iterable[tuple[str, str, int]], spec: ModelSpec) -> 
 def _kv_cache_bytes(config: Mapping[str, Any] | None, spec: ModelSpec) -> tuple[int, str]:
     if config is None:
         return 0, "unknown: no config.json"
-    config = config.get("text_config", config)
-    layers = config.get("num_hidden_layers") or config.get("n_layer") or config.get("num_layers")
-    heads = config.get("num_attention_heads") or config.get("n_head")
-    hidden = config.get("hidden_size") or config.get("n_embd")
+    text = config.get("text_config", config)
+    config = text if isinstance(text, Mapping) else config
+    layers = _count(config, "num_hidden_layers", "n_layer", "num_layers")
+    heads = _count(config, "num_attention_heads", "n_head")
+    hidden = _count(config, "hidden_size", "n_embd")
     if not (layers and heads and hidden):
-        return 0, "unknown: config.json lacks layer and head counts"
-    kv_heads = config.get("num_key_value_heads") or heads
-    head_dim = config.get("head_dim") or hidden // heads
-    tokens = spec.max_context if isinstance(spec.max_context, int) else min(
-        config.get("max_position_embeddings") or _DEFAULT_CONTEXT, _DEFAULT_CONTEXT)
+        return 0, "unknown: config.json lacks layer and head counts (whole numbers)"
+    kv_heads = _count(config, "num_key_value_heads") or heads
+    head_dim = _count(config, "head_dim") or hidden // heads
+    trained = _count(config, "max_position_embeddings", limit=_MAX_CONTEXT)
+    tokens = spec.max_context if isinstance(spec.max_context, int) else min(trained or _DEFAULT_CONTEXT,
+                                                                            _DEFAULT_CONTEXT)
     stored = config.get("dtype") or config.get("torch_dtype") or "float16"
     element = _TARGET_BYTES.get(spec.dtype) or _CONFIG_DTYPE_BYTES.get(str(stored), 2)
     size = 2 * layers * kv_heads * head_dim * tokens * element
     context = "max_context" if isinstance(spec.max_context, int) else "default context"
     return int(size), f"2 × {layers} layers × {kv_heads} kv heads × {head_dim} × {tokens} tokens ({context}) × {element} B"
+
+
+def _count(config: Mapping[str, Any], *keys: str, limit: int = _MAX_COUNT) -> int | None:
+    """The first of ``keys`` that config.json sets to a whole number from 1 to ``limit``; ``None`` otherwise."""
+    for key in keys:
+        value = config.get(key)
+        if isinstance(value, int) and not isinstance(value, bool) and 0 < value <= limit:
+            return value
+    return None
 
 
 def _dequantized_gguf(spec: ModelSpec) -> MemoryEstimate:
@@ -239,67 +222,6 @@ def _with_required(spec: ModelSpec, estimate: MemoryEstimate) -> MemoryEstimate:
                    overhead_method=f"total set by required_memory ({format_bytes(spec.required_memory)})")
 
 
-# -- LoRA adapters ---------------------------------------------------------------------------------
-
-def adapter_folder(spec: ModelSpec) -> Path | None:
-    """A PEFT adapter's folder on this machine: the local folder, or a Hub adapter in the cache; else ``None``."""
-    location = spec.adapter_location
-    if location is None:
-        return None
-    if Path(location).is_absolute():
-        return Path(location) if Path(location).is_dir() else None
-    from huggingface_hub import try_to_load_from_cache
-
-    found = try_to_load_from_cache(location, "adapter_config.json")
-    return Path(found).parent if isinstance(found, str) else None
-
-
-def checkpoint_shapes(folder: Path) -> dict[str, tuple[int, ...]]:
-    """Tensor name -> shape, from the safetensors headers of a checkpoint folder (nothing is loaded)."""
-    shapes: dict[str, tuple[int, ...]] = {}
-    for path in sorted(folder.glob("*.safetensors")):
-        for name, info in read_safetensors_header(path).items():
-            shapes[name] = tuple(int(d) for d in info["shape"])
-    return shapes
-
-
-def _adapter_weights(spec: ModelSpec) -> tuple[int, str]:
-    """The adapter's own bytes, from its file's header: a PEFT folder's safetensors, or a GGUF LoRA's tensors."""
-    location = spec.adapter_location or ""
-    if location.lower().endswith(".gguf") and Path(location).is_file():
-        from gguf import GGUFReader
-
-        size = sum(int(t.n_bytes) for t in GGUFReader(location).tensors)
-        return size, f"adapter: GGUF header ({format_bytes(size)})"
-    folder = adapter_folder(spec)
-    file = folder / "adapter_model.safetensors" if folder is not None else None
-    if file is None or not file.exists():
-        return 0, "adapter: unknown (no adapter_model.safetensors here)"
-    tensors = list(_tensors_from_header(read_safetensors_header(file)))
-    size = sum(int(_DTYPE_BYTES.get(dtype, 4) * count) for _, dtype, count in tensors)
-    return size, f"adapter: safetensors header ({format_bytes(size)})"
-
-
-def with_adapter(spec: ModelSpec, estimate: MemoryEstimate) -> MemoryEstimate:
-    """The base's estimate plus the adapter's own weights (read before loading), for an adapter's spec."""
-    if spec.adapter is None:
-        return estimate
-    try:
-        size, method = _adapter_weights(spec)
-    except (ValueError, KeyError, OSError) as error:
-        raise ModelLoadingError(f"cannot read the adapter of {spec.id!r}: {error}", model_id=spec.id) from None
-    return replace(estimate, weights_bytes=estimate.weights_bytes + size, total_bytes=estimate.total_bytes + size,
-                   weights_method=f"{estimate.weights_method} + {method}", adapter_bytes=size)
-
-
-def adapter_slice(estimate: MemoryEstimate) -> MemoryEstimate:
-    """What an adapter adds on a base that is loaded already: its own weights, nothing else."""
-    size = estimate.adapter_bytes or 0
-    method = estimate.weights_method.rpartition(" + ")[2]
-    return replace(estimate, weights_bytes=size, kv_cache_bytes=0, overhead_bytes=0, total_bytes=size,
-                   weights_method=method, kv_cache_method="its base's", overhead_method="its base's")
-
-
 def estimate_checkpoint(spec: ModelSpec) -> MemoryEstimate:
     """Estimate a transformers checkpoint from its metadata, without loading weights.
 
@@ -315,10 +237,14 @@ def estimate_checkpoint(spec: ModelSpec) -> MemoryEstimate:
         return _with_required(spec, _dequantized_gguf(spec))
     folder = spec.local_path or _cached_folder(spec)
     try:
-        found = _local_tensors(folder) if folder and folder.is_dir() else None
+        found = _local_tensors(_readable(folder)) if folder and folder.is_dir() else None
+    except PermissionError as error:
+        raise ModelLoadingError(excerpt(f"cannot read the checkpoint of {spec.id!r}: permission denied on "
+                                        f"{error.filename or folder}; give this user read access to the folder and "
+                                        "its files"), model_id=spec.id) from None
     except (ValueError, KeyError, OSError) as error:
-        raise ModelLoadingError(f"cannot read the checkpoint of {spec.id!r}: {error}. The download may be "
-                                "incomplete: delete the file and fetch it again.", model_id=spec.id) from None
+        raise ModelLoadingError(excerpt(f"cannot read the checkpoint of {spec.id!r}: {error}. The download may be "
+                                        "incomplete: delete the file and fetch it again."), model_id=spec.id) from None
     if found is None and not spec.local_path and spec.required_memory is None:  # a declared size needs no Hub
         try:
             found = _hub_tensors(spec)
@@ -326,6 +252,10 @@ def estimate_checkpoint(spec: ModelSpec) -> MemoryEstimate:
             log.info("no Hub metadata for %r: %s", spec.id, error)
     try:
         config = _model_config(spec, folder)
+    except PermissionError as error:
+        raise ModelLoadingError(excerpt(f"cannot read the config.json of {spec.id!r}: permission denied on "
+                                        f"{error.filename}; give this user read access to it"),
+                                model_id=spec.id) from None
     except Exception as error:  # noqa: BLE001 - same: advice only
         log.info("no config.json for %r: %s", spec.id, error)
         config = None
@@ -340,3 +270,10 @@ def estimate_checkpoint(spec: ModelSpec) -> MemoryEstimate:
     total = weights + kv_bytes + overhead
     return _with_required(spec, MemoryEstimate(spec.id, weights, kv_bytes, overhead, total, weights_method,
                                                kv_method, OVERHEAD_RULE, parameters, known))
+
+
+def _readable(folder: Path) -> Path:
+    """``folder``, or a :class:`PermissionError` naming it when this user may not list or enter it."""
+    if not os.access(folder, os.R_OK | os.X_OK):
+        raise PermissionError(13, "Permission denied", str(folder))
+    return folder
