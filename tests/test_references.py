@@ -54,7 +54,8 @@ def resolves(target: str, here: str, within: str = "") -> bool:
             package = package.rpartition(".")[0]
             candidates.append(f"{package}.{target.lstrip('.')}")
     else:
-        candidates = [target, f"{here}.{target}", f"{here.rpartition('.')[0]}.{target}", f"jupyter_llm_manager.{target}"]
+        candidates = [target, f"{here}.{target}", f"{here.rpartition('.')[0]}.{target}", f"jupyter_llm_manager.{target}",
+                      f"builtins.{target}"]
         if within:
             candidates.append(f"{here}.{within}.{target}")
         if "." not in target:  # a method or attribute named from the module's text: one of its classes has it
