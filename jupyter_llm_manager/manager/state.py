@@ -197,19 +197,18 @@ class Ticket:
         return not self._released
 
     def release(self) -> None:
-        if not self._released:
-            self._released = True
-            try:
-                if self.turn is not None:
-                    turns, ticket = self.turn
-                    self.turn = None
-                    turns.give(ticket)
-            finally:
-                try:
-                    self._leases.release(self)
-                finally:
-                    if self.companion is not None:
-                        self.companion.release()
+        if self._released:
+            return
+        self._released = True
+        if self.turn is not None:
+            turns, ticket = self.turn
+            self.turn = None
+            turns.give(ticket)  # a leaf lock: it cannot fail half way
+        try:
+            self._leases.release(self)
+        finally:
+            if self.companion is not None:
+                self.companion.release()
 
     def __repr__(self) -> str:
         return f"<Ticket {self.model_id!r} {'held' if self.held else 'released'}>"

@@ -11,7 +11,7 @@ from ..policy import fit as policy
 from ..unloading.evictions import Victims
 from .queue import Waiter
 
-__all__ = ["Admitted", "Again", "AskOthers", "Load", "Queued", "Wait"]
+__all__ = ["Admitted", "Again", "AskOthers", "Load", "NeedsBase", "Queued", "Wait"]
 
 
 class Again(enum.Enum):
@@ -52,3 +52,10 @@ class AskOthers:
     evictions: tuple[policy.Eviction, ...]
     others: Others
     priority: int
+
+
+@dataclass(frozen=True)
+class NeedsBase:
+    """A LoRA adapter that shares its base: lease the base first (``base_id``), then the adapter on it."""
+
+    base_id: str

@@ -33,7 +33,7 @@ from ..state import Leases, ManagerState, Ticket
 from ..unloading.evictions import Evictions
 from .deciding import Decider
 from .loading import Loading
-from .outcomes import Admitted, Again, AskOthers, Load, Queued, Wait
+from .outcomes import Admitted, Again, AskOthers, Load, NeedsBase, Queued, Wait
 from .queue import Waiter
 from .waits import Waits
 
@@ -64,26 +64,20 @@ class Admission:
         ``use()`` lease): the shared model is made to answer as ``model_id``
         before it is handed out; the next request on the same base may switch it.
         """
-        base_id = self._shared_base(model_id)
-        if base_id is None:
-            ticket = self._lease(model_id, deadline, None)
-        else:
-            base = self._lease(base_id, deadline, None)
+        found = self._lease(model_id, deadline, None)
+        if isinstance(found, NeedsBase):  # the adapter step: its base first, then the adapter on it
+            base = self._lease(found.base_id, deadline, None)
+            assert isinstance(base, Ticket), "a base is no adapter sharing a base"
             try:
-                ticket = self._lease(model_id, deadline, base.instance)
+                found = self._lease(model_id, deadline, base.instance)
             except BaseException:
                 base.release()
                 raise
-            ticket.companion = base
+            assert isinstance(found, Ticket)
+            found.companion = base
         if activate:
-            self._activate(ticket, deadline)
-        return ticket
-
-    def _shared_base(self, model_id: str) -> str | None:
-        state = self._state
-        with state.lock:
-            spec = state.registry.specs[state.registry.resolve(model_id)]
-        return spec.base if shares_base(spec, self._backends(spec.backend)) else None
+            self._activate(found, deadline)
+        return found
 
     def _activate(self, ticket: Ticket, deadline: Deadline) -> None:
         """A ``use()`` lease of a model sharing its base model: the model answers as this one, its turn held.
@@ -114,14 +108,14 @@ class Admission:
             ticket.release()
             raise
 
-    def _lease(self, model_id: str, deadline: Deadline, base: Instance | None) -> Ticket:
+    def _lease(self, model_id: str, deadline: Deadline, base: Instance | None) -> Ticket | NeedsBase:
         """The lease loop: lease, join a load, load, or queue, plan and wait, until granted or refused."""
         waiter: Waiter | None = None
         told, promised = "", False  # promised: this thread may be counted as a joiner of a load
         try:
             while True:
                 found = self._look(model_id, waiter, base)
-                if isinstance(found, Ticket):
+                if isinstance(found, (Ticket, NeedsBase)):
                     return found
                 if isinstance(found, Instance):  # a load in flight, or an instance just leaving
                     promised = True
@@ -150,14 +144,18 @@ class Admission:
 
     # -- one look at the state -------------------------------------------------------------------
 
-    def _look(self, model_id: str, waiter: Waiter | None, base: Instance | None) -> Ticket | Instance | Load | Queued:
-        """Lease, join, load or queue: what to do next, decided under the lock."""
+    def _look(self, model_id: str, waiter: Waiter | None,
+              base: Instance | None) -> Ticket | NeedsBase | Instance | Load | Queued:
+        """Lease, join, load or queue (or lease the base first): what to do next, decided under the lock."""
         me = threading.get_ident()
         state = self._state
         with state.lock:
             state.check_open()
             canonical = state.registry.resolve(model_id)
             key = state.registry.keys[canonical]
+            spec = state.registry.specs[canonical]
+            if base is None and spec.base is not None and shares_base(spec, self._backends(spec.backend)):
+                return NeedsBase(state.registry.resolve(spec.base))
             instance = state.instances.get(key)
             if instance is not None:
                 if instance.state == "loaded":
@@ -173,7 +171,6 @@ class Admission:
             if waiter is not None and (waiter.key != key or waiter not in state.queue):
                 state.queue.remove(waiter)  # re-registered meanwhile, or served by a load that then failed
                 waiter = None
-            spec = state.registry.specs[canonical]
             backend = self._backends(spec.backend)
             if backend.remote:  # holds no local memory: never waits for room
                 instance = Instance(key, spec, backend, remote_estimate(canonical), Placement(()), loader=me)
