@@ -66,6 +66,7 @@ def test_the_file_is_bounded_and_a_broken_one_is_ignored(cache):
         store.record(f"transformers|cuda|d{index}|none|weights", 1.5)
     for _ in range(learned.KEPT + 10):
         store.record("transformers|cuda|d0|none|weights", 1.5)
+    store.flush()  # written a moment after a load; here, now
     kinds = json.loads(store.path.read_text())["kinds"]
     assert len(kinds) == learned.KINDS and len(kinds["transformers|cuda|d0|none|weights"]["ratios"]) == learned.KEPT
     for broken in ("{not json", "[1, 2]", '{"kinds": {"x": {"ratios": ["a", 1e300, -1]}}}', "[" * 100_000):

@@ -13,11 +13,14 @@ estimate; a ratio within 2% of 1 changes nothing.
 The ratios live in the user's cache folder, one small JSON file written
 atomically under a lock, bounded (:data:`KEPT` ratios of at most
 :data:`KINDS` kinds), so several processes may record at once;
-``jupyter-llm-manager cache --clear-corrections`` forgets them.
+``jupyter-llm-manager cache --clear-corrections`` forgets them. A load never
+waits for the file: its ratio is written a moment later by a short-lived
+thread (and at exit), several loads' ratios in one write.
 """
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import math
@@ -49,6 +52,7 @@ _BELIEVED = (0.05, 20.0)  # a ratio outside this range is a broken measurement, 
 _SMALLEST = 1 << 20  # estimates below 1 MiB are too small to learn from
 _MAX_FILE = 1 << 20
 _LOCK_TIMEOUT_S = 2.0
+_GATHER_S = 0.2  # how long after a load its ratio is written
 _FILE = "estimate_corrections.json"
 
 
@@ -69,18 +73,25 @@ class Corrections:
         self._lock = threading.Lock()
         self._seen: tuple[int, int] | None = None
         self._kinds: dict[str, dict[str, Any]] = {}
+        self._pending: list[tuple[str, float]] = []  # recorded, not written yet
+        self._writer: threading.Thread | None = None
 
     def kinds(self) -> dict[str, dict[str, Any]]:
-        """Kind -> ``{"ratios": [...], "at": wall time of the last}``, as the file says now."""
+        """Kind -> ``{"ratios": [...], "at": wall time of the last}``, as the file says now (and what is
+        recorded but not written yet)."""
         try:
             found = os.stat(self.path)
         except OSError:
-            return {}
-        stamp = (found.st_mtime_ns, found.st_size)
+            found = None
+        stamp = (found.st_mtime_ns, found.st_size) if found is not None else None
         with self._lock:
-            if stamp != self._seen:
+            if stamp is None:
+                self._kinds, self._seen = {}, None
+            elif stamp != self._seen:
                 self._kinds, self._seen = self._read(), stamp
-            return self._kinds
+            if not self._pending:
+                return self._kinds
+            return _merged(self._kinds, self._pending)
 
     def _read(self) -> dict[str, dict[str, Any]]:
         try:
@@ -97,17 +108,35 @@ class Corrections:
                 and (ratios := _believed(entry.get("ratios")))}
 
     def record(self, kind: str, ratio: float) -> None:
-        """Add one ratio to ``kind`` (a read-modify-write of the file under its lock, written atomically)."""
+        """Add one ratio to ``kind``: written a moment later, off the caller's path (see :meth:`flush`)."""
+        with self._lock:
+            self._pending.append((kind, ratio))
+            if self._writer is not None and self._writer.is_alive():
+                return
+            self._writer = threading.Thread(target=self._write_soon, name="llm-manager-estimates", daemon=True)
+            self._writer.start()
+
+    def _write_soon(self) -> None:
+        time.sleep(_GATHER_S)  # the loads of a burst share one write
+        try:
+            self.flush()
+        except (OSError, Timeout) as error:
+            log.info("could not record estimate corrections: %s", error)
+
+    def flush(self) -> None:
+        """Write the ratios recorded so far (a read-modify-write of the file under its lock, atomic)."""
+        with self._lock:
+            pending, self._pending = self._pending, []
+        if not pending:
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with FileLock(str(self.path) + ".lock", timeout=_LOCK_TIMEOUT_S):
-            kinds = self._read() if self.path.exists() else {}
-            entry = kinds.pop(kind, {"ratios": []})
-            kinds[kind] = {"ratios": [*entry["ratios"], ratio][-KEPT:], "at": time.time()}
-            newest = sorted(kinds.items(), key=lambda item: item[1]["at"])[-KINDS:]
-            self._write({"kinds": dict(newest)})
+            self._write({"kinds": _merged(self._read() if self.path.exists() else {}, pending)})
 
     def clear(self) -> int:
         """Forget every ratio; how many kinds there were."""
+        with self._lock:
+            self._pending = []
         with FileLock(str(self.path) + ".lock", timeout=_LOCK_TIMEOUT_S):
             count = len(self._read()) if self.path.exists() else 0
             self.path.unlink(missing_ok=True)
@@ -141,6 +170,24 @@ class Corrections:
         return statistics.median(entry["ratios"]), len(entry["ratios"]), kind.split("|")[1]
 
 
+def _merged(kinds: dict[str, dict[str, Any]], pending: list[tuple[str, float]]) -> dict[str, dict[str, Any]]:
+    """``kinds`` with the ``pending`` ratios added (the newest kinds kept, :data:`KINDS` at most)."""
+    merged = dict(kinds)
+    for kind, ratio in pending:
+        entry = merged.pop(kind, {"ratios": []})
+        merged[kind] = {"ratios": [*entry["ratios"], ratio][-KEPT:], "at": time.time()}
+    return dict(sorted(merged.items(), key=lambda item: item[1]["at"])[-KINDS:])
+
+
+def _flush_all() -> None:
+    """At exit: what is recorded and not written yet is written."""
+    for store in _store:
+        try:
+            store.flush()
+        except (OSError, Timeout) as error:
+            log.info("could not record estimate corrections: %s", error)
+
+
 def _believed(ratios: Any) -> list[float]:
     if not isinstance(ratios, list):
         return []
@@ -150,6 +197,7 @@ def _believed(ratios: Any) -> list[float]:
 
 _store: list[Corrections] = []
 _store_lock = threading.Lock()
+atexit.register(_flush_all)
 
 
 def corrections() -> Corrections:
