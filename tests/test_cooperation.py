@@ -419,7 +419,8 @@ def test_two_kernels_asking_at_the_same_instant_never_both_take_the_same_room(ma
     monkeypatch.setattr(room, "others_from", others_then_wait)
     load_meanwhile(clock, (first, "x"), (second, "y"))
     states = {first.row("x").state, second.row("y").state}
-    assert states == {"loaded", "registered"}, f"both took the same 3 GB: x and y are {states}"
+    assert states == {"loaded", "registered"}, (f"both took the same 3 GB: x and y are {states}; "
+                                                f"{[str(e) for m in (first, second) for e in m.events(None)]}")
     evictions = [(e.model_id, e.reason) for m in (first, second) for e in m.events(None) if e.kind == "evicted"]
     assert ("x", "other_kernel") in evictions or ("y", "other_kernel") in evictions  # the later one asked
 

@@ -117,7 +117,7 @@ def test_the_listener_lets_a_forgotten_manager_go(devices, backend, other):
         manager.load("x0")
         said = other.ask_to_unload(manager.machine().kernels[0].member, "x0")
         assert said.startswith("unloaded 'x0'"), said
-        assert answered_on == ["llm-manager-listener"]
+        assert len(answered_on) == 1 and answered_on[0] != threading.main_thread().name  # the listener's side
         return weakref.ref(manager)
 
     _forgotten(devices, make, before)

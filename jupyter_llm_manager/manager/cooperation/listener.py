@@ -1,108 +1,167 @@
-"""How managers reach each other: a Unix socket per manager, answered by a thread of its own.
+"""How members reach each other: an HTTP server on each member's private Unix socket, and the client.
 
-The request reaches the holder's listener thread, not its kernel's shell
-channel, so it is answered within a second even while the kernel runs a
-cell. One JSON line asks, one JSON line answers. The socket lives in a
-private folder (mode 0700), so only this user can connect. Requests and
-answers are small and bounded; a malformed one gets an error answer.
+The server is an existing ASGI server (uvicorn, with a small starlette app)
+on a thread of its own, so a request is answered within a moment even while
+the kernel runs a cell, and it survives any message and any client: bodies
+are bounded in size, nesting and time, connections are served concurrently
+with per-connection limits, only a process of this user may connect (the
+socket's folder is private, and the peer's uid is checked where the system
+says it), and the server starts again if it ever stops by itself. Requests
+to make room are ``POST /machine/<op>`` with a JSON body; the same server
+carries more routes where this member lends its models (``routes``).
 """
 
 from __future__ import annotations
 
+import http.client
 import json
 import logging
 import os
 import shutil
 import socket
+import struct
 import tempfile
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from ...errors import log_failure
 
-__all__ = ["MAX_MESSAGE", "Listener", "ask"]
+__all__ = ["MAX_DEPTH", "MAX_MESSAGE", "Listener", "ask"]
 
 log = logging.getLogger(__name__)
 
-#: The largest request or answer, in bytes: a few model keys and a sentence.
+#: The largest request or answer body, in bytes: a few model keys and a sentence.
 MAX_MESSAGE = 64 * 1024
+#: The deepest nesting of a JSON body (a list in a dict in a list...).
+MAX_DEPTH = 32
+#: How long a client may take to send its body.
+BODY_S = 2.0
+#: A server that stops by itself is started again after this long (doubling, up to 5 s).
+_RESTART_S = 0.1
 
 Handler = Callable[[dict[str, Any]], dict[str, Any]]
 
 
 class Listener:
-    """Serves one manager's socket on a daemon thread until :meth:`stop`."""
+    """Serves one member's socket on a daemon thread until :meth:`stop` (see the module docstring)."""
 
-    def __init__(self, handle: Handler) -> None:
+    def __init__(self, handle: Handler, routes: Sequence[Any] = ()) -> None:
         self._handle = handle
-        self._folder = Path(tempfile.mkdtemp(prefix="llm-manager-"))
+        self._routes = list(routes)  # more starlette routes on the same server (borrowed generations)
+        self._folder = Path(tempfile.mkdtemp(prefix="llm-manager-"))  # mode 0700: only this user gets in
         self.address = str(self._folder / "socket")
-        self._server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self._server.bind(self.address)
-        os.chmod(self.address, 0o600)
-        self._server.listen(16)
-        self._server.settimeout(0.5)
+        self._pid = os.getpid()
+        self._socket = _listening(self.address)
         self._stop = threading.Event()
+        self._server: Any = None
         self._thread = threading.Thread(target=self._serve, name="llm-manager-listener", daemon=True)
         self._thread.start()
 
     def _serve(self) -> None:
+        """The thread: run the server, and run it again if it stops without being asked to."""
+        pause = _RESTART_S
         while not self._stop.is_set():
             try:
-                connection, _ = self._server.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return  # closed
-            with connection:
-                connection.settimeout(2.0)
-                try:
-                    request = _read(connection)
-                    answer = self._answer(request)
-                    connection.sendall(json.dumps(answer).encode() + b"\n")
-                except (OSError, ValueError) as error:
-                    log.debug("a cooperation request was not read or answered: %s", error)
+                self._run_once()
+            except Exception as error:  # noqa: BLE001 - the listener must survive, and say so in one line
+                log_failure(log, "the listener for other kernels stopped; it starts again", error)
+            if self._stop.wait(pause):
+                return
+            pause = min(pause * 2, 5.0)
+            self._socket = _listening(self.address)  # the server closed the old one
 
-    def _answer(self, request: Any) -> dict[str, Any]:
-        if not isinstance(request, dict) or not isinstance(request.get("op"), str):
-            return {"ok": False, "error": "a request is a mapping with an op"}
-        try:
-            return {"ok": True, **self._handle(request)}
-        except Exception as error:  # noqa: BLE001 - the listener survives a bad request, and says why
-            log_failure(log, f"answering a request from another kernel ({request.get('op')})", error)
-            return {"ok": False, "error": f"{type(error).__name__}: {error}"[:500]}
+    def _run_once(self) -> None:
+        import uvicorn
+
+        from .member_app import member_app, same_user_protocol
+
+        config = uvicorn.Config(member_app(self._handle, self._routes), log_config=None, access_log=False,
+                                lifespan="off", http=same_user_protocol(), limit_concurrency=64,
+                                timeout_keep_alive=5, h11_max_incomplete_event_size=16 * 1024,
+                                timeout_graceful_shutdown=1)
+        self._server = server = uvicorn.Server(config)
+        if self._stop.is_set():
+            return
+        server.run(sockets=[self._socket])
 
     def stop(self) -> None:
+        """Stop serving and remove the socket (only in the process that made it: a forked child leaves it)."""
         self._stop.set()
-        self._server.close()
+        server = self._server
+        if server is not None:
+            server.should_exit = True
         if self._thread is not threading.current_thread():
             self._thread.join(5)
-        shutil.rmtree(self._folder, ignore_errors=True)
+        if os.getpid() == self._pid:
+            self._socket.close()
+            shutil.rmtree(self._folder, ignore_errors=True)
+
+
+def _listening(address: str) -> socket.socket:
+    """A Unix socket bound at ``address`` (mode 0600), listening."""
+    Path(address).unlink(missing_ok=True)
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(address)
+    os.chmod(address, 0o600)
+    server.listen(64)
+    return server
+
+
+def peer_is_this_user(connection: socket.socket) -> bool:
+    """Whether the process at the other end of a Unix socket runs as this user (true where it cannot be told)."""
+    option = getattr(socket, "SO_PEERCRED", None)
+    if option is None:
+        return True  # the socket's private folder is the guard there
+    try:
+        _, uid, _ = struct.unpack("3i", connection.getsockopt(socket.SOL_SOCKET, option, struct.calcsize("3i")))
+    except OSError:
+        return False
+    return uid == os.getuid()
+
+
+# -- the client ----------------------------------------------------------------------------------------
+
+class _UnixConnection(http.client.HTTPConnection):
+    def __init__(self, address: str, timeout: float) -> None:
+        super().__init__("member", timeout=timeout)
+        self._address = address
+
+    def connect(self) -> None:
+        connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        connection.settimeout(self.timeout)
+        connection.connect(self._address)
+        self.sock = connection
 
 
 def ask(address: str, request: dict[str, Any], timeout: float = 2.0) -> dict[str, Any] | None:
-    """Send one request to another manager; its answer, or ``None`` when it did not answer in ``timeout`` s."""
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
-            client.settimeout(timeout)
-            client.connect(address)
-            client.sendall(json.dumps(request).encode() + b"\n")
-            answer = _read(client)
-    except (OSError, ValueError):
+    """Send one request (``request["op"]`` and its fields) to another member; its answer, or ``None`` when it
+    did not answer (a whole answer) within ``timeout`` seconds."""
+    if not address or timeout <= 0:
         return None
+    deadline = time.monotonic() + timeout
+    connection = _UnixConnection(address, timeout)
+    try:
+        connection.request("POST", f"/machine/{request.get('op', '')}", body=json.dumps(request).encode(),
+                           headers={"Content-Type": "application/json"})
+        response = connection.getresponse()
+        body = b""
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or connection.sock is None:
+                return None
+            connection.sock.settimeout(remaining)
+            chunk = response.read(4096)
+            if not chunk:
+                break
+            body += chunk
+            if len(body) > MAX_MESSAGE:
+                return None
+        answer = json.loads(body.decode())
+    except (OSError, ValueError, http.client.HTTPException):
+        return None
+    finally:
+        connection.close()
     return answer if isinstance(answer, dict) else None
-
-
-def _read(connection: socket.socket) -> Any:
-    """One JSON line, at most :data:`MAX_MESSAGE` bytes."""
-    data = b""
-    while not data.endswith(b"\n"):
-        chunk = connection.recv(4096)
-        if not chunk:
-            break
-        data += chunk
-        if len(data) > MAX_MESSAGE:
-            raise ValueError("message too long")
-    return json.loads(data.decode())
