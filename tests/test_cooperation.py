@@ -123,6 +123,26 @@ def test_a_killed_kernel_is_skipped_and_its_memory_counts_no_more(kernels):
     assert [k[1] for k in b.ask("machine")["kernels"]] == ["survives.ipynb"]
 
 
+def test_a_kernel_that_does_not_answer_costs_no_more_than_the_wait_and_is_named_as_such(kernels):
+    """A stopped kernel holding an idle model: each request takes about its wait, and says who did not answer."""
+    import signal
+
+    a, b = kernels("stopped.ipynb", "asks.ipynb")
+    assert a.ask("load", id="a")["ok"]
+    os.kill(a.process.pid, signal.SIGSTOP)
+    try:
+        assert not b.ask("load", id="b", wait=0)["ok"]  # once untimed: a first load's own costs (the GPU probe)
+        for wait in (0, 0.5, 1):
+            started = time.monotonic()
+            refused = b.ask("load", id="b", wait=wait, timeout=30)
+            took = time.monotonic() - started
+            assert not refused["ok"] and took < wait + 1.0, (wait, took, refused)
+            assert "stopped.ipynb" in refused["error"] and "did not answer" in refused["error"], refused
+            assert "in use" not in refused["error"], refused  # it is idle: its kernel is stopped
+    finally:
+        os.kill(a.process.pid, signal.SIGCONT)
+
+
 def test_three_kernels_are_served_first_come_first_served(kernels):
     a, b, c = kernels("first.ipynb", "second.ipynb", "third.ipynb")
     assert a.ask("hold", id="a")["ok"]

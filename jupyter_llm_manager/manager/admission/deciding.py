@@ -21,8 +21,10 @@ from ...devices import DeviceMemory, DeviceProbe
 from ...errors import LLMManagerError
 from ...estimates import EstimateCache
 from ...events import EventBus
+from ...support.deadlines import Deadline
 from ..adapters.binding import AdapterOnBase
 from ..cooperation import Cooperation, Others
+from ..cooperation.peers import ANSWER_S
 from ..instances import Instance
 from ..planning import ModelSizing, gather
 from ..policy import fit as policy
@@ -33,7 +35,10 @@ from ..unloading.evictions import Evictions
 from .outcomes import Admitted, Again, AskOthers, Wait
 from .queue import Waiter
 
-__all__ = ["Decider"]
+__all__ = ["ASK_AT_LEAST_S", "Decider"]
+
+#: The least time another kernel is given to answer a request for room, even a request that may not wait.
+ASK_AT_LEAST_S = 0.2
 
 
 class Decider:
@@ -114,9 +119,16 @@ class Decider:
         return Instance(waiter.key, spec, AdapterOnBase(sizing.backend, base), estimate, decision.placement,
                         loader=waiter.thread, bytes=needed, base=base.key, turns=base.turns)
 
-    def ask_others(self, waiter: Waiter, asking: AskOthers) -> None:
-        """Ask the kernels holding the victims to evict them; one that does not answer is named later."""
-        silent = self._cooperation.ask_to_evict(asking.evictions, asking.others, asking.priority)
+    def ask_others(self, waiter: Waiter, asking: AskOthers, deadline: Deadline) -> None:
+        """Ask the kernels holding the victims to evict them; one that does not answer is named later.
+
+        They have until the request's deadline (at least :data:`ASK_AT_LEAST_S`, at most
+        :data:`~..cooperation.peers.ANSWER_S`): an idle holder answers in milliseconds, and a request
+        never waits much past its ``wait`` for one that does not answer.
+        """
+        remaining = deadline.remaining()
+        timeout = min(ANSWER_S, max(remaining if remaining is not None else ANSWER_S, ASK_AT_LEAST_S))
+        silent = self._cooperation.ask_to_evict(asking.evictions, asking.others, asking.priority, timeout)
         if silent:
             names = tuple(asking.others.named(member) for member in sorted(silent))
             waiter.unanswered |= frozenset(silent)

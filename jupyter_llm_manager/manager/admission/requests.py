@@ -135,7 +135,7 @@ class Admission:
                     self._place(outcome)
                     continue
                 if isinstance(outcome, AskOthers):
-                    self._decider.ask_others(waiter, outcome)
+                    self._decider.ask_others(waiter, outcome, deadline)
                     continue
                 told = self._waits.wait(waiter, outcome, deadline, told)
         finally:

@@ -13,7 +13,7 @@ from ...errors import ResourceNotAvailableError
 from ...events import EventBus
 from ...support.deadlines import Deadline
 from ..cooperation import Cooperation
-from ..cooperation.membership import ANSWER_S, POLL_S
+from ..cooperation.membership import POLL_S
 from ..policy.reasons import BeingPlaced, QueuedLocally
 from ..state import ManagerState
 from .outcomes import Wait
@@ -69,7 +69,7 @@ class Waits:
     def gave_up(self, waiter: Waiter, deadline: Deadline, reason: str) -> ResourceNotAvailableError:
         waited = "without waiting" if deadline.seconds == 0 else f"after waiting {deadline.seconds:g} s"
         if waiter.unanswered_names:
-            reason += (f"; {', '.join(waiter.unanswered_names)} did not answer within {ANSWER_S:g} s when asked to "
+            reason += (f"; {', '.join(waiter.unanswered_names)} did not answer when asked to "
                        "make room")
         return ResourceNotAvailableError(
             f"Cannot load {waiter.name!r} {waited}: {reason}.", model_id=waiter.name,

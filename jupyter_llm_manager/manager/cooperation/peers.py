@@ -51,7 +51,8 @@ class Others:
                                priority=r.priority, owner=r.member, where=self.names.get(r.member, r.member),
                                claim=True)
                        for r in ahead if r.needed)
-        holdings = tuple(replace(h, leases=h.leases + 1) if h.owner in unanswered else h for h in self.holdings)
+        holdings = tuple(replace(h, leases=h.leases + 1, silent=True) if h.owner in unanswered else h
+                         for h in self.holdings)
         return Elsewhere(holdings + claims, tuple((r.model_id, self.names.get(r.member, r.member)) for r in ahead))
 
     def named(self, member: str) -> str:
@@ -79,8 +80,9 @@ def others_from(rows: tuple[list[MemberRow], list[ModelRow], list[RequestRow]], 
                   {m: row.address for m, row in members.items()}, {m: row.pid for m, row in members.items()})
 
 
-def ask_to_evict(evictions: Sequence[Eviction], others: Others, priority: int, requester: str) -> set[str]:
-    """Ask each holder to evict its victims (in parallel, :data:`ANSWER_S` each); the members that did not answer."""
+def ask_to_evict(evictions: Sequence[Eviction], others: Others, priority: int, requester: str,
+                 timeout: float = ANSWER_S) -> set[str]:
+    """Ask each holder to evict its victims (in parallel, ``timeout`` s each); the members that did not answer."""
     by_member: dict[str, list[str]] = {}
     for eviction in evictions:
         if eviction.owner is not None:
@@ -88,7 +90,7 @@ def ask_to_evict(evictions: Sequence[Eviction], others: Others, priority: int, r
     request = {"op": "evict", "priority": priority, "requester": requester}
 
     def one(member: str) -> str | None:
-        answer = ask(others.addresses.get(member, ""), {**request, "keys": by_member[member]}, ANSWER_S)
+        answer = ask(others.addresses.get(member, ""), {**request, "keys": by_member[member]}, timeout)
         return member if answer is None else None
 
     with ThreadPoolExecutor(max(len(by_member), 1), thread_name_prefix="llm-manager-ask") as pool:

@@ -119,9 +119,10 @@ class Cooperation:
             now = self._state.clock()
         return others_from(rows, now)
 
-    def ask_to_evict(self, evictions: Sequence[Eviction], others: Others, priority: int) -> set[str]:
-        """Ask each holder to evict its victims; the members that did not answer."""
-        return peers.ask_to_evict(evictions, others, priority, self.notebook)
+    def ask_to_evict(self, evictions: Sequence[Eviction], others: Others, priority: int,
+                     timeout: float = ANSWER_S) -> set[str]:
+        """Ask each holder to evict its victims, waiting ``timeout`` s at most; the members that did not answer."""
+        return peers.ask_to_evict(evictions, others, priority, self.notebook, timeout)
 
     def ask_to_unload(self, member: str, model_id: str) -> str:
         """Ask another member to unload one of its idle models (a click in the JupyterLab panel)."""

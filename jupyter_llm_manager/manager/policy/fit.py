@@ -78,6 +78,7 @@ class Holding:
     where: str = ""  # that manager's notebook (or script, or pid), for messages
     base: str | None = None  # a LoRA adapter's slice: the key of the base instance it lives on (same owner)
     claim: bool = False  # the room a request of another kernel, ahead in the machine-wide queue, will take
+    silent: bool = False  # another kernel's, which did not answer a request for room: counted as in use
 
     @property
     def total_bytes(self) -> int:
@@ -352,6 +353,8 @@ def _why_blocking(holding: Holding, request: Request) -> str:
 
 
 def _holder(holding: Holding, why: str) -> MemoryHolder:
+    if holding.silent:  # idle, maybe: its kernel did not answer when asked to make room
+        return MemoryHolder(holding.name, holding.total_bytes, f"in {holding.where}, which did not answer")
     return MemoryHolder(holding.name, holding.total_bytes, why + (f" in {holding.where}" if holding.owner else ""))
 
 
