@@ -540,3 +540,16 @@ def test_without_unix_sockets_or_fcntl_the_package_works_alone_and_says_why(tmp_
     state, cooperating, reason = done.stdout.strip().split(" ", 2)
     assert (state, cooperating) == ("loaded", "False") and "Unix domain sockets" in reason
     assert not (tmp_path / "ledger.sqlite").exists()
+
+
+@pytest.mark.slow
+def test_kernels_loading_and_unloading_killed_and_stopped_never_over_commit_one_budget(tmp_path):
+    """The load test, short: five kernels for 10 s on one budget, two SIGKILLed and one SIGSTOPped meanwhile."""
+    from jlm_helpers.benchmarks import benchmark
+
+    report = benchmark("machine_stress").run_machine_stress(processes=5, seconds=10, folder=tmp_path)
+    print(report)  # the peak against the budget, in the test's output
+    assert report.peak <= report.budget, str(report)
+    assert report.hung == [] and report.finished == report.processes - report.killed, str(report)
+    assert report.operations.get("load", 0) + report.operations.get("use", 0) > 20, str(report)
+
