@@ -63,6 +63,23 @@ def no_leaked_threads():
     assert not [t.name for t in leftover if t.is_alive()], "manager threads outlived the test"
 
 
+@pytest.fixture(autouse=True)
+def books_balance(monkeypatch):
+    """After every load and unload of every manager a test makes, its rows' bytes equal its device lines'."""
+    from jlm_helpers.books import BooksCheck
+
+    check = BooksCheck()
+    made = LLMManager.__init__
+
+    def init(self, *args, **kwargs):
+        made(self, *args, **kwargs)
+        check.watch(self)
+
+    monkeypatch.setattr(LLMManager, "__init__", init)
+    yield check
+    assert check.failures == [], "the books did not balance"
+
+
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory) -> dict[str, Path]:
     """Two different tiny Llama-style checkpoints, built once per test session."""

@@ -131,16 +131,32 @@ def test_a_kernel_that_does_not_answer_costs_no_more_than_the_wait_and_is_named_
     assert a.ask("load", id="a")["ok"]
     os.kill(a.process.pid, signal.SIGSTOP)
     try:
-        assert not b.ask("load", id="b", wait=0)["ok"]  # once untimed: a first load's own costs (the GPU probe)
+        assert not b.ask("load", id="a", wait=0)["ok"]  # once untimed: a first load's own costs (the GPU probe)
         for wait in (0, 0.5, 1):
             started = time.monotonic()
-            refused = b.ask("load", id="b", wait=wait, timeout=30)
+            refused = b.ask("load", id="a", wait=wait, timeout=30)  # its own copy: two do not fit
             took = time.monotonic() - started
             assert not refused["ok"] and took < wait + 1.0, (wait, took, refused)
             assert "stopped.ipynb" in refused["error"] and "did not answer" in refused["error"], refused
             assert "in use" not in refused["error"], refused  # it is idle: its kernel is stopped
     finally:
         os.kill(a.process.pid, signal.SIGCONT)
+
+
+def test_the_room_of_a_killed_kernel_returns_at_once_even_before_it_is_reaped(kernels):
+    """SIGKILL, and nobody reaps the process (a zombie): a request waiting for its model's room gets it at once."""
+    import signal
+
+    a, b = kernels("killed.ipynb", "waits.ipynb")
+    assert a.ask("hold", id="a")["ok"]  # in use: the other kernel's request waits for it
+    b.send("load", id="a", wait=30)
+    queued(kernels.ledger, 1)
+    os.kill(a.process.pid, signal.SIGKILL)  # not reaped: the test process is its parent and does not wait
+    killed = time.monotonic()
+    assert b.answer(60)["ok"]
+    (loading,) = [e for e in events(b, "loading") if e["model"] == "a"]
+    assert loading["at"] - killed < 0.5, loading["at"] - killed  # the room was taken within half a second
+    assert a.process.poll() is not None  # reaped only now, after the room was back
 
 
 def test_three_kernels_are_served_first_come_first_served(kernels):

@@ -136,7 +136,7 @@ def _tensor_bytes(model: Any) -> dict[str, int]:
         return {}
     seen: set[int] = set()
     sizes: dict[str, int] = {}
-    for tensor in itertools.islice(_tensors(model, torch, set()), _MAX_WALK):
+    for tensor in itertools.islice(_tensors(model, torch), _MAX_WALK):
         if tensor.data_ptr() in seen:
             continue
         seen.add(tensor.data_ptr())
@@ -145,19 +145,36 @@ def _tensor_bytes(model: Any) -> dict[str, int]:
     return sizes
 
 
-def _tensors(value: Any, torch: Any, visited: set[int]) -> Iterator[Any]:
-    if id(value) in visited or len(visited) > _MAX_WALK:
-        return
-    visited.add(id(value))
-    if isinstance(value, torch.nn.Module):
-        yield from itertools.chain(value.parameters(), value.buffers())
-    elif isinstance(value, torch.Tensor):
-        yield value
-    elif isinstance(value, dict):
-        for item in value.values():
-            yield from _tensors(item, torch, visited)
-    elif isinstance(value, (list, tuple)):
-        for item in value:
-            yield from _tensors(item, torch, visited)
-    elif hasattr(value, "model") and not isinstance(value, type):  # a transformers pipeline
-        yield from _tensors(value.model, torch, visited)
+def _tensors(model: Any, torch: Any) -> Iterator[Any]:
+    """The tensors reachable from ``model``, walked without recursion and without calling its attributes'
+    code: a mock or a lazy proxy that makes a new object for every attribute asked ends the walk, never
+    the process (``_MAX_WALK`` objects at most)."""
+    stack: list[Any] = [model]
+    visited: set[int] = set()
+    while stack and len(visited) < _MAX_WALK:
+        value = stack.pop()
+        if id(value) in visited:
+            continue
+        visited.add(id(value))
+        if isinstance(value, torch.nn.Module):
+            yield from itertools.chain(value.parameters(), value.buffers())
+        elif isinstance(value, torch.Tensor):
+            yield value
+        elif type(value) is dict:
+            stack.extend(value.values())
+        elif type(value) in (list, tuple):
+            stack.extend(value)
+        elif not isinstance(value, type):  # a transformers pipeline keeps its model as an instance attribute
+            found = _instance_attribute(value, "model")
+            if found is not None:
+                stack.append(found)
+
+
+def _instance_attribute(value: Any, name: str) -> Any:
+    """``value``'s own attribute ``name``, from its instance dict only: no property, ``__getattr__`` or
+    ``__getattribute__`` of the object runs."""
+    try:
+        own = object.__getattribute__(value, "__dict__")
+    except (AttributeError, TypeError):
+        return None
+    return own.get(name) if type(own) is dict else None

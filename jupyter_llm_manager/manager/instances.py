@@ -23,8 +23,10 @@ from ..backends.base import Backend, LoadedModel, Placement
 from ..config.spec import ModelSpec
 from ..reports import MemoryEstimate
 from ..support.deadlines import Deadline, wait_for
+from ..support.referrers import SOMETHING
 
-__all__ = ["Instance", "InstanceState", "TurnHeld", "TurnTimeout", "Turns", "accounted_bytes", "dependents"]
+__all__ = ["HeldMemory", "Instance", "InstanceState", "TurnHeld", "TurnTimeout", "Turns", "accounted_bytes",
+           "dependents"]
 
 InstanceState = Literal["loading", "loaded", "unloading", "unloaded", "failed"]
 _MOVES: dict[str, frozenset[str]] = {
@@ -123,6 +125,29 @@ class Instance:
 
     def leased_by(self, thread: int) -> bool:
         return self.lease_threads.get(thread, 0) > 0
+
+
+@dataclass(eq=False)
+class HeldMemory:
+    """Memory of an unloaded instance that did not come back: something still holds its model object.
+
+    It stays counted against its devices (and budgets, here and in the ledger)
+    until the object is collected; ``holders`` names what holds it.
+    """
+
+    model_id: str
+    key: str
+    bytes: dict[str, int]
+    holders: tuple[str, ...]
+    watch: object = None  # the weak reference whose callback ends it (kept alive with it)
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(self.bytes.values())
+
+    @property
+    def held_by(self) -> str:
+        return ", ".join(self.holders) or SOMETHING
 
 
 def dependents(instances: Iterable[Instance], key: str) -> list[Instance]:

@@ -25,7 +25,7 @@ from ..errors import LLMManagerError, ManagerClosedError
 from ..support.deadlines import Clock, Deadline, wait_for
 from ..support.units import NEVER
 from .admission.queue import WaitQueue
-from .instances import Instance, Turns, dependents
+from .instances import HeldMemory, Instance, Turns, dependents
 from .policy.fit import DeviceRoom, Elsewhere, Holding, Snapshot
 
 __all__ = ["NOBODY_ELSE", "Leases", "ManagerState", "Ticket"]
@@ -50,6 +50,7 @@ class ManagerState:
         self.version = 0
         self.closed = False
         self.retiring: set[str] = set()  # instance keys to unload when idle (a task's previous option)
+        self.held: list[HeldMemory] = []  # unloaded instances' memory that did not come back (still counted)
         self.limits_pending = False
         self.on_change: Callable[[], None] | None = None  # cooperation: publish to the ledger soon (cheap, no I/O)  # a cap or budget could not be restored yet (leases, pins, loads)
 
@@ -149,7 +150,9 @@ class ManagerState:
         budget: the device's free memory already lacks them), the room the requests
         ahead of this one will take (the free memory still has it), and those requests.
         """
-        own = tuple(self.holding(i) for i in self.instances.values() if i.key != without)
+        own = tuple(self.holding(i) for i in self.instances.values() if i.key != without) + tuple(
+            Holding(f"held-{index}", held.model_id, "loaded", dict(held.bytes), leases=1, held_by=held.held_by)
+            for index, held in enumerate(self.held))
         holdings = own + elsewhere.holdings
         settings = self.settings
         devices = {}

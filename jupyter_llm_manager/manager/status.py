@@ -17,9 +17,10 @@ from ..backends.generation_defaults import GenerationDefaults
 from ..config.spec import ModelSpec
 from ..devices import DeviceProbe, device_budget
 from ..errors import LLMManagerError
-from ..estimates import EstimateCache
+from ..estimates import EstimateCache, adapter_slice
 from ..reports import DeviceReport, MachineModel, MemoryEstimate, ModelState, StatusRow
 from ..support.units import excerpt
+from .adapters.specs import shares_base
 from .instances import Instance
 from .state import ManagerState
 
@@ -76,8 +77,10 @@ class StatusView(StateReader):
         with state.lock:
             now, wall = state.clock(), time.time()
             return [MachineModel(pid, notebook, state.name_of(i), device, size, i.state,
-                                 state.registry.is_pinned(i.key), i.leases, wall - (now - i.last_used), True)
-                    for i in state.instances.values() if not i.remote for device, size in i.bytes.items()]
+                                 state.registry.is_pinned(i.key), i.in_use, wall - (now - i.last_used), True)
+                    for i in state.instances.values() if not i.remote for device, size in i.bytes.items()] + [
+                MachineModel(pid, notebook, h.model_id, device, size, "held", False, 0, wall, True)
+                for h in state.held for device, size in h.bytes.items()]
 
     def summary(self) -> str:
         """``3 registered, 1 loaded, cap=2, keep_alive=None``: what a manager's repr says."""
@@ -96,11 +99,13 @@ class StatusView(StateReader):
             reports = []
             for memory in memories:
                 holders = [i for i in state.instances.values() if i.bytes.get(memory.device)]
-                held = sum(i.bytes[memory.device] for i in holders)
+                lingering = [h for h in state.held if h.bytes.get(memory.device)]
+                held = sum(i.bytes[memory.device] for i in holders) + sum(h.bytes[memory.device] for h in lingering)
                 budget = device_budget(memory, fraction=settings.memory_fraction, absolute=settings.memory_budget,
                                        held_bytes=held)
+                names = tuple(state.name_of(i) for i in holders) + tuple(f"{h.model_id} (held)" for h in lingering)
                 reports.append(DeviceReport(memory.device, memory.name, memory.total_bytes, memory.free_bytes,
-                                            budget, held, tuple(state.name_of(i) for i in holders), memory.source))
+                                            budget, held, names, memory.source))
             return reports
 
     def _facts(self, spec: ModelSpec) -> _RowFacts:
@@ -144,16 +149,21 @@ class StatusView(StateReader):
         state = self._state
         key = state.registry.keys[spec.id]
         instance = state.instances.get(key)
-        backend, estimate = facts.backend, facts.estimate
+        backend = facts.backend
+        estimate = _shown_estimate(spec, backend, facts.estimate, instance)
         position = state.queue.position(key)
+        held = [h for h in state.held if h.key == key]
         row_state: ModelState
         if instance is not None:
             row_state = "unloading" if instance.state not in ("loading", "loaded") else instance.state
         elif position is not None:
             row_state = "waiting"
+        elif held:
+            row_state = "held"
         else:
             row_state = "failed" if spec.id in state.failures else "registered"
-        placed = instance.placement.devices if instance is not None else ()
+        placed = instance.placement.devices if instance is not None else tuple(
+            dict.fromkeys(device for h in held for device in h.bytes))
         device = "remote" if backend.remote else ",".join(placed) or (
             ",".join(spec.device) if isinstance(spec.device, tuple) else spec.device)
         last_used = (instance.last_used if instance is not None else None) or state.last_used.get(key)
@@ -182,8 +192,21 @@ class StatusView(StateReader):
             context=instance.loaded.context_length if instance is not None and instance.loaded else None,
             progress=instance.progress or None if instance is not None and instance.state == "loading" else None,
             generation=_generation(spec, instance, facts.generation),
+            counted_bytes=(instance.total_bytes if instance is not None and not instance.remote else None),
+            held_bytes=sum(h.total_bytes for h in held) or None,
+            held_by=tuple(dict.fromkeys(name for h in held for name in (h.holders or (h.held_by,)))),
             base=spec.base, adapter=spec.adapter,  # a LoRA adapter: shared on its base, or its own instance
             shares_base=None if spec.base is None else backend.adapters == "shared")
+
+
+def _shown_estimate(spec: ModelSpec, backend: Backend, estimate: MemoryEstimate | None,
+                    instance: Instance | None) -> MemoryEstimate | None:
+    """The estimate a row shows: a loaded instance's own (at the context it chose), an adapter's slice."""
+    if instance is not None and instance.estimate.known:
+        return instance.estimate
+    if estimate is not None and shares_base(spec, backend):
+        return adapter_slice(estimate)
+    return estimate
 
 
 def _generation(spec: ModelSpec, instance: Instance | None, before_load: GenerationDefaults | None) -> dict[str, object]:

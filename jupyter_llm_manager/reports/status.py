@@ -12,7 +12,7 @@ from ..support.units import bytes_text, format_bytes, format_duration
 __all__ = ["GarbageReport", "ModelState", "StatusRow", "UnloadReport"]
 
 #: A model id's state (see :mod:`jupyter_llm_manager.manager.instances` for the machine behind it).
-ModelState = Literal["registered", "waiting", "loading", "loaded", "unloading", "failed"]
+ModelState = Literal["registered", "waiting", "loading", "loaded", "unloading", "failed", "held"]
 
 
 @dataclass(frozen=True)
@@ -55,6 +55,13 @@ class StatusRow:
     base: str | None = None  # a LoRA adapter: the model id it runs on
     adapter: str | None = None  # a LoRA adapter: its folder, Hub id or GGUF file
     shares_base: bool | None = None  # True: lives on its base's loaded model; False: an instance of its own
+    #: What this id's instance counts against its device budgets: measured weights (and adapter slice) plus
+    #: the KV reserve for its context where the cache is allocated per call; the estimate before it loads.
+    counted_bytes: int | None = None
+    #: Memory of an unloaded instance of this id that did not come back (a variable still holds the model):
+    #: counted against the budget until it is collected; ``held_by`` names what holds it.
+    held_bytes: int | None = None
+    held_by: tuple[str, ...] = ()
 
     @property
     def base_str(self) -> str:
@@ -65,6 +72,8 @@ class StatusRow:
 
     estimated_str = bytes_text("estimated_bytes")
     actual_str = bytes_text("actual_bytes")
+    counted_str = bytes_text("counted_bytes")
+    held_str = bytes_text("held_bytes")
 
     def last_used_str(self, now: float | None = None) -> str:
         """``12s ago``; empty when never used. ``now`` (wall clock) is only for rows kept a while."""
@@ -117,14 +126,21 @@ class UnloadReport:
     seconds: float
     collected: bool
     holders: tuple[str, ...] = ()
+    held_bytes: int = 0  # what did not come back (the model object lives on): still counted against the budget
+    adapters: tuple[str, ...] = ()  # the adapters unloaded with this base (their bytes are in ``freed_bytes``)
 
     freed_str = bytes_text("freed_bytes")
+    held_str = bytes_text("held_bytes")
 
     def __str__(self) -> str:
-        text = f"Unloaded {self.model_id!r} ({self.reason}): freed {self.freed_str} in {self.seconds:.2f} s"
+        what = f"{self.model_id!r}" + (f" and its adapters {', '.join(map(repr, self.adapters))}"
+                                        if self.adapters else "")
+        text = f"Unloaded {what} ({self.reason}): freed {self.freed_str} in {self.seconds:.2f} s"
         if not self.collected:
             held_by = ", ".join(self.holders) if self.holders else "an unknown reference"
             text += f"; the model object is still alive, held by {held_by}"
+            if self.held_bytes:
+                text += f" ({self.held_str} stay counted against the budget until it is let go)"
         return text
 
 

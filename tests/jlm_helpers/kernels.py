@@ -52,6 +52,18 @@ for line in sys.stdin:
         elif do == "release":
             leases.pop(command["id"]).__exit__(None, None, None)
             answer(ok=True)
+        elif do == "keep":  # a notebook variable keeps the model object: m = lm.model
+            with manager.use(command["id"], wait=command.get("wait", 0)) as lease:
+                globals()["kept"] = lease.model
+            answer(ok=True)
+        elif do == "drop":  # del m
+            globals().pop("kept", None)
+            import gc
+            gc.collect()
+            answer(ok=True)
+        elif do == "unload":
+            report = manager.unload(command["id"], wait=command.get("wait", 0))
+            answer(ok=True, report=str(report), held=report.held_bytes if report else 0)
         elif do == "pin":
             manager.pin(command["id"])
             answer(ok=True)

@@ -50,9 +50,13 @@ def default_ledger_path() -> Path:
 
 
 def process_alive(pid: int, started: float) -> bool:
-    """Whether process ``pid`` still runs and is the one that started at ``started`` (not a reused pid)."""
+    """Whether process ``pid`` still runs and is the one that started at ``started`` (not a reused pid).
+
+    A zombie (killed, not yet reaped by its parent) is dead: its memory is already back.
+    """
     try:
-        return abs(psutil.Process(pid).create_time() - started) < 1.0
+        process = psutil.Process(pid)
+        return abs(process.create_time() - started) < 1.0 and process.status() != psutil.STATUS_ZOMBIE
     except (psutil.Error, OSError, ValueError):
         return False
 

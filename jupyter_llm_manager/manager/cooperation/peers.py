@@ -72,10 +72,12 @@ def others_from(rows: tuple[list[MemberRow], list[ModelRow], list[RequestRow]], 
     holdings = []
     for (member, key), parts in grouped.items():
         first = parts[0]
-        state = first.state if first.state in ("loading", "loaded") else "unloading"
+        held = first.state == "held"  # an unloaded model a variable still holds there: counted, never a victim
+        state = "loaded" if held else (first.state if first.state in ("loading", "loaded") else "unloading")
         holdings.append(Holding(key, first.model_id, state, {r.device: r.bytes for r in parts},  # type: ignore[arg-type]
-                                first.leases, frozenset(), first.pinned, first.priority, first.protected,
-                                now - (wall - first.last_used), owner=member, where=members[member].notebook))
+                                max(first.leases, 1) if held else first.leases, frozenset(), first.pinned,
+                                first.priority, first.protected, now - (wall - first.last_used), owner=member,
+                                where=members[member].notebook, held_by="a variable" if held else None))
     return Others(tuple(holdings), tuple(request_rows), {m: row.notebook for m, row in members.items()},
                   {m: row.address for m, row in members.items()}, {m: row.pid for m, row in members.items()})
 

@@ -46,6 +46,9 @@ def rows_of(state: ManagerState, identity: Identity, address: str) -> tuple[Memb
                            registry.priority(instance.key), registry.is_protected(instance.key))
                   for instance in state.instances.values() if not instance.remote
                   for device, size in instance.bytes.items()]
+        # memory of unloaded models that did not come back (a variable holds them): the others count it too
+        models += [ModelRow(identity.member, f"held-{index}", held.model_id, device, size, "held", False, 1, wall,
+                            0, False) for index, held in enumerate(state.held) for device, size in held.bytes.items()]
     member = MemberRow(identity.member, identity.pid, identity.started, identity.kernel, identity.notebook, address,
                        wall)
     return member, models

@@ -79,6 +79,9 @@ class Holding:
     base: str | None = None  # a LoRA adapter's slice: the key of the base instance it lives on (same owner)
     claim: bool = False  # the room a request of another kernel, ahead in the machine-wide queue, will take
     silent: bool = False  # another kernel's, which did not answer a request for room: counted as in use
+    #: Memory of an unloaded model that did not come back: what holds its object (a variable). Held, never a
+    #: victim, no slot of the count cap; it goes when the object is collected.
+    held_by: str | None = None
 
     @property
     def total_bytes(self) -> int:
@@ -207,7 +210,7 @@ def _choose(candidates: Sequence[Holding], excess: int,
     """
     victims: dict[tuple[str | None, str], Eviction] = {}
     # another kernel's model frees none of this one's slots; adapters hold no slot of the count cap
-    slots = [h for h in candidates if h.owner is None and h.base is None]
+    slots = [h for h in candidates if h.owner is None and h.base is None and h.held_by is None]
     for holding in slots[:max(excess, 0)]:
         _take(victims, holding, "lru", candidates)
     missing_slots = max(excess - len(slots), 0)
@@ -244,7 +247,7 @@ def _may_evict_for(holding: Holding, request: Request) -> bool:
 def _excess(snapshot: Snapshot, adding: int) -> int:
     if snapshot.max_loaded is None:
         return 0
-    return len([h for h in snapshot.own() if h.base is None]) + adding - snapshot.max_loaded
+    return len([h for h in snapshot.own() if h.base is None and h.held_by is None]) + adding - snapshot.max_loaded
 
 
 def _deficits(snapshot: Snapshot, needed: Mapping[str, int]) -> dict[str, int]:
@@ -355,6 +358,10 @@ def _why_blocking(holding: Holding, request: Request) -> str:
 def _holder(holding: Holding, why: str) -> MemoryHolder:
     if holding.silent:  # idle, maybe: its kernel did not answer when asked to make room
         return MemoryHolder(holding.name, holding.total_bytes, f"in {holding.where}, which did not answer")
+    if holding.held_by is not None:
+        where = f" in {holding.where}" if holding.owner else ""
+        return MemoryHolder(holding.name, holding.total_bytes, f"unloaded but still held by {holding.held_by}{where}"
+                                                               " (delete that reference to free it)")
     return MemoryHolder(holding.name, holding.total_bytes, why + (f" in {holding.where}" if holding.owner else ""))
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 
 from ...devices import DeviceProbe
 from ...errors import ModelInUseError
@@ -157,7 +158,7 @@ class Evictions:
                     raise ModelInUseError(state.name_of(instance), max(instance.leases, int(mine)),
                                           loading=instance.state == "loading")
                 state.wait_for_change(state.version, deadline)
-        return self.release(victims)[0]
+        return _of_the_base(self.release(victims), key)
 
     def unload_all(self, deadline: Deadline, *, quiet: bool) -> list[UnloadReport]:
         """Unload every loaded instance, pinned ones included."""
@@ -166,3 +167,13 @@ class Evictions:
             keys = [key for key, instance in state.instances.items() if instance.state == "loaded"]
         reports = [self.unload(key, deadline, quiet=quiet) for key in keys]
         return [report for report in reports if report is not None]
+
+
+def _of_the_base(reports: list[UnloadReport], key: str) -> UnloadReport:
+    """One report for an unload by hand: the instance asked for, with its adapters (they go with a base)."""
+    base = next(report for report in reports if report.instance == key)
+    adapters = [report for report in reports if report is not base]
+    if not adapters:
+        return base
+    return replace(base, freed_bytes=sum(r.freed_bytes for r in reports), seconds=sum(r.seconds for r in reports),
+                   held_bytes=sum(r.held_bytes for r in reports), adapters=tuple(r.model_id for r in adapters))

@@ -16,6 +16,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import psutil
@@ -28,10 +29,14 @@ from ...reports import GarbageReport, UnloadReport
 from ...support.interrupts import interrupts_deferred
 from ...support.referrers import HOLDER_HINT, describe_holders
 from ...support.units import excerpt
-from ..instances import Instance
+from ..instances import HeldMemory, Instance
 from ..state import ManagerState
 
 __all__ = ["Freeing"]
+
+#: Holders are looked for in the whole heap only where a garbage collection took less than this: walking it once
+#: costs about as much, and naming them must cost at most 0.1 s more than the collection itself.
+_SCAN_WHEN_GC_UNDER_S = 0.1
 
 log = logging.getLogger(__name__)
 
@@ -61,18 +66,22 @@ class Freeing:
             started = time.perf_counter()
             devices = instance.placement.devices
             before = instance.backend.memory_in_use(devices)
-            target = self._teardown(instance)
+            target, collecting = self._teardown(instance)
             after = instance.backend.memory_in_use(devices)
             alive = target() if target is not None else None
-            holders = tuple(describe_holders(alive)) if alive is not None else ()
-            del alive
-            collected = target is None or target() is None
+            # naming what holds it is bounded: a heap too large to walk within the budget is not walked
+            holders = tuple(describe_holders(alive, scan=collecting < _SCAN_WHEN_GC_UNDER_S)) if alive is not None \
+                else ()
+            collected = alive is None
             if before:  # measured (CUDA): what the device allocator really got back
-                freed = sum(max(before[d] - after.get(d, 0), 0) for d in before)
+                freed_on = {d: max(before[d] - after.get(d, 0), 0) for d in before}
             else:  # not measurable (CPU): the footprint, once the object is gone
-                freed = instance.footprint_bytes if collected else 0
-            report = UnloadReport(model_id, instance.key, reason, freed, time.perf_counter() - started,
-                                  collected=collected, holders=holders)
+                freed_on = dict(instance.footprint) if collected else {}
+            held = {d: size - freed_on.get(d, 0) for d, size in instance.footprint.items()
+                    if size > freed_on.get(d, 0)} if not collected else {}
+            report = UnloadReport(model_id, instance.key, reason, sum(freed_on.values()),
+                                  time.perf_counter() - started, collected=collected, holders=holders,
+                                  held_bytes=sum(held.values()))
             if not collected and target is not None:
                 with self._lingering_lock:
                     self._lingering.append((model_id, target))
@@ -82,7 +91,10 @@ class Freeing:
                 if state.instances.get(instance.key) is instance:
                     del state.instances[instance.key]
                 state.last_used[instance.key] = instance.last_used
+                if held and alive is not None:  # it stays counted until the object is collected
+                    self._hold(HeldMemory(model_id, instance.key, held, holders), alive)
                 state.touch()
+            del alive
             kind: EventKind = "unloaded" if reason == "manual" else "evicted"
             self._bus.emit(kind, model_id, reason=reason, seconds=report.seconds, bytes=report.freed_bytes,
                            message=note)
@@ -113,8 +125,12 @@ class Freeing:
             self._teardown(instance)
             self._bus.emit("load_failed", canonical, message=message)
 
-    def _teardown(self, instance: Instance) -> weakref.ref[Any] | None:
-        """Drop the backend's object and every reference to it; collect; empty device caches."""
+    def _teardown(self, instance: Instance) -> tuple[weakref.ref[Any] | None, float]:
+        """Drop the backend's object and every reference to it; collect; empty device caches.
+
+        Returns a weak reference to the model object, and how long the garbage collection took (what walking
+        the heap costs here).
+        """
         with self._state.lock:
             loaded, instance.loaded = instance.loaded, None
         # a LoRA adapter's model is its base's: freeing the adapter does not free the model
@@ -122,10 +138,20 @@ class Freeing:
         if loaded is not None:
             instance.backend.unload(loaded)
         del loaded
+        collecting = 0.0
         if target is None or target() is not None:  # gone by reference counting: no full collection needed
+            started = time.perf_counter()
             gc.collect()
+            collecting = time.perf_counter() - started
         instance.backend.release_memory(instance.placement.devices)
-        return target
+        return target, collecting
+
+    def _hold(self, held: HeldMemory, alive: Any) -> None:
+        """Count ``held`` until ``alive`` is collected; then the room is free and waiting requests are woken.
+        Caller holds the state's lock."""
+        state = self._state
+        held.watch = weakref.ref(alive, partial(_let_go, weakref.ref(state), held))
+        state.held.append(held)
 
     # -- what is still alive ---------------------------------------------------------------------
 
@@ -157,6 +183,21 @@ class Freeing:
         collected = tuple(sorted(alive_before - set(lingering)))
         return GarbageReport(before, after, lingering, time.perf_counter() - started, collected, process_before,
                              process.memory_info().rss)
+
+
+def _let_go(state_ref: weakref.ref[ManagerState], held: HeldMemory, _gone: weakref.ref[Any]) -> None:
+    """The object of ``held`` was collected: its memory stops counting (on a thread of its own: the collection
+    may run anywhere, even where the state's lock is held by another thread)."""
+    def forget() -> None:
+        state = state_ref()
+        if state is None:
+            return
+        with state.lock:
+            if held in state.held:
+                state.held.remove(held)
+                state.touch(everyone=True)
+
+    threading.Thread(target=forget, name="llm-manager-collected", daemon=True).start()
 
 
 def _weak(obj: Any) -> weakref.ref[Any] | None:
