@@ -142,7 +142,8 @@ class LlamaCppBackend(Backend):
         info = read_gguf(path)
         context = placement.context or context_for(spec, info)
         generation = gguf_defaults(info)
-        chooser = None if "n_threads" in spec.load_kwargs else ThreadChoice()
+        # the sampler starts looking now: the first request reads the CPUs over this load, without waiting
+        chooser = None if "n_threads" in spec.load_kwargs else ThreadChoice().hold()
         threads = chooser.choose() if chooser is not None else usable_cores()
         options: dict[str, Any] = {"model_path": str(path), "n_ctx": context, "n_threads": threads,
                                    "n_threads_batch": threads, "verbose": False,
@@ -161,6 +162,8 @@ class LlamaCppBackend(Backend):
             try:
                 model = llama_cpp.Llama(**options)
             except (ValueError, RuntimeError, TypeError, OSError) as error:
+                if chooser is not None:
+                    chooser.close()
                 said = [line for line in lines if "error" in line.lower() or "failed" in line.lower()][-3:]
                 raise ModelLoadingError(excerpt(f"llama.cpp could not load {spec.id!r} from {str(path)!r}: {error}"
                                                 + (f" ({'; '.join(said)})" if said else "")),
@@ -181,6 +184,9 @@ class LlamaCppBackend(Backend):
         """``close()`` frees llama.cpp's model and context now, not when the object is collected."""
         model, loaded.model = loaded.model, None
         if model is not None:
+            chooser = _choosers.pop(model, None)
+            if chooser is not None:
+                chooser.close()
             model.close()
 
     def release_memory(self, devices: tuple[str, ...]) -> None:
