@@ -133,7 +133,7 @@ def test_without_cpu_figures_every_core_is_used():
 
 def test_the_sampler_looks_in_the_background_while_held_and_stops_when_released():
     sampler = CpuSampler(period=0.01)
-    named = lambda: [t for t in threading.enumerate() if t.name == "llm-cpu-sampler" and t.is_alive()]
+    named = lambda: [t for t in threading.enumerate() if t.name == "jlm-cpu-sampler" and t.is_alive()]
     first = sampler.hold()
     second = sampler.hold()
     assert sampler.running and named()

@@ -195,3 +195,19 @@ def test_a_count_the_user_set_is_kept_while_generating(real_manager, chosen_coun
     finally:
         torch.set_num_threads(before)
     assert chosen_count.chosen == 0
+
+
+def test_a_model_on_the_cpu_keeps_the_cpu_sampler_looking_until_it_is_unloaded(tiny_models):
+    from jupyter_llm_manager import LLMManager
+    from jupyter_llm_manager.support.cpus import SAMPLER
+
+    before = SAMPLER.holders
+    manager = LLMManager(config_path=False, preload=False, cooperate=False)
+    try:
+        manager.register("a", source=str(tiny_models["a"]))
+        manager.load("a")
+        assert SAMPLER.holders == before + 1 and SAMPLER.running
+        manager.unload("a")
+        assert SAMPLER.holders == before
+    finally:
+        manager.close()

@@ -112,8 +112,11 @@ class CpuSampler:
     a second old (or an older one of at least ``SHORTEST`` seconds, just after
     the sampler started), counting this process's own CPU time as idle: it is
     about to compute, so its own work (a model loading, a request before this
-    one) takes nothing from the next computation. The clocks are injectable
-    for tests, and ``period=None`` takes no thread (tests call :meth:`sample`).
+    one) takes nothing from the next computation. Its thread
+    (``jlm-cpu-sampler``) belongs to the process, not to a manager: it runs
+    while some loaded model holds the sampler and stops with the last hold.
+    The clocks are injectable for tests, and ``period=None`` takes no thread
+    (tests call :meth:`sample`).
     """
 
     PERIOD = 0.25
@@ -139,7 +142,7 @@ class CpuSampler:
             self._holders += 1
             if self._period is not None and not self.running:
                 self._stop = threading.Event()
-                self._thread = threading.Thread(target=self._run, args=(self._stop,), name="llm-cpu-sampler",
+                self._thread = threading.Thread(target=self._run, args=(self._stop,), name="jlm-cpu-sampler",
                                                 daemon=True)
                 self._thread.start()
         return SamplerHold(self)
@@ -149,6 +152,11 @@ class CpuSampler:
             self._holders = max(0, self._holders - 1)
             if self._holders == 0:
                 self._stop.set()
+
+    @property
+    def holders(self) -> int:
+        """How many holds keep it looking."""
+        return self._holders
 
     @property
     def running(self) -> bool:

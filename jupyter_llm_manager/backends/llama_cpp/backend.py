@@ -49,6 +49,7 @@ from ..generation_defaults import GenerationDefaults, gguf_defaults
 from . import adapters as lora
 from .log import captured_log, footprint_of, reported_buffers, route_log
 from .options import ThreadChoice, normalized, usable_cores
+from .prompt_cache import CHUNK, PromptCache, answer_header, completion
 
 __all__ = ["LlamaCppBackend", "MeasuredBuffer", "usable_cores"]
 
@@ -174,6 +175,8 @@ class LlamaCppBackend(Backend):
         if chooser is not None:
             _choosers[model] = chooser
             chooser.finished()
+        if spec.mode == "chat":  # offloaded, a batch of one is far slower than a batch: answers in chunks too
+            _caches[model] = PromptCache(model, chunk=CHUNK if not gpus else int(model.n_batch), singles=not gpus)
         details = _details(spec, info, context, threads, buffers)
         if spec.adapter is not None:
             details.update(lora.own_copy(spec))
@@ -205,16 +208,8 @@ class LlamaCppBackend(Backend):
         chooser = _choosers.get(model)
         if chooser is not None:
             loaded.details["threads"] = _use_threads(model, chooser.choose())
-        # Every request evaluates its whole prompt. llama-cpp-python would reuse the prefix it shares with
-        # the last request and evaluate the rest in another batch shape, whose rounding moves the logits
-        # enough to change a greedy answer under the repetition penalty: an answer must not depend on the
-        # request before it.
-        model.reset()
         try:
-            if prepared.tokens is not None:  # exactly the tokens counted: the template applied here
-                chunks = model.create_completion(prepared.tokens, stream=True, stop=prepared.stop or None, **options)
-            else:
-                chunks = model.create_chat_completion(prepared.messages, stream=True, **options)
+            chunks = _completion(model, prepared, options)
         except (ValueError, TypeError, RuntimeError) as error:
             if chooser is not None:
                 chooser.finished()
@@ -364,6 +359,7 @@ class _Prepared:
 
 _formatters: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
 _choosers: weakref.WeakKeyDictionary[Any, ThreadChoice] = weakref.WeakKeyDictionary()  # models without n_threads
+_caches: weakref.WeakKeyDictionary[Any, PromptCache] = weakref.WeakKeyDictionary()  # chat models
 
 
 def _use_threads(model: Any, threads: int) -> int:
@@ -372,6 +368,23 @@ def _use_threads(model: Any, threads: int) -> int:
 
     llama_cpp.llama_set_n_threads(model.ctx, threads, threads)
     return threads
+
+
+def _completion(model: Any, prepared: _Prepared, options: dict[str, Any]) -> Any:
+    """The completion's chunks. The prompt reuses what the model's cache holds of it, evaluated as a fresh
+    model would (see :mod:`.prompt_cache`): an answer never depends on the request before it."""
+    cache = _caches.get(model)
+    if prepared.tokens is not None and cache is not None:  # exactly the tokens counted: the template applied here
+        if cache.header is None:
+            formatter = _formatter(model)
+            cache.header = answer_header(model, formatter) if formatter is not None else ()
+        return completion(model, cache, prepared.tokens, prepared.stop, options)
+    model.reset()  # the library renders the messages: the prompt is evaluated whole
+    if cache is not None:
+        cache.forget()
+    if prepared.tokens is not None:
+        return model.create_completion(prepared.tokens, stream=True, stop=prepared.stop or None, **options)
+    return model.create_chat_completion(prepared.messages, stream=True, **options)
 
 
 def _prepare(model: Any, prompt: Prompt, raw: bool) -> _Prepared:

@@ -1,0 +1,182 @@
+"""llama.cpp answers through the manager against raw ``Llama``: repeated prompts, distinct prompts, a conversation.
+
+    python benchmarks/llama_reuse.py [--rounds 6] [--tokens 48] [--turns 10] [--threads N] [--quick] [--json out.json]
+
+The real SmolLM2 file, loaded twice in this process: by the manager and by
+raw ``llama_cpp.Llama``, with the same ``n_ctx`` and the same thread count
+(``load_kwargs: {n_threads: N}`` on the manager's side), greedy with the
+repetition penalty off on both sides, so both make the same tokens. Each
+keeps its own KV cache from request to request (raw llama-cpp-python reuses
+the longest cached prefix; the manager reuses whole batches of a plan that
+keeps its answers independent of the request before). Alternated pairs
+(A, B, B, A, ...):
+
+- repeated: the same prompt every time;
+- distinct: a different question every time (they share the system message);
+- a conversation of ``--turns`` turns: the manager's ``generate`` on the
+  messages so far against raw ``create_chat_completion`` on the same
+  messages (each answer appended to both histories).
+
+Prints tokens per second (repeated, distinct) and seconds per turn, with
+min / median / max of the per-pair ratios. Goals: at least 0.98x raw's
+tokens per second; no slower per turn than raw. ``--threads`` (default:
+the physical cores) is the count on both sides: on a machine that other
+work keeps busy, 1 keeps llama.cpp's threads from stalling on one another,
+which would drown both sides' figures in noise. ``--quick`` is the short
+form CI runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from jupyter_llm_manager import LLMManager
+from jupyter_llm_manager.backends.llama_cpp.options import core_budget
+from jupyter_llm_manager.models.builtin import INSTALL_HINT, smollm2_file
+
+CONTEXT = 2048
+SPEED_GOAL = 0.98
+QUESTIONS = ["What is the capital of France?", "Name three rivers in Africa.", "Why do cats purr?",
+             "How does a lighthouse work?", "Write a haiku about snow.", "What is a prime number?",
+             "Give me a tip for learning to cook.", "Why is the sea salty?", "What do bees make?",
+             "Explain what a volcano is.", "How far is the moon?", "What is chess?"]
+FOLLOW_UPS = ["Tell me more.", "Why?", "Can you give an example?", "What else should I know?", "Summarize that.",
+              "Is that always true?", "How would a child say it?", "And in one sentence?",
+              "What is surprising about it?", "Thanks, anything to add?"]
+
+
+class Sides:
+    """The same file through the manager and through raw ``Llama``, the same context and threads."""
+
+    def __init__(self, path: Path, threads: int, tokens: int) -> None:
+        import llama_cpp
+
+        self.tokens = tokens
+        self.manager = LLMManager(config_path=False, preload=False, cooperate=False)
+        self.manager.register("cpp", source=str(path), backend="llama_cpp", max_context=CONTEXT,
+                              load_kwargs={"n_threads": threads, "n_threads_batch": threads})
+        self.manager.load("cpp")
+        self.raw = llama_cpp.Llama(model_path=str(path), n_ctx=CONTEXT, n_threads=threads, n_threads_batch=threads,
+                                   verbose=False)
+
+    def ours(self, prompt: Any) -> tuple[str, int]:
+        result = self.manager.generate("cpp", prompt, max_new_tokens=self.tokens, temperature=0,
+                                       repetition_penalty=1.0)
+        return result.text, result.completion_tokens
+
+    def theirs(self, prompt: Any) -> tuple[str, int]:
+        messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+        answer = self.raw.create_chat_completion(messages, max_tokens=self.tokens, temperature=0, repeat_penalty=1.0)
+        return answer["choices"][0]["message"]["content"] or "", answer["usage"]["completion_tokens"]
+
+    def close(self) -> None:
+        self.manager.close()
+        self.raw.close()
+
+
+def timed(action: Any, prompt: Any) -> tuple[float, str, int]:
+    started = time.perf_counter()
+    text, tokens = action(prompt)
+    return time.perf_counter() - started, text, tokens
+
+
+def pairs(sides: Sides, prompts: list[Any]) -> dict[str, list[float]]:
+    """tok/s of each side per prompt, alternated; whether both answered alike."""
+    figures: dict[str, list[float]] = {"manager": [], "raw": [], "same answer": []}
+    for index, prompt in enumerate(prompts):
+        answers = {}
+        for label, action in ((("manager", sides.ours), ("raw", sides.theirs)) if index % 4 in (0, 3)
+                              else (("raw", sides.theirs), ("manager", sides.ours))):
+            seconds, text, tokens = timed(action, prompt)
+            figures[label].append(tokens / seconds)
+            answers[label] = text
+        figures["same answer"].append(float(answers["manager"].strip() == answers["raw"].strip()))
+    return figures
+
+
+def conversation(sides: Sides, turns: int) -> dict[str, list[float]]:
+    """Seconds per turn of each side on the same growing history."""
+    figures: dict[str, list[float]] = {"manager": [], "raw": [], "same answer": [], "prompt": []}
+    history: list[dict[str, str]] = []
+    for index in range(turns):
+        history.append({"role": "user", "content": QUESTIONS[0] if index == 0 else FOLLOW_UPS[index % len(FOLLOW_UPS)]})
+        answers = {}
+        for label, action in ((("manager", sides.ours), ("raw", sides.theirs)) if index % 4 in (0, 3)
+                              else (("raw", sides.theirs), ("manager", sides.ours))):
+            seconds, text, _ = timed(action, list(history))
+            figures[label].append(seconds)
+            answers[label] = text
+        figures["same answer"].append(float(answers["manager"].strip() == answers["raw"].strip()))
+        figures["prompt"].append(sides.manager.generate("cpp", history, max_new_tokens=1).prompt_tokens
+                                 if index == turns - 1 else 0)
+        history.append({"role": "assistant", "content": answers["manager"]})
+    return figures
+
+
+def spread(values: list[float], digits: int = 2) -> str:
+    return f"{statistics.median(values):.{digits}f} (min {min(values):.{digits}f}, max {max(values):.{digits}f})"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=6, help="pairs for repeated and for distinct prompts")
+    parser.add_argument("--tokens", type=int, default=48, help="greedy tokens per answer (at most)")
+    parser.add_argument("--turns", type=int, default=10, help="turns of the conversation")
+    parser.add_argument("--threads", type=int, default=0, help="threads on both sides (default: the physical cores)")
+    parser.add_argument("--quick", action="store_true", help="the short form CI runs")
+    parser.add_argument("--json", type=Path, help="also write every figure here")
+    args = parser.parse_args()
+    if args.quick:
+        args.rounds, args.tokens, args.turns = min(args.rounds, 2), min(args.tokens, 16), min(args.turns, 3)
+    path = smollm2_file()
+    if path is None:
+        print(f"the SmolLM2 file is not installed: {INSTALL_HINT}", file=sys.stderr)
+        return 1
+    threads = args.threads or core_budget()
+    load_before = os.getloadavg()
+    sides = Sides(path, threads, args.tokens)
+    try:
+        sides.ours("Hi")  # first requests build the chat template on both sides: not part of the figures
+        sides.theirs("Hi")
+        results = {"repeated": pairs(sides, [QUESTIONS[0]] * args.rounds),
+                   "distinct": pairs(sides, [QUESTIONS[i % len(QUESTIONS)] for i in range(1, args.rounds + 1)]),
+                   "conversation": conversation(sides, args.turns)}
+    finally:
+        sides.close()
+    print(f"SmolLM2-135M-Instruct Q4_1, n_ctx {CONTEXT}, {threads} threads on both sides, up to {args.tokens} greedy "
+          f"tokens; load average {', '.join(f'{x:.2f}' for x in load_before)} at the start, "
+          f"{', '.join(f'{x:.2f}' for x in os.getloadavg())} at the end\n")
+    print("| prompts | manager | raw `Llama` | manager / raw, per pair | same answers |\n|---|---|---|---|---|")
+    verdicts = []
+    for name in ("repeated", "distinct"):
+        figures = results[name]
+        ratio = [a / b for a, b in zip(figures["manager"], figures["raw"])]
+        verdicts.append(f"{name}: {'meets' if statistics.median(ratio) >= SPEED_GOAL else 'misses'} the goal "
+                        f"of at least {SPEED_GOAL}x raw's tokens per second")
+        print(f"| {name} ({len(ratio)} pairs) | {statistics.median(figures['manager']):.1f} tok/s | "
+              f"{statistics.median(figures['raw']):.1f} tok/s | {spread(ratio)} | "
+              f"{int(sum(figures['same answer']))}/{len(ratio)} |")
+    chat = results["conversation"]
+    per_turn = [a / b for a, b in zip(chat["manager"], chat["raw"])]
+    print(f"| conversation, {len(per_turn)} turns ({max(chat['prompt'])} prompt tokens at the last) | "
+          f"{statistics.median(chat['manager']):.3f} s a turn | {statistics.median(chat['raw']):.3f} s a turn | "
+          f"{spread(per_turn)} (seconds) | {int(sum(chat['same answer']))}/{len(per_turn)} |")
+    verdicts.append(f"conversation: {'meets' if statistics.median(per_turn) <= 1.0 else 'misses'} the goal of no "
+                    "slower per turn than raw (median of the per-turn ratios at most 1)")
+    print("\n" + "\n".join(verdicts))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
