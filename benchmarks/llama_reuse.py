@@ -1,6 +1,6 @@
 """llama.cpp answers through the manager against raw ``Llama``: repeated prompts, distinct prompts, a conversation.
 
-    python benchmarks/llama_reuse.py [--rounds 6] [--tokens 48] [--turns 10] [--threads N] [--quick] [--json out.json]
+    python benchmarks/llama_reuse.py [--rounds 10] [--tokens 64] [--turns 10] [--chats 2] [--threads N] [--quick]
 
 The real SmolLM2 file, loaded twice in this process: by the manager and by
 raw ``llama_cpp.Llama``, with the same ``n_ctx`` and the same thread count
@@ -13,12 +13,12 @@ keeps its answers independent of the request before). Alternated pairs
 
 - repeated: the same prompt every time;
 - distinct: a different question every time (they share the system message);
-- a conversation of ``--turns`` turns: the manager's ``generate`` on the
-  messages so far against raw ``create_chat_completion`` on the same
-  messages (each answer appended to both histories).
+- ``--chats`` conversations of ``--turns`` turns: the manager's
+  ``generate`` on the messages so far against raw ``create_chat_completion``
+  on the same messages (the manager's answer appended to the history).
 
-Prints tokens per second (repeated, distinct) and seconds per turn, with
-min / median / max of the per-pair ratios. Goals: at least 0.98x raw's
+Prints tokens per second (the answer's tokens over the request's time,
+prompt included), with min / median / max of the per-pair ratios. Goals: at least 0.98x raw's
 tokens per second; no slower per turn than raw. ``--threads`` (default:
 the physical cores) is the count on both sides: on a machine that other
 work keeps busy, 1 keeps llama.cpp's threads from stalling on one another,
@@ -103,22 +103,23 @@ def pairs(sides: Sides, prompts: list[Any]) -> dict[str, list[float]]:
     return figures
 
 
-def conversation(sides: Sides, turns: int) -> dict[str, list[float]]:
-    """Seconds per turn of each side on the same growing history."""
-    figures: dict[str, list[float]] = {"manager": [], "raw": [], "same answer": [], "prompt": []}
-    history: list[dict[str, str]] = []
-    for index in range(turns):
-        history.append({"role": "user", "content": QUESTIONS[0] if index == 0 else FOLLOW_UPS[index % len(FOLLOW_UPS)]})
-        answers = {}
-        for label, action in ((("manager", sides.ours), ("raw", sides.theirs)) if index % 4 in (0, 3)
-                              else (("raw", sides.theirs), ("manager", sides.ours))):
-            seconds, text, _ = timed(action, list(history))
-            figures[label].append(seconds)
-            answers[label] = text
-        figures["same answer"].append(float(answers["manager"].strip() == answers["raw"].strip()))
-        figures["prompt"].append(sides.manager.generate("cpp", history, max_new_tokens=1).prompt_tokens
-                                 if index == turns - 1 else 0)
-        history.append({"role": "assistant", "content": answers["manager"]})
+def conversations(sides: Sides, count: int, turns: int) -> dict[str, list[float]]:
+    """tok/s of each side per turn of ``count`` conversations, both on the same growing history (the manager's
+    answers: raw's own may differ by a token where its cache reuse rounds otherwise, and then it pays for it)."""
+    figures: dict[str, list[float]] = {"manager": [], "raw": [], "same answer": []}
+    for number in range(count):
+        history: list[dict[str, str]] = []
+        for index in range(turns):
+            history.append({"role": "user", "content": QUESTIONS[-1 - number % len(QUESTIONS)] if index == 0
+                            else FOLLOW_UPS[index % len(FOLLOW_UPS)]})
+            answers = {}
+            for label, action in ((("manager", sides.ours), ("raw", sides.theirs)) if index % 4 in (0, 3)
+                                  else (("raw", sides.theirs), ("manager", sides.ours))):
+                seconds, text, tokens = timed(action, list(history))
+                figures[label].append(tokens / seconds)
+                answers[label] = text
+            figures["same answer"].append(float(answers["manager"].strip() == answers["raw"].strip()))
+            history.append({"role": "assistant", "content": answers["manager"]})
     return figures
 
 
@@ -128,15 +129,17 @@ def spread(values: list[float], digits: int = 2) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=6, help="pairs for repeated and for distinct prompts")
-    parser.add_argument("--tokens", type=int, default=48, help="greedy tokens per answer (at most)")
-    parser.add_argument("--turns", type=int, default=10, help="turns of the conversation")
+    parser.add_argument("--rounds", type=int, default=10, help="pairs for repeated and for distinct prompts")
+    parser.add_argument("--tokens", type=int, default=64, help="greedy tokens per answer (at most)")
+    parser.add_argument("--turns", type=int, default=10, help="turns of each conversation")
+    parser.add_argument("--chats", type=int, default=2, help="conversations")
     parser.add_argument("--threads", type=int, default=0, help="threads on both sides (default: the physical cores)")
     parser.add_argument("--quick", action="store_true", help="the short form CI runs")
     parser.add_argument("--json", type=Path, help="also write every figure here")
     args = parser.parse_args()
     if args.quick:
-        args.rounds, args.tokens, args.turns = min(args.rounds, 2), min(args.tokens, 16), min(args.turns, 3)
+        args.rounds, args.tokens, args.turns, args.chats = (min(args.rounds, 2), min(args.tokens, 16),
+                                                            min(args.turns, 3), 1)
     path = smollm2_file()
     if path is None:
         print(f"the SmolLM2 file is not installed: {INSTALL_HINT}", file=sys.stderr)
@@ -149,7 +152,7 @@ def main() -> int:
         sides.theirs("Hi")
         results = {"repeated": pairs(sides, [QUESTIONS[0]] * args.rounds),
                    "distinct": pairs(sides, [QUESTIONS[i % len(QUESTIONS)] for i in range(1, args.rounds + 1)]),
-                   "conversation": conversation(sides, args.turns)}
+                   "conversation": conversations(sides, args.chats, args.turns)}
     finally:
         sides.close()
     print(f"SmolLM2-135M-Instruct Q4_1, n_ctx {CONTEXT}, {threads} threads on both sides, up to {args.tokens} greedy "
@@ -167,11 +170,11 @@ def main() -> int:
               f"{int(sum(figures['same answer']))}/{len(ratio)} |")
     chat = results["conversation"]
     per_turn = [a / b for a, b in zip(chat["manager"], chat["raw"])]
-    print(f"| conversation, {len(per_turn)} turns ({max(chat['prompt'])} prompt tokens at the last) | "
-          f"{statistics.median(chat['manager']):.3f} s a turn | {statistics.median(chat['raw']):.3f} s a turn | "
-          f"{spread(per_turn)} (seconds) | {int(sum(chat['same answer']))}/{len(per_turn)} |")
-    verdicts.append(f"conversation: {'meets' if statistics.median(per_turn) <= 1.0 else 'misses'} the goal of no "
-                    "slower per turn than raw (median of the per-turn ratios at most 1)")
+    print(f"| {args.chats} conversations of {args.turns} turns | {statistics.median(chat['manager']):.1f} tok/s | "
+          f"{statistics.median(chat['raw']):.1f} tok/s | {spread(per_turn)} | "
+          f"{int(sum(chat['same answer']))}/{len(per_turn)} |")
+    verdicts.append(f"conversation: {'meets' if statistics.median(per_turn) >= 1.0 else 'misses'} the goal of no "
+                    "slower per turn than raw (the median per-turn ratio of tokens per second at least 1)")
     print("\n" + "\n".join(verdicts))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))

@@ -13,34 +13,38 @@ import numpy as np
 import pytest
 
 from jupyter_llm_manager import LLMManager
-from jupyter_llm_manager.backends.llama_cpp.prompt_cache import plan
+from jupyter_llm_manager.backends.llama_cpp.prompt_cache import ChatMarks, plan
 from jupyter_llm_manager.models.builtin import INSTALL_HINT, smollm2_file
 
 GGUF = smollm2_file()
 needs_model = pytest.mark.skipif(GGUF is None or importlib.util.find_spec("llama_cpp") is None,
                                  reason=f"needs llama-cpp-python and the SmolLM2 file ({INSTALL_HINT})")
-END, HEADER = 2, (1, 9, 9)  # a made-up end-of-turn token and answer header, for the plans alone
+END = 2  # a made-up end-of-turn token, chat head and answer header, for the plans alone
+MARKS = ChatMarks(head=(5, 5, 5), header=(1, 9, 9))
 
 
-def plan_of(tokens: list[int], chunk: int = 4, singles: bool = True) -> list[tuple[int, int]]:
+def plan_of(tokens: list[int], chunk: int = 8, singles: bool = True) -> list[tuple[int, int]]:
     array = np.asarray(tokens)
-    return plan(array, array == END, HEADER, chunk, singles)
+    return plan(array, array == END, MARKS, chunk, singles)
 
 
-def test_a_plan_cuts_at_fixed_positions_after_each_turn_and_takes_answers_one_token_at_a_time():
+def test_a_plan_cuts_after_the_head_the_first_turn_and_each_header_at_fixed_positions_and_answers_alone():
     tokens = [5, 5, 5, 5, 5, 5, 5, END, 1, 9, 9, 7, 7, 7, END, 5, 1, 9, 9]
-    assert plan_of(tokens) == [(0, 4), (4, 8), (8, 11), (11, 12), (12, 13), (13, 14), (14, 15), (15, 16),
-                               (16, 19)]
-    assert plan_of(tokens, singles=False)[2:5] == [(8, 11), (11, 12), (12, 15)]  # the answer in chunks
+    assert plan_of(tokens) == [(0, 3), (3, 8), (8, 11), (11, 12), (12, 13), (13, 16), (16, 19)]
+    assert plan_of(tokens, singles=False) == [(0, 3), (3, 8), (8, 11), (11, 16), (16, 19)]  # the answer in chunks
+    assert plan_of([6, 5, 5, 5, 6, 6])[0] == (0, 6)  # no head cut where the prompt does not start with it
 
 
 def test_a_prompt_s_plan_begins_with_the_plan_of_the_conversation_it_continues():
     turn = [5, 5, 5, 6, 6, END, 5, 6, 1, 9, 9]  # ends with the header: the answer comes next
     answer = [7, 8, 7, 8, 7, 8, 7]  # generated one token at a time
     following = turn + answer + [END, 5, 6, 6, END, 1, 9, 9]
-    assert plan_of(following)[:len(plan_of(turn))] == plan_of(turn)
-    after_turn = [span for span in plan_of(following) if span[0] >= len(turn)]
-    assert after_turn[:len(answer)] == [(p, p + 1) for p in range(len(turn), len(turn) + len(answer))]
+    assert plan_of(turn, chunk=4)[-1] == (8, 11)
+    assert plan_of(following, chunk=4)[:len(plan_of(turn, chunk=4))] == plan_of(turn, chunk=4)
+    after_turn = [span for span in plan_of(following, chunk=4) if span[0] >= len(turn)]
+    last = len(turn) + len(answer) - 1  # the answer's last token starts the batch of the next message
+    assert after_turn[:len(answer) - 1] == [(p, p + 1) for p in range(len(turn), last)]
+    assert after_turn[len(answer) - 1] == (last, 20)  # with the end of the turn, up to the fixed position 20
 
 
 @pytest.fixture(scope="module")
@@ -120,14 +124,14 @@ def test_a_conversation_s_next_turn_evaluates_only_its_new_message(cpp, decoded)
 
 
 @needs_model
-def test_prompts_that_share_a_system_message_skip_it_and_a_repeated_prompt_evaluates_its_end_only(cpp, decoded):
+def test_prompts_that_share_a_system_message_skip_it_and_a_repeated_prompt_evaluates_nothing(cpp, decoded):
     cpp.generate("cpp", "What is the capital of Italy?", **GREEDY)
     decoded.clear()
     result = cpp.generate("cpp", "What is the capital of France?", **GREEDY)
     assert sum(decoded) - (result.completion_tokens - 1) < result.prompt_tokens - 10  # the system message kept
     decoded.clear()
     again = cpp.generate("cpp", "What is the capital of France?", **GREEDY)
-    assert sum(decoded) - (again.completion_tokens - 1) <= 8  # the last batch: "<|im_start|>assistant\n" and so
+    assert sum(decoded) - (again.completion_tokens - 1) <= 1  # nothing of the prompt: its logits are put back
 
 
 @needs_model

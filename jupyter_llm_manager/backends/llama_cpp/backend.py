@@ -49,7 +49,7 @@ from ..generation_defaults import GenerationDefaults, gguf_defaults
 from . import adapters as lora
 from .log import captured_log, footprint_of, reported_buffers, route_log
 from .options import ThreadChoice, normalized, usable_cores
-from .prompt_cache import CHUNK, PromptCache, answer_header, completion
+from .prompt_cache import CHUNK, ChatMarks, PromptCache, chat_marks, completion
 
 __all__ = ["LlamaCppBackend", "MeasuredBuffer", "usable_cores"]
 
@@ -375,9 +375,9 @@ def _completion(model: Any, prepared: _Prepared, options: dict[str, Any]) -> Any
     model would (see :mod:`.prompt_cache`): an answer never depends on the request before it."""
     cache = _caches.get(model)
     if prepared.tokens is not None and cache is not None:  # exactly the tokens counted: the template applied here
-        if cache.header is None:
+        if cache.marks is None:
             formatter = _formatter(model)
-            cache.header = answer_header(model, formatter) if formatter is not None else ()
+            cache.marks = chat_marks(model, formatter) if formatter is not None else ChatMarks()
         return completion(model, cache, prepared.tokens, prepared.stop, options)
     model.reset()  # the library renders the messages: the prompt is evaluated whole
     if cache is not None:

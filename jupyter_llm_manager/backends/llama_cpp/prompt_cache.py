@@ -3,49 +3,63 @@
 llama.cpp's numbers depend on how a prompt is cut into batches: a token in a
 batch of one (as each answer token is while it is generated) and the same
 token inside a larger batch get slightly different keys and values, enough
-to change a greedy answer (llama-cpp-python's own prefix reuse changed 6 of
-16 answers in a trial). So every prompt is evaluated in batches cut by a plan
+to change a greedy answer (llama-cpp-python's own prefix reuse changed 5 of
+12 answers in a trial). So every prompt is evaluated in batches cut by a plan
 that depends on the prompt alone (:func:`plan`):
 
-- a batch ends after each end-of-turn token, and after each assistant header
-  (where an answer starts);
+- a batch ends where the chat template's fixed head ends (its default system
+  message and the user's header), after the first end-of-turn token (a
+  system message of one's own), and where an answer starts (after each
+  assistant header);
 - a previous answer in the prompt (from its header to its end-of-turn token)
-  is evaluated one token at a time, as it was when it was generated;
+  is evaluated one token at a time, as it was when it was generated, but
+  for its last token, which starts the next batch (an answer cut at
+  ``max_new_tokens`` never evaluated it: the next turn evaluates it with its
+  new message, in one batch, as llama-cpp-python itself would);
 - everything else is cut at fixed positions, every ``chunk`` tokens from 0.
 
-:class:`PromptCache` remembers the batches that made each cached position.
-A request reuses the longest run of leading batches that are its plan's own
-batches over the same tokens, and evaluates the rest. The model's state
-after the prompt is then exactly what a fresh model would compute: greedy
-answers are the same with or without a request before, while a
-conversation's next turn evaluates only its new message, and prompts that
-share a system message skip it.
+:class:`PromptCache` remembers the batches that made each cached position,
+and the logits after the last prompt's end. A request reuses the longest
+run of leading batches that are its plan's own over the same tokens and
+evaluates the rest; the same prompt again evaluates nothing (its logits are
+put back). The model's state after the prompt is then exactly a fresh
+model's: greedy answers are the same with or without a request before,
+while a conversation's next turn evaluates only its new message and prompts
+that share a system message skip it.
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
-from collections.abc import Generator, Sequence
+from collections.abc import Generator
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-__all__ = ["CHUNK", "PromptCache", "answer_header", "completion", "plan"]
+__all__ = ["CHUNK", "ChatMarks", "PromptCache", "chat_marks", "completion", "plan"]
 
 log = logging.getLogger(__name__)
 
-#: Tokens per batch between fixed positions: batches this size evaluate as fast as 512 on a CPU, and keep
-#: more of a shared prefix (a shorter system message) reusable.
-CHUNK = 64
+#: Tokens between fixed cut positions: batches this size evaluate as fast as 512 on a CPU, and keep most of
+#: a long shared prefix without chat structure (a raw prompt's document) reusable.
+CHUNK = 256
 
 Span = tuple[int, int]
 
 
-def plan(tokens: np.ndarray, ends: np.ndarray, header: Sequence[int], chunk: int, singles: bool) -> list[Span]:
+@dataclass(frozen=True)
+class ChatMarks:
+    """What a model's chat template puts around messages, in tokens (empty: not known)."""
+
+    head: tuple[int, ...] = ()  # what every prompt starts with: the default system message, the user's header
+    header: tuple[int, ...] = ()  # what opens an answer (the generation prompt)
+
+
+def plan(tokens: np.ndarray, ends: np.ndarray, marks: ChatMarks, chunk: int, singles: bool) -> list[Span]:
     """The batches ``(start, stop)`` that evaluate ``tokens``; ``ends``: which tokens end a turn.
 
-    ``header``: the tokens that open an answer (empty: none known);
     ``singles``: previous answers one token at a time (else in chunks).
     Every cut depends only on the tokens before it, so a prompt's plan
     begins with the plan of any prompt it extends.
@@ -53,17 +67,21 @@ def plan(tokens: np.ndarray, ends: np.ndarray, header: Sequence[int], chunk: int
     length = len(tokens)
     ending = np.flatnonzero(ends)
     cuts = set(range(chunk, length, chunk))
-    cuts.update((ending + 1).tolist())
-    width = len(header)
+    if len(ending):
+        cuts.add(int(ending[0]) + 1)
+    head = len(marks.head)
+    if head and length > head and tuple(tokens[:head].tolist()) == marks.head:
+        cuts.add(head)
+    width = len(marks.header)
     if width and length >= width:
         windows = np.lib.stride_tricks.sliding_window_view(tokens, width)
-        starts = np.flatnonzero(np.all(windows == np.asarray(header), axis=1)) + width
+        starts = np.flatnonzero(np.all(windows == np.asarray(marks.header), axis=1)) + width
         cuts.update(starts.tolist())
         if singles:
             for start in starts.tolist():
                 after = np.searchsorted(ending, start)
-                if after < len(ending) and ending[after] > start:
-                    cuts.update(range(start + 1, int(ending[after]) + 1))
+                if after < len(ending) and ending[after] > start:  # its last token starts the next batch
+                    cuts.update(range(start + 1, int(ending[after])))
     bounds = [0, *sorted(cut for cut in cuts if 0 < cut < length), length]
     return list(itertools.pairwise(bounds))
 
@@ -81,30 +99,51 @@ class PromptCache:
     def __init__(self, model: Any, *, chunk: int, singles: bool) -> None:
         self.chunk = max(1, min(chunk, int(model.n_batch)))
         self.singles = singles
-        self.header: tuple[int, ...] | None = None  # what opens an answer, in tokens (see answer_header)
+        self.marks: ChatMarks | None = None  # found from the chat template at the first request
         self.enabled = not _truncation_unsupported(model)
+        self._restores = _samples_a_cached_prompt(model)
         self._spans: list[Span] = []  # the batches behind the first ``_cached`` positions, in order
         self._cached = 0
         self._plan: list[Span] = []
+        self._logits: np.ndarray | None = None  # after the last prompt's end, when it was evaluated as planned
+        self._logits_at = 0  # that prompt's length
         self._ends: dict[int, bool] = {}  # token -> whether it ends a turn (llama.cpp's end-of-generation tokens)
 
-    def prepare(self, model: Any, tokens: list[int], header: Sequence[int]) -> int:
-        """Make the model hold all of the prompt's plan but its last batch (reused or evaluated); its start.
+    def prepare(self, model: Any, tokens: list[int]) -> None:
+        """Make the model hold the prompt as its plan makes it, reusing what it holds already.
 
-        llama-cpp-python's completion then evaluates the last batch (its own
-        prefix match stops exactly there) and samples after it.
+        Either all of it with its logits put back (the same prompt again), or
+        all but its last batch, which llama-cpp-python's completion then
+        evaluates (its own prefix match stops exactly there) before sampling.
         """
         array = np.asarray(tokens, dtype=np.intc)
-        self._plan = plan(array, self._ending(model, array), header, self.chunk, self.singles)
+        self._plan = plan(array, self._ending(model, array), self.marks or ChatMarks(), self.chunk, self.singles)
         reuse = self._reusable(model, array) if self.enabled else 0
+        logits, self._logits = self._logits, None
+        if reuse == len(tokens) == self._logits_at and logits is not None and _put_back(model, logits, reuse):
+            self._logits = logits
+            self._spans, self._cached = list(self._plan), reuse
+            return
+        reuse = min(reuse, self._plan[-1][0])  # the last batch's logits are sampled: it is evaluated again
+        if reuse and not model._ctx.kv_cache_seq_rm(-1, reuse, -1):
+            log.debug("llama.cpp cannot cut this model's cache at %d tokens: the prompt is evaluated whole", reuse)
+            reuse = 0
         self._spans = [span for span in self._spans if span[1] <= reuse]
-        self._cached = reuse
-        model.n_tokens = reuse
+        self._cached = model.n_tokens = reuse
         for start, stop in self._plan[len(self._spans):-1]:
             model.eval(tokens[start:stop])  # one decode: a batch is never larger than n_batch
             self._spans.append((start, stop))
             self._cached = stop
-        return self._plan[-1][0]
+
+    def evaluated(self, model: Any, prompt_length: int) -> None:
+        """At the first piece of the answer: keep the logits after the prompt if nothing was evaluated since."""
+        if self._restores and int(model.n_tokens) == prompt_length:
+            import llama_cpp
+
+            pointer = llama_cpp.llama_get_logits_ith(model.ctx, -1)
+            if pointer:
+                self._logits = np.ctypeslib.as_array(pointer, shape=(model.n_vocab(),)).copy()
+                self._logits_at = prompt_length
 
     def settle(self, model: Any, prompt_length: int) -> None:
         """After the completion: its last batch, then each answer token as llama.cpp evaluated it (one at a time)."""
@@ -112,12 +151,12 @@ class PromptCache:
         self._spans = [span for span in self._plan if span[1] <= min(evaluated, prompt_length)]
         self._spans += [(position, position + 1) for position in range(prompt_length, evaluated)]
         self._cached = self._spans[-1][1] if self._spans else 0
-        if self._cached != evaluated:  # not what this plan made (an error part way): trust none of it
+        if self._cached != evaluated or evaluated < prompt_length:  # not what this plan made: trust none of it
             self.forget()
 
     def forget(self) -> None:
         """The model's cache is no longer known (reset, used directly): the next prompt is evaluated whole."""
-        self._spans, self._cached = [], 0
+        self._spans, self._cached, self._logits = [], 0, None
 
     def _reusable(self, model: Any, tokens: np.ndarray) -> int:
         """The end of the leading batches the cache holds exactly as this prompt's plan makes them."""
@@ -128,24 +167,22 @@ class PromptCache:
         differ = np.flatnonzero(cached[:length] != tokens[:length])
         same = int(differ[0]) if len(differ) else length
         reuse = 0
-        for ours, theirs in zip(self._plan[:-1], self._spans):  # never the last batch: its logits are sampled
+        for ours, theirs in zip(self._plan, self._spans):
             if ours != theirs or ours[1] > same:
                 break
             reuse = ours[1]
-        if reuse and not model._ctx.kv_cache_seq_rm(-1, reuse, -1):
-            log.debug("llama.cpp cannot cut this model's cache at %d tokens: the prompt is evaluated whole", reuse)
-            return 0
         return reuse
 
     def _ending(self, model: Any, tokens: np.ndarray) -> np.ndarray:
         """Which of ``tokens`` end a turn (llama.cpp's end-of-generation tokens), looked up once per token."""
         import llama_cpp
 
+        vocab = None
         for token in np.unique(tokens).tolist():
             if token not in self._ends:
-                self._ends[token] = bool(llama_cpp.llama_vocab_is_eog(model._model.vocab, token))
-        ending = [token for token, ends in self._ends.items() if ends]
-        return np.isin(tokens, ending)
+                vocab = vocab or llama_cpp.llama_model_get_vocab(model.model)
+                self._ends[token] = bool(llama_cpp.llama_vocab_is_eog(vocab, token))
+        return np.isin(tokens, [token for token, ends in self._ends.items() if ends])
 
 
 def completion(model: Any, cache: PromptCache, tokens: list[int], stop: list[str],
@@ -157,29 +194,54 @@ def completion(model: Any, cache: PromptCache, tokens: list[int], stop: list[str
     stream ends.
     """
     try:
-        cache.prepare(model, tokens, cache.header or ())
-        yield from model.create_completion(tokens, stream=True, stop=stop or None, **options)
+        cache.prepare(model, tokens)
+        chunks = model.create_completion(tokens, stream=True, stop=stop or None, **options)
+        first = next(chunks, None)
+        if first is not None:
+            cache.evaluated(model, len(tokens))
+            yield first
+            yield from chunks
     finally:
         cache.settle(model, len(tokens))
 
 
-def answer_header(model: Any, formatter: Any) -> tuple[int, ...]:
-    """The tokens the chat template puts where an answer starts (its generation prompt); empty when unclear."""
+def chat_marks(model: Any, formatter: Any) -> ChatMarks:
+    """The chat template's head and answer header, in tokens, from two one-message prompts it renders."""
     from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
-    messages: Any = [{"role": "user", "content": "Hello"}]
+    def tokens(render: Any, text: str) -> list[int]:
+        messages: Any = [{"role": "user", "content": text}]
+        return model.tokenize(render(messages=messages).prompt.encode("utf-8"), add_bos=False, special=True)
+
     try:
         closed = Jinja2ChatFormatter(template=formatter.template, eos_token=formatter.eos_token,
                                      bos_token=formatter.bos_token, add_generation_prompt=False)
-        rendered = [model.tokenize(render(messages=messages).prompt.encode("utf-8"), add_bos=False, special=True)
-                    for render in (formatter, closed)]
-    except Exception as error:  # noqa: BLE001 - a template that needs more than one user message: no header
-        log.debug("no answer header from the chat template: %s", error)
-        return ()
-    opened, closed_tokens = rendered
-    if len(opened) <= len(closed_tokens) or opened[:len(closed_tokens)] != closed_tokens:
-        return ()
-    return tuple(opened[len(closed_tokens):])
+        one, other, unopened = tokens(formatter, "Hello"), tokens(formatter, "Goodbye"), tokens(closed, "Hello")
+    except Exception as error:  # noqa: BLE001 - a template that needs more than one user message
+        log.debug("no chat marks from the chat template: %s", error)
+        return ChatMarks()
+    head = tuple(a for a, _ in itertools.takewhile(lambda pair: pair[0] == pair[1], zip(one, other)))
+    opened = len(one) > len(unopened) and one[:len(unopened)] == unopened
+    return ChatMarks(head=head, header=tuple(one[len(unopened):]) if opened else ())
+
+
+def _put_back(model: Any, logits: np.ndarray, length: int) -> bool:
+    """Make the model sample from ``logits`` with its first ``length`` tokens cached (nothing evaluated again)."""
+    import llama_cpp
+
+    pointer = llama_cpp.llama_get_logits_ith(model.ctx, -1)
+    if not pointer or not model._ctx.kv_cache_seq_rm(-1, length, -1):
+        return False
+    model.n_tokens = length
+    np.ctypeslib.as_array(pointer, shape=(len(logits),))[:] = logits
+    model._requires_eval = False  # the logits are live: llama-cpp-python samples at once
+    return True
+
+
+def _samples_a_cached_prompt(model: Any) -> bool:
+    """Whether this llama-cpp-python samples at once when the whole prompt is cached with live logits."""
+    code = getattr(getattr(type(model), "generate", None), "__code__", None)
+    return hasattr(model, "_requires_eval") and code is not None and "exact_prompt_cached" in code.co_varnames
 
 
 def _truncation_unsupported(model: Any) -> bool:
