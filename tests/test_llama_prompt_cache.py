@@ -32,7 +32,8 @@ def test_a_plan_cuts_after_the_head_the_first_turn_and_each_header_at_fixed_posi
     tokens = [5, 5, 5, 5, 5, 5, 5, END, 1, 9, 9, 7, 7, 7, END, 5, 1, 9, 9]
     assert plan_of(tokens) == [(0, 3), (3, 8), (8, 11), (11, 12), (12, 13), (13, 16), (16, 19)]
     assert plan_of(tokens, singles=False) == [(0, 3), (3, 8), (8, 11), (11, 16), (16, 19)]  # the answer in chunks
-    assert plan_of([6, 5, 5, 5, 6, 6])[0] == (0, 6)  # no head cut where the prompt does not start with it
+    own_system = [6, 6, END, 5, 5, 5, 6, 6]  # no head at the start: the first turn's end instead
+    assert plan_of(own_system) == [(0, 3), (3, 8)]
 
 
 def test_a_prompt_s_plan_begins_with_the_plan_of_the_conversation_it_continues():

@@ -8,9 +8,9 @@ to change a greedy answer (llama-cpp-python's own prefix reuse changed 5 of
 that depends on the prompt alone (:func:`plan`):
 
 - a batch ends where the chat template's fixed head ends (its default system
-  message and the user's header), after the first end-of-turn token (a
-  system message of one's own), and where an answer starts (after each
-  assistant header);
+  message and the user's header) or, in a prompt that does not start with
+  it, after the first end-of-turn token (a system message of one's own), and
+  where an answer starts (after each assistant header);
 - a previous answer in the prompt (from its header to its end-of-turn token)
   is evaluated one token at a time, as it was when it was generated, but
   for its last token, which starts the next batch (an answer cut at
@@ -67,11 +67,11 @@ def plan(tokens: np.ndarray, ends: np.ndarray, marks: ChatMarks, chunk: int, sin
     length = len(tokens)
     ending = np.flatnonzero(ends)
     cuts = set(range(chunk, length, chunk))
-    if len(ending):
-        cuts.add(int(ending[0]) + 1)
     head = len(marks.head)
     if head and length > head and tuple(tokens[:head].tolist()) == marks.head:
         cuts.add(head)
+    elif len(ending):  # a system message of one's own, or none: its end, or the first turn's
+        cuts.add(int(ending[0]) + 1)
     width = len(marks.header)
     if width and length >= width:
         windows = np.lib.stride_tricks.sliding_window_view(tokens, width)
