@@ -18,7 +18,9 @@ keeps its answers independent of the request before). Alternated pairs
   on the same messages (the manager's answer appended to the history).
 
 Prints tokens per second (the answer's tokens over the request's time,
-prompt included), with min / median / max of the per-pair ratios. Goals: at least 0.98x raw's
+prompt included), with min / median / max of the per-pair ratios, and the
+same ratios in CPU time (at 1 thread, the work itself, which the other
+processes of a busy machine do not blur). Goals: at least 0.98x raw's
 tokens per second; no slower per turn than raw. ``--threads`` (default:
 the physical cores) is the count on both sides: on a machine that other
 work keeps busy, 1 keeps llama.cpp's threads from stalling on one another,
@@ -83,21 +85,23 @@ class Sides:
         self.raw.close()
 
 
-def timed(action: Any, prompt: Any) -> tuple[float, str, int]:
-    started = time.perf_counter()
+def timed(action: Any, prompt: Any) -> tuple[float, float, str, int]:
+    """Wall and CPU seconds of one request, its answer and its tokens."""
+    cpu, started = time.process_time(), time.perf_counter()
     text, tokens = action(prompt)
-    return time.perf_counter() - started, text, tokens
+    return time.perf_counter() - started, time.process_time() - cpu, text, tokens
 
 
 def pairs(sides: Sides, prompts: list[Any]) -> dict[str, list[float]]:
     """tok/s of each side per prompt, alternated; whether both answered alike."""
-    figures: dict[str, list[float]] = {"manager": [], "raw": [], "same answer": []}
+    figures: dict[str, list[float]] = {"manager": [], "raw": [], "manager cpu": [], "raw cpu": [], "same answer": []}
     for index, prompt in enumerate(prompts):
         answers = {}
         for label, action in ((("manager", sides.ours), ("raw", sides.theirs)) if index % 4 in (0, 3)
                               else (("raw", sides.theirs), ("manager", sides.ours))):
-            seconds, text, tokens = timed(action, prompt)
+            seconds, cpu, text, tokens = timed(action, prompt)
             figures[label].append(tokens / seconds)
+            figures[f"{label} cpu"].append(tokens / cpu)
             answers[label] = text
         figures["same answer"].append(float(answers["manager"].strip() == answers["raw"].strip()))
     return figures
@@ -106,7 +110,7 @@ def pairs(sides: Sides, prompts: list[Any]) -> dict[str, list[float]]:
 def conversations(sides: Sides, count: int, turns: int) -> dict[str, list[float]]:
     """tok/s of each side per turn of ``count`` conversations, both on the same growing history (the manager's
     answers: raw's own may differ by a token where its cache reuse rounds otherwise, and then it pays for it)."""
-    figures: dict[str, list[float]] = {"manager": [], "raw": [], "same answer": []}
+    figures: dict[str, list[float]] = {"manager": [], "raw": [], "manager cpu": [], "raw cpu": [], "same answer": []}
     for number in range(count):
         history: list[dict[str, str]] = []
         for index in range(turns):
@@ -115,8 +119,9 @@ def conversations(sides: Sides, count: int, turns: int) -> dict[str, list[float]
             answers = {}
             for label, action in ((("manager", sides.ours), ("raw", sides.theirs)) if index % 4 in (0, 3)
                                   else (("raw", sides.theirs), ("manager", sides.ours))):
-                seconds, text, tokens = timed(action, list(history))
+                seconds, cpu, text, tokens = timed(action, list(history))
                 figures[label].append(tokens / seconds)
+                figures[f"{label} cpu"].append(tokens / cpu)
                 answers[label] = text
             figures["same answer"].append(float(answers["manager"].strip() == answers["raw"].strip()))
             history.append({"role": "assistant", "content": answers["manager"]})
@@ -158,23 +163,20 @@ def main() -> int:
     print(f"SmolLM2-135M-Instruct Q4_1, n_ctx {CONTEXT}, {threads} threads on both sides, up to {args.tokens} greedy "
           f"tokens; load average {', '.join(f'{x:.2f}' for x in load_before)} at the start, "
           f"{', '.join(f'{x:.2f}' for x in os.getloadavg())} at the end\n")
-    print("| prompts | manager | raw `Llama` | manager / raw, per pair | same answers |\n|---|---|---|---|---|")
+    print("| prompts | manager | raw `Llama` | manager / raw, per pair | the same in CPU time | same answers |\n"
+          "|---|---|---|---|---|---|")
     verdicts = []
-    for name in ("repeated", "distinct"):
+    for name, label in (("repeated", "repeated"), ("distinct", "distinct"),
+                        ("conversation", f"{args.chats} conversations of {args.turns} turns")):
         figures = results[name]
         ratio = [a / b for a, b in zip(figures["manager"], figures["raw"])]
-        verdicts.append(f"{name}: {'meets' if statistics.median(ratio) >= SPEED_GOAL else 'misses'} the goal "
-                        f"of at least {SPEED_GOAL}x raw's tokens per second")
-        print(f"| {name} ({len(ratio)} pairs) | {statistics.median(figures['manager']):.1f} tok/s | "
-              f"{statistics.median(figures['raw']):.1f} tok/s | {spread(ratio)} | "
+        work = [a / b for a, b in zip(figures["manager cpu"], figures["raw cpu"])]
+        goal = 1.0 if name == "conversation" else SPEED_GOAL
+        verdicts.append(f"{name}: the median ratio {'meets' if statistics.median(ratio) >= goal else 'misses'} the "
+                        f"goal of at least {goal}x raw's tokens per second")
+        print(f"| {label} ({len(ratio)} pairs) | {statistics.median(figures['manager']):.1f} tok/s | "
+              f"{statistics.median(figures['raw']):.1f} tok/s | {spread(ratio)} | {spread(work)} | "
               f"{int(sum(figures['same answer']))}/{len(ratio)} |")
-    chat = results["conversation"]
-    per_turn = [a / b for a, b in zip(chat["manager"], chat["raw"])]
-    print(f"| {args.chats} conversations of {args.turns} turns | {statistics.median(chat['manager']):.1f} tok/s | "
-          f"{statistics.median(chat['raw']):.1f} tok/s | {spread(per_turn)} | "
-          f"{int(sum(chat['same answer']))}/{len(per_turn)} |")
-    verdicts.append(f"conversation: {'meets' if statistics.median(per_turn) >= 1.0 else 'misses'} the goal of no "
-                    "slower per turn than raw (the median per-turn ratio of tokens per second at least 1)")
     print("\n" + "\n".join(verdicts))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))

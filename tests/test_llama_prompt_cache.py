@@ -28,24 +28,29 @@ def plan_of(tokens: list[int], chunk: int = 8, singles: bool = True) -> list[tup
     return plan(array, array == END, MARKS, chunk, singles)
 
 
-def test_a_plan_cuts_after_the_head_the_first_turn_and_each_header_at_fixed_positions_and_answers_alone():
+def test_a_plan_cuts_after_the_head_the_first_turn_and_each_header_and_takes_answers_one_token_at_a_time():
     tokens = [5, 5, 5, 5, 5, 5, 5, END, 1, 9, 9, 7, 7, 7, END, 5, 1, 9, 9]
-    assert plan_of(tokens) == [(0, 3), (3, 8), (8, 11), (11, 12), (12, 13), (13, 16), (16, 19)]
-    assert plan_of(tokens, singles=False) == [(0, 3), (3, 8), (8, 11), (11, 16), (16, 19)]  # the answer in chunks
+    assert plan_of(tokens) == [(0, 3), (3, 11), (11, 12), (12, 13), (13, 19)]
+    assert plan_of(tokens, singles=False) == [(0, 3), (3, 11), (11, 19)]  # the answer with what follows
     own_system = [6, 6, END, 5, 5, 5, 6, 6]  # no head at the start: the first turn's end instead
     assert plan_of(own_system) == [(0, 3), (3, 8)]
+
+
+def test_a_long_stretch_is_cut_every_chunk_from_its_start():
+    assert plan_of([6] * 20) == [(0, 8), (8, 16), (16, 20)]
+    assert plan_of([5, 5, 5] + [6] * 20) == [(0, 3), (3, 11), (11, 19), (19, 23)]
 
 
 def test_a_prompt_s_plan_begins_with_the_plan_of_the_conversation_it_continues():
     turn = [5, 5, 5, 6, 6, END, 5, 6, 1, 9, 9]  # ends with the header: the answer comes next
     answer = [7, 8, 7, 8, 7, 8, 7]  # generated one token at a time
     following = turn + answer + [END, 5, 6, 6, END, 1, 9, 9]
-    assert plan_of(turn, chunk=4)[-1] == (8, 11)
+    assert plan_of(turn, chunk=4)[-1] == (7, 11)
     assert plan_of(following, chunk=4)[:len(plan_of(turn, chunk=4))] == plan_of(turn, chunk=4)
     after_turn = [span for span in plan_of(following, chunk=4) if span[0] >= len(turn)]
     last = len(turn) + len(answer) - 1  # the answer's last token starts the batch of the next message
     assert after_turn[:len(answer) - 1] == [(p, p + 1) for p in range(len(turn), last)]
-    assert after_turn[len(answer) - 1] == (last, 20)  # with the end of the turn, up to the fixed position 20
+    assert after_turn[len(answer) - 1] == (last, last + 4)  # with the end of the turn, a chunk from its start
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,10 @@ that depends on the prompt alone (:func:`plan`):
   for its last token, which starts the next batch (an answer cut at
   ``max_new_tokens`` never evaluated it: the next turn evaluates it with its
   new message, in one batch, as llama-cpp-python itself would);
-- everything else is cut at fixed positions, every ``chunk`` tokens from 0.
+- every stretch between those cuts is cut every ``chunk`` tokens from its
+  start (a batch is never larger than llama.cpp's ``n_batch``, and a long
+  shared prefix without chat structure, a raw prompt's document, is
+  reused in whole chunks).
 
 :class:`PromptCache` remembers the batches that made each cached position,
 and the logits after the last prompt's end. A request reuses the longest
@@ -42,8 +45,8 @@ __all__ = ["CHUNK", "ChatMarks", "PromptCache", "chat_marks", "completion", "pla
 
 log = logging.getLogger(__name__)
 
-#: Tokens between fixed cut positions: batches this size evaluate as fast as 512 on a CPU, and keep most of
-#: a long shared prefix without chat structure (a raw prompt's document) reusable.
+#: The longest batch of a stretch: batches this size evaluate as fast as 512 on a CPU, and keep most of a long
+#: shared prefix without chat structure (a raw prompt's document) reusable.
 CHUNK = 256
 
 Span = tuple[int, int]
@@ -66,7 +69,7 @@ def plan(tokens: np.ndarray, ends: np.ndarray, marks: ChatMarks, chunk: int, sin
     """
     length = len(tokens)
     ending = np.flatnonzero(ends)
-    cuts = set(range(chunk, length, chunk))
+    cuts: set[int] = set()
     head = len(marks.head)
     if head and length > head and tuple(tokens[:head].tolist()) == marks.head:
         cuts.add(head)
@@ -82,6 +85,9 @@ def plan(tokens: np.ndarray, ends: np.ndarray, marks: ChatMarks, chunk: int, sin
                 after = np.searchsorted(ending, start)
                 if after < len(ending) and ending[after] > start:  # its last token starts the next batch
                     cuts.update(range(start + 1, int(ending[after])))
+    marked = [0, *sorted(cut for cut in cuts if 0 < cut < length), length]
+    for start, stop in itertools.pairwise(marked):  # fixed positions within each stretch: at most ``chunk``
+        cuts.update(range(start + chunk, stop, chunk))
     bounds = [0, *sorted(cut for cut in cuts if 0 < cut < length), length]
     return list(itertools.pairwise(bounds))
 
