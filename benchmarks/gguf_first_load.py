@@ -1,6 +1,6 @@
 """A GGUF file loaded by the manager against raw ``Llama()``: loads in one process, and a first answer in a fresh one.
 
-    python benchmarks/gguf_first_load.py [--loads 10] [--runs 7] [--json out.json]
+    python benchmarks/gguf_first_load.py [--loads 10] [--runs 6] [--json out.json]
 
 1. Loads, in this process: the manager's ``load()`` (its thread choice
    included) and a raw ``llama_cpp.Llama(path)`` with the same ``n_ctx`` and
@@ -131,7 +131,7 @@ def verdict(values: list[float], goal: float) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--loads", type=int, default=10, help="pairs of loads at each context, in this process")
-    parser.add_argument("--runs", type=int, default=7, help="pairs of fresh processes for the first answer")
+    parser.add_argument("--runs", type=int, default=6, help="pairs of fresh processes for the first answer")
     parser.add_argument("--json", type=Path, help="also write every run's figures here")
     parser.add_argument("--child", choices=("raw", "manager", "status"), help=argparse.SUPPRESS)
     parser.add_argument("--threads", type=int, default=0, help=argparse.SUPPRESS)

@@ -1,6 +1,6 @@
 """llama.cpp answers through the manager against raw ``Llama``: repeated prompts, distinct prompts, a conversation.
 
-    python benchmarks/llama_reuse.py [--rounds 10] [--tokens 64] [--turns 10] [--chats 2] [--threads N] [--quick]
+    python benchmarks/llama_reuse.py [--rounds 16] [--tokens 64] [--turns 10] [--chats 2] [--threads 1] [--quick]
 
 The real SmolLM2 file, loaded twice in this process: by the manager and by
 raw ``llama_cpp.Llama``, with the same ``n_ctx`` and the same thread count
@@ -21,11 +21,10 @@ Prints tokens per second (the answer's tokens over the request's time,
 prompt included), with min / median / max of the per-pair ratios, and the
 same ratios in CPU time (at 1 thread, the work itself, which the other
 processes of a busy machine do not blur). Goals: at least 0.98x raw's
-tokens per second; no slower per turn than raw. ``--threads`` (default:
-the physical cores) is the count on both sides: on a machine that other
-work keeps busy, 1 keeps llama.cpp's threads from stalling on one another,
-which would drown both sides' figures in noise. ``--quick`` is the short
-form CI runs.
+tokens per second; no slower per turn than raw. ``--threads`` (default 1)
+is the count on both sides: on a machine that other work keeps busy, one
+thread keeps llama.cpp's threads from stalling on one another, which would
+drown both sides' figures in noise. ``--quick`` is the short form CI runs.
 """
 
 from __future__ import annotations
@@ -134,11 +133,11 @@ def spread(values: list[float], digits: int = 2) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=10, help="pairs for repeated and for distinct prompts")
+    parser.add_argument("--rounds", type=int, default=16, help="pairs for repeated and for distinct prompts")
     parser.add_argument("--tokens", type=int, default=64, help="greedy tokens per answer (at most)")
     parser.add_argument("--turns", type=int, default=10, help="turns of each conversation")
     parser.add_argument("--chats", type=int, default=2, help="conversations")
-    parser.add_argument("--threads", type=int, default=0, help="threads on both sides (default: the physical cores)")
+    parser.add_argument("--threads", type=int, default=1, help="threads on both sides")
     parser.add_argument("--quick", action="store_true", help="the short form CI runs")
     parser.add_argument("--json", type=Path, help="also write every figure here")
     args = parser.parse_args()
@@ -149,7 +148,7 @@ def main() -> int:
     if path is None:
         print(f"the SmolLM2 file is not installed: {INSTALL_HINT}", file=sys.stderr)
         return 1
-    threads = args.threads or core_budget()
+    threads = max(1, min(args.threads, core_budget()))
     load_before = os.getloadavg()
     sides = Sides(path, threads, args.tokens)
     try:
