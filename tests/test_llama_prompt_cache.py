@@ -153,6 +153,11 @@ def test_the_model_used_directly_or_an_answer_cut_short_leaves_no_wrong_cache(cp
     assert cpp.generate("cpp", question, **GREEDY).text == expected
     assert cpp.generate("cpp", question, stop=["the"], **GREEDY).text != expected
     assert cpp.generate("cpp", question, **GREEDY).text == expected
+    with cpp.use("cpp") as lease:  # as many tokens as the cache held, other ones, in llama-cpp-python's batches
+        held = lease.model.n_tokens
+        lease.model.reset()
+        lease.model.eval(lease.model.tokenize(b"The sea " * held)[:held])
+    assert cpp.generate("cpp", question, **GREEDY).text == expected
 
 
 @needs_model
