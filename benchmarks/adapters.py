@@ -1,6 +1,6 @@
 """Switching LoRA adapters through the manager vs reloading a merged copy per adapter, in one run.
 
-    python benchmarks/adapters.py [--switches 8] [--tokens 16] [--rank 16] [--json out.json]
+    python benchmarks/adapters.py [--switches 8] [--tokens 16] [--rank 16] [--leases 300] [--quick] [--json out.json]
 
 Builds a ~200 MB Llama-style checkpoint offline (random weights) and two
 random LoRA adapters for it (rank ``--rank`` on every attention and MLP
@@ -19,6 +19,15 @@ of each, their ratio, the generation alone on a loaded model (what a switch
 would cost if it were free), the memory each way (base + adapters as the
 manager counts them, vs two merged copies), and the conditions (CPU model,
 threads, parameters, versions). ``--json FILE`` writes the same figures.
+
+Then what a request on an adapter that is active already costs: entering and
+leaving ``use()`` on a plain model, on the base with adapters on it and on
+the active adapter (``--leases`` each, while the model answers as that id,
+alternated with the plain model's; the goal is at most 50 µs, as on any
+model), and the same greedy generation on the active
+adapter through the manager and through PEFT itself (``PeftModel`` on its own
+copy of the base), alternated, as the ratio manager / PEFT. ``--quick`` is
+the short form CI runs (a smaller model, fewer rounds).
 """
 
 from __future__ import annotations
@@ -44,6 +53,9 @@ from jupyter_llm_manager.models.tiny import TinyModelShape, build_tiny_model
 
 SHAPE = TinyModelShape(hidden_size=768, intermediate_size=2048, num_hidden_layers=8, num_attention_heads=12,
                        num_key_value_heads=4, max_position_embeddings=2048, vocab_size=512, seed=11)
+QUICK_SHAPE = TinyModelShape(hidden_size=256, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4,
+                             num_key_value_heads=2, max_position_embeddings=512, vocab_size=512, seed=11)
+LEASE_GOAL_US = 50.0
 PROMPT = "Explain in one paragraph why an adapter is cheaper to switch than a model."
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -121,10 +133,58 @@ def timed(action) -> tuple[float, Any]:
     return time.perf_counter() - started, value
 
 
+def lease_figures(manager: LLMManager, base: Path, adapter: Path, root: Path, args: argparse.Namespace
+                  ) -> dict[str, Any]:
+    """``use()`` on a plain model, the base with adapters, the active adapter; generation: manager vs PEFT."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    plain = build_tiny_model(root / "plain", QUICK_SHAPE if args.quick else SHAPE)
+    manager.register("plain", source=str(plain))
+    manager.load("plain")
+    microseconds: dict[str, list[float]] = {"plain": [], "base": [], "one": []}
+    for model_id in ("base", "one"):  # each id's leases while the model answers as it: paired with a plain model's
+        with manager.use(model_id):  # the switch, not timed
+            pass
+        for index in range(args.leases):
+            for lease_id in ((model_id, "plain") if index % 2 else ("plain", model_id)):
+                started = time.perf_counter()
+                with manager.use(lease_id):
+                    pass
+                microseconds[lease_id].append((time.perf_counter() - started) * 1e6)
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    peft_model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), adapter).eval()
+    greedy = {"do_sample": False, "repetition_penalty": 1.0, "max_new_tokens": args.tokens,
+              "min_new_tokens": args.tokens}
+
+    def raw() -> None:
+        inputs = tokenizer(PROMPT, return_tensors="pt")
+        with torch.inference_mode():
+            peft_model.generate(**inputs, **greedy, pad_token_id=tokenizer.eos_token_id)
+
+    def ours() -> None:
+        manager.generate("one", PROMPT, raw=True, **greedy)
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # one thread on both sides (a count set by the user: the manager keeps it)
+    try:
+        raw()
+        seconds: dict[str, list[float]] = {"manager": [], "peft": []}
+        for index in range(args.switches * 2):
+            for label, run in ((("manager", ours), ("peft", raw)) if index % 2 else (("peft", raw), ("manager", ours))):
+                seconds[label].append(timed(run)[0])
+    finally:
+        torch.set_num_threads(threads)
+    return {"lease_us": {model_id: quartiles(values) for model_id, values in microseconds.items()},
+            "generation_seconds": {label: quartiles(values) for label, values in seconds.items()},
+            "generation_ratios": sorted(a / b for a, b in zip(seconds["manager"], seconds["peft"]))}
+
+
 def measure(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     import torch
 
-    base = build_tiny_model(root / "base", SHAPE)
+    base = build_tiny_model(root / "base", QUICK_SHAPE if args.quick else SHAPE)
     adapters = {name: make_adapter(base, root / f"lora-{name}", seed, args.rank)
                 for name, seed in (("one", 1), ("two", 2))}
     merged = {name: make_merged(base, folder, root / f"merged-{name}") for name, folder in adapters.items()}
@@ -156,6 +216,7 @@ def measure(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     rows = {row.id: row for row in manager.status()}
     manager_bytes = sum(rows[name].actual_bytes or 0 for name in ("base", "one", "two"))
     merged_bytes = 2 * copies.bytes()
+    active = lease_figures(manager, base, adapters["one"], root, args)
     manager.close()
     summary = {name: quartiles(values) for name, values in figures.items()}
     return {
@@ -165,6 +226,7 @@ def measure(args: argparse.Namespace, root: Path) -> dict[str, Any]:
             "manager": statistics.median(a - b for a, b in zip(figures["manager"], figures["manager_same"])),
             "merged": statistics.median(a - b for a, b in zip(figures["merged"], figures["generate_only"]))},
         "tokens_per_generation": {label: statistics.median(made) for label, made in tokens.items()},
+        "active_adapter": active,
         "memory_bytes": {"manager_base_plus_adapters": manager_bytes, "two_merged_copies": merged_bytes,
                          "base": rows["base"].actual_bytes, "adapter_one": rows["one"].actual_bytes,
                          "adapter_two": rows["two"].actual_bytes},
@@ -199,6 +261,23 @@ def report(figures: dict[str, Any]) -> str:
         f"{memory['base'] / mib:.1f}, adapters {memory['adapter_one'] / mib:.1f} + {memory['adapter_two'] / mib:.1f})"
         f" vs two merged copies {memory['two_merged_copies'] / mib:.1f} MiB "
         f"({memory['two_merged_copies'] / memory['manager_base_plus_adapters']:.2f}x)"),
+        active_report(figures["active_adapter"], conditions["max_new_tokens"]),
+    ])
+
+
+def active_report(active: dict[str, Any], tokens: int) -> str:
+    leases, ratios = active["lease_us"], active["generation_ratios"]
+    worst = max(leases["base"]["median"], leases["one"]["median"])
+    line = lambda model_id, what: (f"    {what:<45}{leases[model_id]['median']:6.1f} µs (quartiles "
+                                   f"{leases[model_id]['q1']:.1f}-{leases[model_id]['q3']:.1f})")
+    return "\n".join([
+        "requests on the active adapter (nothing to switch):",
+        line("plain", "use() on a plain model:"),
+        line("base", "use() on the base, with two adapters on it:"),
+        line("one", "use() on the active adapter:"),
+        (f"    {tokens} greedy tokens on the active adapter (1 torch thread), manager / PEFT: median {statistics.median(ratios):.3f} "
+         f"(min {ratios[0]:.3f}, max {ratios[-1]:.3f}, {len(ratios)} alternated pairs)"),
+        f"the slower lease {'meets' if worst <= LEASE_GOAL_US else 'misses'} the goal of at most {LEASE_GOAL_US:.0f} µs",
     ])
 
 
@@ -207,8 +286,12 @@ def main() -> int:
     parser.add_argument("--switches", type=int, default=8, help="switches timed on each path")
     parser.add_argument("--tokens", type=int, default=16, help="greedy tokens generated after each switch")
     parser.add_argument("--rank", type=int, default=16, help="LoRA rank of both adapters")
+    parser.add_argument("--leases", type=int, default=300, help="use() calls timed on each model")
+    parser.add_argument("--quick", action="store_true", help="the short form CI runs: a smaller model, fewer rounds")
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args()
+    if args.quick:
+        args.switches, args.tokens, args.leases = min(args.switches, 2), min(args.tokens, 4), min(args.leases, 100)
     with tempfile.TemporaryDirectory(prefix="jlm-adapters-bench-") as folder:
         figures = measure(args, Path(folder))
     print(report(figures))

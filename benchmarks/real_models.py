@@ -9,7 +9,11 @@ and prompt (greedy, chat template):
   copy; raw ``from_pretrained(gguf_file=...)`` dequantizes it every time),
   the manager's cached load (from its converted copy), and tokens per second;
 - llama.cpp: a load (memory-mapped) and tokens per second, the manager
-  against ``llama_cpp.Llama`` with the same ``n_ctx`` and threads.
+  against ``llama_cpp.Llama`` with the same ``n_ctx``.
+
+The manager chooses each request's threads from the idle cores (llama.cpp
+and torch alike); the raw libraries run a thread on every usable core, so
+on a busy machine the speed figures include that choice.
 
 Each run starts with an empty converted-copy cache. Prints a Markdown table:
 the median of the runs with their range, and the ratios manager / raw

@@ -62,6 +62,58 @@ def test_answers_equal_peft_own_answers_exactly_and_the_base_alone_answers_witho
     assert peft_answers[("one", PROMPTS[0])] != peft_answers[("base", PROMPTS[0])]
 
 
+@pytest.fixture
+def peft_switches(monkeypatch) -> list[str]:
+    """Every walk PEFT makes over the model's modules to switch adapters, by kind, in order."""
+    from peft import PeftModel
+    from peft.tuners.tuners_utils import BaseTuner
+
+    walks: list[str] = []
+    for owner, name in ((PeftModel, "set_adapter"), (BaseTuner, "enable_adapter_layers"),
+                        (BaseTuner, "disable_adapter_layers")):
+        original = getattr(owner, name)
+
+        def counted(self, *args, _original=original, _name=name, **kwargs):
+            walks.append(_name)
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(owner, name, counted)
+    return walks
+
+
+def test_the_model_switches_only_when_the_id_it_answers_as_changes(lora_manager, peft_switches, peft_answers):
+    prompt = PROMPTS[0]
+    lora_manager.load("one")
+    lora_manager.load("two")
+    peft_switches.clear()
+    sequence = [("one", "generate"), ("one", "generate"), ("one", "use"), ("one", "stream"), ("two", "use"),
+                ("two", "generate"), ("base", "generate"), ("base", "use"), ("base", "stream"), ("one", "generate")]
+    switches_per_step = []
+    for model_id, how in sequence:
+        before = len(peft_switches)
+        if how == "use":
+            with lora_manager.use(model_id):
+                pass
+        else:
+            answer = (lora_manager.generate(model_id, prompt, raw=True, **GREEDY).text if how == "generate"
+                      else "".join(lora_manager.stream(model_id, prompt, raw=True, **GREEDY)))
+            assert answer == peft_answers[(model_id, prompt)], (model_id, how)
+        switches_per_step.append(len(peft_switches) > before)
+    # the first request on "one" switches (loading "two" made it active), then only changes of id switch
+    assert switches_per_step == [True, False, False, False, True, False, True, False, False, True]
+
+
+def test_an_adapter_put_on_or_taken_off_makes_the_next_request_switch(lora_manager, peft_switches, peft_answers):
+    prompt = PROMPTS[2]
+    assert lora_manager.generate("base", prompt, raw=True, **GREEDY).text == peft_answers[("base", prompt)]
+    lora_manager.load("one")  # its layers start active: the base must switch them off again
+    assert lora_manager.generate("base", prompt, raw=True, **GREEDY).text == peft_answers[("base", prompt)]
+    assert lora_manager.generate("one", prompt, raw=True, **GREEDY).text == peft_answers[("one", prompt)]
+    lora_manager.unload("one")  # the active adapter goes: the next "one" is a new copy of it
+    for model_id in ("one", "base", "one"):
+        assert lora_manager.generate(model_id, prompt, raw=True, **GREEDY).text == peft_answers[(model_id, prompt)]
+
+
 def test_switching_adapters_never_reloads_the_base(lora_manager):
     loads = []
     lora_manager.subscribe(lambda event: loads.append(event.model_id) if event.kind == "loading" else None)

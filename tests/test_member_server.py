@@ -16,7 +16,8 @@ import time
 import pytest
 from jlm_helpers.conditions import until
 
-from jupyter_llm_manager.manager.cooperation.listener import MAX_MESSAGE, Listener, ask
+from jupyter_llm_manager.manager.cooperation.bounds import MAX_MESSAGE
+from jupyter_llm_manager.manager.cooperation.listener import Listener, ask
 
 
 @pytest.fixture

@@ -49,6 +49,7 @@ from . import adapters as lora
 from .estimate import adapter_bytes, corrected_estimate, estimate_at, kv_bytes, kv_types, output_bytes
 from .log import captured_log, footprint_of, reported_buffers, route_log
 from .options import ThreadChoice, normalized, usable_cores
+from .prompt_cache import CHUNK, ChatMarks, PromptCache, chat_marks, completion
 from .validation import native_options
 
 __all__ = ["LlamaCppBackend", "MeasuredBuffer", "usable_cores"]
@@ -141,7 +142,8 @@ class LlamaCppBackend(Backend):
         info = read_gguf(path)
         context = placement.context or context_for(spec, info)
         generation = gguf_defaults(info)
-        chooser = None if "n_threads" in spec.load_kwargs else ThreadChoice()
+        # the sampler starts looking now: the first request reads the CPUs over this load, without waiting
+        chooser = None if "n_threads" in spec.load_kwargs else ThreadChoice().hold()
         threads = chooser.choose() if chooser is not None else usable_cores()
         options: dict[str, Any] = {"model_path": str(path), "n_ctx": context, "n_threads": threads,
                                    "n_threads_batch": threads, "verbose": False,
@@ -159,6 +161,8 @@ class LlamaCppBackend(Backend):
             try:
                 model = llama_cpp.Llama(**options)
             except (ValueError, RuntimeError, TypeError, OSError) as error:
+                if chooser is not None:
+                    chooser.close()
                 said = [line for line in lines if "error" in line.lower() or "failed" in line.lower()][-3:]
                 raise ModelLoadingError(excerpt(f"llama.cpp could not load {spec.id!r} from {str(path)!r}: {error}"
                                                 + (f" ({'; '.join(said)})" if said else "")),
@@ -169,6 +173,8 @@ class LlamaCppBackend(Backend):
         if chooser is not None:
             _choosers[model] = chooser
             chooser.finished()
+        if spec.mode == "chat":  # offloaded, a batch of one is far slower than a batch: answers in chunks too
+            _caches[model] = PromptCache(model, chunk=CHUNK if not gpus else int(model.n_batch), singles=not gpus)
         details = _details(spec, info, context, threads, buffers)
         if spec.adapter is not None:
             details.update(lora.own_copy(spec))
@@ -179,6 +185,9 @@ class LlamaCppBackend(Backend):
         """``close()`` frees llama.cpp's model and context now, not when the object is collected."""
         model, loaded.model = loaded.model, None
         if model is not None:
+            chooser = _choosers.pop(model, None)
+            if chooser is not None:
+                chooser.close()
             model.close()
 
     def release_memory(self, devices: tuple[str, ...]) -> None:
@@ -197,16 +206,8 @@ class LlamaCppBackend(Backend):
         chooser = _choosers.get(model)
         if chooser is not None:
             loaded.details["threads"] = _use_threads(model, chooser.choose())
-        # Every request evaluates its whole prompt. llama-cpp-python would reuse the prefix it shares with
-        # the last request and evaluate the rest in another batch shape, whose rounding moves the logits
-        # enough to change a greedy answer under the repetition penalty: an answer must not depend on the
-        # request before it.
-        model.reset()
         try:
-            if prepared.tokens is not None:  # exactly the tokens counted: the template applied here
-                chunks = model.create_completion(prepared.tokens, stream=True, stop=prepared.stop or None, **options)
-            else:
-                chunks = model.create_chat_completion(prepared.messages, stream=True, **options)
+            chunks = _completion(model, prepared, options)
         except (ValueError, TypeError, RuntimeError) as error:
             if chooser is not None:
                 chooser.finished()
@@ -335,6 +336,7 @@ class _Prepared:
 
 _formatters: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
 _choosers: weakref.WeakKeyDictionary[Any, ThreadChoice] = weakref.WeakKeyDictionary()  # models without n_threads
+_caches: weakref.WeakKeyDictionary[Any, PromptCache] = weakref.WeakKeyDictionary()  # chat models
 
 
 def _use_threads(model: Any, threads: int) -> int:
@@ -343,6 +345,23 @@ def _use_threads(model: Any, threads: int) -> int:
 
     llama_cpp.llama_set_n_threads(model.ctx, threads, threads)
     return threads
+
+
+def _completion(model: Any, prepared: _Prepared, options: dict[str, Any]) -> Any:
+    """The completion's chunks. The prompt reuses what the model's cache holds of it, evaluated as a fresh
+    model would (see :mod:`.prompt_cache`): an answer never depends on the request before it."""
+    cache = _caches.get(model)
+    if prepared.tokens is not None and cache is not None:  # exactly the tokens counted: the template applied here
+        if cache.marks is None:
+            formatter = _formatter(model)
+            cache.marks = chat_marks(model, formatter) if formatter is not None else ChatMarks()
+        return completion(model, cache, prepared.tokens, prepared.stop, options)
+    model.reset()  # the library renders the messages: the prompt is evaluated whole
+    if cache is not None:
+        cache.forget()
+    if prepared.tokens is not None:
+        return model.create_completion(prepared.tokens, stream=True, stop=prepared.stop or None, **options)
+    return model.create_chat_completion(prepared.messages, stream=True, **options)
 
 
 def _prepare(model: Any, prompt: Prompt, raw: bool) -> _Prepared:

@@ -5,7 +5,9 @@ its layers in place, so the base is never copied or reloaded. One
 ``PeftModel`` per base model holds them (kept in the base's
 ``LoadedModel.extras``); before each request the manager's turn on the base
 makes the model answer as that request's id (:func:`use_adapter`): its
-adapter active, or all of them disabled for the base itself.
+adapter active, or all of them disabled for the base itself. PEFT switches by
+walking every module (milliseconds on a large model), so the switch is made
+only when the model answers as another id than the last request's.
 """
 
 from __future__ import annotations
@@ -28,6 +30,42 @@ __all__ = ["adapter_name", "attach", "check", "detach", "use_adapter"]
 
 _PREFIX = "base_model.model."  # where PEFT saves the wrapped model's tensors
 _PEFT = "peft"  # the key of the base's PeftModel in LoadedModel.extras
+_SWITCH = "peft switch"  # the key of the base's _Switch, shared by the base's and its adapters' LoadedModels
+
+
+class _Switch:
+    """What the shared model answers as since the last switch: an adapter's name, or ``None`` for the base.
+
+    ``probe`` is one of the model's LoRA layers: its own state shows a switch
+    made behind the manager's back (PEFT called on the model directly).
+    """
+
+    def __init__(self) -> None:
+        self.known = False
+        self.adapter: str | None = None
+        self.probe: Any = None
+
+    def forget(self) -> None:
+        """Adapters were put on or taken off: the next request switches whatever the state."""
+        self.known = False
+        self.probe = None
+
+    def holds(self, wrapper: Any, adapter: str | None) -> bool:
+        """Whether the model answers as ``adapter`` already (``None``: the base, every adapter off)."""
+        if not self.known or self.adapter != adapter:
+            return False
+        probe = self.probe
+        if probe is None:
+            return True
+        if adapter is None:
+            return bool(probe.disable_adapters)
+        return not probe.disable_adapters and list(probe.active_adapters) == [adapter] and \
+            _names(wrapper.base_model.active_adapter) == [adapter]
+
+    def switched(self, wrapper: Any, adapter: str | None) -> None:
+        self.known, self.adapter = True, adapter
+        if self.probe is None:
+            self.probe = _first_lora_layer(wrapper)
 
 
 def adapter_name(spec: ModelSpec) -> str:
@@ -137,6 +175,8 @@ def attach(base: LoadedModel, spec: ModelSpec) -> LoadedModel:
     wrapper = base.extras.get(_PEFT)
     options = {"adapter_name": name, "is_trainable": False, "token": spec.token.resolve() if spec.token else None}
     _check_again(spec)
+    switch = base.extras.setdefault(_SWITCH, _Switch())
+    switch.forget()  # a new adapter's layers start active, whatever the model answered as
     try:
         with warnings.catch_warnings(), quiet_hub():
             warnings.simplefilter("ignore")
@@ -152,7 +192,8 @@ def attach(base: LoadedModel, spec: ModelSpec) -> LoadedModel:
                                         f"{_said(error)}"), model_id=spec.id) from error
     rank = getattr(wrapper.peft_config.get(name), "r", None)
     return LoadedModel(model=model, tokenizer=base.tokenizer, footprint=_footprint(model, name),
-                       context_length=base.context_length, shared=True, adapter=name, extras={_PEFT: wrapper},
+                       context_length=base.context_length, shared=True, adapter=name,
+                       extras={_PEFT: wrapper, _SWITCH: switch},
                        details={**base.details, "adapter": spec.adapter, "base": spec.base, "rank": rank,
                                 "shares": "its base's loaded model"})
 
@@ -215,6 +256,9 @@ def _footprint(model: Any, name: str) -> dict[str, int]:
 def detach(loaded: LoadedModel) -> None:
     """Take the adapter off the shared model; the base and the other adapters stay."""
     wrapper = loaded.extras.pop(_PEFT, None)
+    switch = loaded.extras.pop(_SWITCH, None)
+    if switch is not None:
+        switch.forget()
     if wrapper is not None and loaded.adapter is not None and loaded.adapter in getattr(wrapper, "peft_config", {}):
         _delete(wrapper, loaded.adapter)
     loaded.model = None
@@ -228,9 +272,16 @@ def _delete(wrapper: Any, name: str) -> None:
 
 
 def use_adapter(loaded: LoadedModel) -> None:
-    """The shared model answers as ``loaded``: its adapter alone active, or every adapter off for the base."""
+    """The shared model answers as ``loaded``: its adapter alone active, or every adapter off for the base.
+
+    Switches only when the model answered as another id before (a lease or a
+    request on the id it answers as already costs nothing).
+    """
     wrapper = loaded.extras.get(_PEFT)
     if wrapper is None:
+        return
+    switch = loaded.extras.get(_SWITCH)
+    if switch is not None and switch.holds(wrapper, loaded.adapter):
         return
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -239,3 +290,17 @@ def use_adapter(loaded: LoadedModel) -> None:
         else:
             wrapper.base_model.enable_adapter_layers()
             wrapper.set_adapter(loaded.adapter)
+    if switch is not None:
+        switch.switched(wrapper, loaded.adapter)
+
+
+def _names(active: Any) -> list[str]:
+    return [active] if isinstance(active, str) else list(active or ())
+
+
+def _first_lora_layer(wrapper: Any) -> Any:
+    """One LoRA layer of the model (``None`` when PEFT's layer class is not found)."""
+    layer_class = getattr(heavy("peft").tuners.tuners_utils, "BaseTunerLayer", None)
+    if layer_class is None:
+        return None
+    return next((module for module in wrapper.base_model.model.modules() if isinstance(module, layer_class)), None)

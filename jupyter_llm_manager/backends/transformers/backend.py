@@ -14,6 +14,7 @@ import queue
 import threading
 import time
 from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 from ...config.spec import ModelSpec
@@ -29,6 +30,7 @@ from ...estimates import estimate_checkpoint
 from ...generation import AnswerFilter, GenerationParams, GenerationResult, Prompt, StreamInterrupted
 from ...gguf.files import gguf_path, is_gguf, read_gguf
 from ...reports import MemoryEstimate
+from ...support.cpus import SAMPLER
 from ..base import Backend, LoadedModel, Placement, TextGenerator, release_frames
 from ..generation_defaults import GenerationDefaults, checkpoint_defaults, gguf_defaults
 from . import adapters as peft_adapters
@@ -54,6 +56,7 @@ from .support import (
     streamer_class,
     torch_dtype,
 )
+from .threads import TORCH_THREADS
 
 __all__ = ["TransformersBackend"]
 
@@ -61,6 +64,7 @@ log = logging.getLogger(__name__)
 
 _WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.pt", "*.pth")
 _JOIN_TIMEOUT_S = 30.0
+_SAMPLER_HOLD = "cpu sampler"  # the extras key of a CPU model's hold on the CPU sampler (torch's thread choice)
 
 
 class TransformersBackend(Backend):
@@ -124,9 +128,17 @@ class TransformersBackend(Backend):
             model.eval()
         footprint = self._footprint(model, placement.devices, before)
         context = spec.max_context if isinstance(spec.max_context, int) else context_length(model)
+        on_cpu = input_device(model).type == "cpu"  # torch's threads are chosen per generation: keep the CPUs read
         return LoadedModel(model=model, tokenizer=tokenizer, footprint=footprint, context_length=context,
                            details={"dtype": str(model.dtype).removeprefix("torch.")}, how=how,
-                           generation=self.generation_defaults(spec))
+                           generation=self.generation_defaults(spec),
+                           extras={_SAMPLER_HOLD: SAMPLER.hold()} if on_cpu else {})
+
+    def unload(self, loaded: LoadedModel) -> None:
+        hold = loaded.extras.get(_SAMPLER_HOLD)
+        if hold is not None:
+            hold.release()
+        super().unload(loaded)
 
     def _from_pretrained(self, spec: ModelSpec, placement: Placement, source: str) -> tuple[Any, Any, str]:
         """The model (a causal LM, or the base model in embed mode), its tokenizer, and how they were loaded."""
@@ -226,7 +238,7 @@ class TransformersBackend(Backend):
             batch = tokenizer(list(texts), return_tensors="pt", padding=True, truncation=True,
                               max_length=loaded.context_length or None)
             batch = {key: value.to(input_device(model)) for key, value in batch.items()}
-            with torch.inference_mode():
+            with torch.inference_mode(), _threads(torch, model):
                 hidden = model(**batch).last_hidden_state
             mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)
@@ -258,7 +270,7 @@ class TransformersBackend(Backend):
                           stopping_criteria=stop_criteria(ended))
         started = time.perf_counter()
         try:
-            with torch.inference_mode(), seeded(params.seed, loaded.model):
+            with torch.inference_mode(), seeded(params.seed, loaded.model), _threads(torch, loaded.model):
                 output = loaded.model.generate(**inputs, **kwargs)
         except torch.OutOfMemoryError as error:
             release_frames(error)  # the activations of the failed step
@@ -292,8 +304,8 @@ class TransformersBackend(Backend):
 
         def work() -> None:
             try:
-                with torch.inference_mode(), seeded(params.seed, loaded.model):
-                    output = loaded.model.generate(**inputs, **kwargs)
+                with torch.inference_mode(), seeded(params.seed, loaded.model), _threads(torch, loaded.model):
+                    output = loaded.model.generate(**inputs, **kwargs)  # on this worker thread: its threads too
                 outcome["tokens"] = int(output.shape[-1] - prompt_tokens)
             except BaseException as error:  # noqa: BLE001 - handed to the consuming thread, which raises it
                 outcome["error"] = error
@@ -352,6 +364,11 @@ class TransformersBackend(Backend):
                 warnings = ((f"max_new_tokens lowered from {params.max_new_tokens} to {max_new}: the prompt "
                              f"({prompt_tokens} tokens) and the answer must fit the context of {context}"),)
         return inputs, max_new, warnings
+
+
+def _threads(torch: Any, model: Any) -> AbstractContextManager[Any]:
+    """torch's threads chosen from the idle cores while a model on the CPU computes on this thread."""
+    return TORCH_THREADS.computing(torch) if input_device(model).type == "cpu" else nullcontext()
 
 
 def _stream_result(outcome: dict[str, Any], model_id: str, prompt_tokens: int, max_new: int, started: float,

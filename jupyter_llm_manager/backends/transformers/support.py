@@ -12,6 +12,7 @@ import functools
 import inspect
 import logging
 import queue
+import sys
 import threading
 import warnings
 from collections.abc import Iterator
@@ -22,6 +23,7 @@ from ...config.secrets import Secret
 from ...errors import GenerationError
 from ...generation import AnswerFilter, FinishReason, GenerationParams, Prompt
 from ...support.heavy_imports import heavy
+from .threads import TORCH_THREADS
 
 __all__ = [
     "DONE",
@@ -51,11 +53,21 @@ DONE = object()
 
 
 def import_torch() -> Any:
-    return heavy("torch")
+    return _torch(fresh="torch" not in sys.modules)
 
 
 def import_transformers() -> Any:
-    return heavy("transformers")
+    fresh = "torch" not in sys.modules
+    transformers = heavy("transformers")
+    _torch(fresh)  # imported with transformers: its thread count is recorded as soon as it is seen
+    return transformers
+
+
+def _torch(fresh: bool) -> Any:
+    """torch, its thread count recorded the first time (``fresh``: imported by this package just now)."""
+    torch = heavy("torch")
+    TORCH_THREADS.note(torch, fresh)
+    return torch
 
 
 #: Keywords of ``generate`` that the backend sets itself, or that are no generation parameter.

@@ -19,7 +19,6 @@ import logging
 import os
 import shutil
 import socket
-import struct
 import tempfile
 import threading
 import time
@@ -28,17 +27,12 @@ from pathlib import Path
 from typing import Any
 
 from ...errors import log_failure
+from .bounds import MAX_MESSAGE
 
-__all__ = ["MAX_DEPTH", "MAX_MESSAGE", "Listener", "ask"]
+__all__ = ["Listener", "ask"]
 
 log = logging.getLogger(__name__)
 
-#: The largest request or answer body, in bytes: a few model keys and a sentence.
-MAX_MESSAGE = 64 * 1024
-#: The deepest nesting of a JSON body (a list in a dict in a list...).
-MAX_DEPTH = 32
-#: How long a client may take to send its body.
-BODY_S = 2.0
 #: A server that stops by itself is started again after this long (doubling, up to 5 s).
 _RESTART_S = 0.1
 
@@ -108,18 +102,6 @@ def _listening(address: str) -> socket.socket:
     os.chmod(address, 0o600)
     server.listen(64)
     return server
-
-
-def peer_is_this_user(connection: socket.socket) -> bool:
-    """Whether the process at the other end of a Unix socket runs as this user (true where it cannot be told)."""
-    option = getattr(socket, "SO_PEERCRED", None)
-    if option is None:
-        return True  # the socket's private folder is the guard there
-    try:
-        _, uid, _ = struct.unpack("3i", connection.getsockopt(socket.SOL_SOCKET, option, struct.calcsize("3i")))
-    except OSError:
-        return False
-    return uid == os.getuid()
 
 
 # -- the client ----------------------------------------------------------------------------------------

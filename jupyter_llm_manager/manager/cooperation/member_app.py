@@ -1,7 +1,7 @@
 """The member server's application: requests from other members, read within bounds, answered off the loop.
 
-A body larger than :data:`~.listener.MAX_MESSAGE`, nested deeper than
-:data:`~.listener.MAX_DEPTH`, slower than :data:`~.listener.BODY_S` or not a
+A body larger than :data:`~.bounds.MAX_MESSAGE`, nested deeper than
+:data:`~.bounds.MAX_DEPTH`, slower than :data:`~.bounds.BODY_S` or not a
 JSON object gets a 4xx answer, never an exception in the server; the
 member's answer runs in a worker thread (it may free memory), so the server
 keeps answering other connections meanwhile. Connections from another user
@@ -23,7 +23,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from .listener import BODY_S, MAX_DEPTH, MAX_MESSAGE, peer_is_this_user
+from .bounds import BODY_S, MAX_DEPTH, MAX_MESSAGE, peer_is_this_user
 
 __all__ = ["BadBody", "bounded_json", "member_app", "same_user_protocol"]
 
@@ -58,8 +58,8 @@ def member_app(handle: Callable[[dict[str, Any]], dict[str, Any]], routes: Seque
 
 
 async def bounded_json(request: Request, limit: int) -> dict[str, Any]:
-    """The request's body as a JSON object: at most ``limit`` bytes, :data:`~.listener.MAX_DEPTH` deep, sent
-    within :data:`~.listener.BODY_S` seconds (:class:`BadBody` otherwise)."""
+    """The request's body as a JSON object: at most ``limit`` bytes, :data:`~.bounds.MAX_DEPTH` deep, sent
+    within :data:`~.bounds.BODY_S` seconds (:class:`BadBody` otherwise)."""
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         raise BadBody(413, f"a request is at most {limit} bytes")
