@@ -4,7 +4,8 @@
 
 1. ``status()`` and ``%llm list`` with N registered models (every other one
    with an alias), and with N tasks of two options each, for N = 10 ... 10,000:
-   milliseconds, and per id (linear bookkeeping keeps the per-id cost flat).
+   milliseconds, and per id (linear bookkeeping keeps the per-id cost flat);
+   and ``status()`` of 10,000 ids while models load and unload between calls.
 2. ``--threads`` threads loading, using and generating on 5 models under a
    cap of 2, with an in-process backend whose loads take no time: CPU per
    operation and how many times a waiting thread woke up per operation.
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import statistics
 import sys
 import tempfile
 import threading
@@ -62,6 +64,26 @@ def with_models(count: int) -> LLMManager:
         if index % 2:
             manager.alias(f"alias{index}", f"m{index}")
     return manager
+
+
+def while_models_move(count: int, rounds: int = 7) -> tuple[float, float]:
+    """status() of ``count`` ids while models load and unload between calls: (first call, median) seconds.
+
+    Eight of the ids are instant models; before each call one of them loads and another unloads, as a
+    dashboard refreshing during a session sees.
+    """
+    backend = Instant()
+    manager = LLMManager(config_path=False, preload=False, cooperate=False, backend_factory=lambda name: backend)
+    for index in range(count):
+        manager.register(f"m{index}", source=f"org/model-{index}", backend="instant", device="cpu")
+    first = timed(manager.status)
+    times = []
+    for round_ in range(rounds):
+        manager.load(f"m{round_ % 8}")
+        manager.unload(f"m{(round_ + 3) % 8}")
+        times.append(timed(manager.status))
+    manager.close()
+    return first, statistics.median(times)
 
 
 def with_tasks(count: int, folder: Path) -> LLMManager:
@@ -156,6 +178,10 @@ def main() -> int:
             figures[kind][count] = {"ids": ids, "status_s": status, "list_s": listing}  # type: ignore[index]
             print(f"{ids:>6} {kind:<7} {status * 1000:8.1f} ms {status / ids * 1e6:7.1f} µs "
                   f"{listing * 1000:9.1f} ms {listing / ids * 1e6:7.1f} µs")
+    first, moving = while_models_move(max(SIZES))
+    figures["moving"] = {"ids": max(SIZES), "first_s": first, "median_s": moving}
+    print(f"{max(SIZES)} ids while models load and unload between calls: status() {moving * 1000:.1f} ms "
+          f"(median of 7; the first call, which reads every model's facts, {first * 1000:.1f} ms)")
     busy = threads_on_few_models(args.threads, args.seconds)
     figures["threads"] = {"threads": args.threads, **busy}
     print(f"{args.threads} threads on 5 models, cap 2, {busy['seconds']:.1f} s: {busy['operations']} operations, "

@@ -18,7 +18,12 @@ from jlm_helpers.fakes import GB, SharedAdapterFake, fake
 
 from jupyter_llm_manager import LLMManager, ResourceNotAvailableError
 
-NOTEBOOK = sys.modules["__main__"].__dict__  # where a notebook's variables live, as far as the manager looks
+def notebook() -> dict:
+    """Where a notebook's variables live, as the manager looks for them: IPython's namespace when a shell runs
+    (earlier tests may have started one, which also takes ``__main__``'s place), else ``__main__``'s."""
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None else None
+    return shell.user_ns if shell is not None else sys.modules["__main__"].__dict__
 
 
 @pytest.fixture
@@ -27,12 +32,12 @@ def keep():
     kept: list[str] = []
 
     def put(name: str, value: object) -> None:
-        NOTEBOOK[name] = value
+        notebook()[name] = value
         kept.append(name)
 
     yield put
     for name in kept:
-        NOTEBOOK.pop(name, None)
+        notebook().pop(name, None)
     gc.collect()
 
 
@@ -52,7 +57,7 @@ def test_an_unload_that_frees_nothing_still_counts_the_memory_and_names_the_hold
     with pytest.raises(ResourceNotAvailableError) as refused:
         manager.load("b", wait=0)  # the room was not freed: loading b would run out of memory
     assert "still held by variable 'm'" in str(refused.value)
-    NOTEBOOK.pop("m")
+    notebook().pop("m")
     gc.collect()
     assert until(lambda: manager.row("a").state == "registered")  # collected: the room is free again
     manager.load("b", wait=0)
@@ -70,7 +75,7 @@ def test_a_request_waits_for_held_memory_and_goes_on_when_it_is_let_go(make_mana
     waiting = threading.Thread(target=lambda: outcome.append(manager.load("b", wait=60)))
     waiting.start()
     assert until(lambda: "still held by variable 'm'" in (manager.row("b").waiting_for or ""))
-    NOTEBOOK.pop("m")
+    notebook().pop("m")
     gc.collect()
     waiting.join(30)
     assert outcome and manager.row("b").state == "loaded"
@@ -145,17 +150,18 @@ def test_a_loader_returning_a_mock_or_a_proxy_loads_and_unloads(make_manager):
     import torch  # noqa: F401 - the walk that measured tensors recursed for ever once torch was imported
 
     manager = LLMManager(config_path=False, preload=False, cooperate=False)
+    main = sys.modules["__main__"].__dict__  # where the loader path __main__:... is imported from
     try:
         for name, made in (("mock", MagicMock), ("lazy", Lazy)):
-            NOTEBOOK[f"_make_{name}"] = lambda spec, made=made: made()
+            main[f"_make_{name}"] = lambda spec, made=made: made()
             manager.register(name, loader=f"__main__:_make_{name}", required_memory="1MB")
             manager.load(name)
             assert manager.row(name).state == "loaded"
             assert manager.unload(name).collected
     finally:
         manager.close()
-        NOTEBOOK.pop("_make_mock", None)
-        NOTEBOOK.pop("_make_lazy", None)
+        main.pop("_make_mock", None)
+        main.pop("_make_lazy", None)
 
 
 def test_naming_what_holds_a_model_costs_little_beyond_the_collection_on_a_large_heap(make_manager):

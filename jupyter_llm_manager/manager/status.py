@@ -51,16 +51,66 @@ class _RowFacts(NamedTuple):
 class StatusView(StateReader):
     """Builds :class:`StatusRow` and :class:`DeviceReport` snapshots."""
 
+    def __init__(self, state: ManagerState, probe: DeviceProbe, estimates: EstimateCache,
+                 backends: Callable[[str], Backend]) -> None:
+        super().__init__(state, probe, estimates, backends)
+        self._cache: dict[str, tuple[tuple[object, ...], StatusRow]] = {}  # id -> (what it depends on, its row)
+
     def rows(self) -> list[StatusRow]:
-        """One row per registered model id."""
+        """One row per registered model id.
+
+        The row of an id whose model is idle in the registry (not loaded,
+        waiting or held) is kept and handed out again until something it shows
+        changes (the registry, the settings, its failure, its estimate, its
+        last use): a dashboard refreshing 10,000 ids rebuilds only the rows of
+        the models that moved.
+        """
         state = self._state
         with state.lock:
             specs = list(state.registry.specs.values())
-        facts = {spec.id: self._facts(spec) for spec in specs}  # files and imports: never under the lock
+            stale = [spec for spec in specs if self._kept(spec) is None]
+        facts = {spec.id: self._facts(spec) for spec in stale}  # files and imports: never under the lock
         with state.lock:
             now, wall = state.clock(), time.time()
-            return [self._row(spec, facts[spec.id], now, wall) for spec in specs
-                    if state.registry.specs.get(spec.id) is spec]
+            rows = []
+            for spec in specs:
+                if state.registry.specs.get(spec.id) is not spec:
+                    continue  # replaced or removed meanwhile
+                row = self._kept(spec)
+                if row is None:  # (its facts were gathered above, unless it moved meanwhile: then the cached ones)
+                    found = facts.get(spec.id) or _RowFacts(self._backends(spec.backend), None,
+                                                             self._estimates.cached(spec))
+                    row = self._row(spec, found, now, wall)
+                    self._keep(spec, row)
+                rows.append(row)
+            return rows
+
+    def _stamp(self, spec: ModelSpec) -> tuple[object, ...] | None:
+        """What an idle id's row depends on, or ``None`` when its model moves (its row is built each time).
+        Caller holds the lock."""
+        state = self._state
+        key = state.registry.keys[spec.id]
+        if key in state.instances or state.queue.position(key) is not None or any(h.key == key for h in state.held):
+            return None
+        return (spec, state.registry_version, state.settings, state.failures.get(spec.id),
+                state.last_used.get(key), self._estimates.cached(spec))
+
+    def _kept(self, spec: ModelSpec) -> StatusRow | None:
+        found = self._cache.get(spec.id)
+        if found is None:
+            return None
+        stamp = self._stamp(spec)
+        return found[1] if stamp is not None and found[0] == stamp else None
+
+    def _keep(self, spec: ModelSpec, row: StatusRow) -> None:
+        stamp = self._stamp(spec)
+        if stamp is None:
+            self._cache.pop(spec.id, None)
+        else:
+            self._cache[spec.id] = (stamp, row)
+            if len(self._cache) > 2 * len(self._state.registry.specs) + 64:  # ids removed long ago
+                for gone in [i for i in self._cache if i not in self._state.registry.specs]:
+                    del self._cache[gone]
 
     def row(self, model_id: str) -> StatusRow:
         """The row of one id (an alias gives its model's row)."""
