@@ -18,6 +18,7 @@ from jlm_helpers.fakes import GB, SharedAdapterFake, fake
 
 from jupyter_llm_manager import LLMManager, ResourceNotAvailableError
 
+
 def notebook() -> dict:
     """Where a notebook's variables live, as the manager looks for them: IPython's namespace when a shell runs
     (earlier tests may have started one, which also takes ``__main__``'s place), else ``__main__``'s."""
