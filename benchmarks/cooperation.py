@@ -8,6 +8,8 @@
    request to A's ``evicted`` event (``reason="other_kernel"``), p50 and p99,
    with A idle and with A busy running a cell (a pure-Python loop holding
    its main thread). Both processes read the same system-wide monotonic clock.
+   Then B waits for A's model in use, and A's lease ends: from the end of the
+   lease to B's reservation (its ``loading`` event), p50 and p90.
 2. ``use()`` on a loaded model (enter and leave a lease), median in
    microseconds, with cooperation on (this manager is a member of the ledger
    and publishes from its thread) and off, in the same run.
@@ -57,7 +59,7 @@ def eviction_latency(folder: Path, rounds: int) -> dict[str, list[float]]:
     specs = {name: {"source": str(path)} for name, path in models.items()}
     ledger = folder / "ledger.sqlite"
     a, b = Kernel("holder.ipynb", folder, ledger), Kernel("requester.ipynb", folder, ledger)
-    latencies: dict[str, list[float]] = {"idle": [], "busy": []}
+    latencies: dict[str, list[float]] = {"idle": [], "busy": [], "lease_end": []}
     try:
         for kernel in (a, b):
             assert kernel.ask("start", settings=settings, models=specs)["ok"], kernel.stderr_tail()
@@ -75,10 +77,33 @@ def eviction_latency(folder: Path, rounds: int) -> dict[str, list[float]]:
             assert evicted and evicted[0]["reason"] == "other_kernel", evicted
             if index >= 0:
                 latencies["busy" if holder_busy else "idle"].append(evicted[0]["at"] - asked)
+        for _ in range(rounds):  # B waits for A's model in use; A's lease ends: how soon does B get the room?
+            assert a.ask("load", id="a", wait=60)["ok"] and a.ask("hold", id="a")["ok"]
+            seen = len(b.ask("events")["events"])
+            b.send("load", id="b", wait=60)
+            _queued(folder / "ledger.sqlite")
+            released = time.monotonic()
+            assert a.ask("release", id="a")["ok"]
+            assert b.answer()["ok"]
+            loading = [e for e in b.ask("events")["events"][seen:] if e["kind"] == "loading" and e["model"] == "b"]
+            latencies["lease_end"].append(loading[0]["at"] - released)
     finally:
         a.close()
         b.close()
     return latencies
+
+
+def _queued(ledger: Path) -> None:
+    """Wait until a request waits in the machine-wide queue (B's, for A's model in use)."""
+    from jupyter_llm_manager.manager.cooperation.ledger import Ledger
+
+    reader, deadline = Ledger(ledger), time.monotonic() + 30
+    try:
+        while not reader.requests():
+            assert time.monotonic() < deadline, "the request never waited"
+            time.sleep(0.01)
+    finally:
+        reader.close()
 
 
 def use_overhead(folder: Path, uses: int) -> dict[str, float]:
@@ -114,12 +139,18 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         latencies = eviction_latency(Path(folder), args.rounds)
         medians = use_overhead(Path(folder), args.uses)
+    lease_end = latencies.pop("lease_end")
     results = {"eviction_ms": {state: {"p50": percentile(v, 0.5) * 1e3, "p99": percentile(v, 0.99) * 1e3,
                                         "rounds": len(v)} for state, v in latencies.items()},
+               "lease_end_to_room_ms": {"p50": percentile(lease_end, 0.5) * 1e3,
+                                        "p90": percentile(lease_end, 0.9) * 1e3, "rounds": len(lease_end)},
                "use_us": medians}
     print(f"Request to the other kernel's eviction ({args.rounds} rounds each, tiny models on the CPU):")
     for state, figures in results["eviction_ms"].items():
         print(f"  holder {state:4}: p50 {figures['p50']:7.1f} ms   p99 {figures['p99']:7.1f} ms")
+    room = results["lease_end_to_room_ms"]
+    print(f"A waiting request gets the room after the other kernel's lease ends: p50 {room['p50']:.1f} ms, "
+          f"p90 {room['p90']:.1f} ms (goal: p90 <= 50 ms)")
     print(f"use() on a loaded model ({args.uses} leases): cooperation off {medians['off']:.1f} µs, "
           f"on {medians['on']:.1f} µs median (ratio {medians['on'] / medians['off']:.2f}×)")
     if args.json:

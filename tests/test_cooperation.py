@@ -569,3 +569,25 @@ def test_kernels_loading_and_unloading_killed_and_stopped_never_over_commit_one_
     assert report.hung == [] and report.finished == report.processes - report.killed, str(report)
     assert report.operations.get("load", 0) + report.operations.get("use", 0) > 20, str(report)
 
+
+def test_a_request_waiting_for_another_kernels_model_is_woken_when_its_lease_ends(make_manager, tmp_path):
+    """No look at the ledger on a timer is needed: the clock never moves here, so only the wake-up can serve it."""
+    import threading
+
+    from jlm_helpers.fakes import GB, fake, lease_elsewhere
+
+    path = tmp_path / "wake.sqlite"
+    holder = make_manager(ledger_path=str(path), memory_budget={"cuda:0": 3 * GB})
+    asker = make_manager(ledger_path=str(path), memory_budget={"cuda:0": 3 * GB})
+    fake(holder, "theirs", 2 * GB)
+    fake(asker, "mine", 2 * GB)
+    thread, let_go = lease_elsewhere(holder, "theirs")
+    loading = threading.Thread(target=asker.load, args=("mine",), kwargs={"wait": math.inf}, daemon=True)
+    loading.start()
+    queued(path, 1)
+    let_go.set()
+    thread.join(10)
+    loading.join(20)
+    assert not loading.is_alive(), "the waiting request was never woken"
+    assert asker.row("mine").state == "loaded" and holder.row("theirs").state == "registered"
+

@@ -68,6 +68,16 @@ class ManagerState:
             if waiter.wake is not None:
                 waiter.wake.notify()
 
+    def wake_waiters(self) -> None:
+        """Every queued request looks again now (another kernel let go of room): the version moves (the waits
+        end on a new version), though nothing here changed."""
+        with self.lock:
+            self.version += 1
+            self.changed.notify_all()
+            for waiter in self.queue.all():
+                if waiter.wake is not None:
+                    waiter.wake.notify()
+
     def wake_planner(self) -> None:
         """Let the request that may plan next do so (the planner's turn was given up). Caller holds the lock."""
         waiter = self.queue.next_planner()

@@ -30,7 +30,7 @@ from ...events import EventBus
 from ...support.units import excerpt
 from ..state import ManagerState
 from .ledger import Ledger, default_ledger_path
-from .listener import Listener
+from .listener import Listener, ask
 from .peers import ANSWER_S
 from .publishing import Identity, Publisher, rows_of
 from .rows import MemberRow, ModelRow
@@ -42,8 +42,10 @@ log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 #: What can go wrong with the ledger or the listener: the kernel then goes on alone, and says so once.
 LEDGER_FAILURES = (ConfigurationError, OSError, sqlite3.Error)
-#: How often a request waiting on other kernels looks at the ledger again.
+#: How often a request waiting on other kernels looks at the ledger again, in case a wake-up was lost.
 POLL_S = 0.25
+#: How long a member that let go of room waits for a waiting member to take the news.
+WAKE_S = 0.2
 
 #: Frees this manager's idle models for another one: (keys, the requester's priority, who asks) -> freed keys.
 EvictFor = Callable[[Sequence[str], int, str], list[str]]
@@ -147,8 +149,13 @@ class Membership:
         if publisher is not None:
             publisher.soon()
 
-    def publish_from_thread(self) -> None:
-        """One write of the publisher thread; a busy or broken file is logged and tried again later."""
+    def publish_from_thread(self, changed: bool = False) -> None:
+        """One write of the publisher thread; a busy or broken file is logged and tried again later.
+
+        After a change (not a heartbeat) the members with requests waiting for room are told to look again
+        at once: the room may be theirs now (a lease ended, a model was freed), and a waiting request never
+        sleeps through it until its next look.
+        """
         ledger = self._ledger
         try:
             if ledger is not None:
@@ -156,8 +163,16 @@ class Membership:
                 said = ledger.take_recreated()
                 if said:
                     self._bus.emit("warning", message=said)
+                if changed:
+                    self._wake_waiting(ledger)
         except Exception as error:  # noqa: BLE001 - the thread survives a busy or broken file, and says so
             log_failure(log, "publishing to the ledger failed; it is tried again", error)
+
+    def _wake_waiting(self, ledger: Ledger) -> None:
+        members, _, requests = ledger.others(self.member)
+        addresses = {m.member: m.address for m in members}
+        for member in dict.fromkeys(r.member for r in requests):
+            ask(addresses.get(member, ""), {"op": "wake", "requester": self.me.notebook}, WAKE_S)
 
     def rows(self) -> tuple[MemberRow, list[ModelRow]]:
         listener = self._listener
@@ -172,11 +187,14 @@ class Membership:
         op, requester = request.get("op"), str(request.get("requester") or "another kernel")[:200]
         if op == "ping":
             return {"member": self.member}
+        if op == "wake":  # another member let go of something: requests waiting for room look again now
+            self._state.wake_waiters()
+            return {}
         if op == "evict":
             keys = [k for k in request.get("keys", []) if isinstance(k, str)][:64]
             priority = request.get("priority")
             freed = self._evict_for(keys, priority if isinstance(priority, int) else 0, requester)
-            self.publish_from_thread()  # the requester looks again at once
+            self.publish_from_thread()  # the requester looks again at once (it waits for this answer)
             return {"freed": freed}
         if op == "unload" and isinstance(request.get("model"), str):
             message = self._unload_for(request["model"], requester)

@@ -55,9 +55,10 @@ def rows_of(state: ManagerState, identity: Identity, address: str) -> tuple[Memb
 
 
 class Publisher:
-    """The publisher thread of one member: ``write()`` is called shortly after :meth:`soon`, and every heartbeat."""
+    """The publisher thread of one member: ``write(changed)`` is called shortly after :meth:`soon` (``changed``
+    true), and every heartbeat."""
 
-    def __init__(self, write: Callable[[], None]) -> None:
+    def __init__(self, write: Callable[[bool], None]) -> None:
         self._dirty = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=_publish_loop, args=(weakref.WeakMethod(write), self._stop, self._dirty),
@@ -79,12 +80,15 @@ class Publisher:
 
 
 def _publish_loop(write: weakref.WeakMethod, stop: threading.Event, dirty: threading.Event) -> None:
-    """Write shortly after a change and every heartbeat; end when stopped or when the member is collected."""
+    """Write shortly after a change and every heartbeat; end when stopped or when the member is collected.
+
+    ``write(changed)``: ``changed`` is true after a change (not a heartbeat), when waiting kernels are woken.
+    """
     while not stop.is_set():
-        dirty.wait(HEARTBEAT_S)  # a change is written at once: a kernel that asks next sees a model idle as idle
+        changed = dirty.wait(HEARTBEAT_S)  # a change is written at once: a kernel that asks next sees it as it is
         dirty.clear()
         found = write()
         if found is None or stop.is_set():
             return
-        found()
+        found(changed)
         del found
