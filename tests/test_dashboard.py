@@ -263,9 +263,9 @@ def test_the_events_table_puts_each_header_over_its_values(manager, board):
     manager.unload("a")
     board.refresh()
     table = board._events.value
-    headers = re.findall(r"<th style='([^']*)'>([^<]*)</th>", table)
+    headers = re.findall(r"<th [^>]*style='([^']*)'>([^<]*)</th>", table)
     first_row = re.search(r"<tr><td.*?</tr>", table).group(0)
-    cells = re.findall(r"<td style='([^']*)'>", first_row)
+    cells = re.findall(r"<td [^>]*style='([^']*)'>", first_row)
     assert [name for _, name in headers] == ["time", "model", "what", "seconds", "bytes", "message"]
     assert len(cells) == len(headers)  # one value under each header
     assert all("text-align:left" in style for style, _ in headers)
@@ -420,7 +420,7 @@ def test_a_ledger_that_cannot_be_opened_leaves_the_dashboard_working(make_manage
 
 
 def test_an_adapter_row_shows_its_base_under_its_id(adapter_manager):
-    from jupyter_llm_manager.frontends.dashboard_html import name_html
+    from jupyter_llm_manager.frontends.views.status import name_html
     from jupyter_llm_manager.reports import StatusRow
 
     dashboard = Dashboard(adapter_manager, background=False)

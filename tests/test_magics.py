@@ -220,11 +220,11 @@ def rendered_lines(markdown: str) -> list[str]:
 
 
 def test_table_cells_keep_words_whole_and_only_long_paths_break_anywhere():
-    from jupyter_llm_manager.frontends.tables import Table
+    from jupyter_llm_manager.frontends.views.table import Table
 
     path = "/a/very/long/path/to/a/model/file.gguf"
     html_text = Table(["model", "backend", "state", "source"], [["m", "llama_cpp", "registered", path]]).html()
-    styles = {value: style for style, value in re.findall(r"<td style='([^']*)'>([^<]*)</td>", html_text)}
+    styles = {value: style for style, value in re.findall(r"<td [^>]*style='([^']*)'>([^<]*)</td>", html_text)}
     assert "anywhere" not in styles["llama_cpp"] and "anywhere" not in styles["registered"]
     assert "nowrap" in styles["m"] and "anywhere" in styles[path]
 

@@ -15,7 +15,8 @@ values and clicks into manager calls, nothing more:
 - a click runs its action (:mod:`.actions`, shared with the magics and
   JupyterLab) on a short-lived thread; the row shows what is pending, what
   it waits for, and the result;
-- "This machine" lists the other notebooks' models (:mod:`.machine_view`),
+- every table comes from :mod:`.views` (the models' cells, "This machine", the
+  events, a plan); "This machine" lists the other notebooks' models (:mod:`.machine_reader`),
   read by the writer at most every refresh interval; the device bars show
   what they hold;
 - it holds model ids, never model objects. ``close()`` stops the thread,
@@ -36,21 +37,15 @@ from ..events import Event
 from ..reports import StatusRow
 from ..support.units import format_duration
 from . import actions
-from .dashboard_html import (
-    LEGEND,
-    MUTED,
-    WRAP,
-    device_html,
-    event_html,
-    memory_html,
-    message_html,
-    name_html,
-    no_gpu_note,
-    state_html,
-    text,
-)
+from .dashboard_html import message_html, no_gpu_note
 from .kernel_comms import QUEUED_NOTE, cell_watch, clicks_wait_for_cells, follow_frontend
-from .machine_view import MachineReader, machine_html
+from .machine_reader import MachineReader
+from .views.devices import device_html
+from .views.events import events_table
+from .views.machine import machine_html
+from .views.status import LEGEND, status_table
+from .views.style import MUTED, WRAP, text
+from .views.table import Cell
 
 if TYPE_CHECKING:
     from ..manager.facade import LLMManager
@@ -63,8 +58,9 @@ log = logging.getLogger(__name__)
 # Columns of short words are never narrower than their longest word ("registered", "llama_cpp" stay whole).
 _COLUMNS = (("model", "minmax(5em, 2fr)"), ("state", "minmax(min-content, 1.5fr)"),
             ("device", "minmax(min-content, 0.6fr)"), ("memory", "minmax(min-content, 1.6fr)"),
-            ("last use", "minmax(min-content, 0.8fr)"), ("keep-alive", "minmax(min-content, 0.8fr)"),
+            ("last use", "minmax(min-content, 0.8fr)"), ("keep-alive left", "minmax(min-content, 0.8fr)"),
             ("", "fit-content(17em)"))  # buttons stack when narrow
+_SHOWN = tuple(name for name, _ in _COLUMNS if name)  # the columns of the status view (:mod:`.views.status`)
 _GRID = " ".join(width for _, width in _COLUMNS)
 _ACTION_JOIN_S = actions.ACTION_WAIT_S + 5.0
 _TOOLTIPS = {"Free memory": "collect garbage, empty the CUDA cache",
@@ -183,11 +179,9 @@ class _ModelRow:
     def widgets(self) -> list[Any]:
         return [*self.cells, self.load, self.unload, self.pin, self.tick, self.buttons]
 
-    def values(self, row: StatusRow, pending: str | None, loading_since: float | None, now: float,
-               queued: set[int], hint: str | None) -> list[tuple[Any, dict[str, Any]]]:
-        texts = [name_html(row), state_html(row, pending, loading_since, now),
-                 text(row.device), memory_html(row), text(row.last_used_str()),
-                 text(row.expires_in_str())]
+    def values(self, row: StatusRow, cells: tuple[Cell, ...], pending: str | None, queued: set[int],
+               hint: str | None) -> list[tuple[Any, dict[str, Any]]]:
+        texts = [cell.as_html() for cell in cells]
         busy = bool(pending) or row.state == "loading"
         return [*((cell, {"value": value}) for cell, value in zip(self.cells, texts)),
                 _button(self.load, "Load", busy or row.state == "loaded", queued, hint),
@@ -307,11 +301,11 @@ class Dashboard:
         _apply(self._devices, value="".join(device_html(d, machine.others_on(d.device)) for d in devices)
                + ("" if gpus else no_gpu_note()))
         _apply(self._machine_html, value=machine_html(machine, now))
-        for row in rows:
-            for widget, values in shown_rows[row.id].values(row, pending.get(row.id), loading.get(row.id), now,
-                                                            queued, hint):
+        table = status_table(rows, pending=pending, loading_since=loading, now=now).select(*_SHOWN)
+        for row, cells in zip(rows, table.rows):
+            for widget, values in shown_rows[row.id].values(row, cells, pending.get(row.id), queued, hint):
                 _apply(widget, **values)
-        _apply(self._events, value=event_html(events))
+        _apply(self._events, value=f"<div style='font-size:smaller'>{events_table(events).html()}</div>")
         _apply(self._messages_html, value="".join(message_html(*m) for m in messages))
         _apply(self._cap, value=self._cap_text())
         _apply(self._keep_alive, value=self._keep_alive_text())
@@ -386,7 +380,7 @@ class Dashboard:
 
     def plan_ticked(self) -> None:
         """Plan the ticked models (none ticked: the manager's default plan); the report shows below."""
-        from .plan_tables import plan_tables
+        from .views.plan import plan_tables
 
         with self._lock:
             rows = list(self._rows.items())

@@ -21,7 +21,7 @@ newer one (the panel would show a state already gone, and drop an answer
 such as "Unloaded" as no longer true).
 
 A snapshot also lists the other notebooks' models on this machine (from the
-ledger, :mod:`.machine_view`; a failure to read it is a note, never a broken
+ledger, :mod:`.machine_reader`; a failure to read it is a note, never a broken
 panel). Nothing in this kernel hears when they change, so while a panel is
 connected a thread looks every few seconds and pushes a snapshot when they
 did. ``ask_to_unload`` asks their manager to unload an idle one.
@@ -42,7 +42,10 @@ from ..reports import StatusRow
 from ..support.units import brief, format_bytes
 from . import actions
 from .kernel_comms import follow_frontend
-from .machine_view import MachineReader, machine_rows
+from .machine_reader import MachineReader
+from .views.devices import devices_table
+from .views.machine import machine_json
+from .views.status import status_table
 
 if TYPE_CHECKING:
     from ..manager.facade import LLMManager
@@ -167,7 +170,7 @@ class LabBridge:
         while not stop.wait(_MACHINE_S):
             with self._lock:
                 connected, sent = bool(self._comms), self._machine_sent
-            if connected and machine_rows(self._machine.read()) != sent:
+            if connected and machine_json(self._machine.read()) != sent:
                 self._push()
 
     # -- actions ----------------------------------------------------------------------------
@@ -271,26 +274,16 @@ class LabBridge:
         """The models and devices as JupyterLab shows them: ids, states and numbers only."""
         now = time.time()
         rows = self.manager.status()
-        models = [{
-            "id": row.id, "aliases": list(row.aliases), "backend": row.backend, "device": row.device,
-            "state": row.state, "in_use": row.in_use, "pinned": row.pinned, "remote": row.remote,
-            "estimated": row.estimated_str, "actual": row.actual_str, "actual_bytes": row.actual_bytes,
-            "last_used": row.last_used, "expires_at": row.expires_at, "error": row.error,
-            "trust_remote_code": row.trust_remote_code, "reachable": row.reachable,
-            "waiting_for": row.waiting_for, "endpoint": self._endpoint(row) if row.remote else None,
-            "base": row.base, "adapter": row.adapter, "shares_base": row.shares_base, "base_str": row.base_str,
-        } for row in rows]
+        endpoints = {row.id: self._endpoint(row) for row in rows if row.remote}
+        models = status_table(rows, endpoints=endpoints).select("model", "state", "device", "memory", "error")
         loaded = [row for row in rows if row.state == "loaded"]
         held = sum(row.actual_bytes or 0 for row in loaded)
         reports = self.manager.devices()
         view = self._machine.read()
-        devices = [{"device": d.device, "name": d.name, "total": d.total_str, "free": d.free_str,
-                    "budget": d.budget_str, "held": d.held_str,
-                    "notebooks": format_bytes(view.others_on(d.device)) if view.others_on(d.device) else ""}
-                   for d in reports]
-        machine = machine_rows(view)
+        machine = machine_json(view)
         with self._lock:
             self._machine_sent = machine
         return {"type": "snapshot", "time": now, "loaded": len(loaded), "held_bytes": held,
                 "held_str": format_bytes(held), "reserved_str": format_bytes(sum(d.held_bytes for d in reports)),
-                "models": models, "devices": devices, "machine": machine}
+                "models": models.json()["rows"], "devices": devices_table(reports, view.others_on).json()["rows"],
+                "machine": machine}
