@@ -136,6 +136,11 @@ class LLMManager(SettingsAccess, AsyncCalls):
         """The spec an id or alias resolves to."""
         return self._parts.registration.spec(model_id)
 
+    def text_spec(self, model_id: str) -> ModelSpec:
+        """The spec of a model that answers with text; else a
+        :class:`~jupyter_llm_manager.errors.GenerationError` that says what it is (loads nothing)."""
+        return text_model(self.spec(model_id))
+
     def resolve(self, model_id: str) -> str:
         """The registered id behind an id or alias (raises :class:`ModelNotFoundError`)."""
         return self._parts.registration.spec(model_id).id

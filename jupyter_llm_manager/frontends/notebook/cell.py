@@ -22,7 +22,6 @@ from ...errors import LLMManagerError
 from ...events import Event
 from ...generation import GenerationResult
 from ...manager.facade import LLMManager
-from ...manager.generations import text_model
 from ...models.demo import NOISE_NOTE, is_demo
 from .arguments import parse_value
 from .chats import ChatSessions
@@ -83,7 +82,7 @@ class CellAsker:
         if fmt == "code" and len(models) > 1:
             raise UsageError("-f code puts one answer in a new cell: name one model")
         for model_id in models:
-            text_model(manager.spec(model_id))  # an unknown id, or one without text, fails before anything runs
+            manager.text_spec(model_id)  # an unknown id, or one without text, fails before anything runs
         text = interpolate(cell.lstrip("\n").rstrip(), namespace)
         params = self.params(args)
         generation = {key: value for key, value in params.items() if key != "wait"}
