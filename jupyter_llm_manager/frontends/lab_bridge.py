@@ -78,6 +78,7 @@ class LabBridge:
         self._actions: list[threading.Thread] = []
         self._machine = MachineReader(manager)
         self._machine_sent: dict[str, Any] | None = None  # the machine part of the last snapshot
+        self._unloads = actions.WaitingUnloads()
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
 
@@ -108,6 +109,7 @@ class LabBridge:
             if self._timer is not None:
                 self._timer.cancel()
             running = list(self._actions)
+        self._unloads.cancel_all()  # an Unload waiting for an answer to end stops waiting
         for thread in running:
             thread.join(_ACTION_JOIN_S)
         for channel in comms:
@@ -237,9 +239,11 @@ class LabBridge:
         """The shared action a message asks for (``LLMManagerError`` when there is none)."""
         action, model_id = content.get("action"), content.get("model")
         manager = self.manager
-        if action in ("unload", "pin", "unpin", "toggle_pin", "load"):
+        if action in ("unload", "cancel_unload", "pin", "unpin", "toggle_pin", "load"):
             if not isinstance(model_id, str) or not model_id:
                 raise LLMManagerError(f"the action {action!r} needs a model id, got {brief(model_id)}")
+            if action in ("unload", "cancel_unload"):
+                return self._unload(model_id, cancel=action == "cancel_unload")
             function = getattr(actions, action)
             return lambda: function(manager, model_id)
         if action == "unload_all":
@@ -256,6 +260,16 @@ class LabBridge:
                 raise LLMManagerError(f"ask_to_unload needs a model id, got {brief(model_id)}")
             return lambda: manager.ask_to_unload(member, model_id)
         raise LLMManagerError(f"unknown action {brief(action)}")
+
+    def _unload(self, model_id: str, *, cancel: bool) -> Callable[[], str]:
+        """Unload once the model is released, however long its answer runs; a second click or a Cancel takes it
+        back (that click is answered at once, the Unload with "cancelled")."""
+        unload = None if cancel else self._unloads.start(self.manager, model_id)
+        if unload is not None:
+            return unload
+        if cancel and not self._unloads.cancel(model_id):
+            return lambda: f"No unload of {model_id!r} is waiting."
+        return lambda: f"Taking back the unload of {model_id!r}…"
 
     # -- what JupyterLab shows -----------------------------------------------------------------
 

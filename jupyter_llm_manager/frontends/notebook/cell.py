@@ -34,6 +34,8 @@ __all__ = ["CellAsker", "check_output_name"]
 _IPYTHON_NAMES = frozenset({"In", "Out", "_", "__", "___", "_i", "_ii", "_iii", "_ih", "_oh", "_dh",
                             "get_ipython", "exit", "quit"})
 _NUMBERED = re.compile(r"_i?\d+")
+#: A model's footer when it failed: the error itself is said once, below the cell, by the magic.
+_FAILED = "failed"
 
 
 def check_output_name(name: str, hidden: Container[str] = ()) -> str:
@@ -144,8 +146,8 @@ class CellAsker:
         if args.no_stream:
             try:
                 result = manager.generate(model_id, prompt, system=system, raw=args.raw, **params)
-            except LLMManagerError as error:
-                view.finish(model_id, None, error=f"failed: {error}")
+            except LLMManagerError:
+                view.finish(model_id, None, error=_FAILED)
                 raise
             except KeyboardInterrupt:
                 view.finish(model_id, None, error="interrupted before the answer was complete")
@@ -159,8 +161,8 @@ class CellAsker:
                 stream.close()  # the backend stops within a token and says how far it got
                 view.finish(model_id, stream.result)
                 raise _Interrupted(model_id, stream.result.text if stream.result else stream.text) from None
-            except LLMManagerError as error:
-                view.finish(model_id, None, error=f"failed: {error}")
+            except LLMManagerError:
+                view.finish(model_id, None, error=_FAILED)
                 raise
             finally:
                 stream.close()

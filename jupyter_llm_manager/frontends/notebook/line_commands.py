@@ -164,7 +164,8 @@ class LineCommands:
         registered = manager.ids()
         where = str(path) if path else ("none: set $JUPYTER_LLM_MANAGER_CONFIG or create "
                                         "~/.jupyter/llm_manager.yaml, or read one with %llm config PATH")
-        say(f"Configuration file: {where}\n{len(registered)} ids registered: {', '.join(registered) or '-'}")
+        count = f"{len(registered)} id{'' if len(registered) == 1 else 's'} registered"
+        say(f"Configuration file: {where}\n{count}: {', '.join(registered) or '-'}")
 
     def command_gc(self, args: argparse.Namespace) -> None:
         display(garbage_table(self._manager().collect_garbage()))

@@ -55,8 +55,9 @@ def _caption(report: MachineReport, count: int) -> str:
         return "Cooperation is off (cooperate=False): only this kernel is shown"
     if count == 0:
         return f"No notebook on this machine holds a model (a kernel joins the ledger {report.ledger} when it loads one)"
-    kernels = "1 manager" if count == 1 else f"{count} managers"
-    return f"{kernels} on this machine share {report.ledger}"
+    if count == 1:
+        return f"1 manager on this machine uses {report.ledger}"
+    return f"{count} managers on this machine share {report.ledger}"
 
 
 def machine_html(view: MachineView, now: float | None = None) -> str:

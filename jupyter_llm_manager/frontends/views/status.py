@@ -14,8 +14,8 @@ from typing import Any
 from ...reports import StatusRow
 from ...support.units import format_duration
 from ..actions import waiting_note
-from .style import ID_WRAP, MUTED, SMALL, WARNING, attribute, text
-from .table import Cell, Column, Table
+from .style import ID_WRAP, MUTED, SMALL, WARNING, WRAP, attribute, text
+from .table import LONG_WORD, Cell, Column, Table
 
 __all__ = ["LEGEND", "SIZES", "memory_html", "name_html", "state_html", "status_table"]
 
@@ -109,4 +109,5 @@ def name_html(row: StatusRow) -> str:
                   + details
     if row.error and (row.state in ("failed", "registered") or row.reachable is False):
         details += f"<div style='color:{WARNING}; font-size:smaller'>{text(row.error[:200])}</div>"
-    return f"<div style='{ID_WRAP}'><b>{text(row.id)}</b>{aliases}{badges}{details}</div>"
+    wrap = ID_WRAP if len(row.id) >= LONG_WORD else WRAP  # an id stays whole; a Hub path may wrap anywhere
+    return f"<div style='{wrap}'><b>{text(row.id)}</b>{aliases}{badges}{details}</div>"

@@ -21,12 +21,12 @@ from typing import Any
 
 from ...support.units import displayable
 
-__all__ = ["Cell", "Column", "Table"]
+__all__ = ["LONG_WORD", "Cell", "Column", "Table"]
 
 _NOWRAP = "white-space: nowrap"  # the first column names the row: it never breaks
 _WORDS = "overflow-wrap: break-word"  # lines break between words; a column is never narrower than its longest word
 _ANYWHERE = "overflow-wrap: anywhere"  # a long path or URL wraps anywhere rather than taking the width
-_LONG_WORD = 24  # characters: a word this long is a path, a URL or a hash, not a word to keep whole
+LONG_WORD = 24  # characters: a word this long is a path, a URL or a hash, not a word to keep whole
 _MUTED = "color: var(--jp-ui-font-color2, gray)"
 #: What one character and one column's padding take in HTML, in em of the table's font (generous: a table
 #: leaves a column out a little early rather than squeezing words or spilling over).
@@ -70,7 +70,7 @@ def _cell_style(value: str, first: bool) -> str:
     """How a cell wraps: words stay whole ("registered", "llama_cpp"); only long paths and URLs break anywhere."""
     if first:
         return _NOWRAP
-    return _ANYWHERE if _longest_word(value) >= _LONG_WORD else _WORDS
+    return _ANYWHERE if _longest_word(value) >= LONG_WORD else _WORDS
 
 
 @dataclass(frozen=True, init=False)
@@ -173,12 +173,15 @@ class Table:
         """The table as HTML (what a notebook and the dashboard show); it adapts to the width it is given."""
         return self._repr_html_()
 
+    def min_width_em(self, names: Iterable[str]) -> float:
+        """The width (em) the columns ``names`` need so that none is narrower than its longest word."""
+        return self._min_em({self.names.index(name) for name in names})
+
     def _min_em(self, keep: set[int]) -> float:
-        """The width (em) the columns ``keep`` need so that none is narrower than its longest word."""
         total = 0.0
         for i in keep:
             texts = [self.names[i]] + [row[i].text for row in self.rows]
-            total += min(max(map(_longest_word, texts)), _LONG_WORD) * _CHAR_EM + _PAD_EM
+            total += min(max(map(_longest_word, texts)), LONG_WORD) * _CHAR_EM + _PAD_EM
         return total
 
     def _responsive_css(self, name: str) -> str:
