@@ -41,7 +41,7 @@ from .dashboard_actions import DashboardActions
 from .dashboard_clicks import Clicks
 from .dashboard_html import message_html, no_gpu_note
 from .dashboard_rows import GRID, SHOWN, TOOLTIPS, ModelRow, apply, button_values, close_widgets, grid_css, header_cells
-from .machine_reader import MachineReader
+from .machine_reader import MachineReader, server_root
 from .views.devices import device_html
 from .views.events import events_table
 from .views.machine import machine_html
@@ -177,7 +177,7 @@ class Dashboard:
         gpus = [d for d in devices if d.device.startswith("cuda")]
         apply(self._devices, value="".join(device_html(d, machine.others_on(d.device)) for d in devices)
                + ("" if gpus else no_gpu_note()))
-        apply(self._machine_html, value=machine_html(machine, now))
+        apply(self._machine_html, value=machine_html(machine, now, server_root()))
         table = status_table(rows, pending=pending, loading_since=loading, now=now).select(*SHOWN)
         apply(self._style, value=f"<style>{grid_css(self._scope, table)}</style>")
         for row, cells in zip(rows, table.rows):

@@ -30,6 +30,8 @@ did. ``ask_to_unload`` asks their manager to unload an idle one.
 from __future__ import annotations
 
 import logging
+import os
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -39,10 +41,12 @@ from ..config.secrets import shown_url
 from ..errors import LLMManagerError, log_failure
 from ..events import Event
 from ..reports import StatusRow
+from ..support.names import notebook_names
+from ..support.names import server_root as root_of_server
 from ..support.units import brief, format_bytes
 from . import actions
 from .kernel_comms import follow_frontend
-from .machine_reader import MachineReader
+from .machine_reader import MachineReader, remember_server_root, server_root
 from .views.devices import devices_table
 from .views.machine import machine_json
 from .views.status import status_table
@@ -59,10 +63,28 @@ _COALESCE_S = 0.1
 #: How often the other notebooks' models are looked at while a panel is connected.
 _MACHINE_S = 3.0
 _LONGEST_MEMBER = 200
+_LONGEST_PATH = 4096
+#: The owner's answer to an Unload asked for from another notebook ("unloaded 'x' for ASKER: 1 GB freed").
+_UNLOADED_FOR = re.compile(r"unloaded (?P<model>'.*?') for .*?: (?P<rest>[^:]* freed.*)", re.DOTALL)
 _ACTION_JOIN_S = actions.ACTION_WAIT_S + 5.0
 #: What the panel shows while an action runs (``waiting_note`` adds what it waits for).
 _DOING = {"load": "loading", "unload": "unloading", "pin": "pinning", "unpin": "unpinning", "toggle_pin": "pinning",
           "unload_all": "unloading all", "free_memory": "collecting", "refresh": "refreshing"}
+
+
+def _learn_server_root(data: Any) -> None:
+    """The Jupyter server's root, from what the panel says when it connects: its notebook's path (relative to the
+    root; with this kernel's ``JPY_SESSION_NAME``, absolute) or the root itself (JupyterLab's ``serverRoot``)."""
+    if not isinstance(data, dict):
+        return
+    path, given = data.get("path"), data.get("root")
+    root = None
+    if isinstance(path, str) and len(path) <= _LONGEST_PATH:
+        root = root_of_server(os.environ.get("JPY_SESSION_NAME", ""), path)
+    if root is None and isinstance(given, str) and len(given) <= _LONGEST_PATH:
+        expanded = os.path.expanduser(given)
+        root = expanded if os.path.isabs(expanded) else None
+    remember_server_root(root)
 
 
 class LabBridge:
@@ -118,6 +140,8 @@ class LabBridge:
     # -- comms -----------------------------------------------------------------------------
 
     def _on_open(self, channel: Any, message: dict[str, Any]) -> None:
+        envelope = message.get("content") if isinstance(message, dict) else None
+        _learn_server_root(envelope.get("data") if isinstance(envelope, dict) else None)
         self._adopt(channel)
         self._send_snapshot([channel])
 
@@ -172,7 +196,7 @@ class LabBridge:
         while not stop.wait(_MACHINE_S):
             with self._lock:
                 connected, sent = bool(self._comms), self._machine_sent
-            if connected and machine_json(self._machine.read()) != sent:
+            if connected and machine_json(self._machine.read(), server_root()) != sent:
                 self._push()
 
     # -- actions ----------------------------------------------------------------------------
@@ -200,6 +224,8 @@ class LabBridge:
             log.info("malformed message from JupyterLab: %s", problem)
             channel.send({"type": "result", "request": request, "ok": False, "message": problem})
             return
+        if content.get("action") == "refresh":
+            _learn_server_root(content)  # sent when the panel connects
         note = self._waiting_note(content)
         if note:
             channel.send({"type": "pending", "request": request, "message": note})
@@ -258,8 +284,17 @@ class LabBridge:
                 raise LLMManagerError(f"ask_to_unload needs the member id of another manager, got {brief(member)}")
             if not isinstance(model_id, str) or not model_id:
                 raise LLMManagerError(f"ask_to_unload needs a model id, got {brief(model_id)}")
-            return lambda: manager.ask_to_unload(member, model_id)
+            return lambda: self._ask_to_unload(member, model_id)
         raise LLMManagerError(f"unknown action {brief(action)}")
+
+    def _ask_to_unload(self, member: str, model_id: str) -> str:
+        """Ask another notebook's manager; its answer as the asker reads it, that notebook named first."""
+        owners = {m.member: m.notebook for m in self._machine.read(_MACHINE_S).models}  # before it is gone
+        said = self.manager.ask_to_unload(member, model_id)
+        owner = notebook_names([owners[member]], root=server_root())[owners[member]].shown \
+            if member in owners else "the other notebook"
+        unloaded = _UNLOADED_FOR.fullmatch(said)
+        return f"{owner} unloaded {unloaded['model']}: {unloaded['rest']}" if unloaded else f"{owner}: {said}"
 
     def _unload(self, model_id: str, *, cancel: bool) -> Callable[[], str]:
         """Unload once the model is released, however long its answer runs; a second click or a Cancel takes it
@@ -294,7 +329,7 @@ class LabBridge:
         held = sum(row.actual_bytes or 0 for row in loaded)
         reports = self.manager.devices()
         view = self._machine.read()
-        machine = machine_json(view)
+        machine = machine_json(view, server_root())
         with self._lock:
             self._machine_sent = machine
         return {"type": "snapshot", "time": now, "loaded": len(loaded), "held_bytes": held,

@@ -20,6 +20,7 @@ from ...config.tasks import option_id
 from ...manager.facade import LLMManager
 from ...support.units import displayable
 from .. import actions
+from ..machine_reader import server_root
 from ..views.devices import devices_table
 from ..views.estimate import estimate_table
 from ..views.garbage import garbage_table
@@ -94,7 +95,7 @@ class LineCommands:
     def command_status(self, args: argparse.Namespace) -> None:
         manager = self._manager()
         if args.all:
-            for table in machine_tables(manager.machine()):
+            for table in machine_tables(manager.machine(), root=server_root()):
                 display(table)
             return
         display(status_table(manager.status()).select("model", "state", "device", "estimate", "actual", "in use",

@@ -3,14 +3,15 @@ dashboard's "This machine" and the JupyterLab panel's other notebooks."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ...reports import MachineModel, MachineReport
+from ...support.names import NotebookName, notebook_names
 from ...support.units import format_bytes
 from ..machine_reader import MachineView
 from .style import MUTED, WRAP, text
-from .table import Column, Table
+from .table import Cell, Column, Table
 
 __all__ = ["machine_html", "machine_json", "machine_tables", "models_table"]
 
@@ -18,31 +19,44 @@ MODEL_COLUMNS = (Column("device"), Column("model"), Column("notebook"), Column("
                  Column("pinned", 1), Column("in use", 1), Column("last use", 2))
 
 
-def models_table(models: Sequence[MachineModel], now: float | None = None, caption: str = "") -> Table:
-    """One row per model a manager of this machine holds; its data is what the panel acts on."""
-    cells = [[m.device, m.model_id, m.notebook, m.bytes_str, m.state, "yes" if m.pinned else "",
+def _notebook(name: NotebookName) -> Cell:
+    return Cell(name.shown, title=name.full if name.full != name.shown else "")
+
+
+def models_table(models: Sequence[MachineModel], now: float | None = None, caption: str = "", *,
+                 root: str | None = None, names: Mapping[str, NotebookName] | None = None) -> Table:
+    """One row per model a manager of this machine holds; its data is what the panel acts on.
+
+    Notebooks by short names (:func:`~jupyter_llm_manager.support.names.notebook_names`, relative to the
+    server's ``root`` where known), the full path on hover.
+    """
+    names = names or notebook_names([m.notebook for m in models], root=root)
+    cells = [[m.device, m.model_id, _notebook(names[m.notebook]), m.bytes_str, m.state, "yes" if m.pinned else "",
               str(m.in_use or ""), m.last_used_str(now)] for m in models]
-    data = [{"member": m.member, "pid": m.pid, "notebook": m.notebook, "model": m.model_id, "device": m.device,
+    data = [{"member": m.member, "pid": m.pid, "notebook": names[m.notebook].shown,
+             "path": names[m.notebook].full, "model": m.model_id, "device": m.device,
              "bytes": m.bytes, "memory": m.bytes_str, "state": m.state, "in_use": m.in_use, "pinned": m.pinned,
              "last_used": m.last_used or None,
              "unloadable": m.state == "loaded" and not m.in_use and not m.pinned} for m in models]
     return Table(MODEL_COLUMNS, cells, caption, data=data)
 
 
-def machine_tables(report: MachineReport, *, include_this: bool = True) -> list[Table]:
+def machine_tables(report: MachineReport, *, include_this: bool = True, root: str | None = None) -> list[Table]:
     """Kernels, then their models by device (most recently used first), then GPU users that are not managers.
 
-    ``include_this=False`` leaves out the reporting manager (a terminal's ``ps`` is not a kernel).
+    ``include_this=False`` leaves out the reporting manager (a terminal's ``ps`` is not a kernel); ``root``:
+    the Jupyter server's, where known (notebooks are named relative to it).
     """
     kernels = [k for k in report.kernels if include_this or not k.this]
     models = sorted((m for m in report.models if include_this or not m.this),
                     key=lambda m: (m.device, -m.last_used))
+    names = notebook_names([k.notebook for k in kernels] + [m.notebook for m in models], root=root)
+    rows = [[Cell(names[k.notebook].shown + (" (this one)" if k.this else ""), title=_notebook(names[k.notebook]).title),
+             str(k.pid), k.kernel[:8] or "-", str(k.models), k.bytes_str] for k in kernels]
     tables = [Table([Column("notebook"), Column("pid", 1), Column("kernel", 2), Column("models"), Column("holds")],
-                    [[k.notebook + (" (this one)" if k.this else ""), str(k.pid), k.kernel[:8] or "-",
-                      str(k.models), k.bytes_str] for k in kernels],
-                    caption=_caption(report, len(kernels))),
+                    rows, caption=_caption(report, len(kernels))),
               models_table(models, caption="Models on this machine" if models else
-                           "No model is loaded on this machine")]
+                           "No model is loaded on this machine", names=names)]
     if report.others:
         tables.append(Table([Column("device"), Column("pid"), Column("process"), Column("memory")],
                             [[p.device, str(p.pid), p.name, p.bytes_str] for p in report.others],
@@ -60,7 +74,7 @@ def _caption(report: MachineReport, count: int) -> str:
     return f"{count} managers on this machine share {report.ledger}"
 
 
-def machine_html(view: MachineView, now: float | None = None) -> str:
+def machine_html(view: MachineView, now: float | None = None, root: str | None = None) -> str:
     """The dashboard's "This machine" section: the other notebooks' models per device, or why there are none."""
     title = "<b>This machine</b>"
     if view.problem:
@@ -73,13 +87,13 @@ def machine_html(view: MachineView, now: float | None = None) -> str:
     notebooks = len({(m.pid, m.notebook) for m in view.models})
     caption = f"{title} <span style='{MUTED}'>other notebooks' models ({notebooks} notebook" \
               f"{'' if notebooks == 1 else 's'}, {format_bytes(sum(m.bytes for m in view.models))})</span>"
-    return f"<div>{caption}<div style='font-size:smaller'>{models_table(view.models, now).html()}</div></div>"
+    return f"<div>{caption}<div style='font-size:smaller'>{models_table(view.models, now, root=root).html()}</div></div>"
 
 
-def machine_json(view: MachineView) -> dict[str, Any]:
+def machine_json(view: MachineView, root: str | None = None) -> dict[str, Any]:
     """What the JupyterLab panel shows of the machine: the other notebooks' models as a table's rows (JSON).
 
     Without relative times (the panel counts them itself), so it changes only when the models do.
     """
-    table = models_table(view.models).select(*(c.name for c in MODEL_COLUMNS if c.name != "last use"))
+    table = models_table(view.models, root=root).select(*(c.name for c in MODEL_COLUMNS if c.name != "last use"))
     return {"cooperating": view.cooperating, "problem": view.problem, "models": table.json()["rows"]}
