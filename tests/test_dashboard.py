@@ -237,6 +237,22 @@ def test_a_waiting_unload_has_no_time_limit_and_a_second_click_takes_it_back(mak
         dashboard.close()
 
 
+def test_the_model_grid_leaves_columns_out_then_shows_cards_where_it_is_narrow(board, manager):
+    import re
+
+    board.refresh()
+    css = board._style.value
+    widths = [float(w) for w in re.findall(r"@container \(max-width: ([\d.]+)em\)", css)]
+    assert len(widths) == 2 and widths[0] > widths[1]  # first the last use and keep-alive go, then cards
+    scope = next(c for c in board.widget._dom_classes if c.startswith("jlm-dashboard-"))
+    assert f".{scope} {{ container-type: inline-size }}" in css and "jlm-models" in board._model_box._dom_classes
+    row = board._rows["a"]
+    assert [c._dom_classes for c in row.grid_cells] == [(f"jlm-col-{i}",) for i in range(len(row.grid_cells))]
+    fake(manager, "a-model-with-a-much-longer-name", GB)
+    board.refresh()
+    assert float(re.findall(r"max-width: ([\d.]+)em", board._style.value)[0]) > widths[0]  # the ids count
+
+
 def test_a_plain_note_when_there_is_no_gpu(clock):
     devices = FakeDevices({"cpu": 8 * GB})
     backend = FakeBackend(devices, kinds={"cpu"})

@@ -25,6 +25,7 @@ def shell():
     shell.run_line_magic("load_ext", "jupyter_llm_manager")
     yield shell
     shell.run_line_magic("unload_ext", "jupyter_llm_manager")
+    shell.config.pop("LLMMagics", None)  # %config values set here would configure the next test's magics
 
 
 @pytest.fixture

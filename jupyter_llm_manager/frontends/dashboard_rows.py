@@ -28,9 +28,9 @@ COLUMNS = (("model", "minmax(min-content, 2fr)"), ("state", "minmax(min-content,
 SHOWN = tuple(name for name, _ in COLUMNS if name)  # the columns of the status view (:mod:`.views.status`)
 GRID = " ".join(width for _, width in COLUMNS)
 _NARROW_OUT = ("last use", "keep-alive left")  # left out first when the grid is narrow
-_BUTTONS_EM = 9.0  # the buttons' column at its narrowest: its widest button, a gap
-#: The other columns' longest words ("registered", "cuda:0", "weights", "keep-alive"), in em, with a gap.
-_WORD_EM = {"state": 7.5, "device": 5.0, "memory": 5.5, "last use": 4.5, "keep-alive left": 7.5}
+_BUTTONS_EM = 12.0  # the buttons' column: Load, Unload and Pin side by side, a gap
+#: What the other columns need to read well ("loaded · in use (1)" on two lines, "weights 2.1 GB"), in em.
+_WORD_EM = {"state": 10.0, "device": 5.5, "memory": 9.0, "last use": 6.0, "keep-alive left": 6.5}
 TOOLTIPS = {"Free memory": "collect garbage, empty the CUDA cache",
             "Cancel": "take the Unload back: the model stays loaded",
             "Plan ticked": "would the ticked models fit together? (none ticked: each task's selected option) "

@@ -186,7 +186,7 @@ class Table:
 
     def _responsive_css(self, name: str) -> str:
         """Container queries: columns left out below the width their words need; cards below the narrowest."""
-        rules, steps = [], list(self._narrowing())
+        rules, steps = [f".{name} td, .{name} th {{ padding-right: {_PAD_EM / 2:.1f}em }}"], list(self._narrowing())
         for wider, narrower in itertools.pairwise(steps):
             hidden = ", ".join(f".{name} .jlm-c{i}" for i in sorted(wider - narrower))
             rules.append(f"@container (max-width: {self._min_em(wider):.1f}em) {{ {hidden} {{ display: none }} }}")
