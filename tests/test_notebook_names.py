@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 from IPython.core.interactiveshell import InteractiveShell
@@ -55,7 +56,7 @@ def notebooks(make_manager, home, monkeypatch):
     made = []
     for folder, model_id in (("a", "one"), ("b", "two")):
         monkeypatch.setenv("JPY_SESSION_NAME", str(home / "work" / folder / "report.ipynb"))
-        manager = make_manager()
+        manager = make_manager(clock=time.monotonic)  # a wait for the other's load in flight ends on its own
         fake(manager, model_id, GB)
         manager.load(model_id)
         made.append(manager)

@@ -12,8 +12,9 @@ front-ends: no policy here.
 
 JupyterLab >= 4.4 opens the comm on a kernel subshell of its own, and the comm
 follows that routing (:mod:`.kernel_comms`), so clicks act while a cell runs.
-Each action runs on a thread of its own: a Load or an Unload waiting for a
-model in use never holds back the next click. The panel is told at once what
+Each action (:mod:`.lab_actions` checks a message and gives its call) runs on
+a thread of its own: a Load, or an Unload waiting for an answer to end, never
+holds back the next click. The panel is told at once what
 an action waits for (``pending``), then its outcome with a fresh snapshot.
 Timers, the machine watcher and action threads all send snapshots; each is
 taken and sent in one hold of a lock, so a snapshot never arrives after a
@@ -24,14 +25,14 @@ A snapshot also lists the other notebooks' models on this machine (from the
 ledger, :mod:`.machine_reader`; a failure to read it is a note, never a broken
 panel). Nothing in this kernel hears when they change, so while a panel is
 connected a thread looks every few seconds and pushes a snapshot when they
-did. ``ask_to_unload`` asks their manager to unload an idle one.
+did. ``ask_to_unload`` asks their manager to unload an idle one. When the
+panel connects it says its notebook's path, from which the kernel learns the
+Jupyter server's root: notebooks are then named relative to it.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import re
 import threading
 import time
 from collections.abc import Callable
@@ -41,12 +42,11 @@ from ..config.secrets import shown_url
 from ..errors import LLMManagerError, log_failure
 from ..events import Event
 from ..reports import StatusRow
-from ..support.names import notebook_names
-from ..support.names import server_root as root_of_server
 from ..support.units import brief, format_bytes
 from . import actions
 from .kernel_comms import follow_frontend
-from .machine_reader import MachineReader, remember_server_root, server_root
+from .lab_actions import LabActions, learn_server_root
+from .machine_reader import MachineReader, server_root
 from .views.devices import devices_table
 from .views.machine import machine_json
 from .views.status import status_table
@@ -62,29 +62,7 @@ TARGET = "jupyter_llm_manager"
 _COALESCE_S = 0.1
 #: How often the other notebooks' models are looked at while a panel is connected.
 _MACHINE_S = 3.0
-_LONGEST_MEMBER = 200
-_LONGEST_PATH = 4096
-#: The owner's answer to an Unload asked for from another notebook ("unloaded 'x' for ASKER: 1 GB freed").
-_UNLOADED_FOR = re.compile(r"unloaded (?P<model>'.*?') for .*?: (?P<rest>[^:]* freed.*)", re.DOTALL)
 _ACTION_JOIN_S = actions.ACTION_WAIT_S + 5.0
-#: What the panel shows while an action runs (``waiting_note`` adds what it waits for).
-_DOING = {"load": "loading", "unload": "unloading", "pin": "pinning", "unpin": "unpinning", "toggle_pin": "pinning",
-          "unload_all": "unloading all", "free_memory": "collecting", "refresh": "refreshing"}
-
-
-def _learn_server_root(data: Any) -> None:
-    """The Jupyter server's root, from what the panel says when it connects: its notebook's path (relative to the
-    root; with this kernel's ``JPY_SESSION_NAME``, absolute) or the root itself (JupyterLab's ``serverRoot``)."""
-    if not isinstance(data, dict):
-        return
-    path, given = data.get("path"), data.get("root")
-    root = None
-    if isinstance(path, str) and len(path) <= _LONGEST_PATH:
-        root = root_of_server(os.environ.get("JPY_SESSION_NAME", ""), path)
-    if root is None and isinstance(given, str) and len(given) <= _LONGEST_PATH:
-        expanded = os.path.expanduser(given)
-        root = expanded if os.path.isabs(expanded) else None
-    remember_server_root(root)
 
 
 class LabBridge:
@@ -100,7 +78,7 @@ class LabBridge:
         self._actions: list[threading.Thread] = []
         self._machine = MachineReader(manager)
         self._machine_sent: dict[str, Any] | None = None  # the machine part of the last snapshot
-        self._unloads = actions.WaitingUnloads()
+        self._clicks = LabActions(manager, self._machine)
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
 
@@ -131,7 +109,7 @@ class LabBridge:
             if self._timer is not None:
                 self._timer.cancel()
             running = list(self._actions)
-        self._unloads.cancel_all()  # an Unload waiting for an answer to end stops waiting
+        self._clicks.cancel_all()  # an Unload waiting for an answer to end stops waiting
         for thread in running:
             thread.join(_ACTION_JOIN_S)
         for channel in comms:
@@ -141,7 +119,7 @@ class LabBridge:
 
     def _on_open(self, channel: Any, message: dict[str, Any]) -> None:
         envelope = message.get("content") if isinstance(message, dict) else None
-        _learn_server_root(envelope.get("data") if isinstance(envelope, dict) else None)
+        learn_server_root(envelope.get("data") if isinstance(envelope, dict) else None)
         self._adopt(channel)
         self._send_snapshot([channel])
 
@@ -215,7 +193,7 @@ class LabBridge:
         if isinstance(request, bool) or not isinstance(request, (str, int)) or len(str(request)) > 100:
             request = None  # an id we can echo back; anything else is not one
         try:
-            call = self._action(content) if isinstance(data, dict) else None
+            call = self._clicks.call_for(content) if isinstance(data, dict) else None
         except LLMManagerError as error:
             call, problem = None, str(error)
         else:
@@ -225,21 +203,11 @@ class LabBridge:
             channel.send({"type": "result", "request": request, "ok": False, "message": problem})
             return
         if content.get("action") == "refresh":
-            _learn_server_root(content)  # sent when the panel connects
-        note = self._waiting_note(content)
+            learn_server_root(content)  # sent when the panel connects
+        note = self._clicks.waiting_note(content)
         if note:
             channel.send({"type": "pending", "request": request, "message": note})
         self._start(channel, request, call)
-
-    def _waiting_note(self, content: dict[str, Any]) -> str:
-        """What the action asked for waits for, right now (a model in use, a load under way)."""
-        model_id, doing = content.get("model"), _DOING.get(str(content.get("action")), "")
-        if not isinstance(model_id, str) or not doing:
-            return ""
-        try:
-            return actions.waiting_note(self.manager.row(model_id), doing)
-        except LLMManagerError:
-            return ""  # an unknown id: the action itself says so
 
     def _start(self, channel: Any, request: str | int | None, call: Callable[[], str]) -> None:
         thread = threading.Thread(target=self._answer, args=(channel, request, call), name="llm-lab-action",
@@ -260,51 +228,6 @@ class LabBridge:
             self._send_snapshot([channel], {"type": "result", "request": request, "ok": ok, "message": text})
         except Exception as error:  # noqa: BLE001 - an action thread: never a traceback into the running cell
             log_failure(log, "answering JupyterLab failed", error)
-
-    def _action(self, content: dict[str, Any]) -> Callable[[], str]:
-        """The shared action a message asks for (``LLMManagerError`` when there is none)."""
-        action, model_id = content.get("action"), content.get("model")
-        manager = self.manager
-        if action in ("unload", "cancel_unload", "pin", "unpin", "toggle_pin", "load"):
-            if not isinstance(model_id, str) or not model_id:
-                raise LLMManagerError(f"the action {action!r} needs a model id, got {brief(model_id)}")
-            if action in ("unload", "cancel_unload"):
-                return self._unload(model_id, cancel=action == "cancel_unload")
-            function = getattr(actions, action)
-            return lambda: function(manager, model_id)
-        if action == "unload_all":
-            return lambda: actions.unload_all(manager)
-        if action == "free_memory":
-            return lambda: actions.free_memory(manager)
-        if action == "refresh":
-            return lambda: ""
-        if action == "ask_to_unload":
-            member = content.get("member")
-            if not isinstance(member, str) or not member or len(member) > _LONGEST_MEMBER:
-                raise LLMManagerError(f"ask_to_unload needs the member id of another manager, got {brief(member)}")
-            if not isinstance(model_id, str) or not model_id:
-                raise LLMManagerError(f"ask_to_unload needs a model id, got {brief(model_id)}")
-            return lambda: self._ask_to_unload(member, model_id)
-        raise LLMManagerError(f"unknown action {brief(action)}")
-
-    def _ask_to_unload(self, member: str, model_id: str) -> str:
-        """Ask another notebook's manager; its answer as the asker reads it, that notebook named first."""
-        owners = {m.member: m.notebook for m in self._machine.read(_MACHINE_S).models}  # before it is gone
-        said = self.manager.ask_to_unload(member, model_id)
-        owner = notebook_names([owners[member]], root=server_root())[owners[member]].shown \
-            if member in owners else "the other notebook"
-        unloaded = _UNLOADED_FOR.fullmatch(said)
-        return f"{owner} unloaded {unloaded['model']}: {unloaded['rest']}" if unloaded else f"{owner}: {said}"
-
-    def _unload(self, model_id: str, *, cancel: bool) -> Callable[[], str]:
-        """Unload once the model is released, however long its answer runs; a second click or a Cancel takes it
-        back (that click is answered at once, the Unload with "cancelled")."""
-        unload = None if cancel else self._unloads.start(self.manager, model_id)
-        if unload is not None:
-            return unload
-        if cancel and not self._unloads.cancel(model_id):
-            return lambda: f"No unload of {model_id!r} is waiting."
-        return lambda: f"Taking back the unload of {model_id!r}…"
 
     # -- what JupyterLab shows -----------------------------------------------------------------
 
