@@ -176,6 +176,21 @@ def test_unload_of_a_model_in_use_waits_past_any_limit_until_taken_back_and_unlo
         bridge.detach()
 
 
+def test_a_second_unload_takes_the_first_back_whatever_clock_the_manager_runs_on(bridge, manager):
+    channel = frontend_opens(bridge)  # the manager runs on a fake clock that never moves by itself
+    holder, release = lease_elsewhere(manager, "a")
+    try:
+        first = channel.send_click("unload", "a")
+        channel.answer(first, "pending")
+        second = channel.click("unload", "a")  # the same button, clicked again
+        result = channel.answer(first)
+    finally:
+        release.set()
+        holder.join()
+    assert second["ok"] and result["message"] == "Unload of 'a' cancelled: it stays loaded."
+    assert manager.row("a").state == "loaded"
+
+
 def test_unload_of_a_model_in_use_unloads_when_the_answer_ends_however_long_it_runs(bridge, manager, monkeypatch):
     monkeypatch.setattr(actions, "ACTION_WAIT_S", 0.2)
     channel = frontend_opens(bridge)

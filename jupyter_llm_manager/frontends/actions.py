@@ -11,7 +11,6 @@ thread of their own.
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -41,9 +40,9 @@ __all__ = [
 
 #: How long ``%llm unload`` and Unload all wait for a model in use (a generation, a ``use()`` block).
 ACTION_WAIT_S = 30.0
-#: A button's Unload waits for a model in use however long it takes, in steps of this many seconds, between
-#: which it may be taken back (a second click, a Cancel).
-UNLOAD_POLL_S = 0.5
+#: A button's Unload of a model in use tries again at each manager event and at least this often (seconds);
+#: taking it back (a second click, a Cancel) shows within this time.
+UNLOAD_POLL_S = 0.25
 
 
 def load(manager: LLMManager, model_id: str, *, pin: bool = False) -> str:
@@ -69,18 +68,25 @@ def unload(manager: LLMManager, model_id: str) -> str:
 def unload_when_released(manager: LLMManager, model_id: str, cancelled: threading.Event) -> str:
     """A button's Unload: unload as soon as the model is released (an answer ends), however long that takes.
 
-    Until ``cancelled`` is set: then the model stays loaded, and the sentence says so.
+    Tried again at each manager event (an answer that ends is one), and at least every
+    :data:`UNLOAD_POLL_S` seconds, until ``cancelled`` is set: then the model stays loaded, and the
+    sentence says so. Waits in real time, whatever clock the manager runs on.
     """
-    while True:
-        started = time.monotonic()
-        try:
-            report = manager.unload(model_id, wait=UNLOAD_POLL_S)
-        except ModelInUseError:
-            if cancelled.is_set():
-                return f"Unload of {manager.resolve(model_id)!r} cancelled: it stays loaded."
-            cancelled.wait(max(UNLOAD_POLL_S - (time.monotonic() - started), 0.0))  # refused at once: no busy loop
-            continue
-        return str(report) if report is not None else f"{manager.resolve(model_id)!r} was not loaded."
+    changed = threading.Event()
+    unsubscribe = manager.subscribe(lambda event: changed.set())
+    try:
+        while True:
+            changed.clear()
+            try:
+                report = manager.unload(model_id)  # at once, or ModelInUseError while it is in use
+            except ModelInUseError:
+                if cancelled.is_set():
+                    return f"Unload of {manager.resolve(model_id)!r} cancelled: it stays loaded."
+                changed.wait(UNLOAD_POLL_S)
+                continue
+            return str(report) if report is not None else f"{manager.resolve(model_id)!r} was not loaded."
+    finally:
+        unsubscribe()
 
 
 class WaitingUnloads:
