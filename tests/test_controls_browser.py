@@ -200,7 +200,7 @@ def test_markdown_keeps_line_breaks_and_tables_keep_words_whole(lab):
          "view = RichAnswerView(['m'])\n"
          "view.add('m', 'The primary colors are:\\n\\nRed (R)\\nBlue (B)\\nYellow (Y)')\n"
          "view.close()"),
-        ("from jupyter_llm_manager.frontends.tables import Table\n"
+        ("from jupyter_llm_manager.frontends.views.table import Table\n"
          "Table(['model', 'backend', 'state', 'plan', 'how estimated'], [['chat', 'llama_cpp', 'registered', "
          "'admitted', 'from the safetensors header of the checkpoint, as float16, plus the KV cache at its full "
          "context length and the overhead'], ['/a/very/long/path/to/a/model/file/without/spaces.gguf', "

@@ -6,13 +6,14 @@ import gc
 import re
 import sys
 import threading
+import time
 from typing import ClassVar
 
 import comm
 import pytest
 from ipywidgets.widgets import widget as widget_module
 from jlm_helpers.conditions import until
-from jlm_helpers.fakes import GB, FakeBackend, FakeDevices, fake, lease_elsewhere
+from jlm_helpers.fakes import GB, FakeBackend, FakeDevices, count_unloads, fake, lease_elsewhere
 
 import jupyter_llm_manager
 from jupyter_llm_manager import LLMManager, ModelLoadingError
@@ -199,7 +200,7 @@ def test_unload_of_a_model_that_is_generating_waits_for_its_lease(manager):
         shown_pending = threading.Event()
         dashboard._rows["a"].cells[1].observe(  # says what it waits for, not only "unloading"
             lambda change: shown_pending.set() if "unloading" in change["new"] and "in use (1 use" in change["new"]
-            and "unloads when released" in change["new"] else None, names="value")
+            and "unloads when the answer ends" in change["new"] else None, names="value")
         dashboard._rows["a"].unload.click()
         assert shown_pending.wait(10)  # the row says it is waiting
         assert manager.row("a").state == "loaded"
@@ -209,6 +210,47 @@ def test_unload_of_a_model_that_is_generating_waits_for_its_lease(manager):
         release.set()
         worker.join()
         dashboard.close()
+
+
+def test_a_waiting_unload_has_no_time_limit_and_a_second_click_takes_it_back(make_manager, monkeypatch):
+    from jupyter_llm_manager.frontends import actions
+
+    monkeypatch.setattr(actions, "ACTION_WAIT_S", 0.2)  # not a button's limit any more
+    manager = make_manager(clock=time.monotonic)
+    fake(manager, "a", GB)
+    dashboard = Dashboard(manager, refresh_interval=60)
+    worker, release = lease_elsewhere(manager, "a")  # a cell generating
+    try:
+        tries = count_unloads(manager, monkeypatch)
+        row = dashboard._rows["a"]
+        row.unload.click()
+        until(lambda: row.unload.description == "Cancel" and not row.unload.disabled, timeout=10)
+        until(lambda: tries[-1] - tries[0] > 3 * actions.ACTION_WAIT_S)  # past the old limit: still waiting
+        assert "unloads when the answer ends" in row.cells[1].value and manager.row("a").state == "loaded"
+        row.unload.click()  # the second click takes it back
+        until(lambda: "cancelled: it stays loaded" in dashboard._messages_html.value, timeout=10)
+        until(lambda: row.unload.description == "Unload", timeout=10)
+        assert manager.row("a").state == "loaded" and "wait=" not in dashboard._messages_html.value
+    finally:
+        release.set()
+        worker.join()
+        dashboard.close()
+
+
+def test_the_model_grid_leaves_columns_out_then_shows_cards_where_it_is_narrow(board, manager):
+    import re
+
+    board.refresh()
+    css = board._style.value
+    widths = [float(w) for w in re.findall(r"@container \(max-width: ([\d.]+)em\)", css)]
+    assert len(widths) == 2 and widths[0] > widths[1]  # first the last use and keep-alive go, then cards
+    scope = next(c for c in board.widget._dom_classes if c.startswith("jlm-dashboard-"))
+    assert f".{scope} {{ container-type: inline-size }}" in css and "jlm-models" in board._model_box._dom_classes
+    row = board._rows["a"]
+    assert [c._dom_classes for c in row.grid_cells] == [(f"jlm-col-{i}",) for i in range(len(row.grid_cells))]
+    fake(manager, "a-model-with-a-much-longer-name", GB)
+    board.refresh()
+    assert float(re.findall(r"max-width: ([\d.]+)em", board._style.value)[0]) > widths[0]  # the ids count
 
 
 def test_a_plain_note_when_there_is_no_gpu(clock):
@@ -263,9 +305,9 @@ def test_the_events_table_puts_each_header_over_its_values(manager, board):
     manager.unload("a")
     board.refresh()
     table = board._events.value
-    headers = re.findall(r"<th style='([^']*)'>([^<]*)</th>", table)
+    headers = re.findall(r"<th [^>]*style='([^']*)'>([^<]*)</th>", table)
     first_row = re.search(r"<tr><td.*?</tr>", table).group(0)
-    cells = re.findall(r"<td style='([^']*)'>", first_row)
+    cells = re.findall(r"<td [^>]*style='([^']*)'>", first_row)
     assert [name for _, name in headers] == ["time", "model", "what", "seconds", "bytes", "message"]
     assert len(cells) == len(headers)  # one value under each header
     assert all("text-align:left" in style for style, _ in headers)
@@ -293,7 +335,7 @@ def test_a_comm_follows_the_frontends_routing_and_a_click_for_the_busy_main_shel
 
 
 def test_a_click_that_waits_for_the_cell_shows_on_its_button_until_it_runs(manager, monkeypatch):
-    import jupyter_llm_manager.frontends.dashboard as dashboard_module
+    import jupyter_llm_manager.frontends.dashboard_clicks as dashboard_module
 
     routed: list = []
     monkeypatch.setattr(dashboard_module, "follow_frontend",
@@ -315,7 +357,7 @@ def test_a_click_that_waits_for_the_cell_shows_on_its_button_until_it_runs(manag
 
 
 def test_on_a_kernel_without_subshells_every_button_says_while_a_cell_runs_that_clicks_wait(manager, monkeypatch):
-    import jupyter_llm_manager.frontends.dashboard as dashboard_module
+    import jupyter_llm_manager.frontends.dashboard_clicks as dashboard_module
 
     cells = CellWatch(busy=True)
     monkeypatch.setattr(dashboard_module, "clicks_wait_for_cells", lambda: True)  # ipykernel < 7
@@ -420,7 +462,7 @@ def test_a_ledger_that_cannot_be_opened_leaves_the_dashboard_working(make_manage
 
 
 def test_an_adapter_row_shows_its_base_under_its_id(adapter_manager):
-    from jupyter_llm_manager.frontends.dashboard_html import name_html
+    from jupyter_llm_manager.frontends.views.status import name_html
     from jupyter_llm_manager.reports import StatusRow
 
     dashboard = Dashboard(adapter_manager, background=False)

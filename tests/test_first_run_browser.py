@@ -104,7 +104,7 @@ def test_first_cells_interrupt_insert_and_dashboard(tmp_path, tiny_models, long_
         page.wait_for_selector(".widget-gridbox >> text=other", timeout=30_000)
         columns = page.evaluate("""() => {
             const grid = document.querySelector('.widget-gridbox');
-            const cells = [...grid.children];
+            const cells = [...grid.children].filter(c => getComputedStyle(c).display !== 'none');  // shown ones
             const columns = getComputedStyle(grid).gridTemplateColumns.split(' ').length;
             const lefts = cells.map(c => Math.round(c.getBoundingClientRect().left));
             const rows = [];
@@ -115,7 +115,7 @@ def test_first_cells_interrupt_insert_and_dashboard(tmp_path, tiny_models, long_
             return {columns, rows, buttons, inside}; }""")
         assert columns["inside"]  # nothing cut off at the right edge beside the panel
         header, *rows = columns["rows"]
-        assert columns["columns"] == 7 and rows
+        assert columns["columns"] in (5, 7) and rows  # narrow: last use and keep-alive are left out
         for row in rows:
             assert all(abs(a - b) <= 2 for a, b in zip(header, row)), (header, row)
         assert all(columns["buttons"])  # no "Unl…"

@@ -334,7 +334,7 @@ def test_escape_sequences_reach_the_answer_but_never_a_terminal_or_a_plain_outpu
     from jlm_helpers.fakes import fake
 
     from jupyter_llm_manager.frontends.notebook.rendering import TextAnswerView
-    from jupyter_llm_manager.frontends.tables import Table
+    from jupyter_llm_manager.frontends.views.table import Table
 
     manager = make_manager()
     fake(manager, "echo", 1, source="org/\x1b]0;pwned\x07model")

@@ -10,7 +10,7 @@ import time
 import comm
 import pytest
 from jlm_helpers.conditions import until
-from jlm_helpers.fakes import GB, fake, lease_elsewhere
+from jlm_helpers.fakes import GB, count_unloads, fake, lease_elsewhere
 
 from jupyter_llm_manager import LLMManager
 from jupyter_llm_manager.frontends import actions
@@ -148,23 +148,64 @@ def test_buttons_unload_pin_unload_all_and_free_memory(bridge, manager):
     assert "waiting to be freed" in channel.click("free_memory")["message"]
 
 
-def test_unload_of_a_model_in_use_is_refused_in_one_line_and_unload_all_skips_it(make_manager, monkeypatch):
-    monkeypatch.setattr(actions, "ACTION_WAIT_S", 0.3)  # what a click waits for a model in use (30 s)
+def test_unload_of_a_model_in_use_waits_past_any_limit_until_taken_back_and_unload_all_skips_it(make_manager,
+                                                                                                  monkeypatch):
+    monkeypatch.setattr(actions, "ACTION_WAIT_S", 0.3)  # what %llm unload and Unload all wait (30 s)
     manager = make_manager(clock=time.monotonic)  # the wait ends on its own
     for model_id in ("a", "b"):
         fake(manager, model_id, 2 * GB)
+    tries = count_unloads(manager, monkeypatch)
     bridge = LabBridge(manager)
     bridge.attach()
     try:
         channel = frontend_opens(bridge)
         manager.load("b")
         with manager.use("a"):
-            result = channel.click("unload", "a")
-            assert not result["ok"] and "is in use" in result["message"]
+            request = channel.send_click("unload", "a")
+            assert "unloads when the answer ends" in channel.answer(request, "pending")["message"]
+            until(lambda: tries[-1] - tries[0] > 3 * actions.ACTION_WAIT_S)  # past the old limit: still waiting
+            assert not [m for m in channel.received if m.get("type") == "result" and m.get("request") == request]
             answer = channel.click("unload_all")
-        assert answer["ok"] and "Still in use: a" in answer["message"] and manager.row("b").state == "registered"
+            assert answer["ok"] and "Still in use: a" in answer["message"] and manager.row("b").state == "registered"
+            assert channel.click("cancel_unload", "a")["ok"]  # a Cancel (or a second Unload) takes it back
+            result = channel.answer(request)
+        assert result["ok"] and result["message"] == "Unload of 'a' cancelled: it stays loaded."
+        assert "wait=" not in result["message"] and manager.row("a").state == "loaded"
+        assert "No unload of 'a' is waiting" in channel.click("cancel_unload", "a")["message"]
     finally:
         bridge.detach()
+
+
+def test_a_second_unload_takes_the_first_back_whatever_clock_the_manager_runs_on(bridge, manager):
+    channel = frontend_opens(bridge)  # the manager runs on a fake clock that never moves by itself
+    holder, release = lease_elsewhere(manager, "a")
+    try:
+        first = channel.send_click("unload", "a")
+        channel.answer(first, "pending")
+        second = channel.click("unload", "a")  # the same button, clicked again
+        result = channel.answer(first)
+    finally:
+        release.set()
+        holder.join()
+    assert second["ok"] and result["message"] == "Unload of 'a' cancelled: it stays loaded."
+    assert manager.row("a").state == "loaded"
+
+
+def test_unload_of_a_model_in_use_unloads_when_the_answer_ends_however_long_it_runs(bridge, manager, monkeypatch):
+    monkeypatch.setattr(actions, "ACTION_WAIT_S", 0.2)
+    channel = frontend_opens(bridge)
+    tries = count_unloads(manager, monkeypatch)
+    holder, release = lease_elsewhere(manager, "a")  # a long generation
+    try:
+        request = channel.send_click("unload", "a")
+        channel.answer(request, "pending")
+        until(lambda: tries[-1] - tries[0] > 3 * actions.ACTION_WAIT_S)
+        assert manager.row("a").state == "loaded"
+    finally:
+        release.set()
+        holder.join()
+    result = channel.answer(request)
+    assert result["ok"] and "Unloaded 'a'" in result["message"] and manager.row("a").state == "registered"
 
 
 def test_unload_of_a_model_in_use_says_what_it_waits_for_and_other_clicks_act_meanwhile(bridge, manager):
@@ -173,7 +214,7 @@ def test_unload_of_a_model_in_use_says_what_it_waits_for_and_other_clicks_act_me
     try:
         request = channel.send_click("unload", "a")
         note = channel.answer(request, "pending")["message"]
-        assert "in use (1 use" in note and "unloads when released" in note
+        assert "in use (1 use" in note and "unloads when the answer ends" in note
         assert channel.click("pin", "b")["ok"] and manager.row("b").pinned  # the waiting unload holds nothing back
         assert manager.row("a").state == "loaded"
     finally:
@@ -275,8 +316,7 @@ def test_unload_asks_the_other_notebook_and_it_unloads_an_idle_model(bridge, oth
     channel = frontend_opens(bridge)
     member = other.machine().kernels[0].member
     result = channel.answer(channel.send_click_to(member, "idle"))
-    assert result["ok"] and result["message"].startswith("unloaded 'idle' for ") and "1.0 GB freed" in result[
-        "message"]
+    assert result["ok"] and result["message"] == "analysis/report.ipynb unloaded 'idle': 1.0 GB freed"  # the owner
     assert other.row("idle").state == "registered" and other.row("busy").state == "loaded"
     assert machine_model(result["snapshot"], "idle") is None  # the outcome comes with the machine it left
 

@@ -13,7 +13,7 @@ from IPython.utils.capture import capture_output
 from jlm_helpers.fakes import FakeBackend, FakeDevices, fake, lease_elsewhere
 
 from jupyter_llm_manager import LLMManager
-from jupyter_llm_manager.errors import InvalidGenerationParameters
+from jupyter_llm_manager.errors import GenerationError, InvalidGenerationParameters
 from jupyter_llm_manager.frontends.notebook.magics import LLMMagics, usage
 from jupyter_llm_manager.frontends.notebook.rendering import TextAnswerView, keep_line_breaks
 from jupyter_llm_manager.generation import GenerationParams
@@ -25,6 +25,7 @@ def shell():
     shell.run_line_magic("load_ext", "jupyter_llm_manager")
     yield shell
     shell.run_line_magic("unload_ext", "jupyter_llm_manager")
+    shell.config.pop("LLMMagics", None)  # %config values set here would configure the next test's magics
 
 
 @pytest.fixture
@@ -220,11 +221,11 @@ def rendered_lines(markdown: str) -> list[str]:
 
 
 def test_table_cells_keep_words_whole_and_only_long_paths_break_anywhere():
-    from jupyter_llm_manager.frontends.tables import Table
+    from jupyter_llm_manager.frontends.views.table import Table
 
     path = "/a/very/long/path/to/a/model/file.gguf"
     html_text = Table(["model", "backend", "state", "source"], [["m", "llama_cpp", "registered", path]]).html()
-    styles = {value: style for style, value in re.findall(r"<td style='([^']*)'>([^<]*)</td>", html_text)}
+    styles = {value: style for style, value in re.findall(r"<td [^>]*style='([^']*)'>([^<]*)</td>", html_text)}
     assert "anywhere" not in styles["llama_cpp"] and "anywhere" not in styles["registered"]
     assert "nowrap" in styles["m"] and "anywhere" in styles[path]
 
@@ -355,6 +356,44 @@ def test_wait_zero_in_a_cell_fails_at_once_in_one_line(shell, magics):
         _, captured = run(shell, "%%llm next --wait 0\nhi")
         assert "UsageError: Cannot load 'next' without waiting" in captured.stderr
         assert "busy in use" in captured.stderr and captured.stderr.strip().count("\n") == 0
+    finally:
+        release.set()
+        holder.join(10)
+        manager.close()
+
+
+def everything_shown(captured) -> str:
+    """What a cell shows once it has ended: each display's last content, then its stdout and stderr."""
+    last: dict[object, str] = {}
+    for index, output in enumerate(captured._outputs):
+        key = output.get("transient", {}).get("display_id") or index
+        last[key] = output["data"].get("text/plain", "")
+    return "\n".join([*last.values(), captured.stdout, captured.stderr])
+
+
+def test_a_cell_that_fails_while_loading_waiting_or_generating_says_its_error_once(shell, magics, echo,
+                                                                                   backend, monkeypatch):
+    fake(echo, "broken", 1, options={"fail": "error"})
+    _, captured = run(shell, "%%llm broken\nhi")
+    assert everything_shown(captured).count("fake failure loading broken") == 1
+    assert "UsageError: fake failure loading broken" in captured.stderr and "broken · failed" in status_text(captured)
+
+    def failing(*args, **kwargs):
+        yield "half an"
+        raise GenerationError("the server closed the stream: try again", model_id="echo")
+
+    monkeypatch.setattr(backend, "stream", failing)
+    for line in ("%%llm echo\nhi", "%%llm echo --no-stream\nhi"):
+        _, captured = run(shell, line)
+        assert everything_shown(captured).count("the server closed the stream") == 1, line
+        assert "UsageError: the server closed the stream" in captured.stderr
+
+    manager, holder, release = one_slot_with_busy_held(magics)
+    try:
+        _, captured = run(shell, "%%llm next --wait 0.2\nhi")
+        shown = everything_shown(captured)
+        error = captured.stderr.strip().removeprefix("UsageError: ")
+        assert error and shown.count(error) == 1 and "busy" in error
     finally:
         release.set()
         holder.join(10)

@@ -16,10 +16,15 @@ def module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
+def package_of(path: Path) -> str:
+    return module_name(path) if path.name == "__init__.py" else module_name(path).rpartition(".")[0]
+
+
 def package_imports(path: Path, tree: ast.Module) -> set[str]:
-    """Modules of the package this one imports: at the top, inside functions and under ``if TYPE_CHECKING:``."""
-    found: set[str] = set()
-    package = module_name(path) if path.name == "__init__.py" else module_name(path).rpartition(".")[0]
+    """Modules of the package this one imports: at the top, inside functions, under ``if TYPE_CHECKING:`` and
+    through ``importlib.import_module("...")`` or ``__import__("...")``."""
+    found: set[str] = set(named_imports(path, tree)[0])
+    package = package_of(path)
     for node in ast.walk(tree):
         if not isinstance(node, (ast.Import, ast.ImportFrom)):
             continue
@@ -38,6 +43,59 @@ def package_imports(path: Path, tree: ast.Module) -> set[str]:
 
 
 KNOWN = {module_name(path) for path in MODULES}
+_IMPORT_FUNCTIONS = {"import_module", "__import__"}
+
+
+def _import_functions(tree: ast.Module) -> dict[str, str]:
+    """The names this module calls ``importlib.import_module`` or ``__import__`` by (``as`` aliases too)."""
+    names = {name: name for name in _IMPORT_FUNCTIONS}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module in ("importlib", "builtins"):
+            names |= {a.asname: a.name for a in node.names if a.name in _IMPORT_FUNCTIONS and a.asname}
+    return names
+
+
+def _constant(node: ast.AST | None) -> str | None:
+    return node.value if isinstance(node, ast.Constant) and isinstance(node.value, str) else None
+
+
+def _argument(call: ast.Call, position: int, keyword: str) -> ast.AST | None:
+    if len(call.args) > position:
+        return call.args[position]
+    return next((k.value for k in call.keywords if k.arg == keyword), None)
+
+
+def named_imports(path: Path, tree: ast.Module) -> tuple[set[str], list[str]]:
+    """Modules imported by a call with a name in a string (``import_module("x")``, ``__import__("x")``), and the
+    calls whose name is not a constant (``lineno: source``): no test can tell what those import."""
+    functions, found, unknown = _import_functions(tree), set[str](), list[str]()
+    package = package_of(path)
+    for call in ast.walk(tree):
+        if not isinstance(call, ast.Call):
+            continue
+        called = call.func.attr if isinstance(call.func, ast.Attribute) else getattr(call.func, "id", None)
+        name = functions.get(called or "")
+        if name is None:
+            continue
+        target = _constant(_argument(call, 0, "name"))
+        if target is None:
+            unknown.append(f"{call.lineno}: {ast.unparse(call)}")
+            continue
+        level = len(target) - len(target.lstrip("."))
+        if name != "import_module":  # __import__(name, globals, locals, fromlist, level)
+            given = _argument(call, 4, "level")
+            level = given.value if isinstance(given, ast.Constant) and isinstance(given.value, int) else 0
+            fromlist = _argument(call, 3, "fromlist")
+            subnames = [_constant(e) for e in fromlist.elts] if isinstance(fromlist, (ast.List, ast.Tuple)) else []
+        else:
+            subnames = []
+        base = package
+        for _ in range(max(level - 1, 0)):
+            base = base.rpartition(".")[0]
+        target = target.lstrip(".")
+        module = (f"{base}.{target}" if target else base) if level else target
+        found |= {module} | {f"{module}.{sub}" for sub in subnames if sub}
+    return {name for name in found if name in KNOWN}, unknown
 
 
 def test_no_module_is_longer_than_five_hundred_lines():
@@ -152,3 +210,44 @@ def test_old_module_paths_give_the_modules_at_their_new_paths():
     from jupyter_llm_manager.manager import LLMManager
 
     assert callable(load_config) and LLMManager.__name__ == "LLMManager"
+
+
+#: What a front-end may import from the manager: the public API, the facade and the kernel singleton's module.
+FRONTENDS_MAY_IMPORT = {"jupyter_llm_manager", "jupyter_llm_manager.manager.facade",
+                        "jupyter_llm_manager.manager.kernel"}
+
+
+def test_front_ends_import_only_the_public_api_of_the_manager():
+    """Front-ends see the manager through its public API alone, however they import (a function, TYPE_CHECKING,
+    importlib): what they need is a facade method or lives in a layer below the manager."""
+    found = []
+    for path, tree in MODULES.items():
+        here = module_name(path)
+        if here in ENTRY_POINTS or layer_of(here) != 0:
+            continue
+        internals = {i for i in package_imports(path, tree) if i not in FRONTENDS_MAY_IMPORT
+                     and (i == "jupyter_llm_manager.manager" or i.startswith("jupyter_llm_manager.manager."))}
+        found += [f"{here} imports {name}" for name in sorted(internals)]
+        found += [f"{here}:{call} (a module named at run time)" for call in named_imports(path, tree)[1]]
+    assert found == []
+
+
+def test_the_front_end_rule_sees_every_way_of_importing(tmp_path):
+    """The rule above catches imports at the top, in functions, under TYPE_CHECKING and through importlib."""
+    sources = {
+        "from ..manager.generations import text_model": {"jupyter_llm_manager.manager.generations"},
+        "def f():\n    from ..manager import state": {"jupyter_llm_manager.manager.state"},
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from ..manager.policy import fit":
+            {"jupyter_llm_manager.manager.policy.fit"},
+        "import importlib\nimportlib.import_module('jupyter_llm_manager.manager.status')":
+            {"jupyter_llm_manager.manager.status"},
+        "from importlib import import_module as load\nload('..manager.planning', __package__)":
+            {"jupyter_llm_manager.manager.planning"},
+        "__import__('jupyter_llm_manager.manager', fromlist=['handles'])":
+            {"jupyter_llm_manager.manager", "jupyter_llm_manager.manager.handles"},
+        "__import__('manager.wiring', globals(), locals(), [], 2)": {"jupyter_llm_manager.manager.wiring"},
+    }
+    path = PACKAGE / "frontends" / "probe.py"  # never written: parsed as if it lived there
+    for source, expected in sources.items():
+        assert package_imports(path, ast.parse(source)) == expected, source
+    assert named_imports(path, ast.parse("import importlib\nimportlib.import_module(name)"))[1]

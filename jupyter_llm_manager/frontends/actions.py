@@ -10,8 +10,11 @@ thread of their own.
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from ..errors import ModelInUseError
 from ..support.units import format_bytes
 
 if TYPE_CHECKING:
@@ -20,6 +23,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ACTION_WAIT_S",
+    "UNLOAD_POLL_S",
+    "WaitingUnloads",
     "configure",
     "free_memory",
     "load",
@@ -28,12 +33,16 @@ __all__ = [
     "toggle_pin",
     "unload",
     "unload_all",
+    "unload_when_released",
     "unpin",
     "waiting_note",
 ]
 
-#: How long an unload waits for a model in use (a generation, a ``use()`` block) to be released.
+#: How long ``%llm unload`` and Unload all wait for a model in use (a generation, a ``use()`` block).
 ACTION_WAIT_S = 30.0
+#: A button's Unload of a model in use tries again at each manager event and at least this often (seconds);
+#: taking it back (a second click, a Cancel) shows within this time.
+UNLOAD_POLL_S = 0.25
 
 
 def load(manager: LLMManager, model_id: str, *, pin: bool = False) -> str:
@@ -54,6 +63,70 @@ def unload(manager: LLMManager, model_id: str) -> str:
     """Unload one model, waiting up to :data:`ACTION_WAIT_S` for it to be released."""
     report = manager.unload(model_id, wait=ACTION_WAIT_S)
     return str(report) if report is not None else f"{manager.resolve(model_id)!r} was not loaded."
+
+
+def unload_when_released(manager: LLMManager, model_id: str, cancelled: threading.Event) -> str:
+    """A button's Unload: unload as soon as the model is released (an answer ends), however long that takes.
+
+    Tried again at each manager event (an answer that ends is one), and at least every
+    :data:`UNLOAD_POLL_S` seconds, until ``cancelled`` is set: then the model stays loaded, and the
+    sentence says so. Waits in real time, whatever clock the manager runs on.
+    """
+    changed = threading.Event()
+    unsubscribe = manager.subscribe(lambda event: changed.set())
+    try:
+        while True:
+            changed.clear()
+            try:
+                report = manager.unload(model_id)  # at once, or ModelInUseError while it is in use
+            except ModelInUseError:
+                if cancelled.is_set():
+                    return f"Unload of {manager.resolve(model_id)!r} cancelled: it stays loaded."
+                changed.wait(UNLOAD_POLL_S)
+                continue
+            return str(report) if report is not None else f"{manager.resolve(model_id)!r} was not loaded."
+    finally:
+        unsubscribe()
+
+
+class WaitingUnloads:
+    """A front-end's Unloads that wait for an answer to end, each of which a second click or a Cancel takes back."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._waiting: dict[str, threading.Event] = {}  # model id -> set to take its Unload back
+
+    def start(self, manager: LLMManager, model_id: str) -> Callable[[], str] | None:
+        """The action of a new Unload of ``model_id``; ``None`` when one was waiting: that one is taken back now."""
+        if self.cancel(model_id):
+            return None
+        with self._lock:
+            cancelled = self._waiting[model_id] = threading.Event()
+
+        def unload() -> str:
+            try:
+                return unload_when_released(manager, model_id, cancelled)
+            finally:
+                with self._lock:
+                    if self._waiting.get(model_id) is cancelled:
+                        del self._waiting[model_id]
+
+        return unload
+
+    def cancel(self, model_id: str) -> bool:
+        """Take back the Unload of ``model_id`` (it answers "cancelled" within :data:`UNLOAD_POLL_S`); whether one waited."""
+        with self._lock:
+            cancelled = self._waiting.pop(model_id, None)
+        if cancelled is not None:
+            cancelled.set()
+        return cancelled is not None
+
+    def cancel_all(self) -> None:
+        """Take every waiting Unload back (a front-end that closes)."""
+        with self._lock:
+            waiting, self._waiting = list(self._waiting.values()), {}
+        for cancelled in waiting:
+            cancelled.set()
 
 
 def unload_all(manager: LLMManager) -> str:
@@ -103,10 +176,9 @@ def waiting_note(row: StatusRow, doing: str) -> str:
     """
     if doing.startswith("unloading"):
         if row.state == "loading":
-            return f"waiting for its load to finish (up to {ACTION_WAIT_S:g} s)"
+            return "unloads when its load ends"
         if row.in_use:
-            users = f"{row.in_use} use{'s' if row.in_use != 1 else ''}"
-            return f"waiting: in use ({users}, e.g. a generation); unloads when released (up to {ACTION_WAIT_S:g} s)"
+            return f"in use ({row.in_use} use{'s' if row.in_use != 1 else ''}): unloads when the answer ends"
     if doing.startswith("loading") and row.state == "waiting":
         return f"waiting for room (#{row.queue_position or 1}){': ' + row.waiting_for if row.waiting_for else ''}"
     return ""

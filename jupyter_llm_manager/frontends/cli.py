@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ..support.units import displayable
+from .views.table import Table
 
 __all__ = ["main"]
 
@@ -40,39 +41,46 @@ def _manager() -> Any:
     return configured_manager(preload=False)
 
 
+def _width() -> int | None:
+    """The terminal's width: ``$COLUMNS``, else the terminal's own; ``None`` (no limit) when the output is not one."""
+    if os.environ.get("COLUMNS", "").strip().isdigit():
+        return max(int(os.environ["COLUMNS"]), 20)
+    return shutil.get_terminal_size().columns if sys.stdout.isatty() else None
+
+
+def _tables(tables: Sequence[Table]) -> None:
+    """Tables one after another, each fitted to the terminal's width (names are never cut)."""
+    _say("\n\n".join(table.text(_width()) for table in tables))
+
+
 def _list(args: argparse.Namespace) -> int:
-    from .tables import Table
+    from ..models.builtin import WITHOUT_CONFIG
+    from .views.registry import registry_table
 
     manager = _manager()
-    rows, problems = [], []
-    for row in manager.status():
-        spec = manager.spec(row.id)
-        rows.append([row.id + (" (default)" if row.id == manager.default_model else ""), ", ".join(row.aliases),
-                     row.backend, spec.location or "-", str(spec.device), row.estimated_str or "-"])
-        if row.error:
-            problems.append(f"{row.id}: {row.error}")
-    from ..models.builtin import WITHOUT_CONFIG
-
+    rows = manager.status()
     where = manager.config_path or f"no configuration file: {WITHOUT_CONFIG}"
-    _say(Table(["id", "aliases", "backend", "source", "device", "estimate"], rows, caption=f"Models ({where})"))
-    for problem in problems:
-        _say(problem)
+    table = registry_table(rows, manager.spec, manager.default_model, caption=f"Models ({where})")
+    _tables([table.select("id", "aliases", "backend", "source", "device", "estimate")])
+    for row in rows:
+        if row.error:
+            _say(f"{row.id}: {row.error}")
     return 0
 
 
 def _plan(args: argparse.Namespace) -> int:
-    from .plan_tables import plan_tables
+    from .views.plan import plan_tables
 
     report = _manager().plan(args.models or None)
-    _say("\n\n".join(map(repr, plan_tables(report))))
+    _tables(plan_tables(report))
     return 0 if report.fits else 1
 
 
 def _ps(args: argparse.Namespace) -> int:
     """Every kernel's models on this machine, from the ledger (this command takes no part in it)."""
-    from .machine_tables import machine_tables
+    from .views.machine import machine_tables
 
-    _say("\n\n".join(map(repr, machine_tables(_manager().machine(), include_this=False))))
+    _tables(machine_tables(_manager().machine(), include_this=False))
     return 0
 
 
@@ -80,7 +88,6 @@ def _cache(args: argparse.Namespace) -> int:
     from ..backends.transformers.converted import ConvertedCopies
     from ..estimates import corrections
     from ..support.units import format_bytes
-    from .tables import Table
 
     learned = corrections()
     if args.clear or args.clear_corrections:
@@ -98,18 +105,18 @@ def _cache(args: argparse.Namespace) -> int:
     entries = copies.entries()
     rows = [[Path(c.source).name, c.dtype.replace("|", ", "), format_bytes(c.bytes), _ago(c.last_used),
              str(c.folder)] for c in entries]
-    _say(Table(["GGUF file", "dtype, mode", "size", "last used", "folder"], rows,
+    _tables([Table(["GGUF file", "dtype, mode", "size", "last used", "folder"], rows,
                 caption=f"Converted copies of GGUF files ({format_bytes(sum(c.bytes for c in entries))} in "
-                        f"{copies.root}; clear with: jupyter-llm-manager cache --clear)"))
+                        f"{copies.root}; clear with: jupyter-llm-manager cache --clear)")])
     _say(f"Estimate corrections learned from past loads: {len(learned.kinds())} kinds of load in {learned.path} "
          "(clear with: jupyter-llm-manager cache --clear-corrections)")
     leftovers = copies.stale_partials()
     if leftovers:
         rows = [[str(p.pid), format_bytes(p.bytes), _ago(p.modified), str(p.path)] for p in leftovers]
         _say()
-        _say(Table(["process (gone)", "size", "last written", "path"], rows,
+        _tables([Table(["process (gone)", "size", "last written", "path"], rows,
                     caption=f"Left by interrupted conversions ({format_bytes(sum(p.bytes for p in leftovers))}; "
-                            "removed by: jupyter-llm-manager cache --clear, and by the next conversion)"))
+                            "removed by: jupyter-llm-manager cache --clear, and by the next conversion)")])
     return 0
 
 
@@ -122,13 +129,9 @@ def _ago(when: float) -> str:
 
 
 def _estimate(args: argparse.Namespace) -> int:
-    estimate = _manager().estimate(args.model)
-    _say(f"{args.model}: {estimate.total_str}")
-    _say(f"  weights   {estimate.weights_str:>10}  {estimate.weights_method}")
-    _say(f"  KV cache  {estimate.kv_cache_str:>10}  {estimate.kv_cache_method}")
-    _say(f"  overhead  {estimate.overhead_str:>10}  {estimate.overhead_method}")
-    if estimate.parameters:
-        _say(f"  {estimate.parameters_str}")
+    from .views.estimate import estimate_table
+
+    _tables([estimate_table(args.model, _manager().estimate(args.model))])
     return 0
 
 

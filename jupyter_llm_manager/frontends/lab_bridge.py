@@ -12,8 +12,9 @@ front-ends: no policy here.
 
 JupyterLab >= 4.4 opens the comm on a kernel subshell of its own, and the comm
 follows that routing (:mod:`.kernel_comms`), so clicks act while a cell runs.
-Each action runs on a thread of its own: a Load or an Unload waiting for a
-model in use never holds back the next click. The panel is told at once what
+Each action (:mod:`.lab_actions` checks a message and gives its call) runs on
+a thread of its own: a Load, or an Unload waiting for an answer to end, never
+holds back the next click. The panel is told at once what
 an action waits for (``pending``), then its outcome with a fresh snapshot.
 Timers, the machine watcher and action threads all send snapshots; each is
 taken and sent in one hold of a lock, so a snapshot never arrives after a
@@ -21,10 +22,12 @@ newer one (the panel would show a state already gone, and drop an answer
 such as "Unloaded" as no longer true).
 
 A snapshot also lists the other notebooks' models on this machine (from the
-ledger, :mod:`.machine_view`; a failure to read it is a note, never a broken
+ledger, :mod:`.machine_reader`; a failure to read it is a note, never a broken
 panel). Nothing in this kernel hears when they change, so while a panel is
 connected a thread looks every few seconds and pushes a snapshot when they
-did. ``ask_to_unload`` asks their manager to unload an idle one.
+did. ``ask_to_unload`` asks their manager to unload an idle one. When the
+panel connects it says its notebook's path, from which the kernel learns the
+Jupyter server's root: notebooks are then named relative to it.
 """
 
 from __future__ import annotations
@@ -42,7 +45,11 @@ from ..reports import StatusRow
 from ..support.units import brief, format_bytes
 from . import actions
 from .kernel_comms import follow_frontend
-from .machine_view import MachineReader, machine_rows
+from .lab_actions import LabActions, learn_server_root
+from .machine_reader import MachineReader, server_root
+from .views.devices import devices_table
+from .views.machine import machine_json
+from .views.status import status_table
 
 if TYPE_CHECKING:
     from ..manager.facade import LLMManager
@@ -55,11 +62,7 @@ TARGET = "jupyter_llm_manager"
 _COALESCE_S = 0.1
 #: How often the other notebooks' models are looked at while a panel is connected.
 _MACHINE_S = 3.0
-_LONGEST_MEMBER = 200
 _ACTION_JOIN_S = actions.ACTION_WAIT_S + 5.0
-#: What the panel shows while an action runs (``waiting_note`` adds what it waits for).
-_DOING = {"load": "loading", "unload": "unloading", "pin": "pinning", "unpin": "unpinning", "toggle_pin": "pinning",
-          "unload_all": "unloading all", "free_memory": "collecting", "refresh": "refreshing"}
 
 
 class LabBridge:
@@ -75,6 +78,7 @@ class LabBridge:
         self._actions: list[threading.Thread] = []
         self._machine = MachineReader(manager)
         self._machine_sent: dict[str, Any] | None = None  # the machine part of the last snapshot
+        self._clicks = LabActions(manager, self._machine)
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
 
@@ -105,6 +109,7 @@ class LabBridge:
             if self._timer is not None:
                 self._timer.cancel()
             running = list(self._actions)
+        self._clicks.cancel_all()  # an Unload waiting for an answer to end stops waiting
         for thread in running:
             thread.join(_ACTION_JOIN_S)
         for channel in comms:
@@ -113,6 +118,8 @@ class LabBridge:
     # -- comms -----------------------------------------------------------------------------
 
     def _on_open(self, channel: Any, message: dict[str, Any]) -> None:
+        envelope = message.get("content") if isinstance(message, dict) else None
+        learn_server_root(envelope.get("data") if isinstance(envelope, dict) else None)
         self._adopt(channel)
         self._send_snapshot([channel])
 
@@ -167,7 +174,7 @@ class LabBridge:
         while not stop.wait(_MACHINE_S):
             with self._lock:
                 connected, sent = bool(self._comms), self._machine_sent
-            if connected and machine_rows(self._machine.read()) != sent:
+            if connected and machine_json(self._machine.read(), server_root()) != sent:
                 self._push()
 
     # -- actions ----------------------------------------------------------------------------
@@ -186,7 +193,7 @@ class LabBridge:
         if isinstance(request, bool) or not isinstance(request, (str, int)) or len(str(request)) > 100:
             request = None  # an id we can echo back; anything else is not one
         try:
-            call = self._action(content) if isinstance(data, dict) else None
+            call = self._clicks.call_for(content) if isinstance(data, dict) else None
         except LLMManagerError as error:
             call, problem = None, str(error)
         else:
@@ -195,20 +202,12 @@ class LabBridge:
             log.info("malformed message from JupyterLab: %s", problem)
             channel.send({"type": "result", "request": request, "ok": False, "message": problem})
             return
-        note = self._waiting_note(content)
+        if content.get("action") == "refresh":
+            learn_server_root(content)  # sent when the panel connects
+        note = self._clicks.waiting_note(content)
         if note:
             channel.send({"type": "pending", "request": request, "message": note})
         self._start(channel, request, call)
-
-    def _waiting_note(self, content: dict[str, Any]) -> str:
-        """What the action asked for waits for, right now (a model in use, a load under way)."""
-        model_id, doing = content.get("model"), _DOING.get(str(content.get("action")), "")
-        if not isinstance(model_id, str) or not doing:
-            return ""
-        try:
-            return actions.waiting_note(self.manager.row(model_id), doing)
-        except LLMManagerError:
-            return ""  # an unknown id: the action itself says so
 
     def _start(self, channel: Any, request: str | int | None, call: Callable[[], str]) -> None:
         thread = threading.Thread(target=self._answer, args=(channel, request, call), name="llm-lab-action",
@@ -230,30 +229,6 @@ class LabBridge:
         except Exception as error:  # noqa: BLE001 - an action thread: never a traceback into the running cell
             log_failure(log, "answering JupyterLab failed", error)
 
-    def _action(self, content: dict[str, Any]) -> Callable[[], str]:
-        """The shared action a message asks for (``LLMManagerError`` when there is none)."""
-        action, model_id = content.get("action"), content.get("model")
-        manager = self.manager
-        if action in ("unload", "pin", "unpin", "toggle_pin", "load"):
-            if not isinstance(model_id, str) or not model_id:
-                raise LLMManagerError(f"the action {action!r} needs a model id, got {brief(model_id)}")
-            function = getattr(actions, action)
-            return lambda: function(manager, model_id)
-        if action == "unload_all":
-            return lambda: actions.unload_all(manager)
-        if action == "free_memory":
-            return lambda: actions.free_memory(manager)
-        if action == "refresh":
-            return lambda: ""
-        if action == "ask_to_unload":
-            member = content.get("member")
-            if not isinstance(member, str) or not member or len(member) > _LONGEST_MEMBER:
-                raise LLMManagerError(f"ask_to_unload needs the member id of another manager, got {brief(member)}")
-            if not isinstance(model_id, str) or not model_id:
-                raise LLMManagerError(f"ask_to_unload needs a model id, got {brief(model_id)}")
-            return lambda: manager.ask_to_unload(member, model_id)
-        raise LLMManagerError(f"unknown action {brief(action)}")
-
     # -- what JupyterLab shows -----------------------------------------------------------------
 
     def _endpoint(self, row: StatusRow) -> str | None:
@@ -271,26 +246,16 @@ class LabBridge:
         """The models and devices as JupyterLab shows them: ids, states and numbers only."""
         now = time.time()
         rows = self.manager.status()
-        models = [{
-            "id": row.id, "aliases": list(row.aliases), "backend": row.backend, "device": row.device,
-            "state": row.state, "in_use": row.in_use, "pinned": row.pinned, "remote": row.remote,
-            "estimated": row.estimated_str, "actual": row.actual_str, "actual_bytes": row.actual_bytes,
-            "last_used": row.last_used, "expires_at": row.expires_at, "error": row.error,
-            "trust_remote_code": row.trust_remote_code, "reachable": row.reachable,
-            "waiting_for": row.waiting_for, "endpoint": self._endpoint(row) if row.remote else None,
-            "base": row.base, "adapter": row.adapter, "shares_base": row.shares_base, "base_str": row.base_str,
-        } for row in rows]
+        endpoints = {row.id: self._endpoint(row) for row in rows if row.remote}
+        models = status_table(rows, endpoints=endpoints).select("model", "state", "device", "memory", "error")
         loaded = [row for row in rows if row.state == "loaded"]
         held = sum(row.actual_bytes or 0 for row in loaded)
         reports = self.manager.devices()
         view = self._machine.read()
-        devices = [{"device": d.device, "name": d.name, "total": d.total_str, "free": d.free_str,
-                    "budget": d.budget_str, "held": d.held_str,
-                    "notebooks": format_bytes(view.others_on(d.device)) if view.others_on(d.device) else ""}
-                   for d in reports]
-        machine = machine_rows(view)
+        machine = machine_json(view, server_root())
         with self._lock:
             self._machine_sent = machine
         return {"type": "snapshot", "time": now, "loaded": len(loaded), "held_bytes": held,
                 "held_str": format_bytes(held), "reserved_str": format_bytes(sum(d.held_bytes for d in reports)),
-                "models": models, "devices": devices, "machine": machine}
+                "models": models.json()["rows"], "devices": devices_table(reports, view.others_on).json()["rows"],
+                "machine": machine}

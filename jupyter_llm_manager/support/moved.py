@@ -27,9 +27,9 @@ MOVED = {
     "doctor": "frontends.doctor", "estimate": "estimates", "handles": "manager.handles", "holders": "support.referrers",
     "imports": "support.heavy_imports", "interpolate": "frontends.notebook.interpolate",
     "interrupts": "support.interrupts", "lab": "frontends.lab_bridge", "magic_args": "frontends.notebook.arguments",
-    "magics": "frontends.notebook.magics", "memory": "devices", "plan_view": "frontends.plan_tables",
+    "magics": "frontends.notebook.magics", "memory": "devices", "plan_view": "frontends.views.plan",
     "planning": "manager.planning", "registry": "config.registry", "rendering": "frontends.notebook.rendering",
-    "secret": "config.secrets", "settings": "config.settings", "spec": "config.spec", "tables": "frontends.tables",
+    "secret": "config.secrets", "settings": "config.settings", "spec": "config.spec", "tables": "frontends.views.table",
     "tasks": "config.tasks", "tiny": "models.tiny", "units": "support.units", "warmup": "manager.admission.warmup",
     "yaml_io": "config.bounded_yaml", "backends.hf": "backends.transformers.backend",
     "backends.hf_gguf": "backends.transformers.gguf", "backends.hf_support": "backends.transformers.support",
@@ -40,6 +40,8 @@ MOVED = {
     "manager.waiting": "manager.admission.queue", "manager.loading": "manager.admission.loading",
     "manager.warmup": "manager.admission.warmup", "manager.evictions": "manager.unloading.evictions",
     "manager.freeing": "manager.unloading.freeing", "manager.keep_alive": "manager.unloading.keep_alive",
+    "frontends.tables": "frontends.views.table", "frontends.plan_tables": "frontends.views.plan",
+    "frontends.machine_tables": "frontends.views.machine", "frontends.machine_view": "frontends.machine_reader",
 }
 
 

@@ -12,7 +12,7 @@
 import { LabIcon } from '@jupyterlab/ui-components';
 import { Widget } from '@lumino/widgets';
 
-import { IMachine, IModelRow, IResult, ISnapshot, LLMKernelState, QUEUED_NOTE } from './state';
+import { IMachine, IModelRow, IResult, ISnapshot, LLMKernelState, NO_KERNEL, QUEUED_NOTE } from './state';
 
 const ICON_SVG =
   '<svg xmlns="http://www.w3.org/2000/svg" width="16" height="16" viewBox="0 0 24 24">' +
@@ -112,6 +112,21 @@ export class LLMModelsPanel extends Widget {
     return result;
   }
 
+  /** Take back an Unload that waits for an answer to end; its own answer then says it stays loaded. */
+  async cancelUnload(model: string): Promise<void> {
+    const pending = this._pendingFor(model);
+    if (pending) {
+      pending.doing = 'taking the unload back';
+      this.render();
+    }
+    const result = await this._state.send('cancel_unload', model);
+    if (!result.ok) {
+      const state = concerned(this._state.snapshot, model);
+      this._answer = { result, kernel: this._state.kernelId, model, member: null, state };
+      this.render();
+    }
+  }
+
   render(): void {
     const snapshot = this._state.snapshot;
     const body = document.createElement('div');
@@ -119,7 +134,9 @@ export class LLMModelsPanel extends Widget {
     const notebook = this._state.notebookName;
     body.append(element('div', notebook ? `Kernel of ${notebook}` : 'No notebook is open.', 'jp-LLMPanel-kernel'));
     if (!snapshot) {
-      if (notebook) {
+      if (notebook && !this._state.hasKernel) {
+        body.append(element('div', NO_KERNEL, 'jp-LLMPanel-empty'));
+      } else if (notebook) {
         const help = element('div', 'The LLM manager is not loaded in this kernel. Run this in a cell:', 'jp-LLMPanel-empty');
         help.append(element('pre', '%load_ext jupyter_llm_manager'));
         body.append(help);
@@ -196,8 +213,10 @@ export class LLMModelsPanel extends Widget {
       const head = element('div', '', 'jp-LLMPanel-head');
       head.append(element('span', model.model, 'jp-LLMPanel-id'), element('span', state, 'jp-LLMPanel-state'));
       const used = model.last_used ? `used ${ago(now - model.last_used)} ago` : '';
-      const facts = element('div', [model.notebook, model.device, model.memory, used].filter(Boolean).join(' · '),
-        'jp-LLMPanel-facts');
+      const facts = element('div', '', 'jp-LLMPanel-facts');
+      const where = element('span', model.notebook, 'jp-LLMPanel-notebook');
+      where.title = model.path || model.notebook; // the full path on hover
+      facts.append(where, ' · ' + [model.device, model.memory, used].filter(Boolean).join(' · '));
       const buttons = element('div', '', 'jp-LLMPanel-buttons');
       const unload = this._button(label('Unload', 'ask_to_unload', pending),
         () => this.act('ask_to_unload', model.model, model.member), !model.unloadable || !!pending);
@@ -243,9 +262,15 @@ export class LLMModelsPanel extends Widget {
       facts.title = SIZES_HELP;
       const buttons = element('div', '', 'jp-LLMPanel-buttons');
       const pin = model.pinned ? 'unpin' : 'pin';
+      // an Unload that waits for an answer to end: the same button takes it back
+      const waiting = pending?.action === 'unload' && !pending.queued;
+      const unload = waiting
+        ? this._button('Cancel', () => this.cancelUnload(model.id), false)
+        : this._button(label('Unload', 'unload', pending), () => this.act('unload', model.id),
+          model.state !== 'loaded' || !!pending);
+      unload.title = waiting ? 'take the Unload back: the model stays loaded' : '';
       buttons.append(
-        this._button(label('Unload', 'unload', pending), () => this.act('unload', model.id),
-          model.state !== 'loaded' || !!pending),
+        unload,
         this._button(label(model.pinned ? 'Unpin' : 'Pin', pin, pending), () => this.act(pin, model.id), !!pending)
       );
       card.append(head, facts, buttons);

@@ -47,7 +47,9 @@ export interface IModelRow {
 export interface IMachineModel {
   member: string;
   pid: number;
+  /** Its notebook, short: relative to the Jupyter root (else to the home folder); `path`: in full. */
   notebook: string;
+  path: string;
   model: string;
   device: string;
   bytes: number;
@@ -98,6 +100,9 @@ export interface IProgress {
   /** It waits for the running cell: the kernel reads it once the cell ends (no subshell for our comm). */
   queued?: boolean;
 }
+
+/** What the panel says of a notebook opened without a kernel. */
+export const NO_KERNEL = 'This notebook has no kernel: choose one (Kernel › Change Kernel…) to use the LLM manager.';
 
 /** What a click that waits for the running cell says. */
 export const QUEUED_NOTE = 'runs when the cell finishes';
@@ -166,6 +171,11 @@ export class LLMKernelState implements IDisposable {
     return !!comm && !!(comm as Kernel.IComm & ISubshellComm).subshellId;
   }
 
+  /** Whether the active notebook has a kernel (a notebook opened with "No Kernel" has none). */
+  get hasKernel(): boolean {
+    return this._kernel !== null;
+  }
+
   /** Whether the current kernel runs a cell now. */
   get busy(): boolean {
     return this._kernel?.status === 'busy';
@@ -191,7 +201,10 @@ export class LLMKernelState implements IDisposable {
   ): Promise<IResult> {
     const kernel = this._kernel;
     const comm = kernel ? this._kernels.get(kernel.id)?.comm : null;
-    if (!kernel || !comm || comm.isDisposed) {
+    if (!kernel) {
+      return Promise.resolve({ ok: false, message: NO_KERNEL });
+    }
+    if (!comm || comm.isDisposed) {
       return Promise.resolve({
         ok: false,
         message: 'The LLM manager is not loaded in this kernel: run %load_ext jupyter_llm_manager'
@@ -213,7 +226,10 @@ export class LLMKernelState implements IDisposable {
           window.clearTimeout(timer);
           resolve(result);
         },
-        progress
+        progress: heard => {
+          window.clearTimeout(timer); // the kernel works on it: an Unload waits for an answer, however long
+          progress(heard);
+        }
       });
       comm.send({ ...extra, action, model: model ?? null, request });
       if (waitsForCell) {
@@ -315,7 +331,8 @@ export class LLMKernelState implements IDisposable {
     this._adopt(kernel, comm);
     void subshellReady(kernel, comm).then(() => {
       if (!comm.isDisposed && !kernel.isDisposed) {
-        comm.open({ action: 'refresh' }); // closed at once by a kernel without the extension
+        // closed at once by a kernel without the extension; the notebook's path tells the kernel the server's root
+        comm.open({ action: 'refresh', path: this._session?.path ?? '' });
       }
     });
   }

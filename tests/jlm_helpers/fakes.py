@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import threading
+import time
 import weakref
 from typing import Any
 
@@ -262,3 +263,18 @@ class SharedAdapterFake(FakeBackend):
             with self.lock:
                 self.running -= 1
 
+
+
+def count_unloads(manager, monkeypatch) -> list[float]:
+    """When each ``manager.unload`` call of an action started (a waiting Unload tries again and again)."""
+    tries: list[float] = [0.0]
+    unload = manager.unload
+
+    def counted(*args, **kwargs):
+        tries.append(time.monotonic())
+        if len(tries) == 2:
+            tries[0] = tries[1]
+        return unload(*args, **kwargs)
+
+    monkeypatch.setattr(manager, "unload", counted)
+    return tries

@@ -22,7 +22,6 @@ from ...errors import LLMManagerError
 from ...events import Event
 from ...generation import GenerationResult
 from ...manager.facade import LLMManager
-from ...manager.generations import text_model
 from ...models.demo import NOISE_NOTE, is_demo
 from .arguments import parse_value
 from .chats import ChatSessions
@@ -35,6 +34,8 @@ __all__ = ["CellAsker", "check_output_name"]
 _IPYTHON_NAMES = frozenset({"In", "Out", "_", "__", "___", "_i", "_ii", "_iii", "_ih", "_oh", "_dh",
                             "get_ipython", "exit", "quit"})
 _NUMBERED = re.compile(r"_i?\d+")
+#: A model's footer when it failed: the error itself is said once, below the cell, by the magic.
+_FAILED = "failed"
 
 
 def check_output_name(name: str, hidden: Container[str] = ()) -> str:
@@ -83,7 +84,7 @@ class CellAsker:
         if fmt == "code" and len(models) > 1:
             raise UsageError("-f code puts one answer in a new cell: name one model")
         for model_id in models:
-            text_model(manager.spec(model_id))  # an unknown id, or one without text, fails before anything runs
+            manager.text_spec(model_id)  # an unknown id, or one without text, fails before anything runs
         text = interpolate(cell.lstrip("\n").rstrip(), namespace)
         params = self.params(args)
         generation = {key: value for key, value in params.items() if key != "wait"}
@@ -145,8 +146,8 @@ class CellAsker:
         if args.no_stream:
             try:
                 result = manager.generate(model_id, prompt, system=system, raw=args.raw, **params)
-            except LLMManagerError as error:
-                view.finish(model_id, None, error=f"failed: {error}")
+            except LLMManagerError:
+                view.finish(model_id, None, error=_FAILED)
                 raise
             except KeyboardInterrupt:
                 view.finish(model_id, None, error="interrupted before the answer was complete")
@@ -160,8 +161,8 @@ class CellAsker:
                 stream.close()  # the backend stops within a token and says how far it got
                 view.finish(model_id, stream.result)
                 raise _Interrupted(model_id, stream.result.text if stream.result else stream.text) from None
-            except LLMManagerError as error:
-                view.finish(model_id, None, error=f"failed: {error}")
+            except LLMManagerError:
+                view.finish(model_id, None, error=_FAILED)
                 raise
             finally:
                 stream.close()

@@ -18,12 +18,16 @@ from IPython.display import display
 from ...config.secrets import has_credentials, shown_url
 from ...config.tasks import option_id
 from ...manager.facade import LLMManager
-from ...support.referrers import HOLDER_HINT
-from ...support.units import displayable, format_bytes
+from ...support.units import displayable
 from .. import actions
-from ..machine_tables import machine_tables
-from ..plan_tables import plan_tables, task_table
-from ..tables import Table
+from ..machine_reader import server_root
+from ..views.devices import devices_table
+from ..views.estimate import estimate_table
+from ..views.garbage import garbage_table
+from ..views.machine import machine_tables
+from ..views.plan import plan_tables, task_table
+from ..views.registry import registry_table
+from ..views.status import status_table
 from .arguments import usage
 from .chats import ChatSessions
 
@@ -85,30 +89,19 @@ class LineCommands:
 
     def command_list(self, args: argparse.Namespace) -> None:
         manager = self._manager()
-        rows = []
-        for row in manager.status():
-            spec = manager.spec(row.id)
-            rows.append([row.id + (" (default)" if row.id == manager.default_model else ""), ", ".join(row.aliases),
-                         row.backend, spec.location, str(spec.device), row.state,
-                         "yes" if row.pinned else "", row.generation_str])
-        display(Table(["id", "aliases", "backend", "source", "device", "state", "pinned", "generation defaults"],
-                      rows, caption="Registered models"))
+        table = registry_table(manager.status(), manager.spec, manager.default_model)
+        display(table.select("id", "aliases", "backend", "source", "device", "state", "pinned", "generation defaults"))
 
     def command_status(self, args: argparse.Namespace) -> None:
         manager = self._manager()
         if args.all:
-            for table in machine_tables(manager.machine()):
+            for table in machine_tables(manager.machine(), root=server_root()):
                 display(table)
             return
-        rows = [[row.id + (f" ({', '.join(row.aliases)})" if row.aliases else ""), row.state_str, row.device,
-                 row.estimated_str, row.actual_str, str(row.in_use or ""), row.last_used_str(),
-                 row.expires_in_str(), row.error or ""] for row in manager.status()]
-        display(Table(["model", "state", "device", "estimate", "actual", "in use", "last use", "keep-alive left",
-                       "error"], rows, caption="Models"))
-        devices = [[d.device, d.name, d.total_str, d.used_str, d.free_str, d.budget_str, d.held_str,
-                    ", ".join(d.models)] for d in manager.devices()]
-        display(Table(["device", "name", "total", "used", "free", "budget", "held by models", "models"], devices,
-                      caption="Devices"))
+        display(status_table(manager.status()).select("model", "state", "device", "estimate", "actual", "in use",
+                                                      "last use", "keep-alive left", "error"))
+        display(devices_table(manager.devices()).select("device", "name", "total", "used", "free", "budget",
+                                                        "held by models", "models"))
 
     def command_load(self, args: argparse.Namespace) -> None:
         say(actions.load(self._manager(), args.model, pin=args.pin))
@@ -162,13 +155,7 @@ class LineCommands:
         say(self._set_default(args.model))
 
     def command_estimate(self, args: argparse.Namespace) -> None:
-        estimate = self._manager().estimate(args.model)
-        rows = [["weights", estimate.weights_str, estimate.weights_method],
-                ["KV cache", estimate.kv_cache_str, estimate.kv_cache_method],
-                ["overhead", estimate.overhead_str, estimate.overhead_method],
-                ["total", estimate.total_str, ""]]
-        display(Table(["part", "bytes", "how"], rows, caption=f"Estimate for {args.model}",
-                      notes=[estimate.parameters_str] if estimate.parameters else []))
+        display(estimate_table(args.model, self._manager().estimate(args.model)))
 
     def command_config(self, args: argparse.Namespace) -> None:
         manager = self._manager()
@@ -178,17 +165,11 @@ class LineCommands:
         registered = manager.ids()
         where = str(path) if path else ("none: set $JUPYTER_LLM_MANAGER_CONFIG or create "
                                         "~/.jupyter/llm_manager.yaml, or read one with %llm config PATH")
-        say(f"Configuration file: {where}\n{len(registered)} ids registered: {', '.join(registered) or '-'}")
+        count = f"{len(registered)} id{'' if len(registered) == 1 else 's'} registered"
+        say(f"Configuration file: {where}\n{count}: {', '.join(registered) or '-'}")
 
     def command_gc(self, args: argparse.Namespace) -> None:
-        report = self._manager().collect_garbage()
-        rows = [[device, format_bytes(report.used_before[device]), format_bytes(report.used_after.get(device)),
-                 format_bytes(report.freed_bytes.get(device, 0))] for device in report.used_before]
-        notes = [f"{model_id!r} was unloaded but is still alive, held by {', '.join(holders) or 'an unknown reference'}."
-                 for model_id, holders in report.lingering.items()]
-        notes.append(HOLDER_HINT if report.lingering else "No unloaded model is still alive.")
-        display(Table(["device", "used before", "used after", "freed"], rows,
-                      caption=f"Garbage collected in {report.seconds:.2f} s", notes=notes))
+        display(garbage_table(self._manager().collect_garbage()))
 
     def command_dashboard(self, args: argparse.Namespace) -> None:
         """Show the dashboard: one per manager, shown again (another view of the same widgets) each time."""

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from ...config.files import ConfigFile, load_config
 from ...config.spec import ModelSpec, expand_path
 from ...config.tasks import Task
+from ..generations import text_model
 
 if TYPE_CHECKING:
     from ..wiring import Parts
@@ -73,6 +74,11 @@ class RegistryCalls:
     def spec(self, model_id: str) -> ModelSpec:
         """The spec an id or alias resolves to."""
         return self._parts.registration.spec(model_id)
+
+    def text_spec(self, model_id: str) -> ModelSpec:
+        """The spec of a model that answers with text; else a
+        :class:`~jupyter_llm_manager.errors.GenerationError` that says what it is (loads nothing)."""
+        return text_model(self._parts.registration.spec(model_id))
 
     def resolve(self, model_id: str) -> str:
         """The registered id behind an id or alias (raises :class:`ModelNotFoundError`)."""

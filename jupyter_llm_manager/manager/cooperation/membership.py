@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 
 from ...errors import ConfigurationError, log_failure
 from ...events import EventBus
+from ...support.names import published_name
 from ...support.units import excerpt
 from ..state import ManagerState
 from .ledger import Ledger, default_ledger_path
@@ -254,10 +255,10 @@ def _kernel_id() -> str:
 
 
 def _notebook_name() -> str:
-    """The notebook's path (JupyterLab tells kernels), else the script, else ``pid N``."""
+    """The notebook's path (JupyterLab tells kernels; the home folder as ``~``), else the script, else ``pid N``."""
     session = os.environ.get("JPY_SESSION_NAME", "").strip()
     if session:
-        return session[:200]
+        return published_name(session)[:200]
     script = sys.argv[0] if sys.argv and sys.argv[0] not in ("", "-c", "-m") else ""
     if script and not script.endswith(("ipykernel_launcher.py", "__main__.py")) and os.path.exists(script):
         return os.path.basename(script)[:200]

@@ -1,4 +1,4 @@
-"""Other notebooks on this machine, as the dashboard and the JupyterLab panel show them.
+"""Other notebooks on this machine, read for the dashboard and the JupyterLab panel (shown by :mod:`.views.machine`).
 
 Reading ``manager.machine()`` is a small query of the ledger (SQLite) and a
 look at the GPU's processes. The front-ends read it on their own threads (the
@@ -14,23 +14,35 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ..errors import log_failure
 from ..reports import MachineModel
-from ..support.units import excerpt, format_bytes
-from .dashboard_html import MUTED, WRAP, text
-from .tables import Table
+from ..support.units import excerpt
 
 if TYPE_CHECKING:
     from ..manager.facade import LLMManager
 
-__all__ = ["MachineReader", "MachineView", "machine_html", "machine_rows"]
+__all__ = ["MachineReader", "MachineView", "remember_server_root", "server_root"]
 
 log = logging.getLogger(__name__)
 
-_COLUMNS = ["device", "model", "notebook", "memory", "state", "pinned", "in use", "last use"]
+_root: str | None = None  # the Jupyter server's root folder, once JupyterLab told this kernel (the lab bridge)
+_root_lock = threading.Lock()
 
+
+def remember_server_root(root: str | None) -> None:
+    """The Jupyter server's root folder, as JupyterLab's panel told it: notebooks are named relative to it."""
+    global _root
+    if root:
+        with _root_lock:
+            _root = root
+
+
+def server_root() -> str | None:
+    """The Jupyter server's root folder where a JupyterLab panel said it, else ``None``."""
+    with _root_lock:
+        return _root
 
 @dataclass(frozen=True)
 class MachineView:
@@ -78,29 +90,3 @@ class MachineReader:
         others = sorted((m for m in report.models if not m.this), key=lambda m: (m.device, -m.last_used, m.model_id))
         return MachineView(tuple(others), report.cooperating)
 
-
-def machine_html(view: MachineView, now: float | None = None) -> str:
-    """The dashboard's "This machine" section: the other notebooks' models per device, or why there are none."""
-    title = "<b>This machine</b>"
-    if view.problem:
-        return f"<div>{title} <div style='{MUTED}; {WRAP}'>{text(view.problem)}</div></div>"
-    if not view.cooperating:
-        return (f"<div>{title} <span style='{MUTED}'>cooperation is off (cooperate=False): other notebooks are "
-                "not shown</span></div>")
-    if not view.models:
-        return f"<div>{title} <span style='{MUTED}'>no other notebook holds a model</span></div>"
-    notebooks = len({(m.pid, m.notebook) for m in view.models})
-    caption = f"{title} <span style='{MUTED}'>other notebooks' models ({notebooks} notebook" \
-              f"{'' if notebooks == 1 else 's'}, {format_bytes(sum(m.bytes for m in view.models))})</span>"
-    rows = [[m.device, m.model_id, m.notebook, m.bytes_str, m.state, "yes" if m.pinned else "",
-             str(m.in_use or ""), m.last_used_str(now)] for m in view.models]
-    return f"<div>{caption}<div style='font-size:smaller'>{Table(_COLUMNS, rows).html()}</div></div>"
-
-
-def machine_rows(view: MachineView) -> dict[str, Any]:
-    """What the JupyterLab panel shows of the machine: ids, names and numbers (JSON)."""
-    return {"cooperating": view.cooperating, "problem": view.problem, "models": [{
-        "member": m.member, "pid": m.pid, "notebook": m.notebook, "model": m.model_id, "device": m.device,
-        "bytes": m.bytes, "memory": m.bytes_str, "state": m.state, "in_use": m.in_use, "pinned": m.pinned,
-        "last_used": m.last_used or None, "unloadable": m.state == "loaded" and not m.in_use and not m.pinned,
-    } for m in view.models]}
