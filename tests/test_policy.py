@@ -153,4 +153,6 @@ def test_simulation_uses_a_loaded_model_so_it_is_the_last_to_go():
 
 def test_the_fit_hint_names_the_cpu_only_for_models_elsewhere():
     assert "device='cpu'" not in fit_hint(["cpu"]) and "device='cpu'" in fit_hint(["cuda:0"])
+    # 4-bit quantization needs a GPU (bitsandbytes): on a CPU-only machine a GGUF file is what helps
+    assert "4bit" not in fit_hint(["cpu"]) and "llama_cpp" in fit_hint(["cpu"]) and "4bit" in fit_hint(["cuda:0"])
     assert Placement(()).devices == ()

@@ -28,12 +28,17 @@ __all__ = ["Ask", "Decision", "Outcome", "Simulation", "decide", "fit_hint", "si
 
 
 def fit_hint(devices: Iterable[str] = ()) -> str:
-    """What to change when models do not fit on ``devices``; the CPU is named only where it is another device."""
-    hint = ("Unpin or unload a model, raise memory_fraction or memory_budget, or choose a smaller dtype or "
-            "quantization='4bit'")
+    """What to change when models do not fit on ``devices``.
+
+    4-bit quantization (bitsandbytes) and moving the model to the CPU are
+    named only where a GPU is involved; on the CPU, a smaller dtype or a
+    quantized GGUF file run by llama.cpp is what helps.
+    """
     if any(device != "cpu" for device in devices):
-        hint = hint.replace(", or choose", ", choose") + ", or place the model on another device (device='cpu')"
-    return hint + "."
+        return ("Unpin or unload a model, raise memory_fraction or memory_budget, choose a smaller dtype or "
+                "quantization='4bit', or place the model on another device (device='cpu').")
+    return ("Unpin or unload a model, raise memory_fraction or memory_budget, or choose a smaller dtype "
+            "(dtype='bfloat16') or a quantized GGUF file (backend='llama_cpp').")
 
 
 @dataclass(frozen=True)
