@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 CHANGED = {"max_loaded_models": 3, "memory_fraction": 0.55, "memory_budget": {"cpu": 8_000_000_000},
            "keep_alive": 125.0, "default_model": "m", "wait_timeout": 33.0, "max_queue": 7,
            "max_memory_per_model": 40_000_000_000, "cooperate": False, "ledger_path": "/tmp/another-ledger.sqlite",
-           "max_loaded_adapters": 3, "max_context_auto_limit": 4096}
+           "max_loaded_adapters": 3, "max_context_auto_limit": 4096, "share": False, "borrow_timeout": 12.0}
 
 
 # -- item 3: save writes every setting -----------------------------------------------------------------

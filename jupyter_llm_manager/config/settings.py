@@ -120,6 +120,21 @@ def check_max_context_auto_limit(value: Any) -> int:
     return value
 
 
+def check_share(value: Any) -> bool:
+    """Whether this manager lends its loaded models to the machine's other members and borrows theirs."""
+    if not isinstance(value, bool):
+        raise ValueError(f"share must be true or false, got {brief(value)}")
+    return value
+
+
+def check_borrow_timeout(value: Any) -> float:
+    """Seconds a borrowed answer may stay silent before the borrower gives up (a positive duration)."""
+    seconds = parse_duration(value)
+    if seconds is None or seconds <= 0 or seconds == NEVER or math.isinf(seconds):
+        raise ValueError(f"borrow_timeout must be a positive duration such as 30s or 2m, got {brief(value)}")
+    return seconds
+
+
 _CHECKS: dict[str, Callable[[Any], Any]] = {
     "max_loaded_models": check_max_loaded_models,
     "memory_fraction": check_memory_fraction,
@@ -133,6 +148,8 @@ _CHECKS: dict[str, Callable[[Any], Any]] = {
     "ledger_path": check_ledger_path,
     "max_loaded_adapters": check_max_loaded_adapters,
     "max_context_auto_limit": check_max_context_auto_limit,
+    "share": check_share,
+    "borrow_timeout": check_borrow_timeout,
 }
 
 
@@ -152,6 +169,8 @@ class ManagerSettings:
     ledger_path: str | None = None
     max_loaded_adapters: int = 8  # LoRA adapters resident per base; they do not count in max_loaded_models
     max_context_auto_limit: int = 8192  # the most tokens max_context: auto grows to (a model may set its own)
+    share: bool = True  # lend loaded models to the machine's other members, and borrow theirs
+    borrow_timeout: float = 30.0  # seconds a borrowed answer may stay silent before the borrower gives up
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any]) -> ManagerSettings:
@@ -165,7 +184,7 @@ class ManagerSettings:
     def to_mapping(self) -> dict[str, Any]:
         """Every setting in the form a YAML file keeps (durations as text, ``never`` for no limit)."""
         saved = asdict(self)
-        for name in ("keep_alive", "wait_timeout"):
+        for name in ("keep_alive", "wait_timeout", "borrow_timeout"):
             saved[name] = _duration_text(saved[name])
         return saved
 

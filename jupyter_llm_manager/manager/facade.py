@@ -63,6 +63,7 @@ class LLMManager(RegistryCalls, ReportCalls, SettingsAccess, AsyncCalls):
                  default_model: str | None | _Given = FROM_CONFIG, cooperate: bool | _Given = FROM_CONFIG,
                  ledger_path: str | os.PathLike[str] | None | _Given = FROM_CONFIG,
                  max_loaded_adapters: int | _Given = FROM_CONFIG, max_context_auto_limit: int | _Given = FROM_CONFIG,
+                 share: bool | _Given = FROM_CONFIG, borrow_timeout: str | float | _Given = FROM_CONFIG,
                  clock: Callable[[], float] = time.monotonic, device_probe: DeviceProbe = probe_devices,
                  backend_factory: Callable[[str], Backend] = get_backend, preload: bool = True) -> None:
         path = None if config_path is False else find_config_path(None if config_path is True else config_path)

@@ -60,6 +60,10 @@ class SettingsAccess:
                                         "max_loaded_models). Lowering it evicts.")
     max_context_auto_limit = _Setting[int]("The most tokens max_context: auto grows a context to (a model's own "
                                            "max_context_auto_limit wins).")
+    share = _Setting[bool]("Lend loaded models to the machine's other managers and borrow theirs (one copy per "
+                           "machine); a per-call share= or %%llm --no-share turns it off for one request.")
+    borrow_timeout = _Setting[float]("Seconds a borrowed answer may stay silent before it fails with a "
+                                     "GenerationError naming the copy's holder.")
 
     @property
     def settings(self) -> ManagerSettings:
