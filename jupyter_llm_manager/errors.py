@@ -16,6 +16,7 @@ from .support.units import excerpt, format_bytes
 
 __all__ = [
     "ConfigurationError",
+    "CopyNotHeld",
     "DeviceShortfall",
     "GenerationError",
     "InvalidGenerationParameters",
@@ -91,6 +92,16 @@ class ModelNotFoundError(LLMManagerError, KeyError):
 
     def __str__(self) -> str:  # KeyError would quote the whole message
         return excerpt(str(self.args[0]))
+
+
+class CopyNotHeld(ModelNotFoundError):
+    """Another member asked for a copy this manager does not hold loaded (any more): it asks another or loads."""
+
+    def __init__(self, model_id: str) -> None:
+        self.model_id = model_id
+        self.close_matches = ()
+        LLMManagerError.__init__(self, f"{model_id!r} is not loaded here (any more); its requests go to another "
+                                       "copy, or load one")
 
 
 class ModelLoadingError(LLMManagerError, RuntimeError):
@@ -194,10 +205,11 @@ class ManagerClosedError(LLMManagerError, RuntimeError):
 
 
 class GenerationError(LLMManagerError, RuntimeError):
-    """Generation failed; the model stays loaded and usable."""
+    """Generation failed; the model stays loaded and usable. ``partial``: the text made before it failed."""
 
-    def __init__(self, message: str, *, model_id: str | None = None) -> None:
+    def __init__(self, message: str, *, model_id: str | None = None, partial: str = "") -> None:
         self.model_id = model_id
+        self.partial = partial
         super().__init__(message)
 
 

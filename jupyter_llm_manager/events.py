@@ -30,7 +30,8 @@ log = logging.getLogger(__name__)
 
 EventKind = Literal[
     "registered", "unregistered", "waiting", "loading", "load_progress", "loaded", "load_failed", "evicted", "unloaded",
-    "generation_started", "generation_finished", "pinned", "unpinned", "settings_changed", "warning",
+    "generation_started", "generation_finished", "pinned", "unpinned", "settings_changed", "warning", "borrowing",
+    "lending",
 ]
 EvictionReason = Literal["lru", "budget", "other_kernel", "keep_alive", "manual"]
 

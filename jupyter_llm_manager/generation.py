@@ -157,6 +157,7 @@ class GenerationResult:
     warnings: tuple[str, ...] = ()
     max_new_tokens: int | None = None  # the token limit it ran under (lowered where the context rule did)
     context_limited: bool = False  # the context rule lowered that limit: more tokens would not fit
+    served_by: str | None = None  # where it ran, when not in this process: the notebook (or "pid N") lending its copy
 
     @property
     def tokens_per_second(self) -> float:
@@ -183,6 +184,8 @@ class GenerationResult:
         """``model · 20 tokens · 0.41 s · 48.8 tok/s``, then :meth:`finish_note`: the footer of an answer."""
         text = (f"{self.model_id} · {self.completion_tokens} tokens · {self.seconds:.2f} s · "
                 f"{self.tokens_per_second:.1f} tok/s")
+        if self.served_by:
+            text += f" · on the copy in {self.served_by}"
         note = self.finish_note(more_tokens=more_tokens, let_run=let_run)
         return f"{text} · {note}" if note else text
 

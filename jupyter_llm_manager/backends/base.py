@@ -152,6 +152,7 @@ class Backend:
     modes: ClassVar[frozenset[str]] = frozenset({"chat"})
     #: One request at a time per loaded model (its objects are not thread-safe): the manager queues the others.
     serial: ClassVar[bool] = False
+    context_at_load: ClassVar[bool] = False  # the context is allocated at load: a copy answers only prompts that fit
     #: How it runs LoRA adapters: ``shared`` (put on the loaded base, several per base), ``own`` (each adapter
     #: is an instance of its own: the base with the adapter applied at load), or ``None`` (it runs none).
     adapters: ClassVar[Literal["shared", "own"] | None] = None
@@ -236,6 +237,11 @@ class Backend:
     def embed(self, loaded: LoadedModel, texts: Sequence[str], *, model_id: str) -> list[list[float]]:
         """One vector per text (models registered with ``mode: embed``)."""
         raise NotImplementedError
+
+    def lent_context(self, spec: ModelSpec) -> int:
+        """The tokens of context another process's copy needs to answer for ``spec`` (0: any copy will do, as for
+        backends that allocate no context at load)."""
+        return 0
 
     def context_growth(self, spec: ModelSpec) -> ContextGrowth | None:
         """For ``max_context: auto``: the contexts the model may run with and its estimate at each.

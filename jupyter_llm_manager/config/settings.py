@@ -130,8 +130,8 @@ def check_share(value: Any) -> bool:
 def check_borrow_timeout(value: Any) -> float:
     """Seconds a borrowed answer may stay silent before the borrower gives up (a positive duration)."""
     seconds = parse_duration(value)
-    if seconds is None or seconds <= 0 or seconds == NEVER or math.isinf(seconds):
-        raise ValueError(f"borrow_timeout must be a positive duration such as 30s or 2m, got {brief(value)}")
+    if seconds is None or seconds < 1 or seconds == NEVER or math.isinf(seconds):
+        raise ValueError(f"borrow_timeout must be a duration of 1s or more, such as 30s or 2m, got {brief(value)}")
     return seconds
 
 

@@ -210,18 +210,35 @@ class ModelSpec:
             settings = [f"timeout={self.timeout:g}"] if self.timeout is not None else []
             settings += [f"retries={self.max_retries}"] if self.max_retries is not None else []
             return key + (f"|{','.join(settings)}" if settings else "")
+        device = ",".join(self.device) if isinstance(self.device, tuple) else self.device
+        key = f"{self._weights_key}|{device}"
+        if self.backend == "llama_cpp":  # its context is allocated at load: another size is another instance
+            key += f"|ctx={self.max_context or 'default'}"
+            key += f"<={self.max_context_auto_limit}" if self.max_context == "auto" and self.max_context_auto_limit else ""
+        return key + self._details_key
+
+    @functools.cached_property
+    def share_key(self) -> str | None:
+        """The key under which another process's loaded copy answers for this spec: the instance key without the
+        device and the llama.cpp context (a borrower checks the holder's context itself); ``None`` for models
+        that are not lent (remote ones are served already; a loader's object has no text interface)."""
+        if self.base_url is not None or self.loader:
+            return None
+        return self._weights_key + self._details_key
+
+    @property
+    def _weights_key(self) -> str:
         location = str(self.local_path) if self.local_path else self.source
         if self.loader:  # a loader's model is its callable's, with its declared size and unloader
             location = f"{self.loader}|{self.unloader}|{self.required_memory}"
         if self.gguf_file:
             location = f"{location}/{self.gguf_file}"
-        device = ",".join(self.device) if isinstance(self.device, tuple) else self.device
-        key = f"{self.backend}:{location}@{self.revision or 'main'}|{self.dtype}|{self.quantization or 'full'}|{device}"
-        if self.mode != "chat":
-            key += f"|{self.mode}"
-        if self.backend == "llama_cpp":  # its context is allocated at load: another size is another instance
-            key += f"|ctx={self.max_context or 'default'}"
-            key += f"<={self.max_context_auto_limit}" if self.max_context == "auto" and self.max_context_auto_limit else ""
+        key = f"{self.backend}:{location}@{self.revision or 'main'}|{self.dtype}|{self.quantization or 'full'}"
+        return key + (f"|{self.mode}" if self.mode != "chat" else "")
+
+    @property
+    def _details_key(self) -> str:
+        key = ""
         if self.tokenizer or self.trust_remote_code or self.load_kwargs or self.options:
             details = canonical({"tokenizer": self.tokenizer, "trust_remote_code": self.trust_remote_code,
                                  "load_kwargs": self.load_kwargs, "options": self.options})

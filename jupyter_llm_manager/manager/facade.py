@@ -19,6 +19,7 @@ from ..backends import Backend, get_backend
 from ..config.files import ConfigFile, find_config_path, load_config
 from ..config.settings import SETTING_NAMES
 from ..devices import DeviceProbe, probe_devices
+from ..errors import InvalidGenerationParameters
 from ..generation import GenerationParams, GenerationResult, Prompt, normalize_prompt
 from ..reports import UnloadReport
 from ..support.deadlines import parse_wait
@@ -26,7 +27,7 @@ from .api.asynchronous import AsyncCalls
 from .api.registry import RegistryCalls
 from .api.reports import ReportCalls
 from .api.settings import SettingsAccess, checked
-from .generations import TextStream, checked_params, checked_texts, text_model
+from .generations import Ask, TextStream, checked_params, checked_texts, text_model
 from .handles import Lease, ModelHandle
 from .state import Ticket
 from .wiring import shut_down, wire
@@ -97,31 +98,45 @@ class LLMManager(RegistryCalls, ReportCalls, SettingsAccess, AsyncCalls):
         return Lease(model_id, lambda: self._lease(model_id, seconds, activate=True), lambda: self.spec(model_id))
 
     def generate(self, model_id: str, prompt: Prompt, *, system: str | None = None, raw: bool = False,
-                 wait: float | str | None = None, **params: Any) -> GenerationResult:
-        """Generate an answer (a string prompt goes through the chat template unless ``raw``)."""
+                 wait: float | str | None = None, share: bool | None = None, **params: Any) -> GenerationResult:
+        """Generate an answer (a string prompt goes through the chat template unless ``raw``).
+
+        ``share``: whether another process's loaded copy may answer (default: the ``share`` setting).
+        """
         spec = text_model(self.spec(model_id))
-        generation = self.generation_params(spec.id, **params)
-        return self._parts.generations.generate(model_id, spec.id, normalize_prompt(prompt, system=system), generation,
-                                          raw=raw, wait=_wait_seconds(self, wait))
+        ask = Ask(normalize_prompt(prompt, system=system), self.generation_params(spec.id, **params), raw,
+                  share=self._sharing(share))
+        return self._parts.generations.generate(model_id, spec.id, ask, wait=_wait_seconds(self, wait))
 
     def stream(self, model_id: str, prompt: Prompt, *, system: str | None = None, raw: bool = False,
-               wait: float | str | None = None, **params: Any) -> TextStream:
-        """Text pieces as they are made; ``.result`` once done. Loads when iteration starts."""
+               wait: float | str | None = None, share: bool | None = None, **params: Any) -> TextStream:
+        """Text pieces as they are made; ``.result`` once done. Loads (or borrows) when iteration starts."""
         spec = text_model(self.spec(model_id))
-        generation = self.generation_params(spec.id, **params)
-        return self._parts.generations.stream(model_id, spec.id, normalize_prompt(prompt, system=system), generation,
-                                        raw=raw, wait=_wait_seconds(self, wait))
+        ask = Ask(normalize_prompt(prompt, system=system), self.generation_params(spec.id, **params), raw,
+                  share=self._sharing(share))
+        return self._parts.generations.stream(model_id, spec.id, ask, wait=_wait_seconds(self, wait))
 
     def generation_params(self, model_id: str, **params: Any) -> GenerationParams:
         """The checked parameters a generation would use (its spec's, then ``params``); loads nothing."""
         spec = self.spec(model_id)
         return checked_params(spec, self._parts.backends(spec.backend), params)
 
-    def embed(self, model_id: str, texts: str | Sequence[str], *, wait: float | str | None = None) -> list[list[float]]:
+    def embed(self, model_id: str, texts: str | Sequence[str], *, wait: float | str | None = None,
+              share: bool | None = None) -> list[list[float]]:
         """One unit-length vector per text, from a model registered with ``mode: embed``."""
         spec = self.spec(model_id)
         texts = checked_texts(spec, texts)
-        return self._parts.generations.embed(model_id, spec.id, texts, wait=_wait_seconds(self, wait)) if texts else []
+        if not texts:
+            return []
+        ask = Ask(texts=texts, share=self._sharing(share))
+        return self._parts.generations.embed(model_id, spec.id, ask, wait=_wait_seconds(self, wait))
+
+    def _sharing(self, share: bool | None) -> bool:
+        if share is None:
+            return self.share
+        if not isinstance(share, bool):
+            raise InvalidGenerationParameters(f"share is True or False, got {share!r}")
+        return share
 
     def _lease(self, model_id: str, seconds: float, *, activate: bool = False) -> Ticket:
         """A lease from admission (with its base's, for an adapter), waiting up to ``seconds`` on this manager's clock."""

@@ -27,7 +27,8 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..backends.base import Backend, LoadedModel, check_extra_params
 from ..config.spec import ModelSpec
@@ -42,7 +43,7 @@ from .state import Ticket
 if TYPE_CHECKING:
     from typing_extensions import Self
 
-__all__ = ["MAX_TEXTS", "Generations", "Run", "TextStream", "checked_texts", "text_model"]
+__all__ = ["MAX_TEXTS", "AnyRun", "Ask", "Generations", "Run", "TextStream", "checked_texts", "text_model"]
 
 #: The most texts one ``embed`` call takes (split larger batches).
 MAX_TEXTS = 4096
@@ -72,6 +73,17 @@ class Run:
     def model_id(self) -> str:
         return self.ticket.model_id
 
+    def stream(self, ask: Ask, model_id: str, stop: threading.Event) -> Generator[str, None, GenerationResult]:
+        assert ask.params is not None and ask.prompt is not None
+        return self.backend.stream(self.loaded, ask.prompt, ask.params, model_id=model_id, raw=ask.raw, stop=stop)
+
+    def generate(self, ask: Ask, model_id: str) -> GenerationResult:
+        assert ask.params is not None and ask.prompt is not None
+        return self.backend.generate(self.loaded, ask.prompt, ask.params, model_id=model_id, raw=ask.raw)
+
+    def embed(self, ask: Ask, model_id: str) -> list[list[float]]:
+        return self.backend.embed(self.loaded, ask.texts, model_id=model_id)
+
     def end(self, result: GenerationResult | None, error: BaseException | None, *, done: str | None = None) -> None:
         """Release the lease, then say how it went (``done`` describes a call that makes no text)."""
         if self._ended:
@@ -96,24 +108,62 @@ class Run:
             self._bus.emit("generation_finished", canonical, message=text)
 
 
-class Generations:
-    """Runs every generation of one manager: ``acquire`` is admission's lease, ``deadline`` the manager's clock."""
+@dataclass(frozen=True)
+class Ask:
+    """What one call asks of a model: a prompt with its parameters, or texts to embed. A copy in another process
+    (:mod:`.sharing.borrowing`) is sent exactly this, so it runs the same generation a local copy would."""
 
-    def __init__(self, bus: EventBus, acquire: Callable[[str, Deadline], Ticket],
-                 deadline: Callable[[float], Deadline]) -> None:
+    prompt: Prompt | None = None
+    params: GenerationParams | None = None
+    raw: bool = False
+    texts: Sequence[str] = ()
+    share: bool = True  # this call may run on another process's copy (``share=False``: only on a local one)
+
+
+class AnyRun(Protocol):
+    """A generation's bracket: :class:`Run` on a local copy, or a run on another process's copy (borrowed)."""
+
+    started: float
+
+    def stream(self, ask: Ask, model_id: str, stop: threading.Event) -> Generator[str, None, GenerationResult]: ...
+
+    def generate(self, ask: Ask, model_id: str) -> GenerationResult: ...
+
+    def embed(self, ask: Ask, model_id: str) -> list[list[float]]: ...
+
+    def end(self, result: GenerationResult | None, error: BaseException | None, *, done: str | None = None) -> None:
+        ...
+
+
+#: Another process's copy for a call, when one answers it: (model id, canonical id, the call, deadline) -> a run.
+Borrow = Callable[[str, str, Ask, Deadline], "AnyRun | None"]
+
+
+class Generations:
+    """Runs every generation of one manager: ``acquire`` is admission's lease, ``deadline`` the manager's clock,
+    ``borrow`` (set once the manager is wired) finds another process's copy to answer instead."""
+
+    def __init__(self, bus: EventBus, acquire: Callable[..., Ticket], deadline: Callable[[float], Deadline]) -> None:
         self._bus = bus
         self._acquire = acquire
         self._deadline = deadline
         self._streams: weakref.WeakSet[TextStream] = weakref.WeakSet()
         self._streams_lock = threading.Lock()
+        self.borrow: Borrow | None = None
 
-    def begin(self, model_id: str, canonical: str, wait: float) -> Run:
-        """``generation_started``, then a lease on ``model_id`` and its turn, waiting up to ``wait`` seconds."""
+    def begin(self, model_id: str, canonical: str, wait: float, ask: Ask | None = None, *,
+              existing: bool = False) -> AnyRun:
+        """``generation_started``, then a run: on another process's copy where one answers ``ask`` (see
+        :mod:`.sharing.borrowing`), else a lease on ``model_id`` and its turn, waiting up to ``wait`` seconds.
+        ``existing``: only a copy loaded (or loading) here now, never a new load (a request lent to another)."""
         self._bus.emit("generation_started", canonical)
         deadline = self._deadline(wait)
         ticket: Ticket | None = None
         try:
-            ticket = self._acquire(model_id, deadline)
+            borrowed = self.borrow(model_id, canonical, ask, deadline) if self.borrow and ask and ask.share else None
+            if borrowed is not None:
+                return borrowed
+            ticket = self._acquire(model_id, deadline, existing=existing)
             turn = self._turn(ticket, deadline)
         except BaseException as error:
             if ticket is not None:
@@ -151,13 +201,12 @@ class Generations:
                 f"request{'s are' if timeout.position != 1 else ' is'} ahead.", model_id=name,
                 hint="Pass wait= a longer time (math.inf: no limit), or let the other requests finish.") from None
 
-    def generate(self, model_id: str, canonical: str, prompt: Prompt, params: GenerationParams, *, raw: bool,
-                 wait: float) -> GenerationResult:
-        run = self.begin(model_id, canonical, wait)
+    def generate(self, model_id: str, canonical: str, ask: Ask, *, wait: float) -> GenerationResult:
+        run = self.begin(model_id, canonical, wait, ask)
         result: GenerationResult | None = None
         error: BaseException | None = None
         try:
-            result = run.backend.generate(run.loaded, prompt, params, model_id=model_id, raw=raw)
+            result = run.generate(ask, model_id)
             return result
         except StreamInterrupted as stopped:  # the backend stopped and says what it made
             result, error = stopped.result, stopped
@@ -168,13 +217,14 @@ class Generations:
         finally:
             run.end(result, error)
 
-    def embed(self, model_id: str, canonical: str, texts: Sequence[str], *, wait: float) -> list[list[float]]:
-        """One vector per text, on a leased instance (an embed-mode model)."""
-        run = self.begin(model_id, canonical, wait)
+    def embed(self, model_id: str, canonical: str, ask: Ask, *, wait: float, existing: bool = False
+              ) -> list[list[float]]:
+        """One vector per text of ``ask``, on a leased instance (an embed-mode model) or a borrowed one."""
+        run = self.begin(model_id, canonical, wait, ask, existing=existing)
         vectors: list[list[float]] = []
         error: BaseException | None = None
         try:
-            vectors = run.backend.embed(run.loaded, texts, model_id=model_id)
+            vectors = run.embed(ask, model_id)
             return vectors
         except BaseException as failure:
             error = failure
@@ -182,10 +232,18 @@ class Generations:
         finally:
             run.end(None, error, done=f"{len(vectors)} vectors")
 
-    def stream(self, model_id: str, canonical: str, prompt: Prompt, params: GenerationParams, *, raw: bool,
-               wait: float) -> TextStream:
+    def stream(self, model_id: str, canonical: str, ask: Ask, *, wait: float) -> TextStream:
         """A :class:`TextStream`: its lease is taken when iteration starts."""
-        stream = TextStream(lambda: self.begin(model_id, canonical, wait), model_id, prompt, params, raw=raw)
+        return self._track(TextStream(lambda: self.begin(model_id, canonical, wait, ask), model_id, ask))
+
+    def lend(self, model_id: str, canonical: str, ask: Ask, *, wait: float) -> TextStream:
+        """A stream on the copy loaded here now (never a new load, never borrowed), its lease taken before it
+        returns: a request from another process is refused at once when the copy is gone. Closing it unread
+        ends the run."""
+        run = self.begin(model_id, canonical, wait, replace(ask, share=False), existing=True)
+        return self._track(TextStream(lambda: run, model_id, ask, begun=run))
+
+    def _track(self, stream: TextStream) -> TextStream:
         with self._streams_lock:
             self._streams.add(stream)
         return stream
@@ -210,14 +268,12 @@ class TextStream:
     also after an interrupt (``finish_reason="interrupted"``).
     """
 
-    def __init__(self, begin: Callable[[], Run], model_id: str, prompt: Prompt, params: GenerationParams, *,
-                 raw: bool) -> None:
+    def __init__(self, begin: Callable[[], AnyRun], model_id: str, ask: Ask, *, begun: AnyRun | None = None) -> None:
         self.model_id = model_id
         self.result: GenerationResult | None = None
         self._begin = begin
-        self._prompt = prompt
-        self._params = params
-        self._raw = raw
+        self._ask = ask
+        self._begun = begun  # a run taken before iteration (a lent request): ended here if never iterated
         self._stop = threading.Event()
         self._pieces: list[str] = []
         self._iterator: weakref.ref[Generator[str, None, None]] | None = None
@@ -233,6 +289,11 @@ class TextStream:
         self._stop.set()
 
     def close(self) -> None:
+        if self._iterator is None and self._begun is not None:  # never iterated: its run ends now, and no one's
+            run, self._begun = self._begun, None
+            self._iterator = weakref.ref(_never_iterated())
+            run.end(None, GeneratorExit())
+            return
         iterator = self._iterator() if self._iterator is not None else None
         if iterator is not None:
             iterator.close()
@@ -252,12 +313,12 @@ class TextStream:
 
     def _run(self) -> Generator[str, None, None]:
         run = self._begin()
+        self._begun = None
         self._started = run.started
         pieces = None
         error: BaseException | None = None
         try:
-            pieces = run.backend.stream(run.loaded, self._prompt, self._params, model_id=self.model_id,
-                                        raw=self._raw, stop=self._stop)
+            pieces = run.stream(self._ask, self.model_id, self._stop)
             while True:
                 try:
                     piece = next(pieces)
@@ -299,6 +360,10 @@ class TextStream:
     def __repr__(self) -> str:
         state = "done" if self.result else ("streaming" if self._iterator else "not started")
         return f"<TextStream {self.model_id!r} {state}>"
+
+
+def _never_iterated() -> Generator[str, None, None]:
+    yield from ()
 
 
 # -- what a model can be asked: text (chat mode) or vectors (embed mode), checked before it loads ----

@@ -68,6 +68,7 @@ class Instance:
     turns: Turns = field(default_factory=lambda: Turns())  # one request at a time, once it is serial
     base: str | None = None  # a LoRA adapter's slice: the key of the base instance whose model it lives on
     has_adapters: bool = False  # a base that adapters were put on: its requests take turns with theirs
+    borrowers: Counter[str] = field(default_factory=Counter)  # other members answered from it now, by name
 
     def __post_init__(self) -> None:
         """An adapter on a shared base (``base``, with the base's ``turns``) takes turns with the base and its other

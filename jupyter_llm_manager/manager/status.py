@@ -19,6 +19,7 @@ from ..devices import DeviceProbe, device_budget
 from ..errors import LLMManagerError
 from ..estimates import EstimateCache, adapter_slice
 from ..reports import DeviceReport, MachineModel, MemoryEstimate, ModelState, StatusRow
+from ..reports.machine import borrower_names
 from ..support.units import excerpt
 from .adapters.specs import shares_base
 from .instances import Instance
@@ -127,7 +128,8 @@ class StatusView(StateReader):
         with state.lock:
             now, wall = state.clock(), time.time()
             return [MachineModel(pid, notebook, state.name_of(i), device, size, i.state,
-                                 state.registry.is_pinned(i.key), i.in_use, wall - (now - i.last_used), True)
+                                 state.registry.is_pinned(i.key), i.in_use, wall - (now - i.last_used), True,
+                                 borrowers=borrower_names(i.borrowers))
                     for i in state.instances.values() if not i.remote for device, size in i.bytes.items()] + [
                 MachineModel(pid, notebook, h.model_id, device, size, "held", False, 0, wall, True)
                 for h in state.held for device, size in h.bytes.items()]
@@ -245,6 +247,7 @@ class StatusView(StateReader):
             counted_bytes=(instance.total_bytes if instance is not None and not instance.remote else None),
             held_bytes=sum(h.total_bytes for h in held) or None,
             held_by=tuple(dict.fromkeys(name for h in held for name in (h.holders or (h.held_by,)))),
+            lent_to=borrower_names(instance.borrowers) if instance is not None else (),
             base=spec.base, adapter=spec.adapter,  # a LoRA adapter: shared on its base, or its own instance
             shares_base=None if spec.base is None else backend.adapters == "shared")
 
@@ -286,3 +289,4 @@ def _reachable(instance: Instance | None) -> bool | None:
 
 def _bounded(text: str | None) -> str | None:
     return excerpt(text) if text else None
+

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from ..backends import Backend, BackendCache
@@ -25,6 +26,8 @@ from .cooperation import Cooperation
 from .generations import Generations
 from .planning import Planner
 from .registration import Persistence, Registration
+from .sharing.borrowing import Borrowing
+from .sharing.lending import Lending, lending_routes
 from .state import Leases, ManagerState
 from .status import StatusView
 from .tasks import TaskSelection
@@ -55,6 +58,8 @@ class Parts:
     status: StatusView
     planner: Planner
     generations: Generations
+    lending: Lending
+    borrowing: Borrowing
     warmup: WarmUp
 
 
@@ -73,6 +78,11 @@ def wire(settings: ManagerSettings, config_path: Path | None, *, clock: Callable
     cooperation = Cooperation(state, bus, evictions.for_other_kernel, evictions.unload_by_name)
     adapters = AdapterSpecs(state, backends)
     admission = Admission(state, bus, probe, backends, estimates, leases, evictions, loading, cooperation)
+    generations = Generations(bus, admission.acquire, state.deadline)
+    borrowing = Borrowing(state, bus, cooperation, backends)
+    generations.borrow = borrowing.borrow
+    lending = Lending(state, bus, generations, cooperation.notebook)
+    cooperation.membership.routes = partial(lending_routes, lending)  # served on the member's socket once it joins
     return Parts(state=state, bus=bus, backends=backends, estimates=estimates, freeing=freeing, evictions=evictions,
                  limits=limits, cooperation=cooperation, adapters=adapters, admission=admission,
                  registration=Registration(state, bus, backends, evictions, adapters),
@@ -80,8 +90,7 @@ def wire(settings: ManagerSettings, config_path: Path | None, *, clock: Callable
                  persistence=Persistence(state, config_path),
                  status=StatusView(state, probe, estimates, backends),
                  planner=Planner(state, probe, estimates, backends, cooperation),
-                 generations=Generations(bus, admission.acquire, state.deadline),
-                 warmup=WarmUp(load, bus))
+                 generations=generations, lending=lending, borrowing=borrowing, warmup=WarmUp(load, bus))
 
 
 def shut_down(parts: Parts) -> None:

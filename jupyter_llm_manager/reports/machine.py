@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from ..support.units import bytes_text, format_duration
 
-__all__ = ["GpuProcess", "KernelRow", "MachineModel", "MachineReport"]
+__all__ = ["GpuProcess", "KernelRow", "MachineModel", "MachineReport", "borrower_names"]
 
 
 @dataclass(frozen=True)
@@ -52,8 +53,14 @@ class MachineModel:
     last_used: float  # wall clock
     this: bool
     member: str = ""  # the owning manager's ledger id: what ``manager.ask_to_unload(member, model_id)`` takes
+    borrowers: tuple[str, ...] = ()  # who is answered from this copy now (other notebooks, "pid N", serve)
 
     bytes_str = bytes_text("bytes")
+
+    @property
+    def borrowers_str(self) -> str:
+        """``lent to B.ipynb, C.ipynb`` ("" when nobody borrows it)."""
+        return f"lent to {', '.join(self.borrowers)}" if self.borrowers else ""
 
     def last_used_str(self, now: float | None = None) -> str:
         return f"{format_duration((now or time.time()) - self.last_used)} ago" if self.last_used else ""
@@ -73,3 +80,8 @@ class MachineReport:
 
     def held(self, device: str) -> int:
         return sum(model.bytes for model in self.models if model.device == device)
+
+
+def borrower_names(borrowers: Mapping[str, int]) -> tuple[str, ...]:
+    """Who borrows a copy, as shown: ``B.ipynb``, or ``B.ipynb ×2`` for two requests at once."""
+    return tuple(f"{name} ×{count}" if count > 1 else name for name, count in sorted(borrowers.items()) if count > 0)

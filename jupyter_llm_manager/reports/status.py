@@ -62,6 +62,8 @@ class StatusRow:
     #: counted against the budget until it is collected; ``held_by`` names what holds it.
     held_bytes: int | None = None
     held_by: tuple[str, ...] = ()
+    #: Who is answered from this copy now: other notebooks (or scripts, or ``serve``) borrowing it.
+    lent_to: tuple[str, ...] = ()
 
     @property
     def base_str(self) -> str:
@@ -111,8 +113,13 @@ class StatusRow:
         if self.state == "loading" and self.progress:
             return f"loading ({self.progress})"
         notes = [note for flag, note in ((self.in_use, "in use"), (self.pinned, "pinned"),
-                                         (self.protected, "protected")) if flag]
+                                         (self.protected, "protected"), (self.lent_to, self.lent_to_str)) if flag]
         return f"{self.state} ({', '.join(notes)})" if notes else self.state
+
+    @property
+    def lent_to_str(self) -> str:
+        """``lent to B.ipynb, pid 4242`` ("" when no one borrows this copy)."""
+        return f"lent to {', '.join(self.lent_to)}" if self.lent_to else ""
 
 
 @dataclass(frozen=True)

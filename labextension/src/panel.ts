@@ -208,7 +208,8 @@ export class LLMModelsPanel extends Widget {
       card.dataset.model = model.model;
       card.dataset.notebook = model.notebook;
       const pending = this._pendingFor(model.model, model.member);
-      const notes = [model.in_use ? `in use (${model.in_use})` : '', model.pinned ? 'pinned' : ''].filter(Boolean);
+      const notes = [model.in_use ? `in use (${model.in_use})` : '', model.pinned ? 'pinned' : '',
+        model.borrowers?.length ? `lent to ${model.borrowers.join(', ')}` : ''].filter(Boolean);
       const state = pending ? `${pending.doing}…` : [model.state, ...notes].join(' · ');
       const head = element('div', '', 'jp-LLMPanel-head');
       head.append(element('span', model.model, 'jp-LLMPanel-id'), element('span', state, 'jp-LLMPanel-state'));
@@ -320,7 +321,8 @@ function label(text: string, action: string, pending: IPending | undefined): str
 
 function stateText(model: IModelRow): string {
   const notes = [model.in_use ? `in use (${model.in_use})` : '', model.pinned ? 'pinned' : '',
-    model.reachable === false ? 'unreachable' : ''].filter(Boolean);
+    model.reachable === false ? 'unreachable' : '',
+    model.lent_to?.length ? `lent to ${model.lent_to.join(', ')}` : ''].filter(Boolean);
   return notes.length ? `${model.state} · ${notes.join(', ')}` : model.state;
 }
 

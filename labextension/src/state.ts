@@ -41,6 +41,8 @@ export interface IModelRow {
   /** A LoRA adapter: the model it runs on, and how ("on qwen (shared)"); empty otherwise. */
   base?: string | null;
   base_str?: string;
+  /** Who is answered from this copy now (other notebooks borrowing it). */
+  lent_to?: string[];
 }
 
 /** A model another notebook (another manager of this user) holds on this machine. */
@@ -60,6 +62,8 @@ export interface IMachineModel {
   last_used: number | null;
   /** Loaded, idle and unpinned: its manager may be asked to unload it. */
   unloadable: boolean;
+  /** Who is answered from this copy now (notebooks borrowing it instead of loading their own). */
+  borrowers?: string[];
 }
 
 export interface IMachine {

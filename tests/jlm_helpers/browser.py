@@ -13,6 +13,7 @@ import secrets
 import shutil
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -149,3 +150,39 @@ def run_all_cells(page: object, count: int) -> None:
     page.keyboard.press("Escape")
     for _ in range(count):
         page.keyboard.press("Shift+Enter")
+
+
+# -- several notebooks in one window ---------------------------------------------------------------------
+
+def workspace(url: str, name: str, left: str, right: str) -> str:
+    """A JupyterLab workspace with ``left`` and ``right`` open side by side, the file browser closed; its URL."""
+    base, _, query = url.partition("/lab/tree/")
+    token = query.rpartition("token=")[2]
+    dock = {"type": "split-area", "orientation": "horizontal", "sizes": [0.5, 0.5],
+            "children": [{"type": "tab-area", "currentIndex": 0, "widgets": [f"notebook:{path}"]}
+                         for path in (left, right)]}
+    data = {"layout-restorer:data": {"main": {"dock": dock, "current": f"notebook:{left}"},
+                                     "left": {"collapsed": True, "visible": True, "widgets": []},
+                                     "right": {"collapsed": True, "visible": True, "widgets": []}},
+            **{f"notebook:{path}": {"data": {"path": path, "factory": "Notebook"}} for path in (left, right)}}
+    request = urllib.request.Request(f"{base}/lab/api/workspaces/{name}", method="PUT",
+                                     data=json.dumps({"data": data, "metadata": {"id": name}}).encode(),
+                                     headers={"Authorization": f"token {token}", "Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert response.status in (200, 204)
+    return f"{base}/lab/workspaces/{name}?token={token}"
+
+
+def notebook(tag: str) -> str:
+    """The notebook panel whose first cell carries ``tag``."""
+    return f".jp-NotebookPanel:has-text('{tag}')"
+
+
+def run(page, scope: str, index: int) -> None:
+    """Run cell ``index`` of the notebook ``scope`` (Ctrl+Enter: it stays selected)."""
+    page.click(f"{scope} .jp-Cell >> nth={index} >> .jp-InputPrompt")
+    page.keyboard.press("Control+Enter")
+
+
+def output(scope: str, index: int) -> str:
+    return f"{scope} .jp-Cell >> nth={index} >> .jp-OutputArea-output"

@@ -79,6 +79,31 @@ for line in sys.stdin:
             import torch
             torch.cuda.synchronize()
             answer(ok=True, allocated=torch.cuda.memory_allocated(0))
+        elif do == "generate":
+            import psutil
+            before = psutil.Process().memory_info().rss
+            result = manager.generate(command["id"], command["prompt"], **command.get("params", {}))
+            answer(ok=True, text=result.text, footer=result.summary(), served_by=result.served_by,
+                   grew=psutil.Process().memory_info().rss - before)
+        elif do == "stream":  # stream; after N pieces, a Ctrl-C here (interrupt_after) or SIGKILL to another (kill)
+            import os, signal
+            pieces, at, error, partial = [], None, None, ""
+            stream = manager.stream(command["id"], command["prompt"], **command.get("params", {}))
+            try:
+                for piece in stream:
+                    pieces.append(piece)
+                    if len(pieces) == command.get("interrupt_after"):
+                        at = time.monotonic()
+                        os.kill(os.getpid(), signal.SIGINT)
+                    if len(pieces) == command.get("kill_after"):
+                        at = time.monotonic()
+                        os.kill(command["kill"], signal.SIGKILL)
+            except KeyboardInterrupt:
+                error = "KeyboardInterrupt"
+            except Exception as failure:
+                error, partial = f"{type(failure).__name__}: {failure}", getattr(failure, "partial", "")
+            answer(ok=True, pieces=pieces, at=at, error=error, partial=partial,
+                   footer=stream.result.summary() if stream.result else None)
         elif do == "busy":
             end = time.monotonic() + command["seconds"]
             while time.monotonic() < end:

@@ -72,6 +72,7 @@ class LlamaCppBackend(Backend):
     name = "llama_cpp"
     modes = frozenset({"chat", "embed"})
     serial = True  # a Llama object is not thread-safe: two requests at once crash the process
+    context_at_load = True
     adapters = "own"  # llama-cpp-python applies a LoRA at load: an adapter is the base's file loaded with it
     check_adapter = staticmethod(lora.check)
 
@@ -122,6 +123,14 @@ class LlamaCppBackend(Backend):
         ``last_n_tokens_size``)."""
         path = gguf_path(spec)
         return gguf_defaults(read_gguf(path)) if path is not None else GenerationDefaults()
+
+    def lent_context(self, spec: ModelSpec) -> int:
+        """``max_context``, or the context it would load with by default (``auto``: any copy will do)."""
+        if spec.max_context == "auto":
+            return 0
+        if isinstance(spec.max_context, int):
+            return spec.max_context
+        return context_for(spec, read_gguf(_file_of(spec)))
 
     def context_growth(self, spec: ModelSpec) -> ContextGrowth | None:
         """Contexts from the floor up to the trained one (at most the model's ``max_context_auto_limit``), in

@@ -97,6 +97,8 @@ def _cell_parser() -> MagicArgumentParser:
     parser.add_argument("--chat", metavar="NAME", help="continue the conversation NAME (%%llm reset NAME clears it)")
     parser.add_argument("--raw", action="store_true", help="send the text as is, without the chat template")
     parser.add_argument("--no-stream", action="store_true", help="show the answer once it is complete")
+    parser.add_argument("--no-share", action="store_true",
+                        help="run on this kernel's own copy, never on another notebook's (share: off for this cell)")
     parser.add_argument("--wait", metavar="SECONDS",
                         help="how long to wait for room when every slot is busy (default: the wait_timeout setting)")
     parser.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE",

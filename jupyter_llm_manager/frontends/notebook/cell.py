@@ -123,6 +123,8 @@ class CellAsker:
                 params[name] = getattr(args, name)
         if args.wait is not None:
             params["wait"] = args.wait
+        if args.no_share:
+            params["share"] = False
         for item in args.param:
             key, equals, value = item.partition("=")
             if not equals or not key.strip().isidentifier():

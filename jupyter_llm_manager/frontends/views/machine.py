@@ -16,7 +16,7 @@ from .table import Cell, Column, Table
 __all__ = ["machine_html", "machine_json", "machine_tables", "models_table"]
 
 MODEL_COLUMNS = (Column("device"), Column("model"), Column("notebook"), Column("memory"), Column("state"),
-                 Column("pinned", 1), Column("in use", 1), Column("last use", 2))
+                 Column("pinned", 1), Column("in use", 1), Column("last use", 2), Column("lent to", 2))
 
 
 def _notebook(name: NotebookName) -> Cell:
@@ -32,11 +32,11 @@ def models_table(models: Sequence[MachineModel], now: float | None = None, capti
     """
     names = names or notebook_names([m.notebook for m in models], root=root)
     cells = [[m.device, m.model_id, _notebook(names[m.notebook]), m.bytes_str, m.state, "yes" if m.pinned else "",
-              str(m.in_use or ""), m.last_used_str(now)] for m in models]
+              str(m.in_use or ""), m.last_used_str(now), ", ".join(m.borrowers)] for m in models]
     data = [{"member": m.member, "pid": m.pid, "notebook": names[m.notebook].shown,
              "path": names[m.notebook].full, "model": m.model_id, "device": m.device,
              "bytes": m.bytes, "memory": m.bytes_str, "state": m.state, "in_use": m.in_use, "pinned": m.pinned,
-             "last_used": m.last_used or None,
+             "last_used": m.last_used or None, "borrowers": list(m.borrowers),
              "unloadable": m.state == "loaded" and not m.in_use and not m.pinned} for m in models]
     return Table(MODEL_COLUMNS, cells, caption, data=data)
 

@@ -55,7 +55,8 @@ def _data(row: StatusRow, endpoint: str | None) -> dict[str, Any]:
             "last_used": row.last_used, "expires_at": row.expires_at, "error": row.error,
             "trust_remote_code": row.trust_remote_code, "reachable": row.reachable,
             "waiting_for": row.waiting_for, "endpoint": endpoint if row.remote else None,
-            "base": row.base, "adapter": row.adapter, "shares_base": row.shares_base, "base_str": row.base_str}
+            "base": row.base, "adapter": row.adapter, "shares_base": row.shares_base, "base_str": row.base_str,
+            "lent_to": list(row.lent_to)}
 
 
 def state_html(row: StatusRow, pending: str | None, loading_since: float | None, now: float) -> str:
@@ -72,7 +73,7 @@ def state_html(row: StatusRow, pending: str | None, loading_since: float | None,
     if row.state == "waiting":
         return f"<span title='{attribute(row.waiting_for or '')}'>waiting (#{row.queue_position or 1})</span>"
     notes = [n for flag, n in ((row.in_use, f"in use ({row.in_use})"), (row.pinned, "pinned"),
-                               (row.reachable is False, "unreachable")) if flag]
+                               (row.reachable is False, "unreachable"), (row.lent_to, row.lent_to_str)) if flag]
     return text(row.state + (f" · {', '.join(notes)}" if notes else ""))
 
 

@@ -22,7 +22,7 @@ from collections.abc import Callable
 
 from ...backends import Backend, Placement
 from ...devices import DeviceProbe
-from ...errors import GenerationError, LLMManagerError, ModelLoadingError, ResourceNotAvailableError
+from ...errors import CopyNotHeld, GenerationError, LLMManagerError, ModelLoadingError, ResourceNotAvailableError
 from ...estimates import EstimateCache, remote_estimate
 from ...events import EventBus
 from ...support.deadlines import Deadline
@@ -55,21 +55,23 @@ class Admission:
         self._decider = Decider(state, bus, probe, backends, estimates, evictions, cooperation)
         self._waits = Waits(state, bus, cooperation)
 
-    def acquire(self, model_id: str, deadline: Deadline, *, activate: bool = False) -> Ticket:
+    def acquire(self, model_id: str, deadline: Deadline, *, activate: bool = False, existing: bool = False) -> Ticket:
         """A lease on ``model_id`` for the calling thread, waiting for room until ``deadline``.
 
         A LoRA adapter that shares its base holds a lease on the base too,
         taken first (the base loads, or stays, while the adapter is used; its
         row shows ``loaded``); both are released together. ``activate`` (a
         ``use()`` lease): the shared model is made to answer as ``model_id``
-        before it is handed out; the next request on the same base may switch it.
+        before it is handed out; the next request on the same base may switch it. ``existing`` (a request lent
+        to another member): only an instance loaded or loading now is leased, never a new load
+        (:class:`~jupyter_llm_manager.errors.CopyNotHeld` otherwise).
         """
-        found = self._lease(model_id, deadline, None)
+        found = self._lease(model_id, deadline, None, existing)
         if isinstance(found, NeedsBase):  # the adapter step: its base first, then the adapter on it
-            base = self._lease(found.base_id, deadline, None)
+            base = self._lease(found.base_id, deadline, None, existing)
             assert isinstance(base, Ticket), "a base is no adapter sharing a base"
             try:
-                found = self._lease(model_id, deadline, base.instance)
+                found = self._lease(model_id, deadline, base.instance, existing)
             except BaseException:
                 base.release()
                 raise
@@ -108,13 +110,14 @@ class Admission:
             ticket.release()
             raise
 
-    def _lease(self, model_id: str, deadline: Deadline, base: Instance | None) -> Ticket | NeedsBase:
+    def _lease(self, model_id: str, deadline: Deadline, base: Instance | None,
+               existing: bool = False) -> Ticket | NeedsBase:
         """The lease loop: lease, join a load, load, or queue, plan and wait, until granted or refused."""
         waiter: Waiter | None = None
         told, promised = "", False  # promised: this thread may be counted as a joiner of a load
         try:
             while True:
-                found = self._look(model_id, waiter, base)
+                found = self._look(model_id, waiter, base, existing)
                 if isinstance(found, (Ticket, NeedsBase)):
                     return found
                 if isinstance(found, Instance):  # a load in flight, or an instance just leaving
@@ -144,8 +147,8 @@ class Admission:
 
     # -- one look at the state -------------------------------------------------------------------
 
-    def _look(self, model_id: str, waiter: Waiter | None,
-              base: Instance | None) -> Ticket | NeedsBase | Instance | Load | Queued:
+    def _look(self, model_id: str, waiter: Waiter | None, base: Instance | None,
+              existing: bool = False) -> Ticket | NeedsBase | Instance | Load | Queued:
         """Lease, join, load or queue (or lease the base first): what to do next, decided under the lock."""
         me = threading.get_ident()
         state = self._state
@@ -157,6 +160,8 @@ class Admission:
             if base is None and spec.base is not None and shares_base(spec, self._backends(spec.backend)):
                 return NeedsBase(state.registry.resolve(spec.base))
             instance = state.instances.get(key)
+            if instance is None and existing:
+                raise CopyNotHeld(canonical)
             if instance is not None:
                 if instance.state == "loaded":
                     instance.joiners.discard(me)

@@ -25,7 +25,7 @@ from pathlib import Path
 import psutil
 
 from .ledger_file import BUSY_S, LedgerFile, Statement, execute, transaction
-from .rows import MemberRow, ModelRow, RequestRow, member_row, model_row, request_row
+from .rows import CopyRow, MemberRow, ModelRow, RequestRow, copy_row, member_row, model_row, request_row
 
 __all__ = ["LEDGER_ENV", "Ledger", "LedgerBusy", "Placement", "default_ledger_path", "process_alive"]
 
@@ -73,10 +73,10 @@ class Placement:
         """Every other running member's rows, as of this transaction (nobody writes until it ends)."""
         return self._ledger.others_on(self._connection, self.member)
 
-    def publish(self, member: MemberRow, models: Sequence[ModelRow]) -> None:
+    def publish(self, member: MemberRow, models: Sequence[ModelRow], copies: Sequence[CopyRow] = ()) -> None:
         """This member's rows, written in this transaction: the others see the reservation with the decision."""
         if member.member not in self._ledger.left:
-            execute(self._connection, _publish_statements(member, models))
+            execute(self._connection, _publish_statements(member, models, copies))
             self._ledger.wrote(member, models)
 
 
@@ -110,11 +110,13 @@ class Ledger(LedgerFile):
 
     # -- what this member writes -----------------------------------------------------------------
 
-    def publish(self, member: MemberRow, models: Sequence[ModelRow]) -> None:
-        """This member's row and its models, replacing what it published before (never after it left)."""
+    def publish(self, member: MemberRow, models: Sequence[ModelRow], copies: Sequence[CopyRow] = ()) -> None:
+        """This member's row, its models and the copies it lends, replacing what it published before (never after
+        it left)."""
+        statements = _publish_statements(member, models, copies)
         with self._lock:
             if member.member not in self.left:
-                self._attempt(lambda connection: transaction(connection, _publish_statements(member, models)), None)
+                self._attempt(lambda connection: transaction(connection, statements), None)
                 self.wrote(member, models)
 
     def wrote(self, member: MemberRow, models: Sequence[ModelRow]) -> None:
@@ -125,7 +127,7 @@ class Ledger(LedgerFile):
             self._seen = (version, [m for m in members if m.member != member.member] + [member],
                           [m for m in old_models if m.member != member.member] + list(models), requests)
 
-    def publish_current(self, read: Callable[[], tuple[MemberRow, Sequence[ModelRow]]]) -> None:
+    def publish_current(self, read: Callable[[], tuple[MemberRow, Sequence[ModelRow], Sequence[CopyRow]]]) -> None:
         """Publish what ``read()`` says now, read under this ledger's lock: two publishers of one member
         (the publisher thread, a placement) never write an older picture over a newer one."""
         with self._lock:
@@ -205,6 +207,12 @@ class Ledger(LedgerFile):
         self._seen = (version, *rows)
         return rows
 
+    def copies(self, member: str) -> list[CopyRow]:
+        """The copies every other running member lends (one short read; the members' liveness as last read)."""
+        present = {row.member for row in self.others(member)[0]}
+        rows = self._run("SELECT member, key, share, context, borrowers FROM copies")
+        return [found for found in map(copy_row, rows) if found is not None and found.member in present]
+
     def members(self) -> list[MemberRow]:
         """The members whose process runs; the others' rows are dropped on the way."""
         return self.others("")[0]  # no member is called "": every row is checked
@@ -230,7 +238,7 @@ def _begin(connection: sqlite3.Connection, deadline: float) -> None:
                                  f"{BUSY_S:g} s ({error})") from None
 
 
-def _publish_statements(member: MemberRow, models: Sequence[ModelRow]) -> list[Statement]:
+def _publish_statements(member: MemberRow, models: Sequence[ModelRow], copies: Sequence[CopyRow]) -> list[Statement]:
     return [
         ("INSERT OR REPLACE INTO members VALUES (?, ?, ?, ?, ?, ?, ?)",
          (member.member, member.pid, member.started, member.kernel, member.notebook, member.address, member.seen),
@@ -239,8 +247,12 @@ def _publish_statements(member: MemberRow, models: Sequence[ModelRow]) -> list[S
         ("INSERT OR REPLACE INTO models VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
          [(m.member, m.key, m.model_id, m.device, m.bytes, m.state, int(m.pinned), m.leases, m.last_used,
            m.priority, int(m.protected)) for m in models], True),
+        ("DELETE FROM copies WHERE member = ?", (member.member,), False),
+        ("INSERT OR REPLACE INTO copies VALUES (?, ?, ?, ?, ?)",
+         [(c.member, c.key, c.share, c.context, json.dumps(c.borrowers)) for c in copies], True),
     ]
 
 
 def _leave_statements(member: str) -> list[Statement]:
-    return [(f"DELETE FROM {table} WHERE member = ?", (member,), False) for table in ("members", "models", "requests")]
+    return [(f"DELETE FROM {table} WHERE member = ?", (member,), False) for table in ("members", "models", "requests",
+                                                                                        "copies")]

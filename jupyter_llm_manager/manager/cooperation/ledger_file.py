@@ -31,6 +31,8 @@ CREATE TABLE IF NOT EXISTS models (member TEXT, key TEXT, model_id TEXT, device 
     PRIMARY KEY (member, key, device));
 CREATE TABLE IF NOT EXISTS requests (arrival INTEGER PRIMARY KEY AUTOINCREMENT, member TEXT, model_id TEXT,
     needed TEXT, priority INTEGER, since REAL);
+CREATE TABLE IF NOT EXISTS copies (member TEXT, key TEXT, share TEXT, context INTEGER, borrowers TEXT,
+    PRIMARY KEY (member, key));
 """
 #: How long one statement waits for another connection's write lock (a placement holds it a millisecond or two).
 BUSY_S = 1.0

@@ -29,7 +29,7 @@ from typing import Any
 from ...errors import log_failure
 from .bounds import MAX_MESSAGE
 
-__all__ = ["Listener", "ask"]
+__all__ = ["Listener", "UnixConnection", "ask"]
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +106,9 @@ def _listening(address: str) -> socket.socket:
 
 # -- the client ----------------------------------------------------------------------------------------
 
-class _UnixConnection(http.client.HTTPConnection):
+class UnixConnection(http.client.HTTPConnection):
+    """An HTTP connection to another member's socket (``timeout``: seconds for each connect, send and read)."""
+
     def __init__(self, address: str, timeout: float) -> None:
         super().__init__("member", timeout=timeout)
         self._address = address
@@ -124,7 +126,7 @@ def ask(address: str, request: dict[str, Any], timeout: float = 2.0) -> dict[str
     if not address or timeout <= 0:
         return None
     deadline = time.monotonic() + timeout
-    connection = _UnixConnection(address, timeout)
+    connection = UnixConnection(address, timeout)
     try:
         connection.request("POST", f"/machine/{request.get('op', '')}", body=json.dumps(request).encode(),
                            headers={"Content-Type": "application/json"})

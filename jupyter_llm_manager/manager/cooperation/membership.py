@@ -33,8 +33,7 @@ from ..state import ManagerState
 from .ledger import Ledger, default_ledger_path
 from .listener import Listener, ask
 from .peers import ANSWER_S
-from .publishing import Identity, Publisher, rows_of
-from .rows import MemberRow, ModelRow
+from .publishing import Identity, Published, Publisher, rows_of
 
 __all__ = ["ANSWER_S", "LEDGER_FAILURES", "POLL_S", "EvictFor", "Membership", "UnloadFor", "impossible_here"]
 
@@ -75,6 +74,8 @@ class Membership:
         self._finalizer: weakref.finalize | None = None
         self._failing = ""  # the ledger failure last warned about ("" while all is well)
         self.impossible = impossible_here()
+        #: More routes on this member's socket, made when it joins: the copies it lends to the others.
+        self.routes: Callable[[], Sequence[Any]] = tuple
         self.me = Identity(f"{os.getpid()}-{uuid.uuid4().hex[:8]}", os.getpid(), _kernel_id(), _notebook_name())
 
     @property
@@ -122,7 +123,7 @@ class Membership:
             if self._listener is not None:
                 return True
             try:
-                self._listener = Listener(partial(_answer_for, weakref.ref(self)))
+                self._listener = Listener(partial(_answer_for, weakref.ref(self)), self.routes())
             except LEDGER_FAILURES as error:
                 self.warn(error)
                 return False
@@ -175,7 +176,7 @@ class Membership:
         for member in dict.fromkeys(r.member for r in requests):
             ask(addresses.get(member, ""), {"op": "wake", "requester": self.me.notebook}, WAKE_S)
 
-    def rows(self) -> tuple[MemberRow, list[ModelRow]]:
+    def rows(self) -> Published:
         listener = self._listener
         return rows_of(self._state, self.me, listener.address if listener is not None else "")
 

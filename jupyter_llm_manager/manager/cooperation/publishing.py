@@ -16,10 +16,11 @@ from collections.abc import Callable
 
 import psutil
 
+from ..instances import Instance
 from ..state import ManagerState
-from .rows import MemberRow, ModelRow
+from .rows import CopyRow, MemberRow, ModelRow
 
-__all__ = ["HEARTBEAT_S", "Identity", "Publisher", "rows_of"]
+__all__ = ["HEARTBEAT_S", "Identity", "Published", "Publisher", "rows_of"]
 
 #: How often a member writes its rows even when nothing changed (others see it is alive).
 HEARTBEAT_S = 2.0
@@ -36,8 +37,12 @@ class Identity:
         self.started = psutil.Process(pid).create_time()
 
 
-def rows_of(state: ManagerState, identity: Identity, address: str) -> tuple[MemberRow, list[ModelRow]]:
-    """What a member publishes now: its row and its local instances' rows (read under the state's lock)."""
+Published = tuple[MemberRow, list[ModelRow], list[CopyRow]]
+
+
+def rows_of(state: ManagerState, identity: Identity, address: str) -> Published:
+    """What a member publishes now: its row, its local instances' rows and the copies it lends (read under the
+    state's lock; a member lends only while it listens and ``share`` is on)."""
     with state.lock:
         now, wall = state.clock(), time.time()
         registry = state.registry
@@ -49,9 +54,22 @@ def rows_of(state: ManagerState, identity: Identity, address: str) -> tuple[Memb
         # memory of unloaded models that did not come back (a variable holds them): the others count it too
         models += [ModelRow(identity.member, f"held-{index}", held.model_id, device, size, "held", False, 1, wall,
                             0, False) for index, held in enumerate(state.held) for device, size in held.bytes.items()]
+        lending = bool(address) and state.settings.share
+        copies = [CopyRow(identity.member, instance.key, share, _context(instance), dict(instance.borrowers))
+                  for instance in state.instances.values() if lending and instance.state in ("loading", "loaded")
+                  for share in [instance.spec.share_key] if share is not None]
     member = MemberRow(identity.member, identity.pid, identity.started, identity.kernel, identity.notebook, address,
                        wall)
-    return member, models
+    return member, models, copies
+
+
+def _context(instance: Instance) -> int:
+    """The context an instance was loaded with (0: none allocated at load, or not known yet: any will do)."""
+    if not instance.backend.context_at_load:
+        return 0
+    if instance.loaded is not None and instance.loaded.context_length:
+        return instance.loaded.context_length
+    return instance.spec.max_context if isinstance(instance.spec.max_context, int) else 0
 
 
 class Publisher:

@@ -24,7 +24,7 @@ from .ledger import AllRows, LedgerBusy
 from .machine import machine_report
 from .membership import LEDGER_FAILURES, EvictFor, Membership, UnloadFor
 from .peers import ANSWER_S, Others, others_from
-from .rows import MemberRow, ModelRow
+from .rows import CopyRow, MemberRow, ModelRow
 
 __all__ = ["Cooperation", "Placing"]
 
@@ -103,7 +103,7 @@ class Cooperation:
                 raise  # the caller's own error: the transaction was rolled back
             self.membership.warn(error)  # the commit failed: the others may not see this reservation
 
-    def _publish_in(self, write: Callable[[MemberRow, Sequence[ModelRow]], None]) -> None:
+    def _publish_in(self, write: Callable[[MemberRow, Sequence[ModelRow], Sequence[CopyRow]], None]) -> None:
         if self.membership.join():
             self.membership.safely(lambda: write(*self.membership.rows()), None)
 
@@ -170,4 +170,7 @@ class Cooperation:
         no_rows: list[ModelRow] = []
         members = self.membership.safely(ledger.members, no_members)
         rows = self.membership.safely(ledger.models, no_rows)
-        return machine_report(self.membership.me, own, members, rows, ledger=str(ledger.path), reason="")
+        no_copies: list[CopyRow] = []
+        copies = self.membership.safely(lambda: ledger.copies(self.member), no_copies)
+        return machine_report(self.membership.me, own, members, rows, ledger=str(ledger.path), reason="",
+                              copies=copies)

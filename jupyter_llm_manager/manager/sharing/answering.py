@@ -40,7 +40,8 @@ class PieceStream(Protocol):
     """Text pieces as they are made (blocking; iterated on a worker thread), ``stop()`` from any thread ends it
     within a token, ``close()`` releases it, ``result`` once done. :class:`~..generations.TextStream` is one."""
 
-    result: GenerationResult | None
+    @property
+    def result(self) -> GenerationResult | None: ...
 
     def __iter__(self) -> Iterator[str]: ...
 

@@ -1,0 +1,355 @@
+"""Borrowing: a request answered by another member's loaded copy of the same model, instead of a second copy.
+
+Before a generation leases a local copy, the manager looks in the ledger for
+another member that lends one with the same share key (the instance key but
+the device; for llama.cpp a context at least this spec's): loaded copies
+first, then the one with the fewest requests. A copy still loading is waited
+for there, not duplicated. The request goes over that member's socket in the
+OpenAI wire format, with this manager's exact parameters (:mod:`.protocol`),
+and streams back token by token. A refusal before the first piece (the copy
+went, the holder's queue is full) tries the next holder, then a local copy.
+Once the answer has started, a holder that dies, refuses or stays silent for
+``borrow_timeout`` ends it with a :class:`~jupyter_llm_manager.errors.GenerationError`
+naming the holder, with the text received so far (``partial``); that holder is
+skipped for a while, so the next request borrows another copy or loads its own.
+Nothing is borrowed while a local copy exists, for ``share=False``, for remote
+models (served already) or models made by a loader (no text interface).
+"""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import json
+import logging
+import struct
+import threading
+import time
+from collections.abc import Generator, Iterator
+from dataclasses import dataclass, replace
+from typing import Any
+
+from ...backends import BackendCache
+from ...errors import GenerationError, LLMManagerError
+from ...events import EventBus
+from ...generation import GenerationResult
+from ...support.deadlines import Deadline
+from ...support.units import excerpt
+from ..cooperation import Cooperation
+from ..cooperation.listener import UnixConnection
+from ..cooperation.membership import LEDGER_FAILURES
+from ..generations import AnyRun, Ask
+from ..state import ManagerState
+from .protocol import EXTENSION, request_body, result_from
+
+__all__ = ["Borrowing", "Lender"]
+
+log = logging.getLogger(__name__)
+
+#: A holder that failed a borrowed answer is not asked again for this long (its copy may be stuck).
+SKIP_FAILED_S = 60.0
+#: The longest line of a borrowed stream, and the largest embeddings answer.
+_MAX_LINE = 1 << 20
+_MAX_BODY = 256 << 20
+
+
+@dataclass(frozen=True)
+class Lender:
+    """Another member lending a copy: where it listens, who it is, and how busy its copy is."""
+
+    member: str
+    address: str
+    name: str  # its notebook, script or "pid N": what a footer says
+    loaded: bool
+    leases: int
+
+
+class Borrowing:
+    """This manager's requests, answered by another member's copy where one is lent (see the module docstring)."""
+
+    def __init__(self, state: ManagerState, bus: EventBus, cooperation: Cooperation, backends: BackendCache) -> None:
+        self._state = state
+        self._bus = bus
+        self._cooperation = cooperation
+        self._backends = backends
+        self._failed: dict[str, float] = {}  # member -> when a borrowed answer from it failed (monotonic)
+        self._failed_lock = threading.Lock()
+
+    # -- who lends -------------------------------------------------------------------------------------
+
+    def lenders(self, canonical: str) -> list[Lender]:
+        """The members lending a copy that answers for ``canonical``, the best first (none while one is local)."""
+        state = self._state
+        with state.lock:
+            if not (state.settings.share and state.settings.cooperate) or state.closed:
+                return []
+            registry = state.registry
+            spec = registry.specs[canonical]
+            local = [registry.keys[canonical]] + ([registry.keys[registry.resolve(spec.base)]]
+                                                 if spec.base and spec.base in registry.keys else [])
+            if spec.share_key is None or any(key in state.instances for key in local):
+                return []
+        try:
+            need = self._backends(spec.backend).lent_context(spec)
+        except (LLMManagerError, OSError):
+            need = 0  # its file cannot be read here: a holder that loaded it may still answer
+        membership = self._cooperation.membership
+        try:  # a ledger that fails is said by the placement that follows (once): borrowing just finds nobody
+            ledger = membership.ensure_started()
+            if ledger is None:
+                return []
+            copies = [c for c in ledger.copies(membership.member) if c.share == spec.share_key
+                      and (c.context == 0 or c.context >= need) and not self._skipped(c.member)]
+            members, models, _ = ledger.others(membership.member) if copies else ([], [], [])
+        except LEDGER_FAILURES as error:
+            log.debug("borrowing found no copy: the ledger failed (%s)", error)
+            return []
+        found = {m.member: m for m in members}
+        lenders = []
+        for copy in copies:
+            member = found.get(copy.member)
+            rows = [m for m in models if m.member == copy.member and m.key == copy.key]
+            if member is None or not member.address or not rows:
+                continue
+            lenders.append(Lender(member.member, member.address, short_name(member.notebook, member.pid),
+                                  all(row.state == "loaded" for row in rows), max(row.leases for row in rows)))
+        return sorted(lenders, key=lambda lender: (not lender.loaded, lender.leases))
+
+    def _skipped(self, member: str) -> bool:
+        with self._failed_lock:
+            since = self._failed.get(member)
+            if since is not None and time.monotonic() - since > SKIP_FAILED_S:
+                del self._failed[member]
+                return False
+            return since is not None
+
+    def failed(self, lender: Lender) -> None:
+        with self._failed_lock:
+            self._failed[lender.member] = time.monotonic()
+
+    # -- asking ------------------------------------------------------------------------------------------
+
+    def borrow(self, model_id: str, canonical: str, ask: Ask, deadline: Deadline) -> AnyRun | None:
+        """A run on another member's copy that accepted ``ask``; ``None`` when none did (run it locally)."""
+        lenders = self.lenders(canonical)
+        if not lenders:
+            return None
+        with self._state.lock:
+            share = self._state.registry.specs[canonical].share_key
+            timeout = self._state.settings.borrow_timeout
+        assert share is not None
+        for lender in lenders:
+            response = self._ask(lender, canonical, share, ask, deadline, timeout)
+            if response is not None:
+                self._bus.emit("borrowing", canonical, message=f"answering from the copy in {lender.name}")
+                return BorrowedRun(self, lender, canonical, response, timeout, self._bus)
+        return None
+
+    def _ask(self, lender: Lender, canonical: str, share: str, ask: Ask, deadline: Deadline,
+             timeout: float) -> tuple[UnixConnection, http.client.HTTPResponse] | None:
+        """Send the request; the open answer when the holder accepted it, ``None`` when it refused or is gone
+        (ask elsewhere); a :class:`GenerationError` when it stayed silent for ``timeout`` seconds."""
+        requester = short_name(self._cooperation.notebook, self._cooperation.pid)
+        extension: dict[str, Any] = {"requester": requester, "wait": deadline.remaining()}
+        if ask.texts:
+            path = "/v1/embeddings"
+            body: dict[str, Any] = {"model": share, "input": list(ask.texts), "encoding_format": "base64",
+                                    EXTENSION: extension}
+        else:
+            assert ask.prompt is not None and ask.params is not None
+            body = request_body(share, ask.prompt, ask.params, raw=ask.raw, requester=requester)
+            body[EXTENSION]["wait"] = extension["wait"]
+            path = "/v1/completions" if isinstance(ask.prompt, str) else "/v1/chat/completions"
+        connection = UnixConnection(lender.address, timeout)
+        try:
+            connection.request("POST", path, body=json.dumps(body).encode(),
+                               headers={"Content-Type": "application/json", "User-Agent": "jupyter-llm-manager"})
+            response = connection.getresponse()
+        except TimeoutError:
+            connection.close()
+            self.failed(lender)
+            raise GenerationError(f"the copy of {canonical!r} in {lender.name} did not answer: "
+                                  f"{_why(TimeoutError(), timeout)}. Run the cell again: it loads its own copy or "
+                                  "asks another") from None
+        except (OSError, http.client.HTTPException) as error:  # gone before it was asked: ask elsewhere
+            connection.close()
+            self.failed(lender)
+            log.info("the copy in %s did not take the request (%s); asking elsewhere", lender.name, error)
+            return None
+        if response.status != 200:
+            said = _error_message(response)
+            connection.close()
+            log.info("the copy in %s refused the request (%s %s); asking elsewhere", lender.name, response.status, said)
+            return None
+        return connection, response
+
+
+class BorrowedRun:
+    """One generation on another member's copy: the open answer, read as it comes (see the module docstring)."""
+
+    def __init__(self, borrowing: Borrowing, lender: Lender, canonical: str,
+                 answer: tuple[UnixConnection, http.client.HTTPResponse], timeout: float, bus: EventBus) -> None:
+        self._borrowing = borrowing
+        self.lender = lender
+        self._canonical = canonical
+        self._connection, self._response = answer
+        self._timeout = timeout
+        self._bus = bus
+        self._ended = False
+        self.started = time.perf_counter()
+
+    def stream(self, ask: Ask, model_id: str, stop: threading.Event) -> Generator[str, None, GenerationResult]:
+        """The pieces as the holder sends them; its result (tokens, why it stopped), with where it ran."""
+        pieces: list[str] = []
+        result: GenerationResult | None = None
+        try:
+            for data in self._events():
+                if stop.is_set():
+                    break
+                if data is None:  # a keep-alive: the holder waits for its turn, or loads
+                    continue
+                if "error" in data:
+                    raise self._failure(model_id, pieces, _said(data["error"]))
+                piece = _piece(data)
+                if piece:
+                    pieces.append(piece)
+                    yield piece
+                found = data.get(EXTENSION)
+                if isinstance(found, dict) and "result" in found:
+                    result = result_from(found["result"], model_id, "".join(pieces))
+            else:
+                if result is None:
+                    raise self._failure(model_id, pieces, "the answer ended before its last part")
+        except (OSError, http.client.HTTPException, ValueError) as error:
+            raise self._failure(model_id, pieces, _why(error, self._timeout)) from None
+        finally:
+            self._connection.close()  # the holder stops within a token when its borrower goes
+        if result is None:  # stopped here: what came is the answer
+            result = GenerationResult(model_id, "".join(pieces), 0, len(pieces), time.perf_counter() - self.started,
+                                      "interrupted")
+        return replace(result, served_by=self.lender.name)
+
+    def generate(self, ask: Ask, model_id: str) -> GenerationResult:
+        pieces = self.stream(ask, model_id, threading.Event())
+        while True:
+            try:
+                next(pieces)
+            except StopIteration as done:
+                return done.value
+
+    def embed(self, ask: Ask, model_id: str) -> list[list[float]]:
+        """The vectors the holder made."""
+        try:
+            body = self._response.read(_MAX_BODY + 1)
+            if len(body) > _MAX_BODY:
+                raise ValueError("the answer is larger than any embeddings answer")
+            answer = json.loads(body)
+            return [_vector(item["embedding"]) for item in sorted(answer["data"], key=lambda item: item["index"])]
+        except (OSError, http.client.HTTPException) as error:
+            raise self._failure(model_id, [], _why(error, self._timeout)) from None
+        except (ValueError, KeyError, TypeError) as error:
+            raise self._failure(model_id, [], f"its answer could not be read ({excerpt(str(error), 200)})") from None
+        finally:
+            self._connection.close()
+
+    def end(self, result: GenerationResult | None, error: BaseException | None, *, done: str | None = None) -> None:
+        """Say how it went (nothing is held here: the lease was the holder's)."""
+        if self._ended:
+            return
+        self._ended = True
+        self._connection.close()
+        where = f"on the copy in {self.lender.name}"
+        if result is not None:
+            message = f"{result.completion_tokens} tokens, {result.tokens_per_second:.1f} tok/s, {where}"
+            if result.finish_reason == "interrupted":
+                message += ", interrupted"
+            self._bus.emit("generation_finished", self._canonical, seconds=result.seconds, message=message)
+        elif error is None:
+            self._bus.emit("generation_finished", self._canonical, seconds=time.perf_counter() - self.started,
+                           message=f"{done or 'done'} {where}")
+        else:
+            text = "interrupted" if isinstance(error, KeyboardInterrupt) else f"failed: {error}"
+            self._bus.emit("generation_finished", self._canonical, message=text)
+
+    # -- reading the answer ------------------------------------------------------------------------------
+
+    def _events(self) -> Iterator[dict[str, Any] | None]:
+        """The JSON of each server-sent event until ``[DONE]``; ``None`` for a keep-alive comment (the holder lives:
+        a stop asked meanwhile is seen there)."""
+        buffer = b""
+        while True:
+            chunk = self._response.read1(65536)
+            if not chunk:
+                return  # the holder closed the answer: the caller says whether it was whole
+            buffer += chunk
+            while b"\n" in buffer:
+                line, buffer = buffer.split(b"\n", 1)
+                text = line.decode("utf-8", "replace").rstrip("\r")
+                if text.startswith(":"):
+                    yield None
+                if not text.startswith("data:"):
+                    continue
+                data = text[5:].strip()
+                if data == "[DONE]":
+                    return
+                found = json.loads(data)
+                if isinstance(found, dict):
+                    yield found
+            if len(buffer) > _MAX_LINE:
+                raise ValueError("a line of the answer is longer than any answer's line")
+
+    def _failure(self, model_id: str, pieces: list[str], why: str) -> GenerationError:
+        """The error a borrowed answer ends with: the holder named, the text so far kept, the holder skipped."""
+        self._borrowing.failed(self.lender)
+        text = "".join(pieces)
+        so_far = f" after {len(text)} characters (on the exception's .partial)" if text else ""
+        return GenerationError(f"the copy of {model_id!r} in {self.lender.name} stopped answering{so_far}: {why}. "
+                               "Run the cell again: it loads its own copy or asks another", model_id=model_id,
+                               partial=text)
+
+
+def short_name(notebook: str, pid: int) -> str:
+    """How a footer names a member: its notebook's or script's file name (``analysis.ipynb``), else ``pid N``."""
+    name = notebook.replace("\\", "/").rstrip("/").rpartition("/")[2]
+    return name[:200] if name.strip() else f"pid {pid}"
+
+
+def _piece(data: dict[str, Any]) -> str:
+    """The text of one chunk (chat delta or completion text)."""
+    choices = data.get("choices")
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+        return ""
+    choice = choices[0]
+    delta = choice.get("delta")
+    text = delta.get("content") if isinstance(delta, dict) else choice.get("text")
+    return text if isinstance(text, str) else ""
+
+
+def _vector(value: Any) -> list[float]:
+    if isinstance(value, str):
+        raw = base64.b64decode(value)
+        return list(struct.unpack(f"<{len(raw) // 4}f", raw))
+    if isinstance(value, list) and all(isinstance(number, (int, float)) for number in value):
+        return [float(number) for number in value]
+    raise ValueError("an embedding is a list of numbers or base64 floats")
+
+
+def _said(error: Any) -> str:
+    message = error.get("message") if isinstance(error, dict) else error
+    return excerpt(str(message), 300)
+
+
+def _why(error: BaseException, timeout: float) -> str:
+    if isinstance(error, TimeoutError):
+        return f"it sent nothing for {timeout:g} s (borrow_timeout)"
+    if isinstance(error, (ConnectionError, http.client.IncompleteRead, http.client.RemoteDisconnected)):
+        return "its process closed the connection (it stopped or died)"
+    return excerpt(str(error) or type(error).__name__, 200)
+
+
+def _error_message(response: http.client.HTTPResponse) -> str:
+    try:
+        found = json.loads(response.read(64 * 1024) or b"{}")
+    except (OSError, ValueError, http.client.HTTPException):
+        return ""
+    return _said(found.get("error", "")) if isinstance(found, dict) else ""
