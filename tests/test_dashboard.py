@@ -403,7 +403,7 @@ def machine_row(board, model_id):
 def test_this_machine_lists_another_notebooks_models_and_the_device_bar_shows_what_they_hold(board, manager, other):
     assert until(lambda: (machine_row(board, "their-model") or [""] * 5)[4] == "loaded")
     manager.load("a")  # after theirs is published loaded: on the fake clock a wait for their load would never end
-    device, _, notebook, memory, _, pinned, in_use, _ = machine_row(board, "their-model")
+    device, _, notebook, memory, _, pinned, in_use, _, lent_to = machine_row(board, "their-model")
     assert (device, notebook, memory, pinned, in_use) == ("cuda:0", "analysis/report.ipynb", "3.0 GB", "", "")
     assert "This machine" in board._machine_html.value
     assert machine_row(board, "a") is None  # this kernel's own models are in the rows above

@@ -6,6 +6,7 @@ Real processes (tests/jlm_helpers/kernels.py), one ledger, the built-in model
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import threading
@@ -207,3 +208,36 @@ def test_a_lent_request_never_loads_in_the_holder(pair):
 def test_a_generation_error_carries_the_text_so_far():
     error = GenerationError("stopped", model_id="m", partial="half an answer")
     assert error.partial == "half an answer" and error.model_id == "m"
+
+
+def test_who_borrows_a_copy_is_shown_while_it_borrows_then_not(pair):
+    holder, borrower = pair(), pair()
+    holder.load("smol")
+    stream = borrower.stream("smol", STORY, **LONG)
+    pieces = iter(stream)
+    assert next(pieces)
+    me = f"pid {os.getpid()}"
+    assert holder.row("smol").lent_to == (me,) and f"lent to {me}" in holder.row("smol").state_str
+    deadline = time.monotonic() + 10  # the others read it from the ledger once the holder publishes it
+    while time.monotonic() < deadline:
+        seen = [m for m in borrower.machine().models if m.model_id == "smol" and not m.this]
+        if seen and seen[0].borrowers == (me,):
+            break
+        time.sleep(0.05)
+    assert seen and seen[0].borrowers == (me,) and seen[0].borrowers_str == f"lent to {me}"
+    stream.close()  # the holder hears it within a token: its copy is lent to nobody, and free again
+    deadline = time.monotonic() + 5
+    while holder.row("smol").lent_to and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert holder.row("smol").lent_to == () and holder.row("smol").in_use == 0
+
+
+def test_a_copy_row_that_says_nothing_sensible_lends_nothing():
+    from jupyter_llm_manager.manager.cooperation.rows import copy_row
+
+    assert copy_row(("m", "k", "s", 0, '{"B.ipynb": 2}')).borrowers == {"B.ipynb": 2}
+    assert copy_row(("m", "k", "s", 512, "not json")).borrowers == {}
+    for bad in [("m", "k", "", 0, "{}"), ("m", None, "s", 0, "{}"), ("m", "k", "s", "512", "{}"),
+                ("m", "k", "s", -1, "{}"), ("m", "k", "s", True, "{}")]:
+        assert copy_row(bad) is None
+    assert copy_row(("m", "k", "s", 0, '{"x": -1, "y": true, "z": 3}')).borrowers == {"z": 3}

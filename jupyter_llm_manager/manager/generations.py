@@ -237,11 +237,12 @@ class Generations:
         return self._track(TextStream(lambda: self.begin(model_id, canonical, wait, ask), model_id, ask))
 
     def lend(self, model_id: str, canonical: str, ask: Ask, *, wait: float) -> TextStream:
-        """A stream on the copy loaded here now (never a new load, never borrowed), its lease taken before it
-        returns: a request from another process is refused at once when the copy is gone. Closing it unread
-        ends the run."""
-        run = self.begin(model_id, canonical, wait, replace(ask, share=False), existing=True)
-        return self._track(TextStream(lambda: run, model_id, ask, begun=run))
+        """A stream on the copy loaded (or loading) here, for another process: never a new load, never borrowed.
+        Its lease and turn are taken when iteration starts (the server says it is alive meanwhile); a copy gone
+        by then refuses it at once (:class:`~jupyter_llm_manager.errors.CopyNotHeld`)."""
+        local = replace(ask, share=False)
+        return self._track(TextStream(lambda: self.begin(model_id, canonical, wait, local, existing=True),
+                                      model_id, local))
 
     def _track(self, stream: TextStream) -> TextStream:
         with self._streams_lock:
@@ -268,12 +269,11 @@ class TextStream:
     also after an interrupt (``finish_reason="interrupted"``).
     """
 
-    def __init__(self, begin: Callable[[], AnyRun], model_id: str, ask: Ask, *, begun: AnyRun | None = None) -> None:
+    def __init__(self, begin: Callable[[], AnyRun], model_id: str, ask: Ask) -> None:
         self.model_id = model_id
         self.result: GenerationResult | None = None
         self._begin = begin
         self._ask = ask
-        self._begun = begun  # a run taken before iteration (a lent request): ended here if never iterated
         self._stop = threading.Event()
         self._pieces: list[str] = []
         self._iterator: weakref.ref[Generator[str, None, None]] | None = None
@@ -289,11 +289,6 @@ class TextStream:
         self._stop.set()
 
     def close(self) -> None:
-        if self._iterator is None and self._begun is not None:  # never iterated: its run ends now, and no one's
-            run, self._begun = self._begun, None
-            self._iterator = weakref.ref(_never_iterated())
-            run.end(None, GeneratorExit())
-            return
         iterator = self._iterator() if self._iterator is not None else None
         if iterator is not None:
             iterator.close()
@@ -313,7 +308,6 @@ class TextStream:
 
     def _run(self) -> Generator[str, None, None]:
         run = self._begin()
-        self._begun = None
         self._started = run.started
         pieces = None
         error: BaseException | None = None
@@ -360,10 +354,6 @@ class TextStream:
     def __repr__(self) -> str:
         state = "done" if self.result else ("streaming" if self._iterator else "not started")
         return f"<TextStream {self.model_id!r} {state}>"
-
-
-def _never_iterated() -> Generator[str, None, None]:
-    yield from ()
 
 
 # -- what a model can be asked: text (chat mode) or vectors (embed mode), checked before it loads ----

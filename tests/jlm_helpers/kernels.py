@@ -87,10 +87,12 @@ for line in sys.stdin:
                    grew=psutil.Process().memory_info().rss - before)
         elif do == "stream":  # stream; after N pieces, a Ctrl-C here (interrupt_after) or SIGKILL to another (kill)
             import os, signal
-            pieces, at, error, partial = [], None, None, ""
+            pieces, at, error, partial, first = [], None, None, "", None
+            started = time.monotonic()
             stream = manager.stream(command["id"], command["prompt"], **command.get("params", {}))
             try:
                 for piece in stream:
+                    first = first or time.monotonic()
                     pieces.append(piece)
                     if len(pieces) == command.get("interrupt_after"):
                         at = time.monotonic()
@@ -102,7 +104,8 @@ for line in sys.stdin:
                 error = "KeyboardInterrupt"
             except Exception as failure:
                 error, partial = f"{type(failure).__name__}: {failure}", getattr(failure, "partial", "")
-            answer(ok=True, pieces=pieces, at=at, error=error, partial=partial,
+            answer(ok=True, pieces=pieces, at=at, error=error, partial=partial, started=started, first=first,
+                   ended=time.monotonic(), tokens=stream.result.completion_tokens if stream.result else None,
                    footer=stream.result.summary() if stream.result else None)
         elif do == "busy":
             end = time.monotonic() + command["seconds"]

@@ -52,7 +52,8 @@ class Lending:
         return [{"id": key, "object": "model", "owned_by": self._name} for key in sorted(k for k in keys if k)]
 
     def stream(self, request: AnswerRequest) -> LentStream:
-        """The answer, on the copy with the request's share key, its lease taken before this returns."""
+        """The answer, on the copy with the request's share key (refused at once when it is not here); its lease
+        and turn are taken when the stream starts."""
         model_id, params = self._resolve(request)
         ask = Ask(request.prompt, params, bool(request.extension.get("raw", request.raw)), share=False)
         requester = _requester(request)
