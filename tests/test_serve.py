@@ -173,7 +173,7 @@ def test_serve_keeps_models_five_minutes_unless_the_file_says(tmp_path, monkeypa
 
 # -- start and stop -----------------------------------------------------------------------------------------------
 
-def test_the_runtime_file_is_private_and_removed_after_sigterm(tmp_path):
+def test_the_runtime_file_is_private_and_removed_after_sigterm_even_mid_answer(tmp_path):
     with serve_process(tmp_path, "models: {}\n") as process:
         mode = stat.S_IMODE(os.stat(process.runtime_file).st_mode)
         assert mode == 0o600
@@ -182,8 +182,12 @@ def test_the_runtime_file_is_private_and_removed_after_sigterm(tmp_path):
         assert httpx.get(f"{process.url}/models").status_code == 401
         models = httpx.get(f"{process.url}/models", headers={"Authorization": f"Bearer {process.token}"}).json()
         assert "smollm2" in {model["id"] for model in models["data"]}
+        client = openai.OpenAI(base_url=process.url, api_key=process.token, max_retries=0, timeout=120)
+        stream = client.completions.create(model="smollm2", prompt="Count: 1, 2, 3,", max_tokens=2000, stream=True)
+        assert next(iter(stream)).choices  # a generation is running when the signal comes
         process.process.send_signal(signal.SIGTERM)
         assert process.process.wait(30) == 0, process.output()
+        stream.close()
         assert not process.runtime_file.exists()
         printed = process.output()
         assert process.url in printed and process.token in printed

@@ -79,11 +79,15 @@ def error_answer(error: BaseException) -> JSONResponse:
         return JSONResponse(error_body(str(error), "ResourceNotAvailableError"), status_code=503,
                             headers={"Retry-After": str(RETRY_AFTER_S)})
     status = error_status(error)
+    headers = {"Retry-After": str(RETRY_AFTER_S)} if status == 503 else None
+    return JSONResponse(_error_event(error), status_code=status, headers=headers)
+
+
+def _error_event(error: BaseException) -> dict[str, Any]:
+    """OpenAI's error object for an error of the answering part (one that is not the project's is logged: a bug)."""
     if not isinstance(error, LLMManagerError):
         log.error("answering a request failed", exc_info=error)
-    headers = {"Retry-After": str(RETRY_AFTER_S)} if status == 503 else None
-    return JSONResponse(error_body(str(error) or type(error).__name__, type(error).__name__), status_code=status,
-                        headers=headers)
+    return error_body(str(error) or type(error).__name__, type(error).__name__)
 
 
 class _Busy(Exception):
@@ -259,8 +263,7 @@ class _Routes:
                 elif item[0] == "piece":
                     yield _event(answer.piece(item[1]))
                 elif item[0] == "error":
-                    error = item[1]
-                    yield _event(error_body(str(error) or type(error).__name__, type(error).__name__))
+                    yield _event(_error_event(item[1]))
                     return
                 else:
                     result: GenerationResult | None = item[1]
