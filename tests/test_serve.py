@@ -70,6 +70,24 @@ def test_openai_stream_gets_the_same_answer_piece_by_piece(client, expected):
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
 
 
+def test_a_client_that_leaves_a_stream_frees_the_model_at_once(served, client, expected):
+    from jupyter_llm_manager.manager.cooperation.ledger import Ledger
+
+    ledger = Ledger(served.ledger)
+
+    def leases() -> int:
+        return sum(row.leases for row in ledger.models() if row.model_id == "smollm2")
+
+    try:
+        stream = client.completions.create(model="smollm2", prompt="Count: 1, 2, 3,", max_tokens=4000,
+                                           temperature=1, stream=True)
+        assert next(iter(stream)).choices and until(leases, timeout=10) == 1  # the generation holds the model
+        stream.close()
+        assert until(lambda: leases() == 0, timeout=10), "the generation went on after its client left"
+    finally:
+        ledger.close()
+
+
 def test_openai_completion_is_raw(client):
     answer = client.completions.create(model="smollm2", prompt="The capital of France is", max_tokens=TOKENS,
                                        temperature=0)

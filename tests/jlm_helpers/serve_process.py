@@ -23,6 +23,7 @@ class ServeProcess:
     runtime_file: Path
     process: subprocess.Popen
     log: Path
+    ledger: Path  # the machine's ledger it publishes its models (and their leases) to
 
     def output(self) -> str:
         """What it printed so far (stdout and stderr)."""
@@ -48,6 +49,6 @@ def serve_process(folder: Path, config: str) -> Iterator[ServeProcess]:
         assert until(lambda: path.exists() or process.poll() is not None, timeout=120), "serve did not start"
         assert process.poll() is None, f"serve exited: {log.read_text()}"
         written = json.loads(path.read_text())
-        yield ServeProcess(written["url"], written["token"], path, process, log)
+        yield ServeProcess(written["url"], written["token"], path, process, log, folder / "ledger.sqlite")
     finally:
         stop(process)
