@@ -172,6 +172,12 @@ def test_a_completion_is_raw_and_a_text_completion(served, answering):
     assert answering.requests[0].requester.startswith("a client (python-httpx")
 
 
+def test_a_borrowers_extension_says_whether_a_string_prompt_is_raw(served, answering):
+    body = {"model": "fake", "prompt": "Hi", EXTENSION: {"raw": False, "params": {"max_new_tokens": 3}}}
+    served.post("/v1/completions", json=body)
+    assert answering.requests[0].raw is False and answering.requests[0].prompt == "Hi"
+
+
 def test_models_are_listed(served):
     assert served.get("/v1/models").json() == {"object": "list", "data": FakeAnswering().models()}
     assert served.get("/v1/models/fake").json()["id"] == "fake"

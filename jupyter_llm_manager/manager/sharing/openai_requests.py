@@ -8,7 +8,8 @@ or a list of one string; sent raw, without the chat template);
 ``temperature``, ``top_p``, ``seed``, ``stop`` (a string or a list); the
 extensions ``top_k`` and ``repetition_penalty``; ``stream`` and
 ``stream_options.include_usage``; the ``"jupyter_llm_manager"`` object,
-passed on untouched.
+passed on untouched (its ``raw`` and ``requester``, when a borrowing member
+sends them, also set the request's).
 
 What is refused (400), because answering it would be a different answer than
 the client asked for: ``n`` or ``best_of`` other than 1, non-zero
@@ -113,7 +114,8 @@ def _text_request(body: Mapping[str, Any], prompt: Any, *, raw: bool, requester:
     if not isinstance(options, Mapping) or not isinstance(options.get("include_usage", False), bool):
         raise BadRequest("stream_options must be an object with include_usage true or false", "stream_options")
     named = extension.get("requester")
-    answer = AnswerRequest(model, prompt, raw, params, extension,
+    exact_raw = extension.get("raw")  # a borrower's string prompt may go through the chat template (raw false)
+    answer = AnswerRequest(model, prompt, exact_raw if isinstance(exact_raw, bool) else raw, params, extension,
                            named[:200] if isinstance(named, str) and named else requester)
     return TextRequest(answer, bool(stream), bool(stream and options.get("include_usage")))
 
