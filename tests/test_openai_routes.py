@@ -277,6 +277,20 @@ def test_a_silent_stream_sends_keep_alive_comments_until_pieces_come(served, ans
     assert seen[-1] == "data: [DONE]"
 
 
+def test_the_openai_client_reads_a_stream_with_keep_alive_comments_and_an_error_event(served, answering):
+    openai = pytest.importorskip("openai")
+    client = openai.OpenAI(base_url=str(served.base_url).rstrip("/") + "/v1", api_key="none", max_retries=0)
+    answering.next_stream = stream = FakeStream(["slow", " answer"], gated=True)
+    chunks = client.chat.completions.create(model="fake", messages=CHAT["messages"], stream=True)
+    first = next(iter(chunks))  # the role chunk, then a keep-alive comment: the stream began before any piece
+    assert first.choices[0].delta.role == "assistant"
+    stream.release(2)
+    assert "".join(chunk.choices[0].delta.content or "" for chunk in chunks if chunk.choices) == "slow answer"
+    answering.next_stream = FakeStream(["partial"], fail=GenerationError("the holder went away"))
+    with pytest.raises(openai.APIError, match="the holder went away"):
+        list(client.chat.completions.create(model="fake", messages=CHAT["messages"], stream=True))
+
+
 def test_a_client_that_leaves_stops_its_generation_within_a_moment(served, answering):
     answering.next_stream = stream = FakeStream(["tick "], endless=True, gated=True)
     stream.release(3)

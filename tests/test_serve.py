@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import os
 import signal
+import socket
 import stat
 import struct
 
@@ -209,6 +210,15 @@ def test_the_runtime_file_is_private_and_removed_after_sigterm_even_mid_answer(t
         assert not process.runtime_file.exists()
         printed = process.output()
         assert process.url in printed and process.token in printed
+
+
+def test_a_port_in_use_is_a_clear_error(capsys):
+    from jupyter_llm_manager.frontends import cli
+
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        assert cli.main(["serve", "--port", str(port)]) == 2
+    assert f"error: cannot listen on 127.0.0.1 port {port}" in capsys.readouterr().err
 
 
 def test_ctrl_c_stops_it_cleanly_too(tmp_path):

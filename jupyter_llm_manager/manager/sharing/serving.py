@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import hmac
+import ipaddress
 import json
 import logging
 import os
@@ -34,7 +35,7 @@ from starlette.applications import Starlette
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from ...errors import ModelNotFoundError
+from ...errors import ConfigurationError, ModelNotFoundError
 from ...generation import GenerationParams
 from ..facade import FROM_CONFIG, LLMManager
 from .answering import AnswerRequest, PieceStream
@@ -197,7 +198,13 @@ def _interrupt(signum: int, frame: object) -> None:
 def _listening(host: str, port: int) -> Iterator[socket.socket]:
     """A listening socket on ``host:port`` (0: a free port), bound before the server starts, so its port is known."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    listener = socket.create_server((host, port), family=family, reuse_port=False)
+    try:
+        listener = socket.create_server((host, port), family=family)
+    except (OSError, OverflowError) as error:
+        raise ConfigurationError(f"cannot listen on {host} port {port}: {error}; choose another --port, or leave it "
+                                 "out for a free one") from None
+    if not ipaddress.ip_address(listener.getsockname()[0]).is_loopback:
+        log.warning("listening on %s: other machines can connect (each request still needs the token)", host)
     try:
         yield listener
     finally:
