@@ -225,7 +225,11 @@ class _Routes:
         clock = _Clock(self._max_seconds, self._heartbeat_s)
         if not asked.stream:
             return await self._whole(request, pump, answer, clock)
-        first = await clock.next(pump)
+        try:
+            first = await clock.next(pump)
+        except BaseException:  # cancelled (the server stopping) before the stream began: the generation ends too
+            pump.stop()
+            raise
         if first is not None and first[0] == "error":
             return error_answer(first[1])
         return StreamingResponse(self._events(request, pump, answer, asked, clock, first),
