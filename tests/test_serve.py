@@ -20,6 +20,7 @@ from jlm_helpers.conditions import until
 from jlm_helpers.openai_fakes import running
 from jlm_helpers.serve_process import ServeProcess, serve_process
 
+from jupyter_llm_manager.manager.sharing.protocol import EXTENSION
 from jupyter_llm_manager.manager.sharing.serving import ManagerAnswering, serve_app, serve_manager
 from jupyter_llm_manager.models.builtin import smollm2_file
 
@@ -176,6 +177,19 @@ def test_models_loaded_by_another_member_are_listed_under_their_holders_ids(make
     assert refused.status_code == 404 and refused.json()["error"]["type"] == "NotRegisteredHere"
     assert "add it to the configuration file" in refused.json()["error"]["message"]
     assert answered.status_code == 200 and answered.json()["usage"]["completion_tokens"] > 0
+
+
+def test_the_extensions_exact_parameters_win_over_the_openai_fields(make_manager):
+    manager = make_manager()
+    manager.register("echo", source="org/echo")
+    answering = ManagerAnswering(manager)
+    with running(serve_app(answering, "secret")) as url:
+        body = {"model": "echo", "messages": [{"role": "user", "content": "one two three four five"}],
+                "max_tokens": 10, EXTENSION: {"params": {"max_new_tokens": 2, "not_a_parameter": 1}}}
+        answer = httpx.post(f"{url}/v1/chat/completions", json=body, headers={"Authorization": "Bearer secret"}).json()
+    assert answer["choices"][0]["message"]["content"] == "one two"
+    assert answer["choices"][0]["finish_reason"] == "length"
+    assert answer[EXTENSION]["result"]["max_new_tokens"] == 2
 
 
 @pytest.mark.parametrize("file, expected", [("models: {}\n", 300.0), ("defaults: {keep_alive: 1h}\n", 3600.0)])
