@@ -12,6 +12,7 @@ Importing this package imports neither torch nor IPython.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .config.secrets import Secret
@@ -57,6 +58,14 @@ def open_dashboard(manager: LLMManager | None = None, **options: Any) -> Dashboa
     return Dashboard(manager, **options)
 
 
+def serve(host: str = "127.0.0.1", port: int = 0, *, announce: Callable[[Any], None] | None = None) -> None:
+    """An OpenAI-compatible endpoint for other tools, over a manager of its own, until Ctrl-C or SIGTERM (blocks;
+    ``jupyter-llm-manager serve`` runs it). ``announce`` is told the URL and token once it listens."""
+    from .manager.sharing.serving import serve as run
+
+    run(host, port, announce=announce or (lambda served: None))
+
+
 def load_ipython_extension(ipython: object) -> None:
     """``%load_ext jupyter_llm_manager``: the ``%%llm`` and ``%llm`` magics."""
     from .frontends.notebook.magics import load_ipython_extension as load
@@ -98,4 +107,5 @@ __all__ = [
     "UnloadReport",
     "get_manager",
     "open_dashboard",
+    "serve",
 ]

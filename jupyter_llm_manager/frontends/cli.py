@@ -7,7 +7,9 @@
   leftovers of interrupted conversions and the estimate corrections learned from past loads, and clearing them;
 - ``doctor``: devices, drivers and libraries, and why a GPU is not used when it is not;
 - ``quickstart``: run ``notebooks/quickstart.ipynb`` headless and print what it printed;
-- ``demo``: a walk through the Python API: real answers from ``smollm2``, eviction on the demo models.
+- ``demo``: a walk through the Python API: real answers from ``smollm2``, eviction on the demo models;
+- ``serve [--host H] [--port N]``: an OpenAI-compatible endpoint for other tools (LangChain, LlamaIndex, Jupyter
+  AI, the ``openai`` client), on loopback with a token, until Ctrl-C (``docs/serve.md``).
 """
 
 from __future__ import annotations
@@ -264,6 +266,19 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    from .. import serve
+
+    def announce(served: Any) -> None:
+        _say(f"Serving the OpenAI API at {served.url}")
+        _say(f"Token (send as the API key): {served.token}")
+        _say(f"Both are in {served.path} (readable only by you) until this stops; stop with Ctrl-C")
+        sys.stdout.flush()
+
+    serve(args.host, args.port, announce=announce)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="jupyter-llm-manager",
                                      description="Check a jupyter_llm_manager setup outside a notebook.")
@@ -293,6 +308,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     quickstart.set_defaults(run=_quickstart)
     commands.add_parser("demo", help="walk through the Python API: smollm2's answers, eviction on demo models").set_defaults(
         run=_demo)
+    serving = commands.add_parser("serve", help="an OpenAI-compatible endpoint for other tools, with a token, "
+                                                "until Ctrl-C")
+    serving.add_argument("--host", default="127.0.0.1",
+                         help="the address to listen on (default 127.0.0.1: this machine only)")
+    serving.add_argument("--port", type=int, default=0, help="the port (default 0: a free one, printed)")
+    serving.set_defaults(run=_serve)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")

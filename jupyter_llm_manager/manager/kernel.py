@@ -7,6 +7,7 @@ it always knows the built-in model and uses it when no default is set.
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 from ..models.builtin import BUILTIN_ID, builtin_spec
 from .facade import LLMManager
@@ -31,9 +32,10 @@ def get_manager() -> LLMManager:
         return _singleton
 
 
-def configured_manager(*, preload: bool) -> LLMManager:
-    """A manager as the kernel's is made: the configuration file, the built-in model, its default."""
-    manager = LLMManager(preload=preload)
+def configured_manager(*, preload: bool, **settings: Any) -> LLMManager:
+    """A manager as the kernel's is made: the configuration file, the built-in model, its default (``settings``:
+    manager settings that replace the file's, as ``serve``'s keep-alive does)."""
+    manager = LLMManager(preload=preload, **settings)
     if BUILTIN_ID not in manager.ids():
         manager.register(BUILTIN_ID, **builtin_spec().to_mapping(), builtin=True)
     manager.default_model = manager.default_model or BUILTIN_ID

@@ -3,7 +3,8 @@
 ``protocol``: the OpenAI wire format between members, with the borrower's exact
 parameters; ``answering``: what a server answers from; ``openai_routes``: the
 OpenAI-compatible routes (chat, completions, embeddings, models) over an
-``Answering``; ``lending``: this member's copies, answered to other members;
+``Answering`` (``openai_requests`` reads the bodies, ``openai_answers`` writes
+the answers); ``lending``: this member's copies, answered to other members;
 ``borrowing``: this member's requests, answered by another member's copy;
 ``serving``: ``jupyter-llm-manager serve``.
 """

@@ -1,0 +1,233 @@
+"""``jupyter-llm-manager serve``: the OpenAI-compatible endpoint for other tools, over a manager of its own.
+
+The server is a member of the machine like a kernel: its manager reads the
+user's configuration file (so the config's models are known), takes part in
+the machine's cooperative budget, and unloads its own copies after
+``keep_alive`` (5 minutes unless the file sets it, as Ollama does).
+
+Security: it listens on loopback unless ``host`` says otherwise; every request
+needs the bearer token made at start (``secrets.token_urlsafe``), compared in
+constant time; the URL and token are written to
+``<jupyter runtime dir>/llm_manager_serve.json``, created with mode 0600 (never
+readable by another user, not even for a moment) and removed at exit.
+Requests are bounded: body size, :data:`MAX_RUNNING` generations at once,
+:data:`MAX_SECONDS` per generation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import ipaddress
+import json
+import logging
+import os
+import secrets
+import signal
+import socket
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from ...errors import ConfigurationError, ModelNotFoundError
+from ...generation import GenerationParams
+from ..facade import FROM_CONFIG, LLMManager
+from .answering import AnswerRequest, PieceStream
+from .openai_answers import error_body
+from .openai_routes import openai_routes
+
+__all__ = ["MAX_RUNNING", "MAX_SECONDS", "RUNTIME_FILE", "BearerToken", "ManagerAnswering", "Served",
+           "runtime_path", "serve", "serve_manager"]
+
+log = logging.getLogger(__name__)
+
+#: The runtime file's name, in Jupyter's runtime folder.
+RUNTIME_FILE = "llm_manager_serve.json"
+#: Generations answered at once; more get 503 with Retry-After.
+MAX_RUNNING = 8
+#: The longest one generation may run before it is stopped, in seconds.
+MAX_SECONDS = 600.0
+#: ``serve``'s keep-alive when the configuration file sets none.
+SERVE_KEEP_ALIVE = "5m"
+_PARAM_NAMES = frozenset(GenerationParams.__dataclass_fields__) - {"extra"}
+
+
+class NotRegisteredHere(ModelNotFoundError):
+    """An id another member of the machine holds, that this server's configuration does not register."""
+
+    def __init__(self, model_id: str, holder: str) -> None:
+        super().__init__(model_id)
+        message = (f"{model_id!r} is loaded by {holder}, but this server does not know how it was registered: "
+                   "add it to the configuration file (jupyter-llm-manager list shows what the server knows)")
+        self.args = (message,)
+
+
+class ManagerAnswering:
+    """An :class:`~.answering.Answering` over an :class:`LLMManager`: its registered models, and those loaded by
+    the machine's other members (listed under their holders' ids)."""
+
+    def __init__(self, manager: LLMManager) -> None:
+        self._manager = manager
+        self._created = int(time.time())
+
+    def models(self) -> list[dict[str, Any]]:
+        found = {model_id: self._model(model_id, "jupyter_llm_manager") for model_id in self._manager.ids()}
+        for held in self._elsewhere():
+            found.setdefault(held.model_id, self._model(held.model_id, held.notebook))
+        return list(found.values())
+
+    def stream(self, request: AnswerRequest) -> PieceStream:
+        self._check_known(request.model)
+        exact = request.extension.get("params")
+        params = {**request.params, **({key: value for key, value in exact.items() if key in _PARAM_NAMES}
+                                       if isinstance(exact, Mapping) else {})}
+        return self._manager.stream(request.model, request.prompt, raw=request.raw, **params)
+
+    def embed(self, model: str, texts: Sequence[str], requester: str) -> list[list[float]]:
+        self._check_known(model)
+        return self._manager.embed(model, list(texts))
+
+    def _model(self, model_id: str, owner: str) -> dict[str, Any]:
+        return {"id": model_id, "object": "model", "created": self._created, "owned_by": owner}
+
+    def _elsewhere(self) -> list[Any]:
+        return [model for model in self._manager.machine().models if not model.this]
+
+    def _check_known(self, model_id: str) -> None:
+        """A clear 404 for an id only another member knows (its spec is not in the ledger, only its key)."""
+        if model_id in self._manager.ids():
+            return
+        holder = next((model.notebook for model in self._elsewhere() if model.model_id == model_id), None)
+        if holder is not None:
+            raise NotRegisteredHere(model_id, holder)
+
+
+class BearerToken:
+    """ASGI middleware: every HTTP request carries ``Authorization: Bearer <token>`` (401 in OpenAI's shape)."""
+
+    def __init__(self, app: ASGIApp, token: str) -> None:
+        self._app = app
+        self._expected = f"Bearer {token}".encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and not self._allowed(scope):
+            body = error_body("a bearer token is required: use the token `jupyter-llm-manager serve` printed "
+                              f"(also in {runtime_path()})", code="invalid_api_key")
+            await JSONResponse(body, status_code=401, headers={"WWW-Authenticate": "Bearer"})(scope, receive, send)
+            return
+        await self._app(scope, receive, send)
+
+    def _allowed(self, scope: Scope) -> bool:
+        given = next((value for name, value in scope.get("headers", ()) if name == b"authorization"), b"")
+        return hmac.compare_digest(given, self._expected)
+
+
+def serve_app(answering: ManagerAnswering, token: str) -> ASGIApp:
+    """The application: the OpenAI routes over ``answering``, behind the token."""
+    return BearerToken(Starlette(routes=openai_routes(answering, max_running=MAX_RUNNING, max_seconds=MAX_SECONDS)),
+                       token)
+
+
+def serve_manager() -> LLMManager:
+    """The server's manager: the kernel's configuration and built-in model, ``keep_alive`` 5 minutes unless the
+    configuration file sets it."""
+    from ...config.files import find_config_path, load_config
+    from ..kernel import configured_manager
+
+    path = find_config_path(None)
+    given = load_config(path).settings_given if path else frozenset()
+    keep_alive = FROM_CONFIG if "keep_alive" in given else SERVE_KEEP_ALIVE
+    return configured_manager(preload=True, keep_alive=keep_alive)
+
+
+def runtime_path() -> Path:
+    """Where the running server's URL and token are written."""
+    from jupyter_core.paths import jupyter_runtime_dir
+
+    return Path(jupyter_runtime_dir()) / RUNTIME_FILE
+
+
+@dataclass(frozen=True)
+class Served:
+    """What a client needs: the base URL (ending ``/v1``) and the token."""
+
+    url: str
+    token: str
+    path: Path
+
+
+def serve(host: str = "127.0.0.1", port: int = 0, *, announce: Callable[[Served], None] = lambda served: None,
+          manager: Callable[[], LLMManager] = serve_manager) -> None:
+    """Serve until Ctrl-C or SIGTERM, then close the manager and remove the runtime file. ``port`` 0 picks a
+    free one; ``announce`` is told the URL and token once the server listens."""
+    import uvicorn
+
+    token = secrets.token_urlsafe(32)
+    previous = signal.signal(signal.SIGTERM, _interrupt)  # uvicorn raises a caught signal again when it stops
+    try:
+        with _listening(host, port) as listener:
+            shown = f"[{host}]" if ":" in host else host
+            served = Served(f"http://{shown}:{listener.getsockname()[1]}/v1", token, runtime_path())
+            owned = manager()
+            try:
+                config = uvicorn.Config(serve_app(ManagerAnswering(owned), token), log_level="warning",
+                                        access_log=False, lifespan="off", timeout_graceful_shutdown=2,
+                                        limit_concurrency=4 * MAX_RUNNING + 16)
+                with _runtime_file(served):
+                    announce(served)
+                    uvicorn.Server(config).run(sockets=[listener])
+            finally:
+                owned.close()
+    except KeyboardInterrupt:
+        log.info("serve stopped")
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def _listening(host: str, port: int) -> Iterator[socket.socket]:
+    """A listening socket on ``host:port`` (0: a free port), bound before the server starts, so its port is known."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        listener = socket.create_server((host, port), family=family)
+    except (OSError, OverflowError) as error:
+        raise ConfigurationError(f"cannot listen on {host} port {port}: {error}; choose another --port, or leave it "
+                                 "out for a free one") from None
+    if not ipaddress.ip_address(listener.getsockname()[0]).is_loopback:
+        log.warning("listening on %s: other machines can connect (each request still needs the token)", host)
+    try:
+        yield listener
+    finally:
+        listener.close()
+
+
+@contextlib.contextmanager
+def _runtime_file(served: Served) -> Iterator[None]:
+    """The runtime file, mode 0600 from its creation (a new name, then renamed into place), removed at exit when it
+    is still this server's."""
+    folder = served.path.parent
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    staged = folder / f".{RUNTIME_FILE}.{os.getpid()}.{secrets.token_hex(4)}"
+    data = json.dumps({"url": served.url, "token": served.token, "pid": os.getpid()}).encode()
+    handle = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+    try:
+        os.write(handle, data)
+    finally:
+        os.close(handle)
+    os.replace(staged, served.path)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError, ValueError):
+            if json.loads(served.path.read_text()).get("token") == served.token:  # another server's is left alone
+                served.path.unlink()
