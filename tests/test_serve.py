@@ -162,21 +162,28 @@ def test_litellm_as_jupyter_ai_calls_it(served, expected, monkeypatch):
 
 # -- the server's manager (in this process, over the fake backend) ----------------------------------------------
 
-def test_models_loaded_by_another_member_are_listed_under_their_holders_ids(make_manager, tmp_path):
+@pytest.mark.parametrize("lends", [True, False])
+def test_models_loaded_by_another_member_are_listed_and_answered_from_their_copies(make_manager, tmp_path, lends):
     ledger = str(tmp_path / "ledger.sqlite")
-    holder, server = make_manager(ledger_path=ledger), make_manager(ledger_path=ledger)
+    holder, server = make_manager(ledger_path=ledger, share=lends), make_manager(ledger_path=ledger)
     holder.register("theirs", source="org/theirs")
     holder.load("theirs")
     server.register("ours", source="org/ours")
     app = serve_app(ManagerAnswering(server), "secret")
     with running(app) as url, httpx.Client(base_url=url, headers={"Authorization": "Bearer secret"}) as http:
         listed = {model["id"]: model["owned_by"] for model in http.get("/v1/models").json()["data"]}
-        refused = http.post("/v1/chat/completions", json={"model": "theirs", "messages": QUESTION})
+        theirs = http.post("/v1/chat/completions", json={"model": "theirs", "messages": QUESTION, "max_tokens": 3})
         answered = http.post("/v1/chat/completions", json={"model": "ours", "messages": QUESTION, "max_tokens": 3})
     assert listed == {"ours": "jupyter_llm_manager", "theirs": holder.machine().kernels[0].notebook}
-    assert refused.status_code == 404 and refused.json()["error"]["type"] == "NotRegisteredHere"
-    assert "add it to the configuration file" in refused.json()["error"]["message"]
     assert answered.status_code == 200 and answered.json()["usage"]["completion_tokens"] > 0
+    if lends:  # asked of the holder's copy: its answer, its model's name
+        assert theirs.status_code == 200, theirs.text
+        assert theirs.json()["model"] == "theirs" and theirs.json()["usage"]["completion_tokens"] == 3
+        assert "theirs" not in server.ids()  # nothing registered, nothing loaded here
+        assert any(e.kind == "lending" for e in holder.events())
+    else:  # a holder that does not share: nothing to ask, and the message says what to do
+        assert theirs.status_code == 404 and theirs.json()["error"]["type"] == "NotRegisteredHere"
+        assert "add it to the configuration file" in theirs.json()["error"]["message"]
 
 
 def test_the_extensions_exact_parameters_win_over_the_openai_fields(make_manager):

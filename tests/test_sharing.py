@@ -241,3 +241,24 @@ def test_a_copy_row_that_says_nothing_sensible_lends_nothing():
                 ("m", "k", "s", -1, "{}"), ("m", "k", "s", True, "{}")]:
         assert copy_row(bad) is None
     assert copy_row(("m", "k", "s", 0, '{"x": -1, "y": true, "z": 3}')).borrowers == {"z": 3}
+
+
+def test_a_borrowed_request_waits_its_turn_on_the_holders_copy_and_is_told_its_place(pair):
+    holder, borrower = pair(), pair()
+    holder.load("smol")
+    own = holder.stream("smol", STORY, **LONG)
+    pieces = iter(own)
+    assert next(pieces)  # the holder's own answer has the copy's turn (llama.cpp answers one at a time)
+    answers = []
+    waiting = threading.Thread(target=lambda: answers.append(borrower.generate("smol", PROMPT, **GREEDY)))
+    waiting.start()
+    deadline = time.monotonic() + 15
+    told = []
+    while not told and time.monotonic() < deadline:
+        told = [e for e in borrower.events() if e.kind == "waiting" and "in pid" in e.message]
+        time.sleep(0.05)
+    assert told and told[0].position == 1 and "1 request ahead" in told[0].message, told
+    assert not answers  # still waiting
+    own.close()
+    waiting.join(30)
+    assert answers and answers[0].served_by and answers[0].text

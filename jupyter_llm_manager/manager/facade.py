@@ -29,10 +29,11 @@ from .api.reports import ReportCalls
 from .api.settings import SettingsAccess, checked
 from .generations import Ask, TextStream, checked_params, checked_texts, text_model
 from .handles import Lease, ModelHandle
+from .sharing.borrowing import Borrowing
 from .state import Ticket
 from .wiring import shut_down, wire
 
-__all__ = ["FROM_CONFIG", "LLMManager"]
+__all__ = ["FROM_CONFIG", "LLMManager", "borrowing_of"]
 
 T = TypeVar("T")
 
@@ -176,3 +177,8 @@ class LLMManager(RegistryCalls, ReportCalls, SettingsAccess, AsyncCalls):
 def _wait_seconds(manager: LLMManager, wait: float | str | None) -> float:
     """A ``wait=`` argument checked: seconds (``None``: the manager's wait_timeout setting)."""
     return manager.wait_timeout if wait is None else checked(lambda: parse_wait(wait))
+
+
+def borrowing_of(manager: LLMManager) -> Borrowing:
+    """``manager``'s borrowing part: ``serve`` asks other members' copies of ids it does not register itself."""
+    return manager._parts.borrowing

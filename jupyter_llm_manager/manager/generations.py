@@ -118,6 +118,7 @@ class Ask:
     raw: bool = False
     texts: Sequence[str] = ()
     share: bool = True  # this call may run on another process's copy (``share=False``: only on a local one)
+    told: Callable[[str], None] | None = None  # also told its place while it waits for its turn (a lent request)
 
 
 class AnyRun(Protocol):
@@ -164,7 +165,7 @@ class Generations:
             if borrowed is not None:
                 return borrowed
             ticket = self._acquire(model_id, deadline, existing=existing)
-            turn = self._turn(ticket, deadline)
+            turn = self._turn(ticket, deadline, ask.told if ask is not None else None)
         except BaseException as error:
             if ticket is not None:
                 ticket.release()
@@ -173,14 +174,17 @@ class Generations:
             raise
         return Run(self._bus, ticket, turn)
 
-    def _turn(self, ticket: Ticket, deadline: Deadline) -> int:
+    def _turn(self, ticket: Ticket, deadline: Deadline, tell: Callable[[str], None] | None = None) -> int:
         """This request's ticket: a free run, or its turn on an instance that answers one at a time (waiting
         ones are told their place). Free runs are counted so that an instance turning serial waits for them."""
         name = ticket.canonical
 
         def told(ahead: int) -> None:
-            self._bus.emit("waiting", name, position=ahead, message=f"waiting for its turn on {name}: {ahead} "
-                           f"request{'s' if ahead != 1 else ''} ahead ({name} answers one at a time)")
+            message = (f"waiting for its turn on {name}: {ahead} request{'s' if ahead != 1 else ''} ahead "
+                       f"({name} answers one at a time)")
+            self._bus.emit("waiting", name, position=ahead, message=message)
+            if tell is not None:
+                tell(message)
 
         instance = ticket.instance
         shared = instance.base is not None or instance.has_adapters  # one model, its adapters switched per request

@@ -54,6 +54,7 @@ class MachineModel:
     this: bool
     member: str = ""  # the owning manager's ledger id: what ``manager.ask_to_unload(member, model_id)`` takes
     borrowers: tuple[str, ...] = ()  # who is answered from this copy now (other notebooks, "pid N", serve)
+    share: str = ""  # the key other members borrow this copy by ("" when it is not lent)
 
     bytes_str = bytes_text("bytes")
 

@@ -22,10 +22,10 @@ def machine_report(me: Identity, own: list[MachineModel], members: list[MemberRo
     say who borrows the others' models.
     """
     names = {m.member: m for m in members}
-    lent = {(c.member, c.key): borrower_names(c.borrowers) for c in copies}
+    lent = {(c.member, c.key): c for c in copies}
     models = [replace(m, member=me.member) for m in own] + [
         MachineModel(names[r.member].pid, names[r.member].notebook, r.model_id, r.device, r.bytes, r.state,
-                     r.pinned, r.leases, r.last_used, False, r.member, lent.get((r.member, r.key), ()))
+                     r.pinned, r.leases, r.last_used, False, r.member, *_lent(lent.get((r.member, r.key))))
         for r in rows if r.member in names and r.member != me.member]
     kernels = [KernelRow(me.pid, me.notebook, me.kernel, me.member, True, len(own), sum(m.bytes for m in own))]
     for member in members:
@@ -36,3 +36,8 @@ def machine_report(me: Identity, own: list[MachineModel], members: list[MemberRo
     pids = {k.pid for k in kernels}
     others = tuple(p for p in gpu_processes() if p.pid not in pids)
     return MachineReport(tuple(kernels), tuple(models), others, bool(ledger), ledger, reason)
+
+
+def _lent(copy: CopyRow | None) -> tuple[tuple[str, ...], str]:
+    """Who borrows a copy and its share key (nobody, "" when it is not lent)."""
+    return ((), "") if copy is None else (borrower_names(copy.borrowers), copy.share)

@@ -22,15 +22,16 @@ import base64
 import http.client
 import json
 import logging
+import re
 import struct
 import threading
 import time
-from collections.abc import Generator, Iterator
+from collections.abc import Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
 from ...backends import BackendCache
-from ...errors import GenerationError, LLMManagerError
+from ...errors import CopyNotHeld, GenerationError, LLMManagerError
 from ...events import EventBus
 from ...generation import GenerationResult
 from ...support.deadlines import Deadline
@@ -38,8 +39,9 @@ from ...support.units import excerpt
 from ..cooperation import Cooperation
 from ..cooperation.listener import UnixConnection
 from ..cooperation.membership import LEDGER_FAILURES
-from ..generations import AnyRun, Ask
+from ..generations import AnyRun, Ask, TextStream
 from ..state import ManagerState
+from .answering import AnswerRequest
 from .protocol import EXTENSION, request_body, result_from
 
 __all__ = ["Borrowing", "Lender"]
@@ -93,12 +95,17 @@ class Borrowing:
             need = self._backends(spec.backend).lent_context(spec)
         except (LLMManagerError, OSError):
             need = 0  # its file cannot be read here: a holder that loaded it may still answer
+        return self.holders(spec.share_key, need)
+
+    def holders(self, share: str, need: int = 0) -> list[Lender]:
+        """The members lending a copy with share key ``share`` (and a context of at least ``need`` tokens where
+        it was allocated at load), loaded ones first, then the least busy; holders that failed lately skipped."""
         membership = self._cooperation.membership
         try:  # a ledger that fails is said by the placement that follows (once): borrowing just finds nobody
             ledger = membership.ensure_started()
             if ledger is None:
                 return []
-            copies = [c for c in ledger.copies(membership.member) if c.share == spec.share_key
+            copies = [c for c in ledger.copies(membership.member) if c.share == share
                       and (c.context == 0 or c.context >= need) and not self._skipped(c.member)]
             members, models, _ = ledger.others(membership.member) if copies else ([], [], [])
         except LEDGER_FAILURES as error:
@@ -136,30 +143,73 @@ class Borrowing:
             return None
         with self._state.lock:
             share = self._state.registry.specs[canonical].share_key
-            timeout = self._state.settings.borrow_timeout
         assert share is not None
+        return self._first_taker(lenders, canonical, *self._body(share, ask, deadline))
+
+    def forward(self, share: str, model_id: str, request: AnswerRequest, wait: float) -> TextStream:
+        """A stream from another member's copy with share key ``share``, for a client that knows it by its holder's
+        id ``model_id`` only (``serve``): the client's OpenAI fields go as they came, over the holder's own
+        defaults. :class:`~jupyter_llm_manager.errors.CopyNotHeld` when no holder takes it."""
+        params = _openai_fields(request.params)
+        body = {"model": share, "stream": True, **params,
+                EXTENSION: {"requester": self._requester(), "raw": request.raw, "wait": wait}}
+        if isinstance(request.prompt, str):
+            body["prompt"], path = request.prompt, "/v1/completions"
+        else:
+            body["messages"], path = [dict(message) for message in request.prompt], "/v1/chat/completions"
+
+        def begin() -> AnyRun:
+            run = self._first_taker(self.holders(share), model_id, path, body)
+            if run is None:
+                raise CopyNotHeld(model_id)
+            return run
+
+        return TextStream(begin, model_id, Ask(request.prompt, None, request.raw, share=False))
+
+    def forward_embed(self, share: str, model_id: str, texts: Sequence[str], wait: float) -> list[list[float]]:
+        """Vectors from another member's copy with share key ``share`` (see :meth:`forward`)."""
+        ask = Ask(texts=list(texts))
+        deadline = Deadline(wait)
+        run = self._first_taker(self.holders(share), model_id, *self._body(share, ask, deadline))
+        if run is None:
+            raise CopyNotHeld(model_id)
+        try:
+            vectors = run.embed(ask, model_id)
+        except BaseException as error:
+            run.end(None, error)
+            raise
+        run.end(None, None, done=f"{len(vectors)} vectors")
+        return vectors
+
+    def _first_taker(self, lenders: list[Lender], canonical: str, path: str,
+                     body: dict[str, Any]) -> BorrowedRun | None:
+        with self._state.lock:
+            timeout = self._state.settings.borrow_timeout
         for lender in lenders:
-            response = self._ask(lender, canonical, share, ask, deadline, timeout)
+            response = self._send(lender, canonical, path, body, timeout)
             if response is not None:
                 self._bus.emit("borrowing", canonical, message=f"answering from the copy in {lender.name}")
                 return BorrowedRun(self, lender, canonical, response, timeout, self._bus)
         return None
 
-    def _ask(self, lender: Lender, canonical: str, share: str, ask: Ask, deadline: Deadline,
-             timeout: float) -> tuple[UnixConnection, http.client.HTTPResponse] | None:
+    def _requester(self) -> str:
+        return short_name(self._cooperation.notebook, self._cooperation.pid)
+
+    def _body(self, share: str, ask: Ask, deadline: Deadline) -> tuple[str, dict[str, Any]]:
+        """Where and what to send for ``ask``: the borrower's exact parameters, what is left of its wait."""
+        requester = self._requester()
+        if ask.texts:
+            return "/v1/embeddings", {"model": share, "input": list(ask.texts), "encoding_format": "base64",
+                                      EXTENSION: {"requester": requester, "wait": deadline.remaining()}}
+        assert ask.prompt is not None and ask.params is not None
+        body = request_body(share, ask.prompt, ask.params, raw=ask.raw, requester=requester)
+        body[EXTENSION]["wait"] = deadline.remaining()
+        return ("/v1/completions" if isinstance(ask.prompt, str) else "/v1/chat/completions"), body
+
+    def _send(self, lender: Lender, canonical: str, path: str, body: dict[str, Any],
+              timeout: float) -> tuple[UnixConnection, http.client.HTTPResponse] | None:
         """Send the request; the open answer when the holder accepted it, ``None`` when it refused or is gone
         (ask elsewhere); a :class:`GenerationError` when it stayed silent for ``timeout`` seconds."""
-        requester = short_name(self._cooperation.notebook, self._cooperation.pid)
-        extension: dict[str, Any] = {"requester": requester, "wait": deadline.remaining()}
-        if ask.texts:
-            path = "/v1/embeddings"
-            body: dict[str, Any] = {"model": share, "input": list(ask.texts), "encoding_format": "base64",
-                                    EXTENSION: extension}
-        else:
-            assert ask.prompt is not None and ask.params is not None
-            body = request_body(share, ask.prompt, ask.params, raw=ask.raw, requester=requester)
-            body[EXTENSION]["wait"] = extension["wait"]
-            path = "/v1/completions" if isinstance(ask.prompt, str) else "/v1/chat/completions"
         connection = UnixConnection(lender.address, timeout)
         try:
             connection.request("POST", path, body=json.dumps(body).encode(),
@@ -170,7 +220,7 @@ class Borrowing:
             self.failed(lender)
             raise GenerationError(f"the copy of {canonical!r} in {lender.name} did not answer: "
                                   f"{_why(TimeoutError(), timeout)}. Run the cell again: it loads its own copy or "
-                                  "asks another") from None
+                                  "asks another", model_id=canonical) from None
         except (OSError, http.client.HTTPException) as error:  # gone before it was asked: ask elsewhere
             connection.close()
             self.failed(lender)
@@ -196,6 +246,7 @@ class BorrowedRun:
         self._timeout = timeout
         self._bus = bus
         self._ended = False
+        self._last_told = ""
         self.started = time.perf_counter()
 
     def stream(self, ask: Ask, model_id: str, stop: threading.Event) -> Generator[str, None, GenerationResult]:
@@ -206,7 +257,8 @@ class BorrowedRun:
             for data in self._events():
                 if stop.is_set():
                     break
-                if data is None:  # a keep-alive: the holder waits for its turn, or loads
+                if isinstance(data, str):  # a keep-alive: the holder waits for its turn (saying where), or loads
+                    self._told(data)
                     continue
                 if "error" in data:
                     raise self._failure(model_id, pieces, _said(data["error"]))
@@ -273,9 +325,9 @@ class BorrowedRun:
 
     # -- reading the answer ------------------------------------------------------------------------------
 
-    def _events(self) -> Iterator[dict[str, Any] | None]:
-        """The JSON of each server-sent event until ``[DONE]``; ``None`` for a keep-alive comment (the holder lives:
-        a stop asked meanwhile is seen there)."""
+    def _events(self) -> Iterator[dict[str, Any] | str]:
+        """The JSON of each server-sent event until ``[DONE]``; a keep-alive comment's text (the holder lives: a
+        stop asked meanwhile is seen there)."""
         buffer = b""
         while True:
             chunk = self._response.read1(65536)
@@ -286,7 +338,7 @@ class BorrowedRun:
                 line, buffer = buffer.split(b"\n", 1)
                 text = line.decode("utf-8", "replace").rstrip("\r")
                 if text.startswith(":"):
-                    yield None
+                    yield text[1:].strip()
                 if not text.startswith("data:"):
                     continue
                 data = text[5:].strip()
@@ -297,6 +349,15 @@ class BorrowedRun:
                     yield found
             if len(buffer) > _MAX_LINE:
                 raise ValueError("a line of the answer is longer than any answer's line")
+
+    def _told(self, comment: str) -> None:
+        """A holder's keep-alive that says where the request waits: a ``waiting`` event here, once per change."""
+        if not comment.startswith("waiting") or comment == self._last_told:
+            return
+        self._last_told = comment
+        found = re.search(r": (\d+) requests? ahead", comment)
+        self._bus.emit("waiting", self._canonical, position=int(found.group(1)) if found else None,
+                       message=f"{comment[:300]} in {self.lender.name}")
 
     def _failure(self, model_id: str, pieces: list[str], why: str) -> GenerationError:
         """The error a borrowed answer ends with: the holder named, the text so far kept, the holder skipped."""
@@ -312,6 +373,14 @@ def short_name(notebook: str, pid: int) -> str:
     """How a footer names a member: its notebook's or script's file name (``analysis.ipynb``), else ``pid N``."""
     name = notebook.replace("\\", "/").rstrip("/").rpartition("/")[2]
     return name[:200] if name.strip() else f"pid {pid}"
+
+
+def _openai_fields(params: Mapping[str, Any]) -> dict[str, Any]:
+    """Generation keywords (:class:`GenerationParams` names) as the OpenAI fields a server reads them from."""
+    names = {"max_new_tokens": "max_tokens", "temperature": "temperature", "top_p": "top_p", "top_k": "top_k",
+             "seed": "seed", "stop": "stop", "repetition_penalty": "repetition_penalty"}
+    return {names[key]: list(value) if key == "stop" else value for key, value in params.items()
+            if key in names and value is not None}
 
 
 def _piece(data: dict[str, Any]) -> str:

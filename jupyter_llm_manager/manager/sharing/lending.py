@@ -55,10 +55,12 @@ class Lending:
         """The answer, on the copy with the request's share key (refused at once when it is not here); its lease
         and turn are taken when the stream starts."""
         model_id, params = self._resolve(request)
-        ask = Ask(request.prompt, params, bool(request.extension.get("raw", request.raw)), share=False)
+        notes = _Notes()
+        ask = Ask(request.prompt, params, bool(request.extension.get("raw", request.raw)), share=False,
+                  told=notes.tell)
         requester = _requester(request)
         stream = self._generations.lend(model_id, model_id, ask, wait=self._wait(request.extension))
-        return LentStream(stream, self._borrowed(model_id, requester))
+        return LentStream(stream, self._borrowed(model_id, requester), notes)
 
     def embed(self, model: str, texts: Sequence[str], requester: str,
               extension: Mapping[str, Any] | None = None) -> list[list[float]]:
@@ -136,12 +138,28 @@ class Lending:
         return release
 
 
-class LentStream:
-    """A lent stream: the pieces of a :class:`TextStream`, its borrower counted until it ends or is closed."""
+class _Notes:
+    """What a lent request is doing while it sends nothing (its place in the queue), for its borrower."""
 
-    def __init__(self, stream: TextStream, release: Any) -> None:
+    def __init__(self) -> None:
+        self.waiting = ""
+
+    def tell(self, message: str) -> None:
+        self.waiting = message
+
+
+class LentStream:
+    """A lent stream: the pieces of a :class:`TextStream`, its borrower counted until it ends or is closed;
+    ``waiting`` says its place in the queue while it waits for its turn (the server's keep-alives carry it)."""
+
+    def __init__(self, stream: TextStream, release: Any, notes: _Notes) -> None:
         self._stream = stream
         self._release = release
+        self._notes = notes
+
+    @property
+    def waiting(self) -> str:
+        return self._notes.waiting
 
     @property
     def result(self) -> GenerationResult | None:
@@ -149,7 +167,9 @@ class LentStream:
 
     def __iter__(self) -> Iterator[str]:
         try:
-            yield from self._stream
+            for piece in self._stream:
+                self._notes.waiting = ""
+                yield piece
         finally:
             self._release()
 

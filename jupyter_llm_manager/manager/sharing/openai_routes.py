@@ -153,6 +153,12 @@ class _Pump:
         except asyncio.TimeoutError:
             return None
 
+    def keep_alive(self) -> str:
+        """The comment that says the stream lives: what it waits for, where it says (its place in a queue)."""
+        waiting = getattr(self._stream, "waiting", "")
+        note = " ".join(waiting.split())[:300] if isinstance(waiting, str) and waiting else "keep-alive"
+        return f": {note}\n\n"
+
     def stop(self) -> None:
         """End the generation within a token (once)."""
         if not self.stopped:
@@ -263,7 +269,7 @@ class _Routes:
             item = first
             while True:
                 if item is None:
-                    yield ": keep-alive\n\n"
+                    yield pump.keep_alive()
                 elif item[0] == "piece":
                     yield _event(answer.piece(item[1]))
                 elif item[0] == "error":

@@ -37,7 +37,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ...errors import ConfigurationError, ModelNotFoundError
 from ...generation import GenerationParams
-from ..facade import FROM_CONFIG, LLMManager
+from ...reports import MachineModel
+from ..facade import FROM_CONFIG, LLMManager, borrowing_of
 from .answering import AnswerRequest, PieceStream
 from .openai_answers import error_body
 from .openai_routes import openai_routes
@@ -63,8 +64,9 @@ class NotRegisteredHere(ModelNotFoundError):
 
     def __init__(self, model_id: str, holder: str) -> None:
         super().__init__(model_id)
-        message = (f"{model_id!r} is loaded by {holder}, but this server does not know how it was registered: "
-                   "add it to the configuration file (jupyter-llm-manager list shows what the server knows)")
+        message = (f"{model_id!r} is loaded by {holder}, which does not lend it (share is off there), and this "
+                   "server does not know how it was registered: add it to the configuration file "
+                   "(jupyter-llm-manager list shows what the server knows)")
         self.args = (message,)
 
 
@@ -74,6 +76,7 @@ class ManagerAnswering:
 
     def __init__(self, manager: LLMManager) -> None:
         self._manager = manager
+        self._borrowing = borrowing_of(manager)  # ids only other members know are asked of their copies
         self._created = int(time.time())
 
     def models(self) -> list[dict[str, Any]]:
@@ -83,14 +86,18 @@ class ManagerAnswering:
         return list(found.values())
 
     def stream(self, request: AnswerRequest) -> PieceStream:
-        self._check_known(request.model)
+        held = self._held_elsewhere(request.model)
+        if held is not None:  # an id only another member registered: asked of its copy, by its share key
+            return self._borrowing.forward(held.share, request.model, request, self._manager.wait_timeout)
         exact = request.extension.get("params")
         params = {**request.params, **({key: value for key, value in exact.items() if key in _PARAM_NAMES}
                                        if isinstance(exact, Mapping) else {})}
         return self._manager.stream(request.model, request.prompt, raw=request.raw, **params)
 
     def embed(self, model: str, texts: Sequence[str], requester: str) -> list[list[float]]:
-        self._check_known(model)
+        held = self._held_elsewhere(model)
+        if held is not None:
+            return self._borrowing.forward_embed(held.share, model, texts, self._manager.wait_timeout)
         return self._manager.embed(model, list(texts))
 
     def _model(self, model_id: str, owner: str) -> dict[str, Any]:
@@ -99,13 +106,16 @@ class ManagerAnswering:
     def _elsewhere(self) -> list[Any]:
         return [model for model in self._manager.machine().models if not model.this]
 
-    def _check_known(self, model_id: str) -> None:
-        """A clear 404 for an id only another member knows (its spec is not in the ledger, only its key)."""
+    def _held_elsewhere(self, model_id: str) -> MachineModel | None:
+        """The copy another member holds under ``model_id``, when this server does not register that id; a clear
+        404 when that copy is not lent (its manager does not share)."""
         if model_id in self._manager.ids():
-            return
-        holder = next((model.notebook for model in self._elsewhere() if model.model_id == model_id), None)
-        if holder is not None:
-            raise NotRegisteredHere(model_id, holder)
+            return None
+        held = [model for model in self._elsewhere() if model.model_id == model_id]
+        lent = next((model for model in held if model.share), None)
+        if held and lent is None:
+            raise NotRegisteredHere(model_id, held[0].notebook)
+        return lent
 
 
 class BearerToken:
