@@ -564,3 +564,18 @@ def test_dashboard_magic_shows_a_widget_and_unload_ext_closes_it(shell, echo, ma
         assert first.closed and not first._thread.is_alive()
     finally:
         shell.run_line_magic("load_ext", "jupyter_llm_manager")
+
+
+@pytest.mark.parametrize("option, share", [("", None), (" --no-share", False)])
+def test_no_share_asks_for_this_kernels_own_copy(shell, magics, echo, monkeypatch, option, share):
+    asked = []
+    real_stream = echo.stream
+
+    def stream(model_id, prompt, **params):
+        asked.append(params.get("share"))
+        return real_stream(model_id, prompt, **params)
+
+    monkeypatch.setattr(echo, "stream", stream)
+    result, captured = run(shell, f"%%llm echo{option}\nhello there")
+    assert result.error_in_exec is None and not captured.stderr
+    assert asked == [share]

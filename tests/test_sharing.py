@@ -262,3 +262,16 @@ def test_a_borrowed_request_waits_its_turn_on_the_holders_copy_and_is_told_its_p
     own.close()
     waiting.join(30)
     assert answers and answers[0].served_by and answers[0].text
+
+
+def test_embeddings_are_borrowed_too_and_equal_the_holders_own(pair):
+    holder, borrower = pair(), pair()
+    for manager in (holder, borrower):
+        manager.register("vectors", **{**builtin_spec().to_mapping(), "mode": "embed"})
+    holder.load("vectors")
+    texts = ["a lighthouse by the sea", "a cat asleep in the sun"]
+    own = holder.embed("vectors", texts)
+    borrowed = borrower.embed("vectors", texts)
+    assert [[round(x, 5) for x in v] for v in borrowed] == [[round(x, 5) for x in v] for v in own]
+    assert any(e.kind == "borrowing" for e in borrower.events())
+    assert borrower.row("vectors").state == "registered"

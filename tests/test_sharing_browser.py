@@ -22,6 +22,11 @@ pytestmark = pytest.mark.browser
 ASK = "%%llm smollm2 -t 0 -n 24\nName three colors of the rainbow."
 
 
+def shown(page, scope: str, index: int) -> str:
+    """Everything cell ``index`` of notebook ``scope`` shows below its input (the answer and its footer)."""
+    return page.inner_text(f"{scope} .jp-Cell >> nth={index} >> .jp-Cell-outputWrapper")
+
+
 def test_the_second_notebook_answers_from_the_first_ones_copy_and_says_so(tmp_path):
     require_browser()
     from jupyter_llm_manager.models.builtin import smollm2_file
@@ -45,17 +50,17 @@ def test_the_second_notebook_answers_from_the_first_ones_copy_and_says_so(tmp_pa
         page.wait_for_selector(f"{output(a, 0)} >> text=/Loaded|loaded/", timeout=120_000)
         run(page, a, 1)
         page.wait_for_selector(f"{output(a, 1)} >> text=tok/s", timeout=120_000)
-        own = page.inner_text(output(a, 1))
+        own = shown(page, a, 1)
         run(page, b, 0)
         run(page, b, 1)
         page.wait_for_selector(f"{output(b, 1)} >> text=tok/s", timeout=120_000)
-        borrowed = page.inner_text(output(b, 1))
+        borrowed = shown(page, b, 1)
         assert "on the copy in analysis.ipynb" in borrowed, borrowed
         assert own.split("smollm2 ·")[0].strip() == borrowed.split("smollm2 ·")[0].strip()  # the same answer
         run(page, b, 2)
         page.wait_for_selector(f"{output(b, 2)} >> text=smollm2", timeout=60_000)
-        assert "loaded" not in page.inner_text(output(b, 2))  # B holds no copy of its own
+        assert "loaded" not in shown(page, b, 2)  # B holds no copy of its own
         page.screenshot(path=str(artifacts() / "sharing-borrowed.png"), full_page=True)
         run(page, b, 3)  # --no-share: B loads its own copy
         page.wait_for_selector(f"{output(b, 3)} >> text=tok/s", timeout=120_000)
-        assert "on the copy in" not in page.inner_text(output(b, 3))
+        assert "on the copy in" not in shown(page, b, 3)

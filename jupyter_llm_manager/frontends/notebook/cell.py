@@ -87,7 +87,7 @@ class CellAsker:
             manager.text_spec(model_id)  # an unknown id, or one without text, fails before anything runs
         text = interpolate(cell.lstrip("\n").rstrip(), namespace)
         params = self.params(args)
-        generation = {key: value for key, value in params.items() if key != "wait"}
+        generation = {key: value for key, value in params.items() if key not in ("wait", "share")}
         for model_id in models:  # a parameter a backend does not take: one line, before anything loads
             manager.generation_params(model_id, **generation)
         view = self._make_view(models, fmt)
