@@ -404,7 +404,7 @@ def test_this_machine_lists_another_notebooks_models_and_the_device_bar_shows_wh
     assert until(lambda: (machine_row(board, "their-model") or [""] * 5)[4] == "loaded")
     manager.load("a")  # after theirs is published loaded: on the fake clock a wait for their load would never end
     device, _, notebook, memory, _, pinned, in_use, _, lent_to = machine_row(board, "their-model")
-    assert (device, notebook, memory, pinned, in_use) == ("cuda:0", "analysis/report.ipynb", "3.0 GB", "", "")
+    assert (device, notebook, memory, pinned, in_use, lent_to) == ("cuda:0", "analysis/report.ipynb", "3.0 GB", "", "", "")
     assert "This machine" in board._machine_html.value
     assert machine_row(board, "a") is None  # this kernel's own models are in the rows above
     assert "other notebooks: 3.0 GB" in board._devices.value
