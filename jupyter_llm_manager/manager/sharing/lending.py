@@ -31,6 +31,8 @@ __all__ = ["LENDING_HEARTBEAT_S", "Lending", "LentStream", "lending_routes"]
 
 #: How often a lent stream that has nothing to send yet (waiting for its turn, loading) says it is alive.
 LENDING_HEARTBEAT_S = 0.5
+#: The most requests from other members answered at once (each holds a thread while it runs or waits its turn).
+LENDING_MAX_RUNNING = 16
 
 
 class Lending:
@@ -216,5 +218,5 @@ def lending_routes(lending: Lending) -> list[Any]:
     socket's thread keeps no manager alive)."""
     from .openai_routes import openai_routes
 
-    return openai_routes(_LentAnswering(lending), heartbeat_s=LENDING_HEARTBEAT_S)
+    return openai_routes(_LentAnswering(lending), heartbeat_s=LENDING_HEARTBEAT_S, max_running=LENDING_MAX_RUNNING)
 
