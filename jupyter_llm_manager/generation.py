@@ -21,6 +21,7 @@ from .errors import InvalidGenerationParameters
 
 __all__ = [
     "PASSAGE_WORDS",
+    "ROLES",
     "AnswerFilter",
     "FinishReason",
     "GenerationParams",
@@ -41,7 +42,8 @@ FinishReason = Literal["stop", "length", "stop_string", "repetition", "interrupt
 #: An answer stops before a passage of this many words (or more) appears a third time.
 PASSAGE_WORDS = 6
 
-_ROLES = {"system", "user", "assistant", "tool", "developer"}
+#: The roles a chat message may have.
+ROLES = frozenset({"system", "user", "assistant", "tool", "developer"})
 
 
 def _check(condition: bool, message: str) -> None:
@@ -231,8 +233,8 @@ def normalize_prompt(prompt: Prompt, *, system: str | None = None) -> str | list
                f"message {index} must be a mapping with 'role' and 'content' strings, got {message!r}")
         _check_unicode(message["content"], f"message {index}")
         role = message.get("role")
-        if not isinstance(role, str) or role not in _ROLES:
-            raise InvalidGenerationParameters(f"message {index} has role {role!r}; use one of {sorted(_ROLES)}")
+        if not isinstance(role, str) or role not in ROLES:
+            raise InvalidGenerationParameters(f"message {index} has role {role!r}; use one of {sorted(ROLES)}")
         messages.append({"role": role, "content": message["content"]})
     _check(bool(messages), "the prompt has no messages")
     if system and messages[0]["role"] != "system":

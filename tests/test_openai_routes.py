@@ -148,7 +148,8 @@ def test_a_chat_answer_has_openais_shape_usage_and_the_result(served, answering)
     assert answer[EXTENSION]["result"]["finish_reason"] == "stop"
     assert answer[EXTENSION]["result"]["max_new_tokens"] == 16
     asked = answering.requests[0]
-    assert asked.prompt == [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi\nthere"}]
+    # a borrower's own messages (the extension carries its exact parameters): roles kept as its manager took them
+    assert asked.prompt == [{"role": "developer", "content": "Be brief."}, {"role": "user", "content": "Hi\nthere"}]
     assert asked.raw is False
     assert dict(asked.params) == {"max_new_tokens": 16, "temperature": 0.5, "top_p": 0.9, "seed": 3,
                                   "stop": ["END"], "top_k": 4, "repetition_penalty": 1.1}

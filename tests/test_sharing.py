@@ -238,7 +238,7 @@ def test_a_copy_row_that_says_nothing_sensible_lends_nothing():
     assert copy_row(("m", "k", "s", 0, '{"B.ipynb": 2}')).borrowers == {"B.ipynb": 2}
     assert copy_row(("m", "k", "s", 512, "not json")).borrowers == {}
     for bad in [("m", "k", "", 0, "{}"), ("m", None, "s", 0, "{}"), ("m", "k", "s", "512", "{}"),
-                ("m", "k", "s", -1, "{}"), ("m", "k", "s", True, "{}")]:
+                ("m", "k", "s", -2, "{}"), ("m", "k", "s", True, "{}")]:
         assert copy_row(bad) is None
     assert copy_row(("m", "k", "s", 0, '{"x": -1, "y": true, "z": 3}')).borrowers == {"z": 3}
 

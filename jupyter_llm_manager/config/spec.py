@@ -220,10 +220,13 @@ class ModelSpec:
     @functools.cached_property
     def share_key(self) -> str | None:
         """The key under which another process's loaded copy answers for this spec: the instance key without the
-        device and the llama.cpp context (a borrower checks the holder's context itself); ``None`` for models
-        that are not lent (remote ones are served already; a loader's object has no text interface)."""
+        device and the llama.cpp context (allocated at load: a borrower checks the holder's is large enough; other
+        backends' ``max_context`` stays in, since it decides where prompts and answers are cut); ``None`` for
+        models that are not lent (remote ones are served already; a loader's object has no text interface)."""
         if self.base_url is not None or self.loader:
             return None
+        if self.backend != "llama_cpp" and self.max_context is not None:  # where answers are cut: the same only
+            return f"{self._weights_key}|ctx={self.max_context}{self._details_key}"
         return self._weights_key + self._details_key
 
     @property

@@ -37,7 +37,7 @@ from ..events import EventBus
 from ..generation import GenerationParams, GenerationResult, Prompt, StreamInterrupted
 from ..support.deadlines import Deadline
 from ..support.units import brief
-from .instances import TurnHeld, TurnTimeout
+from .instances import TurnCancelled, TurnHeld, TurnTimeout
 from .state import Ticket
 
 if TYPE_CHECKING:
@@ -136,8 +136,9 @@ class AnyRun(Protocol):
         ...
 
 
-#: Another process's copy for a call, when one answers it: (model id, canonical id, the call, deadline) -> a run.
-Borrow = Callable[[str, str, Ask, Deadline], "AnyRun | None"]
+#: Another process's copy for a call, when one answers it: (model id, canonical id, the call, deadline, the stream's
+#: stop) -> a run.
+Borrow = Callable[[str, str, Ask, Deadline, "threading.Event | None"], "AnyRun | None"]
 
 
 class Generations:
@@ -153,19 +154,21 @@ class Generations:
         self.borrow: Borrow | None = None
 
     def begin(self, model_id: str, canonical: str, wait: float, ask: Ask | None = None, *,
-              existing: bool = False) -> AnyRun:
+              existing: bool = False, stop: threading.Event | None = None) -> AnyRun:
         """``generation_started``, then a run: on another process's copy where one answers ``ask`` (see
         :mod:`.sharing.borrowing`), else a lease on ``model_id`` and its turn, waiting up to ``wait`` seconds.
-        ``existing``: only a copy loaded (or loading) here now, never a new load (a request lent to another)."""
+        ``existing``: only a copy loaded (or loading) here now, never a new load (a request lent to another);
+        ``stop`` set while it waits for its turn gives up the wait."""
         self._bus.emit("generation_started", canonical)
         deadline = self._deadline(wait)
         ticket: Ticket | None = None
         try:
-            borrowed = self.borrow(model_id, canonical, ask, deadline) if self.borrow and ask and ask.share else None
+            borrowed = (self.borrow(model_id, canonical, ask, deadline, stop) if self.borrow and ask and ask.share
+                        else None)
             if borrowed is not None:
                 return borrowed
             ticket = self._acquire(model_id, deadline, existing=existing)
-            turn = self._turn(ticket, deadline, ask.told if ask is not None else None)
+            turn = self._turn(ticket, deadline, ask.told if ask is not None else None, stop)
         except BaseException as error:
             if ticket is not None:
                 ticket.release()
@@ -174,7 +177,8 @@ class Generations:
             raise
         return Run(self._bus, ticket, turn)
 
-    def _turn(self, ticket: Ticket, deadline: Deadline, tell: Callable[[str], None] | None = None) -> int:
+    def _turn(self, ticket: Ticket, deadline: Deadline, tell: Callable[[str], None] | None = None,
+              stop: threading.Event | None = None) -> int:
         """This request's ticket: a free run, or its turn on an instance that answers one at a time (waiting
         ones are told their place). Free runs are counted so that an instance turning serial waits for them."""
         name = ticket.canonical
@@ -188,8 +192,8 @@ class Generations:
 
         instance = ticket.instance
         shared = instance.base is not None or instance.has_adapters  # one model, its adapters switched per request
-        try:
-            return instance.turns.enter(deadline, told, owner=instance.key, nests=shared)
+        try:  # inside this thread's use() block of the same model, it runs in that block's turn
+            return instance.turns.enter(deadline, told, owner=instance.key, nests=shared, joins=True, stop=stop)
         except TurnHeld as held:
             if shared and held.owner and held.owner != instance.key:
                 raise GenerationError(f"{name!r} shares one model with other adapters of its base, and this thread "
@@ -197,6 +201,9 @@ class Generations:
                                       "`use()` block): finish it first", model_id=name) from None
             raise GenerationError(f"{name!r} answers one request at a time, and this thread has one running on it "
                                   "already (a stream it has not finished): finish or close that stream first",
+                                  model_id=name) from None
+        except TurnCancelled:
+            raise GenerationError(f"{name!r}: the request was stopped while it waited for its turn",
                                   model_id=name) from None
         except TurnTimeout as timeout:
             waited = "without waiting" if deadline.seconds == 0 else f"after waiting {deadline.seconds:g} s"
@@ -238,15 +245,16 @@ class Generations:
 
     def stream(self, model_id: str, canonical: str, ask: Ask, *, wait: float) -> TextStream:
         """A :class:`TextStream`: its lease is taken when iteration starts."""
-        return self._track(TextStream(lambda: self.begin(model_id, canonical, wait, ask), model_id, ask))
+        return self._track(TextStream(lambda stop: self.begin(model_id, canonical, wait, ask, stop=stop), model_id,
+                                      ask))
 
     def lend(self, model_id: str, canonical: str, ask: Ask, *, wait: float) -> TextStream:
         """A stream on the copy loaded (or loading) here, for another process: never a new load, never borrowed.
         Its lease and turn are taken when iteration starts (the server says it is alive meanwhile); a copy gone
         by then refuses it at once (:class:`~jupyter_llm_manager.errors.CopyNotHeld`)."""
         local = replace(ask, share=False)
-        return self._track(TextStream(lambda: self.begin(model_id, canonical, wait, local, existing=True),
-                                      model_id, local))
+        return self._track(TextStream(lambda stop: self.begin(model_id, canonical, wait, local, existing=True,
+                                                              stop=stop), model_id, local))
 
     def _track(self, stream: TextStream) -> TextStream:
         with self._streams_lock:
@@ -273,7 +281,7 @@ class TextStream:
     also after an interrupt (``finish_reason="interrupted"``).
     """
 
-    def __init__(self, begin: Callable[[], AnyRun], model_id: str, ask: Ask) -> None:
+    def __init__(self, begin: Callable[[threading.Event], AnyRun], model_id: str, ask: Ask) -> None:
         self.model_id = model_id
         self.result: GenerationResult | None = None
         self._begin = begin
@@ -311,11 +319,14 @@ class TextStream:
         return iterator
 
     def _run(self) -> Generator[str, None, None]:
-        run = self._begin()
+        run = self._begin(self._stop)
         self._started = run.started
         pieces = None
         error: BaseException | None = None
         try:
+            if self._stop.is_set():  # stopped while it waited to begin: nothing runs
+                self.result = self._interrupted_result()
+                return
             pieces = run.stream(self._ask, self.model_id, self._stop)
             while True:
                 try:

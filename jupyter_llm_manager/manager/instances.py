@@ -25,8 +25,8 @@ from ..reports import MemoryEstimate
 from ..support.deadlines import Deadline, wait_for
 from ..support.referrers import SOMETHING
 
-__all__ = ["HeldMemory", "Instance", "InstanceState", "TurnHeld", "TurnTimeout", "Turns", "accounted_bytes",
-           "dependents"]
+__all__ = ["HeldMemory", "Instance", "InstanceState", "TurnCancelled", "TurnHeld", "TurnTimeout", "Turns",
+           "accounted_bytes", "dependents"]
 
 InstanceState = Literal["loading", "loaded", "unloading", "unloaded", "failed"]
 _MOVES: dict[str, frozenset[str]] = {
@@ -184,6 +184,14 @@ class TurnTimeout(Exception):
         self.position = position
 
 
+class TurnCancelled(Exception):
+    """The request gave up waiting for its turn: whoever asked for it left (its stop was set)."""
+
+
+#: How often a wait for a turn looks at its request's stop (a borrower that left ends within this).
+_STOP_LOOK_S = 0.1
+
+
 class Turns:
     """Requests to one instance, one at a time, first come first served, once it is serial.
 
@@ -221,7 +229,7 @@ class Turns:
             self._serial = True
 
     def enter(self, deadline: Deadline, on_wait: Callable[[int], None], *, owner: str = "",
-              nests: bool = False) -> int:
+              nests: bool = False, joins: bool | None = None, stop: threading.Event | None = None) -> int:
         """A ticket for one request: a free run at once while not serial, else its turn (see :meth:`take`).
 
         Deciding and counting happen under one lock, so a request either is
@@ -232,25 +240,28 @@ class Turns:
                 ticket, self._next = self._next, self._next + 1
                 self._free[ticket] = threading.get_ident()
                 return ticket
-        return self.take(deadline, on_wait, owner=owner, nests=nests)
+        return self.take(deadline, on_wait, owner=owner, nests=nests, joins=joins, stop=stop)
 
     def take(self, deadline: Deadline, on_wait: Callable[[int], None], *, owner: str = "",
-             nests: bool = False) -> int:
+             nests: bool = False, joins: bool | None = None, stop: threading.Event | None = None) -> int:
         """Wait for this thread's turn (``on_wait(ahead)`` when it must wait); returns its ticket.
 
         ``owner`` is what the turn is for (the model it makes the instance
-        answer as). A thread that already has the turn for the same owner,
-        both taken with ``nests`` (a LoRA adapter's ``use()`` block, and a
-        generation of that adapter inside it), gets a ticket at once inside
-        its turn. Otherwise a thread that already has the turn or a free run
-        (a second stream it iterates alongside the first, or another adapter
-        of the same base) gets :class:`TurnHeld` at once: its own request
-        would never end. The deadline passing raises :class:`TurnTimeout`.
+        answer as). A turn taken with ``nests`` (a ``use()`` block) lets a
+        request of the same thread for the same owner that ``joins`` (by
+        default: that nests too; a generation inside the block) have a ticket
+        at once inside it. Otherwise a thread that already has the turn or a
+        free run (a second stream it iterates alongside the first, or another
+        adapter of the same base) gets :class:`TurnHeld` at once: its own
+        request would never end. The deadline passing raises
+        :class:`TurnTimeout`; ``stop`` set while it waits (the request's
+        asker left) raises :class:`TurnCancelled`.
         """
         me = threading.get_ident()
+        joins = nests if joins is None else joins
         with self._changed:
             mine = [h for h in self._holders.values() if h.thread == me]
-            if mine and nests and all(h.nests and h.owner == owner for h in mine):
+            if mine and joins and all(h.nests and h.owner == owner for h in mine):
                 ticket, self._next = self._next, self._next + 1
                 self._nested[ticket] = me
                 return ticket
@@ -273,10 +284,21 @@ class Turns:
                     on_wait(ahead)
                 with self._changed:
                     if self._ahead(ticket) == ahead and not deadline.expired:
-                        wait_for(self._changed, deadline)
+                        if stop is None:
+                            wait_for(self._changed, deadline)
+                        else:  # looked at often enough to end within a moment of the stop
+                            left = deadline.remaining()
+                            self._changed.wait(_STOP_LOOK_S if left is None else min(left, _STOP_LOOK_S))
+                if stop is not None and stop.is_set():
+                    raise TurnCancelled()
         except BaseException:
             self.give(ticket)
             raise
+
+    def held_by(self, thread: int) -> bool:
+        """Whether ``thread`` holds (or waits for) a turn, or runs free, on this instance now."""
+        with self._changed:
+            return any(h.thread == thread for h in self._holders.values()) or thread in self._free.values()
 
     def _ahead(self, ticket: int) -> int:
         """Requests before ``ticket``: the turns queued before it and every free run in flight. Lock held."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from jlm_helpers.conditions import until
@@ -97,7 +97,8 @@ class FakeAnswering:
             raise self.raises
         return self.next_stream or FakeStream()
 
-    def embed(self, model: str, texts: Sequence[str], requester: str) -> list[list[float]]:
+    def embed(self, model: str, texts: Sequence[str], requester: str,
+              extension: Mapping[str, Any] | None = None) -> list[list[float]]:
         if self.raises is not None:
             raise self.raises
         self.embedded.append((model, list(texts)))

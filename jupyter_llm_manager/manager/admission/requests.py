@@ -82,29 +82,36 @@ class Admission:
         return found
 
     def _activate(self, ticket: Ticket, deadline: Deadline) -> None:
-        """A ``use()`` lease of a model sharing its base model: the model answers as this one, its turn held.
+        """A ``use()`` lease of a model that answers one request at a time: its turn held for the whole block.
 
-        The turn is the base's (its requests and its adapters' take turns): held
-        until the lease ends, so another adapter of the base waits and never
-        switches the model under this lease; inside it, this thread may still
-        generate with the same model. Another adapter's turn held by this
-        thread (a stream not finished) refuses it at once.
+        A model sharing its base answers as this one; the turn is the base's
+        (its requests and its adapters' take turns). A llama.cpp model, whose
+        object is not thread-safe, is used by this block alone: no other
+        thread's request (nor another process's, borrowing it) runs on it
+        meanwhile. Inside the block this thread may still generate with the
+        same model. Another adapter's turn held by this thread (a stream not
+        finished) refuses it at once.
         """
         instance = ticket.instance
-        if instance.base is None and not instance.has_adapters:
+        if not instance.serial:
             return
         turns = instance.turns
         try:
             try:
                 ticket.turn = (turns, turns.take(deadline, _told_nobody, owner=instance.key, nests=True))
             except TurnHeld as held:
+                if instance.base is None and not instance.has_adapters:
+                    raise GenerationError(f"{ticket.canonical!r} answers one request at a time, and this thread has "
+                                          "one running on it (a stream it has not finished): finish or close it "
+                                          "first", model_id=ticket.canonical) from None
                 raise GenerationError(f"{ticket.canonical!r} shares one model with other adapters of its base, and "
                                       f"this thread holds that model for {held.owner or 'another request'} (a "
                                       "stream it has not finished, or a `use()` block): finish it first",
                                       model_id=ticket.canonical) from None
             except TurnTimeout:
-                raise ResourceNotAvailableError(f"Cannot use {ticket.canonical!r}: its base model answered other "
-                                                "requests until the deadline", model_id=ticket.canonical) from None
+                raise ResourceNotAvailableError(f"Cannot use {ticket.canonical!r}: it answered other requests until "
+                                                "the deadline (it answers one at a time)",
+                                                model_id=ticket.canonical) from None
             instance.backend.use_adapter(ticket.loaded)
         except BaseException:
             ticket.release()

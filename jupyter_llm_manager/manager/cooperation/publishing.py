@@ -64,12 +64,16 @@ def rows_of(state: ManagerState, identity: Identity, address: str) -> Published:
 
 
 def _context(instance: Instance) -> int:
-    """The context an instance was loaded with (0: none allocated at load, or not known yet: any will do)."""
+    """The context an instance was loaded with: 0 where none is allocated at load (any will do), -1 while a
+    copy loading with its backend's default is not sized yet (only a borrower that takes any context waits
+    for it)."""
     if not instance.backend.context_at_load:
         return 0
     if instance.loaded is not None and instance.loaded.context_length:
         return instance.loaded.context_length
-    return instance.spec.max_context if isinstance(instance.spec.max_context, int) else 0
+    if instance.placement.context:
+        return instance.placement.context
+    return instance.spec.max_context if isinstance(instance.spec.max_context, int) else -1
 
 
 class Publisher:

@@ -43,7 +43,8 @@ class ModelRow:
 @dataclass(frozen=True)
 class CopyRow:
     """One instance a member lends to the others: the key it is asked by (``ModelSpec.share_key``), the context
-    it was loaded with (tokens; 0 where the backend allocates none at load) and who borrows it now."""
+    it was loaded with (tokens; 0 where the backend allocates none at load, -1 while a default one is not sized
+    yet) and who borrows it now."""
 
     member: str
     key: str
@@ -81,7 +82,7 @@ def copy_row(r: Sequence) -> CopyRow | None:
     member, key, share, context, borrowers = r
     if not all(isinstance(text, str) and text for text in (member, key, share)):
         return None
-    if not isinstance(context, int) or isinstance(context, bool) or not 0 <= context < 2**40:
+    if not isinstance(context, int) or isinstance(context, bool) or not -1 <= context < 2**40:
         return None
     return CopyRow(member, key, share, context, _counts(borrowers))
 

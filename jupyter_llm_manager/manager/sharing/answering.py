@@ -64,5 +64,7 @@ class Answering(Protocol):
         """The answer's stream; raises before the first piece when it cannot run at all."""
         ...
 
-    def embed(self, model: str, texts: Sequence[str], requester: str) -> list[list[float]]:
+    def embed(self, model: str, texts: Sequence[str], requester: str,
+              extension: Mapping[str, Any] | None = None) -> list[list[float]]:
+        """Vectors for ``texts``; ``extension`` is the request's ``"jupyter_llm_manager"`` object (a borrower's)."""
         ...

@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import base64
 import http.client
+import itertools
 import json
 import logging
+import os
 import re
 import struct
 import threading
@@ -33,7 +35,7 @@ from typing import Any
 from ...backends import BackendCache
 from ...errors import CopyNotHeld, GenerationError, LLMManagerError
 from ...events import EventBus
-from ...generation import GenerationResult
+from ...generation import GenerationResult, StreamInterrupted
 from ...support.deadlines import Deadline
 from ...support.units import excerpt
 from ..cooperation import Cooperation
@@ -106,7 +108,7 @@ class Borrowing:
             if ledger is None:
                 return []
             copies = [c for c in ledger.copies(membership.member) if c.share == share
-                      and (c.context == 0 or c.context >= need) and not self._skipped(c.member)]
+                      and (need == 0 or c.context == 0 or c.context >= need) and not self._skipped(c.member)]
             members, models, _ = ledger.others(membership.member) if copies else ([], [], [])
         except LEDGER_FAILURES as error:
             log.debug("borrowing found no copy: the ledger failed (%s)", error)
@@ -116,10 +118,11 @@ class Borrowing:
         for copy in copies:
             member = found.get(copy.member)
             rows = [m for m in models if m.member == copy.member and m.key == copy.key]
-            if member is None or not member.address or not rows:
+            if member is None or not isinstance(member.address, str) or not member.address or not rows:
                 continue
-            lenders.append(Lender(member.member, member.address, short_name(member.notebook, member.pid),
-                                  all(row.state == "loaded" for row in rows), max(row.leases for row in rows)))
+            leases = [row.leases for row in rows if isinstance(row.leases, int)]  # a row that says nonsense: 0
+            lenders.append(Lender(member.member, member.address, short_name(str(member.notebook), member.pid),
+                                  all(row.state == "loaded" for row in rows), max(leases, default=0)))
         return sorted(lenders, key=lambda lender: (not lender.loaded, lender.leases))
 
     def _skipped(self, member: str) -> bool:
@@ -136,30 +139,33 @@ class Borrowing:
 
     # -- asking ------------------------------------------------------------------------------------------
 
-    def borrow(self, model_id: str, canonical: str, ask: Ask, deadline: Deadline) -> AnyRun | None:
-        """A run on another member's copy that accepted ``ask``; ``None`` when none did (run it locally)."""
+    def borrow(self, model_id: str, canonical: str, ask: Ask, deadline: Deadline,
+               stop: threading.Event | None = None) -> AnyRun | None:
+        """A run on another member's copy that accepted ``ask`` and started answering; ``None`` when none did
+        (run it locally)."""
         lenders = self.lenders(canonical)
         if not lenders:
             return None
         with self._state.lock:
             share = self._state.registry.specs[canonical].share_key
         assert share is not None
-        return self._first_taker(lenders, canonical, *self._body(share, ask, deadline))
+        return self._first_taker(lenders, canonical, *self._body(share, ask, deadline), stop=stop,
+                                 whole=bool(ask.texts))
 
     def forward(self, share: str, model_id: str, request: AnswerRequest, wait: float) -> TextStream:
         """A stream from another member's copy with share key ``share``, for a client that knows it by its holder's
         id ``model_id`` only (``serve``): the client's OpenAI fields go as they came, over the holder's own
-        defaults. :class:`~jupyter_llm_manager.errors.CopyNotHeld` when no holder takes it."""
+        defaults. :class:`~jupyter_llm_manager.errors.CopyNotHeld` when no holder takes it (or ``share`` is off)."""
         params = _openai_fields(request.params)
         body = {"model": share, "stream": True, **params,
-                EXTENSION: {"requester": self._requester(), "raw": request.raw, "wait": wait}}
+                EXTENSION: {**self._identity(), "raw": request.raw, "wait": wait}}
         if isinstance(request.prompt, str):
             body["prompt"], path = request.prompt, "/v1/completions"
         else:
             body["messages"], path = [dict(message) for message in request.prompt], "/v1/chat/completions"
 
-        def begin() -> AnyRun:
-            run = self._first_taker(self.holders(share), model_id, path, body)
+        def begin(stop: threading.Event) -> AnyRun:
+            run = self._first_taker(self._shared_holders(share), model_id, path, body, stop=stop)
             if run is None:
                 raise CopyNotHeld(model_id)
             return run
@@ -169,8 +175,8 @@ class Borrowing:
     def forward_embed(self, share: str, model_id: str, texts: Sequence[str], wait: float) -> list[list[float]]:
         """Vectors from another member's copy with share key ``share`` (see :meth:`forward`)."""
         ask = Ask(texts=list(texts))
-        deadline = Deadline(wait)
-        run = self._first_taker(self.holders(share), model_id, *self._body(share, ask, deadline))
+        run = self._first_taker(self._shared_holders(share), model_id, *self._body(share, ask, Deadline(wait)),
+                                whole=True)
         if run is None:
             raise CopyNotHeld(model_id)
         try:
@@ -181,29 +187,47 @@ class Borrowing:
         run.end(None, None, done=f"{len(vectors)} vectors")
         return vectors
 
-    def _first_taker(self, lenders: list[Lender], canonical: str, path: str,
-                     body: dict[str, Any]) -> BorrowedRun | None:
+    def _shared_holders(self, share: str) -> list[Lender]:
+        with self._state.lock:
+            sharing = self._state.settings.share and self._state.settings.cooperate and not self._state.closed
+        return self.holders(share) if sharing else []
+
+    def _first_taker(self, lenders: list[Lender], canonical: str, path: str, body: dict[str, Any], *,
+                     stop: threading.Event | None = None, whole: bool = False) -> BorrowedRun | None:
+        """The first holder that takes the request and starts answering it: a refusal, or an error before its
+        first piece (its copy went, its queue is full, the wait ran out there), asks the next one."""
         with self._state.lock:
             timeout = self._state.settings.borrow_timeout
+        if whole:  # a whole answer (vectors) comes at once, after all the work: silence is the work, not a fault
+            wait = body.get(EXTENSION, {}).get("wait")
+            timeout += min(wait if isinstance(wait, (int, float)) else 3600.0, 3600.0)
         for lender in lenders:
             response = self._send(lender, canonical, path, body, timeout)
-            if response is not None:
+            if response is None:
+                continue
+            run = BorrowedRun(self, lender, canonical, response, timeout, self._bus)
+            if whole or run.opened(stop):
                 self._bus.emit("borrowing", canonical, message=f"answering from the copy in {lender.name}")
-                return BorrowedRun(self, lender, canonical, response, timeout, self._bus)
+                return run
         return None
+
+    def _identity(self) -> dict[str, Any]:
+        """Who asks: the name a holder shows, and this thread (a holder in this process refuses a request from a
+        thread that holds its copy's turn: it would wait for itself)."""
+        return {"requester": self._requester(), "pid": os.getpid(), "thread": threading.get_ident()}
 
     def _requester(self) -> str:
         return short_name(self._cooperation.notebook, self._cooperation.pid)
 
     def _body(self, share: str, ask: Ask, deadline: Deadline) -> tuple[str, dict[str, Any]]:
         """Where and what to send for ``ask``: the borrower's exact parameters, what is left of its wait."""
-        requester = self._requester()
+        identity = self._identity()
         if ask.texts:
             return "/v1/embeddings", {"model": share, "input": list(ask.texts), "encoding_format": "base64",
-                                      EXTENSION: {"requester": requester, "wait": deadline.remaining()}}
+                                      EXTENSION: {**identity, "wait": deadline.remaining()}}
         assert ask.prompt is not None and ask.params is not None
-        body = request_body(share, ask.prompt, ask.params, raw=ask.raw, requester=requester)
-        body[EXTENSION]["wait"] = deadline.remaining()
+        body = request_body(share, ask.prompt, ask.params, raw=ask.raw, requester=identity["requester"])
+        body[EXTENSION].update(identity, wait=deadline.remaining())
         return ("/v1/completions" if isinstance(ask.prompt, str) else "/v1/chat/completions"), body
 
     def _send(self, lender: Lender, canonical: str, path: str, body: dict[str, Any],
@@ -215,16 +239,11 @@ class Borrowing:
             connection.request("POST", path, body=json.dumps(body).encode(),
                                headers={"Content-Type": "application/json", "User-Agent": "jupyter-llm-manager"})
             response = connection.getresponse()
-        except TimeoutError:
-            connection.close()
-            self.failed(lender)
-            raise GenerationError(f"the copy of {canonical!r} in {lender.name} did not answer: "
-                                  f"{_why(TimeoutError(), timeout)}. Run the cell again: it loads its own copy or "
-                                  "asks another", model_id=canonical) from None
-        except (OSError, http.client.HTTPException) as error:  # gone before it was asked: ask elsewhere
-            connection.close()
-            self.failed(lender)
-            log.info("the copy in %s did not take the request (%s); asking elsewhere", lender.name, error)
+        except BaseException as error:
+            connection.close()  # the holder sees its asker leave (a Ctrl-C here too) and stops
+            if not isinstance(error, (OSError, http.client.HTTPException)):
+                raise
+            self._not_taken(lender, canonical, error, timeout)
             return None
         if response.status != 200:
             said = _error_message(response)
@@ -232,6 +251,15 @@ class Borrowing:
             log.info("the copy in %s refused the request (%s %s); asking elsewhere", lender.name, response.status, said)
             return None
         return connection, response
+
+    def _not_taken(self, lender: Lender, canonical: str, error: BaseException, timeout: float) -> None:
+        """A holder that could not be asked: gone (ask elsewhere), or silent (a :class:`GenerationError`)."""
+        self.failed(lender)
+        if isinstance(error, TimeoutError):
+            raise GenerationError(f"the copy of {canonical!r} in {lender.name} did not answer: "
+                                  f"{_why(TimeoutError(), timeout)}. Run the cell again: it loads its own copy or "
+                                  "asks another", model_id=canonical) from None
+        log.info("the copy in %s did not take the request (%s); asking elsewhere", lender.name, error)
 
 
 class BorrowedRun:
@@ -247,15 +275,55 @@ class BorrowedRun:
         self._bus = bus
         self._ended = False
         self._last_told = ""
+        self._events_read = self._events()
+        self._opening: list[dict[str, Any]] = []  # what came before the answer began (read by :meth:`opened`)
+        self._stopped = False
         self.started = time.perf_counter()
+
+    def opened(self, stop: threading.Event | None) -> bool:
+        """Wait for the answer to begin (its first piece, or its end); ``False`` when the holder said no before
+        its first piece (the caller asks another holder, or loads its own copy). Keep-alives meanwhile say where
+        the request waits; ``stop`` set meanwhile ends it here. A holder that dies first is asked no more; one that
+        stays silent for ``borrow_timeout`` is a :class:`GenerationError`."""
+        try:
+            for data in self._events_read:
+                if stop is not None and stop.is_set():
+                    self._stopped = True
+                    break
+                if isinstance(data, str):
+                    self._told(data)
+                    continue
+                if "error" in data:
+                    log.info("the copy in %s refused the request before answering (%s); asking elsewhere",
+                             self.lender.name, _said(data["error"]))
+                    self._connection.close()
+                    return False
+                self._opening.append(data)
+                if _piece(data) or isinstance(data.get(EXTENSION), dict):
+                    break
+            return True
+        except TimeoutError:
+            self._connection.close()
+            self._borrowing.failed(self.lender)
+            raise GenerationError(f"the copy of {self._canonical!r} in {self.lender.name} did not answer: "
+                                  f"{_why(TimeoutError(), self._timeout)}. Run the cell again: it loads its own "
+                                  "copy or asks another", model_id=self._canonical) from None
+        except (OSError, http.client.HTTPException, ValueError) as error:
+            self._connection.close()
+            self._borrowing.failed(self.lender)
+            log.info("the copy in %s stopped before answering (%s); asking elsewhere", self.lender.name, error)
+            return False
+        except BaseException:
+            self._connection.close()  # a Ctrl-C while waiting: the holder sees its asker leave
+            raise
 
     def stream(self, ask: Ask, model_id: str, stop: threading.Event) -> Generator[str, None, GenerationResult]:
         """The pieces as the holder sends them; its result (tokens, why it stopped), with where it ran."""
         pieces: list[str] = []
         result: GenerationResult | None = None
         try:
-            for data in self._events():
-                if stop.is_set():
+            for data in itertools.chain(self._opening, self._events_read):
+                if stop.is_set() or self._stopped:
                     break
                 if isinstance(data, str):  # a keep-alive: the holder waits for its turn (saying where), or loads
                     self._told(data)
@@ -282,12 +350,21 @@ class BorrowedRun:
         return replace(result, served_by=self.lender.name)
 
     def generate(self, ask: Ask, model_id: str) -> GenerationResult:
-        pieces = self.stream(ask, model_id, threading.Event())
+        """The whole answer; a Ctrl-C ends it with what came so far (as a local copy's does)."""
+        stop = threading.Event()
+        pieces = self.stream(ask, model_id, stop)
+        received: list[str] = []
         while True:
             try:
-                next(pieces)
+                received.append(next(pieces))
             except StopIteration as done:
                 return done.value
+            except KeyboardInterrupt:
+                pieces.close()
+                text = "".join(received)
+                raise StreamInterrupted(GenerationResult(
+                    model_id, text, 0, len(received), time.perf_counter() - self.started, "interrupted",
+                    served_by=self.lender.name)) from None
 
     def embed(self, ask: Ask, model_id: str) -> list[list[float]]:
         """The vectors the holder made."""
@@ -296,10 +373,13 @@ class BorrowedRun:
             if len(body) > _MAX_BODY:
                 raise ValueError("the answer is larger than any embeddings answer")
             answer = json.loads(body)
-            return [_vector(item["embedding"]) for item in sorted(answer["data"], key=lambda item: item["index"])]
+            vectors = [_vector(item["embedding"]) for item in sorted(answer["data"], key=lambda item: item["index"])]
+            if len(vectors) != len(ask.texts):
+                raise ValueError(f"{len(vectors)} vectors for {len(ask.texts)} texts")
+            return vectors
         except (OSError, http.client.HTTPException) as error:
             raise self._failure(model_id, [], _why(error, self._timeout)) from None
-        except (ValueError, KeyError, TypeError) as error:
+        except (ValueError, KeyError, TypeError, struct.error) as error:
             raise self._failure(model_id, [], f"its answer could not be read ({excerpt(str(error), 200)})") from None
         finally:
             self._connection.close()

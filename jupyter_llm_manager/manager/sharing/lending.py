@@ -13,6 +13,7 @@ fields are applied over this copy's own defaults.
 from __future__ import annotations
 
 import math
+import os
 import threading
 import weakref
 from collections.abc import Iterator, Mapping, Sequence
@@ -57,8 +58,10 @@ class Lending:
         """The answer, on the copy with the request's share key (refused at once when it is not here); its lease
         and turn are taken when the stream starts."""
         model_id, params = self._resolve(request)
+        self._refuse_own_turn(model_id, request.extension)
         notes = _Notes()
-        ask = Ask(request.prompt, params, bool(request.extension.get("raw", request.raw)), share=False,
+        raw = request.extension.get("raw")
+        ask = Ask(request.prompt, params, raw if isinstance(raw, bool) else request.raw, share=False,
                   told=notes.tell)
         requester = _requester(request)
         stream = self._generations.lend(model_id, model_id, ask, wait=self._wait(request.extension))
@@ -66,9 +69,10 @@ class Lending:
 
     def embed(self, model: str, texts: Sequence[str], requester: str,
               extension: Mapping[str, Any] | None = None) -> list[list[float]]:
+        request = AnswerRequest(model, "", raw=True, extension=extension or {}, requester=requester)
         model_id = self._find(model)
-        name = published_name(requester)[:200] or "another process"
-        release = self._borrowed(model_id, name)
+        self._refuse_own_turn(model_id, request.extension)
+        release = self._borrowed(model_id, _requester(request))
         try:
             return self._generations.embed(model_id, model_id, Ask(texts=list(texts), share=False),
                                            wait=self._wait(extension or {}), existing=True)
@@ -104,6 +108,18 @@ class Lending:
         if instance is None:
             raise CopyNotHeld(request.model[:200])
         return model_id, checked_params(spec, instance.backend, request.params)
+
+    def _refuse_own_turn(self, model_id: str, extension: Mapping[str, Any]) -> None:
+        """A request from a thread of this very process that holds the copy's turn would wait for itself (a
+        stream it has not finished, a ``use()`` block): refused at once (it then runs on its own manager's copy)."""
+        pid, thread = extension.get("pid"), extension.get("thread")
+        if pid != os.getpid() or not isinstance(thread, int):
+            return
+        with self._state.lock:
+            registry = self._state.registry
+            instance = self._state.instances.get(registry.keys[registry.resolve(model_id)])
+        if instance is not None and instance.turns.held_by(thread):
+            raise CopyNotHeld(model_id)
 
     def _wait(self, extension: Mapping[str, Any]) -> float:
         """How long the request may wait for its turn here: what the borrower has left of its own wait."""
@@ -209,8 +225,9 @@ class _LentAnswering:
     def stream(self, request: AnswerRequest) -> LentStream:
         return self._found().stream(request)
 
-    def embed(self, model: str, texts: Sequence[str], requester: str) -> list[list[float]]:
-        return self._found().embed(model, texts, requester)
+    def embed(self, model: str, texts: Sequence[str], requester: str,
+              extension: Mapping[str, Any] | None = None) -> list[list[float]]:
+        return self._found().embed(model, texts, requester, extension)
 
 
 def lending_routes(lending: Lending) -> list[Any]:

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ...errors import InvalidGenerationParameters
+from ...generation import ROLES as MANAGER_ROLES
 from ...generation import GenerationParams
 from .answering import AnswerRequest
 from .protocol import EXTENSION
@@ -64,11 +65,15 @@ class EmbeddingRequest:
     model: str
     texts: list[str]
     base64: bool
+    extension: Mapping[str, Any]  # a borrowing member's: who asks, how long it may wait
 
 
 def chat_request(body: Mapping[str, Any], requester: str) -> TextRequest:
-    """A ``/v1/chat/completions`` body read (:class:`BadRequest` says what is wrong)."""
-    return _text_request(body, _messages(body.get("messages")), raw=False, requester=requester)
+    """A ``/v1/chat/completions`` body read (:class:`BadRequest` says what is wrong). A borrowing member's
+    messages (its exact parameters in the extension) keep their roles as its own manager took them."""
+    extension = body.get(EXTENSION)
+    exact = isinstance(extension, Mapping) and isinstance(extension.get("params"), Mapping)
+    return _text_request(body, _messages(body.get("messages"), keep_roles=exact), raw=False, requester=requester)
 
 
 def completion_request(body: Mapping[str, Any], requester: str) -> TextRequest:
@@ -93,7 +98,10 @@ def embedding_request(body: Mapping[str, Any]) -> EmbeddingRequest:
         raise BadRequest(f"encoding_format must be 'float' or 'base64', got {_short(encoding)}", "encoding_format")
     if body.get("dimensions") is not None:
         raise BadRequest("dimensions is not supported: the model's vectors have their own size", "dimensions")
-    return EmbeddingRequest(model, texts, encoding == "base64")
+    extension = body.get(EXTENSION, {})
+    if not isinstance(extension, Mapping):
+        raise BadRequest(f"{EXTENSION} must be an object", EXTENSION)
+    return EmbeddingRequest(model, texts, encoding == "base64", extension)
 
 
 def _text_request(body: Mapping[str, Any], prompt: Any, *, raw: bool, requester: str) -> TextRequest:
@@ -179,20 +187,24 @@ def _number(value: Any, name: str) -> float:
     return value
 
 
-def _messages(found: Any) -> list[dict[str, str]]:
+def _messages(found: Any, *, keep_roles: bool = False) -> list[dict[str, str]]:
+    """Chat messages: OpenAI's roles (``developer`` read as ``system``), or with ``keep_roles`` every role the
+    manager takes, unchanged (a borrower's own messages)."""
     if not isinstance(found, list) or not found:
         raise BadRequest("messages must be a non-empty list of {role, content} objects", "messages")
     if len(found) > MAX_MESSAGES:
         raise BadRequest(f"messages holds at most {MAX_MESSAGES} messages", "messages")
+    roles = {role: role for role in MANAGER_ROLES} if keep_roles else _ROLES
     messages = []
     for index, message in enumerate(found):
         where = f"messages[{index}]"
         if not isinstance(message, Mapping):
             raise BadRequest(f"{where} must be an object with role and content", where)
         role = message.get("role")
-        if role not in _ROLES:
-            raise BadRequest(f"{where}.role must be system, user or assistant, got {_short(role)}", f"{where}.role")
-        messages.append({"role": _ROLES[role], "content": _content(message.get("content"), f"{where}.content")})
+        if role not in roles:
+            raise BadRequest(f"{where}.role must be one of {', '.join(sorted(roles))}, got {_short(role)}",
+                             f"{where}.role")
+        messages.append({"role": roles[role], "content": _content(message.get("content"), f"{where}.content")})
     return messages
 
 

@@ -206,7 +206,8 @@ class _Routes:
         except (BadBody, BadRequest, _Busy) as error:
             return error_answer(error)
         try:
-            vectors = await run_in_threadpool(self._answering.embed, asked.model, asked.texts, _requester(request))
+            vectors = await run_in_threadpool(self._answering.embed, asked.model, asked.texts, _requester(request),
+                                              asked.extension)
         except Exception as error:  # noqa: BLE001
             return error_answer(error)
         finally:

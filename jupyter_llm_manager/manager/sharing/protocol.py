@@ -57,8 +57,6 @@ def request_body(share_key: str, prompt: Prompt, params: GenerationParams, *, ra
         body["temperature"] = params.temperature
     if params.top_p is not None:
         body["top_p"] = params.top_p
-    if params.stop:
-        body["stop"] = list(params.stop)
     if params.seed is not None:
         body["seed"] = params.seed
     if isinstance(prompt, str):

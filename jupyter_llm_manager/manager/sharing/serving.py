@@ -94,7 +94,8 @@ class ManagerAnswering:
                                        if isinstance(exact, Mapping) else {})}
         return self._manager.stream(request.model, request.prompt, raw=request.raw, **params)
 
-    def embed(self, model: str, texts: Sequence[str], requester: str) -> list[list[float]]:
+    def embed(self, model: str, texts: Sequence[str], requester: str,
+              extension: Mapping[str, Any] | None = None) -> list[list[float]]:
         held = self._held_elsewhere(model)
         if held is not None:
             return self._borrowing.forward_embed(held.share, model, texts, self._manager.wait_timeout)
