@@ -141,7 +141,7 @@ def _peak(logs: list[Path], deaths: dict[int, float]) -> tuple[int, float]:
     changes: list[tuple[float, int]] = []
     for index, log in enumerate(logs):
         held: dict[str, tuple[float, int]] = {}
-        for line in (json.loads(text) for text in log.read_text().splitlines() if text.strip()):
+        for line in _lines(log):
             if line["kind"] == "loading":
                 held[line["model"]] = (line["at"], SIZES[line["model"]])
             elif line["kind"] in ("evicted", "unloaded", "load_failed") and line["model"] in held:
@@ -158,10 +158,16 @@ def _peak(logs: list[Path], deaths: dict[int, float]) -> tuple[int, float]:
     return peak, peak_at
 
 
+def _lines(log: Path) -> list[dict]:
+    """A kernel's log lines; none when it was killed before it wrote its first (a slow start on a busy machine)."""
+    text = log.read_text() if log.exists() else ""
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
 def _operations(logs: list[Path]) -> dict[str, int]:
     counted: dict[str, int] = {}
     for log in logs:
-        for line in (json.loads(text) for text in log.read_text().splitlines() if text.strip()):
+        for line in _lines(log):
             if line["kind"] == "op":
                 key = line["op"] if line["op"] != "refused" else f"refused ({line['error']})"
                 counted[key] = counted.get(key, 0) + 1
