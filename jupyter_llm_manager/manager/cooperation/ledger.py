@@ -5,10 +5,12 @@ its models, its waiting requests) and reads the others'; each frees its own
 models. A placement reads the others, decides and writes its reservation in
 one write transaction (:meth:`Ledger.placement`, ``BEGIN IMMEDIATE`` as
 diskcache does), so two kernels asking at the same instant never both see
-the same room free. The file is created with mode 0600 and refused when
-another user owns it. Members whose process is gone (or whose pid now
-belongs to a process started later) are dropped by whoever reads them. A
-connection is never shared with a process forked from this one.
+the same room free. The file's checks, and what happens when it is lost or
+damaged, are :mod:`.ledger_file`'s. Members whose process is gone (or whose
+pid now belongs to a process started later) are dropped by whoever reads
+them. A row that is not what this version writes is ignored, with one
+warning (:mod:`.rows`). A connection is never shared with a process forked
+from this one.
 """
 
 from __future__ import annotations
@@ -21,19 +23,21 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar
 
 import psutil
 
+from ...support.units import excerpt
 from .ledger_file import BUSY_S, LedgerFile, Statement, execute, transaction
-from .rows import MemberRow, ModelRow, RequestRow, member_row, model_row, request_row
+from .recollection import AllRows
+from .rows import BadRow, MemberRow, ModelRow, RequestRow, member_row, model_row, request_row
 
 __all__ = ["LEDGER_ENV", "Ledger", "LedgerBusy", "Placement", "default_ledger_path", "process_alive"]
 
 log = logging.getLogger(__name__)
 
 LEDGER_ENV = "JUPYTER_LLM_MANAGER_LEDGER"
-#: The ledger's three tables: members, their models, the waiting requests (in arrival order).
-AllRows = tuple[list[MemberRow], list[ModelRow], list[RequestRow]]
+_T = TypeVar("_T")
 
 
 class LedgerBusy(sqlite3.OperationalError):
@@ -41,12 +45,15 @@ class LedgerBusy(sqlite3.OperationalError):
 
 
 def default_ledger_path() -> Path:
-    """``$JUPYTER_LLM_MANAGER_LEDGER``, else ``<jupyter runtime dir>/llm_manager_ledger.sqlite``."""
+    """``$JUPYTER_LLM_MANAGER_LEDGER``, else ``<jupyter runtime dir>/llm_manager/ledger.sqlite``.
+
+    The default's folder is the user's own (mode 0700, made when the first kernel writes the ledger).
+    """
     if os.environ.get(LEDGER_ENV):
         return Path(os.path.expanduser(os.environ[LEDGER_ENV]))
     from jupyter_core.paths import jupyter_runtime_dir
 
-    return Path(jupyter_runtime_dir()) / "llm_manager_ledger.sqlite"
+    return Path(jupyter_runtime_dir()) / "llm_manager" / "ledger.sqlite"
 
 
 def process_alive(pid: int, started: float) -> bool:
@@ -97,7 +104,7 @@ class Ledger(LedgerFile):
         with self._lock:
             if self._closed:
                 raise LedgerBusy("the ledger is closed")
-            connection = self._connect()
+            connection = self._writer()
             _begin(connection, time.monotonic() + wait)
             try:
                 yield Placement(self, connection, member)
@@ -165,11 +172,17 @@ class Ledger(LedgerFile):
 
         Read in one transaction, so the three agree, and read again only when
         another connection has written since (``PRAGMA data_version``). A
-        member whose process is gone is dropped on the way.
+        member whose process is gone is dropped on the way. Where there is no
+        ledger (yet, or any more), the others as last read that still run
+        (see :mod:`.recollection`); nothing is created to read.
         """
         with self._lock:
-            nothing: AllRows = ([], [], [])
-            return self._attempt(lambda connection: self.others_on(connection, member), nothing)
+            found = self._attempt(lambda connection: self.others_on(connection, member), None, create=False)
+            return found if found is not None else self._present(([], [], []), member)
+
+    def recalled(self, member: str) -> AllRows:
+        """The other members as last read that still run: what counts while the ledger cannot be read."""
+        return _of_others(self.recollection.recalled(_alive), member)
 
     def others_on(self, connection: sqlite3.Connection, member: str) -> AllRows:
         """:meth:`others` on ``connection``, maybe inside a placement's transaction (caller holds the lock)."""
@@ -183,9 +196,13 @@ class Ledger(LedgerFile):
                 transaction(connection, statements)
             self.left |= gone
             self._seen = None
-        present = {row.member for row in members if row.member != member} - gone
-        return ([row for row in members if row.member in present], [row for row in models if row.member in present],
-                [row for row in requests if row.member in present])
+        living = [row for row in members if row.member not in gone]
+        return self._present((living, models, requests), member)
+
+    def _present(self, rows: AllRows, member: str) -> AllRows:
+        """``rows`` (read, members that are gone dropped) with the members carried over a lost ledger, less
+        ``member``'s own."""
+        return _of_others(self.recollection.merged(rows, _alive), member)
 
     def _read_all(self, connection: sqlite3.Connection) -> AllRows:
         """Every row, as last read when no other connection has committed since (caller holds the lock)."""
@@ -196,13 +213,29 @@ class Ledger(LedgerFile):
         if not inside:
             connection.execute("BEGIN")
         try:
-            rows = ([member_row(row) for row in connection.execute("SELECT * FROM members")],
-                    [model_row(row) for row in connection.execute("SELECT * FROM models")],
-                    [request_row(row) for row in connection.execute("SELECT * FROM requests ORDER BY arrival")])
+            rows = (self._checked(connection, "SELECT * FROM members", member_row),
+                    self._checked(connection, "SELECT * FROM models", model_row),
+                    self._checked(connection, "SELECT * FROM requests ORDER BY arrival", request_row))
         finally:
             if not inside and connection.in_transaction:  # an error may have ended it: that error is the one to see
                 connection.execute("COMMIT")
         self._seen = (version, *rows)
+        self.recollection.remember(rows)
+        return rows
+
+    def _checked(self, connection: sqlite3.Connection, query: str, parse: Callable[[Sequence], _T]) -> list[_T]:
+        """The rows of ``query`` that are what this version writes; each other row is ignored, with one
+        warning per row (as long as this ledger is open)."""
+        rows = []
+        for row in connection.execute(query):
+            try:
+                rows.append(parse(row))
+            except BadRow as error:
+                said = f"{query.split()[3]}: {error} in {excerpt(repr(row), 300)}"
+                if said not in self._bad_rows:
+                    self._bad_rows.add(said)
+                    log.warning("the ledger %s has a row this version cannot read; it is ignored (%s)", self.path,
+                                said)
         return rows
 
     def members(self) -> list[MemberRow]:
@@ -210,10 +243,28 @@ class Ledger(LedgerFile):
         return self.others("")[0]  # no member is called "": every row is checked
 
     def models(self) -> list[ModelRow]:
-        return [model_row(r) for r in self._run("SELECT * FROM models")]
+        """The models of the members whose process runs."""
+        return self.others("")[1]
 
     def requests(self) -> list[RequestRow]:
-        return [request_row(r) for r in self._run("SELECT * FROM requests ORDER BY arrival")]
+        return self.others("")[2]
+
+    def exists(self) -> bool:
+        """Whether there is a ledger file to read (a reader never makes one)."""
+        with self._lock:
+            return self._attempt(lambda connection: True, False, create=False)
+
+
+def _alive(row: MemberRow) -> bool:
+    return process_alive(row.pid, row.started)
+
+
+def _of_others(rows: AllRows, member: str) -> AllRows:
+    """The rows of the members in ``rows`` but ``member``: models and requests without a member row go."""
+    members, models, requests = rows
+    present = {r.member for r in members if r.member != member}
+    return ([r for r in members if r.member in present], [r for r in models if r.member in present],
+            [r for r in requests if r.member in present])
 
 
 def _begin(connection: sqlite3.Connection, deadline: float) -> None:
