@@ -134,6 +134,25 @@ def test_a_ledger_this_member_had_open_is_recreated_when_damaged_and_the_others_
         theirs.close()
 
 
+def test_a_member_carried_over_a_deleted_ledger_counts_until_it_writes_again_or_leaves(tmp_path):
+    path, socket = tmp_path / "ledger.sqlite", tmp_path / "their-socket"
+    socket.touch()  # where "them" listens: a member that leaves removes it
+    mine, theirs = Ledger(path), Ledger(path)
+    try:
+        theirs.publish(member("them", address=str(socket)), [idle_model("them", 100)])
+        assert [r.bytes for r in mine.others("me")[1]] == [100]
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{path}{suffix}").unlink()
+        assert [r.bytes for r in mine.others("me")[1]] == [100]  # no file: still counted
+        mine.publish(member("me"), [])  # a new file, without "them"
+        assert [r.bytes for r in mine.others("me")[1]] == [100]
+        socket.unlink()  # "them" left (its process still runs: a kernel that closed its manager)
+        assert mine.others("me") == ([], [], [])
+    finally:
+        mine.close()
+        theirs.close()
+
+
 # -- 2. a file that is not a ledger is never altered -----------------------------------------------------------
 
 def foreign_database(path: Path) -> None:

@@ -182,7 +182,7 @@ class Ledger(LedgerFile):
 
     def recalled(self, member: str) -> AllRows:
         """The other members as last read that still run: what counts while the ledger cannot be read."""
-        return _of_others(self.recollection.recalled(_alive), member)
+        return _of_others(self.recollection.recalled(_still_there), member)
 
     def others_on(self, connection: sqlite3.Connection, member: str) -> AllRows:
         """:meth:`others` on ``connection``, maybe inside a placement's transaction (caller holds the lock)."""
@@ -202,7 +202,7 @@ class Ledger(LedgerFile):
     def _present(self, rows: AllRows, member: str) -> AllRows:
         """``rows`` (read, members that are gone dropped) with the members carried over a lost ledger, less
         ``member``'s own."""
-        return _of_others(self.recollection.merged(rows, _alive), member)
+        return _of_others(self.recollection.merged(rows, _still_there), member)
 
     def _read_all(self, connection: sqlite3.Connection) -> AllRows:
         """Every row, as last read when no other connection has committed since (caller holds the lock)."""
@@ -255,8 +255,10 @@ class Ledger(LedgerFile):
             return self._attempt(lambda connection: True, False, create=False)
 
 
-def _alive(row: MemberRow) -> bool:
-    return process_alive(row.pid, row.started)
+def _still_there(row: MemberRow) -> bool:
+    """Whether a member known only from an earlier reading still holds what it held: its process runs, and
+    its socket is still there (a member that left removed it; a stopped one keeps it)."""
+    return process_alive(row.pid, row.started) and (not row.address or os.path.exists(row.address))
 
 
 def _of_others(rows: AllRows, member: str) -> AllRows:
