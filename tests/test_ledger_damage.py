@@ -303,7 +303,20 @@ def test_names_in_rows_never_hide_or_split_rows_of_ps(tmp_path):
     assert max(len(line) for line in lines) < 1200
 
 
-def test_a_ledger_path_that_became_a_folder_warns_once(make_manager, tmp_path, monkeypatch, caplog):
+def become_a_folder(path: Path) -> None:
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+    path.mkdir()
+
+
+def become_a_text_file(path: Path) -> None:
+    text_file(path.with_name("notes.txt"))
+    os.replace(path.with_name("notes.txt"), path)  # the user's own file, now at the ledger's path
+
+
+@pytest.mark.parametrize("become", [become_a_folder, become_a_text_file])
+def test_a_ledger_path_that_became_something_else_warns_once_and_is_left_alone(become, make_manager, tmp_path,
+                                                                               monkeypatch, caplog):
     from jupyter_llm_manager.manager.cooperation import publishing
 
     monkeypatch.setattr(publishing, "HEARTBEAT_S", 0.02)
@@ -316,12 +329,13 @@ def test_a_ledger_path_that_became_a_folder_warns_once(make_manager, tmp_path, m
     publish = ledger.publish_current
     monkeypatch.setattr(ledger, "publish_current", lambda read: writes.append(1) or publish(read))
     with caplog.at_level(logging.WARNING):
-        for suffix in ("", "-wal", "-shm"):
-            Path(f"{path}{suffix}").unlink(missing_ok=True)
-        path.mkdir()
+        with ledger._lock:  # between two writes of the publisher: it never sees half the change
+            become(path)
+        before = path.read_bytes() if path.is_file() else b""
         assert until(lambda: len(writes) >= 20), "the publisher stopped"
+        assert before == (path.read_bytes() if path.is_file() else b"")
     warnings = [e.message for e in manager.events() if e.kind == "warning"]
-    assert len(warnings) == 1 and str(path) in warnings[0], warnings
+    assert len(warnings) == 1 and str(path) in warnings[0], "\n".join(warnings)
     assert len([r for r in caplog.records if str(path) in r.getMessage()]) == 1
 
 

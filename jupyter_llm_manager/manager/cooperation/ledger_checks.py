@@ -109,9 +109,10 @@ def identity(path: Path) -> tuple[int, int] | None:
     return found.st_dev, found.st_ino
 
 
-def create_private(path: Path) -> bool:
-    """Create ``path`` (mode 0600) where no file is; whether this call created it. An existing file is
-    opened without following a link and checked again (it may have appeared since it was looked at)."""
+def create_private(path: Path) -> tuple[bool, tuple[int, int]]:
+    """Create ``path`` (mode 0600) where no file is: whether this call created it, and the file (device,
+    inode) as checked. An existing file is opened without following a link and checked again (it may have
+    appeared since it was looked at)."""
     flags = os.O_RDWR | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
     try:
         descriptor = os.open(path, flags | os.O_CREAT | os.O_EXCL, 0o600)
@@ -119,14 +120,15 @@ def create_private(path: Path) -> bool:
     except FileExistsError:
         try:
             descriptor = os.open(path, flags)
-        except OSError as error:  # a link appeared (ELOOP): someone else's doing
-            raise _refuse(path, f"it cannot be opened without following a link ({error.strerror})") from None
+        except OSError as error:  # a link (ELOOP) or a folder appeared since it was looked at
+            raise _refuse(path, f"it cannot be opened as a file of its own ({error.strerror})") from None
         created = False
     try:
-        _check_own(path, os.fstat(descriptor))
+        found = os.fstat(descriptor)
+        _check_own(path, found)
     finally:
         os.close(descriptor)
-    return created
+    return created, (found.st_dev, found.st_ino)
 
 
 def kind_of(connection: sqlite3.Connection) -> str:

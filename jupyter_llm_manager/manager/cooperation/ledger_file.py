@@ -105,10 +105,13 @@ class LedgerFile:
         if now is None and not create:
             return None
         checks.private_folder(target.parent, create=create)
-        created = checks.create_private(target) if create else False
+        created, made = checks.create_private(target) if create else (False, now)
         connection = _connection(target)
         try:
-            kind = "empty" if created else self._kind(connection, target)
+            if checks.identity(target) != made:  # replaced between the check and the open: someone else's doing
+                raise checks.UnsafeLedger(f"the ledger {self.path} was replaced while it was opened; it is not "
+                                          "safe to use")
+            kind = "empty" if created else self._kind(connection)
             if kind == "empty" and not create:
                 connection.close()
                 return None  # nobody wrote a ledger there yet
@@ -128,7 +131,7 @@ class LedgerFile:
             raise sqlite3.OperationalError(f"the ledger {self.path} could not be made")
         return connection
 
-    def _kind(self, connection: sqlite3.Connection, target: Path) -> str:
+    def _kind(self, connection: sqlite3.Connection) -> str:
         """What the file is; a file that is no ledger is refused (see :class:`~.ledger_checks.NotALedger`)."""
         try:
             kind = checks.kind_of(connection)
@@ -138,19 +141,20 @@ class LedgerFile:
             kind = "text"
         if kind in ("other", "text"):
             what = "another program's database" if kind == "other" else "not a database"
-            raise checks.NotALedger(f"ledger_path {self.path} names a file that is not a ledger ({what}); it is "
-                                    "left as it is: set ledger_path to a new file's path")
+            setting = "ledger_path" if self.explicit else "the ledger's path ($JUPYTER_LLM_MANAGER_LEDGER or the default)"
+            raise checks.NotALedger(f"{setting} {self.path} names a file that is not a ledger ({what}); it is left "
+                                    "as it is: set ledger_path to the path of a new file")
         return kind
 
     def _prepare(self, connection: sqlite3.Connection) -> None:
         """WAL mode, the application id and the tables; a queue of an older layout is dropped (its requests
         are asked again). Only a ledger, or an empty file, gets here."""
-        self._kind(connection, self._target)
+        self._kind(connection)
         connection.execute("PRAGMA journal_mode=WAL")
         connection.execute("PRAGMA synchronous=NORMAL")
         connection.execute("BEGIN IMMEDIATE")  # the version is read and changed by one process at a time
         try:
-            self._kind(connection, self._target)  # still: another process may have written it meanwhile
+            self._kind(connection)  # still: another process may have written it meanwhile
             if connection.execute("PRAGMA user_version").fetchone()[0] < _VERSION:
                 execute(connection, [("DROP TABLE IF EXISTS requests", (), False),
                                       (f"PRAGMA user_version = {_VERSION}", (), False),

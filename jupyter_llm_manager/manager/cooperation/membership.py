@@ -172,7 +172,7 @@ class Membership:
             if changed:
                 self._wake_waiting(ledger)
         except LEDGER_FAILURES as error:  # a file that cannot be used: said once while it lasts, tried again
-            self.warn(error)
+            self.say(error)
             return
         except Exception as error:  # noqa: BLE001 - the thread survives anything, and says so
             log_failure(log, "publishing to the ledger failed; it is tried again", error)
@@ -238,6 +238,10 @@ class Membership:
         """
         if isinstance(error, NotALedger) and self._ledger is not None and self._ledger.explicit:
             raise error
+        self.say(error)
+
+    def say(self, error: BaseException) -> None:
+        """The warning of :meth:`warn`, never raised (the publisher thread's: it must survive)."""
         said = excerpt(str(error), 300)
         if said != self._failing:
             self._failing = said
