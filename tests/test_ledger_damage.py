@@ -153,6 +153,24 @@ def test_a_member_carried_over_a_deleted_ledger_counts_until_it_writes_again_or_
         theirs.close()
 
 
+def test_a_request_queued_in_a_lost_ledger_never_removes_another_members_request_in_the_new_one(tmp_path):
+    path = tmp_path / "ledger.sqlite"
+    mine, theirs = Ledger(path), Ledger(path)
+    try:
+        mine.publish(member("me"), [])
+        arrival = mine.enqueue("me", "mine", {"cpu": 10}, 0)
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{path}{suffix}").unlink()
+        theirs.publish(member("them"), [])
+        assert theirs.enqueue("them", "theirs", {"cpu": 20}, 0) == arrival  # numbered anew
+        mine.requeue(arrival, {"cpu": 30})
+        mine.dequeue(arrival)
+        assert [(r.member, r.needed) for r in theirs.requests()] == [("them", {"cpu": 20})]
+    finally:
+        mine.close()
+        theirs.close()
+
+
 # -- 2. a file that is not a ledger is never altered -----------------------------------------------------------
 
 def foreign_database(path: Path) -> None:

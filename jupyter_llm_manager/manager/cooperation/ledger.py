@@ -151,16 +151,29 @@ class Ledger(LedgerFile):
             cursor = connection.execute("INSERT INTO requests (member, model_id, needed, priority, since) "
                                         "VALUES (?, ?, ?, ?, ?)", (member, model_id, json.dumps(dict(needed)),
                                                                    priority, time.time()))
-            return int(cursor.lastrowid or 0)
+            arrival = int(cursor.lastrowid or 0)
+            self._queued[arrival] = self._identity
+            return arrival
 
         return self._attempt(insert, 0)
 
     def requeue(self, arrival: int, needed: Mapping[str, int]) -> None:
         """A waiting request now needs other room (another placement or context): its place stays."""
-        self._run("UPDATE requests SET needed = ? WHERE arrival = ?", (json.dumps(dict(needed)), arrival))
+        self._in_its_file(arrival, "UPDATE requests SET needed = ? WHERE arrival = ?", (json.dumps(dict(needed)),
+                                                                                       arrival))
 
     def dequeue(self, arrival: int) -> None:
-        self._run("DELETE FROM requests WHERE arrival = ?", (arrival,))
+        self._in_its_file(arrival, "DELETE FROM requests WHERE arrival = ?", (arrival,))
+        self._queued.pop(arrival, None)
+
+    def _in_its_file(self, arrival: int, statement: str, parameters: Sequence[object]) -> None:
+        """Change a queued request, only in the file it was queued in: a ledger recreated since numbers its
+        requests anew, and that number may now be another member's request."""
+        def change(connection: sqlite3.Connection) -> None:
+            if self._queued.get(arrival, self._identity) == self._identity:
+                connection.execute(statement, parameters)
+
+        self._attempt(change, None)
 
     def _run(self, statement: str, parameters: Sequence[object] = ()) -> list[tuple]:
         return self._attempt(lambda connection: connection.execute(statement, parameters).fetchall(), [])

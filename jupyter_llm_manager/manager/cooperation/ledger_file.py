@@ -78,6 +78,7 @@ class LedgerFile:
         self.left: set[str] = set()  # members that left through this connection: never published again
         self.recollection = Recollection()
         self._bad_rows: set[str] = set()  # the rows warned about as unreadable: one warning each
+        self._queued: dict[int, tuple[int, int] | None] = {}  # arrival -> the file it was queued in
         # All rows as last read, with the PRAGMA data_version they were read at: read again only when
         # another connection has committed since, or this one changed others' rows (a member left).
         self._seen: tuple[int, list[MemberRow], list[ModelRow], list[RequestRow]] | None = None
