@@ -187,6 +187,24 @@ def text_file(path: Path) -> None:
 
 
 @pytest.mark.parametrize("make", [text_file, foreign_database], ids=["text file", "another program's database"])
+def test_a_file_put_in_place_of_the_ledger_is_never_written_even_through_the_ledgers_old_wal(make, tmp_path):
+    path = tmp_path / "ledger.sqlite"
+    mine = Ledger(path)
+    try:
+        mine.publish(member("me"), [idle_model("me", 100)])
+        assert Path(f"{path}-wal").stat().st_size > 0  # the ledger's pages are in its -wal
+        make(tmp_path / "theirs.db")
+        before = (tmp_path / "theirs.db").read_bytes()
+        os.replace(tmp_path / "theirs.db", path)
+        with pytest.raises(ConfigurationError, match="not a ledger"):
+            mine.publish(member("me"), [])
+        assert path.read_bytes() == before
+    finally:
+        mine.close()
+    assert path.read_bytes() == before
+
+
+@pytest.mark.parametrize("make", [text_file, foreign_database], ids=["text file", "another program's database"])
 def test_an_explicit_ledger_path_that_is_not_a_ledger_is_a_configuration_error_and_left_alone(make, make_manager,
                                                                                              tmp_path):
     path = tmp_path / "mine.db"
@@ -321,25 +339,34 @@ def test_names_in_rows_never_hide_or_split_rows_of_ps(tmp_path):
     assert max(len(line) for line in lines) < 1200
 
 
-def become_a_folder(path: Path) -> None:
+def become_a_folder(path: Path, monkeypatch) -> None:
     for suffix in ("", "-wal", "-shm"):
         Path(f"{path}{suffix}").unlink(missing_ok=True)
     path.mkdir()
 
 
-def become_a_text_file(path: Path) -> None:
+def become_a_text_file(path: Path, monkeypatch) -> None:
     text_file(path.with_name("notes.txt"))
     os.replace(path.with_name("notes.txt"), path)  # the user's own file, now at the ledger's path
 
 
-@pytest.mark.parametrize("become", [become_a_folder, become_a_text_file])
+def become_full(path: Path, monkeypatch) -> None:
+    """The disk is full: the ledger can be read, not written."""
+    def disk_full(*args, **kwargs):
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(ledger_module, "transaction", disk_full)
+
+
+@pytest.mark.parametrize("become", [become_a_folder, become_a_text_file, become_full])
 def test_a_ledger_path_that_became_something_else_warns_once_and_is_left_alone(become, make_manager, tmp_path,
                                                                                monkeypatch, caplog):
     from jupyter_llm_manager.manager.cooperation import publishing
 
     monkeypatch.setattr(publishing, "HEARTBEAT_S", 0.02)
     path = tmp_path / "ledger.sqlite"
-    manager = make_manager(ledger_path=str(path))
+    monkeypatch.setenv("JUPYTER_LLM_MANAGER_LEDGER", str(path))  # not set by hand: a warning, never an error
+    manager = make_manager()
     fake(manager, "a")
     manager.load("a")
     writes = []
@@ -348,13 +375,13 @@ def test_a_ledger_path_that_became_something_else_warns_once_and_is_left_alone(b
     monkeypatch.setattr(ledger, "publish_current", lambda read: writes.append(1) or publish(read))
     with caplog.at_level(logging.WARNING):
         with ledger._lock:  # between two writes of the publisher: it never sees half the change
-            become(path)
+            become(path, monkeypatch)
         before = path.read_bytes() if path.is_file() else b""
-        assert until(lambda: len(writes) >= 20), "the publisher stopped"
+        assert until(lambda: manager.machine() and len(writes) >= 20), "the publisher stopped"  # reads too
         assert before == (path.read_bytes() if path.is_file() else b"")
     warnings = [e.message for e in manager.events() if e.kind == "warning"]
-    assert len(warnings) == 1 and str(path) in warnings[0], "\n".join(warnings)
-    assert len([r for r in caplog.records if str(path) in r.getMessage()]) == 1
+    assert len(warnings) == 1 and "cooperation with other kernels is off" in warnings[0], "\n".join(warnings)
+    assert len([r for r in caplog.records if warnings[0] in r.getMessage()]) == 1  # the log says it once too
 
 
 def test_a_forked_child_that_exits_leaves_its_parents_socket_and_rows(tmp_path):

@@ -18,8 +18,8 @@ from pathlib import Path
 
 from ...errors import ConfigurationError
 
-__all__ = ["APPLICATION_ID", "COMPANIONS", "NotALedger", "UnsafeLedger", "create_private", "identity", "kind_of",
-           "private_folder", "resolved"]
+__all__ = ["APPLICATION_ID", "COMPANIONS", "NotALedger", "UnsafeLedger", "create_private", "header_kind",
+           "identity", "kind_of", "private_folder", "resolved"]
 
 #: ``PRAGMA application_id`` of a ledger: "JLML" (Jupyter LLM manager ledger).
 APPLICATION_ID = 0x4A4C4D4C
@@ -131,6 +131,41 @@ def create_private(path: Path) -> tuple[bool, tuple[int, int]]:
     return created, (found.st_dev, found.st_ino)
 
 
+def header_kind(path: Path) -> str:
+    """What the file at ``path`` is, from its own bytes, before SQLite opens it (SQLite would read it through a
+    ``-wal`` left by an earlier file at that path, and may write that into it): ``"empty"``, ``"ledger"``,
+    ``"other"`` (a text file, another program's database) or ``"unknown"`` (a database without an application
+    id: :func:`kind_of` tells, once SQLite may open it)."""
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    descriptor = os.open(path, flags)
+    try:
+        header = os.read(descriptor, 100)
+    finally:
+        os.close(descriptor)
+    if not header:
+        return "empty"
+    if len(header) < 100 or not header.startswith(b"SQLite format 3\0"):
+        return "other"
+    application = int.from_bytes(header[68:72], "big")
+    if application == APPLICATION_ID:
+        return "ledger"
+    if application != 0:
+        return "other"
+    try:  # the tables the file itself lists (``immutable``: no -wal is read, nothing is written)
+        connection = sqlite3.connect(f"{path.resolve().as_uri()}?immutable=1", uri=True)
+        try:
+            tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        finally:
+            connection.close()
+    except sqlite3.DatabaseError:
+        return "other"
+    return "unknown" if not tables or _older_ledger(tables) else "other"
+
+
+def _older_ledger(tables: set[str]) -> bool:
+    return tables <= _OLDER_TABLES and {"members", "models"} <= tables
+
+
 def kind_of(connection: sqlite3.Connection) -> str:
     """What the open file is: ``"ledger"``, ``"empty"`` (no table: may become one) or ``"other"``.
 
@@ -145,6 +180,6 @@ def kind_of(connection: sqlite3.Connection) -> str:
     tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     if not tables:
         return "empty"
-    if tables <= _OLDER_TABLES and {"members", "models"} <= tables:
+    if _older_ledger(tables):
         return "ledger"  # written by an older version of this package, before the application id
     return "other"

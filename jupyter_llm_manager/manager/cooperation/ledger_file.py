@@ -107,6 +107,8 @@ class LedgerFile:
             return None
         checks.private_folder(target.parent, create=create)
         created, made = checks.create_private(target) if create else (False, now)
+        if not created and checks.header_kind(target) == "other":  # never opened with SQLite: never changed
+            raise self._not_a_ledger("not a database, or another program's")
         connection = _connection(target)
         try:
             if checks.identity(target) != made:  # replaced between the check and the open: someone else's doing
@@ -141,18 +143,18 @@ class LedgerFile:
                 raise
             kind = "text"
         if kind in ("other", "text"):
-            what = "another program's database" if kind == "other" else "not a database"
-            setting = "ledger_path" if self.explicit else "the ledger's path ($JUPYTER_LLM_MANAGER_LEDGER or the default)"
-            raise checks.NotALedger(f"{setting} {self.path} names a file that is not a ledger ({what}); it is left "
-                                    "as it is: set ledger_path to the path of a new file")
+            raise self._not_a_ledger("another program's database" if kind == "other" else "not a database")
         return kind
+
+    def _not_a_ledger(self, what: str) -> checks.NotALedger:
+        setting = "ledger_path" if self.explicit else "the ledger's path ($JUPYTER_LLM_MANAGER_LEDGER or the default)"
+        return checks.NotALedger(f"{setting} {self.path} names a file that is not a ledger ({what}); it is left "
+                                 "as it is: set ledger_path to the path of a new file")
 
     def _prepare(self, connection: sqlite3.Connection) -> None:
         """WAL mode, the application id and the tables; a queue of an older layout is dropped (its requests
         are asked again). Only a ledger, or an empty file, gets here."""
         self._kind(connection)
-        connection.execute("PRAGMA journal_mode=WAL")
-        connection.execute("PRAGMA synchronous=NORMAL")
         connection.execute("BEGIN IMMEDIATE")  # the version is read and changed by one process at a time
         try:
             self._kind(connection)  # still: another process may have written it meanwhile
@@ -166,6 +168,9 @@ class LedgerFile:
             if connection.in_transaction:
                 connection.execute("ROLLBACK")
             raise
+        # WAL only now: a new ledger's application id is in the file itself from the start, not in its -wal
+        connection.execute("PRAGMA journal_mode=WAL")
+        connection.execute("PRAGMA synchronous=NORMAL")
         self._ready = True
 
     def _attempt(self, work: Callable[[sqlite3.Connection], _T], nothing: _T, *, create: bool = True) -> _T:

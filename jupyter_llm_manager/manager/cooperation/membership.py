@@ -215,15 +215,20 @@ class Membership:
 
     # -- failures and the report --------------------------------------------------------------------------------
 
-    def safely(self, work: Callable[[], _T], fallback: _T) -> _T:
+    def safely(self, work: Callable[[], _T], fallback: _T, *, reading: bool = False) -> _T:
         """``work()``, or ``fallback`` with a warning (once) when the ledger fails: it never stops this kernel
-        (but for a ``ledger_path`` the user set that names no ledger: that is the user's to fix)."""
+        (but for a ``ledger_path`` the user set that names no ledger: that is the user's to fix).
+
+        A write that succeeds ends the failure (the next one is warned about again); a read (``reading``)
+        does not: a file that can be read but not written (a full disk) is warned about once.
+        """
         try:
             result = work()
         except LEDGER_FAILURES as error:
             self.warn(error)
             return fallback
-        self._failing = ""
+        if not reading:
+            self._failing = ""
         return result
 
     @property

@@ -114,7 +114,7 @@ class Cooperation:
         ledger = self.membership.ensure_started()
         if ledger is None:
             return Others()
-        rows = self.membership.safely(partial(ledger.others, self.member), None)
+        rows = self.membership.safely(partial(ledger.others, self.member), None, reading=True)
         return self._others_from(rows if rows is not None else ledger.recalled(self.member))
 
     def _others_from(self, rows: AllRows) -> Others:
@@ -169,10 +169,10 @@ class Cooperation:
                 reason = self.membership.impossible or ("cooperate is off for this manager" if not
                                               self._state.settings.cooperate else "the manager is closed")
             return machine_report(self.membership.me, own, [], [], ledger="", reason=reason)
-        members, rows, _ = self.membership.safely(partial(ledger.others, ""), ledger.recalled(""))
+        members, rows, _ = self.membership.safely(partial(ledger.others, ""), ledger.recalled(""), reading=True)
         reason = ""
         if self.membership.failing:
             reason = f"the ledger cannot be read now ({self.membership.failing}); shown: the others as last read"
-        elif not members and not self.membership.safely(ledger.exists, False):
+        elif not members and not self.membership.safely(ledger.exists, False, reading=True):
             reason = f"there is no ledger at {ledger.path} yet: no kernel has loaded a model with cooperation on"
         return machine_report(self.membership.me, own, members, rows, ledger=str(ledger.path), reason=reason)
