@@ -116,7 +116,13 @@ def test_an_error_that_passes_never_deletes_the_ledger_and_the_others_still_coun
         theirs.close()
 
 
-def test_a_ledger_this_member_had_open_is_recreated_when_damaged_and_the_others_still_count(tmp_path):
+def place(ledger: Ledger) -> None:
+    with ledger.placement("me", wait=5) as placing:
+        placing.publish(member("me"), [])
+
+
+@pytest.mark.parametrize("write", [lambda ledger: ledger.publish(member("me"), []), place], ids=["publish", "placement"])
+def test_a_ledger_this_member_had_open_is_recreated_when_damaged_and_the_others_still_count(write, tmp_path):
     path = tmp_path / "ledger.sqlite"
     mine, theirs = Ledger(path), Ledger(path)
     try:
@@ -125,7 +131,7 @@ def test_a_ledger_this_member_had_open_is_recreated_when_damaged_and_the_others_
         assert [r.bytes for r in mine.others("me")[1]] == [100]
         for suffix in ("", "-wal", "-shm"):  # the same files, written over
             Path(f"{path}{suffix}").write_bytes(b"overwritten, not a database" * 2000)
-        mine.publish(member("me"), [])  # recreated: it was this member's ledger
+        write(mine)  # recreated: it was this member's ledger
         assert "recreated" in mine.take_recreated()
         assert [r.bytes for r in mine.others("me")[1]] == [100]  # counted until "them" writes again
         assert [m.member for m in Ledger(path).members()] == ["me"]

@@ -22,6 +22,7 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import TypeVar
 
@@ -102,10 +103,9 @@ class Ledger(LedgerFile):
         ``wait`` seconds (a stopped process): then nothing was read or written.
         """
         with self._lock:
-            if self._closed:
+            connection = self._attempt(partial(_begin, deadline=time.monotonic() + wait), None)
+            if connection is None:
                 raise LedgerBusy("the ledger is closed")
-            connection = self._writer()
-            _begin(connection, time.monotonic() + wait)
             try:
                 yield Placement(self, connection, member)
                 connection.execute("COMMIT")
@@ -282,12 +282,22 @@ def _of_others(rows: AllRows, member: str) -> AllRows:
             [r for r in requests if r.member in present])
 
 
-def _begin(connection: sqlite3.Connection, deadline: float) -> None:
-    """``BEGIN IMMEDIATE``, tried again while another connection writes, until ``deadline`` (monotonic)."""
+def _begin(connection: sqlite3.Connection, deadline: float) -> sqlite3.Connection:
+    """``BEGIN IMMEDIATE``, tried again while another connection writes, until ``deadline`` (monotonic).
+
+    The first page is read at once: a file that is no database any more says so here, where the ledger can
+    still be recreated, not in the middle of the placement.
+    """
     while True:
         try:
             connection.execute("BEGIN IMMEDIATE")
-            return
+            try:
+                connection.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            except BaseException:
+                if connection.in_transaction:
+                    connection.execute("ROLLBACK")
+                raise
+            return connection
         except sqlite3.OperationalError as error:
             if "locked" not in str(error) and "busy" not in str(error):
                 raise

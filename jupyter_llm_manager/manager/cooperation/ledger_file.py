@@ -105,6 +105,15 @@ class LedgerFile:
         self._seen = None  # data_version counts per connection
         if now is None and not create:
             return None
+        connection = self._open(target, now, create)
+        if connection is not None:
+            self._connection, self._target, self._identity = connection, target, checks.identity(target)
+            self._ready = create
+        return connection
+
+    def _open(self, target: Path, now: tuple[int, int] | None, create: bool) -> sqlite3.Connection | None:
+        """A new connection to ``target`` (``now``: the file there as looked at), checked as the module docstring
+        says; ``None`` to read where there is no ledger yet."""
         checks.private_folder(target.parent, create=create)
         created, made = checks.create_private(target) if create else (False, now)
         if not created and checks.header_kind(target) == "other":  # never opened with SQLite: never changed
@@ -123,15 +132,6 @@ class LedgerFile:
         except BaseException:
             connection.close()
             raise
-        self._connection, self._target, self._identity = connection, target, checks.identity(target)
-        self._ready = create
-        return connection
-
-    def _writer(self) -> sqlite3.Connection:
-        """The connection, to write (the file is made where none is); lock held."""
-        connection = self._connect(create=True)
-        if connection is None:  # never: a writer makes the file
-            raise sqlite3.OperationalError(f"the ledger {self.path} could not be made")
         return connection
 
     def _kind(self, connection: sqlite3.Connection) -> str:
@@ -153,11 +153,10 @@ class LedgerFile:
 
     def _prepare(self, connection: sqlite3.Connection) -> None:
         """WAL mode, the application id and the tables; a queue of an older layout is dropped (its requests
-        are asked again). Only a ledger, or an empty file, gets here."""
-        self._kind(connection)
+        are asked again). Only a ledger, or an empty file, gets past the check."""
         connection.execute("BEGIN IMMEDIATE")  # the version is read and changed by one process at a time
         try:
-            self._kind(connection)  # still: another process may have written it meanwhile
+            self._kind(connection)  # under the write lock: another process may have written it meanwhile
             if connection.execute("PRAGMA user_version").fetchone()[0] < _VERSION:
                 execute(connection, [("DROP TABLE IF EXISTS requests", (), False),
                                       (f"PRAGMA user_version = {_VERSION}", (), False),
