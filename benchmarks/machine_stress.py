@@ -159,8 +159,9 @@ def _peak(logs: list[Path], deaths: dict[int, float]) -> tuple[int, float]:
 
 
 def _lines(log: Path) -> list[dict]:
-    """A kernel's log; none for a kernel killed before it opened its log (a loaded machine starts it slowly)."""
-    return [json.loads(text) for text in log.read_text().splitlines() if text.strip()] if log.exists() else []
+    """A kernel's log lines; none when it was killed before it wrote its first (a slow start on a busy machine)."""
+    text = log.read_text() if log.exists() else ""
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
 def _operations(logs: list[Path]) -> dict[str, int]:

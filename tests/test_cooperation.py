@@ -194,8 +194,13 @@ def test_priorities_and_protection_hold_across_kernels(kernels, tiny_models):
 
 
 def test_a_corrupt_ledger_is_recreated_with_a_warning(kernels):
+    """Only a file the kernel had open as its ledger is recreated (see test_ledger_damage for other files)."""
+    from pathlib import Path
+
     (a,) = kernels("after-corruption.ipynb")
-    kernels.ledger.write_bytes(b"this is not a database" * 100)
+    assert a.ask("load", id="a")["ok"] and a.ask("unload", id="a")["ok"]
+    for suffix in ("", "-wal", "-shm"):  # written over in place
+        Path(f"{kernels.ledger}{suffix}").write_bytes(b"this is not a database" * 2000)
     assert a.ask("load", id="a")["ok"]
     warnings = [e["message"] for e in events(a, "warning")]
     assert any("recreated" in message for message in warnings), warnings

@@ -76,7 +76,8 @@ class MachineReport:
     others: tuple[GpuProcess, ...]  # processes with GPU memory that are not managers: shown, never asked
     cooperating: bool
     ledger: str
-    #: Why this manager does not cooperate ("" when it does): turned off, or not possible here (no Unix sockets).
+    #: Why this manager does not cooperate ("" when it does): turned off, or not possible here (no Unix sockets);
+    #: where it does, why the ledger was not read: there is none yet, or it cannot be used now.
     reason: str = ""
 
     def held(self, device: str) -> int:

@@ -19,7 +19,12 @@ import posixpath
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-__all__ = ["NotebookName", "notebook_names", "published_name", "server_root"]
+from .units import displayable
+
+__all__ = ["NAME_LIMIT", "NotebookName", "notebook_names", "published_name", "server_root", "shown_name"]
+
+#: The longest name (a notebook's, a model's) shown where notebooks are listed; longer ones are cut in the middle.
+NAME_LIMIT = 200
 
 
 @dataclass(frozen=True)
@@ -28,6 +33,16 @@ class NotebookName:
 
     shown: str
     full: str
+
+
+def shown_name(text: str, limit: int = NAME_LIMIT) -> str:
+    """``text`` safe to show on one line of a table: escape sequences and control characters removed (a
+    newline, a tab becomes a space), at most ``limit`` characters (the middle cut out, marked with ``…``)."""
+    line = " ".join(displayable(text).split("\n")).replace("\t", " ")
+    if len(line) <= limit:
+        return line
+    keep = limit - 1
+    return line[:keep - keep // 3] + "…" + line[len(line) - keep // 3:]
 
 
 def _home(home: str | None) -> str:

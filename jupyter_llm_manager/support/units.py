@@ -62,8 +62,9 @@ def excerpt(text: str, limit: int = MESSAGE_LIMIT) -> str:
     return text[:limit - tail - 3] + " … " + text[-tail:]
 
 
-#: Terminal escape sequences (CSI, OSC up to BEL or ST, two-character escapes) and other control characters.
-_ESCAPES = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b[@-_]?|\x9b[0-?]*[ -/]*[@-~]"
+#: Terminal escape sequences (CSI, OSC up to BEL, ST or the end of the line: one left open never hides the
+#: lines after it), two-character escapes, and other control characters.
+_ESCAPES = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b\n]*(?:\x07|\x1b\\)?|\x1b[@-_]?|\x9b[0-?]*[ -/]*[@-~]"
                       r"|[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
 

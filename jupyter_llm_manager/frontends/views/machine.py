@@ -67,6 +67,8 @@ def machine_tables(report: MachineReport, *, include_this: bool = True, root: st
 def _caption(report: MachineReport, count: int) -> str:
     if not report.cooperating:
         return "Cooperation is off (cooperate=False): only this kernel is shown"
+    if report.reason:
+        return report.reason[0].upper() + report.reason[1:]
     if count == 0:
         return f"No notebook on this machine holds a model (a kernel joins the ledger {report.ledger} when it loads one)"
     if count == 1:

@@ -5,10 +5,12 @@ its models, its waiting requests) and reads the others'; each frees its own
 models. A placement reads the others, decides and writes its reservation in
 one write transaction (:meth:`Ledger.placement`, ``BEGIN IMMEDIATE`` as
 diskcache does), so two kernels asking at the same instant never both see
-the same room free. The file is created with mode 0600 and refused when
-another user owns it. Members whose process is gone (or whose pid now
-belongs to a process started later) are dropped by whoever reads them. A
-connection is never shared with a process forked from this one.
+the same room free. The file's checks, and what happens when it is lost or
+damaged, are :mod:`.ledger_file`'s. Members whose process is gone (or whose
+pid now belongs to a process started later) are dropped by whoever reads
+them. A row that is not what this version writes is ignored, with one
+warning (:mod:`.rows`). A connection is never shared with a process forked
+from this one.
 """
 
 from __future__ import annotations
@@ -20,20 +22,23 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
+from typing import TypeVar
 
 import psutil
 
+from ...support.units import excerpt
 from .ledger_file import BUSY_S, LedgerFile, Statement, execute, transaction
-from .rows import CopyRow, MemberRow, ModelRow, RequestRow, copy_row, member_row, model_row, request_row
+from .recollection import AllRows
+from .rows import BadRow, CopyRow, MemberRow, ModelRow, RequestRow, copy_row, member_row, model_row, request_row
 
 __all__ = ["LEDGER_ENV", "Ledger", "LedgerBusy", "Placement", "default_ledger_path", "process_alive"]
 
 log = logging.getLogger(__name__)
 
 LEDGER_ENV = "JUPYTER_LLM_MANAGER_LEDGER"
-#: The ledger's three tables: members, their models, the waiting requests (in arrival order).
-AllRows = tuple[list[MemberRow], list[ModelRow], list[RequestRow]]
+_T = TypeVar("_T")
 
 
 class LedgerBusy(sqlite3.OperationalError):
@@ -41,12 +46,15 @@ class LedgerBusy(sqlite3.OperationalError):
 
 
 def default_ledger_path() -> Path:
-    """``$JUPYTER_LLM_MANAGER_LEDGER``, else ``<jupyter runtime dir>/llm_manager_ledger.sqlite``."""
+    """``$JUPYTER_LLM_MANAGER_LEDGER``, else ``<jupyter runtime dir>/llm_manager/ledger.sqlite``.
+
+    The default's folder is the user's own (mode 0700, made when the first kernel writes the ledger).
+    """
     if os.environ.get(LEDGER_ENV):
         return Path(os.path.expanduser(os.environ[LEDGER_ENV]))
     from jupyter_core.paths import jupyter_runtime_dir
 
-    return Path(jupyter_runtime_dir()) / "llm_manager_ledger.sqlite"
+    return Path(jupyter_runtime_dir()) / "llm_manager" / "ledger.sqlite"
 
 
 def process_alive(pid: int, started: float) -> bool:
@@ -95,10 +103,9 @@ class Ledger(LedgerFile):
         ``wait`` seconds (a stopped process): then nothing was read or written.
         """
         with self._lock:
-            if self._closed:
+            connection = self._attempt(partial(_begin, deadline=time.monotonic() + wait), None)
+            if connection is None:
                 raise LedgerBusy("the ledger is closed")
-            connection = self._connect()
-            _begin(connection, time.monotonic() + wait)
             try:
                 yield Placement(self, connection, member)
                 connection.execute("COMMIT")
@@ -146,16 +153,29 @@ class Ledger(LedgerFile):
             cursor = connection.execute("INSERT INTO requests (member, model_id, needed, priority, since) "
                                         "VALUES (?, ?, ?, ?, ?)", (member, model_id, json.dumps(dict(needed)),
                                                                    priority, time.time()))
-            return int(cursor.lastrowid or 0)
+            arrival = int(cursor.lastrowid or 0)
+            self._queued[arrival] = self._identity
+            return arrival
 
         return self._attempt(insert, 0)
 
     def requeue(self, arrival: int, needed: Mapping[str, int]) -> None:
         """A waiting request now needs other room (another placement or context): its place stays."""
-        self._run("UPDATE requests SET needed = ? WHERE arrival = ?", (json.dumps(dict(needed)), arrival))
+        self._in_its_file(arrival, "UPDATE requests SET needed = ? WHERE arrival = ?", (json.dumps(dict(needed)),
+                                                                                       arrival))
 
     def dequeue(self, arrival: int) -> None:
-        self._run("DELETE FROM requests WHERE arrival = ?", (arrival,))
+        self._in_its_file(arrival, "DELETE FROM requests WHERE arrival = ?", (arrival,))
+        self._queued.pop(arrival, None)
+
+    def _in_its_file(self, arrival: int, statement: str, parameters: Sequence[object]) -> None:
+        """Change a queued request, only in the file it was queued in: a ledger recreated since numbers its
+        requests anew, and that number may now be another member's request."""
+        def change(connection: sqlite3.Connection) -> None:
+            if self._queued.get(arrival, self._identity) == self._identity:
+                connection.execute(statement, parameters)
+
+        self._attempt(change, None)
 
     def _run(self, statement: str, parameters: Sequence[object] = ()) -> list[tuple]:
         return self._attempt(lambda connection: connection.execute(statement, parameters).fetchall(), [])
@@ -167,11 +187,17 @@ class Ledger(LedgerFile):
 
         Read in one transaction, so the three agree, and read again only when
         another connection has written since (``PRAGMA data_version``). A
-        member whose process is gone is dropped on the way.
+        member whose process is gone is dropped on the way. Where there is no
+        ledger (yet, or any more), the others as last read that still run
+        (see :mod:`.recollection`); nothing is created to read.
         """
         with self._lock:
-            nothing: AllRows = ([], [], [])
-            return self._attempt(lambda connection: self.others_on(connection, member), nothing)
+            found = self._attempt(lambda connection: self.others_on(connection, member), None, create=False)
+            return found if found is not None else self._present(([], [], []), member)
+
+    def recalled(self, member: str) -> AllRows:
+        """The other members as last read that still run: what counts while the ledger cannot be read."""
+        return _of_others(self.recollection.recalled(_still_there), member)
 
     def others_on(self, connection: sqlite3.Connection, member: str) -> AllRows:
         """:meth:`others` on ``connection``, maybe inside a placement's transaction (caller holds the lock)."""
@@ -185,9 +211,13 @@ class Ledger(LedgerFile):
                 transaction(connection, statements)
             self.left |= gone
             self._seen = None
-        present = {row.member for row in members if row.member != member} - gone
-        return ([row for row in members if row.member in present], [row for row in models if row.member in present],
-                [row for row in requests if row.member in present])
+        living = [row for row in members if row.member not in gone]
+        return self._present((living, models, requests), member)
+
+    def _present(self, rows: AllRows, member: str) -> AllRows:
+        """``rows`` (read, members that are gone dropped) with the members carried over a lost ledger, less
+        ``member``'s own."""
+        return _of_others(self.recollection.merged(rows, _still_there), member)
 
     def _read_all(self, connection: sqlite3.Connection) -> AllRows:
         """Every row, as last read when no other connection has committed since (caller holds the lock)."""
@@ -198,13 +228,29 @@ class Ledger(LedgerFile):
         if not inside:
             connection.execute("BEGIN")
         try:
-            rows = ([member_row(row) for row in connection.execute("SELECT * FROM members")],
-                    [model_row(row) for row in connection.execute("SELECT * FROM models")],
-                    [request_row(row) for row in connection.execute("SELECT * FROM requests ORDER BY arrival")])
+            rows = (self._checked(connection, "SELECT * FROM members", member_row),
+                    self._checked(connection, "SELECT * FROM models", model_row),
+                    self._checked(connection, "SELECT * FROM requests ORDER BY arrival", request_row))
         finally:
             if not inside and connection.in_transaction:  # an error may have ended it: that error is the one to see
                 connection.execute("COMMIT")
         self._seen = (version, *rows)
+        self.recollection.remember(rows)
+        return rows
+
+    def _checked(self, connection: sqlite3.Connection, query: str, parse: Callable[[Sequence], _T]) -> list[_T]:
+        """The rows of ``query`` that are what this version writes; each other row is ignored, with one
+        warning per row (as long as this ledger is open)."""
+        rows = []
+        for row in connection.execute(query):
+            try:
+                rows.append(parse(row))
+            except BadRow as error:
+                said = f"{query.split()[3]}: {error} in {excerpt(repr(row), 300)}"
+                if said not in self._bad_rows:
+                    self._bad_rows.add(said)
+                    log.warning("the ledger %s has a row this version cannot read; it is ignored (%s)", self.path,
+                                said)
         return rows
 
     def copies(self, member: str) -> list[CopyRow]:
@@ -218,18 +264,48 @@ class Ledger(LedgerFile):
         return self.others("")[0]  # no member is called "": every row is checked
 
     def models(self) -> list[ModelRow]:
-        return [model_row(r) for r in self._run("SELECT * FROM models")]
+        """The models of the members whose process runs."""
+        return self.others("")[1]
 
     def requests(self) -> list[RequestRow]:
-        return [request_row(r) for r in self._run("SELECT * FROM requests ORDER BY arrival")]
+        return self.others("")[2]
+
+    def exists(self) -> bool:
+        """Whether there is a ledger file to read (a reader never makes one)."""
+        with self._lock:
+            return self._attempt(lambda connection: True, False, create=False)
 
 
-def _begin(connection: sqlite3.Connection, deadline: float) -> None:
-    """``BEGIN IMMEDIATE``, tried again while another connection writes, until ``deadline`` (monotonic)."""
+def _still_there(row: MemberRow) -> bool:
+    """Whether a member known only from an earlier reading still holds what it held: its process runs, and
+    its socket is still there (a member that left removed it; a stopped one keeps it)."""
+    return process_alive(row.pid, row.started) and (not row.address or os.path.exists(row.address))
+
+
+def _of_others(rows: AllRows, member: str) -> AllRows:
+    """The rows of the members in ``rows`` but ``member``: models and requests without a member row go."""
+    members, models, requests = rows
+    present = {r.member for r in members if r.member != member}
+    return ([r for r in members if r.member in present], [r for r in models if r.member in present],
+            [r for r in requests if r.member in present])
+
+
+def _begin(connection: sqlite3.Connection, deadline: float) -> sqlite3.Connection:
+    """``BEGIN IMMEDIATE``, tried again while another connection writes, until ``deadline`` (monotonic).
+
+    The first page is read at once: a file that is no database any more says so here, where the ledger can
+    still be recreated, not in the middle of the placement.
+    """
     while True:
         try:
             connection.execute("BEGIN IMMEDIATE")
-            return
+            try:
+                connection.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            except BaseException:
+                if connection.in_transaction:
+                    connection.execute("ROLLBACK")
+                raise
+            return connection
         except sqlite3.OperationalError as error:
             if "locked" not in str(error) and "busy" not in str(error):
                 raise

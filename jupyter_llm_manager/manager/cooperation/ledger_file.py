@@ -1,28 +1,35 @@
 """The ledger's file: one connection per process, opened with the file's checks, and the schema.
 
-The file is created with mode 0600 and refused when another user owns it. A
-connection is reopened when the file was deleted or replaced, and never
-used in a process forked from the one that opened it (the child opens its
-own). A file that is not a database is recreated, with a warning.
+The file is created (mode 0600) only where no file is, and only to write: a
+reader (``jupyter-llm-manager ps``, a status view) never creates anything.
+Only a file that carries the ledger's schema is written to; another
+program's file is never altered (:mod:`.ledger_checks`). A connection is
+reopened when the file was deleted or replaced, and never used in a process
+forked from the one that opened it (the child opens its own). A file this
+member had open as its ledger that turns out not to be a database any more
+is recreated, with a warning; an error that passes (a full disk, an I/O
+error, a lock) never deletes anything. Whenever the ledger is lost, what was
+last read of the others still counts (:mod:`.recollection`).
 """
 
 from __future__ import annotations
 
 import os
 import sqlite3
-import stat
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
-from ...errors import ConfigurationError
+from . import ledger_checks as checks
+from .recollection import Recollection
 from .rows import MemberRow, ModelRow, RequestRow
 
 __all__ = ["BUSY_S", "LedgerFile", "Statement", "execute", "transaction"]
 
 #: The layout's version (``PRAGMA user_version``): a ledger of an older layout has its queue made again.
-_VERSION = 2
+#: 3: the application id (:data:`~.ledger_checks.APPLICATION_ID`) marks the file as a ledger.
+_VERSION = 3
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS members (member TEXT PRIMARY KEY, pid INTEGER, started REAL, kernel TEXT,
     notebook TEXT, address TEXT, seen REAL);
@@ -36,112 +43,177 @@ CREATE TABLE IF NOT EXISTS copies (member TEXT, key TEXT, share TEXT, context IN
 """
 #: How long one statement waits for another connection's write lock (a placement holds it a millisecond or two).
 BUSY_S = 1.0
+#: SQLite's codes for a file that is not a database, or a damaged one.
+_DAMAGED = {getattr(sqlite3, "SQLITE_NOTADB", 26), getattr(sqlite3, "SQLITE_CORRUPT", 11)}
 
 _T = TypeVar("_T")
 Statement = tuple[str, Sequence[object] | list[Sequence[object]], bool]
 
 
-class LedgerFile:
-    """One process's connection to the ledger file; thread-safe (one lock around the connection)."""
+def damaged(error: BaseException) -> bool:
+    """Whether ``error`` says the file is not a database or is corrupt (not an error that passes)."""
+    code = getattr(error, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in _DAMAGED
+    return isinstance(error, sqlite3.DatabaseError) and any(
+        words in str(error) for words in ("not a database", "malformed", "corrupt"))
 
-    def __init__(self, path: Path) -> None:
+
+class LedgerFile:
+    """One process's connection to the ledger file; thread-safe (one lock around the connection).
+
+    ``explicit``: the path was set by the user (``ledger_path``), so a file there that is not a ledger is
+    the user's mistake to hear about (:class:`~.ledger_checks.NotALedger`, a ``ConfigurationError``).
+    """
+
+    def __init__(self, path: Path, *, explicit: bool = False) -> None:
         self.path = path
+        self.explicit = explicit
         self._lock = threading.RLock()  # a placement, a publish or a read: one at a time on the connection
         self._connection: sqlite3.Connection | None = None
-        self._inode: int | None = None
+        self._identity: tuple[int, int] | None = None  # the file this member has open as its ledger
+        self._target = path  # where that file is (where the user's own link points, if it is one)
+        self._ready = False  # the connection's file has the schema (it was written through it)
         self._pid = os.getpid()
         self.recreated = ""  # why the file was recreated last, for a warning
         self._closed = False  # closed for good: a late write of a thread that is stopping does nothing
         self.left: set[str] = set()  # members that left through this connection: never published again
+        self.recollection = Recollection()
+        self._bad_rows: set[str] = set()  # the rows warned about as unreadable: one warning each
+        self._queued: dict[int, tuple[int, int] | None] = {}  # arrival -> the file it was queued in
         # All rows as last read, with the PRAGMA data_version they were read at: read again only when
         # another connection has committed since, or this one changed others' rows (a member left).
         self._seen: tuple[int, list[MemberRow], list[ModelRow], list[RequestRow]] | None = None
 
     # -- the connection ------------------------------------------------------------------------
 
-    def _connect(self) -> sqlite3.Connection:
-        """The open connection, (re)opened when the file was replaced or this is a forked child; lock held."""
+    def _connect(self, create: bool = True) -> sqlite3.Connection | None:
+        """The open connection, (re)opened when the file was replaced or this is a forked child; lock held.
+
+        ``create``: to write (the file is made where none is, and given the schema); else ``None`` where there
+        is no ledger yet.
+        """
         if self._pid != os.getpid():  # forked: the parent's connection is the parent's, never touched here
-            self._connection, self._inode, self._pid = None, None, os.getpid()
-        try:
-            now = os.stat(self.path).st_ino
-        except FileNotFoundError:
-            now = None
-        if self._connection is not None and now == self._inode:
+            self._connection, self._identity, self._ready, self._pid = None, None, False, os.getpid()
+        target = checks.resolved(self.path)
+        now = checks.identity(target)
+        if self._connection is not None and (now, target) == (self._identity, self._target):
+            if create and not self._ready:
+                self._prepare(self._connection)
             return self._connection
         if self._connection is not None:
-            self._connection.close()
-            self._connection = None
-            self.recreated = f"the ledger {self.path} was deleted or replaced; it is written again"
+            self._drop(f"the ledger {self.path} was deleted or replaced; it is written again, and what the "
+                       "other kernels held counts until they write it again")
         self._seen = None  # data_version counts per connection
-        self._connection = self._open()
-        self._inode = os.stat(self.path).st_ino
-        return self._connection
+        if now is None and not create:
+            return None
+        connection = self._open(target, now, create)
+        if connection is not None:
+            self._connection, self._target, self._identity = connection, target, checks.identity(target)
+            self._ready = create
+        return connection
 
-    def _open(self) -> sqlite3.Connection:
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        descriptor = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+    def _open(self, target: Path, now: tuple[int, int] | None, create: bool) -> sqlite3.Connection | None:
+        """A new connection to ``target`` (``now``: the file there as looked at), checked as the module docstring
+        says; ``None`` to read where there is no ledger yet."""
+        checks.private_folder(target.parent, create=create)
+        created, made = checks.create_private(target) if create else (False, now)
+        if not created and checks.header_kind(target) == "other":  # never opened with SQLite: never changed
+            raise self._not_a_ledger("not a database, or another program's")
+        connection = _connection(target)
         try:
-            owner = os.fstat(descriptor)
-        finally:
-            os.close(descriptor)
-        if owner.st_uid != os.getuid() or not stat.S_ISREG(owner.st_mode):
-            raise ConfigurationError(f"the ledger {self.path} belongs to another user or is not a file; set "
-                                     "ledger_path (or $JUPYTER_LLM_MANAGER_LEDGER) to a file of your own")
-        try:
-            return self._schema(_connection(self.path))
-        except sqlite3.DatabaseError as error:  # not a database (overwritten, truncated): start again
-            self.recreated = f"the ledger {self.path} was unreadable ({error}); it was recreated"
-            for suffix in ("", "-wal", "-shm"):
-                Path(f"{self.path}{suffix}").unlink(missing_ok=True)
-            descriptor = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-            os.close(descriptor)
-            return self._schema(_connection(self.path))
+            if checks.identity(target) != made:  # replaced between the check and the open: someone else's doing
+                raise checks.UnsafeLedger(f"the ledger {self.path} was replaced while it was opened; it is not "
+                                          "safe to use")
+            kind = "empty" if created else self._kind(connection)
+            if kind == "empty" and not create:
+                connection.close()
+                return None  # nobody wrote a ledger there yet
+            if create:
+                self._prepare(connection)
+        except BaseException:
+            connection.close()
+            raise
+        return connection
 
-    @staticmethod
-    def _schema(connection: sqlite3.Connection) -> sqlite3.Connection:
-        """WAL mode and the tables; a queue of an older layout is dropped (its requests are asked again)."""
-        connection.execute("PRAGMA journal_mode=WAL")
-        connection.execute("PRAGMA synchronous=NORMAL")
+    def _kind(self, connection: sqlite3.Connection) -> str:
+        """What the file is; a file that is no ledger is refused (see :class:`~.ledger_checks.NotALedger`)."""
+        try:
+            kind = checks.kind_of(connection)
+        except sqlite3.DatabaseError as error:
+            if not damaged(error):
+                raise
+            kind = "text"
+        if kind in ("other", "text"):
+            raise self._not_a_ledger("another program's database" if kind == "other" else "not a database")
+        return kind
+
+    def _not_a_ledger(self, what: str) -> checks.NotALedger:
+        setting = "ledger_path" if self.explicit else "the ledger's path ($JUPYTER_LLM_MANAGER_LEDGER or the default)"
+        return checks.NotALedger(f"{setting} {self.path} names a file that is not a ledger ({what}); it is left "
+                                 "as it is: set ledger_path to the path of a new file")
+
+    def _prepare(self, connection: sqlite3.Connection) -> None:
+        """WAL mode, the application id and the tables; a queue of an older layout is dropped (its requests
+        are asked again). Only a ledger, or an empty file, gets past the check."""
         connection.execute("BEGIN IMMEDIATE")  # the version is read and changed by one process at a time
         try:
+            self._kind(connection)  # under the write lock: another process may have written it meanwhile
             if connection.execute("PRAGMA user_version").fetchone()[0] < _VERSION:
                 execute(connection, [("DROP TABLE IF EXISTS requests", (), False),
-                                      (f"PRAGMA user_version = {_VERSION}", (), False)])
+                                      (f"PRAGMA user_version = {_VERSION}", (), False),
+                                      (f"PRAGMA application_id = {checks.APPLICATION_ID}", (), False)])
             execute(connection, [(statement, (), False) for statement in filter(str.strip, _SCHEMA.split(";"))])
             connection.execute("COMMIT")
         except BaseException:
             if connection.in_transaction:
                 connection.execute("ROLLBACK")
             raise
-        return connection
+        # WAL only now: a new ledger's application id is in the file itself from the start, not in its -wal
+        connection.execute("PRAGMA journal_mode=WAL")
+        connection.execute("PRAGMA synchronous=NORMAL")
+        self._ready = True
 
-    def _attempt(self, work: Callable[[sqlite3.Connection], _T], closed: _T) -> _T:
-        """Do ``work`` on the connection, once more on a new file when this one turned out corrupt.
+    def _attempt(self, work: Callable[[sqlite3.Connection], _T], nothing: _T, *, create: bool = True) -> _T:
+        """Do ``work`` on the connection, once more on a new file when this member's ledger turned out
+        damaged (not a database any more).
 
-        ``closed`` is the answer once the ledger is closed for good.
+        ``nothing`` is the answer once the ledger is closed for good, or to a read where there is no ledger.
+        An error that passes (disk full, I/O, locked) is raised: nothing is deleted for it.
         """
         with self._lock:
             for attempt in (1, 2):
                 if self._closed:
-                    return closed
+                    return nothing
+                connection = self._connect(create)
+                if connection is None:
+                    return nothing
                 try:
-                    return work(self._connect())
+                    return work(connection)
                 except sqlite3.DatabaseError as error:
-                    if attempt == 2 or isinstance(error, sqlite3.OperationalError) and "locked" in str(error):
+                    if attempt == 2 or not damaged(error) or not self._still_ours():
                         raise
                     self._reset(error)
-        return closed
+        return nothing
+
+    def _still_ours(self) -> bool:
+        """Whether the file at the path is the one this member has open as its ledger (so it may go)."""
+        return self._connection is not None and checks.identity(self._target) == self._identity
 
     def _reset(self, error: BaseException) -> None:
-        """The file is corrupt: drop it and start a new one (caller holds the lock)."""
+        """This member's own ledger is damaged: remove it (and its companions) and start a new one."""
+        self._drop(f"the ledger {self.path} was corrupt ({error}); it was recreated, and what the other "
+                   "kernels held counts until they write it again")
+        for suffix in ("", *checks.COMPANIONS):
+            Path(f"{self._target}{suffix}").unlink(missing_ok=True)
+
+    def _drop(self, why: str) -> None:
+        """Close the connection to a file that is lost; the others' rows last read are carried (lock held)."""
         if self._connection is not None:
             self._connection.close()
-            self._connection = None
-        for suffix in ("", "-wal", "-shm"):
-            Path(f"{self.path}{suffix}").unlink(missing_ok=True)
-        self._inode = None
-        self.recreated = f"the ledger {self.path} was corrupt ({error}); it was recreated"
+        self._connection, self._identity, self._ready, self._seen = None, None, False, None
+        self.recreated = why
+        self.recollection.carry()
 
     def take_recreated(self) -> str:
         with self._lock:
@@ -154,7 +226,6 @@ class LedgerFile:
             if self._connection is not None and self._pid == os.getpid():
                 self._connection.close()
             self._connection = None
-
 
 
 def _connection(path: Path) -> sqlite3.Connection:

@@ -27,10 +27,11 @@ from typing import Any, TypeVar
 
 from ...errors import ConfigurationError, log_failure
 from ...events import EventBus
-from ...support.names import published_name
+from ...support.names import published_name, shown_name
 from ...support.units import excerpt
 from ..state import ManagerState
 from .ledger import Ledger, default_ledger_path
+from .ledger_checks import NotALedger
 from .listener import Listener, ask
 from .peers import ANSWER_S
 from .publishing import Identity, Published, Publisher, rows_of
@@ -110,7 +111,8 @@ class Membership:
             if self._ledger is None:
                 with self._state.lock:
                     configured = self._state.settings.ledger_path
-                self._ledger = Ledger(Path(os.path.expanduser(configured)) if configured else default_ledger_path())
+                path = Path(os.path.expanduser(configured)) if configured else default_ledger_path()
+                self._ledger = Ledger(path, explicit=bool(configured))
             return self._ledger
 
     def join(self) -> bool:
@@ -130,7 +132,8 @@ class Membership:
             self._publisher = Publisher(self.publish_from_thread)
             self._state.on_change = self._publisher.soon
             self._publisher.start()
-            self._finalizer = weakref.finalize(self, _leave, ledger, self._listener, self._publisher, self.member)
+            self._finalizer = weakref.finalize(self, _leave, ledger, self._listener, self._publisher, self.member,
+                                              os.getpid())
             return True
 
     def stop(self) -> None:
@@ -159,16 +162,23 @@ class Membership:
         sleeps through it until its next look.
         """
         ledger = self._ledger
+        if ledger is None:
+            return
         try:
-            if ledger is not None:
-                ledger.publish_current(self.rows)
-                said = ledger.take_recreated()
-                if said:
-                    self._bus.emit("warning", message=said)
-                if changed:
-                    self._wake_waiting(ledger)
-        except Exception as error:  # noqa: BLE001 - the thread survives a busy or broken file, and says so
+            ledger.publish_current(self.rows)
+            said = ledger.take_recreated()
+            if said:
+                log.warning("%s", said)
+                self._bus.emit("warning", message=said)
+            if changed:
+                self._wake_waiting(ledger)
+        except LEDGER_FAILURES as error:  # a file that cannot be used: said once while it lasts, tried again
+            self.say(error)
+            return
+        except Exception as error:  # noqa: BLE001 - the thread survives anything, and says so
             log_failure(log, "publishing to the ledger failed; it is tried again", error)
+            return
+        self._failing = ""
 
     def _wake_waiting(self, ledger: Ledger) -> None:
         members, _, requests = ledger.others(self.member)
@@ -206,22 +216,45 @@ class Membership:
 
     # -- failures and the report --------------------------------------------------------------------------------
 
-    def safely(self, work: Callable[[], _T], fallback: _T) -> _T:
-        """``work()``, or ``fallback`` with a warning (once) when the ledger fails: it never stops this kernel."""
+    def safely(self, work: Callable[[], _T], fallback: _T, *, reading: bool = False) -> _T:
+        """``work()``, or ``fallback`` with a warning (once) when the ledger fails: it never stops this kernel
+        (but for a ``ledger_path`` the user set that names no ledger: that is the user's to fix).
+
+        A write that succeeds ends the failure (the next one is warned about again); a read (``reading``)
+        does not: a file that can be read but not written (a full disk) is warned about once.
+        """
         try:
             result = work()
         except LEDGER_FAILURES as error:
             self.warn(error)
             return fallback
-        self._failing = ""
+        if not reading:
+            self._failing = ""
         return result
 
+    @property
+    def failing(self) -> str:
+        """The ledger failure last warned about, while it lasts ("" while all is well)."""
+        return self._failing
+
     def warn(self, error: BaseException) -> None:
+        """Say once (an event and the log) that the ledger cannot be used while ``error`` lasts.
+
+        :class:`~.ledger_checks.NotALedger` at a ``ledger_path`` the user set is raised instead.
+        """
+        if isinstance(error, NotALedger) and self._ledger is not None and self._ledger.explicit:
+            raise error
+        self.say(error)
+
+    def say(self, error: BaseException) -> None:
+        """The warning of :meth:`warn`, never raised (the publisher thread's: it must survive)."""
         said = excerpt(str(error), 300)
         if said != self._failing:
             self._failing = said
-            self._bus.emit("warning", message=f"cooperation with other kernels is off for now ({said}); this "
-                                              "kernel goes on with its own memory only")
+            message = (f"cooperation with other kernels is off for now ({said}); this kernel goes on with its own "
+                       "memory only (what it last read of the other kernels still counts)")
+            log.warning("%s", message)
+            self._bus.emit("warning", message=message)
 
 
 def _answer_for(cooperation: weakref.ref[Membership], request: dict[str, Any]) -> dict[str, Any]:
@@ -231,8 +264,14 @@ def _answer_for(cooperation: weakref.ref[Membership], request: dict[str, Any]) -
     return found.answer(request)
 
 
-def _leave(ledger: Ledger, listener: Listener, publisher: Publisher, member: str) -> None:
-    """Stop listening and publishing, and take this member's rows out of the ledger."""
+def _leave(ledger: Ledger, listener: Listener, publisher: Publisher, member: str, pid: int) -> None:
+    """Stop listening and publishing, and take this member's rows out of the ledger.
+
+    Only in the process that joined (``pid``): a forked child that exits leaves its parent's rows, socket and
+    connection alone.
+    """
+    if os.getpid() != pid:
+        return
     publisher.stop()
     listener.stop()
     try:
@@ -259,8 +298,8 @@ def _notebook_name() -> str:
     """The notebook's path (JupyterLab tells kernels; the home folder as ``~``), else the script, else ``pid N``."""
     session = os.environ.get("JPY_SESSION_NAME", "").strip()
     if session:
-        return published_name(session)[:200]
+        return shown_name(published_name(session))
     script = sys.argv[0] if sys.argv and sys.argv[0] not in ("", "-c", "-m") else ""
     if script and not script.endswith(("ipykernel_launcher.py", "__main__.py")) and os.path.exists(script):
-        return os.path.basename(script)[:200]
+        return shown_name(os.path.basename(script))
     return f"pid {os.getpid()}"

@@ -73,8 +73,9 @@ class Cooperation:
     def placement(self, wait: float = ANSWER_S) -> Iterator[Placing]:
         """One placement: the others, and this manager's reservation written, in one ledger transaction.
 
-        Without cooperation, or while the ledger cannot be used, the others
-        are nobody (this manager works alone, with a warning). A ledger kept
+        Without cooperation the others are nobody; while the ledger cannot be
+        used, they are what this manager last read of them that still runs
+        (it works without the ledger, with a warning). A ledger kept
         locked for ``wait`` seconds by another process gives others marked
         ``busy``: nothing may be placed safely now.
         """
@@ -93,6 +94,7 @@ class Cooperation:
             except LEDGER_FAILURES as error:
                 stack.close()
                 self.membership.warn(error)
+                placing = Placing(self._others_from(ledger.recalled(self.member)))
         done = False
         try:
             with stack:
@@ -112,7 +114,8 @@ class Cooperation:
         ledger = self.membership.ensure_started()
         if ledger is None:
             return Others()
-        return self.membership.safely(lambda: self._others_from(ledger.others(self.member)), Others())
+        rows = self.membership.safely(partial(ledger.others, self.member), None, reading=True)
+        return self._others_from(rows if rows is not None else ledger.recalled(self.member))
 
     def _others_from(self, rows: AllRows) -> Others:
         with self._state.lock:
@@ -166,11 +169,13 @@ class Cooperation:
                 reason = self.membership.impossible or ("cooperate is off for this manager" if not
                                               self._state.settings.cooperate else "the manager is closed")
             return machine_report(self.membership.me, own, [], [], ledger="", reason=reason)
-        no_members: list[MemberRow] = []
-        no_rows: list[ModelRow] = []
-        members = self.membership.safely(ledger.members, no_members)
-        rows = self.membership.safely(ledger.models, no_rows)
+        members, rows, _ = self.membership.safely(partial(ledger.others, ""), ledger.recalled(""), reading=True)
+        reason = ""
+        if self.membership.failing:
+            reason = f"the ledger cannot be read now ({self.membership.failing}); shown: the others as last read"
+        elif not members and not self.membership.safely(ledger.exists, False, reading=True):
+            reason = f"there is no ledger at {ledger.path} yet: no kernel has loaded a model with cooperation on"
         no_copies: list[CopyRow] = []
-        copies = self.membership.safely(lambda: ledger.copies(self.member), no_copies)
-        return machine_report(self.membership.me, own, members, rows, ledger=str(ledger.path), reason="",
+        copies = self.membership.safely(partial(ledger.copies, self.member), no_copies, reading=True)
+        return machine_report(self.membership.me, own, members, rows, ledger=str(ledger.path), reason=reason,
                               copies=copies)
