@@ -51,6 +51,19 @@ def kernels(tmp_path):
         kernel.close()
 
 
+def lent(kernel: Kernel) -> None:
+    """Wait until ``kernel``'s copy is in the ledger (its publisher writes it just after the load)."""
+    from jupyter_llm_manager.manager.cooperation.ledger import Ledger
+
+    reader, deadline = Ledger(kernel.ledger), time.monotonic() + 30
+    try:
+        while not reader.copies(""):
+            assert time.monotonic() < deadline, "the holder never published its copy"
+            time.sleep(0.02)
+    finally:
+        reader.close()
+
+
 def finished_tokens(events: list[dict]) -> list[int]:
     """The token counts of the generations a kernel ran, from its ``generation_finished`` events."""
     return [int(found.group(1)) for event in events if event["kind"] == "generation_finished"
@@ -60,6 +73,7 @@ def finished_tokens(events: list[dict]) -> list[int]:
 def test_a_borrowed_answer_is_the_holders_own_answer_and_no_second_copy_loads(kernels):
     a, b = kernels("A.ipynb", "B.ipynb")
     assert a.ask("load", id="smol")["ok"]
+    lent(a)
     own = a.ask("generate", id="smol", prompt=PROMPT, params=GREEDY)
     borrowed = b.ask("generate", id="smol", prompt=PROMPT, params=GREEDY)
     assert borrowed["ok"], borrowed
@@ -75,6 +89,7 @@ def test_a_borrowed_answer_is_the_holders_own_answer_and_no_second_copy_loads(ke
 def test_share_off_for_a_call_or_a_manager_loads_its_own_copy(kernels):
     a, b, c = kernels("A.ipynb", "B.ipynb", "C.ipynb")
     assert a.ask("load", id="smol")["ok"]
+    lent(a)
     own = b.ask("generate", id="smol", prompt=PROMPT, params={**GREEDY, "share": False})
     assert own["ok"] and own["served_by"] is None and "on the copy" not in own["footer"]
     assert b.ask("states")["states"]["smol"] == "loaded"
@@ -87,6 +102,7 @@ def test_share_off_for_a_call_or_a_manager_loads_its_own_copy(kernels):
 def test_ctrl_c_in_the_borrower_stops_the_holders_generation_within_a_token(kernels):
     a, b = kernels("A.ipynb", "B.ipynb")
     assert a.ask("load", id="smol")["ok"]
+    lent(a)
     stopped = b.ask("stream", id="smol", prompt=STORY, params=LONG, interrupt_after=5)
     assert stopped["error"] == "KeyboardInterrupt" or stopped["footer"], stopped
     deadline = time.monotonic() + 10
@@ -108,6 +124,7 @@ def test_ctrl_c_in_the_borrower_stops_the_holders_generation_within_a_token(kern
 def test_a_holder_killed_mid_answer_fails_the_borrower_with_the_text_so_far_then_it_loads_its_own(kernels):
     a, b = kernels("A.ipynb", "B.ipynb")
     assert a.ask("load", id="smol")["ok"]
+    lent(a)
     failed = b.ask("stream", id="smol", prompt=STORY, params=LONG, kill_after=4, kill=a.process.pid)
     assert failed["error"] and failed["error"].startswith("GenerationError"), failed
     assert "A.ipynb" in failed["error"]
@@ -121,6 +138,7 @@ def test_a_holder_killed_mid_answer_fails_the_borrower_with_the_text_so_far_then
 def test_a_holder_that_goes_silent_fails_the_borrower_after_borrow_timeout(kernels):
     a, b = kernels("A.ipynb", "B.ipynb", borrow_timeout=2)
     assert a.ask("load", id="smol")["ok"]
+    lent(a)
     a.process.send_signal(signal.SIGSTOP)
     try:
         started = time.monotonic()

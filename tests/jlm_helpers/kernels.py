@@ -125,6 +125,7 @@ class Kernel:
     """A child process with a manager (a notebook's kernel, for the tests)."""
 
     def __init__(self, name: str, folder: Path, ledger: Path, *, environment: dict[str, str] | None = None) -> None:
+        self.ledger = ledger
         script = folder / "kernel.py"
         written = folder / f".kernel-{uuid.uuid4().hex}.py"
         written.write_text(CHILD)

@@ -256,7 +256,10 @@ class Ledger(LedgerFile):
     def copies(self, member: str) -> list[CopyRow]:
         """The copies every other running member lends (one short read; the members' liveness as last read)."""
         present = {row.member for row in self.others(member)[0]}
-        rows = self._run("SELECT member, key, share, context, borrowers FROM copies")
+        if not present:
+            return []
+        rows = self._attempt(lambda connection: connection.execute(
+            "SELECT member, key, share, context, borrowers FROM copies").fetchall(), [], create=False)
         return [found for found in map(copy_row, rows) if found is not None and found.member in present]
 
     def members(self) -> list[MemberRow]:
