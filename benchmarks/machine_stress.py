@@ -141,7 +141,7 @@ def _peak(logs: list[Path], deaths: dict[int, float]) -> tuple[int, float]:
     changes: list[tuple[float, int]] = []
     for index, log in enumerate(logs):
         held: dict[str, tuple[float, int]] = {}
-        for line in (json.loads(text) for text in log.read_text().splitlines() if text.strip()):
+        for line in _lines(log):
             if line["kind"] == "loading":
                 held[line["model"]] = (line["at"], SIZES[line["model"]])
             elif line["kind"] in ("evicted", "unloaded", "load_failed") and line["model"] in held:
@@ -158,10 +158,17 @@ def _peak(logs: list[Path], deaths: dict[int, float]) -> tuple[int, float]:
     return peak, peak_at
 
 
+def _lines(log: Path) -> list[dict]:
+    """What one kernel logged; nothing when it was killed before it opened its log (a slow start)."""
+    if not log.exists():
+        return []
+    return [json.loads(text) for text in log.read_text().splitlines() if text.strip()]
+
+
 def _operations(logs: list[Path]) -> dict[str, int]:
     counted: dict[str, int] = {}
     for log in logs:
-        for line in (json.loads(text) for text in log.read_text().splitlines() if text.strip()):
+        for line in _lines(log):
             if line["kind"] == "op":
                 key = line["op"] if line["op"] != "refused" else f"refused ({line['error']})"
                 counted[key] = counted.get(key, 0) + 1
