@@ -26,6 +26,9 @@ manager = None
 leases = {}
 seen = []
 
+def placeholder(spec):  # a model of the size it declares: loader="__main__:placeholder", required_memory=...
+    return {"id": spec.id}
+
 def answer(**values):
     sys.stdout.write(json.dumps(values) + "\n")
     sys.stdout.flush()

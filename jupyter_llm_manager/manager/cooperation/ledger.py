@@ -1,7 +1,7 @@
 """The ledger: what every manager of this user on this machine holds, in one SQLite file (WAL).
 
 A record, never the owner: each manager writes its own rows (its member row,
-its models, its waiting requests) and reads the others'; each frees its own
+its models, its waiting requests and what those wait for) and reads the others'; each frees its own
 models. A placement reads the others, decides and writes its reservation in
 one write transaction (:meth:`Ledger.placement`, ``BEGIN IMMEDIATE`` as
 diskcache does), so two kernels asking at the same instant never both see
@@ -25,7 +25,7 @@ from pathlib import Path
 import psutil
 
 from .ledger_file import BUSY_S, LedgerFile, Statement, execute, transaction
-from .rows import MemberRow, ModelRow, RequestRow, member_row, model_row, request_row
+from .rows import MemberRow, ModelRow, RequestRow, WaitingRequest, member_row, model_row, request_row, wait_row
 
 __all__ = ["LEDGER_ENV", "Ledger", "LedgerBusy", "Placement", "default_ledger_path", "process_alive"]
 
@@ -78,6 +78,26 @@ class Placement:
         if member.member not in self._ledger.left:
             execute(self._connection, _publish_statements(member, models))
             self._ledger.wrote(member, models)
+
+    def waits(self) -> list[WaitingRequest]:
+        """The rows of requests waiting for models in use, of every running member (this one's too).
+
+        Read after :meth:`others`, which drops the members that are gone.
+        """
+        rows = self._connection.execute("SELECT w.member, w.request, w.arrival, w.model_id, w.holds, w.needs "
+                                        "FROM waits w JOIN members m ON w.member = m.member").fetchall()
+        return [found for found in map(wait_row, rows) if found is not None]
+
+    def record_wait(self, waiting: WaitingRequest) -> None:
+        """This member's request waits for other kernels' models in use: the others see what it holds and needs."""
+        if self.member not in self._ledger.left:
+            self._connection.execute(
+                "INSERT OR REPLACE INTO waits VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (self.member, waiting.request, waiting.arrival, waiting.model_id, json.dumps(sorted(waiting.holds)),
+                 json.dumps(sorted(waiting.needs)), time.time()))
+
+    def forget_wait(self, request: int) -> None:
+        self._connection.execute("DELETE FROM waits WHERE member = ? AND request = ?", (self.member, request))
 
 
 class Ledger(LedgerFile):
@@ -138,13 +158,19 @@ class Ledger(LedgerFile):
             self._seen = None
             self._attempt(lambda connection: transaction(connection, _leave_statements(member)), None)
 
-    def enqueue(self, member: str, model_id: str, needed: Mapping[str, int], priority: int) -> int:
-        """A request of this member waits for capacity: its place in the machine-wide queue."""
+    def enqueue(self, member: str, model_id: str, needed: Mapping[str, int], priority: int,
+                request: int | None = None) -> int:
+        """A request of this member waits for capacity: its place in the machine-wide queue.
+
+        ``request``: its id in this member, whose row of what it waits for (if any) learns that place.
+        """
         def insert(connection: sqlite3.Connection) -> int:
-            cursor = connection.execute("INSERT INTO requests (member, model_id, needed, priority, since) "
-                                        "VALUES (?, ?, ?, ?, ?)", (member, model_id, json.dumps(dict(needed)),
-                                                                   priority, time.time()))
-            return int(cursor.lastrowid or 0)
+            transaction(connection, [
+                ("INSERT INTO requests (member, model_id, needed, priority, since) VALUES (?, ?, ?, ?, ?)",
+                 (member, model_id, json.dumps(dict(needed)), priority, time.time()), False),
+                ("UPDATE waits SET arrival = last_insert_rowid() WHERE member = ? AND request = ?", (member, request),
+                 False)])
+            return int(connection.execute("SELECT last_insert_rowid()").fetchone()[0])
 
         return self._attempt(insert, 0)
 
@@ -154,6 +180,10 @@ class Ledger(LedgerFile):
 
     def dequeue(self, arrival: int) -> None:
         self._run("DELETE FROM requests WHERE arrival = ?", (arrival,))
+
+    def forget_wait(self, member: str, request: int) -> None:
+        """A request of ``member`` no longer waits for other kernels' models (served, refused, given up)."""
+        self._run("DELETE FROM waits WHERE member = ? AND request = ?", (member, request))
 
     def _run(self, statement: str, parameters: Sequence[object] = ()) -> list[tuple]:
         return self._attempt(lambda connection: connection.execute(statement, parameters).fetchall(), [])
@@ -215,6 +245,11 @@ class Ledger(LedgerFile):
     def requests(self) -> list[RequestRow]:
         return [request_row(r) for r in self._run("SELECT * FROM requests ORDER BY arrival")]
 
+    def waits(self) -> list[WaitingRequest]:
+        """The rows of requests waiting for models other kernels use (what their threads lease, what they need)."""
+        rows = self._run("SELECT member, request, arrival, model_id, holds, needs FROM waits")
+        return [found for found in map(wait_row, rows) if found is not None]
+
 
 def _begin(connection: sqlite3.Connection, deadline: float) -> None:
     """``BEGIN IMMEDIATE``, tried again while another connection writes, until ``deadline`` (monotonic)."""
@@ -243,4 +278,4 @@ def _publish_statements(member: MemberRow, models: Sequence[ModelRow]) -> list[S
 
 
 def _leave_statements(member: str) -> list[Statement]:
-    return [(f"DELETE FROM {table} WHERE member = ?", (member,), False) for table in ("members", "models", "requests")]
+    return [(f"DELETE FROM {table} WHERE member = ?", (member,), False) for table in ("members", "models", "requests", "waits")]

@@ -31,6 +31,8 @@ CREATE TABLE IF NOT EXISTS models (member TEXT, key TEXT, model_id TEXT, device 
     PRIMARY KEY (member, key, device));
 CREATE TABLE IF NOT EXISTS requests (arrival INTEGER PRIMARY KEY AUTOINCREMENT, member TEXT, model_id TEXT,
     needed TEXT, priority INTEGER, since REAL);
+CREATE TABLE IF NOT EXISTS waits (member TEXT, request INTEGER, arrival INTEGER, model_id TEXT, holds TEXT,
+    needs TEXT, since REAL, PRIMARY KEY (member, request));
 """
 #: How long one statement waits for another connection's write lock (a placement holds it a millisecond or two).
 BUSY_S = 1.0

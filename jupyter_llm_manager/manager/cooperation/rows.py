@@ -1,4 +1,8 @@
-"""The ledger's rows: a member (one manager), one of its instances on one device, one waiting request."""
+"""The ledger's rows: a member (one manager), one of its instances on one device, one waiting request.
+
+A request that waits for other kernels' models in use also has a row of its
+own (:class:`~..policy.cycles.WaitingRequest`, read by :func:`wait_row`).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,10 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-__all__ = ["MemberRow", "ModelRow", "RequestRow", "member_row", "model_row", "request_row"]
+from ..policy.cycles import WaitingRequest
+
+__all__ = ["MemberRow", "ModelRow", "RequestRow", "WaitingRequest", "member_row", "model_row", "request_row",
+           "wait_row"]
 
 
 @dataclass(frozen=True)
@@ -77,3 +84,23 @@ def _needed(text: object) -> dict[str, int]:
         return {}
     return {str(device): int(size) for device, size in found.items()
             if isinstance(size, int) and not isinstance(size, bool) and 0 < size < 2**62}
+
+
+def wait_row(r: Sequence) -> WaitingRequest | None:
+    """A waiting request's row (member, request, arrival, model_id, holds, needs); ``None`` when it makes no sense."""
+    member, request, arrival, model_id, holds, needs = r[:6]
+    found_holds, found_needs = _json(holds), _json(needs)
+    if not (isinstance(member, str) and isinstance(request, int) and isinstance(found_holds, list)
+            and isinstance(found_needs, list)):
+        return None
+    return WaitingRequest(member, request, str(model_id), frozenset(k for k in found_holds if isinstance(k, str)),
+                          frozenset((m, k) for m, k in (p for p in found_needs if isinstance(p, list) and len(p) == 2)
+                                    if isinstance(m, str) and isinstance(k, str)),
+                          arrival if isinstance(arrival, int) else None)
+
+
+def _json(text: object) -> object:
+    try:
+        return json.loads(text) if isinstance(text, str) else None
+    except ValueError:
+        return None
