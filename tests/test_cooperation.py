@@ -657,3 +657,37 @@ def test_a_request_waiting_for_this_kernels_lease_neither_refuses_nor_queues_ahe
     assert a.ask("release", id="x")["ok"]
     served = b.answer(30)
     assert served["ok"], served
+
+
+def test_rows_of_waits_that_make_no_sense_are_ignored_and_go_with_their_member(tmp_path):
+    import sqlite3
+    import subprocess
+    import sys
+
+    import psutil
+
+    from jupyter_llm_manager.manager.cooperation.ledger import Ledger, MemberRow
+
+    path = tmp_path / "waits.sqlite"
+    ledger = Ledger(path)
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        ledger.publish(MemberRow("gone", child.pid, psutil.Process(child.pid).create_time(), "", "gone.ipynb", "",
+                                 time.time()), [])
+        with sqlite3.connect(path) as writer:
+            writer.executemany("INSERT INTO waits VALUES (?, ?, ?, ?, ?, ?, ?)", [
+                ("gone", 1, None, "z", '["x"]', '[["other", "y"]]', time.time()),
+                ("gone", 2, None, "z", "not json", "[]", time.time()),
+                ("gone", "three", None, "z", "[]", "[]", time.time()),
+                ("gone", 4, "five", "z", '["x", 6]', '[["other"], ["other", "y"], 7]', time.time())])
+        found = sorted(ledger.waits(), key=lambda w: w.request)
+        assert [(w.request, w.holds, w.needs, w.arrival) for w in found] == [
+            (1, {"x"}, {("other", "y")}, None), (4, {"x"}, {("other", "y")}, None)]
+        child.kill()
+        child.wait()
+        ledger.members()  # a reader drops the member that is gone, with its rows
+        assert ledger.waits() == []
+    finally:
+        child.kill()
+        child.wait()
+        ledger.close()
