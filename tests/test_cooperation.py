@@ -130,8 +130,15 @@ def test_a_kernel_that_does_not_answer_costs_no_more_than_the_wait_and_is_named_
     """A stopped kernel holding an idle model: each request takes about its wait, and says who did not answer."""
     import signal
 
+    from jupyter_llm_manager.manager.cooperation.ledger import Ledger
+
     a, b = kernels("stopped.ipynb", "asks.ipynb")
     assert a.ask("load", id="a")["ok"]
+    reader = Ledger(kernels.ledger)
+    try:  # stopped once the ledger says it is loaded (its publisher writes that just after the load)
+        assert until(lambda: [m.state for m in reader.models()] == ["loaded"], 30), reader.models()
+    finally:
+        reader.close()
     os.kill(a.process.pid, signal.SIGSTOP)
     try:
         assert not b.ask("load", id="a", wait=0)["ok"]  # once untimed: a first load's own costs (the GPU probe)
