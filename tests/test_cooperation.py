@@ -631,10 +631,8 @@ def test_two_kernels_each_holding_a_lease_and_needing_the_others_room_refuse_the
     assert a.ask("hold", id="x")["ok"] and b.ask("hold", id="y")["ok"]  # inside `with mgr.use(...)`, each
     a.send("load", id="z", wait=wait)  # needs the room of y, in use in second.ipynb: it waits
     waiting(kernels.ledger, "z")
-    started = time.monotonic()
     refused = b.ask("load", id="w", wait=wait, timeout=30)  # needs the room of x: each would wait for the other
-    took = time.monotonic() - started
-    assert not refused["ok"] and took < 1.0, (took, refused)
+    assert not refused["ok"] and refused["seconds"] < 1.0, refused  # timed in the kernel: at once
     error = refused["error"]
     assert error.startswith("ResourceNotAvailableError") and "'x'" in error and "first.ipynb (pid " in error, error
     assert "'z'" in error and "`with manager.use(...)`" in error, error  # what the other waits for; what to do
