@@ -13,6 +13,7 @@ import stat
 import time
 
 import pytest
+from jlm_helpers.conditions import until
 from jlm_helpers.kernels import Kernel
 
 from jupyter_llm_manager import LLMManager, ResourceNotAvailableError
@@ -35,17 +36,19 @@ def budget(tiny_models) -> int:
 def kernels(tmp_path, tiny_models, budget):
     """``kernels("A.ipynb", "B.ipynb", cooperate=True, models=..., room=1)``: started kernels, closed after the test.
 
-    ``room`` is the budget in models: one by default (cooperating kernels must make room for each other).
+    ``room`` is the budget in models: one by default (cooperating kernels must make room for each other);
+    ``memory`` the budget in bytes instead.
     """
     started: list[Kernel] = []
     ledger = tmp_path / "ledger.sqlite"
 
-    def start(*names: str, cooperate: bool = True, models: dict | None = None, room: int = 1) -> list[Kernel]:
+    def start(*names: str, cooperate: bool = True, models: dict | None = None, room: int = 1,
+              memory: int | None = None) -> list[Kernel]:
         made = [Kernel(name, tmp_path, ledger) for name in names]
         started.extend(made)
         chosen = models or {"a": {"source": str(tiny_models["a"])}, "b": {"source": str(tiny_models["b"])}}
         for kernel in made:
-            kernel.send("start", settings={"memory_budget": {"cpu": budget * room}, "cooperate": cooperate,
+            kernel.send("start", settings={"memory_budget": {"cpu": memory or budget * room}, "cooperate": cooperate,
                                            "wait_timeout": 30}, models=chosen)
         for kernel in made:
             assert kernel.answer()["ok"], kernel.stderr_tail()
@@ -127,8 +130,15 @@ def test_a_kernel_that_does_not_answer_costs_no_more_than_the_wait_and_is_named_
     """A stopped kernel holding an idle model: each request takes about its wait, and says who did not answer."""
     import signal
 
+    from jupyter_llm_manager.manager.cooperation.ledger import Ledger
+
     a, b = kernels("stopped.ipynb", "asks.ipynb")
     assert a.ask("load", id="a")["ok"]
+    reader = Ledger(kernels.ledger)
+    try:  # stopped once the ledger says it is loaded (its publisher writes that just after the load)
+        assert until(lambda: [m.state for m in reader.models()] == ["loaded"], 30), reader.models()
+    finally:
+        reader.close()
     os.kill(a.process.pid, signal.SIGSTOP)
     try:
         assert not b.ask("load", id="a", wait=0)["ok"]  # once untimed: a first load's own costs (the GPU probe)
@@ -596,3 +606,98 @@ def test_a_request_waiting_for_another_kernels_model_is_woken_when_its_lease_end
     assert not loading.is_alive(), "the waiting request was never woken"
     assert asker.row("mine").state == "loaded" and holder.row("theirs").state == "registered"
 
+
+
+# -- waits across kernels that would never end ----------------------------------------------------------------
+
+MB = 2**20
+#: Models of the sizes they declare: two of x, y, z, w fit the budget beside each other, a third does not; v
+#: fits beside none of them.
+SIZED = {name: {"loader": "__main__:placeholder", "required_memory": size * MB, "device": "cpu"}
+         for name, size in {"x": 10, "y": 11, "z": 12, "w": 13, "v": 16}.items()}
+SIZED_BUDGET = 25 * MB
+
+
+def waiting(ledger, model_id: str) -> None:
+    """Wait until a request for ``model_id`` says in the ledger that it waits for another kernel's model in use."""
+    from jupyter_llm_manager.manager.cooperation.ledger import Ledger
+
+    reader = Ledger(ledger)
+    try:
+        assert until(lambda: any(w.model_id == model_id for w in reader.waits()), 30), "the request never waited"
+    finally:
+        reader.close()
+
+
+@pytest.mark.parametrize("wait", [math.inf, 5])
+def test_two_kernels_each_holding_a_lease_and_needing_the_others_room_refuse_the_one_closing_the_cycle(kernels,
+                                                                                                      wait):
+    a, b = kernels("first.ipynb", "second.ipynb", models=SIZED, memory=SIZED_BUDGET)
+    assert a.ask("hold", id="x")["ok"] and b.ask("hold", id="y")["ok"]  # inside `with mgr.use(...)`, each
+    a.send("load", id="z", wait=wait)  # needs the room of y, in use in second.ipynb: it waits
+    waiting(kernels.ledger, "z")
+    refused = b.ask("load", id="w", wait=wait, timeout=30)  # needs the room of x: each would wait for the other
+    assert not refused["ok"] and refused["seconds"] < 1.0, refused  # timed in the kernel: at once
+    error = refused["error"]
+    assert error.startswith("ResourceNotAvailableError") and "'x'" in error and "first.ipynb (pid " in error, error
+    assert "'z'" in error and "`with manager.use(...)`" in error, error  # what the other waits for; what to do
+    assert b.ask("release", id="y")["ok"]  # the refused side leaves its block: the other one goes on
+    assert a.answer(30)["ok"]
+    assert a.ask("states")["states"]["z"] == "loaded" and b.ask("states")["states"]["y"] == "registered"
+
+
+def test_a_kernel_holding_a_lease_waits_for_a_model_in_use_elsewhere_when_only_it_waits(kernels):
+    a, b = kernels("holds.ipynb", "uses.ipynb", models=SIZED, memory=SIZED_BUDGET)
+    assert a.ask("hold", id="x")["ok"] and b.ask("hold", id="y")["ok"]
+    a.send("load", id="z", wait=math.inf)
+    waiting(kernels.ledger, "z")  # it decided to wait, and was not refused: the other kernel waits for nothing
+    assert b.ask("release", id="y")["ok"]
+    loaded = a.answer(30)
+    assert loaded["ok"], loaded
+
+
+def test_a_request_waiting_for_this_kernels_lease_neither_refuses_nor_queues_ahead_of_it(kernels):
+    """second.ipynb waits for x, in use here; this kernel's own request needs only the room of an idle model."""
+    a, b = kernels("holds.ipynb", "waits.ipynb", models=SIZED, memory=SIZED_BUDGET)
+    assert a.ask("hold", id="x")["ok"] and b.ask("load", id="y")["ok"]  # y is loaded and idle
+    b.send("load", id="v", wait=math.inf)  # waits for x's lease to end (first in the machine-wide queue)
+    waiting(kernels.ledger, "v")
+    loaded = a.ask("load", id="z", wait=10, timeout=30)  # y goes; the request for w cannot be served first
+    assert loaded["ok"], loaded
+    assert a.ask("release", id="x")["ok"]
+    served = b.answer(30)
+    assert served["ok"], served
+
+
+def test_rows_of_waits_that_make_no_sense_are_ignored_and_go_with_their_member(tmp_path):
+    import sqlite3
+    import subprocess
+    import sys
+
+    import psutil
+
+    from jupyter_llm_manager.manager.cooperation.ledger import Ledger, MemberRow
+
+    path = tmp_path / "waits.sqlite"
+    ledger = Ledger(path)
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        ledger.publish(MemberRow("gone", child.pid, psutil.Process(child.pid).create_time(), "", "gone.ipynb", "",
+                                 time.time()), [])
+        with sqlite3.connect(path) as writer:
+            writer.executemany("INSERT INTO waits VALUES (?, ?, ?, ?, ?, ?, ?)", [
+                ("gone", 1, None, "z", '["x"]', '[["other", "y"]]', time.time()),
+                ("gone", 2, None, "z", "not json", "[]", time.time()),
+                ("gone", "three", None, "z", "[]", "[]", time.time()),
+                ("gone", 4, "five", "z", '["x", 6]', '[["other"], ["other", "y"], 7]', time.time())])
+        found = sorted(ledger.waits(), key=lambda w: w.request)
+        assert [(w.request, w.holds, w.needs, w.arrival) for w in found] == [
+            (1, {"x"}, {("other", "y")}, None), (4, {"x"}, {("other", "y")}, None)]
+        child.kill()
+        child.wait()
+        ledger.members()  # a reader drops the member that is gone, with its rows
+        assert ledger.waits() == []
+    finally:
+        child.kill()
+        child.wait()
+        ledger.close()

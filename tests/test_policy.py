@@ -6,6 +6,8 @@ the wait queue, and the whole decision with its simulation.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from jupyter_llm_manager.backends.base import ContextGrowth, Placement
@@ -71,6 +73,27 @@ def test_waiting_for_the_own_lease_is_refused_at_once_naming_it():
     snapshot = Snapshot((held("mine", leases=1, lease_threads=frozenset({1})),), room(), max_loaded=1)
     plan = fit.admit(snapshot, request("x", thread=1))
     assert plan.verdict == "refuse" and "this thread holds them" in plan.reason and plan.blockers[0].model_id == "mine"
+
+
+def test_across_kernels_only_models_in_use_that_keep_a_request_out_alone_are_needed_and_make_a_cycle():
+    from jupyter_llm_manager.manager.policy.cycles import WaitingRequest, deadlock, needs_gone, waiting_on
+
+    mine = held("mine", 3 * GB, leases=1, lease_threads=frozenset({1}))
+    theirs = held("theirs", 5 * GB, leases=1, owner="B")
+    idle = held("idle", 5 * GB, owner="C")
+    wanted = request("x", 4 * GB, thread=1)  # 10 GB: with mine and theirs in, 2 GB are free
+    assert needs_gone(Snapshot((mine, theirs), room()), wanted) == {("B", "theirs")}
+    assert needs_gone(Snapshot((mine, theirs, idle), room(13 * GB)), wanted) == set()  # the idle one may go instead
+    assert needs_gone(Snapshot((mine, replace(theirs, leases=0)), room()), wanted) == set()  # idle: evicted
+
+    b_waits = WaitingRequest("B", 7, "y", frozenset({"theirs"}), frozenset({("A", "mine")}), arrival=3)
+    c_waits = WaitingRequest("C", 2, "u", frozenset({"other"}), frozenset({("B", "theirs")}))
+    assert waiting_on([c_waits, b_waits], "A", {"mine"}) == [b_waits, c_waits]  # through B, C waits too
+    assert waiting_on([c_waits], "A", {"mine"}) == []
+    snapshot = Snapshot((mine, theirs), room())
+    assert deadlock(snapshot, wanted, [b_waits], "A") == (theirs,)
+    assert deadlock(snapshot, wanted, [], "A") == ()  # B's model is in use, but B waits for nothing of ours
+    assert deadlock(Snapshot((mine, theirs), room(13 * GB)), wanted, [b_waits], "A") == ()  # fits beside it
 
 
 def test_too_big_even_with_everything_evicted_is_refused_with_the_shortfall():

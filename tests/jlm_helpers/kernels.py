@@ -26,6 +26,9 @@ manager = None
 leases = {}
 seen = []
 
+def placeholder(spec):  # a model of the size it declares: loader="__main__:placeholder", required_memory=...
+    return {"id": spec.id}
+
 def answer(**values):
     sys.stdout.write(json.dumps(values) + "\n")
     sys.stdout.flush()
@@ -33,6 +36,7 @@ def answer(**values):
 for line in sys.stdin:
     command = json.loads(line)
     do = command.pop("do")
+    started = time.monotonic()
     try:
         if do == "start":
             manager = LLMManager(config_path=False, preload=False, **command["settings"])
@@ -42,7 +46,6 @@ for line in sys.stdin:
                 manager.register(model_id, **options)
             answer(ok=True)
         elif do == "load":
-            started = time.monotonic()
             manager.load(command["id"], wait=command.get("wait", 0))
             answer(ok=True, seconds=time.monotonic() - started)
         elif do == "hold":
@@ -117,7 +120,7 @@ for line in sys.stdin:
             answer(ok=True)
             break
     except Exception as error:
-        answer(ok=False, error=f"{type(error).__name__}: {error}")
+        answer(ok=False, error=f"{type(error).__name__}: {error}", seconds=time.monotonic() - started)
 '''
 
 

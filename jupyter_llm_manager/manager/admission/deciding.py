@@ -7,7 +7,9 @@ reads what the other kernels hold and wait for, asks the policy
 and, when admitted, reserves: the victims taken out, the new instance in
 (``loading``), the reservation written for the others to see. A LoRA adapter
 that shares its base is reserved as a slice of the base's loaded model
-(:class:`~..adapters.binding.AdapterOnBase`), taking turns with it.
+(:class:`~..adapters.binding.AdapterOnBase`), taking turns with it. A request
+told to wait writes what it waits for in other kernels in the same
+transaction, and is refused when those kernels wait for it in turn (:mod:`.across`).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from ...estimates import EstimateCache
 from ...events import EventBus
 from ...support.deadlines import Deadline
 from ..adapters.binding import AdapterOnBase
-from ..cooperation import Cooperation, Others
+from ..cooperation import Cooperation, Others, Placing
 from ..cooperation.peers import ANSWER_S
 from ..instances import Instance
 from ..planning import ModelSizing, gather
@@ -32,7 +34,8 @@ from ..policy.decision import Decision, decide
 from ..policy.reasons import LedgerLocked
 from ..state import ManagerState
 from ..unloading.evictions import Evictions
-from .outcomes import Admitted, Again, AskOthers, Wait
+from .across import Across
+from .outcomes import Admitted, Again, AskOthers, Refuse, Wait
 from .queue import Waiter
 
 __all__ = ["ASK_AT_LEAST_S", "Decider"]
@@ -69,12 +72,16 @@ class Decider:
             sizing = self.sizing(waiter.name, spec)
             memories = self._probe()  # before the lock: a first probe of the GPUs may take a while
             if sizing.backend.remote:
-                return self._decide(waiter, spec, sizing, Others(), memories)
-            with self._cooperation.placement() as placing:  # one ledger transaction: read, decide, write
-                outcome = self._decide(waiter, spec, sizing, placing.others, memories)
-                if isinstance(outcome, Admitted):
-                    placing.publish()  # the others see the reservation when the transaction ends
-                return outcome
+                outcome = self._decide(waiter, spec, sizing, Others(), memories)
+            else:
+                with self._cooperation.placement() as placing:  # one ledger transaction: read, decide, write
+                    outcome = self._decide(waiter, spec, sizing, placing.others, memories)
+                    if isinstance(outcome, Admitted):
+                        placing.publish()  # the others see the reservation when the transaction ends
+                    _tell_what_it_waits_for(placing, waiter, outcome)
+            if isinstance(outcome, Refuse):
+                raise outcome.error  # once the ledger says it waits no more: the other request is not refused too
+            return outcome
         finally:
             state = self._state
             with state.lock:
@@ -83,10 +90,9 @@ class Decider:
                     state.wake_planner()  # nothing changed: no new version, or this waiter would plan again at once
 
     def _decide(self, waiter: Waiter, spec: ModelSpec, sizing: ModelSizing, others: Others,
-                memories: Sequence[DeviceMemory]) -> Admitted | Wait | AskOthers | Literal[Again.LOOK]:
+                memories: Sequence[DeviceMemory]) -> Admitted | Wait | Refuse | AskOthers | Literal[Again.LOOK]:
         """Decide on the request with what every kernel holds and, when admitted, reserve (under the lock)."""
         state = self._state
-        elsewhere = others.seen_by(waiter.ledger, waiter.unanswered)
         with state.lock:
             if state.registry.keys.get(waiter.name) != waiter.key or waiter.key in state.instances:
                 return Again.LOOK  # the model changed meanwhile
@@ -94,7 +100,10 @@ class Decider:
             if others.busy:  # another process keeps the ledger locked: placing now could over-commit
                 waiter.waiting_for = LedgerLocked().text()
                 return Wait(None, state.version)
-            decision = decide(state.snapshot(memories, elsewhere=elsewhere), sizing.ask(state, waiter.thread))
+            across = Across(state, waiter, others, self._cooperation.member)
+            elsewhere = others.seen_by(waiter.ledger, waiter.unanswered, across.arrivals_behind())
+            snapshot = state.snapshot(memories, elsewhere=elsewhere)
+            decision = decide(snapshot, sizing.ask(state, waiter.thread))
             waiter.needed = dict(decision.request.needed)
             waiter.ahead_elsewhere = len(elsewhere.ahead)
             foreign = tuple(e for e in decision.plan.evictions if e.owner is not None)
@@ -105,7 +114,7 @@ class Decider:
             waiter.waiting_for = decision.plan.reason
             if decision.plan.verdict == "refuse":
                 raise decision.error()
-            return Wait(decision.plan, state.version)
+            return across.wait(snapshot, decision)
 
     @staticmethod
     def _instance(waiter: Waiter, spec: ModelSpec, sizing: ModelSizing, decision: Decision) -> Instance:
@@ -166,3 +175,12 @@ class Decider:
         state.touch()
         return Admitted(instance, victims)
 
+
+def _tell_what_it_waits_for(placing: Placing, waiter: Waiter, outcome: object) -> None:
+    """Write the request's row of what it waits for in other kernels, or take it out when it waits for none."""
+    waiting = outcome.waiting if isinstance(outcome, Wait) else None
+    if waiting is not None:
+        placing.record_wait(waiting)
+        waiter.row = waiting.request
+    elif waiter.row is not None:
+        placing.forget_wait(waiter.row)

@@ -5,13 +5,15 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+from ...errors import ResourceNotAvailableError
 from ..cooperation import Others
 from ..instances import Instance
 from ..policy import fit as policy
+from ..policy.cycles import WaitingRequest
 from ..unloading.evictions import Victims
 from .queue import Waiter
 
-__all__ = ["Admitted", "Again", "AskOthers", "Load", "NeedsBase", "Queued", "Wait"]
+__all__ = ["Admitted", "Again", "AskOthers", "Load", "NeedsBase", "Queued", "Refuse", "Wait"]
 
 
 class Again(enum.Enum):
@@ -43,6 +45,14 @@ class Admitted:
 class Wait:
     plan: policy.Plan | None
     version: int
+    waiting: WaitingRequest | None = None  # what it waits for in other kernels' leases, for the ledger
+
+
+@dataclass(frozen=True)
+class Refuse:
+    """Refused once the placement's transaction ends (the ledger then says it waits no more)."""
+
+    error: ResourceNotAvailableError
 
 
 @dataclass(frozen=True)

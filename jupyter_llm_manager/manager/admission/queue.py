@@ -40,6 +40,7 @@ class Waiter:
     ahead_elsewhere: int = 0  # requests of other kernels before it in the machine-wide queue
     polls: bool = False  # what it waits for is in other kernels: it looks again every moment
     base: Instance | None = None  # a LoRA adapter sharing its base: the base's instance (leased by its thread)
+    row: int | None = None  # its id in the ledger's rows of waits for models in use, once it wrote one
 
 
 class WaitQueue:

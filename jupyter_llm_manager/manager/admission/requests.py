@@ -140,7 +140,7 @@ class Admission:
                 if outcome is Again.LOOK:
                     continue
                 if isinstance(outcome, Admitted):
-                    self._cooperation.dequeue(waiter.ledger)
+                    self._cooperation.dequeue(waiter.ledger, waiter.row)
                     waiter = None  # served: the queue no longer holds it
                     self._place(outcome)
                     continue
@@ -238,8 +238,8 @@ class Admission:
         """The calling thread stops asking: out of the queue, and no longer promised a lease."""
         me = threading.get_ident()
         if waiter is not None:
-            self._cooperation.dequeue(waiter.ledger)
-            waiter.ledger = None
+            self._cooperation.dequeue(waiter.ledger, waiter.row)
+            waiter.ledger = waiter.row = None
         state = self._state
         with state.lock:
             if waiter is not None and (waiter in state.queue or state.queue.planner is waiter):

@@ -63,7 +63,7 @@ class Waits:
         elif waiter.polls:
             with self._state.lock:
                 priority = self._state.registry.priority(waiter.key)
-            waiter.ledger = self._cooperation.enqueue(waiter.name, waiter.needed, priority)
+            waiter.ledger = self._cooperation.enqueue(waiter.name, waiter.needed, priority, waiter.order)
             waiter.published = waiter.needed
 
     def gave_up(self, waiter: Waiter, deadline: Deadline, reason: str) -> ResourceNotAvailableError:

@@ -1,7 +1,7 @@
 """The ledger: what every manager of this user on this machine holds, in one SQLite file (WAL).
 
 A record, never the owner: each manager writes its own rows (its member row,
-its models, its waiting requests) and reads the others'; each frees its own
+its models, its waiting requests and what those wait for) and reads the others'; each frees its own
 models. A placement reads the others, decides and writes its reservation in
 one write transaction (:meth:`Ledger.placement`, ``BEGIN IMMEDIATE`` as
 diskcache does), so two kernels asking at the same instant never both see
@@ -31,7 +31,19 @@ import psutil
 from ...support.units import excerpt
 from .ledger_file import BUSY_S, LedgerFile, Statement, execute, transaction
 from .recollection import AllRows
-from .rows import BadRow, CopyRow, MemberRow, ModelRow, RequestRow, copy_row, member_row, model_row, request_row
+from .rows import (
+    BadRow,
+    CopyRow,
+    MemberRow,
+    ModelRow,
+    RequestRow,
+    WaitingRequest,
+    copy_row,
+    member_row,
+    model_row,
+    request_row,
+    wait_row,
+)
 
 __all__ = ["LEDGER_ENV", "Ledger", "LedgerBusy", "Placement", "default_ledger_path", "process_alive"]
 
@@ -86,6 +98,26 @@ class Placement:
         if member.member not in self._ledger.left:
             execute(self._connection, _publish_statements(member, models, copies))
             self._ledger.wrote(member, models)
+
+    def waits(self) -> list[WaitingRequest]:
+        """The rows of requests waiting for models in use, of every running member (this one's too).
+
+        Read after :meth:`others`, which drops the members that are gone.
+        """
+        rows = self._connection.execute("SELECT w.member, w.request, w.arrival, w.model_id, w.holds, w.needs "
+                                        "FROM waits w JOIN members m ON w.member = m.member").fetchall()
+        return [found for found in map(wait_row, rows) if found is not None]
+
+    def record_wait(self, waiting: WaitingRequest) -> None:
+        """This member's request waits for other kernels' models in use: the others see what it holds and needs."""
+        if self.member not in self._ledger.left:
+            self._connection.execute(
+                "INSERT OR REPLACE INTO waits VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (self.member, waiting.request, waiting.arrival, waiting.model_id, json.dumps(sorted(waiting.holds)),
+                 json.dumps(sorted(waiting.needs)), time.time()))
+
+    def forget_wait(self, request: int) -> None:
+        self._connection.execute("DELETE FROM waits WHERE member = ? AND request = ?", (self.member, request))
 
 
 class Ledger(LedgerFile):
@@ -147,13 +179,19 @@ class Ledger(LedgerFile):
             self._seen = None
             self._attempt(lambda connection: transaction(connection, _leave_statements(member)), None)
 
-    def enqueue(self, member: str, model_id: str, needed: Mapping[str, int], priority: int) -> int:
-        """A request of this member waits for capacity: its place in the machine-wide queue."""
+    def enqueue(self, member: str, model_id: str, needed: Mapping[str, int], priority: int,
+                request: int | None = None) -> int:
+        """A request of this member waits for capacity: its place in the machine-wide queue.
+
+        ``request``: its id in this member, whose row of what it waits for (if any) learns that place.
+        """
         def insert(connection: sqlite3.Connection) -> int:
-            cursor = connection.execute("INSERT INTO requests (member, model_id, needed, priority, since) "
-                                        "VALUES (?, ?, ?, ?, ?)", (member, model_id, json.dumps(dict(needed)),
-                                                                   priority, time.time()))
-            arrival = int(cursor.lastrowid or 0)
+            transaction(connection, [
+                ("INSERT INTO requests (member, model_id, needed, priority, since) VALUES (?, ?, ?, ?, ?)",
+                 (member, model_id, json.dumps(dict(needed)), priority, time.time()), False),
+                ("UPDATE waits SET arrival = last_insert_rowid() WHERE member = ? AND request = ?", (member, request),
+                 False)])
+            arrival = int(connection.execute("SELECT last_insert_rowid()").fetchone()[0])
             self._queued[arrival] = self._identity
             return arrival
 
@@ -176,6 +214,10 @@ class Ledger(LedgerFile):
                 connection.execute(statement, parameters)
 
         self._attempt(change, None)
+
+    def forget_wait(self, member: str, request: int) -> None:
+        """A request of ``member`` no longer waits for other kernels' models (served, refused, given up)."""
+        self._run("DELETE FROM waits WHERE member = ? AND request = ?", (member, request))
 
     def _run(self, statement: str, parameters: Sequence[object] = ()) -> list[tuple]:
         return self._attempt(lambda connection: connection.execute(statement, parameters).fetchall(), [])
@@ -258,8 +300,9 @@ class Ledger(LedgerFile):
         present = {row.member for row in self.others(member)[0]}
         if not present:
             return []
+        nothing: list[tuple] = []
         rows = self._attempt(lambda connection: connection.execute(
-            "SELECT member, key, share, context, borrowers FROM copies").fetchall(), [], create=False)
+            "SELECT member, key, share, context, borrowers FROM copies").fetchall(), nothing, create=False)
         return [found for found in map(copy_row, rows) if found is not None and found.member in present]
 
     def members(self) -> list[MemberRow]:
@@ -277,6 +320,11 @@ class Ledger(LedgerFile):
         """Whether there is a ledger file to read (a reader never makes one)."""
         with self._lock:
             return self._attempt(lambda connection: True, False, create=False)
+
+    def waits(self) -> list[WaitingRequest]:
+        """The rows of requests waiting for models other kernels use (what their threads lease, what they need)."""
+        rows = self._run("SELECT member, request, arrival, model_id, holds, needs FROM waits")
+        return [found for found in map(wait_row, rows) if found is not None]
 
 
 def _still_there(row: MemberRow) -> bool:
@@ -333,5 +381,5 @@ def _publish_statements(member: MemberRow, models: Sequence[ModelRow], copies: S
 
 
 def _leave_statements(member: str) -> list[Statement]:
-    return [(f"DELETE FROM {table} WHERE member = ?", (member,), False) for table in ("members", "models", "requests",
-                                                                                        "copies")]
+    return [(f"DELETE FROM {table} WHERE member = ?", (member,), False)
+            for table in ("members", "models", "requests", "copies", "waits")]

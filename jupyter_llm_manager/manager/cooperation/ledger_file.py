@@ -40,6 +40,8 @@ CREATE TABLE IF NOT EXISTS requests (arrival INTEGER PRIMARY KEY AUTOINCREMENT, 
     needed TEXT, priority INTEGER, since REAL);
 CREATE TABLE IF NOT EXISTS copies (member TEXT, key TEXT, share TEXT, context INTEGER, borrowers TEXT,
     PRIMARY KEY (member, key));
+CREATE TABLE IF NOT EXISTS waits (member TEXT, request INTEGER, arrival INTEGER, model_id TEXT, holds TEXT,
+    needs TEXT, since REAL, PRIMARY KEY (member, request));
 """
 #: How long one statement waits for another connection's write lock (a placement holds it a millisecond or two).
 BUSY_S = 1.0

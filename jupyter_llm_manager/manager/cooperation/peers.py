@@ -3,7 +3,8 @@
 Their instances reach the policy as holdings that name their owner (a member
 id) in a field; the room that requests ahead in the machine-wide queue will
 take reaches it as claims (held, never victims), with the first-come list
-(:class:`~..policy.fit.Elsewhere`). A request to evict or unload reaches the
+(:class:`~..policy.fit.Elsewhere`), but for the requests that wait for the
+asker's own leases (they cannot be placed before it). A request to evict or unload reaches the
 holder's listener thread, which answers with the same policy as its own
 requests; a holder that does not answer within :data:`ANSWER_S` is named.
 """
@@ -15,6 +16,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
+from ..policy.cycles import WaitingRequest
 from ..policy.fit import Elsewhere, Eviction, Holding
 from .listener import ask
 from .rows import MemberRow, ModelRow, RequestRow
@@ -35,18 +37,23 @@ class Others:
     addresses: dict[str, str] = field(default_factory=dict)
     pids: dict[str, int] = field(default_factory=dict)
     busy: bool = False  # the ledger stayed locked by another process: nothing can be placed safely now
+    #: Requests waiting for models in use, with what their threads lease (every member's, this one's too).
+    waits: tuple[WaitingRequest, ...] = ()
 
-    def earlier(self, arrival: int | None) -> list[RequestRow]:
-        """Other members' requests that came before ``arrival`` (all of them when this one is not queued yet)."""
-        return [r for r in self.requests if arrival is None or r.arrival < arrival]
+    def earlier(self, arrival: int | None, behind: frozenset[int] = frozenset()) -> list[RequestRow]:
+        """Other members' requests that came before ``arrival`` (all of them when this one is not queued yet),
+        but for those with an arrival in ``behind``."""
+        return [r for r in self.requests if (arrival is None or r.arrival < arrival) and r.arrival not in behind]
 
-    def seen_by(self, arrival: int | None, unanswered: frozenset[str] = frozenset()) -> Elsewhere:
+    def seen_by(self, arrival: int | None, unanswered: frozenset[str] = frozenset(),
+                behind: frozenset[int] = frozenset()) -> Elsewhere:
         """The machine as the request with ``arrival`` (``None``: not queued, a plan) sees it.
 
         Models of members in ``unanswered`` (they did not answer a request
-        for room) count as in use.
+        for room) count as in use. Requests with an arrival in ``behind`` wait
+        for this request's thread to let go of its leases: they are not ahead of it.
         """
-        ahead = self.earlier(arrival)
+        ahead = self.earlier(arrival, behind)
         claims = tuple(Holding(f"waiting-{r.arrival}", r.model_id, "loaded", dict(r.needed), leases=1,
                                priority=r.priority, owner=r.member, where=self.names.get(r.member, r.member),
                                claim=True)
@@ -61,8 +68,12 @@ class Others:
         return f"{self.names.get(member, member)}" + (f" (pid {pid})" if pid is not None else "")
 
 
-def others_from(rows: tuple[list[MemberRow], list[ModelRow], list[RequestRow]], now: float) -> Others:
-    """The other members' rows as holdings on this manager's clock (``now``: its monotonic time)."""
+def others_from(rows: tuple[list[MemberRow], list[ModelRow], list[RequestRow]], now: float,
+                waits: Sequence[WaitingRequest] = ()) -> Others:
+    """The other members' rows as holdings on this manager's clock (``now``: its monotonic time).
+
+    ``waits``: the rows of requests waiting for models in use (read only by a placement).
+    """
     member_rows, model_rows, request_rows = rows
     members = {m.member: m for m in member_rows}
     wall = time.time()
@@ -79,7 +90,8 @@ def others_from(rows: tuple[list[MemberRow], list[ModelRow], list[RequestRow]], 
                                 first.priority, first.protected, now - (wall - first.last_used), owner=member,
                                 where=members[member].notebook, held_by="a variable" if held else None))
     return Others(tuple(holdings), tuple(request_rows), {m: row.notebook for m, row in members.items()},
-                  {m: row.address for m, row in members.items()}, {m: row.pid for m, row in members.items()})
+                  {m: row.address for m, row in members.items()}, {m: row.pid for m, row in members.items()},
+                  waits=tuple(waits))
 
 
 def ask_to_evict(evictions: Sequence[Eviction], others: Others, priority: int, requester: str,

@@ -13,6 +13,7 @@ import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from functools import partial
+from typing import TypeVar
 
 from ...errors import ConfigurationError
 from ...events import EventBus
@@ -24,23 +25,37 @@ from .ledger import AllRows, LedgerBusy
 from .machine import machine_report
 from .membership import LEDGER_FAILURES, EvictFor, Membership, UnloadFor
 from .peers import ANSWER_S, Others, others_from
-from .rows import CopyRow, MemberRow, ModelRow
+from .rows import CopyRow, MemberRow, ModelRow, WaitingRequest
 
 __all__ = ["Cooperation", "Placing"]
 
 log = logging.getLogger(__name__)
 
+_T = TypeVar("_T")
+
 
 class Placing:
     """One placement as admission sees it: the others, read inside the ledger's transaction, and publishing."""
 
-    def __init__(self, others: Others, publish: Callable[[], None] = lambda: None) -> None:
+    def __init__(self, others: Others, publish: Callable[[], None] = lambda: None,
+                 record: Callable[[WaitingRequest], None] = lambda _: None,
+                 forget: Callable[[int], None] = lambda _: None) -> None:
         self.others = others
         self._publish = publish
+        self._record = record
+        self._forget = forget
 
     def publish(self) -> None:
         """Write this manager's rows (its reservation) before the placement ends: the next one sees it."""
         self._publish()
+
+    def record_wait(self, waiting: WaitingRequest) -> None:
+        """A request waits for other kernels' models in use: its row, seen by the next placement anywhere."""
+        self._record(waiting)
+
+    def forget_wait(self, request: int) -> None:
+        """The request with id ``request`` waits for no model in use any more (admitted, refused)."""
+        self._forget(request)
 
 
 class Cooperation:
@@ -85,8 +100,10 @@ class Cooperation:
         if ledger is not None:
             try:
                 transaction = stack.enter_context(ledger.placement(self.member, wait))
-                placing = Placing(self._others_from(transaction.others()),
-                                  partial(self._publish_in, transaction.publish))
+                placing = Placing(self._others_from(transaction.others(), transaction.waits()),
+                                  partial(self._publish_in, transaction.publish),
+                                  partial(self._write_in, transaction.record_wait),
+                                  partial(self._write_in, transaction.forget_wait))
             except LedgerBusy as error:
                 stack.close()
                 log.debug("placing without the ledger's lock is not safe: %s", error)
@@ -109,6 +126,10 @@ class Cooperation:
         if self.membership.join():
             self.membership.safely(lambda: write(*self.membership.rows()), None)
 
+    def _write_in(self, write: Callable[[_T], None], value: _T) -> None:
+        """``write(value)`` in a placement's transaction: a ledger that fails leaves this kernel alone, saying so."""
+        self.membership.safely(partial(write, value), None)
+
     def others(self) -> Others:
         """What the other members hold and wait for now (a read, outside any placement)."""
         ledger = self.membership.ensure_started()
@@ -117,10 +138,10 @@ class Cooperation:
         rows = self.membership.safely(partial(ledger.others, self.member), None, reading=True)
         return self._others_from(rows if rows is not None else ledger.recalled(self.member))
 
-    def _others_from(self, rows: AllRows) -> Others:
+    def _others_from(self, rows: AllRows, waits: Sequence[WaitingRequest] = ()) -> Others:
         with self._state.lock:
             now = self._state.clock()
-        return others_from(rows, now)
+        return others_from(rows, now, waits)
 
     def ask_to_evict(self, evictions: Sequence[Eviction], others: Others, priority: int,
                      timeout: float = ANSWER_S) -> set[str]:
@@ -136,16 +157,17 @@ class Cooperation:
 
     # -- the machine-wide queue ---------------------------------------------------------------------------
 
-    def enqueue(self, model_id: str, needed: Mapping[str, int], priority: int) -> int | None:
+    def enqueue(self, model_id: str, needed: Mapping[str, int], priority: int, request: int) -> int | None:
         """Take a place in the machine-wide queue for a request that needs ``needed`` bytes per device.
 
         The manager joins first: the others read only members' requests, and must see this one to leave it its turn.
+        ``request``: its id here (its row of what it waits for, if any, learns its place).
         """
         ledger = self.membership.ensure_started()
         if ledger is None or not self.membership.join():
             return None
         self.membership.safely(partial(ledger.publish_current, self.membership.rows), None)
-        return self.membership.safely(partial(ledger.enqueue, self.member, model_id, needed, priority), None)
+        return self.membership.safely(partial(ledger.enqueue, self.member, model_id, needed, priority, request), None)
 
     def requeue(self, arrival: int, needed: Mapping[str, int]) -> None:
         """The queued request now needs other room (placed elsewhere, another context): the others see it."""
@@ -153,13 +175,18 @@ class Cooperation:
         if ledger is not None:
             self.membership.safely(partial(ledger.requeue, arrival, needed), None)
 
-    def dequeue(self, arrival: int | None) -> None:
+    def dequeue(self, arrival: int | None, request: int | None = None) -> None:
+        """A request leaves the machine-wide queue (``arrival``) and says it waits no more (``request``, its id)."""
         ledger = self.membership.ledger
-        if arrival is not None and ledger is not None:
-            try:
+        if ledger is None:
+            return
+        try:
+            if arrival is not None:
                 ledger.dequeue(arrival)
-            except Exception as error:  # noqa: BLE001 - a request that cannot be removed is dropped with its member
-                log.debug("could not leave the machine-wide queue: %s", error)
+            if request is not None:
+                ledger.forget_wait(self.member, request)
+        except Exception as error:  # noqa: BLE001 - a request that cannot be removed is dropped with its member
+            log.debug("could not leave the machine-wide queue: %s", error)
 
     def machine(self, own: list[MachineModel]) -> MachineReport:
         """Every member and its models (this one's from ``own``, fresh), and GPU processes that are not members."""

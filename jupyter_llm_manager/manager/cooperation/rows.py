@@ -5,7 +5,9 @@ Rows are checked as they are read (:func:`member_row`, :func:`model_row`,
 :func:`request_row`): any process of the user may write the file, so a
 field of the wrong type or out of range makes the row a :class:`BadRow`,
 and names are made safe to show (no control character or escape sequence,
-one line, bounded length).
+one line, bounded length). A request that waits for other kernels' models in
+use also has a row of its own (:class:`~..policy.cycles.WaitingRequest`, read
+by :func:`wait_row`).
 """
 
 from __future__ import annotations
@@ -16,9 +18,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ...support.names import shown_name
+from ..policy.cycles import WaitingRequest
 
-__all__ = ["BadRow", "CopyRow", "MemberRow", "ModelRow", "RequestRow", "copy_row", "member_row", "model_row",
-           "request_row"]
+__all__ = ["BadRow", "CopyRow", "MemberRow", "ModelRow", "RequestRow", "WaitingRequest", "copy_row", "member_row",
+           "model_row", "request_row", "wait_row"]
 
 #: The states an instance is published in; another state counts as unloading (its memory is still taken).
 STATES = ("loading", "loaded", "unloading", "held")
@@ -183,3 +186,23 @@ def _json_counts(text: object, below: int) -> dict[str, int]:
         return {}
     return {str(name): int(count) for name, count in found.items()
             if isinstance(count, int) and not isinstance(count, bool) and 0 < count < below}
+
+
+def wait_row(r: Sequence) -> WaitingRequest | None:
+    """A waiting request's row (member, request, arrival, model_id, holds, needs); ``None`` when it makes no sense."""
+    member, request, arrival, model_id, holds, needs = r[:6]
+    found_holds, found_needs = _json(holds), _json(needs)
+    if not (isinstance(member, str) and isinstance(request, int) and isinstance(found_holds, list)
+            and isinstance(found_needs, list)):
+        return None
+    return WaitingRequest(member, request, str(model_id), frozenset(k for k in found_holds if isinstance(k, str)),
+                          frozenset((m, k) for m, k in (p for p in found_needs if isinstance(p, list) and len(p) == 2)
+                                    if isinstance(m, str) and isinstance(k, str)),
+                          arrival if isinstance(arrival, int) else None)
+
+
+def _json(text: object) -> object:
+    try:
+        return json.loads(text) if isinstance(text, str) else None
+    except ValueError:
+        return None

@@ -2,5 +2,5 @@
 
 ``fit``: who is evicted, who waits, who is refused; ``placement``: which device;
 ``decision``: the whole decision for one request, executed by admission and
-simulated by ``plan()``.
+simulated by ``plan()``; ``cycles``: requests of several kernels that would wait for each other.
 """

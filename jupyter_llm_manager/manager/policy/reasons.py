@@ -89,13 +89,16 @@ class Cause(enum.Enum):
                   "(or finish the generation) first")
     WAITERS_HOLD = "they are held by threads that are themselves waiting for room, so waiting would never end"
     OWN_LOAD = "that load cannot end while this thread waits"
+    EACH_OTHER = ("each waits for the other, so waiting would never end: leave the `with manager.use(...)` block "
+                  "(or finish the generation) first")
 
     @property
     def brief(self) -> str:
         """The cause in a few words, for a ``plan()`` row ("" when the limit says it all)."""
         return {Cause.PINNED: "only pinned models are in the way", Cause.TOO_BIG: "",
                 Cause.OWN_LEASES: "this thread holds them", Cause.WAITERS_HOLD: "threads that wait themselves hold them",
-                Cause.OWN_LOAD: "this thread loads it"}[self]
+                Cause.OWN_LOAD: "this thread loads it",
+                Cause.EACH_OTHER: "kernels that wait for this thread hold them"}[self]
 
 
 @dataclass(frozen=True)
