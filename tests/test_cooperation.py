@@ -591,3 +591,43 @@ def test_a_request_waiting_for_another_kernels_model_is_woken_when_its_lease_end
     assert not loading.is_alive(), "the waiting request was never woken"
     assert asker.row("mine").state == "loaded" and holder.row("theirs").state == "registered"
 
+
+
+def test_the_request_that_made_room_elsewhere_says_what_and_where_and_the_loser_is_told_once(
+        make_manager, tmp_path, monkeypatch):
+    """The asker's footer and events name the model it evicted in the other notebook; that notebook's next cell
+    says it lost the model, once."""
+    from IPython.core.interactiveshell import InteractiveShell
+    from IPython.utils.capture import capture_output
+    from jlm_helpers.fakes import GB, fake
+
+    path = tmp_path / "made-room.sqlite"
+    monkeypatch.setenv("JPY_SESSION_NAME", "analysis.ipynb")
+    holder = make_manager(ledger_path=str(path), memory_budget={"cuda:0": 3 * GB})
+    monkeypatch.setenv("JPY_SESSION_NAME", "report.ipynb")
+    asker = make_manager(ledger_path=str(path), memory_budget={"cuda:0": 3 * GB})
+    fake(holder, "smollm2", 2 * GB)
+    fake(asker, "mine", 2 * GB)
+    holder.load("smollm2")
+    shell = InteractiveShell.instance()
+    shell.run_line_magic("load_ext", "jupyter_llm_manager")
+    magics = shell.magics_manager.registry["LLMMagics"]
+    try:
+        magics.manager = asker
+        with capture_output() as captured:
+            shell.run_cell("%%llm mine --wait 30\nhi")
+        footer = "\n".join(o.data.get("text/plain", "") for o in captured.outputs)
+        assert "made room: evicted smollm2 from analysis.ipynb (2.0 GB)" in footer, footer
+        (made,) = [e for e in asker.events(None) if e.kind == "made_room"]
+        assert made.model_id == "mine" and made.bytes == 2 * GB and "analysis.ipynb" in made.message
+        magics.manager = holder
+        fake(holder, "small", GB // 2)
+        with capture_output() as captured:
+            shell.run_cell("%%llm small\nhi")
+        told = "\n".join(o.data.get("text/plain", "") for o in captured.outputs)
+        assert "smollm2 was evicted by report.ipynb to make room, just now; it will load again" in told, told
+        with capture_output() as captured:
+            shell.run_cell("%%llm small\nhi")
+        assert "was evicted" not in "\n".join(o.data.get("text/plain", "") for o in captured.outputs)
+    finally:
+        magics.manager = None

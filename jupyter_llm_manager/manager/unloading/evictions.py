@@ -64,17 +64,17 @@ class Evictions:
 
     # -- for other kernels (cooperation) -------------------------------------------------------
 
-    def for_other_kernel(self, keys: Sequence[str], priority: int, requester: str) -> list[str]:
+    def for_other_kernel(self, keys: Sequence[str], priority: int, requester: str) -> list[UnloadReport]:
         """Evict those of ``keys`` that may make way now for another kernel's request of ``priority``.
 
         The answer is the policy's (:func:`~..policy.fit.yield_room`), the same
-        rule as for this manager's own requests. Returns the keys freed.
+        rule as for this manager's own requests. Returns what each eviction freed
+        (the requester tells its notebook what it evicted, and where).
         """
         state = self._state
         with state.lock:
             victims = self.take_out(policy.yield_room(state.snapshot(()), keys, priority).evictions)
-        self.release(victims, f"for {requester}")
-        return [instance.key for instance, _ in victims]
+        return self.release(victims, f"for {requester}")
 
     def unload_by_name(self, model_id: str, requester: str) -> str:
         """Unload ``model_id`` if it is idle and unpinned (a click in another kernel's JupyterLab panel); what happened.
