@@ -25,7 +25,8 @@ def lister(manager):
     def listing() -> str:
         with capture_output() as captured:
             commands.run(parse(LINE_PARSER, "list"))
-        return captured.stdout
+        # printed without a shell; published as a display where an earlier test started one
+        return captured.stdout + "".join(output.data.get("text/plain", "") for output in captured.outputs)
 
     return listing
 
