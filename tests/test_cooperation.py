@@ -631,3 +631,17 @@ def test_the_request_that_made_room_elsewhere_says_what_and_where_and_the_loser_
         assert "was evicted" not in "\n".join(o.data.get("text/plain", "") for o in captured.outputs)
     finally:
         magics.manager = None
+
+
+def test_what_another_member_says_it_evicted_is_read_with_care():
+    """An answer is another process's word: odd entries are skipped, long names cut, a member that predates the
+    list says nothing."""
+    from jupyter_llm_manager.manager.cooperation.peers import EvictedElsewhere, _evicted_in
+
+    answer = {"freed": ["k"], "evicted": [{"model": "smollm2", "freed": 295_000_000, "held": 0},
+                                          {"model": "x" * 500, "freed": 1, "held": 2},
+                                          {"model": 3, "freed": 1}, {"model": "m", "freed": -1}, "junk", None]}
+    assert _evicted_in(answer, "analysis.ipynb") == [EvictedElsewhere("smollm2", "analysis.ipynb", 295_000_000),
+                                                     EvictedElsewhere("x" * 200, "analysis.ipynb", 1, 2)]
+    assert _evicted_in({"freed": ["k"]}, "old.ipynb") == []
+    assert _evicted_in({"evicted": "not a list"}, "odd.ipynb") == []
