@@ -596,7 +596,7 @@ def test_a_request_waiting_for_another_kernels_model_is_woken_when_its_lease_end
 def test_the_request_that_made_room_elsewhere_says_what_and_where_and_the_loser_is_told_once(
         make_manager, tmp_path, monkeypatch):
     """The asker's footer and events name the model it evicted in the other notebook; that notebook's next cell
-    says it lost the model, once."""
+    says it lost the model, once; so for a model another notebook's panel unloaded."""
     from IPython.core.interactiveshell import InteractiveShell
     from IPython.utils.capture import capture_output
     from jlm_helpers.fakes import GB, fake
@@ -629,6 +629,12 @@ def test_the_request_that_made_room_elsewhere_says_what_and_where_and_the_loser_
         with capture_output() as captured:
             shell.run_cell("%%llm small\nhi")
         assert "was evicted" not in "\n".join(o.data.get("text/plain", "") for o in captured.outputs)
+        (member,) = [k.member for k in asker.machine().kernels if k.notebook == "analysis.ipynb"]
+        assert "unloaded 'small'" in asker.ask_to_unload(member, "small")  # a click in report.ipynb's panel
+        with capture_output() as captured:
+            shell.run_cell("%%llm smollm2 --wait 30\nhi")
+        told = "\n".join(o.data.get("text/plain", "") for o in captured.outputs)
+        assert "small was unloaded by report.ipynb, just now; it will load again" in told, told
     finally:
         magics.manager = None
 

@@ -2,7 +2,8 @@
 
 An eviction that a cell caused is in that cell's footer. One that happened
 elsewhere — another notebook asked for the room, the keep-alive ran out, a
-request in another thread needed the room — is only in the manager's events
+request in another thread needed the room — or an unload another notebook
+asked for (its JupyterLab panel) is only in the manager's events
 (the dashboard's history); the next cell says it once: ``smollm2 was evicted
 by other.ipynb to make room, 2 min ago; it will load again``. The manager's
 event history is read from where the previous cell left off, so evictions
@@ -31,6 +32,10 @@ _WHY = {
 
 def lost_note(event: Event, now: float | None = None) -> str:
     """``smollm2 was evicted by other.ipynb to make room, 2 min ago; it will load again``."""
+    if event.kind == "unloaded":  # another notebook asked (its JupyterLab panel)
+        requester = event.message.removeprefix("for ").strip()
+        return f"{event.model_id} was unloaded by {requester}, {_ago((now or time.time()) - event.time)}; it will " \
+               "load again"
     if event.reason == "other_kernel":
         requester = event.message.removeprefix("for ").strip() or "another notebook"
         why = f"by {requester} to make room"
@@ -71,10 +76,15 @@ class LostModels:
                 self._manager, self._last, self._told = weakref.ref(manager), None, set()
             fresh = _after(events, self._last)
             self._last = events[-1] if events else self._last
-            lost = [e for e in fresh if e.kind == "evicted" and e.model_id and id(e) not in self._told]
+            lost = [e for e in fresh if e.model_id and id(e) not in self._told and _lost(e)]
             self._told = {id(e) for e in events if id(e) in self._told}  # forget what left the history
         now = time.time()
         return [lost_note(event, now) for event in lost]
+
+
+def _lost(event: Event) -> bool:
+    """An eviction, or an unload another notebook asked for (this notebook's own unloads it knows of)."""
+    return event.kind == "evicted" or (event.kind == "unloaded" and event.message.startswith("for "))
 
 
 def _after(events: Sequence[Event], last: Event | None) -> Sequence[Event]:

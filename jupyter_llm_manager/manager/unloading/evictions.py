@@ -90,7 +90,7 @@ class Evictions:
             return f"{model_id!r} is not registered here"
         if pinned:
             return f"{model_id!r} is pinned: it stays (it can be unpinned in its own notebook)"
-        report = self.unload(key, state.deadline(0), quiet=True)
+        report = self.unload(key, state.deadline(0), quiet=True, note=f"for {requester}")
         if report is None:
             return f"{model_id!r} is not loaded, or in use: it stays"
         return f"unloaded {model_id!r} for {requester}: {report.freed_str} freed"
@@ -132,8 +132,9 @@ class Evictions:
 
     # -- unloading by hand ---------------------------------------------------------------------
 
-    def unload(self, key: str, deadline: Deadline, *, quiet: bool = False) -> UnloadReport | None:
-        """Unload the instance of ``key`` once idle; ``None`` when it is not loaded.
+    def unload(self, key: str, deadline: Deadline, *, quiet: bool = False, note: str = "") -> UnloadReport | None:
+        """Unload the instance of ``key`` once idle; ``None`` when it is not loaded (``note``: the event's message,
+        ``for other.ipynb`` when another notebook asked).
 
         Waits until ``deadline`` for leases to end and a load in flight to
         finish, then raises :class:`ModelInUseError` (or returns ``None`` when
@@ -158,7 +159,7 @@ class Evictions:
                     raise ModelInUseError(state.name_of(instance), max(instance.leases, int(mine)),
                                           loading=instance.state == "loading")
                 state.wait_for_change(state.version, deadline)
-        return _of_the_base(self.release(victims), key)
+        return _of_the_base(self.release(victims, note), key)
 
     def unload_all(self, deadline: Deadline, *, quiet: bool) -> list[UnloadReport]:
         """Unload every loaded instance, pinned ones included."""
