@@ -1,11 +1,13 @@
 """The manager's bookkeeping at scale: status views from 10 to 10,000 ids, and many threads on few models.
 
-    python benchmarks/bookkeeping.py [--threads 50] [--seconds 5] [--json out.json]
+    python benchmarks/bookkeeping.py [--quick] [--threads 50] [--seconds 5] [--json out.json]
 
 1. ``status()`` and ``%llm list`` with N registered models (every other one
    with an alias), and with N tasks of two options each, for N = 10 ... 10,000:
    milliseconds, and per id (linear bookkeeping keeps the per-id cost flat);
-   and ``status()`` of 10,000 ids while models load and unload between calls.
+   then ``status()`` and ``%llm list`` of 10,000 ids while models load and
+   unload between calls, and the HTML a notebook also renders for the largest
+   listing. ``--quick`` (CI): N up to 1,000, 10 threads for 1 s.
 2. ``--threads`` threads loading, using and generating on 5 models under a
    cap of 2, with an in-process backend whose loads take no time: CPU per
    operation and how many times a waiting thread woke up per operation.
@@ -33,6 +35,7 @@ from jupyter_llm_manager.backends import Backend, LoadedModel
 from jupyter_llm_manager.frontends.notebook.arguments import LINE_PARSER, parse
 from jupyter_llm_manager.frontends.notebook.chats import ChatSessions
 from jupyter_llm_manager.frontends.notebook.line_commands import LineCommands
+from jupyter_llm_manager.frontends.views.registry import registry_table
 from jupyter_llm_manager.generation import GenerationResult
 from jupyter_llm_manager.manager import state as state_module
 from jupyter_llm_manager.reports import MemoryEstimate
@@ -46,15 +49,29 @@ def timed(call) -> float:
     return time.perf_counter() - started
 
 
-def views(manager: LLMManager) -> tuple[float, float]:
-    """Seconds for status() and for %llm list (its table built and rendered), each the best of two."""
+def lister(manager: LLMManager):
+    """``%llm list`` as a notebook runs it again and again (one magics object), its text captured."""
     commands = LineCommands(lambda: manager, ChatSessions(), lambda model_id: model_id)
 
     def listing() -> None:
         with capture_output():
             commands.run(parse(LINE_PARSER, "list"))
 
-    return min(timed(manager.status) for _ in range(2)), min(timed(listing) for _ in range(2))
+    return listing
+
+
+def views(manager: LLMManager) -> tuple[float, float, float]:
+    """Seconds for status() and for %llm list (its table built and rendered as text), each the best of three
+    (as a notebook or a dashboard asks again and again), and for the first %llm list, which builds every row."""
+    listing = lister(manager)
+    first = timed(listing)
+    return min(timed(manager.status) for _ in range(3)), min(timed(listing) for _ in range(3)), first
+
+
+def html_of_listing(manager: LLMManager) -> float:
+    """Seconds for the HTML of the %llm list table, which a notebook renders beside the text."""
+    table = registry_table(manager.status(), manager.spec, manager.default_model)
+    return min(timed(table.html) for _ in range(2))
 
 
 def with_models(count: int) -> LLMManager:
@@ -66,8 +83,9 @@ def with_models(count: int) -> LLMManager:
     return manager
 
 
-def while_models_move(count: int, rounds: int = 7) -> tuple[float, float]:
-    """status() of ``count`` ids while models load and unload between calls: (first call, median) seconds.
+def while_models_move(count: int, rounds: int = 7) -> tuple[float, float, float]:
+    """status() of ``count`` ids while models load and unload between calls: (first call, median) seconds,
+    and the median of %llm list in the same conditions.
 
     Eight of the ids are instant models; before each call one of them loads and another unloads, as a
     dashboard refreshing during a session sees.
@@ -77,13 +95,17 @@ def while_models_move(count: int, rounds: int = 7) -> tuple[float, float]:
     for index in range(count):
         manager.register(f"m{index}", source=f"org/model-{index}", backend="instant", device="cpu")
     first = timed(manager.status)
-    times = []
+    listing = lister(manager)
+    listing()
+    times, listings = [], []
     for round_ in range(rounds):
         manager.load(f"m{round_ % 8}")
         manager.unload(f"m{(round_ + 3) % 8}")
         times.append(timed(manager.status))
+        manager.load(f"m{(round_ + 5) % 8}")
+        listings.append(timed(listing))
     manager.close()
-    return first, statistics.median(times)
+    return first, statistics.median(times), statistics.median(listings)
 
 
 def with_tasks(count: int, folder: Path) -> LLMManager:
@@ -165,23 +187,32 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=50)
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--json", help="also write the figures to this file")
+    parser.add_argument("--quick", action="store_true", help="a short form (CI): up to 1,000 ids, 10 threads for 1 s")
     args = parser.parse_args()
+    sizes = SIZES[:-1] if args.quick else SIZES
+    if args.quick:
+        args.threads, args.seconds = 10, 1.0
     folder = Path(tempfile.mkdtemp(prefix="llm-bookkeeping-"))
     figures: dict[str, object] = {"models": {}, "tasks": {}}
-    print("ids      status()      per id     %llm list     per id")
+    print("ids      status()      per id     %llm list     per id   (the first %llm list)")
     for kind, make in (("models", with_models), ("tasks", lambda n: with_tasks(n, folder))):
-        for count in SIZES:
+        for count in sizes:
             manager = make(count)
             ids = len(manager.status())
-            status, listing = views(manager)
+            status, listing, first_listing = views(manager)
+            if kind == "tasks" and count == sizes[-1]:
+                figures["html_s"] = html_seconds = html_of_listing(manager)
             manager.close()
-            figures[kind][count] = {"ids": ids, "status_s": status, "list_s": listing}  # type: ignore[index]
+            figures[kind][count] = {"ids": ids, "status_s": status, "list_s": listing,  # type: ignore[index]
+                                    "first_list_s": first_listing}
             print(f"{ids:>6} {kind:<7} {status * 1000:8.1f} ms {status / ids * 1e6:7.1f} µs "
-                  f"{listing * 1000:9.1f} ms {listing / ids * 1e6:7.1f} µs")
-    first, moving = while_models_move(max(SIZES))
-    figures["moving"] = {"ids": max(SIZES), "first_s": first, "median_s": moving}
-    print(f"{max(SIZES)} ids while models load and unload between calls: status() {moving * 1000:.1f} ms "
-          f"(median of 7; the first call, which reads every model's facts, {first * 1000:.1f} ms)")
+                  f"{listing * 1000:9.1f} ms {listing / ids * 1e6:7.1f} µs   ({first_listing * 1000:.1f} ms)")
+    print(f"the HTML of the last listing (a notebook renders it beside the text): {html_seconds * 1000:.1f} ms")
+    first, moving, moving_list = while_models_move(max(sizes))
+    figures["moving"] = {"ids": max(sizes), "first_s": first, "median_s": moving, "list_median_s": moving_list}
+    print(f"{max(sizes)} ids while models load and unload between calls: status() {moving * 1000:.1f} ms, "
+          f"%llm list {moving_list * 1000:.1f} ms (medians of 7; the first status(), which reads every model's "
+          f"facts, {first * 1000:.1f} ms)")
     busy = threads_on_few_models(args.threads, args.seconds)
     figures["threads"] = {"threads": args.threads, **busy}
     print(f"{args.threads} threads on 5 models, cap 2, {busy['seconds']:.1f} s: {busy['operations']} operations, "

@@ -30,15 +30,19 @@ log = logging.getLogger(__name__)
 
 EventKind = Literal[
     "registered", "unregistered", "waiting", "loading", "load_progress", "loaded", "load_failed", "evicted", "unloaded",
-    "generation_started", "generation_finished", "pinned", "unpinned", "settings_changed", "warning", "borrowing",
-    "lending",
+    "made_room", "generation_started", "generation_finished", "pinned", "unpinned", "settings_changed", "warning",
+    "borrowing", "lending",
 ]
 EvictionReason = Literal["lru", "budget", "other_kernel", "keep_alive", "manual"]
 
 
 @dataclass(frozen=True)
 class Event:
-    """Something that happened to a model (or the manager when ``model_id`` is None)."""
+    """Something that happened to a model (or the manager when ``model_id`` is None).
+
+    ``made_room``: another kernel evicted one of its models for this model's request (``message`` names it and
+    the notebook, ``bytes`` what came back); the holder's own event is ``evicted`` (``other_kernel``).
+    """
 
     kind: EventKind
     model_id: str | None = None

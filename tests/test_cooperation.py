@@ -701,3 +701,63 @@ def test_rows_of_waits_that_make_no_sense_are_ignored_and_go_with_their_member(t
         child.kill()
         child.wait()
         ledger.close()
+
+
+def test_the_request_that_made_room_elsewhere_says_what_and_where_and_the_loser_is_told_once(
+        make_manager, tmp_path, monkeypatch):
+    """The asker's footer and events name the model it evicted in the other notebook; that notebook's next cell
+    says it lost the model, once; so for a model another notebook's panel unloaded."""
+    from IPython.core.interactiveshell import InteractiveShell
+    from IPython.utils.capture import capture_output
+    from jlm_helpers.fakes import GB, fake
+
+    path = tmp_path / "made-room.sqlite"
+    monkeypatch.setenv("JPY_SESSION_NAME", "analysis.ipynb")
+    holder = make_manager(ledger_path=str(path), memory_budget={"cuda:0": 3 * GB})
+    monkeypatch.setenv("JPY_SESSION_NAME", "report.ipynb")
+    asker = make_manager(ledger_path=str(path), memory_budget={"cuda:0": 3 * GB})
+    fake(holder, "smollm2", 2 * GB)
+    fake(asker, "mine", 2 * GB)
+    holder.load("smollm2")
+    shell = InteractiveShell.instance()
+    shell.run_line_magic("load_ext", "jupyter_llm_manager")
+    magics = shell.magics_manager.registry["LLMMagics"]
+    try:
+        magics.manager = asker
+        with capture_output() as captured:
+            shell.run_cell("%%llm mine --wait 30\nhi")
+        footer = "\n".join(o.data.get("text/plain", "") for o in captured.outputs)
+        assert "made room: evicted smollm2 from analysis.ipynb (2.0 GB)" in footer, footer
+        (made,) = [e for e in asker.events(None) if e.kind == "made_room"]
+        assert made.model_id == "mine" and made.bytes == 2 * GB and "analysis.ipynb" in made.message
+        magics.manager = holder
+        fake(holder, "small", GB // 2)
+        with capture_output() as captured:
+            shell.run_cell("%%llm small\nhi")
+        told = "\n".join(o.data.get("text/plain", "") for o in captured.outputs)
+        assert "smollm2 was evicted by report.ipynb to make room, just now; it will load again" in told, told
+        with capture_output() as captured:
+            shell.run_cell("%%llm small\nhi")
+        assert "was evicted" not in "\n".join(o.data.get("text/plain", "") for o in captured.outputs)
+        (member,) = [k.member for k in asker.machine().kernels if k.notebook == "analysis.ipynb"]
+        assert "unloaded 'small'" in asker.ask_to_unload(member, "small")  # a click in report.ipynb's panel
+        with capture_output() as captured:
+            shell.run_cell("%%llm smollm2 --wait 30\nhi")
+        told = "\n".join(o.data.get("text/plain", "") for o in captured.outputs)
+        assert "small was unloaded by report.ipynb, just now; it will load again" in told, told
+    finally:
+        magics.manager = None
+
+
+def test_what_another_member_says_it_evicted_is_read_with_care():
+    """An answer is another process's word: odd entries are skipped, long names cut, a member that predates the
+    list says nothing."""
+    from jupyter_llm_manager.manager.cooperation.peers import EvictedElsewhere, _evicted_in
+
+    answer = {"freed": ["k"], "evicted": [{"model": "smollm2", "freed": 295_000_000, "held": 0},
+                                          {"model": "x" * 500, "freed": 1, "held": 2},
+                                          {"model": 3, "freed": 1}, {"model": "m", "freed": -1}, "junk", None]}
+    assert _evicted_in(answer, "analysis.ipynb") == [EvictedElsewhere("smollm2", "analysis.ipynb", 295_000_000),
+                                                     EvictedElsewhere("x" * 200, "analysis.ipynb", 1, 2)]
+    assert _evicted_in({"freed": ["k"]}, "old.ipynb") == []
+    assert _evicted_in({"evicted": "not a list"}, "odd.ipynb") == []

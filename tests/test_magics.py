@@ -342,12 +342,34 @@ def test_a_cell_that_waits_for_room_says_what_it_waits_for(shell, magics):
     try:
         result, captured = run(shell, "%%llm next --wait 30\nhello there")
         assert result.error_in_exec is None and shell.user_ns.get("_") is not manager
-        assert "waiting for capacity: busy in use" in status_text(captured)
+        shown = status_text(captured)  # once the answer is there, the wait is over: how long it took, no stale line
+        assert re.search(r"waited \d+\.\d s for capacity: busy in use", shown), shown
+        assert "waiting for capacity" not in shown
         assert answer_updates(captured)[-1]["text/plain"] == "hello there"
     finally:
         release.set()
         holder.join(10)
         manager.close()
+
+
+def test_the_cell_that_made_room_says_what_it_evicted_and_the_next_cell_tells_of_a_loss_elsewhere(
+        shell, magics, make_manager):
+    manager = make_manager(max_loaded_models=1)
+    for model_id in ("first", "second"):
+        fake(manager, model_id, 2 * 10**8, device="auto")
+    magics.manager = manager
+    _, captured = run(shell, "%%llm first\nhi")
+    assert "made room" not in status_text(captured)
+    _, captured = run(shell, "%%llm second\nhi")
+    assert "made room: evicted first (lru, 200.0 MB)" in status_text(captured)
+    assert "was evicted" not in status_text(captured)  # this cell said it: no note about it later
+    manager.load("first")  # outside any cell (another thread, a script line): nobody was told yet
+    _, captured = run(shell, "%%llm first\nhi")
+    shown = status_text(captured)
+    assert "second was evicted to make room for another model (least recently used), just now; it will load " \
+           "again" in shown, shown
+    _, captured = run(shell, "%%llm first\nhi")
+    assert "was evicted" not in status_text(captured)  # said once
 
 
 def test_wait_zero_in_a_cell_fails_at_once_in_one_line(shell, magics):

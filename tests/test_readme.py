@@ -185,7 +185,8 @@ def test_every_magics_setting_command_line_command_and_benchmark_is_documented(c
     cli = (ROOT / "docs" / "command-line.md").read_text()
     for command in listed.split(","):
         assert f"| `{command}" in cli, f"jupyter-llm-manager {command} is not in docs/command-line.md"
-    benchmarks = [command for _marker, command in commands((ROOT / "docs" / "benchmarks.md").read_text())]
+    benchmarks = [command for marker, command in commands((ROOT / "docs" / "benchmarks.md").read_text())
+                  if marker == "ci"]
     for script in sorted((ROOT / "benchmarks").glob("*.py")):  # as it is, or in a short form (its options)
         assert any(command.split()[:2] == [".venv/bin/python", f"benchmarks/{script.name}"] for command in benchmarks), \
-            f"{script.name} has no command"
+            f"{script.name} has no command that CI runs (a short form is fine): a broken one must fail the build"

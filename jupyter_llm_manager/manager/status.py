@@ -41,6 +41,10 @@ class StateReader:
         self._backends = backends
 
 
+def _same(kept: object, now: object) -> bool:
+    return kept is now or kept == now
+
+
 class _RowFacts(NamedTuple):
     backend: Backend
     problem: str | None
@@ -69,42 +73,61 @@ class StatusView(StateReader):
         state = self._state
         with state.lock:
             specs = list(state.registry.specs.values())
-            stale = [spec for spec in specs if self._kept(spec) is None]
+            version, moving = state.version, self._moving()
+            kept = {spec.id: self._kept(spec, moving) for spec in specs}
+        stale = [spec for spec in specs if kept[spec.id] is None]
         facts = {spec.id: self._facts(spec) for spec in stale}  # files and imports: never under the lock
         with state.lock:
             now, wall = state.clock(), time.time()
+            if state.version != version:  # something moved meanwhile: every kept row is checked again
+                moving = self._moving()
+                kept = {spec.id: self._kept(spec, moving) for spec in specs}
             rows = []
             for spec in specs:
                 if state.registry.specs.get(spec.id) is not spec:
                     continue  # replaced or removed meanwhile
-                row = self._kept(spec)
+                row = kept[spec.id]
                 if row is None:  # (its facts were gathered above, unless it moved meanwhile: then the cached ones)
                     found = facts.get(spec.id) or _RowFacts(self._backends(spec.backend), None,
                                                              self._estimates.cached(spec))
                     row = self._row(spec, found, now, wall)
-                    self._keep(spec, row)
+                    self._keep(spec, row, moving)
                 rows.append(row)
             return rows
 
-    def _stamp(self, spec: ModelSpec) -> tuple[object, ...] | None:
+    def _moving(self) -> frozenset[str]:
+        """The keys whose models move (loaded, loading, queued, held): their rows are built each time. Lock held."""
+        state = self._state
+        return frozenset(state.instances) | frozenset(state.queue.keys()) | frozenset(h.key for h in state.held)
+
+    def _stamp(self, spec: ModelSpec, moving: frozenset[str]) -> tuple[object, ...] | None:
         """What an idle id's row depends on, or ``None`` when its model moves (its row is built each time).
         Caller holds the lock."""
         state = self._state
         key = state.registry.keys[spec.id]
-        if key in state.instances or state.queue.position(key) is not None or any(h.key == key for h in state.held):
+        if key in moving:
             return None
         return (spec, state.registry_version, state.settings, state.failures.get(spec.id),
                 state.last_used.get(key), self._estimates.cached(spec))
 
-    def _kept(self, spec: ModelSpec) -> StatusRow | None:
+    def _kept(self, spec: ModelSpec, moving: frozenset[str]) -> StatusRow | None:
+        """The kept row of an idle id whose stamp still holds. Compared field by field, making nothing: a new
+        tuple per id would have the garbage collector walk the heap on every call of a large registry."""
         found = self._cache.get(spec.id)
         if found is None:
             return None
-        stamp = self._stamp(spec)
-        return found[1] if stamp is not None and found[0] == stamp else None
+        state = self._state
+        key = state.registry.keys[spec.id]
+        stamp = found[0]
+        if key in moving or stamp[0] is not spec or stamp[1] != state.registry_version:
+            return None
+        if _same(stamp[2], state.settings) and _same(stamp[3], state.failures.get(spec.id)) \
+                and _same(stamp[4], state.last_used.get(key)) and _same(stamp[5], self._estimates.cached(spec)):
+            return found[1]
+        return None
 
-    def _keep(self, spec: ModelSpec, row: StatusRow) -> None:
-        stamp = self._stamp(spec)
+    def _keep(self, spec: ModelSpec, row: StatusRow, moving: frozenset[str]) -> None:
+        stamp = self._stamp(spec, moving)
         if stamp is None:
             self._cache.pop(spec.id, None)
         else:

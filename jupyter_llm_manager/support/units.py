@@ -71,6 +71,8 @@ _ESCAPES = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b\n]*(?:\x07|\x1b
 def displayable(text: str) -> str:
     """``text`` for a terminal or a plain-text output: no escape sequence (colours, titles, links), no control
     characters but newlines and tabs. Only where text is shown; answers keep every character."""
+    if text.replace("\n", "").replace("\t", "").isprintable():  # the usual case, seen at once (a listing of
+        return text  # 20,000 models is 2 MB); every escape sequence starts with a character that is not printable
     return _ESCAPES.sub("", text)
 
 

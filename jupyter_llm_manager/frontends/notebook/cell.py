@@ -26,6 +26,7 @@ from ...models.demo import NOISE_NOTE, is_demo
 from .arguments import parse_value
 from .chats import ChatSessions
 from .interpolate import interpolate
+from .lost import LostModels
 from .rendering import AnswerView, Format, extract_code
 
 __all__ = ["CellAsker", "check_output_name"]
@@ -72,6 +73,7 @@ class CellAsker:
         self.chats = chats
         self._make_view = make_view
         self._noted_demo = False
+        self.lost = LostModels()
 
     def run(self, args: argparse.Namespace, cell: str, namespace: dict[str, Any], fmt: Format) -> dict[str, str]:
         """Ask every model of the cell; returns id -> answer text."""
@@ -91,6 +93,8 @@ class CellAsker:
         for model_id in models:  # a parameter a backend does not take: one line, before anything loads
             manager.generation_params(model_id, **generation)
         view = self._make_view(models, fmt)
+        for note in self.lost.news(manager):  # models this kernel lost since the last cell, where no cell said it
+            view.notice(note)
         watcher = self._watch_events(view)
         answers: dict[str, str] = {}
         try:
@@ -183,10 +187,18 @@ class CellAsker:
         """
         cell_thread = threading.current_thread()
         ticker = _LoadTicker(view)
+        waiting = _WaitNote(view)
 
         def on_event(event: Event) -> None:
             if threading.current_thread() is not cell_thread:
                 return
+            if event.kind == "waiting":
+                waiting.say(event.message)
+                return
+            if event.kind != "warning":
+                waiting.end()  # what comes next (room made, a load, an answer): the wait is over
+            if event.kind == "evicted":
+                self.lost.told(event)  # this cell says it: no note about it in the next one
             if event.kind == "loading" and event.model_id:
                 ticker.start(event.model_id)
             elif event.kind == "load_progress":
@@ -202,6 +214,7 @@ class CellAsker:
         def stop_watching() -> None:
             unsubscribe()
             ticker.stop()
+            waiting.end()
 
         return stop_watching
 
@@ -256,15 +269,47 @@ class _LoadTicker:
                 self._view.progress(None)
 
 
+class _WaitNote:
+    """``waiting for capacity: …`` in the status line while a request waits; once it ends, how long it waited.
+
+    Not a stale line: the note becomes ``waited 2.1 s for capacity: smollm2 in use in analysis.ipynb``.
+    """
+
+    def __init__(self, view: AnswerView) -> None:
+        self._view = view
+        self._shown: str | None = None
+        self._reason = ""
+        self._since = 0.0
+
+    def say(self, reason: str) -> None:
+        if self._shown is None:
+            self._since = time.monotonic()
+        self._reason = reason
+        self._show(reason)
+
+    def end(self) -> None:
+        if self._shown is not None:
+            seconds = time.monotonic() - self._since
+            waited = f"waited {seconds:.1f} s"
+            reason = self._reason
+            self._show(waited + reason.removeprefix("waiting") if reason.startswith("waiting ")
+                       else f"{waited} ({reason})")
+            self._shown = None
+
+    def _show(self, note: str) -> None:
+        self._view.status(note, replaces=self._shown)
+        self._shown = note
+
+
 def _note(event: Event) -> str | None:
-    if event.kind == "waiting":
-        return event.message
     if event.kind == "loaded" and event.seconds is not None:
         seconds = f"{event.seconds:.2f}" if event.seconds < 1 else f"{event.seconds:.1f}"
         imported = [part for part in event.message.split(" · ") if part.startswith("imported ")]
         return " · ".join([*imported, f"loaded {event.model_id} in {seconds} s ({event.bytes_str})"])
     if event.kind == "evicted":
-        return f"evicted {event.model_id} ({event.reason}, {event.bytes_str} freed)"
+        return f"made room: evicted {event.model_id} ({event.reason}, {event.bytes_str})"
+    if event.kind == "made_room":
+        return f"made room: {event.message} ({event.bytes_str})"
     if event.kind == "warning":
         return event.message
     return None

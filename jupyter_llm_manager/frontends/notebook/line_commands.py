@@ -26,7 +26,7 @@ from ..views.estimate import estimate_table
 from ..views.garbage import garbage_table
 from ..views.machine import machine_tables
 from ..views.plan import plan_tables, task_table
-from ..views.registry import registry_table
+from ..views.registry import RowCells, registry_table
 from ..views.status import status_table
 from .arguments import usage
 from .chats import ChatSessions
@@ -79,6 +79,7 @@ class LineCommands:
         self.chats = chats
         self._set_default = set_default
         self.dashboard: Dashboard | None = None
+        self._listed: RowCells = {}  # the last %llm list's cells: listing again rebuilds only rows that moved
 
     def run(self, args: argparse.Namespace) -> None:
         say_notices(self._manager())
@@ -89,8 +90,9 @@ class LineCommands:
 
     def command_list(self, args: argparse.Namespace) -> None:
         manager = self._manager()
-        table = registry_table(manager.status(), manager.spec, manager.default_model)
-        display(table.select("id", "aliases", "backend", "source", "device", "state", "pinned", "generation defaults"))
+        display(registry_table(manager.status(), manager.spec, manager.default_model, kept=self._listed,
+                               columns=("id", "aliases", "backend", "source", "device", "state", "pinned",
+                                        "generation defaults")))
 
     def command_status(self, args: argparse.Namespace) -> None:
         manager = self._manager()

@@ -110,9 +110,15 @@ class AnswerView:
     def add(self, model_id: str, piece: str) -> None:
         self.texts[model_id] += piece
 
-    def status(self, note: str) -> None:
-        """A short note about what is happening (loading, an eviction), on the status line."""
-        self.notes.append(note)
+    def status(self, note: str, *, replaces: str | None = None) -> None:
+        """A short note about what is happening (loading, an eviction), on the status line.
+
+        ``replaces``: an earlier note this one takes the place of (a wait that is over says how long it took).
+        """
+        if replaces is not None and replaces in self.notes:
+            self.notes[self.notes.index(replaces)] = note
+        else:
+            self.notes.append(note)
 
     def notice(self, text: str) -> None:
         """A sentence worth its own line below the answer (said once, e.g. about demo models)."""
@@ -153,8 +159,8 @@ class RichAnswerView(AnswerView):
             self._last_update = now
             self._answer.update(self._answer_bundle(final=False), raw=True)
 
-    def status(self, note: str) -> None:
-        super().status(note)
+    def status(self, note: str, *, replaces: str | None = None) -> None:
+        super().status(note, replaces=replaces)
         self._refresh_status()
 
     def notice(self, text: str) -> None:
@@ -231,8 +237,8 @@ class TextAnswerView(AnswerView):
         self._begin(model_id)
         self._write(piece)
 
-    def status(self, note: str) -> None:
-        super().status(note)
+    def status(self, note: str, *, replaces: str | None = None) -> None:
+        super().status(note, replaces=replaces)
         if self.footer:
             self._write(f"[{note}]\n")
 

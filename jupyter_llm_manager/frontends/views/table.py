@@ -17,7 +17,9 @@ import html
 import itertools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from functools import cached_property
+from operator import itemgetter
+from typing import Any, NamedTuple
 
 from ...support.units import displayable
 
@@ -34,9 +36,12 @@ _CHAR_EM, _PAD_EM = 0.62, 1.6
 _GAP = "  "  # between text columns
 
 
-@dataclass(frozen=True)
-class Cell:
-    """One value as shown: its text, more on hover (``title``: a full path), and HTML where text is not enough."""
+class Cell(NamedTuple):
+    """One value as shown: its text, more on hover (``title``: a full path), and HTML where text is not enough.
+
+    A named tuple, not a dataclass: a table of 20,000 models makes 160,000 of them, and a tuple is made in a
+    fraction of the time.
+    """
 
     text: str
     title: str = ""
@@ -55,7 +60,7 @@ class Column:
 
 
 def _cell(value: Any) -> Cell:
-    return value if isinstance(value, Cell) else Cell(str(value))
+    return value if isinstance(value, Cell) else Cell(value if isinstance(value, str) else str(value))
 
 
 def _column(value: str | Column) -> Column:
@@ -63,14 +68,14 @@ def _column(value: str | Column) -> Column:
 
 
 def _longest_word(text: str) -> int:
-    return max((len(word) for word in text.split()), default=0)
+    return max(map(len, text.split()), default=0)
 
 
-def _cell_style(value: str, first: bool) -> str:
+def _cell_style(longest_word: int, first: bool) -> str:
     """How a cell wraps: words stay whole ("registered", "llama_cpp"); only long paths and URLs break anywhere."""
     if first:
         return _NOWRAP
-    return _ANYWHERE if _longest_word(value) >= LONG_WORD else _WORDS
+    return _ANYWHERE if longest_word >= LONG_WORD else _WORDS
 
 
 @dataclass(frozen=True, init=False)
@@ -87,10 +92,24 @@ class Table:
                  notes: Iterable[str] = (), data: Iterable[Mapping[str, Any]] = ()) -> None:
         """Plain strings are columns and cells too."""
         object.__setattr__(self, "columns", tuple(_column(c) for c in columns))
-        object.__setattr__(self, "rows", tuple(tuple(_cell(v) for v in row) for row in rows))
+        object.__setattr__(self, "rows", tuple(tuple(map(_cell, row)) for row in rows))
         object.__setattr__(self, "caption", caption)
         object.__setattr__(self, "notes", tuple(notes))
         object.__setattr__(self, "data", tuple(data))
+
+    @classmethod
+    def of_cells(cls, columns: Iterable[Column], rows: Iterable[tuple[Cell, ...]], caption: str = "") -> Table:
+        """A table of rows that are tuples of :class:`Cell` already (taken as they are, for large tables)."""
+        return cls._made(tuple(columns), tuple(rows), caption, (), ())
+
+    @classmethod
+    def _made(cls, columns: tuple[Column, ...], rows: tuple[tuple[Cell, ...], ...], caption: str,
+              notes: tuple[str, ...], data: tuple[Mapping[str, Any], ...]) -> Table:
+        made = object.__new__(cls)
+        for name, value in (("columns", columns), ("rows", rows), ("caption", caption), ("notes", notes),
+                            ("data", data)):
+            object.__setattr__(made, name, value)
+        return made
 
     @property
     def names(self) -> list[str]:
@@ -102,14 +121,19 @@ class Table:
 
     def select(self, *names: str, caption: str | None = None) -> Table:
         """The same table with only the columns ``names``, in that order."""
-        indexes = [self.names.index(name) for name in names]
-        return Table([self.columns[i] for i in indexes], [[row[i] for i in indexes] for row in self.rows],
-                     self.caption if caption is None else caption, self.notes, self.data)
+        return self._picked([self.names.index(name) for name in names], self.caption if caption is None else caption)
 
     def _shown(self, keep: set[int]) -> Table:
-        return Table([c for i, c in enumerate(self.columns) if i in keep],
-                     [[v for i, v in enumerate(row) if i in keep] for row in self.rows],
-                     self.caption, self.notes, self.data)
+        return self._picked(sorted(keep), self.caption)
+
+    def _picked(self, indexes: list[int], caption: str) -> Table:
+        """The columns at ``indexes``: its cells are cells already, so they are taken as they are."""
+        rows: tuple[tuple[Cell, ...], ...]
+        if len(indexes) == 1:  # itemgetter of one index gives the cell itself, not a tuple
+            rows = tuple((row[indexes[0]],) for row in self.rows)
+        else:
+            rows = tuple(map(itemgetter(*indexes), self.rows)) if indexes else tuple(() for _ in self.rows)
+        return Table._made(tuple(self.columns[i] for i in indexes), rows, caption, self.notes, self.data)
 
     def _narrowing(self) -> Iterable[set[int]]:
         """The columns shown at each step as the width shrinks: all, then without each ``drop`` level in turn."""
@@ -133,20 +157,25 @@ class Table:
         return self._cards()
 
     def _text_width(self) -> int:
-        widths = [max(len(row[i]) for row in self._texts()) for i in range(len(self.columns))]
+        widths = self._widths(self._columns_text())
         return sum(widths) + len(_GAP) * (len(widths) - 1)
 
-    def _texts(self) -> list[list[str]]:
-        return [self.names] + [[c.text for c in row] for row in self.rows]
+    def _columns_text(self) -> list[tuple[str, ...]]:
+        """Each column's texts, its name first."""
+        return [(name, *(cell.text for cell in column))
+                for name, column in zip(self.names, zip(*self.rows) if self.rows else [()] * len(self.columns))]
+
+    @staticmethod
+    def _widths(columns: list[tuple[str, ...]]) -> list[int]:
+        return [max(map(len, column)) for column in columns]
 
     def _lines(self) -> str:
-        cells = self._texts()
-        widths = [max(len(row[i]) for row in cells) for i in range(len(self.columns))]
+        columns = self._columns_text()
+        widths = self._widths(columns)
+        padded = [[value.ljust(width) for value in column] for column, width in zip(columns, widths)]
+        rows = [line.rstrip() for line in map(_GAP.join, zip(*padded))] or [""]  # (zip reuses its tuple)
         lines = [self.caption] if self.caption else []
-        for index, row in enumerate(cells):
-            lines.append(_GAP.join(value.ljust(width) for value, width in zip(row, widths)).rstrip())
-            if index == 0:
-                lines.append(_GAP.join("-" * width for width in widths))
+        lines += [rows[0], _GAP.join("-" * width for width in widths), *rows[1:]]
         if not self.rows:
             lines.append("(none)")
         lines.extend(self.notes)
@@ -178,11 +207,20 @@ class Table:
         return self._min_em({self.names.index(name) for name in names})
 
     def _min_em(self, keep: set[int]) -> float:
-        total = 0.0
-        for i in keep:
-            texts = [self.names[i]] + [row[i].text for row in self.rows]
-            total += min(max(map(_longest_word, texts)), LONG_WORD) * _CHAR_EM + _PAD_EM
-        return total
+        ems = self._column_ems
+        return sum(ems[i] for i in keep)
+
+    @cached_property
+    def _longest_words(self) -> list[list[int]]:
+        """Per column, the longest word of each cell (computed once: a table may have 20,000 rows)."""
+        return [list(map(_longest_word, (cell.text for cell in column)))
+                for column in (zip(*self.rows) if self.rows else [()] * len(self.columns))]
+
+    @cached_property
+    def _column_ems(self) -> list[float]:
+        """Per column, the width (em) its longest word needs (a path or URL counts as a long word only)."""
+        return [min(max(_longest_word(name), max(words, default=0)), LONG_WORD) * _CHAR_EM + _PAD_EM
+                for name, words in zip(self.names, self._longest_words)]
 
     def _responsive_css(self, name: str) -> str:
         """Container queries: columns left out below the width their words need; cards below the narrowest."""
@@ -198,24 +236,23 @@ class Table:
         return "".join(rules)
 
     def _repr_html_(self) -> str:
-        name = "jlm-t" + hashlib.sha1(self._responsive_css("").encode()).hexdigest()[:10]
+        css = self._responsive_css("\0")  # the class name comes from the rules themselves
+        name = "jlm-t" + hashlib.sha1(css.replace("\0", "").encode()).hexdigest()[:10]
         head = "".join(f"<th class='jlm-c{i}' style='text-align:left'>{html.escape(c)}</th>"
                        for i, c in enumerate(self.names))
+        opening = [f"<td class='jlm-c{i}' data-label='{html.escape(label)}'" for i, label in enumerate(self.names)]
+        styles = [[_cell_style(longest, i == 0) for longest in words] for i, words in enumerate(self._longest_words)]
         body = "".join(
-            "<tr>" + "".join(self._td(i, cell) for i, cell in enumerate(row)) + "</tr>" for row in self.rows)
+            "<tr>" + "".join(_td(opening[i], styles[i][r], cell) for i, cell in enumerate(row)) + "</tr>"
+            for r, row in enumerate(self.rows))
         caption = f"<caption style='text-align:left'><b>{html.escape(self.caption)}</b></caption>" if self.caption \
             else ""
         notes = "".join(f"<div style='{_MUTED}'>{html.escape(n)}</div>" for n in self.notes)
         empty = "" if self.rows else "<div><i>(none)</i></div>"
-        return (f"<div class='{name}' style='container-type: inline-size'><style>{self._responsive_css(name)}</style>"
+        return (f"<div class='{name}' style='container-type: inline-size'><style>{css.replace(chr(0), name)}</style>"
                 f"<table class='jupyter-llm-manager'>{caption}<thead><tr>{head}</tr></thead><tbody>{body}</tbody>"
                 f"</table>{empty}{notes}</div>")
 
-    def _td(self, index: int, cell: Cell) -> str:
-        title = f" title='{html.escape(cell.title)}'" if cell.title else ""
-        label = html.escape(self.names[index])
-        return (f"<td class='jlm-c{index}' data-label='{label}'{title} style='text-align:left; "
-                f"{_cell_style(cell.text, index == 0)}'>{cell.as_html()}</td>")
 
     # -- JSON ------------------------------------------------------------------------------------
 
@@ -228,3 +265,9 @@ class Table:
                 "rows": [{**values, "cells": {name: {"text": c.text, "title": c.title}
                                                for name, c in zip(self.names, row)}}
                          for row, values in zip(self.rows, data)]}
+
+
+def _td(opening: str, style: str, cell: Cell) -> str:
+    """One cell: ``opening`` is its column's ``<td class=… data-label=…``."""
+    title = f" title='{html.escape(cell.title)}'" if cell.title else ""
+    return f"{opening}{title} style='text-align:left; {style}'>{cell.as_html()}</td>"

@@ -24,6 +24,7 @@ from ...errors import LLMManagerError
 from ...estimates import EstimateCache
 from ...events import EventBus
 from ...support.deadlines import Deadline
+from ...support.units import format_bytes
 from ..adapters.binding import AdapterOnBase
 from ..cooperation import Cooperation, Others, Placing
 from ..cooperation.peers import ANSWER_S
@@ -131,13 +132,20 @@ class Decider:
     def ask_others(self, waiter: Waiter, asking: AskOthers, deadline: Deadline) -> None:
         """Ask the kernels holding the victims to evict them; one that does not answer is named later.
 
+        What they evicted is a ``made_room`` event of this request's model, in the requesting thread.
+
         They have until the request's deadline (at least :data:`ASK_AT_LEAST_S`, at most
         :data:`~..cooperation.peers.ANSWER_S`): an idle holder answers in milliseconds, and a request
         never waits much past its ``wait`` for one that does not answer.
         """
         remaining = deadline.remaining()
         timeout = min(ANSWER_S, max(remaining if remaining is not None else ANSWER_S, ASK_AT_LEAST_S))
-        silent = self._cooperation.ask_to_evict(asking.evictions, asking.others, asking.priority, timeout)
+        asked = self._cooperation.ask_to_evict(asking.evictions, asking.others, asking.priority, timeout)
+        for gone in asked.evicted:  # this request's notebook is told what it took, and where
+            held = f"; {format_bytes(gone.held_bytes)} still held there" if gone.held_bytes else ""
+            self._bus.emit("made_room", waiter.name, bytes=gone.freed_bytes,
+                           message=f"evicted {gone.model_id} from {gone.where}{held}")
+        silent = asked.silent
         if silent:
             names = tuple(asking.others.named(member) for member in sorted(silent))
             waiter.unanswered |= frozenset(silent)

@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 
 from ...errors import ConfigurationError, log_failure
 from ...events import EventBus
+from ...reports import UnloadReport
 from ...support.names import published_name, shown_name
 from ...support.units import excerpt
 from ..state import ManagerState
@@ -48,8 +49,8 @@ POLL_S = 0.25
 #: How long a member that let go of room waits for a waiting member to take the news.
 WAKE_S = 0.2
 
-#: Frees this manager's idle models for another one: (keys, the requester's priority, who asks) -> freed keys.
-EvictFor = Callable[[Sequence[str], int, str], list[str]]
+#: Frees this manager's idle models for another one: (keys, the requester's priority, who asks) -> what each freed.
+EvictFor = Callable[[Sequence[str], int, str], list[UnloadReport]]
 UnloadFor = Callable[[str, str], str]
 
 
@@ -205,9 +206,10 @@ class Membership:
         if op == "evict":
             keys = [k for k in request.get("keys", []) if isinstance(k, str)][:64]
             priority = request.get("priority")
-            freed = self._evict_for(keys, priority if isinstance(priority, int) else 0, requester)
+            reports = self._evict_for(keys, priority if isinstance(priority, int) else 0, requester)
             self.publish_from_thread()  # the requester looks again at once (it waits for this answer)
-            return {"freed": freed}
+            return {"freed": [r.instance for r in reports],  # the keys (what members before "evicted" read)
+                    "evicted": [{"model": r.model_id, "freed": r.freed_bytes, "held": r.held_bytes} for r in reports]}
         if op == "unload" and isinstance(request.get("model"), str):
             message = self._unload_for(request["model"], requester)
             self.publish_from_thread()

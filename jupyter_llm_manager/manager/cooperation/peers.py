@@ -21,7 +21,7 @@ from ..policy.fit import Elsewhere, Eviction, Holding
 from .listener import ask
 from .rows import MemberRow, ModelRow, RequestRow
 
-__all__ = ["ANSWER_S", "Others", "ask_to_evict", "ask_to_unload", "others_from"]
+__all__ = ["ANSWER_S", "Asked", "EvictedElsewhere", "Others", "ask_to_evict", "ask_to_unload", "others_from"]
 
 #: How long another manager has to answer a request (it answers from a thread of its own).
 ANSWER_S = 2.0
@@ -94,21 +94,53 @@ def others_from(rows: tuple[list[MemberRow], list[ModelRow], list[RequestRow]], 
                   waits=tuple(waits))
 
 
+@dataclass(frozen=True)
+class EvictedElsewhere:
+    """A model another member evicted when asked: its id there, where (its notebook), what came back."""
+
+    model_id: str
+    where: str
+    freed_bytes: int
+    held_bytes: int = 0  # what did not come back there (a variable holds the model): still counted
+
+
+@dataclass(frozen=True)
+class Asked:
+    """The answers to a request for room: the members that did not answer, and what the others evicted."""
+
+    silent: frozenset[str] = frozenset()
+    evicted: tuple[EvictedElsewhere, ...] = ()
+
+
 def ask_to_evict(evictions: Sequence[Eviction], others: Others, priority: int, requester: str,
-                 timeout: float = ANSWER_S) -> set[str]:
-    """Ask each holder to evict its victims (in parallel, ``timeout`` s each); the members that did not answer."""
+                 timeout: float = ANSWER_S) -> Asked:
+    """Ask each holder to evict its victims (in parallel, ``timeout`` s each): who did not answer, what went."""
     by_member: dict[str, list[str]] = {}
     for eviction in evictions:
         if eviction.owner is not None:
             by_member.setdefault(eviction.owner, []).append(eviction.key)
     request = {"op": "evict", "priority": priority, "requester": requester}
 
-    def one(member: str) -> str | None:
-        answer = ask(others.addresses.get(member, ""), {**request, "keys": by_member[member]}, timeout)
-        return member if answer is None else None
+    def one(member: str) -> tuple[str, dict | None]:
+        return member, ask(others.addresses.get(member, ""), {**request, "keys": by_member[member]}, timeout)
 
     with ThreadPoolExecutor(max(len(by_member), 1), thread_name_prefix="llm-manager-ask") as pool:
-        return {member for member in pool.map(one, by_member) if member is not None}
+        answers = list(pool.map(one, by_member))
+    return Asked(frozenset(member for member, answer in answers if answer is None),
+                 tuple(gone for member, answer in answers if answer is not None
+                       for gone in _evicted_in(answer, others.names.get(member, member))))
+
+
+def _evicted_in(answer: dict, where: str) -> list[EvictedElsewhere]:
+    """What an answer says was evicted (members that predate the list say nothing; odd entries are skipped)."""
+    listed = answer.get("evicted")
+    found = []
+    for entry in listed[:64] if isinstance(listed, list) else ():
+        model, freed, held = (entry.get(k) for k in ("model", "freed", "held")) if isinstance(entry, dict) \
+            else (None, None, None)
+        if isinstance(model, str) and isinstance(freed, int) and freed >= 0:
+            found.append(EvictedElsewhere(model[:200], where, freed, held if isinstance(held, int) and held > 0 else 0))
+    return found
 
 
 def ask_to_unload(others: Others, member: str, model_id: str, requester: str) -> str:

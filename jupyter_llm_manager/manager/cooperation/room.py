@@ -24,7 +24,7 @@ from . import peers
 from .ledger import AllRows, LedgerBusy
 from .machine import machine_report
 from .membership import LEDGER_FAILURES, EvictFor, Membership, UnloadFor
-from .peers import ANSWER_S, Others, others_from
+from .peers import ANSWER_S, Asked, Others, others_from
 from .rows import CopyRow, MemberRow, ModelRow, WaitingRequest
 
 __all__ = ["Cooperation", "Placing"]
@@ -144,8 +144,8 @@ class Cooperation:
         return others_from(rows, now, waits)
 
     def ask_to_evict(self, evictions: Sequence[Eviction], others: Others, priority: int,
-                     timeout: float = ANSWER_S) -> set[str]:
-        """Ask each holder to evict its victims, waiting ``timeout`` s at most; the members that did not answer."""
+                     timeout: float = ANSWER_S) -> Asked:
+        """Ask each holder to evict its victims, waiting ``timeout`` s at most: who did not answer, what went."""
         return peers.ask_to_evict(evictions, others, priority, self.notebook, timeout)
 
     def ask_to_unload(self, member: str, model_id: str) -> str:

@@ -64,17 +64,17 @@ class Evictions:
 
     # -- for other kernels (cooperation) -------------------------------------------------------
 
-    def for_other_kernel(self, keys: Sequence[str], priority: int, requester: str) -> list[str]:
+    def for_other_kernel(self, keys: Sequence[str], priority: int, requester: str) -> list[UnloadReport]:
         """Evict those of ``keys`` that may make way now for another kernel's request of ``priority``.
 
         The answer is the policy's (:func:`~..policy.fit.yield_room`), the same
-        rule as for this manager's own requests. Returns the keys freed.
+        rule as for this manager's own requests. Returns what each eviction freed
+        (the requester tells its notebook what it evicted, and where).
         """
         state = self._state
         with state.lock:
             victims = self.take_out(policy.yield_room(state.snapshot(()), keys, priority).evictions)
-        self.release(victims, f"for {requester}")
-        return [instance.key for instance, _ in victims]
+        return self.release(victims, f"for {requester}")
 
     def unload_by_name(self, model_id: str, requester: str) -> str:
         """Unload ``model_id`` if it is idle and unpinned (a click in another kernel's JupyterLab panel); what happened.
@@ -90,7 +90,7 @@ class Evictions:
             return f"{model_id!r} is not registered here"
         if pinned:
             return f"{model_id!r} is pinned: it stays (it can be unpinned in its own notebook)"
-        report = self.unload(key, state.deadline(0), quiet=True)
+        report = self.unload(key, state.deadline(0), quiet=True, note=f"for {requester}")
         if report is None:
             return f"{model_id!r} is not loaded, or in use: it stays"
         return f"unloaded {model_id!r} for {requester}: {report.freed_str} freed"
@@ -132,8 +132,9 @@ class Evictions:
 
     # -- unloading by hand ---------------------------------------------------------------------
 
-    def unload(self, key: str, deadline: Deadline, *, quiet: bool = False) -> UnloadReport | None:
-        """Unload the instance of ``key`` once idle; ``None`` when it is not loaded.
+    def unload(self, key: str, deadline: Deadline, *, quiet: bool = False, note: str = "") -> UnloadReport | None:
+        """Unload the instance of ``key`` once idle; ``None`` when it is not loaded (``note``: the event's message,
+        ``for other.ipynb`` when another notebook asked).
 
         Waits until ``deadline`` for leases to end and a load in flight to
         finish, then raises :class:`ModelInUseError` (or returns ``None`` when
@@ -158,7 +159,7 @@ class Evictions:
                     raise ModelInUseError(state.name_of(instance), max(instance.leases, int(mine)),
                                           loading=instance.state == "loading")
                 state.wait_for_change(state.version, deadline)
-        return _of_the_base(self.release(victims), key)
+        return _of_the_base(self.release(victims, note), key)
 
     def unload_all(self, deadline: Deadline, *, quiet: bool) -> list[UnloadReport]:
         """Unload every loaded instance, pinned ones included."""
