@@ -81,8 +81,10 @@ def test_a_client_that_leaves_a_stream_frees_the_model_at_once(served, client, e
         return sum(row.leases for row in ledger.models() if row.model_id == "smollm2")
 
     try:
-        stream = client.completions.create(model="smollm2", prompt="Count: 1, 2, 3,", max_tokens=4000,
-                                           temperature=1, stream=True)
+        # greedy, a story of several seconds (hundreds of tokens), never a sample that may end at once
+        stream = client.chat.completions.create(model="smollm2", max_tokens=4000, temperature=0, stream=True,
+                                                messages=[{"role": "user", "content": "Write a long story about a "
+                                                           "lighthouse keeper and the sea, in many paragraphs."}])
         assert next(iter(stream)).choices and until(leases, timeout=10) == 1  # the generation holds the model
         stream.close()
         assert until(lambda: leases() == 0, timeout=10), "the generation went on after its client left"
