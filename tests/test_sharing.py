@@ -11,6 +11,7 @@ import re
 import signal
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from jlm_helpers.kernels import Kernel
@@ -293,3 +294,45 @@ def test_embeddings_are_borrowed_too_and_equal_the_holders_own(pair):
     assert [[round(x, 5) for x in v] for v in borrowed] == [[round(x, 5) for x in v] for v in own]
     assert any(e.kind == "borrowing" for e in borrower.events())
     assert borrower.row("vectors").state == "registered"
+
+
+def test_a_copy_still_loading_is_waited_for_not_loaded_twice(pair, monkeypatch):
+    from jupyter_llm_manager.backends.llama_cpp.backend import LlamaCppBackend
+    from jupyter_llm_manager.manager.cooperation.ledger import Ledger
+
+    go = threading.Event()
+    real_load = LlamaCppBackend.load
+
+    def held_load(self, spec, placement):
+        assert go.wait(60), "the test never let the load go on"
+        return real_load(self, spec, placement)
+
+    monkeypatch.setattr(LlamaCppBackend, "load", held_load)
+    holder, borrower = pair(), pair()
+    loading = threading.Thread(target=holder.load, args=("smol",))
+    loading.start()
+    reader = Ledger(Path(holder.settings.ledger_path))
+    try:
+        assert until_true(lambda: reader.copies(""), 30), "the loading copy was never published"
+    finally:
+        reader.close()
+    answers = []
+    asking = threading.Thread(target=lambda: answers.append(borrower.generate("smol", PROMPT, **GREEDY)))
+    asking.start()
+    assert until_true(lambda: any(e.kind == "lending" for e in holder.events()), 30)  # it asked the loading copy
+    assert not answers and borrower.row("smol").state == "registered"  # and waits for it, loading nothing
+    assert holder.row("smol").state == "loading"
+    go.set()
+    loading.join(60)
+    asking.join(60)
+    assert answers and answers[0].served_by and answers[0].text
+    assert borrower.row("smol").state == "registered"
+
+
+def until_true(condition, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True

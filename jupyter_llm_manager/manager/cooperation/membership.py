@@ -35,7 +35,7 @@ from .ledger import Ledger, default_ledger_path
 from .ledger_checks import NotALedger
 from .listener import Listener, ask
 from .peers import ANSWER_S
-from .publishing import Identity, Published, Publisher, rows_of
+from .publishing import Identity, Published, Publisher, rows_of, sized
 
 __all__ = ["ANSWER_S", "LEDGER_FAILURES", "POLL_S", "EvictFor", "Membership", "UnloadFor", "impossible_here"]
 
@@ -189,7 +189,8 @@ class Membership:
 
     def rows(self) -> Published:
         listener = self._listener
-        return rows_of(self._state, self.me, listener.address if listener is not None else "")
+        member, models, copies = rows_of(self._state, self.me, listener.address if listener is not None else "")
+        return member, models, sized(self._state, copies)
 
     # -- reading and asking the others ------------------------------------------------------------------
 

@@ -13,14 +13,16 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
+from dataclasses import replace
 
 import psutil
 
+from ...errors import LLMManagerError
 from ..instances import Instance
 from ..state import ManagerState
 from .rows import CopyRow, MemberRow, ModelRow
 
-__all__ = ["HEARTBEAT_S", "Identity", "Published", "Publisher", "rows_of"]
+__all__ = ["HEARTBEAT_S", "Identity", "Published", "Publisher", "rows_of", "sized"]
 
 #: How often a member writes its rows even when nothing changed (others see it is alive).
 HEARTBEAT_S = 2.0
@@ -75,6 +77,22 @@ def _context(instance: Instance) -> int:
         return instance.placement.context
     return instance.spec.max_context if isinstance(instance.spec.max_context, int) else -1
 
+
+def sized(state: ManagerState, copies: list[CopyRow]) -> list[CopyRow]:
+    """``copies``, those still loading with their backend's default context given the context they will have
+    (read from the model's file, outside the state's lock): a borrower that needs it waits for that copy."""
+    found = []
+    for copy in copies:
+        if copy.context == -1:
+            with state.lock:
+                instance = state.instances.get(copy.key)
+            try:
+                context = instance.backend.lent_context(instance.spec) if instance is not None else -1
+            except (LLMManagerError, OSError):
+                context = -1  # its file cannot be read: it lends only to borrowers that take any context
+            copy = replace(copy, context=context or -1)
+        found.append(copy)
+    return found
 
 class Publisher:
     """The publisher thread of one member: ``write(changed)`` is called shortly after :meth:`soon` (``changed``
