@@ -20,7 +20,7 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
@@ -295,9 +295,9 @@ class Ledger(LedgerFile):
                                 said)
         return rows
 
-    def copies(self, member: str) -> list[CopyRow]:
-        """The copies every other running member lends (one short read; the members' liveness as last read)."""
-        present = {row.member for row in self.others(member)[0]}
+    def copies(self, members: Iterable[MemberRow]) -> list[CopyRow]:
+        """The copies ``members`` lend (running members, as :meth:`others` read them); one short read."""
+        present = {row.member for row in members}
         if not present:
             return []
         nothing: list[tuple] = []

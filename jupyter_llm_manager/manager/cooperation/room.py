@@ -203,6 +203,7 @@ class Cooperation:
         elif not members and not self.membership.safely(ledger.exists, False, reading=True):
             reason = f"there is no ledger at {ledger.path} yet: no kernel has loaded a model with cooperation on"
         no_copies: list[CopyRow] = []
-        copies = self.membership.safely(partial(ledger.copies, self.member), no_copies, reading=True)
+        copies = self.membership.safely(partial(ledger.copies, [m for m in members if m.member != self.member]),
+                                        no_copies, reading=True)
         return machine_report(self.membership.me, own, members, rows, ledger=str(ledger.path), reason=reason,
                               copies=copies)

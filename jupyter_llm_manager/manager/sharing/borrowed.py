@@ -30,7 +30,7 @@ from ..cooperation.listener import UnixConnection
 from ..generations import Ask
 from .protocol import EXTENSION, result_from
 
-__all__ = ["BorrowedRun", "Lender", "error_message", "said_of", "why_failed"]
+__all__ = ["BorrowedRun", "Lender", "error_message", "said_of", "silent", "why_failed"]
 
 log = logging.getLogger(__name__)
 
@@ -93,9 +93,7 @@ class BorrowedRun:
         except TimeoutError:
             self._connection.close()
             self._failed(self.lender)
-            raise GenerationError(f"the copy of {self._canonical!r} in {self.lender.name} did not answer: "
-                                  f"{why_failed(TimeoutError(), self._timeout)}. Run the cell again: it loads its own "
-                                  "copy or asks another", model_id=self._canonical) from None
+            raise silent(self._canonical, self.lender, self._timeout) from None
         except (OSError, http.client.HTTPException, ValueError) as error:
             self._connection.close()
             self._failed(self.lender)
@@ -255,6 +253,13 @@ def _vector(value: Any) -> list[float]:
     if isinstance(value, list) and all(isinstance(number, (int, float)) for number in value):
         return [float(number) for number in value]
     raise ValueError("an embedding is a list of numbers or base64 floats")
+
+
+def silent(canonical: str, lender: Lender, timeout: float) -> GenerationError:
+    """The error of a holder that sent nothing for ``timeout`` seconds before it answered."""
+    return GenerationError(f"the copy of {canonical!r} in {lender.name} did not answer: "
+                           f"{why_failed(TimeoutError(), timeout)}. Run the cell again: it loads its own copy or asks "
+                           "another", model_id=canonical)
 
 
 def said_of(error: Any) -> str:

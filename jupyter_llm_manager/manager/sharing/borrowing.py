@@ -28,7 +28,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ...backends import BackendCache
-from ...errors import CopyNotHeld, GenerationError, LLMManagerError
+from ...errors import CopyNotHeld, LLMManagerError
 from ...events import EventBus
 from ...support.deadlines import Deadline
 from ..cooperation import Cooperation
@@ -37,7 +37,7 @@ from ..cooperation.membership import LEDGER_FAILURES
 from ..generations import AnyRun, Ask, TextStream
 from ..state import ManagerState
 from .answering import AnswerRequest
-from .borrowed import BorrowedRun, Lender, error_message, why_failed
+from .borrowed import BorrowedRun, Lender, error_message, silent
 from .protocol import EXTENSION, request_body
 
 __all__ = ["Borrowing", "Lender", "short_name"]
@@ -87,9 +87,9 @@ class Borrowing:
             ledger = membership.ensure_started()
             if ledger is None:
                 return []
-            copies = [c for c in ledger.copies(membership.member) if c.share == share
+            members, models, _ = ledger.others(membership.member)
+            copies = [c for c in ledger.copies(members) if c.share == share
                       and (need == 0 or c.context == 0 or c.context >= need) and not self._skipped(c.member)]
-            members, models, _ = ledger.others(membership.member) if copies else ([], [], [])
         except LEDGER_FAILURES as error:
             log.debug("borrowing found no copy: the ledger failed (%s)", error)
             return []
@@ -236,9 +236,7 @@ class Borrowing:
         """A holder that could not be asked: gone (ask elsewhere), or silent (a :class:`GenerationError`)."""
         self.failed(lender)
         if isinstance(error, TimeoutError):
-            raise GenerationError(f"the copy of {canonical!r} in {lender.name} did not answer: "
-                                  f"{why_failed(TimeoutError(), timeout)}. Run the cell again: it loads its own copy or "
-                                  "asks another", model_id=canonical) from None
+            raise silent(canonical, lender, timeout) from None
         log.info("the copy in %s did not take the request (%s); asking elsewhere", lender.name, error)
 
 
