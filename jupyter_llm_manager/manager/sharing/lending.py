@@ -12,11 +12,10 @@ fields are applied over this copy's own defaults.
 
 from __future__ import annotations
 
-import math
 import os
 import threading
 import weakref
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from ...errors import CopyNotHeld, ManagerClosedError
@@ -24,6 +23,7 @@ from ...events import EventBus
 from ...generation import GenerationParams, GenerationResult
 from ...support.names import published_name
 from ..generations import Ask, Generations, TextStream, checked_params
+from ..instances import Instance
 from ..state import ManagerState
 from .answering import AnswerRequest
 from .protocol import params_from
@@ -57,22 +57,23 @@ class Lending:
     def stream(self, request: AnswerRequest) -> LentStream:
         """The answer, on the copy with the request's share key (refused at once when it is not here); its lease
         and turn are taken when the stream starts."""
-        model_id, params = self._resolve(request)
-        self._refuse_own_turn(model_id, request.extension)
+        model_id, instance = self._find(request.model)
+        self._refuse_own_turn(instance, request.extension)
+        params = self._params(request, model_id, instance)
         notes = _Notes()
         raw = request.extension.get("raw")
         ask = Ask(request.prompt, params, raw if isinstance(raw, bool) else request.raw, share=False,
                   told=notes.tell)
         requester = _requester(request)
         stream = self._generations.lend(model_id, model_id, ask, wait=self._wait(request.extension))
-        return LentStream(stream, self._borrowed(model_id, requester), notes)
+        return LentStream(stream, self._borrowed(model_id, instance, requester), notes)
 
     def embed(self, model: str, texts: Sequence[str], requester: str,
               extension: Mapping[str, Any] | None = None) -> list[list[float]]:
         request = AnswerRequest(model, "", raw=True, extension=extension or {}, requester=requester)
-        model_id = self._find(model)
-        self._refuse_own_turn(model_id, request.extension)
-        release = self._borrowed(model_id, _requester(request))
+        model_id, instance = self._find(model)
+        self._refuse_own_turn(instance, request.extension)
+        release = self._borrowed(model_id, instance, _requester(request))
         try:
             return self._generations.embed(model_id, model_id, Ask(texts=list(texts), share=False),
                                            wait=self._wait(extension or {}), existing=True)
@@ -81,8 +82,8 @@ class Lending:
 
     # -- finding the copy ------------------------------------------------------------------------------
 
-    def _find(self, share_key: str) -> str:
-        """The registered id of the copy with ``share_key`` loaded (or loading) here; :class:`CopyNotHeld` else."""
+    def _find(self, share_key: str) -> tuple[str, Instance]:
+        """The copy with ``share_key`` loaded (or loading) here, and its registered id; :class:`CopyNotHeld` else."""
         state = self._state
         with state.lock:
             if state.closed:
@@ -92,59 +93,47 @@ class Lending:
                     if instance.spec.share_key == share_key and instance.state in ("loading", "loaded"):
                         ids = state.registry.ids_of(instance.key)
                         if ids:
-                            return ids[0]
+                            return ids[0], instance
         raise CopyNotHeld(share_key[:200])
 
-    def _resolve(self, request: AnswerRequest) -> tuple[str, GenerationParams]:
-        """The copy's id and the parameters: the borrower's exact ones, else the client's over this copy's."""
-        model_id = self._find(request.model)
+    def _params(self, request: AnswerRequest, model_id: str, instance: Instance) -> GenerationParams:
+        """The borrower's exact parameters, else the client's over this copy's own defaults."""
         sent = request.extension.get("params")
         if isinstance(sent, Mapping):
-            return model_id, params_from(sent)
+            return params_from(sent)
         with self._state.lock:
-            registry = self._state.registry
-            canonical = registry.resolve(model_id)
-            spec, instance = registry.specs[canonical], self._state.instances.get(registry.keys[canonical])
-        if instance is None:
-            raise CopyNotHeld(request.model[:200])
-        return model_id, checked_params(spec, instance.backend, request.params)
+            spec = self._state.registry.specs[self._state.registry.resolve(model_id)]
+        return checked_params(spec, instance.backend, request.params)
 
-    def _refuse_own_turn(self, model_id: str, extension: Mapping[str, Any]) -> None:
+    @staticmethod
+    def _refuse_own_turn(instance: Instance, extension: Mapping[str, Any]) -> None:
         """A request from a thread of this very process that holds the copy's turn would wait for itself (a
         stream it has not finished, a ``use()`` block): refused at once (it then runs on its own manager's copy)."""
         pid, thread = extension.get("pid"), extension.get("thread")
-        if pid != os.getpid() or not isinstance(thread, int):
-            return
-        with self._state.lock:
-            registry = self._state.registry
-            instance = self._state.instances.get(registry.keys[registry.resolve(model_id)])
-        if instance is not None and instance.turns.held_by(thread):
-            raise CopyNotHeld(model_id)
+        if pid == os.getpid() and isinstance(thread, int) and instance.turns.held_by(thread):
+            raise CopyNotHeld(instance.spec.id)
 
     def _wait(self, extension: Mapping[str, Any]) -> float:
         """How long the request may wait for its turn here: what the borrower has left of its own wait."""
         wait = extension.get("wait")
         if isinstance(wait, (int, float)) and not isinstance(wait, bool) and wait >= 0:
-            return min(float(wait), math.inf)
+            return float(wait)
         with self._state.lock:
             return self._state.settings.wait_timeout
 
     # -- who borrows -------------------------------------------------------------------------------------
 
-    def _borrowed(self, model_id: str, requester: str) -> Any:
-        """Count ``requester`` as a borrower of the copy until the returned function is called (once)."""
+    def _borrowed(self, model_id: str, instance: Instance, requester: str) -> Callable[[], None]:
+        """Count ``requester`` as a borrower of ``instance`` until the returned function is called (once)."""
         state = self._state
         with state.lock:
-            key = state.registry.keys[state.registry.resolve(model_id)]
-            instance = state.instances.get(key)
-            if instance is not None:
-                instance.borrowers[requester] += 1
-                state.touch()
+            instance.borrowers[requester] += 1
+            state.touch()
         self._bus.emit("lending", model_id, message=f"answering {requester} from this copy")
         released = threading.Event()
 
         def release() -> None:
-            if released.is_set() or instance is None:
+            if released.is_set():
                 return
             released.set()
             with state.lock:
@@ -170,7 +159,7 @@ class LentStream:
     """A lent stream: the pieces of a :class:`TextStream`, its borrower counted until it ends or is closed;
     ``waiting`` says its place in the queue while it waits for its turn (the server's keep-alives carry it)."""
 
-    def __init__(self, stream: TextStream, release: Any, notes: _Notes) -> None:
+    def __init__(self, stream: TextStream, release: Callable[[], None], notes: _Notes) -> None:
         self._stream = stream
         self._release = release
         self._notes = notes
