@@ -377,3 +377,16 @@ def test_an_adapter_row_carries_its_base(adapter_manager):
     assert (rows["tuned"]["base"], rows["tuned"]["base_str"], rows["tuned"]["adapter"]) == (
         "base", "on base (shared)", str(adapter_manager.adapter_folder))
     assert rows["base"]["base"] is None and rows["base"]["base_str"] == ""
+
+
+def test_the_panel_says_which_models_this_notebook_lost_while_they_stay_unloaded(bridge, manager, other):
+    """Issue "memory truth", item 5: the notebook that lost a model sees it in its panel too, not only in a footer."""
+    manager.load("a")
+    manager.load("b")
+    assert bridge.snapshot()["lost"] == []
+    member = next(k.member for k in manager.machine().kernels if k.this)
+    assert "unloaded 'a'" in other.ask_to_unload(member, "a")  # a click in analysis/report.ipynb's panel
+    manager.unload("b")  # this notebook's own unload: nothing to tell
+    assert bridge.snapshot()["lost"] == ["a was unloaded by analysis/report.ipynb, just now; it will load again"]
+    manager.load("a")  # loaded again: no longer lost
+    assert bridge.snapshot()["lost"] == []

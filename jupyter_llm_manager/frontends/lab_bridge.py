@@ -21,7 +21,9 @@ taken and sent in one hold of a lock, so a snapshot never arrives after a
 newer one (the panel would show a state already gone, and drop an answer
 such as "Unloaded" as no longer true).
 
-A snapshot also lists the other notebooks' models on this machine (from the
+A snapshot says which of this kernel's models were lost lately where it did
+not ask (another notebook took the room, a keep-alive ran out), while they
+stay unloaded. It also lists the other notebooks' models on this machine (from the
 ledger, :mod:`.machine_reader`; a failure to read it is a note, never a broken
 panel). Nothing in this kernel hears when they change, so while a panel is
 connected a thread looks every few seconds and pushes a snapshot when they
@@ -48,6 +50,7 @@ from .kernel_comms import follow_frontend
 from .lab_actions import LabActions, learn_server_root
 from .machine_reader import MachineReader, server_root
 from .views.devices import devices_table
+from .views.lost import recent_losses
 from .views.machine import machine_json
 from .views.status import status_table
 
@@ -258,4 +261,4 @@ class LabBridge:
         return {"type": "snapshot", "time": now, "loaded": len(loaded), "held_bytes": held,
                 "held_str": format_bytes(held), "reserved_str": format_bytes(sum(d.held_bytes for d in reports)),
                 "models": models.json()["rows"], "devices": devices_table(reports, view.others_on).json()["rows"],
-                "machine": machine}
+                "machine": machine, "lost": recent_losses(self.manager.events(None), (r.id for r in loaded), now)}

@@ -143,6 +143,9 @@ export class LLMModelsPanel extends Widget {
       }
     } else {
       body.append(this._list(snapshot.models));
+      for (const note of snapshot.lost ?? []) {
+        body.append(element('div', note, 'jp-LLMPanel-lost'));
+      }
       const actions = element('div', '', 'jp-LLMPanel-actions');
       const global = this._pendingFor(null);
       actions.append(

@@ -91,6 +91,8 @@ export interface ISnapshot {
     notebooks?: string;
   }[];
   machine?: IMachine;
+  /** This kernel's models lost lately where it did not ask (still unloaded), one line each, newest first. */
+  lost?: string[];
 }
 
 export interface IResult {
