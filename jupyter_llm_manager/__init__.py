@@ -28,6 +28,7 @@ from .errors import (
     ModelLoadingError,
     ModelNotFoundError,
     ResourceNotAvailableError,
+    WrongModelKind,
 )
 from .events import Event
 from .generation import GenerationParams, GenerationResult
@@ -105,6 +106,7 @@ __all__ = [
     "StatusRow",
     "TextStream",
     "UnloadReport",
+    "WrongModelKind",
     "get_manager",
     "open_dashboard",
     "serve",

@@ -28,6 +28,7 @@ __all__ = [
     "ModelNotFoundError",
     "OutOfMemoryDuringLoad",
     "ResourceNotAvailableError",
+    "WrongModelKind",
     "log_failure",
 ]
 
@@ -215,3 +216,8 @@ class GenerationError(LLMManagerError, RuntimeError):
 
 class InvalidGenerationParameters(GenerationError, ValueError):
     """A generation parameter is out of range; raised before anything runs."""
+
+
+class WrongModelKind(GenerationError, ValueError):
+    """A request the model's kind cannot answer (text from an embedding model, vectors from a chat model, text from
+    a custom loader's object); raised before anything runs."""

@@ -20,8 +20,9 @@ from jupyter_llm_manager.errors import (
     ModelLoadingError,
     ModelNotFoundError,
     ResourceNotAvailableError,
+    WrongModelKind,
 )
-from jupyter_llm_manager.manager.sharing.openai_routes import openai_routes
+from jupyter_llm_manager.manager.sharing.openai_routes import HTTP_ERRORS, openai_routes
 from jupyter_llm_manager.manager.sharing.protocol import EXTENSION
 
 CHAT = {"model": "fake", "messages": [{"role": "user", "content": "Hi"}]}
@@ -34,7 +35,7 @@ def answering():
 
 @pytest.fixture
 def served(answering):
-    app = Starlette(routes=openai_routes(answering, heartbeat_s=0.05, max_running=2))
+    app = Starlette(routes=openai_routes(answering, heartbeat_s=0.05, max_running=2), exception_handlers=HTTP_ERRORS)
     with running(app) as url, httpx.Client(base_url=url, timeout=20) as client:
         yield client
 
@@ -78,7 +79,13 @@ BAD_CHATS = [
     ({**CHAT, "logprobs": True}, "logprobs"),
     ({**CHAT, "response_format": {"type": "json_object"}}, "response_format"),
     ({**CHAT, EXTENSION: "params"}, EXTENSION),
-    ({**CHAT, "temperature": -1}, None),  # a range: GenerationParams says which
+    ({**CHAT, "messages": [{"role": [], "content": "x"}]}, "messages[0].role"),  # not hashable: still a 400
+    ({**CHAT, "messages": [{"role": {"a": 1}, "content": "x"}]}, "messages[0].role"),
+    ({**CHAT, "n": True}, "n"),  # a JSON true is not the count 1
+    ({**CHAT, "n": 1.5}, "n"),
+    ({**CHAT, "frequency_penalty": True}, "frequency_penalty"),
+    ({**CHAT, "temperature": -1}, "temperature"),  # ranges: GenerationParams says what, the field is named
+    ({**CHAT, "top_p": 5}, "top_p"),
 ]
 
 
@@ -100,6 +107,7 @@ def test_a_bad_chat_request_is_a_400_naming_the_field(served, answering, body, p
     ({"model": "fake", "prompt": "a", "echo": True}, "echo"),
     ({"model": "fake", "prompt": "a", "suffix": "b"}, "suffix"),
     ({"model": "fake", "prompt": "a", "best_of": 3}, "best_of"),
+    ({"model": "fake", "prompt": "a", "best_of": True}, "best_of"),
 ])
 def test_a_bad_completion_request_is_a_400(served, body, param):
     response = served.post("/v1/completions", json=body)
@@ -117,6 +125,15 @@ def test_a_bad_completion_request_is_a_400(served, body, param):
 def test_a_bad_embedding_request_is_a_400(served, body, param):
     response = served.post("/v1/embeddings", json=body)
     assert response.status_code == 400 and response.json()["error"]["param"] == param
+
+
+def test_a_path_or_method_no_route_takes_is_an_openai_error(served, answering):
+    missing = served.post("/v1/responses", json=CHAT)
+    assert missing.status_code == 404 and "/v1/chat/completions" in missing.json()["error"]["message"]
+    wrong = served.get("/v1/chat/completions")
+    assert wrong.status_code == 405 and wrong.json()["error"]["message"] == \
+        "GET is not allowed on /v1/chat/completions: use POST" and wrong.headers["allow"] == "POST"
+    assert answering.requests == []
 
 
 def test_bodies_are_read_within_bounds(answering):
@@ -203,7 +220,8 @@ def test_base64_embeddings_decode_to_the_float_ones(served, answering):
 
 @pytest.mark.parametrize("error, status", [
     (ModelNotFoundError("nope"), 404), (InvalidGenerationParameters("top_k too large"), 400),
-    (ResourceNotAvailableError("no room"), 503), (GenerationError("broke"), 500), (RuntimeError("a bug"), 500)])
+    (ResourceNotAvailableError("no room"), 503), (GenerationError("broke"), 500), (RuntimeError("a bug"), 500),
+    (WrongModelKind("'fake' is an embedding model"), 400)])
 @pytest.mark.parametrize("stream", [False, True])
 def test_an_error_before_the_first_piece_is_an_http_error(served, answering, error, status, stream):
     answering.raises = error

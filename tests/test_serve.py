@@ -115,9 +115,18 @@ def test_models_lists_the_configured_ones(client):
 def test_no_token_or_a_wrong_one_is_401(served):
     with pytest.raises(openai.AuthenticationError):
         openai.OpenAI(base_url=served.url, api_key="wrong", max_retries=0).models.list()
-    for headers in ({}, {"Authorization": served.token}, {"Authorization": f"Bearer {served.token}x"}):
+    for headers in ({}, {"Authorization": served.token}, {"Authorization": f"Bearer {served.token}x"},
+                    {"Authorization": f"Basic {served.token}"}, {"Authorization": f"Bearer {served.token[:-1]}"},
+                    {"Authorization": "Bearer"}, {"Authorization": f"Bearer{served.token}"}):
         response = httpx.get(f"{served.url}/models", headers=headers)
         assert response.status_code == 401 and response.json()["error"]["code"] == "invalid_api_key"
+    for scheme in ("bearer", "BEARER"):  # HTTP's scheme names are case-insensitive; the token is not
+        assert httpx.get(f"{served.url}/models", headers={"Authorization": f"{scheme} {served.token}"}).is_success
+    lowered = httpx.get(f"{served.url}/models", headers={"Authorization": f"Bearer {served.token.swapcase()}"})
+    assert lowered.status_code == 401 or served.token.swapcase() == served.token
+    missing = httpx.get(f"{served.url}/nowhere", headers={"Authorization": f"Bearer {served.token}"})
+    assert missing.status_code == 404 and "/v1/models" in missing.json()["error"]["message"]
+    assert httpx.get(f"{served.url}/nowhere").status_code == 401  # the token first: nothing is said without it
 
 
 def test_an_unknown_model_is_a_404_naming_it(client):

@@ -32,7 +32,13 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from ..backends.base import Backend, LoadedModel, check_extra_params
 from ..config.spec import ModelSpec
-from ..errors import GenerationError, InvalidGenerationParameters, LLMManagerError, ResourceNotAvailableError
+from ..errors import (
+    GenerationError,
+    InvalidGenerationParameters,
+    LLMManagerError,
+    ResourceNotAvailableError,
+    WrongModelKind,
+)
 from ..events import EventBus
 from ..generation import GenerationParams, GenerationResult, Prompt, StreamInterrupted
 from ..support.deadlines import Deadline
@@ -376,11 +382,11 @@ class TextStream:
 def text_model(spec: ModelSpec) -> ModelSpec:
     """``spec``, when its model generates text; else a :class:`GenerationError` saying what it is."""
     if spec.backend == "loader":
-        raise GenerationError(f"{spec.id!r} is a model of kind {spec.kind!r} loaded by {spec.loader}: it has no "
+        raise WrongModelKind(f"{spec.id!r} is a model of kind {spec.kind!r} loaded by {spec.loader}: it has no "
                               f"text interface; use it directly: with manager.use({spec.id!r}) as m: m.model(...)",
                               model_id=spec.id)
     if spec.mode == "embed":
-        raise GenerationError(f"{spec.id!r} is an embedding model (mode: embed): it makes vectors, not text; "
+        raise WrongModelKind(f"{spec.id!r} is an embedding model (mode: embed): it makes vectors, not text; "
                               f"use manager.embed({spec.id!r}, texts), or register the file again with "
                               "mode: chat under another id", model_id=spec.id)
     return spec
@@ -391,7 +397,7 @@ def checked_texts(spec: ModelSpec, texts: str | Sequence[str]) -> list[str]:
     if spec.backend == "loader":
         text_model(spec)  # says what it is
     if spec.mode != "embed":
-        raise GenerationError(f"{spec.id!r} is a chat model (mode: {spec.mode}): it has no embeddings; register "
+        raise WrongModelKind(f"{spec.id!r} is a chat model (mode: {spec.mode}): it has no embeddings; register "
                               "an embedding model with mode: embed (the same file may be registered twice)",
                               model_id=spec.id)
     if isinstance(texts, str):

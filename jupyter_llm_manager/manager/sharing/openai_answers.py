@@ -14,14 +14,20 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from ...errors import InvalidGenerationParameters, LLMManagerError, ModelNotFoundError, ResourceNotAvailableError
+from ...errors import (
+    InvalidGenerationParameters,
+    LLMManagerError,
+    ModelNotFoundError,
+    ResourceNotAvailableError,
+    WrongModelKind,
+)
 from ...generation import GenerationResult
 from .protocol import EXTENSION, result_to
 
 __all__ = ["Answer", "embeddings", "error_body", "error_status", "finish_reason"]
 
 _STATUS: tuple[tuple[type[BaseException], int], ...] = (
-    (ModelNotFoundError, 404), (InvalidGenerationParameters, 400), (ResourceNotAvailableError, 503),
+    (ModelNotFoundError, 404), (InvalidGenerationParameters, 400), (WrongModelKind, 400), (ResourceNotAvailableError, 503),
     (LLMManagerError, 500))
 
 

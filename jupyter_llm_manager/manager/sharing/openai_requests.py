@@ -81,7 +81,7 @@ def completion_request(body: Mapping[str, Any], requester: str) -> TextRequest:
     for name in ("echo", "suffix"):
         if body.get(name):
             raise BadRequest(f"{name} is not supported", name)
-    if body.get("best_of") not in (None, 1):
+    if not _is_one(body.get("best_of")):
         raise BadRequest("best_of must be 1: one answer per request", "best_of")
     return _text_request(body, _prompt(body.get("prompt")), raw=True, requester=requester)
 
@@ -108,10 +108,7 @@ def _text_request(body: Mapping[str, Any], prompt: Any, *, raw: bool, requester:
     model = _model(body)
     _refuse_unsupported(body)
     params = _params(body)
-    try:
-        GenerationParams.build(params)  # ranges checked here, before anything is asked of the model
-    except InvalidGenerationParameters as error:
-        raise BadRequest(str(error)) from None
+    _check_ranges(params, body)
     extension = body.get(EXTENSION, {})
     if not isinstance(extension, Mapping):
         raise BadRequest(f"{EXTENSION} must be an object", EXTENSION)
@@ -128,6 +125,26 @@ def _text_request(body: Mapping[str, Any], prompt: Any, *, raw: bool, requester:
     return TextRequest(answer, bool(stream), bool(stream and options.get("include_usage")))
 
 
+def _check_ranges(params: Mapping[str, Any], body: Mapping[str, Any]) -> None:
+    """Each parameter's range, then the whole, checked before anything is asked of the model; a 400 names the
+    field the client set (``max_tokens`` or ``max_completion_tokens`` for ``max_new_tokens``)."""
+    limit_field = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
+    for name, value in params.items():
+        try:
+            GenerationParams.build({name: value})
+        except InvalidGenerationParameters as error:
+            raise BadRequest(str(error), limit_field if name == "max_new_tokens" else name) from None
+    try:
+        GenerationParams.build(params)
+    except InvalidGenerationParameters as error:
+        raise BadRequest(str(error)) from None
+
+
+def _is_one(value: Any) -> bool:
+    """Unset, or the integer 1 (``true`` is not a count)."""
+    return value is None or (type(value) is int and value == 1)
+
+
 def _model(body: Mapping[str, Any]) -> str:
     model = body.get("model")
     if not isinstance(model, str) or not model.strip() or len(model) > 500:
@@ -137,10 +154,10 @@ def _model(body: Mapping[str, Any]) -> str:
 
 def _refuse_unsupported(body: Mapping[str, Any]) -> None:
     """Fields whose answer would differ from what the client asked: a clear 400, never silently ignored."""
-    if body.get("n") not in (None, 1):
+    if not _is_one(body.get("n")):
         raise BadRequest("n must be 1: one answer per request", "n")
     for name in ("frequency_penalty", "presence_penalty"):
-        if body.get(name) not in (None, 0):
+        if body.get(name) is not None and (isinstance(body[name], bool) or body[name] != 0):
             raise BadRequest(f"{name} is not supported: use repetition_penalty (an extension) instead", name)
     for name in ("logprobs", "top_logprobs", "logit_bias", "tools", "functions", "tool_choice", "function_call"):
         if body.get(name) not in (None, False, [], {}, "none"):
@@ -201,7 +218,7 @@ def _messages(found: Any, *, keep_roles: bool = False) -> list[dict[str, str]]:
         if not isinstance(message, Mapping):
             raise BadRequest(f"{where} must be an object with role and content", where)
         role = message.get("role")
-        if role not in roles:
+        if not isinstance(role, str) or role not in roles:
             raise BadRequest(f"{where}.role must be one of {', '.join(sorted(roles))}, got {_short(role)}",
                              f"{where}.role")
         messages.append({"role": roles[role], "content": _content(message.get("content"), f"{where}.content")})

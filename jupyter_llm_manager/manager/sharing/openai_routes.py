@@ -44,7 +44,7 @@ from .answering import Answering, PieceStream
 from .openai_answers import Answer, embeddings, error_body, error_status
 from .openai_requests import BadRequest, TextRequest, chat_request, completion_request, embedding_request
 
-__all__ = ["HEARTBEAT_S", "MAX_REQUEST", "openai_routes"]
+__all__ = ["HEARTBEAT_S", "HTTP_ERRORS", "MAX_REQUEST", "openai_routes"]
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +67,25 @@ def openai_routes(answering: Answering, *, heartbeat_s: float = HEARTBEAT_S, max
             Route("/v1/chat/completions", routes.chat, methods=["POST"]),
             Route("/v1/completions", routes.completions, methods=["POST"]),
             Route("/v1/embeddings", routes.embeddings, methods=["POST"])]
+
+
+async def _http_error(request: Request, error: Exception) -> Response:
+    """A path that is no route (404) or a method the route does not take (405), in OpenAI's error shape."""
+    status = getattr(error, "status_code", 404)
+    headers = getattr(error, "headers", None)
+    path = request.url.path[:200]
+    if status == 405:
+        allowed = (headers or {}).get("Allow", "")
+        message = f"{request.method} is not allowed on {path}" + (f": use {allowed}" if allowed else "")
+    else:
+        message = (f"no route {path}: the routes are GET /v1/models, POST /v1/chat/completions, "
+                   "POST /v1/completions and POST /v1/embeddings")
+    return JSONResponse(error_body(message, code="not_found" if status == 404 else "method_not_allowed"),
+                        status_code=status, headers=headers)
+
+
+#: Starlette's ``exception_handlers`` for what no route answers: OpenAI's error object instead of plain text.
+HTTP_ERRORS = {404: _http_error, 405: _http_error}
 
 
 def error_answer(error: BaseException) -> JSONResponse:

@@ -41,7 +41,7 @@ from ...reports import MachineModel
 from ..facade import FROM_CONFIG, LLMManager, borrowing_of
 from .answering import AnswerRequest, PieceStream
 from .openai_answers import error_body
-from .openai_routes import openai_routes
+from .openai_routes import HTTP_ERRORS, openai_routes
 
 __all__ = ["MAX_RUNNING", "MAX_SECONDS", "RUNTIME_FILE", "BearerToken", "ManagerAnswering", "Served",
            "runtime_path", "serve", "serve_manager"]
@@ -124,7 +124,7 @@ class BearerToken:
 
     def __init__(self, app: ASGIApp, token: str) -> None:
         self._app = app
-        self._expected = f"Bearer {token}".encode()
+        self._expected = token.encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and not self._allowed(scope):
@@ -135,14 +135,16 @@ class BearerToken:
         await self._app(scope, receive, send)
 
     def _allowed(self, scope: Scope) -> bool:
+        """``Bearer <token>``, the scheme's name in any case (HTTP's rule), the token exactly."""
         given = next((value for name, value in scope.get("headers", ()) if name == b"authorization"), b"")
-        return hmac.compare_digest(given, self._expected)
+        scheme, _, token = given.strip().partition(b" ")
+        return scheme.lower() == b"bearer" and hmac.compare_digest(token.strip(), self._expected)
 
 
 def serve_app(answering: ManagerAnswering, token: str) -> ASGIApp:
     """The application: the OpenAI routes over ``answering``, behind the token."""
-    return BearerToken(Starlette(routes=openai_routes(answering, max_running=MAX_RUNNING, max_seconds=MAX_SECONDS)),
-                       token)
+    routes = openai_routes(answering, max_running=MAX_RUNNING, max_seconds=MAX_SECONDS)
+    return BearerToken(Starlette(routes=routes, exception_handlers=HTTP_ERRORS), token)
 
 
 def serve_manager() -> LLMManager:
