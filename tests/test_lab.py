@@ -381,6 +381,9 @@ def test_an_adapter_row_carries_its_base(adapter_manager):
 
 def test_the_panel_says_which_models_this_notebook_lost_while_they_stay_unloaded(bridge, manager, other):
     """Issue "memory truth", item 5: the notebook that lost a model sees it in its panel too, not only in a footer."""
+    # their publisher says "loaded" shortly after the loads; on the fake clock a wait for a load in flight never ends
+    assert until(lambda: all((machine_model(bridge.snapshot(), m) or {}).get("state") == "loaded"
+                             for m in ("idle", "busy")))
     manager.load("a")
     manager.load("b")
     assert bridge.snapshot()["lost"] == []

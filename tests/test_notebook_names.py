@@ -16,7 +16,15 @@ from jlm_helpers.fakes import GB, fake
 from jupyter_llm_manager.frontends import machine_reader
 from jupyter_llm_manager.frontends.lab_bridge import LabBridge
 from jupyter_llm_manager.frontends.views.machine import machine_tables
-from jupyter_llm_manager.support.names import notebook_names, published_name, server_root
+from jupyter_llm_manager.support import names as naming
+from jupyter_llm_manager.support.names import (
+    footer_names,
+    message_name,
+    notebook_names,
+    published_name,
+    remember_server_root,
+    server_root,
+)
 
 
 def test_a_name_is_relative_to_the_root_else_to_the_home_folder_and_keeps_its_full_path():
@@ -33,6 +41,28 @@ def test_a_name_is_relative_to_the_root_else_to_the_home_folder_and_keeps_its_fu
     assert rooted["d/e.ipynb"].full == "/home/me/work/d/e.ipynb"  # a relative path is the root's
 
 
+def test_messages_and_footers_name_notebooks_relative_to_the_root_once_it_is_known(home):
+    members = {"m1": "~/work/proj/analysis.ipynb", "m2": "~/work/a/report.ipynb", "m3": "~/work/b/report.ipynb",
+               "m4": "pid 12", "m5": "/srv/other.ipynb"}
+    assert message_name("~/work/proj/analysis.ipynb") == "~/work/proj/analysis.ipynb"  # no root known: as published
+    assert footer_names(members) == {"m1": "analysis.ipynb", "m2": "~/work/a/report.ipynb",
+                                     "m3": "~/work/b/report.ipynb", "m4": "pid 12", "m5": "other.ipynb"}
+    remember_server_root(str(home / "work"))
+    assert message_name("~/work/proj/analysis.ipynb") == "proj/analysis.ipynb"
+    assert message_name("/srv/other.ipynb") == "/srv/other.ipynb"  # outside the root: its whole path
+    assert footer_names(members) == {"m1": "proj/analysis.ipynb", "m2": "a/report.ipynb", "m3": "b/report.ipynb",
+                                     "m4": "pid 12", "m5": "other.ipynb"}
+
+
+def test_a_message_between_notebooks_names_the_asker_relative_to_the_root(notebooks, home):
+    remember_server_root(str(home / "work"))
+    asker, holder = notebooks
+    (member,) = [k.member for k in asker.machine().kernels if not k.this]
+    assert asker.ask_to_unload(member, "two") == "unloaded 'two' for a/report.ipynb: 1.0 GB freed"
+    (event,) = [e for e in holder.events(None) if e.kind == "unloaded"]
+    assert event.message == "for a/report.ipynb"
+
+
 def test_the_root_is_what_the_kernels_path_has_beyond_the_notebooks_path_in_jupyterlab():
     assert server_root("/home/me/work/sub/a.ipynb", "sub/a.ipynb") == "/home/me/work"
     assert server_root("/a.ipynb", "a.ipynb") == "/"
@@ -46,7 +76,7 @@ def home(tmp_path, monkeypatch):
     folder = tmp_path / "home"
     folder.mkdir()
     monkeypatch.setenv("HOME", str(folder))
-    monkeypatch.setattr(machine_reader, "_root", None)  # no JupyterLab told this kernel its root yet
+    monkeypatch.setattr(naming, "_root", None)  # no JupyterLab told this kernel its root yet
     return folder
 
 

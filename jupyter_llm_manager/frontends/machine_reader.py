@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import log_failure
 from ..reports import MachineModel
+from ..support.names import known_server_root, remember_server_root
 from ..support.units import excerpt
 
 if TYPE_CHECKING:
@@ -27,22 +28,11 @@ __all__ = ["MachineReader", "MachineView", "remember_server_root", "server_root"
 
 log = logging.getLogger(__name__)
 
-_root: str | None = None  # the Jupyter server's root folder, once JupyterLab told this kernel (the lab bridge)
-_root_lock = threading.Lock()
-
-
-def remember_server_root(root: str | None) -> None:
-    """The Jupyter server's root folder, as JupyterLab's panel told it: notebooks are named relative to it."""
-    global _root
-    if root:
-        with _root_lock:
-            _root = root
-
 
 def server_root() -> str | None:
     """The Jupyter server's root folder where a JupyterLab panel said it, else ``None``."""
-    with _root_lock:
-        return _root
+    return known_server_root()
+
 
 @dataclass(frozen=True)
 class MachineView:

@@ -1,8 +1,11 @@
 """How a notebook is named where people read it: short, telling two apart, its full path kept for hover.
 
 A manager publishes its notebook's path relative to the home folder, as
-``~/work/report.ipynb`` (:func:`published_name`): that is the name in every
-message. Where notebooks are listed (``%llm status --all``, ``ps``, the
+``~/work/report.ipynb`` (:func:`published_name`). A message names a notebook
+relative to the Jupyter server's root once this process knows it
+(:func:`message_name`), else as published; a footer names the copy it ran on
+by its file name where no root is known (:func:`footer_names`), with its
+folders where two share one. Where notebooks are listed (``%llm status --all``, ``ps``, the
 dashboard, the JupyterLab panel), :func:`notebook_names` names each relative
 to the Jupyter server's root where it is known (JupyterLab tells the kernel,
 see :func:`server_root`), as JupyterLab's file browser does, else relative to
@@ -16,15 +19,35 @@ from __future__ import annotations
 
 import os
 import posixpath
-from collections.abc import Iterable
+import threading
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from .units import displayable
 
-__all__ = ["NAME_LIMIT", "NotebookName", "notebook_names", "published_name", "server_root", "shown_name"]
+__all__ = ["NAME_LIMIT", "NotebookName", "footer_names", "known_server_root", "message_name", "notebook_names",
+           "published_name", "remember_server_root", "server_root", "shown_name"]
 
 #: The longest name (a notebook's, a model's) shown where notebooks are listed; longer ones are cut in the middle.
 NAME_LIMIT = 200
+
+
+_root: str | None = None  # the Jupyter server's root folder, once JupyterLab told this kernel (the lab bridge)
+_root_lock = threading.Lock()
+
+
+def remember_server_root(root: str | None) -> None:
+    """The Jupyter server's root folder, as JupyterLab's panel told it: notebooks are named relative to it."""
+    global _root
+    if root:
+        with _root_lock:
+            _root = root
+
+
+def known_server_root() -> str | None:
+    """The Jupyter server's root folder where a JupyterLab panel said it, else ``None``."""
+    with _root_lock:
+        return _root
 
 
 @dataclass(frozen=True)
@@ -94,3 +117,25 @@ def server_root(session_path: str, notebook_path: str) -> str | None:
     if not relative or not posixpath.isabs(session) or not session.endswith("/" + relative):
         return None
     return session[: -len(relative) - 1] or "/"
+
+
+def message_name(name: str) -> str:
+    """A member's published name as a message says it: relative to the server's root where this process knows it
+    (``proj/analysis.ipynb``), else as published (``~/work/proj/analysis.ipynb``); a name that is no path as is."""
+    return notebook_names([name], root=known_server_root())[name].shown
+
+
+def footer_names(names: Mapping[str, str]) -> dict[str, str]:
+    """Short names for members (``member -> published name``) in a footer: relative to the server's root where
+    it is known, else the file name (``analysis.ipynb``); where two would read alike, as :func:`message_name`
+    says them (with their folders)."""
+    root = known_server_root()
+    shown = {}
+    for member, name in names.items():
+        relative = message_name(name)
+        inside_root = root is not None and not relative.startswith("~/") and not posixpath.isabs(relative)
+        shown[member] = relative if inside_root else relative.replace("\\", "/").rstrip("/").rpartition("/")[2]
+    counts: dict[str, int] = {}
+    for short in shown.values():
+        counts[short] = counts.get(short, 0) + 1
+    return {member: message_name(names[member]) if counts[short] > 1 else short for member, short in shown.items()}

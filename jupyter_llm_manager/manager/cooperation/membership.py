@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 from ...errors import ConfigurationError, log_failure
 from ...events import EventBus
 from ...reports import UnloadReport
-from ...support.names import published_name, shown_name
+from ...support.names import message_name, published_name, shown_name
 from ...support.units import excerpt
 from ..state import ManagerState
 from .ledger import Ledger, default_ledger_path
@@ -198,7 +198,7 @@ class Membership:
 
     def answer(self, request: dict[str, Any]) -> dict[str, Any]:
         """The answer to another member's request (on the listener's thread)."""
-        op, requester = request.get("op"), str(request.get("requester") or "another kernel")[:200]
+        op, requester = request.get("op"), message_name(str(request.get("requester") or "another kernel")[:200])
         if op == "ping":
             return {"member": self.member}
         if op == "wake":  # another member let go of something: requests waiting for room look again now

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
+from ...support.names import message_name
 from ..policy.cycles import WaitingRequest
 from ..policy.fit import Elsewhere, Eviction, Holding
 from .listener import ask
@@ -88,8 +89,9 @@ def others_from(rows: tuple[list[MemberRow], list[ModelRow], list[RequestRow]], 
         holdings.append(Holding(key, first.model_id, state, {r.device: r.bytes for r in parts},  # type: ignore[arg-type]
                                 max(first.leases, 1) if held else first.leases, frozenset(), first.pinned,
                                 first.priority, first.protected, now - (wall - first.last_used), owner=member,
-                                where=members[member].notebook, held_by="a variable" if held else None))
-    return Others(tuple(holdings), tuple(request_rows), {m: row.notebook for m, row in members.items()},
+                                where=message_name(members[member].notebook),
+                                held_by="a variable" if held else None))
+    return Others(tuple(holdings), tuple(request_rows), {m: message_name(row.notebook) for m, row in members.items()},
                   {m: row.address for m, row in members.items()}, {m: row.pid for m, row in members.items()},
                   waits=tuple(waits))
 

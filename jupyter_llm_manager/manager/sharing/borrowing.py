@@ -31,6 +31,7 @@ from ...backends import BackendCache
 from ...errors import CopyNotHeld, LLMManagerError
 from ...events import EventBus
 from ...support.deadlines import Deadline
+from ...support.names import footer_names
 from ..cooperation import Cooperation
 from ..cooperation.listener import UnixConnection
 from ..cooperation.membership import LEDGER_FAILURES
@@ -40,7 +41,7 @@ from .answering import AnswerRequest
 from .borrowed import BorrowedRun, Lender, error_message, silent
 from .protocol import EXTENSION, request_body
 
-__all__ = ["Borrowing", "Lender", "short_name"]
+__all__ = ["Borrowing", "Lender"]
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +95,7 @@ class Borrowing:
             log.debug("borrowing found no copy: the ledger failed (%s)", error)
             return []
         found = {m.member: m for m in members}
+        names = footer_names({m.member: _named(str(m.notebook), m.pid) for m in members})
         lenders = []
         for copy in copies:
             member = found.get(copy.member)
@@ -101,7 +103,7 @@ class Borrowing:
             if member is None or not isinstance(member.address, str) or not member.address or not rows:
                 continue
             leases = [row.leases for row in rows if isinstance(row.leases, int)]  # a row that says nonsense: 0
-            lenders.append(Lender(member.member, member.address, short_name(str(member.notebook), member.pid),
+            lenders.append(Lender(member.member, member.address, names[member.member],
                                   all(row.state == "loaded" for row in rows), max(leases, default=0)))
         return sorted(lenders, key=lambda lender: (not lender.loaded, lender.leases))
 
@@ -197,7 +199,8 @@ class Borrowing:
         return {"requester": self._requester(), "pid": os.getpid(), "thread": threading.get_ident()}
 
     def _requester(self) -> str:
-        return short_name(self._cooperation.notebook, self._cooperation.pid)
+        """This member as the holder lists it among the borrowers (its listings name it from there)."""
+        return _named(self._cooperation.notebook, self._cooperation.pid)
 
     def _body(self, share: str, ask: Ask, deadline: Deadline) -> tuple[str, dict[str, Any]]:
         """Where and what to send for ``ask``: the borrower's exact parameters, what is left of its wait."""
@@ -240,10 +243,9 @@ class Borrowing:
         log.info("the copy in %s did not take the request (%s); asking elsewhere", lender.name, error)
 
 
-def short_name(notebook: str, pid: int) -> str:
-    """How a footer names a member: its notebook's or script's file name (``analysis.ipynb``), else ``pid N``."""
-    name = notebook.replace("\\", "/").rstrip("/").rpartition("/")[2]
-    return name[:200] if name.strip() else f"pid {pid}"
+def _named(notebook: str, pid: int) -> str:
+    """A member's published name (its notebook's or script's path), or ``pid N`` where it has none."""
+    return notebook[:500] if notebook.strip() else f"pid {pid}"
 
 
 def _openai_fields(params: Mapping[str, Any]) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from typing import Any
 from ...errors import CopyNotHeld, ManagerClosedError
 from ...events import EventBus
 from ...generation import GenerationParams, GenerationResult
-from ...support.names import published_name
+from ...support.names import message_name, published_name, shown_name
 from ..generations import Ask, Generations, TextStream, checked_params
 from ..instances import Instance
 from ..state import ManagerState
@@ -193,7 +193,7 @@ class LentStream:
 def _requester(request: AnswerRequest) -> str:
     named = request.extension.get("requester")
     name = named if isinstance(named, str) and named.strip() else request.requester
-    return published_name(name)[:200] or "another process"
+    return shown_name(message_name(published_name(name)), 200) or "another process"
 
 
 class _LentAnswering:
