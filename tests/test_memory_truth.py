@@ -17,6 +17,7 @@ from jlm_helpers.conditions import until
 from jlm_helpers.fakes import GB, SharedAdapterFake, fake
 
 from jupyter_llm_manager import LLMManager, ResourceNotAvailableError
+from jupyter_llm_manager.frontends.views.status import status_table
 
 
 def notebook() -> dict:
@@ -53,11 +54,14 @@ def test_an_unload_that_frees_nothing_still_counts_the_memory_and_names_the_hold
     assert "variable 'm'" in str(report) and "counted against the budget" in str(report)
     row = manager.row("a")
     assert row.state == "held" and row.held_bytes == 2 * GB and "variable 'm'" in row.held_by[0]
+    shown = status_table([row])  # what %llm list, the dashboard and the panel show of it
+    assert "held (2.0 GB still held by variable 'm')" in repr(shown) and "held 2.0 GB" in repr(shown)
+    assert "2.0 GB still held by variable &#x27;m&#x27;" in shown.html() or "still held by variable 'm'" in shown.html()
     (cuda,) = [d for d in manager.devices() if d.device == "cuda:0"]
     assert cuda.held_bytes == 2 * GB == devices.used["cuda:0"]  # the books say what the device says
     with pytest.raises(ResourceNotAvailableError) as refused:
         manager.load("b", wait=0)  # the room was not freed: loading b would run out of memory
-    assert "still held by variable 'm'" in str(refused.value)
+    assert "still held by variable 'm'" in str(refused.value) and "run `del m` to free it" in str(refused.value)
     notebook().pop("m")
     gc.collect()
     assert until(lambda: manager.row("a").state == "registered")  # collected: the room is free again
@@ -113,6 +117,7 @@ def test_memory_held_in_another_kernel_is_counted_here_and_the_request_says_so(t
         assert unloaded["ok"] and unloaded["held"] > 0, unloaded  # the eviction freed nothing
         refused = b.ask("load", id="a", wait=0)
         assert not refused["ok"] and "still held" in refused["error"] and "analysis.ipynb" in refused["error"]
+        assert "`del` that variable there to free it" in refused["error"]
         b.send("load", id="a", wait=30)
         time.sleep(0.5)  # the second notebook waits meanwhile; then the first lets go of its variable
         assert a.ask("drop")["ok"]

@@ -113,8 +113,16 @@ class StatusRow:
         if self.state == "loading" and self.progress:
             return f"loading ({self.progress})"
         notes = [note for flag, note in ((self.in_use, "in use"), (self.pinned, "pinned"),
-                                         (self.protected, "protected"), (self.lent_to, self.lent_to_str)) if flag]
+                                         (self.protected, "protected"), (self.lent_to, self.lent_to_str),
+                                         (self.held_bytes, self.held_note)) if flag]
         return f"{self.state} ({', '.join(notes)})" if notes else self.state
+
+    @property
+    def held_note(self) -> str:
+        """``2.0 GB still held by variable 'm'``: an unloaded copy that did not go ("" when none)."""
+        if not self.held_bytes:
+            return ""
+        return f"{self.held_str} still held by {', '.join(self.held_by) or 'an unknown reference'}"
 
     @property
     def lent_to_str(self) -> str:

@@ -22,6 +22,8 @@ __all__ = ["LEGEND", "SIZES", "memory_html", "name_html", "state_html", "status_
 SIZES = {"weights": "measured after the load: what the model's tensors take (llama.cpp models: also their KV "
                     "cache and buffers, as llama.cpp reports them)",
          "needs": "estimated before loading, from metadata: weights + KV cache + overhead",
+         "held": "an unloaded copy that something (a variable) still holds: counted against the budget until it "
+                 "is let go",
          "reserved": "what this kernel counts against the budget for its loaded models: measured weights + "
                      "the KV cache and overhead of their estimates"}
 LEGEND = " · ".join(f"<b>{name}</b>: {meaning}" for name, meaning in SIZES.items())
@@ -56,7 +58,7 @@ def _data(row: StatusRow, endpoint: str | None) -> dict[str, Any]:
             "trust_remote_code": row.trust_remote_code, "reachable": row.reachable,
             "waiting_for": row.waiting_for, "endpoint": endpoint if row.remote else None,
             "base": row.base, "adapter": row.adapter, "shares_base": row.shares_base, "base_str": row.base_str,
-            "lent_to": list(row.lent_to)}
+            "lent_to": list(row.lent_to), "held_bytes": row.held_bytes, "held_by": list(row.held_by)}
 
 
 def state_html(row: StatusRow, pending: str | None, loading_since: float | None, now: float) -> str:
@@ -73,12 +75,14 @@ def state_html(row: StatusRow, pending: str | None, loading_since: float | None,
     if row.state == "waiting":
         return f"<span title='{attribute(row.waiting_for or '')}'>waiting (#{row.queue_position or 1})</span>"
     notes = [n for flag, n in ((row.in_use, f"in use ({row.in_use})"), (row.pinned, "pinned"),
-                               (row.reachable is False, "unreachable"), (row.lent_to, row.lent_to_str)) if flag]
+                               (row.reachable is False, "unreachable"), (row.lent_to, row.lent_to_str),
+                               (row.held_bytes, row.held_note)) if flag]
     return text(row.state + (f" · {', '.join(notes)}" if notes else ""))
 
 
 def _memory_parts(row: StatusRow) -> list[tuple[str, str]]:
-    return [(name, value) for name, value in (("weights", row.actual_str), ("needs", row.estimated_str)) if value]
+    return [(name, value) for name, value in (("weights", row.actual_str), ("needs", row.estimated_str),
+                                              ("held", row.held_str if row.held_bytes else "")) if value]
 
 
 def _memory_text(row: StatusRow) -> str:

@@ -26,6 +26,7 @@ The rules:
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal
@@ -360,9 +361,17 @@ def _holder(holding: Holding, why: str) -> MemoryHolder:
         return MemoryHolder(holding.name, holding.total_bytes, f"in {holding.where}, which did not answer")
     if holding.held_by is not None:
         where = f" in {holding.where}" if holding.owner else ""
-        return MemoryHolder(holding.name, holding.total_bytes, f"unloaded but still held by {holding.held_by}{where}"
-                                                               " (delete that reference to free it)")
+        return MemoryHolder(holding.name, holding.total_bytes,
+                            f"unloaded but still held by {holding.held_by}{where} ({_fix(holding.held_by, where)})")
     return MemoryHolder(holding.name, holding.total_bytes, why + (f" in {holding.where}" if holding.owner else ""))
+
+
+def _fix(held_by: str, where: str) -> str:
+    """What frees a held model: ``del m, box`` for the variables named, else deleting the reference."""
+    names = list(dict.fromkeys(re.findall(r"variable '([A-Za-z_][A-Za-z0-9_]*)'", held_by)))
+    if names:
+        return f"run `del {', '.join(names)}`{where} to free it"
+    return "`del` that variable there to free it" if where else "delete that reference to free it"
 
 
 def shortfalls(snapshot: Snapshot, request: Request) -> tuple[DeviceShortfall, ...]:
