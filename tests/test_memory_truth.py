@@ -186,3 +186,12 @@ def test_naming_what_holds_a_model_costs_little_beyond_the_collection_on_a_large
     assert "something" in manager.row("a").held_by[0] or report.holders
     del hidden, heap
     gc.collect()
+
+
+def test_a_collection_that_frees_nothing_held_says_so_without_contradicting_itself():
+    from jupyter_llm_manager.reports import GarbageReport
+
+    held = GarbageReport({"cpu": 10}, {"cpu": 10}, {"a": ("variable 'm'",)}, 0.01)
+    assert str(held).splitlines()[:2] == ["No unloaded model could be freed: each is still held (below).",
+                                          "'a' was unloaded but is still alive, held by variable 'm'."]
+    assert str(GarbageReport({"cpu": 10}, {"cpu": 10}, {}, 0.01)) == "No unloaded model was waiting to be freed."

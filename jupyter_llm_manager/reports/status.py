@@ -185,6 +185,8 @@ class GarbageReport:
         if self.collected:
             lines = [(f"Freed {len(self.collected)} unloaded model(s) that were still alive: "
                      f"{', '.join(map(repr, self.collected))}.")]
+        elif self.lingering:
+            lines = ["No unloaded model could be freed: each is still held (below)."]
         else:
             lines = ["No unloaded model was waiting to be freed."]
         returned = {d: b for d, b in self.freed_bytes.items() if d != "cpu" and b}
