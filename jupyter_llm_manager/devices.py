@@ -19,10 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import psutil
-
 from .reports import GpuProcess
 from .support.heavy_imports import ready
+from .support.system import psutil
 
 __all__ = [
     "DeviceMemory",

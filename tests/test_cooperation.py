@@ -553,9 +553,8 @@ def test_without_unix_sockets_or_fcntl_the_package_works_alone_and_says_why(tmp_
     script = tmp_path / "no_sockets.py"
     script.write_text(
         "import socket, sys\n"
-        "import psutil  # psutil knows its platform: on one without Unix sockets it never asks for them\n"
         "sys.modules['fcntl'] = None  # no fcntl: importing it raises ImportError\n"
-        "del socket.AF_UNIX\n"
+        "del socket.AF_UNIX  # before anything is imported: psutil too is imported without it\n"
         "from jupyter_llm_manager import LLMManager\n"
         "def load_thing(spec):\n"
         "    return {'weights': bytearray(1000)}\n"

@@ -115,3 +115,11 @@ def test_the_check_finds_a_broken_reference():
     assert resolves(".state", "jupyter_llm_manager.manager.facade")
     assert not resolves("jupyter_llm_manager.manager.books", "jupyter_llm_manager")
     assert not package_path("manager/placement_lock.py")
+
+
+def test_every_module_the_architecture_page_names_exists():
+    """The map names modules bare (``fit.py, decision.py``) in its layout: each is a file of the project."""
+    named = set(re.findall(r"(?<![\w/.])([\w/]*\w\.py)\b", (ROOT / "docs" / "architecture.md").read_text()))
+    files = {p.relative_to(ROOT).as_posix() for p in ROOT.rglob("*.py") if ".venv" not in p.parts}
+    missing = sorted(n for n in named if not package_path(n) and not any(f == n or f.endswith("/" + n) for f in files))
+    assert missing == [], "docs/architecture.md names modules that do not exist"

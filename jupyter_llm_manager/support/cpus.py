@@ -26,7 +26,7 @@ import weakref
 from collections.abc import Callable
 from pathlib import Path
 
-import psutil
+from .system import psutil
 
 __all__ = ["SAMPLER", "CpuSampler", "CpuSnapshot", "SamplerHold", "ThreadChoice", "core_budget", "cpu_snapshot",
            "idle_cpus", "usable_cores"]

@@ -36,11 +36,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import psutil
 from filelock import FileLock, Timeout
 
 from ...estimates import read_safetensors_header
 from ...support.paths import cache_folder
+from ...support.system import psutil
 from ...support.units import brief, excerpt
 from .checksums import file_facts, file_problem
 

@@ -25,9 +25,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-import psutil
-
 from ...support.cpus import ThreadChoice
+from ...support.system import psutil
 
 __all__ = ["TORCH_THREADS", "TorchThreads", "torch_default_threads"]
 

@@ -26,8 +26,7 @@ from functools import partial
 from pathlib import Path
 from typing import TypeVar
 
-import psutil
-
+from ...support.system import psutil
 from ...support.units import excerpt
 from .ledger_file import BUSY_S, LedgerFile, Statement, execute, transaction
 from .recollection import AllRows

@@ -15,9 +15,8 @@ import weakref
 from collections.abc import Callable
 from dataclasses import replace
 
-import psutil
-
 from ...errors import LLMManagerError
+from ...support.system import psutil
 from ..instances import Instance
 from ..state import ManagerState
 from .rows import CopyRow, MemberRow, ModelRow

@@ -19,8 +19,6 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
-import psutil
-
 from ...backends import Backend, release_frames
 from ...devices import DeviceProbe
 from ...errors import ResourceNotAvailableError
@@ -28,6 +26,7 @@ from ...events import EventBus, EventKind, EvictionReason
 from ...reports import GarbageReport, UnloadReport
 from ...support.interrupts import interrupts_deferred
 from ...support.referrers import HOLDER_HINT, describe_holders
+from ...support.system import psutil
 from ...support.units import excerpt
 from ..instances import HeldMemory, Instance
 from ..state import ManagerState
