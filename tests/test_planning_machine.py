@@ -68,6 +68,9 @@ def test_plan_and_load_agree_while_another_kernels_request_waits_in_the_machine_
         report = planner.plan(["p"])
         assert not report.fits and report.models[0].state == "waits", str(report)
         assert "queued behind w in" in report.verdict, str(report)
+        (cuda,) = report.devices  # the queued claim is named as such, not counted as held
+        assert (cuda.held_bytes, cuda.claimed_bytes) == (6 * GB, 8 * GB), str(report)
+        assert "held 6.0 GB, claimed by requests ahead 8.0 GB" in str(report)
         with pytest.raises(ResourceNotAvailableError, match="queued behind w in .* in the machine-wide queue"):
             planner.load("p", wait=0)
         let_go.set()
@@ -88,7 +91,25 @@ def test_plan_and_load_agree_inside_a_use_block_of_the_same_thread(make_manager)
         assert "this thread" in report.verdict or "this thread" in report.models[0].note, str(report)
         with pytest.raises(ResourceNotAvailableError, match="this thread holds them"):
             manager.load("b", wait=30)  # refused at once: waiting for itself would never end
+        assert "leave the `with manager.use(...)` block" in report.advice.lower(), report.advice  # not memory advice
     assert manager.plan(["b"]).fits
+
+
+def test_plan_says_why_memory_is_short_inside_a_use_block_and_by_how_much(make_manager):
+    manager = make_manager(memory_budget={"cuda:0": 10 * GB})
+    fake(manager, "a", 6 * GB)
+    fake(manager, "b", 6 * GB)
+    fake(manager, "c", 2 * GB)
+    manager.load("c")
+    with manager.use("a"):
+        report = manager.plan(["b"])
+        with pytest.raises(ResourceNotAvailableError, match="this thread holds them"):
+            manager.load("b", wait=30)
+    (row,) = report.models
+    assert row.state == "refused" and row.note == "needs 6.0 GB on cuda:0, only 4.0 GB can be made free: this " \
+                                                   "thread holds them", str(report)
+    assert "(cuda:0 short by 2.0 GB)" in report.verdict, str(report)  # c may go: 2 GB short, not 4
+    assert report.advice.startswith("Leave the `with manager.use(...)` block"), report.advice
 
 
 # -- the property, across kernels --------------------------------------------------------------------------

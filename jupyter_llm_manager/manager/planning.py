@@ -29,6 +29,7 @@ from .adapters import adapter_ask
 from .cooperation import Cooperation
 from .policy.decision import Ask, Decision, Simulation, fit_hint, simulate
 from .policy.fit import Holding
+from .policy.reasons import Refused
 from .state import ManagerState
 from .status import StateReader
 
@@ -150,12 +151,28 @@ def _report(asks: list[Ask | PlanModel], simulation: Simulation) -> PlanReport:
                           "online), or a declared size: required_memory (vram_gb in a task option).")
     if all(m.state == "unavailable" for m in blocked):  # memory is not the problem: say what is
         return PlanReport(models, devices, False, f"Cannot load here. {reasons}.")
-    advice = fit_hint(d.device for d in devices) if any(m.state in ("refused", "evicted") for m in blocked) else ""
-    short = [f"{d.device} short by {format_bytes(d.after_bytes + _missing(blocked, d.device) - d.budget_bytes)}"
-             for d in devices if _missing(blocked, d.device) and
-             d.after_bytes + _missing(blocked, d.device) > d.budget_bytes]
+    refusals = [d.plan.why for d in simulation.outcomes if isinstance(d, Decision) and isinstance(d.plan.why, Refused)]
+    remedies = [why.cause.remedy for why in refusals if why.cause.remedy]
+    advice = remedies[0] if remedies else \
+        fit_hint(d.device for d in devices) if any(m.state in ("refused", "evicted") for m in blocked) else ""
+    short = _short(simulation, devices, blocked)
     verdict = "Does not fit together" + (f" ({', '.join(short)})" if short else "") + f". {reasons}."
     return PlanReport(models, devices, False, verdict, advice)
+
+
+def _short(simulation: Simulation, devices: Sequence[PlanDevice], blocked: Sequence[PlanModel]) -> list[str]:
+    """``cuda:0 short by 2.0 GB`` per device: what a refusal could not make free, else what the blocked models
+    would add beyond the budget."""
+    gaps: dict[str, int] = {}
+    for decision in simulation.outcomes:
+        if isinstance(decision, Decision):
+            for shortfall in decision.plan.shortfalls:
+                gap = shortfall.needed_bytes - shortfall.available_bytes
+                gaps[shortfall.device] = max(gaps.get(shortfall.device, 0), gap)
+    if not gaps:
+        gaps = {d.device: d.after_bytes + d.claimed_bytes + _missing(blocked, d.device) - d.budget_bytes
+                for d in devices if _missing(blocked, d.device)}
+    return [f"{device} short by {format_bytes(gap)}" for device, gap in gaps.items() if gap > 0]
 
 
 def _model(ask: Ask, outcome: Decision | Holding, evicted: dict, simulation: Simulation) -> PlanModel:
@@ -197,8 +214,9 @@ def _why_not(decision: Decision) -> str:
     if plan.admitted:
         return ""
     if plan.shortfalls:
+        brief = plan.why.cause.brief if isinstance(plan.why, Refused) else ""
         return "; ".join(f"needs {format_bytes(s.needed_bytes)} on {s.device}, only {format_bytes(s.available_bytes)} "
-                         "can be made free" for s in plan.shortfalls)
+                         "can be made free" for s in plan.shortfalls) + (f": {brief}" if brief else "")
     return plan.why.short() if plan.why is not None else plan.verdict
 
 
@@ -218,7 +236,9 @@ def _devices(simulation: Simulation, models: tuple[PlanModel, ...]) -> tuple[Pla
                             for h in (*before.holdings, *after.holdings))
                      or any(m.id == e.name and device in m.device.split(",") for m in models))
         if added or gone or before.held(device):
-            devices.append(PlanDevice(device, room.budget, before.held(device), added, gone, after.held(device)))
+            claimed = sum(h.bytes.get(device, 0) for h in before.holdings if h.claim)
+            devices.append(PlanDevice(device, room.budget, before.held(device) - claimed, added, gone,
+                                      after.held(device) - claimed, claimed))
     return tuple(devices)
 
 

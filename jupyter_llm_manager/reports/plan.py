@@ -33,8 +33,11 @@ class PlanDevice:
     added_bytes: int
     evictions: tuple[tuple[str, str, int], ...]  # (model id, reason, bytes)
     after_bytes: int
+    #: Room that requests of other kernels ahead in the machine-wide queue will take (not in ``held_bytes``).
+    claimed_bytes: int = 0
 
     budget_str = bytes_text("budget_bytes")
+    claimed_str = bytes_text("claimed_bytes")
     held_str = bytes_text("held_bytes")
     added_str = bytes_text("added_bytes")
     after_str = bytes_text("after_bytes")
@@ -58,7 +61,8 @@ class PlanReport:
         lines = [self.verdict]
         lines += [f"  {m.id}: {m.estimated_str} on {m.device} ({m.state}; {m.how})" + (f" — {m.note}" if m.note else "")
                   for m in self.models]
-        lines += [f"  {d.device}: budget {d.budget_str}, held {d.held_str}, adds {d.added_str}"
+        lines += [f"  {d.device}: budget {d.budget_str}, held {d.held_str}"
+                  + (f", claimed by requests ahead {d.claimed_str}" if d.claimed_bytes else "") + f", adds {d.added_str}"
                   + (f", evicts {', '.join(f'{i} ({r})' for i, r, _ in d.evictions)}" if d.evictions else "")
                   for d in self.devices]
         return "\n".join(lines + ([self.advice] if self.advice else []))

@@ -23,7 +23,8 @@ def plan_tables(report: PlanReport) -> list[Table]:
         return [models]
     devices = Table([Column("device"), Column("budget"), Column("held now", 1), Column("adds", 1), Column("evicts"),
                      Column("after")],
-                    [[d.device, d.budget_str, d.held_str, d.added_str,
+                    [[d.device, d.budget_str, d.held_str + (f" (+{d.claimed_str} claimed by requests ahead)"
+                                                           if d.claimed_bytes else ""), d.added_str,
                       ", ".join(f"{i} ({r})" for i, r, _ in d.evictions) or "-", d.after_str] for d in report.devices],
                     caption="Devices", notes=notes)
     return [models, devices]

@@ -93,6 +93,15 @@ class Cause(enum.Enum):
                   "(or finish the generation) first")
 
     @property
+    def remedy(self) -> str:
+        """What the user can do about it, for a ``plan()``'s advice ("" where the memory hint says it)."""
+        if self in (Cause.OWN_LEASES, Cause.EACH_OTHER):
+            return "Leave the `with manager.use(...)` block (or let the generation finish) first, then load it."
+        if self is Cause.PINNED:
+            return "Unpin a model (manager.unpin(...)) or raise the limit that is reached."
+        return ""
+
+    @property
     def brief(self) -> str:
         """The cause in a few words, for a ``plan()`` row ("" when the limit says it all)."""
         return {Cause.PINNED: "only pinned models are in the way", Cause.TOO_BIG: "",
