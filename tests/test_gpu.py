@@ -231,3 +231,34 @@ def test_an_automatic_context_on_the_gpu_is_counted_at_the_context_it_chose():
         record(f"auto context ({row.context} tokens)", row.estimated_bytes, row.actual_bytes, report.freed_bytes)
     finally:
         manager.close()
+
+
+def test_an_estimate_learns_from_what_a_cuda_load_measured(gpu_model, tmp_path, monkeypatch):
+    """Issue "memory truth", item 3, on CUDA: a load records measured / estimated for its kind (transformers on
+    cuda, its dtype), and the next estimate of that kind is corrected by it (or left alone within 2 %)."""
+    import torch
+
+    from jupyter_llm_manager.estimates import learned
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # no lesson from an earlier run
+    manager = LLMManager(config_path=False, preload=False)
+    try:
+        manager.register("learns", source=str(gpu_model), device="cuda:0", dtype="float16")
+        before = manager.estimate("learns")
+        assert before.correction is None
+        baseline = cuda_figures(torch)[0]
+        manager.load("learns")
+        measured = cuda_figures(torch)[0] - baseline
+        weights = manager.row("learns").actual_bytes
+        manager.unload("learns")
+        kinds = learned.corrections().kinds()
+        assert "transformers|cuda|float16|none|weights" in kinds, kinds
+        after = learned.corrected(manager.spec("learns"), before)
+        ratio = weights / before.weights_bytes
+        if abs(ratio - 1) > 0.02:
+            assert after.correction == pytest.approx(ratio, rel=0.01) and "correction" in str(after), str(after)
+        else:
+            assert after.correction is None  # the estimate was right: nothing to correct
+        record(f"learned correction (× {ratio:.3f})", before.total_bytes, measured, after.total_bytes)
+    finally:
+        manager.close()
