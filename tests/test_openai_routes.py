@@ -366,3 +366,40 @@ def test_a_generation_is_stopped_at_the_wall_limit(answering):
     assert stream.stopped.is_set()
     assert answer[EXTENSION]["result"]["finish_reason"] == "interrupted"
     assert answer["choices"][0]["finish_reason"] == "stop"
+
+
+def test_an_answer_that_starts_after_its_request_was_cancelled_is_ended_and_its_slot_given_back(answering):
+    """The server stopping while a generation starts (its request cancelled): once it has started it is stopped
+    and closed, and its slot is free again."""
+    import asyncio
+    import threading
+
+    answering.start_gate = threading.Event()
+    answering.next_stream = stream = FakeStream(endless=True)
+    app = Starlette(routes=openai_routes(answering, max_running=1))
+
+    async def cancelled_while_starting() -> None:
+        body = [{"type": "http.request", "body": json.dumps(CHAT).encode(), "more_body": False}]
+
+        async def receive():
+            return body.pop(0) if body else await asyncio.sleep(3600)
+
+        async def send(message):
+            pass
+
+        scope = {"type": "http", "method": "POST", "path": "/v1/chat/completions", "raw_path": b"/v1/chat/completions",
+                 "query_string": b"", "headers": [(b"content-type", b"application/json")], "http_version": "1.1",
+                 "scheme": "http", "root_path": "", "server": ("127.0.0.1", 80), "client": ("127.0.0.1", 5)}
+        task = asyncio.ensure_future(app(scope, receive, send))
+        while not answering.requests:
+            await asyncio.sleep(0.01)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    asyncio.run(cancelled_while_starting())
+    answering.start_gate.set()
+    assert until(stream.closed.is_set, timeout=10) and stream.stopped.is_set()
+    answering.next_stream = None
+    with running(app) as url:  # the one slot is free: the next request is answered, not told to come back later
+        assert httpx.post(f"{url}/v1/chat/completions", json=CHAT, timeout=20).status_code == 200

@@ -87,12 +87,15 @@ class FakeAnswering:
         self.next_stream: FakeStream | None = None
         self.raises: BaseException | None = None
         self.embedded: list[tuple[str, list[str]]] = []
+        self.start_gate: threading.Event | None = None  # set: stream() returns only once the gate opens
 
     def models(self) -> list[dict[str, Any]]:
         return [{"id": "fake", "object": "model", "created": 0, "owned_by": "tests"}]
 
     def stream(self, request: AnswerRequest) -> FakeStream:
         self.requests.append(request)
+        if self.start_gate is not None:
+            assert self.start_gate.wait(30), "the test never opened the start gate"
         if self.raises is not None:
             raise self.raises
         return self.next_stream or FakeStream()

@@ -30,6 +30,7 @@ import logging
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
+from functools import partial
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
@@ -107,6 +108,52 @@ def _error_event(error: BaseException) -> dict[str, Any]:
     if not isinstance(error, LLMManagerError):
         log.error("answering a request failed", exc_info=error)
     return error_body(str(error) or type(error).__name__, type(error).__name__)
+
+
+class _Starting:
+    """A generation being started on a worker thread for a request that may be cancelled meanwhile (the server
+    stopping): a stream that starts after that is stopped and closed, and the slot given back, on the thread
+    that started it (the event loop may be gone by then)."""
+
+    def __init__(self, start: Callable[[], PieceStream], give_back: Callable[[], None]) -> None:
+        self._start = start
+        self._give_back = give_back
+        self._lock = threading.Lock()
+        self._abandoned = False
+        self._outcome: PieceStream | BaseException | None = None
+
+    def start(self) -> PieceStream:
+        try:
+            stream = self._start()
+        except BaseException as error:
+            with self._lock:
+                self._outcome, abandoned = error, self._abandoned
+            if abandoned:
+                self._give_back()
+            raise
+        with self._lock:
+            self._outcome, abandoned = stream, self._abandoned
+        if abandoned:
+            self._end(stream)
+        return stream
+
+    def abandon(self) -> None:
+        """The request was cancelled: end what started (or will), give the slot back once."""
+        with self._lock:
+            self._abandoned, outcome = True, self._outcome
+        if isinstance(outcome, BaseException):
+            self._give_back()
+        elif outcome is not None:
+            threading.Thread(target=self._end, args=(outcome,), name="llm-answer-end", daemon=True).start()
+
+    def _end(self, stream: PieceStream) -> None:
+        try:
+            stream.stop()
+            stream.close()
+        except Exception as error:  # noqa: BLE001 - a worker thread: logged, never raised
+            log.info("ending an answer whose request was cancelled failed: %s", error)
+        finally:
+            self._give_back()
 
 
 class _Busy(Exception):
@@ -240,8 +287,12 @@ class _Routes:
             give_back = self._slots.take()
         except (BadBody, BadRequest, _Busy) as error:
             return error_answer(error)
+        starting = _Starting(partial(self._answering.stream, asked.answer), give_back)
         try:
-            stream = await run_in_threadpool(self._answering.stream, asked.answer)
+            stream = await run_in_threadpool(starting.start)
+        except asyncio.CancelledError:  # the server stops while the answer starts: it ends once it has started
+            starting.abandon()
+            raise
         except Exception as error:  # noqa: BLE001
             give_back()
             return error_answer(error)
