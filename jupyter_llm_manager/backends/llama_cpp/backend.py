@@ -164,7 +164,7 @@ class LlamaCppBackend(Backend):
         gpus = [d for d in placement.devices if d.startswith("cuda")]
         if gpus:
             options.update(n_gpu_layers=-1, main_gpu=int(gpus[0].partition(":")[2] or 0))
-        options.update(native_options(spec, spec.load_kwargs, info.head_dim))
+        options.update(native_options(spec, spec.load_kwargs, info))
         threads = int(options["n_threads"])
         with _construct_lock, captured_log() as lines:
             try:
