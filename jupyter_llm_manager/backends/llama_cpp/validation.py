@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 from ...config.secrets import Secret
 from ...config.spec import ModelSpec
 from ...errors import ConfigurationError
+from ...gguf.files import CACHE_TYPES
 from ...support.units import brief
 from .overrides import override_problem, token_problem
 
@@ -39,8 +40,6 @@ if TYPE_CHECKING:
 __all__ = ["ALLOWED", "CACHE_TYPES", "cache_type_name", "cache_type_of", "cache_type_value", "cache_types",
            "check_load_kwargs", "native_options"]
 
-#: The KV cache types llama.cpp's server accepts (``--cache-type-k``), in its order; name -> ggml value.
-CACHE_TYPES = {"f32": 0, "f16": 1, "bf16": 30, "q8_0": 8, "q4_0": 2, "q4_1": 3, "iq4_nl": 20, "q5_0": 6, "q5_1": 7}
 _FLOATS = {"f32", "f16", "bf16"}  # the cache types a V cache may have without flash attention
 _UINT32 = 2**32 - 1
 _MAX_TOKENS = 1 << 21  # as options.MAX_CONTEXT_TOKENS
