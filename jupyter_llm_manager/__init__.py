@@ -27,6 +27,7 @@ from .errors import (
     ModelInUseError,
     ModelLoadingError,
     ModelNotFoundError,
+    ModelUnloadedError,
     ResourceNotAvailableError,
     WrongModelKind,
 )
@@ -101,6 +102,7 @@ __all__ = [
     "ModelLoadingError",
     "ModelNotFoundError",
     "ModelSpec",
+    "ModelUnloadedError",
     "ResourceNotAvailableError",
     "Secret",
     "StatusRow",

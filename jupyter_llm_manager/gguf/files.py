@@ -34,9 +34,11 @@ from .header import MAGIC, NOT_REGULAR, HeaderFacts, NotGguf, open_regular, read
 __all__ = [
     "AUTO_CONTEXT_FLOOR",
     "AUTO_CONTEXT_STEP",
+    "CACHE_TYPES",
     "DEFAULT_CONTEXT",
     "F16",
     "GgufInfo",
+    "cache_type_label",
     "compute_buffer_bytes",
     "context_for",
     "gguf_path",
@@ -78,6 +80,7 @@ class GgufInfo:
     sampling: tuple[tuple[str, float], ...] = ()  # ``general.sampling.*``: the settings the file recommends
     kind: str = "model"  # general.type: "model", or "adapter" for a LoRA file
     adapter_type: str | None = None  # adapter.type: "lora" for a LoRA adapter
+    weights_type: str = "unknown"  # the ggml type of most of the weights' bytes (``q4_1``): the file's quantization
 
     @property
     def identity(self) -> str:
@@ -217,7 +220,7 @@ def _info(path: Path, size: int, modified_ns: int, facts: HeaderFacts) -> GgufIn
         head_dim=facts.key_length or (embedding // head_count if head_count else 0),
         context_length=facts.context_length or DEFAULT_CONTEXT, vocab_size=facts.vocab_size or facts.tokens,
         tensor_bytes=facts.tensor_bytes, parameters=facts.parameters, sampling=facts.sampling, kind=facts.kind or "model",
-        adapter_type=facts.adapter_type)
+        adapter_type=facts.adapter_type, weights_type=facts.weights_type or "unknown")
 
 
 def read_gguf_shapes(path: Path) -> dict[str, tuple[int, ...]]:
@@ -246,6 +249,18 @@ def read_gguf_shapes(path: Path) -> dict[str, tuple[int, ...]]:
 
 #: ggml's f16, llama.cpp's KV cache type unless ``type_k``/``type_v`` say otherwise.
 F16 = 1
+#: The KV cache types llama.cpp's server accepts (``--cache-type-k``), in its order; name -> ggml value.
+CACHE_TYPES = {"f32": 0, "f16": F16, "bf16": 30, "q8_0": 8, "q4_0": 2, "q4_1": 3, "iq4_nl": 20, "q5_0": 6, "q5_1": 7}
+
+
+def cache_type_label(value: object) -> str:
+    """``q8_0`` for ``"Q8_0 "`` or 8: a KV cache type's name as given in ``load_kwargs``; ``f16`` when unset or
+    not known here (a secret, read at load)."""
+    if isinstance(value, str) and value.strip().lower() in CACHE_TYPES:
+        return value.strip().lower()
+    if isinstance(value, int) and not isinstance(value, bool):
+        return next((name for name, known in CACHE_TYPES.items() if known == value), "f16")
+    return "f16"
 
 
 def kv_cache_bytes(info: GgufInfo, n_ctx: int, key_type: int = F16, value_type: int = F16) -> int:

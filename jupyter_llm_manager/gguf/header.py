@@ -56,6 +56,7 @@ class HeaderFacts:
     kind: str | None = None  # ``general.type``: ``model`` or ``adapter`` (a LoRA file)
     adapter_type: str | None = None  # ``adapter.type``: ``lora`` for a LoRA adapter
     shapes: tuple[tuple[str, tuple[int, ...]], ...] = ()  # each tensor's name and dimensions, when asked for
+    weights_type: str | None = None  # the ggml type holding most of the tensors' bytes (``q4_1``): the file's quantization
 
 
 def read_header(descriptor: int, size: int, *, shapes: bool = False) -> HeaderFacts:
@@ -233,6 +234,7 @@ class _Header:
         self.sampling: dict[str, float] = {}
         self.alignment = 32
         self.tensor_bytes = self.parameters = self.data_end = 0
+        self.type_bytes: dict[int, int] = {}  # ggml type -> the tensors' bytes in it
 
     def read(self) -> None:
         cursor = self.cursor
@@ -271,7 +273,8 @@ class _Header:
             fields.get("attention.head_count_kv"), fields.get("attention.key_length"),
             fields.get("embedding_length"), fields.get("context_length"), fields.get("vocab_size"),
             self.tokens, self.tensor_bytes, self.parameters, tuple(sorted(self.sampling.items())),
-            self.texts.get("general.type"), self.texts.get("adapter.type"), tuple(self.shapes or ()))
+            self.texts.get("general.type"), self.texts.get("adapter.type"), tuple(self.shapes or ()),
+            type_name(max(self.type_bytes, key=self.type_bytes.__getitem__)) if self.type_bytes else None)
 
     def _pair(self, seen: set[bytes]) -> None:
         cursor = self.cursor
@@ -385,7 +388,8 @@ class _Header:
         if dimensions > _MAX_DIMS:
             raise NotGguf(f"a tensor has {dimensions} dimensions (at most {_MAX_DIMS})")
         shape = cursor.unpack(struct.Struct(f"<{dimensions}Q"))
-        block, block_bytes = _ggml_type(cursor.u32())
+        kind = cursor.u32()
+        block, block_bytes = _ggml_type(kind)
         offset = cursor.u64()
         elements = math.prod(shape)
         if shape and shape[0] % block:
@@ -394,6 +398,7 @@ class _Header:
         if offset % self.alignment or offset + size > cursor.size:
             raise NotGguf(f"a tensor's data (offset {offset:,}, {size:,} bytes) does not fit in the file")
         self.tensor_bytes += size
+        self.type_bytes[kind] = self.type_bytes.get(kind, 0) + size
         self.parameters += elements
         if self.shapes is not None:
             self.shapes.append((name, tuple(shape)))
@@ -430,6 +435,16 @@ def _ggml_type(kind: int) -> tuple[int, int]:
         raise NotGguf(f"a tensor has the unknown type {kind}: a newer llama.cpp format? "
                        "upgrade the gguf package") from None
     return int(block), int(block_bytes)
+
+
+def type_name(kind: int) -> str:
+    """``q4_1`` for 3: the name of a ggml type, as llama.cpp writes it (lower case); its number if unknown."""
+    from gguf.constants import GGMLQuantizationType
+
+    try:
+        return GGMLQuantizationType(kind).name.lower()
+    except ValueError:
+        return str(kind)
 
 
 def block_size(kind: int) -> int:

@@ -156,6 +156,8 @@ class UnloadReport:
             text += f"; the model object is still alive, held by {held_by}"
             if self.held_bytes:
                 text += f" ({self.held_str} stay counted against the budget until it is let go)"
+            elif self.freed_bytes:
+                text += " (its memory came back all the same)"
         return text
 
 

@@ -46,6 +46,7 @@ from ...support.units import excerpt, format_bytes
 from ..base import Backend, ContextGrowth, LoadedModel, Placement, TextGenerator
 from ..generation_defaults import GenerationDefaults, gguf_defaults
 from . import adapters as lora
+from . import closed
 from .estimate import adapter_bytes, corrected_estimate, estimate_at, kv_bytes, kv_types, output_bytes
 from .log import captured_log, footprint_of, reported_buffers, route_log
 from .options import ThreadChoice, normalized, usable_cores
@@ -73,6 +74,7 @@ class LlamaCppBackend(Backend):
     modes = frozenset({"chat", "embed"})
     serial = True  # a Llama object is not thread-safe: two requests at once crash the process
     context_at_load = True
+    frees_on_unload = True  # Llama.close() frees the native memory, whatever references the object
     adapters = "own"  # llama-cpp-python applies a LoRA at load: an adapter is the base's file loaded with it
     check_adapter = staticmethod(lora.check)
 
@@ -164,7 +166,7 @@ class LlamaCppBackend(Backend):
         gpus = [d for d in placement.devices if d.startswith("cuda")]
         if gpus:
             options.update(n_gpu_layers=-1, main_gpu=int(gpus[0].partition(":")[2] or 0))
-        options.update(native_options(spec, spec.load_kwargs, info.head_dim))
+        options.update(native_options(spec, spec.load_kwargs, info))
         threads = int(options["n_threads"])
         with _construct_lock, captured_log() as lines:
             try:
@@ -182,6 +184,7 @@ class LlamaCppBackend(Backend):
         if chooser is not None:
             _choosers[model] = chooser
             chooser.finished()
+        closed.remember(model, spec.id)
         if spec.mode == "chat":  # offloaded, a batch of one is far slower than a batch: answers in chunks too
             _caches[model] = PromptCache(model, chunk=CHUNK if not gpus else int(model.n_batch), singles=not gpus)
         details = _details(spec, info, context, threads, buffers)
@@ -191,13 +194,14 @@ class LlamaCppBackend(Backend):
                            details=details, generation=generation)
 
     def unload(self, loaded: LoadedModel) -> None:
-        """``close()`` frees llama.cpp's model and context now, not when the object is collected."""
+        """``close()`` frees llama.cpp's model and context now, not when the object is collected; a reference kept
+        by the user then raises when used (:mod:`.closed`)."""
         model, loaded.model = loaded.model, None
         if model is not None:
             chooser = _choosers.pop(model, None)
             if chooser is not None:
                 chooser.close()
-            model.close()
+            closed.retire(model)
 
     def release_memory(self, devices: tuple[str, ...]) -> None:
         if "cpu" in devices:

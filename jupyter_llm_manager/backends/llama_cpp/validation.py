@@ -5,7 +5,11 @@ process (``type_k: 999`` fails a ``GGML_ASSERT``), so an option is accepted
 only when this module knows it and the value has the type and range llama.cpp
 takes; anything else is a one-line :class:`ConfigurationError` at register
 time. (The options the manager owns, the threads and the batch sizes are
-checked in :mod:`.options`.)
+checked in :mod:`.options`; ``kv_overrides`` in :mod:`.overrides`.)
+
+Enum options (``rope_scaling_type``, ``attention_type``, ``numa``) are taken
+by name or value and given to llama-cpp-python as the installed library's
+values; RoPE and YaRN numbers are finite and within what models use.
 
 KV cache types are taken by name as llama.cpp's server takes them
 (``type_k: q8_0``) or by their ggml value, among the types the server offers
@@ -21,28 +25,24 @@ import difflib
 import importlib.util
 import math
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ...config.secrets import Secret
 from ...config.spec import ModelSpec
 from ...errors import ConfigurationError
+from ...gguf.files import CACHE_TYPES
 from ...support.units import brief
+from .overrides import override_problem, token_problem
+
+if TYPE_CHECKING:
+    from ...gguf.files import GgufInfo
 
 __all__ = ["ALLOWED", "CACHE_TYPES", "cache_type_name", "cache_type_of", "cache_type_value", "cache_types",
            "check_load_kwargs", "native_options"]
 
-#: The KV cache types llama.cpp's server accepts (``--cache-type-k``), in its order; name -> ggml value.
-CACHE_TYPES = {"f32": 0, "f16": 1, "bf16": 30, "q8_0": 8, "q4_0": 2, "q4_1": 3, "iq4_nl": 20, "q5_0": 6, "q5_1": 7}
 _FLOATS = {"f32", "f16", "bf16"}  # the cache types a V cache may have without flash attention
 _UINT32 = 2**32 - 1
-_INT64 = 2**63
 _MAX_TOKENS = 1 << 21  # as options.MAX_CONTEXT_TOKENS
-_MAX_OVERRIDES = 256
-_MAX_NATIVE_TEXT = 127  # llama_model_kv_override keeps keys and strings in char[128]
-#: Header fields the estimate reads from the file: overriding them would load another shape than was counted.
-_SHAPE_FIELDS = ("block_count", "embedding_length", "context_length", "vocab_size", "feed_forward_length",
-                 "attention.head_count", "attention.head_count_kv", "attention.key_length",
-                 "attention.value_length", "expert_count", "expert_used_count")
 _CHECKED_ELSEWHERE = frozenset({"n_ctx", "n_threads", "n_threads_batch", "n_batch", "n_ubatch"})  # see options.py
 _REFUSED = {
     "vocab_only": "the manager loads the whole model to run it",
@@ -98,25 +98,34 @@ def _whole(low: int, high: int) -> Check:
     return check
 
 
-def _number(low: float, *, above: bool = False) -> Check:
+def _number(low: float, high: float, *, above: bool = False, unset: float | None = None) -> Check:
+    """A finite number from ``low`` (or ``above`` it) to ``high``; ``unset`` (llama.cpp's "the file's") too."""
     def check(value: Any) -> str:
-        if (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-                and (value > low if above else value >= low)):
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and (
+                value == unset or ((value > low if above else value >= low) and value <= high)):
             return ""
-        return f"got {brief(value)}: give a number {'above' if above else 'from'} {low:g}"
+        left = f"{'above' if above else 'from'} {low:g} {'and at most' if above else 'to'} {high:g}"
+        return f"got {brief(value)}: give a number {left}" + (f", or {unset:g} (the file's)" if unset is not None else "")
     return check
 
 
 def _choice(prefix: str, fallback: dict[str, int]) -> Check:
     """One of llama.cpp's enum values, by value or by name (``yarn``), as the installed library defines them."""
     def check(value: Any) -> str:
-        choices = _enum(prefix, fallback)
-        if isinstance(value, str) and value.strip().lower() in choices:
+        if _enum_value(prefix, fallback, value) is not None:
             return ""
-        if isinstance(value, int) and not isinstance(value, bool) and value in choices.values():
-            return ""
-        return f"got {brief(value)}: give one of {', '.join(choices)} (or its value)"
+        return f"got {brief(value)}: give one of {', '.join(_enum(prefix, fallback))} (or its value)"
     return check
+
+
+def _enum_value(prefix: str, fallback: dict[str, int], value: Any) -> int | None:
+    """The value of an enum given by name (any case) or by value; ``None`` if the installed library has none such."""
+    choices = _enum(prefix, fallback)
+    if isinstance(value, str):
+        return choices.get(value.strip().lower())
+    if isinstance(value, int) and not isinstance(value, bool) and value in choices.values():
+        return value
+    return None
 
 
 def _enum(prefix: str, fallback: dict[str, int]) -> dict[str, int]:
@@ -129,13 +138,15 @@ def _enum(prefix: str, fallback: dict[str, int]) -> dict[str, int]:
     return found or fallback
 
 
-_ROPE = ("LLAMA_ROPE_SCALING_TYPE_", {"unspecified": -1, "none": 0, "linear": 1, "yarn": 2, "longrope": 3})
-_ATTENTION = ("LLAMA_ATTENTION_TYPE_", {"unspecified": -1, "causal": 0, "non_causal": 1})
-_NUMA = ("GGML_NUMA_STRATEGY_", {"disabled": 0, "distribute": 1, "isolate": 2, "numactl": 3, "mirror": 4})
+#: The options llama-cpp-python takes as C enums: a name is turned into the installed library's value at load.
+_ENUMS = {"rope_scaling_type": ("LLAMA_ROPE_SCALING_TYPE_", {"unspecified": -1, "none": 0, "linear": 1, "yarn": 2,
+                                                             "longrope": 3}),
+          "attention_type": ("LLAMA_ATTENTION_TYPE_", {"unspecified": -1, "causal": 0, "non_causal": 1}),
+          "numa": ("GGML_NUMA_STRATEGY_", {"disabled": 0, "distribute": 1, "isolate": 2, "numactl": 3, "mirror": 4})}
 
 
 def _numa(value: Any) -> str:
-    return "" if isinstance(value, bool) else _choice(*_NUMA)(value)
+    return "" if isinstance(value, bool) else _choice(*_ENUMS["numa"])(value)
 
 
 def _text(value: Any) -> str:
@@ -156,40 +167,15 @@ def _instance(module: str, name: str) -> Check:
     return check
 
 
-def _overrides(value: Any) -> str:
-    """``kv_overrides``: header keys to numbers, booleans or short texts; never a field the estimate counts."""
-    if not isinstance(value, Mapping) or len(value) > _MAX_OVERRIDES:
-        return f"got {brief(value)}: give a mapping of at most {_MAX_OVERRIDES} GGUF keys to values"
-    for key, item in value.items():
-        if not isinstance(key, str) or not _native_text(key):
-            return f"the key {brief(key)} is not a GGUF key (text of 1 to {_MAX_NATIVE_TEXT} bytes)"
-        if key.partition(".")[2] in _SHAPE_FIELDS:
-            return (f"{key!r} is the model's shape, which the memory estimate reads from the file: "
-                    "convert the file instead")
-        if isinstance(item, str):
-            if not _native_text(item, empty=True):
-                return f"{key!r}: a text value is at most {_MAX_NATIVE_TEXT} bytes"
-        elif isinstance(item, float):
-            if not math.isfinite(item):
-                return f"{key!r}: got {item!r}: give a finite number"
-        elif not isinstance(item, int) or (not isinstance(item, bool) and not -_INT64 <= item < _INT64):
-            return f"{key!r}: got {brief(item)}: give a boolean, a number or a short text"
-    return ""
-
-
-def _native_text(text: str, *, empty: bool = False) -> bool:
-    raw = text.encode("utf-8", "replace")
-    return (empty or bool(raw)) and len(raw) <= _MAX_NATIVE_TEXT and b"\x00" not in raw
-
-
 #: Every option of ``llama_cpp.Llama`` a spec may set, and the check of its value.
 ALLOWED: dict[str, Check] = {
-    "use_mmap": _boolean, "use_mlock": _boolean, "kv_overrides": _overrides,
+    "use_mmap": _boolean, "use_mlock": _boolean, "kv_overrides": override_problem,
     "seed": _whole(-1, _UINT32),
-    "rope_scaling_type": _choice(*_ROPE), "attention_type": _choice(*_ATTENTION),
-    "rope_freq_base": _number(0), "rope_freq_scale": _number(0),
-    "yarn_ext_factor": _number(-1), "yarn_attn_factor": _number(0), "yarn_beta_fast": _number(0),
-    "yarn_beta_slow": _number(0), "yarn_orig_ctx": _whole(0, _MAX_TOKENS),
+    "rope_scaling_type": _choice(*_ENUMS["rope_scaling_type"]), "attention_type": _choice(*_ENUMS["attention_type"]),
+    # RoPE: 0 (or a negative yarn_ext_factor) is the file's value; anything else within what models use
+    "rope_freq_base": _number(1, 1e9, unset=0), "rope_freq_scale": _number(1e-4, 100, unset=0),
+    "yarn_ext_factor": _number(0, 16, unset=-1), "yarn_attn_factor": _number(0, 16, above=True),
+    "yarn_beta_fast": _number(0, 1024), "yarn_beta_slow": _number(0, 1024), "yarn_orig_ctx": _whole(0, _MAX_TOKENS),
     "offload_kqv": _boolean, "flash_attn": _boolean,
     "op_offload": _optional_boolean, "swa_full": _optional_boolean, "no_perf": _boolean,
     "last_n_tokens_size": _whole(0, _MAX_TOKENS), "numa": _numa, "chat_format": _text,
@@ -241,21 +227,29 @@ def cache_type_name(value: int) -> str:
     return next((name for name, known in CACHE_TYPES.items() if known == value), str(value))
 
 
-def native_options(spec: ModelSpec, options: Mapping[str, Any], head_size: int) -> dict[str, Any]:
+def native_options(spec: ModelSpec, options: Mapping[str, Any], info: GgufInfo) -> dict[str, Any]:
     """``options`` (secrets resolved) checked again and as llama-cpp-python takes them.
 
-    Cache types become their ggml values, each checked to divide the model's
-    ``head_size`` in whole blocks (llama.cpp aborts otherwise); a quantized
-    ``type_v`` turns flash attention on, which llama.cpp needs for it.
+    Enum options given by name (``rope_scaling_type: yarn``, ``numa: distribute``) become the installed
+    library's values; cache types become their ggml values, each checked to divide the model's head size
+    in whole blocks (llama.cpp aborts otherwise); a quantized ``type_v`` turns flash attention on, which
+    llama.cpp needs for it; a token id override must be a token of the file's vocabulary.
     """
     resolved = {key: value.resolve() if isinstance(value, Secret) else value for key, value in options.items()}
     check_load_kwargs(spec, resolved)
+    for key, (prefix, fallback) in _ENUMS.items():
+        if key in resolved and not isinstance(resolved[key], bool):
+            resolved[key] = _enum_value(prefix, fallback, resolved[key])
     for key in ("type_k", "type_v"):
         if key in resolved:
             value = resolved[key] = cache_type_of(resolved, key)
-            _check_blocks(spec, key, value, head_size)
+            _check_blocks(spec, key, value, info.head_dim)
     if _quantized(resolved.get("type_v")):
         resolved["flash_attn"] = True
+    overrides = resolved.get("kv_overrides")
+    problem = token_problem(overrides, info.vocab_size) if isinstance(overrides, Mapping) else ""
+    if problem:
+        raise _refused(spec, "kv_overrides", problem)
     return resolved
 
 

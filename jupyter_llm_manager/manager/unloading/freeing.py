@@ -72,12 +72,14 @@ class Freeing:
             holders = tuple(describe_holders(alive, scan=collecting < _SCAN_WHEN_GC_UNDER_S)) if alive is not None \
                 else ()
             collected = alive is None
+            # a backend whose unload frees the memory whatever holds the object (llama.cpp): it all came back
+            emptied = collected or instance.backend.frees_on_unload
             if before:  # measured (CUDA): what the device allocator really got back
                 freed_on = {d: max(before[d] - after.get(d, 0), 0) for d in before}
-            else:  # not measurable (CPU): the footprint, once the object is gone
-                freed_on = dict(instance.footprint) if collected else {}
+            else:  # not measurable (CPU): the footprint, once the object is gone or emptied
+                freed_on = dict(instance.footprint) if emptied else {}
             held = {d: size - freed_on.get(d, 0) for d, size in instance.footprint.items()
-                    if size > freed_on.get(d, 0)} if not collected else {}
+                    if size > freed_on.get(d, 0)} if not emptied else {}
             report = UnloadReport(model_id, instance.key, reason, sum(freed_on.values()),
                                   time.perf_counter() - started, collected=collected, holders=holders,
                                   held_bytes=sum(held.values()))
@@ -97,7 +99,7 @@ class Freeing:
             kind: EventKind = "unloaded" if reason == "manual" else "evicted"
             self._bus.emit(kind, model_id, reason=reason, seconds=report.seconds, bytes=report.freed_bytes,
                            message=note)
-            if not collected:
+            if not emptied:
                 self._bus.emit("warning", model_id, message=f"{report} {HOLDER_HINT}")
         return report
 
