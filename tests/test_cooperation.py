@@ -688,7 +688,9 @@ def test_rows_of_waits_that_make_no_sense_are_ignored_and_go_with_their_member(t
                 ("gone", 1, None, "z", '["x"]', '[["other", "y"]]', time.time()),
                 ("gone", 2, None, "z", "not json", "[]", time.time()),
                 ("gone", "three", None, "z", "[]", "[]", time.time()),
-                ("gone", 4, "five", "z", '["x", 6]', '[["other"], ["other", "y"], 7]', time.time())])
+                ("gone", 4, "five", "z", '["x", 6]', '[["other"], ["other", "y"], 7]', time.time()),
+                ("gone", 5, None, "z", "[" * 30_000 + "]" * 30_000, "[]", time.time()),  # nested past recursion
+                ("gone", 6, None, "z", "[]", "[" + ", ".join(['["m", "k"]'] * 20_000) + "]", time.time())])
         found = sorted(ledger.waits(), key=lambda w: w.request)
         assert [(w.request, w.holds, w.needs, w.arrival) for w in found] == [
             (1, {"x"}, {("other", "y")}, None), (4, {"x"}, {("other", "y")}, None)]

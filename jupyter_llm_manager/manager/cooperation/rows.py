@@ -201,8 +201,13 @@ def wait_row(r: Sequence) -> WaitingRequest | None:
                           arrival if isinstance(arrival, int) else None)
 
 
+#: The longest JSON text a waits row may hold (its keys: a few hundred bytes each); longer is nonsense.
+_JSON_LIMIT = 64 * 1024
+
+
 def _json(text: object) -> object:
+    """A row's JSON text read, ``None`` where it is not JSON, too long or nested too deep (never raises)."""
     try:
-        return json.loads(text) if isinstance(text, str) else None
-    except ValueError:
+        return json.loads(text) if isinstance(text, str) and len(text) <= _JSON_LIMIT else None
+    except (ValueError, RecursionError):
         return None
