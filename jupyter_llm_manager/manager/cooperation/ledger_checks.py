@@ -6,7 +6,10 @@ files stay where only the user can reach them: the file, its ``-wal`` and
 and it points at such a file), readable and writable by the user alone, in a
 folder nobody else may replace them in. Another program's file is never
 altered: only a file that carries the ledger's application id (or an empty
-one, or a ledger of an older layout) is written to.
+one, or a ledger of an older layout, its tables and columns as this package
+made them) is written to. A path that names no regular file (a folder, a
+pipe, a device) or a file with other content is not a ledger
+(:class:`NotALedger`: a ``ConfigurationError`` where the user set that path).
 """
 
 from __future__ import annotations
@@ -27,6 +30,9 @@ APPLICATION_ID = 0x4A4C4D4C
 COMPANIONS = ("-wal", "-shm")
 #: The tables of a ledger of an older layout (before the application id): adopted as it is.
 _OLDER_TABLES = {"members", "models", "requests", "sqlite_sequence"}
+_OLDER_COLUMNS = {"members": {"member", "pid", "started", "kernel", "notebook", "address", "seen"},
+                  "models": {"member", "key", "model_id", "device", "bytes", "state", "pinned", "leases", "last_used",
+                             "priority", "protected"}}
 
 
 class UnsafeLedger(ConfigurationError):
@@ -42,15 +48,34 @@ def _refuse(path: Path, why: str) -> UnsafeLedger:
                         "$JUPYTER_LLM_MANAGER_LEDGER) to a file in a folder only you can write")
 
 
-def _check_own(path: Path, found: os.stat_result, *, folder: bool = False) -> None:
-    """``found`` (an lstat or fstat of ``path``) is the user's own, reachable by the user alone."""
+def _not_a_ledger(path: Path, what: str) -> NotALedger:
+    return NotALedger(f"the ledger's path {path} names {what}, not a ledger; it is left as it is: set ledger_path "
+                      "to the path of a new file")
+
+
+def _kind_of_file(found: os.stat_result) -> str:
+    for test, what in ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a named pipe"), (stat.S_ISSOCK, "a socket"),
+                       (stat.S_ISCHR, "a device"), (stat.S_ISBLK, "a device")):
+        if test(found.st_mode):
+            return what
+    return "a special file"
+
+
+def _check_own(path: Path, found: os.stat_result, *, folder: bool = False, content: bool = False) -> None:
+    """``found`` (an lstat or fstat of ``path``) is the user's own, reachable by the user alone. With
+    ``content`` (the ledger itself, not a companion), a file that is not a ledger at all is said to be that
+    (:class:`NotALedger`) before whether others may reach it."""
     if found.st_uid != os.getuid():
         raise _refuse(path, "it belongs to another user")
     if folder:
         return
     if not stat.S_ISREG(found.st_mode):
+        if content:
+            raise _not_a_ledger(path, _kind_of_file(found))
         raise _refuse(path, "it is not a regular file")
     if stat.S_IMODE(found.st_mode) & 0o077:
+        if content and header_kind(path) == "other":
+            raise _not_a_ledger(path, "a file that is not a database, or another program's")
         raise _refuse(path, f"other users may read or write it (mode {stat.S_IMODE(found.st_mode):o})")
 
 
@@ -85,12 +110,15 @@ def resolved(path: Path) -> Path:
             raise _refuse(path, "it is a link made by another user")
         target = Path(os.path.realpath(path))
         try:
-            _check_own(target, os.lstat(target))
+            target_found = os.lstat(target)
         except FileNotFoundError:
             raise _refuse(path, f"it is a link to {target}, which does not exist") from None
+        if not stat.S_ISREG(target_found.st_mode):  # a link to a folder, a pipe, a device: no ledger, whose ever
+            raise _not_a_ledger(path, f"a link to {_kind_of_file(target_found)}")
+        _check_own(target, target_found)  # a link's target others may reach: not safe, whatever it holds
         path = target
     elif found is not None:
-        _check_own(path, found)
+        _check_own(path, found, content=True)
     for suffix in COMPANIONS:
         companion = Path(f"{path}{suffix}")
         try:
@@ -154,16 +182,24 @@ def header_kind(path: Path) -> str:
     try:  # the tables the file itself lists (``immutable``: no -wal is read, nothing is written)
         connection = sqlite3.connect(f"{path.resolve().as_uri()}?immutable=1", uri=True)
         try:
-            tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            older = _older_ledger(connection)
         finally:
             connection.close()
     except sqlite3.DatabaseError:
         return "other"
-    return "unknown" if not tables or _older_ledger(tables) else "other"
+    # a database without tables is another program's too: a new ledger's first write brings its tables and
+    # application id together (until then its file is empty)
+    return "unknown" if older else "other"
 
 
-def _older_ledger(tables: set[str]) -> bool:
-    return tables <= _OLDER_TABLES and {"members", "models"} <= tables
+def _older_ledger(connection: sqlite3.Connection) -> bool:
+    """A ledger written by an older version of this package (before the application id): its tables, and the
+    members' and models' columns, as this package made them."""
+    tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    if not (tables <= _OLDER_TABLES and {"members", "models"} <= tables):
+        return False
+    return all({row[1] for row in connection.execute(f"PRAGMA table_info({table})")} == columns
+               for table, columns in _OLDER_COLUMNS.items())
 
 
 def kind_of(connection: sqlite3.Connection) -> str:
@@ -178,8 +214,8 @@ def kind_of(connection: sqlite3.Connection) -> str:
     if application != 0:
         return "other"
     tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-    if not tables:
+    if not tables and connection.execute("PRAGMA user_version").fetchone()[0] == 0:
         return "empty"
-    if _older_ledger(tables):
+    if _older_ledger(connection):
         return "ledger"  # written by an older version of this package, before the application id
     return "other"
