@@ -3,11 +3,12 @@
 Pure bookkeeping: no loading, no events, no locks (the manager's lock guards
 every call). Kept linear at any size: ids are indexed by instance key, and
 aliases by the id they resolve to (rebuilt once after a change), so a status
-of 10,000 ids does not look at every id per row. Each id also has a change count (:meth:`Registry.change_of`):
-it moves when what the registry says about that id moves (its spec, aliases, pin, or the other ids of its
-instance), so a status view rebuilds the rows of those ids only. Invariant: every alias resolves, without a cycle, to exactly one
-registered id; ids that share an :attr:`~ModelSpec.instance_key` share one
-loaded instance.
+of 10,000 ids does not look at every id per row. Each id also has a change
+count (:meth:`Registry.change_of`) that moves when what the registry says of
+that id moves (its spec, aliases, pin, or the other ids of its instance): a
+status view rebuilds the rows of those ids only. Invariant: every alias
+resolves, without a cycle, to exactly one registered id; ids that share an
+:attr:`~ModelSpec.instance_key` share one loaded instance.
 """
 
 from __future__ import annotations
