@@ -5,6 +5,8 @@
 1. ``status()`` and ``%llm list`` with N registered models (every other one
    with an alias), and with N tasks of two options each, for N = 10 ... 10,000:
    milliseconds, and per id (linear bookkeeping keeps the per-id cost flat);
+   the first ``status()``, which builds every row, and ``status()`` and
+   ``%llm list`` right after one more id is registered (only its row is new);
    then ``status()`` and ``%llm list`` of 10,000 ids while models load and
    unload between calls, and the HTML a notebook also renders for the largest
    listing. ``--quick`` (CI): N up to 1,000, 10 threads for 1 s.
@@ -66,6 +68,20 @@ def views(manager: LLMManager) -> tuple[float, float, float]:
     listing = lister(manager)
     first = timed(listing)
     return min(timed(manager.status) for _ in range(3)), min(timed(listing) for _ in range(3)), first
+
+
+def after_one_registration(manager: LLMManager, rounds: int = 5) -> tuple[float, float]:
+    """Seconds for status() and for %llm list right after one more id is registered (a notebook registering
+    while a dashboard refreshes), each the median of ``rounds``: the rows of the other ids are kept."""
+    listing = lister(manager)
+    listing()
+    statuses, listings = [], []
+    for index in range(rounds):
+        manager.register(f"extra{index}", source=f"org/extra-{index}")
+        statuses.append(timed(manager.status))
+        manager.register(f"more{index}", source=f"org/more-{index}")
+        listings.append(timed(listing))
+    return statistics.median(statuses), statistics.median(listings)
 
 
 def html_of_listing(manager: LLMManager) -> float:
@@ -193,20 +209,31 @@ def main() -> int:
     if args.quick:
         args.threads, args.seconds = 10, 1.0
     folder = Path(tempfile.mkdtemp(prefix="llm-bookkeeping-"))
+    warm_up = with_models(1)
+    warm_up.status()  # the imports the process's first status() pays once are not counted below
+    warm_up.close()
     figures: dict[str, object] = {"models": {}, "tasks": {}}
-    print("ids      status()      per id     %llm list     per id   (the first %llm list)")
+    print("ids      status()      per id     %llm list     per id   (the first %llm list; the first status(); "
+          "status() and %llm list after one registration)")
     for kind, make in (("models", with_models), ("tasks", lambda n: with_tasks(n, folder))):
         for count in sizes:
             manager = make(count)
+            started = time.perf_counter()
             ids = len(manager.status())
+            first_status = time.perf_counter() - started
             status, listing, first_listing = views(manager)
             if kind == "tasks" and count == sizes[-1]:
                 figures["html_s"] = html_seconds = html_of_listing(manager)
+            registered_status, registered_listing = after_one_registration(manager)
             manager.close()
             figures[kind][count] = {"ids": ids, "status_s": status, "list_s": listing,  # type: ignore[index]
-                                    "first_list_s": first_listing}
+                                    "first_list_s": first_listing, "first_status_s": first_status,
+                                    "after_register_status_s": registered_status,
+                                    "after_register_list_s": registered_listing}
             print(f"{ids:>6} {kind:<7} {status * 1000:8.1f} ms {status / ids * 1e6:7.1f} µs "
-                  f"{listing * 1000:9.1f} ms {listing / ids * 1e6:7.1f} µs   ({first_listing * 1000:.1f} ms)")
+                  f"{listing * 1000:9.1f} ms {listing / ids * 1e6:7.1f} µs   ({first_listing * 1000:.1f} ms; "
+                  f"{first_status * 1000:.1f} ms; {registered_status * 1000:.1f} ms, "
+                  f"{registered_listing * 1000:.1f} ms)")
     print(f"the HTML of the last listing (a notebook renders it beside the text): {html_seconds * 1000:.1f} ms")
     first, moving, moving_list = while_models_move(max(sizes))
     figures["moving"] = {"ids": max(sizes), "first_s": first, "median_s": moving, "list_median_s": moving_list}

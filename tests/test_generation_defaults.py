@@ -127,6 +127,27 @@ def test_a_checkpoints_generation_config_is_read_from_its_folder(manager, tiny_m
     assert manager.row("tuned").generation["repetition_penalty"] == 1.1  # a damaged file: the default
 
 
+def test_a_hub_models_generation_config_is_read_from_the_hugging_face_cache(manager, tmp_path, monkeypatch):
+    """Only the cache, never the network; each id's cache folder is looked at once before the full lookup."""
+    from huggingface_hub import constants
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--org--tuned"
+    (repo / "snapshots" / commit).mkdir(parents=True)
+    (repo / "snapshots" / commit / "generation_config.json").write_text(json.dumps({"temperature": 0.7}))
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    manager.register("tuned", source="org/tuned")
+    manager.register("absent", source="org/absent")  # not in the cache: the default penalty alone
+    manager.register("refused", source="org/x..y")  # an id the Hub refuses: no defaults are shown
+    rows = {row.id: row.generation for row in manager.status()}
+    assert rows["tuned"] == {"max_new_tokens": 256, "temperature": 0.7, "do_sample": False,
+                             "repetition_penalty": 1.1, "repetition_window": 64}
+    assert rows["absent"] == {"max_new_tokens": 256, "repetition_penalty": 1.1, "repetition_window": 64}
+    assert rows["refused"] == {}
+
+
 def test_a_server_model_gets_no_penalty_from_us(make_manager):
     manager = make_manager()
     fake(manager, "remote", generation={"temperature": 0.2})

@@ -18,13 +18,15 @@ the stop before a passage's third appearance: the model's raw output.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from types import MappingProxyType
+from types import MappingProxyType, SimpleNamespace
 from typing import Any
 
 from ..config.spec import ModelSpec
@@ -32,8 +34,8 @@ from ..errors import InvalidGenerationParameters
 from ..generation import GenerationParams
 from ..gguf.files import GgufInfo
 
-__all__ = ["DEFAULT_PENALTY_WINDOW", "DEFAULT_REPETITION_PENALTY", "NO_DEFAULTS", "GenerationDefaults",
-           "checkpoint_defaults", "gguf_defaults"]
+__all__ = ["DEFAULT_PENALTY_WINDOW", "DEFAULT_REPETITION_PENALTY", "LOCAL_DEFAULTS", "NO_DEFAULTS",
+           "GenerationDefaults", "checkpoint_defaults", "gguf_defaults"]
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +101,20 @@ class GenerationDefaults:
         return replace(params, **changes) if changes else params
 
     def shown(self, generation: Mapping[str, Any]) -> dict[str, Any]:
-        """The settings a call without arguments gets from a spec whose ``generation:`` is ``generation``."""
+        """The settings a call without arguments gets from a spec whose ``generation:`` is ``generation``.
+
+        Those of a spec without ``generation:`` are worked out once per defaults (a copy is handed out):
+        the status rows of 10,000 ids share a few defaults.
+        """
+        if not generation:
+            return dict(self._shown_alone)
+        return self._shown(generation)
+
+    @functools.cached_property
+    def _shown_alone(self) -> dict[str, Any]:
+        return self._shown({})
+
+    def _shown(self, generation: Mapping[str, Any]) -> dict[str, Any]:
         params = self.apply(GenerationParams.build(generation))
         settings = {f.name: getattr(params, f.name) for f in fields(params)
                     if f.name not in ("extra", "stop") and getattr(params, f.name) is not None}
@@ -112,6 +127,8 @@ class GenerationDefaults:
 
 #: The defaults of a backend that adds none (a server samples with its own).
 NO_DEFAULTS = GenerationDefaults(penalty=None)
+#: The defaults of a local model whose files recommend nothing: the default penalty alone.
+LOCAL_DEFAULTS = GenerationDefaults()
 
 
 def gguf_defaults(info: GgufInfo) -> GenerationDefaults:
@@ -149,17 +166,17 @@ def checkpoint_defaults(spec: ModelSpec) -> GenerationDefaults:
     """
     path = _config_path(spec)
     if path is None:
-        return GenerationDefaults()
+        return LOCAL_DEFAULTS
     try:
         with path.open("rb") as file:
             text = file.read(_MAX_CONFIG_BYTES + 1)
         found = json.loads(text) if len(text) <= _MAX_CONFIG_BYTES else None
     except (OSError, ValueError) as error:
         log.info("cannot read %s of %r: %s", _CONFIG_FILE, spec.id, error)
-        return GenerationDefaults()
+        return LOCAL_DEFAULTS
     if not isinstance(found, dict):
         log.info("%s of %r is not a JSON object of settings: not used", _CONFIG_FILE, spec.id)
-        return GenerationDefaults()
+        return LOCAL_DEFAULTS
     return GenerationDefaults.recommended({**found, "do_sample": found.get("do_sample", False)},
                                           source=_CONFIG_FILE)
 
@@ -171,7 +188,20 @@ def _config_path(spec: ModelSpec) -> Path | None:
         return path if path.is_file() else None
     if not spec.source:
         return None
-    from huggingface_hub import try_to_load_from_cache
-
-    found = try_to_load_from_cache(spec.source, _CONFIG_FILE, revision=spec.revision)
+    hub = _hub()
+    hub.validate_repo_id(spec.source)  # an id the Hub refuses fails here, as in try_to_load_from_cache
+    if not os.path.isdir(os.path.join(hub.constants.HF_HUB_CACHE, "models--" + spec.source.replace("/", "--"))):
+        return None  # nothing of it in the cache (its folder, as the Hub names it): one look, not the full lookup
+    found = hub.try_to_load_from_cache(spec.source, _CONFIG_FILE, revision=spec.revision)
     return Path(found) if isinstance(found, str) else None
+
+
+@functools.cache
+def _hub() -> SimpleNamespace:
+    """The Hub's cache lookups, imported at the first (the status of local models never imports the Hub's
+    library; its lazy attributes cost an import each time they are named, which 10,000 status rows notice)."""
+    from huggingface_hub import constants, try_to_load_from_cache
+    from huggingface_hub.utils import validate_repo_id
+
+    return SimpleNamespace(constants=constants, try_to_load_from_cache=try_to_load_from_cache,
+                           validate_repo_id=validate_repo_id)

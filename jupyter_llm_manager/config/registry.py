@@ -3,14 +3,18 @@
 Pure bookkeeping: no loading, no events, no locks (the manager's lock guards
 every call). Kept linear at any size: ids are indexed by instance key, and
 aliases by the id they resolve to (rebuilt once after a change), so a status
-of 10,000 ids does not look at every id per row. Invariant: every alias resolves, without a cycle, to exactly one
-registered id; ids that share an :attr:`~ModelSpec.instance_key` share one
-loaded instance.
+of 10,000 ids does not look at every id per row. Each id also has a change
+count (:meth:`Registry.change_of`) that moves when what the registry says of
+that id moves (its spec, aliases, pin, or the other ids of its instance): a
+status view rebuilds the rows of those ids only. Invariant: every alias
+resolves, without a cycle, to exactly one registered id; ids that share an
+:attr:`~ModelSpec.instance_key` share one loaded instance.
 """
 
 from __future__ import annotations
 
 import difflib
+from collections.abc import Iterable
 from typing import Any
 
 from ..errors import ConfigurationError, LLMManagerError, ModelNotFoundError
@@ -33,6 +37,9 @@ class Registry:
         self.inference: dict[str, Any] = {}  # a task layout's inference block, saved back as read
         self._by_key: dict[str, dict[str, None]] = {}  # instance key -> its ids, in registration order
         self._aliases_by_id: dict[str, tuple[str, ...]] | None = None  # rebuilt after an alias changes
+        self._aliases_seen: dict[str, tuple[str, ...]] = {}  # the index last built: a rebuild marks what moved
+        self._changes = 0
+        self._changed: dict[str, int] = {}  # id -> the count at the last change of what the registry says of it
 
     # -- models -------------------------------------------------------------------------
 
@@ -42,12 +49,14 @@ class Registry:
         old = self.keys.get(spec.id)
         if old is not None:
             self._unindex(spec.id, old)
+            self._mark(self._by_key.get(old, ()))  # their instance's priority and protection may move
         self.specs[spec.id] = spec
         self.keys[spec.id] = spec.instance_key
         self._by_key.setdefault(spec.instance_key, {})[spec.id] = None
         if spec.pinned:
             self.pinned.add(spec.id)
         self.removed.discard(spec.id)
+        self._mark(self._by_key[spec.instance_key])
 
     def key_left_behind(self, model_id: str, new: ModelSpec) -> str | None:
         """The instance key ``model_id`` stops using when ``new`` replaces its spec, if no other id uses it."""
@@ -73,7 +82,14 @@ class Registry:
         self._unindex(model_id, key)
         self.pinned.discard(model_id)
         self.removed.add(model_id)
+        self._changed.pop(model_id, None)
+        self._mark(self._by_key.get(key, ()))
         return None if self.shared(key, besides=model_id) else key
+
+    def pin(self, model_id: str, pinned: bool) -> None:
+        """Pin or unpin a registered id."""
+        (self.pinned.add if pinned else self.pinned.discard)(model_id)
+        self._mark((model_id,))
 
     # -- aliases ------------------------------------------------------------------------
 
@@ -139,14 +155,38 @@ class Registry:
 
     def aliases_of(self, model_id: str) -> tuple[str, ...]:
         """The aliases that resolve to ``model_id``, directly or through other aliases."""
+        index = self._aliases_by_id
+        if index is None:
+            index = self._index_aliases()
+        return index.get(model_id, ())
+
+    def _index_aliases(self) -> dict[str, tuple[str, ...]]:
+        """Rebuild the aliases of each id; the ids whose aliases moved since the last build are marked changed."""
+        found: dict[str, list[str]] = {}
+        for alias in self.aliases:
+            target = self.resolve_quiet(alias)
+            if target is not None:
+                found.setdefault(target, []).append(alias)
+        index = {target: tuple(names) for target, names in found.items()}
+        seen = self._aliases_seen
+        self._mark([target for target in seen.keys() | index.keys() if seen.get(target) != index.get(target)])
+        self._aliases_by_id = self._aliases_seen = index
+        return index
+
+    # -- what changed ---------------------------------------------------------------------
+
+    def change_of(self, model_id: str) -> int:
+        """A count that moves whenever what the registry says of ``model_id`` moves: its spec, its aliases, its
+        pin, the other ids of its instance (their priority and protection are its instance's). A status row is
+        kept while it stays (one registration rebuilds one row, not every row)."""
         if self._aliases_by_id is None:
-            found: dict[str, list[str]] = {}
-            for alias in self.aliases:
-                target = self.resolve_quiet(alias)
-                if target is not None:
-                    found.setdefault(target, []).append(alias)
-            self._aliases_by_id = {target: tuple(names) for target, names in found.items()}
-        return self._aliases_by_id.get(model_id, ())
+            self._index_aliases()
+        return self._changed.get(model_id, 0)
+
+    def _mark(self, ids: Iterable[str]) -> None:
+        self._changes += 1
+        for model_id in ids:
+            self._changed[model_id] = self._changes
 
     # -- what an instance's ids say together ------------------------------------------------
 
@@ -165,11 +205,19 @@ class Registry:
 
     def priority(self, key: str) -> int:
         """The highest priority any id of the instance has (its own or its kind's)."""
-        return max((self.specs[i].effective_priority for i in self.ids_of(key)), default=0)
+        ids = self._by_key.get(key, ())
+        if len(ids) == 1:  # most instances have one id: no generator (10,000 status rows ask)
+            for model_id in ids:
+                return self.specs[model_id].effective_priority
+        return max((self.specs[i].effective_priority for i in ids), default=0)
 
     def is_protected(self, key: str) -> bool:
         """Whether any id of the instance is protected (explicitly, or by its kind)."""
-        return any(self.specs[i].effective_protected for i in self.ids_of(key))
+        ids = self._by_key.get(key, ())
+        if len(ids) == 1:
+            for model_id in ids:
+                return self.specs[model_id].effective_protected
+        return any(self.specs[i].effective_protected for i in ids)
 
     def keep_alive(self, key: str) -> float | None:
         """The shortest keep-alive the instance's ids set themselves, or None to use the manager's."""

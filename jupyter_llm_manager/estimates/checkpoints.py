@@ -62,12 +62,15 @@ class EstimateCache:
 
     Two ids on the same weights with different ``max_context`` get different
     estimates; two ids with identical specs share one. Computing one may read
-    files or the network, so callers hold no manager lock.
+    files or the network, so callers hold no manager lock. A spec whose source
+    has no estimate is answered without its key (hashing a whole spec is most
+    of what the first status of 10,000 never-loaded ids would cost).
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._estimates: dict[str, MemoryEstimate] = {}
+        self._sources: set[str | None] = set()  # the sources of the specs estimated (a key includes its source)
 
     def get(self, spec: ModelSpec, backend: Estimator, *, refresh: bool = False) -> MemoryEstimate:
         key = spec.estimate_key
@@ -77,10 +80,13 @@ class EstimateCache:
             found = backend.estimate(spec)
             with self._lock:
                 self._estimates[key] = found
+                self._sources.add(spec.source)
         return corrected(spec, found if found.model_id == spec.id else replace(found, model_id=spec.id))
 
     def cached(self, spec: ModelSpec) -> MemoryEstimate | None:
         with self._lock:
+            if spec.source not in self._sources:
+                return None
             found = self._estimates.get(spec.estimate_key)
         if found is None:
             return None

@@ -121,7 +121,7 @@ class Registration:
         state = self._state
         with state.lock:
             canonical = state.registry.resolve(model_id)
-            (state.registry.pinned.add if pinned else state.registry.pinned.discard)(canonical)
+            state.registry.pin(canonical, pinned)
             state.touch(everyone=True)
             pending = state.limits_pending
         self._bus.emit("pinned" if pinned else "unpinned", canonical)

@@ -53,13 +53,10 @@ class ManagerState:
         self.held: list[HeldMemory] = []  # unloaded instances' memory that did not come back (still counted)
         self.limits_pending = False  # a cap or budget could not be restored yet (leases, pins, loads)
         self.on_change: Callable[[], None] | None = None  # cooperation: publish to the ledger soon (cheap, no I/O)
-        self.registry_version = 0  # moves with every change of the registry: status rows of idle ids are kept until
 
     def touch(self, *, everyone: bool = False) -> None:
         """Something changed: bump the version and wake who it may concern. Caller holds the lock."""
         self.version += 1
-        if everyone:
-            self.registry_version += 1
         self.changed.notify_all()
         if self.on_change is not None:
             self.on_change()

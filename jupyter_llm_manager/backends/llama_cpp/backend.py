@@ -44,7 +44,7 @@ from ...reports import MemoryEstimate
 from ...support.interrupts import NativeCallbacks
 from ...support.units import excerpt, format_bytes
 from ..base import Backend, ContextGrowth, LoadedModel, Placement, TextGenerator
-from ..generation_defaults import GenerationDefaults, gguf_defaults
+from ..generation_defaults import LOCAL_DEFAULTS, GenerationDefaults, gguf_defaults
 from . import adapters as lora
 from . import closed
 from .estimate import adapter_bytes, corrected_estimate, estimate_at, kv_bytes, kv_types, output_bytes
@@ -124,7 +124,7 @@ class LlamaCppBackend(Backend):
         """The file's ``general.sampling.*`` settings, then the default penalty (its window: llama.cpp's
         ``last_n_tokens_size``)."""
         path = gguf_path(spec)
-        return gguf_defaults(read_gguf(path)) if path is not None else GenerationDefaults()
+        return gguf_defaults(read_gguf(path)) if path is not None else LOCAL_DEFAULTS
 
     def lent_context(self, spec: ModelSpec) -> int:
         """``max_context``, or the context it would load with by default (``auto``: any copy will do)."""

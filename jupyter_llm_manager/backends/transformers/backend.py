@@ -23,7 +23,7 @@ from ...gguf.files import gguf_path, is_gguf, read_gguf
 from ...reports import MemoryEstimate
 from ...support.cpus import SAMPLER
 from ..base import Backend, LoadedModel, Placement, release_frames
-from ..generation_defaults import GenerationDefaults, checkpoint_defaults, gguf_defaults
+from ..generation_defaults import LOCAL_DEFAULTS, GenerationDefaults, checkpoint_defaults, gguf_defaults
 from . import adapters as peft_adapters
 from .answering import Answering
 from .gguf import gguf_dtype, load_gguf
@@ -76,7 +76,7 @@ class TransformersBackend(Answering, Backend):
         """A GGUF file's sampling metadata or a checkpoint's generation_config.json, then the default penalty."""
         if is_gguf(spec):
             path = gguf_path(spec)
-            return gguf_defaults(read_gguf(path)) if path is not None else GenerationDefaults()
+            return gguf_defaults(read_gguf(path)) if path is not None else LOCAL_DEFAULTS
         return checkpoint_defaults(spec)
 
     # -- loading ---------------------------------------------------------------
