@@ -133,6 +133,64 @@ def test_many_idle_connections_do_not_stop_it_answering(listener):
             connection.close()
 
 
+def test_more_idle_or_trickling_connections_than_it_serves_at_once_are_cut_off_and_it_answers_again(listener):
+    """300 connections that send nothing, or half a request line: each is closed within HEADER_S of arriving,
+    and the server answers again (with uvicorn alone they held every connection it serves until they left)."""
+    from jupyter_llm_manager.manager.cooperation.bounds import HEADER_S, MAX_CONNECTIONS
+
+    held = []
+    try:
+        for index in range(MAX_CONNECTIONS + 44):
+            connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            connection.connect(listener.address)
+            if index % 2:
+                connection.sendall(b"POST /machine/ping HT")  # a request line that never ends
+            held.append(connection)
+        started = time.monotonic()
+        assert until(lambda: (ask(listener.address, {"op": "ping"}, 1.0) or {}).get("ok"), timeout=HEADER_S + 10)
+        assert time.monotonic() - started < HEADER_S + 8
+
+        def closed(connection: socket.socket) -> bool:
+            connection.settimeout(0.05)
+            try:
+                return connection.recv(1) == b""
+            except TimeoutError:
+                return False
+            except OSError:
+                return True
+
+        assert until(lambda: all(closed(c) for c in held), timeout=HEADER_S + 10), "a connection was left open"
+    finally:
+        for connection in held:
+            connection.close()
+
+
+def test_headers_sent_one_byte_every_second_are_cut_off(listener):
+    from jupyter_llm_manager.manager.cooperation.bounds import HEADER_S
+
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection:
+        connection.settimeout(5)
+        connection.connect(listener.address)
+        started = time.monotonic()
+        cut = False
+        for byte in post(b"{}"):
+            try:
+                connection.sendall(bytes([byte]))
+                time.sleep(1.0)
+                if connection.recv(1, socket.MSG_DONTWAIT | socket.MSG_PEEK) == b"":
+                    cut = True
+                    break
+            except BlockingIOError:
+                continue
+            except OSError:
+                cut = True
+                break
+            if time.monotonic() - started > HEADER_S + 6:
+                break
+        assert cut and time.monotonic() - started < HEADER_S + 6
+    assert ask(listener.address, {"op": "ping"}, 2.0)["ok"]
+
+
 def test_a_server_that_stops_by_itself_starts_again(listener):
     listener._server.should_exit = True  # as if it had died
     assert until(lambda: ask(listener.address, {"op": "ping"}, 1.0), timeout=30), "it never came back"

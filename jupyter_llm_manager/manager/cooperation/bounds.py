@@ -6,7 +6,7 @@ import os
 import socket
 import struct
 
-__all__ = ["BODY_S", "MAX_DEPTH", "MAX_MESSAGE", "peer_is_this_user"]
+__all__ = ["BODY_S", "HEADER_S", "MAX_CONNECTIONS", "MAX_DEPTH", "MAX_MESSAGE", "peer_is_this_user"]
 
 #: The largest request or answer body, in bytes: a few model keys and a sentence.
 MAX_MESSAGE = 64 * 1024
@@ -14,6 +14,10 @@ MAX_MESSAGE = 64 * 1024
 MAX_DEPTH = 32
 #: How long a client may take to send its body.
 BODY_S = 2.0
+#: How long a client may take to send a request's line and headers, from connecting or from starting it.
+HEADER_S = 2.0
+#: Connections served at once (beyond: a 503); a connection that sends no whole request goes after HEADER_S.
+MAX_CONNECTIONS = 256
 
 
 def peer_is_this_user(connection: socket.socket) -> bool:

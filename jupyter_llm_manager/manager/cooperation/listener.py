@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from ...errors import log_failure
-from .bounds import MAX_MESSAGE
+from .bounds import MAX_CONNECTIONS, MAX_MESSAGE
 
 __all__ = ["Listener", "UnixConnection", "ask"]
 
@@ -73,7 +73,7 @@ class Listener:
         from .member_app import member_app, same_user_protocol
 
         config = uvicorn.Config(member_app(self._handle, self._routes), log_config=None, access_log=False,
-                                lifespan="off", http=same_user_protocol(), limit_concurrency=64,
+                                lifespan="off", http=same_user_protocol(), limit_concurrency=MAX_CONNECTIONS,
                                 timeout_keep_alive=5, h11_max_incomplete_event_size=16 * 1024,
                                 timeout_graceful_shutdown=1)
         self._server = server = uvicorn.Server(config)
@@ -100,7 +100,7 @@ def _listening(address: str) -> socket.socket:
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     server.bind(address)
     os.chmod(address, 0o600)
-    server.listen(64)
+    server.listen(MAX_CONNECTIONS)
     return server
 
 

@@ -23,7 +23,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from .bounds import BODY_S, MAX_DEPTH, MAX_MESSAGE, peer_is_this_user
+from .bounds import BODY_S, HEADER_S, MAX_DEPTH, MAX_MESSAGE, peer_is_this_user
 
 __all__ = ["BadBody", "bounded_json", "member_app", "same_user_protocol"]
 
@@ -109,14 +109,50 @@ def _depth(body: bytes | bytearray) -> int:
 
 
 def same_user_protocol() -> type[H11Protocol]:
-    """uvicorn's HTTP protocol, closing a connection whose peer runs as another user."""
+    """uvicorn's HTTP protocol, closing a connection whose peer runs as another user, and one that does not send
+    a whole request line and headers within :data:`~.bounds.HEADER_S` of connecting or of starting a request
+    (uvicorn bounds a body's wait and an idle keep-alive, not a request that trickles in or never comes: enough
+    of those would take every connection the server accepts)."""
 
     class SameUser(H11Protocol):
+        _deadline: asyncio.TimerHandle | None = None
+
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
             connection = transport.get_extra_info("socket")
             if connection is not None and not peer_is_this_user(connection):
                 log.warning("a process of another user connected to this kernel's socket; it was closed")
                 transport.close()
+                return
+            self._arm()
+
+        def data_received(self, data: bytes) -> None:
+            if self._deadline is None and self._between_requests():
+                self._arm()  # a new request begins: its line and headers have HEADER_S to arrive
+            super().data_received(data)
+            if not self._between_requests():
+                self._disarm()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+        def _between_requests(self) -> bool:
+            return self.cycle is None or self.cycle.response_complete
+
+        def _arm(self) -> None:
+            self._deadline = self.loop.call_later(HEADER_S, self._too_slow)
+
+        def _disarm(self) -> None:
+            if self._deadline is not None:
+                self._deadline.cancel()
+                self._deadline = None
+
+        def _too_slow(self) -> None:
+            self._deadline = None
+            if self._between_requests() and not self.transport.is_closing():
+                log.info("a connection to this kernel's socket sent no whole request within %g s; it was closed",
+                         HEADER_S)
+                self.transport.close()
 
     return SameUser
