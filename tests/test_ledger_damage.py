@@ -13,6 +13,7 @@ import sqlite3
 import stat
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -413,3 +414,107 @@ def test_a_forked_child_that_exits_leaves_its_parents_socket_and_rows(tmp_path):
         manager.close()
     """)
     assert found == {"socket": True, "member": True}
+
+
+# -- 1b. damage between two readings: the kernel that had not read the others never over-commits --------------
+
+def delete_all(path: Path, tmp_path: Path) -> None:
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+
+
+def delete_main_only(path: Path, tmp_path: Path) -> None:
+    path.unlink()  # its -wal and -shm stay
+
+
+def overwrite_in_place(path: Path, tmp_path: Path) -> None:
+    with open(path, "r+b") as file:  # the same file (inode), its bytes garbage
+        file.write(b"garbage" * 1000)
+        file.truncate()
+
+
+def replace_with_text(path: Path, tmp_path: Path) -> None:
+    text_file(tmp_path / "notes.txt")
+    os.replace(tmp_path / "notes.txt", path)
+    for suffix in ("-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+
+
+def link_to_an_empty_file(path: Path, tmp_path: Path) -> None:
+    (tmp_path / "new.sqlite").touch(mode=0o600)
+    delete_all(path, tmp_path)
+    path.symlink_to(tmp_path / "new.sqlite")
+
+
+def replace_with_an_empty_database(path: Path, tmp_path: Path) -> None:
+    with sqlite3.connect(tmp_path / "foreign.sqlite") as connection:
+        connection.execute("CREATE TABLE t (x)")
+    connection.close()
+    (tmp_path / "foreign.sqlite").chmod(0o600)
+    for suffix in ("-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+    os.replace(tmp_path / "foreign.sqlite", path)
+
+
+DAMAGE = [delete_all, delete_main_only, overwrite_in_place, replace_with_text, link_to_an_empty_file,
+          replace_with_an_empty_database]
+
+
+def holder_and_loader(make_manager, tmp_path, monkeypatch, **options):
+    """Two kernels on one default ledger (damage warns, never raises): the holder's idle 2 GB and the loader's
+    2 GB do not fit in 3 GB together; the loader last read the ledger before the holder loaded."""
+    path = tmp_path / "ledger.sqlite"
+    monkeypatch.setenv("JUPYTER_LLM_MANAGER_LEDGER", str(path))
+    holder = make_manager(memory_budget={"cuda:0": 3 * GB}, **options)
+    loader = make_manager(memory_budget={"cuda:0": 3 * GB}, **options)
+    fake(holder, "theirs", 2 * GB)
+    fake(loader, "mine", 2 * GB)
+    # the loader reads only when it places or is asked to (its publisher wakes waiting kernels after each write)
+    monkeypatch.setattr(loader._parts.cooperation.membership, "_wake_waiting", lambda ledger: None)
+    loader.load("mine")
+    loader.unload("mine")
+    reader = Ledger(path)
+    try:
+        assert until(lambda: not reader.models()), "the loader never wrote that it unloaded"
+        holder.load("theirs")
+        assert until(lambda: [(m.model_id, m.state) for m in reader.models()] == [("theirs", "loaded")])
+    finally:
+        reader.close()
+    return path, holder, loader
+
+
+@pytest.mark.parametrize("damage", DAMAGE)
+def test_a_damaged_ledger_never_lets_a_kernel_that_had_not_read_it_since_over_commit(damage, make_manager,
+                                                                                     tmp_path, monkeypatch):
+    path, holder, loader = holder_and_loader(make_manager, tmp_path, monkeypatch)
+    damage(path, tmp_path)
+    try:
+        loader.load("mine", wait=0)
+    except ResourceNotAvailableError as error:
+        assert "\n" not in str(error)
+    states = holder.row("theirs").state, loader.row("mine").state
+    assert states != ("loaded", "loaded"), "both loaded: 4 GB on a 3 GB budget"
+
+
+@pytest.mark.parametrize("damage", DAMAGE)
+def test_a_damaged_ledger_after_a_reading_keeps_the_wait_and_counts_no_room_the_holder_freed(damage, make_manager,
+                                                                                          tmp_path, monkeypatch):
+    path, holder, loader = holder_and_loader(make_manager, tmp_path, monkeypatch, clock=time.monotonic)
+    assert [m.model_id for m in loader.machine().models if not m.this] == ["theirs"]  # read: remembered
+    damage(path, tmp_path)
+    refused: list[ResourceNotAvailableError] = []
+
+    def load() -> None:
+        try:
+            loader.load("mine", wait=3)
+        except ResourceNotAvailableError as error:
+            refused.append(error)
+
+    loading = threading.Thread(target=load, daemon=True)
+    started = time.monotonic()
+    loading.start()
+    loading.join(20)
+    assert not loading.is_alive(), "wait=3 was not kept"
+    assert time.monotonic() - started < 4.5
+    assert not refused or ("did not answer" not in str(refused[0]) and "\n" not in str(refused[0])), refused
+    assert (holder.row("theirs").state, loader.row("mine").state) == ("registered", "loaded"), refused

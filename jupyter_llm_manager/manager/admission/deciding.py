@@ -32,7 +32,7 @@ from ..instances import Instance
 from ..planning import ModelSizing, gather
 from ..policy import fit as policy
 from ..policy.decision import Decision, decide
-from ..policy.reasons import LedgerLocked
+from ..policy.reasons import AskedForRoom, LedgerLocked, LedgerRecreated
 from ..state import ManagerState
 from ..unloading.evictions import Evictions
 from .across import Across
@@ -97,9 +97,10 @@ class Decider:
         with state.lock:
             if state.registry.keys.get(waiter.name) != waiter.key or waiter.key in state.instances:
                 return Again.LOOK  # the model changed meanwhile
-            waiter.polls = bool(others.holdings or others.requests or others.busy)
-            if others.busy:  # another process keeps the ledger locked: placing now could over-commit
-                waiter.waiting_for = LedgerLocked().text()
+            waiter.polls = bool(others.holdings or others.requests or others.busy or others.recreated)
+            if others.busy or others.recreated:  # placing now could over-commit: the ledger is locked by another
+                # process, or another kernel has not written the recreated ledger yet
+                waiter.waiting_for = (LedgerLocked() if others.busy else LedgerRecreated()).text()
                 return Wait(None, state.version)
             across = Across(state, waiter, others, self._cooperation.member)
             elsewhere = others.seen_by(waiter.ledger, waiter.unanswered, across.arrivals_behind())
@@ -129,8 +130,11 @@ class Decider:
         return Instance(waiter.key, spec, AdapterOnBase(sizing.backend, base), estimate, decision.placement,
                         loader=waiter.thread, bytes=needed, base=base.key, turns=base.turns)
 
-    def ask_others(self, waiter: Waiter, asking: AskOthers, deadline: Deadline) -> None:
+    def ask_others(self, waiter: Waiter, asking: AskOthers, deadline: Deadline) -> Wait | None:
         """Ask the kernels holding the victims to evict them; one that does not answer is named later.
+
+        A :class:`Wait` (a moment, or until the deadline) when every holder answered and none freed anything:
+        asking again at once would never end while what this manager counts of them is not what they hold.
 
         What they evicted is a ``made_room`` event of this request's model, in the requesting thread.
 
@@ -150,6 +154,13 @@ class Decider:
             names = tuple(asking.others.named(member) for member in sorted(silent))
             waiter.unanswered |= frozenset(silent)
             waiter.unanswered_names = tuple(dict.fromkeys(waiter.unanswered_names + names))
+        if silent or asked.evicted:
+            return None
+        with self._state.lock:
+            waiter.polls = True
+            waiter.waiting_for = AskedForRoom(tuple(sorted({asking.others.named(e.owner) for e in asking.evictions
+                                                           if e.owner is not None}))).text()
+            return Wait(None, self._state.version)
 
     def sizing(self, canonical: str, spec: ModelSpec) -> ModelSizing:
         """What the decision needs; an estimate that fails is this model's failure (its row and an event)."""

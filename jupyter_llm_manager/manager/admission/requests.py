@@ -145,7 +145,9 @@ class Admission:
                     self._place(outcome)
                     continue
                 if isinstance(outcome, AskOthers):
-                    self._decider.ask_others(waiter, outcome, deadline)
+                    pause = self._decider.ask_others(waiter, outcome, deadline)
+                    if pause is not None:  # they answered and freed nothing: look again in a moment
+                        told = self._waits.wait(waiter, pause, deadline, told)
                     continue
                 told = self._waits.wait(waiter, outcome, deadline, told)
         finally:

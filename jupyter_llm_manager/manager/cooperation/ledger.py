@@ -92,6 +92,11 @@ class Placement:
         """Every other running member's rows, as of this transaction (nobody writes until it ends)."""
         return self._ledger.others_on(self._connection, self.member)
 
+    @property
+    def settling(self) -> bool:
+        """Whether another member may be missing from what :meth:`others` read (see ``LedgerFile.settling``)."""
+        return self._ledger.settling
+
     def publish(self, member: MemberRow, models: Sequence[ModelRow], copies: Sequence[CopyRow] = ()) -> None:
         """This member's rows, written in this transaction: the others see the reservation with the decision."""
         if member.member not in self._ledger.left:
@@ -134,17 +139,38 @@ class Ledger(LedgerFile):
         ``wait`` seconds (a stopped process): then nothing was read or written.
         """
         with self._lock:
-            connection = self._attempt(partial(_begin, deadline=time.monotonic() + wait), None)
+            connection = self._attempt(partial(self._begin_placement, deadline=time.monotonic() + wait), None)
             if connection is None:
                 raise LedgerBusy("the ledger is closed")
             try:
                 yield Placement(self, connection, member)
                 connection.execute("COMMIT")
             except BaseException:
-                if connection.in_transaction:
-                    connection.execute("ROLLBACK")
+                _roll_back(connection)
                 self._seen = None  # what was read inside may have been rolled back
                 raise
+
+    def _begin_placement(self, connection: sqlite3.Connection, deadline: float) -> sqlite3.Connection:
+        """``BEGIN IMMEDIATE`` and every row read at once: a file damaged since says so here, where the ledger
+        can still be recreated, not in the middle of the placement (or at its commit)."""
+        _begin(connection, deadline)
+        try:
+            self._read_all(connection)
+        except BaseException:
+            _roll_back(connection)
+            raise
+        return connection
+
+    def _last_reading(self, connection: sqlite3.Connection) -> bool:
+        """Read every member's rows through ``connection``, still open on a lost file: they are what is carried.
+        Whether that worked (a file written over in place cannot be read)."""
+        try:
+            _roll_back(connection)
+            self._read_all(connection)
+        except sqlite3.Error as error:
+            log.debug("the lost ledger %s could not be read a last time: %s", self.path, error)
+            return False
+        return True
 
     # -- what this member writes -----------------------------------------------------------------
 
@@ -362,6 +388,15 @@ def _begin(connection: sqlite3.Connection, deadline: float) -> sqlite3.Connectio
             if time.monotonic() >= deadline:
                 raise LedgerBusy(f"another process has held the ledger's write lock for more than "
                                  f"{BUSY_S:g} s ({error})") from None
+
+
+def _roll_back(connection: sqlite3.Connection) -> None:
+    """End the transaction left open, if any; a file that fails even that is being dropped anyway."""
+    try:
+        if connection.in_transaction:
+            connection.execute("ROLLBACK")
+    except sqlite3.Error as error:
+        log.debug("could not roll back on the ledger: %s", error)
 
 
 def _publish_statements(member: MemberRow, models: Sequence[ModelRow], copies: Sequence[CopyRow]) -> list[Statement]:

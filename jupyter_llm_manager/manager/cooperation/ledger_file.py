@@ -8,8 +8,13 @@ reopened when the file was deleted or replaced, and never used in a process
 forked from the one that opened it (the child opens its own). A file this
 member had open as its ledger that turns out not to be a database any more
 is recreated, with a warning; an error that passes (a full disk, an I/O
-error, a lock) never deletes anything. Whenever the ledger is lost, what was
-last read of the others still counts (:mod:`.recollection`).
+error, a lock, a file whose header still says it is a database) never deletes
+anything. Whenever the ledger is lost, what was last read of the others still
+counts (:mod:`.recollection`): first the lost file is read once more through
+the connection still open on it (another kernel may have written since this
+one last read it). When even that fails, placements wait :data:`SETTLE_S`
+(:attr:`LedgerFile.settling`) for every member to write the new file, so a
+member this one never read is not missed.
 """
 
 from __future__ import annotations
@@ -17,7 +22,9 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
-from collections.abc import Callable, Iterable, Sequence
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
 
@@ -25,7 +32,7 @@ from . import ledger_checks as checks
 from .recollection import Recollection
 from .rows import MemberRow, ModelRow, RequestRow
 
-__all__ = ["BUSY_S", "LedgerFile", "Statement", "execute", "transaction"]
+__all__ = ["BUSY_S", "SETTLE_S", "LedgerFile", "Statement", "execute", "transaction"]
 
 #: The layout's version (``PRAGMA user_version``): a ledger of an older layout has its queue made again.
 #: 3: the application id (:data:`~.ledger_checks.APPLICATION_ID`) marks the file as a ledger.
@@ -45,6 +52,9 @@ CREATE TABLE IF NOT EXISTS waits (member TEXT, request INTEGER, arrival INTEGER,
 """
 #: How long one statement waits for another connection's write lock (a placement holds it a millisecond or two).
 BUSY_S = 1.0
+#: How long placements wait after this member lost a ledger it could not read a last time: one heartbeat of
+#: every member's publisher (:data:`~.publishing.HEARTBEAT_S`, 2 s), when each writes the new file, and a margin.
+SETTLE_S = 3.0
 #: SQLite's codes for a file that is not a database, or a damaged one.
 _DAMAGED = {getattr(sqlite3, "SQLITE_NOTADB", 26), getattr(sqlite3, "SQLITE_CORRUPT", 11)}
 
@@ -82,6 +92,9 @@ class LedgerFile:
         self.left: set[str] = set()  # members that left through this connection: never published again
         self.recollection = Recollection()
         self._bad_rows: set[str] = set()  # the rows warned about as unreadable: one warning each
+        self._settle_until = 0.0  # monotonic: until then a placement may miss a member (see ``settling``)
+        #: Called (lock held, so cheap) when the file this member had open was lost: it writes its rows at once.
+        self.on_recreated: Callable[[], None] | None = None
         self._queued: dict[int, tuple[int, int] | None] = {}  # arrival -> the file it was queued in
         # All rows as last read, with the PRAGMA data_version they were read at: read again only when
         # another connection has committed since, or this one changed others' rows (a member left).
@@ -119,6 +132,16 @@ class LedgerFile:
         """A new connection to ``target`` (``now``: the file there as looked at), checked as the module docstring
         says; ``None`` to read where there is no ledger yet."""
         checks.private_folder(target.parent, create=create)
+        with _folder_locked(target.parent):
+            return self._open_locked(target, now, create)
+
+    def _open_locked(self, target: Path, now: tuple[int, int] | None, create: bool) -> sqlite3.Connection | None:
+        """:meth:`_open`, no other member opening or creating a ledger in its folder meanwhile."""
+        if create and checks.identity(target) is None:
+            # a -wal or -shm without its file is what is left of a deleted ledger: SQLite would read it into
+            # the new file. Nobody else creates or opens one meanwhile (the folder is locked).
+            for suffix in checks.COMPANIONS:
+                Path(f"{target}{suffix}").unlink(missing_ok=True)
         created, made = checks.create_private(target) if create else (False, now)
         if not created and checks.header_kind(target) == "other":  # never opened with SQLite: never changed
             raise self._not_a_ledger("not a database, or another program's")
@@ -203,19 +226,42 @@ class LedgerFile:
         return self._connection is not None and checks.identity(self._target) == self._identity
 
     def _reset(self, error: BaseException) -> None:
-        """This member's own ledger is damaged: remove it (and its companions) and start a new one."""
+        """This member's own ledger is damaged: remove it (and its companions) and start a new one.
+
+        Not while its header still says it is a database (an error that may pass, a page damaged inside): then
+        ``error`` is raised, and this member works alone with a warning while it lasts.
+        """
+        if checks.header_kind(self._target) in ("ledger", "unknown"):
+            raise error
         self._drop(f"the ledger {self.path} was corrupt ({error}); it was recreated, and what the other "
                    "kernels held counts until they write it again")
         for suffix in ("", *checks.COMPANIONS):
             Path(f"{self._target}{suffix}").unlink(missing_ok=True)
 
     def _drop(self, why: str) -> None:
-        """Close the connection to a file that is lost; the others' rows last read are carried (lock held)."""
+        """Close the connection to a file that is lost; the others' rows, read a last time through it (else
+        as last read), are carried, and this member writes its own at once (lock held)."""
+        complete = False
         if self._connection is not None:
+            complete = self._last_reading(self._connection)
             self._connection.close()
         self._connection, self._identity, self._ready, self._seen = None, None, False, None
         self.recreated = why
         self.recollection.carry()
+        if not complete:  # a member that wrote since this one last read is unknown: wait for it to write again
+            self._settle_until = time.monotonic() + SETTLE_S
+        if self.on_recreated is not None:
+            self.on_recreated()
+
+    def _last_reading(self, connection: sqlite3.Connection) -> bool:
+        """Read every member's rows through ``connection``, still open on a lost file; whether that worked."""
+        return False
+
+    @property
+    def settling(self) -> bool:
+        """Whether a placement may miss a member now: this member lost a ledger it could not read a last time,
+        less than :data:`SETTLE_S` ago (until every member has written the new file)."""
+        return time.monotonic() < self._settle_until
 
     def take_recreated(self) -> str:
         with self._lock:
@@ -228,6 +274,31 @@ class LedgerFile:
             if self._connection is not None and self._pid == os.getpid():
                 self._connection.close()
             self._connection = None
+
+
+@contextmanager
+def _folder_locked(folder: Path) -> Iterator[None]:
+    """The ledger's folder locked against other processes opening or creating a ledger in it (``flock``; where
+    there is none, nothing is locked)."""
+    try:
+        import fcntl
+    except ImportError:  # no flock on this system
+        yield
+        return
+    descriptor = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0))
+    try:
+        deadline = time.monotonic() + BUSY_S
+        while True:
+            try:
+                fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:  # a process stopped while opening: an error that passes
+                    raise sqlite3.OperationalError("the ledger's folder is locked by another process") from None
+                time.sleep(0.01)
+        yield
+    finally:
+        os.close(descriptor)  # releases the lock
 
 
 def _connection(path: Path) -> sqlite3.Connection:

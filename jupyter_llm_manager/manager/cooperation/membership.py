@@ -132,6 +132,7 @@ class Membership:
                 return False
             self._publisher = Publisher(self.publish_from_thread)
             self._state.on_change = self._publisher.soon
+            ledger.on_recreated = self._publisher.soon  # the others wait for this member's rows in the new file
             self._publisher.start()
             self._finalizer = weakref.finalize(self, _leave, ledger, self._listener, self._publisher, self.member,
                                               os.getpid())

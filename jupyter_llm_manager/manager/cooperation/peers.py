@@ -38,6 +38,9 @@ class Others:
     addresses: dict[str, str] = field(default_factory=dict)
     pids: dict[str, int] = field(default_factory=dict)
     busy: bool = False  # the ledger stayed locked by another process: nothing can be placed safely now
+    #: The ledger was recreated and another member may not have written the new one yet: nothing can be placed
+    #: safely until it has (see ``LedgerFile.settling``).
+    recreated: bool = False
     #: Requests waiting for models in use, with what their threads lease (every member's, this one's too).
     waits: tuple[WaitingRequest, ...] = ()
 
@@ -112,6 +115,8 @@ class Asked:
 
     silent: frozenset[str] = frozenset()
     evicted: tuple[EvictedElsewhere, ...] = ()
+    #: The keys each member that answered says it freed entirely (nothing held there by a variable).
+    freed: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 def ask_to_evict(evictions: Sequence[Eviction], others: Others, priority: int, requester: str,
@@ -130,7 +135,18 @@ def ask_to_evict(evictions: Sequence[Eviction], others: Others, priority: int, r
         answers = list(pool.map(one, by_member))
     return Asked(frozenset(member for member, answer in answers if answer is None),
                  tuple(gone for member, answer in answers if answer is not None
-                       for gone in _evicted_in(answer, others.names.get(member, member))))
+                       for gone in _evicted_in(answer, others.names.get(member, member))),
+                 {member: _freed_in(answer) for member, answer in answers if answer is not None})
+
+
+def _freed_in(answer: dict) -> tuple[str, ...]:
+    """The keys an answer says were evicted with nothing held back (``freed`` and ``evicted`` name the same
+    models, in order); none where the answer is not what this version sends."""
+    keys, listed = answer.get("freed"), answer.get("evicted")
+    if not isinstance(keys, list) or not isinstance(listed, list) or len(keys) != len(listed):
+        return ()
+    return tuple(key for key, entry in zip(keys[:64], listed[:64], strict=False)
+                 if isinstance(key, str) and isinstance(entry, dict) and entry.get("held") == 0)
 
 
 def _evicted_in(answer: dict, where: str) -> list[EvictedElsewhere]:

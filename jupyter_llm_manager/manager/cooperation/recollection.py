@@ -11,7 +11,7 @@ process is gone.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from .rows import MemberRow, ModelRow, RequestRow
 
@@ -53,6 +53,16 @@ class Recollection:
                 del self._carried[member]
             carried = list(self._carried.values())
         return (members + [row for row, _ in carried], models + [r for _, held in carried for r in held], requests)
+
+    def freed(self, member: str, keys: Sequence[str]) -> None:
+        """``member`` answered that it freed the models ``keys`` (evicted for this member): they count no more,
+        even while it cannot write that in the ledger."""
+        gone = set(keys)
+        with self._lock:
+            for known in (self._last, self._carried):
+                if member in known:
+                    row, models = known[member]
+                    known[member] = (row, [r for r in models if r.key not in gone])
 
     def recalled(self, alive: Alive) -> AllRows:
         """What is known of the others while the ledger cannot be read: the last reading and what was carried."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
+from dataclasses import replace
 from functools import partial
 from typing import TypeVar
 
@@ -100,18 +101,19 @@ class Cooperation:
         if ledger is not None:
             try:
                 transaction = stack.enter_context(ledger.placement(self.member, wait))
-                placing = Placing(self._others_from(transaction.others(), transaction.waits()),
+                placing = Placing(self._others_from(transaction.others(), transaction.waits(),
+                                                    recreated=transaction.settling),
                                   partial(self._publish_in, transaction.publish),
                                   partial(self._write_in, transaction.record_wait),
                                   partial(self._write_in, transaction.forget_wait))
             except LedgerBusy as error:
-                stack.close()
+                _abandon(stack, error)
                 log.debug("placing without the ledger's lock is not safe: %s", error)
                 placing = Placing(Others(busy=True))
             except LEDGER_FAILURES as error:
-                stack.close()
+                _abandon(stack, error)
                 self.membership.warn(error)
-                placing = Placing(self._others_from(ledger.recalled(self.member)))
+                placing = Placing(self._others_from(ledger.recalled(self.member), recreated=ledger.settling))
         done = False
         try:
             with stack:
@@ -138,15 +140,25 @@ class Cooperation:
         rows = self.membership.safely(partial(ledger.others, self.member), None, reading=True)
         return self._others_from(rows if rows is not None else ledger.recalled(self.member))
 
-    def _others_from(self, rows: AllRows, waits: Sequence[WaitingRequest] = ()) -> Others:
+    def _others_from(self, rows: AllRows, waits: Sequence[WaitingRequest] = (), *, recreated: bool = False) -> Others:
         with self._state.lock:
             now = self._state.clock()
-        return others_from(rows, now, waits)
+        found = others_from(rows, now, waits)
+        return replace(found, recreated=True) if recreated else found
 
     def ask_to_evict(self, evictions: Sequence[Eviction], others: Others, priority: int,
                      timeout: float = ANSWER_S) -> Asked:
-        """Ask each holder to evict its victims, waiting ``timeout`` s at most: who did not answer, what went."""
-        return peers.ask_to_evict(evictions, others, priority, self.notebook, timeout)
+        """Ask each holder to evict its victims, waiting ``timeout`` s at most: who did not answer, what went.
+
+        What a holder says it freed counts no more where it was only remembered (a ledger it cannot write):
+        this member would otherwise wait, and ask again, for room that is free already.
+        """
+        asked = peers.ask_to_evict(evictions, others, priority, self.notebook, timeout)
+        ledger = self.membership.ledger
+        if ledger is not None:
+            for member, keys in asked.freed.items():
+                ledger.recollection.freed(member, keys)
+        return asked
 
     def ask_to_unload(self, member: str, model_id: str) -> str:
         """Ask another member to unload one of its idle models (a click in the JupyterLab panel)."""
@@ -207,3 +219,13 @@ class Cooperation:
                                         no_copies, reading=True)
         return machine_report(self.membership.me, own, members, rows, ledger=str(ledger.path), reason=reason,
                               copies=copies)
+
+
+def _abandon(stack: ExitStack, error: BaseException) -> None:
+    """Leave a placement that failed before it was used: its transaction is rolled back, never committed (a
+    commit on a damaged file would raise a second, raw error)."""
+    try:
+        stack.__exit__(type(error), error, error.__traceback__)
+    except LEDGER_FAILURES as late:
+        if late is not error:
+            log.debug("leaving a failed placement: %s", late)

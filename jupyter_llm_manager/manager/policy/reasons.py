@@ -18,10 +18,12 @@ from ...support.units import format_bytes
 __all__ = [
     "AdapterCapFull",
     "AdapterCapReached",
+    "AskedForRoom",
     "BeingPlaced",
     "Cause",
     "Leaving",
     "LedgerLocked",
+    "LedgerRecreated",
     "Limit",
     "NotPlaceable",
     "OverModelCap",
@@ -237,6 +239,26 @@ class LedgerLocked(Reason):
 
     def short(self) -> str:
         return "would wait: " + self.text()
+
+
+@dataclass(frozen=True)
+class LedgerRecreated(LedgerLocked):
+    """The ledger was recreated and another kernel may not have written what it holds there yet: placing now
+    could over-commit too."""
+
+    def text(self) -> str:
+        return ("the machine's ledger was lost and recreated; waiting a few seconds for the other kernels to "
+                "write what they hold in it again")
+
+
+@dataclass(frozen=True)
+class AskedForRoom(Reason):
+    """Other kernels were asked for room and answered, but that room is not free yet."""
+
+    where: tuple[str, ...]
+
+    def text(self) -> str:
+        return f"{_WAITING}room {', '.join(self.where)} was asked to free (it answered; the room is not free yet)"
 
 
 @dataclass(frozen=True)
