@@ -81,6 +81,32 @@ def test_plan_and_load_agree_while_another_kernels_request_waits_in_the_machine_
             manager.close()
 
 
+def test_a_load_returns_once_the_others_read_it_as_loaded_so_their_plan_and_load_agree_at_once(tmp_path):
+    """No window after a load returns in which other kernels still read it as loading (a plan right then said
+    "would wait for big loading", and a load right after it could find it loaded)."""
+    devices = FakeDevices({"cuda:0": 16 * GB})
+    backend = SharedAdapterFake(devices)
+    ledger = tmp_path / "ledger.sqlite"
+    holder, planner = (machine_manager(devices, backend, ledger, memory_budget={"cuda:0": 10 * GB})
+                       for _ in range(2))
+    reader = Ledger(ledger)
+    try:
+        for round_ in range(5):
+            fake(holder, f"big{round_}", 6 * GB)
+            fake(planner, f"p{round_}", 3 * GB)
+            holder.load(f"big{round_}")
+            assert {m.model_id: m.state for m in reader.models()}[f"big{round_}"] == "loaded"
+            report = planner.plan([f"p{round_}"])
+            assert report.fits and "loading" not in str(report), str(report)
+            planner.load(f"p{round_}", wait=0)
+            holder.unload(f"big{round_}")
+            planner.unload(f"p{round_}")
+    finally:
+        reader.close()
+        holder.close()
+        planner.close()
+
+
 def test_plan_and_load_agree_inside_a_use_block_of_the_same_thread(make_manager):
     manager = make_manager(max_loaded_models=1)
     fake(manager, "a")

@@ -48,6 +48,9 @@ LEDGER_FAILURES = (ConfigurationError, OSError, sqlite3.Error)
 POLL_S = 0.25
 #: How long a member that let go of room waits for a waiting member to take the news.
 WAKE_S = 0.2
+#: How long a load waits for its ``loaded`` row to be written before it returns (a ledger that cannot be
+#: written does not hold it longer).
+PUBLISHED_S = 0.5
 
 #: Frees this manager's idle models for another one: (keys, the requester's priority, who asks) -> what each freed.
 EvictFor = Callable[[Sequence[str], int, str], list[UnloadReport]]
@@ -155,6 +158,12 @@ class Membership:
         publisher = self._publisher
         if publisher is not None:
             publisher.soon()
+
+    def published(self, timeout: float = PUBLISHED_S) -> None:
+        """Wait (at most ``timeout``) until the publisher has written every change made so far."""
+        publisher = self._publisher
+        if publisher is not None:
+            publisher.written(timeout)
 
     def publish_from_thread(self, changed: bool = False) -> None:
         """One write of the publisher thread; a busy or broken file is logged and tried again later.

@@ -100,7 +100,9 @@ class Publisher:
     def __init__(self, write: Callable[[bool], None]) -> None:
         self._dirty = threading.Event()
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=_publish_loop, args=(weakref.WeakMethod(write), self._stop, self._dirty),
+        self._progress = _Progress()
+        self._thread = threading.Thread(target=_publish_loop, args=(weakref.WeakMethod(write), self._stop, self._dirty,
+                                                                    self._progress),
                                         name="llm-manager-ledger", daemon=True)
 
     def start(self) -> None:
@@ -108,7 +110,13 @@ class Publisher:
 
     def soon(self) -> None:
         """Something changed: write it at once (cheap, no I/O here; called under the state's lock)."""
+        self._progress.changes += 1
         self._dirty.set()
+
+    def written(self, timeout: float) -> bool:
+        """Wait until every change made so far is written (at most ``timeout`` seconds): a load returns once the
+        others can read it as loaded, so what another kernel plans or loads next sees it as it is."""
+        return self._progress.reached(self._progress.changes, timeout)
 
     def stop(self) -> None:
         """End the thread (it finishes a write in progress); never waits for itself."""
@@ -118,16 +126,40 @@ class Publisher:
             self._thread.join(5)
 
 
-def _publish_loop(write: weakref.WeakMethod, stop: threading.Event, dirty: threading.Event) -> None:
+class _Progress:
+    """How many changes were asked to be written, and how many of them are written (or failed to be)."""
+
+    def __init__(self) -> None:
+        self.changes = 0
+        self.written = 0
+        self._condition = threading.Condition()
+
+    def wrote(self, mark: int) -> None:
+        with self._condition:
+            self.written = max(self.written, mark)
+            self._condition.notify_all()
+
+    def reached(self, mark: int, timeout: float) -> bool:
+        with self._condition:
+            return self._condition.wait_for(lambda: self.written >= mark, timeout)
+
+
+def _publish_loop(write: weakref.WeakMethod, stop: threading.Event, dirty: threading.Event,
+                  progress: _Progress) -> None:
     """Write shortly after a change and every heartbeat; end when stopped or when the member is collected.
 
     ``write(changed)``: ``changed`` is true after a change (not a heartbeat), when waiting kernels are woken.
     """
-    while not stop.is_set():
-        changed = dirty.wait(HEARTBEAT_S)  # a change is written at once: a kernel that asks next sees it as it is
-        dirty.clear()
-        found = write()
-        if found is None or stop.is_set():
-            return
-        found(changed)
-        del found
+    try:
+        while not stop.is_set():
+            changed = dirty.wait(HEARTBEAT_S)  # a change is written at once: a kernel that asks next sees it as it is
+            dirty.clear()
+            mark = progress.changes  # every change made before this write is in it
+            found = write()
+            if found is None or stop.is_set():
+                return
+            found(changed)
+            del found
+            progress.wrote(mark)
+    finally:
+        progress.wrote(1 << 62)  # nobody waits for a thread that ended
