@@ -20,6 +20,7 @@ from typing import Any
 from ...config.spec import ModelSpec
 from ...errors import ConfigurationError, ModelLoadingError
 from ...estimates import adapter_folder, check_adapter_files, checkpoint_shapes
+from ...estimates.adapters import targeted_without_weights
 from ...gguf.files import is_gguf
 from ...support.heavy_imports import heavy
 from ...support.quiet_hub import quiet_hub
@@ -102,6 +103,11 @@ def check(spec: ModelSpec, base: ModelSpec) -> None:
         raise ConfigurationError(excerpt(f"cannot read the base {base.id!r} to compare the adapter: {error}"),
                                  **where) from None
     problem = _mismatch(mine, theirs)
+    unweighted = targeted_without_weights(config, mine, theirs)
+    if unweighted and not problem:
+        raise ConfigurationError(f"the adapter {str(folder)!r} targets {unweighted} of its base {base.id!r} but its "
+                                 "weights hold no LoRA pair for it: PEFT would make matrices the weights do not "
+                                 "fill; the config does not belong to these weights", **where)
     if problem:
         trained = excerpt(str(config.get("base_model_name_or_path") or "another model"), 120)
         raise ConfigurationError(f"the adapter {str(folder)!r} does not fit its base {base.id!r}: {problem}. Was it "
