@@ -121,13 +121,28 @@ def test_legacy_bin_weights_that_cannot_be_mapped_are_one_line_saying_to_use_saf
 def test_a_target_module_of_the_base_without_weights_is_refused_at_register(manager, adapter):
     """The weights cover layer 0 only while target_modules reaches every layer: PEFT would size layer 1's pairs
     by r or rank_pattern, memory the weights' size does not show."""
+    drop_layer_one(adapter)
+    one_line_refusal(manager, adapter, "targets model.layers.1.self_attn.q_proj")
+
+
+def drop_layer_one(folder: Path) -> None:
+    """The adapter's weights without layer 1's pairs, while its target_modules still reach every layer."""
     import safetensors.torch
 
-    file = adapter / "adapter_model.safetensors"
+    file = folder / "adapter_model.safetensors"
     weights = safetensors.torch.load_file(str(file))
     safetensors.torch.save_file({name: tensor for name, tensor in weights.items() if ".layers.1." not in name},
                                 str(file))
-    one_line_refusal(manager, adapter, "targets model.layers.1.self_attn.q_proj")
+
+
+def test_weights_replaced_after_registration_that_leave_a_targeted_module_bare_are_refused_at_load(adapter,
+                                                                                                  manager):
+    manager.register("tuned", base="base", adapter=str(adapter))
+    manager.load("base")
+    drop_layer_one(adapter)  # PEFT would make layer 1's pairs at rank r, unseen by the estimate
+    with pytest.raises(ModelLoadingError, match="targets model.layers.1.self_attn.q_proj") as raised:
+        manager.load("tuned")
+    assert "\n" not in str(raised.value)
 
 
 UNWEIGHTED = {"target_modules": ["q_proj", "v_proj", "k_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
