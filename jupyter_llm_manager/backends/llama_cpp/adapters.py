@@ -9,7 +9,10 @@ check it at load (``llama_adapter_lora_init``), from the two headers only:
 architecture is the base's; every ``NAME.lora_a``/``NAME.lora_b`` pair names
 a tensor of the base, with ``lora_a`` of dimensions ``[in, rank]`` and
 ``lora_b`` of ``[rank, out]`` (ggml order) where the base's ``NAME`` is
-``[in, out]``.
+``[in, out]``; and the file holds no other tensors but norm vectors
+(``*_norm.weight``, which llama.cpp skips): llama-cpp-python 0.3 crashes the
+process (SIGSEGV) at the first answer on any other tensor (a
+``token_embd.weight``, an ``output.weight``, a whole layer's weight).
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ from ...gguf.files import GgufInfo, gguf_path, read_gguf, read_gguf_shapes
 
 __all__ = ["adapter_file", "adapter_info", "check", "check_on", "own_copy"]
 
+#: Tensors llama.cpp skips in a LoRA file (``llama_adapter_lora_init``: norm vectors are not applied).
+_SKIPPED = "_norm.weight"
 _CONVERT = "convert a PEFT adapter with llama.cpp's convert_lora_to_gguf.py"
 
 
@@ -33,6 +38,9 @@ def adapter_file(spec: ModelSpec) -> Path:
     if path.is_absolute() and path.is_dir():
         raise ConfigurationError(f"{location!r} is a folder (a PEFT adapter?): a llama_cpp base takes a GGUF LoRA "
                                  f"file ({_CONVERT})", model_id=spec.id, key="adapter")
+    if path.is_absolute() and path.exists() and not path.is_file():
+        raise ConfigurationError(f"the adapter file {location!r} is not a regular file (a FIFO, a device or a "
+                                 "socket): give a GGUF LoRA file", model_id=spec.id, key="adapter")
     if not path.is_absolute() or not path.is_file():
         raise ConfigurationError(f"the adapter file {location!r} does not exist: a llama_cpp adapter is a local "
                                  "GGUF LoRA file (relative paths start from the kernel's working directory)",
@@ -75,12 +83,20 @@ def check_on(spec: ModelSpec, base_path: Path | None, base_name: str) -> Path:
                 else f"an adapter of type {info.adapter_type!r}")
         raise ConfigurationError(f"{shown!r} is {what}, not a LoRA adapter: give a GGUF LoRA file ({_CONVERT})",
                                  **where)
+    try:
+        mine = read_gguf_shapes(info.path)
+    except ModelLoadingError as error:
+        raise ConfigurationError(f"{error}; a llama_cpp adapter is a GGUF LoRA file ({_CONVERT})", **where) from None
+    stray = _stray_tensor(mine)
+    if stray:
+        raise ConfigurationError(f"{shown!r} holds the tensor {stray[:120]!r}, which is not a LoRA tensor "
+                                 f"(NAME.lora_a or NAME.lora_b) and would crash llama.cpp; give a file of LoRA pairs only "
+                                 f"({_CONVERT})", **where)
     if base_path is None:
         return info.path
     try:
         base_info = read_gguf(base_path)
-        problem = (_architecture(info, base_info) or
-                   _mismatch(read_gguf_shapes(info.path), read_gguf_shapes(base_path)))
+        problem = _architecture(info, base_info) or _mismatch(mine, read_gguf_shapes(base_path))
     except ModelLoadingError as error:
         raise ConfigurationError(f"cannot compare the adapter with its base {base_name!r}: {error}",
                                  **where) from None
@@ -88,6 +104,15 @@ def check_on(spec: ModelSpec, base_path: Path | None, base_name: str) -> Path:
         raise ConfigurationError(f"the adapter {shown!r} does not fit its base {base_name!r}: {problem}; was it "
                                  "made for another model?", **where)
     return info.path
+
+
+def _stray_tensor(adapter: dict[str, tuple[int, ...]]) -> str:
+    """The first tensor that is neither half of a LoRA pair nor a norm vector llama.cpp skips ('' when none)."""
+    for name in adapter:
+        target, _, part = name.rpartition(".lora_")
+        if not (target and part in ("a", "b")) and not name.endswith(_SKIPPED):
+            return name
+    return ""
 
 
 def _architecture(adapter: GgufInfo, base: GgufInfo) -> str:

@@ -9,6 +9,7 @@ corrects the estimate (:mod:`...estimates.learned`).
 from __future__ import annotations
 
 from ...config.spec import ModelSpec
+from ...errors import ConfigurationError, ModelLoadingError
 from ...estimates import Lesson
 from ...gguf.files import AUTO_CONTEXT_FLOOR, GgufInfo, compute_buffer_bytes, kv_cache_bytes
 from ...reports import MemoryEstimate
@@ -36,8 +37,18 @@ def output_bytes(spec: ModelSpec, info: GgufInfo) -> int:
 
 
 def adapter_bytes(spec: ModelSpec) -> int | None:
-    """A LoRA adapter's own bytes (its file's tensors, as llama.cpp copies them); ``None`` for a plain model."""
-    return lora.adapter_info(spec).tensor_bytes if spec.adapter is not None else None
+    """A LoRA adapter's own bytes (its file's tensors, as llama.cpp copies them); ``None`` for a plain model.
+
+    The file was checked at registration: one unreadable now (gone, replaced by a FIFO) changed since, a
+    :class:`ModelLoadingError` like the load's own check.
+    """
+    if spec.adapter is None:
+        return None
+    try:
+        return lora.adapter_info(spec).tensor_bytes
+    except ConfigurationError as error:
+        raise ModelLoadingError(f"{error} (checked again: the file changed since registration?)",
+                                model_id=spec.id) from None
 
 
 def kv_bytes(spec: ModelSpec, info: GgufInfo, tokens: int) -> int:

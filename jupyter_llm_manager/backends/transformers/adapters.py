@@ -20,6 +20,7 @@ from typing import Any
 from ...config.spec import ModelSpec
 from ...errors import ConfigurationError, ModelLoadingError
 from ...estimates import adapter_folder, check_adapter_files, checkpoint_shapes
+from ...estimates.adapters import targeted_without_weights
 from ...gguf.files import is_gguf
 from ...support.heavy_imports import heavy
 from ...support.quiet_hub import quiet_hub
@@ -102,6 +103,11 @@ def check(spec: ModelSpec, base: ModelSpec) -> None:
         raise ConfigurationError(excerpt(f"cannot read the base {base.id!r} to compare the adapter: {error}"),
                                  **where) from None
     problem = _mismatch(mine, theirs)
+    unweighted = targeted_without_weights(config, mine, theirs)
+    if unweighted and not problem:
+        raise ConfigurationError(f"the adapter {str(folder)!r} targets {unweighted} of its base {base.id!r} but its "
+                                 "weights hold no LoRA pair for it: PEFT would make matrices the weights do not "
+                                 "fill; the config does not belong to these weights", **where)
     if problem:
         trained = excerpt(str(config.get("base_model_name_or_path") or "another model"), 120)
         raise ConfigurationError(f"the adapter {str(folder)!r} does not fit its base {base.id!r}: {problem}. Was it "
@@ -174,7 +180,7 @@ def attach(base: LoadedModel, spec: ModelSpec) -> LoadedModel:
     model, name = base.model, adapter_name(spec)
     wrapper = base.extras.get(_PEFT)
     options = {"adapter_name": name, "is_trainable": False, "token": spec.token.resolve() if spec.token else None}
-    _check_again(spec)
+    _check_again(spec, model)
     switch = base.extras.setdefault(_SWITCH, _Switch())
     switch.forget()  # a new adapter's layers start active, whatever the model answered as
     try:
@@ -198,9 +204,10 @@ def attach(base: LoadedModel, spec: ModelSpec) -> LoadedModel:
                                 "shares": "its base's loaded model"})
 
 
-def _check_again(spec: ModelSpec) -> None:
-    """The files may have changed since registration: their config must still agree with their weights
-    before PEFT allocates a matrix by it (``"r": 1000000`` would take gigabytes)."""
+def _check_again(spec: ModelSpec, model: Any) -> None:
+    """The files may have changed since registration: their config must still agree with their weights, and
+    reach no module of the loaded ``model`` they hold no weights for, before PEFT allocates a matrix by it
+    (``"r": 1000000`` would take gigabytes)."""
     folder, location = adapter_folder(spec), spec.adapter_location or ""
     if folder is None and Path(location).is_absolute():
         raise ModelLoadingError(f"the adapter folder {location!r} of {spec.id!r} is gone", model_id=spec.id)
@@ -208,9 +215,20 @@ def _check_again(spec: ModelSpec) -> None:
         _ask_the_hub(spec, location)
         return
     try:
-        checked_files(folder, {"model_id": spec.id, "key": "adapter"})
+        config, mine = checked_files(folder, {"model_id": spec.id, "key": "adapter"})
     except ConfigurationError as error:
         raise ModelLoadingError(str(error), model_id=spec.id) from None
+    unweighted = targeted_without_weights(config, mine, _base_shapes(model)) if mine is not None else ""
+    if unweighted:
+        raise ModelLoadingError(f"the adapter {str(folder)!r} of {spec.id!r} targets {unweighted} but its weights "
+                                "hold no LoRA pair for it (the files changed since registration?)", model_id=spec.id)
+
+
+def _base_shapes(model: Any) -> dict[str, tuple[int, ...]]:
+    """The shapes of the base's own weights in a loaded model, named as in its checkpoint (PEFT's layers put in
+    place already moved them to ``NAME.base_layer.weight``)."""
+    return {name.replace(".base_layer.", "."): tuple(tensor.shape) for name, tensor in model.named_parameters()
+            if ".lora_" not in name}
 
 
 def _ask_the_hub(spec: ModelSpec, repository: str) -> None:
