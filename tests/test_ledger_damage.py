@@ -330,7 +330,7 @@ def test_names_in_rows_never_hide_or_split_rows_of_ps(tmp_path):
     path = tmp_path / "ledger.sqlite"
     writer = Ledger(path)
     names = {"cut": "open\x1b]8;;http://evil", "split": "two\nlines.ipynb", "long": "x" * 5000 + ".ipynb",
-             "plain": "plain.ipynb", "bell": "ring\x07\x1b[31mred.ipynb"}
+             "plain": "plain.ipynb", "bell": "ring\x07\x1b[31mred.ipynb", "rtl": "\u202egpj.exe.ipynb"}
     try:
         for name, notebook in names.items():
             writer.publish(member(name, notebook), [idle_model(name, 100, model_id=f"model-{name}")])
@@ -342,7 +342,7 @@ def test_names_in_rows_never_hide_or_split_rows_of_ps(tmp_path):
     for name in names:
         assert sum(f"model-{name}" in line for line in lines) == 1, done.stdout  # every model row shows, once
     assert any("two lines.ipynb" in line for line in lines), done.stdout
-    assert "\x1b" not in done.stdout and "\x07" not in done.stdout
+    assert "\x1b" not in done.stdout and "\x07" not in done.stdout and "\u202e" not in done.stdout
     assert max(len(line) for line in lines) < 1200
 
 

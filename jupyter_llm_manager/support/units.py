@@ -65,12 +65,13 @@ def excerpt(text: str, limit: int = MESSAGE_LIMIT) -> str:
 #: Terminal escape sequences (CSI, OSC up to BEL, ST or the end of the line: one left open never hides the
 #: lines after it), two-character escapes, and other control characters.
 _ESCAPES = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b\n]*(?:\x07|\x1b\\)?|\x1b[@-_]?|\x9b[0-?]*[ -/]*[@-~]"
-                      r"|[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+                      r"|[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 
 
 def displayable(text: str) -> str:
     """``text`` for a terminal or a plain-text output: no escape sequence (colours, titles, links), no control
-    characters but newlines and tabs. Only where text is shown; answers keep every character."""
+    characters but newlines and tabs, no bidirectional override (a name written right to left would reorder
+    what follows it on the line). Only where text is shown; answers keep every character."""
     if text.replace("\n", "").replace("\t", "").isprintable():  # the usual case, seen at once (a listing of
         return text  # 20,000 models is 2 MB); every escape sequence starts with a character that is not printable
     return _ESCAPES.sub("", text)
