@@ -33,6 +33,11 @@ def test_aliases_resolve_through_chains_and_refusals_change_nothing(registry):
     assert registry.aliases == before
 
 
+def test_forgetting_an_alias_keeps_the_aliases_of_it_naming_what_it_named(registry):
+    assert registry.remove("x") is None
+    assert registry.aliases == {"y": "a"} and registry.resolve("y") == "a" and registry.aliases_of("a") == ("y",)
+
+
 def test_ids_sharing_a_key_act_together(registry):
     key = registry.keys["a"]
     assert registry.ids_of(key) == ["a", "b"] and registry.keys["b"] == key

@@ -69,8 +69,12 @@ class Registry:
         return any(other != besides for other in self._by_key.get(key, ()))
 
     def remove(self, name: str) -> str | None:
-        """Forget an alias, or a model and its aliases; returns the instance key no id uses any more."""
+        """Forget an alias (aliases of it then point where it pointed), or a model and its aliases; returns the
+        instance key no id uses any more."""
         if name in self.aliases:
+            target = self.aliases[name]
+            for other in [a for a, points in self.aliases.items() if points == name]:
+                self.point(other, target)  # an alias of this alias keeps naming what it named
             self._drop_alias(name)
             self.removed.add(name)
             return None
