@@ -378,6 +378,7 @@ def test_wait_zero_in_a_cell_fails_at_once_in_one_line(shell, magics):
         _, captured = run(shell, "%%llm next --wait 0\nhi")
         assert "UsageError: Cannot load 'next' without waiting" in captured.stderr
         assert "busy in use" in captured.stderr and captured.stderr.strip().count("\n") == 0
+        assert "--wait 5m" in captured.stderr and "wait=" not in captured.stderr  # the magics' way, not Python's
     finally:
         release.set()
         holder.join(10)

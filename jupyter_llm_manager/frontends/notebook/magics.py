@@ -49,7 +49,12 @@ def _user_errors() -> Iterator[None]:
         hint = f"Did you mean {close}?" if close else "Register it with %llm register ID SOURCE, or see %llm list."
         raise UsageError(f"No model is registered as {error.model_id!r}. {hint}") from None
     except LLMManagerError as error:
-        raise UsageError(str(error)) from None
+        raise UsageError(str(error).replace(_PYTHON_WAIT, _MAGIC_WAIT)) from None
+
+
+#: The Python API's advice to wait longer, and the same said the magics' way.
+_PYTHON_WAIT = "Pass wait= a longer time (math.inf: no limit)"
+_MAGIC_WAIT = "Run the cell with a longer --wait (such as --wait 5m; --wait never: no limit)"
 
 
 @magics_class
