@@ -4,7 +4,7 @@
 still references the Python object: a notebook that kept ``m = lease.model``
 from a ``use()`` block holds an object whose native pointers are gone, and
 calling it (``m.create_completion(...)``) crashed the kernel. So the closed
-object's class becomes :class:`UnloadedLlama`, a subclass of its own whose
+object's class becomes ``UnloadedLlama``, a subclass of its own (made per class) whose
 public attributes raise :class:`~jupyter_llm_manager.errors.ModelUnloadedError`
 naming the model and how to use it again. Private attributes and ``close``
 stay as they were, so llama-cpp-python's own ``__del__`` still runs.
