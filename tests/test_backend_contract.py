@@ -13,6 +13,7 @@ from __future__ import annotations
 import gc
 import importlib.util
 import threading
+import time
 import weakref
 from typing import get_args
 
@@ -104,6 +105,27 @@ def test_a_stop_ends_the_stream_within_a_token_and_says_interrupted(served):
     backend, spec, loaded = served
     pieces, result = stream(backend, spec, loaded, stop_after=2, max_new_tokens=64)
     assert len(pieces) <= 3 and result.finish_reason == "interrupted"
+    assert result.text == "".join(pieces)
+
+
+def test_a_stop_shows_nothing_made_while_the_reader_was_slow(served):
+    """A reader that took a second over its second piece (a busy notebook) then stops: the pieces the model made
+    meanwhile are not shown (the transformers worker had run ahead, and its queue was drained after the stop)."""
+    backend, spec, loaded = served
+    stop = threading.Event()
+    longest = {"min_new_tokens": 48} if spec.backend == "transformers" else {}  # random weights: no early end
+    settings = GenerationParams.build({"max_new_tokens": 48, "temperature": 0, **longest})
+    generator = backend.stream(loaded, PROMPT, settings, model_id=spec.id, raw=False, stop=stop)
+    pieces = [next(generator), next(generator)]
+    time.sleep(1.0)  # the slow reader itself: the model goes on meanwhile
+    stop.set()
+    while True:
+        try:
+            pieces.append(next(generator))
+        except StopIteration as done:
+            result = done.value
+            break
+    assert len(pieces) <= 3 and result.finish_reason == "interrupted", pieces
     assert result.text == "".join(pieces)
 
 

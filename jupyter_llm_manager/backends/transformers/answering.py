@@ -131,10 +131,13 @@ class Answering:
         started = time.perf_counter()
         worker.start()
         text_filter = AnswerFilter(params.stop, repetition=params.stops_on_repetition)
-        interrupted = False
+        interrupted = cut = False
         try:
             try:
                 for piece in drain(pieces):
+                    if stop.is_set() and not text_filter.stopped:  # stopped from outside: pieces made meanwhile
+                        cut = True  # (a busy machine lets the worker run ahead of this reader) are not shown
+                        break
                     shown = text_filter.feed(piece)
                     if text_filter.stopped:
                         stop.set()
@@ -150,7 +153,7 @@ class Answering:
                 stop.set()
             worker.join(_JOIN_TIMEOUT_S)
         result = _stream_result(outcome, model_id, prompt_tokens, max_new, started, text_filter,
-                                stop, warnings, params.max_new_tokens)
+                                stop, warnings, params.max_new_tokens, cut=cut)
         if interrupted:
             raise StreamInterrupted(result)
         return result
@@ -188,7 +191,8 @@ def _threads(torch: Any, model: Any) -> AbstractContextManager[Any]:
 
 def _stream_result(outcome: dict[str, Any], model_id: str, prompt_tokens: int, max_new: int, started: float,
                    text_filter: AnswerFilter, stop: threading.Event, warnings: tuple[str, ...],
-                   requested: int) -> GenerationResult:
+                   requested: int, *, cut: bool = False) -> GenerationResult:
+    """The stream's result; ``cut``: stopped while pieces were still unread (the answer shown is cut short)."""
     error = outcome.pop("error", None)
     if error is not None:
         release_frames(error)
@@ -197,7 +201,7 @@ def _stream_result(outcome: dict[str, Any], model_id: str, prompt_tokens: int, m
         raise GenerationError(f"{model_id!r} failed to generate: {error}", model_id=model_id) from error
     tokens = outcome.get("tokens", 0)
     reason = finish_reason(text_filter, tokens, max_new)
-    if stop.is_set() and not text_filter.stopped and tokens < max_new:
+    if cut or (stop.is_set() and not text_filter.stopped and tokens < max_new):
         reason = "interrupted"
     return GenerationResult(model_id, text_filter.text, prompt_tokens, tokens,
                             time.perf_counter() - started, reason, warnings, max_new,
