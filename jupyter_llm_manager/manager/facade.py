@@ -91,6 +91,9 @@ class LLMManager(RegistryCalls, ReportCalls, SettingsAccess, AsyncCalls):
         if force_reload:
             self.unload(model_id)
         self._lease(model_id, _wait_seconds(self, wait)).release()
+        # returns once the ledger says it is loaded and idle: another kernel's plan or load right after this one
+        # sees it as it is (not as loading, nor in use by this load)
+        self._parts.cooperation.membership.published()
         return ModelHandle(self, model_id)
 
     def use(self, model_id: str, *, wait: float | str | None = None) -> Lease:

@@ -24,7 +24,6 @@ from .admission.requests import Admission
 from .admission.warmup import WarmUp
 from .cooperation import Cooperation
 from .generations import Generations
-from .instances import Instance
 from .planning import Planner
 from .registration import Persistence, Registration
 from .sharing.borrowing import Borrowing
@@ -76,8 +75,7 @@ def wire(settings: ManagerSettings, config_path: Path | None, *, clock: Callable
     limits = Limits(state, bus, evictions)
     leases = Leases(state, limits.after_idle)
     cooperation = Cooperation(state, bus, evictions.for_other_kernel, evictions.unload_by_name)
-    loading = Loading(state, bus, probe, leases, evictions, freeing,
-                      partial(_after_load, limits.after_load, cooperation.membership.published))
+    loading = Loading(state, bus, probe, leases, evictions, freeing, limits.after_load)
     adapters = AdapterSpecs(state, backends)
     admission = Admission(state, bus, probe, backends, estimates, leases, evictions, loading, cooperation)
     generations = Generations(bus, admission.acquire, state.deadline)
@@ -111,10 +109,3 @@ def shut_down(parts: Parts) -> None:
     if busy:
         parts.bus.emit("warning", message=f"still in use when the manager closed: {', '.join(busy)}")
 
-
-def _after_load(limits: Callable[[Instance, bool], None], published: Callable[[], None], instance: Instance,
-                grew: bool) -> None:
-    """Once a load is published: the limits kept, and the ledger says it is loaded before the load returns (another
-    kernel's plan or load right after it sees it as it is, not as still loading)."""
-    limits(instance, grew)
-    published()
