@@ -179,28 +179,44 @@ def serve(host: str = "127.0.0.1", port: int = 0, *, announce: Callable[[Served]
           manager: Callable[[], LLMManager] = serve_manager) -> None:
     """Serve until Ctrl-C or SIGTERM, then close the manager and remove the runtime file. ``port`` 0 picks a
     free one; ``announce`` is told the URL and token once the server listens."""
-    import uvicorn
-
     token = secrets.token_urlsafe(32)
-    previous = signal.signal(signal.SIGTERM, _interrupt)  # uvicorn raises a caught signal again when it stops
+    # Until uvicorn takes the signals over (and after it gives them back, raising a caught one again), both end
+    # the server the same way; asyncio's own Ctrl-C handler, which only cancels its task, is never installed.
+    previous = {number: signal.signal(number, _interrupt) for number in (signal.SIGINT, signal.SIGTERM)}
     try:
         with _listening(host, port) as listener:
             shown = f"[{host}]" if ":" in host else host
             served = Served(f"http://{shown}:{listener.getsockname()[1]}/v1", token, runtime_path())
             owned = manager()
             try:
-                config = uvicorn.Config(serve_app(ManagerAnswering(owned), token), log_level="warning",
-                                        access_log=False, lifespan="off", timeout_graceful_shutdown=2,
-                                        limit_concurrency=4 * MAX_RUNNING + 16)
-                with _runtime_file(served):
-                    announce(served)
-                    uvicorn.Server(config).run(sockets=[listener])
+                _serve_until_stopped(serve_app(ManagerAnswering(owned), token), listener,
+                                     lambda: _announce(served, announce))
             finally:
-                owned.close()
+                try:
+                    _remove_runtime_file(served)
+                finally:
+                    owned.close()
     except KeyboardInterrupt:
         log.info("serve stopped")
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+
+
+def _serve_until_stopped(app: ASGIApp, listener: socket.socket, started: Callable[[], None]) -> None:
+    """Run uvicorn on ``listener``; ``started`` runs once it listens with its signal handlers in place, so a
+    signal sent as soon as the runtime file appears stops the server cleanly."""
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            await super().startup(sockets)
+            if self.started and not self.should_exit:
+                started()
+
+    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off", timeout_graceful_shutdown=2,
+                            limit_concurrency=4 * MAX_RUNNING + 16)
+    Server(config).run(sockets=[listener])
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -224,10 +240,9 @@ def _listening(host: str, port: int) -> Iterator[socket.socket]:
         listener.close()
 
 
-@contextlib.contextmanager
-def _runtime_file(served: Served) -> Iterator[None]:
-    """The runtime file, mode 0600 from its creation (a new name, then renamed into place), removed at exit when it
-    is still this server's."""
+def _announce(served: Served, announce: Callable[[Served], None]) -> None:
+    """Write the runtime file, mode 0600 from its creation (a new name, then renamed into place), then tell
+    ``announce``."""
     folder = served.path.parent
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)
     staged = folder / f".{RUNTIME_FILE}.{os.getpid()}.{secrets.token_hex(4)}"
@@ -238,9 +253,11 @@ def _runtime_file(served: Served) -> Iterator[None]:
     finally:
         os.close(handle)
     os.replace(staged, served.path)
-    try:
-        yield
-    finally:
-        with contextlib.suppress(OSError, ValueError):
-            if json.loads(served.path.read_text()).get("token") == served.token:  # another server's is left alone
-                served.path.unlink()
+    announce(served)
+
+
+def _remove_runtime_file(served: Served) -> None:
+    """Remove the runtime file when it is still this server's (another server's is left alone)."""
+    with contextlib.suppress(OSError, ValueError):
+        if json.loads(served.path.read_text()).get("token") == served.token:
+            served.path.unlink()
