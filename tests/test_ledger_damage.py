@@ -308,6 +308,8 @@ def test_bad_rows_are_ignored_with_one_warning_each_and_break_no_load_nor_ps(mak
                            (STARTED, time.time()))
         connection.execute("INSERT INTO models VALUES ('good', 'k2', 'odd', 'cuda:0', 'many', 'loaded', 0, 0, 0, 0, 0)")
         connection.execute("INSERT INTO models VALUES ('good', 'k3', 'minus', 'cuda:0', -5, 'loaded', 0, 0, 0, 0, 0)")
+        connection.execute("INSERT INTO models VALUES ('good', 'k4', 'what', 'cuda:0', ?, 'sleeping', 0, 0, 0, 0, 0)",
+                           (2 * GB,))  # counted, a 3 GB budget would have no room for 'a'
     connection.close()
     manager = make_manager(ledger_path=str(path), memory_budget={"cuda:0": 3 * GB})
     fake(manager, "a", GB)
@@ -318,7 +320,8 @@ def test_bad_rows_are_ignored_with_one_warning_each_and_break_no_load_nor_ps(mak
         report = manager.machine()
     assert [m.model_id for m in report.models if not m.this] == ["theirs"]
     warned = [r.getMessage() for r in caplog.records if "cannot read" in r.getMessage()]
-    assert len(warned) == 3, warned  # one per bad row
+    assert len(warned) == 4, warned  # one per bad row
+    assert any("'sleeping' is none of" in said for said in warned), warned
     done = ps(path, tmp_path)
     assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
     assert "good.ipynb" in done.stdout

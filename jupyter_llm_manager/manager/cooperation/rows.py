@@ -23,7 +23,7 @@ from ..policy.cycles import WaitingRequest
 __all__ = ["BadRow", "CopyRow", "MemberRow", "ModelRow", "RequestRow", "WaitingRequest", "copy_row", "member_row",
            "model_row", "request_row", "wait_row"]
 
-#: The states an instance is published in; another state counts as unloading (its memory is still taken).
+#: The states an instance is published in; a row in another state is a bad row (ignored, with a warning).
 STATES = ("loading", "loaded", "unloading", "held")
 #: The longest id (a member's, a key) a row may carry.
 _ID_LIMIT = 200
@@ -143,8 +143,10 @@ def model_row(r: Sequence) -> ModelRow:
     """A model row as read; :class:`BadRow` when a field is wrong."""
     r = _row(r, 11, "models")
     state = _id(r[5], "state", 40)
+    if state not in STATES:
+        raise BadRow(f"state {state!r} is none of {', '.join(STATES)}")
     return ModelRow(_id(r[0], "member"), _id(r[1], "key", 4096), _name(r[2], "model id"), _name(r[3], "device"),
-                    _integer(r[4], 0, 2**62, "bytes"), state if state in STATES else "unloading",
+                    _integer(r[4], 0, 2**62, "bytes"), state,
                     bool(_integer(r[6], 0, 1, "pinned")), _integer(r[7], 0, 2**31, "leases"), _time(r[8], "last used"),
                     _integer(r[9], -(2**31), 2**31, "priority"), bool(_integer(r[10], 0, 1, "protected")))
 
