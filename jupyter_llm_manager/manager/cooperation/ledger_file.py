@@ -20,6 +20,7 @@ member this one never read is not missed.
 from __future__ import annotations
 
 import os
+import re
 import sqlite3
 import threading
 import time
@@ -50,6 +51,7 @@ CREATE TABLE IF NOT EXISTS copies (member TEXT, key TEXT, share TEXT, context IN
 CREATE TABLE IF NOT EXISTS waits (member TEXT, request INTEGER, arrival INTEGER, model_id TEXT, holds TEXT,
     needs TEXT, since REAL, PRIMARY KEY (member, request));
 """
+_TABLES = frozenset(re.findall(r"CREATE TABLE IF NOT EXISTS (\w+)", _SCHEMA))
 #: How long one statement waits for another connection's write lock (a placement holds it a millisecond or two).
 BUSY_S = 1.0
 #: How long placements wait after this member lost a ledger it could not read a last time: one heartbeat of
@@ -180,7 +182,13 @@ class LedgerFile:
 
     def _prepare(self, connection: sqlite3.Connection) -> None:
         """WAL mode, the application id and the tables; a queue of an older layout is dropped (its requests
-        are asked again). Only a ledger, or an empty file, gets past the check."""
+        are asked again). Only a ledger, or an empty file, gets past the check.
+
+        A ledger that has them all is only read: kernels starting together each open it without queueing for
+        the write lock (they hold the folder's lock meanwhile)."""
+        if _prepared(connection):
+            self._ready = True
+            return
         connection.execute("BEGIN IMMEDIATE")  # the version is read and changed by one process at a time
         try:
             self._kind(connection)  # under the write lock: another process may have written it meanwhile
@@ -274,6 +282,18 @@ class LedgerFile:
             if self._connection is not None and self._pid == os.getpid():
                 self._connection.close()
             self._connection = None
+
+
+def _prepared(connection: sqlite3.Connection) -> bool:
+    """Whether the open file is a ledger of this layout in WAL mode with every table (read only)."""
+    if connection.execute("PRAGMA application_id").fetchone()[0] != checks.APPLICATION_ID:
+        return False
+    if connection.execute("PRAGMA user_version").fetchone()[0] < _VERSION:
+        return False
+    if str(connection.execute("PRAGMA journal_mode").fetchone()[0]).lower() != "wal":
+        return False
+    tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    return _TABLES <= tables
 
 
 @contextmanager
