@@ -74,8 +74,8 @@ def wire(settings: ManagerSettings, config_path: Path | None, *, clock: Callable
     evictions = Evictions(state, bus, probe, freeing)
     limits = Limits(state, bus, evictions)
     leases = Leases(state, limits.after_idle)
-    cooperation = Cooperation(state, bus, evictions.for_other_kernel, evictions.unload_by_name)
     loading = Loading(state, bus, probe, leases, evictions, freeing, limits.after_load)
+    cooperation = Cooperation(state, bus, evictions.for_other_kernel, evictions.unload_by_name)
     adapters = AdapterSpecs(state, backends)
     admission = Admission(state, bus, probe, backends, estimates, leases, evictions, loading, cooperation)
     generations = Generations(bus, admission.acquire, state.deadline)
@@ -108,4 +108,3 @@ def shut_down(parts: Parts) -> None:
         busy = [state.name_of(i) for i in state.instances.values()]
     if busy:
         parts.bus.emit("warning", message=f"still in use when the manager closed: {', '.join(busy)}")
-
