@@ -138,6 +138,29 @@ def test_plan_says_why_memory_is_short_inside_a_use_block_and_by_how_much(make_m
     assert report.advice.startswith("Leave the `with manager.use(...)` block"), report.advice
 
 
+def test_a_plan_that_loads_a_base_then_its_adapter_never_evicts_that_base_for_the_adapter(tmp_path):
+    """The adapter's bytes need room: the plan makes it as loading does (another idle model goes, never the base
+    the adapter goes onto, even when the base is the least valuable). Hypothesis found the plan evicting it."""
+    devices = FakeDevices({"cuda:0": 16 * GB})
+    backend = SharedAdapterFake(devices)
+    me = machine_manager(devices, backend, tmp_path / "ledger.sqlite")
+    try:
+        fake(me, "y", GB, priority=1)
+        fake(me, "a", 5 * GB)
+        me.register("t1", base="a", adapter="adapters/t1")
+        me.load("y")
+        me.configure(memory_budget={"cuda:0": 6 * GB})  # a and y fill it: t1's slice needs y gone
+        evicted: list[str] = []
+        me.subscribe(lambda event: evicted.append(event.model_id) if event.kind == "evicted" else None)
+        report = me.plan(["a", "t1"])
+        assert report.fits and set(report.evictions) == {"y"}, str(report)
+        for name in ("a", "t1"):
+            me.load(name, wait=0)
+        assert evicted == ["y"] and {row.id for row in me.status() if row.state == "loaded"} == {"a", "t1"}
+    finally:
+        me.close()
+
+
 # -- the property, across kernels --------------------------------------------------------------------------
 
 MINE = "abcd"

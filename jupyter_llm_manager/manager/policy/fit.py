@@ -242,6 +242,10 @@ def _idle(holding: Holding) -> bool:
 
 
 def _may_evict_for(holding: Holding, request: Request) -> bool:
+    """Whether ``holding`` may go to make room for ``request``: idle, not protected above it, and not the base
+    a LoRA adapter request goes onto (a load leases it meanwhile; a plan that loads the base first must keep it too)."""
+    if request.base is not None and holding.owner is None and holding.key == request.base:
+        return False
     return _idle(holding) and not (holding.protected and holding.priority > request.priority)
 
 
