@@ -257,3 +257,27 @@ def test_ctrl_c_stops_it_cleanly_too(tmp_path):
         assert process.process.wait(30) == 0, process.output()
         assert until(lambda: not process.runtime_file.exists(), timeout=5)
         assert "Traceback" not in process.output()
+
+
+def test_serve_from_another_thread_is_a_clear_error_before_anything_starts(tmp_path, monkeypatch):
+    import threading
+
+    import jupyter_llm_manager
+
+    monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(tmp_path))
+    raised: list[BaseException] = []
+
+    def serve() -> None:
+        try:
+            jupyter_llm_manager.serve()
+        except BaseException as error:  # noqa: BLE001 - the test reports whatever it was
+            raised.append(error)
+
+    thread = threading.Thread(target=serve)
+    thread.start()
+    thread.join(30)
+    assert not thread.is_alive()
+    assert [type(error).__name__ for error in raised] == ["ConfigurationError"]
+    assert "main thread" in str(raised[0]) and "jupyter-llm-manager serve" in str(raised[0])
+    assert list(tmp_path.iterdir()) == []
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

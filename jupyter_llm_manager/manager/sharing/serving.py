@@ -25,6 +25,7 @@ import os
 import secrets
 import signal
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -179,6 +180,9 @@ def serve(host: str = "127.0.0.1", port: int = 0, *, announce: Callable[[Served]
           manager: Callable[[], LLMManager] = serve_manager) -> None:
     """Serve until Ctrl-C or SIGTERM, then close the manager and remove the runtime file. ``port`` 0 picks a
     free one; ``announce`` is told the URL and token once the server listens."""
+    if threading.current_thread() is not threading.main_thread():
+        raise ConfigurationError("serve() stops on Ctrl-C or SIGTERM, which only the main thread receives: call it "
+                                 "from the main thread, or run `jupyter-llm-manager serve` as a process of its own")
     token = secrets.token_urlsafe(32)
     # Until uvicorn takes the signals over (and after it gives them back, raising a caught one again), both end
     # the server the same way; asyncio's own Ctrl-C handler, which only cancels its task, is never installed.
