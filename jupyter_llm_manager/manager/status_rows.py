@@ -44,7 +44,7 @@ def idle_row(state: ManagerState, spec: ModelSpec, key: str, facts: RowFacts, no
     estimate = _shown_estimate(spec, backend, facts.estimate, None)
     last_used = state.last_used.get(key)
     failure = state.failures.get(spec.id)
-    return StatusRow(
+    return StatusRow.of(
         id=spec.id, instance=key, aliases=registry.aliases_of(spec.id), backend=spec.backend,
         device="remote" if backend.remote else (",".join(spec.device) if isinstance(spec.device, tuple)
                                                 else spec.device),
@@ -81,7 +81,7 @@ def status_row(state: ManagerState, spec: ModelSpec, facts: RowFacts, now: float
         ",".join(spec.device) if isinstance(spec.device, tuple) else spec.device)
     last_used = (instance.last_used if instance is not None else None) or state.last_used.get(key)
     expires = state.expires_at(instance) if instance is not None else None
-    return StatusRow(
+    return StatusRow.of(
         id=spec.id, instance=key, aliases=state.registry.aliases_of(spec.id), backend=spec.backend,
         device=device, state=row_state, in_use=instance.in_use if instance else 0,
         pinned=spec.id in state.registry.pinned, priority=state.registry.priority(key),
