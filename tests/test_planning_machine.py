@@ -19,7 +19,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from jlm_helpers.conditions import until
-from jlm_helpers.fakes import GB, FakeClock, FakeDevices, SharedAdapterFake, fake, lease_elsewhere
+from jlm_helpers.fakes import GB, FakeDevices, SharedAdapterFake, fake, lease_elsewhere
 
 from jupyter_llm_manager import LLMManager, ResourceNotAvailableError
 from jupyter_llm_manager.manager.cooperation.ledger import Ledger, MemberRow
@@ -161,6 +161,33 @@ def test_a_plan_that_loads_a_base_then_its_adapter_never_evicts_that_base_for_th
         me.close()
 
 
+def test_a_plan_evicts_the_other_kernels_older_idle_model_for_its_second_load_as_loading_does(tmp_path):
+    """Two loads of this kernel after three idle models of another fill the budget: the plan evicts the other's
+    least recently used model for the second load, as loading does; it never picks the first load, used later."""
+    devices = FakeDevices({"cuda:0": 16 * GB})
+    backend = SharedAdapterFake(devices)
+    me = machine_manager(devices, backend, tmp_path / "ledger.sqlite")
+    other = machine_manager(devices, backend, tmp_path / "ledger.sqlite")
+    try:
+        for name in "abcd":
+            fake(me, name, GB)
+        for name in "xyz":
+            fake(other, name, GB)
+            other.load(name, wait=0)
+        assert until(lambda: len([m for m in me.machine().models if not m.this]) == 3)
+        me.configure(memory_budget={"cuda:0": 4 * GB})
+        evicted: list[str] = []
+        other.subscribe(lambda event: evicted.append(event.model_id) if event.kind == "evicted" else None)
+        report = me.plan(["a", "b"])
+        assert report.fits and report.evictions == ("x",), str(report)
+        for name in ("a", "b"):
+            me.load(name, wait=0)
+        assert evicted == ["x"] and {row.id for row in me.status() if row.state == "loaded"} == {"a", "b"}
+    finally:
+        me.close()
+        other.close()
+
+
 # -- the property, across kernels --------------------------------------------------------------------------
 
 MINE = "abcd"
@@ -188,9 +215,10 @@ def test_plan_fits_exactly_when_loading_in_order_leaves_all_loaded_across_kernel
     folder = Path(tempfile.mkdtemp(prefix="jlm-plan-"))
     devices = FakeDevices({"cpu": 16 * GB, "cuda:0": 16 * GB})
     backend = SharedAdapterFake(devices)
-    clock = FakeClock()
+    # Real clocks in both kernels: their models are compared by when they were last used, on the wall clock, and a
+    # fake clock running ahead would make this kernel's loads look older than the other's earlier ones.
     me = LLMManager(config_path=False, preload=False, device_probe=devices, backend_factory=lambda name: backend,
-                    ledger_path=str(folder / "ledger.sqlite"), clock=clock)
+                    ledger_path=str(folder / "ledger.sqlite"))
     other = machine_manager(devices, backend, folder / "ledger.sqlite")
     names = list(MINE[:len(registry)])
     for name, model in zip(names, registry):
@@ -212,7 +240,6 @@ def test_plan_fits_exactly_when_loading_in_order_leaves_all_loaded_across_kernel
         loaded = data.draw(st.lists(st.sampled_from(names + ["t1"]), unique=True), label="loaded first")
         for name in loaded:
             _try_load(me, name)
-            clock.advance(1)
         me.configure(**chosen)
         if data.draw(st.booleans(), label="a request of another notebook waits"):
             queued = waiting_elsewhere(folder / "ledger.sqlite", "q", {"cuda:0": data.draw(sizes, label="it needs")})
@@ -227,7 +254,6 @@ def test_plan_fits_exactly_when_loading_in_order_leaves_all_loaded_across_kernel
         try:
             report = me.plan(ids)
             for name in ids:
-                clock.advance(1)
                 _try_load(me, name)
             after = {row.id for row in me.status() if row.state == "loaded"}
         finally:

@@ -8,9 +8,9 @@ import pytest
 
 from jupyter_llm_manager.reports import StatusRow
 
-REQUIRED = dict(id="a", instance="k", aliases=("b",), backend="transformers", device="cpu", state="registered",
-                in_use=0, pinned=False, priority=0, estimated_bytes=None, actual_bytes=None, last_used=None,
-                expires_at=None, error=None)
+REQUIRED = {"id": "a", "instance": "k", "aliases": ("b",), "backend": "transformers", "device": "cpu",
+            "state": "registered", "in_use": 0, "pinned": False, "priority": 0, "estimated_bytes": None,
+            "actual_bytes": None, "last_used": None, "expires_at": None, "error": None}
 
 
 @pytest.mark.parametrize("extra", [{}, {"generation": {"temperature": 0}, "base": "x", "held_by": ("m",)},
