@@ -67,9 +67,9 @@ class StatusRow:
 
     @classmethod
     def of(cls, **values: Any) -> StatusRow:
-        """The row ``StatusRow(**values)`` makes, made at a fifteenth of the cost: a frozen dataclass sets each
-        of its fields through ``object.__setattr__`` (10 us a row), which the first ``status()`` of 10,000 ids
-        paid a tenth of a second for. Every field without a default must be given; no unknown one may be."""
+        """The row ``StatusRow(**values)`` makes, without the frozen dataclass's ``object.__setattr__`` call
+        per field (0.7 against 10 us a row alone; the first ``status()`` builds one per id). Every field
+        without a default must be given; no unknown one may be."""
         missing = _REQUIRED - values.keys()
         unknown = values.keys() - _FIELDS
         if missing or unknown:
